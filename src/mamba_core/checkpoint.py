@@ -1,0 +1,328 @@
+"""Checkpoint files: safetensors headers, dialect detection, and the load plan.
+
+The spec never reads tensor data: it reads safetensors *headers* (names, shapes, dtypes, byte ranges),
+detects the dialect, and returns a ``LoadPlan`` that says, for every canonical tensor, which file and
+name it comes from and which axes to move. Each backend then runs the plan with its own native loader,
+so bfloat16 never passes through numpy (spec-notes §2).
+
+Dialect detection (spec-notes §8.1), never by guessing shapes:
+
+* ``config.json`` dialect: ``model_type`` -> HF family, ``d_model``/``ssm_cfg`` -> state-spaces,
+  ``arch`` -> mamba-core;
+* safetensors metadata ``{"format": "mlx"}`` turns an HF-family checkpoint into ``"mlx-lm"`` (conv
+  weights (C, K, 1)); ``{"format": "mamba-core"}`` marks ours.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+from dataclasses import dataclass, field
+
+from mamba_core.config import Mamba1Config, Mamba2Config
+from mamba_core.errors import CheckpointError
+from mamba_core.layout import (
+    CHECKPOINT_DIALECTS,
+    DIALECT_AXES,
+    DIALECT_RENAMES,
+    expand_layout,
+)
+
+SAFETENSORS_DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"}
+_DTYPE_SIZE = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "U32": 4,
+    "U16": 2,
+    "U64": 8,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
+FLOAT_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+_MAX_HEADER = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor as a checkpoint file describes it (no data).
+
+    Attributes:
+        name: the name in the file.
+        shape: its shape as stored.
+        dtype: safetensors dtype tag (``"F32"``, ``"BF16"``, ...).
+        file: path of the file holding it.
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    file: str
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """A parsed safetensors header: tensors and the ``__metadata__`` dict."""
+
+    path: str
+    tensors: dict[str, TensorInfo]
+    metadata: dict[str, str]
+
+
+def read_safetensors_header(path: str | os.PathLike) -> SafetensorsHeader:
+    """Parse a safetensors header and check that the file holds every byte it promises.
+
+    Raises:
+        CheckpointError: the file is not safetensors, is truncated, or its header is inconsistent
+            (the message names the file and, where it applies, the tensor).
+    """
+    path = os.fspath(path)
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            raw_len = f.read(8)
+            if len(raw_len) < 8:
+                raise CheckpointError(f"{path!r} is not a safetensors file: shorter than 8 bytes")
+            (n,) = struct.unpack("<Q", raw_len)
+            if n > min(_MAX_HEADER, size - 8):
+                raise CheckpointError(
+                    f"{path!r} is not a valid safetensors file: header length {n} exceeds the file "
+                    f"size {size} (truncated or not safetensors)"
+                )
+            header = json.loads(f.read(n))
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint file {path!r}: {e}") from e
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path!r} is not a valid safetensors file: bad header ({e})") from e
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path!r} is not a valid safetensors file: header is not a dict")
+    metadata = header.pop("__metadata__", None) or {}
+    data_len = size - 8 - n
+    tensors = {}
+    for name, entry in header.items():
+        try:
+            dtype, shape, (start, stop) = (
+                entry["dtype"],
+                tuple(entry["shape"]),
+                entry["data_offsets"],
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"{path!r}: malformed header entry for tensor {name!r}") from e
+        count = 1
+        for s in shape:
+            count *= s
+        if dtype in _DTYPE_SIZE and stop - start != count * _DTYPE_SIZE[dtype]:
+            raise CheckpointError(
+                f"{path!r}: tensor {name!r} claims shape {shape} {dtype} but holds {stop - start} bytes"
+            )
+        if stop > data_len:
+            raise CheckpointError(
+                f"{path!r} is truncated: tensor {name!r} ends at byte {stop} of the data section but "
+                f"the file has only {data_len}; re-download or re-convert it"
+            )
+        tensors[name] = TensorInfo(name, shape, dtype, path)
+    return SafetensorsHeader(path, tensors, dict(metadata))
+
+
+def checkpoint_dialect(config_dialect: str, metadata: dict[str, str]) -> str:
+    """The tensor dialect from the config dialect and safetensors metadata."""
+    fmt = metadata.get("format")
+    if fmt == "mamba-core":
+        return "mamba-core"
+    if fmt == "mlx" and config_dialect in ("hf", "mlx-lm"):
+        return "mlx-lm"
+    if config_dialect == "mlx-lm":
+        return "mlx-lm"
+    return config_dialect
+
+
+@dataclass(frozen=True)
+class LoadEntry:
+    """How to obtain one canonical tensor.
+
+    Attributes:
+        canonical: canonical (state-spaces) name.
+        source: the name in the checkpoint.
+        file: the file holding it (None for in-memory sources).
+        shape: canonical shape (torch layout).
+        transpose: axes to apply to the stored tensor to reach the canonical layout, or None.
+        dtype_policy: ``"fp32"`` or ``"model"``.
+        source_dtype: safetensors dtype tag as stored.
+    """
+
+    canonical: str
+    source: str
+    file: str | None
+    shape: tuple[int, ...]
+    transpose: tuple[int, ...] | None
+    dtype_policy: str
+    source_dtype: str
+
+
+@dataclass(frozen=True)
+class LoadPlan:
+    """Everything a backend needs to build and fill a model from a checkpoint.
+
+    Attributes:
+        config: the model config.
+        dialect: the checkpoint dialect.
+        entries: one ``LoadEntry`` per canonical tensor, in layout order.
+        tied_duplicate: for a tied model whose file also stores ``lm_head.weight``: that entry (the
+            backend checks it equals the embedding), else None.
+        checkpoint_dtype: the float dtype most of the "model"-policy tensors are stored in.
+    """
+
+    config: Mamba1Config | Mamba2Config
+    dialect: str
+    entries: tuple[LoadEntry, ...]
+    tied_duplicate: LoadEntry | None = None
+    checkpoint_dtype: str = "float32"
+    notes: tuple[str, ...] = field(default=())
+
+
+def plan_load(config: Mamba1Config | Mamba2Config, dialect: str, tensors: dict[str, TensorInfo]) -> LoadPlan:
+    """Match a checkpoint's tensors against the layout of ``config`` in ``dialect``.
+
+    Args:
+        config: the model config.
+        dialect: one of ``layout.CHECKPOINT_DIALECTS``.
+        tensors: name in the checkpoint -> ``TensorInfo``.
+
+    Returns:
+        A ``LoadPlan``.
+
+    Raises:
+        CheckpointError: listing every missing, unexpected and mis-shaped tensor at once, with a hint
+            when the shapes or names look like another dialect's.
+    """
+    if dialect not in CHECKPOINT_DIALECTS:
+        raise CheckpointError(
+            f"unknown checkpoint dialect {dialect!r}; expected one of {CHECKPOINT_DIALECTS}"
+        )
+    renames = DIALECT_RENAMES[dialect]
+    mlx_layout = DIALECT_AXES[dialect]
+    specs = expand_layout(config)
+    entries: list[LoadEntry] = []
+    missing: list[str] = []
+    mismatched: list[tuple[str, str, str]] = []
+    used: set[str] = set()
+    hints: list[str] = []
+    for canonical, spec in specs.items():
+        source = renames.get(canonical, canonical)
+        info = tensors.get(source)
+        if info is None:
+            missing.append(source)
+            continue
+        used.add(source)
+        expected = spec.mlx_shape if mlx_layout else spec.shape
+        if tuple(info.shape) != expected:
+            mismatched.append(
+                (
+                    source,
+                    spec.describe_shape() if not mlx_layout else str(expected),
+                    str(tuple(info.shape)),
+                )
+            )
+            if spec.mlx_axes is not None:
+                other = spec.shape if mlx_layout else spec.mlx_shape
+                if tuple(info.shape) == other:
+                    hints.append(
+                        "the conv weights are in torch layout (C, 1, K); this is an HF/state-spaces "
+                        "checkpoint, not mlx-lm"
+                        if mlx_layout
+                        else "the conv weights are in MLX layout (C, K, 1); this looks like an mlx-lm "
+                        "checkpoint: pass dialect='mlx-lm' (or add metadata {'format': 'mlx'})"
+                    )
+            if "vocab_size_padded" in spec.template and info.shape and info.shape[1:] == spec.shape[1:]:
+                hints.append(
+                    f"the checkpoint has {info.shape[0]} vocab rows but the config gives "
+                    f"vocab_size_padded={spec.shape[0]}: check vocab_size/pad_vocab_size_multiple"
+                )
+            continue
+        if info.dtype not in FLOAT_DTYPES:
+            mismatched.append((source, "a float tensor", f"dtype {info.dtype}"))
+            continue
+        entries.append(
+            LoadEntry(
+                canonical,
+                source,
+                info.file,
+                spec.shape,
+                spec.mlx_axes if mlx_layout else None,
+                spec.dtype_policy,
+                info.dtype,
+            )
+        )
+    tied_duplicate = None
+    if config.tie_embeddings and "lm_head.weight" in tensors:
+        info = tensors["lm_head.weight"]
+        used.add("lm_head.weight")
+        emb = specs["backbone.embedding.weight"]
+        if tuple(info.shape) != emb.shape:
+            mismatched.append(("lm_head.weight", emb.describe_shape(), str(tuple(info.shape))))
+        else:
+            tied_duplicate = LoadEntry(
+                "lm_head.weight", "lm_head.weight", info.file, emb.shape, None, "model", info.dtype
+            )
+    unexpected = sorted(set(tensors) - used)
+    if unexpected or missing or mismatched:
+        _raise_plan_error(config, dialect, missing, unexpected, mismatched, hints)
+    counts: dict[str, int] = {}
+    for e in entries:
+        if e.dtype_policy == "model":
+            counts[e.source_dtype] = counts.get(e.source_dtype, 0) + 1
+    dominant = max(counts, key=counts.get) if counts else "F32"
+    return LoadPlan(config, dialect, tuple(entries), tied_duplicate, FLOAT_DTYPES[dominant])
+
+
+def _raise_plan_error(config, dialect, missing, unexpected, mismatched, hints) -> None:
+    missing = sorted(missing)
+    mismatched = sorted(mismatched)
+    parts = []
+    if missing:
+        parts.append(
+            f"{len(missing)} missing: {', '.join(missing[:12])}" + (" ..." if len(missing) > 12 else "")
+        )
+    if unexpected:
+        parts.append(
+            f"{len(unexpected)} unexpected: {', '.join(unexpected[:12])}"
+            + (" ..." if len(unexpected) > 12 else "")
+        )
+    if mismatched:
+        parts.append(
+            f"{len(mismatched)} with the wrong shape: "
+            + "; ".join(f"{n} expected {e}, got {g}" for n, e, g in mismatched[:12])
+        )
+    names = set(missing) | set(unexpected)
+    if "backbone.embeddings.weight" in names and "backbone.embedding.weight" in names:
+        hints.append(
+            "'backbone.embeddings.weight' is the HF/mlx-lm name and 'backbone.embedding.weight' the "
+            "state-spaces one: the dialect is probably "
+            + ("'state-spaces'" if "backbone.embedding.weight" in unexpected else "'hf'")
+        )
+    if any(n.startswith("model.") for n in unexpected):
+        hints.append("tensor names start with 'model.' (Mistral/Codestral layout): strip the prefix")
+    if "lm_head.weight" in missing and config.tie_embeddings is False:
+        hints.append("the model is untied (tie_embeddings false) but the file has no lm_head.weight")
+    if any(".mixer.x_proj." in n for n in unexpected) and config.arch == "mamba2":
+        hints.append("the tensors look like a Mamba-1 checkpoint but the config says Mamba-2")
+    if any(".mixer.dt_bias" in n for n in unexpected) and config.arch == "mamba1":
+        hints.append("the tensors look like a Mamba-2 checkpoint but the config says Mamba-1")
+    hint = (" Hint: " + "; ".join(dict.fromkeys(hints))) if hints else ""
+    raise CheckpointError(
+        f"checkpoint does not match the {config.arch} config (dialect {dialect!r}): "
+        + "; ".join(parts)
+        + "."
+        + hint,
+        missing=missing,
+        unexpected=unexpected,
+        mismatched=mismatched,
+    )

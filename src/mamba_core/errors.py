@@ -1,0 +1,68 @@
+"""Typed errors of mamba-core.
+
+Every error a user can cause is one of these. Each subclass also inherits the builtin a caller would
+expect (``ValueError`` for bad configs and checkpoints, ``ImportError`` for a missing backend), so
+``except ValueError`` keeps working. Messages follow one format: what failed; the offending name with
+``!r``; expected vs received; the fix.
+"""
+
+from __future__ import annotations
+
+
+class MambaCoreError(Exception):
+    """Base class of every error raised by mamba-core."""
+
+
+class ConfigError(MambaCoreError, ValueError):
+    """A config dict or dataclass is invalid: unknown key, conflicting aliases, impossible shape.
+
+    Attributes:
+        field: the offending field or key name (or None when the problem is global).
+    """
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.field = field
+
+
+class CheckpointError(MambaCoreError, ValueError):
+    """A checkpoint does not match its config: missing, unexpected or mis-shaped tensors, bad files.
+
+    Attributes:
+        missing: sorted canonical names that the checkpoint lacks.
+        unexpected: sorted names in the checkpoint that the layout does not know.
+        mismatched: sorted ``(name, expected, got)`` triples.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        missing: list[str] | None = None,
+        unexpected: list[str] | None = None,
+        mismatched: list[tuple[str, str, str]] | None = None,
+    ):
+        super().__init__(message)
+        self.missing = list(missing or [])
+        self.unexpected = list(unexpected or [])
+        self.mismatched = list(mismatched or [])
+
+
+class BackendUnavailableError(MambaCoreError, ImportError):
+    """A backend was asked for but cannot be imported here.
+
+    Attributes:
+        backend: the backend name (``"torch"`` or ``"mlx"``).
+        reason: why it could not be imported.
+        hint: the command that fixes it.
+    """
+
+    def __init__(self, backend: str, reason: str, hint: str):
+        super().__init__(f"backend {backend!r} is not available: {reason}. Fix: {hint}")
+        self.backend = backend
+        self.reason = reason
+        self.hint = hint
+
+
+class UnsupportedError(MambaCoreError, ValueError):
+    """A valid upstream feature that mamba-core deliberately does not implement (named in the message)."""

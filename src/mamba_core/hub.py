@@ -1,0 +1,98 @@
+"""Hub ids -> local snapshot directories, through ``huggingface_hub`` and its cache.
+
+Only the files a checkpoint needs are fetched: ``config.json``, the weights in one format (safetensors
+preferred; pickled ``.bin`` only when the repo has no safetensors), the shard index, and tokenizer
+files. ``HF_HUB_OFFLINE=1`` (read at call time) means: use the local cache or fail with a clear error.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from pathlib import Path
+
+from mamba_core.errors import CheckpointError
+
+META_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+)
+SAFETENSORS_PATTERNS = ("*.safetensors",)
+BIN_PATTERNS = ("pytorch_model*.bin",)
+
+
+def looks_like_hub_id(name: str) -> bool:
+    """``"org/name"`` with no local path of that name."""
+    parts = str(name).split("/")
+    return len(parts) == 2 and all(parts) and not Path(name).exists() and not str(name).startswith(".")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def choose_files(repo_files: list[str]) -> list[str]:
+    """The subset of a repo listing that ``load`` needs (safetensors preferred over .bin)."""
+
+    def match(patterns):
+        return [f for f in repo_files if any(fnmatch.fnmatch(f, p) for p in patterns)]
+
+    weights = match(SAFETENSORS_PATTERNS) or match(BIN_PATTERNS)
+    return sorted(set(weights) | {f for f in repo_files if f in META_FILES})
+
+
+def resolve(repo_id: str, *, revision: str | None = None) -> Path:
+    """Download (or find in the cache) what a checkpoint needs and return the snapshot directory.
+
+    Args:
+        repo_id: ``"org/name"`` on the Hugging Face Hub.
+        revision: branch, tag or commit; None = the default branch.
+
+    Raises:
+        CheckpointError: offline and not cached, unknown repo, or no weights in it; the message says
+            how to fix it (``huggingface-cli download``, unset ``HF_HUB_OFFLINE``, check the id).
+    """
+    try:
+        import huggingface_hub
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError as e:  # a runtime dependency, but say so clearly if it is gone
+        raise CheckpointError(
+            f"loading {repo_id!r} from the hub needs huggingface_hub: pip install huggingface_hub"
+        ) from e
+    cache_dir = os.environ.get("HF_HUB_CACHE") or None
+    offline = _offline()
+    try:
+        if offline:
+            patterns = list(META_FILES) + list(SAFETENSORS_PATTERNS) + list(BIN_PATTERNS)
+        else:
+            listing = huggingface_hub.list_repo_files(repo_id, revision=revision)
+            patterns = choose_files(listing)
+            if not any(p.endswith((".safetensors", ".bin")) for p in patterns):
+                raise CheckpointError(
+                    f"hub repo {repo_id!r} has no .safetensors or pytorch_model*.bin "
+                    f"weights; files: {sorted(listing)}"
+                )
+        path = huggingface_hub.snapshot_download(
+            repo_id,
+            revision=revision,
+            allow_patterns=patterns,
+            cache_dir=cache_dir,
+            local_files_only=offline,
+        )
+    except LocalEntryNotFoundError as e:
+        raise CheckpointError(
+            f"{repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; download it "
+            f"first (huggingface-cli download {repo_id}) or unset HF_HUB_OFFLINE"
+        ) from e
+    except CheckpointError:
+        raise
+    except Exception as e:  # RepositoryNotFoundError, RevisionNotFoundError, connection errors
+        raise CheckpointError(
+            f"cannot fetch {repo_id!r} (revision {revision!r}) from the hub: {type(e).__name__}: {e}"
+        ) from e
+    return Path(path)

@@ -1,0 +1,1122 @@
+"""Float64 numpy oracle of Mamba-1 (S6) and Mamba-2 (SSD): every backend is checked against it.
+
+Readable, not fast. It follows spec-notes §3.4-3.5 (Mamba-1 forward and decode step), §4.4-4.6
+(Mamba-2 forward, the chunked SSD algorithm of the Mamba-2 paper's Listing 1 =
+``ssd_minimal_discrete`` in ``state-spaces/mamba: mamba_ssm/modules/ssd_minimal.py``, and the decode
+step) and §1.2 (the pre-norm residual skeleton). Op names and signatures are the upstream ones
+without ``_fn`` / ``_ref`` (``selective_scan_ref``, ``selective_state_update_ref``, ...); the
+backends' ``ops`` modules mirror them exactly.
+
+Rules kept here:
+
+* numpy + stdlib only (plus ``mamba_core.config`` / ``errors``); every input is cast with
+  ``np.asarray(x, np.float64)`` and all math is float64, so dtype policy questions (spec-notes §6)
+  never arise inside the oracle.
+* Activations are channels-last, ``(batch, seqlen, ...)``; weights keep the torch layout of the
+  canonical checkpoint (conv weight ``(C, 1, K)``; ops take it squeezed to ``(C, K)``).
+* Pure functions: inputs are never mutated; states are returned, not updated in place.
+
+Dimension legend (upper case in docstrings, lower case in einsum strings):
+
+====  =========================  ====  ==========================
+B     batch                      H     heads (``nheads``)
+L     sequence length            P     head dim (``headdim``)
+D     ``d_model``                G     ``ngroups``
+E     ``d_inner = expand * D``   Q     SSD ``chunk_size``
+N     ``d_state``                V     padded vocab size
+K     ``d_conv``                 R     ``dt_rank`` (Mamba-1)
+====  =========================  ====  ==========================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from mamba_core.config import Mamba1Config, Mamba2Config
+
+__all__ = [
+    "backbone_forward",
+    "backbone_step",
+    "causal_conv1d",
+    "causal_conv1d_update",
+    "init_weights",
+    "layer_weights",
+    "lm_forward",
+    "lm_step",
+    "mamba1_mixer",
+    "mamba1_mixer_step",
+    "mamba2_mixer",
+    "mamba2_mixer_step",
+    "rmsnorm",
+    "rmsnorm_gated",
+    "segsum",
+    "selective_scan",
+    "selective_state_update",
+    "softplus",
+    "ssd_chunked",
+    "ssd_scan",
+    "ssd_state_update",
+]
+
+_F64 = np.float64
+_NO_LIMIT = (0.0, math.inf)
+# Official softplus returns x unchanged above this (CUDA/Triton kernels and torch F.softplus).
+_SOFTPLUS_THRESHOLD = 20.0
+
+
+def _f64(x) -> np.ndarray:
+    return np.asarray(x, _F64)
+
+
+def _opt(x) -> np.ndarray | None:
+    return None if x is None else _f64(x)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    # exp(-log(1 + e^-x)) is overflow-free and accurate in both tails.
+    return np.exp(-np.logaddexp(0.0, -x))
+
+
+def _silu(x: np.ndarray) -> np.ndarray:
+    return x * _sigmoid(x)
+
+
+def _activate(x: np.ndarray, activation: str | None) -> np.ndarray:
+    if activation is None:
+        return x
+    if activation in ("silu", "swish"):
+        return _silu(x)
+    raise ValueError(f"activation must be None or 'silu', got {activation!r}")
+
+
+def _linear(x: np.ndarray, weight, bias=None) -> np.ndarray:
+    y = x @ _f64(weight).T
+    return y if bias is None else y + _f64(bias)
+
+
+# ------------------------------------------------------------------------------------------------
+# elementwise and norms
+# ------------------------------------------------------------------------------------------------
+
+
+def softplus(x) -> np.ndarray:
+    """``log(1 + exp(x))`` with the upstream threshold: ``x`` where ``x > 20`` (spec-notes §9.5).
+
+    Args:
+        x: any shape.
+
+    Returns:
+        float64 array of the same shape.
+
+    Example:
+        >>> softplus(np.array([0.0, 25.0])).tolist()  # doctest: +ELLIPSIS
+        [0.693..., 25.0]
+    """
+    x = _f64(x)
+    # clip before exp so the discarded branch of np.where cannot overflow
+    return np.where(
+        x > _SOFTPLUS_THRESHOLD, x, np.log1p(np.exp(np.minimum(x, _SOFTPLUS_THRESHOLD)))
+    )
+
+
+def rmsnorm(x, weight, eps: float = 1e-5) -> np.ndarray:
+    """RMSNorm over the last axis: ``x * rsqrt(mean(x^2) + eps) * weight`` (spec-notes §1.3).
+
+    Args:
+        x: (..., D).
+        weight: (D,).
+        eps: added to the mean square.
+
+    Returns:
+        (..., D) float64.
+
+    Example:
+        >>> rmsnorm(np.array([[3.0, 4.0]]), np.ones(2), eps=0.0).round(6).tolist()
+        [[0.848528, 1.131371]]
+    """
+    x = _f64(x)
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps) * _f64(weight)
+
+
+def rmsnorm_gated(
+    x, z, weight, eps: float = 1e-5, group_size: int | None = None, norm_before_gate: bool = False
+) -> np.ndarray:
+    """Mamba-2 gated RMSNorm (spec-notes §4.4 step 8, ``layernorm_gated.py``).
+
+    With ``norm_before_gate=False`` (every Mamba-2 checkpoint): ``v = x * silu(z)``, then each
+    contiguous group of ``group_size`` channels of the last axis is RMS-normalized on its own, then
+    times ``weight``.
+    With ``norm_before_gate=True``: ``RMSNorm(x) * silu(z)`` (the Mamba-3 order).
+
+    Args:
+        x: (..., E).
+        z: (..., E) gate, or None for a plain grouped RMSNorm.
+        weight: (E,).
+        eps: added to each group's mean square.
+        group_size: channels per group (E / G in Mamba-2); None = all E channels (one group).
+        norm_before_gate: normalize first, then gate.
+
+    Returns:
+        (..., E) float64.
+
+    Raises:
+        ValueError: ``group_size`` does not divide E.
+
+    Example:
+        >>> rmsnorm_gated(np.array([[1.0, 1.0, 3.0, 3.0]]), None, np.ones(4), eps=0.0, group_size=2)
+        array([[1., 1., 1., 1.]])
+    """
+    x = _f64(x)
+    gate = None if z is None else _silu(_f64(z))
+    if gate is not None and not norm_before_gate:
+        x = x * gate
+    e = x.shape[-1]
+    gs = e if group_size is None else int(group_size)
+    if gs < 1 or e % gs:
+        raise ValueError(f"group_size={group_size!r} must divide the last axis ({e})")
+    xg = x.reshape(*x.shape[:-1], e // gs, gs)  # (..., G, E/G)
+    xg = xg / np.sqrt(np.mean(xg * xg, axis=-1, keepdims=True) + eps)
+    y = xg.reshape(x.shape) * _f64(weight)
+    if gate is not None and norm_before_gate:
+        y = y * gate
+    return y
+
+
+# ------------------------------------------------------------------------------------------------
+# causal depthwise conv
+# ------------------------------------------------------------------------------------------------
+
+
+def causal_conv1d(x, weight, bias=None, conv_state=None, activation: str | None = None):
+    """Causal depthwise conv1d, channels-last (spec-notes §2, §3.4 step 2, §4.4 step 2).
+
+    Cross-correlation without a kernel flip:
+    ``y[t, c] = bias[c] + sum_k weight[c, k] * x[t - (K-1) + k, c]``, where inputs before ``t = 0``
+    come from ``conv_state`` (zeros when None).
+
+    Args:
+        x: (B, L, C) raw (pre-conv) inputs.
+        weight: (C, K), the canonical torch (C, 1, K) weight squeezed.
+        bias: (C,) or None.
+        conv_state: (B, C, K) the last K raw inputs before ``x`` (slot K-1 = most recent), or None.
+        activation: None or ``"silu"``.
+
+    Returns:
+        ``(y, new_conv_state)``: y (B, L, C); new_conv_state (B, C, K) = the last K raw inputs of
+        ``concat(old window, x)``, left zero padded when fewer exist.
+
+    Example:
+        >>> y, s = causal_conv1d(np.ones((1, 3, 1)), np.array([[1.0, 2.0]]))
+        >>> y[0, :, 0].tolist(), s[0, 0].tolist()
+        ([2.0, 3.0, 3.0], [1.0, 1.0])
+    """
+    x = _f64(x)
+    weight = _f64(weight)
+    batch, seqlen, channels = x.shape
+    k = weight.shape[1]
+    if conv_state is None:
+        window = np.zeros((batch, k, channels))
+    else:
+        window = np.transpose(_f64(conv_state), (0, 2, 1))  # (B, K, C)
+    xp = np.concatenate([window, x], axis=1)  # (B, K + L, C); x[t] sits at xp[K + t]
+    y = np.zeros((batch, seqlen, channels))
+    for tap in range(k):
+        # tap k multiplies input t - (K-1) + k = xp[t + 1 + k]
+        y = y + xp[:, 1 + tap : 1 + tap + seqlen, :] * weight[:, tap]
+    if bias is not None:
+        y = y + _f64(bias)
+    new_state = np.transpose(xp[:, -k:, :], (0, 2, 1)).copy()  # (B, C, K)
+    return _activate(y, activation), new_state
+
+
+def causal_conv1d_update(x, conv_state, weight, bias=None, activation: str | None = None):
+    """One decode step of ``causal_conv1d`` (spec-notes §3.5 step 2, §4.6 step 2).
+
+    Rolls the window left by one, writes ``x`` in slot K-1, and dots the window with ``weight``.
+
+    Args:
+        x: (B, C) one raw input per channel.
+        conv_state: (B, C, K) the last K raw inputs.
+        weight: (C, K).
+        bias: (C,) or None.
+        activation: None or ``"silu"``.
+
+    Returns:
+        ``(y, new_conv_state)``: y (B, C); new_conv_state (B, C, K).
+
+    Example:
+        >>> w = np.array([[1.0, 2.0]])
+        >>> y, s = causal_conv1d_update(np.ones((1, 1)), np.zeros((1, 1, 2)), w)
+        >>> y.tolist(), s.tolist()
+        ([[2.0]], [[[0.0, 1.0]]])
+    """
+    state = np.roll(_f64(conv_state), -1, axis=-1)  # a new array: the input is not mutated
+    state[:, :, -1] = _f64(x)
+    y = np.einsum("bck,ck->bc", state, _f64(weight))
+    if bias is not None:
+        y = y + _f64(bias)
+    return _activate(y, activation), state
+
+
+# ------------------------------------------------------------------------------------------------
+# Mamba-1 selective scan (S6)
+# ------------------------------------------------------------------------------------------------
+
+
+def selective_scan(
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus: bool = False,
+    initial_state=None,
+):
+    """Mamba-1 selective scan, sequential in time (spec-notes §3.4 steps 6-11).
+
+    ``Δ = softplus(delta + delta_bias)`` when ``delta_softplus``;
+    ``s_t = exp(Δ_t A) ⊙ s_{t-1} + Δ_t B_t u_t``; ``y_t = s_t C_t + D u_t``; ``y ← y · silu(z)``.
+
+    Args:
+        u: (B, L, E) input (after conv + SiLU).
+        delta: (B, L, E) raw time step (dt_proj output without its bias).
+        A: (E, N), already negative (``-exp(A_log)``).
+        B: (B, L, N) input projection, shared by all E channels.
+        C: (B, L, N) output projection.
+        D: (E,) skip, or None.
+        z: (B, L, E) gate, or None.
+        delta_bias: (E,) added to ``delta`` before the softplus, or None.
+        delta_softplus: apply softplus to ``delta (+ delta_bias)``.
+        initial_state: (B, E, N) or None (zeros).
+
+    Returns:
+        ``(y, final_state)``: y (B, L, E); final_state (B, E, N).
+
+    Example:
+        >>> y, s = selective_scan(np.ones((1, 1, 1)), np.full((1, 1, 1), 0.5), -np.ones((1, 1)),
+        ...                       np.full((1, 1, 1), 2.0), np.full((1, 1, 1), 3.0), D=np.ones(1))
+        >>> float(y[0, 0, 0]), float(s[0, 0, 0])
+        (4.0, 1.0)
+    """
+    u, delta, A, B, C = map(_f64, (u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + _f64(delta_bias)
+    if delta_softplus:
+        delta = softplus(delta)
+    batch, seqlen, d_inner = u.shape
+    state = np.zeros((batch, d_inner, A.shape[1])) if initial_state is None else _f64(initial_state)
+    ys = []
+    for t in range(seqlen):
+        dA = np.exp(delta[:, t, :, None] * A)  # (B, E, N)
+        dBu = delta[:, t, :, None] * B[:, t, None, :] * u[:, t, :, None]  # (B, E, N)
+        state = dA * state + dBu
+        ys.append(np.einsum("ben,bn->be", state, C[:, t]))
+    y = np.stack(ys, axis=1) if ys else np.zeros_like(u)  # (B, L, E)
+    if D is not None:
+        y = y + u * _f64(D)
+    if z is not None:
+        y = y * _silu(_f64(z))
+    return y, state
+
+
+def selective_state_update(
+    state, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus: bool = False
+):
+    """One decode step of ``selective_scan`` (spec-notes §3.5 step 4).
+
+    Args:
+        state: (B, E, N) SSM state before the step.
+        u: (B, E).
+        delta: (B, E) raw time step.
+        A: (E, N), already negative.
+        B: (B, N).
+        C: (B, N).
+        D: (E,) or None.
+        z: (B, E) gate, or None.
+        delta_bias: (E,) or None.
+        delta_softplus: apply softplus to ``delta (+ delta_bias)``.
+
+    Returns:
+        ``(y, new_state)``: y (B, E); new_state (B, E, N).
+
+    Example:
+        >>> y, s = selective_state_update(
+        ...     np.zeros((1, 1, 1)), np.ones((1, 1)), np.full((1, 1), 0.5), -np.ones((1, 1)),
+        ...     np.full((1, 1), 2.0), np.full((1, 1), 3.0))
+        >>> float(y[0, 0]), float(s[0, 0, 0])
+        (3.0, 1.0)
+    """
+    state, u, delta, A, B, C = map(_f64, (state, u, delta, A, B, C))
+    if delta_bias is not None:
+        delta = delta + _f64(delta_bias)
+    if delta_softplus:
+        delta = softplus(delta)
+    new_state = (
+        np.exp(delta[:, :, None] * A) * state + delta[:, :, None] * B[:, None, :] * u[:, :, None]
+    )
+    y = np.einsum("ben,bn->be", new_state, C)
+    if D is not None:
+        y = y + u * _f64(D)
+    if z is not None:
+        y = y * _silu(_f64(z))
+    return y, new_state
+
+
+# ------------------------------------------------------------------------------------------------
+# Mamba-2 SSD
+# ------------------------------------------------------------------------------------------------
+
+
+def _ssd_dt(dt, dt_bias, dt_softplus: bool, dt_limit) -> np.ndarray:
+    # spec-notes §4.4 step 5: bias, softplus, then the clamp (skipped for the default (0, inf))
+    dt = _f64(dt)
+    if dt_bias is not None:
+        dt = dt + _f64(dt_bias)
+    if dt_softplus:
+        dt = softplus(dt)
+    lo, hi = (float(v) for v in dt_limit)
+    if (lo, hi) != _NO_LIMIT:
+        dt = np.clip(dt, lo, hi)
+    return dt
+
+
+def _heads_from_groups(bc: np.ndarray, nheads: int) -> np.ndarray:
+    # (..., G, N) -> (..., H, N): head h reads group h // (H / G), contiguous (spec-notes §4.2)
+    ngroups = bc.shape[-2]
+    if nheads % ngroups:
+        raise ValueError(f"nheads={nheads} must be a multiple of ngroups={ngroups}")
+    return np.repeat(bc, nheads // ngroups, axis=-2)
+
+
+def ssd_scan(
+    x,
+    dt,
+    A,
+    B,
+    C,
+    D=None,
+    dt_bias=None,
+    dt_softplus: bool = False,
+    dt_limit=_NO_LIMIT,
+    initial_state=None,
+):
+    """Mamba-2 SSD as a sequential recurrence, the oracle of ``ssd_chunked`` (spec-notes §4.4 6-7).
+
+    ``S_t = exp(Δ_t A) S_{t-1} + Δ_t x_t ⊗ B_t``; ``y_t = S_t C_t + D x_t`` per head, where
+    ``Δ = clip(softplus(dt + dt_bias), dt_limit)`` (each part optional).
+
+    Args:
+        x: (B, L, H, P).
+        dt: (B, L, H) raw time step.
+        A: (H,), already negative (``-exp(A_log)``).
+        B: (B, L, G, N); head h uses group ``h // (H // G)``.
+        C: (B, L, G, N).
+        D: (H,) skip, or None.
+        dt_bias: (H,) or None.
+        dt_softplus: apply softplus after adding ``dt_bias``.
+        dt_limit: ``(lo, hi)`` clamp of Δ; the default ``(0, inf)`` means no clamp.
+        initial_state: (B, H, P, N) or None (zeros).
+
+    Returns:
+        ``(y, final_state)``: y (B, L, H, P); final_state (B, H, P, N).
+
+    Example:
+        >>> y, s = ssd_scan(np.ones((1, 1, 1, 1)), np.full((1, 1, 1), 0.5), -np.ones(1),
+        ...                 np.full((1, 1, 1, 1), 2.0), np.full((1, 1, 1, 1), 3.0), D=np.ones(1))
+        >>> float(y.item()), float(s.item())
+        (4.0, 1.0)
+    """
+    x, A = _f64(x), _f64(A)
+    dt = _ssd_dt(dt, dt_bias, dt_softplus, dt_limit)  # (B, L, H)
+    batch, seqlen, nheads, headdim = x.shape
+    Bh = _heads_from_groups(_f64(B), nheads)  # (B, L, H, N)
+    Ch = _heads_from_groups(_f64(C), nheads)
+    d_state = Bh.shape[-1]
+    if initial_state is None:
+        state = np.zeros((batch, nheads, headdim, d_state))
+    else:
+        state = _f64(initial_state)
+    ys = []
+    for t in range(seqlen):
+        decay = np.exp(dt[:, t] * A)[:, :, None, None]  # (B, H, 1, 1)
+        update = np.einsum("bh,bhp,bhn->bhpn", dt[:, t], x[:, t], Bh[:, t])
+        state = decay * state + update  # (B, H, P, N)
+        ys.append(np.einsum("bhpn,bhn->bhp", state, Ch[:, t]))
+    y = np.stack(ys, axis=1) if ys else np.zeros_like(x)  # (B, L, H, P)
+    if D is not None:
+        y = y + x * _f64(D)[:, None]
+    return y, state
+
+
+def segsum(a) -> np.ndarray:
+    """Stable segment sum (spec-notes §4.5): ``out[..., t, s] = sum_{r=s+1}^{t} a[..., r]``.
+
+    Entries with s > t are -inf.
+
+    Computed by cumulative sums down the columns of a masked matrix, not as ``cs_t - cs_s`` (which
+    cancels). ``exp(segsum(a))`` is the 1-semiseparable decay matrix (1 on the diagonal).
+
+    Args:
+        a: (..., T).
+
+    Returns:
+        (..., T, T) float64.
+
+    Example:
+        >>> segsum(np.array([1.0, 2.0, 3.0])).tolist()
+        [[0.0, -inf, -inf], [2.0, 0.0, -inf], [5.0, 3.0, 0.0]]
+    """
+    a = _f64(a)
+    t = a.shape[-1]
+    rows = np.broadcast_to(a[..., :, None], (*a.shape, t))  # rows[..., r, s] = a[..., r]
+    below = np.tril(np.ones((t, t), dtype=bool), k=-1)
+    out = np.cumsum(np.where(below, rows, 0.0), axis=-2)  # sum over r <= t with r > s
+    return np.where(np.tril(np.ones((t, t), dtype=bool)), out, -np.inf)
+
+
+def ssd_chunked(
+    x,
+    dt,
+    A,
+    B,
+    C,
+    chunk_size: int,
+    D=None,
+    dt_bias=None,
+    dt_softplus: bool = False,
+    dt_limit=_NO_LIMIT,
+    initial_state=None,
+):
+    """Chunked SSD (spec-notes §4.5 table steps 1-5; paper Listing 1, ``ssd_minimal_discrete``).
+
+    Same math and returns as ``ssd_scan``. Time is split into chunks of Q; L need not be a multiple
+    of Q (the tail is padded with zeros: decay 1, input 0, so outputs and the final state do not
+    change).
+
+    Args:
+        x: (B, L, H, P).
+        dt: (B, L, H) raw time step.
+        A: (H,), already negative.
+        B: (B, L, G, N).
+        C: (B, L, G, N).
+        chunk_size: Q.
+        D: (H,) or None.
+        dt_bias: (H,) or None.
+        dt_softplus: apply softplus after adding ``dt_bias``.
+        dt_limit: ``(lo, hi)`` clamp of Δ; ``(0, inf)`` = none.
+        initial_state: (B, H, P, N) or None (zeros).
+
+    Returns:
+        ``(y, final_state)``: y (B, L, H, P); final_state (B, H, P, N).
+
+    Raises:
+        ValueError: ``chunk_size`` < 1.
+
+    Example:
+        >>> y, s = ssd_chunked(np.ones((1, 3, 1, 1)), np.full((1, 3, 1), 0.5), -np.ones(1),
+        ...                    np.ones((1, 3, 1, 1)), np.ones((1, 3, 1, 1)), chunk_size=2)
+        >>> np.allclose(y, ssd_scan(np.ones((1, 3, 1, 1)), np.full((1, 3, 1), 0.5), -np.ones(1),
+        ...                         np.ones((1, 3, 1, 1)), np.ones((1, 3, 1, 1)))[0])
+        True
+    """
+    q = int(chunk_size)
+    if q < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
+    x, A = _f64(x), _f64(A)
+    dt = _ssd_dt(dt, dt_bias, dt_softplus, dt_limit)
+    batch, seqlen, nheads, headdim = x.shape
+    Bh = _heads_from_groups(_f64(B), nheads)  # (B, L, H, N)
+    Ch = _heads_from_groups(_f64(C), nheads)
+    d_state = Bh.shape[-1]
+
+    # discretize: X = x * Δ, a = A * Δ; pad the tail to a multiple of Q
+    xd = x * dt[..., None]  # (B, L, H, P)
+    a = dt * A  # (B, L, H)
+    nchunks = max(1, -(-seqlen // q))
+    pad = nchunks * q - seqlen
+
+    def chunks(v: np.ndarray) -> np.ndarray:
+        v = np.pad(v, [(0, 0), (0, pad)] + [(0, 0)] * (v.ndim - 2))
+        return v.reshape(batch, nchunks, q, *v.shape[2:])
+
+    xc, Bc, Cc = chunks(xd), chunks(Bh), chunks(Ch)  # (B, c, Q, H, P|N)
+    ac = np.transpose(chunks(a), (0, 3, 1, 2))  # (B, H, c, Q)
+    a_cumsum = np.cumsum(ac, axis=-1)  # cs_t within each chunk
+
+    # 1. intra-chunk (diagonal blocks): Y_diag[t] = sum_{s<=t} (C_t . B_s) L[t, s] X_s
+    decay = np.exp(segsum(ac))  # (B, H, c, Q, Q)
+    y_diag = np.einsum("bclhn,bcshn,bhcls,bcshp->bclhp", Cc, Bc, decay, xc)
+
+    # 2. chunk states: st_c = sum_s exp(cs_last - cs_s) X_s ⊗ B_s; the last row of the segsum is
+    # exactly cs_last - cs_s, without cancellation
+    decay_states = decay[..., -1, :]  # (B, H, c, Q)
+    chunk_states = np.einsum("bclhn,bhcl,bclhp->bchpn", Bc, decay_states, xc)
+
+    # 3. state passing: S_in[c+1] = exp(cs_last(c)) S_in[c] + st_c
+    state = (
+        np.zeros((batch, nheads, headdim, d_state))
+        if initial_state is None
+        else _f64(initial_state)
+    )
+    chunk_decay = np.exp(a_cumsum[..., -1])  # (B, H, c)
+    states_in = []
+    for c in range(nchunks):
+        states_in.append(state)
+        state = chunk_decay[:, :, c, None, None] * state + chunk_states[:, c]
+    states_in = np.stack(states_in, axis=1)  # (B, c, H, P, N)
+
+    # 4. state -> output: Y_off[t] = exp(cs_t) (C_t . S_in[c(t)])
+    y_off = np.einsum("bclhn,bchpn,bhcl->bclhp", Cc, states_in, np.exp(a_cumsum))
+
+    # 5. combine, drop the padding, add the skip
+    y = (y_diag + y_off).reshape(batch, nchunks * q, nheads, headdim)[:, :seqlen]
+    if D is not None:
+        y = y + x * _f64(D)[:, None]
+    return y, state
+
+
+def ssd_state_update(
+    state, x, dt, A, B, C, D=None, dt_bias=None, dt_softplus: bool = False, dt_limit=_NO_LIMIT
+):
+    """One decode step of ``ssd_scan`` (spec-notes §4.6 step 4).
+
+    Unlike the official and HF 5.x step, ``dt_limit`` is applied here as in the chunked path, so a
+    step equals the forward.
+
+    Args:
+        state: (B, H, P, N).
+        x: (B, H, P).
+        dt: (B, H) raw time step.
+        A: (H,), already negative.
+        B: (B, G, N).
+        C: (B, G, N).
+        D: (H,) or None.
+        dt_bias: (H,) or None.
+        dt_softplus: apply softplus after adding ``dt_bias``.
+        dt_limit: ``(lo, hi)`` clamp of Δ; ``(0, inf)`` = none.
+
+    Returns:
+        ``(y, new_state)``: y (B, H, P); new_state (B, H, P, N).
+
+    Example:
+        >>> y, s = ssd_state_update(
+        ...     np.zeros((1, 1, 1, 1)), np.ones((1, 1, 1)), np.full((1, 1), 0.5), -np.ones(1),
+        ...     np.full((1, 1, 1), 2.0), np.full((1, 1, 1), 3.0))
+        >>> float(y.item()), float(s.item())
+        (3.0, 1.0)
+    """
+    state, x, A = _f64(state), _f64(x), _f64(A)
+    dt = _ssd_dt(dt, dt_bias, dt_softplus, dt_limit)  # (B, H)
+    nheads = x.shape[1]
+    Bh = _heads_from_groups(_f64(B), nheads)  # (B, H, N)
+    Ch = _heads_from_groups(_f64(C), nheads)
+    new_state = np.exp(dt * A)[:, :, None, None] * state + np.einsum("bh,bhp,bhn->bhpn", dt, x, Bh)
+    y = np.einsum("bhpn,bhn->bhp", new_state, Ch)
+    if D is not None:
+        y = y + x * _f64(D)[:, None]
+    return y, new_state
+
+
+# ------------------------------------------------------------------------------------------------
+# mixers
+# ------------------------------------------------------------------------------------------------
+
+
+def _conv_weight(w: Mapping) -> np.ndarray:
+    weight = _f64(w["conv1d.weight"])  # (C, 1, K), the canonical torch layout
+    return weight[:, 0, :]
+
+
+def mamba1_mixer(h, w: Mapping, cfg: Mamba1Config, conv_state=None, ssm_state=None):
+    """Mamba-1 mixer over a sequence (spec-notes §3.4 steps 1-12).
+
+    The ``dt_proj`` bias is **not** applied with ``dt_proj``: it is added inside the scan, followed
+    by softplus (pitfall §9.4). ``A = -exp(A_log)``.
+
+    Args:
+        h: (B, L, D) normed input.
+        w: this layer's mixer tensors, short names (``layer_weights``): ``in_proj.weight``
+            (2E, D), optional ``in_proj.bias`` (2E,), ``conv1d.weight`` (E, 1, K), optional
+            ``conv1d.bias`` (E,), ``x_proj.weight`` (R + 2N, E), ``dt_proj.weight`` (E, R),
+            ``dt_proj.bias`` (E,), ``A_log`` (E, N), ``D`` (E,), ``out_proj.weight`` (D, E),
+            optional ``out_proj.bias`` (D,).
+        cfg: the model config (E, R, N).
+        conv_state: (B, E, K) or None (zeros).
+        ssm_state: (B, E, N) or None (zeros).
+
+    Returns:
+        ``(out, conv_state, ssm_state)``: out (B, L, D); conv_state (B, E, K); ssm_state (B, E, N).
+
+    Example:
+        >>> cfg = Mamba1Config(d_model=8, n_layer=1, vocab_size=16)
+        >>> ws = init_weights(cfg, np.random.default_rng(0))
+        >>> out, cs, ss = mamba1_mixer(np.ones((1, 3, 8)), layer_weights(ws, 0), cfg)
+        >>> out.shape, cs.shape, ss.shape
+        ((1, 3, 8), (1, 16, 4), (1, 16, 16))
+    """
+    e, r, n = cfg.d_inner, cfg.dt_rank, cfg.d_state
+    xz = _linear(_f64(h), w["in_proj.weight"], w.get("in_proj.bias"))  # (B, L, 2E)
+    x, z = xz[..., :e], xz[..., e:]
+    u, conv_state = causal_conv1d(
+        x, _conv_weight(w), w.get("conv1d.bias"), conv_state, activation="silu"
+    )  # (B, L, E)
+    x_dbl = _linear(u, w["x_proj.weight"])  # (B, L, R + 2N)
+    dt_r, Bm, Cm = x_dbl[..., :r], x_dbl[..., r : r + n], x_dbl[..., r + n :]
+    delta = _linear(dt_r, w["dt_proj.weight"])  # (B, L, E), no bias here
+    A = -np.exp(_f64(w["A_log"]))  # (E, N)
+    y, ssm_state = selective_scan(
+        u,
+        delta,
+        A,
+        Bm,
+        Cm,
+        D=w["D"],
+        z=z,
+        delta_bias=w["dt_proj.bias"],
+        delta_softplus=True,
+        initial_state=ssm_state,
+    )
+    out = _linear(y, w["out_proj.weight"], w.get("out_proj.bias"))
+    return out, conv_state, ssm_state
+
+
+def mamba1_mixer_step(h, w: Mapping, cfg: Mamba1Config, conv_state, ssm_state):
+    """One decode step of the Mamba-1 mixer (spec-notes §3.5).
+
+    Args:
+        h: (B, D) normed input of one token.
+        w: this layer's mixer tensors (see ``mamba1_mixer``).
+        cfg: the model config.
+        conv_state: (B, E, K).
+        ssm_state: (B, E, N).
+
+    Returns:
+        ``(out, conv_state, ssm_state)``: out (B, D); conv_state (B, E, K); ssm_state (B, E, N).
+
+    Example:
+        >>> cfg = Mamba1Config(d_model=8, n_layer=1, vocab_size=16)
+        >>> ws = init_weights(cfg, np.random.default_rng(0))
+        >>> out, cs, ss = mamba1_mixer_step(np.ones((1, 8)), layer_weights(ws, 0), cfg,
+        ...                                 np.zeros((1, 16, 4)), np.zeros((1, 16, 16)))
+        >>> out.shape
+        (1, 8)
+    """
+    e, r, n = cfg.d_inner, cfg.dt_rank, cfg.d_state
+    xz = _linear(_f64(h), w["in_proj.weight"], w.get("in_proj.bias"))  # (B, 2E)
+    x, z = xz[..., :e], xz[..., e:]
+    u, conv_state = causal_conv1d_update(
+        x, conv_state, _conv_weight(w), w.get("conv1d.bias"), activation="silu"
+    )  # (B, E)
+    x_dbl = _linear(u, w["x_proj.weight"])  # (B, R + 2N)
+    dt_r, Bm, Cm = x_dbl[..., :r], x_dbl[..., r : r + n], x_dbl[..., r + n :]
+    delta = _linear(dt_r, w["dt_proj.weight"])  # (B, E)
+    A = -np.exp(_f64(w["A_log"]))
+    y, ssm_state = selective_state_update(
+        ssm_state,
+        u,
+        delta,
+        A,
+        Bm,
+        Cm,
+        D=w["D"],
+        z=z,
+        delta_bias=w["dt_proj.bias"],
+        delta_softplus=True,
+    )
+    out = _linear(y, w["out_proj.weight"], w.get("out_proj.bias"))
+    return out, conv_state, ssm_state
+
+
+def _mamba2_split_xbc(xbc: np.ndarray, cfg: Mamba2Config):
+    # [x (E), B (G*N), C (G*N)] -> x (..., H, P), B and C (..., G, N)
+    e, gn = cfg.d_inner, cfg.ngroups * cfg.d_state
+    lead = xbc.shape[:-1]
+    x = xbc[..., :e].reshape(*lead, cfg.nheads, cfg.headdim)
+    Bm = xbc[..., e : e + gn].reshape(*lead, cfg.ngroups, cfg.d_state)
+    Cm = xbc[..., e + gn :].reshape(*lead, cfg.ngroups, cfg.d_state)
+    return x, Bm, Cm
+
+
+def _mamba2_project_out(y: np.ndarray, z: np.ndarray, w: Mapping, cfg: Mamba2Config) -> np.ndarray:
+    # gated RMSNorm (gate first, groups of E/G channels), then out_proj (spec-notes §4.4 steps 8-9)
+    y = rmsnorm_gated(
+        y,
+        z,
+        w["norm.weight"],
+        eps=cfg.norm_epsilon,
+        group_size=cfg.d_inner // cfg.ngroups,
+        norm_before_gate=False,
+    )
+    return _linear(y, w["out_proj.weight"], w.get("out_proj.bias"))
+
+
+def mamba2_mixer(h, w: Mapping, cfg: Mamba2Config, conv_state=None, ssm_state=None):
+    """Mamba-2 mixer over a sequence (spec-notes §4.4 steps 1-9, chunked SSD of §4.5).
+
+    ``in_proj`` rows are ``[z (E), x (E), B (G·N), C (G·N), dt (H)]``; the conv and the SiLU cover
+    all of ``xBC``; SSD runs with ``cfg.chunk_size`` and ``cfg.dt_limit``; the gated RMSNorm uses
+    ``group_size = E / G`` and ``eps = cfg.norm_epsilon``.
+
+    Args:
+        h: (B, L, D) normed input.
+        w: this layer's mixer tensors, short names: ``in_proj.weight`` (2E + 2GN + H, D), optional
+            ``in_proj.bias``, ``conv1d.weight`` (conv_dim, 1, K), optional ``conv1d.bias``
+            (conv_dim,), ``dt_bias`` (H,), ``A_log`` (H,), ``D`` (H,), ``norm.weight`` (E,),
+            ``out_proj.weight`` (D, E), optional ``out_proj.bias``.
+        cfg: the model config.
+        conv_state: (B, conv_dim, K) or None (zeros).
+        ssm_state: (B, H, P, N) or None (zeros).
+
+    Returns:
+        ``(out, conv_state, ssm_state)``: out (B, L, D); conv_state (B, conv_dim, K);
+        ssm_state (B, H, P, N).
+
+    Example:
+        >>> cfg = Mamba2Config(d_model=8, n_layer=1, vocab_size=16, d_state=4, headdim=4)
+        >>> ws = init_weights(cfg, np.random.default_rng(0))
+        >>> out, cs, ss = mamba2_mixer(np.ones((1, 3, 8)), layer_weights(ws, 0), cfg)
+        >>> out.shape, cs.shape, ss.shape
+        ((1, 3, 8), (1, 24, 4), (1, 4, 4, 4))
+    """
+    e = cfg.d_inner
+    zxbcdt = _linear(_f64(h), w["in_proj.weight"], w.get("in_proj.bias"))  # (B, L, d_in_proj)
+    z, xbc, dt = zxbcdt[..., :e], zxbcdt[..., e : e + cfg.conv_dim], zxbcdt[..., e + cfg.conv_dim :]
+    xbc, conv_state = causal_conv1d(
+        xbc, _conv_weight(w), w.get("conv1d.bias"), conv_state, activation="silu"
+    )  # (B, L, conv_dim)
+    x, Bm, Cm = _mamba2_split_xbc(xbc, cfg)
+    A = -np.exp(_f64(w["A_log"]))  # (H,)
+    y, ssm_state = ssd_chunked(
+        x,
+        dt,
+        A,
+        Bm,
+        Cm,
+        cfg.chunk_size,
+        D=w["D"],
+        dt_bias=w["dt_bias"],
+        dt_softplus=True,
+        dt_limit=cfg.dt_limit,
+        initial_state=ssm_state,
+    )  # (B, L, H, P)
+    y = y.reshape(*y.shape[:2], e)
+    return _mamba2_project_out(y, z, w, cfg), conv_state, ssm_state
+
+
+def mamba2_mixer_step(h, w: Mapping, cfg: Mamba2Config, conv_state, ssm_state):
+    """One decode step of the Mamba-2 mixer (spec-notes §4.6).
+
+    The same ``dt_limit`` clamp as the chunked path is applied, so that a step equals the forward.
+
+    Args:
+        h: (B, D) normed input of one token.
+        w: this layer's mixer tensors (see ``mamba2_mixer``).
+        cfg: the model config.
+        conv_state: (B, conv_dim, K).
+        ssm_state: (B, H, P, N).
+
+    Returns:
+        ``(out, conv_state, ssm_state)``: out (B, D); conv_state (B, conv_dim, K);
+        ssm_state (B, H, P, N).
+
+    Example:
+        >>> cfg = Mamba2Config(d_model=8, n_layer=1, vocab_size=16, d_state=4, headdim=4)
+        >>> ws = init_weights(cfg, np.random.default_rng(0))
+        >>> out, cs, ss = mamba2_mixer_step(np.ones((1, 8)), layer_weights(ws, 0), cfg,
+        ...                                 np.zeros((1, 24, 4)), np.zeros((1, 4, 4, 4)))
+        >>> out.shape
+        (1, 8)
+    """
+    e = cfg.d_inner
+    zxbcdt = _linear(_f64(h), w["in_proj.weight"], w.get("in_proj.bias"))  # (B, d_in_proj)
+    z, xbc, dt = zxbcdt[..., :e], zxbcdt[..., e : e + cfg.conv_dim], zxbcdt[..., e + cfg.conv_dim :]
+    xbc, conv_state = causal_conv1d_update(
+        xbc, conv_state, _conv_weight(w), w.get("conv1d.bias"), activation="silu"
+    )  # (B, conv_dim)
+    x, Bm, Cm = _mamba2_split_xbc(xbc, cfg)
+    A = -np.exp(_f64(w["A_log"]))
+    y, ssm_state = ssd_state_update(
+        ssm_state,
+        x,
+        dt,
+        A,
+        Bm,
+        Cm,
+        D=w["D"],
+        dt_bias=w["dt_bias"],
+        dt_softplus=True,
+        dt_limit=cfg.dt_limit,
+    )  # (B, H, P)
+    y = y.reshape(y.shape[0], e)
+    return _mamba2_project_out(y, z, w, cfg), conv_state, ssm_state
+
+
+_MIXERS = {"mamba1": (mamba1_mixer, mamba1_mixer_step), "mamba2": (mamba2_mixer, mamba2_mixer_step)}
+
+
+# ------------------------------------------------------------------------------------------------
+# backbone and language model
+# ------------------------------------------------------------------------------------------------
+
+
+def layer_weights(weights: Mapping, i: int, prefix: str = "backbone.layers.") -> dict:
+    """The mixer tensors of layer ``i`` under short names (``f"{prefix}{i}.mixer."`` stripped).
+
+    Args:
+        weights: canonical name -> array.
+        i: layer index.
+        prefix: the layer prefix of the canonical names.
+
+    Returns:
+        dict short name (e.g. ``"in_proj.weight"``) -> array (the same objects, not copies).
+
+    Example:
+        >>> layer_weights({"backbone.layers.0.mixer.D": 1, "backbone.layers.1.mixer.D": 2}, 1)
+        {'D': 2}
+    """
+    head = f"{prefix}{i}.mixer."
+    return {name[len(head) :]: value for name, value in weights.items() if name.startswith(head)}
+
+
+def backbone_forward(cfg, weights: Mapping, hidden, states=None):
+    """The residual backbone over a sequence (spec-notes §1.2).
+
+    Pre-norm residual ``x ← x + Mixer(RMSNorm(x))`` per layer, then ``norm_f``.
+
+    Args:
+        cfg: ``Mamba1Config`` or ``Mamba2Config``.
+        weights: canonical (state-spaces) names -> arrays in torch layout.
+        hidden: (B, L, D) embedded inputs.
+        states: None (zeros) or a list of ``n_layer`` ``(conv_state, ssm_state)`` pairs.
+
+    Returns:
+        ``(out, states)``: out (B, L, D) after ``norm_f``; the list of new per-layer state pairs.
+
+    Example:
+        >>> cfg = Mamba1Config(d_model=8, n_layer=2, vocab_size=16)
+        >>> out, states = backbone_forward(cfg, init_weights(cfg, np.random.default_rng(0)),
+        ...                                np.ones((1, 3, 8)))
+        >>> out.shape, len(states)
+        ((1, 3, 8), 2)
+    """
+    mixer = _MIXERS[cfg.arch][0]
+    x = _f64(hidden)
+    new_states = []
+    for i in range(cfg.n_layer):
+        conv_state, ssm_state = (None, None) if states is None else states[i]
+        normed = rmsnorm(x, weights[f"backbone.layers.{i}.norm.weight"], cfg.norm_epsilon)
+        out, conv_state, ssm_state = mixer(
+            normed, layer_weights(weights, i), cfg, conv_state, ssm_state
+        )
+        x = x + out
+        new_states.append((conv_state, ssm_state))
+    return rmsnorm(x, weights["backbone.norm_f.weight"], cfg.norm_epsilon), new_states
+
+
+def backbone_step(cfg, weights: Mapping, hidden, states):
+    """One decode step of the backbone (spec-notes §3.5, §4.6).
+
+    Args:
+        cfg: ``Mamba1Config`` or ``Mamba2Config``.
+        weights: canonical names -> arrays.
+        hidden: (B, D) embedded token.
+        states: list of ``n_layer`` ``(conv_state, ssm_state)`` pairs.
+
+    Returns:
+        ``(out, states)``: out (B, D) after ``norm_f``; the new state pairs.
+
+    Example:
+        >>> cfg = Mamba1Config(d_model=8, n_layer=1, vocab_size=16)
+        >>> ws = init_weights(cfg, np.random.default_rng(0))
+        >>> _, states = backbone_forward(cfg, ws, np.ones((1, 3, 8)))
+        >>> backbone_step(cfg, ws, np.ones((1, 8)), states)[0].shape
+        (1, 8)
+    """
+    step = _MIXERS[cfg.arch][1]
+    x = _f64(hidden)
+    new_states = []
+    for i in range(cfg.n_layer):
+        conv_state, ssm_state = states[i]
+        normed = rmsnorm(x, weights[f"backbone.layers.{i}.norm.weight"], cfg.norm_epsilon)
+        out, conv_state, ssm_state = step(
+            normed, layer_weights(weights, i), cfg, conv_state, ssm_state
+        )
+        x = x + out
+        new_states.append((conv_state, ssm_state))
+    return rmsnorm(x, weights["backbone.norm_f.weight"], cfg.norm_epsilon), new_states
+
+
+def _lm_head(weights: Mapping) -> np.ndarray:
+    # tied models may store only the embedding (spec-notes §1.4)
+    return _f64(weights.get("lm_head.weight", weights["backbone.embedding.weight"]))
+
+
+def lm_forward(cfg, weights: Mapping, input_ids, states=None):
+    """Language model over a sequence: embedding, backbone, LM head (spec-notes §1.1-1.4).
+
+    Args:
+        cfg: ``Mamba1Config`` or ``Mamba2Config``.
+        weights: canonical names -> arrays; ``lm_head.weight`` (V, D) is used when present, else the
+            head is tied to ``backbone.embedding.weight`` (V, D).
+        input_ids: (B, L) integer token ids.
+        states: None or a list of ``n_layer`` ``(conv_state, ssm_state)`` pairs.
+
+    Returns:
+        ``(logits, states)``: logits (B, L, V) float64 (padding columns included); new state pairs.
+
+    Example:
+        >>> cfg = Mamba2Config(d_model=8, n_layer=1, vocab_size=16, d_state=4, headdim=4)
+        >>> logits, _ = lm_forward(cfg, init_weights(cfg, np.random.default_rng(0)), [[1, 2, 3]])
+        >>> logits.shape
+        (1, 3, 16)
+    """
+    embedding = _f64(weights["backbone.embedding.weight"])
+    hidden = embedding[np.asarray(input_ids)]  # (B, L, D)
+    out, states = backbone_forward(cfg, weights, hidden, states)
+    return out @ _lm_head(weights).T, states
+
+
+def lm_step(cfg, weights: Mapping, token_ids, states):
+    """One decode step of the language model.
+
+    Args:
+        cfg: ``Mamba1Config`` or ``Mamba2Config``.
+        weights: canonical names -> arrays (see ``lm_forward``).
+        token_ids: (B,) integer token ids.
+        states: list of ``n_layer`` ``(conv_state, ssm_state)`` pairs.
+
+    Returns:
+        ``(logits, states)``: logits (B, V) float64; new state pairs.
+
+    Example:
+        >>> cfg = Mamba1Config(d_model=8, n_layer=1, vocab_size=16)
+        >>> ws = init_weights(cfg, np.random.default_rng(0))
+        >>> _, states = lm_forward(cfg, ws, [[1, 2]])
+        >>> lm_step(cfg, ws, [3], states)[0].shape
+        (1, 16)
+    """
+    embedding = _f64(weights["backbone.embedding.weight"])
+    hidden = embedding[np.asarray(token_ids)]  # (B, D)
+    out, states = backbone_step(cfg, weights, hidden, states)
+    return out @ _lm_head(weights).T, states
+
+
+# ------------------------------------------------------------------------------------------------
+# random checkpoints
+# ------------------------------------------------------------------------------------------------
+
+
+def _uniform(rng: np.random.Generator, bound: float, shape) -> np.ndarray:
+    return rng.uniform(-bound, bound, size=shape)
+
+
+def _linear_weight(rng: np.random.Generator, fan_out: int, fan_in: int) -> np.ndarray:
+    # torch nn.Linear default: kaiming_uniform(a=sqrt(5)) = U(±1/sqrt(fan_in))
+    return _uniform(rng, 1.0 / math.sqrt(fan_in), (fan_out, fan_in))
+
+
+def _dt_bias(rng: np.random.Generator, cfg, size: int) -> np.ndarray:
+    # log-uniform dt in [dt_min, dt_max], floored, then the inverse of softplus (spec-notes §3.3):
+    # b = dt + log(-expm1(-dt)) so that softplus(b) = dt (mamba_simple.py, mamba2.py)
+    lo, hi = math.log(cfg.dt_min), math.log(cfg.dt_max)
+    dt = np.exp(rng.uniform(0.0, 1.0, size) * (hi - lo) + lo)
+    dt = np.maximum(dt, cfg.dt_init_floor)
+    return dt + np.log(-np.expm1(-dt))
+
+
+def _norm_weight(rng: np.random.Generator, size: int, perturb: bool) -> np.ndarray:
+    return 1.0 + rng.uniform(-0.2, 0.2, size) if perturb else np.ones(size)
+
+
+def _init_mamba1_mixer(rng: np.random.Generator, cfg: Mamba1Config) -> dict:
+    d, e, n, k, r = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.d_conv, cfg.dt_rank
+    w = {"in_proj.weight": _linear_weight(rng, 2 * e, d)}
+    if cfg.bias:
+        w["in_proj.bias"] = np.zeros(2 * e)
+    w["conv1d.weight"] = _uniform(rng, 1.0 / math.sqrt(k), (e, 1, k))
+    if cfg.conv_bias:
+        w["conv1d.bias"] = _uniform(rng, 1.0 / math.sqrt(k), (e,))
+    w["x_proj.weight"] = _linear_weight(rng, r + 2 * n, e)
+    dt_std = r**-0.5 * cfg.dt_scale
+    if cfg.dt_init == "constant":
+        w["dt_proj.weight"] = np.full((e, r), dt_std)
+    else:
+        w["dt_proj.weight"] = _uniform(rng, dt_std, (e, r))
+    w["dt_proj.bias"] = _dt_bias(rng, cfg, e)
+    w["A_log"] = np.log(np.broadcast_to(np.arange(1, n + 1, dtype=_F64), (e, n)))  # S4D-real
+    w["D"] = np.ones(e)
+    w["out_proj.weight"] = _linear_weight(rng, d, e)
+    if cfg.bias:
+        w["out_proj.bias"] = np.zeros(d)
+    return w
+
+
+def _init_mamba2_mixer(rng: np.random.Generator, cfg: Mamba2Config, perturb_norms: bool) -> dict:
+    d, e, k, h = cfg.d_model, cfg.d_inner, cfg.d_conv, cfg.nheads
+    w = {"in_proj.weight": _linear_weight(rng, cfg.d_in_proj, d)}
+    if cfg.bias:
+        w["in_proj.bias"] = np.zeros(cfg.d_in_proj)
+    w["conv1d.weight"] = _uniform(rng, 1.0 / math.sqrt(k), (cfg.conv_dim, 1, k))
+    if cfg.conv_bias:
+        w["conv1d.bias"] = _uniform(rng, 1.0 / math.sqrt(k), (cfg.conv_dim,))
+    w["dt_bias"] = _dt_bias(rng, cfg, h)
+    a_lo, a_hi = cfg.A_init_range
+    w["A_log"] = np.log(rng.uniform(a_lo, a_hi, h))
+    w["D"] = np.ones(h)
+    w["norm.weight"] = _norm_weight(rng, e, perturb_norms)
+    w["out_proj.weight"] = _linear_weight(rng, d, e)
+    if cfg.bias:
+        w["out_proj.bias"] = np.zeros(d)
+    return w
+
+
+def init_weights(cfg, rng: np.random.Generator, *, perturb_norms: bool = False) -> dict:
+    """A random checkpoint with the official initialization (spec-notes §1.5, §3.3, §4.3).
+
+    Embedding N(0, ``initializer_range``); Linear weights U(±1/sqrt(fan_in)) (torch's default); conv
+    weight and bias U(±1/sqrt(K)); ``out_proj.weight`` divided by sqrt(n_layer) when
+    ``cfg.rescale_prenorm_residual`` (the default); Linear biases 0; dt bias = inverse softplus of a
+    log-uniform dt in [dt_min, dt_max] floored at ``dt_init_floor``; ``A_log = log(1..N)`` per
+    channel (Mamba-1) or ``log(U(A_init_range))`` per head (Mamba-2); ``D = 1``; norm weights 1.
+    ``lm_head.weight`` exists only when ``not cfg.tie_embeddings``; ``in_proj``/``out_proj`` biases
+    only when ``cfg.bias``; ``conv1d.bias`` only when ``cfg.conv_bias``. Deterministic given
+    ``rng``.
+
+    Args:
+        cfg: ``Mamba1Config`` or ``Mamba2Config``.
+        rng: the generator all draws come from, in a fixed order.
+        perturb_norms: draw every norm weight from 1 + U(-0.2, 0.2) instead of 1, so that tests
+            exercise the weight multiply.
+
+    Returns:
+        dict canonical (state-spaces) name -> float32 numpy array in torch layout; embedding
+        (V, D) with V = ``cfg.vocab_size_padded``.
+
+    Example:
+        >>> cfg = Mamba1Config(d_model=8, n_layer=1, vocab_size=10)
+        >>> ws = init_weights(cfg, np.random.default_rng(0))
+        >>> ws["backbone.embedding.weight"].shape, ws["backbone.layers.0.mixer.conv1d.weight"].shape
+        ((16, 8), (16, 1, 4))
+    """
+    d, v = cfg.d_model, cfg.vocab_size_padded
+    out = {"backbone.embedding.weight": rng.normal(0.0, cfg.initializer_range, (v, d))}
+    residual_scale = 1.0 / math.sqrt(cfg.n_layer) if cfg.rescale_prenorm_residual else 1.0
+    for i in range(cfg.n_layer):
+        out[f"backbone.layers.{i}.norm.weight"] = _norm_weight(rng, d, perturb_norms)
+        if cfg.arch == "mamba1":
+            mixer = _init_mamba1_mixer(rng, cfg)
+        else:
+            mixer = _init_mamba2_mixer(rng, cfg, perturb_norms)
+        mixer["out_proj.weight"] = mixer["out_proj.weight"] * residual_scale
+        for name, value in mixer.items():
+            out[f"backbone.layers.{i}.mixer.{name}"] = value
+    out["backbone.norm_f.weight"] = _norm_weight(rng, d, perturb_norms)
+    if not cfg.tie_embeddings:
+        out["lm_head.weight"] = _linear_weight(rng, v, d)
+    return {name: np.ascontiguousarray(value, dtype=np.float32) for name, value in out.items()}

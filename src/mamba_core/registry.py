@@ -1,0 +1,105 @@
+"""Backend registry: a static, lazy table of array backends.
+
+Rule: no framework is imported until a backend is asked for (``import mamba_core`` stays numpy-only,
+``tests/test_isolation.py`` proves it). ``get_backend("mlx")`` really imports ``mlx.core``: on Linux, plain
+``mlx`` installs and ``find_spec`` succeeds, but without ``mlx[cpu]`` there is no runtime.
+"""
+
+from __future__ import annotations
+
+import importlib
+import platform
+import sys
+from types import ModuleType
+
+from mamba_core.errors import BackendUnavailableError
+
+BACKENDS = {"torch": "mamba_core.backends.torch", "mlx": "mamba_core.backends.mlx"}
+
+# Every backend's __init__ exports exactly these names (conformance/test_api.py checks it).
+BACKEND_API = (
+    "NAME",
+    "devices",
+    "default_device",
+    "build_model",
+    "load_checkpoint",
+    "export_tensors",
+    "save_safetensors",
+    "to_numpy",
+    "from_numpy",
+    "ops",
+    "Mamba1",
+    "Mamba2",
+    "Mamba1LM",
+    "Mamba2LM",
+    "Mamba1Block",
+    "Mamba2Block",
+    "Mamba1Mixer",
+    "Mamba2Mixer",
+    "RMSNorm",
+    "RMSNormGated",
+    "MambaCache",
+    "generate",
+    "stream",
+)
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+_FRAMEWORK = {"torch": "torch", "mlx": "mlx.core"}
+
+
+def _install_hint(name: str) -> str:
+    if name == "mlx" and sys.platform == "linux":
+        return 'pip install "mlx[cpu]"  (or pip install "mamba-core[mlx]")'
+    if name == "torch":
+        return (
+            'pip install "mamba-core[torch]"  (CPU-only: pip install torch --index-url '
+            "https://download.pytorch.org/whl/cpu)"
+        )
+    return f'pip install "mamba-core[{name}]"'
+
+
+def _probe(name: str) -> str | None:
+    """None when the framework imports, else the reason it does not."""
+    try:
+        importlib.import_module(_FRAMEWORK[name])
+    except Exception as e:  # ImportError, OSError (missing libmlx.so), RuntimeError ...
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def get_backend(name: str) -> ModuleType:
+    """Import and return the backend module ``mamba_core.backends.<name>``.
+
+    Raises:
+        BackendUnavailableError: the backend's framework is not installed or has no runtime here; the
+            message gives the pip command that fixes it.
+        ValueError: the name is not a known backend.
+    """
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; expected one of {sorted(BACKENDS)}")
+    reason = _probe(name)
+    if reason is not None:
+        raise BackendUnavailableError(name, reason, _install_hint(name))
+    return importlib.import_module(BACKENDS[name])
+
+
+def available_backends() -> dict[str, str | None]:
+    """Each backend name -> None when usable here, else the reason it is not.
+
+    Example:
+        >>> sorted(available_backends())
+        ['mlx', 'torch']
+    """
+    return {name: _probe(name) for name in BACKENDS}
+
+
+def default_backend() -> str:
+    """``"mlx"`` on Apple Silicon when importable, else ``"torch"`` (the ``backend="auto"`` rule)."""
+    if sys.platform == "darwin" and platform.machine() == "arm64" and _probe("mlx") is None:
+        return "mlx"
+    if _probe("torch") is None:
+        return "torch"
+    if _probe("mlx") is None:
+        return "mlx"
+    raise BackendUnavailableError("torch", _probe("torch") or "not importable", _install_hint("torch"))

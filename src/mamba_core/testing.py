@@ -1,0 +1,91 @@
+"""Test support shared by ``tests/``, ``conformance/`` and users checking their own backend.
+
+One error metric, one tolerance table by dtype (house-style §7), numpy rounding to bf16/fp16 so the
+float64 reference sees exactly the inputs a low-precision backend sees, and the tiny configs the suites
+run on (chosen for awkward cases: n_groups > 1, lengths not a multiple of the chunk, d_state 1, untied
+heads, vocab not a multiple of 8).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mamba_core.config import Mamba1Config, Mamba2Config
+
+# err = max|out - ref| / max|ref|  (house-style §7; measured headroom noted there)
+TOLERANCE = {"float32": 1e-5, "float16": 4e-3, "bfloat16": 3e-2}
+# what the dtype policy keeps in fp32 (states, dt) is held to this whatever the activation dtype
+STATE_TOLERANCE = TOLERANCE["float32"]
+
+
+def rel_err(out, ref) -> float:
+    """``max|out - ref| / max(max|ref|, tiny)`` in float64."""
+    out = np.asarray(out, dtype=np.float64)
+    ref = np.asarray(ref, dtype=np.float64)
+    if out.shape != ref.shape:
+        raise ValueError(f"shape mismatch: out {out.shape} vs ref {ref.shape}")
+    denom = max(float(np.max(np.abs(ref))) if ref.size else 0.0, np.finfo(np.float64).tiny)
+    return float(np.max(np.abs(out - ref))) / denom if ref.size else 0.0
+
+
+def check_close(out, ref, tol: float, what: str) -> float:
+    """Print the size of the miss, then raise AssertionError when ``rel_err > tol``; returns the error."""
+    out64 = np.asarray(out, dtype=np.float64)
+    ref64 = np.asarray(ref, dtype=np.float64)
+    err = rel_err(out64, ref64)
+    diff = np.abs(out64 - ref64)
+    print(
+        f"{what}: max abs {diff.max() if diff.size else 0:.3e}, mean abs "
+        f"{diff.mean() if diff.size else 0:.3e}, err {err:.3e} (tol {tol:.1e})"
+    )
+    if not err <= tol:
+        raise AssertionError(f"{what}: error {err:.3e} exceeds tolerance {tol:.1e}")
+    return err
+
+
+def round_bf16(a) -> np.ndarray:
+    """Round float32 values to bfloat16 (round to nearest even), returned as float32. Matches torch."""
+    a = np.ascontiguousarray(np.asarray(a, dtype=np.float32))
+    bits = a.view(np.uint32).astype(np.uint64)
+    lsb = (bits >> 16) & 1
+    rounded = ((bits + 0x7FFF + lsb) & 0xFFFF0000).astype(np.uint32)
+    out = rounded.view(np.float32)
+    return np.where(np.isfinite(a), out, a)
+
+
+def round_to(dtype: str, a) -> np.ndarray:
+    """Round ``a`` to ``dtype`` ("float32" | "float16" | "bfloat16") and return it as float32."""
+    a = np.asarray(a, dtype=np.float32)
+    if dtype == "float32":
+        return a.copy()
+    if dtype == "float16":
+        return a.astype(np.float16).astype(np.float32)
+    if dtype == "bfloat16":
+        return round_bf16(a)
+    raise ValueError(f"unknown dtype {dtype!r}; expected float32, float16 or bfloat16")
+
+
+def tiny_mamba1(**overrides) -> Mamba1Config:
+    """A 2-layer Mamba-1 with an unpadded vocab of 61 (padded to 64)."""
+    base = dict(d_model=32, n_layer=2, vocab_size=61, d_state=8, dt_rank=4)
+    return Mamba1Config(**{**base, **overrides})
+
+
+def tiny_mamba2(**overrides) -> Mamba2Config:
+    """A 2-layer Mamba-2 with ngroups 2, headdim 8, chunk 16, vocab 61 (padded to 64)."""
+    base = dict(d_model=32, n_layer=2, vocab_size=61, d_state=8, headdim=8, ngroups=2, chunk_size=16)
+    return Mamba2Config(**{**base, **overrides})
+
+
+def awkward_configs() -> dict[str, Mamba1Config | Mamba2Config]:
+    """Small configs covering the awkward cases conformance must pass (id -> config)."""
+    return {
+        "m1": tiny_mamba1(),
+        "m1-untied-dstate1-vocab13": tiny_mamba1(
+            d_state=1, tie_embeddings=False, vocab_size=13, pad_vocab_size_multiple=1
+        ),
+        "m2-g2": tiny_mamba2(),
+        "m2-untied-dstate1-vocab13": tiny_mamba2(
+            d_state=1, ngroups=1, tie_embeddings=False, vocab_size=13, pad_vocab_size_multiple=1
+        ),
+    }
