@@ -46,12 +46,18 @@ def choose_files(repo_files: list[str]) -> list[str]:
     return sorted(set(weights) | {f for f in repo_files if f in META_FILES})
 
 
-def resolve(repo_id: str, *, revision: str | None = None) -> Path:
+def resolve_files(repo_id: str, patterns: list[str], *, revision: str | None = None) -> Path:
+    """Fetch (or find in the cache) only ``patterns`` of a repo (e.g. a tokenizer); the snapshot dir."""
+    return resolve(repo_id, revision=revision, patterns=patterns)
+
+
+def resolve(repo_id: str, *, revision: str | None = None, patterns: list[str] | None = None) -> Path:
     """Download (or find in the cache) what a checkpoint needs and return the snapshot directory.
 
     Args:
         repo_id: ``"org/name"`` on the Hugging Face Hub.
         revision: branch, tag or commit; None = the default branch.
+        patterns: fetch only these file patterns (default: what a checkpoint needs).
 
     Raises:
         CheckpointError: offline and not cached, unknown repo, or no weights in it; the message says
@@ -67,7 +73,9 @@ def resolve(repo_id: str, *, revision: str | None = None) -> Path:
     cache_dir = os.environ.get("HF_HUB_CACHE") or None
     offline = _offline()
     try:
-        if offline:
+        if patterns is not None:
+            pass
+        elif offline:
             patterns = list(META_FILES) + list(SAFETENSORS_PATTERNS) + list(BIN_PATTERNS)
         else:
             listing = huggingface_hub.list_repo_files(repo_id, revision=revision)

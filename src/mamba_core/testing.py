@@ -89,3 +89,39 @@ def awkward_configs() -> dict[str, Mamba1Config | Mamba2Config]:
             d_state=1, ngroups=1, tie_embeddings=False, vocab_size=13, pad_vocab_size_multiple=1
         ),
     }
+
+
+def make_hf_cache(cache_dir, repo_id: str, files: dict, *, revision: str = "main") -> str:
+    """Lay files out as huggingface_hub's cache does (blobs + snapshot symlinks + refs) for offline tests.
+
+    Args:
+        cache_dir: the folder to use as ``HF_HUB_CACHE``.
+        repo_id: ``"org/name"``.
+        files: file name -> bytes, or -> a path whose bytes are copied.
+        revision: the ref name that points at the snapshot.
+
+    Returns:
+        The snapshot directory.
+    """
+    import hashlib
+    import os
+    from pathlib import Path
+
+    repo = Path(cache_dir) / ("models--" + repo_id.replace("/", "--"))
+    data = {n: (Path(v).read_bytes() if isinstance(v, (str, os.PathLike)) else v) for n, v in files.items()}
+    commit = hashlib.sha1(repr(sorted((n, hashlib.sha256(b).hexdigest()) for n, b in data.items())).encode())
+    commit = commit.hexdigest()
+    snapshot = repo / "snapshots" / commit
+    (repo / "blobs").mkdir(parents=True, exist_ok=True)
+    snapshot.mkdir(parents=True, exist_ok=True)
+    (repo / "refs").mkdir(exist_ok=True)
+    (repo / "refs" / revision).write_text(commit)
+    for name, blob in data.items():
+        digest = hashlib.sha256(blob).hexdigest()
+        (repo / "blobs" / digest).write_bytes(blob)
+        link = snapshot / name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.exists() or link.is_symlink():
+            link.unlink()
+        link.symlink_to(os.path.relpath(repo / "blobs" / digest, link.parent))
+    return str(snapshot)

@@ -1,0 +1,78 @@
+"""Hub ids from an offline cache laid out like huggingface_hub's, and the tokenizers."""
+
+import json
+
+import numpy as np
+import pytest
+
+from mamba_core import CheckpointError
+from mamba_core.hub import choose_files, looks_like_hub_id
+from mamba_core.loading import local_path, plan_checkpoint
+from mamba_core.testing import make_hf_cache, tiny_mamba1
+from mamba_core.tokenizer import ByteTokenizer, HFTokenizer, load_tokenizer
+
+
+def _safetensors_bytes(cfg) -> bytes:
+    from safetensors.numpy import save
+
+    from mamba_core.reference import init_weights
+
+    w = init_weights(cfg, np.random.default_rng(0))
+    w["backbone.embeddings.weight"] = w.pop("backbone.embedding.weight")
+    return save(w, metadata={"format": "pt"})
+
+
+def test_hub_id_resolves_from_offline_cache(tmp_path, monkeypatch):
+    cfg = tiny_mamba1()
+    snapshot = make_hf_cache(tmp_path / "hub", "state-spaces/tiny-hf", {
+        "config.json": json.dumps(cfg.to_dict("hf")).encode(),
+        "model.safetensors": _safetensors_bytes(cfg),
+    })
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    path = local_path("state-spaces/tiny-hf")
+    assert str(path) == snapshot
+    plan = plan_checkpoint(path)
+    assert plan.dialect == "hf" and plan.config.d_model == cfg.d_model
+
+
+def test_offline_and_not_cached_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(CheckpointError, match=r"not in the local Hugging Face cache.*HF_HUB_OFFLINE"):
+        local_path("state-spaces/mamba-130m")
+
+
+def test_file_choice_prefers_safetensors():
+    files = ["config.json", "pytorch_model.bin", "model.safetensors", "README.md", "tokenizer.json"]
+    assert choose_files(files) == ["config.json", "model.safetensors", "tokenizer.json"]
+    assert choose_files(["config.json", "pytorch_model.bin"]) == ["config.json", "pytorch_model.bin"]
+    assert looks_like_hub_id("state-spaces/mamba-130m")
+    assert not looks_like_hub_id("./local/dir") and not looks_like_hub_id("a/b/c")
+
+
+def test_byte_tokenizer_round_trip_and_streaming():
+    tok = ByteTokenizer()
+    text = "def f(x):\n    return 'é✓'\n"
+    ids = tok.encode(text)
+    assert max(ids) < 256 and tok.decode(ids + [tok.eos_token_id]) == text
+    dec = tok.decoder()
+    pieces = [dec.push(i) for i in ids]
+    assert "".join(pieces) == text
+    assert pieces[ids.index(0xE2)] == ""  # the first byte of a 3-byte character waits
+
+
+def test_tokenizer_json_is_loaded(tmp_path):
+    tokenizers = pytest.importorskip("tokenizers", reason="tokenizers is a runtime dependency")
+    from tokenizers import models, pre_tokenizers
+
+    vocab = {"<|endoftext|>": 0, "hello": 1, "world": 2, "[UNK]": 3}
+    tk = tokenizers.Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tk.pre_tokenizer = pre_tokenizers.Whitespace()
+    tk.save(str(tmp_path / "tokenizer.json"))
+    tok = load_tokenizer(tmp_path)
+    assert isinstance(tok, HFTokenizer)
+    assert tok.encode("hello world") == [1, 2] and tok.eos_token_id == 0
+    assert load_tokenizer(tmp_path / "nothing-here") is None
