@@ -120,7 +120,7 @@ def require_backend(name: str) -> ModuleType:
         if b == name and reason is not None:
             if REQUIRED and name in REQUIRED:
                 pytest.fail(f"required backend {name!r} is unavailable: {reason}")
-            pytest.skip(reason)
+            pytest.skip(reason, allow_module_level=True)
     if name not in SELECTED_BACKENDS:
-        pytest.skip(f"backend {name!r} not selected by MAMBA_CORE_BACKENDS={REQUIRED}")
+        pytest.skip(f"backend {name!r} not selected by MAMBA_CORE_BACKENDS={REQUIRED}", allow_module_level=True)
     return get_backend(name)

@@ -1,0 +1,60 @@
+"""The MLX backend of mamba-core (``mamba_core.backends.mlx``): the mirror image of the torch backend.
+
+Exports exactly ``mamba_core.registry.BACKEND_API``. Runs on ``mx.cpu`` (Linux ``mlx[cpu]``) and
+``mx.gpu`` (Apple Silicon); no path is device-specific.
+
+Example:
+    >>> import mamba_core
+    >>> model = mamba_core.load("ckpt_dir", backend="mlx", dtype="bfloat16")   # doctest: +SKIP
+"""
+
+from mamba_core.backends.mlx import ops as ops
+from mamba_core.backends.mlx.cache import MambaCache as MambaCache
+from mamba_core.backends.mlx.model import Mamba1 as Mamba1
+from mamba_core.backends.mlx.model import Mamba1Block as Mamba1Block
+from mamba_core.backends.mlx.model import Mamba1LM as Mamba1LM
+from mamba_core.backends.mlx.model import Mamba1Mixer as Mamba1Mixer
+from mamba_core.backends.mlx.model import Mamba2 as Mamba2
+from mamba_core.backends.mlx.model import Mamba2Block as Mamba2Block
+from mamba_core.backends.mlx.model import Mamba2LM as Mamba2LM
+from mamba_core.backends.mlx.model import Mamba2Mixer as Mamba2Mixer
+from mamba_core.backends.mlx.model import RMSNorm as RMSNorm
+from mamba_core.backends.mlx.model import RMSNormGated as RMSNormGated
+from mamba_core.backends.mlx.sample import generate as generate
+from mamba_core.backends.mlx.sample import stream as stream
+from mamba_core.backends.mlx.weights import build_model as build_model
+from mamba_core.backends.mlx.weights import default_device as default_device
+from mamba_core.backends.mlx.weights import devices as devices
+from mamba_core.backends.mlx.weights import export_tensors as export_tensors
+from mamba_core.backends.mlx.weights import from_numpy as from_numpy
+from mamba_core.backends.mlx.weights import load_checkpoint as load_checkpoint
+from mamba_core.backends.mlx.weights import save_safetensors as save_safetensors
+from mamba_core.backends.mlx.weights import to_numpy as to_numpy
+
+NAME = "mlx"
+
+__all__ = [
+    "NAME",
+    "Mamba1",
+    "Mamba1Block",
+    "Mamba1LM",
+    "Mamba1Mixer",
+    "Mamba2",
+    "Mamba2Block",
+    "Mamba2LM",
+    "Mamba2Mixer",
+    "MambaCache",
+    "RMSNorm",
+    "RMSNormGated",
+    "build_model",
+    "default_device",
+    "devices",
+    "export_tensors",
+    "from_numpy",
+    "generate",
+    "load_checkpoint",
+    "ops",
+    "save_safetensors",
+    "stream",
+    "to_numpy",
+]

@@ -1,0 +1,223 @@
+"""Weights of the MLX backend: build, load a ``LoadPlan``, export, save, numpy and device helpers.
+
+Everything is derived from ``mamba_core.layout`` (names, shapes, dtype policy, ``mlx_axes``) and the
+spec's ``LoadPlan`` (house-style §9.2): no name-replace chains, no shape sniffing. Tensor data is read
+with ``mx.load`` and written with ``mx.save_safetensors``, so bfloat16 never passes through numpy
+(spec-notes §2). Canonical layout = torch's (conv weight (C, 1, K)); the modules hold MLX layout
+(C, K, 1), reached with ``Param.mlx_axes``.
+"""
+
+from __future__ import annotations
+
+import os
+
+import mlx.core as mx
+import numpy as np
+from mamba_core.backends.mlx.model import Mamba1LM, Mamba2LM
+from mlx.utils import tree_flatten
+
+from mamba_core.checkpoint import LoadPlan
+from mamba_core.errors import CheckpointError, UnsupportedError
+from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
+from mamba_core.registry import DTYPES
+
+_DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+_LMS = {"mamba1": Mamba1LM, "mamba2": Mamba2LM}
+KERNELS = ("auto", "reference", "fast")
+
+
+def resolve_dtype(dtype) -> mx.Dtype:
+    """``"float32" | "bfloat16" | "float16"`` or an ``mx.Dtype`` -> ``mx.Dtype``."""
+    if isinstance(dtype, mx.Dtype):
+        if dtype not in _DTYPES.values():
+            raise ValueError(f"dtype {dtype!r} is not supported; expected one of {DTYPES}")
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported; expected one of {DTYPES}")
+    return _DTYPES[dtype]
+
+
+def devices() -> list[str]:
+    """Device strings usable here: ``["cpu"]`` plus ``"gpu"`` when Metal is available."""
+    return ["cpu", "gpu"] if mx.metal.is_available() else ["cpu"]
+
+
+def default_device() -> str:
+    """``"gpu"`` on Apple Silicon (Metal), else ``"cpu"``."""
+    return "gpu" if mx.metal.is_available() else "cpu"
+
+
+def resolve_device(device) -> mx.Device:
+    """``None | "cpu" | "gpu" | mx.Device | mx.DeviceType`` -> ``mx.Device``.
+
+    Raises:
+        ValueError: unknown device, or ``"gpu"`` without Metal.
+    """
+    if device is None:
+        return mx.default_device()
+    if isinstance(device, mx.Device):
+        return device
+    if isinstance(device, mx.DeviceType):
+        return mx.Device(device)
+    if device not in ("cpu", "gpu"):
+        raise ValueError(f"device {device!r} is not an MLX device; expected 'cpu' or 'gpu'")
+    if device not in devices():
+        raise ValueError(f"device {device!r} is not available here; available: {devices()}")
+    return mx.Device(mx.cpu if device == "cpu" else mx.gpu)
+
+
+def to_numpy(x: mx.array) -> np.ndarray:
+    """An ``mx.array`` as numpy (bfloat16 goes through float32: numpy has no bfloat16)."""
+    if x.dtype == mx.bfloat16:
+        x = x.astype(mx.float32)
+    return np.array(x)
+
+
+def from_numpy(a, *, dtype=None, device=None) -> mx.array:
+    """A numpy array as ``mx.array``, cast to ``dtype`` (None keeps numpy's float dtype / ints)."""
+    with mx.stream(resolve_device(device)):
+        out = mx.array(np.asarray(a))
+        return out if dtype is None else out.astype(resolve_dtype(dtype))
+
+
+def _policy_dtype(policy: str, dtype: mx.Dtype) -> mx.Dtype:
+    return mx.float32 if policy == "fp32" else dtype
+
+
+def _to_mlx_layout(arr: mx.array, axes) -> mx.array:
+    return arr if axes is None else mx.transpose(arr, axes)
+
+
+def _from_mlx_layout(arr: mx.array, axes) -> mx.array:
+    return arr if axes is None else mx.transpose(arr, [int(i) for i in np.argsort(axes)])
+
+
+def _assign(model, tensors: dict[str, mx.array], dtype: mx.Dtype) -> None:
+    """Fill ``model`` from canonical torch-layout tensors with the dtype policy applied."""
+    specs = expand_layout(model.config)
+    weights = []
+    for name, spec in specs.items():
+        arr = _to_mlx_layout(tensors[name], spec.mlx_axes)
+        weights.append((name, arr.astype(_policy_dtype(spec.dtype_policy, dtype))))
+    model.load_weights(weights, strict=True)
+    mx.eval(model.parameters())
+
+
+def _new_model(config, dtype: mx.Dtype, device: mx.Device, kernels: str):
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels={kernels!r}; expected one of {KERNELS}")
+    if kernels == "fast":
+        raise UnsupportedError("kernels='fast': the MLX backend has no fused kernels; use 'auto'")
+    return _LMS[config.arch](config, dtype=dtype, device=device)
+
+
+def build_model(config, *, dtype="float32", device=None, seed: int | None = None,
+                kernels: str = "auto"):
+    """A randomly initialized ``Mamba1LM`` / ``Mamba2LM`` (``reference.init_weights``, official init).
+
+    The same ``seed`` gives the same weights in every backend (drawn in numpy).
+
+    Args:
+        config: ``Mamba1Config`` or ``Mamba2Config``.
+        dtype: model dtype name; ``A_log``, ``D`` and the dt bias stay float32.
+        device: ``"cpu"`` | ``"gpu"`` | None (default device).
+        seed: seeds the numpy generator of the initialization (None = fresh entropy).
+        kernels: ``"auto"`` | ``"reference"`` (both: the MLX ops path, ``model.kernel_path``);
+            ``"fast"`` raises (no fused MLX kernels).
+
+    Returns:
+        The ``mlx.nn.Module``.
+
+    Example:
+        >>> from mamba_core.testing import tiny_mamba2
+        >>> build_model(tiny_mamba2(), seed=0).kernel_path
+        'mlx-chunked-ssd'
+    """
+    from mamba_core.reference import init_weights
+
+    dt = resolve_dtype(dtype)
+    dev = resolve_device(device)
+    model = _new_model(config, dt, dev, kernels)
+    arrays = init_weights(config, np.random.default_rng(seed))
+    with mx.stream(dev):
+        _assign(model, {k: mx.array(v) for k, v in arrays.items()}, dt)
+    return model
+
+
+def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
+    """Build the model of ``plan.config`` and fill it from the checkpoint files with ``mx.load``.
+
+    Args:
+        plan: from ``mamba_core.loading.plan_checkpoint`` (names, files, layout moves).
+        dtype: model dtype name, or None for the checkpoint's dtype.
+        device: ``"cpu"`` | ``"gpu"`` | None.
+
+    Returns:
+        ``Mamba1LM`` / ``Mamba2LM``.
+
+    Raises:
+        CheckpointError: a file lacks a planned tensor, or a tied ``lm_head.weight`` differs from
+            the embedding.
+    """
+    dt = resolve_dtype(dtype if dtype is not None else plan.checkpoint_dtype)
+    dev = resolve_device(device)
+    model = _new_model(plan.config, dt, dev, "auto")
+    files: dict[str, dict[str, mx.array]] = {}
+
+    def read(entry) -> mx.array:
+        if entry.file not in files:
+            files[entry.file] = mx.load(os.fspath(entry.file))
+        try:
+            return files[entry.file][entry.source]
+        except KeyError:
+            raise CheckpointError(f"{entry.file!r} has no tensor {entry.source!r}",
+                                  missing=[entry.source]) from None
+
+    tensors = {}
+    with mx.stream(dev):
+        for entry in plan.entries:
+            arr = read(entry)
+            if entry.transpose is not None:  # stored layout -> canonical (torch) layout
+                arr = mx.transpose(arr, entry.transpose)
+            tensors[entry.canonical] = arr
+        if plan.tied_duplicate is not None:
+            head = read(plan.tied_duplicate)
+            if not mx.array_equal(head, tensors["backbone.embedding.weight"]).item():
+                raise CheckpointError(
+                    "lm_head.weight differs from backbone.embedding.weight but the config says "
+                    "tie_embeddings=True; set tie_embeddings false (untied) or drop lm_head.weight",
+                    mismatched=[("lm_head.weight", "equal to the embedding", "different values")])
+        _assign(model, tensors, dt)
+    return model
+
+
+def export_tensors(model, dialect: str = "mamba-core") -> dict[str, mx.array]:
+    """The model's tensors under ``dialect``'s names and layout (canonical torch layout except
+    mlx-lm's (C, K, 1) conv weights); a tied head is not duplicated.
+
+    Raises:
+        CheckpointError: unknown dialect.
+
+    Example:
+        >>> from mamba_core.testing import tiny_mamba1
+        >>> t = export_tensors(build_model(tiny_mamba1()))
+        >>> t["backbone.layers.0.mixer.conv1d.weight"].shape
+        (64, 1, 4)
+    """
+    if dialect not in DIALECT_RENAMES:
+        raise CheckpointError(f"unknown dialect {dialect!r}; expected one of {tuple(DIALECT_RENAMES)}")
+    params = dict(tree_flatten(model.parameters()))
+    mlx_layout = DIALECT_AXES[dialect]
+    out = {}
+    for name, spec in expand_layout(model.config).items():
+        arr = params[name]
+        if not mlx_layout:
+            arr = _from_mlx_layout(arr, spec.mlx_axes)
+        out[DIALECT_RENAMES[dialect].get(name, name)] = arr
+    return out
+
+
+def save_safetensors(tensors: dict[str, mx.array], path, metadata: dict[str, str] | None = None):
+    """Write ``tensors`` with ``mx.save_safetensors`` (bf16 kept bit-exact), contiguous first."""
+    arrays = {k: mx.contiguous(v) for k, v in tensors.items()}
+    mx.save_safetensors(os.fspath(path), arrays, metadata=dict(metadata or {}))
