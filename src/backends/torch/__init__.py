@@ -1,0 +1,61 @@
+"""PyTorch backend of mamba-core: ``nn.Module`` Mamba-1/Mamba-2 LMs, ops, cache, sampling, weights.
+
+Exports exactly ``mamba_core.registry.BACKEND_API``. See ``docs/backend-contract.md``.
+"""
+
+from mamba_core.backends.torch import ops as ops
+from mamba_core.backends.torch.cache import MambaCache as MambaCache
+from mamba_core.backends.torch.heads import FeatureExtractor as FeatureExtractor
+from mamba_core.backends.torch.heads import SequenceClassifier as SequenceClassifier
+from mamba_core.backends.torch.model import Mamba1 as Mamba1
+from mamba_core.backends.torch.model import Mamba1Block as Mamba1Block
+from mamba_core.backends.torch.model import Mamba1LM as Mamba1LM
+from mamba_core.backends.torch.model import Mamba1Mixer as Mamba1Mixer
+from mamba_core.backends.torch.model import Mamba2 as Mamba2
+from mamba_core.backends.torch.model import Mamba2Block as Mamba2Block
+from mamba_core.backends.torch.model import Mamba2LM as Mamba2LM
+from mamba_core.backends.torch.model import Mamba2Mixer as Mamba2Mixer
+from mamba_core.backends.torch.model import RMSNorm as RMSNorm
+from mamba_core.backends.torch.model import RMSNormGated as RMSNormGated
+from mamba_core.backends.torch.sample import generate as generate
+from mamba_core.backends.torch.sample import stream as stream
+from mamba_core.backends.torch.train import Trainer as Trainer
+from mamba_core.backends.torch.weights import build_model as build_model
+from mamba_core.backends.torch.weights import default_device as default_device
+from mamba_core.backends.torch.weights import devices as devices
+from mamba_core.backends.torch.weights import export_tensors as export_tensors
+from mamba_core.backends.torch.weights import from_numpy as from_numpy
+from mamba_core.backends.torch.weights import load_checkpoint as load_checkpoint
+from mamba_core.backends.torch.weights import save_safetensors as save_safetensors
+from mamba_core.backends.torch.weights import to_numpy as to_numpy
+
+NAME = "torch"
+
+__all__ = [
+    "NAME",
+    "FeatureExtractor",
+    "Mamba1",
+    "Mamba1Block",
+    "Mamba1LM",
+    "Mamba1Mixer",
+    "Mamba2",
+    "Mamba2Block",
+    "Mamba2LM",
+    "Mamba2Mixer",
+    "MambaCache",
+    "RMSNorm",
+    "RMSNormGated",
+    "Trainer",
+    "SequenceClassifier",
+    "build_model",
+    "default_device",
+    "devices",
+    "export_tensors",
+    "from_numpy",
+    "generate",
+    "load_checkpoint",
+    "ops",
+    "save_safetensors",
+    "stream",
+    "to_numpy",
+]

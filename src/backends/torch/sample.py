@@ -1,0 +1,208 @@
+"""Generation: logits processing, sampling, ``generate`` and ``stream`` (backend contract).
+
+Prefill once (the cache takes the prompt's final states), then one O(1) ``step`` per token.
+Logit processing order, identical in both backends: padded vocab columns -> -inf, repetition
+penalty (HF rule), greedy argmax when ``temperature == 0``, else temperature, top-k, top-p, min-p,
+sample. Prompts of different lengths are left-padded with ``pad_token_id`` and masked, so every row
+equals its unpadded run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+
+
+def _validate(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty) -> None:
+    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    if temperature is None or temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature!r}")
+    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
+        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
+    if min_p is not None and not 0.0 <= min_p <= 1.0:
+        raise ValueError(f"min_p must be in [0, 1] or None, got {min_p!r}")
+    if repetition_penalty is not None and repetition_penalty <= 0:
+        raise ValueError(f"repetition_penalty must be > 0 or None, got {repetition_penalty!r}")
+
+
+def _prepare(model, input_ids, attention_mask, pad_token_id):
+    """-> ids (B, L) long on the model's device, mask (B, L) or None."""
+    device = model.backbone.norm_f.weight.device
+    if isinstance(input_ids, (list, tuple)):
+        rows = [list(map(int, r)) for r in input_ids]
+        if not rows or any(len(r) == 0 for r in rows):
+            raise ValueError("input_ids: every prompt needs at least one token")
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r):] = 1
+        if bool(mask.all()):
+            mask = None
+        return ids.to(device), None if mask is None else mask.to(device)
+    ids = torch.as_tensor(input_ids)
+    if ids.dim() != 2 or ids.is_floating_point():
+        raise ValueError(f"input_ids must be a (B, L) int array, got shape {tuple(ids.shape)}")
+    if ids.shape[1] == 0:
+        raise ValueError("input_ids: the prompt needs at least one token")
+    mask = None if attention_mask is None else torch.as_tensor(attention_mask).to(device)
+    return ids.long().to(device), mask
+
+
+def process_logits(logits, *, vocab_size, temperature, top_k, top_p, min_p, repetition_penalty,
+                   seen):
+    """Apply the contract's processing order to (B, V) float32 logits.
+
+    Returns:
+        ``(greedy_ids or None, probs or None)``: argmax ids when ``temperature == 0``, else the
+        sampling distribution (B, V).
+    """
+    logits = logits.float().clone()
+    if logits.shape[-1] > vocab_size:
+        logits[:, vocab_size:] = -torch.inf
+    if repetition_penalty is not None and repetition_penalty != 1.0:
+        penalized = torch.where(logits > 0, logits / repetition_penalty,
+                                logits * repetition_penalty)
+        logits = torch.where(seen, penalized, logits)
+    if temperature == 0:
+        return logits.argmax(-1), None
+    logits = logits / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, -torch.inf)
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        before = torch.cumsum(probs, dim=-1) - probs  # mass strictly before each token
+        drop_sorted = before >= top_p
+        drop_sorted[:, 0] = False
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, -torch.inf)
+    probs = torch.softmax(logits, dim=-1)
+    if min_p is not None and min_p > 0:
+        pmax = probs.max(dim=-1, keepdim=True).values
+        probs = probs.masked_fill(probs < min_p * pmax, 0.0)
+        probs = probs / probs.sum(-1, keepdim=True)
+    return None, probs
+
+
+def stream(
+    model,
+    input_ids,
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    repetition_penalty: float | None = None,
+    stop_tokens=None,
+    seed: int | None = None,
+    attention_mask=None,
+    pad_token_id: int = 0,
+) -> Iterator[torch.Tensor]:
+    """Yield one (B,) int64 tensor of new tokens per step (prefill once, then O(1) steps).
+
+    Rows that produced a stop token yield ``pad_token_id`` afterwards; the iterator ends early when
+    every row has stopped. Arguments as in ``generate``.
+    """
+    _validate(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty)
+    ids, mask = _prepare(model, input_ids, attention_mask, pad_token_id)
+    return _stream(model, ids, mask, max_new_tokens, temperature, top_k, top_p, min_p,
+                   repetition_penalty, stop_tokens, seed, pad_token_id)
+
+
+def _stream(model, ids, mask, max_new_tokens, temperature, top_k, top_p, min_p,
+            repetition_penalty, stop_tokens, seed, pad_token_id):
+    device = ids.device
+    batch = ids.shape[0]
+    vocab = model.config.vocab_size
+    generator = None
+    if seed is not None:
+        generator = torch.Generator(device=device)
+        generator.manual_seed(int(seed))
+    stops = None
+    if stop_tokens is not None:
+        stops = torch.as_tensor(list(stop_tokens), dtype=torch.long, device=device)
+    seen = None
+    if repetition_penalty is not None and repetition_penalty != 1.0:
+        seen = torch.zeros(batch, model.head_weight.shape[0], dtype=torch.bool, device=device)
+        counts = torch.zeros(seen.shape, dtype=torch.long, device=device)
+        counts.scatter_add_(1, ids, torch.ones_like(ids) if mask is None else mask.long())
+        seen = counts > 0
+    rows = torch.arange(batch, device=device)
+    done = torch.zeros(batch, dtype=torch.bool, device=device)
+    if max_new_tokens == 0:
+        return
+    with torch.inference_mode():
+        cache = model.make_cache(batch)
+        hidden = model.backbone(ids, cache=cache, attention_mask=mask)
+        logits = model.logits(hidden[:, -1])
+        for i in range(max_new_tokens):
+            greedy, probs = process_logits(
+                logits, vocab_size=vocab, temperature=temperature, top_k=top_k, top_p=top_p,
+                min_p=min_p, repetition_penalty=repetition_penalty, seen=seen,
+            )
+            drawn = greedy if probs is None else torch.multinomial(probs, 1, generator=generator)[:, 0]
+            tok = drawn.masked_fill(done, pad_token_id)
+            yield tok
+            if stops is not None:
+                done = done | torch.isin(tok, stops)
+                if bool(done.all()):
+                    return
+            if seen is not None:
+                seen[rows, tok] = seen[rows, tok] | ~done
+            if i + 1 < max_new_tokens:
+                logits = model.step(drawn, cache)  # finished rows keep a valid id
+
+
+def generate(
+    model,
+    input_ids,
+    max_new_tokens: int,
+    *,
+    temperature: float = 0.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    min_p: float | None = None,
+    repetition_penalty: float | None = None,
+    stop_tokens=None,
+    seed: int | None = None,
+    attention_mask=None,
+    pad_token_id: int = 0,
+) -> torch.Tensor:
+    """Generate ``max_new_tokens`` tokens after each prompt.
+
+    Args:
+        model: ``Mamba1LM`` / ``Mamba2LM``.
+        input_ids: (B, L) int tensor, or a list of token lists of different lengths (left-padded
+            with ``pad_token_id`` and masked).
+        max_new_tokens: N.
+        temperature: 0 = greedy argmax.
+        top_k, top_p, min_p: filters (None = off). repetition_penalty: HF rule (None = off).
+        stop_tokens: ids that end a row (later positions are ``pad_token_id``).
+        seed: seeds a local ``torch.Generator`` (same seed, same tokens).
+        attention_mask: (B, L) 1 = token, 0 = left padding (for tensor inputs).
+        pad_token_id: the padding id.
+
+    Returns:
+        (B, L + N') int64: the (padded) prompt then the new tokens; N' < N when every row stopped.
+
+    Example:
+        >>> from mamba_core.testing import tiny_mamba1
+        >>> from mamba_core.backends.torch.model import Mamba1LM
+        >>> generate(Mamba1LM(tiny_mamba1()), [[1, 2, 3]], 2).shape
+        torch.Size([1, 5])
+    """
+    _validate(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty)
+    ids, mask = _prepare(model, input_ids, attention_mask, pad_token_id)
+    new = list(_stream(model, ids, mask, max_new_tokens, temperature, top_k, top_p, min_p,
+                       repetition_penalty, stop_tokens, seed, pad_token_id))
+    if not new:
+        return ids
+    return torch.cat([ids, torch.stack(new, dim=1)], dim=1)

@@ -1,0 +1,283 @@
+"""Training-speed scans behind ``ops.selective_scan`` (Mamba-1) and ``ops.ssd_chunked`` (Mamba-2).
+
+Mamba-1 (S6, spec-notes §3.4 steps 8-10): ``h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t u_t B_t``,
+``y_t = h_t C_t``. The decay differs per (channel, state) pair, so there is no matmul form; the work
+is elementwise over (B, L, E, N). ``_ChunkedSelectiveScan`` walks time in chunks of T tokens:
+
+* forward: per chunk, ``exp(Δ A)`` and ``Δ u B`` for the chunk only (time-major buffers (T, B, N, E)
+  that stay in cache), one in-place ``addcmul_`` per token, then ``y = h·C`` as one batched matmul;
+  it saves the inputs and the state at each chunk boundary (B, E, N) only;
+* backward: chunks in reverse; each chunk's states are recomputed from its boundary state, the
+  adjoint recurrence ``g_t = C_t dy_t + exp(Δ_{t+1} A) ⊙ g_{t+1}`` runs backwards, and the
+  gradients of u, Δ, A, B, C and the initial state are contractions of (g, h) over the chunk.
+
+Memory is O(T·B·E·N + (L/T)·B·E·N) instead of O(B·L·E·N); products of decays are never formed, so
+nothing can overflow (spec-notes pitfall 19).
+
+Mamba-2 (SSD, spec-notes §4.5): ``ssd_chunked_torch`` is the chunked matmul algorithm of the paper's
+Listing 1 with the stable in-chunk segsum, any L (the tail is padded), initial state in and final
+state out. It is plain autograd: every step is a batched matmul or an elementwise op on
+(B, H, chunks, Q, Q)-sized tensors, which autograd differentiates at matmul speed.
+
+All state math is float32 whatever the input dtype (spec-notes §6.1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+# Elements of one (T, B, N, E) chunk buffer we aim for: ~2 MB of float32 keeps the in-chunk passes
+# in the L2/L3 cache of a CPU core.
+_CHUNK_ELEMS = 1 << 19
+
+
+def _f32(x: torch.Tensor) -> torch.Tensor:
+    # float32 compute for half inputs; float64 stays float64 (gradcheck)
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _chunk_len(batch: int, d_inner: int, d_state: int, seqlen: int, chunk: int | None) -> int:
+    if chunk is not None:
+        return max(1, min(int(chunk), seqlen))
+    per_token = max(1, batch * d_inner * d_state)
+    t = 1 << max(3, int(math.log2(max(1, _CHUNK_ELEMS // per_token))))
+    return max(1, min(t, 256, seqlen))
+
+
+def _chunk_states(dt, u, Bm, A_t, h0, dA, hs):
+    """Fill ``dA = exp(Δ A)`` and ``hs[t] = h_t`` for one chunk (time-major buffers (T, B, N, E)).
+
+    dt, u: (T, B, E); Bm: (T, B, N); A_t: (N, E); h0: (B, N, E).
+    """
+    torch.mul(dt.unsqueeze(2), A_t, out=dA)  # (T, B, N, E)
+    dA.exp_()
+    torch.mul(Bm.unsqueeze(-1), (dt * u).unsqueeze(2), out=hs)  # Δ u B
+    hs[0].addcmul_(h0, dA[0])
+    for t in range(1, hs.shape[0]):
+        hs[t].addcmul_(hs[t - 1], dA[t])
+
+
+def _time_major(x: torch.Tensor) -> torch.Tensor:
+    # (B, L, ...) -> (L, B, ...) contiguous
+    return x.transpose(0, 1).contiguous()
+
+
+def _row_mat(vec: torch.Tensor, mat: torch.Tensor) -> torch.Tensor:
+    # Σ_n vec[t, b, n] mat[t, b, n, e]: (T, B, N) x (T, B, N, E) -> (T, B, E)
+    t, b, n, e = mat.shape
+    return torch.bmm(vec.reshape(t * b, 1, n), mat.view(t * b, n, e)).view(t, b, e)
+
+
+class _ChunkedSelectiveScan(torch.autograd.Function):
+    """(u, Δ, A, B, C, h0) -> (y, h_final); float32 (or float64); Δ already softplus'ed.
+
+    Shapes: u, Δ (B, L, E); A (E, N); B, C (B, L, N); h0 (B, E, N). Internally time-major with the
+    state laid out (B, N, E) so that every contraction is a contiguous row operation.
+    """
+
+    @staticmethod
+    def forward(ctx, u, dt, A, Bm, Cm, h0, chunk):
+        batch, seqlen, d_inner = u.shape
+        d_state = A.shape[1]
+        T = _chunk_len(batch, d_inner, d_state, seqlen, chunk)
+        u_t, dt_t, B_t, C_t = (_time_major(v) for v in (u, dt, Bm, Cm))
+        A_t = A.t().contiguous()  # (N, E)
+        y_t = u.new_empty(seqlen, batch, d_inner)
+        dA = u.new_empty(T, batch, d_state, d_inner)
+        hs = torch.empty_like(dA)
+        h = h0.transpose(1, 2).contiguous()  # (B, N, E)
+        bounds = []
+        for t0 in range(0, seqlen, T):
+            t1 = min(t0 + T, seqlen)
+            n = t1 - t0
+            bounds.append(h)
+            _chunk_states(dt_t[t0:t1], u_t[t0:t1], B_t[t0:t1], A_t, h, dA[:n], hs[:n])
+            y_t[t0:t1] = _row_mat(C_t[t0:t1], hs[:n])
+            h = hs[n - 1].clone()
+        ctx.save_for_backward(u_t, dt_t, A_t, B_t, C_t, torch.stack(bounds))
+        ctx.chunk = T
+        return y_t.transpose(0, 1), h.transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, dy, dh_final):
+        u_t, dt_t, A_t, B_t, C_t, bounds = ctx.saved_tensors
+        seqlen, batch, d_inner = u_t.shape
+        d_state = A_t.shape[0]
+        T = ctx.chunk
+        dy_t = _time_major(dy)
+        du, ddt = torch.empty_like(u_t), torch.empty_like(dt_t)
+        dB, dC = torch.empty_like(B_t), torch.empty_like(C_t)
+        dA_param = torch.zeros_like(A_t)
+        carry = dh_final.transpose(1, 2).contiguous()  # dL/dh at the end, (B, N, E)
+        dA = u_t.new_empty(T, batch, d_state, d_inner)
+        hs, g = torch.empty_like(dA), torch.empty_like(dA)
+        starts = list(range(0, seqlen, T))
+        for c in reversed(range(len(starts))):
+            t0 = starts[c]
+            t1 = min(t0 + T, seqlen)
+            n = t1 - t0
+            dtc, uc, Bc, Cc, dyc = (v[t0:t1] for v in (dt_t, u_t, B_t, C_t, dy_t))
+            h0 = bounds[c]
+            dAc, hsc, gc = dA[:n], hs[:n], g[:n]
+            _chunk_states(dtc, uc, Bc, A_t, h0, dAc, hsc)
+            # adjoint: g_t = dL/dh_t = C_t dy_t + dA_{t+1} g_{t+1}; the future enters at t = n-1
+            torch.mul(Cc.unsqueeze(-1), dyc.unsqueeze(2), out=gc)
+            gc[n - 1].add_(carry)
+            for t in range(n - 2, -1, -1):
+                gc[t].addcmul_(gc[t + 1], dAc[t + 1])
+            carry = dAc[0] * gc[0]  # dL/dh_{t0-1}: the previous chunk's last state
+            dC[t0:t1] = torch.linalg.vecdot(hsc, dyc.unsqueeze(2))
+            dB[t0:t1] = torch.linalg.vecdot(gc, (dtc * uc).unsqueeze(2))
+            gB = _row_mat(Bc, gc)  # (T, B, E): Σ_n g B
+            # log-decay gradient M = g ⊙ exp(ΔA) ⊙ h_{t-1}; dΔ += Σ_n M A, dA += Σ_t M Δ
+            dAc.mul_(gc)
+            dAc[1:].mul_(hsc[:-1])
+            dAc[0].mul_(h0)
+            dA_param += (dAc * dtc.unsqueeze(2)).sum((0, 1))
+            ddt[t0:t1] = gB * uc + (dAc * A_t).sum(2)
+            du[t0:t1] = gB * dtc
+        return (du.transpose(0, 1), ddt.transpose(0, 1), dA_param.t(), dB.transpose(0, 1),
+                dC.transpose(0, 1), carry.transpose(1, 2), None)
+
+
+def selective_scan_chunked(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = False,
+    initial_state: torch.Tensor | None = None,
+    chunk: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mamba-1 selective scan, chunked, with analytic gradients (module docstring).
+
+    Args:
+        u: (B, L, E). delta: (B, L, E) raw Δ. A: (E, N) negative. B, C: (B, L, N).
+        D: (E,) or None. z: (B, L, E) gate or None. delta_bias: (E,) or None.
+        delta_softplus: softplus on ``delta + delta_bias``. initial_state: (B, E, N) or None.
+        chunk: tokens per chunk (None = sized to the cache).
+
+    Returns:
+        ``(y, final_state)``: y (B, L, E) float32; final_state (B, E, N) float32.
+    """
+    batch, seqlen, d_inner = u.shape
+    d_state = A.shape[-1]
+    dt = _f32(delta)
+    if delta_bias is not None:
+        dt = dt + _f32(delta_bias)
+    if delta_softplus:
+        dt = F.softplus(dt)
+    uf = _f32(u)
+    h0 = (
+        uf.new_zeros(batch, d_inner, d_state)
+        if initial_state is None
+        else _f32(initial_state).to(uf.dtype)
+    )
+    if seqlen == 0:
+        y = uf.new_zeros(batch, 0, d_inner)
+        return y, h0
+    y, h = _ChunkedSelectiveScan.apply(
+        uf.contiguous(), dt.contiguous(), _f32(A), _f32(B).contiguous(),
+        _f32(C).contiguous(), h0.contiguous(), chunk,
+    )
+    if D is not None:
+        y = y + uf * _f32(D)
+    if z is not None:
+        y = y * F.silu(_f32(z))
+    return y, h
+
+
+def _segsum_exp(cs64: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``exp(segsum)`` from float64 cumulative sums: ``out[..., t, s] = exp(cs_t - cs_s)`` for
+    s <= t, else 0.
+
+    The difference is taken in float64 and rounded once, which is as accurate as the masked
+    cumulative sum of spec-notes §4.5 (no fp32 cancellation) at a fraction of its cost.
+    """
+    q = cs64.shape[-1]
+    seg = (cs64.unsqueeze(-1) - cs64.unsqueeze(-2)).to(dtype)  # (..., Q, Q)
+    upper = torch.ones(q, q, dtype=torch.bool, device=cs64.device).triu(1)
+    return torch.exp(seg.masked_fill(upper, -math.inf))
+
+
+def ssd_dt(dt, dt_bias, dt_softplus: bool, dt_limit) -> torch.Tensor:
+    """Δ = clip(softplus(dt + dt_bias), dt_limit) in float32 (spec-notes §4.4 step 5)."""
+    dt = _f32(dt)
+    if dt_bias is not None:
+        dt = dt + _f32(dt_bias)
+    if dt_softplus:
+        dt = F.softplus(dt)
+    lo, hi = (float(v) for v in dt_limit)
+    if (lo, hi) != (0.0, math.inf):
+        dt = dt.clamp(lo, hi)
+    return dt
+
+
+def ssd_chunked_torch(x, dt, A, B, C, chunk_size: int, initial_state=None):
+    """Chunked SSD on discretized inputs (spec-notes §4.5), plain autograd.
+
+    Args:
+        x: (B, L, H, P). dt: (B, L, H) float32 Δ (already softplus'ed and clamped).
+        A: (H,) negative. B, C: (B, L, G, N). chunk_size: Q. initial_state: (B, H, P, N) or None.
+
+    Returns:
+        ``(y, final_state)``: y (B, L, H, P) float32 without the D skip; final_state (B, H, P, N).
+    """
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, d_state = B.shape[-2], B.shape[-1]
+    hg = nheads // ngroups
+    q = int(chunk_size)
+    nchunks = max(1, -(-seqlen // q))
+    pad = nchunks * q - seqlen
+    xd = _f32(x) * dt.unsqueeze(-1)  # X = Δ x
+    a = dt * _f32(A)  # (B, L, H)
+    Bf, Cf = _f32(B), _f32(C)
+    if pad:
+        xd = F.pad(xd, (0, 0, 0, 0, 0, pad))
+        a = F.pad(a, (0, 0, 0, pad))
+        Bf = F.pad(Bf, (0, 0, 0, 0, 0, pad))
+        Cf = F.pad(Cf, (0, 0, 0, 0, 0, pad))
+    # layouts: X (B, c, G, Hg, Q, P); B/C (B, c, G, Q, N); a (B, c, G, Hg, Q)
+    X = xd.view(batch, nchunks, q, ngroups, hg, headdim).permute(0, 1, 3, 4, 2, 5)
+    Bc = Bf.view(batch, nchunks, q, ngroups, d_state).permute(0, 1, 3, 2, 4)
+    Cc = Cf.view(batch, nchunks, q, ngroups, d_state).permute(0, 1, 3, 2, 4)
+    ac = a.view(batch, nchunks, q, ngroups, hg).permute(0, 1, 3, 4, 2)
+    cs64 = torch.cumsum(ac.double(), dim=-1)  # (B, c, G, Hg, Q), float64 for exact differences
+    wide = torch.float64 if xd.dtype == torch.float64 else torch.float32
+
+    # 1. intra-chunk: Y_diag = (C Bᵀ ⊙ exp(segsum)) X
+    decay = _segsum_exp(cs64, wide)  # (B, c, G, Hg, Q, Q)
+    scores = torch.matmul(Cc, Bc.transpose(-1, -2))  # (B, c, G, Q, Q)
+    y = torch.matmul(scores.unsqueeze(3) * decay, X)  # (B, c, G, Hg, Q, P)
+
+    # 2. chunk states: st = Σ_s exp(cs_last - cs_s) X_s ⊗ B_s
+    decay_states = decay[..., -1, :]  # (B, c, G, Hg, Q)
+    states = torch.matmul((X * decay_states.unsqueeze(-1)).transpose(-1, -2), Bc.unsqueeze(3))
+    # states: (B, c, G, Hg, P, N)
+
+    # 3. state passing as one matmul over chunks (ssd_minimal): S_in[i] = Σ_j decay[i, j] st_j
+    if initial_state is None:
+        s0 = xd.new_zeros(batch, 1, ngroups, hg, headdim, d_state)
+    else:
+        s0 = _f32(initial_state).to(xd.dtype).reshape(batch, 1, ngroups, hg, headdim, d_state)
+    states = torch.cat([s0, states], dim=1)  # (B, c+1, G, Hg, P, N)
+    totals = F.pad(cs64[..., -1], (0, 0, 0, 0, 1, 0))  # (B, c+1, G, Hg), slot 0 = 0
+    chunk_decay = _segsum_exp(torch.cumsum(totals.permute(0, 2, 3, 1), dim=-1), wide)
+    flat = states.permute(0, 2, 3, 1, 4, 5).reshape(batch, ngroups, hg, nchunks + 1, -1)
+    passed = torch.matmul(chunk_decay, flat)  # (B, G, Hg, c+1, P*N)
+    passed = passed.view(batch, ngroups, hg, nchunks + 1, headdim, d_state)
+    s_in = passed[:, :, :, :-1].permute(0, 3, 1, 2, 4, 5)  # (B, c, G, Hg, P, N)
+    final = passed[:, :, :, -1]  # (B, G, Hg, P, N)
+
+    # 4. state -> output: Y_off = exp(cs_t) C_t S_in
+    y_off = torch.matmul(Cc.unsqueeze(3), s_in.transpose(-1, -2))  # (B, c, G, Hg, Q, P)
+    y = y + y_off * torch.exp(cs64).to(wide).unsqueeze(-1)
+    y = y.permute(0, 1, 4, 2, 3, 5).reshape(batch, nchunks * q, nheads, headdim)[:, :seqlen]
+    return y, final.reshape(batch, nheads, headdim, d_state)

@@ -1,0 +1,145 @@
+"""``Trainer``: one AdamW step of next-token cross-entropy on a torch Mamba LM (mirror of mlx/train.py).
+
+The orchestration (schedule, batches, eval cadence, checkpoints, resume) is in ``mamba_core.train``;
+this file only knows how to take a step with torch:
+
+* loss: cross-entropy of the logits' first ``config.vocab_size`` columns (the padded columns of the
+  embedding are never a target and get no probability mass);
+* ``torch.optim.AdamW`` with two groups, decay off where ``mamba_core.train.no_weight_decay`` says
+  (norms, biases, ``D``, dt bias, ``A_log``), the learning rate set per step by the caller;
+* global-norm gradient clipping (``clip_grad_norm_``);
+* ``precision="bf16-mixed"``: the forward runs under ``torch.autocast(dtype=torch.bfloat16)`` while the
+  parameters, gradients and AdamW moments stay float32 (master weights). The model's own dtype policy
+  still upcasts Δ, ``exp(ΔA)``, states and norms to float32 (autocast only lowers matmul inputs).
+
+The optimizer state travels as plain tensors (``state_tensors``) named ``<param>.exp_avg``,
+``<param>.exp_avg_sq`` and ``<param>.step``, saved with safetensors, so a resumed run is bit-identical.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from mamba_core.errors import CheckpointError
+from mamba_core.train import TrainConfig, no_weight_decay
+
+_MOMENTS = ("exp_avg", "exp_avg_sq", "step")
+
+
+class Trainer:
+    """AdamW training steps for a ``Mamba1LM`` / ``Mamba2LM`` with float32 parameters.
+
+    Args:
+        model: the torch LM (float32 parameters: train in float32 or ``bf16-mixed``).
+        config: ``mamba_core.train.TrainConfig`` (betas, eps, weight decay, clip, precision).
+
+    Raises:
+        ValueError: a parameter is not float32, or bf16-mixed on a device without bf16 autocast.
+
+    Example:
+        >>> from mamba_core.testing import tiny_mamba1
+        >>> from mamba_core.backends.torch import build_model
+        >>> trainer = Trainer(build_model(tiny_mamba1(), seed=0, device="cpu"), TrainConfig())
+        >>> x = np.zeros((2, 8), dtype=np.int64)
+        >>> trainer.step(x, x, lr=1e-3) > 0
+        True
+    """
+
+    def __init__(self, model, config: TrainConfig):
+        self.model = model
+        self.config = config
+        self.vocab_size = model.config.vocab_size
+        self.params = dict(model.named_parameters())
+        wrong = sorted(n for n, p in self.params.items() if p.dtype != torch.float32)
+        if wrong:
+            raise ValueError(f"training needs float32 parameters (master weights); {len(wrong)} are not, "
+                             f"e.g. {wrong[0]!r}: load the model with dtype='float32' (use "
+                             "precision='bf16-mixed' for bf16 compute)")
+        self.device = next(iter(self.params.values())).device
+        if config.precision == "bf16-mixed" and not torch.amp.is_autocast_available(self.device.type):
+            raise ValueError(f"precision='bf16-mixed' needs bf16 autocast, which {self.device.type!r} lacks; "
+                             "use precision='float32'")
+        decay = [p for n, p in self.params.items() if not no_weight_decay(n, p.ndim)]
+        plain = [p for n, p in self.params.items() if no_weight_decay(n, p.ndim)]
+        self.optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": config.weight_decay},
+             {"params": plain, "weight_decay": 0.0}],
+            lr=config.lr, betas=config.betas, eps=config.eps,
+        )
+
+    def _batch(self, a) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a), dtype=torch.long).to(self.device)
+
+    def _loss(self, inputs, targets) -> torch.Tensor:
+        """Mean next-token cross-entropy (nats/token) over the unpadded vocabulary."""
+        x, y = self._batch(inputs), self._batch(targets)
+        if self.config.precision == "bf16-mixed":
+            with torch.autocast(self.device.type, dtype=torch.bfloat16):
+                logits = self.model(x)
+        else:
+            logits = self.model(x)
+        v = self.vocab_size
+        return F.cross_entropy(logits[..., :v].float().reshape(-1, v), y.reshape(-1))
+
+    def step(self, inputs, targets, lr: float) -> float:
+        """One optimizer step on a batch.
+
+        Args:
+            inputs: (B, L) int token ids (numpy or torch).
+            targets: (B, L) int next tokens.
+            lr: learning rate of this step.
+
+        Returns:
+            The batch loss before the update (nats/token).
+        """
+        self.model.train()
+        loss = self._loss(inputs, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.config.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(list(self.params.values()), self.config.grad_clip)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        self.optimizer.step()
+        return float(loss.item())
+
+    @torch.no_grad()
+    def eval_loss(self, inputs, targets) -> float:
+        """Loss on a batch without updating anything (nats/token)."""
+        self.model.eval()
+        return float(self._loss(inputs, targets).item())
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """AdamW moments and step counts as ``{"<param>.exp_avg": ..., ...}`` (empty before the first step)."""
+        out = {}
+        for name, p in self.params.items():
+            for key, value in self.optimizer.state.get(p, {}).items():
+                out[f"{name}.{key}"] = value.detach()
+        return out
+
+    def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore ``state_tensors()`` output.
+
+        Raises:
+            CheckpointError: tensors missing or left over (a different model or optimizer).
+        """
+        expected = {f"{n}.{k}" for n in self.params for k in _MOMENTS}
+        missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"optimizer state does not match the model: {len(missing)} missing "
+                f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}",
+                missing=missing, unexpected=unexpected)
+        for name, p in self.params.items():
+            self.optimizer.state[p] = {k: tensors[f"{name}.{k}"].to(self.device).clone() for k in _MOMENTS}
+
+    def save_state(self, path) -> None:
+        """Write the optimizer state to a safetensors file."""
+        save_file({k: v.to("cpu").contiguous() for k, v in self.state_tensors().items()}, str(path))
+
+    def load_state(self, path) -> None:
+        """Read a file written by ``save_state``."""
+        self.load_state_tensors(load_file(str(path)))

@@ -1,0 +1,216 @@
+"""Weights: build, load (run a ``LoadPlan`` with ``safe_open(framework="pt")`` / ``torch.load``), export.
+
+bfloat16 never passes through numpy (spec-notes §2): tensors are read by safetensors' torch loader,
+axes moved as the plan says, and cast by the layout's dtype policy ("fp32" rows stay float32).
+Export walks ``layout.expand_layout`` and renames/moves axes with ``DIALECT_RENAMES`` /
+``DIALECT_AXES``; no name chains live here.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from contextlib import ExitStack
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from mamba_core.backends.torch.cache import torch_dtype
+from mamba_core.backends.torch.model import Mamba1LM, Mamba2LM
+from mamba_core.checkpoint import LoadPlan, is_pickle, load_pickle
+from mamba_core.errors import CheckpointError
+from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
+
+MODEL_CLASSES = {"mamba1": Mamba1LM, "mamba2": Mamba2LM}
+
+
+def devices() -> list[str]:
+    """Devices usable here: ``["cpu"]`` plus ``"cuda"`` / ``"mps"`` when available."""
+    out = ["cpu"]
+    if torch.cuda.is_available():
+        out.append("cuda")
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        out.append("mps")
+    return out
+
+
+def default_device() -> str:
+    """``"cuda"`` when available, else ``"mps"``, else ``"cpu"``."""
+    found = devices()
+    for name in ("cuda", "mps"):
+        if name in found:
+            return name
+    return "cpu"
+
+
+def _device(device) -> torch.device:
+    return torch.device(default_device() if device is None else device)
+
+
+def _assign(model, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
+    """Copy canonical tensors into ``model`` following the dtype policy."""
+    specs = expand_layout(model.config)
+    params = dict(model.named_parameters())
+    missing = sorted(set(specs) - set(tensors))
+    if missing:
+        raise CheckpointError(f"{len(missing)} tensors missing: {', '.join(missing[:12])}",
+                              missing=missing)
+    with torch.no_grad():
+        for name, spec in specs.items():
+            t = tensors[name]
+            if tuple(t.shape) != spec.shape:
+                raise CheckpointError(
+                    f"tensor {name!r} expected {spec.describe_shape()}, got {tuple(t.shape)}",
+                    mismatched=[(name, spec.describe_shape(), str(tuple(t.shape)))],
+                )
+            target = torch.float32 if spec.dtype_policy == "fp32" else dtype
+            p = params[name]
+            p.data = t.to(device=p.device, dtype=target).contiguous()
+
+
+def build_model(config, *, dtype="float32", device=None, seed=None):
+    """A model with the official random initialization (``reference.init_weights``).
+
+    Args:
+        config: ``Mamba1Config`` / ``Mamba2Config``.
+        dtype: ``"float32" | "bfloat16" | "float16"``.
+        device: ``"cpu" | "cuda" | "mps"``; None = ``default_device()``.
+        seed: seeds the numpy generator (None = fresh entropy).
+
+    Returns:
+        ``Mamba1LM`` / ``Mamba2LM`` in eval mode.
+
+    Example:
+        >>> from mamba_core.testing import tiny_mamba2
+        >>> build_model(tiny_mamba2(), seed=0).kernel_path
+        'torch-chunked-ssd'
+    """
+    from mamba_core.reference import init_weights
+
+    dt = torch_dtype(dtype)
+    dev = _device(device)
+    model = MODEL_CLASSES[config.arch](config, dtype=dt, device=dev)
+    arrays = init_weights(config, np.random.default_rng(seed))
+    _assign(model, {k: torch.from_numpy(v) for k, v in arrays.items()}, dt)
+    return model.eval()
+
+
+def _read(plan: LoadPlan) -> dict[str, torch.Tensor]:
+    """Canonical name -> tensor as stored (axes moved to the canonical layout), read file by file:
+    safetensors with ``safe_open(framework="pt")``, pickles with ``torch.load(weights_only=True)``.
+    A tied duplicate ``lm_head.weight`` is read under its own name and checked against the embedding."""
+    entries = list(plan.entries) + ([plan.tied_duplicate] if plan.tied_duplicate is not None else [])
+    by_file = defaultdict(list)
+    for entry in entries:
+        by_file[entry.file].append(entry)
+    tensors: dict[str, torch.Tensor] = {}
+    with ExitStack() as files:
+        for file, group in by_file.items():
+            if is_pickle(file):
+                stored = load_pickle(file)
+
+                def get(name, stored=stored):
+                    return stored[name].clone()  # own the memory, not the file's mapping
+            else:
+                get = files.enter_context(safe_open(file, framework="pt")).get_tensor
+            for entry in group:
+                try:
+                    t = get(entry.source)
+                except Exception as e:  # KeyError, SafetensorError on damaged data
+                    raise CheckpointError(
+                        f"cannot read tensor {entry.source!r} from {file!r}: {type(e).__name__}: {e}",
+                        missing=[entry.source],
+                    ) from e
+                if entry.transpose is not None:
+                    t = t.permute(*entry.transpose)
+                tensors[entry.canonical] = t
+    return tensors
+
+
+def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
+    """Run a ``LoadPlan``: read each tensor with torch's loaders, move axes, cast by the dtype policy.
+
+    Safetensors files are read with ``safe_open(framework="pt")`` and pickled ``.bin`` files with
+    ``torch.load(weights_only=True, mmap=True)``; bfloat16 stays bfloat16 throughout.
+
+    Args:
+        plan: from ``mamba_core.loading.plan_checkpoint``.
+        dtype: model dtype; None = ``plan.checkpoint_dtype``.
+        device: None = ``default_device()``.
+
+    Returns:
+        ``Mamba1LM`` / ``Mamba2LM`` in eval mode.
+
+    Raises:
+        CheckpointError: a tensor cannot be read (naming it and its file), or a tied checkpoint's
+            ``lm_head.weight`` differs from the embedding.
+
+    Example:
+        >>> from mamba_core.loading import plan_checkpoint
+        >>> model = load_checkpoint(plan_checkpoint("ckpt_dir"), dtype="bfloat16")   # doctest: +SKIP
+    """
+    dt = torch_dtype(plan.checkpoint_dtype if dtype is None else dtype)
+    dev = _device(device)
+    tensors = _read(plan)
+    if plan.tied_duplicate is not None:
+        dup = plan.tied_duplicate
+        head = tensors.pop(dup.canonical)
+        emb = tensors["backbone.embedding.weight"]
+        if head.shape != emb.shape or not torch.equal(head.to(emb.dtype), emb):
+            raise CheckpointError(
+                f"tied model: {dup.source!r} in {dup.file!r} differs from the embedding "
+                "'backbone.embedding.weight'; set tie_embeddings false in config.json or drop "
+                "the duplicate",
+                mismatched=[(dup.source, "equal to backbone.embedding.weight", "different")],
+            )
+    model = MODEL_CLASSES[plan.config.arch](plan.config, dtype=dt, device="meta")
+    model.to_empty(device=dev)
+    _assign(model, tensors, dt)
+    return model.eval()
+
+
+def export_tensors(model, dialect: str = "mamba-core") -> dict[str, torch.Tensor]:
+    """Canonical tensors of ``model`` named and laid out for a checkpoint dialect.
+
+    Args:
+        model: ``Mamba1LM`` / ``Mamba2LM``.
+        dialect: one of ``layout.CHECKPOINT_DIALECTS``.
+
+    Returns:
+        dict name -> detached tensor (a tied model exports no ``lm_head.weight``).
+    """
+    if dialect not in DIALECT_RENAMES:
+        raise ValueError(f"dialect must be one of {sorted(DIALECT_RENAMES)}, got {dialect!r}")
+    params = dict(model.named_parameters())
+    renames, mlx_axes = DIALECT_RENAMES[dialect], DIALECT_AXES[dialect]
+    out = {}
+    for name, spec in expand_layout(model.config).items():
+        t = params[name].detach()
+        if mlx_axes and spec.mlx_axes is not None:
+            t = t.permute(*spec.mlx_axes)
+        out[renames.get(name, name)] = t
+    return out
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path, metadata=None) -> None:
+    """Write ``tensors`` with ``safetensors.torch.save_file`` (contiguous CPU clones)."""
+    data = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    save_file(data, str(path), metadata={k: str(v) for k, v in (metadata or {}).items()})
+
+
+def to_numpy(x: torch.Tensor) -> np.ndarray:
+    """A tensor as a numpy array (bfloat16 goes through float32 first)."""
+    x = x.detach().to("cpu")
+    if x.dtype == torch.bfloat16:
+        x = x.float()
+    return x.numpy()
+
+
+def from_numpy(a, *, dtype=None, device=None) -> torch.Tensor:
+    """A numpy array as a tensor, optionally cast (``"float32" | "bfloat16" | "float16"``)."""
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    if dtype is not None:
+        t = t.to(torch_dtype(dtype))
+    return t.to(_device(device))
