@@ -8,7 +8,10 @@ Selection by environment variable (never by editing parametrize lines):
 * ``MAMBA_CORE_DEVICES=cpu,cuda`` — restrict devices (default: all a backend reports).
 * ``MAMBA_CORE_DTYPES=float32,bfloat16`` — restrict dtypes (default: float32, bfloat16, float16).
 
-Tests ask for the ``target`` fixture (a ``Target(backend, device, module)``) and/or ``dtype``.
+Tests ask for the ``target`` fixture (a ``Target(backend, device, module)``) and/or ``dtype``. A test
+marked ``@pytest.mark.dtypes("float32")`` gets only those of the selected dtypes. ``assert_check(name,
+target, dtype)`` runs a check of ``mamba_core.conformance`` (the same functions ``mamba-core
+conformance`` runs) and fails with the op, cell, error and tolerance.
 """
 
 from __future__ import annotations
@@ -77,12 +80,18 @@ def _discover() -> list[tuple[str, str | None, str | None]]:
 CELLS = _discover()
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "dtypes(*names): run the test only for these of the selected dtypes")
+
+
 def pytest_generate_tests(metafunc):
     if "target" in metafunc.fixturenames:
         ids = [f"{b}-{d or 'unavailable'}" for b, d, _ in CELLS]
         metafunc.parametrize("target", CELLS, ids=ids, indirect=True)
     if "dtype" in metafunc.fixturenames:
-        metafunc.parametrize("dtype", SELECTED_DTYPES)
+        marker = metafunc.definition.get_closest_marker("dtypes")
+        dtypes = [d for d in SELECTED_DTYPES if marker is None or d in marker.args]
+        metafunc.parametrize("dtype", dtypes)
 
 
 @pytest.fixture
@@ -109,9 +118,43 @@ def _strict_numerics():
     yield
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """Tiny shapes gain nothing from intra-op threads; on a busy machine OpenMP barriers with a
+    descheduled thread make every small torch op 10-50x slower (``conformance.single_threaded``)."""
+    try:
+        torch = get_backend("torch") if "torch" in SELECTED_BACKENDS else None
+    except BackendUnavailableError:
+        torch = None
+    if torch is None:
+        yield
+        return
+    from mamba_core.conformance import single_threaded
+
+    with single_threaded(torch):
+        yield
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def assert_check(name: str, target: Target, dtype: str, *, seed: int = 0):
+    """Run the conformance check ``name`` in the cell (target, dtype); print every comparison, then
+    fail with the check, backend, device, dtype and the error against the tolerance. A check that
+    cannot run here is skipped, or fails when its backend is required. Returns the ``CheckResult``."""
+    from mamba_core.conformance import CHECKS
+
+    check = CHECKS[name]
+    result = check.run(target.module, target.device, dtype, np.random.default_rng(seed))
+    print(result.detail)
+    if result.skipped:
+        if REQUIRED and target.backend in REQUIRED:
+            pytest.fail(f"{result.message()} — but {target.backend!r} is required (MAMBA_CORE_BACKENDS)")
+        pytest.skip(result.message())
+    assert result.passed, result.message()
+    return result
 
 
 def require_backend(name: str) -> ModuleType:
@@ -122,5 +165,7 @@ def require_backend(name: str) -> ModuleType:
                 pytest.fail(f"required backend {name!r} is unavailable: {reason}")
             pytest.skip(reason, allow_module_level=True)
     if name not in SELECTED_BACKENDS:
-        pytest.skip(f"backend {name!r} not selected by MAMBA_CORE_BACKENDS={REQUIRED}", allow_module_level=True)
+        pytest.skip(
+            f"backend {name!r} not selected by MAMBA_CORE_BACKENDS={REQUIRED}", allow_module_level=True
+        )
     return get_backend(name)

@@ -1,15 +1,15 @@
-"""MLX backend conformance: ops and models against the float64 reference, consistency properties,
-generation, gradients, training, mlx-lm parity, loading, and torch/MLX greedy agreement.
+"""MLX backend specifics: module tree and dtype policy, typed errors, scan chunking, generation options
+and logit processing, training, mlx-lm parity, loading and saving.
 
-Every numeric check compares with ``mamba_core.reference`` on the same rounded inputs and prints the
-size of the miss first (``testing.check_close``). Tiny shapes only: the file runs in well under a
-minute on two CPU cores.
+Op and model parity with the float64 reference (logits, steps, chunked prefill, padding, greedy tokens,
+gradients) and torch/MLX agreement are the backend-generic checks of test_ops_parity.py,
+test_model_parity.py and test_cross_backend.py. Every numeric check here also compares with
+``mamba_core.reference`` on the same rounded inputs and prints the size of the miss first.
 """
 
 from __future__ import annotations
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -32,8 +32,9 @@ from mamba_core.testing import (
 MB = require_backend("mlx")
 mx = pytest.importorskip("mlx.core")
 nn = pytest.importorskip("mlx.nn")
-from mamba_core.backends.mlx import scan  # noqa: E402
 from mlx.utils import tree_flatten  # noqa: E402
+
+from mamba_core.backends.mlx import scan  # noqa: E402
 
 CONFIGS = awkward_configs()
 DEVICES = MB.devices()
@@ -110,33 +111,14 @@ def test_typed_errors():
 
 
 # ------------------------------------------------------------------------------------------------
-# ops vs reference (same rounded inputs)
+# MLX-specific scan internals (op and model parity vs the reference: test_ops_parity.py,
+# test_model_parity.py)
 # ------------------------------------------------------------------------------------------------
 
 
-def test_elementwise_norm_and_conv_ops(dtype, device, rng):
-    tol = TOLERANCE[dtype]
-    (x, z, w), (xm, zm, wm) = _inputs(dtype, rng, (2, 9, 12), (2, 9, 12), (12,))
-    check_close(_np(MB.ops.softplus(xm * 10)), R.softplus(_np(xm * 10)), tol, "softplus")
-    check_close(_np(MB.ops.rmsnorm(xm, wm)), R.rmsnorm(x, w), tol, "rmsnorm")
-    for gs, before in ((None, False), (4, False), (6, True)):
-        out = MB.ops.rmsnorm_gated(xm, zm, wm, 1e-5, gs, before)
-        assert out.dtype == DT[dtype]
-        check_close(_np(out), R.rmsnorm_gated(x, z, w, 1e-5, gs, before), tol, f"gated gs={gs}")
-    (cw, cb, st, xt), (cwm, cbm, stm, xtm) = _inputs(dtype, rng, (12, 4), (12,), (2, 12, 4), (2, 12))
-    for state, state_m in ((None, None), (st, stm)):
-        y, s = MB.ops.causal_conv1d(xm, cwm, cbm, state_m, activation="silu")
-        ry, rs = R.causal_conv1d(x, cw, cb, state, activation="silu")
-        check_close(_np(y), ry, tol, "causal_conv1d")
-        check_close(_np(s), rs, 0.0, "causal_conv1d state (raw inputs, exact)")
-    y, s = MB.ops.causal_conv1d_update(xtm, stm, cwm, cbm, activation="silu")
-    ry, rs = R.causal_conv1d_update(xt, st, cw, cb, activation="silu")
-    check_close(_np(y), ry, tol, "causal_conv1d_update")
-    check_close(_np(s), rs, 0.0, "causal_conv1d_update state")
-
-
 @pytest.mark.parametrize("chunk", [1, 5, scan.MAMBA1_CHUNK])
-def test_selective_scan_and_step(dtype, chunk, device, rng):
+def test_selective_scan_chunk_sizes(dtype, chunk, device, rng):
+    """The chunked Mamba-1 scan gives the reference's answer whatever its internal chunk length."""
     b, length, e, n = 2, 45, 6, 3
     (u, delta, bm, cm, z), (um, dm, bmm, cmm, zm) = _inputs(
         dtype, rng, (b, length, e), (b, length, e), (b, length, n), (b, length, n), (b, length, e))
@@ -151,100 +133,11 @@ def test_selective_scan_and_step(dtype, chunk, device, rng):
     assert y.dtype == DT[dtype] and s.dtype == mx.float32
     check_close(_np(y), ry, TOLERANCE[dtype], f"selective_scan y chunk={chunk}")
     check_close(_np(s), rs, STATE_TOLERANCE, f"selective_scan state chunk={chunk}")
-    y1, s1 = MB.ops.selective_state_update(f32[3], um[:, 0], dm[:, 0], f32[0], bmm[:, 0], cmm[:, 0],
-                                           D=f32[1], z=zm[:, 0], delta_bias=f32[2],
-                                           delta_softplus=True)
-    ry1, rs1 = R.selective_state_update(h0, u[:, 0], delta[:, 0], A, bm[:, 0], cm[:, 0], D=D,
-                                        z=z[:, 0], delta_bias=bias, delta_softplus=True)
-    check_close(_np(y1), ry1, TOLERANCE[dtype], "selective_state_update y")
-    check_close(_np(s1), rs1, STATE_TOLERANCE, "selective_state_update state")
-
-
-@pytest.mark.parametrize(("chunk", "limit"), [(16, (0.0, math.inf)), (7, (0.01, 0.5)), (64, None)])
-def test_ssd_chunked_and_step(dtype, chunk, limit, device, rng):
-    b, length, h, p, g, n = 2, 37, 4, 3, 2, 5
-    limit = limit or (0.0, math.inf)
-    (x, dt, bm, cm), (xm, dtm, bmm, cmm) = _inputs(
-        dtype, rng, (b, length, h, p), (b, length, h), (b, length, g, n), (b, length, g, n))
-    A = -np.exp(rng.uniform(0, 2, h)).astype(np.float32)
-    D, bias = rng.normal(size=h).astype(np.float32), rng.normal(-1, 0.5, h).astype(np.float32)
-    h0 = rng.normal(size=(b, h, p, n)).astype(np.float32)
-    f32 = [mx.array(v) for v in (A, D, bias, h0)]
-    y, s = MB.ops.ssd_chunked(xm, dtm, f32[0], bmm, cmm, chunk, D=f32[1], dt_bias=f32[2],
-                              dt_softplus=True, dt_limit=limit, initial_state=f32[3])
-    ry, rs = R.ssd_scan(x, dt, A, bm, cm, D=D, dt_bias=bias, dt_softplus=True, dt_limit=limit,
-                        initial_state=h0)
-    assert y.dtype == DT[dtype] and s.dtype == mx.float32
-    check_close(_np(y), ry, TOLERANCE[dtype], f"ssd_chunked y Q={chunk}")
-    check_close(_np(s), rs, STATE_TOLERANCE, f"ssd_chunked state Q={chunk}")
-    y1, s1 = MB.ops.ssd_state_update(f32[3], xm[:, 0], dtm[:, 0], f32[0], bmm[:, 0], cmm[:, 0],
-                                     D=f32[1], dt_bias=f32[2], dt_softplus=True, dt_limit=limit)
-    ry1, rs1 = R.ssd_state_update(h0, x[:, 0], dt[:, 0], A, bm[:, 0], cm[:, 0], D=D, dt_bias=bias,
-                                  dt_softplus=True, dt_limit=limit)
-    check_close(_np(y1), ry1, TOLERANCE[dtype], "ssd_state_update y")
-    check_close(_np(s1), rs1, STATE_TOLERANCE, "ssd_state_update state")
 
 
 # ------------------------------------------------------------------------------------------------
 # language models
 # ------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_lm_logits_match_reference(name, dtype, device, rng):
-    cfg = CONFIGS[name]
-    model, weights = _model(cfg, dtype, device=device)  # reference sees the same rounded weights
-    ids = rng.integers(0, cfg.vocab_size, (2, 21))
-    ref, _ = R.lm_forward(cfg, weights, ids)
-    out = model(mx.array(ids))
-    assert out.dtype == mx.float32 and out.shape == ref.shape
-    check_close(_np(out), ref, 2 * TOLERANCE[dtype], f"{name} logits {dtype}")
-
-
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_greedy_tokens_match_reference_over_16_steps(name, rng):
-    cfg = CONFIGS[name]
-    model, weights = _model(cfg)
-    prompt = rng.integers(0, cfg.vocab_size, (2, 5))
-    logits, states = R.lm_forward(cfg, weights, prompt)
-    tok, ref_tokens = np.argmax(logits[:, -1, : cfg.vocab_size], -1), []
-    for _ in range(16):
-        ref_tokens.append(tok)
-        logits, states = R.lm_step(cfg, weights, tok, states)
-        tok = np.argmax(logits[:, : cfg.vocab_size], -1)
-    out = np.array(model.generate(mx.array(prompt), max_new_tokens=16))
-    np.testing.assert_array_equal(out[:, 5:], np.stack(ref_tokens, 1))
-
-
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_step_and_chunked_prefill_reproduce_the_forward(name, rng):
-    cfg = CONFIGS[name]
-    model, _ = _model(cfg)
-    ids = mx.array(rng.integers(0, cfg.vocab_size, (2, 40)))
-    full = _np(model(ids))
-    cache = model.make_cache(2)
-    pieces = [_np(model(ids[:, a:b], cache=cache)) for a, b in ((0, 3), (3, 20), (20, 30))]
-    steps = [_np(model.step(ids[:, t], cache)) for t in range(30, 40)]
-    assert cache.seqlen_offset == 40
-    check_close(np.concatenate(pieces, 1), full[:, :30], TOLERANCE["float32"], "chunked prefill")
-    check_close(np.stack(steps, 1), full[:, 30:], TOLERANCE["float32"], "prefill + step")
-
-
-@pytest.mark.parametrize("name", ["m1", "m2-g2"])
-def test_left_padding_equals_unpadded(name, rng):
-    cfg = CONFIGS[name]
-    model, _ = _model(cfg)
-    rows = [rng.integers(1, cfg.vocab_size, 9).tolist(), rng.integers(1, cfg.vocab_size, 4).tolist()]
-    ids = mx.array([rows[0], [0] * 5 + rows[1]])
-    mask = mx.array([[1] * 9, [0] * 5 + [1] * 4])
-    padded = _np(model(ids, attention_mask=mask))
-    for i, row in enumerate(rows):
-        alone = _np(model(mx.array([row])))
-        check_close(padded[i, -len(row):], alone[0], TOLERANCE["float32"], f"padded row {i}")
-    ragged = np.array(model.generate(rows, max_new_tokens=6))
-    for i, row in enumerate(rows):
-        alone = np.array(model.generate([row], max_new_tokens=6))
-        np.testing.assert_array_equal(ragged[i, -6:], alone[0, -6:])
 
 
 def test_generate_options_stream_and_seeds(rng):
@@ -287,40 +180,8 @@ def test_logit_processing_order():
 
 
 # ------------------------------------------------------------------------------------------------
-# gradients and training
+# training (gradients vs the reference: test_model_parity.py)
 # ------------------------------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize("name", ["m1", "m2-g2", "m2-untied-dstate1-vocab13"])
-def test_gradients_match_reference_finite_differences(name, rng):
-    """d(sum(W ⊙ logits))/dθ along one random direction per tensor: MLX autodiff (fp32) vs central
-    differences of the float64 reference (eps 1e-6: truncation error ~1e-12)."""
-    cfg = CONFIGS[name].replace(chunk_size=4) if name.startswith("m2") else CONFIGS[name]
-    model, weights = _model(cfg)
-    ids = rng.integers(0, cfg.vocab_size, (2, 11))
-    proj = rng.normal(size=(2, 11, cfg.vocab_size_padded))
-
-    def loss_fn(m):
-        return (m(mx.array(ids)) * mx.array(proj.astype(np.float32))).sum()
-
-    _, grads = nn.value_and_grad(model, loss_fn)(model)
-    grads = {k: _np(v) for k, v in MB.export_tensors(_with_params(model, grads)).items()}
-    eps, ours, ref = 1e-6, [], []
-    for key in sorted(weights):
-        direction = rng.normal(size=weights[key].shape)
-        plus = {**weights, key: weights[key] + eps * direction}
-        minus = {**weights, key: weights[key] - eps * direction}
-        fd = ((R.lm_forward(cfg, plus, ids)[0] * proj).sum()
-              - (R.lm_forward(cfg, minus, ids)[0] * proj).sum()) / (2 * eps)
-        ours.append((grads[key] * direction).sum())
-        ref.append(fd)
-    check_close(np.array(ours), np.array(ref), TOLERANCE["float32"], f"{name} directional derivatives")
-
-
-def _with_params(model, grads):
-    clone = MB.build_model(model.config, seed=0)
-    clone.update(grads)
-    return clone
 
 
 @pytest.mark.parametrize("cfg", [tiny_mamba1(), tiny_mamba2()], ids=["mamba1", "mamba2"])
@@ -431,22 +292,3 @@ def test_tied_head_that_differs_is_rejected(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict("state-spaces")))
     with pytest.raises(CheckpointError, match=r"lm_head\.weight"):
         mamba_core.load(tmp_path, backend="mlx")
-
-
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_torch_and_mlx_greedy_tokens_agree(name, rng):
-    try:
-        from mamba_core.registry import get_backend
-
-        TB = get_backend("torch")
-    except ImportError as e:
-        pytest.skip(f"torch backend unavailable: {e}")
-    cfg = CONFIGS[name]
-    ours = MB.build_model(cfg, seed=11)
-    theirs = TB.build_model(cfg, seed=11)
-    prompt = rng.integers(0, cfg.vocab_size, (2, 7))
-    a = np.array(ours.generate(mx.array(prompt), max_new_tokens=16))
-    import torch
-
-    b = TB.to_numpy(theirs.generate(torch.as_tensor(prompt), max_new_tokens=16))
-    np.testing.assert_array_equal(a, b)

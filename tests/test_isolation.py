@@ -18,6 +18,8 @@ SPEC_MODULES = [
     "mamba_core.reference",
     "mamba_core.testing",
     "mamba_core.loading",
+    "mamba_core.conformance",
+    "mamba_core.commands.conformance",
     "mamba_core.backends",
 ]
 

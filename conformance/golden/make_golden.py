@@ -1,0 +1,178 @@
+"""Make the golden fixtures: small random checkpoints and the logits two independent implementations
+compute for them (HF ``transformers`` and ``mlx-lm``), so conformance checks mamba-core against someone
+else's numbers even where neither is installed.
+
+For each case: transformers builds the model with its own random initialization (norm weights then
+scaled by U(0.8, 1.2) so the norms matter), ``save_pretrained`` writes ``<case>/config.json`` and
+``<case>/model.safetensors`` (the HF dialect), and ``<case>/expected.npz`` holds ``input_ids`` and the
+float32 logits of each producer: ``transformers`` (``model(ids, use_cache=False).logits`` on CPU, float32)
+and ``mlx_lm`` (``mlx_lm.utils.load_model`` on the same directory, float32). Mamba-2 cases with
+``n_groups > 1`` have transformers logits only: mlx-lm's gated norm ignores groups (spec-notes §6.3).
+``<case>/producers.json`` records the versions. The directory is a few hundred KB at most.
+
+Run from the repository root (needs torch, transformers, mlx and mlx-lm; CPU is enough):
+
+    python conformance/golden/make_golden.py
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SEED = 1234
+LENGTH = 21  # not a multiple of the Mamba-2 chunk size (8)
+
+# case -> (transformers config class, config kwargs, producers)
+CASES = {
+    "mamba1": (
+        "MambaConfig",
+        dict(
+            hidden_size=16,
+            num_hidden_layers=2,
+            vocab_size=48,
+            state_size=8,
+            expand=2,
+            conv_kernel=4,
+            time_step_rank="auto",
+            tie_word_embeddings=True,
+        ),
+        ("transformers", "mlx_lm"),
+    ),
+    "mamba1-untied-dstate1-vocab13": (
+        "MambaConfig",
+        dict(
+            hidden_size=16,
+            num_hidden_layers=2,
+            vocab_size=13,
+            state_size=1,
+            expand=2,
+            conv_kernel=4,
+            time_step_rank=3,
+            tie_word_embeddings=False,
+        ),
+        ("transformers", "mlx_lm"),
+    ),
+    "mamba2-g1": (
+        "Mamba2Config",
+        dict(
+            hidden_size=16,
+            num_hidden_layers=2,
+            vocab_size=48,
+            state_size=8,
+            expand=2,
+            conv_kernel=4,
+            num_heads=4,
+            head_dim=8,
+            n_groups=1,
+            chunk_size=8,
+            tie_word_embeddings=True,
+        ),
+        ("transformers", "mlx_lm"),
+    ),
+    "mamba2-g2-untied-vocab13": (
+        "Mamba2Config",
+        dict(
+            hidden_size=16,
+            num_hidden_layers=2,
+            vocab_size=13,
+            state_size=4,
+            expand=2,
+            conv_kernel=4,
+            num_heads=4,
+            head_dim=8,
+            n_groups=2,
+            chunk_size=8,
+            tie_word_embeddings=False,
+        ),
+        ("transformers",),
+    ),
+}
+
+
+def _transformers_checkpoint(case: str, out: Path):
+    import torch
+    import transformers
+
+    cls_name, kwargs, _ = CASES[case]
+    config = getattr(transformers, cls_name)(**kwargs)
+    lm_class = transformers.MambaForCausalLM if cls_name == "MambaConfig" else transformers.Mamba2ForCausalLM
+    torch.manual_seed(SEED)
+    model = lm_class(config).eval()
+    gen = torch.Generator().manual_seed(SEED)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight") or name.endswith("norm_f.weight"):
+                p.mul_(0.8 + 0.4 * torch.rand(p.shape, generator=gen))
+    model.save_pretrained(out, safe_serialization=True)
+    for extra in ("generation_config.json",):
+        (out / extra).unlink(missing_ok=True)
+    return model
+
+
+def _transformers_logits(model, ids: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.no_grad():
+        return model(torch.from_numpy(ids), use_cache=False).logits.float().numpy()
+
+
+def _mlx_lm_logits(out: Path, ids: np.ndarray) -> np.ndarray:
+    import mlx.core as mx
+    from mlx_lm.utils import load_model
+
+    model, _ = load_model(out)
+    return np.array(model(mx.array(ids)).astype(mx.float32))
+
+
+def _mlx_lm_config(out: Path) -> None:
+    """Add the keys mlx-lm's ModelArgs requires and transformers does not write (derived, no new facts)."""
+    path = out / "config.json"
+    config = json.loads(path.read_text())
+    config.setdefault("intermediate_size", config["expand"] * config["hidden_size"])
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def main() -> int:
+    versions = {d: metadata.version(d) for d in ("transformers", "torch", "mlx", "mlx-lm", "safetensors")}
+    for case, (_, _, producers) in CASES.items():
+        out = HERE / case
+        shutil.rmtree(out, ignore_errors=True)
+        out.mkdir()
+        model = _transformers_checkpoint(case, out)
+        _mlx_lm_config(out)
+        vocab = model.config.vocab_size
+        ids = np.random.default_rng(SEED).integers(0, vocab, (2, LENGTH)).astype(np.int64)
+        expected = {"input_ids": ids, "transformers": _transformers_logits(model, ids)}
+        if "mlx_lm" in producers:
+            expected["mlx_lm"] = _mlx_lm_logits(out, ids)
+            a, b = expected["transformers"], expected["mlx_lm"]
+            print(f"{case}: transformers vs mlx-lm rel err {np.abs(a - b).max() / np.abs(a).max():.2e}")
+        np.savez_compressed(out / "expected.npz", **expected)
+        (out / "producers.json").write_text(
+            json.dumps(
+                {
+                    "producers": list(producers),
+                    "versions": versions,
+                    "seed": SEED,
+                    "made_by": "conformance/golden/make_golden.py",
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+        for f in out.iterdir():
+            f.chmod(0o644)  # save_pretrained writes 0600
+        size = sum(f.stat().st_size for f in out.iterdir())
+        print(f"{case}: {size / 1024:.1f} KB, producers {producers}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
