@@ -174,7 +174,7 @@ def test_missing_pieces_of_a_directory(tmp_path):
         find_checkpoint_files(tmp_path / "nope")
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(CheckpointError, match=r"no \*\.safetensors"):
+    with pytest.raises(CheckpointError, match=r"no weights \(\*\.safetensors"):
         find_checkpoint_files(empty)
     write_safetensors(empty / "model.safetensors", {"a": (1,)})
     with pytest.raises(CheckpointError, match=r"no config\.json"):
@@ -186,3 +186,104 @@ def test_checkpoint_dialect_from_metadata():
     assert checkpoint_dialect("hf", {"format": "pt"}) == "hf"
     assert checkpoint_dialect("mamba-core", {"format": "mamba-core"}) == "mamba-core"
     assert checkpoint_dialect("state-spaces", {}) == "state-spaces"
+
+
+def test_pickled_bin_files_are_found_and_safetensors_preferred(tmp_path):
+    d = tmp_path / "bin"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(CFG1.to_dict("state-spaces")))
+    (d / "pytorch_model.bin").write_bytes(b"x")
+    assert [p.name for p in find_checkpoint_files(d).weight_files] == ["pytorch_model.bin"]
+    write_safetensors(d / "model.safetensors", infos(CFG1))
+    assert [p.name for p in find_checkpoint_files(d).weight_files] == ["model.safetensors"]
+    assert [p.name for p in find_checkpoint_files(d / "pytorch_model.bin").weight_files] == [
+        "pytorch_model.bin"
+    ]
+    s = tmp_path / "sharded"
+    s.mkdir()
+    (s / "config.json").write_text(json.dumps(CFG1.to_dict("state-spaces")))
+    shards = ["pytorch_model-00001-of-00002.bin", "pytorch_model-00002-of-00002.bin"]
+    for f in shards:
+        (s / f).write_bytes(b"x")
+    weight_map = {n: shards[k % 2] for k, n in enumerate(infos(CFG1))}
+    (s / "pytorch_model.bin.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    files = find_checkpoint_files(s)
+    assert [p.name for p in files.weight_files] == shards and files.weight_map == weight_map
+    with pytest.raises(CheckpointError, match=r"only \.safetensors and pickled \.bin"):
+        find_checkpoint_files(s / "config.json")
+
+
+def test_bin_without_torch_names_the_fix(tmp_path, monkeypatch):
+    import sys
+
+    d = tmp_path / "bin"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(CFG1.to_dict("state-spaces")))
+    (d / "pytorch_model.bin").write_bytes(b"x")
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
+    with pytest.raises(CheckpointError, match=r"pytorch_model\.bin.*needs torch \(pip install torch\)"):
+        plan_checkpoint(d)
+
+
+def test_index_that_does_not_match_its_shards_names_the_tensor(tmp_path):
+    d = tmp_path / "s"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(CFG1.to_dict("hf")))
+    tensors = infos(CFG1, "hf")
+    names = sorted(tensors)
+    write_safetensors(d / "a.safetensors", {n: tensors[n] for n in names[:5]})
+    write_safetensors(d / "b.safetensors", {n: tensors[n] for n in names[5:]})
+    weight_map = {n: "a.safetensors" for n in names}  # claims everything is in a
+    (d / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(CheckpointError, match=rf"does not match its shards.*{names[5]!r} \(index: 'a"):
+        plan_checkpoint(d)
+    write_safetensors(d / "b.safetensors", {n: tensors[n] for n in names[5:]}, {"format": "mlx"})
+    (d / "model.safetensors.index.json").unlink()
+    with pytest.raises(CheckpointError, match="disagree on their format metadata"):
+        plan_checkpoint(d)
+
+
+def test_quantized_mlx_tensors_are_named():
+    tensors = infos(CFG1, "mlx-lm", mlx=True)
+    tensors["backbone.layers.0.mixer.in_proj.scales"] = (64, 1)
+    tensors["backbone.layers.0.mixer.in_proj.biases"] = (64, 1)
+    with pytest.raises(CheckpointError, match=r"in_proj\.biases.*quantized mlx-lm checkpoint.*unquantized"):
+        _plan(CFG1, "mlx-lm", tensors)
+
+
+def test_quantized_config_error_starts_with_the_config_path(tmp_path):
+    from mamba_core import UnsupportedError
+
+    d = make_dir(tmp_path, CFG1, "mlx-lm", metadata={"format": "mlx"})
+    config = json.loads((d / "config.json").read_text())
+    config["quantization"] = {"group_size": 64, "bits": 4}
+    (d / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UnsupportedError, match=r"config\.json.*quantization.*unquantized") as e:
+        plan_checkpoint(d)
+    assert str(d) in str(e.value)
+    (d / "config.json").write_text(json.dumps({**config, "quantization": None, "state_size": 0}))
+    with pytest.raises(ValueError, match=r"config\.json.*d_state") as e:
+        plan_checkpoint(d)
+    assert e.value.field == "d_state"
+
+
+def test_shards_split_by_size_with_upstream_names():
+    from mamba_core.loading import shard_names, split_shards
+
+    tensors = {f"t{i}": np.zeros(n, np.float32) for i, n in enumerate([10, 10, 30, 5])}
+    shards = split_shards(tensors, 80)
+    assert [list(s) for s in shards] == [["t0", "t1"], ["t2"], ["t3"]]
+    assert shard_names(3) == [f"model-0000{k}-of-00003.safetensors" for k in (1, 2, 3)]
+    assert shard_names(1) == ["model.safetensors"]
+    assert len(split_shards(tensors, 10**9)) == 1
+    with pytest.raises(ValueError, match="shard_size"):
+        split_shards(tensors, 0)
+
+
+def test_shard_size_argument():
+    from mamba_core.commands.convert import parse_size
+
+    assert parse_size("5GB") == 5 * 10**9 and parse_size("2 MiB") == 2 * 2**20 and parse_size("77") == 77
+    for bad in ("5XB", "-3", "0", "GB"):
+        with pytest.raises(ValueError, match="--shard-size"):
+            parse_size(bad)

@@ -146,7 +146,10 @@ def test_round_trip_through_every_dialect(cfg, dialect):
     back = parsed.config
     if dialect in ("hf", "mlx-lm"):
         # HF stores the padded vocab and has no unpadded value; init-only fields take HF names
-        expected = cfg.replace(vocab_size=cfg.vocab_size_padded, pad_vocab_size_multiple=1)
+        # rescale_prenorm_residual is init-only and written false (transformers would rescale loaded weights)
+        expected = cfg.replace(
+            vocab_size=cfg.vocab_size_padded, pad_vocab_size_multiple=1, rescale_prenorm_residual=False
+        )
         assert back.vocab_size_padded == cfg.vocab_size_padded
         assert back == expected
     else:

@@ -76,3 +76,27 @@ def test_tokenizer_json_is_loaded(tmp_path):
     assert isinstance(tok, HFTokenizer)
     assert tok.encode("hello world") == [1, 2] and tok.eos_token_id == 0
     assert load_tokenizer(tmp_path / "nothing-here") is None
+
+
+def test_state_spaces_checkpoint_gets_the_known_tokenizer_from_the_cache(tmp_path, monkeypatch):
+    tokenizers = pytest.importorskip("tokenizers", reason="tokenizers is a runtime dependency")
+    from tokenizers import models
+
+    from mamba_core.loading import load_tokenizer as load_checkpoint_tokenizer
+    from mamba_core.tokenizer import KNOWN_TOKENIZERS
+
+    tk = tokenizers.Tokenizer(models.WordLevel({"<|endoftext|>": 0, "x": 1}, unk_token="x"))
+    tk.save(str(tmp_path / "tokenizer.json"))
+    repo = KNOWN_TOKENIZERS["state-spaces"]
+    make_hf_cache(tmp_path / "hub", repo, {"tokenizer.json": tmp_path / "tokenizer.json"})
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text(json.dumps(tiny_mamba1().to_dict("state-spaces")))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    tok = load_checkpoint_tokenizer(ckpt)
+    assert isinstance(tok, HFTokenizer) and tok.eos_token_id == 0
+    (ckpt / "config.json").write_text(json.dumps(tiny_mamba1().to_dict("hf")))
+    assert load_checkpoint_tokenizer(ckpt) is None  # an HF checkpoint names its tokenizer by file only
+    (ckpt / "tokenizer.mamba-core.json").write_text(json.dumps(ByteTokenizer().to_json()))
+    assert isinstance(load_checkpoint_tokenizer(ckpt), ByteTokenizer)

@@ -5,6 +5,11 @@ detects the dialect, and returns a ``LoadPlan`` that says, for every canonical t
 name it comes from and which axes to move. Each backend then runs the plan with its own native loader,
 so bfloat16 never passes through numpy (spec-notes §2).
 
+Pickled ``.bin`` files (state-spaces ``pytorch_model.bin``, HF-style shards) carry no header: their names,
+shapes and dtypes are read with ``torch.load(weights_only=True, mmap=True)``, which restores tensors and
+plain containers only and never executes code from the file. torch is imported inside those functions
+only, so the spec layer stays framework-free; without torch a ``.bin`` raises ``CheckpointError``.
+
 Dialect detection (spec-notes §8.1), never by guessing shapes:
 
 * ``config.json`` dialect: ``model_type`` -> HF family, ``d_model``/``ssm_cfg`` -> state-spaces,
@@ -17,7 +22,9 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import struct
+import zipfile
 from dataclasses import dataclass, field
 
 from mamba_core.config import Mamba1Config, Mamba2Config
@@ -48,6 +55,20 @@ _DTYPE_SIZE = {
     "F8_E5M2": 1,
 }
 FLOAT_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
+# torch dtype names (str(torch.float32) without "torch.") -> safetensors tags
+_TORCH_TAGS = {
+    "float64": "F64",
+    "float32": "F32",
+    "float16": "F16",
+    "bfloat16": "BF16",
+    "int64": "I64",
+    "int32": "I32",
+    "int16": "I16",
+    "int8": "I8",
+    "uint8": "U8",
+    "bool": "BOOL",
+}
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 _MAX_HEADER = 100 * 1024 * 1024
 
 
@@ -130,6 +151,100 @@ def read_safetensors_header(path: str | os.PathLike) -> SafetensorsHeader:
             )
         tensors[name] = TensorInfo(name, shape, dtype, path)
     return SafetensorsHeader(path, tensors, dict(metadata))
+
+
+def is_pickle(path: str | os.PathLike) -> bool:
+    """True for pickled torch weight files (``.bin``, ``.pt``, ``.pth``), False for safetensors.
+
+    Example:
+        >>> is_pickle("mamba-130m/pytorch_model.bin"), is_pickle("model.safetensors")
+        (True, False)
+    """
+    return os.fspath(path).endswith(PICKLE_SUFFIXES)
+
+
+def load_pickle(path: str | os.PathLike) -> dict:
+    """The tensors of a pickled torch checkpoint (``pytorch_model.bin``), as torch tensors on the CPU.
+
+    Read with ``torch.load(map_location="cpu", weights_only=True)`` (memory-mapped for zip-format files):
+    only tensors and plain containers are restored, nothing from the file is executed.
+
+    Returns:
+        dict name -> ``torch.Tensor``; tied tensors saved once keep sharing storage.
+
+    Raises:
+        CheckpointError: torch is not installed, or the file is truncated, corrupt, holds objects other
+            than tensors, or is not a flat dict of tensors (the message names the file and entry).
+
+    Example:
+        >>> tensors = load_pickle("mamba-130m/pytorch_model.bin")   # doctest: +SKIP
+    """
+    path = os.fspath(path)
+    try:
+        import torch
+    except ImportError as e:
+        raise CheckpointError(
+            f"{path!r} is a pickled torch checkpoint: reading .bin files needs torch (pip install torch), "
+            "or convert it to safetensors where torch is installed (mamba-core convert SRC DST --to "
+            "state-spaces)"
+        ) from e
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint file {path!r} does not exist")
+    # mmap needs the zip format (torch >= 1.6); legacy, truncated or foreign files are read plainly
+    # so that torch's own error (which we wrap) says what is wrong.
+    mmap = zipfile.is_zipfile(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # UnpicklingError (non-tensor objects), RuntimeError (truncated/corrupt)
+        kind, text = type(e).__name__, str(e)
+        # torch's message goes on to suggest weights_only=False; keep only what its unpickler found
+        found = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:\n\n|$)", text, re.DOTALL)
+        detail = (found.group(1) if found else (text.splitlines() or [""])[0]).split(". Please")[0]
+        if re.match(r"Unsupported (global|class)|Trying to", detail):
+            why = (
+                "it holds objects other than tensors, which are refused (weights_only=True, nothing "
+                "was executed)"
+            )
+        else:
+            why = "it is truncated, corrupt or not a torch checkpoint (re-download or re-convert it)"
+        raise CheckpointError(f"cannot read pickled checkpoint {path!r}: {why}. {kind}: {detail}") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(
+            f"{path!r} holds a {type(obj).__name__}, not a dict of tensors (a state_dict); save "
+            "model.state_dict() instead"
+        )
+    bad = sorted(str(k) for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v))
+    if bad:
+        nested = [k for k in bad if isinstance(obj.get(k), dict)]
+        hint = (
+            f"; the weights seem nested under {nested[0]!r} (a training checkpoint): save "
+            f"checkpoint[{nested[0]!r}] on its own"
+            if nested
+            else ""
+        )
+        raise CheckpointError(
+            f"{path!r} is not a flat state_dict: {len(bad)} entr{'y is' if len(bad) == 1 else 'ies are'} "
+            f"not tensors: {', '.join(bad[:8])}{hint}"
+        )
+    return obj
+
+
+def read_pickle_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
+    """Names, shapes and dtypes of a pickled torch checkpoint (memory-mapped; data is not copied).
+
+    Raises:
+        CheckpointError: as ``load_pickle``.
+
+    Example:
+        >>> read_pickle_header("pytorch_model.bin")["backbone.norm_f.weight"].shape   # doctest: +SKIP
+        (768,)
+    """
+    path = os.fspath(path)
+    out = {}
+    for name, t in load_pickle(path).items():
+        tag = _TORCH_TAGS.get(str(t.dtype).removeprefix("torch."), str(t.dtype))
+        out[name] = TensorInfo(name, tuple(int(s) for s in t.shape), tag, path)
+    return out
 
 
 def checkpoint_dialect(config_dialect: str, metadata: dict[str, str]) -> str:
@@ -307,6 +422,12 @@ def _raise_plan_error(config, dialect, missing, unexpected, mismatched, hints) -
             "'backbone.embeddings.weight' is the HF/mlx-lm name and 'backbone.embedding.weight' the "
             "state-spaces one: the dialect is probably "
             + ("'state-spaces'" if "backbone.embedding.weight" in unexpected else "'hf'")
+        )
+    if any(n.endswith((".scales", ".biases")) for n in unexpected):
+        hints.append(
+            "tensors named '*.scales'/'*.biases' are MLX quantization parameters: this is a quantized "
+            "mlx-lm checkpoint, which mamba-core does not load; use an unquantized (float16/bfloat16/"
+            "float32) repo instead, e.g. the original state-spaces/*-hf one"
         )
     if any(n.startswith("model.") for n in unexpected):
         hints.append("tensor names start with 'model.' (Mistral/Codestral layout): strip the prefix")

@@ -674,6 +674,9 @@ def _to_hf(cfg: _LMConfig, *, mlx: bool) -> dict[str, Any]:
         value = getattr(cfg, ours)
         out[theirs] = _json_limit(value) if ours == "dt_limit" else value
     out["vocab_size"] = cfg.vocab_size_padded
+    # transformers 5.23 (Mamba(2)PreTrainedModel._init_weights) divides a *loaded* out_proj.weight by
+    # sqrt(n_layer) when this is true; it is init-only, -hf repos say false, and so must we.
+    out["rescale_prenorm_residual"] = False
     out["intermediate_size"] = cfg.d_inner
     out["hidden_act"] = "silu"
     out["bos_token_id"] = 0

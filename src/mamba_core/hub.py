@@ -19,6 +19,7 @@ META_FILES = (
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
+    "tokenizer.mamba-core.json",
     "model.safetensors.index.json",
     "pytorch_model.bin.index.json",
 )

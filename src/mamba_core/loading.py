@@ -1,9 +1,11 @@
 """``load`` and ``save``: checkpoints on disk <-> a backend's native model.
 
-``load`` reads ``config.json`` and the safetensors headers (spec layer, no framework), builds a
-``LoadPlan`` and hands it to the backend, which reads tensor data with its own loader. ``save`` asks the
-backend for the canonical tensors, renames/moves axes for the target dialect, and writes into a
-temporary directory that is renamed into place only when complete.
+``load`` finds ``config.json`` and the weight files (safetensors preferred, pickled ``.bin`` otherwise,
+single or sharded with an index), reads their headers (spec layer, no framework; ``.bin`` through
+``checkpoint.read_pickle_header``), builds a ``LoadPlan`` and hands it to the backend, which reads tensor
+data with its own loader. ``save`` (and ``conversion.convert``) write through one function,
+``write_checkpoint``: safetensors shards into a temporary directory next to the destination, renamed into
+place only when complete.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import platform
 import shutil
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,58 +25,117 @@ from mamba_core.checkpoint import (
     LoadPlan,
     TensorInfo,
     checkpoint_dialect,
+    is_pickle,
     plan_load,
+    read_pickle_header,
     read_safetensors_header,
 )
 from mamba_core.config import parse_config
-from mamba_core.errors import CheckpointError
+from mamba_core.errors import CheckpointError, ConfigError, UnsupportedError
 from mamba_core.hub import looks_like_hub_id
 from mamba_core.hub import resolve as resolve_hub
+from mamba_core.layout import CHECKPOINT_DIALECTS
 from mamba_core.registry import default_backend, get_backend
 
 log = logging.getLogger("mamba_core")
 
-INDEX_NAMES = ("model.safetensors.index.json",)
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+INDEX_NAMES = (SAFETENSORS_INDEX, PICKLE_INDEX)
+# Files that travel with a checkpoint when it is converted (tokenizer and generation settings).
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "tokenizer.mamba-core.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+)
+# mlx-lm and transformers shard at 5 GB; below it a checkpoint is one model.safetensors.
+DEFAULT_SHARD_SIZE = 5 * 2**30
+# safetensors __metadata__ per dialect: mlx-lm marks its files "mlx", transformers "pt".
+FILE_METADATA = {
+    "mamba-core": {"format": "mamba-core", "layout_version": "1"},
+    "hf": {"format": "pt"},
+    "state-spaces": {"format": "pt"},
+    "mlx-lm": {"format": "mlx"},
+}
 
 
 @dataclass(frozen=True)
 class CheckpointFiles:
-    """What a checkpoint directory holds: its config dict and safetensors files."""
+    """What a checkpoint holds: its directory, config dict and weight files.
+
+    Attributes:
+        directory: the checkpoint directory.
+        config: the parsed ``config.json``.
+        weight_files: the weight files to read (all safetensors or all pickles).
+        weight_map: tensor name -> file name from a shard index, or None without an index.
+    """
 
     directory: Path
     config: dict[str, Any]
     weight_files: tuple[Path, ...]
+    weight_map: dict[str, str] | None = None
+
+
+def _read_index(index: Path) -> tuple[tuple[Path, ...], dict[str, str]]:
+    try:
+        weight_map = json.loads(index.read_text())["weight_map"]
+        if not isinstance(weight_map, dict):
+            raise TypeError("weight_map is not a dict")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{str(index)!r} is not a valid shard index: {e}") from e
+    files = tuple(index.parent / f for f in sorted(set(weight_map.values())))
+    missing = [f.name for f in files if not f.exists()]
+    if missing:
+        raise CheckpointError(
+            f"{len(missing)} shard(s) named in {str(index)!r} are missing: {missing}; re-download the "
+            "checkpoint"
+        )
+    return files, weight_map
 
 
 def find_checkpoint_files(path: str | os.PathLike) -> CheckpointFiles:
-    """Locate ``config.json`` and the weight files of a local checkpoint (directory or file).
+    """Locate ``config.json`` and the weight files of a local checkpoint (directory or one file).
+
+    A directory is read from ``model.safetensors.index.json`` or its ``*.safetensors`` files, else
+    from ``pytorch_model.bin.index.json`` or its ``pytorch_model*.bin`` files (safetensors preferred).
+    A file may be a ``.safetensors`` or a pickled ``.bin`` with ``config.json`` beside it.
 
     Raises:
         CheckpointError: no config.json, no weights, or an index naming a missing shard.
+
+    Example:
+        >>> [f.name for f in find_checkpoint_files("mamba-2.8b-hf").weight_files]   # doctest: +SKIP
+        ['model-00001-of-00003.safetensors', 'model-00002-of-00003.safetensors', ...]
     """
     path = Path(path)
+    weight_map = None
     if path.is_file():
         directory, files = path.parent, (path,)
-        if path.suffix != ".safetensors":
-            raise CheckpointError(f"{str(path)!r}: only .safetensors weight files can be loaded directly")
+        if path.suffix != ".safetensors" and not is_pickle(path):
+            raise CheckpointError(
+                f"{str(path)!r}: only .safetensors and pickled .bin weight files can be loaded directly"
+            )
     elif path.is_dir():
         directory = path
-        index = directory / INDEX_NAMES[0]
-        if index.exists():
-            try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (OSError, ValueError, KeyError) as e:
-                raise CheckpointError(f"{str(index)!r} is not a valid safetensors index: {e}") from e
-            files = tuple(directory / f for f in sorted(set(weight_map.values())))
-            missing = [str(f) for f in files if not f.exists()]
-            if missing:
-                raise CheckpointError(f"shard(s) named in {str(index)!r} are missing: {missing}")
-        else:
-            files = tuple(sorted(directory.glob("*.safetensors")))
+        # safetensors before pickles; an index before a glob
+        files = ()
+        for index, pattern in ((SAFETENSORS_INDEX, "*.safetensors"), (PICKLE_INDEX, "pytorch_model*.bin")):
+            if (directory / index).exists():
+                files, weight_map = _read_index(directory / index)
+            else:
+                files = tuple(sorted(directory.glob(pattern)))
+            if files:
+                break
         if not files:
             raise CheckpointError(
-                f"no *.safetensors weights in {str(directory)!r}; files present: "
-                f"{sorted(p.name for p in directory.iterdir())}"
+                f"no weights (*.safetensors or pytorch_model*.bin) in {str(directory)!r}; files "
+                f"present: {sorted(p.name for p in directory.iterdir())}"
             )
     else:
         raise CheckpointError(f"checkpoint path {str(path)!r} does not exist")
@@ -83,29 +146,85 @@ def find_checkpoint_files(path: str | os.PathLike) -> CheckpointFiles:
         config = json.loads(config_path.read_text())
     except (OSError, ValueError) as e:
         raise CheckpointError(f"{str(config_path)!r} is not valid json: {e}") from e
-    return CheckpointFiles(directory, config, files)
+    return CheckpointFiles(directory, config, files, weight_map)
+
+
+def read_tensor_infos(files: CheckpointFiles) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Every tensor of the weight files (names, shapes, dtypes, file) and the safetensors metadata.
+
+    Raises:
+        CheckpointError: a tensor in two files, files disagreeing on their format metadata, or a
+            shard index that does not match the shards (each names the tensor and file).
+
+    Example:
+        >>> tensors, metadata = read_tensor_infos(find_checkpoint_files("ckpt"))   # doctest: +SKIP
+        >>> metadata   # doctest: +SKIP
+        {'format': 'mlx'}
+    """
+    tensors: dict[str, TensorInfo] = {}
+    metadata: dict[str, str] = {}
+    formats: dict[str, str] = {}
+    for f in files.weight_files:
+        if is_pickle(f):
+            infos = read_pickle_header(f)
+        else:
+            header = read_safetensors_header(f)
+            infos = header.tensors
+            metadata = metadata or header.metadata
+            formats[f.name] = header.metadata.get("format", "")
+        for name, info in infos.items():
+            if name in tensors:
+                raise CheckpointError(
+                    f"tensor {name!r} appears in both {tensors[name].file!r} and {str(f)!r}"
+                )
+            tensors[name] = info
+    if len(set(formats.values())) > 1:
+        raise CheckpointError(
+            f"the shards of {str(files.directory)!r} disagree on their format metadata: {formats}; they "
+            "come from different conversions"
+        )
+    if files.weight_map is not None:
+        wrong = sorted(
+            f"{name!r} (index: {file!r}, found: "
+            + (repr(os.path.basename(tensors[name].file)) if name in tensors else "nowhere")
+            + ")"
+            for name, file in files.weight_map.items()
+            if name not in tensors or os.path.basename(tensors[name].file) != file
+        )
+        if wrong:
+            raise CheckpointError(
+                f"the shard index of {str(files.directory)!r} does not match its shards: "
+                f"{len(wrong)} tensor(s) misplaced: {', '.join(wrong[:8])}"
+            )
+    return tensors, metadata
 
 
 def plan_checkpoint(path: str | os.PathLike, dialect: str | None = None) -> LoadPlan:
     """Read config and headers of a local checkpoint and return its ``LoadPlan`` (no tensor data read).
 
     Args:
-        path: a checkpoint directory or a ``.safetensors`` file with ``config.json`` beside it.
+        path: a checkpoint directory, or a ``.safetensors`` / ``.bin`` file with ``config.json`` beside it.
         dialect: force the checkpoint dialect instead of detecting it.
+
+    Raises:
+        CheckpointError: bad or mismatched files (naming the file and tensor).
+        ConfigError, UnsupportedError: the config is invalid or describes an unsupported model
+            (quantized, hybrid, ...); the message starts with the config's path.
+
+    Example:
+        >>> plan = plan_checkpoint("ckpt_dir")   # doctest: +SKIP
+        >>> plan.dialect, plan.checkpoint_dtype   # doctest: +SKIP
+        ('hf', 'float32')
     """
     files = find_checkpoint_files(path)
-    parsed = parse_config(files.config)
-    tensors: dict[str, TensorInfo] = {}
-    metadata: dict[str, str] = {}
-    for f in files.weight_files:
-        header = read_safetensors_header(f)
-        metadata = metadata or header.metadata
-        for name, info in header.tensors.items():
-            if name in tensors:
-                raise CheckpointError(
-                    f"tensor {name!r} appears in both {tensors[name].file!r} and {str(f)!r}"
-                )
-            tensors[name] = info
+    config_path = str(files.directory / "config.json")
+    try:
+        parsed = parse_config(files.config)
+    except ConfigError as e:
+        raise ConfigError(f"{config_path!r}: {e}", field=e.field) from e
+    except UnsupportedError as e:
+        raise UnsupportedError(f"{config_path!r}: {e}") from e
+    tensors, metadata = read_tensor_infos(files)
     if dialect is None:
         dialect = checkpoint_dialect(parsed.dialect, metadata)
     return plan_load(parsed.config, dialect, tensors)
@@ -119,10 +238,17 @@ def local_path(name_or_path: str | os.PathLike, *, revision: str | None = None) 
 
 
 def resolve_backend(backend: str) -> str:
-    """``"auto"`` -> the platform's default backend (logged); other names pass through."""
+    """``"auto"`` -> the platform's default backend (logged at INFO with the reason); others pass through."""
     if backend == "auto":
         chosen = default_backend()
-        log.info("backend='auto' picked %r", chosen)
+        apple = sys.platform == "darwin" and platform.machine() == "arm64"
+        why = (
+            "Apple Silicon" if apple and chosen == "mlx"
+            else f"{sys.platform}-{platform.machine()}: MLX is the default only on Apple Silicon"
+            if chosen == "torch"
+            else "torch is not installed"
+        )
+        log.info("backend='auto' picked %r (%s)", chosen, why)
         return chosen
     return backend
 
@@ -135,74 +261,270 @@ def load(
     device: str | None = None,
     revision: str | None = None,
     dialect: str | None = None,
+    return_tokenizer: bool = False,
 ):
-    """Load a checkpoint into a backend's native model.
+    """Load a checkpoint of any supported dialect into a backend's native model.
+
+    Dialects (detected from config.json keys and safetensors metadata, never from shapes): official
+    state-spaces (``pytorch_model.bin`` or safetensors), HF ``-hf`` (single or sharded), mlx-lm /
+    mlx-community (conv axes moved; quantized ones are refused), and mamba-core's own.
 
     Args:
-        name_or_path: a local checkpoint directory (any supported dialect), a ``.safetensors`` file,
-            or a hub id (``"state-spaces/mamba-130m"``) fetched with huggingface_hub (offline: cache).
-        backend: ``"torch"``, ``"mlx"`` or ``"auto"`` (MLX on Apple Silicon, else torch).
+        name_or_path: a local checkpoint directory, a ``.safetensors`` / ``.bin`` file with
+            ``config.json`` beside it, or a hub id (``"state-spaces/mamba-130m"``) fetched with
+            huggingface_hub (only the files needed; ``HF_HUB_OFFLINE=1``: the local cache only).
+        backend: ``"torch"``, ``"mlx"`` or ``"auto"`` (MLX on Apple Silicon, else torch; the choice is
+            logged and recorded in ``model.backend_choice``).
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``; None keeps the checkpoint's dtype.
+            ``A_log``, ``D`` and the dt bias are float32 whatever the dtype (spec-notes §6).
         device: backend device string (``"cpu"``, ``"cuda"``, ``"mps"``, ``"gpu"``); None = default.
         revision: hub revision (branch, tag, commit) for hub ids.
         dialect: force the checkpoint dialect instead of detecting it.
+        return_tokenizer: also return the checkpoint's tokenizer (``tokenizer.json``, our byte
+            tokenizer, or the known one of state-spaces models; None when it has none).
 
     Returns:
-        ``torch.nn.Module`` or ``mlx.nn.Module`` (``Mamba1LM`` / ``Mamba2LM``).
+        ``torch.nn.Module`` or ``mlx.nn.Module`` (``Mamba1LM`` / ``Mamba2LM``); with
+        ``return_tokenizer``, a ``(model, tokenizer)`` pair.
 
     Raises:
-        CheckpointError: missing/unexpected/mis-shaped tensors, truncated or corrupt files.
+        CheckpointError: missing/unexpected/mis-shaped tensors, truncated or corrupt files, offline
+            and not cached (each names the file or tensor).
         ConfigError: invalid config.json.
+        UnsupportedError: quantized, hybrid or other models mamba-core does not implement.
         BackendUnavailableError: the backend is not installed.
 
     Example:
-        >>> model = load("ckpt_dir", backend="torch", dtype="float32")   # doctest: +SKIP
+        >>> model, tok = load("state-spaces/mamba-130m-hf", return_tokenizer=True)   # doctest: +SKIP
+        >>> model.backend_choice   # doctest: +SKIP
+        'torch'
     """
-    plan = plan_checkpoint(local_path(name_or_path, revision=revision), dialect=dialect)
-    module = get_backend(resolve_backend(backend))
-    return module.load_checkpoint(plan, dtype=dtype, device=device)
+    path = local_path(name_or_path, revision=revision)
+    plan = plan_checkpoint(path, dialect=dialect)
+    chosen = resolve_backend(backend)
+    model = get_backend(chosen).load_checkpoint(plan, dtype=dtype, device=device)
+    model.backend_choice = chosen
+    if return_tokenizer:
+        return model, load_tokenizer(path)
+    return model
 
 
-def save(model, path: str | os.PathLike, *, dialect: str = "mamba-core", force: bool = False) -> Path:
+def load_tokenizer(name_or_path: str | os.PathLike, *, revision: str | None = None):
+    """The tokenizer that goes with a checkpoint (``tokenizer.json``, our byte tokenizer, or the known
+    tokenizer of state-spaces models); None when it names none.
+
+    Example:
+        >>> tok = load_tokenizer(mamba_core.assets.SHIPPED_MODEL)   # doctest: +SKIP
+    """
+    from mamba_core.config import detect_dialect
+    from mamba_core.tokenizer import load_tokenizer as _load_tokenizer
+
+    path = local_path(name_or_path, revision=revision)
+    directory = path if path.is_dir() else path.parent
+    config_dialect = None
+    config_path = directory / "config.json"
+    if config_path.exists():
+        try:
+            config_dialect = detect_dialect(json.loads(config_path.read_text()))
+        except (ValueError, OSError):
+            config_dialect = None
+    return _load_tokenizer(directory, config_dialect=config_dialect)
+
+
+def save(
+    model,
+    path: str | os.PathLike,
+    *,
+    dialect: str = "mamba-core",
+    force: bool = False,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    tokenizer=None,
+) -> Path:
     """Write a model (either backend) as a checkpoint directory in ``dialect``.
 
-    The directory is written under a temporary name and renamed into place only when complete; an
-    existing ``path`` is replaced only with ``force=True``.
+    Tensors go from the backend to safetensors with the backend's own writer (bf16 bit-exact, never
+    through numpy), sharded above ``shard_size`` bytes; config.json is written in the dialect. The
+    directory is written under a temporary name and renamed into place only when complete.
+
+    Args:
+        model: a ``Mamba1LM`` / ``Mamba2LM`` of either backend.
+        path: the checkpoint directory to create.
+        dialect: ``"mamba-core"``, ``"hf"``, ``"state-spaces"`` or ``"mlx-lm"``.
+        force: replace an existing ``path`` (only once the new one is complete).
+        shard_size: the largest shard in bytes.
+        tokenizer: a ``ByteTokenizer`` (written as ``tokenizer.mamba-core.json``) or ``HFTokenizer``
+            (its ``tokenizer.json`` and siblings copied) to store with the model, so that ``load``
+            finds it; None writes none.
 
     Returns:
         The checkpoint directory.
-    """
-    from mamba_core.layout import CHECKPOINT_DIALECTS
 
+    Raises:
+        FileExistsError: ``path`` exists and ``force`` is False.
+        CheckpointError: unknown dialect.
+
+    Example:
+        >>> save(model, "ckpt", dialect="hf")   # doctest: +SKIP
+    """
+    module = get_backend(_backend_of(model))
+    _check_dialect(dialect)
+    tensors = module.export_tensors(model, dialect=dialect)
+    copy_files, extra = _tokenizer_files(tokenizer)
+    return write_checkpoint(module, tensors, model.config, path, dialect=dialect, force=force,
+                            shard_size=shard_size, copy_files=copy_files, extra_files=extra)
+
+
+def _tokenizer_files(tokenizer) -> tuple[tuple[Path, ...], dict[str, str]]:
+    """(files to copy, name -> text to write) that store ``tokenizer`` in a checkpoint."""
+    from mamba_core.tokenizer import ByteTokenizer, HFTokenizer
+
+    if tokenizer is None:
+        return (), {}
+    if isinstance(tokenizer, ByteTokenizer):
+        return (), {"tokenizer.mamba-core.json": json.dumps(tokenizer.to_json(), indent=2) + "\n"}
+    if isinstance(tokenizer, HFTokenizer):
+        siblings = (tokenizer.path.with_name(f) for f in TOKENIZER_FILES if f != tokenizer.path.name)
+        return (tokenizer.path, *(f for f in siblings if f.is_file())), {}
+    raise TypeError(
+        f"cannot save a {type(tokenizer).__name__} with the model: expected a mamba_core.tokenizer "
+        "ByteTokenizer or HFTokenizer"
+    )
+
+
+def _check_dialect(dialect: str) -> None:
     if dialect not in CHECKPOINT_DIALECTS:
         raise CheckpointError(f"unknown dialect {dialect!r}; expected one of {CHECKPOINT_DIALECTS}")
+
+
+def _nbytes(t) -> int:
+    return int(t.nbytes)  # torch.Tensor and mx.array both have it
+
+
+def shard_names(n: int) -> list[str]:
+    """File names of ``n`` shards as transformers and mlx-lm write them (``model.safetensors`` for one).
+
+    Example:
+        >>> shard_names(2)
+        ['model-00001-of-00002.safetensors', 'model-00002-of-00002.safetensors']
+    """
+    if n == 1:
+        return ["model.safetensors"]
+    return [f"model-{k:05d}-of-{n:05d}.safetensors" for k in range(1, n + 1)]
+
+
+def split_shards(tensors: dict, shard_size: int) -> list[dict]:
+    """Split tensors (in order) into shards of at most ``shard_size`` bytes; a larger tensor gets its own.
+
+    Example:
+        >>> import numpy as np
+        >>> [list(s) for s in split_shards({"a": np.zeros(4), "b": np.zeros(4)}, 40)]
+        [['a'], ['b']]
+    """
+    if shard_size < 1:
+        raise ValueError(f"shard_size must be a positive number of bytes, got {shard_size!r}")
+    shards: list[dict] = []
+    size = 0
+    for name, t in tensors.items():
+        n = _nbytes(t)
+        if not shards or size + n > shard_size:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += n
+    return shards
+
+
+def write_checkpoint(
+    module,
+    tensors: dict,
+    config,
+    path: str | os.PathLike,
+    *,
+    dialect: str,
+    force: bool = False,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    copy_files: tuple[Path, ...] = (),
+    extra_files: dict[str, str] | None = None,
+    desc: str = "save",
+) -> Path:
+    """Write backend-native tensors and ``config`` as a checkpoint directory in ``dialect``.
+
+    Everything goes into a temporary directory next to ``path``; only when every file is written is it
+    renamed into place (an existing ``path`` is moved aside first and deleted last, and only with
+    ``force``). On any failure the temporary directory is removed and ``path`` is left as it was.
+
+    Args:
+        module: the backend module whose ``save_safetensors`` writes ``tensors``.
+        tensors: name -> native tensor, already named and laid out for ``dialect``.
+        config: the model config (written with ``config.to_dict(dialect)``).
+        path: the destination directory.
+        dialect: one of ``layout.CHECKPOINT_DIALECTS``.
+        force: replace an existing ``path``.
+        shard_size: the largest shard in bytes; above it, ``model-0000k-of-0000N.safetensors`` + index.
+        copy_files: files copied along unchanged (tokenizer files).
+        extra_files: file name -> text, written along.
+        desc: label of the progress bar.
+
+    Returns:
+        ``path``.
+
+    Raises:
+        FileExistsError: ``path`` exists and ``force`` is False.
+
+    Example:
+        >>> tb = mamba_core.get_backend("torch")   # doctest: +SKIP
+        >>> write_checkpoint(tb, tb.export_tensors(model, "hf"), model.config, "out", dialect="hf")
+        ...     # doctest: +SKIP
+        PosixPath('out')
+    """
+    from mamba_core.progress import Progress
+
+    _check_dialect(dialect)
     path = Path(path)
     if path.exists() and not force:
-        raise FileExistsError(f"{str(path)!r} exists; pass force=True to replace it")
-    module = get_backend(_backend_of(model))
-    config = model.config
-    tensors = module.export_tensors(model, dialect=dialect)
-    metadata = {"format": {"mlx-lm": "mlx", "hf": "pt", "state-spaces": "pt"}.get(dialect, "mamba-core")}
-    if dialect == "mamba-core":
-        metadata["layout_version"] = "1"
+        raise FileExistsError(f"{str(path)!r} exists; pass force=True (--force) to replace it")
+    shards = split_shards(tensors, shard_size)
+    names = shard_names(len(shards))
+    total = sum(_nbytes(t) for t in tensors.values())
+    config_dict = config.to_dict(dialect)
+    if dialect in ("hf", "mlx-lm") and tensors:
+        # transformers reads the dtype to load in from here (dtype="auto"); we read it as nothing
+        config_dict["torch_dtype"] = str(next(iter(tensors.values())).dtype).rsplit(".", 1)[-1]
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
-        module.save_safetensors(tensors, tmp / "model.safetensors", metadata)
-        (tmp / "config.json").write_text(json.dumps(config.to_dict(dialect), indent=2) + "\n")
+        with Progress(total, desc, unit="B") as bar:
+            for name, shard in zip(names, shards, strict=True):
+                module.save_safetensors(shard, tmp / name, FILE_METADATA[dialect])
+                bar.update(sum(_nbytes(t) for t in shard.values()), file=name)
+        if len(shards) > 1:
+            weight_map = {t: name for name, shard in zip(names, shards, strict=True) for t in shard}
+            index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+            (tmp / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+        (tmp / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
+        for f in copy_files:
+            shutil.copyfile(f, tmp / Path(f).name)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    log.info("wrote %s checkpoint %s (%d file(s), %d bytes)", dialect, path, len(shards), total)
     return path
 
 
 def _replace_dir(tmp: Path, path: Path) -> None:
     if path.exists():
-        old = path.with_name(f".{path.name}.old-{os.getpid()}")
-        os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+        os.replace(path, old / path.name)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            os.replace(old / path.name, path)  # put the old one back
+            raise
+        finally:
+            shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp, path)
 

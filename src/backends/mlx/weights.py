@@ -13,10 +13,10 @@ import os
 
 import mlx.core as mx
 import numpy as np
-from mamba_core.backends.mlx.model import Mamba1LM, Mamba2LM
 from mlx.utils import tree_flatten
 
-from mamba_core.checkpoint import LoadPlan
+from mamba_core.backends.mlx.model import Mamba1LM, Mamba2LM
+from mamba_core.checkpoint import LoadPlan, is_pickle, load_pickle
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
 from mamba_core.registry import DTYPES
@@ -144,8 +144,34 @@ def build_model(config, *, dtype="float32", device=None, seed: int | None = None
     return model
 
 
+def _from_torch(t) -> mx.array:
+    """A CPU torch tensor as ``mx.array``, bit-exact: bfloat16 crosses numpy as its int16 bit pattern."""
+    import torch
+
+    t = t.detach().to("cpu").contiguous()
+    if t.dtype == torch.bfloat16:
+        return mx.view(mx.array(t.view(torch.int16).numpy()), mx.bfloat16)
+    return mx.array(t.numpy())
+
+
+def _file_reader(file: str):
+    """name -> ``mx.array`` for one weight file: ``mx.load`` for safetensors, torch's
+    ``weights_only`` loader for pickled ``.bin`` files (needs torch; imported only then)."""
+    if is_pickle(file):
+        stored = load_pickle(file)
+        return lambda name: _from_torch(stored[name])
+    try:
+        arrays = mx.load(os.fspath(file))
+    except Exception as e:  # damaged data that the header check could not see
+        raise CheckpointError(f"cannot read {file!r} with mx.load: {type(e).__name__}: {e}") from e
+    return arrays.__getitem__
+
+
 def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
-    """Build the model of ``plan.config`` and fill it from the checkpoint files with ``mx.load``.
+    """Build the model of ``plan.config`` and fill it from the checkpoint files.
+
+    Safetensors are read with ``mx.load`` (bfloat16 bit-exact); pickled ``.bin`` files with torch's
+    ``weights_only=True`` loader, their bfloat16 tensors moved as raw bits, never through float32.
 
     Args:
         plan: from ``mamba_core.loading.plan_checkpoint`` (names, files, layout moves).
@@ -156,19 +182,23 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
         ``Mamba1LM`` / ``Mamba2LM``.
 
     Raises:
-        CheckpointError: a file lacks a planned tensor, or a tied ``lm_head.weight`` differs from
-            the embedding.
+        CheckpointError: a file lacks a planned tensor or cannot be read (naming both), or a tied
+            ``lm_head.weight`` differs from the embedding.
+
+    Example:
+        >>> from mamba_core.loading import plan_checkpoint
+        >>> model = load_checkpoint(plan_checkpoint("ckpt_dir"), dtype="bfloat16")   # doctest: +SKIP
     """
     dt = resolve_dtype(dtype if dtype is not None else plan.checkpoint_dtype)
     dev = resolve_device(device)
     model = _new_model(plan.config, dt, dev, "auto")
-    files: dict[str, dict[str, mx.array]] = {}
+    readers: dict[str, object] = {}
 
     def read(entry) -> mx.array:
-        if entry.file not in files:
-            files[entry.file] = mx.load(os.fspath(entry.file))
+        if entry.file not in readers:
+            readers[entry.file] = _file_reader(entry.file)
         try:
-            return files[entry.file][entry.source]
+            return readers[entry.file](entry.source)
         except KeyError:
             raise CheckpointError(f"{entry.file!r} has no tensor {entry.source!r}",
                                   missing=[entry.source]) from None
@@ -182,10 +212,12 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
             tensors[entry.canonical] = arr
         if plan.tied_duplicate is not None:
             head = read(plan.tied_duplicate)
-            if not mx.array_equal(head, tensors["backbone.embedding.weight"]).item():
+            emb = tensors["backbone.embedding.weight"]
+            if not mx.array_equal(head.astype(emb.dtype), emb).item():
                 raise CheckpointError(
-                    "lm_head.weight differs from backbone.embedding.weight but the config says "
-                    "tie_embeddings=True; set tie_embeddings false (untied) or drop lm_head.weight",
+                    f"lm_head.weight in {plan.tied_duplicate.file!r} differs from "
+                    "backbone.embedding.weight but the config says tie_embeddings=True; set "
+                    "tie_embeddings false (untied) or drop lm_head.weight",
                     mismatched=[("lm_head.weight", "equal to the embedding", "different values")])
         _assign(model, tensors, dt)
     return model

@@ -1,0 +1,51 @@
+"""The ``mamba-core`` command: one subcommand per module in ``mamba_core.commands``.
+
+Each command module defines ``NAME``, ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int``. Errors
+of mamba-core (and bad arguments) end the process with a one-line message and a non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from mamba_core.errors import MambaCoreError
+
+COMMANDS = ("generate", "inspect", "convert", "train", "conformance", "bench")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mamba-core",
+        description="Mamba-1 / Mamba-2 language models on PyTorch and MLX: generate, convert, inspect, "
+        "train, check conformance, benchmark.",
+    )
+    from mamba_core import __version__
+
+    parser.add_argument("--version", action="version", version=f"mamba-core {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        module = importlib.import_module(f"mamba_core.commands.{name}")
+        p = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``mamba-core``; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args._run(args) or 0)
+    except (MambaCoreError, FileExistsError, FileNotFoundError, ValueError) as e:
+        print(f"mamba-core {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"mamba-core {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # python -m mamba_core.cli
+    sys.exit(main())

@@ -1,0 +1,135 @@
+"""``convert``: any checkpoint dialect in, any dialect out, in torch-world and MLX-world both directions.
+
+The route is the one ``load`` and ``save`` take, so a conversion can never disagree with them: plan the
+source (``loading.plan_checkpoint``: dialect detection, renames, conv axes), load it with a backend in
+its own dtype (or the one asked for), export the tensors named and laid out for the target dialect, and
+write them with ``loading.write_checkpoint`` (safetensors shards in a temporary directory renamed into
+place when complete; tokenizer files copied along).
+
+Dtypes. ``dtype=None`` keeps the checkpoint's dtype for every "model"-policy tensor. ``A_log``, ``D``
+and the dt bias (the layout's "fp32" policy, spec-notes §6) are written as float32 in every target
+dialect, ``"state-spaces"`` included, whatever the source holds: a float16 or bfloat16 value widens to
+float32 exactly, so ``load(convert(x)) == load(x)`` bit for bit (``load`` holds them in float32 anyway),
+the files stay loadable by transformers, mlx-lm and upstream (they cast on load), and the cost is a few
+kilobytes per layer. Keeping the source's narrower dtype would not change a single loaded bit and would
+need per-tensor dtype bookkeeping through the model, so we do not.
+
+A tied head is written once (the embedding), as transformers' and mlx-lm's own files do; pickled
+``.bin`` files are read (``weights_only=True``) but never written.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from mamba_core.errors import BackendUnavailableError, CheckpointError
+from mamba_core.layout import CHECKPOINT_DIALECTS
+from mamba_core.loading import (
+    DEFAULT_SHARD_SIZE,
+    TOKENIZER_FILES,
+    local_path,
+    plan_checkpoint,
+    write_checkpoint,
+)
+from mamba_core.registry import DTYPES, get_backend
+
+log = logging.getLogger("mamba_core")
+
+# "canonical" is the house-style name of our own format.
+_ALIASES = {"canonical": "mamba-core"}
+
+
+def conversion_backend(backend: str | None = None) -> str:
+    """The backend a conversion runs on: ``backend`` when given, else torch when importable, else MLX.
+
+    Raises:
+        BackendUnavailableError: neither backend is installed (or the named one is not).
+
+    Example:
+        >>> conversion_backend("mlx")   # doctest: +SKIP
+        'mlx'
+    """
+    if backend not in (None, "auto"):
+        get_backend(backend)
+        return backend
+    errors = []
+    for name in ("torch", "mlx"):
+        try:
+            get_backend(name)
+        except BackendUnavailableError as e:
+            errors.append(e)
+            continue
+        return name
+    raise errors[0]
+
+
+def convert(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    *,
+    to: str,
+    dtype: str | None = None,
+    force: bool = False,
+    backend: str | None = None,
+    shard_size: int = DEFAULT_SHARD_SIZE,
+    revision: str | None = None,
+    dialect: str | None = None,
+) -> Path:
+    """Convert a checkpoint to another dialect (and optionally another dtype).
+
+    Args:
+        src: a checkpoint directory or weight file of any dialect ``load`` reads, or a hub id.
+        dst: the directory to write; it must not exist unless ``force``.
+        to: ``"mamba-core"`` (alias ``"canonical"``), ``"hf"``, ``"state-spaces"`` or ``"mlx-lm"``.
+        dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``; None keeps the source's dtype. ``A_log``,
+            ``D`` and the dt bias are always written as float32 (see the module docstring).
+        force: replace an existing ``dst``; the old one is removed only after the new one is complete.
+        backend: ``"torch"`` or ``"mlx"`` to run the conversion on; None = torch when installed, else
+            MLX. Either gives the same bytes.
+        shard_size: the largest output shard in bytes (default 5 GiB); above it the weights are split
+            into ``model-0000k-of-0000N.safetensors`` with a ``model.safetensors.index.json``.
+        revision: hub revision when ``src`` is a hub id.
+        dialect: force the source dialect instead of detecting it.
+
+    Returns:
+        ``dst`` as a ``Path``.
+
+    Raises:
+        FileExistsError: ``dst`` exists and ``force`` is False (checked before anything is read).
+        CheckpointError: unknown target, or a bad source (naming the file or tensor); nothing is left
+            behind at ``dst``.
+        ValueError: unknown dtype.
+
+    Example:
+        >>> convert("state-spaces/mamba-130m", "mamba-130m-mlx", to="mlx-lm", dtype="bfloat16")
+        ...     # doctest: +SKIP
+        PosixPath('mamba-130m-mlx')
+    """
+    to = _ALIASES.get(to, to)
+    if to not in CHECKPOINT_DIALECTS:
+        raise CheckpointError(
+            f"unknown target dialect {to!r}; expected one of {CHECKPOINT_DIALECTS} (or 'canonical')"
+        )
+    if dtype is not None and dtype not in DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not supported; expected one of {DTYPES} or None")
+    dst = Path(dst)
+    if dst.exists() and not force:
+        raise FileExistsError(f"{str(dst)!r} exists; pass force=True (--force) to replace it")
+    src_path = local_path(src, revision=revision)
+    plan = plan_checkpoint(src_path, dialect=dialect)
+    name = conversion_backend(backend)
+    module = get_backend(name)
+    log.info(
+        "converting %s (%s, %s) to %s (%s) with the %s backend",
+        src_path, plan.dialect, plan.checkpoint_dtype, dst, to, name,
+    )
+    model = module.load_checkpoint(plan, dtype=dtype, device="cpu")
+    tensors = module.export_tensors(model, dialect=to)
+    src_dir = src_path if src_path.is_dir() else src_path.parent
+    copy = tuple(src_dir / f for f in TOKENIZER_FILES if (src_dir / f).is_file())
+    if not copy:
+        log.info("%s has no tokenizer files to copy along", src_dir)
+    return write_checkpoint(module, tensors, plan.config, dst, dialect=to, force=force,
+                            shard_size=shard_size, copy_files=copy, desc=f"convert -> {to}")
