@@ -34,9 +34,9 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
-from mamba_core.backends import mlx as MB
 
 from mamba_core import Mamba1Config, Mamba2Config
+from mamba_core.backends import mlx as MB
 
 
 def _mlx_lm(cfg, ours):

@@ -35,6 +35,7 @@ from mamba_core.layout import (
     DIALECT_RENAMES,
     expand_layout,
 )
+from mamba_core.task import HEAD_LAYOUT, Task, task_layout
 
 SAFETENSORS_DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"}
 _DTYPE_SIZE = {
@@ -293,6 +294,10 @@ class LoadPlan:
         tied_duplicate: for a tied model whose file also stores ``lm_head.weight``: that entry (the
             backend checks it equals the embedding), else None.
         checkpoint_dtype: the float dtype most of the "model"-policy tensors are stored in.
+        task: the kind of model to build (``mamba_core.task``): an LM unless a stack or head was asked
+            for or the checkpoint holds one.
+        absent: head tensors the checkpoint lacks, which the new model initializes (a classifier
+            built from an LM or stack checkpoint).
     """
 
     config: Mamba1Config | Mamba2Config
@@ -301,15 +306,29 @@ class LoadPlan:
     tied_duplicate: LoadEntry | None = None
     checkpoint_dtype: str = "float32"
     notes: tuple[str, ...] = field(default=())
+    task: Task = field(default=Task())
+    absent: tuple[str, ...] = field(default=())
 
 
-def plan_load(config: Mamba1Config | Mamba2Config, dialect: str, tensors: dict[str, TensorInfo]) -> LoadPlan:
+def plan_load(
+    config: Mamba1Config | Mamba2Config,
+    dialect: str,
+    tensors: dict[str, TensorInfo],
+    task: Task | None = None,
+    source_task: Task | None = None,
+) -> LoadPlan:
     """Match a checkpoint's tensors against the layout of ``config`` in ``dialect``.
+
+    For a stack or head (``task``, ``mamba_core.task``) only its tensors are planned: the checkpoint's
+    other known tensors (an LM's head, a stack's missing embedding aside) are ignored, and head tensors
+    that the checkpoint's own kind (``source_task``) does not have are listed in ``absent``.
 
     Args:
         config: the model config.
         dialect: one of ``layout.CHECKPOINT_DIALECTS``.
         tensors: name in the checkpoint -> ``TensorInfo``.
+        task: the kind of model to build; None = ``source_task``.
+        source_task: the kind the checkpoint holds; None = an LM.
 
     Returns:
         A ``LoadPlan``.
@@ -324,7 +343,14 @@ def plan_load(config: Mamba1Config | Mamba2Config, dialect: str, tensors: dict[s
         )
     renames = DIALECT_RENAMES[dialect]
     mlx_layout = DIALECT_AXES[dialect]
-    specs = expand_layout(config)
+    source_task = source_task or Task()
+    task = task or source_task
+    specs = task_layout(config, task)
+    new_heads = {p.name for p in HEAD_LAYOUT.get(task.kind, ())}
+    if task.kind == source_task.kind:
+        new_heads = set()
+    specs = {n: s for n, s in specs.items() if not (n in new_heads and renames.get(n, n) not in tensors)}
+    absent = tuple(sorted(set(task_layout(config, task)) - set(specs)))
     entries: list[LoadEntry] = []
     missing: list[str] = []
     mismatched: list[tuple[str, str, str]] = []
@@ -377,7 +403,10 @@ def plan_load(config: Mamba1Config | Mamba2Config, dialect: str, tensors: dict[s
             )
         )
     tied_duplicate = None
-    if config.tie_embeddings and "lm_head.weight" in tensors:
+    if task.kind != "lm":  # the rest of an LM / head checkpoint is not this model's: ignore it
+        known = set(expand_layout(config)) | {p.name for rows in HEAD_LAYOUT.values() for p in rows}
+        used |= {renames.get(n, n) for n in known}
+    elif config.tie_embeddings and "lm_head.weight" in tensors:
         info = tensors["lm_head.weight"]
         used.add("lm_head.weight")
         emb = specs["backbone.embedding.weight"]
@@ -395,7 +424,8 @@ def plan_load(config: Mamba1Config | Mamba2Config, dialect: str, tensors: dict[s
         if e.dtype_policy == "model":
             counts[e.source_dtype] = counts.get(e.source_dtype, 0) + 1
     dominant = max(counts, key=counts.get) if counts else "F32"
-    return LoadPlan(config, dialect, tuple(entries), tied_duplicate, FLOAT_DTYPES[dominant])
+    return LoadPlan(config, dialect, tuple(entries), tied_duplicate, FLOAT_DTYPES[dominant], task=task,
+                    absent=absent)
 
 
 def _raise_plan_error(config, dialect, missing, unexpected, mismatched, hints) -> None:

@@ -132,4 +132,5 @@ def convert(
     if not copy:
         log.info("%s has no tokenizer files to copy along", src_dir)
     return write_checkpoint(module, tensors, plan.config, dst, dialect=to, force=force,
-                            shard_size=shard_size, copy_files=copy, desc=f"convert -> {to}")
+                            shard_size=shard_size, copy_files=copy, desc=f"convert -> {to}",
+                            config_extra=plan.task.to_dict())

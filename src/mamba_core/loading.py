@@ -36,6 +36,7 @@ from mamba_core.hub import looks_like_hub_id
 from mamba_core.hub import resolve as resolve_hub
 from mamba_core.layout import CHECKPOINT_DIALECTS
 from mamba_core.registry import default_backend, get_backend
+from mamba_core.task import Task, resolve_task
 
 log = logging.getLogger("mamba_core")
 
@@ -199,12 +200,21 @@ def read_tensor_infos(files: CheckpointFiles) -> tuple[dict[str, TensorInfo], di
     return tensors, metadata
 
 
-def plan_checkpoint(path: str | os.PathLike, dialect: str | None = None) -> LoadPlan:
+def plan_checkpoint(
+    path: str | os.PathLike,
+    dialect: str | None = None,
+    *,
+    task: str | None = None,
+    num_labels: int | None = None,
+    pooling: str | None = None,
+) -> LoadPlan:
     """Read config and headers of a local checkpoint and return its ``LoadPlan`` (no tensor data read).
 
     Args:
         path: a checkpoint directory, or a ``.safetensors`` / ``.bin`` file with ``config.json`` beside it.
         dialect: force the checkpoint dialect instead of detecting it.
+        task, num_labels, pooling: build a stack or head instead of what the checkpoint holds (see
+            ``load``).
 
     Raises:
         CheckpointError: bad or mismatched files (naming the file and tensor).
@@ -218,8 +228,15 @@ def plan_checkpoint(path: str | os.PathLike, dialect: str | None = None) -> Load
     """
     files = find_checkpoint_files(path)
     config_path = str(files.directory / "config.json")
+    source_task, config = Task(), files.config
     try:
-        parsed = parse_config(files.config)
+        if "task" in config:  # a stack or head checkpoint (mamba_core.task); only our dialect has one
+            source_task, config = Task.from_dict(config)
+        parsed = parse_config(config)
+        if source_task.kind != "lm" and parsed.dialect != "mamba-core":
+            raise ConfigError(f"'task' {source_task.kind!r} is a key of mamba-core configs, not of the "
+                              f"{parsed.dialect!r} dialect", field="task")
+        target = resolve_task(task, num_labels, pooling, source_task)
     except ConfigError as e:
         raise ConfigError(f"{config_path!r}: {e}", field=e.field) from e
     except UnsupportedError as e:
@@ -227,7 +244,7 @@ def plan_checkpoint(path: str | os.PathLike, dialect: str | None = None) -> Load
     tensors, metadata = read_tensor_infos(files)
     if dialect is None:
         dialect = checkpoint_dialect(parsed.dialect, metadata)
-    return plan_load(parsed.config, dialect, tensors)
+    return plan_load(parsed.config, dialect, tensors, task=target, source_task=source_task)
 
 
 def local_path(name_or_path: str | os.PathLike, *, revision: str | None = None) -> Path:
@@ -262,8 +279,17 @@ def load(
     revision: str | None = None,
     dialect: str | None = None,
     return_tokenizer: bool = False,
+    task: str | None = None,
+    num_labels: int | None = None,
+    pooling: str | None = None,
 ):
     """Load a checkpoint of any supported dialect into a backend's native model.
+
+    By default the model is what the checkpoint holds: an LM, or a stack / ``SequenceClassifier`` /
+    ``FeatureExtractor`` saved by ``save``. ``task`` builds one of those from any checkpoint instead,
+    e.g. the backbone of a pretrained LM as a ``(B, L, D) -> (B, L, D)`` stack (``task="stack"``: the
+    embedding and LM head are ignored) or under a new classification head (``task=
+    "sequence-classification"``: ``score`` is freshly initialized and logged). See ``mamba_core.task``.
 
     Dialects (detected from config.json keys and safetensors metadata, never from shapes): official
     state-spaces (``pytorch_model.bin`` or safetensors), HF ``-hf`` (single or sharded), mlx-lm /
@@ -282,10 +308,16 @@ def load(
         dialect: force the checkpoint dialect instead of detecting it.
         return_tokenizer: also return the checkpoint's tokenizer (``tokenizer.json``, our byte
             tokenizer, or the known one of state-spaces models; None when it has none).
+        task: None (what the checkpoint holds), ``"lm"``, ``"stack"``, ``"features"`` or
+            ``"sequence-classification"``.
+        num_labels: classes of a ``"sequence-classification"`` head.
+        pooling: ``"last"``, ``"mean"`` or ``"state"`` for a classifier (default ``"last"``) or features
+            (default None: per position).
 
     Returns:
-        ``torch.nn.Module`` or ``mlx.nn.Module`` (``Mamba1LM`` / ``Mamba2LM``); with
-        ``return_tokenizer``, a ``(model, tokenizer)`` pair.
+        ``torch.nn.Module`` or ``mlx.nn.Module`` (``Mamba1LM`` / ``Mamba2LM``, ``Mamba1`` / ``Mamba2``,
+        ``SequenceClassifier``, ``FeatureExtractor``); with ``return_tokenizer``, a ``(model, tokenizer)``
+        pair.
 
     Raises:
         CheckpointError: missing/unexpected/mis-shaped tensors, truncated or corrupt files, offline
@@ -300,7 +332,9 @@ def load(
         'torch'
     """
     path = local_path(name_or_path, revision=revision)
-    plan = plan_checkpoint(path, dialect=dialect)
+    plan = plan_checkpoint(path, dialect=dialect, task=task, num_labels=num_labels, pooling=pooling)
+    if plan.absent:
+        log.warning("%s: not in the checkpoint, newly initialized: %s", path, ", ".join(plan.absent))
     chosen = resolve_backend(backend)
     model = get_backend(chosen).load_checkpoint(plan, dtype=dtype, device=device)
     model.backend_choice = chosen
@@ -347,7 +381,9 @@ def save(
     directory is written under a temporary name and renamed into place only when complete.
 
     Args:
-        model: a ``Mamba1LM`` / ``Mamba2LM`` of either backend.
+        model: a ``Mamba1LM`` / ``Mamba2LM`` of either backend, or a stack (``Mamba1`` / ``Mamba2``),
+            ``SequenceClassifier`` or ``FeatureExtractor`` (mamba-core dialect only: config.json gets
+            their ``task`` keys, ``mamba_core.task``).
         path: the checkpoint directory to create.
         dialect: ``"mamba-core"``, ``"hf"``, ``"state-spaces"`` or ``"mlx-lm"``.
         force: replace an existing ``path`` (only once the new one is complete).
@@ -362,16 +398,19 @@ def save(
     Raises:
         FileExistsError: ``path`` exists and ``force`` is False.
         CheckpointError: unknown dialect.
+        UnsupportedError: a stack or head in a dialect other than mamba-core.
 
     Example:
         >>> save(model, "ckpt", dialect="hf")   # doctest: +SKIP
     """
     module = get_backend(_backend_of(model))
     _check_dialect(dialect)
+    task = module.heads.task_of(model)
     tensors = module.export_tensors(model, dialect=dialect)
     copy_files, extra = _tokenizer_files(tokenizer)
     return write_checkpoint(module, tensors, model.config, path, dialect=dialect, force=force,
-                            shard_size=shard_size, copy_files=copy_files, extra_files=extra)
+                            shard_size=shard_size, copy_files=copy_files, extra_files=extra,
+                            config_extra=task.to_dict())
 
 
 def _tokenizer_files(tokenizer) -> tuple[tuple[Path, ...], dict[str, str]]:
@@ -446,6 +485,7 @@ def write_checkpoint(
     copy_files: tuple[Path, ...] = (),
     extra_files: dict[str, str] | None = None,
     desc: str = "save",
+    config_extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write backend-native tensors and ``config`` as a checkpoint directory in ``dialect``.
 
@@ -464,6 +504,7 @@ def write_checkpoint(
         copy_files: files copied along unchanged (tokenizer files).
         extra_files: file name -> text, written along.
         desc: label of the progress bar.
+        config_extra: keys added to config.json (a stack's or head's ``Task.to_dict()``).
 
     Returns:
         ``path``.
@@ -486,7 +527,7 @@ def write_checkpoint(
     shards = split_shards(tensors, shard_size)
     names = shard_names(len(shards))
     total = sum(_nbytes(t) for t in tensors.values())
-    config_dict = config.to_dict(dialect)
+    config_dict = {**config.to_dict(dialect), **(config_extra or {})}
     if dialect in ("hf", "mlx-lm") and tensors:
         # transformers reads the dtype to load in from here (dtype="auto"); we read it as nothing
         config_dict["torch_dtype"] = str(next(iter(tensors.values())).dtype).rsplit(".", 1)[-1]

@@ -41,6 +41,9 @@ BACKEND_API = (
     "MambaCache",
     "generate",
     "stream",
+    "SequenceClassifier",
+    "FeatureExtractor",
+    "Trainer",
 )
 
 DTYPES = ("float32", "bfloat16", "float16")

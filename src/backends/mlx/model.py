@@ -11,12 +11,14 @@ float32 whatever the model dtype. Activations are channels-last; the decode cach
 
 from __future__ import annotations
 
+import math
+
 import mlx.core as mx
 import mlx.nn as nn
-from mamba_core.backends.mlx import ops
-from mamba_core.backends.mlx.cache import MambaCache
 from mlx.utils import tree_flatten, tree_unflatten
 
+from mamba_core.backends.mlx import ops
+from mamba_core.backends.mlx.cache import MambaCache
 from mamba_core.config import Mamba1Config, Mamba2Config
 from mamba_core.errors import ConfigError
 from mamba_core.layout import expand_layout
@@ -69,6 +71,13 @@ def _conv(config, channels: int) -> nn.Conv1d:
     return nn.Conv1d(channels, channels, config.d_conv, groups=channels, bias=config.conv_bias)
 
 
+def _dt_bias_init(config, size: int) -> mx.array:
+    # official init (spec-notes §3.3): log-uniform dt in [dt_min, dt_max], floored, inverse softplus
+    lo, hi = math.log(config.dt_min), math.log(config.dt_max)
+    dt = mx.maximum(mx.exp(mx.random.uniform(shape=(size,)) * (hi - lo) + lo), config.dt_init_floor)
+    return dt + mx.log(-mx.expm1(-dt))
+
+
 def _masked(x: mx.array, mask: mx.array | None) -> mx.array:
     # zero left-padded positions: (B, L, C) * (B, L, 1)
     return x if mask is None else x * mask[..., None].astype(x.dtype)
@@ -86,6 +95,7 @@ class Mamba1Mixer(nn.Module):
         self.conv1d = _conv(config, e)
         self.x_proj = nn.Linear(e, r + 2 * n, bias=False)
         self.dt_proj = nn.Linear(r, e, bias=True)
+        self.dt_proj.bias = _dt_bias_init(config, e)
         self.A_log = mx.log(mx.broadcast_to(mx.arange(1, n + 1, dtype=_F32), (e, n)))
         self.D = mx.ones((e,))
         self.out_proj = nn.Linear(e, d, bias=config.bias)
@@ -131,8 +141,8 @@ class Mamba2Mixer(nn.Module):
         self.config, self.layer_idx = c, layer_idx
         self.in_proj = nn.Linear(c.d_model, c.d_in_proj, bias=c.bias)
         self.conv1d = _conv(c, c.conv_dim)
-        self.dt_bias = mx.zeros((c.nheads,))
-        self.A_log = mx.log(mx.arange(1, c.nheads + 1, dtype=_F32))
+        self.dt_bias = _dt_bias_init(c, c.nheads)
+        self.A_log = mx.log(mx.random.uniform(*c.A_init_range, shape=(c.nheads,)))
         self.D = mx.ones((c.nheads,))
         self.norm = RMSNormGated(c.d_inner, eps=c.norm_epsilon, group_size=c.d_inner // c.ngroups)
         self.out_proj = nn.Linear(c.d_inner, c.d_model, bias=c.bias)
@@ -208,28 +218,76 @@ class Mamba2Block(_Block):
 
 
 class _Stack(nn.Module):
-    """Layers + ``norm_f``; with ``vocab_size`` also the embedding (then inputs may be token ids)."""
+    """Layers + ``norm_f``; with ``vocab_size`` also the embedding (then inputs may be token ids).
+
+    Without ``vocab_size`` it is a sequence-to-sequence layer for your own models (issue 8): (B, L, D)
+    float -> (B, L, D) in the model dtype, no embedding, no head. A new stack has the official
+    initialization (spec-notes §1.5, §3.3, §4.3). With a cache, its states are the initial states
+    and are replaced by the final ones (a long stream fed in chunks); ``step`` takes one frame, O(1).
+
+    Args:
+        config: ``Mamba1Config`` (``Mamba2Config`` for ``Mamba2``).
+        vocab_size: rows of an embedding, or None (no embedding).
+        dtype: ``"float32" | "bfloat16" | "float16"`` (or an ``mx.Dtype``); ``A_log``, ``D`` and the
+            dt bias stay float32. None = float32.
+        device: ``"cpu" | "gpu"`` | None (the default device): the stream the stack runs on.
+
+    Example:
+        >>> from mamba_core.testing import tiny_mamba1
+        >>> stack = Mamba1(tiny_mamba1())
+        >>> x = mx.random.normal((2, 10, 32))
+        >>> stack(x).shape
+        (2, 10, 32)
+        >>> cache = stack.make_cache(2)
+        >>> y = mx.concatenate([stack(x[:, :6], cache=cache), stack(x[:, 6:], cache=cache)], axis=1)
+        >>> mx.allclose(y, stack(x), atol=1e-5).item(), stack.step(x[:, 0], stack.make_cache(2)).shape
+        (True, (2, 32))
+    """
 
     block_class: type = Mamba1Block
     config_class: type = Mamba1Config
 
-    def __init__(self, config, vocab_size: int | None = None):
+    def __init__(self, config, vocab_size: int | None = None, *, dtype=None, device=None):
         super().__init__()
+        from mamba_core.backends.mlx.weights import resolve_device, resolve_dtype
+
         if not isinstance(config, self.config_class):
             raise ConfigError(f"{type(self).__name__} needs a {self.config_class.__name__}, got "
                               f"{type(config).__name__}", field="arch")
         self.config = config
-        if vocab_size is not None:
-            self.embedding = nn.Embedding(vocab_size, config.d_model)
-        self.layers = [self.block_class(config, i) for i in range(config.n_layer)]
-        self.norm_f = RMSNorm(config.d_model, eps=config.norm_epsilon)
+        self.device = resolve_device(device)
+        with mx.stream(self.device):
+            if vocab_size is not None:
+                self.embedding = nn.Embedding(vocab_size, config.d_model)
+                self.embedding.weight = config.initializer_range * mx.random.normal(
+                    (vocab_size, config.d_model))
+            self.layers = [self.block_class(config, i) for i in range(config.n_layer)]
+            self.norm_f = RMSNorm(config.d_model, eps=config.norm_epsilon)
+            if config.rescale_prenorm_residual:  # spec-notes §1.5: out_proj / sqrt(n_layer)
+                for layer in self.layers:
+                    layer.mixer.out_proj.weight = layer.mixer.out_proj.weight / math.sqrt(config.n_layer)
+            if dtype is not None:
+                apply_dtype_policy(self, config, resolve_dtype(dtype), prefix="backbone.")
+        self.kernel_path = KERNEL_PATHS[config.arch]
+
+    @property
+    def dtype(self) -> mx.Dtype:
+        """The model dtype (of ``norm_f``)."""
+        return self.norm_f.weight.dtype
+
+    def make_cache(self, batch: int) -> MambaCache:
+        """A zeroed ``MambaCache`` for ``batch`` rows in the model dtype."""
+        return MambaCache.empty(self.config, batch, dtype=self.dtype, device=self.device)
 
     def _embed(self, x: mx.array) -> mx.array:
         if not mx.issubdtype(x.dtype, mx.floating):
             if "embedding" not in self:
                 raise ValueError("this stack has no embedding: pass (B, L, D) float inputs")
             x = self.embedding(x)
-        return x.astype(_F32) if self.config.residual_in_fp32 else x
+        if x.shape[-1] != self.config.d_model:
+            raise ValueError(f"x: expected last dimension d_model={self.config.d_model}, got shape "
+                             f"{tuple(x.shape)}")
+        return x.astype(_F32) if self.config.residual_in_fp32 else x.astype(self.dtype)
 
     def __call__(self, x: mx.array, *, cache: MambaCache | None = None, attention_mask=None):
         """(B, L) ids or (B, L, D) -> (B, L, D) in the model dtype (after ``norm_f``).
@@ -239,25 +297,27 @@ class _Stack(nn.Module):
             cache: initial states, replaced by the final states; ``seqlen_offset += L``.
             attention_mask: (B, L), 1 = token, 0 = left padding, or None.
         """
-        residual = self._embed(x)
-        mask = None if attention_mask is None else mx.array(attention_mask)
-        for i, layer in enumerate(self.layers):
-            states = (None, None) if cache is None else (cache.conv_state[i], cache.ssm_state[i])
-            residual, conv_state, ssm_state = layer(residual, *states, attention_mask=mask)
+        with mx.stream(self.device):
+            residual = self._embed(x if isinstance(x, mx.array) else mx.array(x))
+            mask = None if attention_mask is None else mx.array(attention_mask)
+            for i, layer in enumerate(self.layers):
+                states = (None, None) if cache is None else (cache.conv_state[i], cache.ssm_state[i])
+                residual, conv_state, ssm_state = layer(residual, *states, attention_mask=mask)
+                if cache is not None:
+                    cache.conv_state[i], cache.ssm_state[i] = conv_state, ssm_state
             if cache is not None:
-                cache.conv_state[i], cache.ssm_state[i] = conv_state, ssm_state
-        if cache is not None:
-            cache.seqlen_offset += residual.shape[1]
-        return self.norm_f(residual)
+                cache.seqlen_offset += residual.shape[1]
+            return self.norm_f(residual)
 
     def step(self, x_t: mx.array, cache: MambaCache) -> mx.array:
-        """(B,) ids or (B, D) -> (B, D), one token, O(1); replaces the states in ``cache``."""
-        residual = self._embed(x_t)
-        for i, layer in enumerate(self.layers):
-            residual, cache.conv_state[i], cache.ssm_state[i] = layer.step(
-                residual, cache.conv_state[i], cache.ssm_state[i])
-        cache.seqlen_offset += 1
-        return self.norm_f(residual)
+        """(B,) ids or (B, D) frame -> (B, D), O(1); replaces the states in ``cache``."""
+        with mx.stream(self.device):
+            residual = self._embed(x_t if isinstance(x_t, mx.array) else mx.array(x_t))
+            for i, layer in enumerate(self.layers):
+                residual, cache.conv_state[i], cache.ssm_state[i] = layer.step(
+                    residual, cache.conv_state[i], cache.ssm_state[i])
+            cache.seqlen_offset += 1
+            return self.norm_f(residual)
 
 
 class Mamba1(_Stack):
@@ -274,12 +334,15 @@ class Mamba2(_Stack):
     config_class = Mamba2Config
 
 
-def apply_dtype_policy(model: nn.Module, config, dtype: mx.Dtype) -> None:
-    """Cast every parameter to ``dtype`` except the fp32-policy ones of the layout (A_log, D, dt bias)."""
+def apply_dtype_policy(model: nn.Module, config, dtype: mx.Dtype, prefix: str = "") -> None:
+    """Cast every parameter to ``dtype`` except the fp32-policy ones of the layout (A_log, D, dt bias).
+
+    ``prefix`` turns the module's parameter names into canonical ones (``"backbone."`` for a stack).
+    """
     policy = {name: spec.dtype_policy for name, spec in expand_layout(config).items()}
     params = tree_flatten(model.parameters())
     model.update(tree_unflatten([
-        (name, p.astype(_F32 if policy.get(name, "model") == "fp32" else dtype))
+        (name, p.astype(_F32 if policy.get(prefix + name, "model") == "fp32" else dtype))
         for name, p in params]))
 
 
@@ -296,7 +359,8 @@ class _LM(nn.Module):
         self.config = config
         self.device = resolve_device(device)
         with mx.stream(self.device):
-            self.backbone = self.stack_class(config, vocab_size=config.vocab_size_padded)
+            self.backbone = self.stack_class(config, vocab_size=config.vocab_size_padded,
+                                             device=self.device)
             if not config.tie_embeddings:
                 self.lm_head = nn.Linear(config.d_model, config.vocab_size_padded, bias=False)
             apply_dtype_policy(self, config, dtype)

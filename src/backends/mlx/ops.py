@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 
 import mlx.core as mx
+
 from mamba_core.backends.mlx import scan
 
 __all__ = [

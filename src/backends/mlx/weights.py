@@ -191,7 +191,7 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
     """
     dt = resolve_dtype(dtype if dtype is not None else plan.checkpoint_dtype)
     dev = resolve_device(device)
-    model = _new_model(plan.config, dt, dev, "auto")
+    model = _new_model(plan.config, dt, dev, "auto") if plan.task.kind == "lm" else None
     readers: dict[str, object] = {}
 
     def read(entry) -> mx.array:
@@ -219,6 +219,13 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
                     "backbone.embedding.weight but the config says tie_embeddings=True; set "
                     "tie_embeddings false (untied) or drop lm_head.weight",
                     mismatched=[("lm_head.weight", "equal to the embedding", "different values")])
+        if plan.task.kind != "lm":  # a stack or head (mamba_core.task): heads.py builds and fills it
+            from mamba_core.backends.mlx.heads import assign as assign_task
+            from mamba_core.backends.mlx.heads import build_task_model
+
+            model = build_task_model(plan.config, plan.task, dtype=dt, device=dev)
+            assign_task(model, tensors, dt, allow_missing=plan.absent)
+            return model
         _assign(model, tensors, dt)
     return model
 
@@ -229,6 +236,7 @@ def export_tensors(model, dialect: str = "mamba-core") -> dict[str, mx.array]:
 
     Raises:
         CheckpointError: unknown dialect.
+        UnsupportedError: a stack or head (``mamba_core.task``) in another dialect than mamba-core.
 
     Example:
         >>> from mamba_core.testing import tiny_mamba1
@@ -238,6 +246,10 @@ def export_tensors(model, dialect: str = "mamba-core") -> dict[str, mx.array]:
     """
     if dialect not in DIALECT_RENAMES:
         raise CheckpointError(f"unknown dialect {dialect!r}; expected one of {tuple(DIALECT_RENAMES)}")
+    if not isinstance(model, (Mamba1LM, Mamba2LM)):  # a stack or head: canonical names, ours only
+        from mamba_core.backends.mlx.heads import export_task_tensors
+
+        return export_task_tensors(model, dialect)
     params = dict(tree_flatten(model.parameters()))
     mlx_layout = DIALECT_AXES[dialect]
     out = {}

@@ -15,7 +15,7 @@ from torch import nn
 
 from mamba_core.backends.torch.cache import torch_dtype
 from mamba_core.backends.torch.model import KERNEL_PATHS, Mamba1, Mamba1LM, Mamba2, Mamba2LM
-from mamba_core.errors import CheckpointError
+from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.task import Task, pooled_dim, task_layout
 
 STACKS = {"mamba1": Mamba1, "mamba2": Mamba2}
@@ -236,3 +236,18 @@ def export_canonical(model) -> dict[str, torch.Tensor]:
     """Canonical name -> detached tensor (torch layout), in ``task_layout`` order."""
     params = canonical_parameters(model)
     return {name: params[name].detach() for name in task_layout(model.config, task_of(model))}
+
+
+def export_task_tensors(model, dialect: str = "mamba-core") -> dict:
+    """``weights.export_tensors`` for a stack or head: canonical names, mamba-core dialect only.
+
+    Raises:
+        UnsupportedError: another dialect (the state-spaces, HF and mlx-lm formats hold LMs only).
+    """
+    if dialect != "mamba-core":
+        raise UnsupportedError(
+            f"a {task_of(model).kind!r} model ({type(model).__name__}) can be saved only in the "
+            f"mamba-core dialect, not {dialect!r}: the state-spaces, HF and mlx-lm formats describe "
+            "language models only; save with dialect='mamba-core'"
+        )
+    return export_canonical(model)

@@ -165,6 +165,16 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
                 "the duplicate",
                 mismatched=[(dup.source, "equal to backbone.embedding.weight", "different")],
             )
+    if plan.task.kind != "lm":  # a stack or head (mamba_core.task): heads.py builds and fills it
+        from mamba_core.backends.torch.heads import assign as assign_task
+        from mamba_core.backends.torch.heads import build_task_model
+
+        # freshly initialized head tensors need real storage; otherwise start on "meta" like an LM
+        model = build_task_model(plan.config, plan.task, dtype=dt, device=dev if plan.absent else "meta")
+        if not plan.absent:
+            model.to_empty(device=dev)
+        assign_task(model, tensors, dt, allow_missing=plan.absent)
+        return model.eval()
     model = MODEL_CLASSES[plan.config.arch](plan.config, dtype=dt, device="meta")
     model.to_empty(device=dev)
     _assign(model, tensors, dt)
@@ -175,14 +185,21 @@ def export_tensors(model, dialect: str = "mamba-core") -> dict[str, torch.Tensor
     """Canonical tensors of ``model`` named and laid out for a checkpoint dialect.
 
     Args:
-        model: ``Mamba1LM`` / ``Mamba2LM``.
+        model: ``Mamba1LM`` / ``Mamba2LM``, or a stack / head (mamba-core dialect only).
         dialect: one of ``layout.CHECKPOINT_DIALECTS``.
 
     Returns:
         dict name -> detached tensor (a tied model exports no ``lm_head.weight``).
+
+    Raises:
+        UnsupportedError: a stack or head in another dialect than mamba-core.
     """
     if dialect not in DIALECT_RENAMES:
         raise ValueError(f"dialect must be one of {sorted(DIALECT_RENAMES)}, got {dialect!r}")
+    if not isinstance(model, (Mamba1LM, Mamba2LM)):  # a stack or head: canonical names, ours only
+        from mamba_core.backends.torch.heads import export_task_tensors
+
+        return export_task_tensors(model, dialect)
     params = dict(model.named_parameters())
     renames, mlx_axes = DIALECT_RENAMES[dialect], DIALECT_AXES[dialect]
     out = {}
