@@ -2,6 +2,6 @@
 
 from pathlib import Path
 
-ASSETS = Path(__file__).resolve().parent / "data"
+ASSETS = Path(__file__).resolve().parent / "shipped"
 # A byte-level Mamba trained by `mamba-core train` on the Python standard library (docs/model-card.md).
 SHIPPED_MODEL = ASSETS / "mamba-bytes"

@@ -547,12 +547,22 @@ def write_checkpoint(
             shutil.copyfile(f, tmp / Path(f).name)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
+        _apply_umask(tmp)
         _replace_dir(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("wrote %s checkpoint %s (%d file(s), %d bytes)", dialect, path, len(shards), total)
     return path
+
+
+def _apply_umask(directory: Path) -> None:
+    # mkdtemp makes 0700 directories; give the finished checkpoint the permissions a plain mkdir would
+    mask = os.umask(0)
+    os.umask(mask)
+    directory.chmod(0o777 & ~mask)
+    for f in directory.iterdir():
+        f.chmod(0o666 & ~mask)
 
 
 def _replace_dir(tmp: Path, path: Path) -> None:

@@ -10,6 +10,8 @@ Example:
 
 from mamba_core.backends.mlx import ops as ops
 from mamba_core.backends.mlx.cache import MambaCache as MambaCache
+from mamba_core.backends.mlx.heads import FeatureExtractor as FeatureExtractor
+from mamba_core.backends.mlx.heads import SequenceClassifier as SequenceClassifier
 from mamba_core.backends.mlx.model import Mamba1 as Mamba1
 from mamba_core.backends.mlx.model import Mamba1Block as Mamba1Block
 from mamba_core.backends.mlx.model import Mamba1LM as Mamba1LM
@@ -22,6 +24,7 @@ from mamba_core.backends.mlx.model import RMSNorm as RMSNorm
 from mamba_core.backends.mlx.model import RMSNormGated as RMSNormGated
 from mamba_core.backends.mlx.sample import generate as generate
 from mamba_core.backends.mlx.sample import stream as stream
+from mamba_core.backends.mlx.train import Trainer as Trainer
 from mamba_core.backends.mlx.weights import build_model as build_model
 from mamba_core.backends.mlx.weights import default_device as default_device
 from mamba_core.backends.mlx.weights import devices as devices
@@ -35,6 +38,7 @@ NAME = "mlx"
 
 __all__ = [
     "NAME",
+    "FeatureExtractor",
     "Mamba1",
     "Mamba1Block",
     "Mamba1LM",
@@ -46,6 +50,8 @@ __all__ = [
     "MambaCache",
     "RMSNorm",
     "RMSNormGated",
+    "SequenceClassifier",
+    "Trainer",
     "build_model",
     "default_device",
     "devices",

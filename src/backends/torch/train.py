@@ -113,7 +113,7 @@ class Trainer:
         return float(self._loss(inputs, targets).item())
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        """AdamW moments and step counts as ``{"<param>.exp_avg": ..., ...}`` (empty before the first step)."""
+        """AdamW moments and step counts, ``{"<param>.exp_avg": ..., ...}`` (empty before a step)."""
         out = {}
         for name, p in self.params.items():
             for key, value in self.optimizer.state.get(p, {}).items():

@@ -93,14 +93,18 @@ def run(args) -> int:
         prompt = sys.stdin.read()
     if args.max_tokens < 0:
         raise ValueError(f"--max-tokens must be >= 0, got {args.max_tokens}")
-    sys.stdout.write(prompt)
-    sys.stdout.flush()
-    for piece in generate_text(
+    pieces = generate_text(
         prompt, model=args.model, backend=args.backend, dtype=args.dtype, device=args.device,
         max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
         tokenizer=args.tokenizer, revision=args.revision,
-    ):
+    )
+    # The first piece loads the model and checks the sampling flags: a bad flag or model ends with the
+    # one-line error before anything reaches stdout.
+    first = next(pieces, "")
+    sys.stdout.write(prompt + first)
+    sys.stdout.flush()
+    for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")

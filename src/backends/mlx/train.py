@@ -1,0 +1,148 @@
+"""``Trainer``: one AdamW step of next-token cross-entropy on an MLX Mamba LM (mirror of torch/train.py).
+
+The orchestration (schedule, batches, eval cadence, checkpoints, resume) is in ``mamba_core.train``;
+this file only knows how to take a step with MLX:
+
+* loss: cross-entropy of the logits' first ``config.vocab_size`` columns (padded columns excluded);
+* ``mlx.optimizers.AdamW`` with ``bias_correction=True`` (torch's AdamW formula), two of them in a
+  ``MultiOptimizer``: decay off where ``mamba_core.train.no_weight_decay`` says (norms, biases, ``D``,
+  dt bias, ``A_log``);
+* global-norm gradient clipping (``mlx.optimizers.clip_grad_norm``);
+* ``precision="bf16-mixed"``: MLX has no autocast, so each step casts a copy of the float32 master
+  parameters to bfloat16 by the layout's dtype policy (``A_log``, ``D``, dt bias stay float32), takes
+  the loss and gradients on that copy, casts the gradients to float32 and updates the masters. This is
+  bf16 for every matmul *and* the activations between them (stricter than torch's autocast), with the
+  model's fp32 islands (Δ, states, norms, residual) as the dtype policy defines them.
+
+The optimizer state travels as its flattened tree (``states.<i>.<param>.m`` / ``.v``, ``states.<i>.step``,
+``states.<i>.learning_rate``), saved with ``mx.save_safetensors``; a resumed run is bit-identical.
+"""
+
+from __future__ import annotations
+
+import os
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+from mlx.utils import tree_flatten, tree_map, tree_unflatten
+
+from mamba_core.backends.mlx.model import apply_dtype_policy
+from mamba_core.errors import CheckpointError
+from mamba_core.train import TrainConfig, no_weight_decay
+
+
+class Trainer:
+    """AdamW training steps for a ``Mamba1LM`` / ``Mamba2LM`` with float32 parameters.
+
+    Args:
+        model: the MLX LM (float32 parameters: train in float32 or ``bf16-mixed``).
+        config: ``mamba_core.train.TrainConfig`` (betas, eps, weight decay, clip, precision).
+
+    Raises:
+        ValueError: a parameter is not float32.
+
+    Example:
+        >>> from mamba_core.testing import tiny_mamba1
+        >>> from mamba_core.backends.mlx import build_model
+        >>> trainer = Trainer(build_model(tiny_mamba1(), seed=0), TrainConfig())
+        >>> x = np.zeros((2, 8), dtype=np.int64)
+        >>> trainer.step(x, x, lr=1e-3) > 0
+        True
+    """
+
+    def __init__(self, model, config: TrainConfig):
+        self.model = model
+        self.config = config
+        self.vocab_size = model.config.vocab_size
+        params = tree_flatten(model.trainable_parameters())
+        wrong = sorted(n for n, p in params if p.dtype != mx.float32)
+        if wrong:
+            raise ValueError(f"training needs float32 parameters (master weights); {len(wrong)} are not, "
+                             f"e.g. {wrong[0]!r}: load the model with dtype='float32' (use "
+                             "precision='bf16-mixed' for bf16 compute)")
+        self.device = model.device
+        decay = {n for n, p in params if not no_weight_decay(n, p.ndim)}
+
+        def adamw(weight_decay: float) -> optim.AdamW:
+            return optim.AdamW(learning_rate=config.lr, betas=list(config.betas), eps=config.eps,
+                               weight_decay=weight_decay, bias_correction=True)
+
+        self.optimizer = optim.MultiOptimizer([adamw(config.weight_decay), adamw(0.0)],
+                                              [lambda path, _: path in decay])
+        self.optimizer.init(model.trainable_parameters())
+        self._loss_and_grad = nn.value_and_grad(model, self._loss)
+
+    def _loss(self, x: mx.array, y: mx.array) -> mx.array:
+        """Mean next-token cross-entropy (nats/token) over the unpadded vocabulary."""
+        logits = self.model(x)[..., : self.vocab_size]
+        return nn.losses.cross_entropy(logits.astype(mx.float32), y, reduction="mean")
+
+    @staticmethod
+    def _batch(a) -> mx.array:
+        return mx.array(np.asarray(a, dtype=np.int32))
+
+    def step(self, inputs, targets, lr: float) -> float:
+        """One optimizer step on a batch.
+
+        Args:
+            inputs: (B, L) int token ids (numpy or mx).
+            targets: (B, L) int next tokens.
+            lr: learning rate of this step.
+
+        Returns:
+            The batch loss before the update (nats/token).
+        """
+        model = self.model
+        with mx.stream(self.device):
+            x, y = self._batch(inputs), self._batch(targets)
+            if self.config.precision == "bf16-mixed":
+                master = model.trainable_parameters()
+                apply_dtype_policy(model, model.config, mx.bfloat16)
+                loss, grads = self._loss_and_grad(x, y)
+                grads = tree_map(lambda g: g.astype(mx.float32), grads)
+                model.update(master)
+            else:
+                loss, grads = self._loss_and_grad(x, y)
+            if self.config.grad_clip > 0:
+                grads, _ = optim.clip_grad_norm(grads, self.config.grad_clip)
+            self.optimizer.learning_rate = mx.array(lr, dtype=mx.float32)
+            self.optimizer.update(model, grads)
+            mx.eval(loss, model.parameters(), self.optimizer.state)
+        return float(loss.item())
+
+    def eval_loss(self, inputs, targets) -> float:
+        """Loss on a batch without updating anything (nats/token)."""
+        with mx.stream(self.device):
+            loss = self._loss(self._batch(inputs), self._batch(targets))
+            mx.eval(loss)
+        return float(loss.item())
+
+    def state_tensors(self) -> dict[str, mx.array]:
+        """The optimizer's state tree, flattened (``states.0.step``, ``states.0.<param>.m``, ...)."""
+        return dict(tree_flatten(self.optimizer.state))
+
+    def load_state_tensors(self, tensors: dict[str, mx.array]) -> None:
+        """Restore ``state_tensors()`` output.
+
+        Raises:
+            CheckpointError: tensors missing or left over (a different model or optimizer).
+        """
+        expected = set(self.state_tensors())
+        missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+        if missing or unexpected:
+            raise CheckpointError(
+                f"optimizer state does not match the model: {len(missing)} missing "
+                f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}",
+                missing=missing, unexpected=unexpected)
+        self.optimizer.state = tree_unflatten(list(tensors.items()))
+        mx.eval(self.optimizer.state)
+
+    def save_state(self, path) -> None:
+        """Write the optimizer state to a safetensors file."""
+        mx.save_safetensors(os.fspath(path), {k: mx.contiguous(v) for k, v in self.state_tensors().items()})
+
+    def load_state(self, path) -> None:
+        """Read a file written by ``save_state``."""
+        self.load_state_tensors(mx.load(os.fspath(path)))
