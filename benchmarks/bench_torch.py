@@ -290,8 +290,20 @@ def _train_child(impl: str, arch: str, steps: int) -> dict:
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return {"time": min(times), "peak": max(0, peak - base)}
+    return {"time": min(times), "peak": max(0, _peak_rss() - base)}
+
+
+def _peak_rss() -> int:
+    """This process's peak RSS in bytes. VmHWM belongs to the current address space; ru_maxrss does not:
+    Linux carries it across fork + exec, so a child of a large parent would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def bench_train(args, machine):
