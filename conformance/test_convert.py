@@ -274,7 +274,7 @@ def test_save_bf16_bit_exact_and_sharded(target, dialect, tmp_path):
         read.update(safetensors_torch.load_file(str(sharded / f)))
         with open(sharded / f, "rb") as fh:
             header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
-        assert header["__metadata__"]["format"] == mamba_core.loading.FILE_METADATA[dialect]["format"]
+        assert header["__metadata__"]["format"] == mamba_core.writer.FILE_METADATA[dialect]["format"]
     assert_same_bits(read, exported, "sharded save")
     loaded = mamba_core.load(sharded, backend=target.backend, device=target.device)
     assert_same_bits(target.module.export_tensors(loaded), target.module.export_tensors(model), "reload")

@@ -268,7 +268,7 @@ def test_quantized_config_error_starts_with_the_config_path(tmp_path):
 
 
 def test_shards_split_by_size_with_upstream_names():
-    from mamba_core.loading import shard_names, split_shards
+    from mamba_core.writer import shard_names, split_shards
 
     tensors = {f"t{i}": np.zeros(n, np.float32) for i, n in enumerate([10, 10, 30, 5])}
     shards = split_shards(tensors, 80)

@@ -3,7 +3,7 @@
 The route is the one ``load`` and ``save`` take, so a conversion can never disagree with them: plan the
 source (``loading.plan_checkpoint``: dialect detection, renames, conv axes), load it with a backend in
 its own dtype (or the one asked for), export the tensors named and laid out for the target dialect, and
-write them with ``loading.write_checkpoint`` (safetensors shards in a temporary directory renamed into
+write them with ``writer.write_checkpoint`` (safetensors shards in a temporary directory renamed into
 place when complete; tokenizer files copied along).
 
 Dtypes. ``dtype=None`` keeps the checkpoint's dtype for every "model"-policy tensor. ``A_log``, ``D``
@@ -26,14 +26,9 @@ from pathlib import Path
 
 from mamba_core.errors import BackendUnavailableError, CheckpointError
 from mamba_core.layout import CHECKPOINT_DIALECTS
-from mamba_core.loading import (
-    DEFAULT_SHARD_SIZE,
-    TOKENIZER_FILES,
-    local_path,
-    plan_checkpoint,
-    write_checkpoint,
-)
+from mamba_core.loading import local_path, plan_checkpoint
 from mamba_core.registry import DTYPES, get_backend
+from mamba_core.writer import DEFAULT_SHARD_SIZE, TOKENIZER_FILES, write_checkpoint
 
 log = logging.getLogger("mamba_core")
 

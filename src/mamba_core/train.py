@@ -151,7 +151,8 @@ def _write_tokenizer(tokenizer, directory: Path) -> None:
 
 def _save_checkpoint(out_dir: Path, model, trainer, state: dict, tokenizer) -> None:
     """Write ``checkpoint-last`` atomically: a complete temp directory, then a rename."""
-    from mamba_core.loading import _replace_dir, save
+    from mamba_core.loading import save
+    from mamba_core.writer import replace_dir
 
     tmp = out_dir / f".{CHECKPOINT}.tmp-{os.getpid()}"
     if tmp.exists():
@@ -162,7 +163,7 @@ def _save_checkpoint(out_dir: Path, model, trainer, state: dict, tokenizer) -> N
         trainer.save_state(tmp / OPTIMIZER_FILE)
         _write_tokenizer(tokenizer, tmp)
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")
-        _replace_dir(tmp, out_dir / CHECKPOINT)
+        replace_dir(tmp, out_dir / CHECKPOINT)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -53,23 +53,24 @@ def generate_text(
     import mamba_core
     from mamba_core.assets import SHIPPED_MODEL
     from mamba_core.errors import CheckpointError
-    from mamba_core.loading import resolve_backend
+    from mamba_core.loading import local_path, resolve_backend
     from mamba_core.registry import get_backend
     from mamba_core.tokenizer import ByteTokenizer, HFTokenizer
 
-    name = model if model is not None else SHIPPED_MODEL
+    # resolve a hub id once: the tokenizer and the weights then come from the same local snapshot
+    name = local_path(model if model is not None else SHIPPED_MODEL, revision=revision)
     if tokenizer == "bytes":
         tok = ByteTokenizer()
     elif tokenizer is not None:
         tok = HFTokenizer(tokenizer)
     else:
-        tok = mamba_core.load_tokenizer(name, revision=revision)
+        tok = mamba_core.load_tokenizer(name)
         if tok is None:
             raise CheckpointError(
                 f"{str(name)!r} has no tokenizer; pass --tokenizer bytes or a tokenizer.json path"
             )
     backend = resolve_backend(backend)
-    lm = mamba_core.load(name, backend=backend, dtype=dtype, device=device, revision=revision)
+    lm = mamba_core.load(name, backend=backend, dtype=dtype, device=device)
     ids = tok.encode(prompt)
     if not ids:
         raise ValueError("the prompt is empty: give at least one character")

@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from types import ModuleType
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -202,6 +203,27 @@ def single_threaded(backend: ModuleType):
         torch.set_num_threads(threads)
 
 
+class Pair(NamedTuple):
+    """One input twice: the float64 copy the reference sees and the native array the backend sees."""
+
+    ref: np.ndarray
+    native: Any
+
+
+def both(backend_op: Callable, reference_op: Callable, *args, **kwargs) -> tuple[Any, Any]:
+    """``(backend_op(...), reference_op(...))`` on the same inputs: a ``Pair`` argument gives the backend
+    its native half and the reference its float64 half; any other value goes to both."""
+
+    def side(i: int):
+        def pick(v):
+            return v[i] if isinstance(v, Pair) else v
+
+        return [pick(a) for a in args], {k: pick(v) for k, v in kwargs.items()}
+
+    (bargs, bkw), (rargs, rkw) = side(1), side(0)
+    return backend_op(*bargs, **bkw), reference_op(*rargs, **rkw)
+
+
 class Inputs:
     """Random inputs rounded to a dtype: the float64 copy for the reference, the array for the backend."""
 
@@ -211,7 +233,8 @@ class Inputs:
     def put(self, a, dtype: str | None = None):
         dtype = dtype or self.dtype
         rounded = round_to(dtype, a)  # float32 holding exactly representable values
-        return rounded.astype(np.float64), self.backend.from_numpy(rounded, dtype=dtype, device=self.device)
+        native = self.backend.from_numpy(rounded, dtype=dtype, device=self.device)
+        return Pair(rounded.astype(np.float64), native)
 
     def act(self, *shape, scale: float = 1.0, loc: float = 0.0):
         """Activations in the check's dtype."""

@@ -12,7 +12,15 @@ import math
 import numpy as np
 
 from mamba_core import reference as R
-from mamba_core.conformance.core import CheckResult, Comparison, Inputs, device_scope, dtype_name, register_op
+from mamba_core.conformance.core import (
+    CheckResult,
+    Comparison,
+    Inputs,
+    both,
+    device_scope,
+    dtype_name,
+    register_op,
+)
 from mamba_core.testing import STATE_TOLERANCE, TOLERANCE
 
 
@@ -65,34 +73,14 @@ def _scan_params(inp: Inputs, e: int, n: int, batch: int):
 def _selective_scan(name, backend, device, dtype, rng) -> CheckResult:
     cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
     b, e, n = 2, 6, 3
-    (A, Ab), (D, Db), (bias, biasb), (h0, h0b) = _scan_params(inp, e, n, b)
+    A, D, bias, h0 = _scan_params(inp, e, n, b)
     with device_scope(backend, device):
         for length, init in ((37, True), (37, False), (1, True)):
-            (u, ub), (dl, dlb), (z, zb) = inp.act(b, length, e), inp.act(b, length, e), inp.act(b, length, e)
-            (Bm, Bmb), (Cm, Cmb) = inp.act(b, length, n), inp.act(b, length, n)
-            y, s = backend.ops.selective_scan(
-                ub,
-                dlb,
-                Ab,
-                Bmb,
-                Cmb,
-                D=Db,
-                z=zb,
-                delta_bias=biasb,
-                delta_softplus=True,
-                initial_state=h0b if init else None,
-            )
-            ry, rs = R.selective_scan(
-                u,
-                dl,
-                A,
-                Bm,
-                Cm,
-                D=D,
-                z=z,
-                delta_bias=bias,
-                delta_softplus=True,
-                initial_state=h0 if init else None,
+            u, dl, z = inp.act(b, length, e), inp.act(b, length, e), inp.act(b, length, e)
+            Bm, Cm = inp.act(b, length, n), inp.act(b, length, n)
+            (y, s), (ry, rs) = both(
+                backend.ops.selective_scan, R.selective_scan, u, dl, A, Bm, Cm, D=D, z=z,
+                delta_bias=bias, delta_softplus=True, initial_state=h0 if init else None,
             )
             tag = f"L={length}{' initial state' if init else ''}"
             cmp.close(f"y {tag}", y, ry, TOLERANCE[dtype])
@@ -105,14 +93,14 @@ def _selective_scan(name, backend, device, dtype, rng) -> CheckResult:
 def _selective_state_update(name, backend, device, dtype, rng) -> CheckResult:
     cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
     b, e, n = 2, 6, 3
-    (A, Ab), (D, Db), (bias, biasb), (h0, h0b) = _scan_params(inp, e, n, b)
-    (u, ub), (dl, dlb), (z, zb) = inp.act(b, e), inp.act(b, e), inp.act(b, e)
-    (Bm, Bmb), (Cm, Cmb) = inp.act(b, n), inp.act(b, n)
+    A, D, bias, h0 = _scan_params(inp, e, n, b)
+    u, dl, z = inp.act(b, e), inp.act(b, e), inp.act(b, e)
+    Bm, Cm = inp.act(b, n), inp.act(b, n)
     with device_scope(backend, device):
-        y, s = backend.ops.selective_state_update(
-            h0b, ub, dlb, Ab, Bmb, Cmb, D=Db, z=zb, delta_bias=biasb, delta_softplus=True
+        (y, s), (ry, rs) = both(
+            backend.ops.selective_state_update, R.selective_state_update, h0, u, dl, A, Bm, Cm, D=D, z=z,
+            delta_bias=bias, delta_softplus=True,
         )
-    ry, rs = R.selective_state_update(h0, u, dl, A, Bm, Cm, D=D, z=z, delta_bias=bias, delta_softplus=True)
     cmp.close("y", y, ry, TOLERANCE[dtype])
     cmp.close("new state", s, rs, STATE_TOLERANCE)
     cmp.fact("new state dtype", dtype_name(s) == "float32", f"({dtype_name(s)})")
@@ -139,34 +127,15 @@ _SSD_CASES = ((16, (0.0, math.inf), True), (7, (0.01, 0.5), False), (64, (0.0, m
 def _ssd_chunked(name, backend, device, dtype, rng) -> CheckResult:
     cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
     b, length, h, p, g, n = 2, 37, 4, 3, 2, 5
-    (A, Ab), (D, Db), (bias, biasb), (h0, h0b) = _ssd_params(inp, h, p, n, b)
-    (x, xb), (dt, dtb) = inp.act(b, length, h, p), inp.act(b, length, h)
-    (Bm, Bmb), (Cm, Cmb) = inp.act(b, length, g, n), inp.act(b, length, g, n)
+    A, D, bias, h0 = _ssd_params(inp, h, p, n, b)
+    x, dt = inp.act(b, length, h, p), inp.act(b, length, h)
+    Bm, Cm = inp.act(b, length, g, n), inp.act(b, length, g, n)
     with device_scope(backend, device):
         for chunk, limit, init in _SSD_CASES:
-            y, s = backend.ops.ssd_chunked(
-                xb,
-                dtb,
-                Ab,
-                Bmb,
-                Cmb,
-                chunk,
-                D=Db,
-                dt_bias=biasb,
-                dt_softplus=True,
-                dt_limit=limit,
-                initial_state=h0b if init else None,
-            )
-            ry, rs = R.ssd_scan(
-                x,
-                dt,
-                A,
-                Bm,
-                Cm,
-                D=D,
-                dt_bias=bias,
-                dt_softplus=True,
-                dt_limit=limit,
+            (y, s), (ry, rs) = both(
+                # the backend's chunked form (chunk_size after C) against the sequential oracle
+                lambda *a, chunk=chunk, **k: backend.ops.ssd_chunked(*a, chunk, **k), R.ssd_scan,
+                x, dt, A, Bm, Cm, D=D, dt_bias=bias, dt_softplus=True, dt_limit=limit,
                 initial_state=h0 if init else None,
             )
             tag = f"Q={chunk} L={length} dt_limit={limit}{' initial state' if init else ''}"
@@ -180,15 +149,15 @@ def _ssd_chunked(name, backend, device, dtype, rng) -> CheckResult:
 def _ssd_state_update(name, backend, device, dtype, rng) -> CheckResult:
     cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
     b, h, p, g, n = 2, 4, 3, 2, 5
-    (A, Ab), (D, Db), (bias, biasb), (h0, h0b) = _ssd_params(inp, h, p, n, b)
-    (x, xb), (dt, dtb) = inp.act(b, h, p), inp.act(b, h)
-    (Bm, Bmb), (Cm, Cmb) = inp.act(b, g, n), inp.act(b, g, n)
+    A, D, bias, h0 = _ssd_params(inp, h, p, n, b)
+    x, dt = inp.act(b, h, p), inp.act(b, h)
+    Bm, Cm = inp.act(b, g, n), inp.act(b, g, n)
     for limit in ((0.0, math.inf), (0.01, 0.5)):
         with device_scope(backend, device):
-            y, s = backend.ops.ssd_state_update(
-                h0b, xb, dtb, Ab, Bmb, Cmb, D=Db, dt_bias=biasb, dt_softplus=True, dt_limit=limit
+            (y, s), (ry, rs) = both(
+                backend.ops.ssd_state_update, R.ssd_state_update, h0, x, dt, A, Bm, Cm, D=D, dt_bias=bias,
+                dt_softplus=True, dt_limit=limit,
             )
-        ry, rs = R.ssd_state_update(h0, x, dt, A, Bm, Cm, D=D, dt_bias=bias, dt_softplus=True, dt_limit=limit)
         cmp.close(f"y dt_limit={limit}", y, ry, TOLERANCE[dtype])
         cmp.close(f"new state dt_limit={limit}", s, rs, STATE_TOLERANCE)
         cmp.fact(f"new state dtype dt_limit={limit}", dtype_name(s) == "float32", f"({dtype_name(s)})")
