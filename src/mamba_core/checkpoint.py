@@ -26,6 +26,7 @@ import re
 import struct
 import zipfile
 from dataclasses import dataclass, field
+from typing import Any
 
 from mamba_core.config import Mamba1Config, Mamba2Config
 from mamba_core.errors import CheckpointError
@@ -308,6 +309,10 @@ class LoadPlan:
     notes: tuple[str, ...] = field(default=())
     task: Task = field(default=Task())
     absent: tuple[str, ...] = field(default=())
+    # quantized checkpoints (mamba_core.quantization): the plan, and one entry per stored part
+    # (canonical "<module>.weight" / ".scales" / ".biases", read as stored, never cast)
+    quantization: Any = None
+    quantized_entries: tuple[LoadEntry, ...] = field(default=())
 
 
 def plan_load(
@@ -316,6 +321,7 @@ def plan_load(
     tensors: dict[str, TensorInfo],
     task: Task | None = None,
     source_task: Task | None = None,
+    quantization=None,
 ) -> LoadPlan:
     """Match a checkpoint's tensors against the layout of ``config`` in ``dialect``.
 
@@ -329,6 +335,8 @@ def plan_load(
         tensors: name in the checkpoint -> ``TensorInfo``.
         task: the kind of model to build; None = ``source_task``.
         source_task: the kind the checkpoint holds; None = an LM.
+        quantization: the ``QuantizationPlan`` of a quantized checkpoint (``mamba_core.quantization``):
+            its modules' weights are planned as packed codes + scales (+ biases), not as float tensors.
 
     Returns:
         A ``LoadPlan``.
@@ -356,6 +364,22 @@ def plan_load(
     mismatched: list[tuple[str, str, str]] = []
     used: set[str] = set()
     hints: list[str] = []
+    # quantization hook: a quantized module's weight is read as stored, with its scales and biases
+    quantized_entries: list[LoadEntry] = []
+    if quantization is not None:
+        from mamba_core.quantization import module_name
+
+        for path, module in quantization.modules.items():
+            if f"{path}.weight" not in specs:
+                continue
+            specs.pop(f"{path}.weight")
+            name = module_name(path, dialect)
+            parts = ("weight", "scales", "biases") if module.params.has_biases else ("weight", "scales")
+            for part in parts:
+                info = tensors[f"{name}.{part}"]
+                used.add(info.name)
+                quantized_entries.append(LoadEntry(f"{path}.{part}", info.name, info.file,
+                                                   tuple(info.shape), None, "stored", info.dtype))
     for canonical, spec in specs.items():
         source = renames.get(canonical, canonical)
         info = tensors.get(source)
@@ -424,8 +448,12 @@ def plan_load(
         if e.dtype_policy == "model":
             counts[e.source_dtype] = counts.get(e.source_dtype, 0) + 1
     dominant = max(counts, key=counts.get) if counts else "F32"
-    return LoadPlan(config, dialect, tuple(entries), tied_duplicate, FLOAT_DTYPES[dominant], task=task,
-                    absent=absent)
+    if quantization is not None and not counts:
+        scales = [e.source_dtype for e in quantized_entries if e.canonical.endswith(".scales")]
+        dominant = max(set(scales), key=scales.count) if scales else dominant
+    return LoadPlan(config, dialect, tuple(entries), tied_duplicate, FLOAT_DTYPES.get(dominant, "float32"),
+                    task=task, absent=absent, quantization=quantization,
+                    quantized_entries=tuple(quantized_entries))
 
 
 def _raise_plan_error(config, dialect, missing, unexpected, mismatched, hints) -> None:
@@ -455,9 +483,9 @@ def _raise_plan_error(config, dialect, missing, unexpected, mismatched, hints) -
         )
     if any(n.endswith((".scales", ".biases")) for n in unexpected):
         hints.append(
-            "tensors named '*.scales'/'*.biases' are MLX quantization parameters: this is a quantized "
-            "mlx-lm checkpoint, which mamba-core does not load; use an unquantized (float16/bfloat16/"
-            "float32) repo instead, e.g. the original state-spaces/*-hf one"
+            "tensors named '*.scales'/'*.biases' are MLX quantization parameters, but config.json has no "
+            "'quantization' block saying how they were quantized: add the block mlx-lm wrote "
+            "({'group_size': 64, 'bits': 4, 'mode': 'affine'}) or use an unquantized checkpoint"
         )
     if any(n.startswith("model.") for n in unexpected):
         hints.append("tensor names start with 'model.' (Mistral/Codestral layout): strip the prefix")

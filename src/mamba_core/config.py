@@ -499,7 +499,9 @@ def _from_mamba_core(d: dict[str, Any]) -> ParsedConfig:
     arch = d.get("arch")
     if arch not in CONFIG_CLASSES:
         raise ConfigError(f"'arch' must be one of {sorted(CONFIG_CLASSES)}, got {arch!r}", field="arch")
-    fields = {k: v for k, v in d.items() if k not in ("arch", "format", "layout_version")}
+    # quantization blocks are read by mamba_core.quantization (loading.plan_checkpoint)
+    fields = {k: v for k, v in d.items()
+              if k not in ("arch", "format", "layout_version", "quantization", "quantization_config")}
     for key in ("dt_limit", "A_init_range"):
         if key in fields:
             fields[key] = _read_limit(fields[key], key)
@@ -576,12 +578,7 @@ def _from_hf(d: dict[str, Any], dialect: str) -> ParsedConfig:
             f"unknown key(s) {unknown} in a {model_type!r} config; known keys are {sorted(names)}",
             field=unknown[0],
         )
-    for qkey in ("quantization", "quantization_config"):
-        if d.get(qkey):
-            raise UnsupportedError(
-                f"{qkey}={d[qkey]!r}: quantized checkpoints are not supported; convert an unquantized "
-                "(float16/bfloat16/float32) checkpoint instead"
-            )
+    # quantization / quantization_config: read by mamba_core.quantization (loading.plan_checkpoint)
     if d.get("hidden_act", "silu") != "silu":
         raise UnsupportedError(f"hidden_act={d['hidden_act']!r} is not supported (only 'silu')")
     src = {**_HF_DEFAULTS[arch], **d}

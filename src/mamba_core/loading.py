@@ -32,6 +32,7 @@ from mamba_core.config import parse_config
 from mamba_core.errors import CheckpointError, ConfigError, UnsupportedError
 from mamba_core.hub import looks_like_hub_id
 from mamba_core.hub import resolve as resolve_hub
+from mamba_core.quantization import plan_from_checkpoint, quantization_config, read_config_block
 from mamba_core.registry import default_backend, get_backend
 from mamba_core.task import Task, resolve_task
 from mamba_core.writer import (
@@ -226,7 +227,15 @@ def plan_checkpoint(
     tensors, metadata = read_tensor_infos(files)
     if dialect is None:
         dialect = checkpoint_dialect(parsed.dialect, metadata)
-    return plan_load(parsed.config, dialect, tensors, task=target, source_task=source_task)
+    quantization = None  # quantization hook: a quantized checkpoint's plan (mamba_core.quantization)
+    block = read_config_block(files.config)
+    if block is not None:
+        try:
+            quantization = plan_from_checkpoint(parsed.config, block, dialect, tensors)
+        except ConfigError as e:
+            raise ConfigError(f"{config_path!r}: {e}", field=e.field) from e
+    return plan_load(parsed.config, dialect, tensors, task=target, source_task=source_task,
+                     quantization=quantization)
 
 
 def local_path(name_or_path: str | os.PathLike, *, revision: str | None = None) -> Path:
@@ -392,7 +401,7 @@ def save(
     copy_files, extra = tokenizer_files(tokenizer)
     return write_checkpoint(module, tensors, model.config, path, dialect=dialect, force=force,
                             shard_size=shard_size, copy_files=copy_files, extra_files=extra,
-                            config_extra=task.to_dict())
+                            config_extra={**task.to_dict(), **quantization_config(model, dialect)})
 
 
 def _backend_of(model) -> str:

@@ -19,6 +19,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from mamba_core.backends.mlx import ops
 from mamba_core.backends.mlx.cache import MambaCache
+from mamba_core.backends.mlx.quantized import head_logits, matmul_no_bias
 from mamba_core.config import Mamba1Config, Mamba2Config
 from mamba_core.errors import ConfigError
 from mamba_core.layout import expand_layout
@@ -103,7 +104,7 @@ class Mamba1Mixer(nn.Module):
     def _ssm_inputs(self, u: mx.array):
         x_dbl = self.x_proj(u)  # (..., R + 2N)
         dt_r, B, C = mx.split(x_dbl, [self.dt_rank, self.dt_rank + self.d_state], axis=-1)
-        delta = dt_r @ self.dt_proj.weight.T  # (..., E): dt_proj without its bias (pitfall 9.4)
+        delta = matmul_no_bias(self.dt_proj, dt_r)  # (..., E): dt_proj without its bias (pitfall 9.4)
         return delta, B, C, -mx.exp(self.A_log.astype(_F32))
 
     def __call__(self, hidden_states, conv_state=None, ssm_state=None, attention_mask=None):
@@ -368,8 +369,8 @@ class _LM(nn.Module):
 
     @property
     def dtype(self) -> mx.Dtype:
-        """The model dtype (of the embedding)."""
-        return self.backbone.embedding.weight.dtype
+        """The model dtype (of the final norm: a quantized embedding holds uint32 codes)."""
+        return self.backbone.norm_f.weight.dtype
 
     @property
     def head_weight(self) -> mx.array:
@@ -378,6 +379,9 @@ class _LM(nn.Module):
 
     def logits(self, hidden: mx.array) -> mx.array:
         """(..., D) -> logits (..., V) float32."""
+        quantized = head_logits(self, hidden)  # quantization hook: a quantized head or tied embedding
+        if quantized is not None:
+            return quantized.astype(_F32)
         return (hidden @ self.head_weight.T).astype(_F32)
 
     def __call__(self, input_ids, *, cache: MambaCache | None = None, attention_mask=None):

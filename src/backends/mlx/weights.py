@@ -191,7 +191,8 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
     """
     dt = resolve_dtype(dtype if dtype is not None else plan.checkpoint_dtype)
     dev = resolve_device(device)
-    model = _new_model(plan.config, dt, dev, "auto") if plan.task.kind == "lm" else None
+    model = (_new_model(plan.config, dt, dev, "auto")
+             if plan.task.kind == "lm" and plan.quantization is None else None)
     readers: dict[str, object] = {}
 
     def read(entry) -> mx.array:
@@ -203,6 +204,10 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
             raise CheckpointError(f"{entry.file!r} has no tensor {entry.source!r}",
                                   missing=[entry.source]) from None
 
+    if plan.quantization is not None:  # quantization hook: MLX's quantized layers (quantized.py)
+        from mamba_core.backends.mlx.quantized import load_quantized
+
+        return load_quantized(plan, dt, dev, read)
     tensors = {}
     with mx.stream(dev):
         for entry in plan.entries:
@@ -250,6 +255,10 @@ def export_tensors(model, dialect: str = "mamba-core") -> dict[str, mx.array]:
         from mamba_core.backends.mlx.heads import export_task_tensors
 
         return export_task_tensors(model, dialect)
+    if getattr(model, "quantization", None) is not None:  # quantization hook (quantized.py)
+        from mamba_core.backends.mlx.quantized import export_quantized
+
+        return export_quantized(model, dialect)
     params = dict(tree_flatten(model.parameters()))
     mlx_layout = DIALECT_AXES[dialect]
     out = {}

@@ -18,6 +18,7 @@ from torch import nn
 
 from mamba_core.backends.torch import ops
 from mamba_core.backends.torch.cache import MambaCache, torch_dtype
+from mamba_core.backends.torch.quantized import head_logits, matmul_no_bias
 from mamba_core.config import Mamba1Config, Mamba2Config
 from mamba_core.errors import ConfigError
 
@@ -121,8 +122,8 @@ class Mamba1Mixer(nn.Module):
             activation="silu",
         )
         u = _mask(u, attention_mask)  # (B, L, E)
-        dt_r, Bm, Cm = F.linear(u, self.x_proj.weight).split([r, n, n], dim=-1)
-        delta = F.linear(dt_r, self.dt_proj.weight)  # (B, L, E), bias added in fp32 in the scan
+        dt_r, Bm, Cm = matmul_no_bias(self.x_proj, u).split([r, n, n], dim=-1)
+        delta = matmul_no_bias(self.dt_proj, dt_r)  # (B, L, E), bias added in fp32 in the scan
         A = -torch.exp(self.A_log.float())  # (E, N)
         y, ssm_state = ops.selective_scan(
             u, delta, A, Bm, Cm, D=self.D, z=z, delta_bias=self.dt_proj.bias,
@@ -138,7 +139,9 @@ class Mamba1Mixer(nn.Module):
         u = _conv_step(conv_state, x, self.conv1d.weight[:, 0], self.conv1d.bias)  # (B, E) fp32
         dt_r, Bm, Cm = _proj(self.x_proj, u.to(h.dtype)).split([r, n, n], dim=-1)
         # the dt bias is added in fp32, not inside the projection (pitfall §9.4)
-        dt = F.softplus(_rows(dt_r, self.dt_proj.weight).float() + self.dt_proj.bias)
+        dt_proj = self.dt_proj  # quantization hook: a quantized dt_proj multiplies without its bias
+        delta = _rows(dt_r, dt_proj.weight) if type(dt_proj) is nn.Linear else matmul_no_bias(dt_proj, dt_r)
+        dt = F.softplus(delta.float() + dt_proj.bias)
         A = -torch.exp(self.A_log)  # (E, N) fp32
         ssm_state.mul_(torch.exp(dt.unsqueeze(-1) * A))
         ssm_state.addcmul_((dt * u).unsqueeze(-1), Bm.float().unsqueeze(1))
@@ -376,6 +379,9 @@ class Mamba1LM(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., D) -> (..., V) float32."""
+        quantized = head_logits(self, hidden)  # quantization hook: a quantized head or tied embedding
+        if quantized is not None:
+            return quantized.float()
         return F.linear(hidden, self.head_weight).float()
 
     def forward(self, input_ids, *, cache: MambaCache | None = None, attention_mask=None):
@@ -385,7 +391,8 @@ class Mamba1LM(nn.Module):
     def step(self, token_ids, cache: MambaCache):
         """(B,) int -> logits (B, V) float32; O(1) per token; updates ``cache``."""
         hidden = self.backbone.step(token_ids, cache)  # (B, D)
-        if type(getattr(self, "lm_head", None)) in (nn.Linear, type(None)):
+        plain = type(self.backbone.embedding) is nn.Embedding  # a quantized tied head takes logits()
+        if type(getattr(self, "lm_head", None)) in (nn.Linear, type(None)) and plain:
             return _rows(hidden, self.head_weight).float()
         return self.logits(hidden)
 

@@ -153,6 +153,10 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
     """
     dt = torch_dtype(plan.checkpoint_dtype if dtype is None else dtype)
     dev = _device(device)
+    if plan.quantization is not None:  # quantization hook: MLX-format layers (quantized.py)
+        from mamba_core.backends.torch.quantized import load_quantized
+
+        return load_quantized(plan, dt, dev, _read)
     tensors = _read(plan)
     if plan.tied_duplicate is not None:
         dup = plan.tied_duplicate
@@ -200,6 +204,10 @@ def export_tensors(model, dialect: str = "mamba-core") -> dict[str, torch.Tensor
         from mamba_core.backends.torch.heads import export_task_tensors
 
         return export_task_tensors(model, dialect)
+    if getattr(model, "quantization", None) is not None:  # quantization hook (quantized.py)
+        from mamba_core.backends.torch.quantized import export_quantized
+
+        return export_quantized(model, dialect)
     params = dict(model.named_parameters())
     renames, mlx_axes = DIALECT_RENAMES[dialect], DIALECT_AXES[dialect]
     out = {}

@@ -1,0 +1,427 @@
+"""Quantized weights on torch: MLX's format exactly, and torch's own int8/int4 decode kernels.
+
+Two kinds of layer, chosen by ``kernel`` (docs/quantization.md says why):
+
+* ``"affine"`` (``QuantizedLinear``, ``QuantizedEmbedding``): MLX's format as mlx-lm writes it
+  (``mamba_core.quantization``): per-group codes with (scale, bias) for the affine mode, E2M1/E4M3
+  codes with a shared power-of-two scale for mxfp4/mxfp8. Dequantized values equal ``mx.dequantize``
+  bit for bit (the same multiply and add, rounded in the scales' dtype), so a Mac user's q4 checkpoint
+  runs here and goes back unchanged. The layer dequantizes its weight on the fly and multiplies in the
+  activations' dtype: exact, portable (CPU, CUDA, MPS), memory-light, not faster than float.
+* ``"int8"`` (``Int8Linear``): per-output-channel symmetric int8 weights through
+  ``torch.ops.aten._weight_int8pack_mm`` (activations in bfloat16 on the CPU, where its float32 path is
+  slow). ``"int4"`` (``Int4Linear``): per-group asymmetric 4-bit through the tinygemm kernels
+  (``_weight_int4pack_mm_for_cpu`` / ``_weight_int4pack_mm`` on CUDA). These are decode formats, made
+  from a float model; they cannot hold MLX's (scale, bias) groups exactly (int8: one scale per row, no
+  bias; int4: ``(q - 8)·scale + zero`` rounds differently from ``q·scale + bias``), so an MLX checkpoint
+  always loads into the exact ``"affine"`` layers, and int8/int4 models are not written to disk.
+
+The mirror image of the MLX backend's ``quantized.py`` (``quantize``, ``load_quantized``,
+``export_quantized``, ``matmul_no_bias``, ``head_logits``, ``dequantize_weight``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mamba_core.errors import CheckpointError, UnsupportedError
+from mamba_core.layout import DIALECT_RENAMES, expand_layout
+from mamba_core.quantization import (
+    QuantizationPlan,
+    QuantParams,
+    module_name,
+    params_for,
+    plan_quantization,
+)
+
+KERNELS = ("affine", "int8", "int4")
+# E2M1 (mxfp4) code -> value
+_FP4 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
+
+
+def unpack_codes(packed: torch.Tensor, bits: int, in_features: int) -> torch.Tensor:
+    """(..., K·bits/32) uint32/int32 words -> (..., K) uint8 codes (each row a little-endian bit stream).
+
+    Example:
+        >>> unpack_codes(torch.tensor([[0x76543210]], dtype=torch.int32), 4, 8).tolist()
+        [[0, 1, 2, 3, 4, 5, 6, 7]]
+    """
+    words = packed.contiguous().view(torch.int32)
+    as_bytes = words.view(torch.uint8).reshape(*words.shape[:-1], -1).to(torch.int32)
+    if bits in (2, 4, 8):  # codes do not straddle bytes
+        per = 8 // bits
+        shifts = torch.arange(0, 8, bits, device=packed.device, dtype=torch.int32)
+        codes = (as_bytes.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
+        return codes.reshape(*words.shape[:-1], as_bytes.shape[-1] * per)[..., :in_features].to(torch.uint8)
+    stream = (as_bytes.unsqueeze(-1) >> torch.arange(8, device=packed.device, dtype=torch.int32)) & 1
+    stream = stream.reshape(*words.shape[:-1], -1)[..., : in_features * bits]
+    stream = stream.reshape(*words.shape[:-1], in_features, bits)
+    weights = 1 << torch.arange(bits, device=packed.device, dtype=torch.int32)
+    return (stream * weights).sum(-1).to(torch.uint8)
+
+
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Inverse of ``unpack_codes``: (..., K) codes -> (..., K·bits/32) uint32."""
+    k = codes.shape[-1]
+    if (k * bits) % 32:
+        raise ValueError(f"{k} codes of {bits} bits do not fill whole uint32 words")
+    c = codes.to(torch.int32)
+    bit = (c.unsqueeze(-1) >> torch.arange(bits, device=c.device, dtype=torch.int32)) & 1
+    stream = bit.reshape(*c.shape[:-1], k * bits // 8, 8)
+    as_bytes = (stream << torch.arange(8, device=c.device, dtype=torch.int32)).sum(-1).to(torch.uint8)
+    return as_bytes.contiguous().view(torch.int32).view(torch.uint32)
+
+
+def dequantize(codes: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor | None,
+               params: QuantParams) -> torch.Tensor:
+    """Codes (O, K) uint8 + per-group scales (and biases) (O, K/group) -> (O, K) float, as MLX computes it.
+
+    Affine: ``scale·q + bias`` in the scales' dtype. mxfp4/mxfp8: ``value(q)·2**(scale-127)`` in float32.
+    """
+    o, k = codes.shape
+    g = params.group_size
+    if params.mode == "affine":
+        q = codes.reshape(o, k // g, g).to(scales.dtype)
+        return (q * scales.unsqueeze(-1) + biases.unsqueeze(-1)).reshape(o, k)
+    if params.mode == "mxfp4":
+        values = torch.tensor(_FP4, dtype=torch.float32, device=codes.device)[codes.long()]
+    else:  # mxfp8: E4M3 bit patterns
+        values = codes.contiguous().view(torch.float8_e4m3fn).to(torch.float32)
+    scale = torch.exp2(scales.to(torch.float32) - 127.0)
+    return (values.reshape(o, k // g, g) * scale.unsqueeze(-1)).reshape(o, k)
+
+
+class QuantizedLinear(nn.Module):
+    """A linear layer holding MLX-format quantized weights (see the module docstring).
+
+    Buffers: ``codes`` (O, K) uint8 (unpacked once at load; ``export_quantized`` packs them back),
+    ``scales`` (O, K/group), ``biases`` (O, K/group) for the affine mode; ``bias`` (O,) float or None.
+    """
+
+    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor | None,
+                 bias: torch.Tensor | None, params: QuantParams):
+        super().__init__()
+        self.params = params
+        self.in_features, self.out_features = codes.shape[1], codes.shape[0]
+        self.register_buffer("codes", codes)
+        self.register_buffer("scales", scales)
+        self.register_buffer("biases", biases)
+        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized (O, K) weight (computed on each access)."""
+        return dequantize(self.codes, self.scales, self.biases, self.params)
+
+    def forward(self, x: torch.Tensor, *, with_bias: bool = True) -> torch.Tensor:
+        """(..., K) -> (..., O) in ``x``'s dtype."""
+        return F.linear(x, self.weight.to(x.dtype), self.bias if with_bias else None)
+
+    def extra_repr(self) -> str:
+        p = self.params
+        return f"{self.in_features}, {self.out_features}, bits={p.bits}, group_size={p.group_size}, mode={p.mode}"
+
+
+class QuantizedEmbedding(nn.Module):
+    """An embedding holding MLX-format quantized rows; ``as_linear`` is the tied head."""
+
+    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor | None,
+                 params: QuantParams, dtype: torch.dtype):
+        super().__init__()
+        self.params = params
+        self.out_dtype = dtype
+        self.num_embeddings, self.embedding_dim = codes.shape
+        self.register_buffer("codes", codes)
+        self.register_buffer("scales", scales)
+        self.register_buffer("biases", biases)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized (V, D) table (computed on each access)."""
+        return dequantize(self.codes, self.scales, self.biases, self.params)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """(...) int -> (..., D): only the looked-up rows are dequantized."""
+        flat = ids.reshape(-1)
+        rows = dequantize(self.codes[flat], self.scales[flat],
+                          None if self.biases is None else self.biases[flat], self.params)
+        return rows.to(self.out_dtype).reshape(*ids.shape, self.embedding_dim)
+
+    def as_linear(self, x: torch.Tensor) -> torch.Tensor:
+        """(..., D) -> (..., V): ``x @ table.T``."""
+        return F.linear(x, self.weight.to(x.dtype))
+
+
+class Int8Linear(nn.Module):
+    """int8 weight-only linear: per-output-channel symmetric codes, ``_weight_int8pack_mm``.
+
+    Buffers: ``qweight`` (O, K) int8, ``qscales`` (O,) float32; ``w ≈ qweight·qscale``.
+    """
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        w = linear.weight.detach().float()
+        scale = (w.abs().amax(dim=1) / 127.0).clamp(min=torch.finfo(torch.float32).tiny)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.register_buffer("qweight", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
+        self.register_buffer("qscales", scale)
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dequantized (O, K) weight."""
+        return self.qweight.float() * self.qscales[:, None]
+
+    def forward(self, x: torch.Tensor, *, with_bias: bool = True) -> torch.Tensor:
+        lead = x.shape[:-1]
+        act = torch.bfloat16 if x.device.type == "cpu" else x.dtype
+        x2 = x.reshape(-1, x.shape[-1]).to(act)
+        y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.qscales.to(act)).to(x.dtype)
+        y = y.reshape(*lead, self.out_features)
+        return y + self.bias.to(x.dtype) if with_bias and self.bias is not None else y
+
+
+class Int4Linear(nn.Module):
+    """int4 weight-only linear: per-group asymmetric codes in tinygemm's packed layout.
+
+    ``w ≈ (q - 8)·scale + zero`` per group of ``group_size`` input columns; ``scale_zeros`` (K/group, O, 2)
+    bfloat16, ``packed`` as ``_convert_weight_to_int4pack[_for_cpu]`` lays it out.
+    """
+
+    def __init__(self, linear: nn.Linear, group_size: int):
+        super().__init__()
+        w = linear.weight.detach().float()
+        o, k = w.shape
+        self.in_features, self.out_features, self.group_size = k, o, group_size
+        g = w.reshape(o, k // group_size, group_size)
+        lo, hi = g.amin(-1), g.amax(-1)
+        scale = ((hi - lo) / 15.0).clamp(min=1e-12)
+        q = torch.round((g - lo.unsqueeze(-1)) / scale.unsqueeze(-1)).clamp(0, 15).to(torch.int32)
+        zero = lo + 8.0 * scale
+        q = q.reshape(o, k)
+        if w.device.type == "cpu":
+            packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+        else:
+            tiles = next(t for t in (8, 4, 2) if k % (16 * t) == 0)
+            packed = torch.ops.aten._convert_weight_to_int4pack((q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8),
+                                                               tiles)
+        self.register_buffer("packed", packed)
+        self.register_buffer("scale_zeros", torch.stack([scale, zero], -1).transpose(0, 1).contiguous()
+                             .to(torch.bfloat16))
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
+
+    def forward(self, x: torch.Tensor, *, with_bias: bool = True) -> torch.Tensor:
+        lead = x.shape[:-1]
+        x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+        mm = (torch.ops.aten._weight_int4pack_mm_for_cpu if x.device.type == "cpu"
+              else torch.ops.aten._weight_int4pack_mm)
+        y = mm(x2, self.packed, self.group_size, self.scale_zeros).to(x.dtype)
+        y = y.reshape(*lead, self.out_features)
+        return y + self.bias.to(x.dtype) if with_bias and self.bias is not None else y
+
+
+_QUANTIZED = (QuantizedLinear, QuantizedEmbedding, Int8Linear, Int4Linear)
+
+
+def is_quantized(module) -> bool:
+    """True for any of this file's layers."""
+    return isinstance(module, _QUANTIZED)
+
+
+def matmul_no_bias(layer, x: torch.Tensor) -> torch.Tensor:
+    """``x @ W.T`` without the layer's bias (Mamba-1 ``dt_proj``), float or quantized."""
+    if isinstance(layer, (QuantizedLinear, Int8Linear, Int4Linear)):
+        return layer(x, with_bias=False)
+    return F.linear(x, layer.weight)
+
+
+def head_logits(lm, hidden: torch.Tensor) -> torch.Tensor | None:
+    """Logits through a quantized head (``lm_head`` or the tied embedding), or None for a float head."""
+    head = getattr(lm, "lm_head", None)
+    if head is not None and is_quantized(head):
+        return head(hidden)
+    emb = lm.backbone.embedding
+    if head is None and isinstance(emb, QuantizedEmbedding):
+        return emb.as_linear(hidden)
+    return None
+
+
+def _set(model, path: str, module: nn.Module) -> None:
+    parent, _, name = path.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, name, module)
+
+
+def quantize_affine(w: torch.Tensor, params: QuantParams, dtype: torch.dtype):
+    """A float (O, K) weight -> MLX affine (codes uint8, scales, biases) in ``dtype``.
+
+    Per group: ``scale = (max - min) / (2**bits - 1)``, ``bias = min``, ``q = round((w - bias) / scale)``;
+    the same format MLX reads (its own ``mx.quantize`` may round the scale differently).
+    """
+    if params.mode != "affine":
+        raise UnsupportedError(f"the torch backend quantizes float weights in the affine mode only, not "
+                               f"{params.mode!r}; quantize with the MLX backend (mxfp codes load here)")
+    o, k = w.shape
+    g = w.detach().float().reshape(o, k // params.group_size, params.group_size)
+    lo, hi = g.amin(-1), g.amax(-1)
+    top = (1 << params.bits) - 1
+    scales = ((hi - lo) / top).clamp(min=1e-12).to(dtype)
+    biases = lo.to(dtype)
+    q = torch.round((g - biases.float().unsqueeze(-1)) / scales.float().unsqueeze(-1)).clamp(0, top)
+    return q.reshape(o, k).to(torch.uint8), scales, biases
+
+
+def quantize(model, quantize="q8", *, group_size: int | None = None, embedding: bool = True,
+             kernel: str = "affine"):
+    """Quantize a float LM in place and return it.
+
+    Args:
+        model: ``Mamba1LM`` / ``Mamba2LM``.
+        quantize: ``"q4"``, ``"q8"`` (``"mxfp4"``/``"mxfp8"``: MLX only), a ``QuantParams`` or a plan.
+        group_size: 32, 64 or 128 (default 64); for ``kernel="int4"`` the tinygemm group size.
+        embedding: also quantize the embedding and a tied head (``kernel="affine"`` only: the int8/int4
+            kernels are linear layers, so with them the embedding and a tied head stay float).
+        kernel: ``"affine"`` (MLX's format, exact, saveable), ``"int8"`` (needs q8) or ``"int4"`` (needs
+            q4): torch's decode kernels, runtime only.
+
+    Returns:
+        ``model`` with ``model.quantization`` (the plan; kept modules logged) and
+        ``model.quantization_kernel``.
+
+    Example:
+        >>> from mamba_core.backends.torch.weights import build_model
+        >>> from mamba_core.testing import tiny_mamba2
+        >>> m = quantize(build_model(tiny_mamba2(), seed=0, device="cpu"), "q8", group_size=32)
+        >>> type(m.backbone.layers[0].mixer.in_proj).__name__
+        'QuantizedLinear'
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel={kernel!r}; expected one of {KERNELS}")
+    if getattr(model, "quantization", None) is not None:
+        raise UnsupportedError("the model is already quantized; load the float checkpoint to requantize")
+    if not hasattr(model, "backbone") or not hasattr(model, "logits"):
+        raise UnsupportedError(f"quantize takes a Mamba1LM / Mamba2LM, not a {type(model).__name__}")
+    if isinstance(quantize, QuantizationPlan):
+        plan = quantize
+    else:
+        params = quantize if isinstance(quantize, QuantParams) else params_for(quantize, group_size=group_size)
+        want = {"int8": 8, "int4": 4}.get(kernel)
+        if want is not None and (params.bits != want or params.mode != "affine"):
+            raise ValueError(f"kernel={kernel!r} holds {want}-bit affine weights, not {params.bits}-bit "
+                             f"{params.mode}; pass quantize='q{want}'")
+        plan = plan_quantization(model.config, params, embedding=embedding and kernel == "affine")
+    dtype = model.backbone.norm_f.weight.dtype
+    for path, m in plan.modules.items():
+        old = model.get_submodule(path)
+        if kernel == "int8":
+            new = Int8Linear(old)
+        elif kernel == "int4":
+            new = Int4Linear(old, m.params.group_size)
+        else:
+            codes, scales, biases = quantize_affine(old.weight, m.params, dtype)
+            if isinstance(old, nn.Embedding):
+                new = QuantizedEmbedding(codes, scales, biases, m.params, dtype)
+            else:
+                bias = None if old.bias is None else old.bias.detach()
+                new = QuantizedLinear(codes, scales, biases, bias, m.params)
+        _set(model, path, new)
+    model.quantization = plan
+    model.quantization_kernel = kernel
+    return model
+
+
+def load_quantized(plan, dtype: torch.dtype, device, read):
+    """Build the LM of a quantized ``LoadPlan`` with ``QuantizedLinear`` / ``QuantizedEmbedding`` layers.
+
+    Args:
+        plan: a ``LoadPlan`` with ``plan.quantization``.
+        dtype: model dtype (float tensors, scales and biases).
+        device: torch device.
+        read: ``LoadPlan -> {canonical: tensor}`` (the backend's reader).
+
+    Returns:
+        ``Mamba1LM`` / ``Mamba2LM`` with ``model.quantization``.
+    """
+    from mamba_core.backends.torch.weights import MODEL_CLASSES
+
+    if plan.task.kind != "lm":
+        raise UnsupportedError(f"task {plan.task.kind!r} from a quantized checkpoint: only the LM is built "
+                               "from quantized weights; load it as an LM")
+    qplan: QuantizationPlan = plan.quantization
+    tensors = read(plan)
+    parts = read(dataclasses.replace(plan, entries=plan.quantized_entries, tied_duplicate=None))
+    with torch.device("meta"):
+        model = MODEL_CLASSES[plan.config.arch](plan.config, dtype=dtype)
+    specs = expand_layout(plan.config)
+    for path, m in qplan.modules.items():
+        o, k = m.shape
+        packed = parts[f"{path}.weight"]
+        if packed.dtype not in (torch.uint32, torch.int32):
+            raise CheckpointError(f"{path}.weight: packed codes must be uint32, got {packed.dtype}")
+        codes = unpack_codes(packed.to(device), m.params.bits, k)
+        scale_dtype = torch.uint8 if m.params.mode != "affine" else dtype
+        scales = parts[f"{path}.scales"].to(device=device, dtype=scale_dtype)
+        biases = parts.get(f"{path}.biases")
+        biases = None if biases is None else biases.to(device=device, dtype=dtype)
+        if path == "backbone.embedding":
+            new = QuantizedEmbedding(codes, scales, biases, m.params, dtype)
+        else:
+            bias = tensors.get(f"{path}.bias")
+            if bias is not None:  # Mamba-1 dt_proj's bias is float32 by the dtype policy
+                policy = specs[f"{path}.bias"].dtype_policy
+                bias = bias.to(device=device, dtype=torch.float32 if policy == "fp32" else dtype)
+            new = QuantizedLinear(codes, scales, biases, bias, m.params)
+        _set(model, path, new)
+    for name, spec in specs.items():
+        if name.removesuffix(".weight") in qplan.modules or name.removesuffix(".bias") in qplan.modules:
+            continue
+        target = torch.float32 if spec.dtype_policy == "fp32" else dtype
+        t = tensors[name].to(device=device, dtype=target).contiguous()
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, nn.Parameter(t, requires_grad=False))
+    model.quantization = qplan
+    model.quantization_kernel = "affine"
+    return model.eval()
+
+
+def export_quantized(model, dialect: str) -> dict[str, torch.Tensor]:
+    """The tensors of an affine-quantized LM under ``dialect``'s names (codes packed back into uint32).
+
+    Raises:
+        UnsupportedError: the model uses the int8/int4 decode kernels (runtime formats).
+    """
+    if getattr(model, "quantization_kernel", "affine") != "affine":
+        raise UnsupportedError(
+            f"a model quantized with kernel={model.quantization_kernel!r} holds torch's runtime int8/int4 "
+            "layout, which no checkpoint format stores; save the float model, or quantize with "
+            "kernel='affine' (MLX's format) to write it"
+        )
+    from mamba_core.layout import DIALECT_AXES
+
+    plan: QuantizationPlan = model.quantization
+    params = dict(model.named_parameters())
+    out = {}
+    for name, spec in expand_layout(model.config).items():
+        module = name.removesuffix(".weight")
+        p = plan.params(module)
+        if name.endswith(".weight") and p is not None:
+            layer = model.get_submodule(module)
+            stored = module_name(module, dialect)
+            out[f"{stored}.weight"] = pack_codes(layer.codes, p.bits)
+            out[f"{stored}.scales"] = layer.scales
+            if layer.biases is not None:
+                out[f"{stored}.biases"] = layer.biases
+            continue
+        arr = params[name] if name in params else model.get_submodule(module).bias
+        if DIALECT_AXES[dialect] and spec.mlx_axes is not None:
+            arr = arr.permute(*spec.mlx_axes)
+        out[DIALECT_RENAMES[dialect].get(name, name)] = arr.detach()
+    return out
+
+
+def dequantize_weight(layer) -> torch.Tensor:
+    """The float (O, K) weight a quantized layer stands for."""
+    return layer.weight
