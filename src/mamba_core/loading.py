@@ -234,6 +234,8 @@ def plan_checkpoint(
             quantization = plan_from_checkpoint(parsed.config, block, dialect, tensors)
         except ConfigError as e:
             raise ConfigError(f"{config_path!r}: {e}", field=e.field) from e
+        except CheckpointError as e:
+            raise CheckpointError(f"{config_path!r}: {e}", mismatched=e.mismatched) from e
     return plan_load(parsed.config, dialect, tensors, task=target, source_task=source_task,
                      quantization=quantization)
 
@@ -284,11 +286,12 @@ def load(
 
     Dialects (detected from config.json keys and safetensors metadata, never from shapes): official
     state-spaces (``pytorch_model.bin`` or safetensors), HF ``-hf`` (single or sharded), mlx-lm /
-    mlx-community (conv axes moved; quantized ones are refused), and mamba-core's own.
+    mlx-community (conv axes moved; quantized ones load into MLX-format quantized layers on both
+    backends, ``mamba_core.quantization``), mamba-core's own, and GGUF files (``mamba_core.gguf``).
 
     Args:
         name_or_path: a local checkpoint directory, a ``.safetensors`` / ``.bin`` file with
-            ``config.json`` beside it, or a hub id (``"state-spaces/mamba-130m"``) fetched with
+            ``config.json`` beside it, a ``.gguf`` file (``mamba_core.gguf``), or a hub id (``"state-spaces/mamba-130m"``) fetched with
             huggingface_hub (only the files needed; ``HF_HUB_OFFLINE=1``: the local cache only).
         backend: ``"torch"``, ``"mlx"`` or ``"auto"`` (MLX on Apple Silicon, else torch; the choice is
             logged and recorded in ``model.backend_choice``).
@@ -314,7 +317,7 @@ def load(
         CheckpointError: missing/unexpected/mis-shaped tensors, truncated or corrupt files, offline
             and not cached (each names the file or tensor).
         ConfigError: invalid config.json.
-        UnsupportedError: quantized, hybrid or other models mamba-core does not implement.
+        UnsupportedError: hybrid or other models mamba-core does not implement.
         BackendUnavailableError: the backend is not installed.
 
     Example:
@@ -323,6 +326,12 @@ def load(
         'torch'
     """
     path = local_path(name_or_path, revision=revision)
+    if path.suffix == ".gguf":  # llama.cpp's single-file format (mamba_core.gguf)
+        from mamba_core.gguf import load_gguf
+
+        if task not in (None, "lm") or return_tokenizer:
+            raise UnsupportedError(f"{str(path)!r}: a GGUF file loads as an LM, without a tokenizer")
+        return load_gguf(path, backend=backend, dtype=dtype, device=device)
     plan = plan_checkpoint(path, dialect=dialect, task=task, num_labels=num_labels, pooling=pooling)
     if plan.absent:
         log.warning("%s: not in the checkpoint, newly initialized: %s", path, ", ".join(plan.absent))

@@ -161,6 +161,14 @@ class QuantizationPlan:
         m = self.modules.get(path)
         return None if m is None else m.params
 
+    def keep(self, reasons: dict[str, str]) -> QuantizationPlan:
+        """A plan with the modules of ``reasons`` (path -> why) moved to ``kept``, and reported."""
+        if not reasons:
+            return self
+        report_kept(reasons)
+        return QuantizationPlan(self.default, {p: m for p, m in self.modules.items() if p not in reasons},
+                                {**self.kept, **reasons})
+
     def to_config(self, dialect: str = "mamba-core") -> dict[str, Any]:
         """The config.json ``quantization`` block (module paths in ``dialect``'s names)."""
         out: dict[str, Any] = self.default.to_dict()
@@ -328,7 +336,10 @@ def plan_from_checkpoint(config, block: dict[str, Any], dialect: str,
         name = module_name(path, dialect)
         override = block.get(name)
         if f"{name}.scales" not in tensors:
+            g = override.get("group_size", default.group_size) if isinstance(override, dict) else \
+                default.group_size
             kept[path] = ("kept in high precision by the checkpoint's config" if override is False
+                          else f"input width {k} is not a multiple of group_size {g}" if k % g
                           else "not quantized in the checkpoint")
             continue
         p = _params_from_dict(override, f"quantization[{name!r}]") if isinstance(override, dict) else default
@@ -345,13 +356,18 @@ def plan_from_checkpoint(config, block: dict[str, Any], dialect: str,
         if winfo is not None and winfo.dtype != "U32":
             bad.append((f"{name}.weight", "uint32 packed codes", f"dtype {winfo.dtype}"))
         modules[path] = QuantizedModule(path, (o, k), p)
+    if not modules:
+        raise CheckpointError(
+            f"config.json has a quantization block {block!r} but no module of the checkpoint is quantized "
+            "(no '<module>.scales' tensors): drop the block, or use the quantized files it belongs to"
+        )
     if bad:
         raise CheckpointError(
             f"quantized tensors do not match the checkpoint's quantization block {block!r}: "
             + "; ".join(f"{n} expected {e}, got {g}" for n, e, g in bad[:8]),
             mismatched=bad,
         )
-    report_kept({p: r for p, r in kept.items() if r != "not quantized in the checkpoint"})
+    report_kept(kept)
     return QuantizationPlan(default, modules, kept)
 
 
@@ -427,3 +443,30 @@ def quantization_config(model, dialect: str) -> dict[str, Any]:
         )
     block = plan.to_config(dialect)
     return {"quantization": block, "quantization_config": dict(block)}
+
+
+def quantize(model, quantize: str | QuantParams | QuantizationPlan = "q4", *, group_size: int | None = None,
+             embedding: bool = True, kernel: str = "affine"):
+    """Quantize a loaded float LM in place, on its own backend, and return it.
+
+    Args:
+        model: a ``Mamba1LM`` / ``Mamba2LM`` of either backend.
+        quantize: ``"q4"``, ``"q8"``, ``"mxfp4"``, ``"mxfp8"`` (MLX), a ``QuantParams`` or a plan.
+        group_size: 32, 64 or 128 (default 64 affine, 32 mxfp).
+        embedding: quantize the embedding (and a tied head) too, as mlx-lm does.
+        kernel: ``"affine"`` (MLX's format on both backends; saveable), or on torch ``"int8"`` /
+            ``"int4"`` (torch's decode kernels; runtime only).
+
+    Returns:
+        ``model``; ``model.quantization`` is the ``QuantizationPlan`` (modules kept float are logged).
+
+    Example:
+        >>> model = quantize(mamba_core.load("ckpt", backend="mlx"), "q4", group_size=64)  # doctest: +SKIP
+    """
+    import importlib
+
+    from mamba_core.loading import _backend_of
+
+    backend = _backend_of(model)
+    module = importlib.import_module(f"mamba_core.backends.{backend}.quantized")
+    return module.quantize(model, quantize, group_size=group_size, embedding=embedding, kernel=kernel)

@@ -144,7 +144,8 @@ def load_quantized(plan, dtype: mx.Dtype, device: mx.Device, read):
         for entry in plan.quantized_entries:
             arr = read(entry)
             if not entry.canonical.endswith(".weight"):
-                arr = arr.astype(dtype)
+                if mx.issubdtype(arr.dtype, mx.floating):  # affine scales/biases; mxfp scales are uint8
+                    arr = arr.astype(dtype)
             elif arr.dtype != mx.uint32:
                 raise CheckpointError(f"{entry.source!r} in {entry.file!r}: packed codes must be uint32, "
                                       f"got {arr.dtype}")

@@ -123,7 +123,8 @@ class QuantizedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         p = self.params
-        return f"{self.in_features}, {self.out_features}, bits={p.bits}, group_size={p.group_size}, mode={p.mode}"
+        return (f"{self.in_features}, {self.out_features}, bits={p.bits}, group_size={p.group_size}, "
+                f"mode={p.mode}")
 
 
 class QuantizedEmbedding(nn.Module):
@@ -307,12 +308,16 @@ def quantize(model, quantize="q8", *, group_size: int | None = None, embedding: 
     if isinstance(quantize, QuantizationPlan):
         plan = quantize
     else:
-        params = quantize if isinstance(quantize, QuantParams) else params_for(quantize, group_size=group_size)
+        params = (quantize if isinstance(quantize, QuantParams)
+                  else params_for(quantize, group_size=group_size))
         want = {"int8": 8, "int4": 4}.get(kernel)
         if want is not None and (params.bits != want or params.mode != "affine"):
             raise ValueError(f"kernel={kernel!r} holds {want}-bit affine weights, not {params.bits}-bit "
                              f"{params.mode}; pass quantize='q{want}'")
         plan = plan_quantization(model.config, params, embedding=embedding and kernel == "affine")
+        if kernel == "int4":  # tinygemm packs output rows in tiles of 16
+            plan = plan.keep({p: f"int4 kernel needs out_features divisible by 16, got {m.shape[0]}"
+                              for p, m in plan.modules.items() if m.shape[0] % 16})
     dtype = model.backbone.norm_f.weight.dtype
     for path, m in plan.modules.items():
         old = model.get_submodule(path)
@@ -357,7 +362,7 @@ def load_quantized(plan, dtype: torch.dtype, device, read):
         model = MODEL_CLASSES[plan.config.arch](plan.config, dtype=dtype)
     specs = expand_layout(plan.config)
     for path, m in qplan.modules.items():
-        o, k = m.shape
+        k = m.shape[1]
         packed = parts[f"{path}.weight"]
         if packed.dtype not in (torch.uint32, torch.int32):
             raise CheckpointError(f"{path}.weight: packed codes must be uint32, got {packed.dtype}")
