@@ -8,11 +8,10 @@ import logging
 
 import numpy as np
 import pytest
+from conftest import require_backend
 
 import mamba_core
 from mamba_core.testing import check_close, tiny_mamba1, tiny_mamba2
-
-from conftest import require_backend
 
 gguf = pytest.importorskip("gguf", reason="GGUF support is the optional 'gguf' extra (pip install gguf)")
 

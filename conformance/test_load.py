@@ -20,7 +20,7 @@ from conftest import SELECTED_BACKENDS
 
 import mamba_core
 from mamba_core import reference as R
-from mamba_core.errors import CheckpointError, UnsupportedError
+from mamba_core.errors import CheckpointError
 from mamba_core.layout import expand_layout
 from mamba_core.testing import TOLERANCE, check_close, make_hf_cache, tiny_mamba1, tiny_mamba2
 

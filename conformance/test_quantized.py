@@ -10,11 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import require_backend
 
 import mamba_core
 from mamba_core.testing import check_close, tiny_mamba1, tiny_mamba2
-
-from conftest import require_backend
 
 # quantized-vs-float32 logits tolerance (relative to max |logit|), per format, on the tiny random models
 QUANT_TOLERANCE = {"q8": 2e-2, "q4": 2.5e-1, "int8": 3e-2, "int4": 2.5e-1}
@@ -91,7 +90,8 @@ def test_torch_dequantizes_mlx_format_bit_for_bit(mode, scale_dtype):
         ref = mx.dequantize(*parts, group_size=group, bits=bits, mode=mode)
         as_torch = [torch.from_numpy(np.array(p.view(mx.uint16) if p.dtype == mx.bfloat16 else p))
                     for p in parts]
-        as_torch = [t.view(torch.bfloat16) if p.dtype == mx.bfloat16 else t for t, p in zip(as_torch, parts)]
+        as_torch = [t.view(torch.bfloat16) if p.dtype == mx.bfloat16 else t for t, p in
+                    zip(as_torch, parts, strict=True)]
         codes = unpack_codes(as_torch[0].view(torch.int32), bits, 256)
         ours = dequantize(codes, as_torch[1], as_torch[2] if mode == "affine" else None,
                           QuantParams(bits, group, mode))
@@ -112,8 +112,8 @@ def test_our_quantized_checkpoint_loads_and_generates_in_mlx_lm(backend, preset,
     require_backend(backend)
     cfg = CONFIGS["m1"]
     module = mamba_core.get_backend(backend)
-    src = mamba_core.save(module.build_model(cfg, seed=3, **({"device": "cpu"} if backend == "torch" else {})),
-                          tmp_path / "src")
+    kw = {"device": "cpu"} if backend == "torch" else {}
+    src = mamba_core.save(module.build_model(cfg, seed=3, **kw), tmp_path / "src")
     dst = mamba_core.convert(src, tmp_path / "q", to="mlx-lm", quantize=preset, group_size=32,
                              backend=backend)
     block = json.loads((dst / "config.json").read_text())["quantization"]
@@ -132,8 +132,8 @@ def test_our_quantized_checkpoint_loads_and_generates_in_mlx_lm(backend, preset,
     c = mamba_core.get_backend("torch").export_tensors(on_torch, "mlx-lm")
     for k in a:
         mine = c[k].view(torch.int32).numpy() if c[k].dtype == torch.uint32 else c[k].float().numpy()
-        assert np.array_equal(np.array(a[k].astype(mx.float32) if a[k].dtype != mx.uint32 else a[k].view(mx.int32)),
-                              mine), k
+        theirs = a[k].view(mx.int32) if a[k].dtype == mx.uint32 else a[k].astype(mx.float32)
+        assert np.array_equal(np.array(theirs), mine), k
 
 
 @pytest.mark.parametrize("arch", ["m1", "m2"])

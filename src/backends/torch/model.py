@@ -391,7 +391,8 @@ class Mamba1LM(nn.Module):
     def step(self, token_ids, cache: MambaCache):
         """(B,) int -> logits (B, V) float32; O(1) per token; updates ``cache``."""
         hidden = self.backbone.step(token_ids, cache)  # (B, D)
-        plain = type(self.backbone.embedding) is nn.Embedding  # a quantized tied head takes logits()
+        # a quantized tied head (quantized table or int8/int4 copy) takes logits()
+        plain = type(self.backbone.embedding) is nn.Embedding and not hasattr(self, "tied_head")
         if type(getattr(self, "lm_head", None)) in (nn.Linear, type(None)) and plain:
             return _rows(hidden, self.head_weight).float()
         return self.logits(hidden)

@@ -242,6 +242,9 @@ def matmul_no_bias(layer, x: torch.Tensor) -> torch.Tensor:
 
 def head_logits(lm, hidden: torch.Tensor) -> torch.Tensor | None:
     """Logits through a quantized head (``lm_head`` or the tied embedding), or None for a float head."""
+    tied = getattr(lm, "tied_head", None)  # an int8/int4 copy of a tied float embedding
+    if tied is not None:
+        return tied(hidden)
     head = getattr(lm, "lm_head", None)
     if head is not None and is_quantized(head):
         return head(hidden)
@@ -283,8 +286,8 @@ def quantize(model, quantize="q8", *, group_size: int | None = None, embedding: 
         model: ``Mamba1LM`` / ``Mamba2LM``.
         quantize: ``"q4"``, ``"q8"`` (``"mxfp4"``/``"mxfp8"``: MLX only), a ``QuantParams`` or a plan.
         group_size: 32, 64 or 128 (default 64); for ``kernel="int4"`` the tinygemm group size.
-        embedding: also quantize the embedding and a tied head (``kernel="affine"`` only: the int8/int4
-            kernels are linear layers, so with them the embedding and a tied head stay float).
+        embedding: also quantize the embedding and a tied head. With ``kernel="int8"``/``"int4"`` (linear
+            kernels) the lookups stay float and a tied head multiplies by an int8/int4 copy of the table.
         kernel: ``"affine"`` (MLX's format, exact, saveable), ``"int8"`` (needs q8) or ``"int4"`` (needs
             q4): torch's decode kernels, runtime only.
 
@@ -315,6 +318,9 @@ def quantize(model, quantize="q8", *, group_size: int | None = None, embedding: 
             raise ValueError(f"kernel={kernel!r} holds {want}-bit affine weights, not {params.bits}-bit "
                              f"{params.mode}; pass quantize='q{want}'")
         plan = plan_quantization(model.config, params, embedding=embedding and kernel == "affine")
+        if kernel != "affine" and embedding and model.config.tie_embeddings:
+            plan = plan.keep({"backbone.embedding": f"lookups stay float; the tied head multiplies by an "
+                                                    f"{kernel} copy of the table"})
         if kernel == "int4":  # tinygemm packs output rows in tiles of 16
             plan = plan.keep({p: f"int4 kernel needs out_features divisible by 16, got {m.shape[0]}"
                               for p, m in plan.modules.items() if m.shape[0] % 16})
@@ -333,6 +339,11 @@ def quantize(model, quantize="q8", *, group_size: int | None = None, embedding: 
                 bias = None if old.bias is None else old.bias.detach()
                 new = QuantizedLinear(codes, scales, biases, bias, m.params)
         _set(model, path, new)
+    if kernel != "affine" and embedding and model.config.tie_embeddings:
+        table = model.backbone.embedding
+        head = nn.Linear(table.embedding_dim, table.num_embeddings, bias=False, device="meta")
+        head.weight = table.weight
+        model.tied_head = Int8Linear(head) if kernel == "int8" else Int4Linear(head, plan.default.group_size)
     model.quantization = plan
     model.quantization_kernel = kernel
     return model
