@@ -292,7 +292,8 @@ def load(
     Args:
         name_or_path: a local checkpoint directory, a ``.safetensors`` / ``.bin`` file with
             ``config.json`` beside it, a ``.gguf`` file (``mamba_core.gguf``), or a hub id
-            (``"state-spaces/mamba-130m"``) fetched with huggingface_hub (only the files needed; ``HF_HUB_OFFLINE=1``: the local cache only).
+            (``"state-spaces/mamba-130m"``) fetched with huggingface_hub (only the files needed;
+            ``HF_HUB_OFFLINE=1``: the local cache only).
         backend: ``"torch"``, ``"mlx"`` or ``"auto"`` (MLX on Apple Silicon, else torch; the choice is
             logged and recorded in ``model.backend_choice``).
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``; None keeps the checkpoint's dtype.
