@@ -70,7 +70,7 @@ def test_q8_0_blocks_survive_a_round_trip_exactly(tmp_path, caplog):
     with caplog.at_level(logging.WARNING, logger="mamba_core"):
         first = mamba_core.convert(src, tmp_path / "a.gguf", to="gguf", gguf_type="Q8_0")
     assert "blk.0.ssm_dt.weight (row width 4 is not a multiple of 32)" in caplog.text
-    config, tensors, types = read_gguf(first)
+    config, tensors, types, _ = read_gguf(first)
     assert types["backbone.layers.0.mixer.in_proj.weight"] == "Q8_0"
     second = write_gguf(tensors, config, tmp_path / "b.gguf", gguf_type="Q8_0")
     a = {x.name: x for x in gguf.GGUFReader(first).tensors}
@@ -89,3 +89,43 @@ def test_llama_cpp_reads_our_gguf(tmp_path):
     out = mamba_core.convert(src, tmp_path / "m.gguf", to="gguf", gguf_type="F32")
     llm = llama_cpp.Llama(model_path=str(out), vocab_only=False, verbose=False)
     assert llm.n_vocab() == CONFIGS["m2"].vocab_size_padded
+
+
+@pytest.mark.parametrize("arch", ["m1", "m2"])
+def test_q8_0_codes_survive_gguf_to_mlx_lm_to_gguf(arch, tmp_path):
+    """GGUF Q8_0 -> mamba-core (MLX, kept quantized) -> mlx-lm file -> mlx-lm and mamba-core torch ->
+    GGUF: the same Q8_0 bytes at the end, and mlx-lm's logits equal ours on the way."""
+    pytest.importorskip("mlx_lm")
+    import mlx.core as mx
+    import torch
+    from mlx_lm.utils import load_model
+
+    from mamba_core.gguf import save_gguf
+
+    require_backend("mlx")
+    cfg = (tiny_mamba1(d_model=64, tie_embeddings=False) if arch == "m1"
+           else tiny_mamba2(d_model=64, ngroups=1))
+    tb = require_backend("torch")
+    src = mamba_core.save(tb.build_model(cfg, seed=1, device="cpu"), tmp_path / "src")
+    first = mamba_core.convert(src, tmp_path / "a.gguf", to="gguf", gguf_type="Q8_0")
+    on_mlx = mamba_core.load(first, backend="mlx")
+    assert on_mlx.quantization.default.bits == 8
+    assert "backbone.layers.0.mixer.in_proj" in on_mlx.quantization.modules
+    ref = gguf.GGUFReader(first)
+    w = next(t for t in ref.tensors if t.name == "blk.0.ssm_in.weight")
+    exact = gguf.quants.dequantize(w.data, w.tensor_type)
+    from mamba_core.backends.mlx.quantized import dequantize_weight
+
+    assert np.array_equal(np.array(dequantize_weight(on_mlx.backbone.layers[0].mixer.in_proj)), exact)
+    mlx_dir = mamba_core.save(on_mlx, tmp_path / "mlx", dialect="mlx-lm")
+    theirs, _ = load_model(mlx_dir)
+    ids = np.random.default_rng(2).integers(0, cfg.vocab_size, (2, 9))
+    check_close(np.array(on_mlx(mx.array(ids))), np.array(theirs(mx.array(ids))), 1e-6, "ours vs mlx-lm")
+    on_torch = mamba_core.load(mlx_dir, backend="torch", device="cpu")
+    check_close(on_torch(torch.tensor(ids)).detach().numpy(), np.array(theirs(mx.array(ids))), 1e-5,
+                "torch vs mlx-lm")
+    second = save_gguf(on_torch, tmp_path / "b.gguf", gguf_type="Q8_0")
+    a = {t.name: t for t in ref.tensors}
+    b = {t.name: t for t in gguf.GGUFReader(second).tensors}
+    q8 = [n for n, t in a.items() if t.tensor_type.name == "Q8_0"]
+    assert q8 and all(b[n].tensor_type.name == "Q8_0" and np.array_equal(a[n].data, b[n].data) for n in q8)

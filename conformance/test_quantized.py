@@ -175,3 +175,27 @@ def test_quantized_logits_error_against_float32(backend, preset):
     q = mamba_core.quantize(module.build_model(cfg, seed=8, **kw), preset, group_size=32)
     check_close(module.to_numpy(q(module.from_numpy(ids, **kw))), ref, QUANT_TOLERANCE[preset],
                 f"{backend} {preset} vs float32")
+
+
+@pytest.mark.parametrize("weight_dtype", ["float32", "float16", "bfloat16"])
+def test_torch_quantizes_like_mx_quantize_bit_for_bit(weight_dtype):
+    """Both backends write the same quantized checkpoint from the same float weights."""
+    import mlx.core as mx
+    import torch
+
+    from mamba_core.backends.torch.quantized import pack_codes, quantize_affine
+    from mamba_core.quantization import QuantParams
+
+    rng = np.random.default_rng(9)
+    w = (rng.standard_normal((16, 256)) * rng.uniform(0.01, 3, (16, 1))).astype(np.float32)
+    w[0, :40] = 0  # an all-zero group
+    w[1] = np.abs(w[1])  # one-signed groups
+    tdt = getattr(torch, weight_dtype)
+    for bits in (2, 3, 4, 5, 6, 8):
+        for group in (32, 64, 128):
+            q, s, b = mx.quantize(mx.array(w).astype(getattr(mx, weight_dtype)), group_size=group, bits=bits)
+            codes, s2, b2 = quantize_affine(torch.from_numpy(w).to(tdt), QuantParams(bits, group), tdt)
+            packed = pack_codes(codes, bits).view(torch.int32).numpy()
+            assert np.array_equal(np.array(q).view(np.int32), packed), (bits, group)
+            assert np.array_equal(np.array(s.astype(mx.float32)), s2.float().numpy()), (bits, group)
+            assert np.array_equal(np.array(b.astype(mx.float32)), b2.float().numpy()), (bits, group)

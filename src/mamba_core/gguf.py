@@ -23,7 +23,13 @@ never quantizes them either). A projection whose row width is not a multiple of 
 written F16 and reported (logged at WARNING), never silently. Q8_0 blocks are ``gguf.quants``' own, so
 writing a Q8_0 file, loading it and writing it again gives the same blocks byte for byte.
 
-Loading dequantizes to the model dtype (float32 by default): Q8_0 values ``d·q`` are exact in float32.
+Q8_0 and MLX's affine 8-bit format meet exactly: a Q8_0 block (fp16 ``d``, 32 int8 ``q``) is the affine
+group ``scale = d``, ``bias = -128·d``, code ``q + 128`` (group size 32, float32 scales: every product and
+sum is exact). So ``load`` keeps a Q8_0 file quantized (the MLX-format layers of either backend, whose
+dequantized weights are exactly llama.cpp's), ``save_gguf`` writes such layers back as the same Q8_0
+bytes, and mamba-core <-> mlx-lm <-> GGUF round trips keep every code. Affine layers that are not of
+that form (MLX's own q8: a free bias per group) have no exact Q8_0 block: they are dequantized and
+requantized, and logged at WARNING as such. ``load(..., dequantize=True)`` gives a float model instead.
 """
 
 from __future__ import annotations
@@ -128,8 +134,34 @@ def _tensor_type(name: str, a: np.ndarray, gguf_type: str, kept: list[str]):
     return q.Q8_0
 
 
+def q8_0_to_affine(raw: np.ndarray, shape: tuple[int, int]):
+    """Q8_0 blocks (O, K/32·34) uint8 -> MLX affine (codes uint8 (O, K), scales, biases float32 (O, K/32)).
+
+    Exact: ``scale·(q + 128) + bias`` with ``bias = -128·scale`` equals ``d·q`` in float32.
+    """
+    o, k = shape
+    blocks = np.ascontiguousarray(raw).reshape(o, k // 32, 34)
+    d = blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)
+    q = blocks[..., 2:].copy().view(np.int8).reshape(o, k)
+    return (q.astype(np.int16) + 128).astype(np.uint8), d, -128.0 * d
+
+
+def affine_to_q8_0(codes: np.ndarray, scales: np.ndarray, biases: np.ndarray) -> np.ndarray | None:
+    """MLX affine 8-bit, group 32 -> Q8_0 blocks, or None when the groups are not of Q8_0's form
+    (``bias == -128·scale`` with ``scale`` an fp16 value)."""
+    scales = scales.astype(np.float32)
+    d = scales.astype(np.float16)
+    if not (np.array_equal(d.astype(np.float32), scales) and np.array_equal(biases.astype(np.float32),
+                                                                             -128.0 * scales)):
+        return None
+    o, k = codes.shape
+    q = (codes.astype(np.int16) - 128).astype(np.int8).reshape(o, k // 32, 32)
+    blocks = np.concatenate([d[..., None].view(np.uint8).reshape(o, k // 32, 2), q.view(np.uint8)], -1)
+    return np.ascontiguousarray(blocks.reshape(o, k // 32 * 34))
+
+
 def write_gguf(tensors: dict[str, np.ndarray], config, path: str | os.PathLike, *, gguf_type: str = "F16",
-               force: bool = False) -> Path:
+               force: bool = False, quantized: dict[str, tuple] | None = None) -> Path:
     """Write canonical float32 numpy tensors of a Mamba LM as one GGUF file, atomically.
 
     Args:
@@ -138,6 +170,9 @@ def write_gguf(tensors: dict[str, np.ndarray], config, path: str | os.PathLike, 
         path: the ``.gguf`` file to write.
         gguf_type: ``"F32"``, ``"F16"`` or ``"Q8_0"`` for the projections and embedding/head.
         force: replace an existing file.
+        quantized: canonical module path -> ``(codes, scales, biases, QuantParams)`` of MLX-format
+            layers; written as Q8_0 blocks exactly when they have Q8_0's form, else dequantized
+            (and logged) and written as ``gguf_type``.
 
     Raises:
         FileExistsError: ``path`` exists and ``force`` is False.
@@ -154,6 +189,22 @@ def write_gguf(tensors: dict[str, np.ndarray], config, path: str | os.PathLike, 
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent if str(path.parent) else ".")
     os.close(fd)
     kept: list[str] = []
+    exact: dict[str, np.ndarray] = {}
+    tensors = dict(tensors)
+    requantized = []
+    for module, (codes, scales, biases, params) in (quantized or {}).items():
+        blocks = (affine_to_q8_0(codes, scales, biases)
+                  if params.mode == "affine" and params.bits == 8 and params.group_size == 32 and
+                  biases is not None and gguf_type == "Q8_0" else None)
+        if blocks is not None:
+            exact[f"{module}.weight"] = blocks
+            continue
+        requantized.append(module)
+        tensors[f"{module}.weight"] = _dequantize_np(codes, scales, biases, params)
+    if requantized:
+        log.warning("gguf %s: %d MLX-quantized module(s) have no exact %s form and were dequantized and "
+                    "written as %s: %s", path, len(requantized), gguf_type, gguf_type,
+                    ", ".join(requantized[:6]) + (" ..." if len(requantized) > 6 else ""))
     try:
         w = gguf.GGUFWriter(tmp, arch)
         w.add_context_length(2**20)  # no positional limit; llama.cpp's converters write the same
@@ -176,6 +227,9 @@ def write_gguf(tensors: dict[str, np.ndarray], config, path: str | os.PathLike, 
                          "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[gguf_type])
         w.add_string(_CONFIG_KEY, json.dumps(config.to_dict("mamba-core")))
         for name, gname in names.items():
+            if name in exact:
+                w.add_tensor(gname, exact[name], raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+                continue
             if name not in tensors:
                 continue
             a = _to_gguf_tensor(name, np.asarray(tensors[name], dtype=np.float32), config)
@@ -201,6 +255,15 @@ def write_gguf(tensors: dict[str, np.ndarray], config, path: str | os.PathLike, 
     return path
 
 
+def _dequantize_np(codes, scales, biases, params) -> np.ndarray:
+    from mamba_core.quantization import dequantize_affine, pack_codes
+
+    if params.mode != "affine":
+        raise UnsupportedError(f"{params.mode} layers cannot be written to GGUF; load the float model")
+    return dequantize_affine(pack_codes(codes, params.bits), scales.astype(np.float32),
+                             biases.astype(np.float32), params.group_size, params.bits)
+
+
 def _field(reader, key: str, default=None):
     f = reader.fields.get(key)
     if f is None:
@@ -209,11 +272,17 @@ def _field(reader, key: str, default=None):
     return value
 
 
-def read_gguf(path: str | os.PathLike):
+def read_gguf(path: str | os.PathLike, *, keep_quantized: bool = False):
     """Read a Mamba / Mamba-2 GGUF file: its config and canonical float32 tensors (torch layout).
 
+    Args:
+        path: the ``.gguf`` file.
+        keep_quantized: return the Q8_0 projections as MLX affine parts instead of float tensors.
+
     Returns:
-        ``(config, tensors, types)``: ``types`` maps canonical names to the stored GGUF type names.
+        ``(config, tensors, types, quantized)``: ``types`` maps canonical names to the stored GGUF type
+        names; ``quantized`` maps module paths to ``(codes, scales, biases)`` (empty unless
+        ``keep_quantized``).
 
     Raises:
         CheckpointError: not a GGUF file, another architecture, missing or mis-shaped tensors.
@@ -254,15 +323,23 @@ def read_gguf(path: str | os.PathLike):
             cfg["headdim"] = d_inner // int(_field(reader, f"{arch}.ssm.time_step_rank"))
         config = parse_config(cfg, "mamba-core").config
     from mamba_core.layout import expand_layout
+    from mamba_core.quantization import quantizable_modules
 
     specs = expand_layout(config)
-    tensors, types, missing, bad = {}, {}, [], []
+    modules = quantizable_modules(config)
+    tensors, types, missing, bad, quantized = {}, {}, [], [], {}
     for name, gname in gguf_names(config).items():
         if name not in specs:
             continue
         t = stored.get(gname)
         if t is None:
             missing.append(gname)
+            continue
+        module = name.removesuffix(".weight")
+        if keep_quantized and t.tensor_type == gguf.GGMLQuantizationType.Q8_0 and module in modules \
+                and tuple(modules[module]) == specs[name].shape:
+            quantized[module] = q8_0_to_affine(np.asarray(t.data), specs[name].shape)
+            types[name] = t.tensor_type.name
             continue
         a = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
         if int(np.prod(a.shape)) != int(np.prod(specs[name].shape)):
@@ -281,27 +358,99 @@ def read_gguf(path: str | os.PathLike):
             ) if p),
             missing=missing, unexpected=unexpected, mismatched=bad,
         )
-    return config, tensors, types
+    return config, tensors, types, quantized
 
 
 def load_gguf(path: str | os.PathLike, *, backend: str = "auto", dtype: str | None = None,
-              device: str | None = None):
-    """A backend LM from a GGUF file (dequantized to ``dtype``, default float32).
+              device: str | None = None, dequantize: bool = False):
+    """A backend LM from a GGUF file.
+
+    Q8_0 projections stay quantized (MLX-format 8-bit layers, group 32, float32 scales: exactly
+    llama.cpp's values) unless ``dequantize``; everything else is read as float (``dtype``, default
+    float32; F16 values widen exactly).
 
     Example:
         >>> model = load_gguf("mamba-130m-q8_0.gguf", backend="torch")   # doctest: +SKIP
     """
-    from mamba_core.loading import resolve_backend
+    from mamba_core.loading import load, resolve_backend
+    from mamba_core.quantization import QuantParams, plan_quantization
     from mamba_core.registry import get_backend
 
-    config, tensors, _ = read_gguf(path)
+    config, tensors, _, quantized = read_gguf(path, keep_quantized=not dequantize)
     chosen = resolve_backend(backend)
-    module = get_backend(chosen)
-    dt = dtype or "float32"
-    model = module.build_model(config, dtype=dt, device=device, seed=0)
-    module.heads.assign(model, {k: module.from_numpy(v, device=device) for k, v in tensors.items()}, dt)
-    model.backend_choice = chosen
-    return model
+    if not quantized:
+        module = get_backend(chosen)
+        dt = dtype or "float32"
+        model = module.build_model(config, dtype=dt, device=device, seed=0)
+        module.heads.assign(model, {k: module.from_numpy(v, device=device) for k, v in tensors.items()}, dt)
+        model.backend_choice = chosen
+        return model
+    # the quantized route is the checkpoint route: a temporary mamba-core directory read by load()
+    from safetensors.numpy import save_file
+
+    from mamba_core.quantization import pack_codes
+    from mamba_core.writer import FILE_METADATA
+
+    q8 = QuantParams(8, 32, "affine")
+    plan = plan_quantization(config, q8, overrides={m: False for m in _all_modules(config)
+                                                    if m not in quantized})
+    arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
+    for module, (codes, scales, biases) in quantized.items():
+        arrays[f"{module}.weight"] = pack_codes(codes, 8)
+        arrays[f"{module}.scales"] = scales
+        arrays[f"{module}.biases"] = biases
+    with tempfile.TemporaryDirectory(prefix=".gguf-") as tmp:
+        save_file(arrays, os.path.join(tmp, "model.safetensors"), metadata=FILE_METADATA["mamba-core"])
+        block = plan.to_config("mamba-core")
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump({**config.to_dict("mamba-core"), "quantization": block}, f)
+        return load(tmp, backend=chosen, dtype=dtype or "float32", device=device)
+
+
+def _all_modules(config):
+    from mamba_core.quantization import quantizable_modules
+
+    return quantizable_modules(config)
+
+
+def save_gguf(model, path: str | os.PathLike, *, gguf_type: str = "F16", force: bool = False) -> Path:
+    """Write a loaded LM (either backend; float or MLX-format quantized) as one GGUF file.
+
+    Quantized 8-bit group-32 layers of Q8_0's form (loaded from GGUF, or quantized that way) are written
+    as the same Q8_0 blocks; see the module docstring for the others.
+    """
+    from mamba_core.loading import _backend_of
+    from mamba_core.registry import get_backend
+
+    module = get_backend(_backend_of(model))
+    exported = module.export_tensors(model, "mamba-core")
+    plan = getattr(model, "quantization", None)
+    tensors, quantized = {}, {}
+    for name, t in exported.items():
+        tensors[name] = _np(t)
+    if plan is not None:
+        from mamba_core.quantization import unpack_codes
+
+        for path_, m in plan.modules.items():
+            codes = unpack_codes(tensors.pop(f"{path_}.weight"), m.params.bits, m.shape[1])
+            scales = tensors.pop(f"{path_}.scales")
+            biases = tensors.pop(f"{path_}.biases", None)
+            quantized[path_] = (codes, scales, biases, m.params)
+    return write_gguf(tensors, model.config, path, gguf_type=gguf_type, force=force, quantized=quantized)
+
+
+def _np(t) -> np.ndarray:
+    """A backend tensor as numpy (uint32 codes as uint32; bfloat16 through float32)."""
+    if type(t).__module__.startswith("torch"):
+        import torch
+
+        t = t.detach().cpu()
+        if t.dtype == torch.uint32:
+            return t.view(torch.int32).numpy().view(np.uint32)
+        return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+    import mlx.core as mx
+
+    return np.array(t.astype(mx.float32) if t.dtype == mx.bfloat16 else t)
 
 
 def convert_to_gguf(src, dst, *, gguf_type: str = "F16", force: bool = False, backend: str | None = None,
@@ -317,10 +466,6 @@ def convert_to_gguf(src, dst, *, gguf_type: str = "F16", force: bool = False, ba
     if gguf_type not in GGUF_TYPES:
         raise ValueError(f"gguf_type {gguf_type!r} is not supported; expected one of {GGUF_TYPES}")
     plan = plan_checkpoint(local_path(src, revision=revision), dialect=dialect)
-    if plan.quantization is not None:
-        raise UnsupportedError(f"{src!r} is MLX-quantized; convert its float original to GGUF (MLX's "
-                               "(scale, bias) groups have no exact GGUF type)")
     module = get_backend(conversion_backend(backend))
-    model = module.load_checkpoint(plan, dtype="float32", device="cpu")
-    tensors = {k: module.to_numpy(v) for k, v in module.export_tensors(model, "mamba-core").items()}
-    return write_gguf(tensors, plan.config, dst, gguf_type=gguf_type, force=force)
+    model = module.load_checkpoint(plan, dtype="float32" if plan.quantization is None else None, device="cpu")
+    return save_gguf(model, dst, gguf_type=gguf_type, force=force)

@@ -260,22 +260,31 @@ def _set(model, path: str, module: nn.Module) -> None:
 
 
 def quantize_affine(w: torch.Tensor, params: QuantParams, dtype: torch.dtype):
-    """A float (O, K) weight -> MLX affine (codes uint8, scales, biases) in ``dtype``.
+    """A float (O, K) weight -> MLX affine (codes uint8, scales, biases in ``dtype``), the way MLX's own
+    ``mx.quantize`` computes them (bit for bit; test), so either backend writes the same checkpoint.
 
-    Per group: ``scale = (max - min) / (2**bits - 1)``, ``bias = min``, ``q = round((w - bias) / scale)``;
-    the same format MLX reads (its own ``mx.quantize`` may round the scale differently).
+    Per group, in float32: ``scale = max((max - min) / (2**bits - 1), 1e-7)``, signed towards the edge of
+    larger magnitude; that edge is snapped to a whole code ``q0 = rint(edge / scale)`` and, when
+    ``q0 != 0``, becomes the bias with ``scale = edge / q0`` (so the edge is represented exactly);
+    ``q = clamp(rint((w - bias) / scale), 0, 2**bits - 1)``.
     """
     if params.mode != "affine":
         raise UnsupportedError(f"the torch backend quantizes float weights in the affine mode only, not "
                                f"{params.mode!r}; quantize with the MLX backend (mxfp codes load here)")
     o, k = w.shape
-    g = w.detach().float().reshape(o, k // params.group_size, params.group_size)
+    g = w.detach().to(dtype).float().reshape(o, k // params.group_size, params.group_size)
+    n_bins = float((1 << params.bits) - 1)
     lo, hi = g.amin(-1), g.amax(-1)
-    top = (1 << params.bits) - 1
-    scales = ((hi - lo) / top).clamp(min=1e-12).to(dtype)
-    biases = lo.to(dtype)
-    q = torch.round((g - biases.float().unsqueeze(-1)) / scales.float().unsqueeze(-1)).clamp(0, top)
-    return q.reshape(o, k).to(torch.uint8), scales, biases
+    mask = lo.abs() > hi.abs()
+    scale = torch.clamp((hi - lo) / n_bins, min=1e-7)
+    scale = torch.where(mask, scale, -scale)
+    edge = torch.where(mask, lo, hi)
+    q0 = torch.round(edge / scale)
+    snapped = q0 != 0
+    scale = torch.where(snapped, edge / torch.where(snapped, q0, 1.0), scale)
+    bias = torch.where(snapped, edge, torch.zeros_like(edge))
+    q = torch.round((g - bias.unsqueeze(-1)) / scale.unsqueeze(-1)).clamp(0, n_bins)
+    return q.reshape(o, k).to(torch.uint8), scale.to(dtype), bias.to(dtype)
 
 
 def quantize(model, quantize="q8", *, group_size: int | None = None, embedding: bool = True,
