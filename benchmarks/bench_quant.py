@@ -207,7 +207,12 @@ def main():
     p.add_argument("--quick", action="store_true")
     p.add_argument("--only", default="torch,mlx,quality")
     p.add_argument("--arch", default="mamba1,mamba2")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (1 on a loaded machine)")
     args = p.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     args.arch = args.arch.split(",")
     print(f"{'section':8s} {'arch':7s} {'impl':22s} {'what':14s} {'value':>10s} unit")
     for section in args.only.split(","):

@@ -199,3 +199,29 @@ def test_torch_quantizes_like_mx_quantize_bit_for_bit(weight_dtype):
             assert np.array_equal(np.array(q).view(np.int32), packed), (bits, group)
             assert np.array_equal(np.array(s.astype(mx.float32)), s2.float().numpy()), (bits, group)
             assert np.array_equal(np.array(b.astype(mx.float32)), b2.float().numpy()), (bits, group)
+
+
+def test_cli_convert_quantize_writes_what_mlx_lm_loads(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    pytest.importorskip("mlx_lm")
+    from mlx_lm.utils import load_model
+
+    tb = require_backend("torch")
+    src = mamba_core.save(tb.build_model(CONFIGS["m2"], seed=0, device="cpu"), tmp_path / "src")
+    env = {**os.environ, "MAMBA_CORE_PROGRESS": "0"}
+    proc = subprocess.run([sys.executable, "-m", "mamba_core", "convert", str(src), str(tmp_path / "q4"),
+                           "--to", "mlx-lm", "--quantize", "q4", "--group-size", "32"],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "wrote" in proc.stdout
+    block = json.loads((tmp_path / "q4" / "config.json").read_text())["quantization_config"]
+    assert {k: block[k] for k in ("bits", "group_size", "mode")} == {"bits": 4, "group_size": 32,
+                                                                    "mode": "affine"}
+    model, _ = load_model(tmp_path / "q4")
+    assert type(model.backbone.layers[0].mixer.in_proj).__name__ == "QuantizedLinear"
+    bad = subprocess.run([sys.executable, "-m", "mamba_core", "convert", str(src), str(tmp_path / "x"),
+                          "--to", "hf", "--quantize", "q8"], capture_output=True, text=True, env=env, timeout=300)
+    assert bad.returncode != 0 and "cannot be written in the 'hf' dialect" in bad.stderr

@@ -328,8 +328,12 @@ def quantize(model, quantize="q8", *, group_size: int | None = None, embedding: 
                              f"{params.mode}; pass quantize='q{want}'")
         plan = plan_quantization(model.config, params, embedding=embedding and kernel == "affine")
         if kernel != "affine" and embedding and model.config.tie_embeddings:
-            plan = plan.keep({"backbone.embedding": f"lookups stay float; the tied head multiplies by an "
-                                                    f"{kernel} copy of the table"})
+            rows = model.config.vocab_size_padded
+            why = (f"lookups stay float; the tied head multiplies by an {kernel} copy of the table"
+                   if kernel == "int8" or rows % 16 == 0 else
+                   f"the tied head stays float: the int4 kernel needs out_features divisible by 16, "
+                   f"got {rows}")
+            plan = plan.keep({"backbone.embedding": why})
         if kernel == "int4":  # tinygemm packs output rows in tiles of 16
             plan = plan.keep({p: f"int4 kernel needs out_features divisible by 16, got {m.shape[0]}"
                               for p, m in plan.modules.items() if m.shape[0] % 16})
@@ -348,7 +352,7 @@ def quantize(model, quantize="q8", *, group_size: int | None = None, embedding: 
                 bias = None if old.bias is None else old.bias.detach()
                 new = QuantizedLinear(codes, scales, biases, bias, m.params)
         _set(model, path, new)
-    if kernel != "affine" and embedding and model.config.tie_embeddings:
+    if kernel != "affine" and plan.kept.get("backbone.embedding", "").startswith("lookups stay float"):
         table = model.backbone.embedding
         head = nn.Linear(table.embedding_dim, table.num_embeddings, bias=False, device="meta")
         head.weight = table.weight
