@@ -223,5 +223,6 @@ def test_cli_convert_quantize_writes_what_mlx_lm_loads(tmp_path):
     model, _ = load_model(tmp_path / "q4")
     assert type(model.backbone.layers[0].mixer.in_proj).__name__ == "QuantizedLinear"
     bad = subprocess.run([sys.executable, "-m", "mamba_core", "convert", str(src), str(tmp_path / "x"),
-                          "--to", "hf", "--quantize", "q8"], capture_output=True, text=True, env=env, timeout=300)
+                          "--to", "hf", "--quantize", "q8"],
+                         capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode != 0 and "cannot be written in the 'hf' dialect" in bad.stderr
