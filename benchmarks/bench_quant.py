@@ -147,13 +147,15 @@ def bench_quality(args):
     prompt = np.array(tok.encode("def main():\n    "))
     n_new = 64
 
-    def quality(name, logits_fn, generate_fn, ref, ref_tokens):
+    def quality(name, logits_fn, generate_fn, ref, ref_tokens, model=None):
         logits = logits_fn(ids)
         err = float(np.abs(logits - ref).max() / np.abs(ref).max())
         same = generate_fn(prompt, n_new)
         greedy = "unchanged" if np.array_equal(same, ref_tokens) else "CHANGED"
+        plan = getattr(model, "quantization", None)
+        bpw = f"; {plan.bits_per_weight(model.config):.2f} bits/weight of the projections" if plan else ""
         row("quality", "shipped", name, "bpb", _bpb(logits, ids), "bits",
-            f"logits err {err:.2e}; greedy 64 tokens {greedy}")
+            f"logits err {err:.2e}; greedy 64 tokens {greedy}{bpw}")
 
     def torch_fns(m):
         def logits(x):
@@ -173,7 +175,7 @@ def bench_quality(args):
     for kernel, preset in (("int8", "q8"), ("int4", "q4"), ("affine", "q8"), ("affine", "q4")):
         m = mamba_core.load(SHIPPED_MODEL, backend="torch", device="cpu", dtype="float32")
         m = mamba_core.quantize(m, preset, group_size=64 if kernel != "int4" else 32, kernel=kernel)
-        quality(f"torch-{kernel}-{preset}", *torch_fns(m), ref, ref_tokens)
+        quality(f"torch-{kernel}-{preset}", *torch_fns(m), ref, ref_tokens, m)
     try:
         import mlx.core as mx
     except ImportError:
@@ -189,7 +191,7 @@ def bench_quality(args):
             def gen(p, n, m=m):
                 return np.array(m.generate(mx.array(p)[None], n)[0])
 
-            quality(f"mlx-{preset}", logits, gen, ref, ref_tokens)
+            quality(f"mlx-{preset}", logits, gen, ref, ref_tokens, m)
     try:
         import gguf  # noqa: F401
     except ImportError:
@@ -199,7 +201,7 @@ def bench_quality(args):
             path = mamba_core.convert(SHIPPED_MODEL, Path(tmp) / f"m-{gtype}.gguf", to="gguf",
                                       gguf_type=gtype)
             m = mamba_core.load(path, backend="torch", device="cpu")
-            quality(f"gguf-{gtype}", *torch_fns(m), ref, ref_tokens)
+            quality(f"gguf-{gtype}", *torch_fns(m), ref, ref_tokens, m)
 
 
 def main():

@@ -10,13 +10,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import require_backend
+from conftest import assert_check, require_backend
 
 import mamba_core
+from mamba_core.conformance.quant_checks import QUANT_FORMATS, QUANT_TOLERANCE
 from mamba_core.testing import check_close, tiny_mamba1, tiny_mamba2
 
-# quantized-vs-float32 logits tolerance (relative to max |logit|), per format, on the tiny random models
-QUANT_TOLERANCE = {"q8": 2e-2, "q4": 2.5e-1, "int8": 3e-2, "int4": 2.5e-1}
 CONFIGS = {"m1": tiny_mamba1(d_model=64, tie_embeddings=False), "m2": tiny_mamba2(d_model=64, ngroups=1)}
 
 
@@ -226,3 +225,19 @@ def test_cli_convert_quantize_writes_what_mlx_lm_loads(tmp_path):
                           "--to", "hf", "--quantize", "q8"],
                          capture_output=True, text=True, env=env, timeout=300)
     assert bad.returncode != 0 and "cannot be written in the 'hf' dialect" in bad.stderr
+
+
+@pytest.mark.parametrize("fmt", ["q8", "q4"])
+@pytest.mark.parametrize("model", ["m1", "m2-g2", "m1-untied-dstate1-vocab13"])
+def test_conformance_rows_for_quantized_formats(target, fmt, model):
+    """The ``mamba-core conformance`` rows: a quantized model computes exactly what its dequantized
+    weights say (model tolerance), and stays within the format's stated distance of float32."""
+    assert_check(f"quantized/{fmt}/{model}", target, "float32")
+
+
+@pytest.mark.parametrize("fmt", [f for f in QUANT_FORMATS if f.startswith("int")])
+@pytest.mark.parametrize("model", ["m1", "m2-g2", "m2-untied-dstate1-vocab13"])
+def test_conformance_rows_for_torch_kernels(fmt, model):
+    from conftest import Target
+
+    assert_check(f"quantized/{fmt}/{model}", Target("torch", "cpu", require_backend("torch")), "float32")
