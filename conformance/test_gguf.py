@@ -47,7 +47,12 @@ def test_gguf_uses_llama_cpp_conventions(arch, tmp_path):
     out = mamba_core.convert(src, tmp_path / "m.gguf", to="gguf", gguf_type="Q8_0")
     reader = gguf.GGUFReader(out)
     t = {x.name: x for x in reader.tensors}
-    assert reader.fields["general.architecture"].contents() == {"m1": "mamba", "m2": "mamba2"}[arch]
+    arch_name = {"m1": "mamba", "m2": "mamba2"}[arch]
+    assert reader.fields["general.architecture"].contents() == arch_name
+    # the keys llama.cpp's loader requires besides the tensors
+    assert reader.fields["tokenizer.ggml.model"].contents() == "none"
+    assert reader.fields[f"{arch_name}.vocab_size"].contents() == cfg.vocab_size_padded
+    assert reader.fields[f"{arch_name}.ssm.conv_kernel"].contents() == cfg.d_conv
     tensors = mamba_core.get_backend("torch").export_tensors(model)
     a_log = tensors["backbone.layers.0.mixer.A_log"].numpy()
     a = np.asarray(t["blk.0.ssm_a"].data)
@@ -83,12 +88,22 @@ def test_q8_0_blocks_survive_a_round_trip_exactly(tmp_path, caplog):
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
                     reason="llama-cpp-python is not installed (no wheel for this platform; see docs)")
 def test_llama_cpp_reads_our_gguf(tmp_path):
+    """llama.cpp loads our F32 file and decodes the same greedy tokens (a real consumer, where installed)."""
     import llama_cpp
+    import torch
 
-    _, src = _source("m2", tmp_path)
+    model, src = _source("m2", tmp_path)
     out = mamba_core.convert(src, tmp_path / "m.gguf", to="gguf", gguf_type="F32")
-    llm = llama_cpp.Llama(model_path=str(out), vocab_only=False, verbose=False)
+    llm = llama_cpp.Llama(model_path=str(out), verbose=False)
     assert llm.n_vocab() == CONFIGS["m2"].vocab_size_padded
+    prompt = [3, 1, 4, 1, 5, 9, 2, 6]
+    ours = model.generate(torch.tensor([prompt]), 8)[0, len(prompt):].tolist()
+    theirs = []
+    for token in llm.generate(prompt, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
+        theirs.append(int(token))
+        if len(theirs) == 8:
+            break
+    assert theirs == ours
 
 
 @pytest.mark.parametrize("arch", ["m1", "m2"])

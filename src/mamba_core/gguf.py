@@ -14,8 +14,10 @@ as its Mamba converters and model loader use them:
   16 for Mamba-2 by default);
 * hyperparameters under ``{arch}.embedding_length``, ``block_count``, ``ssm.conv_kernel``,
   ``ssm.inner_size``, ``ssm.state_size``, ``ssm.time_step_rank`` (Mamba-2: the number of heads),
-  ``ssm.group_count``, ``attention.layer_norm_rms_epsilon``; our full config also goes in
-  ``mamba_core.config`` (json) so that a file we wrote reads back to the identical config.
+  ``ssm.group_count``, ``attention.layer_norm_rms_epsilon``, ``vocab_size``; our full config also goes
+  in ``mamba_core.config`` (json) so that a file we wrote reads back to the identical config;
+* ``tokenizer.ggml.model = "none"``: llama.cpp then runs on token ids with ``vocab_size`` dummy tokens
+  (the checkpoint's own tokenizer is not written into the file).
 
 Tensor types: ``F32``, ``F16`` or ``Q8_0`` for the 2-D projections and the embedding/head. 1-D tensors,
 norms, ``ssm_a``, ``ssm_d``, the dt bias and ``ssm_conv1d`` are always F32 (docs/spec.md §6.1; llama.cpp
@@ -226,6 +228,9 @@ def write_gguf(tensors: dict[str, np.ndarray], config, path: str | os.PathLike, 
         w.add_file_type({"F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16,
                          "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[gguf_type])
         w.add_string(_CONFIG_KEY, json.dumps(config.to_dict("mamba-core")))
+        # llama.cpp requires a tokenizer model; "none" makes it use {arch}.vocab_size dummy tokens
+        # (token ids in, token ids out). Writing a checkpoint's own BPE vocabulary is not done yet.
+        w.add_tokenizer_model("none")
         for name, gname in names.items():
             if name in exact:
                 w.add_tensor(gname, exact[name], raw_dtype=gguf.GGMLQuantizationType.Q8_0)
