@@ -170,6 +170,8 @@ class Int8Linear(nn.Module):
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("qweight", torch.round(w / scale[:, None]).clamp(-127, 127).to(torch.int8))
         self.register_buffer("qscales", scale)
+        # the kernel wants the scales in the activations' dtype: bfloat16 on the CPU, made once
+        self.register_buffer("qscales_bf16", scale.to(torch.bfloat16), persistent=False)
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
 
     @property
@@ -178,10 +180,12 @@ class Int8Linear(nn.Module):
         return self.qweight.float() * self.qscales[:, None]
 
     def forward(self, x: torch.Tensor, *, with_bias: bool = True) -> torch.Tensor:
+        """(..., K) -> (..., O) in ``x``'s dtype."""
         lead = x.shape[:-1]
         act = torch.bfloat16 if x.device.type == "cpu" else x.dtype
         x2 = x.reshape(-1, x.shape[-1]).to(act)
-        y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, self.qscales.to(act)).to(x.dtype)
+        scales = self.qscales_bf16 if act == torch.bfloat16 else self.qscales.to(act)
+        y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, scales).to(x.dtype)
         y = y.reshape(*lead, self.out_features)
         return y + self.bias.to(x.dtype) if with_bias and self.bias is not None else y
 
@@ -216,6 +220,7 @@ class Int4Linear(nn.Module):
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
 
     def forward(self, x: torch.Tensor, *, with_bias: bool = True) -> torch.Tensor:
+        """(..., K) -> (..., O) in ``x``'s dtype (bfloat16 inside the kernel)."""
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
         mm = (torch.ops.aten._weight_int4pack_mm_for_cpu if x.device.type == "cpu"
