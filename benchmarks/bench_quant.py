@@ -153,7 +153,9 @@ def bench_quality(args):
         same = generate_fn(prompt, n_new)
         greedy = "unchanged" if np.array_equal(same, ref_tokens) else "CHANGED"
         plan = getattr(model, "quantization", None)
-        bpw = f"; {plan.bits_per_weight(model.config):.2f} bits/weight of the projections" if plan else ""
+        affine = getattr(model, "quantization_kernel", "affine") == "affine"  # MLX's format: its size
+        bpw = (f"; {plan.bits_per_weight(model.config):.2f} bits/weight of the quantizable matrices"
+               if plan and affine else "")
         row("quality", "shipped", name, "bpb", _bpb(logits, ids), "bits",
             f"logits err {err:.2e}; greedy 64 tokens {greedy}{bpw}")
 
