@@ -28,7 +28,7 @@ from mamba_core.checkpoint import (
     read_pickle_header,
     read_safetensors_header,
 )
-from mamba_core.config import parse_config
+from mamba_core.dialects import parse_config
 from mamba_core.errors import CheckpointError, ConfigError, UnsupportedError
 from mamba_core.hub import looks_like_hub_id
 from mamba_core.hub import resolve as resolve_hub
@@ -332,7 +332,7 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, revision: str | None = No
     Example:
         >>> tok = load_tokenizer(mamba_core.assets.SHIPPED_MODEL)   # doctest: +SKIP
     """
-    from mamba_core.config import detect_dialect
+    from mamba_core.dialects import detect_dialect
     from mamba_core.tokenizer import load_tokenizer as _load_tokenizer
 
     path = local_path(name_or_path, revision=revision)

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mamba_core import data as data_mod
-from mamba_core.config import parse_config
+from mamba_core.dialects import parse_config
 from mamba_core.errors import CheckpointError
 from mamba_core.progress import Progress
 
