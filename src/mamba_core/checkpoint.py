@@ -3,14 +3,14 @@
 The spec never reads tensor data: it reads safetensors *headers* (names, shapes, dtypes, byte ranges),
 detects the dialect, and returns a ``LoadPlan`` that says, for every canonical tensor, which file and
 name it comes from and which axes to move. Each backend then runs the plan with its own native loader,
-so bfloat16 never passes through numpy (spec-notes §2).
+so bfloat16 never passes through numpy (docs/spec.md §2).
 
-Pickled ``.bin`` files (state-spaces ``pytorch_model.bin``, HF-style shards) carry no header: their names,
-shapes and dtypes are read with ``torch.load(weights_only=True, mmap=True)``, which restores tensors and
-plain containers only and never executes code from the file. torch is imported inside those functions
-only, so the spec layer stays framework-free; without torch a ``.bin`` raises ``CheckpointError``.
+Pickled ``.bin`` files (state-spaces ``pytorch_model.bin``, HF-style shards) carry no header: a pickle is
+torch's format, so the backends read them (``read_pickle_header`` of the backend contract, built on
+``torch.load(weights_only=True, mmap=True)`` in the torch backend). The spec layer imports no framework;
+without torch a ``.bin`` raises the ``CheckpointError`` of ``torch_needed``.
 
-Dialect detection (spec-notes §8.1), never by guessing shapes:
+Dialect detection (docs/spec.md §8.1), never by guessing shapes:
 
 * ``config.json`` dialect: ``model_type`` -> HF family, ``d_model``/``ssm_cfg`` -> state-spaces,
   ``arch`` -> mamba-core;
@@ -22,9 +22,7 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import struct
-import zipfile
 from dataclasses import dataclass, field
 
 from mamba_core.config import Mamba1Config, Mamba2Config
@@ -56,19 +54,6 @@ _DTYPE_SIZE = {
     "F8_E5M2": 1,
 }
 FLOAT_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
-# torch dtype names (str(torch.float32) without "torch.") -> safetensors tags
-_TORCH_TAGS = {
-    "float64": "F64",
-    "float32": "F32",
-    "float16": "F16",
-    "bfloat16": "BF16",
-    "int64": "I64",
-    "int32": "I32",
-    "int16": "I16",
-    "int8": "I8",
-    "uint8": "U8",
-    "bool": "BOOL",
-}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 _MAX_HEADER = 100 * 1024 * 1024
 
@@ -164,88 +149,19 @@ def is_pickle(path: str | os.PathLike) -> bool:
     return os.fspath(path).endswith(PICKLE_SUFFIXES)
 
 
-def load_pickle(path: str | os.PathLike) -> dict:
-    """The tensors of a pickled torch checkpoint (``pytorch_model.bin``), as torch tensors on the CPU.
-
-    Read with ``torch.load(map_location="cpu", weights_only=True)`` (memory-mapped for zip-format files):
-    only tensors and plain containers are restored, nothing from the file is executed.
-
-    Returns:
-        dict name -> ``torch.Tensor``; tied tensors saved once keep sharing storage.
-
-    Raises:
-        CheckpointError: torch is not installed, or the file is truncated, corrupt, holds objects other
-            than tensors, or is not a flat dict of tensors (the message names the file and entry).
+def torch_needed(path: str | os.PathLike, backend: str) -> CheckpointError:
+    """The error for a pickled ``.bin`` read where torch is not installed: what to install or convert.
 
     Example:
-        >>> tensors = load_pickle("mamba-130m/pytorch_model.bin")   # doctest: +SKIP
+        >>> str(torch_needed("pytorch_model.bin", "mlx"))[:70]
+        "'pytorch_model.bin' is a pickled torch checkpoint: the mlx backend nee"
     """
-    path = os.fspath(path)
-    try:
-        import torch
-    except ImportError as e:
-        raise CheckpointError(
-            f"{path!r} is a pickled torch checkpoint: reading .bin files needs torch (pip install torch), "
-            "or convert it to safetensors where torch is installed (mamba-core convert SRC DST --to "
-            "state-spaces)"
-        ) from e
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint file {path!r} does not exist")
-    # mmap needs the zip format (torch >= 1.6); legacy, truncated or foreign files are read plainly
-    # so that torch's own error (which we wrap) says what is wrong.
-    mmap = zipfile.is_zipfile(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as e:  # UnpicklingError (non-tensor objects), RuntimeError (truncated/corrupt)
-        kind, text = type(e).__name__, str(e)
-        # torch's message goes on to suggest weights_only=False; keep only what its unpickler found
-        found = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:\n\n|$)", text, re.DOTALL)
-        detail = (found.group(1) if found else (text.splitlines() or [""])[0]).split(". Please")[0]
-        if re.match(r"Unsupported (global|class)|Trying to", detail):
-            why = (
-                "it holds objects other than tensors, which are refused (weights_only=True, nothing "
-                "was executed)"
-            )
-        else:
-            why = "it is truncated, corrupt or not a torch checkpoint (re-download or re-convert it)"
-        raise CheckpointError(f"cannot read pickled checkpoint {path!r}: {why}. {kind}: {detail}") from e
-    if not isinstance(obj, dict):
-        raise CheckpointError(
-            f"{path!r} holds a {type(obj).__name__}, not a dict of tensors (a state_dict); save "
-            "model.state_dict() instead"
-        )
-    bad = sorted(str(k) for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v))
-    if bad:
-        nested = [k for k in bad if isinstance(obj.get(k), dict)]
-        hint = (
-            f"; the weights seem nested under {nested[0]!r} (a training checkpoint): save "
-            f"checkpoint[{nested[0]!r}] on its own"
-            if nested
-            else ""
-        )
-        raise CheckpointError(
-            f"{path!r} is not a flat state_dict: {len(bad)} entr{'y is' if len(bad) == 1 else 'ies are'} "
-            f"not tensors: {', '.join(bad[:8])}{hint}"
-        )
-    return obj
-
-
-def read_pickle_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
-    """Names, shapes and dtypes of a pickled torch checkpoint (memory-mapped; data is not copied).
-
-    Raises:
-        CheckpointError: as ``load_pickle``.
-
-    Example:
-        >>> read_pickle_header("pytorch_model.bin")["backbone.norm_f.weight"].shape   # doctest: +SKIP
-        (768,)
-    """
-    path = os.fspath(path)
-    out = {}
-    for name, t in load_pickle(path).items():
-        tag = _TORCH_TAGS.get(str(t.dtype).removeprefix("torch."), str(t.dtype))
-        out[name] = TensorInfo(name, tuple(int(s) for s in t.shape), tag, path)
-    return out
+    return CheckpointError(
+        f"{os.fspath(path)!r} is a pickled torch checkpoint: the {backend} backend needs torch "
+        "(pip install torch) to read it, only to read it (CPU-only wheels: pip install torch --index-url "
+        "https://download.pytorch.org/whl/cpu); or convert it to safetensors where torch is installed "
+        "(mamba-core convert SRC DST --to state-spaces), which every backend reads without torch"
+    )
 
 
 def checkpoint_dialect(config_dialect: str, metadata: dict[str, str]) -> str:
