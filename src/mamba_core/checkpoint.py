@@ -257,91 +257,128 @@ def plan_load(
         raise CheckpointError(
             f"unknown checkpoint dialect {dialect!r}; expected one of {CHECKPOINT_DIALECTS}"
         )
-    renames = DIALECT_RENAMES[dialect]
-    mlx_layout = DIALECT_AXES[dialect]
     source_task = source_task or Task()
     task = task or source_task
-    specs = task_layout(config, task)
-    new_heads = {p.name for p in HEAD_LAYOUT.get(task.kind, ())}
-    if task.kind == source_task.kind:
-        new_heads = set()
-    specs = {n: s for n, s in specs.items() if not (n in new_heads and renames.get(n, n) not in tensors)}
-    absent = tuple(sorted(set(task_layout(config, task)) - set(specs)))
-    entries: list[LoadEntry] = []
-    missing: list[str] = []
-    mismatched: list[tuple[str, str, str]] = []
-    used: set[str] = set()
-    hints: list[str] = []
-    for canonical, spec in specs.items():
-        source = renames.get(canonical, canonical)
-        info = tensors.get(source)
-        if info is None:
-            missing.append(source)
-            continue
-        used.add(source)
-        expected = spec.mlx_shape if mlx_layout else spec.shape
-        if tuple(info.shape) != expected:
-            mismatched.append(
-                (
-                    source,
-                    spec.describe_shape() if not mlx_layout else str(expected),
-                    str(tuple(info.shape)),
-                )
-            )
-            if spec.mlx_axes is not None:
-                other = spec.shape if mlx_layout else spec.mlx_shape
-                if tuple(info.shape) == other:
-                    hints.append(
-                        "the conv weights are in torch layout (C, 1, K); this is an HF/state-spaces "
-                        "checkpoint, not mlx-lm"
-                        if mlx_layout
-                        else "the conv weights are in MLX layout (C, K, 1); this looks like an mlx-lm "
-                        "checkpoint: pass dialect='mlx-lm' (or add metadata {'format': 'mlx'})"
-                    )
-            if "vocab_size_padded" in spec.template and info.shape and info.shape[1:] == spec.shape[1:]:
-                hints.append(
-                    f"the checkpoint has {info.shape[0]} vocab rows but the config gives "
-                    f"vocab_size_padded={spec.shape[0]}: check vocab_size/pad_vocab_size_multiple"
-                )
-            continue
-        if info.dtype not in FLOAT_DTYPES:
-            mismatched.append((source, "a float tensor", f"dtype {info.dtype}"))
-            continue
-        entries.append(
-            LoadEntry(
-                canonical,
-                source,
-                info.file,
-                spec.shape,
-                spec.mlx_axes if mlx_layout else None,
-                spec.dtype_policy,
-                info.dtype,
-            )
-        )
-    tied_duplicate = None
+    match = _Matcher(config, dialect, tensors)
+    specs, absent = _planned_specs(config, task, source_task, match)
+    entries = [e for e in (match.entry(name, spec) for name, spec in specs.items()) if e is not None]
     if task.kind != "lm":  # the rest of an LM / head checkpoint is not this model's: ignore it
-        known = set(expand_layout(config)) | {p.name for rows in HEAD_LAYOUT.values() for p in rows}
-        used |= {renames.get(n, n) for n in known}
-    elif config.tie_embeddings and "lm_head.weight" in tensors:
-        info = tensors["lm_head.weight"]
-        used.add("lm_head.weight")
-        emb = specs["backbone.embedding.weight"]
-        if tuple(info.shape) != emb.shape:
-            mismatched.append(("lm_head.weight", emb.describe_shape(), str(tuple(info.shape))))
-        else:
-            tied_duplicate = LoadEntry(
-                "lm_head.weight", "lm_head.weight", info.file, emb.shape, None, "model", info.dtype
-            )
-    unexpected = sorted(set(tensors) - used)
-    if unexpected or missing or mismatched:
-        _raise_plan_error(config, dialect, missing, unexpected, mismatched, hints)
+        match.ignore_known()
+        tied_duplicate = None
+    else:
+        tied_duplicate = match.tied_duplicate(specs["backbone.embedding.weight"])
+    match.raise_if_wrong()
+    return LoadPlan(config, dialect, tuple(entries), tied_duplicate, _dominant_dtype(entries), task=task,
+                    absent=absent)
+
+
+def _planned_specs(config, task: Task, source_task: Task, match: _Matcher):
+    """-> (canonical name -> spec of the tensors to read, sorted names of new head tensors to initialize).
+
+    A head the checkpoint's own kind lacks (a classifier built from an LM) is new unless the file has it.
+    """
+    layout = task_layout(config, task)
+    new_heads = set() if task.kind == source_task.kind else {p.name for p in HEAD_LAYOUT.get(task.kind, ())}
+    specs = {n: s for n, s in layout.items() if not (n in new_heads and not match.has(n))}
+    return specs, tuple(sorted(set(layout) - set(specs)))
+
+
+def _dominant_dtype(entries: list[LoadEntry]) -> str:
+    """The float dtype most "model"-policy tensors are stored in (float32 when there are none)."""
     counts: dict[str, int] = {}
     for e in entries:
         if e.dtype_policy == "model":
             counts[e.source_dtype] = counts.get(e.source_dtype, 0) + 1
-    dominant = max(counts, key=counts.get) if counts else "F32"
-    return LoadPlan(config, dialect, tuple(entries), tied_duplicate, FLOAT_DTYPES[dominant], task=task,
-                    absent=absent)
+    return FLOAT_DTYPES[max(counts, key=counts.get) if counts else "F32"]
+
+
+class _Matcher:
+    """Matches canonical tensors against a checkpoint's, collecting every problem before raising once.
+
+    Attributes:
+        missing: checkpoint names the layout needs and the file lacks.
+        mismatched: ``(name, expected, got)`` for wrong shapes or non-float dtypes.
+        used: checkpoint names accounted for; the rest are unexpected.
+        hints: what the problems suggest (another dialect, a padded vocab, ...).
+    """
+
+    def __init__(self, config, dialect: str, tensors: dict[str, TensorInfo]):
+        self.config, self.dialect, self.tensors = config, dialect, tensors
+        self.renames = DIALECT_RENAMES[dialect]
+        self.mlx_layout = DIALECT_AXES[dialect]
+        self.missing: list[str] = []
+        self.mismatched: list[tuple[str, str, str]] = []
+        self.used: set[str] = set()
+        self.hints: list[str] = []
+
+    def source(self, canonical: str) -> str:
+        """The checkpoint's name of a canonical tensor in this dialect."""
+        return self.renames.get(canonical, canonical)
+
+    def has(self, canonical: str) -> bool:
+        return self.source(canonical) in self.tensors
+
+    def entry(self, canonical: str, spec) -> LoadEntry | None:
+        """The ``LoadEntry`` of one canonical tensor, or None (and the problem recorded)."""
+        source = self.source(canonical)
+        info = self.tensors.get(source)
+        if info is None:
+            self.missing.append(source)
+            return None
+        self.used.add(source)
+        expected = spec.mlx_shape if self.mlx_layout else spec.shape
+        if tuple(info.shape) != expected:
+            shown = str(expected) if self.mlx_layout else spec.describe_shape()
+            self.mismatched.append((source, shown, str(tuple(info.shape))))
+            self._shape_hints(spec, info)
+            return None
+        if info.dtype not in FLOAT_DTYPES:
+            self.mismatched.append((source, "a float tensor", f"dtype {info.dtype}"))
+            return None
+        axes = spec.mlx_axes if self.mlx_layout else None
+        return LoadEntry(canonical, source, info.file, spec.shape, axes, spec.dtype_policy, info.dtype)
+
+    def _shape_hints(self, spec, info: TensorInfo) -> None:
+        if spec.mlx_axes is not None:
+            other = spec.shape if self.mlx_layout else spec.mlx_shape
+            if tuple(info.shape) == other:
+                self.hints.append(
+                    "the conv weights are in torch layout (C, 1, K); this is an HF/state-spaces "
+                    "checkpoint, not mlx-lm"
+                    if self.mlx_layout
+                    else "the conv weights are in MLX layout (C, K, 1); this looks like an mlx-lm "
+                    "checkpoint: pass dialect='mlx-lm' (or add metadata {'format': 'mlx'})"
+                )
+        if "vocab_size_padded" in spec.template and info.shape and info.shape[1:] == spec.shape[1:]:
+            self.hints.append(
+                f"the checkpoint has {info.shape[0]} vocab rows but the config gives "
+                f"vocab_size_padded={spec.shape[0]}: check vocab_size/pad_vocab_size_multiple"
+            )
+
+    def ignore_known(self) -> None:
+        """Count every tensor an LM or head of this config could hold as used (a stack or head load)."""
+        known = set(expand_layout(self.config)) | {p.name for rows in HEAD_LAYOUT.values() for p in rows}
+        self.used |= {self.source(n) for n in known}
+
+    def tied_duplicate(self, embedding_spec) -> LoadEntry | None:
+        """A tied model whose file also stores ``lm_head.weight``: that entry (checked equal to the
+        embedding by the backend), else None."""
+        if not self.config.tie_embeddings or "lm_head.weight" not in self.tensors:
+            return None
+        info = self.tensors["lm_head.weight"]
+        self.used.add("lm_head.weight")
+        if tuple(info.shape) != embedding_spec.shape:
+            got = str(tuple(info.shape))
+            self.mismatched.append(("lm_head.weight", embedding_spec.describe_shape(), got))
+            return None
+        return LoadEntry("lm_head.weight", "lm_head.weight", info.file, embedding_spec.shape, None, "model",
+                         info.dtype)
+
+    def raise_if_wrong(self) -> None:
+        unexpected = sorted(set(self.tensors) - self.used)
+        if unexpected or self.missing or self.mismatched:
+            _raise_plan_error(self.config, self.dialect, self.missing, unexpected, self.mismatched,
+                              self.hints)
 
 
 def _raise_plan_error(config, dialect, missing, unexpected, mismatched, hints) -> None:
