@@ -162,11 +162,7 @@ def read_tensor_infos(
     formats: dict[str, str] = {}
     for f in files.weight_files:
         if is_pickle(f):
-            try:
-                reader = _pickle_reader(backend)
-            except BackendUnavailableError as e:
-                raise torch_needed(f, e.backend) from e
-            infos = reader.read_pickle_header(f)
+            infos = _pickle_header(f, backend)
         else:
             header = read_safetensors_header(f)
             infos = header.tensors
@@ -183,20 +179,34 @@ def read_tensor_infos(
             f"the shards of {str(files.directory)!r} disagree on their format metadata: {formats}; they "
             "come from different conversions"
         )
-    if files.weight_map is not None:
-        wrong = sorted(
-            f"{name!r} (index: {file!r}, found: "
-            + (repr(os.path.basename(tensors[name].file)) if name in tensors else "nowhere")
-            + ")"
-            for name, file in files.weight_map.items()
-            if name not in tensors or os.path.basename(tensors[name].file) != file
-        )
-        if wrong:
-            raise CheckpointError(
-                f"the shard index of {str(files.directory)!r} does not match its shards: "
-                f"{len(wrong)} tensor(s) misplaced: {', '.join(wrong[:8])}"
-            )
+    _check_index(files, tensors)
     return tensors, metadata
+
+
+def _pickle_header(f: Path, backend: str | ModuleType | None) -> dict[str, TensorInfo]:
+    try:
+        reader = _pickle_reader(backend)
+    except BackendUnavailableError as e:
+        raise torch_needed(f, e.backend) from e
+    return reader.read_pickle_header(f)
+
+
+def _check_index(files: CheckpointFiles, tensors: dict[str, TensorInfo]) -> None:
+    """Every tensor a shard index names is in the shard it names."""
+    if files.weight_map is None:
+        return
+    wrong = sorted(
+        f"{name!r} (index: {file!r}, found: "
+        + (repr(os.path.basename(tensors[name].file)) if name in tensors else "nowhere")
+        + ")"
+        for name, file in files.weight_map.items()
+        if name not in tensors or os.path.basename(tensors[name].file) != file
+    )
+    if wrong:
+        raise CheckpointError(
+            f"the shard index of {str(files.directory)!r} does not match its shards: "
+            f"{len(wrong)} tensor(s) misplaced: {', '.join(wrong[:8])}"
+        )
 
 
 def plan_checkpoint(
