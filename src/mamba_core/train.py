@@ -179,7 +179,6 @@ def train(corpus: data_mod.Corpus, out_dir: str | os.PathLike, config: TrainConf
         >>> result.eval_losses[-1]   # doctest: +SKIP
         (50, 2.31...)
     """
-    import mamba_core
     from mamba_core.registry import choose_backend, get_backend
 
     if (model_config is None) == (init_from is None):
@@ -188,89 +187,150 @@ def train(corpus: data_mod.Corpus, out_dir: str | os.PathLike, config: TrainConf
     module = get_backend(backend)
     out_dir = Path(out_dir)
     ckpt = out_dir / CHECKPOINT
-    state_path = ckpt / STATE_FILE
-    resumed_from = None
-    if resume and state_path.exists():
-        saved = json.loads(state_path.read_text())
-        _check_resumable(saved, config, corpus.fingerprint, ckpt, backend)
-        model = mamba_core.load(ckpt, backend=backend, dtype="float32", device=device)
-        start, resumed_from = saved["step"], saved["step"]
-        train_losses = list(saved["train_losses"])
-        eval_losses = [tuple(e) for e in saved["eval_losses"]]
-        wall_before = saved.get("wall_s", 0.0)
-        log.info("resuming from %s at step %d", ckpt, start)
+    history = _resumed_history(ckpt, config, corpus, backend) if resume else None
+    if history is not None:
+        model = _load(ckpt, backend, device)
+        log.info("resuming from %s at step %d", ckpt, history.start)
+    elif model_config is not None:
+        seed = config.seed if init_seed is None else init_seed
+        model = module.build_model(model_config, dtype="float32", device=device, seed=seed)
     else:
-        if model_config is not None:
-            model = module.build_model(model_config, dtype="float32", device=device,
-                                       seed=config.seed if init_seed is None else init_seed)
-        else:
-            model = mamba_core.load(init_from, backend=backend, dtype="float32", device=device)
-        start, train_losses, eval_losses, wall_before = 0, [], [], 0.0
-    model_cfg = model.config
-    if model_cfg.vocab_size < corpus.vocab_size:
-        raise ValueError(f"the model's vocab_size={model_cfg.vocab_size} is smaller than the data's "
+        model = _load(init_from, backend, device)
+    if model.config.vocab_size < corpus.vocab_size:
+        raise ValueError(f"the model's vocab_size={model.config.vocab_size} is smaller than the data's "
                          f"vocabulary ({corpus.vocab_size})")
     trainer = module.Trainer(model, config)
-    if resumed_from is not None:
+    if history is not None:
         trainer.load_state(ckpt / OPTIMIZER_FILE)
     out_dir.mkdir(parents=True, exist_ok=True)
-    evals = data_mod.eval_batches(corpus.val, seed=config.seed, n_batches=config.eval_batches,
-                                  batch_size=config.batch_size, seq_len=config.seq_len)
-    tokens_per_step = config.batch_size * config.seq_len
-    t0 = time.perf_counter()
+    run = _Run(corpus, out_dir, config, model, trainer, backend=backend, init_from=init_from,
+               tokenizer=tokenizer, history=history or _History())
+    end = config.steps if stop_at is None else min(config.steps, stop_at)
+    run.loop(end, progress)
+    final = run.snapshot(end)
+    _save_checkpoint(out_dir, model, trainer, final, tokenizer)
+    if end == config.steps:
+        _save_final(out_dir, model, final, tokenizer)
+    return TrainResult(out_dir=out_dir, step=end, train_losses=run.history.train_losses,
+                       eval_losses=run.history.eval_losses, tokens_seen=end * run.tokens_per_step,
+                       wall_s=final["wall_s"], resumed_from=history.start if history else None,
+                       extra={"model": model, "trainer": trainer})
 
-    def state(step: int) -> dict:
+
+def _load(path, backend: str, device: str | None):
+    """A checkpoint as a float32 model (training keeps float32 master weights)."""
+    from mamba_core.loading import load
+
+    return load(path, backend=backend, dtype="float32", device=device)
+
+
+@dataclass
+class _History:
+    """What a run carries from step to step: where it starts, the losses so far, the time spent before."""
+
+    start: int = 0
+    train_losses: list[float] = field(default_factory=list)
+    eval_losses: list[tuple[int, float]] = field(default_factory=list)
+    wall_before: float = 0.0
+
+
+def _resumed_history(ckpt: Path, config: TrainConfig, corpus, backend: str) -> _History | None:
+    """The history saved in ``ckpt`` when it exists and matches this run (else a ValueError), or None."""
+    state_path = ckpt / STATE_FILE
+    if not state_path.exists():
+        return None
+    saved = json.loads(state_path.read_text())
+    _check_resumable(saved, config, corpus.fingerprint, ckpt, backend)
+    return _History(start=saved["step"], train_losses=list(saved["train_losses"]),
+                    eval_losses=[tuple(e) for e in saved["eval_losses"]],
+                    wall_before=saved.get("wall_s", 0.0))
+
+
+class _Run:
+    """One training run's loop: steps, logging, evals and checkpoints, over the state in ``history``."""
+
+    def __init__(self, corpus, out_dir: Path, config: TrainConfig, model, trainer, *, backend: str,
+                 init_from, tokenizer, history: _History):
+        self.corpus, self.out_dir, self.config = corpus, out_dir, config
+        self.model, self.trainer, self.backend = model, trainer, backend
+        self.init_from, self.tokenizer, self.history = init_from, tokenizer, history
+        self.evals = data_mod.eval_batches(corpus.val, seed=config.seed, n_batches=config.eval_batches,
+                                           batch_size=config.batch_size, seq_len=config.seq_len)
+        self.tokens_per_step = config.batch_size * config.seq_len
+        self.t0 = time.perf_counter()
+
+    def snapshot(self, step: int) -> dict:
+        """The ``trainer_state.json`` of the run after ``step`` steps."""
+        h, corpus = self.history, self.corpus
         return {
-            "step": step, "train_losses": train_losses, "eval_losses": [list(e) for e in eval_losses],
-            "tokens_seen": step * tokens_per_step, "wall_s": wall_before + time.perf_counter() - t0,
-            "train_config": config.to_dict(), "model_config": model_cfg.to_dict("mamba-core"),
-            "backend": backend, "init_from": None if init_from is None else str(init_from),
+            "step": step, "train_losses": h.train_losses, "eval_losses": [list(e) for e in h.eval_losses],
+            "tokens_seen": step * self.tokens_per_step,
+            "wall_s": h.wall_before + time.perf_counter() - self.t0,
+            "train_config": self.config.to_dict(), "model_config": self.model.config.to_dict("mamba-core"),
+            "backend": self.backend, "init_from": None if self.init_from is None else str(self.init_from),
             "data": {"fingerprint": corpus.fingerprint, "description": corpus.description,
                      "train_tokens": len(corpus.train), "val_tokens": len(corpus.val)},
         }
 
-    def evaluate(step: int) -> float:
-        loss = sum(trainer.eval_loss(x, y) for x, y in evals) / len(evals)
-        eval_losses.append((step, loss))
+    def evaluate(self, step: int) -> float:
+        loss = sum(self.trainer.eval_loss(x, y) for x, y in self.evals) / len(self.evals)
+        self.history.eval_losses.append((step, loss))
         log.info("step %d: eval loss %.4f nats/token (%.4f bits)", step, loss, loss / math.log(2))
         return loss
 
-    end = config.steps if stop_at is None else min(config.steps, stop_at)
-    desc = "train" if start == 0 else f"train (resumed at step {start})"
-    with Progress(config.steps - start, desc, unit=" steps", enabled=progress) as bar:
-        window_t, window_steps = time.perf_counter(), 0
-        with _deferred_interrupt() as interrupted:
-            for step in range(start, end):
-                x, y = data_mod.batch(corpus.train, seed=config.seed, step=step,
-                                      batch_size=config.batch_size, seq_len=config.seq_len)
-                loss = trainer.step(x, y, lr_at(step, config))
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"the training loss is {loss} at step {step}; lower --lr")
-                train_losses.append(loss)
-                window_steps += 1
-                now = time.perf_counter()
-                tok_s = window_steps * tokens_per_step / max(now - window_t, 1e-9)
-                bar.update(1, loss=loss, tok_s=round(tok_s))
-                done = step + 1
-                if done % config.log_every == 0:
-                    log.info("step %d/%d: loss %.4f lr %.3g %.0f tok/s", done, config.steps, loss,
-                             lr_at(step, config), tok_s)
-                    window_t, window_steps = now, 0
-                if done % config.eval_every == 0 or done == config.steps:
-                    evaluate(done)
-                if interrupted:
-                    log.warning("interrupted: saving %s at step %d", ckpt, done)
-                    _save_checkpoint(out_dir, model, trainer, state(done), tokenizer)
-                    raise KeyboardInterrupt
-                if done % config.save_every == 0 and done < end:
-                    _save_checkpoint(out_dir, model, trainer, state(done), tokenizer)
-    final = state(end)
-    _save_checkpoint(out_dir, model, trainer, final, tokenizer)
-    if end == config.steps:
-        _save_final(out_dir, model, final, tokenizer)
-    return TrainResult(out_dir=out_dir, step=end, train_losses=train_losses, eval_losses=eval_losses,
-                       tokens_seen=end * tokens_per_step, wall_s=final["wall_s"], resumed_from=resumed_from,
-                       extra={"model": model, "trainer": trainer})
+    def step(self, step: int) -> float:
+        """One optimizer step on the batch of ``step``; its loss (nats/token)."""
+        cfg = self.config
+        x, y = data_mod.batch(self.corpus.train, seed=cfg.seed, step=step, batch_size=cfg.batch_size,
+                              seq_len=cfg.seq_len)
+        loss = self.trainer.step(x, y, lr_at(step, cfg))
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"the training loss is {loss} at step {step}; lower --lr")
+        self.history.train_losses.append(loss)
+        return loss
+
+    def save(self, step: int) -> None:
+        _save_checkpoint(self.out_dir, self.model, self.trainer, self.snapshot(step), self.tokenizer)
+
+    def loop(self, end: int, progress: bool | None) -> None:
+        """Steps ``history.start`` .. ``end - 1``: evals, checkpoints, and a checkpoint on Ctrl-C."""
+        cfg, start = self.config, self.history.start
+        desc = "train" if start == 0 else f"train (resumed at step {start})"
+        with Progress(cfg.steps - start, desc, unit=" steps", enabled=progress) as bar:
+            meter = _Throughput(self.tokens_per_step)
+            with _deferred_interrupt() as interrupted:
+                for step in range(start, end):
+                    loss = self.step(step)
+                    tok_s = meter.tick()
+                    bar.update(1, loss=loss, tok_s=round(tok_s))
+                    done = step + 1
+                    if done % cfg.log_every == 0:
+                        log.info("step %d/%d: loss %.4f lr %.3g %.0f tok/s", done, cfg.steps, loss,
+                                 lr_at(step, cfg), tok_s)
+                        meter.restart()
+                    if done % cfg.eval_every == 0 or done == cfg.steps:
+                        self.evaluate(done)
+                    if interrupted:
+                        log.warning("interrupted: saving %s at step %d", self.out_dir / CHECKPOINT, done)
+                        self.save(done)
+                        raise KeyboardInterrupt
+                    if done % cfg.save_every == 0 and done < end:
+                        self.save(done)
+
+
+class _Throughput:
+    """Tokens per second over the steps since the last ``restart`` (the log window)."""
+
+    def __init__(self, tokens_per_step: int):
+        self.tokens_per_step = tokens_per_step
+        self.restart()
+
+    def restart(self) -> None:
+        self.t, self.steps = time.perf_counter(), 0
+
+    def tick(self) -> float:
+        self.steps += 1
+        return self.steps * self.tokens_per_step / max(time.perf_counter() - self.t, 1e-9)
 
 
 def read_state(directory: str | os.PathLike) -> dict:
