@@ -14,7 +14,10 @@ Since nothing else carries state (no dropout, no data-loader position), a run re
 Weight decay follows the usual Mamba recipe: none on 1-D parameters (norms, biases, ``D``, dt bias) and
 on ``A_log`` (``no_weight_decay``).
 
-Spec layer: imports no framework (the backend is reached through ``mamba_core.registry``).
+Spec layer: imports no framework. The direction is spec -> backend only: this loop reaches the backend
+through ``mamba_core.registry`` and calls its ``Trainer`` (``step``, ``eval_loss``, ``save_state``,
+``load_state``); the backends' ``train.py`` import ``mamba_core.train_config`` (``TrainConfig``, ``lr_at``,
+``no_weight_decay``), never this module.
 """
 
 from __future__ import annotations
@@ -34,11 +37,14 @@ from pathlib import Path
 from mamba_core import data as data_mod
 from mamba_core.dialects import parse_config
 from mamba_core.errors import CheckpointError
+from mamba_core.loading import load, save
 from mamba_core.progress import Progress
+from mamba_core.registry import choose_backend, get_backend
 from mamba_core.train_config import PRECISIONS as PRECISIONS
 from mamba_core.train_config import TrainConfig as TrainConfig
 from mamba_core.train_config import lr_at as lr_at
 from mamba_core.train_config import no_weight_decay as no_weight_decay
+from mamba_core.writer import replace_dir
 
 log = logging.getLogger("mamba_core.train")
 
@@ -75,9 +81,6 @@ def _write_tokenizer(tokenizer, directory: Path) -> None:
 
 def _save_checkpoint(out_dir: Path, model, trainer, state: dict, tokenizer) -> None:
     """Write ``checkpoint-last`` atomically: a complete temp directory, then a rename."""
-    from mamba_core.loading import save
-    from mamba_core.writer import replace_dir
-
     tmp = out_dir / f".{CHECKPOINT}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -95,8 +98,6 @@ def _save_checkpoint(out_dir: Path, model, trainer, state: dict, tokenizer) -> N
 
 def _save_final(out_dir: Path, model, state: dict, tokenizer) -> None:
     """The trained model as ``out_dir/{config.json, model.safetensors}`` (+ tokenizer, state)."""
-    from mamba_core.loading import save
-
     tmp = out_dir / f".final.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -179,8 +180,6 @@ def train(corpus: data_mod.Corpus, out_dir: str | os.PathLike, config: TrainConf
         >>> result.eval_losses[-1]   # doctest: +SKIP
         (50, 2.31...)
     """
-    from mamba_core.registry import choose_backend, get_backend
-
     if (model_config is None) == (init_from is None):
         raise ValueError("pass exactly one of model_config (a new model) or init_from (fine-tuning)")
     backend = choose_backend(backend).name
@@ -219,8 +218,6 @@ def train(corpus: data_mod.Corpus, out_dir: str | os.PathLike, config: TrainConf
 
 def _load(path, backend: str, device: str | None):
     """A checkpoint as a float32 model (training keeps float32 master weights)."""
-    from mamba_core.loading import load
-
     return load(path, backend=backend, dtype="float32", device=device)
 
 

@@ -44,19 +44,30 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches", "save_every",
-                     "log_every"):
+        for name in (
+            "steps",
+            "batch_size",
+            "seq_len",
+            "eval_every",
+            "eval_batches",
+            "save_every",
+            "log_every",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
         if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
             raise ValueError(f"TrainConfig.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
         if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"TrainConfig.lr must be > 0 and min_lr in [0, lr], got lr={self.lr!r}, "
-                             f"min_lr={self.min_lr!r}")
+            raise ValueError(
+                f"TrainConfig.lr must be > 0 and min_lr in [0, lr], got lr={self.lr!r}, "
+                f"min_lr={self.min_lr!r}"
+            )
         if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError(f"TrainConfig.weight_decay and grad_clip must be >= 0, got "
-                             f"{self.weight_decay!r}, {self.grad_clip!r}")
+            raise ValueError(
+                f"TrainConfig.weight_decay and grad_clip must be >= 0, got "
+                f"{self.weight_decay!r}, {self.grad_clip!r}"
+            )
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
         if self.precision not in PRECISIONS:
