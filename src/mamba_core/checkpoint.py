@@ -3,7 +3,7 @@
 The spec never reads tensor data: it reads safetensors *headers* (names, shapes, dtypes, byte ranges),
 detects the dialect, and returns a ``LoadPlan`` that says, for every canonical tensor, which file and
 name it comes from and which axes to move. Each backend then runs the plan with its own native loader,
-so bfloat16 never passes through numpy (docs/spec.md §2).
+so bfloat16 never passes through numpy (docs/spec.md §2.4).
 
 Pickled ``.bin`` files (state-spaces ``pytorch_model.bin``, HF-style shards) carry no header: a pickle is
 torch's format, so the backends read them (``read_pickle_header`` of the backend contract, built on

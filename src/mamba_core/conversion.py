@@ -7,7 +7,7 @@ write them with ``writer.write_checkpoint`` (safetensors shards in a temporary d
 place when complete; tokenizer files copied along).
 
 Dtypes. ``dtype=None`` keeps the checkpoint's dtype for every "model"-policy tensor. ``A_log``, ``D``
-and the dt bias (the layout's "fp32" policy, docs/spec.md §6) are written as float32 in every target
+and the dt bias (the layout's "fp32" policy, docs/spec.md §6.1) are written as float32 in every target
 dialect, ``"state-spaces"`` included, whatever the source holds: a float16 or bfloat16 value widens to
 float32 exactly, so ``load(convert(x)) == load(x)`` bit for bit (``load`` holds them in float32 anyway),
 the files stay loadable by transformers, mlx-lm and upstream (they cast on load), and the cost is a few

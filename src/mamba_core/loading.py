@@ -304,7 +304,7 @@ def load(
         backend: ``"torch"``, ``"mlx"`` or ``"auto"`` (``registry.choose_backend``: MLX on Apple Silicon,
             else torch; the choice is logged and recorded in ``model.backend_choice``).
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``; None keeps the checkpoint's dtype.
-            ``A_log``, ``D`` and the dt bias are float32 whatever the dtype (docs/spec.md §6).
+            ``A_log``, ``D`` and the dt bias are float32 whatever the dtype (docs/spec.md §6.1).
         device: backend device string (``"cpu"``, ``"cuda"``, ``"mps"``, ``"gpu"``); None = default.
         revision: hub revision (branch, tag, commit) for hub ids.
         dialect: force the checkpoint dialect instead of detecting it.

@@ -58,7 +58,7 @@ NAMES_BY_ARCH = {
     },
 }
 # transformers' own defaults for keys a HF json may omit (they are what transformers would use).
-# HF Mamba2Config defaults are Codestral's (n_groups 8, untied): docs/spec.md §8.
+# HF Mamba2Config defaults are Codestral's (n_groups 8, untied): docs/spec.md §9.9.
 DEFAULTS_BY_ARCH = {
     "mamba1": {
         "vocab_size": 50280,
