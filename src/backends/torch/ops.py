@@ -253,3 +253,72 @@ def ssd_state_update(
     if D is not None:
         y = y + xf * _f32(D).unsqueeze(-1)
     return y, new_state
+
+
+# ------------------------------------------------------------------------------------------------
+# in-place decode variants: what the models' ``step`` runs (the op checks test these too)
+# ------------------------------------------------------------------------------------------------
+
+
+def causal_conv1d_update_(
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``causal_conv1d_update`` that rolls ``conv_state`` in place and returns it.
+
+    Returns:
+        ``(y, conv_state)``: y (B, C) in ``x.dtype``; the same ``conv_state`` tensor, updated.
+    """
+    conv_state.copy_(torch.cat([conv_state[:, :, 1:], x.unsqueeze(-1).to(conv_state.dtype)], dim=-1))
+    y = (_f32(conv_state) * _f32(weight)).sum(-1)
+    if bias is not None:
+        y = y + _f32(bias)
+    return _activate(y, activation).to(x.dtype), conv_state
+
+
+def selective_state_update_(
+    state, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus: bool = False
+):
+    """``selective_state_update`` that updates ``state`` (float32) in place and returns it.
+
+    Returns:
+        ``(y, state)``: y (B, E) float32; the same ``state`` tensor, updated.
+    """
+    dt = _f32(delta)
+    if delta_bias is not None:
+        dt = dt + _f32(delta_bias)
+    if delta_softplus:
+        dt = F.softplus(dt)
+    uf = _f32(u)
+    state.mul_(torch.exp(dt.unsqueeze(-1) * _f32(A)))
+    state.addcmul_((dt * uf).unsqueeze(-1), _f32(B).unsqueeze(1))
+    y = torch.linalg.vecdot(state, _f32(C).unsqueeze(1))  # (B, E); faster than bmm
+    if D is not None:
+        y = y.addcmul_(uf, _f32(D))
+    if z is not None:
+        y = y.mul_(F.silu(_f32(z)))
+    return y, state
+
+
+def ssd_state_update_(
+    state, x, dt, A, B, C, D=None, dt_bias=None, dt_softplus: bool = False, dt_limit=_NO_LIMIT
+):
+    """``ssd_state_update`` that updates ``state`` (float32) in place and returns it.
+
+    Returns:
+        ``(y, state)``: y (B, H, P) float32; the same ``state`` tensor, updated.
+    """
+    delta = ssd_dt(dt, dt_bias, dt_softplus, dt_limit)  # (B, H)
+    rep = x.shape[1] // B.shape[1]
+    Bh = _f32(B).repeat_interleave(rep, dim=1) if rep > 1 else _f32(B)  # (B, H, N)
+    Ch = _f32(C).repeat_interleave(rep, dim=1) if rep > 1 else _f32(C)
+    xf = _f32(x)
+    state.mul_(torch.exp(delta * _f32(A))[:, :, None, None])
+    state.add_((delta.unsqueeze(-1) * xf).unsqueeze(-1) * Bh.unsqueeze(2))
+    y = torch.linalg.vecdot(state, Ch.unsqueeze(2))  # (B, H, P)
+    if D is not None:
+        y = y.addcmul_(xf, _f32(D).unsqueeze(-1))
+    return y, state

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mamba_core.backends.torch.cache import torch_dtype
-from mamba_core.backends.torch.model import Mamba1LM, Mamba2LM
+from mamba_core.backends.torch.model import Mamba1LM, Mamba2LM, initialize
 from mamba_core.checkpoint import LoadPlan, is_pickle, load_pickle
 from mamba_core.errors import CheckpointError
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
@@ -71,7 +71,7 @@ def _assign(model, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> None
 
 
 def build_model(config, *, dtype="float32", device=None, seed=None):
-    """A model with the official random initialization (``reference.init_weights``).
+    """A model with the official random initialization (``model.initialize``: ``reference.init_weights``).
 
     Args:
         config: ``Mamba1Config`` / ``Mamba2Config``.
@@ -87,13 +87,9 @@ def build_model(config, *, dtype="float32", device=None, seed=None):
         >>> build_model(tiny_mamba2(), seed=0).kernel_path
         'torch-chunked-ssd'
     """
-    from mamba_core.reference import init_weights
-
-    dt = torch_dtype(dtype)
-    dev = _device(device)
-    model = MODEL_CLASSES[config.arch](config, dtype=dt, device=dev)
-    arrays = init_weights(config, np.random.default_rng(seed))
-    _assign(model, {k: torch.from_numpy(v) for k, v in arrays.items()}, dt)
+    model = MODEL_CLASSES[config.arch](config, dtype=torch_dtype(dtype), device="meta")
+    model.to_empty(device=_device(device))
+    initialize(model, seed)
     return model.eval()
 
 

@@ -14,7 +14,7 @@ from mamba_core.layers import get_kind, layer_plan
 from mamba_core.layers.init import linear_weight, norm_weight
 
 
-def init_weights(cfg, rng: np.random.Generator, *, perturb_norms: bool = False) -> dict:
+def init_weights(cfg, rng: np.random.Generator, *, perturb_norms: bool = False, embedding: bool = True) -> dict:
     """A random checkpoint with the official initialization (docs/spec.md §1.5, §3.3, §4.3).
 
     Embedding N(0, ``initializer_range``); Linear weights U(±1/sqrt(fan_in)) (torch's default); conv
@@ -31,6 +31,7 @@ def init_weights(cfg, rng: np.random.Generator, *, perturb_norms: bool = False) 
         rng: the generator all draws come from, in a fixed order.
         perturb_norms: draw every norm weight from 1 + U(-0.2, 0.2) instead of 1, so that tests
             exercise the weight multiply.
+        embedding: False leaves out the embedding and the LM head (a bare stack's tensors).
 
     Returns:
         dict canonical (state-spaces) name -> float32 numpy array in torch layout; embedding
@@ -43,7 +44,7 @@ def init_weights(cfg, rng: np.random.Generator, *, perturb_norms: bool = False) 
         ((16, 8), (16, 1, 4))
     """
     d, v = cfg.d_model, cfg.vocab_size_padded
-    out = {"backbone.embedding.weight": rng.normal(0.0, cfg.initializer_range, (v, d))}
+    out = {"backbone.embedding.weight": rng.normal(0.0, cfg.initializer_range, (v, d))} if embedding else {}
     residual_scale = 1.0 / math.sqrt(cfg.n_layer) if cfg.rescale_prenorm_residual else 1.0
     for i, block in enumerate(layer_plan(cfg)):
         for slot, kind_name in block.slots:
@@ -55,6 +56,6 @@ def init_weights(cfg, rng: np.random.Generator, *, perturb_norms: bool = False) 
             for name, value in tensors.items():
                 out[f"backbone.layers.{i}.{slot}.{name}"] = value
     out["backbone.norm_f.weight"] = norm_weight(rng, d, perturb_norms)
-    if not cfg.tie_embeddings:
+    if embedding and not cfg.tie_embeddings:
         out["lm_head.weight"] = linear_weight(rng, v, d)
     return {name: np.ascontiguousarray(value, dtype=np.float32) for name, value in out.items()}
