@@ -22,13 +22,16 @@ from mamba_core.backends.mlx import scan
 __all__ = [
     "causal_conv1d",
     "causal_conv1d_update",
+    "causal_conv1d_update_",
     "rmsnorm",
     "rmsnorm_gated",
     "selective_scan",
     "selective_state_update",
+    "selective_state_update_",
     "softplus",
     "ssd_chunked",
     "ssd_state_update",
+    "ssd_state_update_",
 ]
 
 _F32 = mx.float32
@@ -371,3 +374,13 @@ def ssd_state_update(
     if D is not None:
         y = y + x32 * D.astype(_F32)[:, None]
     return y.astype(x.dtype), new_state.reshape(batch, nheads, headdim, d_state)
+
+
+# ------------------------------------------------------------------------------------------------
+# the decode variants the models' ``step`` runs: in place in torch; MLX arrays are immutable, so
+# here they are the functional ops (the same names in both backends; the op checks test them)
+# ------------------------------------------------------------------------------------------------
+
+causal_conv1d_update_ = causal_conv1d_update
+selective_state_update_ = selective_state_update
+ssd_state_update_ = ssd_state_update

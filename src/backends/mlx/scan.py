@@ -132,7 +132,7 @@ def selective_scan_chunked(
     return y.astype(u.dtype), state
 
 
-def segsum(a: mx.array) -> mx.array:
+def _segsum(a: mx.array) -> mx.array:
     """Stable segment sum: ``out[..., t, s] = sum_{r=s+1}^{t} a[..., r]``, -inf above the diagonal.
 
     Args:
@@ -205,7 +205,7 @@ def ssd_chunked_scan(
     a_cumsum = mx.cumsum(ac, axis=-1)  # cs_t within each chunk
 
     # 1. intra-chunk: Y_diag = (C B^T ∘ exp(segsum)) X
-    decay = mx.exp(segsum(ac))  # (B, c, G, R, Q, Q)
+    decay = mx.exp(_segsum(ac))  # (B, c, G, R, Q, Q)
     scores = (Cc @ mx.swapaxes(Bc, -1, -2)) * decay  # (B, c, G, R, Q, Q)
     y = scores @ xc  # (B, c, G, R, Q, P)
 

@@ -5,6 +5,8 @@ Exports exactly ``mamba_core.registry.BACKEND_API``. See ``docs/backend-contract
 
 from mamba_core.backends.torch import ops as ops
 from mamba_core.backends.torch.cache import MambaCache as MambaCache
+from mamba_core.backends.torch.device import default_device as default_device
+from mamba_core.backends.torch.device import devices as devices
 from mamba_core.backends.torch.heads import FeatureExtractor as FeatureExtractor
 from mamba_core.backends.torch.heads import SequenceClassifier as SequenceClassifier
 from mamba_core.backends.torch.mamba1 import Mamba1Mixer as Mamba1Mixer
@@ -21,8 +23,6 @@ from mamba_core.backends.torch.sample import generate as generate
 from mamba_core.backends.torch.sample import stream as stream
 from mamba_core.backends.torch.train import Trainer as Trainer
 from mamba_core.backends.torch.weights import build_model as build_model
-from mamba_core.backends.torch.weights import default_device as default_device
-from mamba_core.backends.torch.weights import devices as devices
 from mamba_core.backends.torch.weights import export_tensors as export_tensors
 from mamba_core.backends.torch.weights import from_numpy as from_numpy
 from mamba_core.backends.torch.weights import load_checkpoint as load_checkpoint

@@ -10,22 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from mamba_core.backends.torch.device import resolve_dtype
 from mamba_core.layout import cache_plan
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def torch_dtype(dtype) -> torch.dtype:
-    """``"float32" | "bfloat16" | "float16"`` (or a torch dtype) -> torch dtype.
-
-    Raises:
-        ValueError: an unknown dtype name.
-    """
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
-    return _DTYPES[dtype]
 
 
 class MambaCache:
@@ -55,7 +41,7 @@ class MambaCache:
         """
         if not isinstance(batch, int) or batch < 1:
             raise ValueError(f"batch must be a positive int, got {batch!r}")
-        model_dtype = torch_dtype(dtype)
+        model_dtype = resolve_dtype(dtype)
         layers = [
             {name: torch.zeros(shape, dtype=torch.float32 if policy == "fp32" else model_dtype,
                                device=device)
@@ -77,6 +63,11 @@ class MambaCache:
     def ssm_state(self) -> list:
         """Per layer, the float32 SSM state (None for a layer without one)."""
         return self.field("ssm_state")
+
+    @property
+    def state(self) -> list:
+        """Every tensor of the cache, layer by layer."""
+        return [t for layer in self.layers for t in layer.values()]
 
     @property
     def batch_size(self) -> int:

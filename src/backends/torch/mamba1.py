@@ -20,6 +20,12 @@ def mask_positions(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
     return x if mask is None else x * mask.unsqueeze(-1).to(x.dtype)
 
 
+def depthwise_conv(config, channels: int, *, dtype=None, device=None) -> nn.Conv1d:
+    """A depthwise ``nn.Conv1d`` (weight (C, 1, K)); only its parameters are used (``ops``)."""
+    return nn.Conv1d(channels, channels, config.d_conv, groups=channels, bias=config.conv_bias,
+                     dtype=dtype, device=device)
+
+
 class Mamba1Mixer(nn.Module):
     """Mamba-1 (S6) mixer; parameters named as the ``mamba1`` layout rows, uninitialized
     (``reference.init_weights`` fills a new model, a checkpoint a loaded one).
@@ -34,9 +40,9 @@ class Mamba1Mixer(nn.Module):
         fk = {"dtype": dtype, "device": device}
         f32 = {"dtype": torch.float32, "device": device}
         self.config, self.layer_idx = config, layer_idx
-        d, e, n, r, k = config.d_model, config.d_inner, config.d_state, config.dt_rank, config.d_conv
+        d, e, n, r = config.d_model, config.d_inner, config.d_state, config.dt_rank
         self.in_proj = nn.Linear(d, 2 * e, bias=config.bias, **fk)
-        self.conv1d = nn.Conv1d(e, e, k, groups=e, bias=config.conv_bias, **fk)
+        self.conv1d = depthwise_conv(config, e, **fk)
         self.x_proj = nn.Linear(e, r + 2 * n, bias=False, **fk)
         self.dt_proj = nn.Linear(r, e, bias=False, **fk)
         self.dt_proj.bias = nn.Parameter(torch.empty(e, **f32))

@@ -11,7 +11,7 @@ from torch import nn
 
 from mamba_core.backends.torch import ops
 from mamba_core.backends.torch.linear import project
-from mamba_core.backends.torch.mamba1 import mask_positions
+from mamba_core.backends.torch.mamba1 import depthwise_conv, mask_positions
 from mamba_core.backends.torch.norm import RMSNormGated
 from mamba_core.config import Mamba2Config
 
@@ -32,8 +32,7 @@ class Mamba2Mixer(nn.Module):
         c, h = config, config.nheads
         self.config, self.layer_idx = c, layer_idx
         self.in_proj = nn.Linear(c.d_model, c.d_in_proj, bias=c.bias, **fk)
-        self.conv1d = nn.Conv1d(c.conv_dim, c.conv_dim, c.d_conv, groups=c.conv_dim,
-                                bias=c.conv_bias, **fk)
+        self.conv1d = depthwise_conv(c, c.conv_dim, **fk)
         self.dt_bias = nn.Parameter(torch.empty(h, **f32))
         self.A_log = nn.Parameter(torch.empty(h, **f32))
         self.D = nn.Parameter(torch.empty(h, **f32))

@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mamba_core.backends.torch.cache import MambaCache, torch_dtype
+from mamba_core.backends.torch.cache import MambaCache
+from mamba_core.backends.torch.device import resolve_dtype
 from mamba_core.backends.torch.layers import KINDS
 from mamba_core.backends.torch.linear import rows
 from mamba_core.backends.torch.norm import RMSNorm
@@ -146,7 +147,7 @@ class _Stack(nn.Module):
             raise ConfigError(f"{type(self).__name__} needs a {self.config_class.__name__}, got "
                               f"{type(config).__name__}", field="arch")
         # built on "meta" (no init thrown away), then given storage and the official init
-        fk = {"dtype": None if dtype is None else torch_dtype(dtype), "device": "meta"}
+        fk = {"dtype": None if dtype is None else resolve_dtype(dtype), "device": "meta"}
         self.config = config
         if vocab_size is not None:
             self.embedding = nn.Embedding(vocab_size, config.d_model, **fk)
@@ -236,7 +237,7 @@ class _LM(nn.Module):
 
     def __init__(self, config, *, dtype="float32", device=None):
         super().__init__()
-        dt = torch_dtype(dtype)
+        dt = resolve_dtype(dtype)
         self.config = config
         self.backbone = self.stack_class(config, config.vocab_size_padded, dtype=dt, device="meta")
         if not config.tie_embeddings:

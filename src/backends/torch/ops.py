@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from mamba_core.backends.torch import scan
-from mamba_core.backends.torch.scan import _f32, ssd_dt
+from mamba_core.backends.torch.scan import _f32, discretize_dt
 
 _NO_LIMIT = (0.0, math.inf)
 
@@ -35,7 +35,7 @@ def softplus(x: torch.Tensor) -> torch.Tensor:
         >>> softplus(torch.tensor([0.0, 25.0])).tolist()  # doctest: +ELLIPSIS
         [0.693..., 25.0]
     """
-    return F.softplus(_f32(x), beta=1.0, threshold=20.0)
+    return scan.softplus(x)
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -186,11 +186,7 @@ def selective_state_update(
     Returns:
         ``(y, new_state)``: y (B, E) float32; new_state (B, E, N) float32.
     """
-    dt = _f32(delta)
-    if delta_bias is not None:
-        dt = dt + _f32(delta_bias)
-    if delta_softplus:
-        dt = F.softplus(dt)
+    dt = discretize_dt(delta, delta_bias, delta_softplus)
     uf = _f32(u)
     dA = torch.exp(dt.unsqueeze(-1) * _f32(A))  # (B, E, N)
     new_state = dA * _f32(state) + (dt * uf).unsqueeze(-1) * _f32(B).unsqueeze(1)
@@ -206,7 +202,7 @@ def ssd_chunked(
     x, dt, A, B, C, chunk_size: int, D=None, dt_bias=None, dt_softplus: bool = False,
     dt_limit=_NO_LIMIT, initial_state=None,
 ):
-    """Chunked SSD (``scan.ssd_chunked_torch``), any L, initial state in, final state out.
+    """Chunked SSD (``scan.ssd_chunked_scan``), any L, initial state in, final state out.
 
     Args:
         x: (B, L, H, P). dt: (B, L, H) raw Δ. A: (H,) negative. B, C: (B, L, G, N).
@@ -221,7 +217,7 @@ def ssd_chunked(
     """
     if int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
-    delta = ssd_dt(dt, dt_bias, dt_softplus, dt_limit)
+    delta = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)
     y, state = scan.ssd_chunked_torch(x, delta, A, B, C, chunk_size, initial_state)
     if D is not None:
         y = y + _f32(x) * _f32(D).unsqueeze(-1)
@@ -241,7 +237,7 @@ def ssd_state_update(
     Returns:
         ``(y, new_state)``: y (B, H, P) float32; new_state (B, H, P, N) float32.
     """
-    delta = ssd_dt(dt, dt_bias, dt_softplus, dt_limit)  # (B, H)
+    delta = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)  # (B, H)
     nheads = x.shape[1]
     rep = nheads // B.shape[1]
     Bh = _f32(B).repeat_interleave(rep, dim=1)  # (B, H, N)
@@ -287,11 +283,7 @@ def selective_state_update_(
     Returns:
         ``(y, state)``: y (B, E) float32; the same ``state`` tensor, updated.
     """
-    dt = _f32(delta)
-    if delta_bias is not None:
-        dt = dt + _f32(delta_bias)
-    if delta_softplus:
-        dt = F.softplus(dt)
+    dt = discretize_dt(delta, delta_bias, delta_softplus)
     uf = _f32(u)
     state.mul_(torch.exp(dt.unsqueeze(-1) * _f32(A)))
     state.addcmul_((dt * uf).unsqueeze(-1), _f32(B).unsqueeze(1))
@@ -311,7 +303,7 @@ def ssd_state_update_(
     Returns:
         ``(y, state)``: y (B, H, P) float32; the same ``state`` tensor, updated.
     """
-    delta = ssd_dt(dt, dt_bias, dt_softplus, dt_limit)  # (B, H)
+    delta = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)  # (B, H)
     rep = x.shape[1] // B.shape[1]
     Bh = _f32(B).repeat_interleave(rep, dim=1) if rep > 1 else _f32(B)  # (B, H, N)
     Ch = _f32(C).repeat_interleave(rep, dim=1) if rep > 1 else _f32(C)
