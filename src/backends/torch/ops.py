@@ -215,13 +215,10 @@ def ssd_chunked(
     Raises:
         ValueError: ``chunk_size`` < 1.
     """
-    if int(chunk_size) < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
-    delta = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)
-    y, state = scan.ssd_chunked_torch(x, delta, A, B, C, chunk_size, initial_state)
-    if D is not None:
-        y = y + _f32(x) * _f32(D).unsqueeze(-1)
-    return y, state
+    return scan.ssd_chunked_scan(
+        x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit,
+        initial_state=initial_state,
+    )
 
 
 def ssd_state_update(

@@ -14,7 +14,9 @@ from mamba_core.layers import get_kind, layer_plan
 from mamba_core.layers.init import linear_weight, norm_weight
 
 
-def init_weights(cfg, rng: np.random.Generator, *, perturb_norms: bool = False, embedding: bool = True) -> dict:
+def init_weights(
+    cfg, rng: np.random.Generator, *, perturb_norms: bool = False, embedding: bool = True
+) -> dict:
     """A random checkpoint with the official initialization (docs/spec.md §1.5, §3.3, §4.3).
 
     Embedding N(0, ``initializer_range``); Linear weights U(±1/sqrt(fan_in)) (torch's default); conv
