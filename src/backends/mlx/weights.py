@@ -3,7 +3,7 @@
 Everything is derived from ``mamba_core.layout`` (names, shapes, dtype policy, ``mlx_axes``) and the
 spec's ``LoadPlan`` (house-style §9.2): no name-replace chains, no shape sniffing. Tensor data is read
 with ``mx.load`` and written with ``mx.save_safetensors``, so bfloat16 never passes through numpy
-(spec-notes §2). Canonical layout = torch's (conv weight (C, 1, K)); the modules hold MLX layout
+(docs/spec.md §2). Canonical layout = torch's (conv weight (C, 1, K)); the modules hold MLX layout
 (C, K, 1), reached with ``Param.mlx_axes``.
 """
 

@@ -1,6 +1,6 @@
 """Weights: build, load (run a ``LoadPlan`` with ``safe_open(framework="pt")`` / ``torch.load``), export.
 
-bfloat16 never passes through numpy (spec-notes §2): tensors are read by safetensors' torch loader,
+bfloat16 never passes through numpy (docs/spec.md §2): tensors are read by safetensors' torch loader,
 axes moved as the plan says, and cast by the layout's dtype policy ("fp32" rows stay float32).
 Export walks ``layout.expand_layout`` and renames/moves axes with ``DIALECT_RENAMES`` /
 ``DIALECT_AXES``; no name chains live here.
