@@ -200,6 +200,31 @@ def test_torch_quantizes_like_mx_quantize_bit_for_bit(weight_dtype):
             assert np.array_equal(np.array(b.astype(mx.float32)), b2.float().numpy()), (bits, group)
 
 
+def test_mlx_format_functions_match_torch_bit_for_bit():
+    """The mirror functions of the two ``quantized.py``: same codes, packing and dequantized values."""
+    import mlx.core as mx
+    import torch
+
+    from mamba_core.backends.mlx import quantized as mq
+    from mamba_core.backends.torch import quantized as tq
+    from mamba_core.quantization import QuantParams
+
+    w = np.random.default_rng(4).standard_normal((8, 128)).astype(np.float32)
+    for bits in (2, 3, 4, 5, 6, 8):
+        for group in (32, 64):
+            p = QuantParams(bits, group)
+            codes, scales, biases = mq.quantize_affine(mx.array(w), p, mx.float32)
+            tcodes, tscales, tbiases = tq.quantize_affine(torch.from_numpy(w), p, torch.float32)
+            assert np.array_equal(np.array(codes), tcodes.numpy()), (bits, group)
+            packed = mq.pack_codes(codes, bits)
+            assert np.array_equal(np.array(packed).view(np.int32),
+                                  tq.pack_codes(tcodes, bits).view(torch.int32).numpy()), (bits, group)
+            unpacked = mq.unpack_codes(packed, bits, 128)
+            assert np.array_equal(np.array(unpacked), np.array(codes)), (bits, group)
+            assert np.array_equal(np.array(mq.dequantize(codes, scales, biases, p)),
+                                  tq.dequantize(tcodes, tscales, tbiases, p).numpy()), (bits, group)
+
+
 def test_cli_convert_quantize_writes_what_mlx_lm_loads(tmp_path):
     import os
     import subprocess

@@ -44,7 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mamba_core.config import parse_config
+from mamba_core.dialects import parse_config
 from mamba_core.errors import CheckpointError, UnsupportedError
 
 log = logging.getLogger("mamba_core")
@@ -377,38 +377,31 @@ def load_gguf(path: str | os.PathLike, *, backend: str = "auto", dtype: str | No
     Example:
         >>> model = load_gguf("mamba-130m-q8_0.gguf", backend="torch")   # doctest: +SKIP
     """
-    from mamba_core.loading import load, resolve_backend
-    from mamba_core.quantization import QuantParams, plan_quantization
-    from mamba_core.registry import get_backend
-
-    config, tensors, _, quantized = read_gguf(path, keep_quantized=not dequantize)
-    chosen = resolve_backend(backend)
-    if not quantized:
-        module = get_backend(chosen)
-        dt = dtype or "float32"
-        model = module.build_model(config, dtype=dt, device=device, seed=0)
-        module.heads.assign(model, {k: module.from_numpy(v, device=device) for k, v in tensors.items()}, dt)
-        model.backend_choice = chosen
-        return model
-    # the quantized route is the checkpoint route: a temporary mamba-core directory read by load()
     from safetensors.numpy import save_file
 
-    from mamba_core.quantization import pack_codes
+    from mamba_core.loading import load
+    from mamba_core.quantization import QuantParams, pack_codes, plan_quantization
+    from mamba_core.registry import choose_backend
     from mamba_core.writer import FILE_METADATA
 
-    q8 = QuantParams(8, 32, "affine")
-    plan = plan_quantization(config, q8, overrides={m: False for m in _all_modules(config)
-                                                    if m not in quantized})
+    config, tensors, _, quantized = read_gguf(path, keep_quantized=not dequantize)
+    chosen = choose_backend(backend).name
+    # the checkpoint route, quantized or not: a temporary mamba-core directory read by load()
     arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
-    for module, (codes, scales, biases) in quantized.items():
-        arrays[f"{module}.weight"] = pack_codes(codes, 8)
-        arrays[f"{module}.scales"] = scales
-        arrays[f"{module}.biases"] = biases
+    extra = {}
+    if quantized:
+        q8 = QuantParams(8, 32, "affine")
+        plan = plan_quantization(config, q8, overrides={m: False for m in _all_modules(config)
+                                                        if m not in quantized})
+        for module, (codes, scales, biases) in quantized.items():
+            arrays[f"{module}.weight"] = pack_codes(codes, 8)
+            arrays[f"{module}.scales"] = scales
+            arrays[f"{module}.biases"] = biases
+        extra = {"quantization": plan.to_config("mamba-core")}
     with tempfile.TemporaryDirectory(prefix=".gguf-") as tmp:
         save_file(arrays, os.path.join(tmp, "model.safetensors"), metadata=FILE_METADATA["mamba-core"])
-        block = plan.to_config("mamba-core")
         with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump({**config.to_dict("mamba-core"), "quantization": block}, f)
+            json.dump({**config.to_dict("mamba-core"), **extra}, f)
         return load(tmp, backend=chosen, dtype=dtype or "float32", device=device)
 
 
@@ -432,7 +425,7 @@ def save_gguf(model, path: str | os.PathLike, *, gguf_type: str = "F16", force: 
     plan = getattr(model, "quantization", None)
     tensors, quantized = {}, {}
     for name, t in exported.items():
-        tensors[name] = _np(t)
+        tensors[name] = module.to_numpy(t)  # uint32 codes stay uint32; bfloat16 widens to float32
     if plan is not None:
         from mamba_core.quantization import unpack_codes
 
@@ -444,33 +437,18 @@ def save_gguf(model, path: str | os.PathLike, *, gguf_type: str = "F16", force: 
     return write_gguf(tensors, model.config, path, gguf_type=gguf_type, force=force, quantized=quantized)
 
 
-def _np(t) -> np.ndarray:
-    """A backend tensor as numpy (uint32 codes as uint32; bfloat16 through float32)."""
-    if type(t).__module__.startswith("torch"):
-        import torch
-
-        t = t.detach().cpu()
-        if t.dtype == torch.uint32:
-            return t.view(torch.int32).numpy().view(np.uint32)
-        return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
-    import mlx.core as mx
-
-    return np.array(t.astype(mx.float32) if t.dtype == mx.bfloat16 else t)
-
-
 def convert_to_gguf(src, dst, *, gguf_type: str = "F16", force: bool = False, backend: str | None = None,
                     revision: str | None = None, dialect: str | None = None) -> Path:
     """Any checkpoint ``load`` reads (a float one) -> one GGUF file at ``dst``."""
-    from mamba_core.conversion import conversion_backend
     from mamba_core.loading import local_path, plan_checkpoint
-    from mamba_core.registry import get_backend
+    from mamba_core.registry import choose_backend, get_backend
 
     dst = Path(dst)
     if dst.exists() and not force:
         raise FileExistsError(f"{str(dst)!r} exists; pass force=True (--force) to replace it")
     if gguf_type not in GGUF_TYPES:
         raise ValueError(f"gguf_type {gguf_type!r} is not supported; expected one of {GGUF_TYPES}")
-    plan = plan_checkpoint(local_path(src, revision=revision), dialect=dialect)
-    module = get_backend(conversion_backend(backend))
+    module = get_backend(choose_backend(backend).name)
+    plan = plan_checkpoint(local_path(src, revision=revision), dialect=dialect, backend=module)
     model = module.load_checkpoint(plan, dtype="float32" if plan.quantization is None else None, device="cpu")
     return save_gguf(model, dst, gguf_type=gguf_type, force=force)

@@ -422,6 +422,19 @@ def dequantize_affine(packed: np.ndarray, scales: np.ndarray, biases: np.ndarray
 QUANTIZED_DIALECTS = ("mamba-core", "mlx-lm")
 
 
+def quantizing_backend(quantize: str | None, backend: str | None) -> str | None:
+    """The backend to convert with when quantizing: the mxfp presets are MLX's own codes, so an
+    ``"auto"`` (or None) choice becomes ``"mlx"`` for them; any other choice is returned as is.
+
+    Example:
+        >>> quantizing_backend("mxfp4", "auto"), quantizing_backend("q4", "auto")
+        ('mlx', 'auto')
+    """
+    if quantize is not None and quantize.startswith("mxfp") and backend in (None, "auto"):
+        return "mlx"
+    return backend
+
+
 def quantization_config(model, dialect: str) -> dict[str, Any]:
     """The config.json keys that record ``model``'s quantization in ``dialect`` (``{}`` for a float
     model): ``quantization`` and its copy ``quantization_config``, as mlx-lm writes them.
@@ -463,10 +476,8 @@ def quantize(model, quantize: str | QuantParams | QuantizationPlan = "q4", *, gr
     Example:
         >>> model = quantize(mamba_core.load("ckpt", backend="mlx"), "q4", group_size=64)  # doctest: +SKIP
     """
-    import importlib
-
     from mamba_core.loading import _backend_of
+    from mamba_core.registry import get_backend
 
-    backend = _backend_of(model)
-    module = importlib.import_module(f"mamba_core.backends.{backend}.quantized")
-    return module.quantize(model, quantize, group_size=group_size, embedding=embedding, kernel=kernel)
+    backend = get_backend(_backend_of(model))
+    return backend.quantize(model, quantize, group_size=group_size, embedding=embedding, kernel=kernel)

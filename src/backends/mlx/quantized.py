@@ -26,7 +26,49 @@ from mamba_core.quantization import (
 QuantizedLinear = nn.QuantizedLinear
 QuantizedEmbedding = nn.QuantizedEmbedding
 # the one kernel family of this backend: MLX's quantized matmul over its own format
-KERNELS = ("affine",)
+QUANTIZE_KERNELS = ("affine",)
+
+
+def unpack_codes(packed: mx.array, bits: int, in_features: int) -> mx.array:
+    """(..., K·bits/32) uint32 words -> (..., K) uint8 codes (each row a little-endian bit stream).
+
+    Example:
+        >>> unpack_codes(mx.array([[0x76543210]], dtype=mx.uint32), 4, 8).tolist()
+        [[0, 1, 2, 3, 4, 5, 6, 7]]
+    """
+    words = packed.astype(mx.uint32)
+    lead = tuple(words.shape[:-1])
+    stream = (words[..., None] >> mx.arange(32, dtype=mx.uint32)) & 1  # (..., W, 32), LSB first
+    stream = stream.reshape(*lead, -1)[..., : in_features * bits].reshape(*lead, in_features, bits)
+    weights = mx.left_shift(mx.array(1, dtype=mx.uint32), mx.arange(bits, dtype=mx.uint32))
+    return (stream * weights).sum(-1).astype(mx.uint8)
+
+
+def pack_codes(codes: mx.array, bits: int) -> mx.array:
+    """Inverse of ``unpack_codes``: (..., K) codes -> (..., K·bits/32) uint32."""
+    k = codes.shape[-1]
+    if (k * bits) % 32:
+        raise ValueError(f"{k} codes of {bits} bits do not fill whole uint32 words")
+    lead = tuple(codes.shape[:-1])
+    c = codes.astype(mx.uint32)
+    stream = (c[..., None] >> mx.arange(bits, dtype=mx.uint32)) & 1  # (..., K, bits)
+    stream = stream.reshape(*lead, k * bits // 32, 32)
+    return (stream << mx.arange(32, dtype=mx.uint32)).sum(-1).astype(mx.uint32)
+
+
+def dequantize(codes: mx.array, scales: mx.array, biases: mx.array | None, params: QuantParams) -> mx.array:
+    """Codes (O, K) uint8 + per-group scales (and biases) (O, K/group) -> (O, K) float (``mx.dequantize``)."""
+    return mx.dequantize(pack_codes(codes, params.bits), scales, biases, group_size=params.group_size,
+                         bits=params.bits, mode=params.mode)
+
+
+def quantize_affine(w: mx.array, params: QuantParams, dtype: mx.Dtype):
+    """A float (O, K) weight -> MLX affine (codes uint8 (O, K), scales, biases in ``dtype``): ``mx.quantize``
+    of the weight in ``dtype``, codes unpacked (the torch backend's function computes the same bits)."""
+    if params.mode != "affine":
+        raise UnsupportedError(f"quantize_affine takes the affine mode, not {params.mode!r}")
+    packed, scales, biases = mx.quantize(w.astype(dtype), group_size=params.group_size, bits=params.bits)
+    return unpack_codes(packed, params.bits, w.shape[-1]), scales, biases
 
 
 def is_quantized(module) -> bool:
@@ -101,8 +143,8 @@ def quantize(model, quantize="q4", *, group_size: int | None = None, embedding: 
         >>> quantize(build_model(tiny_mamba2(), seed=0), "q8", group_size=32).quantization.default.bits
         8
     """
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel={kernel!r}; the MLX backend quantizes with {KERNELS}")
+    if kernel not in QUANTIZE_KERNELS:
+        raise ValueError(f"kernel={kernel!r}; the MLX backend quantizes with {QUANTIZE_KERNELS}")
     if getattr(model, "quantization", None) is not None:
         raise UnsupportedError("the model is already quantized; load the float checkpoint to requantize")
     if not hasattr(model, "lm_head") and not hasattr(model, "backbone"):
@@ -112,46 +154,44 @@ def quantize(model, quantize="q4", *, group_size: int | None = None, embedding: 
     return model
 
 
-def load_quantized(plan, dtype: mx.Dtype, device: mx.Device, read):
-    """Build the LM of a quantized ``LoadPlan`` and fill it (codes as stored, scales/biases in ``dtype``).
+def load_quantized(model, plan, tensors: dict, parts: dict, dtype: mx.Dtype, device: mx.Device):
+    """Fill a lazily built LM from a quantized ``LoadPlan``: the plan's modules become MLX's quantized
+    layers holding the stored codes, scales and biases; the rest is filled by ``heads.assign`` (each
+    tensor cast once by the dtype policy). No placeholder is evaluated.
 
     Args:
+        model: ``Mamba1LM`` / ``Mamba2LM`` built uninitialized (``init=False``).
         plan: a ``LoadPlan`` with ``plan.quantization``.
-        dtype: the model dtype (float tensors, scales and biases).
+        tensors: canonical name -> float array (``plan.entries``, canonical layout).
+        parts: canonical ``"<module>.weight"`` / ``".scales"`` / ``".biases"`` -> array as stored
+            (``plan.quantized_entries``): packed uint32 codes (O, K·bits/32), scales and biases (O, K/group).
+        dtype: model dtype (float tensors, affine scales and biases).
         device: the MLX device.
-        read: ``LoadEntry -> mx.array`` (the backend's file reader).
 
     Returns:
-        ``Mamba1LM`` / ``Mamba2LM`` with ``model.quantization``.
+        ``model``, with ``model.quantization`` (the plan).
+
+    Raises:
+        UnsupportedError: a stack or head asked for (only the LM is built from quantized weights).
+        CheckpointError: packed codes not stored as uint32.
     """
-    from mamba_core.backends.mlx.weights import _new_model, _policy_dtype, _to_mlx_layout
+    from mamba_core.backends.mlx.heads import assign  # heads -> model -> this module
 
     if plan.task.kind != "lm":
         raise UnsupportedError(f"task {plan.task.kind!r} from a quantized checkpoint: only the LM is built "
                                "from quantized weights; load it as an LM")
-    model = _new_model(plan.config, dtype, device, "auto")
     _swap(model, plan.quantization)
-    specs = expand_layout(plan.config)
     weights = []
     with mx.stream(device):
-        for entry in plan.entries:
-            arr = read(entry)
-            if entry.transpose is not None:
-                arr = mx.transpose(arr, entry.transpose)
-            spec = specs[entry.canonical]
-            arr = _to_mlx_layout(arr, spec.mlx_axes)
-            weights.append((entry.canonical, arr.astype(_policy_dtype(spec.dtype_policy, dtype))))
-        for entry in plan.quantized_entries:
-            arr = read(entry)
-            if not entry.canonical.endswith(".weight"):
+        for name, arr in parts.items():
+            if not name.endswith(".weight"):
                 if mx.issubdtype(arr.dtype, mx.floating):  # affine scales/biases; mxfp scales are uint8
                     arr = arr.astype(dtype)
             elif arr.dtype != mx.uint32:
-                raise CheckpointError(f"{entry.source!r} in {entry.file!r}: packed codes must be uint32, "
-                                      f"got {arr.dtype}")
-            weights.append((entry.canonical, arr))
-        model.load_weights(weights, strict=True)
-        mx.eval(model.parameters())
+                raise CheckpointError(f"{name}: packed codes must be uint32, got {arr.dtype}")
+            weights.append((name, arr))
+        model.load_weights(weights, strict=False)  # before assign evaluates the model
+        assign(model, tensors, dtype, allow_missing=[f"{path}.weight" for path in plan.quantization.modules])
     return model
 
 

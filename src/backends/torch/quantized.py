@@ -22,14 +22,12 @@ The mirror image of the MLX backend's ``quantized.py`` (``quantize``, ``load_qua
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mamba_core.errors import CheckpointError, UnsupportedError
-from mamba_core.layout import DIALECT_RENAMES, expand_layout
+from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
 from mamba_core.quantization import (
     QuantizationPlan,
     QuantParams,
@@ -38,7 +36,7 @@ from mamba_core.quantization import (
     plan_quantization,
 )
 
-KERNELS = ("affine", "int8", "int4")
+QUANTIZE_KERNELS = ("affine", "int8", "int4")
 # E2M1 (mxfp4) code -> value
 _FP4 = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0, -6.0)
 
@@ -316,8 +314,8 @@ def quantize(model, quantize="q8", *, group_size: int | None = None, embedding: 
         >>> type(m.backbone.layers[0].mixer.in_proj).__name__
         'QuantizedLinear'
     """
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel={kernel!r}; expected one of {KERNELS}")
+    if kernel not in QUANTIZE_KERNELS:
+        raise ValueError(f"kernel={kernel!r}; expected one of {QUANTIZE_KERNELS}")
     if getattr(model, "quantization", None) is not None:
         raise UnsupportedError("the model is already quantized; load the float checkpoint to requantize")
     if not hasattr(model, "backbone") or not hasattr(model, "logits"):
@@ -367,55 +365,56 @@ def quantize(model, quantize="q8", *, group_size: int | None = None, embedding: 
     return model
 
 
-def load_quantized(plan, dtype: torch.dtype, device, read):
-    """Build the LM of a quantized ``LoadPlan`` with ``QuantizedLinear`` / ``QuantizedEmbedding`` layers.
+def load_quantized(model, plan, tensors: dict, parts: dict, dtype: torch.dtype, device):
+    """Fill an LM built on the ``"meta"`` device from a quantized ``LoadPlan``: the plan's modules become
+    ``QuantizedLinear`` / ``QuantizedEmbedding`` holding the stored codes, scales and biases, the rest
+    gets storage and is filled by ``heads.assign`` (each tensor cast once by the dtype policy).
 
     Args:
+        model: ``Mamba1LM`` / ``Mamba2LM`` on ``"meta"`` (``heads.build_task_model``).
         plan: a ``LoadPlan`` with ``plan.quantization``.
-        dtype: model dtype (float tensors, scales and biases).
+        tensors: canonical name -> float tensor (``plan.entries``, axes moved).
+        parts: canonical ``"<module>.weight"`` / ``".scales"`` / ``".biases"`` -> tensor as stored
+            (``plan.quantized_entries``): packed uint32 codes (O, K·bits/32), scales and biases (O, K/group).
+        dtype: model dtype (float tensors, affine scales and biases).
         device: torch device.
-        read: ``LoadPlan -> {canonical: tensor}`` (the backend's reader).
 
     Returns:
-        ``Mamba1LM`` / ``Mamba2LM`` with ``model.quantization``.
+        ``model`` in eval mode without gradients, with ``model.quantization`` (the plan) and
+        ``model.quantization_kernel``.
+
+    Raises:
+        UnsupportedError: a stack or head asked for (only the LM is built from quantized weights).
+        CheckpointError: packed codes not stored as uint32.
     """
-    from mamba_core.backends.torch.weights import MODEL_CLASSES
+    from mamba_core.backends.torch.heads import assign  # heads -> model -> this module
 
     if plan.task.kind != "lm":
         raise UnsupportedError(f"task {plan.task.kind!r} from a quantized checkpoint: only the LM is built "
                                "from quantized weights; load it as an LM")
     qplan: QuantizationPlan = plan.quantization
-    tensors = read(plan)
-    parts = read(dataclasses.replace(plan, entries=plan.quantized_entries, tied_duplicate=None))
-    with torch.device("meta"):
-        model = MODEL_CLASSES[plan.config.arch](plan.config, dtype=dtype)
     specs = expand_layout(plan.config)
     for path, m in qplan.modules.items():
-        k = m.shape[1]
         packed = parts[f"{path}.weight"]
         if packed.dtype not in (torch.uint32, torch.int32):
             raise CheckpointError(f"{path}.weight: packed codes must be uint32, got {packed.dtype}")
-        codes = unpack_codes(packed.to(device), m.params.bits, k)
+        codes = unpack_codes(packed.to(device), m.params.bits, m.shape[1])
         scale_dtype = torch.uint8 if m.params.mode != "affine" else dtype
         scales = parts[f"{path}.scales"].to(device=device, dtype=scale_dtype)
         biases = parts.get(f"{path}.biases")
         biases = None if biases is None else biases.to(device=device, dtype=dtype)
         if path == "backbone.embedding":
             new = QuantizedEmbedding(codes, scales, biases, m.params, dtype)
-        else:
-            bias = tensors.get(f"{path}.bias")
-            if bias is not None:  # Mamba-1 dt_proj's bias is float32 by the dtype policy
-                policy = specs[f"{path}.bias"].dtype_policy
-                bias = bias.to(device=device, dtype=torch.float32 if policy == "fp32" else dtype)
+        else:  # the float bias (Mamba-1 dt_proj's is float32 by the policy) is filled by assign
+            bias = specs.get(f"{path}.bias")
+            bias = None if bias is None else torch.empty(bias.shape, device=device)
             new = QuantizedLinear(codes, scales, biases, bias, m.params)
         _set(model, path, new)
-    for name, spec in specs.items():
-        if name.removesuffix(".weight") in qplan.modules or name.removesuffix(".bias") in qplan.modules:
-            continue
-        target = torch.float32 if spec.dtype_policy == "fp32" else dtype
-        t = tensors[name].to(device=device, dtype=target).contiguous()
-        parent, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent), attr, nn.Parameter(t, requires_grad=False))
+    for module in model.modules():  # storage for the float rest; the quantized layers hold their own
+        if not is_quantized(module):
+            module.to_empty(device=device, recurse=False)
+    assign(model, tensors, dtype, allow_missing=[f"{path}.weight" for path in qplan.modules])
+    model.requires_grad_(False)  # an inference model: the quantized layers hold no trainable weights
     model.quantization = qplan
     model.quantization_kernel = "affine"
     return model.eval()
@@ -433,8 +432,6 @@ def export_quantized(model, dialect: str) -> dict[str, torch.Tensor]:
             "layout, which no checkpoint format stores; save the float model, or quantize with "
             "kernel='affine' (MLX's format) to write it"
         )
-    from mamba_core.layout import DIALECT_AXES
-
     plan: QuantizationPlan = model.quantization
     params = dict(model.named_parameters())
     out = {}

@@ -43,26 +43,10 @@ _FORMATS = {"q8": ("q8", "affine"), "q4": ("q4", "affine"), "int8": ("q8", "int8
 GROUP_SIZE = 32
 
 
-def _raw(backend, x) -> np.ndarray:
-    """A backend array as numpy with integer codes kept as integers (uint32 as uint32)."""
-    if type(x).__module__.startswith("torch"):
-        import torch
-
-        x = x.detach().cpu()
-        if x.dtype == torch.uint32:
-            return x.view(torch.int32).numpy().view(np.uint32)
-        return x.float().numpy()
-    import mlx.core as mx
-
-    if x.dtype == mx.uint32:
-        return np.array(x)
-    return np.array(x.astype(mx.float32))
-
-
 def dequantized_weights(backend, model) -> dict[str, np.ndarray]:
     """Canonical float64 weights of a quantized model: float tensors as held, quantized modules
     dequantized from their exported codes, scales and biases."""
-    tensors = {k: _raw(backend, v) for k, v in backend.export_tensors(model).items()}
+    tensors = {k: backend.to_numpy(v) for k, v in backend.export_tensors(model).items()}  # codes stay uint32
     for path, m in model.quantization.modules.items():
         p = m.params
         codes = tensors.pop(f"{path}.weight")
@@ -75,12 +59,9 @@ def dequantized_weights(backend, model) -> dict[str, np.ndarray]:
 
 def _quantized(fmt, cfg_name, backend, device, dtype, rng) -> CheckResult:
     """Quantized logits vs the reference on the dequantized weights, and vs the float32 model."""
-    import importlib
-
     preset, kernel = _FORMATS[fmt]
     name = f"quantized/{fmt}/{cfg_name}"
-    module = importlib.import_module(f"mamba_core.backends.{backend.NAME}.quantized")
-    if kernel not in module.KERNELS:
+    if kernel not in backend.QUANTIZE_KERNELS:
         return skipped_result(name, backend.NAME, device, dtype,
                               f"the {backend.NAME} backend has no {kernel} kernel (its affine rows cover it)")
     cfg = MODEL_CONFIGS[cfg_name]
@@ -91,7 +72,7 @@ def _quantized(fmt, cfg_name, backend, device, dtype, rng) -> CheckResult:
         float_model = backend.build_model(cfg, dtype=dtype, device=device, seed=SEED)
         ref_float = float_model(inp.ids(ids))
         model = backend.build_model(cfg, dtype=dtype, device=device, seed=SEED)
-        module.quantize(model, preset, group_size=GROUP_SIZE, kernel=kernel)
+        backend.quantize(model, preset, group_size=GROUP_SIZE, kernel=kernel)
         out = model(inp.ids(ids))
         if kernel == "affine":
             weights = dequantized_weights(backend, model)
