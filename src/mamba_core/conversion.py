@@ -33,7 +33,7 @@ from mamba_core.writer import DEFAULT_SHARD_SIZE, TOKENIZER_FILES, write_checkpo
 
 log = logging.getLogger("mamba_core")
 
-# "canonical" is the house-style name of our own format.
+# "canonical" is an accepted alias of our own format's name.
 _ALIASES = {"canonical": "mamba-core"}
 
 

@@ -27,7 +27,7 @@ SEED = 0  # weights of every model check: the same numbers in every backend (dra
 
 
 def model_tolerance(dtype: str) -> float:
-    """End-to-end logits of the tiny 2-layer models: 2x the op tolerance (house-style §7)."""
+    """End-to-end logits of the tiny 2-layer models: 2x the op tolerance (docs/spec.md §7.2)."""
     return 2 * TOLERANCE[dtype]
 
 
