@@ -81,8 +81,15 @@ def bench_torch(args):
         base = steps / best["ours-fp32"]
         for name, t in best.items():
             row("decode", arch, name, "batch=1", steps / t, "tok/s", f"{steps / t / base:.2f}x fp32")
-        row("decode", arch, "transformers", "batch=1", float("nan"), "tok/s",
-            "n/a: transformers quantizes Mamba through torchao/bitsandbytes (not installed here)")
+        row(
+            "decode",
+            arch,
+            "transformers",
+            "batch=1",
+            float("nan"),
+            "tok/s",
+            "n/a: transformers quantizes Mamba through torchao/bitsandbytes (not installed here)",
+        )
 
 
 def bench_mlx(args):
@@ -154,10 +161,20 @@ def bench_quality(args):
         greedy = "unchanged" if np.array_equal(same, ref_tokens) else "CHANGED"
         plan = getattr(model, "quantization", None)
         affine = getattr(model, "quantization_kernel", "affine") == "affine"  # MLX's format: its size
-        bpw = (f"; {plan.bits_per_weight(model.config):.2f} bits/weight of the quantizable matrices"
-               if plan and affine else "")
-        row("quality", "shipped", name, "bpb", _bpb(logits, ids), "bits",
-            f"logits err {err:.2e}; greedy 64 tokens {greedy}{bpw}")
+        bpw = (
+            f"; {plan.bits_per_weight(model.config):.2f} bits/weight of the quantizable matrices"
+            if plan and affine
+            else ""
+        )
+        row(
+            "quality",
+            "shipped",
+            name,
+            "bpb",
+            _bpb(logits, ids),
+            "bits",
+            f"logits err {err:.2e}; greedy 64 tokens {greedy}{bpw}",
+        )
 
     def torch_fns(m):
         def logits(x):
@@ -184,8 +201,9 @@ def bench_quality(args):
         mx = None
     if mx is not None:
         for preset in ("q8", "q4"):
-            m = mamba_core.quantize(mamba_core.load(SHIPPED_MODEL, backend="mlx", dtype="float32"), preset,
-                                    group_size=64)
+            m = mamba_core.quantize(
+                mamba_core.load(SHIPPED_MODEL, backend="mlx", dtype="float32"), preset, group_size=64
+            )
 
             def logits(x, m=m):
                 return np.array(m(mx.array(x)[None])[0])
@@ -200,8 +218,9 @@ def bench_quality(args):
         return
     with tempfile.TemporaryDirectory() as tmp:
         for gtype in ("F16", "Q8_0"):
-            path = mamba_core.convert(SHIPPED_MODEL, Path(tmp) / f"m-{gtype}.gguf", to="gguf",
-                                      gguf_type=gtype)
+            path = mamba_core.convert(
+                SHIPPED_MODEL, Path(tmp) / f"m-{gtype}.gguf", to="gguf", gguf_type=gtype
+            )
             m = mamba_core.load(path, backend="torch", device="cpu")
             quality(f"gguf-{gtype}", *torch_fns(m), ref, ref_tokens, m)
 

@@ -36,8 +36,12 @@ def test_gguf_round_trip_logits(backend, arch, gguf_type, tmp_path):
     loaded = mamba_core.load(out, backend=backend, device="cpu")
     ids = np.random.default_rng(0).integers(0, CONFIGS[arch].vocab_size, (2, 9))
     ref = model(__import__("torch").tensor(ids)).detach().numpy()
-    check_close(module.to_numpy(loaded(module.from_numpy(ids, device="cpu"))), ref, GGUF_TOLERANCE[gguf_type],
-                f"{backend} {arch} gguf {gguf_type} vs float32")
+    check_close(
+        module.to_numpy(loaded(module.from_numpy(ids, device="cpu"))),
+        ref,
+        GGUF_TOLERANCE[gguf_type],
+        f"{backend} {arch} gguf {gguf_type} vs float32",
+    )
 
 
 @pytest.mark.parametrize("arch", ["m1", "m2"])
@@ -64,8 +68,10 @@ def test_gguf_uses_llama_cpp_conventions(arch, tmp_path):
     assert int(t["token_embd.weight"].shape[-1]) == cfg.vocab_size_padded
     if arch == "m2":
         assert tuple(np.asarray(t["blk.0.ssm_a"].data).shape) == (cfg.nheads, 1)
-        assert tuple(np.asarray(t["blk.0.ssm_norm.weight"].data).shape) == (cfg.ngroups,
-                                                                           cfg.d_inner // cfg.ngroups)
+        assert tuple(np.asarray(t["blk.0.ssm_norm.weight"].data).shape) == (
+            cfg.ngroups,
+            cfg.d_inner // cfg.ngroups,
+        )
 
 
 def test_q8_0_blocks_survive_a_round_trip_exactly(tmp_path, caplog):
@@ -85,8 +91,10 @@ def test_q8_0_blocks_survive_a_round_trip_exactly(tmp_path, caplog):
 
 
 @pytest.mark.llama_cpp
-@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None,
-                    reason="llama-cpp-python is not installed (no wheel for this platform; see docs)")
+@pytest.mark.skipif(
+    importlib.util.find_spec("llama_cpp") is None,
+    reason="llama-cpp-python is not installed (no wheel for this platform; see docs)",
+)
 def test_llama_cpp_reads_our_gguf(tmp_path):
     """llama.cpp loads our F32 file and decodes the same greedy tokens (a real consumer, where installed)."""
     import llama_cpp
@@ -97,7 +105,7 @@ def test_llama_cpp_reads_our_gguf(tmp_path):
     llm = llama_cpp.Llama(model_path=str(out), verbose=False)
     assert llm.n_vocab() == CONFIGS["m2"].vocab_size_padded
     prompt = [3, 1, 4, 1, 5, 9, 2, 6]
-    ours = model.generate(torch.tensor([prompt]), 8)[0, len(prompt):].tolist()
+    ours = model.generate(torch.tensor([prompt]), 8)[0, len(prompt) :].tolist()
     theirs = []
     for token in llm.generate(prompt, top_k=1, top_p=1.0, temp=0.0, repeat_penalty=1.0):
         theirs.append(int(token))
@@ -118,8 +126,9 @@ def test_q8_0_codes_survive_gguf_to_mlx_lm_to_gguf(arch, tmp_path):
     from mamba_core.gguf import save_gguf
 
     require_backend("mlx")
-    cfg = (tiny_mamba1(d_model=64, tie_embeddings=False) if arch == "m1"
-           else tiny_mamba2(d_model=64, ngroups=1))
+    cfg = (
+        tiny_mamba1(d_model=64, tie_embeddings=False) if arch == "m1" else tiny_mamba2(d_model=64, ngroups=1)
+    )
     tb = require_backend("torch")
     src = mamba_core.save(tb.build_model(cfg, seed=1, device="cpu"), tmp_path / "src")
     first = mamba_core.convert(src, tmp_path / "a.gguf", to="gguf", gguf_type="Q8_0")
@@ -137,8 +146,9 @@ def test_q8_0_codes_survive_gguf_to_mlx_lm_to_gguf(arch, tmp_path):
     ids = np.random.default_rng(2).integers(0, cfg.vocab_size, (2, 9))
     check_close(np.array(on_mlx(mx.array(ids))), np.array(theirs(mx.array(ids))), 1e-6, "ours vs mlx-lm")
     on_torch = mamba_core.load(mlx_dir, backend="torch", device="cpu")
-    check_close(on_torch(torch.tensor(ids)).detach().numpy(), np.array(theirs(mx.array(ids))), 1e-5,
-                "torch vs mlx-lm")
+    check_close(
+        on_torch(torch.tensor(ids)).detach().numpy(), np.array(theirs(mx.array(ids))), 1e-5, "torch vs mlx-lm"
+    )
     second = save_gguf(on_torch, tmp_path / "b.gguf", gguf_type="Q8_0")
     a = {t.name: t for t in ref.tensors}
     b = {t.name: t for t in gguf.GGUFReader(second).tensors}

@@ -81,19 +81,26 @@ def test_torch_dequantizes_mlx_format_bit_for_bit(mode, scale_dtype):
     from mamba_core.quantization import QuantParams
 
     rng = np.random.default_rng(0)
-    cases = [(b, g) for b in (2, 3, 4, 5, 6, 8) for g in (32, 64, 128)] if mode == "affine" else \
-        [(4 if mode == "mxfp4" else 8, 32)]
+    cases = (
+        [(b, g) for b in (2, 3, 4, 5, 6, 8) for g in (32, 64, 128)]
+        if mode == "affine"
+        else [(4 if mode == "mxfp4" else 8, 32)]
+    )
     for bits, group in cases:
         w = mx.array(rng.standard_normal((8, 256)).astype(np.float32)).astype(getattr(mx, scale_dtype))
         parts = mx.quantize(w, group_size=group, bits=bits, mode=mode)
         ref = mx.dequantize(*parts, group_size=group, bits=bits, mode=mode)
-        as_torch = [torch.from_numpy(np.array(p.view(mx.uint16) if p.dtype == mx.bfloat16 else p))
-                    for p in parts]
-        as_torch = [t.view(torch.bfloat16) if p.dtype == mx.bfloat16 else t for t, p in
-                    zip(as_torch, parts, strict=True)]
+        as_torch = [
+            torch.from_numpy(np.array(p.view(mx.uint16) if p.dtype == mx.bfloat16 else p)) for p in parts
+        ]
+        as_torch = [
+            t.view(torch.bfloat16) if p.dtype == mx.bfloat16 else t
+            for t, p in zip(as_torch, parts, strict=True)
+        ]
         codes = unpack_codes(as_torch[0].view(torch.int32), bits, 256)
-        ours = dequantize(codes, as_torch[1], as_torch[2] if mode == "affine" else None,
-                          QuantParams(bits, group, mode))
+        ours = dequantize(
+            codes, as_torch[1], as_torch[2] if mode == "affine" else None, QuantParams(bits, group, mode)
+        )
         ref_t = torch.from_numpy(np.array(ref.astype(mx.float32)))
         assert torch.equal(ours.float(), ref_t), (mode, bits, group, scale_dtype)
         if mode == "affine":
@@ -113,8 +120,9 @@ def test_our_quantized_checkpoint_loads_and_generates_in_mlx_lm(backend, preset,
     module = mamba_core.get_backend(backend)
     kw = {"device": "cpu"} if backend == "torch" else {}
     src = mamba_core.save(module.build_model(cfg, seed=3, **kw), tmp_path / "src")
-    dst = mamba_core.convert(src, tmp_path / "q", to="mlx-lm", quantize=preset, group_size=32,
-                             backend=backend)
+    dst = mamba_core.convert(
+        src, tmp_path / "q", to="mlx-lm", quantize=preset, group_size=32, backend=backend
+    )
     block = json.loads((dst / "config.json").read_text())["quantization"]
     assert block["bits"] == int(preset[1]) and block["backbone.layers.0.mixer.dt_proj"] is False
     theirs, _ = load_model(dst)
@@ -172,8 +180,12 @@ def test_quantized_logits_error_against_float32(backend, preset):
     ids = np.random.default_rng(6).integers(0, cfg.vocab_size, (2, 10))
     ref = module.to_numpy(module.build_model(cfg, seed=8, **kw)(module.from_numpy(ids, **kw)))
     q = mamba_core.quantize(module.build_model(cfg, seed=8, **kw), preset, group_size=32)
-    check_close(module.to_numpy(q(module.from_numpy(ids, **kw))), ref, QUANT_TOLERANCE[preset],
-                f"{backend} {preset} vs float32")
+    check_close(
+        module.to_numpy(q(module.from_numpy(ids, **kw))),
+        ref,
+        QUANT_TOLERANCE[preset],
+        f"{backend} {preset} vs float32",
+    )
 
 
 @pytest.mark.parametrize("weight_dtype", ["float32", "float16", "bfloat16"])
@@ -217,12 +229,15 @@ def test_mlx_format_functions_match_torch_bit_for_bit():
             tcodes, tscales, tbiases = tq.quantize_affine(torch.from_numpy(w), p, torch.float32)
             assert np.array_equal(np.array(codes), tcodes.numpy()), (bits, group)
             packed = mq.pack_codes(codes, bits)
-            assert np.array_equal(np.array(packed).view(np.int32),
-                                  tq.pack_codes(tcodes, bits).view(torch.int32).numpy()), (bits, group)
+            assert np.array_equal(
+                np.array(packed).view(np.int32), tq.pack_codes(tcodes, bits).view(torch.int32).numpy()
+            ), (bits, group)
             unpacked = mq.unpack_codes(packed, bits, 128)
             assert np.array_equal(np.array(unpacked), np.array(codes)), (bits, group)
-            assert np.array_equal(np.array(mq.dequantize(codes, scales, biases, p)),
-                                  tq.dequantize(tcodes, tscales, tbiases, p).numpy()), (bits, group)
+            assert np.array_equal(
+                np.array(mq.dequantize(codes, scales, biases, p)),
+                tq.dequantize(tcodes, tscales, tbiases, p).numpy(),
+            ), (bits, group)
 
 
 def test_cli_convert_quantize_writes_what_mlx_lm_loads(tmp_path):
@@ -236,19 +251,54 @@ def test_cli_convert_quantize_writes_what_mlx_lm_loads(tmp_path):
     tb = require_backend("torch")
     src = mamba_core.save(tb.build_model(CONFIGS["m2"], seed=0, device="cpu"), tmp_path / "src")
     env = {**os.environ, "MAMBA_CORE_PROGRESS": "0"}
-    proc = subprocess.run([sys.executable, "-m", "mamba_core", "convert", str(src), str(tmp_path / "q4"),
-                           "--to", "mlx-lm", "--quantize", "q4", "--group-size", "32"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mamba_core",
+            "convert",
+            str(src),
+            str(tmp_path / "q4"),
+            "--to",
+            "mlx-lm",
+            "--quantize",
+            "q4",
+            "--group-size",
+            "32",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "wrote" in proc.stdout
     block = json.loads((tmp_path / "q4" / "config.json").read_text())["quantization_config"]
-    assert {k: block[k] for k in ("bits", "group_size", "mode")} == {"bits": 4, "group_size": 32,
-                                                                    "mode": "affine"}
+    assert {k: block[k] for k in ("bits", "group_size", "mode")} == {
+        "bits": 4,
+        "group_size": 32,
+        "mode": "affine",
+    }
     model, _ = load_model(tmp_path / "q4")
     assert type(model.backbone.layers[0].mixer.in_proj).__name__ == "QuantizedLinear"
-    bad = subprocess.run([sys.executable, "-m", "mamba_core", "convert", str(src), str(tmp_path / "x"),
-                          "--to", "hf", "--quantize", "q8"],
-                         capture_output=True, text=True, env=env, timeout=300)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mamba_core",
+            "convert",
+            str(src),
+            str(tmp_path / "x"),
+            "--to",
+            "hf",
+            "--quantize",
+            "q8",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert bad.returncode != 0 and "cannot be written in the 'hf' dialect" in bad.stderr
 
 

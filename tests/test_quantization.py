@@ -29,8 +29,9 @@ def test_only_linear_projections_and_embedding_are_quantizable():
     for cfg in (tiny_mamba1(tie_embeddings=False), tiny_mamba2()):
         paths = quantizable_modules(cfg)
         leaves = {p.rsplit(".", 1)[-1] for p in paths}
-        expected = {"in_proj", "out_proj", "embedding"} | ({"x_proj", "dt_proj", "lm_head"}
-                                                          if cfg.arch == "mamba1" else set())
+        expected = {"in_proj", "out_proj", "embedding"} | (
+            {"x_proj", "dt_proj", "lm_head"} if cfg.arch == "mamba1" else set()
+        )
         assert leaves == expected
         assert not any(n in p.split(".") for p in paths for n in NEVER_QUANTIZED)
 
@@ -39,23 +40,28 @@ def test_modules_that_do_not_divide_the_group_are_kept_and_reported(caplog):
     cfg = tiny_mamba1(d_model=64)  # dt_proj in width dt_rank=4; in_proj 64, out/x_proj 128
     with caplog.at_level(logging.WARNING, logger="mamba_core"):
         plan = plan_quantization(cfg, params_for("q4", group_size=128))
-    assert set(plan.kept) == {"backbone.embedding"} | {f"backbone.layers.{i}.mixer.{m}" for i in (0, 1)
-                                                       for m in ("dt_proj", "in_proj")}
+    assert set(plan.kept) == {"backbone.embedding"} | {
+        f"backbone.layers.{i}.mixer.{m}" for i in (0, 1) for m in ("dt_proj", "in_proj")
+    }
     assert plan.kept["backbone.layers.0.mixer.dt_proj"] == "input width 4 is not a multiple of group_size 128"
     text = caplog.text
     assert "kept in high precision" in text and "backbone.layers.0.mixer.dt_proj" in text
     assert "backbone.layers.0.mixer.out_proj" in plan.modules
     block = plan.to_config("mlx-lm")
     assert block["backbone.layers.0.mixer.dt_proj"] is False
-    assert {k: block[k] for k in ("group_size", "bits", "mode")} == {"group_size": 128, "bits": 4,
-                                                                    "mode": "affine"}
+    assert {k: block[k] for k in ("group_size", "bits", "mode")} == {
+        "group_size": 128,
+        "bits": 4,
+        "mode": "affine",
+    }
 
 
 def test_embedding_is_optional_and_overrides_apply():
     cfg = tiny_mamba2(d_model=64, ngroups=1)
     q8 = params_for("q8", group_size=32)
-    plan = plan_quantization(cfg, params_for("q4"), embedding=False,
-                             overrides={"backbone.layers.1.mixer.out_proj": q8})
+    plan = plan_quantization(
+        cfg, params_for("q4"), embedding=False, overrides={"backbone.layers.1.mixer.out_proj": q8}
+    )
     assert "backbone.embedding" in plan.kept
     assert plan.params("backbone.layers.1.mixer.out_proj") == q8
     assert plan.to_config()["backbone.layers.1.mixer.out_proj"] == q8.to_dict()
@@ -78,8 +84,9 @@ def _infos(cfg, plan, dialect="mlx-lm", dtype="F16"):
 
 def test_config_block_reads_back_to_the_same_plan():
     cfg = tiny_mamba1(d_model=64, tie_embeddings=False)
-    plan = plan_quantization(cfg, params_for("q8", group_size=64),
-                             overrides={"lm_head": params_for("q4", group_size=32)})
+    plan = plan_quantization(
+        cfg, params_for("q8", group_size=64), overrides={"lm_head": params_for("q4", group_size=32)}
+    )
     block = plan.to_config("mlx-lm")
     again = plan_from_checkpoint(cfg, block, "mlx-lm", _infos(cfg, plan))
     assert again.modules == plan.modules

@@ -88,8 +88,11 @@ def gguf_names(config) -> dict[str, str]:
         "mixer.out_proj.weight": "ssm_out.weight",
         "mixer.out_proj.bias": "ssm_out.bias",
     }
-    top = {"backbone.embedding.weight": "token_embd.weight", "backbone.norm_f.weight": "output_norm.weight",
-           "lm_head.weight": "output.weight"}
+    top = {
+        "backbone.embedding.weight": "token_embd.weight",
+        "backbone.norm_f.weight": "output_norm.weight",
+        "lm_head.weight": "output.weight",
+    }
     out = {}
     for name in expand_layout(config):
         if name in top:
@@ -123,8 +126,9 @@ def _from_gguf_tensor(name: str, a: np.ndarray, shape: tuple[int, ...]) -> np.nd
 def _tensor_type(name: str, a: np.ndarray, gguf_type: str, kept: list[str]):
     gguf = _gguf()
     q = gguf.GGMLQuantizationType
-    always_f32 = (a.ndim < 2 or "norm" in name or name.endswith(("ssm_a", "ssm_d", "conv1d.weight"))
-                  or ".bias" in name)
+    always_f32 = (
+        a.ndim < 2 or "norm" in name or name.endswith(("ssm_a", "ssm_d", "conv1d.weight")) or ".bias" in name
+    )
     if always_f32 or gguf_type == "F32":
         return q.F32
     if gguf_type == "F16":
@@ -153,8 +157,10 @@ def affine_to_q8_0(codes: np.ndarray, scales: np.ndarray, biases: np.ndarray) ->
     (``bias == -128·scale`` with ``scale`` an fp16 value)."""
     scales = scales.astype(np.float32)
     d = scales.astype(np.float16)
-    if not (np.array_equal(d.astype(np.float32), scales) and np.array_equal(biases.astype(np.float32),
-                                                                             -128.0 * scales)):
+    if not (
+        np.array_equal(d.astype(np.float32), scales)
+        and np.array_equal(biases.astype(np.float32), -128.0 * scales)
+    ):
         return None
     o, k = codes.shape
     q = (codes.astype(np.int16) - 128).astype(np.int8).reshape(o, k // 32, 32)
@@ -162,8 +168,15 @@ def affine_to_q8_0(codes: np.ndarray, scales: np.ndarray, biases: np.ndarray) ->
     return np.ascontiguousarray(blocks.reshape(o, k // 32 * 34))
 
 
-def write_gguf(tensors: dict[str, np.ndarray], config, path: str | os.PathLike, *, gguf_type: str = "F16",
-               force: bool = False, quantized: dict[str, tuple] | None = None) -> Path:
+def write_gguf(
+    tensors: dict[str, np.ndarray],
+    config,
+    path: str | os.PathLike,
+    *,
+    gguf_type: str = "F16",
+    force: bool = False,
+    quantized: dict[str, tuple] | None = None,
+) -> Path:
     """Write canonical float32 numpy tensors of a Mamba LM as one GGUF file, atomically.
 
     Args:
@@ -195,18 +208,30 @@ def write_gguf(tensors: dict[str, np.ndarray], config, path: str | os.PathLike, 
     tensors = dict(tensors)
     requantized = []
     for module, (codes, scales, biases, params) in (quantized or {}).items():
-        blocks = (affine_to_q8_0(codes, scales, biases)
-                  if params.mode == "affine" and params.bits == 8 and params.group_size == 32 and
-                  biases is not None and gguf_type == "Q8_0" else None)
+        blocks = (
+            affine_to_q8_0(codes, scales, biases)
+            if params.mode == "affine"
+            and params.bits == 8
+            and params.group_size == 32
+            and biases is not None
+            and gguf_type == "Q8_0"
+            else None
+        )
         if blocks is not None:
             exact[f"{module}.weight"] = blocks
             continue
         requantized.append(module)
         tensors[f"{module}.weight"] = _dequantize_np(codes, scales, biases, params)
     if requantized:
-        log.warning("gguf %s: %d MLX-quantized module(s) have no exact %s form and were dequantized and "
-                    "written as %s: %s", path, len(requantized), gguf_type, gguf_type,
-                    ", ".join(requantized[:6]) + (" ..." if len(requantized) > 6 else ""))
+        log.warning(
+            "gguf %s: %d MLX-quantized module(s) have no exact %s form and were dequantized and "
+            "written as %s: %s",
+            path,
+            len(requantized),
+            gguf_type,
+            gguf_type,
+            ", ".join(requantized[:6]) + (" ..." if len(requantized) > 6 else ""),
+        )
     try:
         w = gguf.GGUFWriter(tmp, arch)
         w.add_context_length(2**20)  # no positional limit; llama.cpp's converters write the same
@@ -225,8 +250,13 @@ def write_gguf(tensors: dict[str, np.ndarray], config, path: str | os.PathLike, 
         else:
             w.add_ssm_time_step_rank(config.nheads)
             w.add_ssm_group_count(config.ngroups)
-        w.add_file_type({"F32": gguf.LlamaFileType.ALL_F32, "F16": gguf.LlamaFileType.MOSTLY_F16,
-                         "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0}[gguf_type])
+        w.add_file_type(
+            {
+                "F32": gguf.LlamaFileType.ALL_F32,
+                "F16": gguf.LlamaFileType.MOSTLY_F16,
+                "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
+            }[gguf_type]
+        )
         w.add_string(_CONFIG_KEY, json.dumps(config.to_dict("mamba-core")))
         # llama.cpp requires a tokenizer model; "none" makes it use {arch}.vocab_size dummy tokens
         # (token ids in, token ids out). Writing a checkpoint's own BPE vocabulary is not done yet.
@@ -265,8 +295,13 @@ def _dequantize_np(codes, scales, biases, params) -> np.ndarray:
 
     if params.mode != "affine":
         raise UnsupportedError(f"{params.mode} layers cannot be written to GGUF; load the float model")
-    return dequantize_affine(pack_codes(codes, params.bits), scales.astype(np.float32),
-                             biases.astype(np.float32), params.group_size, params.bits)
+    return dequantize_affine(
+        pack_codes(codes, params.bits),
+        scales.astype(np.float32),
+        biases.astype(np.float32),
+        params.group_size,
+        params.bits,
+    )
 
 
 def _field(reader, key: str, default=None):
@@ -301,8 +336,9 @@ def read_gguf(path: str | os.PathLike, *, keep_quantized: bool = False):
     arch = _field(reader, "general.architecture")
     ours = {v: k for k, v in _ARCHS.items()}
     if arch not in ours:
-        raise UnsupportedError(f"{path!r}: GGUF architecture {arch!r} is not supported; expected "
-                               f"{sorted(ours)}")
+        raise UnsupportedError(
+            f"{path!r}: GGUF architecture {arch!r} is not supported; expected {sorted(ours)}"
+        )
     stored = {t.name: t for t in reader.tensors}
     embd = stored.get("token_embd.weight")
     if embd is None:
@@ -313,14 +349,20 @@ def read_gguf(path: str | os.PathLike, *, keep_quantized: bool = False):
     else:  # a file from llama.cpp's converter: its hyperparameters
         d_model = int(_field(reader, f"{arch}.embedding_length"))
         d_inner = int(_field(reader, f"{arch}.ssm.inner_size"))
-        cfg = {"arch": ours[arch], "d_model": d_model, "n_layer": int(_field(reader, f"{arch}.block_count")),
-               "vocab_size": int(embd.shape[-1]), "pad_vocab_size_multiple": 1,
-               "d_state": int(_field(reader, f"{arch}.ssm.state_size")),
-               "d_conv": int(_field(reader, f"{arch}.ssm.conv_kernel")),
-               "expand": d_inner // d_model,
-               "norm_epsilon": float(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
-               "tie_embeddings": "output.weight" not in stored,
-               "conv_bias": "blk.0.ssm_conv1d.bias" in stored, "bias": "blk.0.ssm_in.bias" in stored}
+        cfg = {
+            "arch": ours[arch],
+            "d_model": d_model,
+            "n_layer": int(_field(reader, f"{arch}.block_count")),
+            "vocab_size": int(embd.shape[-1]),
+            "pad_vocab_size_multiple": 1,
+            "d_state": int(_field(reader, f"{arch}.ssm.state_size")),
+            "d_conv": int(_field(reader, f"{arch}.ssm.conv_kernel")),
+            "expand": d_inner // d_model,
+            "norm_epsilon": float(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon", 1e-5)),
+            "tie_embeddings": "output.weight" not in stored,
+            "conv_bias": "blk.0.ssm_conv1d.bias" in stored,
+            "bias": "blk.0.ssm_in.bias" in stored,
+        }
         if ours[arch] == "mamba1":
             cfg["dt_rank"] = int(_field(reader, f"{arch}.ssm.time_step_rank"))
         else:
@@ -341,8 +383,12 @@ def read_gguf(path: str | os.PathLike, *, keep_quantized: bool = False):
             missing.append(gname)
             continue
         module = name.removesuffix(".weight")
-        if keep_quantized and t.tensor_type == gguf.GGMLQuantizationType.Q8_0 and module in modules \
-                and tuple(modules[module]) == specs[name].shape:
+        if (
+            keep_quantized
+            and t.tensor_type == gguf.GGMLQuantizationType.Q8_0
+            and module in modules
+            and tuple(modules[module]) == specs[name].shape
+        ):
             quantized[module] = q8_0_to_affine(np.asarray(t.data), specs[name].shape)
             types[name] = t.tensor_type.name
             continue
@@ -356,18 +402,32 @@ def read_gguf(path: str | os.PathLike, *, keep_quantized: bool = False):
     if missing or bad or unexpected:
         raise CheckpointError(
             f"{path!r} does not match its {arch} hyperparameters: "
-            + "; ".join(p for p in (
-                f"missing {missing[:8]}" if missing else "",
-                f"unexpected {unexpected[:8]}" if unexpected else "",
-                "wrong size " + ", ".join(f"{n} expected {e}, got {g}" for n, e, g in bad[:8]) if bad else "",
-            ) if p),
-            missing=missing, unexpected=unexpected, mismatched=bad,
+            + "; ".join(
+                p
+                for p in (
+                    f"missing {missing[:8]}" if missing else "",
+                    f"unexpected {unexpected[:8]}" if unexpected else "",
+                    "wrong size " + ", ".join(f"{n} expected {e}, got {g}" for n, e, g in bad[:8])
+                    if bad
+                    else "",
+                )
+                if p
+            ),
+            missing=missing,
+            unexpected=unexpected,
+            mismatched=bad,
         )
     return config, tensors, types, quantized
 
 
-def load_gguf(path: str | os.PathLike, *, backend: str = "auto", dtype: str | None = None,
-              device: str | None = None, dequantize: bool = False):
+def load_gguf(
+    path: str | os.PathLike,
+    *,
+    backend: str = "auto",
+    dtype: str | None = None,
+    device: str | None = None,
+    dequantize: bool = False,
+):
     """A backend LM from a GGUF file.
 
     Q8_0 projections stay quantized (MLX-format 8-bit layers, group 32, float32 scales: exactly
@@ -391,8 +451,9 @@ def load_gguf(path: str | os.PathLike, *, backend: str = "auto", dtype: str | No
     extra = {}
     if quantized:
         q8 = QuantParams(8, 32, "affine")
-        plan = plan_quantization(config, q8, overrides={m: False for m in _all_modules(config)
-                                                        if m not in quantized})
+        plan = plan_quantization(
+            config, q8, overrides={m: False for m in _all_modules(config) if m not in quantized}
+        )
         for module, (codes, scales, biases) in quantized.items():
             arrays[f"{module}.weight"] = pack_codes(codes, 8)
             arrays[f"{module}.scales"] = scales
@@ -437,8 +498,16 @@ def save_gguf(model, path: str | os.PathLike, *, gguf_type: str = "F16", force: 
     return write_gguf(tensors, model.config, path, gguf_type=gguf_type, force=force, quantized=quantized)
 
 
-def convert_to_gguf(src, dst, *, gguf_type: str = "F16", force: bool = False, backend: str | None = None,
-                    revision: str | None = None, dialect: str | None = None) -> Path:
+def convert_to_gguf(
+    src,
+    dst,
+    *,
+    gguf_type: str = "F16",
+    force: bool = False,
+    backend: str | None = None,
+    revision: str | None = None,
+    dialect: str | None = None,
+) -> Path:
     """Any checkpoint ``load`` reads (a float one) -> one GGUF file at ``dst``."""
     from mamba_core.loading import local_path, plan_checkpoint
     from mamba_core.registry import choose_backend, get_backend

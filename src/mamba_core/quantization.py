@@ -56,8 +56,17 @@ QUANTIZABLE: dict[str, str] = {
 # roles that exist only in some architectures / configurations
 _ROLE_ARCHS = {"x_proj": ("mamba1",), "dt_proj": ("mamba1",)}
 # Never quantized, whatever is asked (documentation and a check for overrides).
-NEVER_QUANTIZED = ("conv1d", "norm", "norm_f", "A_log", "D", "dt_bias", "dt_proj.bias", "ssm_state",
-                   "conv_state")
+NEVER_QUANTIZED = (
+    "conv1d",
+    "norm",
+    "norm_f",
+    "A_log",
+    "D",
+    "dt_bias",
+    "dt_proj.bias",
+    "ssm_state",
+    "conv_state",
+)
 
 # mode -> (allowed bits, allowed group sizes, default (group_size, bits), has biases)
 MODES: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, int], bool]] = {
@@ -66,8 +75,12 @@ MODES: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, int], bool]]
     "mxfp8": ((8,), (32,), (32, 8), False),
 }
 # short names accepted by the API and the CLI
-PRESETS: dict[str, tuple[str, int]] = {"q4": ("affine", 4), "q8": ("affine", 8), "mxfp4": ("mxfp4", 4),
-                                       "mxfp8": ("mxfp8", 8)}
+PRESETS: dict[str, tuple[str, int]] = {
+    "q4": ("affine", 4),
+    "q8": ("affine", 8),
+    "mxfp4": ("mxfp4", 4),
+    "mxfp8": ("mxfp8", 8),
+}
 
 
 @dataclass(frozen=True)
@@ -80,15 +93,23 @@ class QuantParams:
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise ConfigError(f"quantization mode {self.mode!r} is not supported; expected one of "
-                              f"{tuple(MODES)}", field="quantization.mode")
+            raise ConfigError(
+                f"quantization mode {self.mode!r} is not supported; expected one of {tuple(MODES)}",
+                field="quantization.mode",
+            )
         bits, groups, _, _ = MODES[self.mode]
         if self.bits not in bits:
-            raise ConfigError(f"quantization bits={self.bits!r} is not supported in mode {self.mode!r}; "
-                              f"expected one of {bits}", field="quantization.bits")
+            raise ConfigError(
+                f"quantization bits={self.bits!r} is not supported in mode {self.mode!r}; "
+                f"expected one of {bits}",
+                field="quantization.bits",
+            )
         if self.group_size not in groups:
-            raise ConfigError(f"quantization group_size={self.group_size!r} is not supported in mode "
-                              f"{self.mode!r}; expected one of {groups}", field="quantization.group_size")
+            raise ConfigError(
+                f"quantization group_size={self.group_size!r} is not supported in mode "
+                f"{self.mode!r}; expected one of {groups}",
+                field="quantization.group_size",
+            )
 
     @property
     def has_biases(self) -> bool:
@@ -106,8 +127,13 @@ class QuantParams:
         return (out_features, in_features // self.group_size)
 
 
-def params_for(preset: str | None = None, *, bits: int | None = None, group_size: int | None = None,
-               mode: str | None = None) -> QuantParams:
+def params_for(
+    preset: str | None = None,
+    *,
+    bits: int | None = None,
+    group_size: int | None = None,
+    mode: str | None = None,
+) -> QuantParams:
     """``"q4"`` / ``"q8"`` / ``"mxfp4"`` / ``"mxfp8"`` (or explicit bits/mode) -> ``QuantParams``.
 
     Raises:
@@ -119,16 +145,19 @@ def params_for(preset: str | None = None, *, bits: int | None = None, group_size
     """
     if preset is not None:
         if preset not in PRESETS:
-            raise ConfigError(f"quantization {preset!r} is not known; expected one of {tuple(PRESETS)}",
-                              field="quantize")
+            raise ConfigError(
+                f"quantization {preset!r} is not known; expected one of {tuple(PRESETS)}", field="quantize"
+            )
         mode, preset_bits = PRESETS[preset]
         if bits is not None and bits != preset_bits:
             raise ConfigError(f"quantization {preset!r} has {preset_bits} bits, not {bits}", field="bits")
         bits = preset_bits
     mode = mode or "affine"
     if mode not in MODES:
-        raise ConfigError(f"quantization mode {mode!r} is not supported; expected one of {tuple(MODES)}",
-                          field="quantization.mode")
+        raise ConfigError(
+            f"quantization mode {mode!r} is not supported; expected one of {tuple(MODES)}",
+            field="quantization.mode",
+        )
     default_group, default_bits = MODES[mode][2]
     return QuantParams(bits or default_bits, group_size or default_group, mode)
 
@@ -166,8 +195,11 @@ class QuantizationPlan:
         if not reasons:
             return self
         report_kept(reasons)
-        return QuantizationPlan(self.default, {p: m for p, m in self.modules.items() if p not in reasons},
-                                {**self.kept, **reasons})
+        return QuantizationPlan(
+            self.default,
+            {p: m for p, m in self.modules.items() if p not in reasons},
+            {**self.kept, **reasons},
+        )
 
     def to_config(self, dialect: str = "mamba-core") -> dict[str, Any]:
         """The config.json ``quantization`` block (module paths in ``dialect``'s names)."""
@@ -233,8 +265,13 @@ def quantizable_modules(config) -> dict[str, tuple[int, int]]:
     return out
 
 
-def plan_quantization(config, params: QuantParams, *, embedding: bool = True,
-                      overrides: dict[str, QuantParams | bool] | None = None) -> QuantizationPlan:
+def plan_quantization(
+    config,
+    params: QuantParams,
+    *,
+    embedding: bool = True,
+    overrides: dict[str, QuantParams | bool] | None = None,
+) -> QuantizationPlan:
     """Decide, for every quantizable module of ``config``, whether and how it is quantized.
 
     Modules whose input width is not a multiple of their group size are kept and logged at WARNING
@@ -255,9 +292,11 @@ def plan_quantization(config, params: QuantParams, *, embedding: bool = True,
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - set(quantizable_modules(config)))
     if unknown:
-        raise ConfigError(f"quantization override(s) for {unknown}: not quantizable modules of this "
-                          f"model; quantizable: {sorted(quantizable_modules(config))[:6]} ...",
-                          field="quantization")
+        raise ConfigError(
+            f"quantization override(s) for {unknown}: not quantizable modules of this "
+            f"model; quantizable: {sorted(quantizable_modules(config))[:6]} ...",
+            field="quantization",
+        )
     modules: dict[str, QuantizedModule] = {}
     kept: dict[str, str] = {}
     for path, (o, k) in quantizable_modules(config).items():
@@ -293,8 +332,10 @@ def _params_from_dict(d: dict[str, Any], where: str) -> QuantParams:
     try:
         return QuantParams(int(d["bits"]), int(d["group_size"]), str(d.get("mode", "affine")))
     except (KeyError, TypeError, ValueError) as e:
-        raise ConfigError(f"{where}: expected {{'group_size': int, 'bits': int, 'mode': str}}, got {d!r}",
-                          field="quantization") from e
+        raise ConfigError(
+            f"{where}: expected {{'group_size': int, 'bits': int, 'mode': str}}, got {d!r}",
+            field="quantization",
+        ) from e
 
 
 def read_config_block(d: dict[str, Any]) -> dict[str, Any] | None:
@@ -308,8 +349,9 @@ def read_config_block(d: dict[str, Any]) -> dict[str, Any] | None:
     return None
 
 
-def plan_from_checkpoint(config, block: dict[str, Any], dialect: str,
-                         tensors: dict[str, Any]) -> QuantizationPlan:
+def plan_from_checkpoint(
+    config, block: dict[str, Any], dialect: str, tensors: dict[str, Any]
+) -> QuantizationPlan:
     """The plan of a quantized checkpoint: its config block plus the tensors it holds.
 
     As mlx-lm does, a module is quantized when the file holds ``<module>.scales``; its parameters are the
@@ -336,11 +378,18 @@ def plan_from_checkpoint(config, block: dict[str, Any], dialect: str,
         name = module_name(path, dialect)
         override = block.get(name)
         if f"{name}.scales" not in tensors:
-            g = override.get("group_size", default.group_size) if isinstance(override, dict) else \
-                default.group_size
-            kept[path] = ("kept in high precision by the checkpoint's config" if override is False
-                          else f"input width {k} is not a multiple of group_size {g}" if k % g
-                          else "not quantized in the checkpoint")
+            g = (
+                override.get("group_size", default.group_size)
+                if isinstance(override, dict)
+                else default.group_size
+            )
+            kept[path] = (
+                "kept in high precision by the checkpoint's config"
+                if override is False
+                else f"input width {k} is not a multiple of group_size {g}"
+                if k % g
+                else "not quantized in the checkpoint"
+            )
             continue
         p = _params_from_dict(override, f"quantization[{name!r}]") if isinstance(override, dict) else default
         want = {"weight": p.packed_shape(o, k), "scales": p.scales_shape(o, k)}
@@ -350,8 +399,7 @@ def plan_from_checkpoint(config, block: dict[str, Any], dialect: str,
             info = tensors.get(f"{name}.{part}")
             got = "missing" if info is None else str(tuple(info.shape))
             if info is None or tuple(info.shape) != shape:
-                bad.append((f"{name}.{part}", f"{shape} ({p.bits}-bit, group {p.group_size}, {p.mode})",
-                            got))
+                bad.append((f"{name}.{part}", f"{shape} ({p.bits}-bit, group {p.group_size}, {p.mode})", got))
         winfo = tensors.get(f"{name}.weight")
         if winfo is not None and winfo.dtype != "U32":
             bad.append((f"{name}.weight", "uint32 packed codes", f"dtype {winfo.dtype}"))
@@ -399,8 +447,9 @@ def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
     return np.ascontiguousarray(as_bytes).view("<u4").astype(np.uint32)
 
 
-def dequantize_affine(packed: np.ndarray, scales: np.ndarray, biases: np.ndarray, group_size: int,
-                      bits: int) -> np.ndarray:
+def dequantize_affine(
+    packed: np.ndarray, scales: np.ndarray, biases: np.ndarray, group_size: int, bits: int
+) -> np.ndarray:
     """MLX affine dequantization in numpy: ``w = scale·q + bias`` per group, in the scales' dtype
     (float32 or float16; one multiply and one add, each rounded, as MLX computes it).
 
@@ -458,8 +507,14 @@ def quantization_config(model, dialect: str) -> dict[str, Any]:
     return {"quantization": block, "quantization_config": dict(block)}
 
 
-def quantize(model, quantize: str | QuantParams | QuantizationPlan = "q4", *, group_size: int | None = None,
-             embedding: bool = True, kernel: str = "affine"):
+def quantize(
+    model,
+    quantize: str | QuantParams | QuantizationPlan = "q4",
+    *,
+    group_size: int | None = None,
+    embedding: bool = True,
+    kernel: str = "affine",
+):
     """Quantize a loaded float LM in place, on its own backend, and return it.
 
     Args:

@@ -58,8 +58,14 @@ def pack_codes(codes: mx.array, bits: int) -> mx.array:
 
 def dequantize(codes: mx.array, scales: mx.array, biases: mx.array | None, params: QuantParams) -> mx.array:
     """Codes (O, K) uint8 + per-group scales (and biases) (O, K/group) -> (O, K) float (``mx.dequantize``)."""
-    return mx.dequantize(pack_codes(codes, params.bits), scales, biases, group_size=params.group_size,
-                         bits=params.bits, mode=params.mode)
+    return mx.dequantize(
+        pack_codes(codes, params.bits),
+        scales,
+        biases,
+        group_size=params.group_size,
+        bits=params.bits,
+        mode=params.mode,
+    )
 
 
 def quantize_affine(w: mx.array, params: QuantParams, dtype: mx.Dtype):
@@ -88,9 +94,16 @@ def matmul_no_bias(layer, x: mx.array) -> mx.array:
         (..., O).
     """
     if isinstance(layer, nn.QuantizedLinear):
-        return mx.quantized_matmul(x, layer["weight"], scales=layer["scales"], biases=layer.get("biases"),
-                                   transpose=True, group_size=layer.group_size, bits=layer.bits,
-                                   mode=layer.mode)
+        return mx.quantized_matmul(
+            x,
+            layer["weight"],
+            scales=layer["scales"],
+            biases=layer.get("biases"),
+            transpose=True,
+            group_size=layer.group_size,
+            bits=layer.bits,
+            mode=layer.mode,
+        )
     return x @ layer.weight.T
 
 
@@ -122,8 +135,9 @@ def _swap(model, plan: QuantizationPlan) -> None:
     model.quantization = plan
 
 
-def quantize(model, quantize="q4", *, group_size: int | None = None, embedding: bool = True,
-             kernel: str = "affine"):
+def quantize(
+    model, quantize="q4", *, group_size: int | None = None, embedding: bool = True, kernel: str = "affine"
+):
     """Quantize a float LM in place with MLX's quantized layers and return it.
 
     Args:
@@ -178,8 +192,10 @@ def load_quantized(model, plan, tensors: dict, parts: dict, dtype: mx.Dtype, dev
     from mamba_core.backends.mlx.heads import assign  # heads -> model -> this module
 
     if plan.task.kind != "lm":
-        raise UnsupportedError(f"task {plan.task.kind!r} from a quantized checkpoint: only the LM is built "
-                               "from quantized weights; load it as an LM")
+        raise UnsupportedError(
+            f"task {plan.task.kind!r} from a quantized checkpoint: only the LM is built "
+            "from quantized weights; load it as an LM"
+        )
     _swap(model, plan.quantization)
     weights = []
     with mx.stream(device):
@@ -219,5 +235,11 @@ def export_quantized(model, dialect: str) -> dict[str, mx.array]:
 
 def dequantize_weight(layer) -> mx.array:
     """The float (O, K) weight a quantized layer stands for (``mx.dequantize``)."""
-    return mx.dequantize(layer["weight"], layer["scales"], layer.get("biases"), group_size=layer.group_size,
-                         bits=layer.bits, mode=layer.mode)
+    return mx.dequantize(
+        layer["weight"],
+        layer["scales"],
+        layer.get("biases"),
+        group_size=layer.group_size,
+        bits=layer.bits,
+        mode=layer.mode,
+    )

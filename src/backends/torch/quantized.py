@@ -74,8 +74,9 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     return as_bytes.contiguous().view(torch.int32).view(torch.uint32)
 
 
-def dequantize(codes: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor | None,
-               params: QuantParams) -> torch.Tensor:
+def dequantize(
+    codes: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor | None, params: QuantParams
+) -> torch.Tensor:
     """Codes (O, K) uint8 + per-group scales (and biases) (O, K/group) -> (O, K) float, as MLX computes it.
 
     Affine: ``scale·q + bias`` in the scales' dtype. mxfp4/mxfp8: ``value(q)·2**(scale-127)`` in float32.
@@ -100,8 +101,14 @@ class QuantizedLinear(nn.Module):
     ``scales`` (O, K/group), ``biases`` (O, K/group) for the affine mode; ``bias`` (O,) float or None.
     """
 
-    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor | None,
-                 bias: torch.Tensor | None, params: QuantParams):
+    def __init__(
+        self,
+        codes: torch.Tensor,
+        scales: torch.Tensor,
+        biases: torch.Tensor | None,
+        bias: torch.Tensor | None,
+        params: QuantParams,
+    ):
         super().__init__()
         self.params = params
         self.in_features, self.out_features = codes.shape[1], codes.shape[0]
@@ -121,15 +128,23 @@ class QuantizedLinear(nn.Module):
 
     def extra_repr(self) -> str:
         p = self.params
-        return (f"{self.in_features}, {self.out_features}, bits={p.bits}, group_size={p.group_size}, "
-                f"mode={p.mode}")
+        return (
+            f"{self.in_features}, {self.out_features}, bits={p.bits}, group_size={p.group_size}, "
+            f"mode={p.mode}"
+        )
 
 
 class QuantizedEmbedding(nn.Module):
     """An embedding holding MLX-format quantized rows; ``as_linear`` is the tied head."""
 
-    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor | None,
-                 params: QuantParams, dtype: torch.dtype):
+    def __init__(
+        self,
+        codes: torch.Tensor,
+        scales: torch.Tensor,
+        biases: torch.Tensor | None,
+        params: QuantParams,
+        dtype: torch.dtype,
+    ):
         super().__init__()
         self.params = params
         self.out_dtype = dtype
@@ -146,8 +161,12 @@ class QuantizedEmbedding(nn.Module):
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """(...) int -> (..., D): only the looked-up rows are dequantized."""
         flat = ids.reshape(-1)
-        rows = dequantize(self.codes[flat], self.scales[flat],
-                          None if self.biases is None else self.biases[flat], self.params)
+        rows = dequantize(
+            self.codes[flat],
+            self.scales[flat],
+            None if self.biases is None else self.biases[flat],
+            self.params,
+        )
         return rows.to(self.out_dtype).reshape(*ids.shape, self.embedding_dim)
 
     def as_linear(self, x: torch.Tensor) -> torch.Tensor:
@@ -210,19 +229,24 @@ class Int4Linear(nn.Module):
             packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
         else:
             tiles = next(t for t in (8, 4, 2) if k % (16 * t) == 0)
-            packed = torch.ops.aten._convert_weight_to_int4pack((q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8),
-                                                               tiles)
+            packed = torch.ops.aten._convert_weight_to_int4pack(
+                (q[:, ::2] << 4 | q[:, 1::2]).to(torch.uint8), tiles
+            )
         self.register_buffer("packed", packed)
-        self.register_buffer("scale_zeros", torch.stack([scale, zero], -1).transpose(0, 1).contiguous()
-                             .to(torch.bfloat16))
+        self.register_buffer(
+            "scale_zeros", torch.stack([scale, zero], -1).transpose(0, 1).contiguous().to(torch.bfloat16)
+        )
         self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach(), requires_grad=False)
 
     def forward(self, x: torch.Tensor, *, with_bias: bool = True) -> torch.Tensor:
         """(..., K) -> (..., O) in ``x``'s dtype (bfloat16 inside the kernel)."""
         lead = x.shape[:-1]
         x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
-        mm = (torch.ops.aten._weight_int4pack_mm_for_cpu if x.device.type == "cpu"
-              else torch.ops.aten._weight_int4pack_mm)
+        mm = (
+            torch.ops.aten._weight_int4pack_mm_for_cpu
+            if x.device.type == "cpu"
+            else torch.ops.aten._weight_int4pack_mm
+        )
         y = mm(x2, self.packed, self.group_size, self.scale_zeros).to(x.dtype)
         y = y.reshape(*lead, self.out_features)
         return y + self.bias.to(x.dtype) if with_bias and self.bias is not None else y
@@ -272,8 +296,10 @@ def quantize_affine(w: torch.Tensor, params: QuantParams, dtype: torch.dtype):
     ``q = clamp(rint((w - bias) / scale), 0, 2**bits - 1)``.
     """
     if params.mode != "affine":
-        raise UnsupportedError(f"the torch backend quantizes float weights in the affine mode only, not "
-                               f"{params.mode!r}; quantize with the MLX backend (mxfp codes load here)")
+        raise UnsupportedError(
+            f"the torch backend quantizes float weights in the affine mode only, not "
+            f"{params.mode!r}; quantize with the MLX backend (mxfp codes load here)"
+        )
     o, k = w.shape
     g = w.detach().to(dtype).float().reshape(o, k // params.group_size, params.group_size)
     n_bins = float((1 << params.bits) - 1)
@@ -290,8 +316,9 @@ def quantize_affine(w: torch.Tensor, params: QuantParams, dtype: torch.dtype):
     return q.reshape(o, k).to(torch.uint8), scale.to(dtype), bias.to(dtype)
 
 
-def quantize(model, quantize="q8", *, group_size: int | None = None, embedding: bool = True,
-             kernel: str = "affine"):
+def quantize(
+    model, quantize="q8", *, group_size: int | None = None, embedding: bool = True, kernel: str = "affine"
+):
     """Quantize a float LM in place and return it.
 
     Args:
@@ -323,23 +350,33 @@ def quantize(model, quantize="q8", *, group_size: int | None = None, embedding: 
     if isinstance(quantize, QuantizationPlan):
         plan = quantize
     else:
-        params = (quantize if isinstance(quantize, QuantParams)
-                  else params_for(quantize, group_size=group_size))
+        params = (
+            quantize if isinstance(quantize, QuantParams) else params_for(quantize, group_size=group_size)
+        )
         want = {"int8": 8, "int4": 4}.get(kernel)
         if want is not None and (params.bits != want or params.mode != "affine"):
-            raise ValueError(f"kernel={kernel!r} holds {want}-bit affine weights, not {params.bits}-bit "
-                             f"{params.mode}; pass quantize='q{want}'")
+            raise ValueError(
+                f"kernel={kernel!r} holds {want}-bit affine weights, not {params.bits}-bit "
+                f"{params.mode}; pass quantize='q{want}'"
+            )
         plan = plan_quantization(model.config, params, embedding=embedding and kernel == "affine")
         if kernel != "affine" and embedding and model.config.tie_embeddings:
             rows = model.config.vocab_size_padded
-            why = (f"lookups stay float; the tied head multiplies by an {kernel} copy of the table"
-                   if kernel == "int8" or rows % 16 == 0 else
-                   f"the tied head stays float: the int4 kernel needs out_features divisible by 16, "
-                   f"got {rows}")
+            why = (
+                f"lookups stay float; the tied head multiplies by an {kernel} copy of the table"
+                if kernel == "int8" or rows % 16 == 0
+                else f"the tied head stays float: the int4 kernel needs out_features divisible by 16, "
+                f"got {rows}"
+            )
             plan = plan.keep({"backbone.embedding": why})
         if kernel == "int4":  # tinygemm packs output rows in tiles of 16
-            plan = plan.keep({p: f"int4 kernel needs out_features divisible by 16, got {m.shape[0]}"
-                              for p, m in plan.modules.items() if m.shape[0] % 16})
+            plan = plan.keep(
+                {
+                    p: f"int4 kernel needs out_features divisible by 16, got {m.shape[0]}"
+                    for p, m in plan.modules.items()
+                    if m.shape[0] % 16
+                }
+            )
     dtype = model.backbone.norm_f.weight.dtype
     for path, m in plan.modules.items():
         old = model.get_submodule(path)
@@ -390,8 +427,10 @@ def load_quantized(model, plan, tensors: dict, parts: dict, dtype: torch.dtype, 
     from mamba_core.backends.torch.heads import assign  # heads -> model -> this module
 
     if plan.task.kind != "lm":
-        raise UnsupportedError(f"task {plan.task.kind!r} from a quantized checkpoint: only the LM is built "
-                               "from quantized weights; load it as an LM")
+        raise UnsupportedError(
+            f"task {plan.task.kind!r} from a quantized checkpoint: only the LM is built "
+            "from quantized weights; load it as an LM"
+        )
     qplan: QuantizationPlan = plan.quantization
     specs = expand_layout(plan.config)
     for path, m in qplan.modules.items():

@@ -62,8 +62,13 @@ def _quantized(fmt, cfg_name, backend, device, dtype, rng) -> CheckResult:
     preset, kernel = _FORMATS[fmt]
     name = f"quantized/{fmt}/{cfg_name}"
     if kernel not in backend.QUANTIZE_KERNELS:
-        return skipped_result(name, backend.NAME, device, dtype,
-                              f"the {backend.NAME} backend has no {kernel} kernel (its affine rows cover it)")
+        return skipped_result(
+            name,
+            backend.NAME,
+            device,
+            dtype,
+            f"the {backend.NAME} backend has no {kernel} kernel (its affine rows cover it)",
+        )
     cfg = MODEL_CONFIGS[cfg_name]
     cmp = Comparison(name, backend, device, dtype)
     inp = Inputs(backend, device, dtype, rng)
@@ -76,10 +81,18 @@ def _quantized(fmt, cfg_name, backend, device, dtype, rng) -> CheckResult:
         out = model(inp.ids(ids))
         if kernel == "affine":
             weights = dequantized_weights(backend, model)
-            cmp.close("logits vs reference on the dequantized weights", out,
-                      R.lm_forward(cfg, weights, ids)[0], model_tolerance(dtype))
-        cmp.close(f"logits vs the {dtype} model (quantization error)", out, as_numpy(backend, ref_float),
-                  QUANT_TOLERANCE[fmt])
+            cmp.close(
+                "logits vs reference on the dequantized weights",
+                out,
+                R.lm_forward(cfg, weights, ids)[0],
+                model_tolerance(dtype),
+            )
+        cmp.close(
+            f"logits vs the {dtype} model (quantization error)",
+            out,
+            as_numpy(backend, ref_float),
+            QUANT_TOLERANCE[fmt],
+        )
         cmp.fact("some module quantized", bool(model.quantization.modules))
     return cmp.result()
 
