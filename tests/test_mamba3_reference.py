@@ -17,8 +17,10 @@ import pytest
 
 import mamba_core.mamba3_config as config_module
 import mamba_core.mamba3_layout as layout_module
+import mamba_core.reference.gated_mlp as mlp_module
 import mamba_core.reference.mamba3 as m3
 import mamba_core.reference.mamba3_initialization as init_module
+import mamba_core.reference.mamba3_lm as lm_module
 from mamba_core.errors import ConfigError
 from mamba_core.mamba3_config import Mamba3Config
 from mamba_core.mamba3_layout import (
@@ -27,7 +29,8 @@ from mamba_core.mamba3_layout import (
     expand_mamba3_layout,
     mamba3_cache_shapes,
 )
-from mamba_core.reference import ssd_scan
+from mamba_core.reference import rmsnorm, ssd_scan
+from mamba_core.reference.gated_mlp import gated_mlp
 from mamba_core.reference.mamba3_initialization import block_weights, init_mamba3_weights
 
 TIGHT = 1e-12  # float64 vs float64: only the order of the sums differs
@@ -38,7 +41,10 @@ def _err(out, expected) -> float:
     return float(np.abs(out - expected).max() / max(np.abs(expected).max(), 1e-300))
 
 
-def _states_err(a: dict, b: dict) -> float:
+def _states_err(a, b) -> float:
+    # dicts of cache fields, or tuples in cache-field order
+    a = a if isinstance(a, dict) else dict(zip(m3.STATE_FIELDS, a, strict=True))
+    b = b if isinstance(b, dict) else dict(zip(m3.STATE_FIELDS, b, strict=True))
     errs = [_err(a[f], b[f]) for f in ("ssm_state", "k_state", "v_state")]
     turn = np.mod(a["angle_state"] - b["angle_state"] + math.pi, 2 * math.pi) - math.pi
     return max(*errs, float(np.abs(turn).max()))
@@ -63,11 +69,11 @@ VARIANTS = [
 ]
 
 
-def _random_state(rng, cfg: Mamba3Config, batch: int) -> dict:
+def _random_state(rng, cfg: Mamba3Config, batch: int) -> tuple:
     shapes = mamba3_cache_shapes(cfg, batch)
     out = {f: rng.standard_normal(shape) for f, (shape, _) in shapes.items()}
     out["angle_state"] = rng.uniform(0.0, 2 * math.pi, shapes["angle_state"][0])
-    return out
+    return tuple(out[f] for f in m3.STATE_FIELDS)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -152,7 +158,7 @@ def test_cache_layout():
     assert tuple(MAMBA3_CACHE_LAYOUT) == m3.STATE_FIELDS
 
 
-@pytest.mark.parametrize("module", [config_module, layout_module, m3, init_module])
+@pytest.mark.parametrize("module", [config_module, layout_module, m3, init_module, mlp_module, lm_module])
 def test_docstring_examples(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
@@ -298,13 +304,11 @@ def test_scan_rejects_bad_inputs():
         m3.mamba3_scan(**inp)  # rank 2 without the MIMO up-projection
     with pytest.raises(ValueError, match="L >= 1"):
         m3.mamba3_scan(**{k: (v[:, :0] if k not in ("q_bias", "k_bias") else v) for k, v in inp.items()})
-    with pytest.raises(ValueError, match="lacks"):
-        m3.mamba3_state_update(
-            {"ssm_state": 0},
-            *(inp[k][:, 0] for k in ("q", "k", "v", "adt", "dt", "trap", "angles")),
-            inp["q_bias"],
-            inp["k_bias"],
-        )
+    token = [inp[k][:, 0] for k in ("q", "k", "v", "adt", "dt", "trap", "angles")]
+    with pytest.raises(ValueError, match="ssm_state has shape"):
+        m3.mamba3_state_update({"ssm_state": np.zeros(3)}, *token, inp["q_bias"], inp["k_bias"])
+    with pytest.raises(ValueError, match="unknown fields"):
+        m3.mamba3_state_update({"conv_state": None}, *token, inp["q_bias"], inp["k_bias"])
 
 
 # ------------------------------------------------------------------------------------------------
@@ -316,23 +320,26 @@ def test_scan_rejects_bad_inputs():
 def test_mixer_forward_equals_steps_and_split_prefill(variant):
     cfg = _cfg(**variant)
     rng = np.random.default_rng(5)
-    w = block_weights(init_mamba3_weights(cfg, rng, perturb=True), 0, "mixer.")
+    w = block_weights(init_mamba3_weights(cfg, rng, perturb_norms=True), 0, "mixer.")
     h = rng.standard_normal((2, 11, cfg.d_model))  # 11 tokens, chunk 4: ragged last chunk
     state0 = _random_state(rng, cfg, 2)
-    out, st = m3.mamba3_mixer(h, w, cfg, state0)
+    out, *st = m3.mamba3_mixer(h, w, cfg, *state0)
     # token by token
     s, steps = state0, []
     for t in range(h.shape[1]):
-        o, s = m3.mamba3_mixer_step(h[:, t], w, cfg, s)
+        o, *s = m3.mamba3_mixer_step(h[:, t], w, cfg, *s)
         steps.append(o)
     assert _err(np.stack(steps, 1), out) < TIGHT and _states_err(s, st) < TIGHT
     # prefill in two calls, the second from the first one's cache
-    out_a, st_a = m3.mamba3_mixer(h[:, :6], w, cfg, state0)
-    out_b, st_b = m3.mamba3_mixer(h[:, 6:], w, cfg, st_a)
+    out_a, *st_a = m3.mamba3_mixer(h[:, :6], w, cfg, *state0)
+    out_b, *st_b = m3.mamba3_mixer(h[:, 6:], w, cfg, *st_a)
     assert _err(np.concatenate([out_a, out_b], 1), out) < TIGHT and _states_err(st_b, st) < TIGHT
     # the chunk size is numerics only
-    out_c, st_c = m3.mamba3_mixer(h, w, cfg.replace(chunk_size=3), state0)
+    out_c, *st_c = m3.mamba3_mixer(h, w, cfg.replace(chunk_size=3), *state0)
     assert _err(out_c, out) < TIGHT and _states_err(st_c, st) < TIGHT
+    # a missing field is zeros, like an all-zero state
+    zeros = tuple(np.zeros_like(x) for x in state0)
+    assert _err(m3.mamba3_mixer(h, w, cfg)[0], m3.mamba3_mixer(h, w, cfg, *zeros)[0]) == 0.0
 
 
 def test_a_parameterisations_differ():
@@ -340,8 +347,8 @@ def test_a_parameterisations_differ():
     rng = np.random.default_rng(6)
     w = block_weights(init_mamba3_weights(cfg, rng), 0, "mixer.")
     h = rng.standard_normal((1, 5, cfg.d_model))
-    heavy, _ = m3.mamba3_mixer(h, w, cfg)
-    soft, _ = m3.mamba3_mixer(h, w, cfg.replace(a_param="softplus"))
+    heavy = m3.mamba3_mixer(h, w, cfg)[0]
+    soft = m3.mamba3_mixer(h, w, cfg.replace(a_param="softplus"))[0]
     assert _err(soft, heavy) > 1e-3  # a checkpoint read with the wrong form gives other outputs
 
 
@@ -351,7 +358,7 @@ def test_gated_mlp_by_hand():
     fc1, fc2 = rng.standard_normal((6, 4)), rng.standard_normal((4, 3))
     y, g = np.split(h @ fc1.T, 2, axis=-1)
     expected = (y * g / (1 + np.exp(-g))) @ fc2.T
-    np.testing.assert_allclose(m3.gated_mlp(h, {"fc1.weight": fc1, "fc2.weight": fc2}), expected, rtol=1e-13)
+    np.testing.assert_allclose(gated_mlp(h, {"fc1.weight": fc1, "fc2.weight": fc2}), expected, rtol=1e-13)
 
 
 @pytest.mark.parametrize(
@@ -374,30 +381,30 @@ def test_gated_mlp_by_hand():
 def test_lm_decode_equals_prefill(variant):
     cfg = _cfg(**variant)
     rng = np.random.default_rng(8)
-    ws = init_mamba3_weights(cfg, rng, perturb=True)
+    ws = init_mamba3_weights(cfg, rng, perturb_norms=True)
     ids = rng.integers(0, cfg.vocab_size, (2, 9))
-    logits, states = m3.mamba3_lm_forward(cfg, ws, ids)
+    logits, states = lm_module.mamba3_lm_forward(cfg, ws, ids)
     assert logits.shape == (2, 9, cfg.vocab_size_padded)
     st, steps = None, []
     for t in range(ids.shape[1]):
-        lg, st = m3.mamba3_lm_step(cfg, ws, ids[:, t], st)
+        lg, st = lm_module.mamba3_lm_step(cfg, ws, ids[:, t], st)
         steps.append(lg)
     assert _err(np.stack(steps, 1), logits) < TIGHT
     assert max(_states_err(a, b) for a, b in zip(st, states, strict=True)) < TIGHT
     # the MLP acts: dropping it changes the logits
     if cfg.has_mlp:
         bare = {k: v for k, v in ws.items() if ".mlp." not in k and "norm2" not in k}
-        assert _err(m3.mamba3_lm_forward(cfg.replace(d_intermediate=0), bare, ids)[0], logits) > 1e-3
+        assert _err(lm_module.mamba3_lm_forward(cfg.replace(d_intermediate=0), bare, ids)[0], logits) > 1e-3
 
 
 def test_block_is_mixer_then_mlp_residuals():
     cfg = _cfg(d_intermediate=16)
     rng = np.random.default_rng(9)
-    ws = init_mamba3_weights(cfg, rng, perturb=True)
+    ws = init_mamba3_weights(cfg, rng, perturb_norms=True)
     w = block_weights(ws, 1)
     x = rng.standard_normal((1, 4, cfg.d_model))
-    out, _ = m3.mamba3_block(x, w, cfg)
-    mix, _ = m3.mamba3_mixer(m3.rmsnorm(x, w["norm.weight"]), block_weights(ws, 1, "mixer."), cfg)
+    out, _ = lm_module.mamba3_block(x, w, cfg)
+    mix = m3.mamba3_mixer(rmsnorm(x, w["norm.weight"]), block_weights(ws, 1, "mixer."), cfg)[0]
     mid = x + mix
-    expected = mid + m3.gated_mlp(m3.rmsnorm(mid, w["norm2.weight"]), block_weights(ws, 1, "mlp."))
+    expected = mid + gated_mlp(rmsnorm(mid, w["norm2.weight"]), block_weights(ws, 1, "mlp."))
     assert _err(out, expected) < TIGHT

@@ -6,9 +6,9 @@ is the whole LM with the prefix applied. Dtype policy: what upstream creates in 
 model dtype (``dt_bias``, ``B_bias``, ``C_bias``, ``D``, ``mimo_x/z/o``) is ``"fp32"``; the rest follows
 the model dtype. Mamba-3 has no conv, so no tensor changes axes between torch and MLX layout.
 
-Reading order: ``MAMBA3_MIXER_ROWS``, ``MAMBA3_BLOCK_ROWS``, ``MAMBA3_SEGMENTS`` (the ``in_proj`` split),
-``MAMBA3_CACHE_LAYOUT``, then ``expand_mamba3_layout`` (a config -> concrete names and shapes).
-See docs/mamba3.md §2.
+Reading order: ``MAMBA3_MIXER_ROWS``, ``GATED_MLP_ROWS``, ``MAMBA3_BLOCK_ROWS``, ``MAMBA3_SEGMENTS``
+(the ``in_proj`` split), ``MAMBA3_CACHE_LAYOUT``, then ``expand_mamba3_layout`` (a config -> concrete
+names and shapes). See docs/mamba3.md §2.
 """
 
 from __future__ import annotations
@@ -32,15 +32,23 @@ MAMBA3_MIXER_ROWS: tuple[Param, ...] = (
     Param("out_proj.weight", ("d_model", "d_inner")),
 )
 
+# The gated MLP, relative to the MLP prefix (``backbone.layers.{i}.mlp.``); no biases.
+GATED_MLP_ROWS: tuple[Param, ...] = (
+    Param("fc1.weight", ("d_fc1", "d_model")),
+    Param("fc2.weight", ("d_model", "d_mlp")),
+)
+
+
+def _under(prefix: str, rows: tuple[Param, ...], when: str | None = None) -> tuple[Param, ...]:
+    return tuple(Param(prefix + p.name, p.shape, p.dtype_policy, p.mlx_axes, p.when or when) for p in rows)
+
+
 # One block, relative to the layer prefix: pre-norm, mixer, and (``d_intermediate > 0``) norm2 + gated MLP.
 MAMBA3_BLOCK_ROWS: tuple[Param, ...] = (
     (Param("norm.weight", ("d_model",)),)
-    + tuple(Param("mixer." + p.name, p.shape, p.dtype_policy, p.mlx_axes, p.when) for p in MAMBA3_MIXER_ROWS)
-    + (
-        Param("norm2.weight", ("d_model",), when="has_mlp"),
-        Param("mlp.fc1.weight", ("d_fc1", "d_model"), when="has_mlp"),
-        Param("mlp.fc2.weight", ("d_model", "d_mlp"), when="has_mlp"),
-    )
+    + _under("mixer.", MAMBA3_MIXER_ROWS)
+    + (Param("norm2.weight", ("d_model",), when="has_mlp"),)
+    + _under("mlp.", GATED_MLP_ROWS, when="has_mlp")
 )
 
 MAMBA3_HEAD_ROWS: tuple[Param, ...] = (
@@ -50,10 +58,7 @@ MAMBA3_HEAD_ROWS: tuple[Param, ...] = (
 )
 
 # The whole LM with the layer prefix applied (the same shape of table as the Mamba-1/2 layouts).
-MAMBA3_LAYOUT: tuple[Param, ...] = (
-    tuple(Param(LAYER + p.name, p.shape, p.dtype_policy, p.mlx_axes, p.when) for p in MAMBA3_BLOCK_ROWS)
-    + MAMBA3_HEAD_ROWS
-)
+MAMBA3_LAYOUT: tuple[Param, ...] = _under(LAYER, MAMBA3_BLOCK_ROWS) + MAMBA3_HEAD_ROWS
 
 # Split order and sizes of the ``in_proj`` outputs (config attribute names).
 MAMBA3_SEGMENTS: tuple[tuple[str, str], ...] = (

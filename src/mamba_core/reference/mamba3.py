@@ -10,18 +10,20 @@ R     MIMO rank (1 for SISO)                          A     rotary angles per he
 M     gated-MLP hidden width (``cfg.d_mlp``)
 ====  ==============================================  ====  =============================
 
-Three layers of functions:
+Two layers of functions:
 
 * scan ops at the kernel interface: ``mamba3_state_update`` (one token), ``mamba3_scan`` (the recurrence
   over a sequence) and ``mamba3_chunked`` (the chunked form, memory O(B·H·(Q²R² + P·N)) per chunk, never
   (B, L, H, P, N)); all three take already-projected inputs and return the per-rank output before the gate;
   ``mamba3_gate_out`` applies the gate (or the out-projection norm) and the MIMO down-projection;
 * the mixer, ``mamba3_mixer`` / ``mamba3_mixer_step``, over a params dict keyed by names relative to the
-  mixer prefix (``in_proj.weight``, ``dt_bias``, ...; docs/mamba3.md §2);
-* ``gated_mlp``, ``mamba3_block`` / ``mamba3_block_step`` (names relative to the layer prefix) and
-  ``mamba3_lm_forward`` / ``mamba3_lm_step`` (canonical names).
+  mixer prefix (``in_proj.weight``, ``dt_bias``, ...; docs/mamba3.md §2), with the layer-kind interface
+  ``forward(h, w, cfg, *state) -> (out, *state)`` of docs/architecture.md. The gated MLP of Mamba-3
+  blocks is its own kind (``reference/gated_mlp.py``); ``reference/mamba3_lm.py`` stacks both into
+  blocks and an LM.
 
-The decode cache of one layer is a dict with the fields of ``MAMBA3_CACHE_LAYOUT``: ``angle_state``
+The decode cache of one layer has the fields of ``MAMBA3_CACHE_LAYOUT``, in this order (the scan ops take
+and return them as a dict, the mixer as positional fields): ``angle_state``
 (B, H, A), ``ssm_state`` (B, H, P, N), ``k_state`` (B, R, H, N) (the previous token's biased, rotated B),
 ``v_state`` (B, H, P) (the previous token's x, before the MIMO up-projection).
 """
@@ -175,12 +177,20 @@ def zero_state(batch: int, nheads: int, headdim: int, d_state: int, num_angles: 
 
 
 def _state_or_zeros(state, batch, nheads, headdim, d_state, num_angles, rank) -> dict:
+    # a state dict (a field that is None or absent = zeros) or None (all zeros)
+    zeros = zero_state(batch, nheads, headdim, d_state, num_angles, rank)
     if state is None:
-        return zero_state(batch, nheads, headdim, d_state, num_angles, rank)
-    missing = [f for f in STATE_FIELDS if f not in state]
-    if missing:
-        raise ValueError(f"Mamba-3 state lacks {missing}; expected the fields {STATE_FIELDS}")
-    return {f: _f64(state[f]) for f in STATE_FIELDS}
+        return zeros
+    unknown = sorted(set(state) - set(STATE_FIELDS))
+    if unknown:
+        raise ValueError(f"Mamba-3 state has unknown fields {unknown}; expected {STATE_FIELDS}")
+    out = {}
+    for field in STATE_FIELDS:
+        value = state.get(field)
+        out[field] = zeros[field] if value is None else _f64(value)
+        if out[field].shape != zeros[field].shape:
+            raise ValueError(f"Mamba-3 {field} has shape {out[field].shape}, expected {zeros[field].shape}")
+    return out
 
 
 def _prev_kv(state: dict, mimo_x, rank: int) -> np.ndarray:
@@ -478,8 +488,13 @@ def _scan_kwargs(w: Mapping, cfg: Mamba3Config) -> dict:
     }
 
 
-def mamba3_mixer(h, w: Mapping, cfg: Mamba3Config, state=None):
+def mamba3_mixer(
+    h, w: Mapping, cfg: Mamba3Config, angle_state=None, ssm_state=None, k_state=None, v_state=None
+):
     """The Mamba-3 mixer over a sequence (chunked scan with ``cfg.chunk_size``; docs/mamba3.md §3).
+
+    The layer-kind interface (``forward(h, w, cfg, *state) -> (out, *state)``) with the cache fields of
+    ``MAMBA3_CACHE_LAYOUT`` in order.
 
     Args:
         h: (B, L, D) normed input.
@@ -488,20 +503,24 @@ def mamba3_mixer(h, w: Mapping, cfg: Mamba3Config, state=None):
             ``B_norm.weight``/``C_norm.weight`` (N,), ``D`` (H,), MIMO ``mimo_x/z/o`` (H, R, P),
             ``norm.weight`` (E,) when ``is_outproj_norm``, ``out_proj.weight`` (D, E).
         cfg: the model config.
-        state: a decode-cache dict (``angle_state``, ``ssm_state``, ``k_state``, ``v_state``) or None.
+        angle_state: (B, H, A) or None (zeros).
+        ssm_state: (B, H, P, N) or None.
+        k_state: (B, R, H, N) or None.
+        v_state: (B, H, P) or None.
 
     Returns:
-        ``(out, state)``: out (B, L, D); the cache after the last token.
+        ``(out, angle_state, ssm_state, k_state, v_state)``: out (B, L, D); the cache after the last token.
 
     Example:
         >>> from mamba_core.reference.mamba3_initialization import init_mamba3_weights, block_weights
         >>> cfg = Mamba3Config(d_model=16, n_layer=1, vocab_size=10, d_state=8, headdim=8, chunk_size=4)
         >>> w = block_weights(init_mamba3_weights(cfg, np.random.default_rng(0)), 0, "mixer.")
-        >>> out, st = mamba3_mixer(np.ones((2, 5, 16)), w, cfg)
-        >>> out.shape, st["ssm_state"].shape, st["k_state"].shape
-        ((2, 5, 16), (2, 4, 8, 8), (2, 1, 4, 8))
+        >>> out, angle, ssm, k, v = mamba3_mixer(np.ones((2, 5, 16)), w, cfg)
+        >>> out.shape, angle.shape, ssm.shape, k.shape, v.shape
+        ((2, 5, 16), (2, 4, 2), (2, 4, 8, 8), (2, 1, 4, 8), (2, 4, 8))
     """
     p = _project(h, w, cfg)
+    state = dict(zip(STATE_FIELDS, (angle_state, ssm_state, k_state, v_state), strict=True))
     y, state = mamba3_chunked(
         p["C"],
         p["B"],
@@ -516,22 +535,25 @@ def mamba3_mixer(h, w: Mapping, cfg: Mamba3Config, state=None):
         initial_state=state,
         **_scan_kwargs(w, cfg),
     )
-    return _finish(y, p, w, cfg), state
+    return (_finish(y, p, w, cfg), *(state[f] for f in STATE_FIELDS))
 
 
-def mamba3_mixer_step(h, w: Mapping, cfg: Mamba3Config, state):
+def mamba3_mixer_step(
+    h, w: Mapping, cfg: Mamba3Config, angle_state=None, ssm_state=None, k_state=None, v_state=None
+):
     """One decode step of the Mamba-3 mixer: O(1) in the position (docs/mamba3.md §4).
 
     Args:
         h: (B, D) normed input of one token.
         w: the mixer tensors (see ``mamba3_mixer``).
         cfg: the model config.
-        state: the decode-cache dict, or None (zeros: the first token).
+        angle_state, ssm_state, k_state, v_state: the cache fields (see ``mamba3_mixer``), None = zeros.
 
     Returns:
-        ``(out, state)``: out (B, D); the new cache.
+        ``(out, angle_state, ssm_state, k_state, v_state)``: out (B, D); the new cache.
     """
     p = _project(h, w, cfg)
+    state = dict(zip(STATE_FIELDS, (angle_state, ssm_state, k_state, v_state), strict=True))
     y, state = mamba3_state_update(
         state,
         p["C"],
@@ -545,104 +567,4 @@ def mamba3_mixer_step(h, w: Mapping, cfg: Mamba3Config, state):
         w["B_bias"],
         **_scan_kwargs(w, cfg),
     )
-    return _finish(y, p, w, cfg), state
-
-
-# ------------------------------------------------------------------------------------------------
-# block and language model
-# ------------------------------------------------------------------------------------------------
-
-
-def gated_mlp(h, w: Mapping) -> np.ndarray:
-    """The gated MLP of a block: ``fc2(y * silu(g))`` with ``[y, g] = fc1(h)`` (docs/mamba3.md §5).
-
-    Args:
-        h: (..., D).
-        w: ``fc1.weight`` (2M, D), ``fc2.weight`` (D, M), names relative to the ``mlp.`` prefix.
-
-    Returns:
-        (..., D) float64.
-    """
-    y = _linear(_f64(h), w["fc1.weight"])
-    half = y.shape[-1] // 2
-    return _linear(y[..., :half] * _silu(y[..., half:]), w["fc2.weight"])
-
-
-def _sub(w: Mapping, prefix: str) -> dict:
-    return {name[len(prefix) :]: value for name, value in w.items() if name.startswith(prefix)}
-
-
-def mamba3_block(x, w: Mapping, cfg: Mamba3Config, state=None):
-    """One block over a sequence: ``x += mixer(norm(x))``, then (MLP) ``x += mlp(norm2(x))``.
-
-    Args:
-        x: (B, L, D) residual stream.
-        w: the block's tensors under names relative to the layer prefix (``MAMBA3_BLOCK_ROWS``).
-        cfg: the model config.
-        state: the mixer's decode cache or None.
-
-    Returns:
-        ``(x, state)``: the new residual stream (B, L, D) and the mixer's cache.
-    """
-    x = _f64(x)
-    out, state = mamba3_mixer(rmsnorm(x, w["norm.weight"], cfg.norm_epsilon), _sub(w, "mixer."), cfg, state)
-    x = x + out
-    if cfg.has_mlp:
-        x = x + gated_mlp(rmsnorm(x, w["norm2.weight"], cfg.norm_epsilon), _sub(w, "mlp."))
-    return x, state
-
-
-def mamba3_block_step(x, w: Mapping, cfg: Mamba3Config, state):
-    """One decode step of a block (see ``mamba3_block``); x (B, D)."""
-    x = _f64(x)
-    out, state = mamba3_mixer_step(
-        rmsnorm(x, w["norm.weight"], cfg.norm_epsilon), _sub(w, "mixer."), cfg, state
-    )
-    x = x + out
-    if cfg.has_mlp:
-        x = x + gated_mlp(rmsnorm(x, w["norm2.weight"], cfg.norm_epsilon), _sub(w, "mlp."))
-    return x, state
-
-
-def _lm_head(weights: Mapping) -> np.ndarray:
-    return _f64(weights.get("lm_head.weight", weights["backbone.embedding.weight"]))
-
-
-def mamba3_lm_forward(cfg: Mamba3Config, weights: Mapping, input_ids, states=None):
-    """Mamba-3 language model over a sequence: embedding, blocks, ``norm_f``, LM head.
-
-    Args:
-        cfg: the model config.
-        weights: canonical names -> arrays (``expand_mamba3_layout``); the head is tied to the
-            embedding when ``lm_head.weight`` is absent.
-        input_ids: (B, L) integer token ids.
-        states: None or a list of ``n_layer`` cache dicts.
-
-    Returns:
-        ``(logits, states)``: logits (B, L, V) float64; the per-layer caches.
-    """
-    x = _f64(weights["backbone.embedding.weight"])[np.asarray(input_ids)]
-    new_states = []
-    for i in range(cfg.n_layer):
-        x, st = mamba3_block(
-            x, _sub(weights, f"backbone.layers.{i}."), cfg, None if states is None else states[i]
-        )
-        new_states.append(st)
-    x = rmsnorm(x, weights["backbone.norm_f.weight"], cfg.norm_epsilon)
-    return x @ _lm_head(weights).T, new_states
-
-
-def mamba3_lm_step(cfg: Mamba3Config, weights: Mapping, token_ids, states):
-    """One decode step of the language model: logits (B, V) and the new caches (see ``mamba3_lm_forward``).
-
-    ``states`` None means the first token (all caches zero).
-    """
-    if states is None:
-        states = [None] * cfg.n_layer
-    x = _f64(weights["backbone.embedding.weight"])[np.asarray(token_ids)]
-    new_states = []
-    for i in range(cfg.n_layer):
-        x, st = mamba3_block_step(x, _sub(weights, f"backbone.layers.{i}."), cfg, states[i])
-        new_states.append(st)
-    x = rmsnorm(x, weights["backbone.norm_f.weight"], cfg.norm_epsilon)
-    return x @ _lm_head(weights).T, new_states
+    return (_finish(y, p, w, cfg), *(state[f] for f in STATE_FIELDS))

@@ -1,6 +1,7 @@
 """Random Mamba-3 checkpoints with the official initialization (test checkpoints; docs/mamba3.md §2.3).
 
-Part of ``mamba_core.reference``.
+``init_mamba3`` and ``init_gated_mlp`` are the per-kind initializations (short names, float64, before the
+residual rescale), ``init_mamba3_weights`` composes a whole LM. Part of ``mamba_core.reference``.
 """
 
 from __future__ import annotations
@@ -15,29 +16,71 @@ from mamba_core.mamba3_layout import expand_mamba3_layout
 from mamba_core.reference.initialization import _dt_bias, _linear_weight
 
 
-def _near(rng: np.random.Generator, base: float, shape, perturb: bool) -> np.ndarray:
-    # a constant init, optionally moved by U(-0.2, 0.2) relative so tests exercise the multiply
-    value = np.full(shape, float(base))
-    return value * (1.0 + rng.uniform(-0.2, 0.2, shape)) if perturb else value
+def _const(rng: np.random.Generator, value: float, shape, perturb: bool) -> np.ndarray:
+    # a constant init; with ``perturb`` moved by U(-20 %, +20 %) so tests see every axis of it act
+    out = np.full(shape, float(value))
+    return out * (1.0 + rng.uniform(-0.2, 0.2, shape)) if perturb else out
 
 
-def init_mamba3_weights(cfg: Mamba3Config, rng: np.random.Generator, *, perturb: bool = False) -> dict:
-    """A random Mamba-3 checkpoint with the official initialization.
+def init_mamba3(rng: np.random.Generator, cfg: Mamba3Config, perturb_norms: bool = False) -> dict:
+    """Official Mamba-3 mixer init: short name -> float64 array (``out_proj`` not yet rescaled).
 
-    Embedding N(0, ``initializer_range``); Linear weights U(±1/sqrt(fan_in)) (torch's default), with
-    ``out_proj`` and ``mlp.fc2`` divided by sqrt(n_residuals · n_layer) (n_residuals = 2 with the MLP) when
-    ``rescale_prenorm_residual``; ``dt_bias`` the inverse softplus of a log-uniform dt in
-    [dt_min, dt_max] floored at ``dt_init_floor``; ``B_bias = C_bias = 1``; ``D = 1``; norm weights 1;
-    ``mimo_x = mimo_o = 1/R``, ``mimo_z = 1``. Deterministic given ``rng``.
+    ``in_proj``/``out_proj`` U(±1/sqrt(fan_in)) (torch's Linear default); ``dt_bias`` the inverse softplus
+    of a log-uniform dt in [dt_min, dt_max] floored at ``dt_init_floor``; ``B_bias = C_bias = 1``;
+    ``B_norm``/``C_norm``/``norm`` weights 1; ``mimo_x = mimo_o = 1/R``, ``mimo_z = 1``; ``D = 1``.
+
+    Args:
+        rng: the generator all draws come from, in a fixed order.
+        cfg: the model config.
+        perturb_norms: move every constant init (norm weights, and also the B/C biases, D and the MIMO
+            projections) by U(-20 %, +20 %), so that tests catch a wrong axis in any of them.
+    """
+    d, e, h, n, p, r = cfg.d_model, cfg.d_inner, cfg.nheads, cfg.d_state, cfg.headdim, cfg.rank
+    w = {
+        "in_proj.weight": _linear_weight(rng, cfg.d_in_proj, d),
+        "dt_bias": _dt_bias(rng, cfg, h),
+        "B_bias": _const(rng, 1.0, (h, r, n), perturb_norms),
+        "C_bias": _const(rng, 1.0, (h, r, n), perturb_norms),
+        "B_norm.weight": _const(rng, 1.0, n, perturb_norms),
+        "C_norm.weight": _const(rng, 1.0, n, perturb_norms),
+    }
+    if cfg.is_mimo:
+        w["mimo_x"] = _const(rng, 1.0 / r, (h, r, p), perturb_norms)
+        w["mimo_z"] = _const(rng, 1.0, (h, r, p), perturb_norms)
+        w["mimo_o"] = _const(rng, 1.0 / r, (h, r, p), perturb_norms)
+    w["D"] = _const(rng, 1.0, h, perturb_norms)
+    if cfg.is_outproj_norm:
+        w["norm.weight"] = _const(rng, 1.0, e, perturb_norms)
+    w["out_proj.weight"] = _linear_weight(rng, d, e)
+    return w
+
+
+def init_gated_mlp(rng: np.random.Generator, cfg: Mamba3Config, perturb_norms: bool = False) -> dict:
+    """Official gated-MLP init: ``fc1`` (2M, D) and ``fc2`` (D, M) U(±1/sqrt(fan_in)), no biases.
+
+    ``fc2`` is not yet rescaled; ``perturb_norms`` is unused (the kind has no norm).
+    """
+    return {
+        "fc1.weight": _linear_weight(rng, cfg.d_fc1, cfg.d_model),
+        "fc2.weight": _linear_weight(rng, cfg.d_model, cfg.d_mlp),
+    }
+
+
+def init_mamba3_weights(cfg: Mamba3Config, rng: np.random.Generator, *, perturb_norms: bool = False) -> dict:
+    """A random Mamba-3 LM checkpoint with the official initialization.
+
+    Embedding N(0, ``initializer_range``); per block the norm, ``init_mamba3``, then (MLP) ``norm2`` and
+    ``init_gated_mlp``; ``out_proj`` and ``mlp.fc2`` divided by sqrt(n_residuals · n_layer) (n_residuals
+    = 2 with the MLP, as upstream) when ``rescale_prenorm_residual``; ``norm_f``; a separate head
+    U(±1/sqrt(D)) when untied.
 
     Args:
         cfg: the model config.
         rng: the generator all draws come from, in a fixed order.
-        perturb: move every constant-initialised tensor (norms, biases, D, MIMO projections) by
-            U(-20 %, +20 %) so that tests see each of them act.
+        perturb_norms: see ``init_mamba3`` (block norms and ``norm_f`` are moved too).
 
     Returns:
-        dict canonical name -> float32 numpy array, exactly the names and shapes of
+        dict canonical name -> float32 numpy array, exactly the names, order and shapes of
         ``expand_mamba3_layout(cfg)``.
 
     Example:
@@ -46,37 +89,28 @@ def init_mamba3_weights(cfg: Mamba3Config, rng: np.random.Generator, *, perturb:
         >>> ws["backbone.layers.0.mlp.fc1.weight"].shape, ws["backbone.layers.0.mixer.B_bias"].shape
         ((256, 16), (4, 1, 8))
     """
-    d, e, h, n, p, r = cfg.d_model, cfg.d_inner, cfg.nheads, cfg.d_state, cfg.headdim, cfg.rank
+    d = cfg.d_model
     n_residuals = 2 if cfg.has_mlp else 1
     scale = 1.0 / math.sqrt(n_residuals * cfg.n_layer) if cfg.rescale_prenorm_residual else 1.0
     out = {"backbone.embedding.weight": rng.normal(0.0, cfg.initializer_range, (cfg.vocab_size_padded, d))}
     for i in range(cfg.n_layer):
         pre = f"backbone.layers.{i}."
-        out[pre + "norm.weight"] = _near(rng, 1.0, d, perturb)
-        m = pre + "mixer."
-        out[m + "in_proj.weight"] = _linear_weight(rng, cfg.d_in_proj, d)
-        out[m + "dt_bias"] = _dt_bias(rng, cfg, h)
-        out[m + "B_bias"] = _near(rng, 1.0, (h, r, n), perturb)
-        out[m + "C_bias"] = _near(rng, 1.0, (h, r, n), perturb)
-        out[m + "B_norm.weight"] = _near(rng, 1.0, n, perturb)
-        out[m + "C_norm.weight"] = _near(rng, 1.0, n, perturb)
-        if cfg.is_mimo:
-            out[m + "mimo_x"] = _near(rng, 1.0 / r, (h, r, p), perturb)
-            out[m + "mimo_z"] = _near(rng, 1.0, (h, r, p), perturb)
-            out[m + "mimo_o"] = _near(rng, 1.0 / r, (h, r, p), perturb)
-        out[m + "D"] = _near(rng, 1.0, h, perturb)
-        if cfg.is_outproj_norm:
-            out[m + "norm.weight"] = _near(rng, 1.0, e, perturb)
-        out[m + "out_proj.weight"] = _linear_weight(rng, d, e) * scale
+        out[pre + "norm.weight"] = _const(rng, 1.0, d, perturb_norms)
+        mixer = init_mamba3(rng, cfg, perturb_norms)
+        mixer["out_proj.weight"] = mixer["out_proj.weight"] * scale
+        out.update({pre + "mixer." + k: v for k, v in mixer.items()})
         if cfg.has_mlp:
-            out[pre + "norm2.weight"] = _near(rng, 1.0, d, perturb)
-            out[pre + "mlp.fc1.weight"] = _linear_weight(rng, cfg.d_fc1, d)
-            out[pre + "mlp.fc2.weight"] = _linear_weight(rng, d, cfg.d_mlp) * scale
-    out["backbone.norm_f.weight"] = _near(rng, 1.0, d, perturb)
+            out[pre + "norm2.weight"] = _const(rng, 1.0, d, perturb_norms)
+            mlp = init_gated_mlp(rng, cfg, perturb_norms)
+            mlp["fc2.weight"] = mlp["fc2.weight"] * scale
+            out.update({pre + "mlp." + k: v for k, v in mlp.items()})
+    out["backbone.norm_f.weight"] = _const(rng, 1.0, d, perturb_norms)
     if not cfg.tie_embeddings:
         out["lm_head.weight"] = _linear_weight(rng, cfg.vocab_size_padded, d)
-    order = list(expand_mamba3_layout(cfg))
-    return {name: np.ascontiguousarray(out[name], dtype=np.float32) for name in order}
+    names = list(expand_mamba3_layout(cfg))
+    if sorted(names) != sorted(out):  # the layout table and this init must name the same tensors
+        raise RuntimeError(f"Mamba-3 init and layout disagree: {sorted(set(names) ^ set(out))}")
+    return {name: np.ascontiguousarray(out[name], dtype=np.float32) for name in names}
 
 
 def block_weights(weights: Mapping, i: int, prefix: str = "") -> dict:
