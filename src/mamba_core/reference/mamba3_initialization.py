@@ -13,7 +13,19 @@ import numpy as np
 
 from mamba_core.mamba3_config import Mamba3Config
 from mamba_core.mamba3_layout import expand_mamba3_layout
-from mamba_core.reference.initialization import _dt_bias, _linear_weight
+
+
+def _linear_weight(rng: np.random.Generator, fan_out: int, fan_in: int) -> np.ndarray:
+    # torch nn.Linear's default init: kaiming_uniform(a=sqrt(5)) = U(±1/sqrt(fan_in))
+    bound = 1.0 / math.sqrt(fan_in)
+    return rng.uniform(-bound, bound, size=(fan_out, fan_in))
+
+
+def _dt_bias(rng: np.random.Generator, cfg: Mamba3Config, size: int) -> np.ndarray:
+    # log-uniform dt in [dt_min, dt_max], floored, then the inverse of softplus: softplus(b) = dt
+    lo, hi = math.log(cfg.dt_min), math.log(cfg.dt_max)
+    dt = np.maximum(np.exp(rng.uniform(0.0, 1.0, size) * (hi - lo) + lo), cfg.dt_init_floor)
+    return dt + np.log(-np.expm1(-dt))
 
 
 def _const(rng: np.random.Generator, value: float, shape, perturb: bool) -> np.ndarray:
