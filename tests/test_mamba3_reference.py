@@ -408,3 +408,19 @@ def test_block_is_mixer_then_mlp_residuals():
     mid = x + mix
     expected = mid + gated_mlp(rmsnorm(mid, w["norm2.weight"]), block_weights(ws, 1, "mlp."))
     assert _err(out, expected) < TIGHT
+
+
+def test_chunked_memory_does_not_grow_with_length_times_state():
+    # one head, P = N = 32, Q = 8: a (B, L, H, P, N) intermediate at L = 512 would take 4 MiB;
+    # the inputs and per-chunk work take about 0.6 MiB
+    import tracemalloc
+
+    rng = np.random.default_rng(10)
+    inp = _scan_inputs(rng, batch=1, seqlen=512, rank=1, groups=1, n=32, heads=1, p=32, angles=8)
+    tracemalloc.start()
+    try:
+        m3.mamba3_chunked(**inp, chunk_size=8, D=np.ones(1))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * 2**20, f"peak {peak / 2**20:.2f} MiB"
