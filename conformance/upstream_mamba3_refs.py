@@ -7,6 +7,8 @@
 #   tests/ops/tilelang/test_mamba3_mimo.py at commit 33e2849ff046f72d60db8b17dbf47b7c949ff8c1
 #       (mamba3_MIMO_step_ref, apply_angle_dt_reference, mamba3_MIMO_chunk_ref, _pad_zeros; the file's header:
 #        "Mamba-3 MIMO Kernel Tests, Copyright (c) 2026, Dao AI Lab, Goombalab")
+#   mamba_ssm/ops/triton/layernorm_gated.py at commit 60dadf2e0ee730ac337035d5533de10bc26e4847
+#       (rms_norm_ref; the file's header: "Copyright (c) 2024, Tri Dao.")
 #
 # Licensed under the Apache License, Version 2.0 (the "License"); you may not use this file except in
 # compliance with the License. You may obtain a copy of the License at
@@ -875,3 +877,27 @@ def create_mamba3_siso_inputs(
         'Q_bias': Q_bias, 'K_bias': K_bias, 'Angles': Angles,
         'D': D, 'Z': Z, 'Input_States': Input_States,
     }
+
+
+def rms_norm_ref(x, weight, bias, z=None, eps=1e-6, group_size=None, norm_before_gate=True, upcast=True):
+    dtype = x.dtype
+    N = x.shape[-1]
+    weight = weight.float()
+    bias = bias.float() if bias is not None else None
+    if upcast:
+        x = x.float()
+        z = z.float() if z is not None else z
+    if z is not None and not norm_before_gate:
+        x = x * F.silu(z)
+    if group_size is None:
+        rstd = 1 / torch.sqrt((x.square()).mean(dim=-1, keepdim=True) + eps)
+        out = (x * rstd * weight) + bias if bias is not None else (x * rstd * weight)
+    else:
+        x_group = rearrange(x, "... (g d) -> ... g d", d=group_size)
+        rstd = 1 / torch.sqrt((x_group.square()).mean(dim=-1, keepdim=True) + eps)
+        out = rearrange(x_group * rstd, "... g d -> ... (g d)") * weight
+        if bias is not None:
+            out = out + bias
+    if z is not None and norm_before_gate:
+        out *= F.silu(z)
+    return out.to(dtype)

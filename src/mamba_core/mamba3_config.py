@@ -48,6 +48,8 @@ class Mamba3Config:
         is_outproj_norm: a per-head gated RMSNorm ``norm`` before ``out_proj`` (else a plain SiLU gate).
         is_mimo: multi-input multi-output SSM of rank ``mimo_rank``.
         mimo_rank: R of MIMO (ignored, and taken as 1, when ``is_mimo`` is false).
+        fuse_pregate_headwise_norm: the official switch that fuses the out-projection norm into the MIMO
+            kernel; the math is the same either way (kept so configs round-trip).
         chunk_size: chunk length of the chunked scan (numerics only: any value gives the same result).
         rms_norm: block norms are RMSNorm (the only kind supported; official Mamba-3 LMs use it).
         residual_in_fp32, fused_add_norm: the official flags (numerics of the residual stream).
@@ -84,6 +86,7 @@ class Mamba3Config:
     is_outproj_norm: bool = False
     is_mimo: bool = False
     mimo_rank: int = 4
+    fuse_pregate_headwise_norm: bool = True  # numerics only: a kernel fusion of the same math
     chunk_size: int = 64
     rms_norm: bool = True
     residual_in_fp32: bool = True
