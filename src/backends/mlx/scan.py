@@ -93,7 +93,7 @@ def selective_scan_chunked(
         z: (B, L, E) or None; delta_bias: (E,) or None; initial_state: (B, E, N) or None.
 
     Returns:
-        ``(y, final_state)``: y (B, L, E) in u's dtype; final_state (B, E, N) float32.
+        ``(y, final_state)``: y (B, L, E) float32; final_state (B, E, N) float32.
 
     Raises:
         ValueError: ``chunk_size`` < 1.
@@ -129,10 +129,10 @@ def selective_scan_chunked(
     if z is not None:
         z32 = z.astype(_F32)
         y = y * (z32 * mx.sigmoid(z32))
-    return y.astype(u.dtype), state
+    return y, state
 
 
-def segsum(a: mx.array) -> mx.array:
+def _segsum(a: mx.array) -> mx.array:
     """Stable segment sum: ``out[..., t, s] = sum_{r=s+1}^{t} a[..., r]``, -inf above the diagonal.
 
     Args:
@@ -171,7 +171,7 @@ def ssd_chunked_scan(
         initial_state: (B, H, P, N) or None.
 
     Returns:
-        ``(y, final_state)``: y (B, L, H, P) in x's dtype; final_state (B, H, P, N) float32.
+        ``(y, final_state)``: y (B, L, H, P) float32; final_state (B, H, P, N) float32.
 
     Raises:
         ValueError: ``chunk_size`` < 1 or H not a multiple of G.
@@ -205,7 +205,7 @@ def ssd_chunked_scan(
     a_cumsum = mx.cumsum(ac, axis=-1)  # cs_t within each chunk
 
     # 1. intra-chunk: Y_diag = (C B^T ∘ exp(segsum)) X
-    decay = mx.exp(segsum(ac))  # (B, c, G, R, Q, Q)
+    decay = mx.exp(_segsum(ac))  # (B, c, G, R, Q, Q)
     scores = (Cc @ mx.swapaxes(Bc, -1, -2)) * decay  # (B, c, G, R, Q, Q)
     y = scores @ xc  # (B, c, G, R, Q, P)
 
@@ -232,4 +232,4 @@ def ssd_chunked_scan(
     y = y.transpose(0, 1, 4, 2, 3, 5).reshape(batch, nchunks * q, nheads, headdim)[:, :seqlen]
     if D is not None:
         y = y + x32 * D.astype(_F32)[:, None]
-    return y.astype(x.dtype), state.reshape(batch, nheads, headdim, d_state)
+    return y, state.reshape(batch, nheads, headdim, d_state)

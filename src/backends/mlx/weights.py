@@ -15,55 +15,14 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
-from mamba_core.backends.mlx.model import Mamba1LM, Mamba2LM
+from mamba_core.backends.mlx.device import resolve_device, resolve_dtype
+from mamba_core.backends.mlx.model import Mamba1LM, Mamba2LM, initialize
 from mamba_core.checkpoint import LoadPlan, is_pickle, load_pickle
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
-from mamba_core.registry import DTYPES
 
-_DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
-_LMS = {"mamba1": Mamba1LM, "mamba2": Mamba2LM}
+MODEL_CLASSES = {"mamba1": Mamba1LM, "mamba2": Mamba2LM}
 KERNELS = ("auto", "reference", "fast")
-
-
-def resolve_dtype(dtype) -> mx.Dtype:
-    """``"float32" | "bfloat16" | "float16"`` or an ``mx.Dtype`` -> ``mx.Dtype``."""
-    if isinstance(dtype, mx.Dtype):
-        if dtype not in _DTYPES.values():
-            raise ValueError(f"dtype {dtype!r} is not supported; expected one of {DTYPES}")
-        return dtype
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not supported; expected one of {DTYPES}")
-    return _DTYPES[dtype]
-
-
-def devices() -> list[str]:
-    """Device strings usable here: ``["cpu"]`` plus ``"gpu"`` when Metal is available."""
-    return ["cpu", "gpu"] if mx.metal.is_available() else ["cpu"]
-
-
-def default_device() -> str:
-    """``"gpu"`` on Apple Silicon (Metal), else ``"cpu"``."""
-    return "gpu" if mx.metal.is_available() else "cpu"
-
-
-def resolve_device(device) -> mx.Device:
-    """``None | "cpu" | "gpu" | mx.Device | mx.DeviceType`` -> ``mx.Device``.
-
-    Raises:
-        ValueError: unknown device, or ``"gpu"`` without Metal.
-    """
-    if device is None:
-        return mx.default_device()
-    if isinstance(device, mx.Device):
-        return device
-    if isinstance(device, mx.DeviceType):
-        return mx.Device(device)
-    if device not in ("cpu", "gpu"):
-        raise ValueError(f"device {device!r} is not an MLX device; expected 'cpu' or 'gpu'")
-    if device not in devices():
-        raise ValueError(f"device {device!r} is not available here; available: {devices()}")
-    return mx.Device(mx.cpu if device == "cpu" else mx.gpu)
 
 
 def to_numpy(x: mx.array) -> np.ndarray:
@@ -104,11 +63,12 @@ def _assign(model, tensors: dict[str, mx.array], dtype: mx.Dtype) -> None:
 
 
 def _new_model(config, dtype: mx.Dtype, device: mx.Device, kernels: str):
+    # built lazily, uninitialized: the caller initializes or assigns every tensor
     if kernels not in KERNELS:
         raise ValueError(f"kernels={kernels!r}; expected one of {KERNELS}")
     if kernels == "fast":
         raise UnsupportedError("kernels='fast': the MLX backend has no fused kernels; use 'auto'")
-    return _LMS[config.arch](config, dtype=dtype, device=device)
+    return MODEL_CLASSES[config.arch](config, dtype=dtype, device=device, init=False)
 
 
 def build_model(config, *, dtype="float32", device=None, seed: int | None = None,
@@ -133,14 +93,10 @@ def build_model(config, *, dtype="float32", device=None, seed: int | None = None
         >>> build_model(tiny_mamba2(), seed=0).kernel_path
         'mlx-chunked-ssd'
     """
-    from mamba_core.reference import init_weights
-
-    dt = resolve_dtype(dtype)
     dev = resolve_device(device)
-    model = _new_model(config, dt, dev, kernels)
-    arrays = init_weights(config, np.random.default_rng(seed))
+    model = _new_model(config, resolve_dtype(dtype), dev, kernels)
     with mx.stream(dev):
-        _assign(model, {k: mx.array(v) for k, v in arrays.items()}, dt)
+        initialize(model, seed)
     return model
 
 

@@ -16,37 +16,14 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from mamba_core.backends.torch.cache import torch_dtype
-from mamba_core.backends.torch.model import Mamba1LM, Mamba2LM
+from mamba_core.backends.torch.device import resolve_device, resolve_dtype
+from mamba_core.backends.torch.model import Mamba1LM, Mamba2LM, initialize
 from mamba_core.checkpoint import LoadPlan, is_pickle, load_pickle
-from mamba_core.errors import CheckpointError
+from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
 
 MODEL_CLASSES = {"mamba1": Mamba1LM, "mamba2": Mamba2LM}
-
-
-def devices() -> list[str]:
-    """Devices usable here: ``["cpu"]`` plus ``"cuda"`` / ``"mps"`` when available."""
-    out = ["cpu"]
-    if torch.cuda.is_available():
-        out.append("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        out.append("mps")
-    return out
-
-
-def default_device() -> str:
-    """``"cuda"`` when available, else ``"mps"``, else ``"cpu"``."""
-    found = devices()
-    for name in ("cuda", "mps"):
-        if name in found:
-            return name
-    return "cpu"
-
-
-def _device(device) -> torch.device:
-    return torch.device(default_device() if device is None else device)
+KERNELS = ("auto", "reference", "fast")
 
 
 def _assign(model, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
@@ -70,14 +47,16 @@ def _assign(model, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> None
             p.data = t.to(device=p.device, dtype=target).contiguous()
 
 
-def build_model(config, *, dtype="float32", device=None, seed=None):
-    """A model with the official random initialization (``reference.init_weights``).
+def build_model(config, *, dtype="float32", device=None, seed=None, kernels: str = "auto"):
+    """A model with the official random initialization (``model.initialize``: ``reference.init_weights``).
 
     Args:
         config: ``Mamba1Config`` / ``Mamba2Config``.
         dtype: ``"float32" | "bfloat16" | "float16"``.
         device: ``"cpu" | "cuda" | "mps"``; None = ``default_device()``.
         seed: seeds the numpy generator (None = fresh entropy).
+        kernels: ``"auto"`` | ``"reference"`` (both: the torch ops path, ``model.kernel_path``);
+            ``"fast"`` raises (no fused kernels in this backend).
 
     Returns:
         ``Mamba1LM`` / ``Mamba2LM`` in eval mode.
@@ -87,13 +66,13 @@ def build_model(config, *, dtype="float32", device=None, seed=None):
         >>> build_model(tiny_mamba2(), seed=0).kernel_path
         'torch-chunked-ssd'
     """
-    from mamba_core.reference import init_weights
-
-    dt = torch_dtype(dtype)
-    dev = _device(device)
-    model = MODEL_CLASSES[config.arch](config, dtype=dt, device=dev)
-    arrays = init_weights(config, np.random.default_rng(seed))
-    _assign(model, {k: torch.from_numpy(v) for k, v in arrays.items()}, dt)
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels={kernels!r}; expected one of {KERNELS}")
+    if kernels == "fast":
+        raise UnsupportedError("kernels='fast': the torch backend has no fused kernels; use 'auto'")
+    model = MODEL_CLASSES[config.arch](config, dtype=resolve_dtype(dtype), device="meta")
+    model.to_empty(device=resolve_device(device))
+    initialize(model, seed)
     return model.eval()
 
 
@@ -151,8 +130,8 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
         >>> from mamba_core.loading import plan_checkpoint
         >>> model = load_checkpoint(plan_checkpoint("ckpt_dir"), dtype="bfloat16")   # doctest: +SKIP
     """
-    dt = torch_dtype(plan.checkpoint_dtype if dtype is None else dtype)
-    dev = _device(device)
+    dt = resolve_dtype(plan.checkpoint_dtype if dtype is None else dtype)
+    dev = resolve_device(device)
     tensors = _read(plan)
     if plan.tied_duplicate is not None:
         dup = plan.tied_duplicate
@@ -229,5 +208,5 @@ def from_numpy(a, *, dtype=None, device=None) -> torch.Tensor:
     """A numpy array as a tensor, optionally cast (``"float32" | "bfloat16" | "float16"``)."""
     t = torch.from_numpy(np.ascontiguousarray(a))
     if dtype is not None:
-        t = t.to(torch_dtype(dtype))
-    return t.to(_device(device))
+        t = t.to(resolve_dtype(dtype))
+    return t.to(resolve_device(device))

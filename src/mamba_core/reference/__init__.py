@@ -27,20 +27,21 @@ N     ``d_state``                V     padded vocab size
 K     ``d_conv``                 R     ``dt_rank`` (Mamba-1)
 ====  =========================  ====  ==========================
 
-The package splits along concepts: ``ops`` (conv, scans, SSD, norms), ``model`` (mixers, backbone, LM)
+The package splits along concepts: ``ops`` (conv, scans, SSD, norms), one module per layer kind
+(``mamba1``, ``mamba2``) registered in ``layers``, ``model`` (backbone and LM composed per layer kind)
 and ``initialization`` (random checkpoints); everything public is re-exported here.
 """
 
 from mamba_core.reference.initialization import init_weights as init_weights
+from mamba_core.reference.mamba1 import mamba1_mixer as mamba1_mixer
+from mamba_core.reference.mamba1 import mamba1_mixer_step as mamba1_mixer_step
+from mamba_core.reference.mamba2 import mamba2_mixer as mamba2_mixer
+from mamba_core.reference.mamba2 import mamba2_mixer_step as mamba2_mixer_step
 from mamba_core.reference.model import backbone_forward as backbone_forward
 from mamba_core.reference.model import backbone_step as backbone_step
 from mamba_core.reference.model import layer_weights as layer_weights
 from mamba_core.reference.model import lm_forward as lm_forward
 from mamba_core.reference.model import lm_step as lm_step
-from mamba_core.reference.model import mamba1_mixer as mamba1_mixer
-from mamba_core.reference.model import mamba1_mixer_step as mamba1_mixer_step
-from mamba_core.reference.model import mamba2_mixer as mamba2_mixer
-from mamba_core.reference.model import mamba2_mixer_step as mamba2_mixer_step
 from mamba_core.reference.ops import causal_conv1d as causal_conv1d
 from mamba_core.reference.ops import causal_conv1d_update as causal_conv1d_update
 from mamba_core.reference.ops import rmsnorm as rmsnorm
