@@ -30,7 +30,7 @@ import upstream_mamba3_refs as up  # noqa: E402
 
 from mamba_core.mamba3_config import Mamba3Config  # noqa: E402
 from mamba_core.reference.mamba3 import mamba3_mixer  # noqa: E402
-from mamba_core.reference.mamba3_initialization import block_weights, init_mamba3_weights  # noqa: E402
+from mamba_core.reference import init_weights, layer_weights  # noqa: E402
 
 F64 = torch.float64
 HERE = Path(__file__).parent
@@ -203,7 +203,7 @@ GRID = [
 def test_mixer_matches_official_module(official, variant):
     cfg = Mamba3Config(d_model=32, n_layer=1, vocab_size=16, d_state=16, headdim=16, chunk_size=8, **variant)
     rng = np.random.default_rng(0)
-    w = block_weights(init_mamba3_weights(cfg, rng, perturb_norms=True), 0, "mixer.")
+    w = layer_weights(init_weights(cfg, rng, perturb_norms=True), 0)
     module = official.Mamba3(
         cfg.d_model,
         d_state=cfg.d_state,

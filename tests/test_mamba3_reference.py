@@ -15,23 +15,28 @@ import math
 import numpy as np
 import pytest
 
+import mamba_core.layers.gated_mlp as mlp_kind_module
+import mamba_core.layers.mamba3 as kind_module
 import mamba_core.mamba3_config as config_module
-import mamba_core.mamba3_layout as layout_module
 import mamba_core.reference.gated_mlp as mlp_module
 import mamba_core.reference.mamba3 as m3
-import mamba_core.reference.mamba3_initialization as init_module
-import mamba_core.reference.mamba3_lm as lm_module
 from mamba_core.errors import ConfigError
+from mamba_core.layers import BlockPlan, layer_plan
+from mamba_core.layout import cache_plan, expand_layout
 from mamba_core.mamba3_config import Mamba3Config
-from mamba_core.mamba3_layout import (
-    MAMBA3_CACHE_LAYOUT,
-    MAMBA3_SEGMENTS,
-    expand_mamba3_layout,
-    mamba3_cache_shapes,
-)
-from mamba_core.reference import rmsnorm, ssd_scan
+from mamba_core.reference import backbone_forward, init_weights, lm_forward, lm_step, rmsnorm, ssd_scan
+from mamba_core.reference import layer_weights as block_weights
 from mamba_core.reference.gated_mlp import gated_mlp
-from mamba_core.reference.mamba3_initialization import block_weights, init_mamba3_weights
+
+MAMBA3_SEGMENTS = kind_module.SEGMENTS
+
+
+def init_mamba3_weights(cfg, rng, *, perturb_norms=False):
+    return init_weights(cfg, rng, perturb_norms=perturb_norms)
+
+
+def mamba3_cache_shapes(cfg, batch):
+    return cache_plan(cfg, batch)[0]
 
 TIGHT = 1e-12  # float64 vs float64: only the order of the sums differs
 
@@ -127,9 +132,10 @@ def test_config_rejects_bad_values_naming_the_field(changes, field):
 @pytest.mark.parametrize("mlp, tied", [(0, True), (40, False)])
 def test_layout_matches_initialised_checkpoint(variant, mlp, tied):
     cfg = _cfg(d_intermediate=mlp, tie_embeddings=tied, **variant)
-    specs = expand_mamba3_layout(cfg)
+    specs = expand_layout(cfg)
     ws = init_mamba3_weights(cfg, np.random.default_rng(0))
-    assert list(ws) == list(specs)
+    assert sorted(ws) == sorted(specs)
+    assert layer_plan(cfg) == (BlockPlan("mamba3", "gated_mlp" if mlp else None),) * cfg.n_layer
     for name, spec in specs.items():
         assert ws[name].shape == spec.shape, name
     prefix = "backbone.layers.1."
@@ -146,6 +152,23 @@ def test_layout_matches_initialised_checkpoint(variant, mlp, tied):
     assert specs[prefix + "mixer.in_proj.weight"].shape == (cfg.d_in_proj, 16)
 
 
+@pytest.mark.parametrize("mlp", [0, 40])
+def test_init_rescales_every_residual_output_as_upstream(mlp):
+    # upstream divides out_proj (and fc2) by sqrt(n_residuals * n_layer), n_residuals = 2 with an MLP
+    cfg = _cfg(d_intermediate=mlp, n_layer=3)
+    ws = init_mamba3_weights(cfg, np.random.default_rng(0))
+    n_res = 2 if mlp else 1
+    out_bound = 1.0 / math.sqrt(cfg.d_inner) / math.sqrt(n_res * cfg.n_layer)
+    out = ws["backbone.layers.2.mixer.out_proj.weight"]
+    assert np.abs(out).max() <= out_bound * (1 + 1e-6) and np.abs(out).max() > 0.8 * out_bound
+    if mlp:
+        fc2 = ws["backbone.layers.2.mlp.fc2.weight"]
+        fc2_bound = 1.0 / math.sqrt(cfg.d_mlp) / math.sqrt(2 * cfg.n_layer)
+        assert np.abs(fc2).max() <= fc2_bound * (1 + 1e-6) and np.abs(fc2).max() > 0.8 * fc2_bound
+        fc1 = ws["backbone.layers.2.mlp.fc1.weight"]  # not a residual output: not rescaled
+        assert np.abs(fc1).max() > 0.8 / math.sqrt(cfg.d_model)
+
+
 def test_cache_layout():
     cfg = _cfg(is_mimo=True, mimo_rank=2)
     shapes = mamba3_cache_shapes(cfg, 3)
@@ -155,10 +178,10 @@ def test_cache_layout():
         "k_state": ((3, 2, 4, 8), "model"),
         "v_state": ((3, 4, 8), "model"),
     }
-    assert tuple(MAMBA3_CACHE_LAYOUT) == m3.STATE_FIELDS
+    assert tuple(f.name for f in kind_module.CACHE) == m3.STATE_FIELDS
 
 
-@pytest.mark.parametrize("module", [config_module, layout_module, m3, init_module, mlp_module, lm_module])
+@pytest.mark.parametrize("module", [config_module, kind_module, mlp_kind_module, m3, mlp_module])
 def test_docstring_examples(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0
@@ -320,7 +343,7 @@ def test_scan_rejects_bad_inputs():
 def test_mixer_forward_equals_steps_and_split_prefill(variant):
     cfg = _cfg(**variant)
     rng = np.random.default_rng(5)
-    w = block_weights(init_mamba3_weights(cfg, rng, perturb_norms=True), 0, "mixer.")
+    w = block_weights(init_mamba3_weights(cfg, rng, perturb_norms=True), 0)
     h = rng.standard_normal((2, 11, cfg.d_model))  # 11 tokens, chunk 4: ragged last chunk
     state0 = _random_state(rng, cfg, 2)
     out, *st = m3.mamba3_mixer(h, w, cfg, *state0)
@@ -345,7 +368,7 @@ def test_mixer_forward_equals_steps_and_split_prefill(variant):
 def test_a_parameterisations_differ():
     cfg = _cfg()
     rng = np.random.default_rng(6)
-    w = block_weights(init_mamba3_weights(cfg, rng), 0, "mixer.")
+    w = block_weights(init_mamba3_weights(cfg, rng), 0)
     h = rng.standard_normal((1, 5, cfg.d_model))
     heavy = m3.mamba3_mixer(h, w, cfg)[0]
     soft = m3.mamba3_mixer(h, w, cfg.replace(a_param="softplus"))[0]
@@ -383,30 +406,35 @@ def test_lm_decode_equals_prefill(variant):
     rng = np.random.default_rng(8)
     ws = init_mamba3_weights(cfg, rng, perturb_norms=True)
     ids = rng.integers(0, cfg.vocab_size, (2, 9))
-    logits, states = lm_module.mamba3_lm_forward(cfg, ws, ids)
+    logits, states = lm_forward(cfg, ws, ids)
     assert logits.shape == (2, 9, cfg.vocab_size_padded)
-    st, steps = None, []
-    for t in range(ids.shape[1]):
-        lg, st = lm_module.mamba3_lm_step(cfg, ws, ids[:, t], st)
+    st, steps = lm_forward(cfg, ws, ids[:, :1])[1], []
+    steps.append(lm_forward(cfg, ws, ids[:, :1])[0][:, 0])
+    for t in range(1, ids.shape[1]):
+        lg, st = lm_step(cfg, ws, ids[:, t], st)
         steps.append(lg)
     assert _err(np.stack(steps, 1), logits) < TIGHT
     assert max(_states_err(a, b) for a, b in zip(st, states, strict=True)) < TIGHT
     # the MLP acts: dropping it changes the logits
     if cfg.has_mlp:
         bare = {k: v for k, v in ws.items() if ".mlp." not in k and "norm2" not in k}
-        assert _err(lm_module.mamba3_lm_forward(cfg.replace(d_intermediate=0), bare, ids)[0], logits) > 1e-3
+        assert _err(lm_forward(cfg.replace(d_intermediate=0), bare, ids)[0], logits) > 1e-3
 
 
 def test_block_is_mixer_then_mlp_residuals():
     cfg = _cfg(d_intermediate=16)
     rng = np.random.default_rng(9)
     ws = init_mamba3_weights(cfg, rng, perturb_norms=True)
-    w = block_weights(ws, 1)
     x = rng.standard_normal((1, 4, cfg.d_model))
-    out, _ = lm_module.mamba3_block(x, w, cfg)
-    mix = m3.mamba3_mixer(rmsnorm(x, w["norm.weight"]), block_weights(ws, 1, "mixer."), cfg)[0]
+    one = cfg.replace(n_layer=1)
+    single = {k.replace("layers.1.", "layers.0."): v for k, v in ws.items() if "layers.0." not in k}
+    single["backbone.norm_f.weight"] = np.ones(cfg.d_model)  # so that norm_f is a plain RMS
+    out = backbone_forward(one, single, x)[0]
+    w = {k[len("backbone.layers.1."):]: v for k, v in ws.items() if k.startswith("backbone.layers.1.")}
+    mix = m3.mamba3_mixer(rmsnorm(x, w["norm.weight"]), block_weights(ws, 1, slot="mixer"), cfg)[0]
     mid = x + mix
-    expected = mid + gated_mlp(rmsnorm(mid, w["norm2.weight"]), block_weights(ws, 1, "mlp."))
+    expected = rmsnorm(mid + gated_mlp(rmsnorm(mid, w["norm2.weight"]), block_weights(ws, 1, slot="mlp")),
+                       np.ones(cfg.d_model))
     assert _err(out, expected) < TIGHT
 
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from mamba_core.errors import ConfigError
+from mamba_core.layers.kind import BlockPlan
 
 A_PARAMS = ("heavy_tail", "softplus")
 ROPE_FRACTIONS = (0.5, 1.0)
@@ -193,6 +194,15 @@ class Mamba3Config:
     def replace(self, **changes: Any) -> Mamba3Config:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
+
+    def layer_plan(self) -> tuple[BlockPlan, ...]:
+        """The blocks: a ``mamba3`` mixer in every layer, plus the ``gated_mlp`` when ``d_intermediate > 0``.
+
+        Example:
+            >>> Mamba3Config(d_model=16, n_layer=1, vocab_size=10, headdim=8, d_intermediate=32).layer_plan()
+            (BlockPlan(mixer='mamba3', mlp='gated_mlp'),)
+        """
+        return (BlockPlan("mamba3", "gated_mlp" if self.has_mlp else None),) * self.n_layer
 
     # ---- derived sizes -------------------------------------------------------------------------
     @property

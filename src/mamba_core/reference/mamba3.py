@@ -18,11 +18,12 @@ Two layers of functions:
   ``mamba3_gate_out`` applies the gate (or the out-projection norm) and the MIMO down-projection;
 * the mixer, ``mamba3_mixer`` / ``mamba3_mixer_step``, over a params dict keyed by names relative to the
   mixer prefix (``in_proj.weight``, ``dt_bias``, ...; docs/mamba3.md §2), with the layer-kind interface
-  ``forward(h, w, cfg, *state) -> (out, *state)`` of docs/architecture.md. The gated MLP of Mamba-3
-  blocks is its own kind (``reference/gated_mlp.py``); ``reference/mamba3_lm.py`` stacks both into
-  blocks and an LM.
+  ``forward(h, w, cfg, *state) -> (out, *state)`` of docs/architecture.md, registered as the ``mamba3``
+  kind in ``reference.layers.KINDS``. The gated MLP of Mamba-3 blocks is its own kind
+  (``reference/gated_mlp.py``); ``reference.model`` composes both into blocks and an LM.
 
-The decode cache of one layer has the fields of ``MAMBA3_CACHE_LAYOUT``, in this order (the scan ops take
+The decode cache of one layer has the fields of the kind's ``CacheField`` rows
+(``mamba_core.layers.mamba3.CACHE``), in this order (the scan ops take
 and return them as a dict, the mixer as positional fields): ``angle_state``
 (B, H, A), ``ssm_state`` (B, H, P, N), ``k_state`` (B, R, H, N) (the previous token's biased, rotated B),
 ``v_state`` (B, H, P) (the previous token's x, before the MIMO up-projection).
@@ -36,12 +37,12 @@ from collections.abc import Mapping
 import numpy as np
 
 from mamba_core.mamba3_config import Mamba3Config
-from mamba_core.mamba3_layout import MAMBA3_SEGMENTS
+from mamba_core.layers.mamba3 import CACHE, SEGMENTS
 from mamba_core.reference.ops import _f64, _linear, _sigmoid, _silu, rmsnorm, rmsnorm_gated, softplus
 
 TWO_PI = 2.0 * math.pi
 ROTARY_CONVENTIONS = ("pairwise", "halves")
-STATE_FIELDS = ("angle_state", "ssm_state", "k_state", "v_state")
+STATE_FIELDS = tuple(f.name for f in CACHE)  # ("angle_state", "ssm_state", "k_state", "v_state")
 
 # ------------------------------------------------------------------------------------------------
 # elementwise pieces
@@ -443,7 +444,7 @@ def mamba3_gate_out(y, z, *, mimo_z=None, mimo_o=None, norm_weight=None, eps: fl
 
 def _split(zx: np.ndarray, cfg: Mamba3Config) -> dict[str, np.ndarray]:
     out, start = {}, 0
-    for name, size_attr in MAMBA3_SEGMENTS:
+    for name, size_attr in SEGMENTS:
         size = getattr(cfg, size_attr)
         out[name] = zx[..., start : start + size]
         start += size
@@ -494,11 +495,11 @@ def mamba3_mixer(
     """The Mamba-3 mixer over a sequence (chunked scan with ``cfg.chunk_size``; docs/mamba3.md §3).
 
     The layer-kind interface (``forward(h, w, cfg, *state) -> (out, *state)``) with the cache fields of
-    ``MAMBA3_CACHE_LAYOUT`` in order.
+    ``layers.mamba3.CACHE`` in order.
 
     Args:
         h: (B, L, D) normed input.
-        w: this layer's mixer tensors under names relative to the mixer prefix (``MAMBA3_MIXER_ROWS``):
+        w: this layer's mixer tensors under names relative to the mixer prefix (``layers.mamba3.ROWS``):
             ``in_proj.weight`` (d_in_proj, D), ``dt_bias`` (H,), ``B_bias``/``C_bias`` (H, R, N),
             ``B_norm.weight``/``C_norm.weight`` (N,), ``D`` (H,), MIMO ``mimo_x/z/o`` (H, R, P),
             ``norm.weight`` (E,) when ``is_outproj_norm``, ``out_proj.weight`` (D, E).
@@ -512,9 +513,9 @@ def mamba3_mixer(
         ``(out, angle_state, ssm_state, k_state, v_state)``: out (B, L, D); the cache after the last token.
 
     Example:
-        >>> from mamba_core.reference.mamba3_initialization import init_mamba3_weights, block_weights
+        >>> from mamba_core.reference import init_weights, layer_weights
         >>> cfg = Mamba3Config(d_model=16, n_layer=1, vocab_size=10, d_state=8, headdim=8, chunk_size=4)
-        >>> w = block_weights(init_mamba3_weights(cfg, np.random.default_rng(0)), 0, "mixer.")
+        >>> w = layer_weights(init_weights(cfg, np.random.default_rng(0)), 0)
         >>> out, angle, ssm, k, v = mamba3_mixer(np.ones((2, 5, 16)), w, cfg)
         >>> out.shape, angle.shape, ssm.shape, k.shape, v.shape
         ((2, 5, 16), (2, 4, 2), (2, 4, 8, 8), (2, 1, 4, 8), (2, 4, 8))
