@@ -17,12 +17,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mamba_core.backends.torch.device import resolve_device, resolve_dtype
-from mamba_core.backends.torch.model import Mamba1LM, Mamba2LM, initialize
+from mamba_core.backends.torch.model import Mamba1LM, Mamba2LM, Mamba3LM, initialize
 from mamba_core.checkpoint import LoadPlan, is_pickle, load_pickle
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
 
-MODEL_CLASSES = {"mamba1": Mamba1LM, "mamba2": Mamba2LM}
+MODEL_CLASSES = {"mamba1": Mamba1LM, "mamba2": Mamba2LM, "mamba3": Mamba3LM}
 KERNELS = ("auto", "reference", "fast")
 
 
