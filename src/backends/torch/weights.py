@@ -175,7 +175,7 @@ def export_tensors(model, dialect: str = "mamba-core") -> dict[str, torch.Tensor
     """
     if dialect not in DIALECT_RENAMES:
         raise ValueError(f"dialect must be one of {sorted(DIALECT_RENAMES)}, got {dialect!r}")
-    if not isinstance(model, (Mamba1LM, Mamba2LM)):  # a stack or head: canonical names, ours only
+    if not isinstance(model, (Mamba1LM, Mamba2LM, Mamba3LM)):  # a stack or head: canonical names, ours only
         from mamba_core.backends.torch.heads import export_task_tensors
 
         return export_task_tensors(model, dialect)
