@@ -29,8 +29,8 @@ pytest.importorskip("einops", reason="the official module uses einops (dev extra
 import upstream_mamba3_refs as up  # noqa: E402
 
 from mamba_core.mamba3_config import Mamba3Config  # noqa: E402
-from mamba_core.reference.mamba3 import mamba3_mixer  # noqa: E402
 from mamba_core.reference import init_weights, layer_weights  # noqa: E402
+from mamba_core.reference.mamba3 import mamba3_mixer  # noqa: E402
 
 F64 = torch.float64
 HERE = Path(__file__).parent

@@ -99,7 +99,8 @@ class Mamba3Mixer(nn.Module):
 
     def _scan_kwargs(self) -> dict:
         mimo = self.config.is_mimo
-        return {"D": self.D, "mimo_x": self.mimo_x if mimo else None, "rotary": "halves" if mimo else "pairwise"}
+        return {"D": self.D, "mimo_x": self.mimo_x if mimo else None,
+                "rotary": "halves" if mimo else "pairwise"}
 
     def _finish(self, y: mx.array, z: mx.array) -> mx.array:
         c = self.config

@@ -1,4 +1,4 @@
-"""The Mamba-3 scan in MLX behind ``ops.mamba3_chunked`` / ``ops.mamba3_state_update`` (docs/mamba3.md §3-§4).
+"""The Mamba-3 scan in MLX, behind ``ops.mamba3_chunked`` and ``mamba3_state_update`` (docs/mamba3.md §3).
 
 Same math as ``mamba_core.reference.mamba3``: trapezoidal discretization (a token enters the state with
 weight ``lam dt`` at its own step and ``(1 - lam') dt'`` at the next one), data-dependent rotary angles on

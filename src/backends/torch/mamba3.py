@@ -63,7 +63,8 @@ class Mamba3Mixer(nn.Module):
             self.mimo_o = nn.Parameter(torch.empty(h, c.mimo_rank, c.headdim, **f32))
         self.D = nn.Parameter(torch.empty(h, **f32))
         if c.is_outproj_norm:
-            self.norm = RMSNormGated(c.d_inner, c.outproj_norm_epsilon, c.headdim, norm_before_gate=True, **fk)
+            self.norm = RMSNormGated(c.d_inner, c.outproj_norm_epsilon, c.headdim, norm_before_gate=True,
+                                     **fk)
         self.out_proj = nn.Linear(c.d_inner, c.d_model, bias=False, **fk)
         self._sizes = [getattr(c, size) for _, size in SEGMENTS]
 
@@ -92,7 +93,8 @@ class Mamba3Mixer(nn.Module):
 
     def _scan_kwargs(self) -> dict:
         mimo = self.config.is_mimo
-        return {"D": self.D, "mimo_x": self.mimo_x if mimo else None, "rotary": "halves" if mimo else "pairwise"}
+        return {"D": self.D, "mimo_x": self.mimo_x if mimo else None,
+                "rotary": "halves" if mimo else "pairwise"}
 
     def _finish(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         c = self.config

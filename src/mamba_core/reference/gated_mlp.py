@@ -1,4 +1,4 @@
-"""The ``gated_mlp`` layer kind (SwiGLU), float64 (docs/mamba3.md §5): the MLP slot of official Mamba-3 blocks.
+"""The ``gated_mlp`` layer kind (SwiGLU), float64 (docs/mamba3.md §5): the MLP of official Mamba-3 blocks.
 
 The layer kind of a block's ``mlp`` slot: rows ``fc1.weight`` (2M, D) and ``fc2.weight`` (D, M) relative
 to ``backbone.layers.{i}.mlp.``; no decode state, so ``forward``/``step`` return a 1-tuple.

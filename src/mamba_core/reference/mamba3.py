@@ -36,8 +36,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from mamba_core.mamba3_config import Mamba3Config
 from mamba_core.layers.mamba3 import CACHE, SEGMENTS
+from mamba_core.mamba3_config import Mamba3Config
 from mamba_core.reference.ops import _f64, _linear, _sigmoid, _silu, rmsnorm, rmsnorm_gated, softplus
 
 TWO_PI = 2.0 * math.pi
