@@ -8,6 +8,8 @@ the torch and the MLX layout.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from mamba_core.layers.init import dt_bias, linear_weight
@@ -32,7 +34,7 @@ ROWS: tuple[Param, ...] = (
 # rotary angle and the SSM state in float32; the previous token's biased, rotated B (one per rank) and its
 # x, in the model dtype as upstream.
 CACHE: tuple[CacheField, ...] = (
-    CacheField("angle_state", ("batch", "nheads", "num_rope_angles"), "fp32"),
+    CacheField("angle_state", ("batch", "nheads", "num_rope_angles"), "fp32", period=2.0 * math.pi),
     CacheField("ssm_state", ("batch", "nheads", "headdim", "d_state"), "fp32"),
     CacheField("k_state", ("batch", "rank", "nheads", "d_state"), "model"),
     CacheField("v_state", ("batch", "nheads", "headdim"), "model"),
