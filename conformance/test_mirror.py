@@ -106,3 +106,23 @@ def test_every_layer_kind_is_implemented(backend):
         call = cls.forward if hasattr(cls, "forward") and backend == "torch" else cls.__call__
         assert list(inspect.signature(call).parameters) == ["self", "h", *cache, "attention_mask"], name
         assert list(inspect.signature(cls.step).parameters) == ["self", "h", *cache], name
+
+
+@pytest.mark.parametrize("backend", ["torch", "mlx"])
+def test_same_errors_for_the_same_mistakes(backend):
+    from mamba_core.errors import CheckpointError, UnsupportedError
+    from mamba_core.testing import tiny_mamba1
+
+    module = _backend(backend)
+    cfg = tiny_mamba1()
+    model = module.build_model(cfg, seed=0, device="cpu")
+    with pytest.raises(CheckpointError, match="unknown dialect 'nope'"):
+        module.export_tensors(model, dialect="nope")
+    with pytest.raises(UnsupportedError, match="kernels='fast'"):
+        module.build_model(cfg, kernels="fast")
+    with pytest.raises(ValueError, match="kernels='other'"):
+        module.build_model(cfg, kernels="other")
+    with pytest.raises(ValueError, match="dtype 'float8' is not supported"):
+        module.build_model(cfg, dtype="float8")
+    with pytest.raises(ValueError, match="batch must be a positive int"):
+        module.MambaCache.empty(cfg, 0)

@@ -15,6 +15,7 @@ from mamba_core.backends.mlx.device import devices as devices
 from mamba_core.backends.mlx.gated_mlp import GatedMLP as GatedMLP
 from mamba_core.backends.mlx.heads import FeatureExtractor as FeatureExtractor
 from mamba_core.backends.mlx.heads import SequenceClassifier as SequenceClassifier
+from mamba_core.backends.mlx.heads import task_of as task_of
 from mamba_core.backends.mlx.mamba1 import Mamba1Mixer as Mamba1Mixer
 from mamba_core.backends.mlx.mamba2 import Mamba2Mixer as Mamba2Mixer
 from mamba_core.backends.mlx.mamba3 import Mamba3Mixer as Mamba3Mixer
@@ -29,9 +30,14 @@ from mamba_core.backends.mlx.model import Mamba3Block as Mamba3Block
 from mamba_core.backends.mlx.model import Mamba3LM as Mamba3LM
 from mamba_core.backends.mlx.norm import RMSNorm as RMSNorm
 from mamba_core.backends.mlx.norm import RMSNormGated as RMSNormGated
+from mamba_core.backends.mlx.pickles import read_pickle as read_pickle
+from mamba_core.backends.mlx.pickles import read_pickle_header as read_pickle_header
+from mamba_core.backends.mlx.runtime import inference_scope as inference_scope
+from mamba_core.backends.mlx.runtime import single_threaded as single_threaded
 from mamba_core.backends.mlx.sample import generate as generate
 from mamba_core.backends.mlx.sample import stream as stream
 from mamba_core.backends.mlx.train import Trainer as Trainer
+from mamba_core.backends.mlx.train import loss_gradients as loss_gradients
 from mamba_core.backends.mlx.weights import build_model as build_model
 from mamba_core.backends.mlx.weights import export_tensors as export_tensors
 from mamba_core.backends.mlx.weights import from_numpy as from_numpy
@@ -68,9 +74,15 @@ __all__ = [
     "export_tensors",
     "from_numpy",
     "generate",
+    "inference_scope",
     "load_checkpoint",
+    "loss_gradients",
     "ops",
+    "read_pickle",
+    "read_pickle_header",
     "save_safetensors",
+    "single_threaded",
     "stream",
+    "task_of",
     "to_numpy",
 ]

@@ -1,4 +1,4 @@
-"""Task heads on the LMs' backbone: ``SequenceClassifier`` and ``FeatureExtractor`` (issue 7.4).
+"""Task heads on the LMs' backbone: ``SequenceClassifier`` and ``FeatureExtractor``.
 
 The mirror image of the torch backend's ``heads.py``. Both hold ``backbone``, the same
 ``Mamba1``/``Mamba2`` stack (with an embedding) that a ``Mamba1LM`` holds, so their module tree is the

@@ -1,7 +1,7 @@
 """MLX ops of the mamba-core spec: the names, argument order, defaults and returns of
-``mamba_core.reference`` (spec-notes §3.4-3.5, §4.4-4.6), in MLX arrays.
+``mamba_core.reference`` (docs/spec.md §3.4-3.5, §4.4-4.6), in MLX arrays.
 
-Rules kept here (backend-contract "Files", spec-notes §6.1):
+Rules kept here (backend-contract "Files", docs/spec.md §6.1):
 
 * activations are channels-last ``(B, L, ...)``; the conv weight is ``(C, K)`` (the canonical
   ``(C, 1, K)`` squeezed; a model's MLX ``(C, K, 1)`` weight squeezed the other way);
@@ -94,7 +94,7 @@ def rmsnorm_gated(
     group_size: int | None = None,
     norm_before_gate: bool = False,
 ) -> mx.array:
-    """Mamba-2 gated RMSNorm in float32 (spec-notes §4.4 step 8): gate, then per-group RMSNorm.
+    """Mamba-2 gated RMSNorm in float32 (docs/spec.md §4.4 step 8): gate, then per-group RMSNorm.
 
     Args:
         x: (..., E).
@@ -138,7 +138,7 @@ def causal_conv1d(
     conv_state: mx.array | None = None,
     activation: str | None = None,
 ):
-    """Causal depthwise conv1d, channels-last, no kernel flip (spec-notes §2, §3.4 step 2).
+    """Causal depthwise conv1d, channels-last, no kernel flip (docs/spec.md §2, §3.4 step 2).
 
     ``y[t, c] = bias[c] + sum_k weight[c, k] * x[t - (K-1) + k, c]``; inputs before ``t = 0`` come
     from ``conv_state`` (zeros when None).
@@ -220,7 +220,7 @@ def selective_scan(
     delta_softplus: bool = False,
     initial_state=None,
 ):
-    """Mamba-1 selective scan (spec-notes §3.4 steps 6-11), chunked (``scan.selective_scan_chunked``).
+    """Mamba-1 selective scan (docs/spec.md §3.4 steps 6-11), chunked (``scan.selective_scan_chunked``).
 
     ``Δ = softplus(delta + delta_bias)``; ``s_t = exp(Δ_t A) ⊙ s_{t-1} + Δ_t B_t u_t``;
     ``y_t = s_t C_t + D u_t``; ``y ← y · silu(z)``. All in float32.
@@ -255,7 +255,7 @@ def selective_scan(
 def selective_state_update(
     state, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus: bool = False
 ):
-    """One decode step of ``selective_scan`` (spec-notes §3.5 step 4), float32 inside.
+    """One decode step of ``selective_scan`` (docs/spec.md §3.5 step 4), float32 inside.
 
     Args:
         state: (B, E, N).
@@ -303,7 +303,7 @@ def ssd_chunked(
     dt_limit=_NO_LIMIT,
     initial_state=None,
 ):
-    """Chunked SSD (spec-notes §4.5), float32 inside (``scan.ssd_chunked_scan``).
+    """Chunked SSD (docs/spec.md §4.5), float32 inside (``scan.ssd_chunked_scan``).
 
     Args:
         x: (B, L, H, P).
@@ -339,7 +339,7 @@ def ssd_chunked(
 def ssd_state_update(
     state, x, dt, A, B, C, D=None, dt_bias=None, dt_softplus: bool = False, dt_limit=_NO_LIMIT
 ):
-    """One decode step of SSD (spec-notes §4.6 step 4), float32 inside; ``dt_limit`` applied.
+    """One decode step of SSD (docs/spec.md §4.6 step 4), float32 inside; ``dt_limit`` applied.
 
     Args:
         state: (B, H, P, N).

@@ -1,14 +1,14 @@
 """Training-speed scans behind ``ops.selective_scan`` (Mamba-1) and ``ops.ssd_chunked`` (Mamba-2).
 
-Both are chunked in time, never loop over tokens in Python, and run in float32 (spec-notes §6.1):
+Both are chunked in time, never loop over tokens in Python, and run in float32 (docs/spec.md §6.1):
 
 * ``selective_scan_chunked``: time in chunks of T tokens (``MAMBA1_CHUNK``). Inside a chunk a
   log-depth Hillis-Steele scan of the pairs ``(exp(ΔA), ΔBu)`` with the combine
   ``(a1, b1) ∘ (a2, b2) = (a1·a2, a2·b1 + b2)``: decay products stay in (0, 1], so it is stable for
-  any chunk length (unlike ``exp(cumsum)`` ratios, spec-notes pitfall 19). The state is carried
+  any chunk length (unlike ``exp(cumsum)`` ratios, docs/spec.md §9 item 19). The state is carried
   between chunks, so only (B, T, E, N) is live at once, never (B, L, E, N). The chunk body is
   ``mx.compile``d (elementwise fusion); MLX autodiff differentiates through it.
-* ``ssd_chunked_scan``: the chunked SSD of spec-notes §4.5 (paper Listing 1) with the stable
+* ``ssd_chunked_scan``: the chunked SSD of docs/spec.md §4.5 (paper Listing 1) with the stable
   segsum, padding to a multiple of Q, initial and final states, groups broadcast over heads
   without copies.
 """
@@ -161,7 +161,7 @@ def ssd_chunked_scan(
     dt_limit=_NO_LIMIT,
     initial_state=None,
 ):
-    """Chunked SSD (spec-notes §4.5 steps 1-5) in float32; the signature of ``ops.ssd_chunked``.
+    """Chunked SSD (docs/spec.md §4.5 steps 1-5) in float32; the signature of ``ops.ssd_chunked``.
 
     Heads are grouped as (G, R = H/G) so a group's B and C broadcast over its R heads.
 

@@ -3,7 +3,7 @@
 Everything is derived from ``mamba_core.layout`` (names, shapes, dtype policy, ``mlx_axes``) and the
 spec's ``LoadPlan`` (house-style §9.2): no name-replace chains, no shape sniffing. Tensor data is read
 with ``mx.load`` and written with ``mx.save_safetensors``, so bfloat16 never passes through numpy
-(spec-notes §2). Canonical layout = torch's (conv weight (C, 1, K)); the modules hold MLX layout
+(docs/spec.md §2). Canonical layout = torch's (conv weight (C, 1, K)); the modules hold MLX layout
 (C, K, 1), reached with ``Param.mlx_axes``.
 """
 
@@ -13,11 +13,12 @@ import os
 
 import mlx.core as mx
 import numpy as np
-from mlx.utils import tree_flatten
 
 from mamba_core.backends.mlx.device import resolve_device, resolve_dtype
+from mamba_core.backends.mlx.heads import assign, build_task_model, export_canonical, export_task_tensors
 from mamba_core.backends.mlx.model import Mamba1LM, Mamba2LM, Mamba3LM, initialize
-from mamba_core.checkpoint import LoadPlan, is_pickle, load_pickle
+from mamba_core.backends.mlx.pickles import read_pickle
+from mamba_core.checkpoint import LoadPlan, is_pickle
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
 
@@ -37,29 +38,6 @@ def from_numpy(a, *, dtype=None, device=None) -> mx.array:
     with mx.stream(resolve_device(device)):
         out = mx.array(np.asarray(a))
         return out if dtype is None else out.astype(resolve_dtype(dtype))
-
-
-def _policy_dtype(policy: str, dtype: mx.Dtype) -> mx.Dtype:
-    return mx.float32 if policy == "fp32" else dtype
-
-
-def _to_mlx_layout(arr: mx.array, axes) -> mx.array:
-    return arr if axes is None else mx.transpose(arr, axes)
-
-
-def _from_mlx_layout(arr: mx.array, axes) -> mx.array:
-    return arr if axes is None else mx.transpose(arr, [int(i) for i in np.argsort(axes)])
-
-
-def _assign(model, tensors: dict[str, mx.array], dtype: mx.Dtype) -> None:
-    """Fill ``model`` from canonical torch-layout tensors with the dtype policy applied."""
-    specs = expand_layout(model.config)
-    weights = []
-    for name, spec in specs.items():
-        arr = _to_mlx_layout(tensors[name], spec.mlx_axes)
-        weights.append((name, arr.astype(_policy_dtype(spec.dtype_policy, dtype))))
-    model.load_weights(weights, strict=True)
-    mx.eval(model.parameters())
 
 
 def _new_model(config, dtype: mx.Dtype, device: mx.Device, kernels: str):
@@ -100,22 +78,11 @@ def build_model(config, *, dtype="float32", device=None, seed: int | None = None
     return model
 
 
-def _from_torch(t) -> mx.array:
-    """A CPU torch tensor as ``mx.array``, bit-exact: bfloat16 crosses numpy as its int16 bit pattern."""
-    import torch
-
-    t = t.detach().to("cpu").contiguous()
-    if t.dtype == torch.bfloat16:
-        return mx.view(mx.array(t.view(torch.int16).numpy()), mx.bfloat16)
-    return mx.array(t.numpy())
-
-
 def _file_reader(file: str):
-    """name -> ``mx.array`` for one weight file: ``mx.load`` for safetensors, torch's
-    ``weights_only`` loader for pickled ``.bin`` files (needs torch; imported only then)."""
+    """name -> ``mx.array`` for one weight file: ``mx.load`` for safetensors, ``pickles.read_pickle``
+    for pickled ``.bin`` files (needs torch to read them)."""
     if is_pickle(file):
-        stored = load_pickle(file)
-        return lambda name: _from_torch(stored[name])
+        return read_pickle(file).__getitem__
     try:
         arrays = mx.load(os.fspath(file))
     except Exception as e:  # damaged data that the header check could not see
@@ -175,14 +142,9 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
                     "backbone.embedding.weight but the config says tie_embeddings=True; set "
                     "tie_embeddings false (untied) or drop lm_head.weight",
                     mismatched=[("lm_head.weight", "equal to the embedding", "different values")])
-        if plan.task.kind != "lm":  # a stack or head (mamba_core.task): heads.py builds and fills it
-            from mamba_core.backends.mlx.heads import assign as assign_task
-            from mamba_core.backends.mlx.heads import build_task_model
-
+        if plan.task.kind != "lm":  # a stack or head (mamba_core.task): heads.py builds it
             model = build_task_model(plan.config, plan.task, dtype=dt, device=dev)
-            assign_task(model, tensors, dt, allow_missing=plan.absent)
-            return model
-        _assign(model, tensors, dt)
+        assign(model, tensors, dt, allow_missing=plan.absent)
     return model
 
 
@@ -203,17 +165,13 @@ def export_tensors(model, dialect: str = "mamba-core") -> dict[str, mx.array]:
     if dialect not in DIALECT_RENAMES:
         raise CheckpointError(f"unknown dialect {dialect!r}; expected one of {tuple(DIALECT_RENAMES)}")
     if not isinstance(model, (Mamba1LM, Mamba2LM, Mamba3LM)):  # a stack or head: canonical names, ours only
-        from mamba_core.backends.mlx.heads import export_task_tensors
-
         return export_task_tensors(model, dialect)
-    params = dict(tree_flatten(model.parameters()))
-    mlx_layout = DIALECT_AXES[dialect]
+    renames, mlx_layout = DIALECT_RENAMES[dialect], DIALECT_AXES[dialect]
+    specs = expand_layout(model.config)
     out = {}
-    for name, spec in expand_layout(model.config).items():
-        arr = params[name]
-        if not mlx_layout:
-            arr = _from_mlx_layout(arr, spec.mlx_axes)
-        out[DIALECT_RENAMES[dialect].get(name, name)] = arr
+    for name, arr in export_canonical(model).items():
+        axes = specs[name].mlx_axes  # an involution: canonical (C, 1, K) -> MLX (C, K, 1)
+        out[renames.get(name, name)] = mx.transpose(arr, axes) if mlx_layout and axes is not None else arr
     return out
 
 

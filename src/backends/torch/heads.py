@@ -1,4 +1,4 @@
-"""Task heads on the LMs' backbone: ``SequenceClassifier`` and ``FeatureExtractor`` (issue 7.4).
+"""Task heads on the LMs' backbone: ``SequenceClassifier`` and ``FeatureExtractor``.
 
 Both hold ``backbone``, the same ``Mamba1``/``Mamba2`` stack (with an embedding) that a ``Mamba1LM``
 holds, so their module tree is the LM's canonical names minus ``lm_head`` plus the head rows of

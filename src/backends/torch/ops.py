@@ -1,7 +1,7 @@
 """Pure-torch ops with the names, argument order, defaults and return tuples of ``mamba_core.reference``.
 
 Channels-last activations ``(B, L, ...)``, conv weight ``(C, K)``; functional (states are returned,
-never mutated). Dtype policy (spec-notes §6.1): Δ, softplus, ``exp(ΔA)``, the SSM states, the D skip
+never mutated). Dtype policy (docs/spec.md §6.1): Δ, softplus, ``exp(ΔA)``, the SSM states, the D skip
 and the z gate are computed in float32 (float64 inputs stay float64, for gradcheck); norms compute in
 float32 and return ``weight.dtype`` (the model dtype); scans return ``y`` in float32 for the caller
 to cast after the gate/norm. The sequence scans are the chunked ones of ``scan.py``.

@@ -1,6 +1,6 @@
 """Training-speed scans behind ``ops.selective_scan`` (Mamba-1) and ``ops.ssd_chunked`` (Mamba-2).
 
-Mamba-1 (S6, spec-notes §3.4 steps 8-10): ``h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t u_t B_t``,
+Mamba-1 (S6, docs/spec.md §3.4 steps 8-10): ``h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t u_t B_t``,
 ``y_t = h_t C_t``. The decay differs per (channel, state) pair, so there is no matmul form; the work
 is elementwise over (B, L, E, N). ``_ChunkedSelectiveScan`` walks time in chunks of T tokens:
 
@@ -12,14 +12,14 @@ is elementwise over (B, L, E, N). ``_ChunkedSelectiveScan`` walks time in chunks
   gradients of u, Δ, A, B, C and the initial state are contractions of (g, h) over the chunk.
 
 Memory is O(T·B·E·N + (L/T)·B·E·N) instead of O(B·L·E·N); products of decays are never formed, so
-nothing can overflow (spec-notes pitfall 19).
+nothing can overflow (docs/spec.md §9 item 19).
 
-Mamba-2 (SSD, spec-notes §4.5): ``ssd_chunked_scan`` is the chunked matmul algorithm of the paper's
+Mamba-2 (SSD, docs/spec.md §4.5): ``ssd_chunked_scan`` is the chunked matmul algorithm of the paper's
 Listing 1 with the stable in-chunk segsum, any L (the tail is padded), initial state in and final
 state out. It is plain autograd: every step is a batched matmul or an elementwise op on
 (B, H, chunks, Q, Q)-sized tensors, which autograd differentiates at matmul speed.
 
-All state math is float32 whatever the input dtype (spec-notes §6.1).
+All state math is float32 whatever the input dtype (docs/spec.md §6.1).
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ def _segsum_exp(cs64: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     s <= t, else 0.
 
     The difference is taken in float64 and rounded once, which is as accurate as the masked
-    cumulative sum of spec-notes §4.5 (no fp32 cancellation) at a fraction of its cost.
+    cumulative sum of docs/spec.md §4.5 (no fp32 cancellation) at a fraction of its cost.
     """
     q = cs64.shape[-1]
     seg = (cs64.unsqueeze(-1) - cs64.unsqueeze(-2)).to(dtype)  # (..., Q, Q)

@@ -27,10 +27,10 @@ def conv_weight(w: Mapping) -> np.ndarray:
 
 
 def mamba1_mixer(h, w: Mapping, cfg: Mamba1Config, conv_state=None, ssm_state=None):
-    """Mamba-1 mixer over a sequence (spec-notes §3.4 steps 1-12).
+    """Mamba-1 mixer over a sequence (docs/spec.md §3.4 steps 1-12).
 
     The ``dt_proj`` bias is **not** applied with ``dt_proj``: it is added inside the scan, followed
-    by softplus (pitfall §9.4). ``A = -exp(A_log)``.
+    by softplus (docs/spec.md §9.4). ``A = -exp(A_log)``.
 
     Args:
         h: (B, L, D) normed input.
@@ -80,7 +80,7 @@ def mamba1_mixer(h, w: Mapping, cfg: Mamba1Config, conv_state=None, ssm_state=No
 
 
 def mamba1_mixer_step(h, w: Mapping, cfg: Mamba1Config, conv_state, ssm_state):
-    """One decode step of the Mamba-1 mixer (spec-notes §3.5).
+    """One decode step of the Mamba-1 mixer (docs/spec.md §3.5).
 
     Args:
         h: (B, D) normed input of one token.

@@ -33,7 +33,7 @@ def _mamba2_split_xbc(xbc: np.ndarray, cfg: Mamba2Config):
 
 
 def _mamba2_project_out(y: np.ndarray, z: np.ndarray, w: Mapping, cfg: Mamba2Config) -> np.ndarray:
-    # gated RMSNorm (gate first, groups of E/G channels), then out_proj (spec-notes §4.4 steps 8-9)
+    # gated RMSNorm (gate first, groups of E/G channels), then out_proj (docs/spec.md §4.4 steps 8-9)
     y = rmsnorm_gated(
         y,
         z,
@@ -46,7 +46,7 @@ def _mamba2_project_out(y: np.ndarray, z: np.ndarray, w: Mapping, cfg: Mamba2Con
 
 
 def mamba2_mixer(h, w: Mapping, cfg: Mamba2Config, conv_state=None, ssm_state=None):
-    """Mamba-2 mixer over a sequence (spec-notes §4.4 steps 1-9, chunked SSD of §4.5).
+    """Mamba-2 mixer over a sequence (docs/spec.md §4.4 steps 1-9, chunked SSD of §4.5).
 
     ``in_proj`` rows are ``[z (E), x (E), B (G·N), C (G·N), dt (H)]``; the conv and the SiLU cover
     all of ``xBC``; SSD runs with ``cfg.chunk_size`` and ``cfg.dt_limit``; the gated RMSNorm uses
@@ -99,7 +99,7 @@ def mamba2_mixer(h, w: Mapping, cfg: Mamba2Config, conv_state=None, ssm_state=No
 
 
 def mamba2_mixer_step(h, w: Mapping, cfg: Mamba2Config, conv_state, ssm_state):
-    """One decode step of the Mamba-2 mixer (spec-notes §4.6).
+    """One decode step of the Mamba-2 mixer (docs/spec.md §4.6).
 
     The same ``dt_limit`` clamp as the chunked path is applied, so that a step equals the forward.
 
