@@ -335,7 +335,8 @@ def test_state_spaces_checkpoint_gives_the_official_logits(official, variant, tm
     from mamba_core.errors import BackendUnavailableError
     from mamba_core.registry import BACKENDS, get_backend
 
-    cfg = Mamba3Config(d_model=32, n_layer=2, vocab_size=37, d_state=16, headdim=16, chunk_size=8, **variant)
+    base = {"d_model": 32, "n_layer": 2, "vocab_size": 37, "d_state": 16, "headdim": 16, "chunk_size": 8}
+    cfg = Mamba3Config(**{**base, **variant})
     rng = np.random.default_rng(1)
     w32 = init_weights(cfg, rng, perturb_norms=True)
     lm = _OfficialLM(official, cfg)

@@ -9,6 +9,7 @@ Example:
 
 from mamba_core.config import Mamba1Config as Mamba1Config
 from mamba_core.config import Mamba2Config as Mamba2Config
+from mamba_core.mamba3_config import Mamba3Config as Mamba3Config
 from mamba_core.conversion import convert as convert
 from mamba_core.errors import BackendUnavailableError as BackendUnavailableError
 from mamba_core.errors import CheckpointError as CheckpointError
@@ -29,6 +30,7 @@ __all__ = [
     "ConfigError",
     "Mamba1Config",
     "Mamba2Config",
+    "Mamba3Config",
     "MambaCoreError",
     "UnsupportedError",
     "__version__",

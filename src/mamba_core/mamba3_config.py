@@ -20,11 +20,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from mamba_core.errors import ConfigError
+from mamba_core.layers.gated_mlp import mlp_width
 from mamba_core.layers.kind import BlockPlan
 
 A_PARAMS = ("heavy_tail", "softplus")
 ROPE_FRACTIONS = (0.5, 1.0)
-MLP_MULTIPLE = 128  # the gated MLP rounds its hidden width up to a multiple of this
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -195,6 +195,35 @@ class Mamba3Config:
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], dialect: str | None = None) -> Mamba3Config:
+        """Read a config.json dict (state-spaces with ``ssm_cfg.layer = "Mamba3"``, or mamba-core).
+
+        Raises:
+            ConfigError: unknown key, impossible shapes, or a config of another architecture.
+        """
+        from mamba_core.dialects import parse_config  # the codec imports the config classes
+
+        parsed = parse_config(d, dialect=dialect)
+        if not isinstance(parsed.config, cls):
+            raise ConfigError(
+                f"this config describes a {parsed.config.arch!r} model, not 'mamba3'; use "
+                f"{type(parsed.config).__name__}.from_dict or mamba_core.dialects.parse_config",
+                field="arch",
+            )
+        return parsed.config
+
+    def to_dict(self, dialect: str = "mamba-core") -> dict[str, Any]:
+        """Write the config in a dialect of ``mamba_core.dialects.DIALECTS`` (the config.json dict).
+
+        Raises:
+            UnsupportedError: ``"hf"`` / ``"mlx-lm"`` (no official Mamba-3 model type there), or
+                ``"state-spaces"`` with ``a_param="softplus"`` (the official format cannot say it).
+        """
+        from mamba_core.dialects import write_config  # the codec imports the config classes
+
+        return write_config(self, dialect)
+
     def layer_plan(self) -> tuple[BlockPlan, ...]:
         """The blocks: a ``mamba3`` mixer in every layer, plus the ``gated_mlp`` when ``d_intermediate > 0``.
 
@@ -244,7 +273,7 @@ class Mamba3Config:
     @property
     def d_mlp(self) -> int:
         """M: gated-MLP hidden width, ``d_intermediate`` rounded up to a multiple of 128 (0 = no MLP)."""
-        return -(-self.d_intermediate // MLP_MULTIPLE) * MLP_MULTIPLE
+        return mlp_width(self.d_intermediate)
 
     @property
     def d_fc1(self) -> int:

@@ -12,6 +12,19 @@ import numpy as np
 from mamba_core.layers.init import linear_weight
 from mamba_core.layers.kind import LayerKind, Param
 
+MLP_MULTIPLE = 128  # the official GatedMLP rounds its hidden width up to a multiple of this
+
+
+def mlp_width(d_intermediate: int) -> int:
+    """M: ``d_intermediate`` rounded up to a multiple of 128 (0 = no MLP).
+
+    Example:
+        >>> mlp_width(5500), mlp_width(0)
+        (5504, 0)
+    """
+    return -(-d_intermediate // MLP_MULTIPLE) * MLP_MULTIPLE
+
+
 ROWS: tuple[Param, ...] = (
     Param("fc1.weight", ("d_fc1", "d_model")),
     Param("fc2.weight", ("d_model", "d_mlp")),
