@@ -9,7 +9,6 @@ Example:
 
 from mamba_core.config import Mamba1Config as Mamba1Config
 from mamba_core.config import Mamba2Config as Mamba2Config
-from mamba_core.mamba3_config import Mamba3Config as Mamba3Config
 from mamba_core.conversion import convert as convert
 from mamba_core.errors import BackendUnavailableError as BackendUnavailableError
 from mamba_core.errors import CheckpointError as CheckpointError
@@ -19,6 +18,7 @@ from mamba_core.errors import UnsupportedError as UnsupportedError
 from mamba_core.loading import load as load
 from mamba_core.loading import load_tokenizer as load_tokenizer
 from mamba_core.loading import save as save
+from mamba_core.mamba3_config import Mamba3Config as Mamba3Config
 from mamba_core.registry import available_backends as available_backends
 from mamba_core.registry import get_backend as get_backend
 

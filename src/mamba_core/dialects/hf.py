@@ -256,8 +256,8 @@ def write(cfg, dialect: str = "hf") -> dict[str, Any]:
         )
     if cfg.has_mlp:
         raise UnsupportedError(
-            f"d_intermediate={cfg.d_intermediate}: transformers' and mlx-lm's {_MODEL_TYPE_OF[arch]!r} models "
-            "have no MLP in their blocks; save with dialect='state-spaces' or 'mamba-core'"
+            f"d_intermediate={cfg.d_intermediate}: transformers' and mlx-lm's {_MODEL_TYPE_OF[arch]!r} "
+            "models have no MLP in their blocks; save with dialect='state-spaces' or 'mamba-core'"
         )
     model_type = _MODEL_TYPE_OF[arch]
     out: dict[str, Any] = {"model_type": model_type, "architectures": [MODEL_TYPES[model_type][1]]}
