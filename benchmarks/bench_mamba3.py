@@ -65,6 +65,7 @@ def bench(backend, name: str, cfg, args) -> dict:
     tokens = backend.from_numpy(rng.integers(0, cfg.vocab_size, (1,)))
     row = {}
     with no_grad(backend):
+
         def prefill():
             cache = model.make_cache(1)
             backend.to_numpy(model(prompt, cache=cache)[:, -1])
@@ -83,8 +84,9 @@ def bench(backend, name: str, cfg, args) -> dict:
     trainer = backend.Trainer(model, TrainConfig())
     ids = rng.integers(0, cfg.vocab_size, (2, args.train_len + 1))
     trainer.step(ids[:, :-1], ids[:, 1:], lr=1e-4)  # warm-up (allocations, lazy graphs)
-    row["train"] = 2 * args.train_len / best(lambda: trainer.step(ids[:, :-1], ids[:, 1:], lr=1e-4),
-                                             args.repeats)
+    row["train"] = (
+        2 * args.train_len / best(lambda: trainer.step(ids[:, :-1], ids[:, 1:], lr=1e-4), args.repeats)
+    )
     return row
 
 
@@ -93,8 +95,12 @@ def main(argv=None) -> int:
     p.add_argument("--backend", default="torch,mlx", help="comma-separated backends (default torch,mlx)")
     p.add_argument("--quick", action="store_true", help="d_model 256, 4 layers, prompt 256, train L 128")
     p.add_argument("--repeats", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch intra-op threads (default: torch's); 1 on a machine whose cores are shared")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's); 1 on a machine whose cores are shared",
+    )
     args = p.parse_args(argv)
     if args.quick:
         d_model, n_layer, args.prompt, args.decode, args.train_len = 256, 4, 256, 16, 128
@@ -102,8 +108,10 @@ def main(argv=None) -> int:
     else:
         d_model, n_layer, args.prompt, args.decode, args.train_len = 768, 24, 1024, 32, 512
         args.repeats = args.repeats or 3
-    print(f"width d_model {d_model} x {n_layer} layers, d_state 128, headdim 64; prompt {args.prompt}, "
-          f"decode {args.decode} tokens, train batch 2 x L {args.train_len}; float32, random weights")
+    print(
+        f"width d_model {d_model} x {n_layer} layers, d_state 128, headdim 64; prompt {args.prompt}, "
+        f"decode {args.decode} tokens, train batch 2 x L {args.train_len}; float32, random weights"
+    )
     print(f"{'backend':8s} {'model':13s} {'prefill tok/s':>14s} {'decode tok/s':>13s} {'train tok/s':>12s}")
     for name in args.backend.split(","):
         try:
@@ -117,8 +125,11 @@ def main(argv=None) -> int:
             torch.set_num_threads(args.threads)
         for model_name, cfg in configs(d_model, n_layer).items():
             row = bench(backend, model_name, cfg, args)
-            print(f"{name:8s} {model_name:13s} {row['prefill']:14.0f} {row['decode']:13.1f} "
-                  f"{row['train']:12.0f}", flush=True)
+            print(
+                f"{name:8s} {model_name:13s} {row['prefill']:14.0f} {row['decode']:13.1f} "
+                f"{row['train']:12.0f}",
+                flush=True,
+            )
     return 0
 
 

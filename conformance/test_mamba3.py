@@ -17,8 +17,9 @@ from mamba_core.train import TrainConfig
 
 CONFIGS = {
     "siso-mlp": tiny_mamba3(),
-    "mimo-g2-outnorm": tiny_mamba3(is_mimo=True, mimo_rank=2, ngroups=2, is_outproj_norm=True,
-                                   d_intermediate=0, rope_fraction=1.0),
+    "mimo-g2-outnorm": tiny_mamba3(
+        is_mimo=True, mimo_rank=2, ngroups=2, is_outproj_norm=True, d_intermediate=0, rope_fraction=1.0
+    ),
 }
 
 
@@ -83,8 +84,12 @@ def test_padded_tokens_are_identity_steps(target, rank, rng):
     dt = np.exp(rng.normal(-2, 0.5, (b, length, h)))
     adt = -np.exp(rng.normal(0, 0.5, (b, length, h))) * dt
     trap, angles = rng.normal(size=(b, length, h)), rng.normal(size=(b, length, a))
-    kw = {"D": arr(rng.normal(size=h)), "mimo_x": arr(rng.normal(size=(h, rank, p))) if rank > 1 else None,
-          "rotary": "halves" if rank > 1 else "pairwise", "chunk_size": 4}
+    kw = {
+        "D": arr(rng.normal(size=h)),
+        "mimo_x": arr(rng.normal(size=(h, rank, p))) if rank > 1 else None,
+        "rotary": "halves" if rank > 1 else "pairwise",
+        "chunk_size": 4,
+    }
     bias = [arr(1 + 0.1 * rng.normal(size=(h, rank, n))) for _ in range(2)]
 
     def padded(x, zero: bool):
@@ -94,8 +99,21 @@ def test_padded_tokens_are_identity_steps(target, rank, rng):
 
     y, state = ops.mamba3_chunked(*(arr(x) for x in (q, k, v, adt, dt, trap, angles)), *bias, **kw)
     yp, state_p = ops.mamba3_chunked(
-        *(arr(padded(x, zero)) for x, zero in ((q, False), (k, False), (v, True), (adt, True), (dt, True),
-                                               (trap, False), (angles, False))), *bias, **kw)
+        *(
+            arr(padded(x, zero))
+            for x, zero in (
+                (q, False),
+                (k, False),
+                (v, True),
+                (adt, True),
+                (dt, True),
+                (trap, False),
+                (angles, False),
+            )
+        ),
+        *bias,
+        **kw,
+    )
     check_close(_np(mod, yp)[:, pad:], _np(mod, y), 1e-5, "outputs after the padding")
     assert np.abs(_np(mod, yp)[:, :pad]).max() == 0.0  # zero state, zero x: nothing comes out
     for field in ("angle_state", "ssm_state", "k_state", "v_state"):
@@ -115,8 +133,17 @@ def test_torch_autograd_memory_is_chunk_bounded():
         return (torch.randn(*shape, generator=gen) * scale).requires_grad_()
 
     dt = torch.rand(b, length, h, generator=gen) * 0.1 + 0.01
-    inputs = [t(b, length, r, g, n), t(b, length, r, g, n), t(b, length, h, p), (-dt).requires_grad_(),
-              dt.requires_grad_(), t(b, length, h), t(b, length, a), t(h, r, n), t(h, r, n)]
+    inputs = [
+        t(b, length, r, g, n),
+        t(b, length, r, g, n),
+        t(b, length, h, p),
+        (-dt).requires_grad_(),
+        dt.requires_grad_(),
+        t(b, length, h),
+        t(b, length, a),
+        t(h, r, n),
+        t(h, r, n),
+    ]
     biggest = []
 
     def pack(x):

@@ -235,10 +235,19 @@ def test_mixer_matches_official_module(official, variant):
 
 def _official_mixer(official, cfg: Mamba3Config):
     return official.Mamba3(
-        cfg.d_model, d_state=cfg.d_state, expand=cfg.expand, headdim=cfg.headdim, ngroups=cfg.ngroups,
-        rope_fraction=cfg.rope_fraction, A_floor=cfg.A_floor, is_outproj_norm=cfg.is_outproj_norm,
-        is_mimo=cfg.is_mimo, mimo_rank=cfg.mimo_rank, chunk_size=cfg.chunk_size,
-        fuse_pregate_headwise_norm=cfg.fuse_pregate_headwise_norm, dtype=F64,
+        cfg.d_model,
+        d_state=cfg.d_state,
+        expand=cfg.expand,
+        headdim=cfg.headdim,
+        ngroups=cfg.ngroups,
+        rope_fraction=cfg.rope_fraction,
+        A_floor=cfg.A_floor,
+        is_outproj_norm=cfg.is_outproj_norm,
+        is_mimo=cfg.is_mimo,
+        mimo_rank=cfg.mimo_rank,
+        chunk_size=cfg.chunk_size,
+        fuse_pregate_headwise_norm=cfg.fuse_pregate_headwise_norm,
+        dtype=F64,
     )
 
 
@@ -295,13 +304,32 @@ class _OfficialLM(torch.nn.Module):
 LM_GRID = [
     pytest.param({"d_intermediate": 40}, id="siso-mlp-tied"),
     pytest.param({"ngroups": 2, "rope_fraction": 1.0, "tie_embeddings": False}, id="siso-g2-rope1-untied"),
-    pytest.param({"is_outproj_norm": True, "d_intermediate": 40, "vocab_size": 13,
-                  "pad_vocab_size_multiple": 1}, id="siso-outnorm-mlp-vocab13"),
+    pytest.param(
+        {"is_outproj_norm": True, "d_intermediate": 40, "vocab_size": 13, "pad_vocab_size_multiple": 1},
+        id="siso-outnorm-mlp-vocab13",
+    ),
     pytest.param({"is_mimo": True, "mimo_rank": 2, "d_intermediate": 40}, id="mimo2-mlp"),
-    pytest.param({"is_mimo": True, "ngroups": 2, "rope_fraction": 1.0, "is_outproj_norm": True,
-                  "tie_embeddings": False, "d_intermediate": 40}, id="mimo4-g2-rope1-outnorm-mlp-untied"),
-    pytest.param({"is_mimo": True, "ngroups": 2, "rope_fraction": 0.5, "is_outproj_norm": True,
-                  "fuse_pregate_headwise_norm": False}, id="mimo4-g2-outnorm-unfused"),
+    pytest.param(
+        {
+            "is_mimo": True,
+            "ngroups": 2,
+            "rope_fraction": 1.0,
+            "is_outproj_norm": True,
+            "tie_embeddings": False,
+            "d_intermediate": 40,
+        },
+        id="mimo4-g2-rope1-outnorm-mlp-untied",
+    ),
+    pytest.param(
+        {
+            "is_mimo": True,
+            "ngroups": 2,
+            "rope_fraction": 0.5,
+            "is_outproj_norm": True,
+            "fuse_pregate_headwise_norm": False,
+        },
+        id="mimo4-g2-outnorm-unfused",
+    ),
 ]
 
 
@@ -311,18 +339,40 @@ def _state_spaces_checkpoint(cfg: Mamba3Config, weights: dict, path: Path) -> Pa
 
     from safetensors.numpy import save_file
 
-    ssm_cfg = {"layer": "Mamba3", "d_state": cfg.d_state, "expand": cfg.expand, "headdim": cfg.headdim,
-               "ngroups": cfg.ngroups, "rope_fraction": cfg.rope_fraction, "A_floor": cfg.A_floor,
-               "is_outproj_norm": cfg.is_outproj_norm, "is_mimo": cfg.is_mimo, "mimo_rank": cfg.mimo_rank,
-               "chunk_size": cfg.chunk_size, "fuse_pregate_headwise_norm": cfg.fuse_pregate_headwise_norm}
-    config = {"d_model": cfg.d_model, "d_intermediate": cfg.d_intermediate, "n_layer": cfg.n_layer,
-              "vocab_size": cfg.vocab_size, "ssm_cfg": ssm_cfg, "attn_layer_idx": [], "attn_cfg": {},
-              "rms_norm": True, "residual_in_fp32": True, "fused_add_norm": True,
-              "pad_vocab_size_multiple": cfg.pad_vocab_size_multiple, "tie_embeddings": cfg.tie_embeddings}
+    ssm_cfg = {
+        "layer": "Mamba3",
+        "d_state": cfg.d_state,
+        "expand": cfg.expand,
+        "headdim": cfg.headdim,
+        "ngroups": cfg.ngroups,
+        "rope_fraction": cfg.rope_fraction,
+        "A_floor": cfg.A_floor,
+        "is_outproj_norm": cfg.is_outproj_norm,
+        "is_mimo": cfg.is_mimo,
+        "mimo_rank": cfg.mimo_rank,
+        "chunk_size": cfg.chunk_size,
+        "fuse_pregate_headwise_norm": cfg.fuse_pregate_headwise_norm,
+    }
+    config = {
+        "d_model": cfg.d_model,
+        "d_intermediate": cfg.d_intermediate,
+        "n_layer": cfg.n_layer,
+        "vocab_size": cfg.vocab_size,
+        "ssm_cfg": ssm_cfg,
+        "attn_layer_idx": [],
+        "attn_cfg": {},
+        "rms_norm": True,
+        "residual_in_fp32": True,
+        "fused_add_norm": True,
+        "pad_vocab_size_multiple": cfg.pad_vocab_size_multiple,
+        "tie_embeddings": cfg.tie_embeddings,
+    }
     path.mkdir(parents=True, exist_ok=True)
     (path / "config.json").write_text(json.dumps(config))
-    save_file({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()},
-              str(path / "model.safetensors"))
+    save_file(
+        {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in weights.items()},
+        str(path / "model.safetensors"),
+    )
     return path
 
 
@@ -359,8 +409,9 @@ def test_state_spaces_checkpoint_gives_the_official_logits(official, variant, tm
         assert err <= 1e-4, f"{name}: logits error vs the official module {err:.3e}"
         cache = model.make_cache(2)
         steps = [backend.to_numpy(model(backend.from_numpy(ids[:, :5]), cache=cache))]
-        steps += [backend.to_numpy(model.step(backend.from_numpy(ids[:, t]), cache))[:, None]
-                  for t in range(5, 21)]
+        steps += [
+            backend.to_numpy(model.step(backend.from_numpy(ids[:, t]), cache))[:, None] for t in range(5, 21)
+        ]
         err = np.abs(np.concatenate(steps, 1) - expected).max() / np.abs(expected).max()
         assert err <= 1e-4, f"{name}: prefill + decode error vs the official module {err:.3e}"
         ran.append(name)

@@ -38,6 +38,7 @@ def init_mamba3_weights(cfg, rng, *, perturb_norms=False):
 def mamba3_cache_shapes(cfg, batch):
     return cache_plan(cfg, batch)[0]
 
+
 TIGHT = 1e-12  # float64 vs float64: only the order of the sums differs
 
 
@@ -430,11 +431,13 @@ def test_block_is_mixer_then_mlp_residuals():
     single = {k.replace("layers.1.", "layers.0."): v for k, v in ws.items() if "layers.0." not in k}
     single["backbone.norm_f.weight"] = np.ones(cfg.d_model)  # so that norm_f is a plain RMS
     out = backbone_forward(one, single, x)[0]
-    w = {k[len("backbone.layers.1."):]: v for k, v in ws.items() if k.startswith("backbone.layers.1.")}
+    w = {k[len("backbone.layers.1.") :]: v for k, v in ws.items() if k.startswith("backbone.layers.1.")}
     mix = m3.mamba3_mixer(rmsnorm(x, w["norm.weight"]), block_weights(ws, 1, slot="mixer"), cfg)[0]
     mid = x + mix
-    expected = rmsnorm(mid + gated_mlp(rmsnorm(mid, w["norm2.weight"]), block_weights(ws, 1, slot="mlp")),
-                       np.ones(cfg.d_model))
+    expected = rmsnorm(
+        mid + gated_mlp(rmsnorm(mid, w["norm2.weight"]), block_weights(ws, 1, slot="mlp")),
+        np.ones(cfg.d_model),
+    )
     assert _err(out, expected) < TIGHT
 
 

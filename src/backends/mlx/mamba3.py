@@ -99,15 +99,22 @@ class Mamba3Mixer(nn.Module):
 
     def _scan_kwargs(self) -> dict:
         mimo = self.config.is_mimo
-        return {"D": self.D, "mimo_x": self.mimo_x if mimo else None,
-                "rotary": "halves" if mimo else "pairwise"}
+        return {
+            "D": self.D,
+            "mimo_x": self.mimo_x if mimo else None,
+            "rotary": "halves" if mimo else "pairwise",
+        }
 
     def _finish(self, y: mx.array, z: mx.array) -> mx.array:
         c = self.config
         mimo = c.is_mimo
         out = ops.mamba3_gate_out(
-            y, z, mimo_z=self.mimo_z if mimo else None, mimo_o=self.mimo_o if mimo else None,
-            norm_weight=self.norm.weight if c.is_outproj_norm else None, eps=c.outproj_norm_epsilon,
+            y,
+            z,
+            mimo_z=self.mimo_z if mimo else None,
+            mimo_o=self.mimo_o if mimo else None,
+            norm_weight=self.norm.weight if c.is_outproj_norm else None,
+            eps=c.outproj_norm_epsilon,
         )  # (..., H, P) float32
         return out.reshape(*out.shape[:-2], c.d_inner).astype(self.out_proj.weight.dtype)
 
@@ -117,12 +124,27 @@ class Mamba3Mixer(nn.Module):
         p = self._project(self.in_proj(h), attention_mask)
         state = dict(zip(STATE_FIELDS, (angle_state, ssm_state, k_state, v_state), strict=True))
         y, state = ops.mamba3_chunked(
-            p["C"], p["B"], p["x"], p["adt"], p["dt"], p["trap"], p["angles"], self.C_bias, self.B_bias,
-            chunk_size=self.config.chunk_size, initial_state=state, **self._scan_kwargs(),
+            p["C"],
+            p["B"],
+            p["x"],
+            p["adt"],
+            p["dt"],
+            p["trap"],
+            p["angles"],
+            self.C_bias,
+            self.B_bias,
+            chunk_size=self.config.chunk_size,
+            initial_state=state,
+            **self._scan_kwargs(),
         )  # (B, L, H, R, P) fp32
         model = self.in_proj.weight.dtype
-        return (self.out_proj(self._finish(y, p["z"])), state["angle_state"], state["ssm_state"],
-                state["k_state"].astype(model), state["v_state"].astype(model))
+        return (
+            self.out_proj(self._finish(y, p["z"])),
+            state["angle_state"],
+            state["ssm_state"],
+            state["k_state"].astype(model),
+            state["v_state"].astype(model),
+        )
 
     def step(self, h, angle_state, ssm_state, k_state, v_state):
         """One token: h (B, D) -> ``(out (B, D), angle_state, ssm_state, k_state, v_state)``, O(1)
@@ -130,7 +152,16 @@ class Mamba3Mixer(nn.Module):
         p = self._project(project(self.in_proj, h))
         state = dict(zip(STATE_FIELDS, (angle_state, ssm_state, k_state, v_state), strict=True))
         y, state = ops.mamba3_state_update_(
-            state, p["C"], p["B"], p["x"], p["adt"], p["dt"], p["trap"], p["angles"], self.C_bias,
-            self.B_bias, **self._scan_kwargs(),
+            state,
+            p["C"],
+            p["B"],
+            p["x"],
+            p["adt"],
+            p["dt"],
+            p["trap"],
+            p["angles"],
+            self.C_bias,
+            self.B_bias,
+            **self._scan_kwargs(),
         )  # (B, H, R, P) fp32
         return (project(self.out_proj, self._finish(y, p["z"])), *(state[f] for f in STATE_FIELDS))

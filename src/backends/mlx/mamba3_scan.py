@@ -149,14 +149,30 @@ def _by_head(x: mx.array, bsz: int, nc: int, nheads: int, rows: int, last: int) 
     return mx.transpose(x, (0, 1, 3, 2, 4, 5)).reshape(bsz, nc, nheads, rows, last)
 
 
-def chunked(q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, chunk_size, D=None, mimo_x=None,
-            rotary="pairwise", initial_state=None):
+def chunked(
+    q,
+    k,
+    v,
+    adt,
+    dt,
+    trap,
+    angles,
+    q_bias,
+    k_bias,
+    *,
+    chunk_size,
+    D=None,
+    mimo_x=None,
+    rotary="pairwise",
+    initial_state=None,
+):
     """The chunked Mamba-3 scan (module docstring); arguments and returns as ``ops.mamba3_chunked``."""
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     if q.ndim != 5 or v.ndim != 4 or q.shape[:2] != v.shape[:2]:
-        raise ValueError(f"expected q/k (B, L, R, G, N) and v (B, L, H, P), got {tuple(q.shape)} and "
-                         f"{tuple(v.shape)}")
+        raise ValueError(
+            f"expected q/k (B, L, R, G, N) and v (B, L, H, P), got {tuple(q.shape)} and {tuple(v.shape)}"
+        )
     bsz, seqlen, rank, _, n = q.shape
     nheads, headdim = v.shape[-2:]
     if seqlen < 1:
@@ -221,8 +237,9 @@ def chunked(q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, chunk_size, D=Non
     return y, new
 
 
-def state_update(state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, D=None, mimo_x=None,
-                 rotary="pairwise"):
+def state_update(
+    state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, D=None, mimo_x=None, rotary="pairwise"
+):
     """One token; arguments and returns as ``ops.mamba3_state_update`` (float32 state out)."""
     dt, adt = _f32(dt), _f32(adt)
     bsz, rank, _, n = q.shape
@@ -235,20 +252,25 @@ def state_update(state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, D=Non
     lam = mx.sigmoid(_f32(trap))
     alpha = mx.exp(adt)
     beta, gamma = (1.0 - lam) * dt * alpha, lam * dt
-    h = (alpha[..., None, None] * st["ssm_state"] + beta[..., None, None] * prev_kv(st, mimo_x, rank)
-         + mx.swapaxes(v_t * gamma[..., None, None], -1, -2) @ k_t)
+    h = (
+        alpha[..., None, None] * st["ssm_state"]
+        + beta[..., None, None] * prev_kv(st, mimo_x, rank)
+        + mx.swapaxes(v_t * gamma[..., None, None], -1, -2) @ k_t
+    )
     y = q_t @ mx.swapaxes(h, -1, -2)  # (B, H, R, P)
     if D is not None:
         y = y + _f32(D)[:, None, None] * v_t
     return y, {"angle_state": theta, "ssm_state": h, "k_state": mx.swapaxes(k_t, 1, 2), "v_state": _f32(v)}
 
 
-def state_update_(state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, D=None, mimo_x=None,
-                  rotary="pairwise"):
+def state_update_(
+    state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, D=None, mimo_x=None, rotary="pairwise"
+):
     """``state_update`` whose new ``k_state``/``v_state`` keep the dtypes of the ones passed in (the
     decode cache's), for the models' ``step``; MLX arrays are immutable, so new arrays are returned."""
-    y, new = state_update(state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, D=D, mimo_x=mimo_x,
-                          rotary=rotary)
+    y, new = state_update(
+        state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, D=D, mimo_x=mimo_x, rotary=rotary
+    )
     for field in ("k_state", "v_state"):
         new[field] = new[field].astype(state[field].dtype)
     return y, new

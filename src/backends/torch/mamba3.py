@@ -63,8 +63,9 @@ class Mamba3Mixer(nn.Module):
             self.mimo_o = nn.Parameter(torch.empty(h, c.mimo_rank, c.headdim, **f32))
         self.D = nn.Parameter(torch.empty(h, **f32))
         if c.is_outproj_norm:
-            self.norm = RMSNormGated(c.d_inner, c.outproj_norm_epsilon, c.headdim, norm_before_gate=True,
-                                     **fk)
+            self.norm = RMSNormGated(
+                c.d_inner, c.outproj_norm_epsilon, c.headdim, norm_before_gate=True, **fk
+            )
         self.out_proj = nn.Linear(c.d_inner, c.d_model, bias=False, **fk)
         self._sizes = [getattr(c, size) for _, size in SEGMENTS]
 
@@ -93,15 +94,22 @@ class Mamba3Mixer(nn.Module):
 
     def _scan_kwargs(self) -> dict:
         mimo = self.config.is_mimo
-        return {"D": self.D, "mimo_x": self.mimo_x if mimo else None,
-                "rotary": "halves" if mimo else "pairwise"}
+        return {
+            "D": self.D,
+            "mimo_x": self.mimo_x if mimo else None,
+            "rotary": "halves" if mimo else "pairwise",
+        }
 
     def _finish(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         c = self.config
         mimo = c.is_mimo
         out = ops.mamba3_gate_out(
-            y, z, mimo_z=self.mimo_z if mimo else None, mimo_o=self.mimo_o if mimo else None,
-            norm_weight=self.norm.weight if c.is_outproj_norm else None, eps=c.outproj_norm_epsilon,
+            y,
+            z,
+            mimo_z=self.mimo_z if mimo else None,
+            mimo_o=self.mimo_o if mimo else None,
+            norm_weight=self.norm.weight if c.is_outproj_norm else None,
+            eps=c.outproj_norm_epsilon,
         )  # (..., H, P) float32
         return out.reshape(*out.shape[:-2], c.d_inner).to(self.out_proj.weight.dtype)
 
@@ -111,12 +119,27 @@ class Mamba3Mixer(nn.Module):
         p = self._project(self.in_proj(h), attention_mask)
         state = dict(zip(STATE_FIELDS, (angle_state, ssm_state, k_state, v_state), strict=True))
         y, state = ops.mamba3_chunked(
-            p["C"], p["B"], p["x"], p["adt"], p["dt"], p["trap"], p["angles"], self.C_bias, self.B_bias,
-            chunk_size=self.config.chunk_size, initial_state=state, **self._scan_kwargs(),
+            p["C"],
+            p["B"],
+            p["x"],
+            p["adt"],
+            p["dt"],
+            p["trap"],
+            p["angles"],
+            self.C_bias,
+            self.B_bias,
+            chunk_size=self.config.chunk_size,
+            initial_state=state,
+            **self._scan_kwargs(),
         )  # (B, L, H, R, P) fp32
         model = self.in_proj.weight.dtype
-        return (self.out_proj(self._finish(y, p["z"])), state["angle_state"], state["ssm_state"],
-                state["k_state"].to(model), state["v_state"].to(model))
+        return (
+            self.out_proj(self._finish(y, p["z"])),
+            state["angle_state"],
+            state["ssm_state"],
+            state["k_state"].to(model),
+            state["v_state"].to(model),
+        )
 
     def step(self, h, angle_state, ssm_state, k_state, v_state):
         """One token: h (B, D) -> ``(out (B, D), angle_state, ssm_state, k_state, v_state)``; the states
@@ -124,7 +147,16 @@ class Mamba3Mixer(nn.Module):
         p = self._project(project(self.in_proj, h))
         state = dict(zip(STATE_FIELDS, (angle_state, ssm_state, k_state, v_state), strict=True))
         y, state = ops.mamba3_state_update_(
-            state, p["C"], p["B"], p["x"], p["adt"], p["dt"], p["trap"], p["angles"], self.C_bias,
-            self.B_bias, **self._scan_kwargs(),
+            state,
+            p["C"],
+            p["B"],
+            p["x"],
+            p["adt"],
+            p["dt"],
+            p["trap"],
+            p["angles"],
+            self.C_bias,
+            self.B_bias,
+            **self._scan_kwargs(),
         )  # (B, H, R, P) fp32
         return (project(self.out_proj, self._finish(y, p["z"])), *(state[f] for f in STATE_FIELDS))

@@ -141,14 +141,30 @@ def _angles(inc: torch.Tensor, theta0: torch.Tensor) -> torch.Tensor:
     return torch.remainder(torch.stack(offsets, dim=1).unsqueeze(2) + local, TWO_PI)
 
 
-def chunked(q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, chunk_size, D=None, mimo_x=None,
-            rotary="pairwise", initial_state=None):
+def chunked(
+    q,
+    k,
+    v,
+    adt,
+    dt,
+    trap,
+    angles,
+    q_bias,
+    k_bias,
+    *,
+    chunk_size,
+    D=None,
+    mimo_x=None,
+    rotary="pairwise",
+    initial_state=None,
+):
     """The chunked Mamba-3 scan (module docstring); arguments and returns as ``ops.mamba3_chunked``."""
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     if q.dim() != 5 or v.dim() != 4 or q.shape[:2] != v.shape[:2]:
-        raise ValueError(f"expected q/k (B, L, R, G, N) and v (B, L, H, P), got {tuple(q.shape)} and "
-                         f"{tuple(v.shape)}")
+        raise ValueError(
+            f"expected q/k (B, L, R, G, N) and v (B, L, H, P), got {tuple(q.shape)} and {tuple(v.shape)}"
+        )
     bsz, seqlen, rank, _, n = q.shape
     nheads, headdim = v.shape[-2:]
     if seqlen < 1:
@@ -225,31 +241,38 @@ def _token(st, q, k, v, adt, dt, trap, angles, q_bias, k_bias, mimo_x, rotary):
     return theta, q_t, k_t, v_t, alpha, (1.0 - lam) * dt * alpha, lam * dt
 
 
-def state_update(state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, D=None, mimo_x=None,
-                 rotary="pairwise"):
+def state_update(
+    state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, D=None, mimo_x=None, rotary="pairwise"
+):
     """One token (functional); arguments and returns as ``ops.mamba3_state_update``."""
     dt, adt = _f32(dt), _f32(adt)
     bsz, rank, _, n = q.shape
     nheads, headdim = v.shape[-2:]
     st = fill_state(state, bsz, nheads, headdim, n, angles.shape[-1], rank, dt)
-    theta, q_t, k_t, v_t, alpha, beta, gamma = _token(st, q, k, v, adt, dt, trap, angles, q_bias, k_bias,
-                                                      mimo_x, rotary)
-    h = (alpha[..., None, None] * st["ssm_state"] + beta[..., None, None] * prev_kv(st, mimo_x, rank)
-         + gamma[..., None, None] * torch.einsum("bhrp,bhrn->bhpn", v_t, k_t))
+    theta, q_t, k_t, v_t, alpha, beta, gamma = _token(
+        st, q, k, v, adt, dt, trap, angles, q_bias, k_bias, mimo_x, rotary
+    )
+    h = (
+        alpha[..., None, None] * st["ssm_state"]
+        + beta[..., None, None] * prev_kv(st, mimo_x, rank)
+        + gamma[..., None, None] * torch.einsum("bhrp,bhrn->bhpn", v_t, k_t)
+    )
     y = torch.einsum("bhpn,bhrn->bhrp", h, q_t)
     if D is not None:
         y = y + _f32(D)[:, None, None] * v_t
     return y, {"angle_state": theta, "ssm_state": h, "k_state": k_t.transpose(1, 2), "v_state": _f32(v)}
 
 
-def state_update_(state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, D=None, mimo_x=None,
-                  rotary="pairwise"):
+def state_update_(
+    state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, D=None, mimo_x=None, rotary="pairwise"
+):
     """One token, updating the four state tensors of ``state`` in place (see ``ops.mamba3_state_update_``)."""
     dt, adt = _f32(dt), _f32(adt)
     rank = q.shape[1]
     st = {f: _f32(state[f]) for f in STATE_FIELDS}
-    theta, q_t, k_t, v_t, alpha, beta, gamma = _token(st, q, k, v, adt, dt, trap, angles, q_bias, k_bias,
-                                                      mimo_x, rotary)
+    theta, q_t, k_t, v_t, alpha, beta, gamma = _token(
+        st, q, k, v, adt, dt, trap, angles, q_bias, k_bias, mimo_x, rotary
+    )
     kv_prev = prev_kv(st, mimo_x, rank)
     h = state["ssm_state"]
     h.mul_(alpha[..., None, None]).add_(beta[..., None, None] * kv_prev)

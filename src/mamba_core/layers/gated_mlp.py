@@ -48,5 +48,6 @@ def init(rng: np.random.Generator, cfg, perturb_norms: bool = False) -> dict:
     }
 
 
-GATED_MLP = LayerKind(name="gated_mlp", slot="mlp", rows=ROWS, cache=(), init=init,
-                      segments=(("y", "d_mlp"), ("gate", "d_mlp")))
+GATED_MLP = LayerKind(
+    name="gated_mlp", slot="mlp", rows=ROWS, cache=(), init=init, segments=(("y", "d_mlp"), ("gate", "d_mlp"))
+)
