@@ -92,8 +92,15 @@ def mamba3_configs() -> dict[str, Mamba3Config]:
     return {
         "m3-siso-mlp": tiny_mamba3(),
         "m3-mimo-g2-outnorm-untied-vocab13": tiny_mamba3(
-            is_mimo=True, mimo_rank=2, ngroups=2, rope_fraction=1.0, is_outproj_norm=True, d_intermediate=0,
-            tie_embeddings=False, vocab_size=13, pad_vocab_size_multiple=1,
+            is_mimo=True,
+            mimo_rank=2,
+            ngroups=2,
+            rope_fraction=1.0,
+            is_outproj_norm=True,
+            d_intermediate=0,
+            tie_embeddings=False,
+            vocab_size=13,
+            pad_vocab_size_multiple=1,
         ),
     }
 
