@@ -231,8 +231,8 @@ def test_arch_mismatch_and_unsupported_variants():
         Mamba1Config.from_dict(SS_MAMBA2_130M)
     with pytest.raises(UnsupportedError, match="attn_layer_idx"):
         parse_config({**SS_MAMBA2_130M, "attn_layer_idx": [3]})
-    with pytest.raises(UnsupportedError, match="Mamba3"):
-        parse_config({**SS_MAMBA2_130M, "ssm_cfg": {"layer": "Mamba3"}})
+    with pytest.raises(UnsupportedError, match="Mamba4"):
+        parse_config({**SS_MAMBA2_130M, "ssm_cfg": {"layer": "Mamba4"}})
     # a quantization block is read by mamba_core.quantization, not by the config
     quantized = parse_config({**HF_MAMBA2_130M, "quantization": {"bits": 4, "group_size": 64}})
     assert quantized.config == parse_config(HF_MAMBA2_130M).config

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from mamba_core.config import Mamba1Config, Mamba2Config
+from mamba_core.mamba3_config import Mamba3Config
 
 # err = max|out - ref| / max|ref|  (docs/spec.md §7.2; measured headroom noted there)
 TOLERANCE = {"float32": 1e-5, "float16": 4e-3, "bfloat16": 3e-2}
@@ -75,6 +76,33 @@ def tiny_mamba2(**overrides) -> Mamba2Config:
     """A 2-layer Mamba-2 with ngroups 2, headdim 8, chunk 16, vocab 61 (padded to 64)."""
     base = dict(d_model=32, n_layer=2, vocab_size=61, d_state=8, headdim=8, ngroups=2, chunk_size=16)
     return Mamba2Config(**{**base, **overrides})
+
+
+def tiny_mamba3(**overrides) -> Mamba3Config:
+    """A 2-layer SISO Mamba-3 with headdim 8, d_state 8 (2 rotary angles), chunk 16, the gated MLP and an
+    unpadded vocab of 61 (padded to 64)."""
+    base = dict(d_model=32, n_layer=2, vocab_size=61, d_state=8, headdim=8, chunk_size=16, d_intermediate=40)
+    return Mamba3Config(**{**base, **overrides})
+
+
+def mamba3_configs() -> dict[str, Mamba3Config]:
+    """Small Mamba-3 configs the model checks run on (id -> config): SISO with the gated MLP and a tied
+    head; MIMO rank 2 with ngroups 2, rope_fraction 1.0, the out-projection norm, no MLP, an untied
+    head and vocab 13."""
+    return {
+        "m3-siso-mlp": tiny_mamba3(),
+        "m3-mimo-g2-outnorm-untied-vocab13": tiny_mamba3(
+            is_mimo=True,
+            mimo_rank=2,
+            ngroups=2,
+            rope_fraction=1.0,
+            is_outproj_norm=True,
+            d_intermediate=0,
+            tie_embeddings=False,
+            vocab_size=13,
+            pad_vocab_size_multiple=1,
+        ),
+    }
 
 
 def awkward_configs() -> dict[str, Mamba1Config | Mamba2Config]:

@@ -28,10 +28,15 @@ from mamba_core.config import Mamba1Config, Mamba2Config
 from mamba_core.errors import ConfigError
 from mamba_core.layers import get_kind, layer_plan
 from mamba_core.layout import expand_layout
+from mamba_core.mamba3_config import Mamba3Config
 from mamba_core.reference import init_weights
 
 _F32 = mx.float32
-KERNEL_PATHS = {"mamba1": "mlx-chunked-selective-scan", "mamba2": "mlx-chunked-ssd"}
+KERNEL_PATHS = {
+    "mamba1": "mlx-chunked-selective-scan",
+    "mamba2": "mlx-chunked-ssd",
+    "mamba3": "mlx-chunked-mamba3",
+}
 
 
 def _draw_seed() -> int:
@@ -110,6 +115,11 @@ class Mamba1Block(_Block):
 
 class Mamba2Block(_Block):
     """A block of a Mamba-2 model (``norm`` + ``Mamba2Mixer``)."""
+
+
+class Mamba3Block(_Block):
+    """A block of a Mamba-3 model (``norm`` + ``Mamba3Mixer``, and ``norm2`` + ``GatedMLP`` when
+    ``d_intermediate > 0``)."""
 
 
 class _Stack(nn.Module):
@@ -226,6 +236,13 @@ class Mamba2(_Stack):
     config_class = Mamba2Config
 
 
+class Mamba3(_Stack):
+    """The Mamba-3 residual stack (see ``_Stack``; SISO or MIMO, with or without the gated MLP)."""
+
+    block_class = Mamba3Block
+    config_class = Mamba3Config
+
+
 class _LM(nn.Module):
     """Backbone (with embedding) + LM head; tied models multiply by ``backbone.embedding.weight``.
 
@@ -307,3 +324,9 @@ class Mamba2LM(_LM):
     """Mamba-2 language model: ``backbone`` (``Mamba2`` with embedding) + tied or own ``lm_head``."""
 
     stack_class = Mamba2
+
+
+class Mamba3LM(_LM):
+    """Mamba-3 language model: ``backbone`` (``Mamba3`` with embedding) + tied or own ``lm_head``."""
+
+    stack_class = Mamba3

@@ -3,8 +3,8 @@
 A model is a sequence of blocks (``mamba_core.layers.layer_plan``): ``_Block`` holds ``norm`` + the
 ``mixer`` kind (and ``norm2`` + the ``mlp`` kind when the plan has one), each kind built from the
 registry ``layers.KINDS``; ``_Stack`` = optional embedding, blocks, ``norm_f``; ``_LM`` = stack +
-head. ``Mamba1``/``Mamba2``, ``Mamba1Block``/``Mamba2Block`` and ``Mamba1LM``/``Mamba2LM`` are the named
-one-kind models (same bases in the MLX backend). Math: docs/spec.md §1.2 (pre-norm residual). Dtype
+head. ``Mamba1``/``Mamba2``/``Mamba3``, their ``*Block`` and ``*LM`` classes are the named
+models (same bases in the MLX backend). Math: docs/spec.md §1.2 (pre-norm residual). Dtype
 policy (docs/spec.md §6.1): parameters in the model dtype except ``A_log``, ``D`` and the dt bias
 (float32); the residual stream is float32 when ``config.residual_in_fp32``; logits float32. New
 models get the one official initialization, ``reference.init_weights`` (``initialize``).
@@ -27,9 +27,14 @@ from mamba_core.backends.torch.sample import generate, stream
 from mamba_core.config import Mamba1Config, Mamba2Config
 from mamba_core.errors import ConfigError
 from mamba_core.layers import get_kind, layer_plan
+from mamba_core.mamba3_config import Mamba3Config
 from mamba_core.reference import init_weights
 
-KERNEL_PATHS = {"mamba1": "torch-chunked-selective-scan", "mamba2": "torch-chunked-ssd"}
+KERNEL_PATHS = {
+    "mamba1": "torch-chunked-selective-scan",
+    "mamba2": "torch-chunked-ssd",
+    "mamba3": "torch-chunked-mamba3",
+}
 
 
 def _is_meta(device) -> bool:
@@ -108,6 +113,11 @@ class Mamba1Block(_Block):
 
 class Mamba2Block(_Block):
     """A block of a Mamba-2 model (``norm`` + ``Mamba2Mixer``)."""
+
+
+class Mamba3Block(_Block):
+    """A block of a Mamba-3 model (``norm`` + ``Mamba3Mixer``, and ``norm2`` + ``GatedMLP`` when
+    ``d_intermediate > 0``)."""
 
 
 class _Stack(nn.Module):
@@ -221,6 +231,13 @@ class Mamba2(_Stack):
     config_class = Mamba2Config
 
 
+class Mamba3(_Stack):
+    """The Mamba-3 residual stack (see ``_Stack``; SISO or MIMO, with or without the gated MLP)."""
+
+    block_class = Mamba3Block
+    config_class = Mamba3Config
+
+
 class _LM(nn.Module):
     """Language model: ``backbone`` (embedding, blocks, norm_f) and a tied or untied head.
 
@@ -298,3 +315,9 @@ class Mamba2LM(_LM):
     """Mamba-2 language model (see ``_LM``)."""
 
     stack_class = Mamba2
+
+
+class Mamba3LM(_LM):
+    """Mamba-3 language model (see ``_LM``)."""
+
+    stack_class = Mamba3

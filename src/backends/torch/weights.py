@@ -19,14 +19,14 @@ from safetensors.torch import save_file
 
 from mamba_core.backends.torch.device import resolve_device, resolve_dtype
 from mamba_core.backends.torch.heads import assign, build_task_model, export_canonical, export_task_tensors
-from mamba_core.backends.torch.model import Mamba1LM, Mamba2LM, initialize
+from mamba_core.backends.torch.model import Mamba1LM, Mamba2LM, Mamba3LM, initialize
 from mamba_core.backends.torch.pickles import read_pickle
 from mamba_core.backends.torch.quantized import export_quantized, load_quantized
 from mamba_core.checkpoint import LoadPlan, is_pickle
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
 
-MODEL_CLASSES = {"mamba1": Mamba1LM, "mamba2": Mamba2LM}
+MODEL_CLASSES = {"mamba1": Mamba1LM, "mamba2": Mamba2LM, "mamba3": Mamba3LM}
 KERNELS = ("auto", "reference", "fast")
 
 
@@ -154,7 +154,7 @@ def export_tensors(model, dialect: str = "mamba-core") -> dict[str, torch.Tensor
     """
     if dialect not in DIALECT_RENAMES:
         raise CheckpointError(f"unknown dialect {dialect!r}; expected one of {tuple(DIALECT_RENAMES)}")
-    if not isinstance(model, (Mamba1LM, Mamba2LM)):  # a stack or head: canonical names, ours only
+    if not isinstance(model, (Mamba1LM, Mamba2LM, Mamba3LM)):  # a stack or head: canonical names, ours only
         return export_task_tensors(model, dialect)
     if getattr(model, "quantization", None) is not None:  # quantization hook (quantized.py)
         return export_quantized(model, dialect)

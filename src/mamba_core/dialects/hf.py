@@ -244,6 +244,17 @@ def read(d: dict[str, Any], dialect: str = "hf") -> ParsedConfig:
 
 def write(cfg, dialect: str = "hf") -> dict[str, Any]:
     arch = cfg.arch
+    if arch not in _MODEL_TYPE_OF:
+        raise UnsupportedError(
+            f"a {arch!r} model cannot be written as {dialect!r}: transformers and mlx-lm have no official "
+            f"model_type for it (Mamba-3 ships only in the state-spaces format); save with "
+            "dialect='state-spaces' or 'mamba-core'"
+        )
+    if cfg.has_mlp:
+        raise UnsupportedError(
+            f"d_intermediate={cfg.d_intermediate}: transformers' and mlx-lm's {_MODEL_TYPE_OF[arch]!r} "
+            "models have no MLP in their blocks; save with dialect='state-spaces' or 'mamba-core'"
+        )
     model_type = _MODEL_TYPE_OF[arch]
     out: dict[str, Any] = {"model_type": model_type, "architectures": [MODEL_TYPES[model_type][1]]}
     for theirs, ours in NAMES_BY_ARCH[arch].items():

@@ -42,11 +42,14 @@ class CacheField:
         name: the field name (``"conv_state"``); a layer's state is a tuple in field order.
         shape: ``"batch"``, config attribute names and ints, e.g. ``("batch", "conv_dim", "d_conv")``.
         dtype_policy: ``"fp32"`` or ``"model"``.
+        period: for an angle kept modulo a period (``2π``), that period: two values that differ by a
+            multiple of it are the same state (comparisons wrap the difference); None otherwise.
     """
 
     name: str
     shape: tuple
     dtype_policy: str = "model"
+    period: float | None = None
 
 
 @dataclass(frozen=True)
