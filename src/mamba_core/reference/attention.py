@@ -1,0 +1,241 @@
+"""Reference causal attention (float64 numpy): GQA, RoPE (full, partial, none), KV cache, left padding.
+
+Part of ``mamba_core.reference``; see its docstring for the rules. Extra dimension letters here:
+H query heads, Hkv key/value heads, Dh head dim, T cached + new key positions, Rd rotary dim.
+
+The KV cache of one attention layer is a ``KVState``: keys after RoPE and values, and a key mask
+that is False at left padding. A forward over L tokens with a state appends its L keys; a decode step
+is the same call with L = 1, so prefill followed by steps equals one forward over the whole sequence.
+
+Positions are ``T_past + arange(L)`` whatever the padding: RoPE scores depend only on position
+differences, so a left-padded row gives its unpadded run's outputs (padded keys are masked).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import numpy as np
+
+from mamba_core.block_config import AttentionConfig
+from mamba_core.reference.ops import _f64, _linear
+
+
+class KVState(NamedTuple):
+    """KV cache of one attention layer.
+
+    Attributes:
+        k: (B, Hkv, T, Dh) keys after the key multiplier and RoPE.
+        v: (B, Hkv, T, Dh) values.
+        mask: (B, T) bool, False at padded positions.
+    """
+
+    k: np.ndarray
+    v: np.ndarray
+    mask: np.ndarray
+
+
+def empty_kv_state(cfg: AttentionConfig, batch: int) -> KVState:
+    """A KV cache holding no positions: ``k``, ``v`` (B, Hkv, 0, Dh), ``mask`` (B, 0).
+
+    Example:
+        >>> cfg = AttentionConfig(d_model=8, n_heads=2, n_kv_heads=1, head_dim=4)
+        >>> empty_kv_state(cfg, 3).k.shape
+        (3, 1, 0, 4)
+    """
+    shape = (batch, cfg.n_kv_heads, 0, cfg.head_dim)
+    return KVState(np.zeros(shape), np.zeros(shape), np.zeros((batch, 0), dtype=bool))
+
+
+def rope_inv_freq(rotary_dim: int, theta: float) -> np.ndarray:
+    """RoPE inverse frequencies ``theta ** -(2j / Rd)`` for j < Rd / 2.
+
+    Args:
+        rotary_dim: Rd, even.
+        theta: the base.
+
+    Returns:
+        (Rd / 2,) float64.
+
+    Example:
+        >>> rope_inv_freq(4, 100.0).tolist()
+        [1.0, 0.1]
+    """
+    return 1.0 / (float(theta) ** (np.arange(0, rotary_dim, 2, dtype=np.float64) / rotary_dim))
+
+
+def rope_cos_sin(positions, rotary_dim: int, theta: float) -> tuple[np.ndarray, np.ndarray]:
+    """Cos and sin tables of the non-interleaved RoPE: angle ``p * inv_freq`` repeated twice.
+
+    Args:
+        positions: (..., L) integer positions.
+        rotary_dim: Rd.
+        theta: the base.
+
+    Returns:
+        ``(cos, sin)``, each (..., L, Rd) float64; channel c uses frequency ``c mod Rd/2``.
+
+    Example:
+        >>> cos, sin = rope_cos_sin(np.arange(2), 2, 10000.0)
+        >>> cos.round(4).tolist(), sin.round(4).tolist()
+        ([[1.0, 1.0], [0.5403, 0.5403]], [[0.0, 0.0], [0.8415, 0.8415]])
+    """
+    angles = _f64(positions)[..., None] * rope_inv_freq(rotary_dim, theta)  # (..., L, Rd/2)
+    angles = np.concatenate([angles, angles], axis=-1)
+    return np.cos(angles), np.sin(angles)
+
+
+def apply_rope(x, cos, sin) -> np.ndarray:
+    """Rotate the first Rd channels of each head: ``x * cos + rotate_half(x) * sin``; the rest pass.
+
+    ``rotate_half([a, b]) = [-b, a]`` over the Rd rotated channels (halves of Rd / 2).
+
+    Args:
+        x: (B, H, L, Dh).
+        cos: (L, Rd) or (B, L, Rd).
+        sin: same shape as ``cos``.
+
+    Returns:
+        (B, H, L, Dh) float64.
+
+    Example:
+        >>> x = np.array([[[[1.0, 0.0, 5.0]]]])
+        >>> apply_rope(x, np.zeros((1, 2)), np.ones((1, 2))).tolist()
+        [[[[0.0, 1.0, 5.0]]]]
+    """
+    x, cos, sin = _f64(x), _f64(cos), _f64(sin)
+    rd = cos.shape[-1]
+    if cos.ndim == 3:  # (B, L, Rd) -> broadcast over heads
+        cos, sin = cos[:, None], sin[:, None]
+    rot, rest = x[..., :rd], x[..., rd:]
+    half = rd // 2
+    rotated = np.concatenate([-rot[..., half:], rot[..., :half]], axis=-1)
+    return np.concatenate([rot * cos + rotated * sin, rest], axis=-1)
+
+
+def scaled_dot_product_attention(q, k, v, scale: float, mask) -> np.ndarray:
+    """``softmax(q k^T * scale + log(mask)) v`` with grouped KV heads.
+
+    Query head h reads KV head ``h // (H / Hkv)``. A query row with no allowed key returns zeros (its
+    softmax is undefined; such rows are left padding and never read).
+
+    Args:
+        q: (B, H, Lq, Dh).
+        k: (B, Hkv, Lk, Dh).
+        v: (B, Hkv, Lk, Dh).
+        scale: multiplies the scores.
+        mask: (B, Lq, Lk) bool, True where query i may attend to key j.
+
+    Returns:
+        (B, H, Lq, Dh) float64.
+
+    Raises:
+        ValueError: H is not a multiple of Hkv.
+
+    Example:
+        >>> q = np.zeros((1, 2, 1, 2)); kv = np.ones((1, 1, 3, 2)) * np.arange(3.0)[:, None]
+        >>> scaled_dot_product_attention(q, kv, kv, 1.0, np.ones((1, 1, 3), bool))[0, :, 0].tolist()
+        [[1.0, 1.0], [1.0, 1.0]]
+    """
+    q, k, v = _f64(q), _f64(k), _f64(v)
+    n_heads, n_kv = q.shape[1], k.shape[1]
+    if n_heads % n_kv:
+        raise ValueError(f"query heads ({n_heads}) must be a multiple of key/value heads ({n_kv})")
+    k = np.repeat(k, n_heads // n_kv, axis=1)  # (B, H, Lk, Dh)
+    v = np.repeat(v, n_heads // n_kv, axis=1)
+    allowed = np.asarray(mask, dtype=bool)[:, None]  # (B, 1, Lq, Lk)
+    scores = np.einsum("bhqd,bhkd->bhqk", q, k) * scale
+    scores = np.where(allowed, scores, -np.inf)
+    peak = np.max(scores, axis=-1, keepdims=True)
+    peak = np.where(np.isfinite(peak), peak, 0.0)
+    weights = np.where(allowed, np.exp(scores - peak), 0.0)
+    total = np.sum(weights, axis=-1, keepdims=True)
+    weights = weights / np.where(total > 0, total, 1.0)
+    return np.einsum("bhqk,bhkd->bhqd", weights, v)
+
+
+def _project(x: np.ndarray, w: Mapping, name: str, cfg: AttentionConfig) -> np.ndarray:
+    # q/k/v projection, plus the per-call LoRA adapter (Zamba2): up(down(x))
+    y = _linear(x, w[f"{name}_proj.weight"], w.get(f"{name}_proj.bias"))
+    if cfg.has_adapters:
+        y = y + _linear(_linear(x, w[f"{name}_adapter.0.weight"]), w[f"{name}_adapter.1.weight"])
+    return y
+
+
+def attention(h, w: Mapping, cfg: AttentionConfig, state: KVState | None = None, attention_mask=None):
+    """Causal attention block over L new tokens, appending them to the KV cache.
+
+    ``q, k, v = x Wq, (x Wk) * key_multiplier, x Wv`` (+ adapters), split into heads; RoPE on the first
+    ``rotary_dim`` channels of q and k at positions ``T_past + arange(L)``; new token i attends to every
+    valid cached key and to new keys j <= i; ``o_proj`` of the heads concatenated.
+
+    Args:
+        h: (B, L, d_model) normed input.
+        w: this block's tensors under layout-relative names: ``q_proj.weight`` (H*Dh, d_model),
+            ``k_proj.weight`` / ``v_proj.weight`` (Hkv*Dh, d_model), ``o_proj.weight`` (out_dim, H*Dh),
+            their ``.bias`` when ``cfg.bias``; with adapters ``{q,k,v}_adapter.0.weight`` (rank, d_model)
+            and ``{q,k,v}_adapter.1.weight`` (H*Dh or Hkv*Dh, rank).
+        cfg: the ``AttentionConfig``.
+        state: the ``KVState`` before these tokens, or None (empty).
+        attention_mask: (B, L) 1 = token, 0 = left padding, or None (all tokens).
+
+    Returns:
+        ``(out, state)``: out (B, L, out_dim); the ``KVState`` with the L new positions appended.
+
+    Example:
+        >>> cfg = AttentionConfig(d_model=4, n_heads=2, n_kv_heads=1, head_dim=2, rotary_dim=2)
+        >>> rng = np.random.default_rng(0)
+        >>> w = {f"{p}_proj.weight": rng.normal(size=(s, 4)) for p, s in [("q", 4), ("k", 2), ("v", 2)]}
+        >>> w["o_proj.weight"] = rng.normal(size=(4, 4))
+        >>> out, st = attention(rng.normal(size=(1, 3, 4)), w, cfg)
+        >>> out.shape, st.k.shape
+        ((1, 3, 4), (1, 1, 3, 2))
+    """
+    x = _f64(h)
+    batch, seqlen, _ = x.shape
+    if state is None:
+        state = empty_kv_state(cfg, batch)
+    past = state.k.shape[2]
+    split = (batch, seqlen, -1, cfg.head_dim)
+    q = _project(x, w, "q", cfg).reshape(split).transpose(0, 2, 1, 3)  # (B, H, L, Dh)
+    k = (_project(x, w, "k", cfg) * cfg.key_multiplier).reshape(split).transpose(0, 2, 1, 3)
+    v = _project(x, w, "v", cfg).reshape(split).transpose(0, 2, 1, 3)  # (B, Hkv, L, Dh)
+    if cfg.rotary_dim:
+        cos, sin = rope_cos_sin(past + np.arange(seqlen), cfg.rotary_dim, cfg.rope_theta)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    new_mask = np.ones((batch, seqlen), bool) if attention_mask is None else np.asarray(attention_mask) != 0
+    keys = np.concatenate([_f64(state.k), k], axis=2)  # (B, Hkv, T, Dh)
+    values = np.concatenate([_f64(state.v), v], axis=2)
+    key_mask = np.concatenate([np.asarray(state.mask, bool), new_mask], axis=1)  # (B, T)
+    causal = np.arange(past + seqlen)[None, :] <= (past + np.arange(seqlen))[:, None]  # (L, T)
+    allowed = causal[None] & key_mask[:, None, :]  # (B, L, T)
+    y = scaled_dot_product_attention(q, keys, values, cfg.softmax_scale, allowed)  # (B, H, L, Dh)
+    y = y.transpose(0, 2, 1, 3).reshape(batch, seqlen, cfg.q_dim)
+    out = _linear(y, w["o_proj.weight"], w.get("o_proj.bias"))
+    return out, KVState(keys, values, key_mask)
+
+
+def attention_step(h, w: Mapping, cfg: AttentionConfig, state: KVState, token_mask=None):
+    """One decode step of ``attention``: the new token attends to the cache and itself.
+
+    Args:
+        h: (B, d_model) normed input of one token.
+        w: this block's tensors (see ``attention``).
+        cfg: the ``AttentionConfig``.
+        state: the ``KVState`` before the token.
+        token_mask: (B,) 1 = token, 0 = padding, or None.
+
+    Returns:
+        ``(out, state)``: out (B, out_dim); the ``KVState`` one position longer.
+
+    Example:
+        >>> cfg = AttentionConfig(d_model=2, n_heads=1, n_kv_heads=1, head_dim=2)
+        >>> w = {f"{p}_proj.weight": np.eye(2) for p in "qkvo"}
+        >>> out, st = attention_step(np.ones((1, 2)), w, cfg, empty_kv_state(cfg, 1))
+        >>> out.tolist(), st.k.shape
+        ([[1.0, 1.0]], (1, 1, 1, 2))
+    """
+    mask = None if token_mask is None else np.asarray(token_mask)[:, None]
+    out, state = attention(_f64(h)[:, None], w, cfg, state, mask)
+    return out[:, 0], state
