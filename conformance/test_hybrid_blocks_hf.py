@@ -245,26 +245,27 @@ def test_attention_matches_transformers(family):
     # full causal sequence
     full = np.ones((2, 7), int)
     want = _hf_attention(module, ours, how, x, _causal_allowed(full))
-    got, _ = attention(x, params, ours)
+    got = attention(x, params, ours)[0]
     assert _rel(got, want) <= REL_TOL
 
     # left padding: row 1 has 3 padded slots; valid rows must agree
     pad = full.copy()
     pad[1, :3] = 0
     want_pad = _hf_attention(module, ours, how, x, _causal_allowed(pad))
-    got_pad, _ = attention(x, params, ours, attention_mask=pad)
+    got_pad = attention(x, params, ours, attention_mask=pad)[0]
     valid = pad.astype(bool)
     assert _rel(got_pad[valid], want_pad[valid]) <= REL_TOL
 
     # KV cache: prefill 4 tokens, then 3 decode steps == the full-sequence outputs
-    out, state = attention(x[:, :4], params, ours, attention_mask=pad[:, :4])
+    out, *cache = attention(x[:, :4], params, ours, attention_mask=pad[:, :4])
     steps = [out]
     for t in range(4, 7):
-        y, state = attention_step(x[:, t], params, ours, state, token_mask=pad[:, t])
+        y, *cache = attention_step(x[:, t], params, ours, *cache, token_mask=pad[:, t])
         steps.append(y[:, None])
     decoded = np.concatenate(steps, axis=1)
     assert _rel(decoded[valid], want_pad[valid]) <= REL_TOL
-    assert state.k.shape == (2, ours.n_kv_heads, 7, ours.head_dim)
+    assert cache[0].shape == (2, ours.n_kv_heads, 7, ours.head_dim)
+    assert cache[2].tolist() == pad.astype(bool).tolist()
 
 
 @pytest.mark.parametrize(

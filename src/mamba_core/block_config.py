@@ -64,6 +64,11 @@ class AttentionConfig:
         key_multiplier: keys are multiplied by it after ``k_proj`` and before RoPE (Falcon-H1).
         bias: q/k/v/o projections carry biases.
         adapter_rank: rank of the per-call LoRA adapters added to q, k and v (Zamba2); 0 = none.
+
+    Example:
+        >>> cfg = AttentionConfig(d_model=64, n_heads=8, n_kv_heads=2, head_dim=16, rotary_dim=8)
+        >>> cfg.q_dim, cfg.kv_dim, cfg.softmax_scale
+        (128, 32, 0.25)
     """
 
     d_model: int

@@ -3,9 +3,11 @@
 Part of ``mamba_core.reference``; see its docstring for the rules. Extra dimension letters here:
 H query heads, Hkv key/value heads, Dh head dim, T cached + new key positions, Rd rotary dim.
 
-The KV cache of one attention layer is a ``KVState``: keys after RoPE and values, and a key mask
-that is False at left padding. A forward over L tokens with a state appends its L keys; a decode step
-is the same call with L = 1, so prefill followed by steps equals one forward over the whole sequence.
+The KV cache of one attention layer is three fields, in this order (the layer-kind state order):
+``k`` and ``v`` (B, Hkv, T, Dh), keys after RoPE and values, and ``key_mask`` (B, T), False at left
+padding. A forward over L tokens with a cache appends its L positions; a decode step is the same call
+with L = 1, so a prefill followed by steps equals one forward over the whole sequence. Like every
+reference kind, ``forward(h, w, cfg, *state) -> (out, *state)`` with ``None`` state = empty.
 
 Positions are ``T_past + arange(L)`` whatever the padding: RoPE scores depend only on position
 differences, so a left-padded row gives its unpadded run's outputs (padded keys are masked).
@@ -14,7 +16,6 @@ differences, so a left-padded row gives its unpadded run's outputs (padded keys 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple
 
 import numpy as np
 
@@ -22,30 +23,16 @@ from mamba_core.block_config import AttentionConfig
 from mamba_core.reference.ops import _f64, _linear
 
 
-class KVState(NamedTuple):
-    """KV cache of one attention layer.
-
-    Attributes:
-        k: (B, Hkv, T, Dh) keys after the key multiplier and RoPE.
-        v: (B, Hkv, T, Dh) values.
-        mask: (B, T) bool, False at padded positions.
-    """
-
-    k: np.ndarray
-    v: np.ndarray
-    mask: np.ndarray
-
-
-def empty_kv_state(cfg: AttentionConfig, batch: int) -> KVState:
-    """A KV cache holding no positions: ``k``, ``v`` (B, Hkv, 0, Dh), ``mask`` (B, 0).
+def empty_kv_cache(cfg: AttentionConfig, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A KV cache holding no positions: ``k``, ``v`` (B, Hkv, 0, Dh) and ``key_mask`` (B, 0).
 
     Example:
         >>> cfg = AttentionConfig(d_model=8, n_heads=2, n_kv_heads=1, head_dim=4)
-        >>> empty_kv_state(cfg, 3).k.shape
-        (3, 1, 0, 4)
+        >>> [a.shape for a in empty_kv_cache(cfg, 3)]
+        [(3, 1, 0, 4), (3, 1, 0, 4), (3, 0)]
     """
     shape = (batch, cfg.n_kv_heads, 0, cfg.head_dim)
-    return KVState(np.zeros(shape), np.zeros(shape), np.zeros((batch, 0), dtype=bool))
+    return np.zeros(shape), np.zeros(shape), np.zeros((batch, 0), dtype=bool)
 
 
 def rope_inv_freq(rotary_dim: int, theta: float) -> np.ndarray:
@@ -163,7 +150,7 @@ def _project(x: np.ndarray, w: Mapping, name: str, cfg: AttentionConfig) -> np.n
     return y
 
 
-def attention(h, w: Mapping, cfg: AttentionConfig, state: KVState | None = None, attention_mask=None):
+def attention(h, w: Mapping, cfg: AttentionConfig, k=None, v=None, key_mask=None, *, attention_mask=None):
     """Causal attention block over L new tokens, appending them to the KV cache.
 
     ``q, k, v = x Wq, (x Wk) * key_multiplier, x Wv`` (+ adapters), split into heads; RoPE on the first
@@ -177,65 +164,74 @@ def attention(h, w: Mapping, cfg: AttentionConfig, state: KVState | None = None,
             their ``.bias`` when ``cfg.bias``; with adapters ``{q,k,v}_adapter.0.weight`` (rank, d_model)
             and ``{q,k,v}_adapter.1.weight`` (H*Dh or Hkv*Dh, rank).
         cfg: the ``AttentionConfig``.
-        state: the ``KVState`` before these tokens, or None (empty).
+        k: (B, Hkv, T_past, Dh) cached keys, or None (empty cache).
+        v: (B, Hkv, T_past, Dh) cached values, or None.
+        key_mask: (B, T_past) bool, False at cached padding, or None (all valid).
         attention_mask: (B, L) 1 = token, 0 = left padding, or None (all tokens).
 
     Returns:
-        ``(out, state)``: out (B, L, out_dim); the ``KVState`` with the L new positions appended.
+        ``(out, k, v, key_mask)``: out (B, L, out_dim); the cache with the L new positions appended
+        (T = T_past + L).
 
     Example:
         >>> cfg = AttentionConfig(d_model=4, n_heads=2, n_kv_heads=1, head_dim=2, rotary_dim=2)
         >>> rng = np.random.default_rng(0)
         >>> w = {f"{p}_proj.weight": rng.normal(size=(s, 4)) for p, s in [("q", 4), ("k", 2), ("v", 2)]}
         >>> w["o_proj.weight"] = rng.normal(size=(4, 4))
-        >>> out, st = attention(rng.normal(size=(1, 3, 4)), w, cfg)
-        >>> out.shape, st.k.shape
-        ((1, 3, 4), (1, 1, 3, 2))
+        >>> out, k, v, key_mask = attention(rng.normal(size=(1, 3, 4)), w, cfg)
+        >>> out.shape, k.shape, key_mask.shape
+        ((1, 3, 4), (1, 1, 3, 2), (1, 3))
     """
     x = _f64(h)
     batch, seqlen, _ = x.shape
-    if state is None:
-        state = empty_kv_state(cfg, batch)
-    past = state.k.shape[2]
+    empty_k, empty_v, empty_mask = empty_kv_cache(cfg, batch)
+    k_past = empty_k if k is None else _f64(k)
+    v_past = empty_v if v is None else _f64(v)
+    past = k_past.shape[2]
+    mask_past = np.ones((batch, past), bool) if key_mask is None else np.asarray(key_mask, bool)
+    if past == 0:
+        mask_past = empty_mask
     split = (batch, seqlen, -1, cfg.head_dim)
     q = _project(x, w, "q", cfg).reshape(split).transpose(0, 2, 1, 3)  # (B, H, L, Dh)
-    k = (_project(x, w, "k", cfg) * cfg.key_multiplier).reshape(split).transpose(0, 2, 1, 3)
-    v = _project(x, w, "v", cfg).reshape(split).transpose(0, 2, 1, 3)  # (B, Hkv, L, Dh)
+    k_new = (_project(x, w, "k", cfg) * cfg.key_multiplier).reshape(split).transpose(0, 2, 1, 3)
+    v_new = _project(x, w, "v", cfg).reshape(split).transpose(0, 2, 1, 3)  # (B, Hkv, L, Dh)
     if cfg.rotary_dim:
         cos, sin = rope_cos_sin(past + np.arange(seqlen), cfg.rotary_dim, cfg.rope_theta)
-        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k_new = apply_rope(q, cos, sin), apply_rope(k_new, cos, sin)
     new_mask = np.ones((batch, seqlen), bool) if attention_mask is None else np.asarray(attention_mask) != 0
-    keys = np.concatenate([_f64(state.k), k], axis=2)  # (B, Hkv, T, Dh)
-    values = np.concatenate([_f64(state.v), v], axis=2)
-    key_mask = np.concatenate([np.asarray(state.mask, bool), new_mask], axis=1)  # (B, T)
+    keys = np.concatenate([k_past, k_new], axis=2)  # (B, Hkv, T, Dh)
+    values = np.concatenate([v_past, v_new], axis=2)
+    key_mask = np.concatenate([mask_past, new_mask], axis=1)  # (B, T)
     causal = np.arange(past + seqlen)[None, :] <= (past + np.arange(seqlen))[:, None]  # (L, T)
     allowed = causal[None] & key_mask[:, None, :]  # (B, L, T)
     y = scaled_dot_product_attention(q, keys, values, cfg.softmax_scale, allowed)  # (B, H, L, Dh)
     y = y.transpose(0, 2, 1, 3).reshape(batch, seqlen, cfg.q_dim)
     out = _linear(y, w["o_proj.weight"], w.get("o_proj.bias"))
-    return out, KVState(keys, values, key_mask)
+    return out, keys, values, key_mask
 
 
-def attention_step(h, w: Mapping, cfg: AttentionConfig, state: KVState, token_mask=None):
+def attention_step(h, w: Mapping, cfg: AttentionConfig, k, v, key_mask, *, token_mask=None):
     """One decode step of ``attention``: the new token attends to the cache and itself.
 
     Args:
         h: (B, d_model) normed input of one token.
         w: this block's tensors (see ``attention``).
         cfg: the ``AttentionConfig``.
-        state: the ``KVState`` before the token.
+        k: (B, Hkv, T, Dh) cached keys (None = empty).
+        v: (B, Hkv, T, Dh) cached values (None = empty).
+        key_mask: (B, T) bool (None = all valid).
         token_mask: (B,) 1 = token, 0 = padding, or None.
 
     Returns:
-        ``(out, state)``: out (B, out_dim); the ``KVState`` one position longer.
+        ``(out, k, v, key_mask)``: out (B, out_dim); the cache one position longer.
 
     Example:
         >>> cfg = AttentionConfig(d_model=2, n_heads=1, n_kv_heads=1, head_dim=2)
         >>> w = {f"{p}_proj.weight": np.eye(2) for p in "qkvo"}
-        >>> out, st = attention_step(np.ones((1, 2)), w, cfg, empty_kv_state(cfg, 1))
-        >>> out.tolist(), st.k.shape
+        >>> out, k, v, key_mask = attention_step(np.ones((1, 2)), w, cfg, *empty_kv_cache(cfg, 1))
+        >>> out.tolist(), k.shape
         ([[1.0, 1.0]], (1, 1, 1, 2))
     """
     mask = None if token_mask is None else np.asarray(token_mask)[:, None]
-    out, state = attention(_f64(h)[:, None], w, cfg, state, mask)
-    return out[:, 0], state
+    out, k, v, key_mask = attention(_f64(h)[:, None], w, cfg, k, v, key_mask, attention_mask=mask)
+    return out[:, 0], k, v, key_mask
