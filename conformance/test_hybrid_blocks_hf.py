@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch", reason="the transformers oracle needs torch
 transformers = pytest.importorskip("transformers", reason="the transformers oracle needs transformers")
 
 from mamba_core.block_config import AttentionConfig, MLPConfig, MoEConfig  # noqa: E402
+from mamba_core.block_layout import expand_kind  # noqa: E402
 from mamba_core.reference.attention import (  # noqa: E402
     attention,
     attention_step,
@@ -239,6 +240,9 @@ def test_attention_matches_transformers(family):
     module, ours, how = ATTENTION_CASES[family]()
     module = _randomize(module)
     params = _attention_params(module, ours)
+    assert {k: v.shape for k, v in params.items()} == {
+        k: s for k, (s, _) in expand_kind("attention", ours).items()
+    }
     rng = np.random.default_rng(1)
     x = rng.normal(size=(2, 7, ours.d_model))
 
@@ -389,6 +393,8 @@ def test_mlp_matches_transformers(case):
     module, ours, renames = _mlp_cases()[case]
     module = _randomize(module)
     params = {renames.get(k, k): _np(v) for k, v in module.state_dict().items()}
+    params = {k: v for k, v in params.items() if "adapter_list" not in k}  # other calls' adapters
+    assert {k: v.shape for k, v in params.items()} == {k: s for k, (s, _) in expand_kind("mlp", ours).items()}
     x = np.random.default_rng(2).normal(size=(2, 5, 12))
     with torch.no_grad():
         if case.startswith("zamba2"):
@@ -458,7 +464,7 @@ def _jamba_moe():
     return module, params, ours
 
 
-def _nemotron_moe(latent: int | None):
+def _nemotron_moe(latent: int | None, bias: bool = False):
     cfg = transformers.NemotronHConfig(
         hidden_size=12,
         moe_intermediate_size=10,
@@ -472,20 +478,21 @@ def _nemotron_moe(latent: int | None):
         moe_latent_size=latent,
         layers_block_type=["moe"],
         vocab_size=32,
-        mlp_bias=False,
+        mlp_bias=bias,
     )
     module = _randomize(transformers.models.nemotron_h.modeling_nemotron_h.NemotronHMoE(cfg), seed=6)
-    params = {
-        "router.weight": _np(module.gate.weight),
-        "router.correction_bias": _np(module.gate.e_score_correction_bias),
-        "experts.up_proj": _np(module.experts.up_proj),
-        "experts.down_proj": _np(module.experts.down_proj),
-        "shared_expert.up_proj.weight": _np(module.shared_experts.up_proj.weight),
-        "shared_expert.down_proj.weight": _np(module.shared_experts.down_proj.weight),
+    renames = {
+        "gate.weight": "router.weight",
+        "gate.e_score_correction_bias": "router.correction_bias",
+        "fc1_latent_proj.weight": "latent_in.weight",
+        "fc1_latent_proj.bias": "latent_in.bias",
+        "fc2_latent_proj.weight": "latent_out.weight",
+        "fc2_latent_proj.bias": "latent_out.bias",
     }
-    if latent is not None:
-        params["latent_in.weight"] = _np(module.fc1_latent_proj.weight)
-        params["latent_out.weight"] = _np(module.fc2_latent_proj.weight)
+    params = {
+        renames.get(k, k.replace("shared_experts.", "shared_expert.")): _np(v)
+        for k, v in module.state_dict().items()
+    }
     ours = MoEConfig(
         d_model=12,
         n_experts=8,
@@ -496,8 +503,9 @@ def _nemotron_moe(latent: int | None):
         topk_group=2,
         routed_scaling_factor=2.5,
         latent_size=latent,
+        latent_bias=bias,
         expert=MLPConfig(d_model=latent or 12, d_ff=10, activation="relu2", layout="ungated"),
-        shared_expert=MLPConfig(d_model=12, d_ff=14, activation="relu2", layout="ungated"),
+        shared_expert=MLPConfig(d_model=12, d_ff=14, activation="relu2", layout="ungated", bias=bias),
     )
     return module, params, ours
 
@@ -507,6 +515,7 @@ MOE_CASES = {
     "jamba": _jamba_moe,
     "nemotron_h": lambda: _nemotron_moe(None),
     "nemotron_h-latent": lambda: _nemotron_moe(6),
+    "nemotron_h-latent-bias": lambda: _nemotron_moe(6, bias=True),
 }
 
 
@@ -517,5 +526,6 @@ def test_moe_matches_transformers(case):
     with torch.no_grad():
         want = _np(run(torch.from_numpy(x)))
     got = moe(x, params, ours)
+    assert set(params) == set(expand_kind("moe", ours))  # the layout rows are exactly what it reads
     assert got.shape == want.shape
     assert _rel(got, want) <= REL_TOL

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch", reason="the transformers oracle needs torch")
@@ -288,3 +289,141 @@ def test_bad_configs_raise_typed_errors_naming_the_field(name, change, field, er
         families.from_hf(d)
     if field is not None:
         assert info.value.field == field
+
+
+# ------------------------------------------------------------------------------------------------
+# weight layout: the checkpoint transformers writes, tensor for tensor
+# ------------------------------------------------------------------------------------------------
+
+
+def _variants() -> dict:
+    tiny = _tiny_configs()
+    return {
+        **tiny,
+        "falcon_mamba-untied": T.FalconMambaConfig(
+            vocab_size=67,
+            hidden_size=24,
+            state_size=6,
+            num_hidden_layers=1,
+            tie_word_embeddings=False,
+            use_bias=True,
+        ),
+        "nemotron_h-latent-bias": T.NemotronHConfig(
+            vocab_size=67,
+            hidden_size=32,
+            layers_block_type=["moe", "mlp", "linear_attention"],
+            head_dim=8,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=24,
+            ssm_state_size=8,
+            mamba_num_heads=4,
+            mamba_head_dim=8,
+            n_groups=2,
+            n_routed_experts=4,
+            moe_intermediate_size=12,
+            moe_shared_expert_intermediate_size=10,
+            moe_latent_size=16,
+            mlp_bias=True,
+            use_bias=True,
+        ),
+        "granitemoehybrid-dense": T.GraniteMoeHybridConfig(
+            vocab_size=67,
+            hidden_size=32,
+            intermediate_size=12,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            layer_types=["full_attention", "linear_attention"],
+            num_local_experts=0,
+            shared_intermediate_size=10,
+            mamba_n_heads=4,
+            mamba_d_state=8,
+            attention_bias=True,
+            tie_word_embeddings=True,
+        ),
+        "falcon_h1-nonorm-biases": T.FalconH1Config(
+            vocab_size=67,
+            hidden_size=32,
+            intermediate_size=12,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            mamba_d_ssm=48,
+            mamba_n_heads=4,
+            mamba_d_state=8,
+            mamba_rms_norm=False,
+            projectors_bias=True,
+            mamba_proj_bias=True,
+            attention_bias=True,
+            mlp_bias=True,
+        ),
+        "zamba2-one-block": T.Zamba2Config(
+            vocab_size=67,
+            hidden_size=32,
+            num_hidden_layers=4,
+            layers_block_type=["hybrid", "mamba", "hybrid", "hybrid"],
+            num_attention_heads=4,
+            mamba_d_state=8,
+            n_mamba_heads=4,
+            num_mem_blocks=1,
+            use_shared_attention_adapter=False,
+            adapter_rank=3,
+            intermediate_size=24,
+        ),
+    }
+
+
+def _saved(hf_cfg, tmp_path):
+    from safetensors.numpy import load_file
+
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(hf_cfg)
+    model.save_pretrained(tmp_path)
+    return load_file(str(tmp_path / "model.safetensors")), model
+
+
+@pytest.mark.parametrize("name", sorted(_variants()))
+def test_hf_tensors_are_the_saved_checkpoint(name, tmp_path):
+    from mamba_core.hybrid_layout import canonical_layout, hf_tensors
+
+    hf_cfg = _variants()[name]
+    saved, _ = _saved(hf_cfg, tmp_path)
+    ours = families.from_hf(_json(hf_cfg))
+    listed = hf_tensors(ours)
+    assert len({t.hf_name for t in listed}) == len(listed)
+    assert {t.hf_name: t.shape for t in listed} == {k: v.shape for k, v in saved.items()}
+    canonical = canonical_layout(ours)
+    assert {t.canonical for t in listed} == set(canonical) - (
+        {"lm_head.weight"} if ours.tie_embeddings else set()
+    )
+
+
+@pytest.mark.parametrize("name", ["jamba", "nemotron_h"])
+def test_per_expert_tensors_stack_into_the_canonical_experts(name, tmp_path):
+    """Assembling the canonical stacked experts from the saved per-expert tensors gives transformers'
+    own in-memory stacked tensors (gate rows before up rows)."""
+    from mamba_core.hybrid_layout import canonical_layout, hf_tensors
+
+    hf_cfg = _variants()[name]
+    saved, model = _saved(hf_cfg, tmp_path)
+    ours = families.from_hf(_json(hf_cfg))
+    layout = canonical_layout(ours)
+    built: dict = {}
+    for t in hf_tensors(ours):
+        if t.expert is None:
+            continue
+        arr = built.setdefault(t.canonical, np.zeros(layout[t.canonical][0], np.float32))
+        lo, hi = t.rows or (0, arr.shape[1])
+        arr[t.expert, lo:hi] = saved[t.hf_name]
+    memory = {k: v.numpy() for k, v in model.state_dict().items()}
+    layer = 1 if name == "nemotron_h" else 0
+    slot, hf_slot = ("mixer", "mixer") if name == "nemotron_h" else ("mlp", "feed_forward")
+    up = "up_proj" if name == "nemotron_h" else "gate_up_proj"
+    assert np.array_equal(
+        built[f"backbone.layers.{layer}.{slot}.experts.{up}"],
+        memory[f"model.layers.{layer}.{hf_slot}.experts.{up}"],
+    )
+    assert np.array_equal(
+        built[f"backbone.layers.{layer}.{slot}.experts.down_proj"],
+        memory[f"model.layers.{layer}.{hf_slot}.experts.down_proj"],
+    )

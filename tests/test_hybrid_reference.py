@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from mamba_core.block_config import AttentionConfig, MLPConfig, MoEConfig
+from mamba_core.block_layout import expand_kind
 from mamba_core.config import Mamba1Config
 from mamba_core.errors import ConfigError
 from mamba_core.reference import init_weights, layer_weights
@@ -33,6 +34,19 @@ TOL = 1e-12
 
 MODULES = [
     "mamba_core.block_config",
+    "mamba_core.block_layout",
+    "mamba_core.hybrid_layout",
+    "mamba_core.families",
+    "mamba_core.families.hf_reader",
+    "mamba_core.families.plan",
+    "mamba_core.families.mamba_mixer",
+    "mamba_core.families.falcon_mamba",
+    "mamba_core.families.nemotron_h",
+    "mamba_core.families.granite_hybrid",
+    "mamba_core.families.jamba",
+    "mamba_core.families.falcon_h1",
+    "mamba_core.families.zamba2",
+    "mamba_core.reference.falcon_mamba",
     "mamba_core.reference.attention",
     "mamba_core.reference.mlp",
     "mamba_core.reference.moe",
@@ -114,6 +128,7 @@ def test_sdpa_fully_masked_row_is_zero():
 def test_gqa_equals_mha_with_repeated_kv_weights():
     rng = np.random.default_rng(2)
     w = _attn_params(GQA, rng, bias=True)
+    assert {k: v.shape for k, v in w.items()} == {k: s for k, (s, _) in expand_kind("attention", GQA).items()}
     mha = dataclasses.replace(GQA, n_kv_heads=6)
     wm = dict(w)
     for p in "kv":
@@ -267,6 +282,7 @@ def test_sparse_moe_equals_dense_mixture(case):
     cfg = MOE[case]
     rng = np.random.default_rng(7)
     w = _moe_params(cfg, rng)
+    assert {k: v.shape for k, v in w.items()} == {k: s for k, (s, _) in expand_kind("moe", cfg).items()}
     x = rng.normal(size=(2, 9, 6))
     tokens = x.reshape(-1, 6)
     idx, weights = route(tokens, w, cfg)

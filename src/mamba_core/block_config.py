@@ -194,6 +194,21 @@ class MLPConfig:
         """Rows of a fused ``gate_up_proj``: 2I."""
         return 2 * self.d_ff
 
+    @property
+    def is_split(self) -> bool:
+        """Separate ``gate_proj`` and ``up_proj``."""
+        return self.layout == "split"
+
+    @property
+    def is_fused(self) -> bool:
+        """One ``gate_up_proj``."""
+        return self.layout == "fused"
+
+    @property
+    def has_up_proj(self) -> bool:
+        """An ``up_proj`` of its own (split or ungated)."""
+        return self.layout != "fused"
+
 
 @dataclass(frozen=True, kw_only=True)
 class MoEConfig:
@@ -226,6 +241,7 @@ class MoEConfig:
         topk_group: groups kept (``"sigmoid_group"``).
         routed_scaling_factor: multiplies the routed weights (``"sigmoid_group"``).
         latent_size: latent width, or None.
+        latent_bias: the latent projections carry biases (Nemotron-H ``mlp_bias``).
         shared_expert: ``MLPConfig`` of the shared expert, or None.
     """
 
@@ -239,6 +255,7 @@ class MoEConfig:
     topk_group: int = 1
     routed_scaling_factor: float = 1.0
     latent_size: int | None = None
+    latent_bias: bool = False
     shared_expert: MLPConfig | None = None
 
     def __post_init__(self) -> None:
@@ -309,3 +326,28 @@ class MoEConfig:
     def has_correction_bias(self) -> bool:
         """Whether the router carries ``correction_bias`` (the sigmoid-group router)."""
         return self.router == "sigmoid_group"
+
+    @property
+    def expert_gated(self) -> bool:
+        """Experts store a stacked ``gate_up_proj`` (else a stacked ``up_proj``)."""
+        return self.expert.layout == "fused"
+
+    @property
+    def expert_d_ff(self) -> int:
+        """I, the experts' inner width."""
+        return self.expert.d_ff
+
+    @property
+    def expert_gate_up_dim(self) -> int:
+        """2I, rows of each expert's ``gate_up_proj``."""
+        return 2 * self.expert.d_ff
+
+    @property
+    def has_latent(self) -> bool:
+        """Tokens are projected to ``latent_size`` around the experts."""
+        return self.latent_size is not None
+
+    @property
+    def has_shared_expert(self) -> bool:
+        """A shared expert sees every token."""
+        return self.shared_expert is not None

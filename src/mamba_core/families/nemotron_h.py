@@ -184,6 +184,7 @@ class NemotronHConfig:
             topk_group=self.topk_group,
             routed_scaling_factor=self.routed_scaling_factor,
             latent_size=latent,
+            latent_bias=self.mlp_bias and latent is not None,
             expert=MLPConfig(
                 d_model=latent or self.d_model,
                 d_ff=self.moe_intermediate_size,

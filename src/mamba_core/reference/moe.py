@@ -103,7 +103,8 @@ def moe(h, w: Mapping, cfg: MoEConfig) -> np.ndarray:
         w: layout-relative tensors: ``router.weight`` (X, D), ``router.correction_bias`` (X,)
             (``sigmoid_group``); ``experts.gate_up_proj`` (X, 2I, Dl) (gate rows first) or
             ``experts.up_proj`` (X, I, Dl) (ungated); ``experts.down_proj`` (X, Dl, I);
-            ``latent_in.weight`` (Dl, D) and ``latent_out.weight`` (D, Dl) when ``latent_size``;
+            ``latent_in.weight`` (Dl, D) and ``latent_out.weight`` (D, Dl) when ``latent_size`` (and
+            their ``.bias`` when ``latent_bias``);
             ``shared_expert.*`` (an ``mlp`` block) when ``cfg.shared_expert``.
         cfg: the ``MoEConfig``.
 
@@ -123,14 +124,17 @@ def moe(h, w: Mapping, cfg: MoEConfig) -> np.ndarray:
     lead = x.shape[:-1]
     tokens = x.reshape(-1, x.shape[-1])  # (N, D)
     idx, weights = route(tokens, w, cfg)  # (N, k)
-    inputs = tokens if cfg.latent_size is None else _linear(tokens, w["latent_in.weight"])  # (N, Dl)
+    if cfg.latent_size is None:
+        inputs = tokens
+    else:
+        inputs = _linear(tokens, w["latent_in.weight"], w.get("latent_in.bias"))  # (N, Dl)
     routed = np.zeros_like(inputs)
     for e in np.unique(idx):
         token_ids, slot = np.nonzero(idx == e)  # the tokens that chose expert e, and in which slot
         out = _expert(inputs[token_ids], w, cfg, int(e))
         np.add.at(routed, token_ids, out * weights[token_ids, slot][:, None])
     if cfg.latent_size is not None:
-        routed = _linear(routed, w["latent_out.weight"])
+        routed = _linear(routed, w["latent_out.weight"], w.get("latent_out.bias"))
     if cfg.shared_expert is not None:
         prefix = "shared_expert."
         shared_w = {n[len(prefix) :]: v for n, v in w.items() if n.startswith(prefix)}
