@@ -107,11 +107,6 @@ class GraniteHybridConfig:
                 f"mamba_expand * hidden_size = {width}",
                 field="mamba_d_head",
             )
-        if self.d_model % self.num_attention_heads:
-            raise ConfigError(
-                f"num_attention_heads={self.num_attention_heads} must divide hidden_size={self.d_model}",
-                field="num_attention_heads",
-            )
         for name in ("embedding_multiplier", "residual_multiplier", "logits_scaling"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value != 0):
@@ -137,6 +132,11 @@ class GraniteHybridConfig:
     @property
     def attention(self) -> AttentionConfig:
         """GQA attention; RoPE on ``rotary_fraction`` of each head; Granite's scale override."""
+        if self.d_model % self.num_attention_heads:
+            raise ConfigError(
+                f"num_attention_heads={self.num_attention_heads} must divide hidden_size={self.d_model}",
+                field="num_attention_heads",
+            )
         head_dim = self.d_model // self.num_attention_heads
         rotary = int(head_dim * self.rotary_fraction)
         return AttentionConfig(

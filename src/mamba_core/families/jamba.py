@@ -65,11 +65,6 @@ class JambaConfig:
                 raise ConfigError(f"{period} must be a positive integer, got {p!r}", field=period)
             if isinstance(o, bool) or not isinstance(o, int) or not 0 <= o < p:
                 raise ConfigError(f"{offset} must be in [0, {period}={p}), got {o!r}", field=offset)
-        if self.d_model % self.num_attention_heads:
-            raise ConfigError(
-                f"num_attention_heads={self.num_attention_heads} must divide hidden_size={self.d_model}",
-                field="num_attention_heads",
-            )
         for plan in set(self.layer_plan()):
             self.kind_config(plan.mixer)
             self.kind_config(plan.mlp)
@@ -90,6 +85,11 @@ class JambaConfig:
     @property
     def attention(self) -> AttentionConfig:
         """GQA attention without RoPE."""
+        if self.d_model % self.num_attention_heads:
+            raise ConfigError(
+                f"num_attention_heads={self.num_attention_heads} must divide hidden_size={self.d_model}",
+                field="num_attention_heads",
+            )
         return AttentionConfig(
             d_model=self.d_model,
             n_heads=self.num_attention_heads,
