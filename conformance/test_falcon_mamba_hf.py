@@ -51,7 +51,7 @@ def _build(case: str):
     ours = from_hf(json.loads(hf_cfg.to_json_string(use_diff=False)))
     weights = {
         k: np.asarray(v, np.float64)
-        for k, v in init_weights(ours, np.random.default_rng(0), perturb_norms=True).items()
+        for k, v in init_weights(ours.mamba, np.random.default_rng(0), perturb_norms=True).items()
     }
     if ours.bias:  # init leaves the projection biases at zero; make them matter
         rng = np.random.default_rng(1)
@@ -96,5 +96,5 @@ def test_the_norms_matter():
     ids = np.random.default_rng(3).integers(0, ours.vocab_size, size=(1, 8))
     with torch.no_grad():
         want = model(torch.from_numpy(ids)).logits.double().numpy()
-    plain, _ = lm_forward(ours, weights, ids)
+    plain, _ = lm_forward(ours.mamba, weights, ids)
     assert _rel(plain, want) > 100 * TOL

@@ -7,6 +7,7 @@ Weights and names are those of transformers' Mamba (``backbone.embeddings``, ``b
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import ClassVar
@@ -38,6 +39,12 @@ class FalconMambaConfig(Mamba1Config):
         eps = self.mixer_rms_eps
         if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not math.isfinite(eps) or eps <= 0:
             raise ConfigError(f"mixer_rms_eps must be a positive number, got {eps!r}", field="mixer_rms_eps")
+
+    @property
+    def mamba(self) -> Mamba1Config:
+        """The same model as a plain ``Mamba1Config`` (identical tensors; the mixer math differs)."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(Mamba1Config)}
+        return Mamba1Config(**fields)
 
     def layer_plan(self) -> tuple[LayerPlan, ...]:
         """Every layer is the Mamba-1 mixer with weightless dt/B/C norms."""

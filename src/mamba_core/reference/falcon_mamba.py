@@ -40,7 +40,7 @@ def falcon_mamba_lm_forward(cfg: FalconMambaConfig, weights: Mapping, input_ids,
     Example:
         >>> from mamba_core.reference import init_weights
         >>> cfg = FalconMambaConfig(d_model=8, n_layer=2, vocab_size=16)
-        >>> ws = init_weights(cfg, np.random.default_rng(0))
+        >>> ws = init_weights(cfg.mamba, np.random.default_rng(0))
         >>> logits, states = falcon_mamba_lm_forward(cfg, ws, [[1, 2]])
         >>> logits.shape, len(states)
         ((1, 2, 16), 2)
@@ -80,7 +80,7 @@ def falcon_mamba_lm_step(cfg: FalconMambaConfig, weights: Mapping, token_ids, st
     Example:
         >>> from mamba_core.reference import init_weights
         >>> cfg = FalconMambaConfig(d_model=8, n_layer=1, vocab_size=16)
-        >>> ws = init_weights(cfg, np.random.default_rng(0))
+        >>> ws = init_weights(cfg.mamba, np.random.default_rng(0))
         >>> _, states = falcon_mamba_lm_forward(cfg, ws, [[1, 2]])
         >>> falcon_mamba_lm_step(cfg, ws, [3], states)[0].shape
         (1, 16)
