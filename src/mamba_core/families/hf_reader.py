@@ -54,7 +54,6 @@ COMMON_IGNORED = frozenset(
         "use_associative_scan",
         "z_loss_coefficient",
         "quantization_config",
-        "tie_word_embeddings_",
     }
 )
 

@@ -287,11 +287,6 @@ class NemotronHConfig:
             "mamba_expand",
             "mamba_proj_bias",
         )
-        sliding = r.raw("sliding_window", None)
-        if sliding is not None:
-            raise UnsupportedError(
-                f"nemotron_h sliding_window={sliding}: transformers' Nemotron-H ignores it too; remove it"
-            )
         cfg = cls(
             d_model=r.int("hidden_size", 4096),
             vocab_size=r.int("vocab_size", 131072),
