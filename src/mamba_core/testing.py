@@ -84,6 +84,10 @@ def awkward_configs() -> dict[str, Mamba1Config | Mamba2Config]:
         "m1-untied-dstate1-vocab13": tiny_mamba1(
             d_state=1, tie_embeddings=False, vocab_size=13, pad_vocab_size_multiple=1
         ),
+        "falcon-mamba-untied-vocab13": tiny_mamba1(
+            mixer_rms_eps=1e-3, tie_embeddings=False, vocab_size=13, pad_vocab_size_multiple=1
+        ),
+        "m1-bcdt-weighted": tiny_mamba1(mixer_rms_eps=1e-3, mixer_rms_weights=True),
         "m2-g2": tiny_mamba2(),
         "m2-untied-dstate1-vocab13": tiny_mamba2(
             d_state=1, ngroups=1, tie_embeddings=False, vocab_size=13, pad_vocab_size_multiple=1

@@ -115,7 +115,7 @@ class JambaConfig:
 
     @property
     def mamba(self) -> Mamba1Config:
-        """The Mamba-1 mixer sizes (its dt/B/C norms use ``norm_epsilon``)."""
+        """The Mamba-1 mixer: its sizes and its weighted dt/B/C norms of epsilon ``norm_epsilon``."""
         return Mamba1Config(
             d_model=self.d_model,
             n_layer=self.n_layer,
@@ -129,6 +129,8 @@ class JambaConfig:
             dt_rank="auto" if self.mamba_dt_rank is None else self.mamba_dt_rank,
             norm_epsilon=self.norm_epsilon,
             tie_embeddings=self.tie_embeddings,
+            mixer_rms_eps=self.norm_epsilon,
+            mixer_rms_weights=True,
         )
 
     def kind_config(self, kind: str):
