@@ -173,11 +173,6 @@ class Mamba1Config(_LMConfig):
             )
 
     @property
-    def bcdt_norm(self) -> bool:
-        """Whether the mixer RMS-normalizes dt, B and C after ``x_proj`` (FalconMamba, Jamba)."""
-        return self.mixer_rms_eps is not None
-
-    @property
     def conv_dim(self) -> int:
         """Channels of the depthwise conv: E."""
         return self.d_inner
