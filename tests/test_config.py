@@ -235,8 +235,6 @@ def test_arch_mismatch_and_unsupported_variants():
         parse_config({**SS_MAMBA2_130M, "ssm_cfg": {"layer": "Mamba3"}})
     with pytest.raises(UnsupportedError, match="quantiz"):
         parse_config({**HF_MAMBA2_130M, "quantization": {"bits": 4, "group_size": 64}})
-    with pytest.raises(UnsupportedError, match="falcon_mamba"):
-        parse_config({**HF_MAMBA_790M, "model_type": "falcon_mamba"})
     with pytest.raises(ConfigError, match="model_type"):
         parse_config({**HF_MAMBA_790M, "model_type": "llama"})
     with pytest.raises(ConfigError, match="dialect"):

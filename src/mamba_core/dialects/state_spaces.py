@@ -147,6 +147,11 @@ def read(d: dict[str, Any], dialect: str = "state-spaces") -> ParsedConfig:
 
 
 def write(cfg, dialect: str = "state-spaces") -> dict[str, Any]:
+    if getattr(cfg, "mixer_rms_eps", None) is not None:
+        raise UnsupportedError(
+            "the state-spaces config has no dt/B/C norms (mixer_rms_eps: FalconMamba, Jamba's mixer); "
+            "write this model in the 'hf', 'mlx-lm' or 'mamba-core' dialect"
+        )
     ssm_cfg: dict[str, Any] = {}
     if cfg.arch != "mamba1":  # the official default layer needs no key (as upstream writes it)
         ssm_cfg["layer"] = _LAYER_OF[cfg.arch]
