@@ -149,7 +149,7 @@ def _hf_plan(name: str, cfg) -> list[tuple[str, str | None]]:
         return [("mamba2" if t == "linear_attention" else "attention", ffn) for t in types]
     if name == "jamba":
         return [
-            ("mamba1_bcdt_weighted" if t == "mamba" else "attention", "moe" if x > 1 else "mlp")
+            ("mamba1" if t == "mamba" else "attention", "moe" if x > 1 else "mlp")
             for t, x in zip(cfg.layers_block_type, cfg.layers_num_experts, strict=True)
         ]
     if name == "falcon_h1":

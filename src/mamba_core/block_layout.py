@@ -79,8 +79,7 @@ MOE_ROWS: tuple[Param, ...] = (
 SHARED_EXPERT_PREFIX = "shared_expert."  # then MLP_ROWS of MoEConfig.shared_expert
 
 KIND_ROWS: dict[str, tuple[Param, ...]] = {
-    "mamba1_bcdt": MAMBA1_ROWS,
-    "mamba1_bcdt_weighted": MAMBA1_ROWS + BCDT_NORM_ROWS,
+    "mamba1": MAMBA1_ROWS,  # with the weighted dt/B/C norm rows when the config has them
     "mamba2": MAMBA2_ROWS,
     "attention": ATTENTION_ROWS,
     "mlp": MLP_ROWS,

@@ -1,7 +1,7 @@
 """Jamba (transformers ``jamba``): Mamba-1 with weighted dt/B/C norms, periodic attention and MoE.
 
-Layer i runs attention when ``i % attn_layer_period == attn_layer_offset`` and the Mamba-1 mixer (with
-weighted RMSNorms on dt, B and C, ``eps = rms_norm_eps``) otherwise; its feed-forward is the MoE
+Layer i runs attention when ``i % attn_layer_period == attn_layer_offset`` and the ``mamba1`` mixer (with
+its weighted RMSNorms on dt, B and C, ``eps = rms_norm_eps``: ``Mamba1Config.mixer_rms_weights``) otherwise; its feed-forward is the MoE
 (softmax over all experts, top k kept, not renormalized) when ``i % expert_layer_period ==
 expert_layer_offset`` and ``num_experts > 1``, a gated SiLU MLP otherwise. Attention has no RoPE.
 Each layer: ``x + mixer(input_layernorm(x))`` then ``x + ffn(pre_ff_layernorm(x))``.
@@ -29,10 +29,14 @@ class JambaConfig:
         ...     "attn_layer_period": 2, "attn_layer_offset": 1, "expert_layer_period": 2,
         ...     "expert_layer_offset": 0, "num_experts": 4, "intermediate_size": 96})
         >>> [tuple(p) for p in cfg.layer_plan()][:2]
-        [('mamba1_bcdt_weighted', 'moe'), ('attention', 'mlp')]
+        [('mamba1', 'moe'), ('attention', 'mlp')]
     """
 
     model_type: ClassVar[str] = "jamba"
+    arch: ClassVar[str] = "jamba"
+    # composition constants read by the shared model code (init, the residual stream)
+    initializer_range: ClassVar[float] = 0.02
+    rescale_prenorm_residual: ClassVar[bool] = True
 
     d_model: int
     vocab_size: int
@@ -73,14 +77,15 @@ class JambaConfig:
         """Attention or the weighted-norm Mamba-1 mixer, then MoE or MLP, by the periods and offsets."""
         plans = []
         for i in range(self.n_layer):
-            mixer = (
-                "attention"
-                if i % self.attn_layer_period == self.attn_layer_offset
-                else "mamba1_bcdt_weighted"
-            )
+            mixer = "attention" if i % self.attn_layer_period == self.attn_layer_offset else "mamba1"
             moe = i % self.expert_layer_period == self.expert_layer_offset and self.num_experts > 1
             plans.append(LayerPlan(mixer, "moe" if moe else "mlp"))
         return tuple(plans)
+
+    @property
+    def vocab_size_padded(self) -> int:
+        """Rows of the embedding and the head (transformers does not pad Jamba's vocabulary)."""
+        return self.vocab_size
 
     @property
     def attention(self) -> AttentionConfig:
@@ -136,7 +141,7 @@ class JambaConfig:
     def kind_config(self, kind: str):
         """The config object of one kind of this model."""
         return {
-            "mamba1_bcdt_weighted": lambda: self.mamba,
+            "mamba1": lambda: self.mamba,
             "attention": lambda: self.attention,
             "mlp": lambda: self.mlp,
             "moe": lambda: self.moe,
