@@ -3,8 +3,8 @@
 Layer i runs attention when ``i % attn_layer_period == attn_layer_offset`` and the ``mamba1`` mixer
 (with its weighted RMSNorms on dt, B and C, ``eps = rms_norm_eps``: ``Mamba1Config.mixer_rms_weights``)
 otherwise; its feed-forward is the MoE (softmax over all experts, top k kept, not renormalized) when
-``i % expert_layer_period == expert_layer_offset`` and ``num_experts > 1``, a gated SiLU MLP otherwise. Attention has no RoPE.
-Each layer: ``x + mixer(input_layernorm(x))`` then ``x + ffn(pre_ff_layernorm(x))``.
+``i % expert_layer_period == expert_layer_offset`` and ``num_experts > 1``, a gated SiLU MLP otherwise.
+Attention has no RoPE. Each layer: ``x + mixer(input_layernorm(x))`` then ``x + ffn(pre_ff_layernorm(x))``.
 """
 
 from __future__ import annotations
