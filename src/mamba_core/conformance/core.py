@@ -19,12 +19,12 @@ import numpy as np
 
 from mamba_core.layout import expand_layout
 from mamba_core.registry import DTYPES
-from mamba_core.testing import TOLERANCE, awkward_configs, rel_err, round_to
+from mamba_core.testing import TOLERANCE, awkward_configs, hybrid_configs, rel_err, round_to
 
 # every device a backend can have; the ones a machine lacks are reported as "not run"
 KNOWN_DEVICES = {"torch": ("cpu", "cuda", "mps"), "mlx": ("cpu", "gpu")}
 # the model-level checks run on each of these (n_groups > 1, d_state 1, untied head, vocab 13 / 61)
-MODEL_CONFIGS = awkward_configs()
+MODEL_CONFIGS = {**awkward_configs(), **hybrid_configs()}
 SEED = 0  # weights of every model check: the same numbers in every backend (drawn in numpy)
 
 
@@ -275,8 +275,12 @@ def _torch_grads(backend, model, ids, proj) -> dict[str, np.ndarray]:
     names = sorted(params)
     with torch.enable_grad():
         loss = (model(ids) * proj).sum()
-        grads = torch.autograd.grad(loss, [params[n] for n in names])
-    return {n: as_numpy(backend, g) for n, g in zip(names, grads, strict=True)}
+        # allow_unused: a MoE's correction bias only picks experts (no gradient reaches it)
+        grads = torch.autograd.grad(loss, [params[n] for n in names], allow_unused=True)
+    return {
+        n: np.zeros(tuple(params[n].shape)) if g is None else as_numpy(backend, g)
+        for n, g in zip(names, grads, strict=True)
+    }
 
 
 def _mlx_grads(backend, model, ids, proj) -> dict[str, np.ndarray]:
