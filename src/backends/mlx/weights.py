@@ -17,7 +17,8 @@ import numpy as np
 from mamba_core.backends.mlx.device import resolve_device, resolve_dtype
 from mamba_core.backends.mlx.heads import assign, build_task_model, export_canonical, export_task_tensors
 from mamba_core.backends.mlx.model import HybridLM, Mamba1LM, Mamba2LM, initialize
-from mamba_core.checkpoint import LoadPlan, is_pickle, load_pickle
+from mamba_core.backends.mlx.pickles import read_pickle
+from mamba_core.checkpoint import LoadPlan, is_pickle
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
 
@@ -77,22 +78,11 @@ def build_model(config, *, dtype="float32", device=None, seed: int | None = None
     return model
 
 
-def _from_torch(t) -> mx.array:
-    """A CPU torch tensor as ``mx.array``, bit-exact: bfloat16 crosses numpy as its int16 bit pattern."""
-    import torch
-
-    t = t.detach().to("cpu").contiguous()
-    if t.dtype == torch.bfloat16:
-        return mx.view(mx.array(t.view(torch.int16).numpy()), mx.bfloat16)
-    return mx.array(t.numpy())
-
-
 def _file_reader(file: str):
-    """name -> ``mx.array`` for one weight file: ``mx.load`` for safetensors, torch's
-    ``weights_only`` loader for pickled ``.bin`` files (needs torch; imported only then)."""
+    """name -> ``mx.array`` for one weight file: ``mx.load`` for safetensors, ``pickles.read_pickle``
+    for pickled ``.bin`` files (needs torch to read them)."""
     if is_pickle(file):
-        stored = load_pickle(file)
-        return lambda name: _from_torch(stored[name])
+        return read_pickle(file).__getitem__
     try:
         arrays = mx.load(os.fspath(file))
     except Exception as e:  # damaged data that the header check could not see

@@ -19,7 +19,8 @@ from safetensors.torch import save_file
 from mamba_core.backends.torch.device import resolve_device, resolve_dtype
 from mamba_core.backends.torch.heads import assign, build_task_model, export_canonical, export_task_tensors
 from mamba_core.backends.torch.model import HybridLM, Mamba1LM, Mamba2LM, initialize
-from mamba_core.checkpoint import LoadPlan, is_pickle, load_pickle
+from mamba_core.backends.torch.pickles import read_pickle
+from mamba_core.checkpoint import LoadPlan, is_pickle
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
 
@@ -68,7 +69,7 @@ def _read(plan: LoadPlan) -> dict[str, torch.Tensor]:
     with ExitStack() as files:
         for file, group in by_file.items():
             if is_pickle(file):
-                stored = load_pickle(file)
+                stored = read_pickle(file)
 
                 def get(name, stored=stored):
                     return stored[name].clone()  # own the memory, not the file's mapping
