@@ -12,6 +12,8 @@ Nemotron-H (``router.weight`` and ``router.correction_bias``), which transformer
 
 from __future__ import annotations
 
+from mamba_core.layers import attention, mlp, moe
+from mamba_core.layers.kind import present as present
 from mamba_core.layout import LAYER, MAMBA1_LAYOUT, MAMBA2_LAYOUT, Param, dim
 
 _MIXER = LAYER + "mixer."
@@ -34,49 +36,10 @@ BCDT_NORM_ROWS = (
     Param("c_layernorm.weight", ("d_state",)),
 )
 
-ATTENTION_ROWS: tuple[Param, ...] = (
-    Param("q_proj.weight", ("q_dim", "d_model")),
-    Param("q_proj.bias", ("q_dim",), when="bias"),
-    Param("k_proj.weight", ("kv_dim", "d_model")),
-    Param("k_proj.bias", ("kv_dim",), when="bias"),
-    Param("v_proj.weight", ("kv_dim", "d_model")),
-    Param("v_proj.bias", ("kv_dim",), when="bias"),
-    Param("o_proj.weight", ("out_dim", "q_dim")),
-    Param("o_proj.bias", ("out_dim",), when="bias"),
-    Param("q_adapter.0.weight", ("adapter_rank", "d_model"), when="has_adapters"),
-    Param("q_adapter.1.weight", ("q_dim", "adapter_rank"), when="has_adapters"),
-    Param("k_adapter.0.weight", ("adapter_rank", "d_model"), when="has_adapters"),
-    Param("k_adapter.1.weight", ("kv_dim", "adapter_rank"), when="has_adapters"),
-    Param("v_adapter.0.weight", ("adapter_rank", "d_model"), when="has_adapters"),
-    Param("v_adapter.1.weight", ("kv_dim", "adapter_rank"), when="has_adapters"),
-)
-
-MLP_ROWS: tuple[Param, ...] = (
-    Param("gate_proj.weight", ("d_ff", "d_model"), when="is_split"),
-    Param("gate_proj.bias", ("d_ff",), when="is_split&bias"),
-    Param("up_proj.weight", ("d_ff", "d_model"), when="has_up_proj"),
-    Param("up_proj.bias", ("d_ff",), when="has_up_proj&bias"),
-    Param("gate_up_proj.weight", ("gate_up_dim", "d_model"), when="is_fused"),
-    Param("gate_up_proj.bias", ("gate_up_dim",), when="is_fused&bias"),
-    Param("down_proj.weight", ("d_model", "d_ff")),
-    Param("down_proj.bias", ("d_model",), when="bias"),
-    Param("gate_up_adapter.0.weight", ("adapter_rank", "d_model"), when="adapter_rank"),
-    Param("gate_up_adapter.1.weight", ("gate_up_dim", "adapter_rank"), when="adapter_rank"),
-)
-
-MOE_ROWS: tuple[Param, ...] = (
-    Param("router.weight", ("n_experts", "d_model"), when="!has_correction_bias"),
-    Param("router.weight", ("n_experts", "d_model"), dtype_policy="fp32", when="has_correction_bias"),
-    Param("router.correction_bias", ("n_experts",), dtype_policy="fp32", when="has_correction_bias"),
-    Param("latent_in.weight", ("latent_size", "d_model"), when="has_latent"),
-    Param("latent_in.bias", ("latent_size",), when="has_latent&latent_bias"),
-    Param("experts.gate_up_proj", ("n_experts", "expert_gate_up_dim", "d_latent"), when="expert_gated"),
-    Param("experts.up_proj", ("n_experts", "expert_d_ff", "d_latent"), when="!expert_gated"),
-    Param("experts.down_proj", ("n_experts", "d_latent", "expert_d_ff")),
-    Param("latent_out.weight", ("d_model", "latent_size"), when="has_latent"),
-    Param("latent_out.bias", ("d_model",), when="has_latent&latent_bias"),
-)
-SHARED_EXPERT_PREFIX = "shared_expert."  # then MLP_ROWS of MoEConfig.shared_expert
+ATTENTION_ROWS: tuple[Param, ...] = attention.ROWS
+MLP_ROWS: tuple[Param, ...] = mlp.ROWS
+MOE_ROWS: tuple[Param, ...] = moe.OWN_ROWS
+SHARED_EXPERT_PREFIX = moe.SHARED_EXPERT_PREFIX  # then MLP_ROWS of MoEConfig.shared_expert
 
 KIND_ROWS: dict[str, tuple[Param, ...]] = {
     "mamba1": MAMBA1_ROWS,  # with the weighted dt/B/C norm rows when the config has them
@@ -85,25 +48,6 @@ KIND_ROWS: dict[str, tuple[Param, ...]] = {
     "mlp": MLP_ROWS,
     "moe": MOE_ROWS,
 }
-
-
-def present(when: str | None, cfg) -> bool:
-    """Whether a row with this ``when`` exists for ``cfg``.
-
-    Example:
-        >>> from mamba_core.block_config import MLPConfig
-        >>> present("is_split&bias", MLPConfig(d_model=2, d_ff=2, bias=True)), present("!bias", MLPConfig(
-        ...     d_model=2, d_ff=2))
-        (True, True)
-    """
-    if when is None:
-        return True
-    for part in when.split("&"):
-        negate = part.startswith("!")
-        value = bool(getattr(cfg, part.lstrip("!")))
-        if value == negate:
-            return False
-    return True
 
 
 def expand_kind(kind: str, cfg) -> dict[str, tuple[tuple[int, ...], str]]:

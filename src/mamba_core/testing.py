@@ -95,6 +95,27 @@ def awkward_configs() -> dict[str, Mamba1Config | Mamba2Config]:
     }
 
 
+def tiny_nemotron_h(**overrides):
+    """A 5-layer Nemotron-H (pattern ``M*ME-``): GQA 4:2, Mamba-2 with n_groups 2, a sigmoid-group MoE
+    (4 experts in 2 groups, top 2, shared expert, scaling 1.5), untied, vocab 61."""
+    from mamba_core.families.nemotron_h import NemotronHConfig
+
+    base = {
+        "model_type": "nemotron_h", "hidden_size": 32, "vocab_size": 61, "hybrid_override_pattern": "M*ME-",
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "mamba_num_heads": 4,
+        "mamba_head_dim": 8, "n_groups": 2, "ssm_state_size": 8, "chunk_size": 16, "intermediate_size": 40,
+        "n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+        "moe_shared_expert_intermediate_size": 24, "n_group": 2, "topk_group": 1,
+        "routed_scaling_factor": 1.5, "tie_word_embeddings": False,
+    }
+    return NemotronHConfig.from_hf({**base, **overrides})
+
+
+def hybrid_configs() -> dict:
+    """Small hybrid-family configs conformance runs beside ``awkward_configs`` (id -> config)."""
+    return {"nemotron-h": tiny_nemotron_h()}
+
+
 def make_hf_cache(cache_dir, repo_id: str, files: dict, *, revision: str = "main") -> str:
     """Lay files out as huggingface_hub's cache does (blobs + snapshot symlinks + refs) for offline tests.
 

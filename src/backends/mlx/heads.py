@@ -16,6 +16,8 @@ from mlx.utils import tree_flatten
 from mamba_core.backends.mlx.device import resolve_device, resolve_dtype
 from mamba_core.backends.mlx.model import (
     KERNEL_PATHS,
+    Hybrid,
+    HybridLM,
     Mamba1,
     Mamba1LM,
     Mamba2,
@@ -24,7 +26,8 @@ from mamba_core.backends.mlx.model import (
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.task import Task, pooled_dim, task_layout
 
-STACKS = {"mamba1": Mamba1, "mamba2": Mamba2}
+STACKS = {"mamba1": Mamba1, "mamba2": Mamba2, "nemotron_h": Hybrid}
+LMS = {"mamba1": Mamba1LM, "mamba2": Mamba2LM, "nemotron_h": HybridLM}
 _EPS = 1e-5
 _F32 = mx.float32
 
@@ -178,16 +181,16 @@ def task_of(model) -> Task:
     task = getattr(model, "task", None)
     if isinstance(task, Task):
         return task
-    if isinstance(model, (Mamba1, Mamba2)):
+    if isinstance(model, (Mamba1, Mamba2, Hybrid)):
         return Task("features") if "embedding" in model else Task("stack")
-    if isinstance(model, (Mamba1LM, Mamba2LM)):
+    if isinstance(model, (Mamba1LM, Mamba2LM, HybridLM)):
         return Task()
     raise TypeError(f"{type(model).__name__} is not a mamba-core model")
 
 
 def _prefix(model) -> str:
     # a bare stack's parameter names lack the canonical ``backbone.`` prefix
-    return "backbone." if isinstance(model, (Mamba1, Mamba2)) else ""
+    return "backbone." if isinstance(model, (Mamba1, Mamba2, Hybrid)) else ""
 
 
 def canonical_parameters(model) -> dict[str, mx.array]:
@@ -206,7 +209,7 @@ def build_task_model(config, task: Task, *, dtype="float32", device=None):
         'Mamba1'
     """
     if task.kind == "lm":
-        return {"mamba1": Mamba1LM, "mamba2": Mamba2LM}[config.arch](config, dtype=dtype, device=device)
+        return LMS[config.arch](config, dtype=dtype, device=device)
     if task.kind == "stack":
         return STACKS[config.arch](config, dtype=dtype, device=device)
     if task.kind == "features":

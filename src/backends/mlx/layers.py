@@ -6,7 +6,11 @@ their slots from it, never by branching on the kind.
 
 from __future__ import annotations
 
+from mamba_core.backends.mlx.attention import Attention
 from mamba_core.backends.mlx.mamba1 import Mamba1Mixer
 from mamba_core.backends.mlx.mamba2 import Mamba2Mixer
+from mamba_core.backends.mlx.mlp import MLP
+from mamba_core.backends.mlx.moe import MoE
 
-KINDS: dict[str, type] = {"mamba1": Mamba1Mixer, "mamba2": Mamba2Mixer}
+KINDS: dict[str, type] = {"mamba1": Mamba1Mixer, "mamba2": Mamba2Mixer, "attention": Attention, "mlp": MLP,
+                          "moe": MoE}

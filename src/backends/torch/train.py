@@ -163,5 +163,6 @@ def loss_gradients(model, loss) -> dict[str, torch.Tensor]:
     names = sorted(params)
     with torch.enable_grad():
         value = loss(model)
-        grads = torch.autograd.grad(value, [params[n] for n in names])
-    return dict(zip(names, grads, strict=True))
+        # allow_unused: a MoE's correction bias only picks experts, no gradient reaches it (zeros)
+        grads = torch.autograd.grad(value, [params[n] for n in names], allow_unused=True)
+    return {n: torch.zeros_like(params[n]) if g is None else g for n, g in zip(names, grads, strict=True)}

@@ -18,13 +18,13 @@ from safetensors.torch import save_file
 
 from mamba_core.backends.torch.device import resolve_device, resolve_dtype
 from mamba_core.backends.torch.heads import assign, build_task_model, export_canonical, export_task_tensors
-from mamba_core.backends.torch.model import Mamba1LM, Mamba2LM, initialize
+from mamba_core.backends.torch.model import HybridLM, Mamba1LM, Mamba2LM, initialize
 from mamba_core.backends.torch.pickles import read_pickle
 from mamba_core.checkpoint import LoadPlan, is_pickle
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
 
-MODEL_CLASSES = {"mamba1": Mamba1LM, "mamba2": Mamba2LM}
+MODEL_CLASSES = {"mamba1": Mamba1LM, "mamba2": Mamba2LM, "nemotron_h": HybridLM}
 KERNELS = ("auto", "reference", "fast")
 
 
@@ -149,7 +149,7 @@ def export_tensors(model, dialect: str = "mamba-core") -> dict[str, torch.Tensor
     """
     if dialect not in DIALECT_RENAMES:
         raise CheckpointError(f"unknown dialect {dialect!r}; expected one of {tuple(DIALECT_RENAMES)}")
-    if not isinstance(model, (Mamba1LM, Mamba2LM)):  # a stack or head: canonical names, ours only
+    if not isinstance(model, (Mamba1LM, Mamba2LM, HybridLM)):  # a stack or head: canonical names, ours only
         return export_task_tensors(model, dialect)
     renames, mlx_axes = DIALECT_RENAMES[dialect], DIALECT_AXES[dialect]
     specs = expand_layout(model.config)

@@ -28,6 +28,11 @@ FAMILIES = {
 }
 
 
+# Families whose every layer kind is registered (``mamba_core.layers.KINDS``): the backends build them
+# with their hybrid model classes.
+HYBRID_CONFIGS: tuple[type, ...] = (NemotronHConfig,)
+
+
 def from_hf(d: dict):
     """The family config of a transformers ``config.json`` dict, by its ``model_type``.
 
@@ -50,6 +55,7 @@ def from_hf(d: dict):
 
 __all__ = [
     "FAMILIES",
+    "HYBRID_CONFIGS",
     "KINDS",
     "FalconH1Config",
     "GraniteHybridConfig",

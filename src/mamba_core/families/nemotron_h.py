@@ -56,6 +56,10 @@ class NemotronHConfig:
     """
 
     model_type: ClassVar[str] = "nemotron_h"
+    arch: ClassVar[str] = "nemotron_h"
+    # composition constants read by the shared model code (init, the residual stream)
+    initializer_range: ClassVar[float] = 0.02
+    rescale_prenorm_residual: ClassVar[bool] = True
 
     d_model: int
     vocab_size: int
@@ -128,6 +132,11 @@ class NemotronHConfig:
     def n_layer(self) -> int:
         """Number of layers (the length of the pattern)."""
         return len(self.layer_types)
+
+    @property
+    def vocab_size_padded(self) -> int:
+        """Rows of the embedding and the head (transformers does not pad Nemotron-H's vocabulary)."""
+        return self.vocab_size
 
     @property
     def hybrid_override_pattern(self) -> str:

@@ -235,3 +235,33 @@ def attention_step(h, w: Mapping, cfg: AttentionConfig, k, v, key_mask, *, token
     mask = None if token_mask is None else np.asarray(token_mask)[:, None]
     out, k, v, key_mask = attention(_f64(h)[:, None], w, cfg, k, v, key_mask, attention_mask=mask)
     return out[:, 0], k, v, key_mask
+
+
+def _filled(k, v, key_mask, length):
+    # the positions [0, length) of a (possibly preallocated) cache; None when the cache is empty
+    if k is None or length is None:
+        return k, v, key_mask
+    t = int(np.asarray(length).reshape(-1)[0]) if np.asarray(length).size else 0
+    return _f64(k)[:, :, :t], _f64(v)[:, :, :t], None if key_mask is None else np.asarray(key_mask)[:, :t]
+
+
+def attention_forward(h, w: Mapping, cfg: AttentionConfig, k=None, v=None, key_mask=None, length=None, *,
+                      attention_mask=None):
+    """The ``attention`` kind over L tokens: ``attention`` with the kind's cache fields.
+
+    State (``layers.attention``): ``k``, ``v`` (B, Hkv, T, Dh), ``key_mask`` (B, T) bool and
+    ``length`` (B,) int, positions ``[0, length)`` filled (a backend's cache may hold more rows).
+
+    Returns:
+        ``(out (B, L, out_dim), k, v, key_mask, length)``, the cache exactly ``length`` long.
+    """
+    k, v, key_mask = _filled(k, v, key_mask, length)
+    out, k, v, key_mask = attention(h, w, cfg, k, v, key_mask, attention_mask=attention_mask)
+    return out, k, v, key_mask, np.full(k.shape[0], k.shape[2], dtype=np.int64)
+
+
+def attention_forward_step(h, w: Mapping, cfg: AttentionConfig, k=None, v=None, key_mask=None, length=None):
+    """One decode step of the ``attention`` kind: h (B, d_model) -> ``(out (B, out_dim), k, v, key_mask,
+    length)``."""
+    out, k, v, key_mask, length = attention_forward(_f64(h)[:, None], w, cfg, k, v, key_mask, length)
+    return out[:, 0], k, v, key_mask, length

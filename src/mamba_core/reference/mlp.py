@@ -90,3 +90,9 @@ def mlp(x, w: Mapping, cfg: MLPConfig) -> np.ndarray:
             up = _linear(x, w["up_proj.weight"], w.get("up_proj.bias"))
         inner = activate(gate * cfg.gate_multiplier, cfg.activation) * up  # (..., I)
     return _linear(inner, w["down_proj.weight"], w.get("down_proj.bias")) * cfg.down_multiplier
+
+
+def mlp_forward(h, w: Mapping, cfg: MLPConfig, *, attention_mask=None) -> tuple[np.ndarray]:
+    """The ``mlp`` kind (no state): h (B, L, D) or (B, D) -> ``(out,)``; position-wise, so a step is
+    the same call."""
+    return (mlp(h, w, cfg),)

@@ -140,3 +140,9 @@ def moe(h, w: Mapping, cfg: MoEConfig) -> np.ndarray:
         shared_w = {n[len(prefix) :]: v for n, v in w.items() if n.startswith(prefix)}
         routed = routed + mlp(tokens, shared_w, cfg.shared_expert)
     return routed.reshape(*lead, cfg.d_model)
+
+
+def moe_forward(h, w: Mapping, cfg: MoEConfig, *, attention_mask=None) -> tuple[np.ndarray]:
+    """The ``moe`` kind (no state): h (B, L, D) or (B, D) -> ``(out,)``; position-wise, so a step is
+    the same call."""
+    return (moe(h, w, cfg),)
