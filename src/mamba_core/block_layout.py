@@ -30,12 +30,6 @@ def _mixer_rows(table: tuple[Param, ...]) -> tuple[Param, ...]:
 
 MAMBA1_ROWS = _mixer_rows(MAMBA1_LAYOUT)
 MAMBA2_ROWS = _mixer_rows(MAMBA2_LAYOUT)
-BCDT_NORM_ROWS = (
-    Param("dt_layernorm.weight", ("dt_rank",)),
-    Param("b_layernorm.weight", ("d_state",)),
-    Param("c_layernorm.weight", ("d_state",)),
-)
-
 ATTENTION_ROWS: tuple[Param, ...] = attention.ROWS
 MLP_ROWS: tuple[Param, ...] = mlp.ROWS
 MOE_ROWS: tuple[Param, ...] = moe.OWN_ROWS

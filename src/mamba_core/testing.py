@@ -111,9 +111,25 @@ def tiny_nemotron_h(**overrides):
     return NemotronHConfig.from_hf({**base, **overrides})
 
 
+def tiny_jamba(**overrides):
+    """A 4-layer Jamba: Mamba-1 (weighted dt/B/C norms, dt_rank 3, conv 3) + MLP, attention (GQA 4:2,
+    no RoPE) + MoE, Mamba-1 + MLP, Mamba-1 + MoE (4 experts, top 2, softmax not renormalized); untied,
+    vocab 61."""
+    from mamba_core.families.jamba import JambaConfig
+
+    base = {
+        "model_type": "jamba", "hidden_size": 32, "vocab_size": 61, "num_hidden_layers": 4,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 24, "num_experts": 4,
+        "num_experts_per_tok": 2, "expert_layer_period": 2, "expert_layer_offset": 1, "attn_layer_period": 4,
+        "attn_layer_offset": 1, "mamba_d_state": 6, "mamba_d_conv": 3, "mamba_dt_rank": 3,
+        "tie_word_embeddings": False,
+    }
+    return JambaConfig.from_hf({**base, **overrides})
+
+
 def hybrid_configs() -> dict:
     """Small hybrid-family configs conformance runs beside ``awkward_configs`` (id -> config)."""
-    return {"nemotron-h": tiny_nemotron_h()}
+    return {"nemotron-h": tiny_nemotron_h(), "jamba": tiny_jamba()}
 
 
 def make_hf_cache(cache_dir, repo_id: str, files: dict, *, revision: str = "main") -> str:

@@ -32,7 +32,7 @@ from mamba_core.reference import init_weights
 
 _F32 = mx.float32
 KERNEL_PATHS = {"mamba1": "mlx-chunked-selective-scan", "mamba2": "mlx-chunked-ssd",
-                "nemotron_h": "mlx-chunked-ssd+fast-sdpa"}
+                "nemotron_h": "mlx-chunked-ssd+fast-sdpa", "jamba": "mlx-chunked-selective-scan+fast-sdpa"}
 
 
 def _classes(config_class) -> tuple:

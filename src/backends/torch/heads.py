@@ -18,8 +18,8 @@ from mamba_core.backends.torch.model import KERNEL_PATHS, Hybrid, HybridLM, Mamb
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.task import Task, pooled_dim, task_layout
 
-STACKS = {"mamba1": Mamba1, "mamba2": Mamba2, "nemotron_h": Hybrid}
-LMS = {"mamba1": Mamba1LM, "mamba2": Mamba2LM, "nemotron_h": HybridLM}
+STACKS = {"mamba1": Mamba1, "mamba2": Mamba2, "nemotron_h": Hybrid, "jamba": Hybrid}
+LMS = {"mamba1": Mamba1LM, "mamba2": Mamba2LM, "nemotron_h": HybridLM, "jamba": HybridLM}
 _EPS = 1e-5
 
 

@@ -30,7 +30,7 @@ from mamba_core.layers import get_kind, kind_config, layer_plan
 from mamba_core.reference import init_weights
 
 KERNEL_PATHS = {"mamba1": "torch-chunked-selective-scan", "mamba2": "torch-chunked-ssd",
-                "nemotron_h": "torch-chunked-ssd+sdpa"}
+                "nemotron_h": "torch-chunked-ssd+sdpa", "jamba": "torch-chunked-selective-scan+sdpa"}
 
 
 def _is_meta(device) -> bool:

@@ -24,7 +24,7 @@ from mamba_core.checkpoint import LoadPlan, is_pickle
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
 
-MODEL_CLASSES = {"mamba1": Mamba1LM, "mamba2": Mamba2LM, "nemotron_h": HybridLM}
+MODEL_CLASSES = {"mamba1": Mamba1LM, "mamba2": Mamba2LM, "nemotron_h": HybridLM, "jamba": HybridLM}
 KERNELS = ("auto", "reference", "fast")
 
 

@@ -37,6 +37,7 @@ class JambaConfig:
     # composition constants read by the shared model code (init, the residual stream)
     initializer_range: ClassVar[float] = 0.02
     rescale_prenorm_residual: ClassVar[bool] = True
+    residual_in_fp32: ClassVar[bool] = False  # transformers keeps Jamba's residual in the model dtype
 
     d_model: int
     vocab_size: int
