@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from mamba_core.config import CONFIG_CLASSES
+from mamba_core.dialects import hybrid
 from mamba_core.dialects.parsed import ParsedConfig, build, json_limit, read_limit
 from mamba_core.errors import ConfigError, UnsupportedError
 
@@ -236,6 +237,8 @@ _ARCH_READERS = {"mamba1": _read_width, "mamba2": _read_mamba2}
 
 
 def read(d: dict[str, Any], dialect: str = "hf") -> ParsedConfig:
+    if d.get("model_type") in hybrid.MODEL_TYPES:  # a hybrid family: its own reader
+        return hybrid.read(d, dialect)
     arch = _arch_of(d)
     _check_keys(d, arch)
     src = {**DEFAULTS_BY_ARCH[arch], **d}
@@ -247,6 +250,8 @@ def read(d: dict[str, Any], dialect: str = "hf") -> ParsedConfig:
 
 
 def write(cfg, dialect: str = "hf") -> dict[str, Any]:
+    if hybrid.is_family(cfg):
+        return hybrid.write(cfg, dialect)
     arch = cfg.arch
     model_type = _MODEL_TYPE_OF[arch]
     out: dict[str, Any] = {"model_type": model_type, "architectures": [MODEL_TYPES[model_type][1]]}

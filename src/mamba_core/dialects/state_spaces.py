@@ -147,6 +147,10 @@ def read(d: dict[str, Any], dialect: str = "state-spaces") -> ParsedConfig:
 
 
 def write(cfg, dialect: str = "state-spaces") -> dict[str, Any]:
+    if cfg.arch not in _LAYER_OF and cfg.arch != "mamba1":
+        raise UnsupportedError(
+            f"the state-spaces dialect has no {cfg.arch!r} models; save it as 'mamba-core', 'hf' or 'mlx-lm'"
+        )
     ssm_cfg: dict[str, Any] = {}
     if cfg.arch != "mamba1":  # the official default layer needs no key (as upstream writes it)
         ssm_cfg["layer"] = _LAYER_OF[cfg.arch]
