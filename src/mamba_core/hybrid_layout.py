@@ -20,6 +20,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from mamba_core.block_layout import expand_kind
+from mamba_core.errors import UnsupportedError
 from mamba_core.families import (
     FalconH1Config,
     GraniteHybridConfig,
@@ -40,6 +41,8 @@ class HFTensor:
         dtype_policy: ``"model"`` or ``"fp32"``.
         expert: the transformers tensor is ``canonical[expert]`` (stacked experts), or None.
         rows: the transformers tensor is rows ``[lo, hi)`` of (the expert slice of) ``canonical``.
+        axes: the permutation from the canonical layout to the stored one (its own inverse: mlx-lm's
+            (C, K, 1) conv weights), or None.
     """
 
     hf_name: str
@@ -48,6 +51,7 @@ class HFTensor:
     dtype_policy: str
     expert: int | None = None
     rows: tuple[int, int] | None = None
+    axes: tuple[int, ...] | None = None
 
 
 def _kind(out: dict, kind: str, cfg, canonical: str, hf: str, renames: dict[str, str] | None = None) -> None:
@@ -116,6 +120,63 @@ def hf_tensors(config) -> list[HFTensor]:
             else:
                 out.append(HFTensor(hf.format(j=j), canonical, rest, policy, j))
     return out
+
+
+def stored_tensors(config, dialect: str) -> list[HFTensor]:
+    """Every tensor of a family checkpoint in ``dialect``, mapped to canonical tensors.
+
+    ``"mamba-core"``: the canonical tensors themselves; ``"hf"``: ``hf_tensors``; ``"mlx-lm"``: mlx-lm's
+    sanitized names and layouts (stacked experts, (C, K, 1) conv weights).
+
+    Raises:
+        UnsupportedError: a dialect the family has no checkpoints in (state-spaces), or a family
+            without an mlx-lm layout.
+
+    Example:
+        >>> from mamba_core.testing import tiny_nemotron_h
+        >>> [t.hf_name for t in stored_tensors(tiny_nemotron_h(), "mlx-lm") if "switch_mlp" in t.hf_name]
+        ['backbone.layers.3.mixer.switch_mlp.fc1.weight', 'backbone.layers.3.mixer.switch_mlp.fc2.weight']
+    """
+    if dialect == "mamba-core":
+        return [HFTensor(n, n, shape, policy) for n, (shape, policy) in canonical_layout(config).items()]
+    if dialect == "hf":
+        return hf_tensors(config)
+    if dialect == "mlx-lm" and type(config) in _MLX_LM:
+        return _MLX_LM[type(config)](config)
+    raise UnsupportedError(
+        f"{type(config).__name__} checkpoints have no {dialect!r} layout; use 'mamba-core' or 'hf'"
+        + (" or 'mlx-lm'" if type(config) in _MLX_LM else "")
+    )
+
+
+_CONV = (0, 2, 1)  # canonical (C, 1, K) <-> MLX (C, K, 1)
+
+
+def _mlx_nemotron_h(cfg: NemotronHConfig) -> list[HFTensor]:
+    # transformers' names; experts stacked as switch_mlp.fc1 (up) / fc2 (down); conv in MLX layout
+    stacked = {"up_proj": "fc1", "down_proj": "fc2"}
+    out, seen = [], set()
+    for t in hf_tensors(cfg):
+        if t.expert is not None:
+            if t.canonical in seen:
+                continue
+            seen.add(t.canonical)
+            prefix, _, rest = t.hf_name.partition(".experts.")
+            which = rest.split(".")[1]
+            shape, policy = canonical_layout(cfg)[t.canonical]
+            out.append(HFTensor(f"{prefix}.switch_mlp.{stacked[which]}.weight", t.canonical, shape, policy))
+        elif t.hf_name.endswith("conv1d.weight"):
+            shape = tuple(t.shape[a] for a in _CONV)
+            out.append(dataclasses.replace(t, shape=shape, axes=_CONV))
+        else:
+            out.append(t)
+    if cfg.tie_embeddings:  # mlx-lm's Nemotron-H always has its own lm_head
+        emb = next(t for t in out if t.canonical == "backbone.embedding.weight")
+        out.append(HFTensor("lm_head.weight", "backbone.embedding.weight", emb.shape, emb.dtype_policy))
+    return out
+
+
+_MLX_LM = {NemotronHConfig: _mlx_nemotron_h}
 
 
 def _placements(config) -> dict[str, tuple[str, tuple[int, ...], str]]:

@@ -128,6 +128,8 @@ class MoE(nn.Module):
             if c.has_correction_bias:
                 self.router.set_dtype(_F32)
                 self.router.correction_bias = mx.zeros((c.n_experts,), dtype=_F32)
+                # not trained by gradient (it only picks experts; upstream updates it by a balancing rule)
+                self.router.freeze(recurse=False, keys=["correction_bias"])
 
     def moe(self, x: mx.array) -> mx.array:
         """(..., D) -> (..., D) in the input dtype."""

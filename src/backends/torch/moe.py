@@ -107,9 +107,11 @@ class MoE(nn.Module):
         router_dtype = torch.float32 if c.has_correction_bias else dtype
         self.router = nn.Linear(c.d_model, c.n_experts, bias=False, dtype=router_dtype, device=device)
         if c.has_correction_bias:
+            # not trained by gradient (it only picks experts; upstream updates it by a balancing rule)
             self.router.correction_bias = nn.Parameter(
-                torch.empty(c.n_experts, dtype=torch.float32, device=device)
+                torch.empty(c.n_experts, dtype=torch.float32, device=device), requires_grad=False
             )
+
         if c.has_latent:
             self.latent_in = nn.Linear(c.d_model, c.latent_size, bias=c.latent_bias, **fk)
         self.experts = Experts(c, **fk)

@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from mamba_core.config import CONFIG_CLASSES
+from mamba_core.dialects import hybrid
 from mamba_core.dialects.parsed import ParsedConfig, build, json_limit, read_limit
 from mamba_core.errors import ConfigError, UnsupportedError
 
@@ -254,6 +255,8 @@ READ_BY_STEP = {"mamba1": ("use_bcdt_rms",), "mamba2": ()}
 
 
 def read(d: dict[str, Any], dialect: str = "hf") -> ParsedConfig:
+    if d.get("model_type") in hybrid.MODEL_TYPES:  # a hybrid family: its own reader
+        return hybrid.read(d, dialect)
     arch = _arch_of(d)
     _check_keys(d, arch)
     src = {**DEFAULTS_BY_ARCH[arch], **d}
@@ -278,6 +281,8 @@ def _model_type(cfg, dialect: str) -> str:
 
 
 def write(cfg, dialect: str = "hf") -> dict[str, Any]:
+    if hybrid.is_family(cfg):
+        return hybrid.write(cfg, dialect)
     arch = cfg.arch
     model_type = _model_type(cfg, dialect)
     out: dict[str, Any] = {"model_type": model_type, "architectures": [MODEL_TYPES[model_type][1]]}

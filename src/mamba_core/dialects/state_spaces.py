@@ -147,6 +147,10 @@ def read(d: dict[str, Any], dialect: str = "state-spaces") -> ParsedConfig:
 
 
 def write(cfg, dialect: str = "state-spaces") -> dict[str, Any]:
+    if cfg.arch not in _LAYER_OF and cfg.arch != "mamba1":
+        raise UnsupportedError(
+            f"the state-spaces dialect has no {cfg.arch!r} models; save it as 'mamba-core', 'hf' or 'mlx-lm'"
+        )
     if getattr(cfg, "mixer_rms_eps", None) is not None:
         raise UnsupportedError(
             "the state-spaces config has no dt/B/C norms (mixer_rms_eps: FalconMamba, Jamba's mixer); "

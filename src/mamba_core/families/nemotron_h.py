@@ -233,6 +233,12 @@ class NemotronHConfig:
             "moe": lambda: self.moe,
         }[kind]()
 
+    def to_dict(self, dialect: str = "mamba-core") -> dict:
+        """Write the config in a dialect of ``mamba_core.dialects.DIALECTS`` (the config.json dict)."""
+        from mamba_core.dialects import write_config  # the codec imports the family configs
+
+        return write_config(self, dialect)
+
     @classmethod
     def from_hf(cls, d: dict) -> NemotronHConfig:
         """Read transformers' ``NemotronHConfig`` json, legacy ``hybrid_override_pattern`` and ``mamba_*``
