@@ -148,6 +148,12 @@ class JambaConfig:
             "moe": lambda: self.moe,
         }[kind]()
 
+    def to_dict(self, dialect: str = "mamba-core") -> dict:
+        """Write the config in a dialect of ``mamba_core.dialects.DIALECTS`` (the config.json dict)."""
+        from mamba_core.dialects import write_config  # the codec imports the family configs
+
+        return write_config(self, dialect)
+
     @classmethod
     def from_hf(cls, d: dict) -> JambaConfig:
         """Read transformers' ``JambaConfig`` json (defaults as transformers).
