@@ -1,11 +1,12 @@
-"""Benchmark the newer families (FalconMamba, next the hybrids) on both backends beside their peers.
+"""Benchmark the newer families (FalconMamba, Jamba) on both backends beside their peers.
 
 A script, not a test. For each family one random checkpoint is written by transformers'
 ``save_pretrained`` and converted once to mlx-lm's layout with ``mamba_core.convert``; every
 implementation then runs the very same weights (float32, CPU unless MLX has a GPU):
 
 * torch: mamba-core's torch backend vs transformers' ``*ForCausalLM`` (its pure-torch path);
-* MLX: mamba-core's MLX backend vs mlx-lm (``mlx_lm.utils.load_model`` on the converted directory).
+* MLX: mamba-core's MLX backend vs mlx-lm (``mlx_lm.utils.load_model`` on our mlx-lm conversion, or on
+  transformers' directory for a family whose mlx-lm layout we do not write yet).
 
 Rows: prefill tok/s (batch 1, a prompt of ``--prompt`` tokens, all logits) and decode tok/s (batch 1,
 ``--decode`` greedy tokens after the prompt; transformers through ``generate`` minus its prefill, the
@@ -62,7 +63,40 @@ def falcon_mamba_checkpoint(out: Path, quick: bool) -> Path:
     return out / "hf"
 
 
-FAMILIES = {"falcon_mamba": (falcon_mamba_checkpoint, "FalconMambaForCausalLM")}
+def jamba_checkpoint(out: Path, quick: bool) -> Path:
+    """A random transformers ``JambaForCausalLM``: attention every 4th layer, MoE (8 experts, top 2) every
+    2nd, Mamba-1 with weighted dt/B/C norms elsewhere (a small shape; tiny with ``quick``)."""
+    import torch
+    import transformers
+
+    shape = (
+        dict(hidden_size=256, num_hidden_layers=4, vocab_size=4099, intermediate_size=512)
+        if quick
+        else dict(hidden_size=768, num_hidden_layers=8, vocab_size=50280, intermediate_size=2048)
+    )
+    cfg = transformers.JambaConfig(
+        **shape,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        num_experts=8,
+        num_experts_per_tok=2,
+        attn_layer_period=4,
+        attn_layer_offset=1,
+        expert_layer_period=2,
+        expert_layer_offset=1,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    transformers.JambaForCausalLM(cfg).save_pretrained(out / "hf", safe_serialization=True)
+    return out / "hf"
+
+
+# family -> (checkpoint writer, transformers class, the directory mlx-lm reads: our "mlx-lm" conversion,
+# or transformers' "hf" one when we cannot write the family's mlx-lm layout yet)
+FAMILIES = {
+    "falcon_mamba": (falcon_mamba_checkpoint, "FalconMambaForCausalLM", "mlx-lm"),
+    "jamba": (jamba_checkpoint, "JambaForCausalLM", "hf"),
+}
 
 
 # ---- torch ---------------------------------------------------------------------------------------
@@ -113,7 +147,9 @@ def bench_mlx(family: str, hf_dir: Path, args, rows: list) -> None:
     import mlx.core as mx
     from mlx_lm.utils import load_model
 
-    mlx_dir = mamba_core.convert(hf_dir, hf_dir.parent / "mlx-lm", to="mlx-lm", force=True)
+    mlx_dir = hf_dir
+    if FAMILIES[family][2] == "mlx-lm":
+        mlx_dir = mamba_core.convert(hf_dir, hf_dir.parent / "mlx-lm", to="mlx-lm", force=True)
     theirs, _ = load_model(mlx_dir)
     ours = mamba_core.load(mlx_dir, backend="mlx", dtype="float32")
     vocab = ours.config.vocab_size
