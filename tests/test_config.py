@@ -237,7 +237,6 @@ def test_arch_mismatch_and_unsupported_variants():
     quantized = parse_config({**HF_MAMBA2_130M, "quantization": {"bits": 4, "group_size": 64}})
     assert quantized.config == parse_config(HF_MAMBA2_130M).config
     with pytest.raises(UnsupportedError, match="falcon_mamba"):
-        parse_config({**HF_MAMBA_790M, "model_type": "falcon_mamba"})
     with pytest.raises(ConfigError, match="model_type"):
         parse_config({**HF_MAMBA_790M, "model_type": "llama"})
     with pytest.raises(ConfigError, match="dialect"):

@@ -27,7 +27,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mamba_core.config import Mamba1Config, Mamba2Config
+from mamba_core.dialects.hybrid import is_family
 from mamba_core.errors import CheckpointError
+from mamba_core.hybrid_layout import stored_tensors
 from mamba_core.layout import (
     CHECKPOINT_DIALECTS,
     DIALECT_AXES,
@@ -189,6 +191,9 @@ class LoadEntry:
         transpose: axes to apply to the stored tensor to reach the canonical layout, or None.
         dtype_policy: ``"fp32"`` or ``"model"``.
         source_dtype: safetensors dtype tag as stored.
+        expert: the stored tensor is ``canonical[expert]`` (a family checkpoint storing one tensor
+            per expert; the backend stacks the parts), or None.
+        rows: the stored tensor is rows ``[lo, hi)`` of (the expert slice of) ``canonical``, or None.
     """
 
     canonical: str
@@ -198,6 +203,8 @@ class LoadEntry:
     transpose: tuple[int, ...] | None
     dtype_policy: str
     source_dtype: str
+    expert: int | None = None
+    rows: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -273,7 +280,7 @@ def plan_load(
     specs, absent = _planned_specs(config, task, source_task, match)
     # quantization hook: a quantized module's weight is read as stored, with its scales and biases
     quantized = match.quantized_entries(quantization, specs) if quantization is not None else []
-    entries = [e for e in (match.entry(name, spec) for name, spec in specs.items()) if e is not None]
+    entries = [e for name, spec in specs.items() for e in match.entries(name, spec)]
     if task.kind != "lm":  # the rest of an LM / head checkpoint is not this model's: ignore it
         match.ignore_known()
         tied_duplicate = None
@@ -323,14 +330,47 @@ class _Matcher:
         self.config, self.dialect, self.tensors = config, dialect, tensors
         self.renames = DIALECT_RENAMES[dialect]
         self.mlx_layout = DIALECT_AXES[dialect]
+        # a hybrid family: canonical name -> the stored tensors it is made of (hybrid_layout)
+        self.parts: dict[str, list] | None = None
+        if is_family(config):
+            self.parts = {}
+            for t in stored_tensors(config, dialect):
+                if t.hf_name == "lm_head.weight" and t.canonical != "lm_head.weight":
+                    continue  # a tied head stored again (mlx-lm): the tied-duplicate check reads it
+                self.parts.setdefault(t.canonical, []).append(t)
         self.missing: list[str] = []
         self.mismatched: list[tuple[str, str, str]] = []
         self.used: set[str] = set()
         self.hints: list[str] = []
 
     def source(self, canonical: str) -> str:
-        """The checkpoint's name of a canonical tensor in this dialect."""
+        """The checkpoint's name of a canonical tensor in this dialect (a family's first part)."""
+        if self.parts is not None and canonical in self.parts:
+            return self.parts[canonical][0].hf_name
         return self.renames.get(canonical, canonical)
+
+    def entries(self, canonical: str, spec) -> list[LoadEntry]:
+        """The ``LoadEntry`` rows of one canonical tensor (several for a family's per-expert tensors);
+        problems are recorded, not raised."""
+        if self.parts is None:
+            entry = self.entry(canonical, spec)
+            return [] if entry is None else [entry]
+        out = []
+        for part in self.parts.get(canonical, ()):
+            info = self.tensors.get(part.hf_name)
+            if info is None:
+                self.missing.append(part.hf_name)
+                continue
+            self.used.add(part.hf_name)
+            if tuple(info.shape) != tuple(part.shape):
+                self.mismatched.append((part.hf_name, str(tuple(part.shape)), str(tuple(info.shape))))
+                continue
+            if info.dtype not in FLOAT_DTYPES:
+                self.mismatched.append((part.hf_name, "a float tensor", f"dtype {info.dtype}"))
+                continue
+            out.append(LoadEntry(canonical, part.hf_name, info.file, spec.shape, part.axes, spec.dtype_policy,
+                                 info.dtype, part.expert, part.rows))
+        return out
 
     def has(self, canonical: str) -> bool:
         return self.source(canonical) in self.tensors

@@ -158,6 +158,10 @@ class Mamba1Config(_LMConfig):
     dt_rank: int | str = "auto"  # "auto" = ceil(d_model / 16), resolved in __post_init__
     dt_init: str = "random"
     dt_scale: float = 1.0
+    # RMSNorms on dt, B and C after x_proj (docs/spec.md §3.4): None = none (Mamba-1); a number = their
+    # epsilon (FalconMamba's mixer_rms_eps: weightless; with mixer_rms_weights, Jamba's weighted norms).
+    mixer_rms_eps: float | None = None
+    mixer_rms_weights: bool = False
 
     def __post_init__(self) -> None:
         if self.dt_rank == "auto":
@@ -167,6 +171,22 @@ class Mamba1Config(_LMConfig):
         if self.dt_init not in ("random", "constant"):
             raise ConfigError(
                 f"dt_init must be 'random' or 'constant', got {self.dt_init!r}", field="dt_init"
+            )
+        eps = self.mixer_rms_eps
+        if eps is not None and (
+            isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf
+        ):
+            raise ConfigError(
+                f"mixer_rms_eps must be None (no dt/B/C norms) or a positive number, got {eps!r}",
+                field="mixer_rms_eps",
+            )
+        if self.mixer_rms_weights not in (False, True):
+            raise ConfigError(f"mixer_rms_weights must be a bool, got {self.mixer_rms_weights!r}",
+                              field="mixer_rms_weights")
+        if self.mixer_rms_weights and eps is None:
+            raise ConfigError(
+                "mixer_rms_weights=True needs the norms' epsilon: set mixer_rms_eps (Jamba: rms_norm_eps)",
+                field="mixer_rms_weights",
             )
 
     @property

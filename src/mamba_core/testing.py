@@ -112,11 +112,52 @@ def awkward_configs() -> dict[str, Mamba1Config | Mamba2Config]:
         "m1-untied-dstate1-vocab13": tiny_mamba1(
             d_state=1, tie_embeddings=False, vocab_size=13, pad_vocab_size_multiple=1
         ),
+        "falcon-mamba-untied-vocab13": tiny_mamba1(
+            mixer_rms_eps=1e-3, tie_embeddings=False, vocab_size=13, pad_vocab_size_multiple=1
+        ),
+        "m1-bcdt-weighted": tiny_mamba1(mixer_rms_eps=1e-3, mixer_rms_weights=True),
         "m2-g2": tiny_mamba2(),
         "m2-untied-dstate1-vocab13": tiny_mamba2(
             d_state=1, ngroups=1, tie_embeddings=False, vocab_size=13, pad_vocab_size_multiple=1
         ),
     }
+
+
+def tiny_nemotron_h(**overrides):
+    """A 5-layer Nemotron-H (pattern ``M*ME-``): GQA 4:2, Mamba-2 with n_groups 2, a sigmoid-group MoE
+    (4 experts in 2 groups, top 2, shared expert, scaling 1.5), untied, vocab 61."""
+    from mamba_core.families.nemotron_h import NemotronHConfig
+
+    base = {
+        "model_type": "nemotron_h", "hidden_size": 32, "vocab_size": 61, "hybrid_override_pattern": "M*ME-",
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "mamba_num_heads": 4,
+        "mamba_head_dim": 8, "n_groups": 2, "ssm_state_size": 8, "chunk_size": 16, "intermediate_size": 40,
+        "n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+        "moe_shared_expert_intermediate_size": 24, "n_group": 2, "topk_group": 1,
+        "routed_scaling_factor": 1.5, "tie_word_embeddings": False,
+    }
+    return NemotronHConfig.from_hf({**base, **overrides})
+
+
+def tiny_jamba(**overrides):
+    """A 4-layer Jamba: Mamba-1 (weighted dt/B/C norms, dt_rank 3, conv 3) + MLP, attention (GQA 4:2,
+    no RoPE) + MoE, Mamba-1 + MLP, Mamba-1 + MoE (4 experts, top 2, softmax not renormalized); untied,
+    vocab 61."""
+    from mamba_core.families.jamba import JambaConfig
+
+    base = {
+        "model_type": "jamba", "hidden_size": 32, "vocab_size": 61, "num_hidden_layers": 4,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 24, "num_experts": 4,
+        "num_experts_per_tok": 2, "expert_layer_period": 2, "expert_layer_offset": 1, "attn_layer_period": 4,
+        "attn_layer_offset": 1, "mamba_d_state": 6, "mamba_d_conv": 3, "mamba_dt_rank": 3,
+        "tie_word_embeddings": False,
+    }
+    return JambaConfig.from_hf({**base, **overrides})
+
+
+def hybrid_configs() -> dict:
+    """Small hybrid-family configs conformance runs beside ``awkward_configs`` (id -> config)."""
+    return {"nemotron-h": tiny_nemotron_h(), "jamba": tiny_jamba()}
 
 
 def make_hf_cache(cache_dir, repo_id: str, files: dict, *, revision: str = "main") -> str:

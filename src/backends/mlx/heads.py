@@ -16,6 +16,8 @@ from mlx.utils import tree_flatten
 from mamba_core.backends.mlx.device import resolve_device, resolve_dtype
 from mamba_core.backends.mlx.model import (
     KERNEL_PATHS,
+    Hybrid,
+    HybridLM,
     Mamba1,
     Mamba1LM,
     Mamba2,
@@ -26,8 +28,8 @@ from mamba_core.backends.mlx.model import (
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.task import Task, pooled_dim, task_layout
 
-STACKS = {"mamba1": Mamba1, "mamba2": Mamba2, "mamba3": Mamba3}
-LMS = {"mamba1": Mamba1LM, "mamba2": Mamba2LM, "mamba3": Mamba3LM}
+STACKS = {"mamba1": Mamba1, "mamba2": Mamba2, "mamba3": Mamba3, "nemotron_h": Hybrid, "jamba": Hybrid}
+LMS = {"mamba1": Mamba1LM, "mamba2": Mamba2LM, "mamba3": Mamba3LM, "nemotron_h": HybridLM, "jamba": HybridLM}
 _EPS = 1e-5
 _F32 = mx.float32
 

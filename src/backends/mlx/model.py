@@ -26,7 +26,8 @@ from mamba_core.backends.mlx.quantized import head_logits
 from mamba_core.backends.mlx.sample import generate, stream
 from mamba_core.config import Mamba1Config, Mamba2Config
 from mamba_core.errors import ConfigError
-from mamba_core.layers import get_kind, layer_plan
+from mamba_core.families import HYBRID_CONFIGS
+from mamba_core.layers import get_kind, kind_config, layer_plan
 from mamba_core.layout import expand_layout
 from mamba_core.mamba3_config import Mamba3Config
 from mamba_core.reference import init_weights
@@ -36,7 +37,13 @@ KERNEL_PATHS = {
     "mamba1": "mlx-chunked-selective-scan",
     "mamba2": "mlx-chunked-ssd",
     "mamba3": "mlx-chunked-mamba3",
+    "nemotron_h": "mlx-chunked-ssd+fast-sdpa",
+    "jamba": "mlx-chunked-selective-scan+fast-sdpa",
 }
+
+
+def _classes(config_class) -> tuple:
+    return config_class if isinstance(config_class, tuple) else (config_class,)
 
 
 def _draw_seed() -> int:
@@ -83,10 +90,10 @@ class _Block(nn.Module):
         self.slots = plan.slots
         self._n_state = tuple(len(get_kind(kind).cache) for _, kind in self.slots)
         self.norm = RMSNorm(config.d_model, config.norm_epsilon, **fk)
-        self.mixer = KINDS[plan.mixer](config, layer_idx, **fk)
+        self.mixer = KINDS[plan.mixer](kind_config(config, plan.mixer), layer_idx, **fk)
         if plan.mlp is not None:
             self.norm2 = RMSNorm(config.d_model, config.norm_epsilon, **fk)
-            self.mlp = KINDS[plan.mlp](config, layer_idx, **fk)
+            self.mlp = KINDS[plan.mlp](kind_config(config, plan.mlp), layer_idx, **fk)
 
     def _run(self, x, state, call):
         new_state: list = []
@@ -120,6 +127,10 @@ class Mamba2Block(_Block):
 class Mamba3Block(_Block):
     """A block of a Mamba-3 model (``norm`` + ``Mamba3Mixer``, and ``norm2`` + ``GatedMLP`` when
     ``d_intermediate > 0``)."""
+
+
+class HybridBlock(_Block):
+    """A block of a hybrid model (the kinds its family's ``layer_plan`` names)."""
 
 
 class _Stack(nn.Module):
@@ -157,7 +168,8 @@ class _Stack(nn.Module):
     def __init__(self, config, vocab_size: int | None = None, *, dtype=None, device=None, init=True):
         super().__init__()
         if not isinstance(config, self.config_class):
-            raise ConfigError(f"{type(self).__name__} needs a {self.config_class.__name__}, got "
+            wanted = " or ".join(c.__name__ for c in _classes(self.config_class))
+            raise ConfigError(f"{type(self).__name__} needs a {wanted}, got "
                               f"{type(config).__name__}", field="arch")
         self.config = config
         self.device = resolve_device(device)
@@ -241,6 +253,13 @@ class Mamba3(_Stack):
 
     block_class = Mamba3Block
     config_class = Mamba3Config
+
+
+class Hybrid(_Stack):
+    """The residual stack of a hybrid family (``families.HYBRID_CONFIGS``; see ``_Stack``)."""
+
+    block_class = HybridBlock
+    config_class = HYBRID_CONFIGS
 
 
 class _LM(nn.Module):
@@ -330,3 +349,9 @@ class Mamba3LM(_LM):
     """Mamba-3 language model: ``backbone`` (``Mamba3`` with embedding) + tied or own ``lm_head``."""
 
     stack_class = Mamba3
+
+
+class HybridLM(_LM):
+    """Language model of a hybrid family (see ``_LM``)."""
+
+    stack_class = Hybrid

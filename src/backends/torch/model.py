@@ -26,7 +26,8 @@ from mamba_core.backends.torch.quantized import head_logits
 from mamba_core.backends.torch.sample import generate, stream
 from mamba_core.config import Mamba1Config, Mamba2Config
 from mamba_core.errors import ConfigError
-from mamba_core.layers import get_kind, layer_plan
+from mamba_core.families import HYBRID_CONFIGS
+from mamba_core.layers import get_kind, kind_config, layer_plan
 from mamba_core.mamba3_config import Mamba3Config
 from mamba_core.reference import init_weights
 
@@ -34,11 +35,17 @@ KERNEL_PATHS = {
     "mamba1": "torch-chunked-selective-scan",
     "mamba2": "torch-chunked-ssd",
     "mamba3": "torch-chunked-mamba3",
+    "nemotron_h": "torch-chunked-ssd+sdpa",
+    "jamba": "torch-chunked-selective-scan+sdpa",
 }
 
 
 def _is_meta(device) -> bool:
     return device is not None and torch.device(device).type == "meta"
+
+
+def _classes(config_class) -> tuple:
+    return config_class if isinstance(config_class, tuple) else (config_class,)
 
 
 def _draw_seed() -> int:
@@ -81,10 +88,10 @@ class _Block(nn.Module):
         self.slots = plan.slots
         self._n_state = tuple(len(get_kind(kind).cache) for _, kind in self.slots)
         self.norm = RMSNorm(config.d_model, config.norm_epsilon, **fk)
-        self.mixer = KINDS[plan.mixer](config, layer_idx, **fk)
+        self.mixer = KINDS[plan.mixer](kind_config(config, plan.mixer), layer_idx, **fk)
         if plan.mlp is not None:
             self.norm2 = RMSNorm(config.d_model, config.norm_epsilon, **fk)
-            self.mlp = KINDS[plan.mlp](config, layer_idx, **fk)
+            self.mlp = KINDS[plan.mlp](kind_config(config, plan.mlp), layer_idx, **fk)
 
     def _run(self, x, state, call):
         new_state: list = []
@@ -118,6 +125,10 @@ class Mamba2Block(_Block):
 class Mamba3Block(_Block):
     """A block of a Mamba-3 model (``norm`` + ``Mamba3Mixer``, and ``norm2`` + ``GatedMLP`` when
     ``d_intermediate > 0``)."""
+
+
+class HybridBlock(_Block):
+    """A block of a hybrid model (the kinds its family's ``layer_plan`` names)."""
 
 
 class _Stack(nn.Module):
@@ -155,7 +166,8 @@ class _Stack(nn.Module):
     def __init__(self, config, vocab_size: int | None = None, *, dtype=None, device=None):
         super().__init__()
         if not isinstance(config, self.config_class):
-            raise ConfigError(f"{type(self).__name__} needs a {self.config_class.__name__}, got "
+            wanted = " or ".join(c.__name__ for c in _classes(self.config_class))
+            raise ConfigError(f"{type(self).__name__} needs a {wanted}, got "
                               f"{type(config).__name__}", field="arch")
         # built on "meta" (no init thrown away), then given storage and the official init
         fk = {"dtype": None if dtype is None else resolve_dtype(dtype), "device": "meta"}
@@ -212,7 +224,11 @@ class _Stack(nn.Module):
         """(B,) ids or (B, D) frame -> (B, D); O(1) per frame; updates ``cache`` in place."""
         residual = self._embed(x_t)
         for i, layer in enumerate(self.layers):
-            residual = layer.step(residual, *cache.layers[i].values())[0]
+            # the kinds update their fields in place; a field may come back as a new tensor (a KV
+            # cache grown by a chunk)
+            residual, *state = layer.step(residual, *cache.layers[i].values())
+            if state:
+                cache.layers[i] = dict(zip(cache.layers[i], state, strict=True))
         cache.seqlen_offset += 1
         return self.norm_f(residual)
 
@@ -236,6 +252,13 @@ class Mamba3(_Stack):
 
     block_class = Mamba3Block
     config_class = Mamba3Config
+
+
+class Hybrid(_Stack):
+    """The residual stack of a hybrid family (``families.HYBRID_CONFIGS``; see ``_Stack``)."""
+
+    block_class = HybridBlock
+    config_class = HYBRID_CONFIGS
 
 
 class _LM(nn.Module):
@@ -321,3 +344,9 @@ class Mamba3LM(_LM):
     """Mamba-3 language model (see ``_LM``)."""
 
     stack_class = Mamba3
+
+
+class HybridLM(_LM):
+    """Language model of a hybrid family (see ``_LM``)."""
+
+    stack_class = Hybrid

@@ -169,6 +169,15 @@ def write(cfg, dialect: str = "state-spaces") -> dict[str, Any]:
             "official code reads every Mamba-3 checkpoint with the current one ('heavy_tail'); save this "
             "model with dialect='mamba-core', which records a_param"
         )
+    if cfg.arch not in _LAYER_OF and cfg.arch != "mamba1":
+        raise UnsupportedError(
+            f"the state-spaces dialect has no {cfg.arch!r} models; save it as 'mamba-core', 'hf' or 'mlx-lm'"
+        )
+    if getattr(cfg, "mixer_rms_eps", None) is not None:
+        raise UnsupportedError(
+            "the state-spaces config has no dt/B/C norms (mixer_rms_eps: FalconMamba, Jamba's mixer); "
+            "write this model in the 'hf', 'mlx-lm' or 'mamba-core' dialect"
+        )
     ssm_cfg: dict[str, Any] = {}
     if cfg.arch != "mamba1":  # the official default layer needs no key (as upstream writes it)
         ssm_cfg["layer"] = _LAYER_OF[cfg.arch]

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from mamba_core.layers import get_kind, layer_plan
+from mamba_core.layers import get_kind, kind_config, layer_plan
 from mamba_core.layers.init import linear_weight, norm_weight
 
 # the weights that write into the residual stream, rescaled at init (docs/spec.md §1.5)
@@ -59,7 +59,7 @@ def init_weights(
         for slot, kind_name in block.slots:
             norm = "norm" if slot == "mixer" else "norm2"
             out[f"backbone.layers.{i}.{norm}.weight"] = norm_weight(rng, d, perturb_norms)
-            tensors = get_kind(kind_name).init(rng, cfg, perturb_norms)
+            tensors = get_kind(kind_name).init(rng, kind_config(cfg, kind_name), perturb_norms)
             for name in _RESIDUAL_OUTPUTS:
                 if name in tensors:
                     tensors[name] = tensors[name] * scale
