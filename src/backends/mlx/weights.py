@@ -26,7 +26,13 @@ from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.hybrid_layout import stored_tensors
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
 
-MODEL_CLASSES = {"mamba1": Mamba1LM, "mamba2": Mamba2LM, "mamba3": Mamba3LM, "nemotron_h": HybridLM, "jamba": HybridLM}
+MODEL_CLASSES = {
+    "mamba1": Mamba1LM,
+    "mamba2": Mamba2LM,
+    "mamba3": Mamba3LM,
+    "nemotron_h": HybridLM,
+    "jamba": HybridLM,
+}
 KERNELS = ("auto", "reference", "fast")
 
 
@@ -53,8 +59,7 @@ def _new_model(config, dtype: mx.Dtype, device: mx.Device, kernels: str):
     return MODEL_CLASSES[config.arch](config, dtype=dtype, device=device, init=False)
 
 
-def build_model(config, *, dtype="float32", device=None, seed: int | None = None,
-                kernels: str = "auto"):
+def build_model(config, *, dtype="float32", device=None, seed: int | None = None, kernels: str = "auto"):
     """A randomly initialized ``Mamba1LM`` / ``Mamba2LM`` (``reference.init_weights``, official init).
 
     The same ``seed`` gives the same weights in every backend (drawn in numpy).
@@ -88,8 +93,10 @@ def _stack_parts(pieces: list) -> mx.array:
     by_expert = defaultdict(list)
     for expert, rows, arr in pieces:
         by_expert[expert].append(((rows or (0, 0))[0], arr))
-    whole = {e: mx.concatenate([a for _, a in sorted(p, key=lambda x: x[0])], axis=0) if len(p) > 1
-             else p[0][1] for e, p in by_expert.items()}
+    whole = {
+        e: mx.concatenate([a for _, a in sorted(p, key=lambda x: x[0])], axis=0) if len(p) > 1 else p[0][1]
+        for e, p in by_expert.items()
+    }
     if None in whole:
         return whole[None]
     return mx.stack([whole[e] for e in sorted(whole)])
@@ -140,8 +147,9 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
         try:
             return readers[entry.file](entry.source)
         except KeyError:
-            raise CheckpointError(f"{entry.file!r} has no tensor {entry.source!r}",
-                                  missing=[entry.source]) from None
+            raise CheckpointError(
+                f"{entry.file!r} has no tensor {entry.source!r}", missing=[entry.source]
+            ) from None
 
     tensors, parts = {}, defaultdict(list)
     with mx.stream(dev):
@@ -163,7 +171,8 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
                     f"lm_head.weight in {plan.tied_duplicate.file!r} differs from "
                     "backbone.embedding.weight but the config says tie_embeddings=True; set "
                     "tie_embeddings false (untied) or drop lm_head.weight",
-                    mismatched=[("lm_head.weight", "equal to the embedding", "different values")])
+                    mismatched=[("lm_head.weight", "equal to the embedding", "different values")],
+                )
         if plan.quantization is not None:  # quantization hook: MLX's quantized layers (quantized.py)
             parts = {entry.canonical: read(entry) for entry in plan.quantized_entries}
             return load_quantized(model, plan, tensors, parts, dt, dev)
@@ -189,7 +198,9 @@ def export_tensors(model, dialect: str = "mamba-core") -> dict[str, mx.array]:
     """
     if dialect not in DIALECT_RENAMES:
         raise CheckpointError(f"unknown dialect {dialect!r}; expected one of {tuple(DIALECT_RENAMES)}")
-    if not isinstance(model, (Mamba1LM, Mamba2LM, Mamba3LM, HybridLM)):  # a stack or head: canonical names, ours only
+    if not isinstance(
+        model, (Mamba1LM, Mamba2LM, Mamba3LM, HybridLM)
+    ):  # a stack or head: canonical names, ours only
         return export_task_tensors(model, dialect)
     if getattr(model, "quantization", None) is not None:  # quantization hook (quantized.py)
         return export_quantized(model, dialect)

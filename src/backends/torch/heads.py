@@ -16,14 +16,14 @@ from torch import nn
 from mamba_core.backends.torch.device import resolve_dtype
 from mamba_core.backends.torch.model import (
     KERNEL_PATHS,
+    Hybrid,
+    HybridLM,
     Mamba1,
     Mamba1LM,
     Mamba2,
     Mamba2LM,
     Mamba3,
     Mamba3LM,
-    Hybrid,
-    HybridLM,
 )
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.task import Task, pooled_dim, task_layout

@@ -28,7 +28,13 @@ from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.hybrid_layout import stored_tensors
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
 
-MODEL_CLASSES = {"mamba1": Mamba1LM, "mamba2": Mamba2LM, "mamba3": Mamba3LM, "nemotron_h": HybridLM, "jamba": HybridLM}
+MODEL_CLASSES = {
+    "mamba1": Mamba1LM,
+    "mamba2": Mamba2LM,
+    "mamba3": Mamba3LM,
+    "nemotron_h": HybridLM,
+    "jamba": HybridLM,
+}
 KERNELS = ("auto", "reference", "fast")
 
 
@@ -174,7 +180,9 @@ def export_tensors(model, dialect: str = "mamba-core") -> dict[str, torch.Tensor
     """
     if dialect not in DIALECT_RENAMES:
         raise CheckpointError(f"unknown dialect {dialect!r}; expected one of {tuple(DIALECT_RENAMES)}")
-    if not isinstance(model, (Mamba1LM, Mamba2LM, Mamba3LM, HybridLM)):  # a stack or head: canonical names, ours only
+    if not isinstance(
+        model, (Mamba1LM, Mamba2LM, Mamba3LM, HybridLM)
+    ):  # a stack or head: canonical names, ours only
         return export_task_tensors(model, dialect)
     if getattr(model, "quantization", None) is not None:  # quantization hook (quantized.py)
         return export_quantized(model, dialect)
