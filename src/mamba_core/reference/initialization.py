@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from mamba_core.families import HYBRID_CONFIGS
 from mamba_core.layers import get_kind, kind_config, layer_plan
 from mamba_core.layers.init import linear_weight, norm_weight
 
@@ -54,7 +55,8 @@ def init_weights(
     for i, block in enumerate(layer_plan(cfg)):
         # docs/spec.md §1.5: each residual output (out_proj, the MLP's fc2) / sqrt(n_residuals * n_layer),
         # n_residuals = the filled slots of the block (2 with an MLP, as upstream)
-        n_residuals = len(block.slots)
+        # (a hybrid family keeps one residual per layer in this rule: its own inits are not upstream's)
+        n_residuals = 1 if isinstance(cfg, HYBRID_CONFIGS) else len(block.slots)
         scale = 1.0 / math.sqrt(n_residuals * cfg.n_layer) if cfg.rescale_prenorm_residual else 1.0
         for slot, kind_name in block.slots:
             norm = "norm" if slot == "mixer" else "norm2"
