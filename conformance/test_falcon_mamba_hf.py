@@ -19,9 +19,8 @@ import pytest
 torch = pytest.importorskip("torch", reason="the transformers oracle needs torch")
 transformers = pytest.importorskip("transformers", reason="the transformers oracle needs transformers")
 
-from mamba_core.families import from_hf  # noqa: E402
-from mamba_core.reference import init_weights  # noqa: E402
-from mamba_core.reference.falcon_mamba import falcon_mamba_lm_forward, falcon_mamba_lm_step  # noqa: E402
+from mamba_core.config import Mamba1Config  # noqa: E402
+from mamba_core.reference import init_weights, lm_forward, lm_step  # noqa: E402
 
 TOL = 1e-6
 
@@ -46,12 +45,31 @@ def _rel(a, b) -> float:
     return float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
 
 
+def _ours(hf_cfg) -> Mamba1Config:
+    d = json.loads(hf_cfg.to_json_string(use_diff=False))
+    return Mamba1Config(
+        d_model=d["hidden_size"],
+        n_layer=d["num_hidden_layers"],
+        vocab_size=d["vocab_size"],
+        pad_vocab_size_multiple=1,
+        d_state=d["state_size"],
+        d_conv=d["conv_kernel"],
+        expand=d["expand"],
+        bias=d["use_bias"],
+        conv_bias=d["use_conv_bias"],
+        dt_rank=d["time_step_rank"],
+        tie_embeddings=d["tie_word_embeddings"],
+        norm_epsilon=d["layer_norm_epsilon"],
+        mixer_rms_eps=d["mixer_rms_eps"],
+    )
+
+
 def _build(case: str):
     hf_cfg = transformers.FalconMambaConfig(**CASES[case])
-    ours = from_hf(json.loads(hf_cfg.to_json_string(use_diff=False)))
+    ours = _ours(hf_cfg)
     weights = {
         k: np.asarray(v, np.float64)
-        for k, v in init_weights(ours.mamba, np.random.default_rng(0), perturb_norms=True).items()
+        for k, v in init_weights(ours, np.random.default_rng(0), perturb_norms=True).items()
     }
     if ours.bias:  # init leaves the projection biases at zero; make them matter
         rng = np.random.default_rng(1)
@@ -75,26 +93,24 @@ def test_logits_match_transformers(case):
     ids = np.random.default_rng(2).integers(0, ours.vocab_size, size=(2, 11))
     with torch.no_grad():
         want = model(torch.from_numpy(ids)).logits.double().numpy()
-    got, _ = falcon_mamba_lm_forward(ours, weights, ids)
+    got, _ = lm_forward(ours, weights, ids)
     assert got.shape == want.shape
     assert _rel(got, want) <= TOL
 
     # prefill 6 tokens, then decode the rest one at a time: transformers' full-sequence logits
-    logits, states = falcon_mamba_lm_forward(ours, weights, ids[:, :6])
+    logits, states = lm_forward(ours, weights, ids[:, :6])
     steps = [logits]
     for t in range(6, 11):
-        step_logits, states = falcon_mamba_lm_step(ours, weights, ids[:, t], states)
+        step_logits, states = lm_step(ours, weights, ids[:, t], states)
         steps.append(step_logits[:, None])
     assert _rel(np.concatenate(steps, axis=1), want) <= TOL
 
 
 def test_the_norms_matter():
     """Dropping the dt/B/C norms (plain Mamba-1) moves the logits far outside the tolerance."""
-    from mamba_core.reference import lm_forward
-
     ours, weights, model = _build("tied")
     ids = np.random.default_rng(3).integers(0, ours.vocab_size, size=(1, 8))
     with torch.no_grad():
         want = model(torch.from_numpy(ids)).logits.double().numpy()
-    plain, _ = lm_forward(ours.mamba, weights, ids)
+    plain, _ = lm_forward(ours.replace(mixer_rms_eps=None), weights, ids)
     assert _rel(plain, want) > 100 * TOL

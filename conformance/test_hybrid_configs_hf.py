@@ -25,9 +25,6 @@ T = transformers
 
 def _tiny_configs() -> dict:
     return {
-        "falcon_mamba": T.FalconMambaConfig(
-            vocab_size=67, hidden_size=24, state_size=6, num_hidden_layers=2, mixer_rms_eps=3e-4
-        ),
         "nemotron_h": T.NemotronHConfig(
             vocab_size=67,
             hidden_size=32,
@@ -143,8 +140,6 @@ def _json(cfg) -> dict:
 def _hf_plan(name: str, cfg) -> list[tuple[str, str | None]]:
     # the layer plan as transformers builds it, in our kind names
     n = cfg.num_hidden_layers
-    if name == "falcon_mamba":
-        return [("mamba1_bcdt", None)] * n
     if name == "nemotron_h":
         kinds = {"linear_attention": "mamba2", "full_attention": "attention", "mlp": "mlp", "moe": "moe"}
         return [(kinds[t], None) for t in cfg.layers_block_type]
@@ -154,7 +149,7 @@ def _hf_plan(name: str, cfg) -> list[tuple[str, str | None]]:
         return [("mamba2" if t == "linear_attention" else "attention", ffn) for t in types]
     if name == "jamba":
         return [
-            ("mamba1_bcdt_weighted" if t == "mamba" else "attention", "moe" if x > 1 else "mlp")
+            ("mamba1" if t == "mamba" else "attention", "moe" if x > 1 else "mlp")
             for t, x in zip(cfg.layers_block_type, cfg.layers_num_experts, strict=True)
         ]
     if name == "falcon_h1":
@@ -224,9 +219,6 @@ def test_kind_sizes_match_transformers_modules():
     assert shapes["model.layers.0.mamba.x_proj.weight"] == (j.mamba.d_x_proj, j.mamba.d_inner)
     assert shapes["model.layers.0.mamba.dt_layernorm.weight"] == (j.mamba.dt_rank,)
 
-    fm = families.from_hf(_json(cfg["falcon_mamba"]))
-    assert fm.mixer_rms_eps == 3e-4 and fm.dt_rank == 2 and fm.vocab_size_padded == 67
-
 
 def test_nemotron_legacy_pattern_and_aliases_read_as_transformers_reads_them():
     d = {
@@ -278,8 +270,6 @@ def test_nemotron_legacy_pattern_and_aliases_read_as_transformers_reads_them():
         ("bamba", {"attn_layer_indices": [7]}, "attn_layer_indices", ConfigError),
         ("zamba2", {"hybrid_layer_ids": [0]}, "hybrid_layer_ids", ConfigError),
         ("zamba2", {"layers_block_type": ["mamba"]}, "layers_block_type", ConfigError),
-        ("falcon_mamba", {"mixer_rms_eps": 0.0}, "mixer_rms_eps", ConfigError),
-        ("falcon_mamba", {"some_new_option": True}, "some_new_option", ConfigError),
     ],
 )
 def test_bad_configs_raise_typed_errors_naming_the_field(name, change, field, error):
@@ -300,14 +290,6 @@ def _variants() -> dict:
     tiny = _tiny_configs()
     return {
         **tiny,
-        "falcon_mamba-untied": T.FalconMambaConfig(
-            vocab_size=67,
-            hidden_size=24,
-            state_size=6,
-            num_hidden_layers=1,
-            tie_word_embeddings=False,
-            use_bias=True,
-        ),
         "nemotron_h-latent-bias": T.NemotronHConfig(
             vocab_size=67,
             hidden_size=32,

@@ -1,8 +1,9 @@
 """The hybrids' Mamba mixers in the float64 reference against transformers' mixer modules.
 
-Jamba's Mamba-1 mixer (weighted dt/B/C norms) is ``reference.bcdt_norm.mamba1_bcdt_mixer`` with the
-family's ``Mamba1Config``; the Mamba-2 mixers of Nemotron-H (``n_groups`` > 1, width set by heads) and
-Granite 4.0-H / Bamba are the plain ``reference.mamba2_mixer`` with the family's ``Mamba2MixerConfig``.
+Jamba's Mamba-1 mixer (weighted dt/B/C norms) is the plain ``reference.mamba1_mixer`` with the family's
+``Mamba1Config`` (``mixer_rms_eps`` and ``mixer_rms_weights`` set); the Mamba-2 mixers of Nemotron-H
+(``n_groups`` > 1, width set by heads) and Granite 4.0-H / Bamba are the plain ``reference.mamba2_mixer``
+with the family's ``Mamba2MixerConfig``.
 transformers' pure-torch paths keep parts of the scans in float32 even for a float64 model, so the
 bound is 1e-6 (measured: about 1e-7).
 """
@@ -18,8 +19,7 @@ torch = pytest.importorskip("torch", reason="the transformers oracle needs torch
 transformers = pytest.importorskip("transformers", reason="the transformers oracle needs transformers")
 
 from mamba_core.families import from_hf  # noqa: E402
-from mamba_core.reference import mamba2_mixer  # noqa: E402
-from mamba_core.reference.bcdt_norm import mamba1_bcdt_mixer  # noqa: E402
+from mamba_core.reference import mamba1_mixer, mamba2_mixer  # noqa: E402
 
 TOL = 1e-6
 T = transformers
@@ -68,9 +68,11 @@ def test_jamba_mamba_mixer():
     x = np.random.default_rng(0).normal(size=(2, 9, 24))
     with torch.no_grad():
         want = module(torch.from_numpy(x)).numpy()
-    got, _, _ = mamba1_bcdt_mixer(x, _params(module), ours.mamba, eps=ours.norm_epsilon, weighted=True)
+    assert ours.mamba.mixer_rms_eps == 1e-4 and ours.mamba.mixer_rms_weights
+    got, _, _ = mamba1_mixer(x, _params(module), ours.mamba)
     assert _rel(got, want) <= TOL
-    plain, _, _ = mamba1_bcdt_mixer(x, _params(module), ours.mamba, eps=ours.norm_epsilon, weighted=False)
+    weightless = ours.mamba.replace(mixer_rms_weights=False)
+    plain, _, _ = mamba1_mixer(x, _params(module), weightless)
     assert _rel(plain, want) > 100 * TOL  # the weights of the norms matter
 
 

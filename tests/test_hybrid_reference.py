@@ -16,9 +16,7 @@ import pytest
 
 from mamba_core.block_config import AttentionConfig, MLPConfig, MoEConfig
 from mamba_core.block_layout import expand_kind
-from mamba_core.config import Mamba1Config
 from mamba_core.errors import ConfigError
-from mamba_core.reference import init_weights, layer_weights
 from mamba_core.reference.attention import (
     apply_rope,
     attention,
@@ -26,7 +24,6 @@ from mamba_core.reference.attention import (
     rope_cos_sin,
     scaled_dot_product_attention,
 )
-from mamba_core.reference.bcdt_norm import NORM_WEIGHTS, mamba1_bcdt_mixer, mamba1_bcdt_mixer_step
 from mamba_core.reference.mlp import activate, mlp
 from mamba_core.reference.moe import _expert, moe, route
 
@@ -40,17 +37,14 @@ MODULES = [
     "mamba_core.families.hf_reader",
     "mamba_core.families.plan",
     "mamba_core.families.mamba_mixer",
-    "mamba_core.families.falcon_mamba",
     "mamba_core.families.nemotron_h",
     "mamba_core.families.granite_hybrid",
     "mamba_core.families.jamba",
     "mamba_core.families.falcon_h1",
     "mamba_core.families.zamba2",
-    "mamba_core.reference.falcon_mamba",
     "mamba_core.reference.attention",
     "mamba_core.reference.mlp",
     "mamba_core.reference.moe",
-    "mamba_core.reference.bcdt_norm",
 ]
 
 
@@ -322,48 +316,6 @@ def test_routers_follow_their_rules():
     groups = np.sort(scores.reshape(-1, 4, 2), -1)[..., -2:].sum(-1)  # (N, 4)
     kept = np.argsort(-groups, -1)[:, :2]
     assert all(set(idx[n] // 2) <= set(kept[n]) for n in range(len(tokens)))
-
-
-# ------------------------------------------------------------------------------------------------
-# Mamba-1 dt/B/C norms
-# ------------------------------------------------------------------------------------------------
-
-M1 = Mamba1Config(d_model=16, n_layer=1, vocab_size=32, d_state=6, dt_rank=3)
-
-
-def _m1_weights(weighted: bool, rng) -> dict:
-    w = layer_weights(init_weights(M1, rng), 0)
-    if weighted:
-        for name, n in zip(NORM_WEIGHTS, (M1.dt_rank, M1.d_state, M1.d_state), strict=True):
-            w[name] = 1.0 + 0.3 * rng.normal(size=n)
-    return w
-
-
-@pytest.mark.parametrize("weighted", [False, True])
-def test_bcdt_mixer_steps_equal_forward(weighted):
-    rng = np.random.default_rng(10)
-    w = _m1_weights(weighted, rng)
-    h = rng.normal(size=(2, 6, 16))
-    full, conv_f, ssm_f = mamba1_bcdt_mixer(h, w, M1, eps=1e-6, weighted=weighted)
-    out, conv, ssm = mamba1_bcdt_mixer(h[:, :2], w, M1, eps=1e-6, weighted=weighted)
-    outs = [out]
-    for t in range(2, 6):
-        y, conv, ssm = mamba1_bcdt_mixer_step(h[:, t], w, M1, conv, ssm, eps=1e-6, weighted=weighted)
-        outs.append(y[:, None])
-    assert np.allclose(np.concatenate(outs, axis=1), full, atol=1e-10)
-    assert np.allclose(ssm, ssm_f, atol=1e-10)
-    assert np.allclose(conv, conv_f, atol=TOL)
-
-
-def test_bcdt_weighted_with_unit_weights_is_weightless():
-    rng = np.random.default_rng(11)
-    w = _m1_weights(False, rng)
-    for name, n in zip(NORM_WEIGHTS, (M1.dt_rank, M1.d_state, M1.d_state), strict=True):
-        w[name] = np.ones(n)
-    h = rng.normal(size=(1, 4, 16))
-    a = mamba1_bcdt_mixer(h, w, M1, eps=1e-3, weighted=True)[0]
-    b = mamba1_bcdt_mixer(h, w, M1, eps=1e-3, weighted=False)[0]
-    assert np.allclose(a, b, atol=TOL)
 
 
 # ------------------------------------------------------------------------------------------------

@@ -19,13 +19,19 @@ M2 = Mamba2Config(d_model=16, n_layer=2, vocab_size=20, d_state=4, headdim=8)
 
 
 def test_every_kind_has_a_reference_and_relative_rows():
-    assert set(KINDS) == set(REFERENCE_KINDS) == {"mamba1", "mamba2", "attention", "mlp", "moe"}
+    assert set(KINDS) == set(REFERENCE_KINDS) == {
+        "mamba1", "mamba2", "mamba3", "gated_mlp", "attention", "mlp", "moe"
+    }
     for kind in KINDS.values():
         assert all(not p.name.startswith("backbone.") and "{i}" not in p.name for p in kind.rows)
+    assert KINDS["gated_mlp"].slot == "mlp"
+    for name in ("mamba1", "mamba2", "mamba3", "attention"):
+        assert KINDS[name].slot == "mixer"
     for name in ("mamba1", "mamba2"):
         assert [f.name for f in KINDS[name].cache] == ["conv_state", "ssm_state"]
+    assert [f.name for f in KINDS["mamba3"].cache] == ["angle_state", "ssm_state", "k_state", "v_state"]
     assert [f.name for f in KINDS["attention"].cache] == ["k", "v", "key_mask", "length"]
-    assert KINDS["mlp"].cache == KINDS["moe"].cache == ()
+    assert KINDS["gated_mlp"].cache == KINDS["mlp"].cache == KINDS["moe"].cache == ()
 
 
 @pytest.mark.parametrize("cfg", [M1, M2], ids=["m1", "m2"])

@@ -30,20 +30,13 @@ def _mixer_rows(table: tuple[Param, ...]) -> tuple[Param, ...]:
 
 MAMBA1_ROWS = _mixer_rows(MAMBA1_LAYOUT)
 MAMBA2_ROWS = _mixer_rows(MAMBA2_LAYOUT)
-BCDT_NORM_ROWS = (
-    Param("dt_layernorm.weight", ("dt_rank",)),
-    Param("b_layernorm.weight", ("d_state",)),
-    Param("c_layernorm.weight", ("d_state",)),
-)
-
 ATTENTION_ROWS: tuple[Param, ...] = attention.ROWS
 MLP_ROWS: tuple[Param, ...] = mlp.ROWS
 MOE_ROWS: tuple[Param, ...] = moe.OWN_ROWS
 SHARED_EXPERT_PREFIX = moe.SHARED_EXPERT_PREFIX  # then MLP_ROWS of MoEConfig.shared_expert
 
 KIND_ROWS: dict[str, tuple[Param, ...]] = {
-    "mamba1_bcdt": MAMBA1_ROWS,
-    "mamba1_bcdt_weighted": MAMBA1_ROWS + BCDT_NORM_ROWS,
+    "mamba1": MAMBA1_ROWS,  # with the weighted dt/B/C norm rows when the config has them
     "mamba2": MAMBA2_ROWS,
     "attention": ATTENTION_ROWS,
     "mlp": MLP_ROWS,

@@ -24,6 +24,7 @@ import json
 import os
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 from mamba_core.config import Mamba1Config, Mamba2Config
 from mamba_core.dialects.hybrid import is_family
@@ -221,6 +222,10 @@ class LoadPlan:
             for or the checkpoint holds one.
         absent: head tensors the checkpoint lacks, which the new model initializes (a classifier
             built from an LM or stack checkpoint).
+        quantization: the ``QuantizationPlan`` of a quantized checkpoint (``mamba_core.quantization``),
+            else None.
+        quantized_entries: one entry per stored part of a quantized module (canonical
+            ``"<module>.weight"`` / ``".scales"`` / ``".biases"``), read as stored, never cast.
     """
 
     config: Mamba1Config | Mamba2Config
@@ -231,6 +236,8 @@ class LoadPlan:
     notes: tuple[str, ...] = field(default=())
     task: Task = field(default=Task())
     absent: tuple[str, ...] = field(default=())
+    quantization: Any = None
+    quantized_entries: tuple[LoadEntry, ...] = field(default=())
 
 
 def plan_load(
@@ -239,6 +246,7 @@ def plan_load(
     tensors: dict[str, TensorInfo],
     task: Task | None = None,
     source_task: Task | None = None,
+    quantization=None,
 ) -> LoadPlan:
     """Match a checkpoint's tensors against the layout of ``config`` in ``dialect``.
 
@@ -252,6 +260,8 @@ def plan_load(
         tensors: name in the checkpoint -> ``TensorInfo``.
         task: the kind of model to build; None = ``source_task``.
         source_task: the kind the checkpoint holds; None = an LM.
+        quantization: the ``QuantizationPlan`` of a quantized checkpoint (``mamba_core.quantization``):
+            its modules' weights are planned as packed codes + scales (+ biases), not as float tensors.
 
     Returns:
         A ``LoadPlan``.
@@ -268,15 +278,17 @@ def plan_load(
     task = task or source_task
     match = _Matcher(config, dialect, tensors)
     specs, absent = _planned_specs(config, task, source_task, match)
+    # quantization hook: a quantized module's weight is read as stored, with its scales and biases
+    quantized = match.quantized_entries(quantization, specs) if quantization is not None else []
     entries = [e for name, spec in specs.items() for e in match.entries(name, spec)]
     if task.kind != "lm":  # the rest of an LM / head checkpoint is not this model's: ignore it
         match.ignore_known()
         tied_duplicate = None
     else:
-        tied_duplicate = match.tied_duplicate(specs["backbone.embedding.weight"])
+        tied_duplicate = match.tied_duplicate(task_layout(config, task)["backbone.embedding.weight"])
     match.raise_if_wrong()
-    return LoadPlan(config, dialect, tuple(entries), tied_duplicate, _dominant_dtype(entries), task=task,
-                    absent=absent)
+    return LoadPlan(config, dialect, tuple(entries), tied_duplicate, _dominant_dtype(entries, quantized),
+                    task=task, absent=absent, quantization=quantization, quantized_entries=tuple(quantized))
 
 
 def _planned_specs(config, task: Task, source_task: Task, match: _Matcher):
@@ -290,12 +302,17 @@ def _planned_specs(config, task: Task, source_task: Task, match: _Matcher):
     return specs, tuple(sorted(set(layout) - set(specs)))
 
 
-def _dominant_dtype(entries: list[LoadEntry]) -> str:
-    """The float dtype most "model"-policy tensors are stored in (float32 when there are none)."""
+def _dominant_dtype(entries: list[LoadEntry], quantized: list[LoadEntry] = ()) -> str:
+    """The float dtype most "model"-policy tensors are stored in; with none, the dtype most quantization
+    scales are stored in (float32 when there are none either, or the scales are not float: mxfp)."""
     counts: dict[str, int] = {}
     for e in entries:
         if e.dtype_policy == "model":
             counts[e.source_dtype] = counts.get(e.source_dtype, 0) + 1
+    if not counts:
+        for e in quantized:
+            if e.canonical.endswith(".scales") and e.source_dtype in FLOAT_DTYPES:
+                counts[e.source_dtype] = counts.get(e.source_dtype, 0) + 1
     return FLOAT_DTYPES[max(counts, key=counts.get) if counts else "F32"]
 
 
@@ -395,6 +412,29 @@ class _Matcher:
                 f"vocab_size_padded={spec.shape[0]}: check vocab_size/pad_vocab_size_multiple"
             )
 
+    def quantized_entries(self, quantization, specs: dict) -> list[LoadEntry]:
+        """The stored parts of each quantized module (``quantization.modules``): ``<module>.weight``
+        (packed codes), ``.scales`` and, in the affine mode, ``.biases``, read as stored. Their weights
+        leave ``specs`` (they are not float tensors of the layout's shape)."""
+        from mamba_core.quantization import module_name
+
+        out: list[LoadEntry] = []
+        for path, quantized in quantization.modules.items():
+            if specs.pop(f"{path}.weight", None) is None:
+                continue
+            name = module_name(path, self.dialect)
+            parts = ("weight", "scales", "biases") if quantized.params.has_biases else ("weight", "scales")
+            for part in parts:
+                info = self.tensors.get(f"{name}.{part}")
+                if info is None:
+                    self.missing.append(f"{name}.{part}")
+                    continue
+                self.used.add(info.name)
+                entry = LoadEntry(f"{path}.{part}", info.name, info.file, tuple(info.shape), None, "stored",
+                                  info.dtype)
+                out.append(entry)
+        return out
+
     def ignore_known(self) -> None:
         """Count every tensor an LM or head of this config could hold as used (a stack or head load)."""
         known = set(expand_layout(self.config)) | {p.name for rows in HEAD_LAYOUT.values() for p in rows}
@@ -448,9 +488,9 @@ def _raise_plan_error(config, dialect, missing, unexpected, mismatched, hints) -
         )
     if any(n.endswith((".scales", ".biases")) for n in unexpected):
         hints.append(
-            "tensors named '*.scales'/'*.biases' are MLX quantization parameters: this is a quantized "
-            "mlx-lm checkpoint, which mamba-core does not load; use an unquantized (float16/bfloat16/"
-            "float32) repo instead, e.g. the original state-spaces/*-hf one"
+            "tensors named '*.scales'/'*.biases' are MLX quantization parameters, but config.json has no "
+            "'quantization' block saying how they were quantized: add the block mlx-lm wrote "
+            "({'group_size': 64, 'bits': 4, 'mode': 'affine'}) or use an unquantized checkpoint"
         )
     if any(n.startswith("model.") for n in unexpected):
         hints.append("tensor names start with 'model.' (Mistral/Codestral layout): strip the prefix")

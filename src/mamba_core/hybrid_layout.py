@@ -23,7 +23,6 @@ from mamba_core.block_layout import expand_kind
 from mamba_core.errors import UnsupportedError
 from mamba_core.families import (
     FalconH1Config,
-    FalconMambaConfig,
     GraniteHybridConfig,
     JambaConfig,
     NemotronHConfig,
@@ -183,7 +182,6 @@ _MLX_LM = {NemotronHConfig: _mlx_nemotron_h}
 def _placements(config) -> dict[str, tuple[str, tuple[int, ...], str]]:
     # canonical name -> (transformers name or per-expert template, canonical shape, dtype policy)
     builders = {
-        FalconMambaConfig: _falcon_mamba,
         NemotronHConfig: _nemotron_h,
         GraniteHybridConfig: _granite,
         JambaConfig: _jamba,
@@ -191,24 +189,6 @@ def _placements(config) -> dict[str, tuple[str, tuple[int, ...], str]]:
         Zamba2Config: _zamba2,
     }
     return builders[type(config)](config)
-
-
-def _falcon_mamba(cfg: FalconMambaConfig) -> dict:
-    out: dict = {}
-    for i in range(cfg.n_layer):
-        c = h = f"backbone.layers.{i}."
-        out[c + "norm.weight"] = (h + "norm.weight", (cfg.d_model,), "model")
-        _kind(out, "mamba1_bcdt", cfg, c + "mixer.", h + "mixer.")
-    _head(
-        out,
-        cfg,
-        cfg.d_model,
-        cfg.vocab_size_padded,
-        "backbone.embeddings.weight",
-        "backbone.norm_f.weight",
-        cfg.tie_embeddings,
-    )
-    return out
 
 
 _NEMOTRON_MOE = {

@@ -22,17 +22,24 @@ from mamba_core.backends.mlx.cache import MambaCache
 from mamba_core.backends.mlx.device import resolve_device, resolve_dtype
 from mamba_core.backends.mlx.layers import KINDS
 from mamba_core.backends.mlx.norm import RMSNorm
+from mamba_core.backends.mlx.quantized import head_logits
 from mamba_core.backends.mlx.sample import generate, stream
 from mamba_core.config import Mamba1Config, Mamba2Config
 from mamba_core.errors import ConfigError
 from mamba_core.families import HYBRID_CONFIGS
 from mamba_core.layers import get_kind, kind_config, layer_plan
 from mamba_core.layout import expand_layout
+from mamba_core.mamba3_config import Mamba3Config
 from mamba_core.reference import init_weights
 
 _F32 = mx.float32
-KERNEL_PATHS = {"mamba1": "mlx-chunked-selective-scan", "mamba2": "mlx-chunked-ssd",
-                "nemotron_h": "mlx-chunked-ssd+fast-sdpa"}
+KERNEL_PATHS = {
+    "mamba1": "mlx-chunked-selective-scan",
+    "mamba2": "mlx-chunked-ssd",
+    "mamba3": "mlx-chunked-mamba3",
+    "nemotron_h": "mlx-chunked-ssd+fast-sdpa",
+    "jamba": "mlx-chunked-selective-scan+fast-sdpa",
+}
 
 
 def _classes(config_class) -> tuple:
@@ -115,6 +122,11 @@ class Mamba1Block(_Block):
 
 class Mamba2Block(_Block):
     """A block of a Mamba-2 model (``norm`` + ``Mamba2Mixer``)."""
+
+
+class Mamba3Block(_Block):
+    """A block of a Mamba-3 model (``norm`` + ``Mamba3Mixer``, and ``norm2`` + ``GatedMLP`` when
+    ``d_intermediate > 0``)."""
 
 
 class HybridBlock(_Block):
@@ -236,6 +248,13 @@ class Mamba2(_Stack):
     config_class = Mamba2Config
 
 
+class Mamba3(_Stack):
+    """The Mamba-3 residual stack (see ``_Stack``; SISO or MIMO, with or without the gated MLP)."""
+
+    block_class = Mamba3Block
+    config_class = Mamba3Config
+
+
 class Hybrid(_Stack):
     """The residual stack of a hybrid family (``families.HYBRID_CONFIGS``; see ``_Stack``)."""
 
@@ -269,8 +288,8 @@ class _LM(nn.Module):
 
     @property
     def dtype(self) -> mx.Dtype:
-        """The model dtype (of the embedding)."""
-        return self.backbone.embedding.weight.dtype
+        """The model dtype (of the final norm: a quantized embedding holds uint32 codes)."""
+        return self.backbone.norm_f.weight.dtype
 
     @property
     def head_weight(self) -> mx.array:
@@ -279,6 +298,9 @@ class _LM(nn.Module):
 
     def logits(self, hidden: mx.array) -> mx.array:
         """(..., D) -> logits (..., V) float32."""
+        quantized = head_logits(self, hidden)  # quantization hook: a quantized head or tied embedding
+        if quantized is not None:
+            return quantized.astype(_F32)
         return (hidden @ self.head_weight.T).astype(_F32)
 
     def __call__(self, input_ids, *, cache: MambaCache | None = None, attention_mask=None):
@@ -321,6 +343,12 @@ class Mamba2LM(_LM):
     """Mamba-2 language model: ``backbone`` (``Mamba2`` with embedding) + tied or own ``lm_head``."""
 
     stack_class = Mamba2
+
+
+class Mamba3LM(_LM):
+    """Mamba-3 language model: ``backbone`` (``Mamba3`` with embedding) + tied or own ``lm_head``."""
+
+    stack_class = Mamba3
 
 
 class HybridLM(_LM):

@@ -1,7 +1,7 @@
 """Weights of the MLX backend: build, load a ``LoadPlan``, export, save, numpy and device helpers.
 
 Everything is derived from ``mamba_core.layout`` (names, shapes, dtype policy, ``mlx_axes``) and the
-spec's ``LoadPlan`` (house-style §9.2): no name-replace chains, no shape sniffing. Tensor data is read
+spec's ``LoadPlan`` (docs/spec.md §2.2): no name-replace chains, no shape sniffing. Tensor data is read
 with ``mx.load`` and written with ``mx.save_safetensors``, so bfloat16 never passes through numpy
 (docs/spec.md §2). Canonical layout = torch's (conv weight (C, 1, K)); the modules hold MLX layout
 (C, K, 1), reached with ``Param.mlx_axes``.
@@ -17,15 +17,22 @@ import numpy as np
 
 from mamba_core.backends.mlx.device import resolve_device, resolve_dtype
 from mamba_core.backends.mlx.heads import assign, build_task_model, export_canonical, export_task_tensors
-from mamba_core.backends.mlx.model import HybridLM, Mamba1LM, Mamba2LM, initialize
+from mamba_core.backends.mlx.model import HybridLM, Mamba1LM, Mamba2LM, Mamba3LM, initialize
 from mamba_core.backends.mlx.pickles import read_pickle
+from mamba_core.backends.mlx.quantized import export_quantized, load_quantized
 from mamba_core.checkpoint import LoadPlan, is_pickle
 from mamba_core.dialects.hybrid import is_family
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.hybrid_layout import stored_tensors
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
 
-MODEL_CLASSES = {"mamba1": Mamba1LM, "mamba2": Mamba2LM, "nemotron_h": HybridLM}
+MODEL_CLASSES = {
+    "mamba1": Mamba1LM,
+    "mamba2": Mamba2LM,
+    "mamba3": Mamba3LM,
+    "nemotron_h": HybridLM,
+    "jamba": HybridLM,
+}
 KERNELS = ("auto", "reference", "fast")
 
 
@@ -52,8 +59,7 @@ def _new_model(config, dtype: mx.Dtype, device: mx.Device, kernels: str):
     return MODEL_CLASSES[config.arch](config, dtype=dtype, device=device, init=False)
 
 
-def build_model(config, *, dtype="float32", device=None, seed: int | None = None,
-                kernels: str = "auto"):
+def build_model(config, *, dtype="float32", device=None, seed: int | None = None, kernels: str = "auto"):
     """A randomly initialized ``Mamba1LM`` / ``Mamba2LM`` (``reference.init_weights``, official init).
 
     The same ``seed`` gives the same weights in every backend (drawn in numpy).
@@ -87,8 +93,10 @@ def _stack_parts(pieces: list) -> mx.array:
     by_expert = defaultdict(list)
     for expert, rows, arr in pieces:
         by_expert[expert].append(((rows or (0, 0))[0], arr))
-    whole = {e: mx.concatenate([a for _, a in sorted(p, key=lambda x: x[0])], axis=0) if len(p) > 1
-             else p[0][1] for e, p in by_expert.items()}
+    whole = {
+        e: mx.concatenate([a for _, a in sorted(p, key=lambda x: x[0])], axis=0) if len(p) > 1 else p[0][1]
+        for e, p in by_expert.items()
+    }
     if None in whole:
         return whole[None]
     return mx.stack([whole[e] for e in sorted(whole)])
@@ -139,8 +147,9 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
         try:
             return readers[entry.file](entry.source)
         except KeyError:
-            raise CheckpointError(f"{entry.file!r} has no tensor {entry.source!r}",
-                                  missing=[entry.source]) from None
+            raise CheckpointError(
+                f"{entry.file!r} has no tensor {entry.source!r}", missing=[entry.source]
+            ) from None
 
     tensors, parts = {}, defaultdict(list)
     with mx.stream(dev):
@@ -162,7 +171,11 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
                     f"lm_head.weight in {plan.tied_duplicate.file!r} differs from "
                     "backbone.embedding.weight but the config says tie_embeddings=True; set "
                     "tie_embeddings false (untied) or drop lm_head.weight",
-                    mismatched=[("lm_head.weight", "equal to the embedding", "different values")])
+                    mismatched=[("lm_head.weight", "equal to the embedding", "different values")],
+                )
+        if plan.quantization is not None:  # quantization hook: MLX's quantized layers (quantized.py)
+            parts = {entry.canonical: read(entry) for entry in plan.quantized_entries}
+            return load_quantized(model, plan, tensors, parts, dt, dev)
         if plan.task.kind != "lm":  # a stack or head (mamba_core.task): heads.py builds it
             model = build_task_model(plan.config, plan.task, dtype=dt, device=dev)
         assign(model, tensors, dt, allow_missing=plan.absent)
@@ -185,8 +198,12 @@ def export_tensors(model, dialect: str = "mamba-core") -> dict[str, mx.array]:
     """
     if dialect not in DIALECT_RENAMES:
         raise CheckpointError(f"unknown dialect {dialect!r}; expected one of {tuple(DIALECT_RENAMES)}")
-    if not isinstance(model, (Mamba1LM, Mamba2LM, HybridLM)):  # a stack or head: canonical names, ours only
+    if not isinstance(
+        model, (Mamba1LM, Mamba2LM, Mamba3LM, HybridLM)
+    ):  # a stack or head: canonical names, ours only
         return export_task_tensors(model, dialect)
+    if getattr(model, "quantization", None) is not None:  # quantization hook (quantized.py)
+        return export_quantized(model, dialect)
     if is_family(model.config):  # a hybrid family: per-expert slices, its dialect's names (hybrid_layout)
         canonical = export_canonical(model)
         out = {}

@@ -3,8 +3,8 @@
 A model is a sequence of blocks (``mamba_core.layers.layer_plan``): ``_Block`` holds ``norm`` + the
 ``mixer`` kind (and ``norm2`` + the ``mlp`` kind when the plan has one), each kind built from the
 registry ``layers.KINDS``; ``_Stack`` = optional embedding, blocks, ``norm_f``; ``_LM`` = stack +
-head. ``Mamba1``/``Mamba2``, ``Mamba1Block``/``Mamba2Block`` and ``Mamba1LM``/``Mamba2LM`` are the named
-one-kind models (same bases in the MLX backend). Math: docs/spec.md §1.2 (pre-norm residual). Dtype
+head. ``Mamba1``/``Mamba2``/``Mamba3``, their ``*Block`` and ``*LM`` classes are the named
+models (same bases in the MLX backend). Math: docs/spec.md §1.2 (pre-norm residual). Dtype
 policy (docs/spec.md §6.1): parameters in the model dtype except ``A_log``, ``D`` and the dt bias
 (float32); the residual stream is float32 when ``config.residual_in_fp32``; logits float32. New
 models get the one official initialization, ``reference.init_weights`` (``initialize``).
@@ -22,15 +22,22 @@ from mamba_core.backends.torch.device import resolve_dtype
 from mamba_core.backends.torch.layers import KINDS
 from mamba_core.backends.torch.linear import rows
 from mamba_core.backends.torch.norm import RMSNorm
+from mamba_core.backends.torch.quantized import head_logits
 from mamba_core.backends.torch.sample import generate, stream
 from mamba_core.config import Mamba1Config, Mamba2Config
 from mamba_core.errors import ConfigError
 from mamba_core.families import HYBRID_CONFIGS
 from mamba_core.layers import get_kind, kind_config, layer_plan
+from mamba_core.mamba3_config import Mamba3Config
 from mamba_core.reference import init_weights
 
-KERNEL_PATHS = {"mamba1": "torch-chunked-selective-scan", "mamba2": "torch-chunked-ssd",
-                "nemotron_h": "torch-chunked-ssd+sdpa"}
+KERNEL_PATHS = {
+    "mamba1": "torch-chunked-selective-scan",
+    "mamba2": "torch-chunked-ssd",
+    "mamba3": "torch-chunked-mamba3",
+    "nemotron_h": "torch-chunked-ssd+sdpa",
+    "jamba": "torch-chunked-selective-scan+sdpa",
+}
 
 
 def _is_meta(device) -> bool:
@@ -113,6 +120,11 @@ class Mamba1Block(_Block):
 
 class Mamba2Block(_Block):
     """A block of a Mamba-2 model (``norm`` + ``Mamba2Mixer``)."""
+
+
+class Mamba3Block(_Block):
+    """A block of a Mamba-3 model (``norm`` + ``Mamba3Mixer``, and ``norm2`` + ``GatedMLP`` when
+    ``d_intermediate > 0``)."""
 
 
 class HybridBlock(_Block):
@@ -235,6 +247,13 @@ class Mamba2(_Stack):
     config_class = Mamba2Config
 
 
+class Mamba3(_Stack):
+    """The Mamba-3 residual stack (see ``_Stack``; SISO or MIMO, with or without the gated MLP)."""
+
+    block_class = Mamba3Block
+    config_class = Mamba3Config
+
+
 class Hybrid(_Stack):
     """The residual stack of a hybrid family (``families.HYBRID_CONFIGS``; see ``_Stack``)."""
 
@@ -278,6 +297,9 @@ class _LM(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., D) -> (..., V) float32."""
+        quantized = head_logits(self, hidden)  # quantization hook: a quantized head or tied embedding
+        if quantized is not None:
+            return quantized.float()
         return F.linear(hidden, self.head_weight).float()
 
     def forward(self, input_ids, *, cache: MambaCache | None = None, attention_mask=None):
@@ -287,7 +309,9 @@ class _LM(nn.Module):
     def step(self, token_ids, cache: MambaCache):
         """(B,) int -> logits (B, V) float32; O(1) per token; updates ``cache``."""
         hidden = self.backbone.step(token_ids, cache)  # (B, D)
-        if type(getattr(self, "lm_head", None)) in (nn.Linear, type(None)):
+        # a quantized tied head (quantized table or int8/int4 copy) takes logits()
+        plain = type(self.backbone.embedding) is nn.Embedding and not hasattr(self, "tied_head")
+        if type(getattr(self, "lm_head", None)) in (nn.Linear, type(None)) and plain:
             return rows(hidden, self.head_weight).float()
         return self.logits(hidden)
 
@@ -314,6 +338,12 @@ class Mamba2LM(_LM):
     """Mamba-2 language model (see ``_LM``)."""
 
     stack_class = Mamba2
+
+
+class Mamba3LM(_LM):
+    """Mamba-3 language model (see ``_LM``)."""
+
+    stack_class = Mamba3
 
 
 class HybridLM(_LM):

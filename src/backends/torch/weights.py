@@ -8,6 +8,7 @@ Export walks ``layout.expand_layout`` and renames/moves axes with ``DIALECT_RENA
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from contextlib import ExitStack
 
@@ -18,15 +19,22 @@ from safetensors.torch import save_file
 
 from mamba_core.backends.torch.device import resolve_device, resolve_dtype
 from mamba_core.backends.torch.heads import assign, build_task_model, export_canonical, export_task_tensors
-from mamba_core.backends.torch.model import HybridLM, Mamba1LM, Mamba2LM, initialize
+from mamba_core.backends.torch.model import HybridLM, Mamba1LM, Mamba2LM, Mamba3LM, initialize
 from mamba_core.backends.torch.pickles import read_pickle
+from mamba_core.backends.torch.quantized import export_quantized, load_quantized
 from mamba_core.checkpoint import LoadPlan, is_pickle
 from mamba_core.dialects.hybrid import is_family
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.hybrid_layout import stored_tensors
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
 
-MODEL_CLASSES = {"mamba1": Mamba1LM, "mamba2": Mamba2LM, "nemotron_h": HybridLM}
+MODEL_CLASSES = {
+    "mamba1": Mamba1LM,
+    "mamba2": Mamba2LM,
+    "mamba3": Mamba3LM,
+    "nemotron_h": HybridLM,
+    "jamba": HybridLM,
+}
 KERNELS = ("auto", "reference", "fast")
 
 
@@ -147,6 +155,9 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
             )
     # every task alike: built on "meta" (no init thrown away), storage once, each tensor cast once
     model = build_task_model(plan.config, plan.task, dtype=dt, device="meta")
+    if plan.quantization is not None:  # quantization hook: MLX-format quantized layers (quantized.py)
+        parts = _read(dataclasses.replace(plan, entries=plan.quantized_entries, tied_duplicate=None))
+        return load_quantized(model, plan, tensors, parts, dt, dev)
     model.to_empty(device=dev)
     absent = assign(model, tensors, dt, allow_missing=plan.absent)
     for name in absent:  # a new classification head: the module's own initialization
@@ -169,8 +180,12 @@ def export_tensors(model, dialect: str = "mamba-core") -> dict[str, torch.Tensor
     """
     if dialect not in DIALECT_RENAMES:
         raise CheckpointError(f"unknown dialect {dialect!r}; expected one of {tuple(DIALECT_RENAMES)}")
-    if not isinstance(model, (Mamba1LM, Mamba2LM, HybridLM)):  # a stack or head: canonical names, ours only
+    if not isinstance(
+        model, (Mamba1LM, Mamba2LM, Mamba3LM, HybridLM)
+    ):  # a stack or head: canonical names, ours only
         return export_task_tensors(model, dialect)
+    if getattr(model, "quantization", None) is not None:  # quantization hook (quantized.py)
+        return export_quantized(model, dialect)
     if is_family(model.config):  # a hybrid family: per-expert slices, its dialect's names (hybrid_layout)
         canonical = export_canonical(model)
         out = {}

@@ -18,7 +18,7 @@ from typing import Any
 
 from mamba_core.dialects.parsed import ParsedConfig, json_limit, read_limit
 from mamba_core.errors import ConfigError
-from mamba_core.families import HYBRID_CONFIGS, NemotronHConfig
+from mamba_core.families import HYBRID_CONFIGS, JambaConfig, NemotronHConfig
 
 MODEL_TYPES = {cls.model_type: cls for cls in HYBRID_CONFIGS}
 CLASSES = {cls.arch: cls for cls in HYBRID_CONFIGS}
@@ -117,7 +117,38 @@ def _nemotron_h(cfg: NemotronHConfig, dialect: str) -> dict[str, Any]:
     return out
 
 
-_WRITERS = {NemotronHConfig: _nemotron_h}
+def _jamba(cfg: JambaConfig, dialect: str) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "model_type": "jamba",
+        "architectures": ["JambaForCausalLM"],
+        "hidden_size": cfg.d_model,
+        "vocab_size": cfg.vocab_size,
+        "num_hidden_layers": cfg.n_layer,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "rms_norm_eps": cfg.norm_epsilon,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "intermediate_size": cfg.intermediate_size,
+        "hidden_act": "silu",
+        "num_experts": cfg.num_experts,
+        "num_experts_per_tok": cfg.num_experts_per_tok,
+        "expert_layer_period": cfg.expert_layer_period,
+        "expert_layer_offset": cfg.expert_layer_offset,
+        "attn_layer_period": cfg.attn_layer_period,
+        "attn_layer_offset": cfg.attn_layer_offset,
+        "mamba_d_state": cfg.mamba_d_state,
+        "mamba_d_conv": cfg.mamba_d_conv,
+        "mamba_expand": cfg.mamba_expand,
+        "mamba_dt_rank": cfg.mamba.dt_rank,
+        "mamba_conv_bias": cfg.mamba_conv_bias,
+        "mamba_proj_bias": cfg.mamba_proj_bias,
+    }
+    if dialect == "mlx-lm":  # required by mlx-lm's ModelArgs, read as nothing by transformers and us
+        out["max_position_embeddings"] = 262144
+    return out
+
+
+_WRITERS = {NemotronHConfig: _nemotron_h, JambaConfig: _jamba}
 
 
 def write(cfg, dialect: str = "hf") -> dict[str, Any]:

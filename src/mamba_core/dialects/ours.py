@@ -12,8 +12,9 @@ from mamba_core.errors import ConfigError
 
 NAMES = ("mamba-core",)
 _PAIRS = ("dt_limit", "A_init_range")
-# keys our checkpoints carry next to the config fields
-_META = ("arch", "format", "layout_version")
+# keys our checkpoints carry next to the config fields; the quantization blocks are read by
+# mamba_core.quantization (loading.plan_checkpoint)
+_META = ("arch", "format", "layout_version", "quantization", "quantization_config")
 
 
 def detect(d: dict[str, Any]) -> bool:

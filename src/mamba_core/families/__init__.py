@@ -1,4 +1,4 @@
-"""Hybrid and FalconMamba families: config dataclasses read from transformers' ``config.json``.
+"""Hybrid families: config dataclasses read from transformers' ``config.json``.
 
 One module per family; each config validates itself (``ConfigError`` naming the field), reads
 transformers' json with ``from_hf`` (unknown keys rejected), says what each layer runs
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from mamba_core.errors import ConfigError
 from mamba_core.families.falcon_h1 import FalconH1Config
-from mamba_core.families.falcon_mamba import FalconMambaConfig
 from mamba_core.families.granite_hybrid import GraniteHybridConfig
 from mamba_core.families.jamba import JambaConfig
 from mamba_core.families.nemotron_h import NemotronHConfig
@@ -20,7 +19,6 @@ from mamba_core.families.plan import KINDS, LayerPlan
 from mamba_core.families.zamba2 import Zamba2Config
 
 FAMILIES = {
-    "falcon_mamba": FalconMambaConfig,
     "nemotron_h": NemotronHConfig,
     "granitemoehybrid": GraniteHybridConfig,
     "bamba": GraniteHybridConfig,
@@ -32,7 +30,7 @@ FAMILIES = {
 
 # Families whose every layer kind is registered (``mamba_core.layers.KINDS``): the backends build them
 # with their hybrid model classes.
-HYBRID_CONFIGS: tuple[type, ...] = (NemotronHConfig,)
+HYBRID_CONFIGS: tuple[type, ...] = (NemotronHConfig, JambaConfig)
 
 
 def from_hf(d: dict):
@@ -42,9 +40,9 @@ def from_hf(d: dict):
         ConfigError: missing or unknown ``model_type``, or the family's own errors.
 
     Example:
-        >>> type(from_hf({"model_type": "falcon_mamba", "hidden_size": 16, "num_hidden_layers": 1,
-        ...               "vocab_size": 10})).__name__
-        'FalconMambaConfig'
+        >>> type(from_hf({"model_type": "jamba", "hidden_size": 16, "num_hidden_layers": 1,
+        ...               "vocab_size": 10, "num_attention_heads": 2})).__name__
+        'JambaConfig'
     """
     model_type = d.get("model_type") if isinstance(d, dict) else None
     if model_type not in FAMILIES:
@@ -60,7 +58,6 @@ __all__ = [
     "HYBRID_CONFIGS",
     "KINDS",
     "FalconH1Config",
-    "FalconMambaConfig",
     "GraniteHybridConfig",
     "JambaConfig",
     "LayerPlan",

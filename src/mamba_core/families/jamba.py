@@ -1,10 +1,10 @@
 """Jamba (transformers ``jamba``): Mamba-1 with weighted dt/B/C norms, periodic attention and MoE.
 
-Layer i runs attention when ``i % attn_layer_period == attn_layer_offset`` and the Mamba-1 mixer (with
-weighted RMSNorms on dt, B and C, ``eps = rms_norm_eps``) otherwise; its feed-forward is the MoE
-(softmax over all experts, top k kept, not renormalized) when ``i % expert_layer_period ==
-expert_layer_offset`` and ``num_experts > 1``, a gated SiLU MLP otherwise. Attention has no RoPE.
-Each layer: ``x + mixer(input_layernorm(x))`` then ``x + ffn(pre_ff_layernorm(x))``.
+Layer i runs attention when ``i % attn_layer_period == attn_layer_offset`` and the ``mamba1`` mixer
+(with its weighted RMSNorms on dt, B and C, ``eps = rms_norm_eps``: ``Mamba1Config.mixer_rms_weights``)
+otherwise; its feed-forward is the MoE (softmax over all experts, top k kept, not renormalized) when
+``i % expert_layer_period == expert_layer_offset`` and ``num_experts > 1``, a gated SiLU MLP otherwise.
+Attention has no RoPE. Each layer: ``x + mixer(input_layernorm(x))`` then ``x + ffn(pre_ff_layernorm(x))``.
 """
 
 from __future__ import annotations
@@ -29,10 +29,15 @@ class JambaConfig:
         ...     "attn_layer_period": 2, "attn_layer_offset": 1, "expert_layer_period": 2,
         ...     "expert_layer_offset": 0, "num_experts": 4, "intermediate_size": 96})
         >>> [tuple(p) for p in cfg.layer_plan()][:2]
-        [('mamba1_bcdt_weighted', 'moe'), ('attention', 'mlp')]
+        [('mamba1', 'moe'), ('attention', 'mlp')]
     """
 
     model_type: ClassVar[str] = "jamba"
+    arch: ClassVar[str] = "jamba"
+    # composition constants read by the shared model code (init, the residual stream)
+    initializer_range: ClassVar[float] = 0.02
+    rescale_prenorm_residual: ClassVar[bool] = True
+    residual_in_fp32: ClassVar[bool] = False  # transformers keeps Jamba's residual in the model dtype
 
     d_model: int
     vocab_size: int
@@ -73,14 +78,15 @@ class JambaConfig:
         """Attention or the weighted-norm Mamba-1 mixer, then MoE or MLP, by the periods and offsets."""
         plans = []
         for i in range(self.n_layer):
-            mixer = (
-                "attention"
-                if i % self.attn_layer_period == self.attn_layer_offset
-                else "mamba1_bcdt_weighted"
-            )
+            mixer = "attention" if i % self.attn_layer_period == self.attn_layer_offset else "mamba1"
             moe = i % self.expert_layer_period == self.expert_layer_offset and self.num_experts > 1
             plans.append(LayerPlan(mixer, "moe" if moe else "mlp"))
         return tuple(plans)
+
+    @property
+    def vocab_size_padded(self) -> int:
+        """Rows of the embedding and the head (transformers does not pad Jamba's vocabulary)."""
+        return self.vocab_size
 
     @property
     def attention(self) -> AttentionConfig:
@@ -115,7 +121,7 @@ class JambaConfig:
 
     @property
     def mamba(self) -> Mamba1Config:
-        """The Mamba-1 mixer sizes (its dt/B/C norms use ``norm_epsilon``)."""
+        """The Mamba-1 mixer: its sizes and its weighted dt/B/C norms of epsilon ``norm_epsilon``."""
         return Mamba1Config(
             d_model=self.d_model,
             n_layer=self.n_layer,
@@ -129,16 +135,24 @@ class JambaConfig:
             dt_rank="auto" if self.mamba_dt_rank is None else self.mamba_dt_rank,
             norm_epsilon=self.norm_epsilon,
             tie_embeddings=self.tie_embeddings,
+            mixer_rms_eps=self.norm_epsilon,
+            mixer_rms_weights=True,
         )
 
     def kind_config(self, kind: str):
         """The config object of one kind of this model."""
         return {
-            "mamba1_bcdt_weighted": lambda: self.mamba,
+            "mamba1": lambda: self.mamba,
             "attention": lambda: self.attention,
             "mlp": lambda: self.mlp,
             "moe": lambda: self.moe,
         }[kind]()
+
+    def to_dict(self, dialect: str = "mamba-core") -> dict:
+        """Write the config in a dialect of ``mamba_core.dialects.DIALECTS`` (the config.json dict)."""
+        from mamba_core.dialects import write_config  # the codec imports the family configs
+
+        return write_config(self, dialect)
 
     @classmethod
     def from_hf(cls, d: dict) -> JambaConfig:

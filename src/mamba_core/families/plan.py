@@ -3,8 +3,7 @@
 Kind names (one implementation each in the reference and, later, in each backend):
 
 =========================  ==========================================================================
-``mamba1_bcdt``            Mamba-1 mixer with weightless dt/B/C RMSNorms (FalconMamba)
-``mamba1_bcdt_weighted``   Mamba-1 mixer with weighted dt/B/C RMSNorms (Jamba)
+``mamba1``                 Mamba-1 mixer; Jamba's with weighted dt/B/C RMSNorms (``mixer_rms_weights``)
 ``mamba2``                 Mamba-2 mixer (``Mamba2MixerConfig``)
 ``attention``              causal GQA attention (``AttentionConfig``)
 ``mlp``                    feed-forward block (``MLPConfig``)
@@ -20,8 +19,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 KINDS = (
-    "mamba1_bcdt",
-    "mamba1_bcdt_weighted",
+    "mamba1",
     "mamba2",
     "attention",
     "mlp",

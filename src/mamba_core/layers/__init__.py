@@ -16,16 +16,20 @@ from __future__ import annotations
 
 from mamba_core.errors import ConfigError
 from mamba_core.layers.attention import ATTENTION
+from mamba_core.layers.gated_mlp import GATED_MLP
 from mamba_core.layers.kind import BlockPlan as BlockPlan
 from mamba_core.layers.kind import CacheField as CacheField
 from mamba_core.layers.kind import LayerKind as LayerKind
 from mamba_core.layers.kind import Param as Param
 from mamba_core.layers.mamba1 import MAMBA1
 from mamba_core.layers.mamba2 import MAMBA2
+from mamba_core.layers.mamba3 import MAMBA3
 from mamba_core.layers.mlp import MLP
 from mamba_core.layers.moe import MOE
 
-KINDS: dict[str, LayerKind] = {kind.name: kind for kind in (MAMBA1, MAMBA2, ATTENTION, MLP, MOE)}
+KINDS: dict[str, LayerKind] = {
+    kind.name: kind for kind in (MAMBA1, MAMBA2, MAMBA3, GATED_MLP, ATTENTION, MLP, MOE)
+}
 
 # Block-level rows (relative to ``backbone.layers.{i}.``): the pre-norm of the mixer, and of the MLP
 # when the block has one.

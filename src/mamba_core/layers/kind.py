@@ -73,11 +73,14 @@ class CacheField:
         shape: ``"batch"``, config attribute names and ints, e.g. ``("batch", "conv_dim", "d_conv")``;
             a growing field (an attention KV cache) starts with 0 positions on its growing axis.
         dtype_policy: ``"fp32"``, ``"model"``, ``"bool"`` or ``"int64"``.
+        period: for an angle kept modulo a period (``2π``), that period: two values that differ by a
+            multiple of it are the same state (comparisons wrap the difference); None otherwise.
     """
 
     name: str
     shape: tuple
     dtype_policy: str = "model"
+    period: float | None = None
 
 
 @dataclass(frozen=True)
