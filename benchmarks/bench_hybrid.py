@@ -1,4 +1,4 @@
-"""Benchmark the newer families (FalconMamba, Jamba) on both backends beside their peers.
+"""Benchmark the newer families (FalconMamba, Jamba, Nemotron-H) on both backends beside their peers.
 
 A script, not a test. For each family one random checkpoint is written by transformers'
 ``save_pretrained`` and converted once to mlx-lm's layout with ``mamba_core.convert``; every
@@ -91,11 +91,44 @@ def jamba_checkpoint(out: Path, quick: bool) -> Path:
     return out / "hf"
 
 
+def nemotron_h_checkpoint(out: Path, quick: bool) -> Path:
+    """A random transformers ``NemotronHForCausalLM``: Mamba-2 (n_groups 4), GQA attention 8:2, ReLU² MLP
+    and MoE (8 experts, top 2, shared expert) layers by the pattern ``M*M-ME`` (twice without ``quick``)."""
+    import torch
+    import transformers
+
+    d, pattern, vocab = (256, "M*M-ME", 4099) if quick else (512, "M*M-MEM*M-ME", 32000)
+    types = {"M": "linear_attention", "*": "full_attention", "-": "mlp", "E": "moe"}
+    cfg = transformers.NemotronHConfig(
+        vocab_size=vocab,
+        hidden_size=d,
+        layers_block_type=[types[c] for c in pattern],
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=64,
+        intermediate_size=3 * d,
+        mamba_num_heads=2 * d // 64,
+        mamba_head_dim=64,
+        n_groups=4,
+        ssm_state_size=64,
+        chunk_size=64,
+        n_routed_experts=8,
+        num_experts_per_tok=2,
+        moe_intermediate_size=d,
+        moe_shared_expert_intermediate_size=d,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    transformers.NemotronHForCausalLM(cfg).save_pretrained(out / "hf", safe_serialization=True)
+    return out / "hf"
+
+
 # family -> (checkpoint writer, transformers class, the directory mlx-lm reads: our "mlx-lm" conversion,
 # or transformers' "hf" one when we cannot write the family's mlx-lm layout yet)
 FAMILIES = {
     "falcon_mamba": (falcon_mamba_checkpoint, "FalconMambaForCausalLM", "mlx-lm"),
     "jamba": (jamba_checkpoint, "JambaForCausalLM", "hf"),
+    "nemotron_h": (nemotron_h_checkpoint, "NemotronHForCausalLM", "mlx-lm"),
 }
 
 

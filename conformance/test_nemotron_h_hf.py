@@ -147,3 +147,11 @@ def test_saved_hf_directory_loads_in_transformers(hf_dir, hf_logits, tmp_path, b
     with torch.no_grad():
         logits = theirs(torch.tensor(PROMPT)).logits.float().numpy()
     assert _rel(logits, hf_logits) <= TOL
+
+
+def test_inspect_names_the_layer_kinds(hf_dir, capsys):
+    from mamba_core.cli import main
+
+    assert main(["inspect", str(hf_dir[0])]) == 0
+    out = capsys.readouterr().out
+    assert "nemotron_h" in out and "layers        mamba2, moe, attention, mlp, mamba2, attention" in out

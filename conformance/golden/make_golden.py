@@ -123,11 +123,38 @@ CASES = {
         ),
         ("transformers", "mlx_lm"),
     ),
+    "nemotron_h-gqa2-g2-moe-untied-vocab37": (
+        "NemotronHConfig",
+        dict(
+            hidden_size=16,
+            vocab_size=37,
+            layers_block_type=["linear_attention", "moe", "full_attention", "mlp"],
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=4,
+            intermediate_size=24,
+            mamba_num_heads=4,
+            mamba_head_dim=8,
+            n_groups=2,
+            ssm_state_size=8,
+            chunk_size=8,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            n_group=2,
+            topk_group=1,
+            moe_intermediate_size=8,
+            moe_shared_expert_intermediate_size=8,
+            routed_scaling_factor=1.7,
+            tie_word_embeddings=False,
+        ),
+        ("transformers", "mlx_lm"),
+    ),
 }
 LM_CLASSES = {
     "MambaConfig": "MambaForCausalLM",
     "Mamba2Config": "Mamba2ForCausalLM",
     "FalconMambaConfig": "FalconMambaForCausalLM",
+    "NemotronHConfig": "NemotronHForCausalLM",
 }
 
 
@@ -147,6 +174,9 @@ def _transformers_checkpoint(case: str, out: Path):
                 p.mul_(0.8 + 0.4 * torch.rand(p.shape, generator=gen))
             elif name.endswith("_proj.bias") and "dt_proj" not in name:  # zero at init: make them matter
                 p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+        for name, b in model.named_buffers():  # a MoE router's correction bias (zeros at init)
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(0.05 * torch.randn(b.shape, generator=gen))
     model.save_pretrained(out, safe_serialization=True)
     for extra in ("generation_config.json",):
         (out / extra).unlink(missing_ok=True)
@@ -172,7 +202,8 @@ def _mlx_lm_config(out: Path) -> None:
     """Add the keys mlx-lm's ModelArgs requires and transformers does not write (derived, no new facts)."""
     path = out / "config.json"
     config = json.loads(path.read_text())
-    config.setdefault("intermediate_size", config["expand"] * config["hidden_size"])
+    if "expand" in config:
+        config.setdefault("intermediate_size", config["expand"] * config["hidden_size"])
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
