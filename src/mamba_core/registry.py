@@ -41,6 +41,7 @@ BACKEND_API = (
     "MambaCache",
     "generate",
     "stream",
+    "prefill",
     "SequenceClassifier",
     "FeatureExtractor",
     "Trainer",

@@ -22,6 +22,7 @@ from mamba_core.backends.mlx.model import Mamba2LM as Mamba2LM
 from mamba_core.backends.mlx.model import Mamba2Mixer as Mamba2Mixer
 from mamba_core.backends.mlx.model import RMSNorm as RMSNorm
 from mamba_core.backends.mlx.model import RMSNormGated as RMSNormGated
+from mamba_core.backends.mlx.prefill import prefill as prefill
 from mamba_core.backends.mlx.sample import generate as generate
 from mamba_core.backends.mlx.sample import stream as stream
 from mamba_core.backends.mlx.train import Trainer as Trainer
@@ -60,6 +61,7 @@ __all__ = [
     "generate",
     "load_checkpoint",
     "ops",
+    "prefill",
     "save_safetensors",
     "stream",
     "to_numpy",

@@ -12,6 +12,8 @@ from collections.abc import Iterator, Sequence
 
 import mlx.core as mx
 
+from mamba_core.backends.mlx.prefill import prefill
+
 _NEG_INF = float("-inf")
 
 
@@ -129,11 +131,9 @@ def stream(
         if repetition_penalty is not None:
             seen = mx.ones(ids.shape) if mask is None else mask.astype(mx.float32)
             presence = mx.zeros((batch, width)).at[mx.arange(batch)[:, None], ids].add(seen)
-        cache = model.make_cache(batch)
-        logits = None
-        if max_new_tokens:  # prefill once; only the last position's logits are needed
-            hidden = model.backbone(ids, cache=cache, attention_mask=mask)
-            logits = model.logits(hidden[:, -1])
+        logits = cache = None
+        if max_new_tokens:  # prefill once, chunked (any prompt length); only the last logits
+            logits, cache = prefill(model, ids, attention_mask=mask)
         finished = mx.zeros((batch,), dtype=mx.bool_)
         rows = mx.arange(batch)
         for i in range(max_new_tokens):

@@ -17,6 +17,7 @@ from mamba_core.backends.torch.model import Mamba2LM as Mamba2LM
 from mamba_core.backends.torch.model import Mamba2Mixer as Mamba2Mixer
 from mamba_core.backends.torch.model import RMSNorm as RMSNorm
 from mamba_core.backends.torch.model import RMSNormGated as RMSNormGated
+from mamba_core.backends.torch.prefill import prefill as prefill
 from mamba_core.backends.torch.sample import generate as generate
 from mamba_core.backends.torch.sample import stream as stream
 from mamba_core.backends.torch.train import Trainer as Trainer
@@ -55,6 +56,7 @@ __all__ = [
     "generate",
     "load_checkpoint",
     "ops",
+    "prefill",
     "save_safetensors",
     "stream",
     "to_numpy",

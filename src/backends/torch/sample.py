@@ -13,6 +13,8 @@ from collections.abc import Iterator
 
 import torch
 
+from mamba_core.backends.torch.prefill import prefill
+
 
 def _validate(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty) -> None:
     if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
@@ -140,9 +142,7 @@ def _stream(model, ids, mask, max_new_tokens, temperature, top_k, top_p, min_p,
     if max_new_tokens == 0:
         return
     with torch.inference_mode():
-        cache = model.make_cache(batch)
-        hidden = model.backbone(ids, cache=cache, attention_mask=mask)
-        logits = model.logits(hidden[:, -1])
+        logits, cache = prefill(model, ids, attention_mask=mask)  # chunked: any prompt length
         for i in range(max_new_tokens):
             greedy, probs = process_logits(
                 logits, vocab_size=vocab, temperature=temperature, top_k=top_k, top_p=top_p,
