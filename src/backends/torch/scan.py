@@ -319,7 +319,8 @@ class _ChunkedSSD(torch.autograd.Function):
             dy = x.new_zeros(x.shape)
         if dfinal is None:
             dfinal = x.new_zeros(batch, nheads, headdim, d_state)
-        dyc = F.pad(dy.to(wide), (0, 0, 0, 0, 0, pad)) if pad else dy.to(wide)
+        dy = dy.to(wide).contiguous()  # an expanded (stride-0) gradient sends bmm to a slow path
+        dyc = F.pad(dy, (0, 0, 0, 0, 0, pad)) if pad else dy
         dyc = dyc.reshape(batch, nchunks, q, ngroups, hg, headdim).permute(0, 1, 3, 4, 2, 5)
         ecs = torch.exp(cs64).to(wide)  # (B, c, G, Hg, Q): decay from the chunk start to t
         last = ecs[..., -1]  # (B, c, G, Hg): decay over the whole chunk
@@ -328,7 +329,7 @@ class _ChunkedSSD(torch.autograd.Function):
         # dS_in[c] = exp(cs_last) dS_out[c] + Σ_t exp(cs_t) dy_t ⊗ C_t
         u_in = torch.matmul((dyc * ecs.unsqueeze(-1)).transpose(-1, -2), Cc.unsqueeze(3))
         d_out = torch.empty_like(s_in)  # (B, c, G, Hg, P, N)
-        carry = dfinal.to(wide).reshape(batch, ngroups, hg, headdim, d_state)
+        carry = dfinal.to(wide).contiguous().reshape(batch, ngroups, hg, headdim, d_state)
         for c in range(nchunks - 1, -1, -1):
             d_out[:, c] = carry
             carry = last[:, c, :, :, None, None] * carry + u_in[:, c]
