@@ -178,8 +178,9 @@ def bench_inference(cfg, args, rows: Rows, sections):
     }
     if "prefill" in sections:
         times = round_robin(fns, args.repeats)
-        gflops = 2 * n * cfg.d_model * _in_proj_width(cfg) / min(times.pop("sgemm")) / 1e9
-        rows.add(arch, "prefill", f"L={n} (tok/s)", "sgemm", gflops, "GFLOP/s",
+        sgemm_times = times.pop("sgemm")
+        gflops = 2 * n * cfg.d_model * _in_proj_width(cfg) / min(sgemm_times) / 1e9
+        rows.add(arch, "prefill", f"L={n} (tok/s)", "sgemm", gflops, "GFLOP/s", sgemm_times,
                  note=f"sgemm {gflops:.1f} GFLOP/s = {gflops * 1e9 / (2 * params):.1f} tok/s")
         for impl, ts in times.items():
             t = min(ts)
@@ -220,9 +221,10 @@ def bench_inference(cfg, args, rows: Rows, sections):
         for k, fn in fns.items():
             decode_times[k].append(fn())
     decode_times = {k: v[1:] for k, v in decode_times.items()}  # first round = warm-up
-    bw = 2 * src.nbytes / min(decode_times.pop("copy"))
+    copy_times = decode_times.pop("copy")
+    bw = 2 * src.nbytes / min(copy_times)
     limit = bw / weight_bytes
-    rows.add(arch, "decode", "batch 1 (tok/s)", "copy", bw / 1e9, "GB/s",
+    rows.add(arch, "decode", "batch 1 (tok/s)", "copy", bw / 1e9, "GB/s", copy_times,
              note=f"copy {bw / 1e9:.1f} GB/s / {weight_bytes / 1e6:.0f} MB = {limit:.1f} tok/s")
     for impl, ts in decode_times.items():
         tps = args.decode / min(ts)

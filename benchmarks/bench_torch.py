@@ -256,11 +256,12 @@ def bench_prefill(args):
                 for _, fwd, _, _ in built.values():
                     fwd(ids[:, :16])
                 times = _interleaved(fns, 2 if args.quick or seqlen > 256 else 3)
-            peak = sgemm_flops / min(times.pop(("sgemm", "limit"))) / 1e9
+            sgemm_times = times.pop(("sgemm", "limit"))
+            peak = sgemm_flops / min(sgemm_times) / 1e9
             limit = peak * 1e9 / (2 * n_params)  # tok/s if every parameter ran at the sgemm rate
             report("prefill", arch, "sgemm", f"in_proj matmul L={seqlen}", peak, "GFLOP/s",
                    f"({seqlen}x{cfg.d_model})@({cfg.d_model}x{_in_proj_width(cfg)}); "
-                   f"all params at this rate = {limit:.0f} tok/s")
+                   f"all params at this rate = {limit:.0f} tok/s", times=sgemm_times)
             for (impl, what), ts in times.items():
                 t = min(ts)
                 flops = 2 * (n_params - (head if what == "prefill" else 0)) * seqlen
@@ -296,10 +297,12 @@ def bench_decode(args):
 
                     fns[impl] = run
                 times = _interleaved(fns, rounds)
-            bw = nbytes / min(times.pop("copy"))
+            copy_times = times.pop("copy")
+            bw = nbytes / min(copy_times)
             limit = bw / weight_bytes  # steps/s if a step only read its weights once
             report("decode", arch, "copy", f"bandwidth batch={batch}", bw / 1e9, "GB/s",
-                   f"/ {weight_bytes / 1e6:.0f} MB of weights = limit {limit:.1f} steps/s")
+                   f"/ {weight_bytes / 1e6:.0f} MB of weights = limit {limit:.1f} steps/s",
+                   times=copy_times)
             for impl, ts in times.items():
                 t = min(ts) / steps
                 report("decode", arch, impl, f"batch={batch}", batch / t, "tok/s",
