@@ -228,12 +228,6 @@ def _weight_bytes(model) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def _in_proj_width(cfg) -> int:
-    if cfg.arch == "mamba1":
-        return 2 * cfg.d_inner
-    return 2 * cfg.d_inner + 2 * cfg.ngroups * cfg.d_state + cfg.nheads
-
-
 def bench_prefill(args):
     lengths = [256] if args.quick else [256, 2048]
     for arch in args.arch:
@@ -250,7 +244,7 @@ def bench_prefill(args):
             for impl, (_, fwd, _, prefill) in built.items():
                 fns[(impl, "forward")] = lambda f=fwd, x=ids: f(x)
                 fns[(impl, "prefill")] = lambda f=prefill, x=ids: f(x)
-            sgemm, sgemm_flops = sgemm_probe(seqlen, cfg.d_model, _in_proj_width(cfg))
+            sgemm, sgemm_flops = sgemm_probe(seqlen, cfg.d_model, cfg.d_in_proj)
             fns[("sgemm", "limit")] = sgemm
             with torch.inference_mode():
                 for _, fwd, _, _ in built.values():
@@ -260,7 +254,7 @@ def bench_prefill(args):
             peak = sgemm_flops / min(sgemm_times) / 1e9
             limit = peak * 1e9 / (2 * n_params)  # tok/s if every parameter ran at the sgemm rate
             report("prefill", arch, "sgemm", f"in_proj matmul L={seqlen}", peak, "GFLOP/s",
-                   f"({seqlen}x{cfg.d_model})@({cfg.d_model}x{_in_proj_width(cfg)}); "
+                   f"({seqlen}x{cfg.d_model})@({cfg.d_model}x{cfg.d_in_proj}); "
                    f"all params at this rate = {limit:.0f} tok/s", times=sgemm_times)
             for (impl, what), ts in times.items():
                 t = min(ts)
