@@ -339,8 +339,9 @@ def _ssd_scan(q: int):
         dyx = (dyc @ mx.swapaxes(xc, -1, -2)) * decay  # L ⊙ (dy_t·X_s)
         # intra-chunk: y_t = sum_s (C_t·B_s) L_ts X_s
         dX = mx.swapaxes(scores * decay, -1, -2) @ dyc  # (B, c, G, R, Q, P)
-        dC = (dyx @ Bc).sum(3)  # (B, c, G, Q, N)
-        dB = (mx.swapaxes(dyx, -1, -2) @ Cc).sum(3)
+        dyx_g = dyx.sum(3)  # (B, c, G, Q, Q): heads of a group share B and C, so sum before the matmuls
+        dC = dyx_g @ Bc[:, :, :, 0]  # (B, c, G, Q, N)
+        dB = mx.swapaxes(dyx_g, -1, -2) @ Cc[:, :, :, 0]
         w = dyx * scores  # d/dcs_t += sum_s W_ts, d/dcs_s -= sum_t W_ts
         dcs = w.sum(-1) - w.sum(-2)  # (B, c, G, R, Q)
         # off-diagonal: y_t += exp(cs_t) S_in C_t

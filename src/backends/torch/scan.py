@@ -342,8 +342,10 @@ class _ChunkedSSD(torch.autograd.Function):
         dyx.mul_(decay)  # L ⊙ (dy·X)
         # intra-chunk: y_t = Σ_s (C_t·B_s) L_ts X_s
         dX = torch.matmul((scores * decay).transpose(-1, -2), dyc)  # (B, c, G, Hg, Q, P)
-        dC = torch.matmul(dyx, Bc.unsqueeze(3)).sum(3)  # (B, c, G, Q, N)
-        dB = torch.matmul(dyx.transpose(-1, -2), Cc.unsqueeze(3)).sum(3)
+        dyx_g = dyx.sum(3)  # (B, c, G, Q, Q): heads of a group share B and C, so sum before the matmuls
+        dC = torch.matmul(dyx_g, Bc)  # (B, c, G, Q, N)
+        dB = torch.matmul(dyx_g.transpose(-1, -2), Cc)
+        del dyx_g
         w = dyx.mul_(scores)  # W_ts = (C_t·B_s) L_ts (dy_t·X_s): d/dcs_t += Σ_s W, d/dcs_s -= Σ_t W
         dcs = w.sum(-1) - w.sum(-2)  # (B, c, G, Hg, Q)
         del w, scores
