@@ -33,6 +33,7 @@ All state math is float32 whatever the input dtype (spec-notes §6.1).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -69,6 +70,19 @@ def _chunk_states(dt, u, Bm, A_t, h0, dA, hs):
         hs[t].addcmul_(hs[t - 1], dA[t])
 
 
+def _full_precision(method):
+    """Run an autograd Function's forward/backward with autocast off: under bf16 autocast its matmuls
+    would otherwise drop the float32 states and decays to bf16."""
+
+    @functools.wraps(method)
+    def wrapped(ctx, *args):
+        device = next(a.device.type for a in args if isinstance(a, torch.Tensor))
+        with torch.autocast(device_type=device, enabled=False):
+            return method(ctx, *args)
+
+    return wrapped
+
+
 def _time_major(x: torch.Tensor) -> torch.Tensor:
     # (B, L, ...) -> (L, B, ...) contiguous
     return x.transpose(0, 1).contiguous()
@@ -88,6 +102,7 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
     """
 
     @staticmethod
+    @_full_precision
     def forward(ctx, u, dt, A, Bm, Cm, h0, chunk):
         batch, seqlen, d_inner = u.shape
         d_state = A.shape[1]
@@ -111,6 +126,7 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         return y_t.transpose(0, 1), h.transpose(1, 2)
 
     @staticmethod
+    @_full_precision
     def backward(ctx, dy, dh_final):
         u_t, dt_t, A_t, B_t, C_t, bounds = ctx.saved_tensors
         seqlen, batch, d_inner = u_t.shape
@@ -274,6 +290,7 @@ class _ChunkedSSD(torch.autograd.Function):
     """
 
     @staticmethod
+    @_full_precision
     def forward(ctx, x, dt, A, Bm, Cm, h0, q):
         batch, seqlen, nheads, headdim = x.shape
         ngroups, d_state = Bm.shape[-2], Bm.shape[-1]
@@ -306,6 +323,7 @@ class _ChunkedSSD(torch.autograd.Function):
         return _unchunk(y, seqlen), final
 
     @staticmethod
+    @_full_precision
     def backward(ctx, dy, dfinal):
         x, dt, A, Bm, Cm, s_in = ctx.saved_tensors
         q = ctx.q
