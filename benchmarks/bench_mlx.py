@@ -147,7 +147,7 @@ def bench_inference(cfg, args, rows: Rows, sections):
 
     def ours_prefill():
         logits, cache = MB.prefill(ours, prompt)
-        mx.eval(logits, cache.conv_state, cache.ssm_state)
+        mx.eval(logits, cache.state)
         return cache, logits
 
     def theirs_prefill_generate_style():
@@ -298,7 +298,7 @@ def _long_child(arch: str, length: int, chunk: int, layers: int) -> dict:
     mx.reset_peak_memory()
     start = time.perf_counter()
     logits, cache = MB.prefill(model, ids, chunk_size=chunk)
-    mx.eval(logits, cache.ssm_state)
+    mx.eval(logits, cache.state)
     return {"time": time.perf_counter() - start, "peak": mx.get_peak_memory()}
 
 

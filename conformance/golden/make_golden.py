@@ -7,7 +7,7 @@ scaled by U(0.8, 1.2) so the norms matter), ``save_pretrained`` writes ``<case>/
 ``<case>/model.safetensors`` (the HF dialect), and ``<case>/expected.npz`` holds ``input_ids`` and the
 float32 logits of each producer: ``transformers`` (``model(ids, use_cache=False).logits`` on CPU, float32)
 and ``mlx_lm`` (``mlx_lm.utils.load_model`` on the same directory, float32). Mamba-2 cases with
-``n_groups > 1`` have transformers logits only: mlx-lm's gated norm ignores groups (spec-notes §6.3).
+``n_groups > 1`` have transformers logits only: mlx-lm's gated norm ignores groups (docs/spec.md §6.3).
 ``<case>/producers.json`` records the versions. The directory is a few hundred KB at most.
 
 Run from the repository root (needs torch, transformers, mlx and mlx-lm; CPU is enough):

@@ -1,6 +1,6 @@
 """Test support shared by ``tests/``, ``conformance/`` and users checking their own backend.
 
-One error metric, one tolerance table by dtype (house-style §7), numpy rounding to bf16/fp16 so the
+One error metric, one tolerance table by dtype (docs/spec.md §7.2), numpy rounding to bf16/fp16 so the
 float64 reference sees exactly the inputs a low-precision backend sees, and the tiny configs the suites
 run on (chosen for awkward cases: n_groups > 1, lengths not a multiple of the chunk, d_state 1, untied
 heads, vocab not a multiple of 8).
@@ -12,7 +12,7 @@ import numpy as np
 
 from mamba_core.config import Mamba1Config, Mamba2Config
 
-# err = max|out - ref| / max|ref|  (house-style §7; measured headroom noted there)
+# err = max|out - ref| / max|ref|  (docs/spec.md §7.2; measured headroom noted there)
 TOLERANCE = {"float32": 1e-5, "float16": 4e-3, "bfloat16": 3e-2}
 # what the dtype policy keeps in fp32 (states, dt) is held to this whatever the activation dtype
 STATE_TOLERANCE = TOLERANCE["float32"]

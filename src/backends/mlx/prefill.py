@@ -58,8 +58,8 @@ def prefill(model, input_ids, *, cache: MambaCache | None = None, attention_mask
     batch, length = ids.shape
     if cache is None:
         cache = model.make_cache(batch)
-    elif cache.ssm_state[0].shape[0] != batch:
-        raise ValueError(f"cache holds {cache.ssm_state[0].shape[0]} rows but input_ids has {batch}; "
+    elif cache.batch_size != batch:
+        raise ValueError(f"cache holds {cache.batch_size} rows but input_ids has {batch}; "
                          "pass a cache from model.make_cache(B)")
     with mx.stream(model.device):
         for start in range(0, length, chunk_size):
@@ -67,6 +67,6 @@ def prefill(model, input_ids, *, cache: MambaCache | None = None, attention_mask
             hidden = model.backbone(ids[:, start:stop], cache=cache,
                                     attention_mask=None if mask is None else mask[:, start:stop])
             if stop < length:
-                mx.eval(cache.conv_state, cache.ssm_state)
+                mx.eval(cache.state)
         logits = model.logits(hidden[:, -1])
     return logits, cache

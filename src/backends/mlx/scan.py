@@ -1,18 +1,18 @@
 """Training-speed scans behind ``ops.selective_scan`` (Mamba-1) and ``ops.ssd_chunked`` (Mamba-2).
 
-Both are chunked in time, never loop over tokens in Python, and run in float32 (spec-notes §6.1):
+Both are chunked in time, never loop over tokens in Python, and run in float32 (docs/spec.md §6.1):
 
 * ``selective_scan_chunked``: time in chunks of T tokens (``MAMBA1_CHUNK``). Inside a chunk a
   log-depth Hillis-Steele scan of the pairs ``(exp(ΔA), ΔBu)`` with the combine
   ``(a1, b1) ∘ (a2, b2) = (a1·a2, a2·b1 + b2)``: decay products stay in (0, 1], so it is stable for
-  any chunk length (unlike ``exp(cumsum)`` ratios, spec-notes pitfall 19). The state is carried
+  any chunk length (unlike ``exp(cumsum)`` ratios, docs/spec.md §9 item 19). The state is carried
   between chunks, so only (B, T, E, N) is live at once, never (B, L, E, N). Chunks are grouped in
-  segments of ``MAMBA1_SEGMENT`` tokens, each one ``mx.compile``d call; the scan is an
+  segments of ``_MAMBA1_SEGMENT`` tokens, each one ``mx.compile``d call; the scan is an
   ``mx.custom_function`` whose VJP keeps only the state entering each segment, recomputes the
   segment's states from it, and runs the adjoint ``g_t = C_t dy_t + exp(Δ_{t+1}A) ⊙ g_{t+1}`` as the
   same linear scan backwards in time (training memory ~ L/64 states instead of autodiff's
   several (B, L, E, N) tensors).
-* ``ssd_chunked_scan``: the chunked SSD of spec-notes §4.5 (paper Listing 1) with the stable
+* ``ssd_chunked_scan``: the chunked SSD of docs/spec.md §4.5 (paper Listing 1) with the stable
   segsum, padding to a multiple of Q, initial and final states, groups broadcast over heads
   without copies; an ``mx.custom_function`` whose VJP keeps only the state entering each chunk and
   recomputes the (Q, Q) decay and scores (the same analytic backward as the torch backend's
@@ -30,7 +30,7 @@ _F32 = mx.float32
 _NO_LIMIT = (0.0, math.inf)
 _SOFTPLUS_THRESHOLD = 20.0
 MAMBA1_CHUNK = 8  # tokens per Hillis-Steele chunk: 3 levels; work and live memory grow with T
-MAMBA1_SEGMENT = 64  # tokens between the states a Mamba-1 backward keeps (memory ~ L / 64 states)
+_MAMBA1_SEGMENT = 64  # tokens between the states a Mamba-1 backward keeps (memory ~ L / 64 states)
 
 
 def softplus(x: mx.array) -> mx.array:
@@ -117,8 +117,8 @@ _mamba1_chunk_grads_compiled = mx.compile(_mamba1_chunk_grads)
 
 
 def _segment_len(chunk: int) -> int:
-    # tokens between two saved states: a multiple of the Hillis-Steele chunk near MAMBA1_SEGMENT
-    return chunk * max(1, MAMBA1_SEGMENT // chunk)
+    # tokens between two saved states: a multiple of the Hillis-Steele chunk near _MAMBA1_SEGMENT
+    return chunk * max(1, _MAMBA1_SEGMENT // chunk)
 
 
 @functools.lru_cache(maxsize=64)
@@ -186,7 +186,7 @@ def selective_scan_chunked(
         z: (B, L, E) or None; delta_bias: (E,) or None; initial_state: (B, E, N) or None.
 
     Returns:
-        ``(y, final_state)``: y (B, L, E) in u's dtype; final_state (B, E, N) float32.
+        ``(y, final_state)``: y (B, L, E) float32; final_state (B, E, N) float32.
 
     Raises:
         ValueError: ``chunk_size`` < 1.
@@ -221,10 +221,10 @@ def selective_scan_chunked(
     if z is not None:
         z32 = z.astype(_F32)
         y = y * (z32 * mx.sigmoid(z32))
-    return y.astype(u.dtype), state
+    return y, state
 
 
-def segsum(a: mx.array) -> mx.array:
+def _segsum(a: mx.array) -> mx.array:
     """Stable segment sum: ``out[..., t, s] = sum_{r=s+1}^{t} a[..., r]``, -inf above the diagonal.
 
     Args:
@@ -289,7 +289,7 @@ def _ssd_scan(q: int):
         nchunks = xc.shape[1]
         a_cumsum = mx.cumsum(ac, axis=-1)  # cs_t within each chunk
         # 1. intra-chunk: Y_diag = (C B^T ∘ exp(segsum)) X
-        decay = mx.exp(segsum(ac))  # (B, c, G, R, Q, Q)
+        decay = mx.exp(_segsum(ac))  # (B, c, G, R, Q, Q)
         y = ((Cc @ mx.swapaxes(Bc, -1, -2)) * decay) @ xc  # (B, c, G, R, Q, P)
         # 2. chunk states: st_c = sum_s exp(cs_last - cs_s) X_s ⊗ B_s (last segsum row)
         chunk_states = mx.swapaxes(xc * decay[..., -1, :, None], -1, -2) @ Bc  # (B, c, G, R, P, N)
@@ -334,7 +334,7 @@ def _ssd_scan(q: int):
         d_out = mx.stack(outs[::-1], axis=1)  # (B, c, G, R, P, N): dL/d(state leaving chunk c)
         dh0 = carry.reshape(batch, nheads, headdim, d_state)
 
-        decay = mx.exp(segsum(ac))  # L[t, s] = exp(cs_t - cs_s), s <= t
+        decay = mx.exp(_segsum(ac))  # L[t, s] = exp(cs_t - cs_s), s <= t
         scores = Cc @ mx.swapaxes(Bc, -1, -2)  # (B, c, G, 1, Q, Q): C_t·B_s
         dyx = (dyc @ mx.swapaxes(xc, -1, -2)) * decay  # L ⊙ (dy_t·X_s)
         # intra-chunk: y_t = sum_s (C_t·B_s) L_ts X_s
@@ -384,7 +384,7 @@ def ssd_chunked_scan(
     dt_limit=_NO_LIMIT,
     initial_state=None,
 ):
-    """Chunked SSD (spec-notes §4.5 steps 1-5) in float32; the signature of ``ops.ssd_chunked``.
+    """Chunked SSD (docs/spec.md §4.5 steps 1-5) in float32; the signature of ``ops.ssd_chunked``.
 
     Heads are grouped as (G, R = H/G) so a group's B and C broadcast over its R heads. The scan is
     ``_ssd_scan``'s custom function: its backward keeps only the chunk-entry states.
@@ -395,7 +395,7 @@ def ssd_chunked_scan(
         initial_state: (B, H, P, N) or None.
 
     Returns:
-        ``(y, final_state)``: y (B, L, H, P) in x's dtype; final_state (B, H, P, N) float32.
+        ``(y, final_state)``: y (B, L, H, P) float32; final_state (B, H, P, N) float32.
 
     Raises:
         ValueError: ``chunk_size`` < 1 or H not a multiple of G.
@@ -421,4 +421,4 @@ def ssd_chunked_scan(
             x32, dt32, A.astype(_F32), B.astype(_F32), C.astype(_F32), state)
     if D is not None:
         y = y + x32 * D.astype(_F32)[:, None]
-    return y.astype(x.dtype), state
+    return y, state

@@ -55,8 +55,8 @@ def prefill(model, input_ids, *, cache: MambaCache | None = None, attention_mask
     batch, length = ids.shape
     if cache is None:
         cache = model.make_cache(batch)
-    elif cache.ssm_state[0].shape[0] != batch:
-        raise ValueError(f"cache holds {cache.ssm_state[0].shape[0]} rows but input_ids has {batch}; "
+    elif cache.batch_size != batch:
+        raise ValueError(f"cache holds {cache.batch_size} rows but input_ids has {batch}; "
                          "pass a cache from model.make_cache(B)")
     device = model.head_weight.device
     ids = ids.long().to(device)

@@ -1,6 +1,6 @@
 """Training-speed scans behind ``ops.selective_scan`` (Mamba-1) and ``ops.ssd_chunked`` (Mamba-2).
 
-Mamba-1 (S6, spec-notes §3.4 steps 8-10): ``h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t u_t B_t``,
+Mamba-1 (S6, docs/spec.md §3.4 steps 8-10): ``h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t u_t B_t``,
 ``y_t = h_t C_t``. The decay differs per (channel, state) pair, so there is no matmul form; the work
 is elementwise over (B, L, E, N). ``_ChunkedSelectiveScan`` walks time in chunks of T tokens:
 
@@ -12,11 +12,12 @@ is elementwise over (B, L, E, N). ``_ChunkedSelectiveScan`` walks time in chunks
   gradients of u, Δ, A, B, C and the initial state are contractions of (g, h) over the chunk.
 
 Memory is O(T·B·E·N + (L/T)·B·E·N) instead of O(B·L·E·N); products of decays are never formed, so
-nothing can overflow (spec-notes pitfall 19).
+nothing can overflow (docs/spec.md §9 item 19).
 
-Mamba-2 (SSD, spec-notes §4.5): ``ssd_chunked_torch`` is the chunked matmul algorithm of the paper's
+Mamba-2 (SSD, docs/spec.md §4.5): ``ssd_chunked_scan`` is the chunked matmul algorithm of the paper's
 Listing 1 with the stable in-chunk segsum, any L (the tail is padded with Δ = 0), initial state in
-and final state out, behind ``_ChunkedSSD``, an autograd Function that saves only its inputs and the
+and final state out (the signature of ``ops.ssd_chunked``: Δ is discretized first, D added
+after), behind ``_ChunkedSSD``, an autograd Function that saves only its inputs and the
 state entering each chunk (B, L/Q, H, P, N). Per chunk, with ``cs_t`` the cumulative log-decay,
 ``L_ts = exp(cs_t - cs_s)`` (s <= t), ``X_s = Δ_s x_s``:
 
@@ -28,7 +29,7 @@ state entering each chunk (B, L/Q, H, P, N). Per chunk, with ``cs_t`` the cumula
   ``dcs = rowsum(W) - colsum(W) + (state terms)``, ``dΔA`` its reverse cumulative sum. The (Q, Q)
   decay and scores are recomputed in the backward, never saved.
 
-All state math is float32 whatever the input dtype (spec-notes §6.1).
+All state math is float32 whatever the input dtype (docs/spec.md §6.1).
 """
 
 from __future__ import annotations
@@ -42,6 +43,9 @@ import torch.nn.functional as F
 # Elements of one (T, B, N, E) chunk buffer we aim for: ~2 MB of float32 keeps the in-chunk passes
 # in the L2/L3 cache of a CPU core.
 _CHUNK_ELEMS = 1 << 19
+_NO_LIMIT = (0.0, math.inf)
+_SOFTPLUS_THRESHOLD = 20.0
+MAMBA1_CHUNK: int | None = None  # tokens per Mamba-1 chunk; None = sized from _CHUNK_ELEMS
 
 
 def _f32(x: torch.Tensor) -> torch.Tensor:
@@ -179,7 +183,7 @@ def selective_scan_chunked(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     initial_state: torch.Tensor | None = None,
-    chunk: int | None = None,
+    chunk_size: int | None = MAMBA1_CHUNK,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mamba-1 selective scan, chunked, with analytic gradients (module docstring).
 
@@ -187,18 +191,14 @@ def selective_scan_chunked(
         u: (B, L, E). delta: (B, L, E) raw Δ. A: (E, N) negative. B, C: (B, L, N).
         D: (E,) or None. z: (B, L, E) gate or None. delta_bias: (E,) or None.
         delta_softplus: softplus on ``delta + delta_bias``. initial_state: (B, E, N) or None.
-        chunk: tokens per chunk (None = sized to the cache).
+        chunk_size: tokens per chunk (None = sized to the cache; numerics only).
 
     Returns:
         ``(y, final_state)``: y (B, L, E) float32; final_state (B, E, N) float32.
     """
     batch, seqlen, d_inner = u.shape
     d_state = A.shape[-1]
-    dt = _f32(delta)
-    if delta_bias is not None:
-        dt = dt + _f32(delta_bias)
-    if delta_softplus:
-        dt = F.softplus(dt)
+    dt = discretize_dt(delta, delta_bias, delta_softplus)
     uf = _f32(u)
     h0 = (
         uf.new_zeros(batch, d_inner, d_state)
@@ -210,7 +210,7 @@ def selective_scan_chunked(
         return y, h0
     y, h = _ChunkedSelectiveScan.apply(
         uf.contiguous(), dt.contiguous(), _f32(A), _f32(B).contiguous(),
-        _f32(C).contiguous(), h0.contiguous(), chunk,
+        _f32(C).contiguous(), h0.contiguous(), chunk_size,
     )
     if D is not None:
         y = y + uf * _f32(D)
@@ -224,7 +224,7 @@ def _segsum_exp(cs64: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     s <= t, else 0.
 
     The difference is taken in float64 and rounded once, which is as accurate as the masked
-    cumulative sum of spec-notes §4.5 (no fp32 cancellation) at a fraction of its cost.
+    cumulative sum of docs/spec.md §4.5 (no fp32 cancellation) at a fraction of its cost.
     """
     q = cs64.shape[-1]
     seg = (cs64.unsqueeze(-1) - cs64.unsqueeze(-2)).to(dtype)  # (..., Q, Q)
@@ -232,15 +232,20 @@ def _segsum_exp(cs64: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.exp(seg.masked_fill(upper, -math.inf))
 
 
-def ssd_dt(dt, dt_bias, dt_softplus: bool, dt_limit) -> torch.Tensor:
-    """Δ = clip(softplus(dt + dt_bias), dt_limit) in float32 (spec-notes §4.4 step 5)."""
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    """``log(1 + exp(x))``, ``x`` where ``x > 20`` (the upstream threshold); float32 (or wider)."""
+    return F.softplus(_f32(x), beta=1.0, threshold=_SOFTPLUS_THRESHOLD)
+
+
+def discretize_dt(dt, dt_bias, dt_softplus: bool, dt_limit=_NO_LIMIT) -> torch.Tensor:
+    """Δ in float32: ``clip(softplus(dt + bias), dt_limit)`` (each part optional), bias upcast first."""
     dt = _f32(dt)
     if dt_bias is not None:
         dt = dt + _f32(dt_bias)
     if dt_softplus:
-        dt = F.softplus(dt)
+        dt = softplus(dt)
     lo, hi = (float(v) for v in dt_limit)
-    if (lo, hi) != (0.0, math.inf):
+    if (lo, hi) != _NO_LIMIT:
         dt = dt.clamp(lo, hi)
     return dt
 
@@ -397,16 +402,27 @@ class _ChunkedSSD(torch.autograd.Function):
         return dx, ddt, dA, ungroup(dB), ungroup(dC), dh0, None
 
 
-def ssd_chunked_torch(x, dt, A, B, C, chunk_size: int, initial_state=None):
-    """Chunked SSD on discretized inputs (spec-notes §4.5) with an analytic backward (``_ChunkedSSD``).
+def ssd_chunked_scan(
+    x, dt, A, B, C, chunk_size: int, D=None, dt_bias=None, dt_softplus: bool = False,
+    dt_limit=_NO_LIMIT, initial_state=None,
+):
+    """Chunked SSD (docs/spec.md §4.5) with a hand-written backward; the signature of ``ops.ssd_chunked``.
 
     Args:
-        x: (B, L, H, P). dt: (B, L, H) float32 Δ (already softplus'ed and clamped).
-        A: (H,) negative. B, C: (B, L, G, N). chunk_size: Q. initial_state: (B, H, P, N) or None.
+        x: (B, L, H, P). dt: (B, L, H) raw Δ. A: (H,) negative. B, C: (B, L, G, N). chunk_size: Q.
+        D: (H,) or None. dt_bias: (H,) or None. dt_softplus: softplus(dt + bias). dt_limit: (lo, hi)
+        clamp of Δ. initial_state: (B, H, P, N) or None.
 
     Returns:
-        ``(y, final_state)``: y (B, L, H, P) float32 without the D skip; final_state (B, H, P, N).
+        ``(y, final_state)``: y (B, L, H, P) float32; final_state (B, H, P, N) float32.
+
+    Raises:
+        ValueError: ``chunk_size`` < 1.
     """
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
+    x_in = x
+    dt = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)
     batch, seqlen, nheads, headdim = x.shape
     d_state = B.shape[-1]
     xf = _f32(x)
@@ -414,11 +430,14 @@ def ssd_chunked_torch(x, dt, A, B, C, chunk_size: int, initial_state=None):
     h0 = (
         xf.new_zeros(batch, nheads, headdim, d_state, dtype=wide)
         if initial_state is None
-        else initial_state.to(wide)
+        else _f32(initial_state).to(wide)
     )
     if seqlen == 0:
         return xf.new_zeros(batch, 0, nheads, headdim, dtype=wide), h0
-    return _ChunkedSSD.apply(
-        xf.to(wide).contiguous(), dt.to(wide).contiguous(), A.to(wide), B.to(wide).contiguous(),
-        C.to(wide).contiguous(), h0.contiguous(), int(chunk_size),
+    y, final = _ChunkedSSD.apply(
+        xf.to(wide).contiguous(), dt.to(wide).contiguous(), _f32(A).to(wide), _f32(B).to(wide).contiguous(),
+        _f32(C).to(wide).contiguous(), h0.contiguous(), int(chunk_size),
     )
+    if D is not None:
+        y = y + _f32(x_in) * _f32(D).unsqueeze(-1)
+    return y, final

@@ -3,7 +3,7 @@
 A registry of named checks (``CHECKS``), each a function ``(backend, device, dtype, rng) -> CheckResult``.
 A check makes its inputs in numpy, rounds them to ``dtype`` (``testing.round_to``), moves them with the
 backend's ``from_numpy`` and compares the backend's answer with ``mamba_core.reference`` (float64) on
-exactly those numbers (house-style §7): one error metric (``testing.rel_err``), tolerances from
+exactly those numbers (docs/spec.md §7.2): one error metric (``testing.rel_err``), tolerances from
 ``testing.TOLERANCE`` by dtype; what the dtype policy keeps in float32 (SSM states, Δ) at
 ``STATE_TOLERANCE`` whatever the activation dtype; end-to-end logits of the tiny models at 2x the op
 tolerance (``model_tolerance``).
