@@ -79,6 +79,17 @@ def test_generate_shipped_model_same_greedy_text_on_every_backend():
 
 
 @needs_shipped
+def test_generate_compile_same_greedy_text_as_eager():
+    """``--compile`` reaches the decode step and changes the speed, not the text. One backend (MLX when
+    present: mx.compile takes a moment, inductor minutes); test_compiled_decode covers both compilers."""
+    for backend in sorted(BACKENDS_HERE, key=lambda b: b != "mlx")[:1]:
+        args = ("generate", "def fibonacci(", "--backend", backend, "--max-tokens", "8")
+        eager, compiled = mamba_core_cli(*args), mamba_core_cli(*args, "--compile")
+        assert eager.returncode == 0 and compiled.returncode == 0, compiled.stderr
+        assert compiled.stdout == eager.stdout, (backend, eager.stdout, compiled.stdout)
+
+
+@needs_shipped
 def test_generate_says_which_backend_and_why():
     named = mamba_core_cli("generate", "x", "--max-tokens", "2", "--backend", BACKENDS_HERE[0])
     assert named.returncode == 0, named.stderr

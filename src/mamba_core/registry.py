@@ -48,6 +48,7 @@ BACKEND_API = (
     "MambaCache",
     "generate",
     "stream",
+    "prefill",
     "SequenceClassifier",
     "FeatureExtractor",
     "Trainer",

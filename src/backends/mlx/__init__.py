@@ -32,6 +32,7 @@ from mamba_core.backends.mlx.norm import RMSNorm as RMSNorm
 from mamba_core.backends.mlx.norm import RMSNormGated as RMSNormGated
 from mamba_core.backends.mlx.pickles import read_pickle as read_pickle
 from mamba_core.backends.mlx.pickles import read_pickle_header as read_pickle_header
+from mamba_core.backends.mlx.prefill import prefill as prefill
 from mamba_core.backends.mlx.quantized import QUANTIZE_KERNELS as QUANTIZE_KERNELS
 from mamba_core.backends.mlx.quantized import quantize as quantize
 from mamba_core.backends.mlx.runtime import inference_scope as inference_scope
@@ -81,6 +82,7 @@ __all__ = [
     "load_checkpoint",
     "loss_gradients",
     "ops",
+    "prefill",
     "quantize",
     "read_pickle",
     "read_pickle_header",

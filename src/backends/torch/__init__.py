@@ -27,6 +27,7 @@ from mamba_core.backends.torch.norm import RMSNorm as RMSNorm
 from mamba_core.backends.torch.norm import RMSNormGated as RMSNormGated
 from mamba_core.backends.torch.pickles import read_pickle as read_pickle
 from mamba_core.backends.torch.pickles import read_pickle_header as read_pickle_header
+from mamba_core.backends.torch.prefill import prefill as prefill
 from mamba_core.backends.torch.quantized import QUANTIZE_KERNELS as QUANTIZE_KERNELS
 from mamba_core.backends.torch.quantized import quantize as quantize
 from mamba_core.backends.torch.runtime import inference_scope as inference_scope
@@ -76,6 +77,7 @@ __all__ = [
     "load_checkpoint",
     "loss_gradients",
     "ops",
+    "prefill",
     "quantize",
     "read_pickle",
     "read_pickle_header",

@@ -23,6 +23,8 @@ def add_arguments(p) -> None:
     p.add_argument("--min-p", type=float, default=None)
     p.add_argument("--repetition-penalty", type=float, default=None)
     p.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the decode step (torch.compile / mx.compile): faster tokens after a warm-up")
     p.add_argument("--tokenizer", default=None,
                    help="'bytes' or a tokenizer.json path, when the checkpoint has no tokenizer")
     p.add_argument("--revision", default=None, help="hub revision for hub ids")
@@ -44,6 +46,7 @@ def generate_text(
     seed: int | None = None,
     tokenizer: str | None = None,
     revision: str | None = None,
+    compile: bool = False,
 ) -> Iterator[str]:
     """Load ``model`` (default: the shipped byte-level model) and yield the generated text piece by piece.
 
@@ -79,7 +82,7 @@ def generate_text(
     module = get_backend(backend)
     for step in module.stream(lm, [ids], max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
                               min_p=min_p, repetition_penalty=repetition_penalty, seed=seed,
-                              stop_tokens=stop):
+                              stop_tokens=stop, compile=compile):
         token = int(module.to_numpy(step)[0])
         if stop is not None and token in stop:
             break
@@ -102,7 +105,7 @@ def run(args) -> int:
         prompt, model=args.model, backend=choice.name, dtype=args.dtype, device=args.device,
         max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-        tokenizer=args.tokenizer, revision=args.revision,
+        tokenizer=args.tokenizer, revision=args.revision, compile=args.compile,
     )
     # The first piece loads the model and checks the sampling flags: a bad flag or model ends with the
     # one-line error before anything reaches stdout.
