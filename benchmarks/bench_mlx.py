@@ -101,11 +101,17 @@ class Rows:
 
     def add(self, arch, section, what, impl, value, unit, times=None, note=""):
         sp = spread(times) if times else 0.0
-        self.rows.append(dict(arch=arch, section=section, what=what, impl=impl, value=value, unit=unit,
-                              spread=sp, note=note))
+        self.rows.append(
+            dict(
+                arch=arch, section=section, what=what, impl=impl, value=value, unit=unit, spread=sp, note=note
+            )
+        )
         flag = " NOISY" if sp > NOISY else ""
-        print(f"  {arch:6} {section:8} {what:34} {impl:30} {value:10.2f} {unit:8} "
-              f"(spread {sp:4.0%}{flag}) {note}", flush=True)
+        print(
+            f"  {arch:6} {section:8} {what:34} {impl:30} {value:10.2f} {unit:8} "
+            f"(spread {sp:4.0%}{flag}) {note}",
+            flush=True,
+        )
 
     def table(self) -> None:
         """Each figure beside mlx-lm's, the ratio and the limit, as a Markdown table."""
@@ -131,8 +137,11 @@ class Rows:
                 best = pick(theirs, key=lambda r: r["value"])
             ratio = f"{o['value'] / best['value']:.2f}x" if best else "—"
             lim = f"{limit[0]['note']}" if limit else "—"
-            print(f"| {arch + ' ' + section + ' ' + what:44} | {fmt(o):>16} | "
-                  f"{fmt(best) if best else '—':>16} | {ratio:>6} | {lim} |", flush=True)
+            print(
+                f"| {arch + ' ' + section + ' ' + what:44} | {fmt(o):>16} | "
+                f"{fmt(best) if best else '—':>16} | {ratio:>6} | {lim} |",
+                flush=True,
+            )
 
 
 def bench_inference(cfg, args, rows: Rows, sections):
@@ -176,13 +185,29 @@ def bench_inference(cfg, args, rows: Rows, sections):
         times = round_robin(fns, args.repeats)
         sgemm_times = times.pop("sgemm")
         gflops = 2 * n * cfg.d_model * cfg.d_in_proj / min(sgemm_times) / 1e9
-        rows.add(arch, "prefill", f"L={n} (tok/s)", "sgemm", gflops, "GFLOP/s", sgemm_times,
-                 note=f"sgemm {gflops:.1f} GFLOP/s = {gflops * 1e9 / (2 * body):.1f} tok/s")
+        rows.add(
+            arch,
+            "prefill",
+            f"L={n} (tok/s)",
+            "sgemm",
+            gflops,
+            "GFLOP/s",
+            sgemm_times,
+            note=f"sgemm {gflops:.1f} GFLOP/s = {gflops * 1e9 / (2 * body):.1f} tok/s",
+        )
         for impl, ts in times.items():
             t = min(ts)
             flops = 2 * n * (body + (head if "all logits" in impl else 0))
-            rows.add(arch, "prefill", f"L={n} (tok/s)", impl, n / t, "tok/s", ts,
-                     f"matmuls at {flops / t / 1e9 / gflops:.0%} of sgemm")
+            rows.add(
+                arch,
+                "prefill",
+                f"L={n} (tok/s)",
+                impl,
+                n / t,
+                "tok/s",
+                ts,
+                f"matmuls at {flops / t / 1e9 / gflops:.0%} of sgemm",
+            )
     if "decode" not in sections:
         return
 
@@ -221,8 +246,16 @@ def bench_inference(cfg, args, rows: Rows, sections):
     copy_times = decode_times.pop("copy")
     bw = 2 * src.nbytes / min(copy_times)
     limit = bw / weight_bytes
-    rows.add(arch, "decode", "batch 1 (tok/s)", "copy", bw / 1e9, "GB/s", copy_times,
-             note=f"copy {bw / 1e9:.1f} GB/s / {weight_bytes / 1e6:.0f} MB = {limit:.1f} tok/s")
+    rows.add(
+        arch,
+        "decode",
+        "batch 1 (tok/s)",
+        "copy",
+        bw / 1e9,
+        "GB/s",
+        copy_times,
+        note=f"copy {bw / 1e9:.1f} GB/s / {weight_bytes / 1e6:.0f} MB = {limit:.1f} tok/s",
+    )
     for impl, ts in decode_times.items():
         tps = args.decode / min(ts)
         rows.add(arch, "decode", "batch 1 (tok/s)", impl, tps, "tok/s", ts, f"{tps / limit:.0%} of limit")
@@ -238,6 +271,7 @@ def bench_train(arch, args, rows: Rows):
     tokens = args.train_batch * args.train_len
     fns = {}
     for name, model in (("mamba-core", ours), ("mlx-lm", theirs)):
+
         def loss_fn(m):
             return nn.losses.cross_entropy(m(inputs), targets).mean()
 
@@ -252,8 +286,15 @@ def bench_train(arch, args, rows: Rows):
         fns[name] = train_step
     times = round_robin(fns, args.train_repeats)
     for name, ts in times.items():
-        rows.add(arch, "train", f"B={args.train_batch} L={args.train_len} d=256x4 (tok/s)", name,
-                 tokens / min(ts), "tok/s", ts)
+        rows.add(
+            arch,
+            "train",
+            f"B={args.train_batch} L={args.train_len} d=256x4 (tok/s)",
+            name,
+            tokens / min(ts),
+            "tok/s",
+            ts,
+        )
 
 
 def _child(*argv) -> dict | None:
@@ -286,8 +327,15 @@ def bench_memory(arch, args, rows: Rows):
         for impl in ("mamba-core", "mlx-lm"):
             r = _child("--_memory-child", impl, arch, str(length), str(args.mem_batch), str(args.train_vocab))
             if r is not None:
-                rows.add(arch, "memory", f"train step B={args.mem_batch} L={length} (MiB)", impl,
-                         r["peak"] / 2**20, "MiB", note=f"step {r['time']:.1f}s")
+                rows.add(
+                    arch,
+                    "memory",
+                    f"train step B={args.mem_batch} L={length} (MiB)",
+                    impl,
+                    r["peak"] / 2**20,
+                    "MiB",
+                    note=f"step {r['time']:.1f}s",
+                )
 
 
 def _long_child(arch: str, length: int, chunk: int, layers: int) -> dict:
@@ -305,9 +353,15 @@ def _long_child(arch: str, length: int, chunk: int, layers: int) -> dict:
 def bench_long(arch, args, rows: Rows):
     r = _child("--_long-child", arch, str(args.long_prompt), str(args.long_chunk), str(args.layers))
     if r is not None:
-        rows.add(arch, "long", f"prefill L={args.long_prompt} chunk {args.long_chunk} (tok/s)",
-                 "mamba-core", args.long_prompt / r["time"], "tok/s",
-                 note=f"{r['time']:.0f}s, peak memory {r['peak'] / 2**30:.2f} GiB (weights included)")
+        rows.add(
+            arch,
+            "long",
+            f"prefill L={args.long_prompt} chunk {args.long_chunk} (tok/s)",
+            "mamba-core",
+            args.long_prompt / r["time"],
+            "tok/s",
+            note=f"{r['time']:.0f}s, peak memory {r['peak'] / 2**30:.2f} GiB (weights included)",
+        )
 
 
 def main(argv=None) -> int:
@@ -329,8 +383,11 @@ def main(argv=None) -> int:
     p.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
     p.add_argument("--skip-train", action="store_true", help="drop the train and memory sections")
     p.add_argument("--skip-inference", action="store_true", help="drop prefill, decode and long")
-    p.add_argument("--quick", action="store_true",
-                   help="prompt 32, decode 8, train L 128, memory at L 256 and 1024, long prompt 1024")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="prompt 32, decode 8, train L 128, memory at L 256 and 1024, long prompt 1024",
+    )
     p.add_argument("--_memory-child", nargs=5, help=argparse.SUPPRESS)
     p.add_argument("--_long-child", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -353,8 +410,10 @@ def main(argv=None) -> int:
         sections -= {"prefill", "decode", "long"}
     import mlx_lm
 
-    print(f"# mlx {mx.__version__}, mlx-lm {mlx_lm.__version__}, device {mx.default_device()}, "
-          f"{platform.machine()} {sys.platform}, dtype {args.dtype}")
+    print(
+        f"# mlx {mx.__version__}, mlx-lm {mlx_lm.__version__}, device {mx.default_device()}, "
+        f"{platform.machine()} {sys.platform}, dtype {args.dtype}"
+    )
     archs = ("mamba1", "mamba2") if args.arch == "both" else (args.arch,)
     for arch in archs:
         rows = Rows()

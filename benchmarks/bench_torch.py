@@ -72,15 +72,18 @@ def spread(times) -> float:
     return (max(times) - min(times)) / min(times) if len(times) > 1 else 0.0
 
 
-def report(section: str, arch: str, impl: str, what: str, value: float, unit: str, extra="",
-           times=None):
+def report(section: str, arch: str, impl: str, what: str, value: float, unit: str, extra="", times=None):
     sp = spread(times) if times else 0.0
     noisy = " NOISY" if sp > NOISY else ""
-    row = dict(section=section, arch=arch, impl=impl, what=what, value=value, unit=unit,
-               extra=extra, spread=sp)
+    row = dict(
+        section=section, arch=arch, impl=impl, what=what, value=value, unit=unit, extra=extra, spread=sp
+    )
     ROWS.append(row)
-    print(f"{section:8s} {arch:7s} {impl:9s} {what:22s} {value:10.2f} {unit:8s} "
-          f"(spread {sp:4.0%}{noisy}) {extra}", flush=True)
+    print(
+        f"{section:8s} {arch:7s} {impl:9s} {what:22s} {value:10.2f} {unit:8s} "
+        f"(spread {sp:4.0%}{noisy}) {extra}",
+        flush=True,
+    )
 
 
 def _interleaved(fns: dict, reps: int) -> dict:
@@ -132,8 +135,7 @@ def build(impl: str, arch: str, cfg, *, train: bool = False):
 
             def step(tok):
                 out = m(tok[:, None], cache_params=state["cache"], use_cache=True)
-                state["cache"] = out.cache_params if hasattr(out, "cache_params") else (
-                    out.past_key_values)
+                state["cache"] = out.cache_params if hasattr(out, "cache_params") else (out.past_key_values)
                 return out.logits[:, -1]
 
             return step
@@ -148,8 +150,7 @@ def build(impl: str, arch: str, cfg, *, train: bool = False):
         class MambapyLM(torch.nn.Module):
             def __init__(self):
                 super().__init__()
-                mc = MambaConfig(d_model=cfg.d_model, n_layers=cfg.n_layer, d_state=cfg.d_state,
-                                 pscan=True)
+                mc = MambaConfig(d_model=cfg.d_model, n_layers=cfg.n_layer, d_state=cfg.d_state, pscan=True)
                 self.embedding = torch.nn.Embedding(cfg.vocab_size_padded, cfg.d_model)
                 self.mamba = Mamba(mc)
                 self.norm_f = torch.nn.RMSNorm(cfg.d_model, eps=1e-5)
@@ -161,8 +162,9 @@ def build(impl: str, arch: str, cfg, *, train: bool = False):
 
             def decoder(self, batch):
                 e, n, k = 2 * cfg.d_model, cfg.d_state, cfg.d_conv
-                caches = [(torch.zeros(batch, e, n), torch.zeros(batch, e, k - 1))
-                          for _ in range(cfg.n_layer)]
+                caches = [
+                    (torch.zeros(batch, e, n), torch.zeros(batch, e, k - 1)) for _ in range(cfg.n_layer)
+                ]
 
                 def step(tok):
                     nonlocal caches
@@ -218,10 +220,18 @@ def bench_machine(args) -> None:
     copy, nbytes = copy_probe()
     square, flops = sgemm_probe(2048, 2048, 2048)
     times = _interleaved({"copy": copy, "sgemm": square}, reps)
-    report("machine", "-", "copy", "copy 256 MB", nbytes / min(times["copy"]) / 1e9, "GB/s",
-           times=times["copy"])
-    report("machine", "-", "sgemm", "sgemm 2048^3", flops / min(times["sgemm"]) / 1e9, "GFLOP/s",
-           times=times["sgemm"])
+    report(
+        "machine", "-", "copy", "copy 256 MB", nbytes / min(times["copy"]) / 1e9, "GB/s", times=times["copy"]
+    )
+    report(
+        "machine",
+        "-",
+        "sgemm",
+        "sgemm 2048^3",
+        flops / min(times["sgemm"]) / 1e9,
+        "GFLOP/s",
+        times=times["sgemm"],
+    )
 
 
 def _weight_bytes(model) -> int:
@@ -254,15 +264,30 @@ def bench_prefill(args):
             sgemm_times = times.pop(("sgemm", "limit"))
             peak = sgemm_flops / min(sgemm_times) / 1e9
             limit = peak * 1e9 / (2 * n_params)  # tok/s if every parameter ran at the sgemm rate
-            report("prefill", arch, "sgemm", f"in_proj matmul L={seqlen}", peak, "GFLOP/s",
-                   f"({seqlen}x{cfg.d_model})@({cfg.d_model}x{cfg.d_in_proj}); "
-                   f"all params at this rate = {limit:.0f} tok/s", times=sgemm_times)
+            report(
+                "prefill",
+                arch,
+                "sgemm",
+                f"in_proj matmul L={seqlen}",
+                peak,
+                "GFLOP/s",
+                f"({seqlen}x{cfg.d_model})@({cfg.d_model}x{cfg.d_in_proj}); "
+                f"all params at this rate = {limit:.0f} tok/s",
+                times=sgemm_times,
+            )
             for (impl, what), ts in times.items():
                 t = min(ts)
                 flops = 2 * (n_params - (head if what == "prefill" else 0)) * seqlen
-                report("prefill", arch, impl, f"{what} L={seqlen}", seqlen / t, "tok/s",
-                       f"{t:.2f}s; matmul {flops / t / 1e9:.0f} GFLOP/s = "
-                       f"{flops / t / 1e9 / peak:.0%} of sgemm", times=ts)
+                report(
+                    "prefill",
+                    arch,
+                    impl,
+                    f"{what} L={seqlen}",
+                    seqlen / t,
+                    "tok/s",
+                    f"{t:.2f}s; matmul {flops / t / 1e9:.0f} GFLOP/s = {flops / t / 1e9 / peak:.0%} of sgemm",
+                    times=ts,
+                )
         del built
 
 
@@ -295,14 +320,28 @@ def bench_decode(args):
             copy_times = times.pop("copy")
             bw = nbytes / min(copy_times)
             limit = bw / weight_bytes  # steps/s if a step only read its weights once
-            report("decode", arch, "copy", f"bandwidth batch={batch}", bw / 1e9, "GB/s",
-                   f"/ {weight_bytes / 1e6:.0f} MB of weights = limit {limit:.1f} steps/s",
-                   times=copy_times)
+            report(
+                "decode",
+                arch,
+                "copy",
+                f"bandwidth batch={batch}",
+                bw / 1e9,
+                "GB/s",
+                f"/ {weight_bytes / 1e6:.0f} MB of weights = limit {limit:.1f} steps/s",
+                times=copy_times,
+            )
             for impl, ts in times.items():
                 t = min(ts) / steps
-                report("decode", arch, impl, f"batch={batch}", batch / t, "tok/s",
-                       f"{1 / t:.1f} steps/s = {1 / t / limit:.0%} of bandwidth limit "
-                       f"{limit:.1f} steps/s", times=ts)
+                report(
+                    "decode",
+                    arch,
+                    impl,
+                    f"batch={batch}",
+                    batch / t,
+                    "tok/s",
+                    f"{1 / t:.1f} steps/s = {1 / t / limit:.0%} of bandwidth limit {limit:.1f} steps/s",
+                    times=ts,
+                )
         del built
 
 
@@ -395,8 +434,16 @@ def bench_train(args):
             if not times[impl]:
                 continue
             t = min(times[impl])
-            report("train", arch, impl, "step (4x1024 tok)", 4 * 1024 / t, "tok/s",
-                   f"{t:.2f}s/step, peak {peaks[impl] / 2**30:.2f} GiB", times=times[impl])
+            report(
+                "train",
+                arch,
+                impl,
+                "step (4x1024 tok)",
+                4 * 1024 / t,
+                "tok/s",
+                f"{t:.2f}s/step, peak {peaks[impl] / 2**30:.2f} GiB",
+                times=times[impl],
+            )
             ROWS[-1]["peak_gib"] = peaks[impl] / 2**30
 
 
@@ -406,9 +453,16 @@ def bench_long(args):
         r = _child("--_long-child", arch, str(length), str(args.long_chunk))
         if r is None:
             continue
-        report("long", arch, "ours", f"prefill L={length}", length / r["time"], "tok/s",
-               f"{r['time']:.1f}s, chunk {args.long_chunk}; peak RSS {r['peak'] / 2**30:.2f} GiB "
-               f"(weights {r['weights'] / 2**30:.2f} GiB)")
+        report(
+            "long",
+            arch,
+            "ours",
+            f"prefill L={length}",
+            length / r["time"],
+            "tok/s",
+            f"{r['time']:.1f}s, chunk {args.long_chunk}; peak RSS {r['peak'] / 2**30:.2f} GiB "
+            f"(weights {r['weights'] / 2**30:.2f} GiB)",
+        )
         ROWS[-1]["peak_gib"] = r["peak"] / 2**30
 
 
@@ -444,22 +498,34 @@ def summary() -> None:
         peers = [by[p]["value"] for p in PEERS if p in by]
         ratio = f"{ours['value'] / max(peers):.2f}x" if ours and peers else "—"
         key = (arch, what.split()[-1])
-        print(f"| {arch} {section} {what} ({unit}) | {cell(ours)} | "
-              + " | ".join(cell(by.get(p)) for p in PEERS) + f" | {ratio} | {limits.get(key, '—')} |")
+        print(
+            f"| {arch} {section} {what} ({unit}) | {cell(ours)} | "
+            + " | ".join(cell(by.get(p)) for p in PEERS)
+            + f" | {ratio} | {limits.get(key, '—')} |"
+        )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true",
-                   help="fewer repeats; no L=2048 prefill; long prompt 4096 tokens")
-    p.add_argument("--only", default="machine,prefill,decode,train,long",
-                   help="comma list of sections: machine, prefill, decode, train, long")
-    p.add_argument("--long-prompt", type=int, default=None,
-                   help="tokens of the long-prompt prefill (default 65536; 4096 with --quick)")
+    p.add_argument(
+        "--quick", action="store_true", help="fewer repeats; no L=2048 prefill; long prompt 4096 tokens"
+    )
+    p.add_argument(
+        "--only",
+        default="machine,prefill,decode,train,long",
+        help="comma list of sections: machine, prefill, decode, train, long",
+    )
+    p.add_argument(
+        "--long-prompt",
+        type=int,
+        default=None,
+        help="tokens of the long-prompt prefill (default 65536; 4096 with --quick)",
+    )
     p.add_argument("--long-chunk", type=int, default=2048, help="chunk_size of the long prefill")
     p.add_argument("--arch", default="mamba1,mamba2", help="comma list: mamba1, mamba2")
-    p.add_argument("--impl", default="ours,hf,hf-pscan,mambapy",
-                   help="comma list: ours, hf, hf-pscan, mambapy")
+    p.add_argument(
+        "--impl", default="ours,hf,hf-pscan,mambapy", help="comma list: ours, hf, hf-pscan, mambapy"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--_train-child", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--_long-child", nargs=3, help=argparse.SUPPRESS)
@@ -478,8 +544,11 @@ def main() -> None:
     args.impl_explicit = "--impl" in sys.argv
     args.impl = args.impl.split(",")
     sections = args.only.split(",")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{os.cpu_count()} CPUs; float32; random weights", flush=True)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} CPUs; float32; random weights",
+        flush=True,
+    )
     if "machine" in sections:
         bench_machine(args)
     if "prefill" in sections:

@@ -71,31 +71,63 @@ def _check(ours, theirs, args, wy, ws, names):
 def test_mamba1_custom_vjp(length, chunk):
     b, e, n = 2, 3, 4
     u, delta, B, C, z, a_log, D, bias, h0, wy, ws = _arrays(
-        length, (b, length, e), (b, length, e), (b, length, n), (b, length, n), (b, length, e), (e, n),
-        (e,), (e,), (b, e, n), (b, length, e), (b, e, n))
+        length,
+        (b, length, e),
+        (b, length, e),
+        (b, length, n),
+        (b, length, n),
+        (b, length, e),
+        (e, n),
+        (e,),
+        (e,),
+        (b, e, n),
+        (b, length, e),
+        (b, e, n),
+    )
     args = [u, delta, -mx.exp(a_log), B, C, D, z, bias, h0]
     names = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias", "initial_state"]
 
     def ours(u, delta, A, B, C, D, z, bias, h0):
-        return scan.selective_scan_chunked(u, delta, A, B, C, D=D, z=z, delta_bias=bias,
-                                           delta_softplus=True, initial_state=h0, chunk_size=chunk)
+        return scan.selective_scan_chunked(
+            u,
+            delta,
+            A,
+            B,
+            C,
+            D=D,
+            z=z,
+            delta_bias=bias,
+            delta_softplus=True,
+            initial_state=h0,
+            chunk_size=chunk,
+        )
 
     _check(ours, _mamba1_loop, args, wy, ws, names)
 
 
-@pytest.mark.parametrize(("length", "q", "g", "h"),
-                         [(37, 8, 2, 4), (5, 8, 1, 2), (12, 4, 3, 6), (1, 4, 2, 4)])
+@pytest.mark.parametrize(
+    ("length", "q", "g", "h"), [(37, 8, 2, 4), (5, 8, 1, 2), (12, 4, 3, 6), (1, 4, 2, 4)]
+)
 def test_ssd_custom_vjp(length, q, g, h):
     b, p, n = 2, 3, 5
     x, dt, B, C, a_log, D, bias, h0, wy, ws = _arrays(
-        length, (b, length, h, p), (b, length, h), (b, length, g, n), (b, length, g, n), (h,), (h,),
-        (h,), (b, h, p, n), (b, length, h, p), (b, h, p, n))
+        length,
+        (b, length, h, p),
+        (b, length, h),
+        (b, length, g, n),
+        (b, length, g, n),
+        (h,),
+        (h,),
+        (h,),
+        (b, h, p, n),
+        (b, length, h, p),
+        (b, h, p, n),
+    )
     args = [x, dt, -mx.exp(a_log), B, C, D, bias, h0]
     names = ["x", "dt", "A", "B", "C", "D", "dt_bias", "initial_state"]
 
     def ours(x, dt, A, B, C, D, bias, h0):
-        return scan.ssd_chunked_scan(x, dt, A, B, C, q, D=D, dt_bias=bias, dt_softplus=True,
-                                     initial_state=h0)
+        return scan.ssd_chunked_scan(x, dt, A, B, C, q, D=D, dt_bias=bias, dt_softplus=True, initial_state=h0)
 
     _check(ours, _ssd_loop, args, wy, ws, names)
 
@@ -103,8 +135,7 @@ def test_ssd_custom_vjp(length, q, g, h):
 def test_backward_keeps_only_entry_states():
     """The custom functions hand their VJPs one state per segment / chunk, nothing (B, L, ...)-sized."""
     b, length, e, n = 1, 200, 4, 3
-    dt, du, B, C, h0 = _arrays(0, (b, length, e), (b, length, e), (b, length, n), (b, length, n),
-                               (b, e, n))
+    dt, du, B, C, h0 = _arrays(0, (b, length, e), (b, length, e), (b, length, n), (b, length, n), (b, e, n))
     seg = scan._segment_len(8)
     _, _, entries = scan._mamba1_scan(length, seg, 8)(mx.abs(dt), du, B, C, -mx.ones((e, n)), h0)
     assert entries.shape == (-(-length // seg), b, e, n)

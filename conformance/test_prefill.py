@@ -73,8 +73,9 @@ def test_generate_prefills_in_chunks(target, monkeypatch):
     prompt = [[(7 * i) % model.config.vocab_size for i in range(10)]]
     expected = mod.to_numpy(model.generate(prompt, 4))
     prefill_module = __import__(f"mamba_core.backends.{target.backend}.prefill", fromlist=["x"])
-    monkeypatch.setattr(prefill_module.prefill, "__kwdefaults__",
-                        {**prefill_module.prefill.__kwdefaults__, "chunk_size": 3})
+    monkeypatch.setattr(
+        prefill_module.prefill, "__kwdefaults__", {**prefill_module.prefill.__kwdefaults__, "chunk_size": 3}
+    )
     calls = []
     forward = type(model.backbone).__call__
 

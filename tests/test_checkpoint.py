@@ -247,8 +247,9 @@ def test_quantized_mlx_tensors_are_named():
     tensors = infos(CFG1, "mlx-lm", mlx=True)
     tensors["backbone.layers.0.mixer.in_proj.scales"] = (64, 1)
     tensors["backbone.layers.0.mixer.in_proj.biases"] = (64, 1)
-    with pytest.raises(CheckpointError,
-                       match=r"in_proj\.biases.*MLX quantization parameters.*no 'quantization'"):
+    with pytest.raises(
+        CheckpointError, match=r"in_proj\.biases.*MLX quantization parameters.*no 'quantization'"
+    ):
         _plan(CFG1, "mlx-lm", tensors)
 
 

@@ -19,9 +19,11 @@ M2 = Mamba2Config(d_model=16, n_layer=2, vocab_size=20, d_state=4, headdim=8)
 
 
 def test_every_kind_has_a_reference_and_relative_rows():
-    assert set(KINDS) == set(REFERENCE_KINDS) == {
-        "mamba1", "mamba2", "mamba3", "gated_mlp", "attention", "mlp", "moe"
-    }
+    assert (
+        set(KINDS)
+        == set(REFERENCE_KINDS)
+        == {"mamba1", "mamba2", "mamba3", "gated_mlp", "attention", "mlp", "moe"}
+    )
     for kind in KINDS.values():
         assert all(not p.name.startswith("backbone.") and "{i}" not in p.name for p in kind.rows)
     assert KINDS["gated_mlp"].slot == "mlp"
@@ -41,8 +43,11 @@ def test_one_kind_models_compose_to_their_table(cfg):
     table = [p.name.format(i=i) for i in range(cfg.n_layer) for p in LAYOUTS[cfg.arch] if "{i}" in p.name]
     present = [n for n in table if n in names]
     assert names[: len(present)] == present  # per layer: block rows, then the kind's rows
-    assert set(names) - set(present) <= {"backbone.embedding.weight", "backbone.norm_f.weight",
-                                         "lm_head.weight"}
+    assert set(names) - set(present) <= {
+        "backbone.embedding.weight",
+        "backbone.norm_f.weight",
+        "lm_head.weight",
+    }
     plan = cache_plan(cfg, 2)
     assert len(plan) == cfg.n_layer and all(list(p) == ["conv_state", "ssm_state"] for p in plan)
 
@@ -100,8 +105,12 @@ def test_a_hybrid_composes_per_kind_with_each_kinds_own_config():
     assert "backbone.layers.3.mixer.latent_in.weight" not in specs
     assert kind_config(cfg, "moe") == cfg.moe
     plan = cache_plan(cfg, 3)
-    assert plan[1] == {"k": ((3, 2, 0, 8), "model"), "v": ((3, 2, 0, 8), "model"),
-                       "key_mask": ((3, 0), "bool"), "length": ((3,), "int64")}
+    assert plan[1] == {
+        "k": ((3, 2, 0, 8), "model"),
+        "v": ((3, 2, 0, 8), "model"),
+        "key_mask": ((3, 0), "bool"),
+        "length": ((3,), "int64"),
+    }
     assert plan[3] == plan[4] == {}
     w = R.init_weights(cfg, np.random.default_rng(0))
     assert {k: v.shape for k, v in w.items()} == {k: s.shape for k, s in specs.items()}

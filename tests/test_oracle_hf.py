@@ -34,9 +34,7 @@ SEQLEN = 37  # not a multiple of the Mamba-2 chunk size (16)
 
 CASES = {
     "mamba1-tied": Mamba1Config(d_model=48, n_layer=2, vocab_size=100, d_state=16),
-    "mamba1-untied": Mamba1Config(
-        d_model=32, n_layer=2, vocab_size=100, d_state=8, tie_embeddings=False
-    ),
+    "mamba1-untied": Mamba1Config(d_model=32, n_layer=2, vocab_size=100, d_state=8, tie_embeddings=False),
     "mamba2-untied": Mamba2Config(
         d_model=64,
         n_layer=2,
@@ -79,9 +77,7 @@ def _hf_model(cfg, weights):
     if cfg.arch == "mamba2":
         assert hf_cfg.n_groups == cfg.ngroups and hf_cfg.num_heads == cfg.nheads
     assert hf_cfg.tie_word_embeddings == cfg.tie_embeddings
-    model_cls = (
-        transformers.MambaForCausalLM if cfg.arch == "mamba1" else transformers.Mamba2ForCausalLM
-    )
+    model_cls = transformers.MambaForCausalLM if cfg.arch == "mamba1" else transformers.Mamba2ForCausalLM
     torch.manual_seed(0)
     model = model_cls(hf_cfg).double().eval()
     state = {}

@@ -287,8 +287,17 @@ def plan_load(
     else:
         tied_duplicate = match.tied_duplicate(task_layout(config, task)["backbone.embedding.weight"])
     match.raise_if_wrong()
-    return LoadPlan(config, dialect, tuple(entries), tied_duplicate, _dominant_dtype(entries, quantized),
-                    task=task, absent=absent, quantization=quantization, quantized_entries=tuple(quantized))
+    return LoadPlan(
+        config,
+        dialect,
+        tuple(entries),
+        tied_duplicate,
+        _dominant_dtype(entries, quantized),
+        task=task,
+        absent=absent,
+        quantization=quantization,
+        quantized_entries=tuple(quantized),
+    )
 
 
 def _planned_specs(config, task: Task, source_task: Task, match: _Matcher):
@@ -368,8 +377,19 @@ class _Matcher:
             if info.dtype not in FLOAT_DTYPES:
                 self.mismatched.append((part.hf_name, "a float tensor", f"dtype {info.dtype}"))
                 continue
-            out.append(LoadEntry(canonical, part.hf_name, info.file, spec.shape, part.axes, spec.dtype_policy,
-                                 info.dtype, part.expert, part.rows))
+            out.append(
+                LoadEntry(
+                    canonical,
+                    part.hf_name,
+                    info.file,
+                    spec.shape,
+                    part.axes,
+                    spec.dtype_policy,
+                    info.dtype,
+                    part.expert,
+                    part.rows,
+                )
+            )
         return out
 
     def has(self, canonical: str) -> bool:
@@ -430,8 +450,9 @@ class _Matcher:
                     self.missing.append(f"{name}.{part}")
                     continue
                 self.used.add(info.name)
-                entry = LoadEntry(f"{path}.{part}", info.name, info.file, tuple(info.shape), None, "stored",
-                                  info.dtype)
+                entry = LoadEntry(
+                    f"{path}.{part}", info.name, info.file, tuple(info.shape), None, "stored", info.dtype
+                )
                 out.append(entry)
         return out
 
@@ -451,14 +472,16 @@ class _Matcher:
             got = str(tuple(info.shape))
             self.mismatched.append(("lm_head.weight", embedding_spec.describe_shape(), got))
             return None
-        return LoadEntry("lm_head.weight", "lm_head.weight", info.file, embedding_spec.shape, None, "model",
-                         info.dtype)
+        return LoadEntry(
+            "lm_head.weight", "lm_head.weight", info.file, embedding_spec.shape, None, "model", info.dtype
+        )
 
     def raise_if_wrong(self) -> None:
         unexpected = sorted(set(self.tensors) - self.used)
         if unexpected or self.missing or self.mismatched:
-            _raise_plan_error(self.config, self.dialect, self.missing, unexpected, self.mismatched,
-                              self.hints)
+            _raise_plan_error(
+                self.config, self.dialect, self.missing, unexpected, self.mismatched, self.hints
+            )
 
 
 def _raise_plan_error(config, dialect, missing, unexpected, mismatched, hints) -> None:

@@ -181,8 +181,9 @@ class Mamba1Config(_LMConfig):
                 field="mixer_rms_eps",
             )
         if self.mixer_rms_weights not in (False, True):
-            raise ConfigError(f"mixer_rms_weights must be a bool, got {self.mixer_rms_weights!r}",
-                              field="mixer_rms_weights")
+            raise ConfigError(
+                f"mixer_rms_weights must be a bool, got {self.mixer_rms_weights!r}", field="mixer_rms_weights"
+            )
         if self.mixer_rms_weights and eps is None:
             raise ConfigError(
                 "mixer_rms_weights=True needs the norms' epsilon: set mixer_rms_eps (Jamba: rms_norm_eps)",

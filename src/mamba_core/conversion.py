@@ -95,8 +95,15 @@ def convert(
 
         if quantize is not None:
             raise CheckpointError("to='gguf' quantizes with gguf_type ('Q8_0'), not quantize=")
-        return convert_to_gguf(src, dst, gguf_type=gguf_type or "F16", force=force, backend=backend,
-                               revision=revision, dialect=dialect)
+        return convert_to_gguf(
+            src,
+            dst,
+            gguf_type=gguf_type or "F16",
+            force=force,
+            backend=backend,
+            revision=revision,
+            dialect=dialect,
+        )
     if to not in CHECKPOINT_DIALECTS:
         raise CheckpointError(
             f"unknown target dialect {to!r}; expected one of {CHECKPOINT_DIALECTS} (or 'canonical')"
@@ -112,7 +119,12 @@ def convert(
     plan = plan_checkpoint(src_path, dialect=dialect, backend=module)
     log.info(
         "converting %s (%s, %s) to %s (%s) with the %s backend",
-        src_path, plan.dialect, plan.checkpoint_dtype, dst, to, name,
+        src_path,
+        plan.dialect,
+        plan.checkpoint_dtype,
+        dst,
+        to,
+        name,
     )
     model = module.load_checkpoint(plan, dtype=dtype, device="cpu")
     if quantize is not None:
@@ -127,6 +139,15 @@ def convert(
     copy = tuple(src_dir / f for f in TOKENIZER_FILES if (src_dir / f).is_file())
     if not copy:
         log.info("%s has no tokenizer files to copy along", src_dir)
-    return write_checkpoint(module, tensors, plan.config, dst, dialect=to, force=force,
-                            shard_size=shard_size, copy_files=copy, desc=f"convert -> {to}",
-                            config_extra=config_extra)
+    return write_checkpoint(
+        module,
+        tensors,
+        plan.config,
+        dst,
+        dialect=to,
+        force=force,
+        shard_size=shard_size,
+        copy_files=copy,
+        desc=f"convert -> {to}",
+        config_extra=config_extra,
+    )

@@ -37,10 +37,12 @@ _HEAD = (
 
 def _one_kind_table(kind_name: str) -> tuple[Param, ...]:
     kind = KINDS[kind_name]
-    layer = tuple(Param(LAYER + r.name, r.shape, r.dtype_policy, r.mlx_axes, r.when)
-                  for r in BLOCK_ROWS[kind.slot])
-    rows = tuple(Param(f"{LAYER}{kind.slot}.{r.name}", r.shape, r.dtype_policy, r.mlx_axes, r.when)
-                 for r in kind.rows)
+    layer = tuple(
+        Param(LAYER + r.name, r.shape, r.dtype_policy, r.mlx_axes, r.when) for r in BLOCK_ROWS[kind.slot]
+    )
+    rows = tuple(
+        Param(f"{LAYER}{kind.slot}.{r.name}", r.shape, r.dtype_policy, r.mlx_axes, r.when) for r in kind.rows
+    )
     return layer + rows + _HEAD
 
 
@@ -70,9 +72,7 @@ DIALECT_AXES: dict[str, bool] = {
 CHECKPOINT_DIALECTS = tuple(DIALECT_RENAMES)
 
 # Decode cache of the one-kind models (docs/spec.md §3.6, §4.7): field -> (shape terms, dtype policy).
-CACHE_LAYOUT = {
-    name: {f.name: (f.shape, f.dtype_policy) for f in kind.cache} for name, kind in KINDS.items()
-}
+CACHE_LAYOUT = {name: {f.name: (f.shape, f.dtype_policy) for f in kind.cache} for name, kind in KINDS.items()}
 
 
 @dataclass(frozen=True)

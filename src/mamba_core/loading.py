@@ -245,8 +245,9 @@ def plan_checkpoint(
     if dialect is None:
         dialect = checkpoint_dialect(parsed.dialect, metadata)
     quantization = _quantization_plan(files, parsed.config, dialect, tensors)
-    return plan_load(parsed.config, dialect, tensors, task=target, source_task=source_task,
-                     quantization=quantization)
+    return plan_load(
+        parsed.config, dialect, tensors, task=target, source_task=source_task, quantization=quantization
+    )
 
 
 def _quantization_plan(files: CheckpointFiles, config, dialect: str, tensors: dict[str, TensorInfo]):
@@ -273,8 +274,11 @@ def _read_config(files: CheckpointFiles, task, num_labels, pooling):
             source_task, config = Task.from_dict(config)
         parsed = parse_config(config)
         if source_task.kind != "lm" and parsed.dialect != "mamba-core":
-            raise ConfigError(f"'task' {source_task.kind!r} is a key of mamba-core configs, not of the "
-                              f"{parsed.dialect!r} dialect", field="task")
+            raise ConfigError(
+                f"'task' {source_task.kind!r} is a key of mamba-core configs, not of the "
+                f"{parsed.dialect!r} dialect",
+                field="task",
+            )
         target = resolve_task(task, num_labels, pooling, source_task)
     except ConfigError as e:
         raise ConfigError(f"{config_path!r}: {e}", field=e.field) from e
@@ -364,8 +368,9 @@ def load(
     if choice.auto:
         log.info("backend='auto' picked %r (%s)", choice.name, choice.why)
     module = get_backend(choice.name)
-    plan = plan_checkpoint(path, dialect=dialect, backend=module, task=task, num_labels=num_labels,
-                           pooling=pooling)
+    plan = plan_checkpoint(
+        path, dialect=dialect, backend=module, task=task, num_labels=num_labels, pooling=pooling
+    )
     if plan.absent:
         log.warning("%s: not in the checkpoint, newly initialized: %s", path, ", ".join(plan.absent))
     model = module.load_checkpoint(plan, dtype=dtype, device=device)
@@ -440,9 +445,18 @@ def save(
     task = module.task_of(model)
     tensors = module.export_tensors(model, dialect=dialect)
     copy_files, extra = tokenizer_files(tokenizer)
-    return write_checkpoint(module, tensors, model.config, path, dialect=dialect, force=force,
-                            shard_size=shard_size, copy_files=copy_files, extra_files=extra,
-                            config_extra={**task.to_dict(), **quantization_config(model, dialect)})
+    return write_checkpoint(
+        module,
+        tensors,
+        model.config,
+        path,
+        dialect=dialect,
+        force=force,
+        shard_size=shard_size,
+        copy_files=copy_files,
+        extra_files=extra,
+        config_extra={**task.to_dict(), **quantization_config(model, dialect)},
+    )
 
 
 def _backend_of(model) -> str:

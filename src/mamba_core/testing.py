@@ -129,12 +129,27 @@ def tiny_nemotron_h(**overrides):
     from mamba_core.families.nemotron_h import NemotronHConfig
 
     base = {
-        "model_type": "nemotron_h", "hidden_size": 32, "vocab_size": 61, "hybrid_override_pattern": "M*ME-",
-        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "mamba_num_heads": 4,
-        "mamba_head_dim": 8, "n_groups": 2, "ssm_state_size": 8, "chunk_size": 16, "intermediate_size": 40,
-        "n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
-        "moe_shared_expert_intermediate_size": 24, "n_group": 2, "topk_group": 1,
-        "routed_scaling_factor": 1.5, "tie_word_embeddings": False,
+        "model_type": "nemotron_h",
+        "hidden_size": 32,
+        "vocab_size": 61,
+        "hybrid_override_pattern": "M*ME-",
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "mamba_num_heads": 4,
+        "mamba_head_dim": 8,
+        "n_groups": 2,
+        "ssm_state_size": 8,
+        "chunk_size": 16,
+        "intermediate_size": 40,
+        "n_routed_experts": 4,
+        "num_experts_per_tok": 2,
+        "moe_intermediate_size": 16,
+        "moe_shared_expert_intermediate_size": 24,
+        "n_group": 2,
+        "topk_group": 1,
+        "routed_scaling_factor": 1.5,
+        "tie_word_embeddings": False,
     }
     return NemotronHConfig.from_hf({**base, **overrides})
 
@@ -146,10 +161,22 @@ def tiny_jamba(**overrides):
     from mamba_core.families.jamba import JambaConfig
 
     base = {
-        "model_type": "jamba", "hidden_size": 32, "vocab_size": 61, "num_hidden_layers": 4,
-        "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 24, "num_experts": 4,
-        "num_experts_per_tok": 2, "expert_layer_period": 2, "expert_layer_offset": 1, "attn_layer_period": 4,
-        "attn_layer_offset": 1, "mamba_d_state": 6, "mamba_d_conv": 3, "mamba_dt_rank": 3,
+        "model_type": "jamba",
+        "hidden_size": 32,
+        "vocab_size": 61,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "intermediate_size": 24,
+        "num_experts": 4,
+        "num_experts_per_tok": 2,
+        "expert_layer_period": 2,
+        "expert_layer_offset": 1,
+        "attn_layer_period": 4,
+        "attn_layer_offset": 1,
+        "mamba_d_state": 6,
+        "mamba_d_conv": 3,
+        "mamba_dt_rank": 3,
         "tie_word_embeddings": False,
     }
     return JambaConfig.from_hf({**base, **overrides})

@@ -55,8 +55,10 @@ class MambaCache:
         model_dtype = resolve_dtype(dtype)
         with mx.stream(resolve_device(device)):
             layers = [
-                {name: mx.zeros(shape, dtype=_POLICY_DTYPES.get(policy, model_dtype))
-                 for name, (shape, policy) in fields.items()}
+                {
+                    name: mx.zeros(shape, dtype=_POLICY_DTYPES.get(policy, model_dtype))
+                    for name, (shape, policy) in fields.items()
+                }
                 for fields in cache_plan(config, batch)
             ]
         return cls(layers, 0)

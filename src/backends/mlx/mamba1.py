@@ -74,8 +74,9 @@ class Mamba1Mixer(nn.Module):
             return dt_r, Bm, Cm
         if c.mixer_rms_weights:
             return self.dt_layernorm(dt_r), self.b_layernorm(Bm), self.c_layernorm(Cm)
-        return tuple(ops.rmsnorm(t, mx.ones((t.shape[-1],), dtype=t.dtype), c.mixer_rms_eps)
-                     for t in (dt_r, Bm, Cm))
+        return tuple(
+            ops.rmsnorm(t, mx.ones((t.shape[-1],), dtype=t.dtype), c.mixer_rms_eps) for t in (dt_r, Bm, Cm)
+        )
 
     def _ssm_inputs(self, u: mx.array):
         c = self.config
@@ -87,21 +88,33 @@ class Mamba1Mixer(nn.Module):
     def __call__(self, h, conv_state=None, ssm_state=None, attention_mask=None):
         """(B, L, D) -> ``(out (B, L, D), conv_state (B, E, K), ssm_state (B, E, N) fp32)``."""
         x, z = mx.split(mask_positions(self.in_proj(h), attention_mask), 2, axis=-1)  # (B, L, E)
-        u, conv_state = ops.causal_conv1d(x, self.conv1d.weight[..., 0], self.conv1d.get("bias"),
-                                          conv_state, activation="silu")
+        u, conv_state = ops.causal_conv1d(
+            x, self.conv1d.weight[..., 0], self.conv1d.get("bias"), conv_state, activation="silu"
+        )
         u = mask_positions(u, attention_mask)  # (B, L, E)
         delta, B, C, A = self._ssm_inputs(u)
-        y, ssm_state = ops.selective_scan(u, delta, A, B, C, D=self.D, z=z,
-                                          delta_bias=self.dt_proj.bias, delta_softplus=True,
-                                          initial_state=ssm_state)
+        y, ssm_state = ops.selective_scan(
+            u,
+            delta,
+            A,
+            B,
+            C,
+            D=self.D,
+            z=z,
+            delta_bias=self.dt_proj.bias,
+            delta_softplus=True,
+            initial_state=ssm_state,
+        )
         return self.out_proj(y.astype(h.dtype)), conv_state, ssm_state
 
     def step(self, h, conv_state, ssm_state):
         """(B, D) -> ``(out (B, D), conv_state, ssm_state)``, O(1) per token (new state arrays)."""
         x, z = mx.split(project(self.in_proj, h), 2, axis=-1)  # (B, E) each
-        u, conv_state = ops.causal_conv1d_update_(x, conv_state, self.conv1d.weight[..., 0],
-                                                  self.conv1d.get("bias"), activation="silu")
+        u, conv_state = ops.causal_conv1d_update_(
+            x, conv_state, self.conv1d.weight[..., 0], self.conv1d.get("bias"), activation="silu"
+        )
         delta, B, C, A = self._ssm_inputs(u)
-        y, ssm_state = ops.selective_state_update_(ssm_state, u, delta, A, B, C, D=self.D, z=z,
-                                                   delta_bias=self.dt_proj.bias, delta_softplus=True)
+        y, ssm_state = ops.selective_state_update_(
+            ssm_state, u, delta, A, B, C, D=self.D, z=z, delta_bias=self.dt_proj.bias, delta_softplus=True
+        )
         return project(self.out_proj, y.astype(h.dtype)), conv_state, ssm_state

@@ -169,8 +169,9 @@ class _Stack(nn.Module):
         super().__init__()
         if not isinstance(config, self.config_class):
             wanted = " or ".join(c.__name__ for c in _classes(self.config_class))
-            raise ConfigError(f"{type(self).__name__} needs a {wanted}, got "
-                              f"{type(config).__name__}", field="arch")
+            raise ConfigError(
+                f"{type(self).__name__} needs a {wanted}, got {type(config).__name__}", field="arch"
+            )
         self.config = config
         self.device = resolve_device(device)
         fk = {"dtype": _F32 if dtype is None else resolve_dtype(dtype), "device": self.device}
@@ -199,8 +200,9 @@ class _Stack(nn.Module):
                 raise ValueError("this stack has no embedding: pass (B, L, D) float inputs")
             x = self.embedding(x)
         if x.shape[-1] != self.config.d_model:
-            raise ValueError(f"x: expected last dimension d_model={self.config.d_model}, got shape "
-                             f"{tuple(x.shape)}")
+            raise ValueError(
+                f"x: expected last dimension d_model={self.config.d_model}, got shape {tuple(x.shape)}"
+            )
         return x.astype(_F32) if self.config.residual_in_fp32 else x.astype(self.dtype)
 
     def __call__(self, x: mx.array, *, cache: MambaCache | None = None, attention_mask=None):
@@ -277,8 +279,9 @@ class _LM(nn.Module):
         self.config = config
         self.device = resolve_device(device)
         with mx.stream(self.device):
-            self.backbone = self.stack_class(config, vocab_size=config.vocab_size_padded, dtype=dtype,
-                                             device=self.device, init=False)
+            self.backbone = self.stack_class(
+                config, vocab_size=config.vocab_size_padded, dtype=dtype, device=self.device, init=False
+            )
             if not config.tie_embeddings:
                 self.lm_head = nn.Linear(config.d_model, config.vocab_size_padded, bias=False)
                 self.lm_head.set_dtype(dtype)

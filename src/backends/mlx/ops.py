@@ -247,7 +247,15 @@ def selective_scan(
         (4.0, 1.0)
     """
     return scan.selective_scan_chunked(
-        u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D=D,
+        z=z,
+        delta_bias=delta_bias,
+        delta_softplus=delta_softplus,
         initial_state=initial_state,
     )
 
@@ -331,8 +339,17 @@ def ssd_chunked(
         ((1, 3, 1, 1), (1, 1, 1, 1))
     """
     return scan.ssd_chunked_scan(
-        x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus,
-        dt_limit=dt_limit, initial_state=initial_state,
+        x,
+        dt,
+        A,
+        B,
+        C,
+        chunk_size,
+        D=D,
+        dt_bias=dt_bias,
+        dt_softplus=dt_softplus,
+        dt_limit=dt_limit,
+        initial_state=initial_state,
     )
 
 
@@ -383,8 +400,21 @@ def ssd_state_update(
 
 
 def mamba3_chunked(
-    q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, chunk_size: int, D=None, mimo_x=None,
-    rotary: str = "pairwise", initial_state=None,
+    q,
+    k,
+    v,
+    adt,
+    dt,
+    trap,
+    angles,
+    q_bias,
+    k_bias,
+    *,
+    chunk_size: int,
+    D=None,
+    mimo_x=None,
+    rotary: str = "pairwise",
+    initial_state=None,
 ):
     """The chunked Mamba-3 scan (``mamba3_scan.chunked``; docs/mamba3.md §3.5), any L, states in and out.
 
@@ -401,8 +431,22 @@ def mamba3_chunked(
     Returns:
         ``(y, state)``: y (B, L, H, R, P) float32 before the gate; the final state dict, float32.
     """
-    return mamba3_scan.chunked(q, k, v, adt, dt, trap, angles, q_bias, k_bias, chunk_size=chunk_size, D=D,
-                               mimo_x=mimo_x, rotary=rotary, initial_state=initial_state)
+    return mamba3_scan.chunked(
+        q,
+        k,
+        v,
+        adt,
+        dt,
+        trap,
+        angles,
+        q_bias,
+        k_bias,
+        chunk_size=chunk_size,
+        D=D,
+        mimo_x=mimo_x,
+        rotary=rotary,
+        initial_state=initial_state,
+    )
 
 
 def mamba3_state_update(
@@ -418,8 +462,9 @@ def mamba3_state_update(
     Returns:
         ``(y, state)``: y (B, H, R, P) float32; the new state dict, float32.
     """
-    return mamba3_scan.state_update(state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, D=D,
-                                    mimo_x=mimo_x, rotary=rotary)
+    return mamba3_scan.state_update(
+        state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, D=D, mimo_x=mimo_x, rotary=rotary
+    )
 
 
 def mamba3_gate_out(y, z, *, mimo_z=None, mimo_o=None, norm_weight=None, eps: float = 1e-5):
@@ -447,8 +492,9 @@ def mamba3_state_update_(
     Returns:
         ``(y, state)``: y (B, H, R, P) float32; a new state dict (angle and SSM states float32).
     """
-    return mamba3_scan.state_update_(state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, D=D,
-                                     mimo_x=mimo_x, rotary=rotary)
+    return mamba3_scan.state_update_(
+        state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, D=D, mimo_x=mimo_x, rotary=rotary
+    )
 
 
 # ------------------------------------------------------------------------------------------------

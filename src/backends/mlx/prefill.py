@@ -16,8 +16,9 @@ from mamba_core.backends.mlx.cache import MambaCache
 PREFILL_CHUNK = 2048  # tokens per chunk: long enough that the projections run at matmul speed
 
 
-def prefill(model, input_ids, *, cache: MambaCache | None = None, attention_mask=None,
-            chunk_size: int = PREFILL_CHUNK):
+def prefill(
+    model, input_ids, *, cache: MambaCache | None = None, attention_mask=None, chunk_size: int = PREFILL_CHUNK
+):
     """Run a prompt through ``model`` in chunks of ``chunk_size`` tokens, carrying the states.
 
     Args:
@@ -45,27 +46,32 @@ def prefill(model, input_ids, *, cache: MambaCache | None = None, attention_mask
     """
     ids = input_ids if isinstance(input_ids, mx.array) else mx.array(input_ids)
     if ids.ndim != 2 or not mx.issubdtype(ids.dtype, mx.integer) or ids.shape[1] == 0:
-        raise ValueError(f"input_ids must be a (B, L) int array with L >= 1, got shape {tuple(ids.shape)} "
-                         f"{ids.dtype}")
+        raise ValueError(
+            f"input_ids must be a (B, L) int array with L >= 1, got shape {tuple(ids.shape)} {ids.dtype}"
+        )
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     mask = None
     if attention_mask is not None:
         mask = attention_mask if isinstance(attention_mask, mx.array) else mx.array(attention_mask)
         if tuple(mask.shape) != tuple(ids.shape):
-            raise ValueError(f"attention_mask must have the shape of input_ids {tuple(ids.shape)}, got "
-                             f"{tuple(mask.shape)}")
+            raise ValueError(
+                f"attention_mask must have the shape of input_ids {tuple(ids.shape)}, got {tuple(mask.shape)}"
+            )
     batch, length = ids.shape
     if cache is None:
         cache = model.make_cache(batch)
     elif cache.batch_size != batch:
-        raise ValueError(f"cache holds {cache.batch_size} rows but input_ids has {batch}; "
-                         "pass a cache from model.make_cache(B)")
+        raise ValueError(
+            f"cache holds {cache.batch_size} rows but input_ids has {batch}; "
+            "pass a cache from model.make_cache(B)"
+        )
     with mx.stream(model.device):
         for start in range(0, length, chunk_size):
             stop = min(start + chunk_size, length)
-            hidden = model.backbone(ids[:, start:stop], cache=cache,
-                                    attention_mask=None if mask is None else mask[:, start:stop])
+            hidden = model.backbone(
+                ids[:, start:stop], cache=cache, attention_mask=None if mask is None else mask[:, start:stop]
+            )
             if stop < length:
                 mx.eval(cache.state)
         logits = model.logits(hidden[:, -1])

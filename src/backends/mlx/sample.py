@@ -80,13 +80,23 @@ def prepare_inputs(input_ids, attention_mask=None, pad_token_id: int = 0):
     if attention_mask is not None:
         attention_mask = mx.array(attention_mask)
         if attention_mask.shape != ids.shape:
-            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape "
-                             f"{tuple(ids.shape)}")
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(ids.shape)}"
+            )
     return ids, attention_mask
 
 
-def process_logits(logits, *, vocab_size, presence=None, repetition_penalty=None, temperature=0.0,
-                   top_k=None, top_p=None, min_p=None):
+def process_logits(
+    logits,
+    *,
+    vocab_size,
+    presence=None,
+    repetition_penalty=None,
+    temperature=0.0,
+    top_k=None,
+    top_p=None,
+    min_p=None,
+):
     """Logits (B, V) -> greedy tokens (B,) when ``temperature == 0``, else processed logits (B, V).
 
     Args:
@@ -142,8 +152,14 @@ def stream(
     stream ends early when every row has stopped.
     """
     settings = SamplingSettings(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-        repetition_penalty=repetition_penalty, stop_tokens=stop_tokens, seed=seed,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
+        stop_tokens=stop_tokens,
+        seed=seed,
         pad_token_id=pad_token_id,
     )
     ids, mask = prepare_inputs(input_ids, attention_mask, settings.pad_token_id)
@@ -170,9 +186,16 @@ def _stream(model, ids, mask, settings: SamplingSettings, compile: bool = False)
         finished = mx.zeros((batch,), dtype=mx.bool_)
         rows = mx.arange(batch)
         for i in range(s.max_new_tokens):
-            out = process_logits(logits, vocab_size=config.vocab_size, presence=presence,
-                                 repetition_penalty=s.repetition_penalty, temperature=s.temperature,
-                                 top_k=s.top_k, top_p=s.top_p, min_p=s.min_p)
+            out = process_logits(
+                logits,
+                vocab_size=config.vocab_size,
+                presence=presence,
+                repetition_penalty=s.repetition_penalty,
+                temperature=s.temperature,
+                top_k=s.top_k,
+                top_p=s.top_p,
+                min_p=s.min_p,
+            )
             if s.greedy:
                 token = out
             elif key is None:
@@ -239,8 +262,14 @@ def generate(
         (1, 7)
     """
     settings = SamplingSettings(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-        repetition_penalty=repetition_penalty, stop_tokens=stop_tokens, seed=seed,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
+        stop_tokens=stop_tokens,
+        seed=seed,
         pad_token_id=pad_token_id,
     )
     ids, mask = prepare_inputs(input_ids, attention_mask, settings.pad_token_id)

@@ -37,8 +37,7 @@ def softplus(x: mx.array) -> mx.array:
     """``log1p(exp(x))``, ``x`` where ``x > 20`` (upstream threshold); computed in float32 (exp(20)
     overflows float16), returned in x's dtype."""
     x32 = x.astype(_F32)
-    y = mx.where(x32 > _SOFTPLUS_THRESHOLD, x32,
-                 mx.log1p(mx.exp(mx.minimum(x32, _SOFTPLUS_THRESHOLD))))
+    y = mx.where(x32 > _SOFTPLUS_THRESHOLD, x32, mx.log1p(mx.exp(mx.minimum(x32, _SOFTPLUS_THRESHOLD))))
     return y.astype(x.dtype)
 
 
@@ -138,8 +137,7 @@ def _mamba1_scan(seqlen: int, seg: int, sub: int):
         for t0 in starts:
             sl = slice(t0, t0 + seg)
             entries.append(state)
-            y_c, state = _mamba1_chunk_compiled(dt[:, sl], du[:, sl], Bm[:, sl], Cm[:, sl], A, state,
-                                                sub)
+            y_c, state = _mamba1_chunk_compiled(dt[:, sl], du[:, sl], Bm[:, sl], Cm[:, sl], A, state, sub)
             ys.append(y_c)
         y = mx.concatenate(ys, axis=1) if len(ys) > 1 else ys[0]
         return y, state, mx.stop_gradient(mx.stack(entries))
@@ -155,7 +153,8 @@ def _mamba1_scan(seqlen: int, seg: int, sub: int):
         for c in range(len(starts) - 1, -1, -1):
             sl = slice(starts[c], starts[c] + seg)
             g_dt, g_du, g_b, g_c, g_a, carry = _mamba1_chunk_grads_compiled(
-                dt[:, sl], du[:, sl], Bm[:, sl], Cm[:, sl], A, entries[c], dy[:, sl], carry, sub)
+                dt[:, sl], du[:, sl], Bm[:, sl], Cm[:, sl], A, entries[c], dy[:, sl], carry, sub
+            )
             for k, v in zip(parts, (g_dt, g_du, g_b, g_c), strict=True):
                 parts[k].append(v)
             d_a = d_a + g_a
@@ -418,7 +417,8 @@ def ssd_chunked_scan(
         y = x32
     else:
         y, state, _ = _ssd_scan(min(q, seqlen))(
-            x32, dt32, A.astype(_F32), B.astype(_F32), C.astype(_F32), state)
+            x32, dt32, A.astype(_F32), B.astype(_F32), C.astype(_F32), state
+        )
     if D is not None:
         y = y + x32 * D.astype(_F32)[:, None]
     return y, state

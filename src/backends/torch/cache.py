@@ -47,8 +47,10 @@ class MambaCache:
             raise ValueError(f"batch must be a positive int, got {batch!r}")
         model_dtype = resolve_dtype(dtype)
         layers = [
-            {name: torch.zeros(shape, dtype=_POLICY_DTYPES.get(policy, model_dtype), device=device)
-             for name, (shape, policy) in fields.items()}
+            {
+                name: torch.zeros(shape, dtype=_POLICY_DTYPES.get(policy, model_dtype), device=device)
+                for name, (shape, policy) in fields.items()
+            }
             for fields in cache_plan(config, batch)
         ]
         return cls(layers, 0)

@@ -37,8 +37,9 @@ def _check_mask(attention_mask, x):
     if attention_mask is None:
         return None
     if tuple(attention_mask.shape) != tuple(x.shape[:2]):
-        raise ValueError(f"attention_mask: expected shape (B, L) = {tuple(x.shape[:2])}, got "
-                         f"{tuple(attention_mask.shape)}")
+        raise ValueError(
+            f"attention_mask: expected shape (B, L) = {tuple(x.shape[:2])}, got {tuple(attention_mask.shape)}"
+        )
     return attention_mask.to(x.device)
 
 
@@ -147,8 +148,9 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         self.task = Task("features", pooling=pooling)
         self.config = config
-        self.backbone = STACKS[config.arch](config, config.vocab_size_padded, dtype=resolve_dtype(dtype),
-                                            device=device)
+        self.backbone = STACKS[config.arch](
+            config, config.vocab_size_padded, dtype=resolve_dtype(dtype), device=device
+        )
         self.kernel_path = KERNEL_PATHS[config.arch]
 
     @property
@@ -226,12 +228,17 @@ def assign(model, tensors: dict, dtype=None, *, allow_missing=()) -> list[str]:
     missing = [n for n in absent if n not in allow_missing]
     if missing:
         raise CheckpointError(f"{len(missing)} tensors missing: {', '.join(missing[:12])}", missing=missing)
-    bad = [(n, s.describe_shape(), str(tuple(tensors[n].shape))) for n, s in specs.items()
-           if n in tensors and tuple(tensors[n].shape) != s.shape]
+    bad = [
+        (n, s.describe_shape(), str(tuple(tensors[n].shape)))
+        for n, s in specs.items()
+        if n in tensors and tuple(tensors[n].shape) != s.shape
+    ]
     if bad:
-        raise CheckpointError(f"{len(bad)} tensors have the wrong shape: "
-                              + "; ".join(f"{n} expected {e}, got {g}" for n, e, g in bad),
-                              mismatched=bad)
+        raise CheckpointError(
+            f"{len(bad)} tensors have the wrong shape: "
+            + "; ".join(f"{n} expected {e}, got {g}" for n, e, g in bad),
+            mismatched=bad,
+        )
     target = None if dtype is None else resolve_dtype(dtype)
     with torch.no_grad():
         for name, spec in specs.items():

@@ -24,8 +24,9 @@ def mask_positions(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 def depthwise_conv(config, channels: int, *, dtype=None, device=None) -> nn.Conv1d:
     """A depthwise ``nn.Conv1d`` (weight (C, 1, K)); only its parameters are used (``ops``)."""
-    return nn.Conv1d(channels, channels, config.d_conv, groups=channels, bias=config.conv_bias,
-                     dtype=dtype, device=device)
+    return nn.Conv1d(
+        channels, channels, config.d_conv, groups=channels, bias=config.conv_bias, dtype=dtype, device=device
+    )
 
 
 class Mamba1Mixer(nn.Module):
@@ -71,7 +72,8 @@ class Mamba1Mixer(nn.Module):
     def _ssm_inputs(self, u: torch.Tensor, linear):
         cfg = self.config
         dt_r, Bm, Cm = self.bcdt_norm(
-            *linear(u, self.x_proj).split([cfg.dt_rank, cfg.d_state, cfg.d_state], dim=-1))
+            *linear(u, self.x_proj).split([cfg.dt_rank, cfg.d_state, cfg.d_state], dim=-1)
+        )
         # the dt bias is added in fp32 inside the scan, not with dt_proj (docs/spec.md §9.4)
         dt_proj = self.dt_proj
         if type(dt_proj) is not nn.Linear:  # quantization hook: a quantized dt_proj, without its bias
@@ -87,14 +89,25 @@ class Mamba1Mixer(nn.Module):
         e = self.config.d_inner
         x, z = self.in_proj(h).split([e, e], dim=-1)  # (B, L, E) each
         u, conv_state = ops.causal_conv1d(
-            mask_positions(x, attention_mask), self.conv1d.weight[:, 0], self.conv1d.bias, conv_state,
+            mask_positions(x, attention_mask),
+            self.conv1d.weight[:, 0],
+            self.conv1d.bias,
+            conv_state,
             activation="silu",
         )
         u = mask_positions(u, attention_mask)  # (B, L, E)
         delta, Bm, Cm, A = self._ssm_inputs(u, lambda t, layer: layer(t))
         y, ssm_state = ops.selective_scan(
-            u, delta, A, Bm, Cm, D=self.D, z=z, delta_bias=self.dt_proj.bias,
-            delta_softplus=True, initial_state=ssm_state,
+            u,
+            delta,
+            A,
+            Bm,
+            Cm,
+            D=self.D,
+            z=z,
+            delta_bias=self.dt_proj.bias,
+            delta_softplus=True,
+            initial_state=ssm_state,
         )
         return self.out_proj(y.to(h.dtype)), conv_state, ssm_state
 
@@ -103,11 +116,20 @@ class Mamba1Mixer(nn.Module):
         place (``ops.*_update_``) and returned."""
         e = self.config.d_inner
         x, z = project(self.in_proj, h).split([e, e], dim=-1)  # (B, E) each
-        u, conv_state = ops.causal_conv1d_update_(x, conv_state, self.conv1d.weight[:, 0],
-                                                  self.conv1d.bias, activation="silu")
+        u, conv_state = ops.causal_conv1d_update_(
+            x, conv_state, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu"
+        )
         delta, Bm, Cm, A = self._ssm_inputs(u, lambda t, layer: project(layer, t))
         y, ssm_state = ops.selective_state_update_(
-            ssm_state, u, delta, A, Bm, Cm, D=self.D, z=z, delta_bias=self.dt_proj.bias,
+            ssm_state,
+            u,
+            delta,
+            A,
+            Bm,
+            Cm,
+            D=self.D,
+            z=z,
+            delta_bias=self.dt_proj.bias,
             delta_softplus=True,
         )
         return project(self.out_proj, y.to(h.dtype)), conv_state, ssm_state

@@ -167,16 +167,15 @@ class _Stack(nn.Module):
         super().__init__()
         if not isinstance(config, self.config_class):
             wanted = " or ".join(c.__name__ for c in _classes(self.config_class))
-            raise ConfigError(f"{type(self).__name__} needs a {wanted}, got "
-                              f"{type(config).__name__}", field="arch")
+            raise ConfigError(
+                f"{type(self).__name__} needs a {wanted}, got {type(config).__name__}", field="arch"
+            )
         # built on "meta" (no init thrown away), then given storage and the official init
         fk = {"dtype": None if dtype is None else resolve_dtype(dtype), "device": "meta"}
         self.config = config
         if vocab_size is not None:
             self.embedding = nn.Embedding(vocab_size, config.d_model, **fk)
-        self.layers = nn.ModuleList(
-            self.block_class(config, i, **fk) for i in range(len(layer_plan(config)))
-        )
+        self.layers = nn.ModuleList(self.block_class(config, i, **fk) for i in range(len(layer_plan(config))))
         self.norm_f = RMSNorm(config.d_model, config.norm_epsilon, **fk)
         self.kernel_path = KERNEL_PATHS[config.arch]
         if not _is_meta(device):
@@ -189,8 +188,9 @@ class _Stack(nn.Module):
                 raise ValueError("this stack has no embedding: pass (B, L, D) float inputs")
             x = self.embedding(x)
         if x.shape[-1] != self.config.d_model:
-            raise ValueError(f"x: expected last dimension d_model={self.config.d_model}, got shape "
-                             f"{tuple(x.shape)}")
+            raise ValueError(
+                f"x: expected last dimension d_model={self.config.d_model}, got shape {tuple(x.shape)}"
+            )
         return x.float() if self.config.residual_in_fp32 else x.to(self.norm_f.weight.dtype)
 
     def make_cache(self, batch: int) -> MambaCache:
@@ -282,8 +282,9 @@ class _LM(nn.Module):
         self.config = config
         self.backbone = self.stack_class(config, config.vocab_size_padded, dtype=dt, device="meta")
         if not config.tie_embeddings:
-            self.lm_head = nn.Linear(config.d_model, config.vocab_size_padded, bias=False,
-                                     dtype=dt, device="meta")
+            self.lm_head = nn.Linear(
+                config.d_model, config.vocab_size_padded, bias=False, dtype=dt, device="meta"
+            )
         self.kernel_path = KERNEL_PATHS[config.arch]
         if not _is_meta(device):
             self.to_empty(device=torch.get_default_device() if device is None else device)

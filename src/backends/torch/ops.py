@@ -155,7 +155,15 @@ def causal_conv1d_update(
 
 
 def selective_scan(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus: bool = False,
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus: bool = False,
     initial_state=None,
 ):
     """Mamba-1 selective scan (chunked, analytic backward: ``scan.selective_scan_chunked``).
@@ -169,7 +177,15 @@ def selective_scan(
         ``(y, final_state)``: y (B, L, E) float32; final_state (B, E, N) float32.
     """
     return scan.selective_scan_chunked(
-        u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D=D,
+        z=z,
+        delta_bias=delta_bias,
+        delta_softplus=delta_softplus,
         initial_state=initial_state,
     )
 
@@ -199,8 +215,17 @@ def selective_state_update(
 
 
 def ssd_chunked(
-    x, dt, A, B, C, chunk_size: int, D=None, dt_bias=None, dt_softplus: bool = False,
-    dt_limit=_NO_LIMIT, initial_state=None,
+    x,
+    dt,
+    A,
+    B,
+    C,
+    chunk_size: int,
+    D=None,
+    dt_bias=None,
+    dt_softplus: bool = False,
+    dt_limit=_NO_LIMIT,
+    initial_state=None,
 ):
     """Chunked SSD (``scan.ssd_chunked_scan``), any L, initial state in, final state out.
 
@@ -216,7 +241,16 @@ def ssd_chunked(
         ValueError: ``chunk_size`` < 1.
     """
     return scan.ssd_chunked_scan(
-        x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit,
+        x,
+        dt,
+        A,
+        B,
+        C,
+        chunk_size,
+        D=D,
+        dt_bias=dt_bias,
+        dt_softplus=dt_softplus,
+        dt_limit=dt_limit,
         initial_state=initial_state,
     )
 
@@ -249,8 +283,21 @@ def ssd_state_update(
 
 
 def mamba3_chunked(
-    q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, chunk_size: int, D=None, mimo_x=None,
-    rotary: str = "pairwise", initial_state=None,
+    q,
+    k,
+    v,
+    adt,
+    dt,
+    trap,
+    angles,
+    q_bias,
+    k_bias,
+    *,
+    chunk_size: int,
+    D=None,
+    mimo_x=None,
+    rotary: str = "pairwise",
+    initial_state=None,
 ):
     """The chunked Mamba-3 scan (``mamba3_scan.chunked``; docs/mamba3.md §3.5), any L, states in and out.
 
@@ -267,8 +314,22 @@ def mamba3_chunked(
     Returns:
         ``(y, state)``: y (B, L, H, R, P) float32 before the gate; the final state dict, float32.
     """
-    return mamba3_scan.chunked(q, k, v, adt, dt, trap, angles, q_bias, k_bias, chunk_size=chunk_size, D=D,
-                               mimo_x=mimo_x, rotary=rotary, initial_state=initial_state)
+    return mamba3_scan.chunked(
+        q,
+        k,
+        v,
+        adt,
+        dt,
+        trap,
+        angles,
+        q_bias,
+        k_bias,
+        chunk_size=chunk_size,
+        D=D,
+        mimo_x=mimo_x,
+        rotary=rotary,
+        initial_state=initial_state,
+    )
 
 
 def mamba3_state_update(
@@ -284,8 +345,9 @@ def mamba3_state_update(
     Returns:
         ``(y, state)``: y (B, H, R, P) float32; the new state dict, float32.
     """
-    return mamba3_scan.state_update(state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, D=D,
-                                    mimo_x=mimo_x, rotary=rotary)
+    return mamba3_scan.state_update(
+        state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, D=D, mimo_x=mimo_x, rotary=rotary
+    )
 
 
 def mamba3_gate_out(y, z, *, mimo_z=None, mimo_o=None, norm_weight=None, eps: float = 1e-5):
@@ -378,5 +440,6 @@ def mamba3_state_update_(
         ``(y, state)``: y (B, H, R, P) float32; the same ``state`` dict and tensors, updated (the angle and
         SSM states float32, ``k_state``/``v_state`` in their own dtype).
     """
-    return mamba3_scan.state_update_(state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, D=D,
-                                     mimo_x=mimo_x, rotary=rotary)
+    return mamba3_scan.state_update_(
+        state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, D=D, mimo_x=mimo_x, rotary=rotary
+    )

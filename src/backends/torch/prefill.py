@@ -15,8 +15,9 @@ from mamba_core.backends.torch.cache import MambaCache
 PREFILL_CHUNK = 2048  # tokens per chunk: long enough that the projections run at matmul speed
 
 
-def prefill(model, input_ids, *, cache: MambaCache | None = None, attention_mask=None,
-            chunk_size: int = PREFILL_CHUNK):
+def prefill(
+    model, input_ids, *, cache: MambaCache | None = None, attention_mask=None, chunk_size: int = PREFILL_CHUNK
+):
     """Run a prompt through ``model`` in chunks of ``chunk_size`` tokens, carrying the states.
 
     Args:
@@ -44,27 +45,32 @@ def prefill(model, input_ids, *, cache: MambaCache | None = None, attention_mask
     """
     ids = torch.as_tensor(input_ids)
     if ids.dim() != 2 or ids.is_floating_point() or ids.shape[1] == 0:
-        raise ValueError(f"input_ids must be a (B, L) int tensor with L >= 1, got shape {tuple(ids.shape)} "
-                         f"{ids.dtype}")
+        raise ValueError(
+            f"input_ids must be a (B, L) int tensor with L >= 1, got shape {tuple(ids.shape)} {ids.dtype}"
+        )
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     mask = None if attention_mask is None else torch.as_tensor(attention_mask)
     if mask is not None and tuple(mask.shape) != tuple(ids.shape):
-        raise ValueError(f"attention_mask must have the shape of input_ids {tuple(ids.shape)}, got "
-                         f"{tuple(mask.shape)}")
+        raise ValueError(
+            f"attention_mask must have the shape of input_ids {tuple(ids.shape)}, got {tuple(mask.shape)}"
+        )
     batch, length = ids.shape
     if cache is None:
         cache = model.make_cache(batch)
     elif cache.batch_size != batch:
-        raise ValueError(f"cache holds {cache.batch_size} rows but input_ids has {batch}; "
-                         "pass a cache from model.make_cache(B)")
+        raise ValueError(
+            f"cache holds {cache.batch_size} rows but input_ids has {batch}; "
+            "pass a cache from model.make_cache(B)"
+        )
     device = model.head_weight.device
     ids = ids.long().to(device)
     mask = None if mask is None else mask.to(device)
     with torch.no_grad():
         for start in range(0, length, chunk_size):
             part = slice(start, min(start + chunk_size, length))
-            hidden = model.backbone(ids[:, part], cache=cache,
-                                    attention_mask=None if mask is None else mask[:, part])
+            hidden = model.backbone(
+                ids[:, part], cache=cache, attention_mask=None if mask is None else mask[:, part]
+            )
         logits = model.logits(hidden[:, -1])
     return logits, cache

@@ -57,8 +57,8 @@ def _prepare(model, input_ids, attention_mask, pad_token_id):
         ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
         mask = torch.zeros(len(rows), width, dtype=torch.long)
         for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[i, width - len(r):] = 1
+            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r) :] = 1
         if bool(mask.all()):
             mask = None
         return ids.to(device), None if mask is None else mask.to(device)
@@ -71,8 +71,7 @@ def _prepare(model, input_ids, attention_mask, pad_token_id):
     return ids.long().to(device), mask
 
 
-def process_logits(logits, *, vocab_size, temperature, top_k, top_p, min_p, repetition_penalty,
-                   seen):
+def process_logits(logits, *, vocab_size, temperature, top_k, top_p, min_p, repetition_penalty, seen):
     """Apply the contract's processing order to (B, V) float32 logits.
 
     Returns:
@@ -83,8 +82,7 @@ def process_logits(logits, *, vocab_size, temperature, top_k, top_p, min_p, repe
     if logits.shape[-1] > vocab_size:
         logits[:, vocab_size:] = -torch.inf
     if repetition_penalty is not None and repetition_penalty != 1.0:
-        penalized = torch.where(logits > 0, logits / repetition_penalty,
-                                logits * repetition_penalty)
+        penalized = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
         logits = torch.where(seen, penalized, logits)
     if temperature == 0:
         return logits.argmax(-1), None
@@ -130,8 +128,14 @@ def stream(
     every row has stopped. Arguments as in ``generate``.
     """
     settings = SamplingSettings(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-        repetition_penalty=repetition_penalty, stop_tokens=stop_tokens, seed=seed,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
+        stop_tokens=stop_tokens,
+        seed=seed,
         pad_token_id=pad_token_id,
     )
     ids, mask = _prepare(model, input_ids, attention_mask, settings.pad_token_id)
@@ -166,8 +170,14 @@ def _stream(model, ids, mask, settings: SamplingSettings, compile: bool = False)
         step = _decode_step(model, compile)
         for i in range(s.max_new_tokens):
             greedy, probs = process_logits(
-                logits, vocab_size=vocab, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                min_p=s.min_p, repetition_penalty=s.repetition_penalty, seen=seen,
+                logits,
+                vocab_size=vocab,
+                temperature=s.temperature,
+                top_k=s.top_k,
+                top_p=s.top_p,
+                min_p=s.min_p,
+                repetition_penalty=s.repetition_penalty,
+                seen=seen,
             )
             drawn = greedy if probs is None else torch.multinomial(probs, 1, generator=generator)[:, 0]
             tok = drawn.masked_fill(done, s.pad_token_id)
@@ -226,8 +236,14 @@ def generate(
         torch.Size([1, 5])
     """
     settings = SamplingSettings(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-        repetition_penalty=repetition_penalty, stop_tokens=stop_tokens, seed=seed,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
+        stop_tokens=stop_tokens,
+        seed=seed,
         pad_token_id=pad_token_id,
     )
     ids, mask = _prepare(model, input_ids, attention_mask, settings.pad_token_id)

@@ -168,8 +168,15 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
             dA_param += (dAc * dtc.unsqueeze(2)).sum((0, 1))
             ddt[t0:t1] = gB * uc + (dAc * A_t).sum(2)
             du[t0:t1] = gB * dtc
-        return (du.transpose(0, 1), ddt.transpose(0, 1), dA_param.t(), dB.transpose(0, 1),
-                dC.transpose(0, 1), carry.transpose(1, 2), None)
+        return (
+            du.transpose(0, 1),
+            ddt.transpose(0, 1),
+            dA_param.t(),
+            dB.transpose(0, 1),
+            dC.transpose(0, 1),
+            carry.transpose(1, 2),
+            None,
+        )
 
 
 def selective_scan_chunked(
@@ -200,17 +207,18 @@ def selective_scan_chunked(
     d_state = A.shape[-1]
     dt = discretize_dt(delta, delta_bias, delta_softplus)
     uf = _f32(u)
-    h0 = (
-        uf.new_zeros(batch, d_inner, d_state)
-        if initial_state is None
-        else _f32(initial_state).to(uf.dtype)
-    )
+    h0 = uf.new_zeros(batch, d_inner, d_state) if initial_state is None else _f32(initial_state).to(uf.dtype)
     if seqlen == 0:
         y = uf.new_zeros(batch, 0, d_inner)
         return y, h0
     y, h = _ChunkedSelectiveScan.apply(
-        uf.contiguous(), dt.contiguous(), _f32(A), _f32(B).contiguous(),
-        _f32(C).contiguous(), h0.contiguous(), chunk_size,
+        uf.contiguous(),
+        dt.contiguous(),
+        _f32(A),
+        _f32(B).contiguous(),
+        _f32(C).contiguous(),
+        h0.contiguous(),
+        chunk_size,
     )
     if D is not None:
         y = y + uf * _f32(D)
@@ -403,8 +411,17 @@ class _ChunkedSSD(torch.autograd.Function):
 
 
 def ssd_chunked_scan(
-    x, dt, A, B, C, chunk_size: int, D=None, dt_bias=None, dt_softplus: bool = False,
-    dt_limit=_NO_LIMIT, initial_state=None,
+    x,
+    dt,
+    A,
+    B,
+    C,
+    chunk_size: int,
+    D=None,
+    dt_bias=None,
+    dt_softplus: bool = False,
+    dt_limit=_NO_LIMIT,
+    initial_state=None,
 ):
     """Chunked SSD (docs/spec.md §4.5) with a hand-written backward; the signature of ``ops.ssd_chunked``.
 
@@ -435,8 +452,13 @@ def ssd_chunked_scan(
     if seqlen == 0:
         return xf.new_zeros(batch, 0, nheads, headdim, dtype=wide), h0
     y, final = _ChunkedSSD.apply(
-        xf.to(wide).contiguous(), dt.to(wide).contiguous(), _f32(A).to(wide), _f32(B).to(wide).contiguous(),
-        _f32(C).to(wide).contiguous(), h0.contiguous(), int(chunk_size),
+        xf.to(wide).contiguous(),
+        dt.to(wide).contiguous(),
+        _f32(A).to(wide),
+        _f32(B).to(wide).contiguous(),
+        _f32(C).to(wide).contiguous(),
+        h0.contiguous(),
+        int(chunk_size),
     )
     if D is not None:
         y = y + _f32(x_in) * _f32(D).unsqueeze(-1)

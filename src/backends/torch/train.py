@@ -56,19 +56,24 @@ class Trainer:
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         wrong = sorted(n for n, p in self.params.items() if p.dtype != torch.float32)
         if wrong:
-            raise ValueError(f"training needs float32 parameters (master weights); {len(wrong)} are not, "
-                             f"e.g. {wrong[0]!r}: load the model with dtype='float32' (use "
-                             "precision='bf16-mixed' for bf16 compute)")
+            raise ValueError(
+                f"training needs float32 parameters (master weights); {len(wrong)} are not, "
+                f"e.g. {wrong[0]!r}: load the model with dtype='float32' (use "
+                "precision='bf16-mixed' for bf16 compute)"
+            )
         self.device = next(iter(self.params.values())).device
         if config.precision == "bf16-mixed" and not torch.amp.is_autocast_available(self.device.type):
-            raise ValueError(f"precision='bf16-mixed' needs bf16 autocast, which {self.device.type!r} lacks; "
-                             "use precision='float32'")
+            raise ValueError(
+                f"precision='bf16-mixed' needs bf16 autocast, which {self.device.type!r} lacks; "
+                "use precision='float32'"
+            )
         decay = [p for n, p in self.params.items() if not no_weight_decay(n, p.ndim)]
         plain = [p for n, p in self.params.items() if no_weight_decay(n, p.ndim)]
         self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": config.weight_decay},
-             {"params": plain, "weight_decay": 0.0}],
-            lr=config.lr, betas=config.betas, eps=config.eps,
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": plain, "weight_decay": 0.0}],
+            lr=config.lr,
+            betas=config.betas,
+            eps=config.eps,
         )
 
     def _batch(self, a) -> torch.Tensor:
@@ -133,7 +138,9 @@ class Trainer:
             raise CheckpointError(
                 f"optimizer state does not match the model: {len(missing)} missing "
                 f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}",
-                missing=missing, unexpected=unexpected)
+                missing=missing,
+                unexpected=unexpected,
+            )
         for name, p in self.params.items():
             self.optimizer.state[p] = {k: tensors[f"{name}.{k}"].to(self.device).clone() for k in _MOMENTS}
 

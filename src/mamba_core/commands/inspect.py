@@ -9,8 +9,12 @@ HELP = "show a checkpoint's architecture, dialect, parameter count, dtypes, size
 
 
 def add_arguments(p) -> None:
-    p.add_argument("model", nargs="?", default=None,
-                   help="checkpoint directory, .safetensors file or hub id (default: the shipped model)")
+    p.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="checkpoint directory, .safetensors file or hub id (default: the shipped model)",
+    )
     p.add_argument("--revision", default=None)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -55,8 +59,10 @@ def run(args) -> int:
     print(f"{info['path']}")
     print(f"  architecture  {info['arch']}  (dialect {info['dialect']})")
     d_state = cfg.get("d_state", cfg.get("ssm_state_size"))  # a hybrid family names it its own way
-    print(f"  size          d_model {cfg['d_model']}, n_layer {len(info['layers'])}, d_state {d_state}, "
-          f"vocab {cfg['vocab_size']} (tie_embeddings {cfg['tie_embeddings']})")
+    print(
+        f"  size          d_model {cfg['d_model']}, n_layer {len(info['layers'])}, d_state {d_state}, "
+        f"vocab {cfg['vocab_size']} (tie_embeddings {cfg['tie_embeddings']})"
+    )
     if len(set(info["layers"])) > 1:
         print(f"  layers        {', '.join(info['layers'])}")
     print(f"  parameters    {info['parameters']:,}")

@@ -82,8 +82,18 @@ def _selective_scan(name, backend, device, dtype, rng) -> CheckResult:
             u, dl, z = inp.act(b, length, e), inp.act(b, length, e), inp.act(b, length, e)
             Bm, Cm = inp.act(b, length, n), inp.act(b, length, n)
             (y, s), (ry, rs) = both(
-                backend.ops.selective_scan, R.selective_scan, u, dl, A, Bm, Cm, D=D, z=z,
-                delta_bias=bias, delta_softplus=True, initial_state=h0 if init else None,
+                backend.ops.selective_scan,
+                R.selective_scan,
+                u,
+                dl,
+                A,
+                Bm,
+                Cm,
+                D=D,
+                z=z,
+                delta_bias=bias,
+                delta_softplus=True,
+                initial_state=h0 if init else None,
             )
             tag = f"L={length}{' initial state' if init else ''}"
             cmp.close(f"y {tag}", y, ry, TOLERANCE[dtype])
@@ -101,8 +111,18 @@ def _selective_state_update(name, backend, device, dtype, rng) -> CheckResult:
     Bm, Cm = inp.act(b, n), inp.act(b, n)
     with device_scope(backend, device):
         (y, s), (ry, rs) = both(
-            backend.ops.selective_state_update, R.selective_state_update, h0, u, dl, A, Bm, Cm, D=D, z=z,
-            delta_bias=bias, delta_softplus=True,
+            backend.ops.selective_state_update,
+            R.selective_state_update,
+            h0,
+            u,
+            dl,
+            A,
+            Bm,
+            Cm,
+            D=D,
+            z=z,
+            delta_bias=bias,
+            delta_softplus=True,
         )
     cmp.close("y", y, ry, TOLERANCE[dtype])
     cmp.close("new state", s, rs, STATE_TOLERANCE)
@@ -137,8 +157,17 @@ def _ssd_chunked(name, backend, device, dtype, rng) -> CheckResult:
         for chunk, limit, init in _SSD_CASES:
             (y, s), (ry, rs) = both(
                 # the backend's chunked form (chunk_size after C) against the sequential oracle
-                lambda *a, chunk=chunk, **k: backend.ops.ssd_chunked(*a, chunk, **k), R.ssd_scan,
-                x, dt, A, Bm, Cm, D=D, dt_bias=bias, dt_softplus=True, dt_limit=limit,
+                lambda *a, chunk=chunk, **k: backend.ops.ssd_chunked(*a, chunk, **k),
+                R.ssd_scan,
+                x,
+                dt,
+                A,
+                Bm,
+                Cm,
+                D=D,
+                dt_bias=bias,
+                dt_softplus=True,
+                dt_limit=limit,
                 initial_state=h0 if init else None,
             )
             tag = f"Q={chunk} L={length} dt_limit={limit}{' initial state' if init else ''}"
@@ -158,8 +187,18 @@ def _ssd_state_update(name, backend, device, dtype, rng) -> CheckResult:
     for limit in ((0.0, math.inf), (0.01, 0.5)):
         with device_scope(backend, device):
             (y, s), (ry, rs) = both(
-                backend.ops.ssd_state_update, R.ssd_state_update, h0, x, dt, A, Bm, Cm, D=D, dt_bias=bias,
-                dt_softplus=True, dt_limit=limit,
+                backend.ops.ssd_state_update,
+                R.ssd_state_update,
+                h0,
+                x,
+                dt,
+                A,
+                Bm,
+                Cm,
+                D=D,
+                dt_bias=bias,
+                dt_softplus=True,
+                dt_limit=limit,
             )
         cmp.close(f"y dt_limit={limit}", y, ry, TOLERANCE[dtype])
         cmp.close(f"new state dt_limit={limit}", s, rs, STATE_TOLERANCE)
@@ -193,8 +232,11 @@ def _mamba3_inputs(inp: Inputs, batch: int, rank: int, groups: int, angles: int,
         "q_bias": inp.f32(1.0 + rng.uniform(-0.2, 0.2, (h, rank, n))),
         "k_bias": inp.f32(1.0 + rng.uniform(-0.2, 0.2, (h, rank, n))),
     }
-    extra = {"D": inp.f32(rng.normal(size=h)), "mimo_x": inp.f32(rng.normal(size=(h, rank, p))) if rank > 1
-             else None, "rotary": "halves" if rank > 1 else "pairwise"}
+    extra = {
+        "D": inp.f32(rng.normal(size=h)),
+        "mimo_x": inp.f32(rng.normal(size=(h, rank, p))) if rank > 1 else None,
+        "rotary": "halves" if rank > 1 else "pairwise",
+    }
     return acts, extra
 
 
@@ -241,9 +283,11 @@ def _mamba3_chunked(name, backend, device, dtype, rng) -> CheckResult:
             args = [acts[k] for k in ("q", "k", "v", "adt", "dt", "trap", "angles", "q_bias", "k_bias")]
             (y, s), (ry, rs) = both(
                 lambda *a, chunk=chunk, state=state, **k: backend.ops.mamba3_chunked(
-                    *a, chunk_size=chunk, initial_state=state, **k),
+                    *a, chunk_size=chunk, initial_state=state, **k
+                ),
                 lambda *a, ref_state=ref_state, **k: R3.mamba3_scan(*a, initial_state=ref_state, **k),
-                *args, **extra,
+                *args,
+                **extra,
             )
             tag = f"R={rank} G={groups} {rotary} Q={chunk} L={length}{' initial state' if init else ''}"
             cmp.close(f"y {tag}", y, ry, TOLERANCE[dtype])
@@ -264,7 +308,8 @@ def _mamba3_state_update(name, backend, device, dtype, rng) -> CheckResult:
             (y, s), (ry, rs) = both(
                 lambda *a, state=state, **k: backend.ops.mamba3_state_update(state, *a, **k),
                 lambda *a, ref_state=ref_state, **k: R3.mamba3_state_update(ref_state, *a, **k),
-                *args, **extra,
+                *args,
+                **extra,
             )
             tag = f"R={rank} G={groups} {extra['rotary']}"
             cmp.close(f"y {tag}", y, ry, TOLERANCE[dtype])
@@ -279,11 +324,18 @@ def _mamba3_gate_out(name, backend, device, dtype, rng) -> CheckResult:
     with device_scope(backend, device):
         for rank in (1, 3):
             y, z = inp.f32(rng.normal(size=(2, 5, h, rank, p))), inp.act(2, 5, h, p)
-            mimo = {"mimo_z": inp.f32(rng.normal(size=(h, rank, p))),
-                    "mimo_o": inp.f32(rng.normal(size=(h, rank, p)))} if rank > 1 else {}
+            mimo = (
+                {
+                    "mimo_z": inp.f32(rng.normal(size=(h, rank, p))),
+                    "mimo_o": inp.f32(rng.normal(size=(h, rank, p))),
+                }
+                if rank > 1
+                else {}
+            )
             for norm in (None, inp.put(1.0 + rng.uniform(-0.2, 0.2, h * p))):
-                out, ref = both(backend.ops.mamba3_gate_out, R3.mamba3_gate_out, y, z, norm_weight=norm,
-                                eps=1e-5, **mimo)
+                out, ref = both(
+                    backend.ops.mamba3_gate_out, R3.mamba3_gate_out, y, z, norm_weight=norm, eps=1e-5, **mimo
+                )
                 cmp.close(f"R={rank} {'norm' if norm else 'silu gate'}", out, ref, TOLERANCE[dtype])
     return cmp.result()
 
@@ -327,14 +379,38 @@ def _decode_ops_in_place(name, backend, device, dtype, rng) -> CheckResult:
         cmp.close("causal_conv1d_update_ state (exact)", new, rnew, 0.0)
         A, D, bias, h0 = _scan_params(inp, e, n, b)
         u, dl, z, Bm, Cm = inp.act(b, e), inp.act(b, e), inp.act(b, e), inp.act(b, n), inp.act(b, n)
-        (y, st), (ry, rs) = both(backend.ops.selective_state_update_, R.selective_state_update, h0, u, dl,
-                                 A, Bm, Cm, D=D, z=z, delta_bias=bias, delta_softplus=True)
+        (y, st), (ry, rs) = both(
+            backend.ops.selective_state_update_,
+            R.selective_state_update,
+            h0,
+            u,
+            dl,
+            A,
+            Bm,
+            Cm,
+            D=D,
+            z=z,
+            delta_bias=bias,
+            delta_softplus=True,
+        )
         cmp.close("selective_state_update_ y", y, ry, TOLERANCE[dtype])
         cmp.close("selective_state_update_ state", st, rs, STATE_TOLERANCE)
         A, D, bias, h0 = _ssd_params(inp, h, p, n, b)
         x, dt, Bm, Cm = inp.act(b, h, p), inp.act(b, h), inp.act(b, g, n), inp.act(b, g, n)
-        (y, st), (ry, rs) = both(backend.ops.ssd_state_update_, R.ssd_state_update, h0, x, dt, A, Bm, Cm,
-                                 D=D, dt_bias=bias, dt_softplus=True, dt_limit=(0.01, 0.5))
+        (y, st), (ry, rs) = both(
+            backend.ops.ssd_state_update_,
+            R.ssd_state_update,
+            h0,
+            x,
+            dt,
+            A,
+            Bm,
+            Cm,
+            D=D,
+            dt_bias=bias,
+            dt_softplus=True,
+            dt_limit=(0.01, 0.5),
+        )
         cmp.close("ssd_state_update_ y", y, ry, TOLERANCE[dtype])
         cmp.close("ssd_state_update_ state", st, rs, STATE_TOLERANCE)
         for rank, groups, _, angles, _, _ in _MAMBA3_CASES[::2]:
@@ -344,7 +420,8 @@ def _decode_ops_in_place(name, backend, device, dtype, rng) -> CheckResult:
             (y, st), (ry, rs) = both(
                 lambda *a, state=state, **k: backend.ops.mamba3_state_update_(state, *a, **k),
                 lambda *a, ref_state=ref_state, **k: R3.mamba3_state_update(ref_state, *a, **k),
-                *args, **extra,
+                *args,
+                **extra,
             )
             cmp.close(f"mamba3_state_update_ y R={rank}", y, ry, TOLERANCE[dtype])
             for field in R3.STATE_FIELDS:
@@ -354,8 +431,10 @@ def _decode_ops_in_place(name, backend, device, dtype, rng) -> CheckResult:
                 if field == "angle_state":
                     out = want + np.remainder(out - want + math.pi, 2 * math.pi) - math.pi
                 cmp.close(f"mamba3_state_update_ {field} R={rank}", out, want, tol)
-                cmp.fact(f"mamba3_state_update_ {field} keeps its dtype R={rank}",
-                         dtype_name(st[field]) == dtype_name(state[field]))
+                cmp.fact(
+                    f"mamba3_state_update_ {field} keeps its dtype R={rank}",
+                    dtype_name(st[field]) == dtype_name(state[field]),
+                )
     return cmp.result()
 
 
@@ -369,9 +448,21 @@ def _op_dtypes(name, backend, device, dtype, rng) -> CheckResult:
         return inp.act(b, e, k)[1]
 
     with device_scope(backend, device):
-        act = {shape: inp.act(*shape)[1] for shape in ((b, length, e), (b, e), (b, length, n), (b, n),
-                                                      (b, length, h, p), (b, length, h), (b, h, p), (b, h),
-                                                      (b, length, g, n), (b, g, n))}
+        act = {
+            shape: inp.act(*shape)[1]
+            for shape in (
+                (b, length, e),
+                (b, e),
+                (b, length, n),
+                (b, n),
+                (b, length, h, p),
+                (b, length, h),
+                (b, h, p),
+                (b, h),
+                (b, length, g, n),
+                (b, g, n),
+            )
+        }
         w_act, w_conv, bias = inp.act(e)[1], inp.act(e, k)[1], inp.act(e)[1]
         A1, D1, db1, s1 = (v[1] for v in _scan_params(inp, e, n, b))
         A2, D2, db2, s2 = (v[1] for v in _ssd_params(inp, h, p, n, b))
@@ -382,26 +473,78 @@ def _op_dtypes(name, backend, device, dtype, rng) -> CheckResult:
             "causal_conv1d": lambda: ops.causal_conv1d(act[(b, length, e)], w_conv, bias, conv_state()),
             "causal_conv1d_update": lambda: ops.causal_conv1d_update(act[(b, e)], conv_state(), w_conv, bias),
             "causal_conv1d_update_": lambda: ops.causal_conv1d_update_(
-                act[(b, e)], conv_state(), w_conv, bias),
+                act[(b, e)], conv_state(), w_conv, bias
+            ),
             "selective_scan": lambda: ops.selective_scan(
-                act[(b, length, e)], act[(b, length, e)], A1, act[(b, length, n)],
-                act[(b, length, n)], D=D1, z=act[(b, length, e)], delta_bias=db1, delta_softplus=True,
-                initial_state=s1),
+                act[(b, length, e)],
+                act[(b, length, e)],
+                A1,
+                act[(b, length, n)],
+                act[(b, length, n)],
+                D=D1,
+                z=act[(b, length, e)],
+                delta_bias=db1,
+                delta_softplus=True,
+                initial_state=s1,
+            ),
             "selective_state_update": lambda: ops.selective_state_update(
-                s1, act[(b, e)], act[(b, e)], A1, act[(b, n)], act[(b, n)], D=D1, z=act[(b, e)],
-                delta_bias=db1, delta_softplus=True),
+                s1,
+                act[(b, e)],
+                act[(b, e)],
+                A1,
+                act[(b, n)],
+                act[(b, n)],
+                D=D1,
+                z=act[(b, e)],
+                delta_bias=db1,
+                delta_softplus=True,
+            ),
             "selective_state_update_": lambda: ops.selective_state_update_(
-                inp.f32(np.zeros((b, e, n)))[1], act[(b, e)], act[(b, e)], A1, act[(b, n)], act[(b, n)],
-                D=D1, z=act[(b, e)], delta_bias=db1, delta_softplus=True),
+                inp.f32(np.zeros((b, e, n)))[1],
+                act[(b, e)],
+                act[(b, e)],
+                A1,
+                act[(b, n)],
+                act[(b, n)],
+                D=D1,
+                z=act[(b, e)],
+                delta_bias=db1,
+                delta_softplus=True,
+            ),
             "ssd_chunked": lambda: ops.ssd_chunked(
-                act[(b, length, h, p)], act[(b, length, h)], A2, act[(b, length, g, n)],
-                act[(b, length, g, n)], 2, D=D2, dt_bias=db2, dt_softplus=True, initial_state=s2),
+                act[(b, length, h, p)],
+                act[(b, length, h)],
+                A2,
+                act[(b, length, g, n)],
+                act[(b, length, g, n)],
+                2,
+                D=D2,
+                dt_bias=db2,
+                dt_softplus=True,
+                initial_state=s2,
+            ),
             "ssd_state_update": lambda: ops.ssd_state_update(
-                s2, act[(b, h, p)], act[(b, h)], A2, act[(b, g, n)], act[(b, g, n)], D=D2, dt_bias=db2,
-                dt_softplus=True),
+                s2,
+                act[(b, h, p)],
+                act[(b, h)],
+                A2,
+                act[(b, g, n)],
+                act[(b, g, n)],
+                D=D2,
+                dt_bias=db2,
+                dt_softplus=True,
+            ),
             "ssd_state_update_": lambda: ops.ssd_state_update_(
-                inp.f32(np.zeros((b, h, p, n)))[1], act[(b, h, p)], act[(b, h)], A2, act[(b, g, n)],
-                act[(b, g, n)], D=D2, dt_bias=db2, dt_softplus=True),
+                inp.f32(np.zeros((b, h, p, n)))[1],
+                act[(b, h, p)],
+                act[(b, h)],
+                A2,
+                act[(b, g, n)],
+                act[(b, g, n)],
+                D=D2,
+                dt_bias=db2,
+                dt_softplus=True,
+            ),
         }
         m3, m3_extra = _mamba3_inputs(inp, b, 2, 2, 2, (length,))
         m3_step, _ = _mamba3_inputs(inp, b, 2, 2, 2)
@@ -416,18 +559,33 @@ def _op_dtypes(name, backend, device, dtype, rng) -> CheckResult:
         def flat(y, state):
             return (y, *(state[f] for f in R3.STATE_FIELDS))
 
-        calls.update({
-            "mamba3_chunked": lambda: flat(*ops.mamba3_chunked(
-                *m3_args, chunk_size=2, initial_state=m3_state(), **m3_kw)),
-            "mamba3_state_update": lambda: flat(*ops.mamba3_state_update(m3_state(), *m3_step_args, **m3_kw)),
-            "mamba3_state_update_": lambda: flat(*ops.mamba3_state_update_(m3_state(), *m3_step_args,
-                                                                           **m3_kw)),
-            "mamba3_gate_out": lambda: (ops.mamba3_gate_out(
-                inp.f32(np.ones((b, length, _M3_H, 2, _M3_P)))[1], inp.act(b, length, _M3_H, _M3_P)[1],
-                mimo_z=m3_kw["mimo_x"], mimo_o=m3_kw["mimo_x"], norm_weight=inp.act(_M3_H * _M3_P)[1]),),
-        })
-        state_dtype = {"causal_conv1d_update": dtype, "causal_conv1d_update_": dtype,
-                       "mamba3_state_update_": dtype}
+        calls.update(
+            {
+                "mamba3_chunked": lambda: flat(
+                    *ops.mamba3_chunked(*m3_args, chunk_size=2, initial_state=m3_state(), **m3_kw)
+                ),
+                "mamba3_state_update": lambda: flat(
+                    *ops.mamba3_state_update(m3_state(), *m3_step_args, **m3_kw)
+                ),
+                "mamba3_state_update_": lambda: flat(
+                    *ops.mamba3_state_update_(m3_state(), *m3_step_args, **m3_kw)
+                ),
+                "mamba3_gate_out": lambda: (
+                    ops.mamba3_gate_out(
+                        inp.f32(np.ones((b, length, _M3_H, 2, _M3_P)))[1],
+                        inp.act(b, length, _M3_H, _M3_P)[1],
+                        mimo_z=m3_kw["mimo_x"],
+                        mimo_o=m3_kw["mimo_x"],
+                        norm_weight=inp.act(_M3_H * _M3_P)[1],
+                    ),
+                ),
+            }
+        )
+        state_dtype = {
+            "causal_conv1d_update": dtype,
+            "causal_conv1d_update_": dtype,
+            "mamba3_state_update_": dtype,
+        }
         for op in OP_DTYPES:
             got = tuple(dtype_name(o) for o in calls[op]())
             want = expected_dtypes(op, input=dtype, weight=dtype, state=state_dtype.get(op))

@@ -46,8 +46,9 @@ def get_kind(name: str) -> LayerKind:
         ConfigError: no such kind (names the registered ones).
     """
     if name not in KINDS:
-        raise ConfigError(f"unknown layer kind {name!r}; registered kinds: {sorted(KINDS)}",
-                          field="layer kind")
+        raise ConfigError(
+            f"unknown layer kind {name!r}; registered kinds: {sorted(KINDS)}", field="layer kind"
+        )
     return KINDS[name]
 
 
@@ -81,13 +82,25 @@ def layer_plan(config) -> tuple[BlockPlan, ...]:
     """
     own = getattr(config, "layer_plan", None)
     # a family's plan rows name their kinds by ``mixer`` / ``mlp`` (BlockPlan or a like tuple)
-    plan = (tuple(BlockPlan(p.mixer, p.mlp) for p in own()) if callable(own)
-            else (BlockPlan(config.arch),) * config.n_layer)
+    plan = (
+        tuple(BlockPlan(p.mixer, p.mlp) for p in own())
+        if callable(own)
+        else (BlockPlan(config.arch),) * config.n_layer
+    )
     for block in plan:
         for _, name in block.slots:
             get_kind(name)
     return plan
 
 
-__all__ = ["BLOCK_ROWS", "KINDS", "BlockPlan", "CacheField", "LayerKind", "Param", "get_kind",
-           "kind_config", "layer_plan"]
+__all__ = [
+    "BLOCK_ROWS",
+    "KINDS",
+    "BlockPlan",
+    "CacheField",
+    "LayerKind",
+    "Param",
+    "get_kind",
+    "kind_config",
+    "layer_plan",
+]

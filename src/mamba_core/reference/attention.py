@@ -245,8 +245,9 @@ def _filled(k, v, key_mask, length):
     return _f64(k)[:, :, :t], _f64(v)[:, :, :t], None if key_mask is None else np.asarray(key_mask)[:, :t]
 
 
-def attention_forward(h, w: Mapping, cfg: AttentionConfig, k=None, v=None, key_mask=None, length=None, *,
-                      attention_mask=None):
+def attention_forward(
+    h, w: Mapping, cfg: AttentionConfig, k=None, v=None, key_mask=None, length=None, *, attention_mask=None
+):
     """The ``attention`` kind over L tokens: ``attention`` with the kind's cache fields.
 
     State (``layers.attention``): ``k``, ``v`` (B, Hkv, T, Dh), ``key_mask`` (B, T) bool and
