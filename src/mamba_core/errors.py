@@ -66,3 +66,31 @@ class BackendUnavailableError(MambaCoreError, ImportError):
 
 class UnsupportedError(MambaCoreError, ValueError):
     """A valid upstream feature that mamba-core deliberately does not implement (named in the message)."""
+
+
+class TokenIdError(MambaCoreError, ValueError):
+    """A token id given to a model is not a token of its vocabulary (``mamba_core.token_ids``).
+
+    Attributes:
+        argument: the offending argument (``"input_ids"``, ``"token_ids"``, ...).
+        token_id: the first offending id, or None when the problem is the type or shape.
+    """
+
+    def __init__(self, message: str, *, argument: str, token_id: int | None = None):
+        super().__init__(message)
+        self.argument = argument
+        self.token_id = token_id
+
+
+class ResourceError(ConfigError):
+    """A config asks for more parameters or memory than is sane or available (``mamba_core.config_schema``).
+
+    Attributes:
+        needed: the bytes (or parameters) the request needs.
+        limit: the limit it exceeds.
+    """
+
+    def __init__(self, message: str, *, needed: int, limit: int, field: str | None = None):
+        super().__init__(message, field=field)
+        self.needed = needed
+        self.limit = limit
