@@ -233,7 +233,7 @@ def ssd_chunked_torch(x, dt, A, B, C, chunk_size: int, initial_state=None):
     batch, seqlen, nheads, headdim = x.shape
     ngroups, d_state = B.shape[-2], B.shape[-1]
     hg = nheads // ngroups
-    q = int(chunk_size)
+    q = max(1, min(int(chunk_size), seqlen))  # a chunk longer than the sequence only pads (Q x Q memory)
     nchunks = max(1, -(-seqlen // q))
     pad = nchunks * q - seqlen
     xd = _f32(x) * dt.unsqueeze(-1)  # X = Δ x
