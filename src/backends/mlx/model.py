@@ -22,10 +22,33 @@ from mamba_core.backends.mlx.cache import MambaCache
 from mamba_core.config import Mamba1Config, Mamba2Config
 from mamba_core.errors import ConfigError
 from mamba_core.layout import expand_layout
+from mamba_core.token_ids import check_id_dtype, check_id_ndim, check_id_range, id_array
 
 _F32 = mx.float32
 KERNEL_PATHS = {"mamba1": "mlx-chunked-selective-scan", "mamba2": "mlx-chunked-ssd"}
 
+
+
+def check_token_ids(ids: mx.array, vocab_size: int, argument: str = "input_ids") -> None:
+    """The spec's token-id checks (``mamba_core.token_ids``) on a non-float array: integer dtype, ids in
+    ``[0, vocab_size)`` (MLX's gather does not bound-check: an id past the table crashes the process).
+    Raises ``TokenIdError``."""
+    integer = mx.issubdtype(ids.dtype, mx.integer)
+    check_id_dtype(str(ids.dtype).removeprefix("mlx.core."), integer, argument=argument)
+    if ids.size:
+        check_id_range(mx.min(ids).item(), mx.max(ids).item(), vocab_size, argument=argument)
+
+
+def as_token_ids(ids, vocab_size: int, ndim: int, device=None, argument: str = "input_ids") -> mx.array:
+    """Token ids (an array, or nested lists / numpy) checked by the spec (``mamba_core.token_ids``): not
+    float, of rank ``ndim`` ((B, L) or (B,)); lists also integer and in ``[0, vocab_size)``; -> an
+    ``mx.array`` (``device`` is unused: MLX arrays live in unified memory). Raises ``TokenIdError``."""
+    if not isinstance(ids, mx.array):
+        return mx.array(id_array(ids, vocab_size, ndim=ndim, argument=argument))
+    if mx.issubdtype(ids.dtype, mx.floating):
+        check_id_dtype(str(ids.dtype).removeprefix("mlx.core."), False, argument=argument)
+    check_id_ndim(tuple(ids.shape), ndim, argument=argument)
+    return ids  # the embedding (``_embed``) checks dtype and range
 
 class RMSNorm(nn.Module):
     """RMSNorm (D,) computed in float32; returns the dtype of its weight (the model dtype).
@@ -283,6 +306,7 @@ class _Stack(nn.Module):
         if not mx.issubdtype(x.dtype, mx.floating):
             if "embedding" not in self:
                 raise ValueError("this stack has no embedding: pass (B, L, D) float inputs")
+            check_token_ids(x, self.config.vocab_size)
             x = self.embedding(x)
         if x.shape[-1] != self.config.d_model:
             raise ValueError(f"x: expected last dimension d_model={self.config.d_model}, got shape "
@@ -389,13 +413,15 @@ class _LM(nn.Module):
             (1, 3, 64)
         """
         with mx.stream(self.device):
-            hidden = self.backbone(mx.array(input_ids), cache=cache, attention_mask=attention_mask)
+            hidden = self.backbone(as_token_ids(input_ids, self.config.vocab_size, 2), cache=cache,
+                                   attention_mask=attention_mask)
             return self.logits(hidden)
 
     def step(self, token_ids, cache: MambaCache) -> mx.array:
         """(B,) int -> logits (B, V) float32, O(1) per token; updates ``cache``."""
         with mx.stream(self.device):
-            return self.logits(self.backbone.step(mx.array(token_ids), cache))
+            ids = as_token_ids(token_ids, self.config.vocab_size, 1, argument="token_ids")
+            return self.logits(self.backbone.step(ids, cache))
 
     def make_cache(self, batch: int) -> MambaCache:
         """A zeroed ``MambaCache`` for ``batch`` rows in the model dtype."""

@@ -20,6 +20,7 @@ from mamba_core.backends.torch import ops
 from mamba_core.backends.torch.cache import MambaCache, torch_dtype
 from mamba_core.config import Mamba1Config, Mamba2Config
 from mamba_core.errors import ConfigError
+from mamba_core.token_ids import check_id_dtype, check_id_ndim, check_id_range, id_array
 
 KERNEL_PATHS = {"mamba1": "torch-chunked-selective-scan", "mamba2": "torch-chunked-ssd"}
 
@@ -50,6 +51,27 @@ class RMSNormGated(nn.Module):
     def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
         """x, z: (..., E) -> (..., E) in the weight dtype."""
         return ops.rmsnorm_gated(x, z, self.weight, self.eps, self.group_size)
+
+
+def check_token_ids(ids: torch.Tensor, vocab_size: int, argument: str = "input_ids") -> None:
+    """The spec's token-id checks (``mamba_core.token_ids``) on a non-float tensor: integer dtype, ids in
+    ``[0, vocab_size)``. Raises ``TokenIdError``."""
+    integer = not ids.is_complex() and ids.dtype != torch.bool
+    check_id_dtype(str(ids.dtype).removeprefix("torch."), integer, argument=argument)
+    if ids.numel():
+        check_id_range(int(ids.min()), int(ids.max()), vocab_size, argument=argument)
+
+
+def as_token_ids(ids, vocab_size: int, ndim: int, device, argument: str = "input_ids") -> torch.Tensor:
+    """Token ids (a tensor, or nested lists / numpy) checked by the spec (``mamba_core.token_ids``): not
+    float, of rank ``ndim`` ((B, L) or (B,)); lists also integer and in ``[0, vocab_size)``; -> a tensor on
+    ``device``. Raises ``TokenIdError``."""
+    if not torch.is_tensor(ids):
+        return torch.from_numpy(id_array(ids, vocab_size, ndim=ndim, argument=argument)).to(device)
+    if ids.is_floating_point():
+        check_id_dtype(str(ids.dtype).removeprefix("torch."), False, argument=argument)
+    check_id_ndim(tuple(ids.shape), ndim, argument=argument)
+    return ids.to(device)  # the embedding (``_embed``) checks dtype and range
 
 
 def _mask(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -296,6 +318,7 @@ class Mamba1(nn.Module):
         if not x.is_floating_point():
             if not hasattr(self, "embedding"):
                 raise ValueError("this stack has no embedding: pass (B, L, D) float inputs")
+            check_token_ids(x, self.config.vocab_size)
             x = self.embedding(x)
         if x.shape[-1] != self.config.d_model:
             raise ValueError(f"x: expected last dimension d_model={self.config.d_model}, got shape "
@@ -380,10 +403,13 @@ class Mamba1LM(nn.Module):
 
     def forward(self, input_ids, *, cache: MambaCache | None = None, attention_mask=None):
         """(B, L) int -> logits (B, L, V) float32 (see the backend contract)."""
+        input_ids = as_token_ids(input_ids, self.config.vocab_size, 2, self.backbone.norm_f.weight.device)
         return self.logits(self.backbone(input_ids, cache=cache, attention_mask=attention_mask))
 
     def step(self, token_ids, cache: MambaCache):
         """(B,) int -> logits (B, V) float32; O(1) per token; updates ``cache``."""
+        token_ids = as_token_ids(token_ids, self.config.vocab_size, 1, self.backbone.norm_f.weight.device,
+                                 argument="token_ids")
         hidden = self.backbone.step(token_ids, cache)  # (B, D)
         if type(getattr(self, "lm_head", None)) in (nn.Linear, type(None)):
             return _rows(hidden, self.head_weight).float()
