@@ -364,8 +364,9 @@ def plan_load(
         if e.dtype_policy == "model":
             counts[e.source_dtype] = counts.get(e.source_dtype, 0) + 1
     dominant = max(counts, key=counts.get) if counts else "F32"
-    return LoadPlan(config, dialect, tuple(entries), tied_duplicate, FLOAT_DTYPES[dominant], task=task,
-                    absent=absent)
+    # float64 files (numpy exports) load as float32, the widest dtype a model computes in (dtype policy)
+    model_dtype = "float32" if dominant == "F64" else FLOAT_DTYPES[dominant]
+    return LoadPlan(config, dialect, tuple(entries), tied_duplicate, model_dtype, task=task, absent=absent)
 
 
 def _raise_plan_error(config, dialect, missing, unexpected, mismatched, hints) -> None:

@@ -75,7 +75,7 @@ def verdict(call: Callable[[], Any], *, seconds: float = 10.0, describe: str = "
         return "typed", e
     except Hang as e:
         raise Hang(f"{describe}: {e}") from None
-    except Exception as e:  # noqa: BLE001 - the point: anything else is a finding
+    except Exception as e:
         tb = "".join(traceback.format_exception(type(e), e, e.__traceback__, limit=-4))
         raise Untyped(f"{describe}: untyped {type(e).__name__}: {e}\n{tb}") from e
     return "valid", result

@@ -23,9 +23,12 @@ a symlink loop is refused, never waited on).
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from dataclasses import dataclass
+
+import numpy as np
 
 from mamba_core.errors import CheckpointError
 from mamba_core.weight_files import open_regular_file
@@ -47,6 +50,11 @@ DTYPE_SIZES = {
     "BOOL": 1,
     "F8_E4M3": 1,
     "F8_E5M2": 1,
+}
+# numpy dtypes of the tags numpy can hold; BF16 is read as its uint16 bit pattern (numpy has no bfloat16)
+NUMPY_DTYPES = {
+    "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
+    "I8": "i1", "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
 }
 MAX_HEADER_BYTES = 100 * 2**20  # the limit of the reference implementation (safetensors' Rust crate)
 MAX_NDIM = 16
@@ -235,3 +243,28 @@ def validate_safetensors_header(path: str | os.PathLike) -> ValidatedHeader:
             f"{data_len - end} trailing bytes belong to no tensor (the file is damaged)"
         )
     return ValidatedHeader(name, entries, dict(metadata), 8 + n, size)
+
+
+def read_array(header: ValidatedHeader, name: str) -> np.ndarray:
+    """One tensor of a validated file as a numpy array of its stored dtype (BF16: its uint16 bits).
+
+    For readers that cannot take a dtype (``mx.load`` has no float64): the bytes are exactly where the
+    validated header says.
+
+    Raises:
+        CheckpointError: no such tensor, a dtype numpy cannot hold (float8), or the file changed since
+            it was validated.
+    """
+    entry = header.entries.get(name)
+    if entry is None:
+        raise CheckpointError(f"{header.path!r} has no tensor {name!r}")
+    if entry.dtype not in NUMPY_DTYPES:
+        raise CheckpointError(f"{header.path!r}: tensor {name!r} has dtype {entry.dtype}, which mamba-core "
+                              "cannot read; convert the checkpoint to float32 or bfloat16")
+    count = math.prod(entry.shape)
+    with open_regular_file(header.path, "weight file") as f:
+        f.seek(header.data_start + entry.start)
+        raw = f.read(entry.stop - entry.start)
+    if len(raw) != entry.stop - entry.start:
+        raise CheckpointError(f"{header.path!r} changed while it was read: tensor {name!r} is cut short")
+    return np.frombuffer(raw, NUMPY_DTYPES[entry.dtype], count).reshape(entry.shape).copy()

@@ -44,7 +44,8 @@ an int tensor (e.g. int64)
     """
     if not is_integer or "bool" in dtype_name:
         raise TokenIdError(
-            f"{argument} must hold integer token ids, got dtype {dtype_name}; pass an int tensor (e.g. int64)",
+            f"{argument} must hold integer token ids, got dtype {dtype_name}; pass an int tensor "
+            "(e.g. int64)",
             argument=argument,
         )
 

@@ -20,6 +20,7 @@ from mamba_core.checkpoint import LoadPlan, is_pickle, load_pickle
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
 from mamba_core.registry import DTYPES
+from mamba_core.safetensors_header import read_array, validate_safetensors_header
 
 _DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 _LMS = {"mamba1": Mamba1LM, "mamba2": Mamba2LM}
@@ -160,6 +161,15 @@ def _file_reader(file: str):
     if is_pickle(file):
         stored = load_pickle(file)
         return lambda name: _from_torch(stored[name])
+    header = validate_safetensors_header(file)
+    if any(e.dtype == "F64" for e in header.entries.values()):  # mx.load has no float64: read with numpy
+        def from_numpy(name):
+            arr = read_array(header, name)
+            if header.entries[name].dtype == "BF16":
+                return mx.view(mx.array(arr), mx.bfloat16)
+            return mx.array(arr.astype(np.float32) if arr.dtype == np.float64 else arr)
+
+        return from_numpy
     try:
         arrays = mx.load(os.fspath(file))
     except Exception as e:  # damaged data that the header check could not see
