@@ -113,6 +113,10 @@ def find_checkpoint_files(path: str | os.PathLike) -> CheckpointFiles:
     if not os.path.lexists(config_path):
         raise CheckpointError(f"no config.json next to the weights in {str(directory)!r}")
     config = read_json_file(config_path, "config.json")
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{str(config_path)!r} holds a json {type(config).__name__}, not an object of config fields"
+        )
     return CheckpointFiles(directory, config, files, weight_map)
 
 
