@@ -92,6 +92,48 @@ def check_id_range(lo: int, hi: int, vocab_size: int, *, argument: str = "input_
     )
 
 
+def _nested_ints(value, ndim: int, argument: str) -> list:
+    """``value`` as nested lists of Python ints, ``ndim`` deep; anything else raises ``TokenIdError``."""
+
+    def walk(v, depth):
+        if depth == ndim:
+            if not isinstance(v, numbers.Integral) or isinstance(v, (bool, np.bool_)):
+                raise TokenIdError(
+                    f"{argument} must hold integer token ids, got {v!r} ({type(v).__name__})",
+                    argument=argument,
+                )
+            return int(v)
+        if isinstance(v, (str, bytes, dict)) or not hasattr(v, "__len__") or not hasattr(v, "__iter__"):
+            raise TokenIdError(
+                f"{argument} must be {'a list of lists' if ndim == 2 else 'a list'} of token ids, got "
+                f"{type(v).__name__} at depth {depth}",
+                argument=argument,
+            )
+        return [walk(x, depth + 1) for x in v]
+
+    return walk(value, 0)
+
+
+def prompt_rows(value, vocab_size: int, *, argument: str = "input_ids") -> list[list[int]]:
+    """Prompts of possibly different lengths (a list of token lists), checked: every row non-empty, every
+    element an int in ``[0, vocab_size)``.
+
+    Raises:
+        TokenIdError: no rows, an empty row, an element that is not an int, or an id outside the vocab.
+
+    Example:
+        >>> prompt_rows([[1, 2, 3], [4]], 10)
+        [[1, 2, 3], [4]]
+    """
+    rows = _nested_ints(value, 2, argument)
+    if not rows or any(len(r) == 0 for r in rows):
+        raise TokenIdError(f"{argument}: every prompt needs at least one token, got {value!r}"[:300],
+                           argument=argument)
+    flat = [t for r in rows for t in r]
+    check_id_range(min(flat), max(flat), vocab_size, argument=argument)
+    return rows
+
+
 def id_array(value, vocab_size: int, *, ndim: int = 2, argument: str = "input_ids") -> np.ndarray:
     """A Python or numpy input of token ids, checked, as an int64 numpy array.
 
@@ -112,33 +154,17 @@ def id_array(value, vocab_size: int, *, ndim: int = 2, argument: str = "input_id
     if isinstance(value, np.ndarray):
         arr = value
     else:
-        def walk(v, depth):
-            if depth == ndim:
-                if not isinstance(v, numbers.Integral) or isinstance(v, (bool, np.bool_)):
-                    raise TokenIdError(
-                        f"{argument} must hold integer token ids, got {v!r} ({type(v).__name__})",
-                        argument=argument,
-                    )
-                return int(v)
-            if isinstance(v, (str, bytes)) or not hasattr(v, "__len__"):
-                raise TokenIdError(
-                    f"{argument} must be {'a list of lists' if ndim == 2 else 'a list'} of token ids, got "
-                    f"{type(v).__name__} at depth {depth}",
-                    argument=argument,
-                )
-            return [walk(x, depth + 1) for x in v]
-
-        rows = walk(value, 0)
+        rows = _nested_ints(value, ndim, argument)
         if ndim == 2 and len({len(r) for r in rows}) > 1:
             raise TokenIdError(
                 f"{argument} rows have different lengths {sorted({len(r) for r in rows})}; pass them to "
                 "generate (which left-pads and masks them) or pad them yourself with an attention_mask",
                 argument=argument,
             )
-        try:
-            arr = np.array(rows, dtype=np.int64)
-        except OverflowError as e:
-            raise TokenIdError(f"{argument} holds an id beyond int64: {e}", argument=argument) from e
+        flat = [t for r in rows for t in r] if ndim == 2 else rows
+        if flat:  # before numpy sees them: an id beyond int64 would overflow there
+            check_id_range(min(flat), max(flat), vocab_size, argument=argument)
+        arr = np.array(rows, dtype=np.int64)
     check_id_dtype(str(arr.dtype), arr.dtype.kind in "iu", argument=argument)
     check_id_ndim(arr.shape, ndim, argument=argument)
     if arr.dtype.kind == "u" and arr.size and int(arr.max()) > np.iinfo(np.int64).max:
