@@ -1,4 +1,4 @@
-"""``inspect`` names the tensors holding NaN or inf (``mamba_core.weight_scan``), float32 and bfloat16 alike."""
+"""``inspect`` names the tensors holding NaN or inf (``mamba_core.weight_scan``), in float32 and bf16."""
 
 from __future__ import annotations
 
