@@ -30,7 +30,7 @@ def test_scan_counts_nan_and_inf_in_bf16(tmp_path):
 
 
 def test_inspect_reports_nonfinite_weights_by_name(tmp_path):
-    d = make_dir(tmp_path, CFG1, "state-spaces")
+    d = make_dir(tmp_path, CFG1, "mamba-core")  # no tokenizer to look up on the hub
     assert inspect_checkpoint(d)["nonfinite"] == []
     f = d / "model.safetensors"
     raw = bytearray(f.read_bytes())
