@@ -28,6 +28,7 @@ from mamba_core.checkpoint import (
     read_safetensors_header,
 )
 from mamba_core.config import parse_config
+from mamba_core.config_schema import check_memory
 from mamba_core.errors import CheckpointError, ConfigError, UnsupportedError
 from mamba_core.hub import looks_like_hub_id
 from mamba_core.hub import resolve as resolve_hub
@@ -293,6 +294,7 @@ def load(
         CheckpointError: missing/unexpected/mis-shaped tensors, truncated or corrupt files, offline
             and not cached (each names the file or tensor).
         ConfigError: invalid config.json.
+        ResourceError: the model would need more memory than is available (a ``ConfigError``).
         UnsupportedError: quantized, hybrid or other models mamba-core does not implement.
         BackendUnavailableError: the backend is not installed.
 
@@ -305,6 +307,8 @@ def load(
     plan = plan_checkpoint(path, dialect=dialect, task=task, num_labels=num_labels, pooling=pooling)
     if plan.absent:
         log.warning("%s: not in the checkpoint, newly initialized: %s", path, ", ".join(plan.absent))
+    width = 2 if (dtype or plan.checkpoint_dtype) in ("bfloat16", "float16") else 4
+    check_memory(plan.config, width, what=f"loading {str(path)!r}")  # before any allocation
     chosen = resolve_backend(backend)
     model = get_backend(chosen).load_checkpoint(plan, dtype=dtype, device=device)
     model.backend_choice = chosen
