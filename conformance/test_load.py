@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 import numpy as np
 import pytest
@@ -188,6 +189,18 @@ def test_auto_backend_says_which(tmp_path, caplog):
         model = mamba_core.load(tmp_path / "c", backend="auto", device="cpu")
     assert model.backend_choice == chosen
     assert f"backend='auto' picked {chosen!r}" in caplog.text
+
+
+def test_mlx_reads_a_bin_only_with_torch(tmp_path, monkeypatch):
+    """MLX reads a pickle with torch (bit-exact, no torch tensor kept); without torch it names the fix."""
+    if "mlx" not in SELECTED_BACKENDS:
+        pytest.skip("mlx not selected by MAMBA_CORE_BACKENDS")
+    write_source("state-spaces-bin", CONFIGS["m1"], "bfloat16", tmp_path / "b")
+    model = mamba_core.load(tmp_path / "b", backend="mlx", device="cpu")
+    assert str(model.backbone.norm_f.weight.dtype) == "mlx.core.bfloat16"
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
+    with pytest.raises(CheckpointError, match=r"pytorch_model\.bin.*mlx backend needs torch \(pip install"):
+        mamba_core.load(tmp_path / "b", backend="mlx", device="cpu")
 
 
 # ---- errors -------------------------------------------------------------------------------------

@@ -284,5 +284,5 @@ def test_stack_and_head_checkpoints_round_trip_across_backends(target, tmp_path)
                 continue
             loaded = mamba_core.load(path, backend=other_name, device="cpu")
             assert type(loaded).__name__ == type(model).__name__, name
-            assert other.heads.task_of(loaded) == mod.heads.task_of(model), name
+            assert other.task_of(loaded) == mod.task_of(model), name
             _assert_same_tensors(mod, model, other, loaded)

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from mamba_core import ConfigError, Mamba1Config, Mamba2Config, UnsupportedError
-from mamba_core.config import DIALECTS, detect_dialect, parse_config
+from mamba_core.dialects import DIALECTS, detect_dialect, parse_config
 
 # Real config.json files as published (spec-notes §3.1, §4.1, §8), trimmed of nothing.
 SS_MAMBA_130M = {

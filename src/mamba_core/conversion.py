@@ -7,7 +7,7 @@ write them with ``writer.write_checkpoint`` (safetensors shards in a temporary d
 place when complete; tokenizer files copied along).
 
 Dtypes. ``dtype=None`` keeps the checkpoint's dtype for every "model"-policy tensor. ``A_log``, ``D``
-and the dt bias (the layout's "fp32" policy, spec-notes §6) are written as float32 in every target
+and the dt bias (the layout's "fp32" policy, docs/spec.md §6.1) are written as float32 in every target
 dialect, ``"state-spaces"`` included, whatever the source holds: a float16 or bfloat16 value widens to
 float32 exactly, so ``load(convert(x)) == load(x)`` bit for bit (``load`` holds them in float32 anyway),
 the files stay loadable by transformers, mlx-lm and upstream (they cast on load), and the cost is a few
@@ -24,40 +24,16 @@ import logging
 import os
 from pathlib import Path
 
-from mamba_core.errors import BackendUnavailableError, CheckpointError
+from mamba_core.errors import CheckpointError
 from mamba_core.layout import CHECKPOINT_DIALECTS
 from mamba_core.loading import local_path, plan_checkpoint
-from mamba_core.registry import DTYPES, get_backend
+from mamba_core.registry import DTYPES, choose_backend, get_backend
 from mamba_core.writer import DEFAULT_SHARD_SIZE, TOKENIZER_FILES, write_checkpoint
 
 log = logging.getLogger("mamba_core")
 
 # "canonical" is the house-style name of our own format.
 _ALIASES = {"canonical": "mamba-core"}
-
-
-def conversion_backend(backend: str | None = None) -> str:
-    """The backend a conversion runs on: ``backend`` when given, else torch when importable, else MLX.
-
-    Raises:
-        BackendUnavailableError: neither backend is installed (or the named one is not).
-
-    Example:
-        >>> conversion_backend("mlx")   # doctest: +SKIP
-        'mlx'
-    """
-    if backend not in (None, "auto"):
-        get_backend(backend)
-        return backend
-    errors = []
-    for name in ("torch", "mlx"):
-        try:
-            get_backend(name)
-        except BackendUnavailableError as e:
-            errors.append(e)
-            continue
-        return name
-    raise errors[0]
 
 
 def convert(
@@ -81,8 +57,9 @@ def convert(
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``; None keeps the source's dtype. ``A_log``,
             ``D`` and the dt bias are always written as float32 (see the module docstring).
         force: replace an existing ``dst``; the old one is removed only after the new one is complete.
-        backend: ``"torch"`` or ``"mlx"`` to run the conversion on; None = torch when installed, else
-            MLX. Either gives the same bytes.
+        backend: ``"torch"`` or ``"mlx"`` to run the conversion on; None or ``"auto"`` =
+            ``registry.choose_backend``'s rule (MLX on Apple Silicon, else torch). Either gives the same
+            bytes.
         shard_size: the largest output shard in bytes (default 5 GiB); above it the weights are split
             into ``model-0000k-of-0000N.safetensors`` with a ``model.safetensors.index.json``.
         revision: hub revision when ``src`` is a hub id.
@@ -113,9 +90,9 @@ def convert(
     if dst.exists() and not force:
         raise FileExistsError(f"{str(dst)!r} exists; pass force=True (--force) to replace it")
     src_path = local_path(src, revision=revision)
-    plan = plan_checkpoint(src_path, dialect=dialect)
-    name = conversion_backend(backend)
+    name = choose_backend(backend).name
     module = get_backend(name)
+    plan = plan_checkpoint(src_path, dialect=dialect, backend=module)
     log.info(
         "converting %s (%s, %s) to %s (%s) with the %s backend",
         src_path, plan.dialect, plan.checkpoint_dtype, dst, to, name,

@@ -68,6 +68,22 @@ class UnsupportedError(MambaCoreError, ValueError):
     """A valid upstream feature that mamba-core deliberately does not implement (named in the message)."""
 
 
+class SamplingError(MambaCoreError, ValueError):
+    """A generation setting is out of range or of the wrong type (``mamba_core.sampling``).
+
+    Attributes:
+        argument: the offending keyword argument of ``generate`` / ``stream``.
+    """
+
+    def __init__(self, message: str, *, argument: str):
+        super().__init__(message)
+        self.argument = argument
+
+
+class SeedError(SamplingError):
+    """A seed is not an int in ``[0, 2**64)`` (the range both backends' generators take)."""
+
+
 class TokenIdError(MambaCoreError, ValueError):
     """A token id given to a model is not a token of its vocabulary (``mamba_core.token_ids``).
 

@@ -1,9 +1,10 @@
 """``load`` and ``save``: checkpoints on disk <-> a backend's native model.
 
 ``load`` finds ``config.json`` and the weight files (safetensors preferred, pickled ``.bin`` otherwise,
-single or sharded with an index), reads their headers (spec layer, no framework; ``.bin`` through
-``checkpoint.read_pickle_header``), builds a ``LoadPlan`` and hands it to the backend, which reads tensor
-data with its own loader. ``save`` (and ``conversion.convert``) write through one function,
+single or sharded with an index), reads their headers (spec layer, no framework; a ``.bin`` has no
+header outside torch, so the backend's ``read_pickle_header`` reads it), builds a ``LoadPlan`` and hands
+it to the backend, which reads tensor data with its own loader. The backend is the one
+``registry.choose_backend`` picks. ``save`` (and ``conversion.convert``) write through one function,
 ``writer.write_checkpoint``: safetensors shards into a temporary directory next to the destination,
 renamed into place only when complete.
 """
@@ -12,10 +13,9 @@ from __future__ import annotations
 
 import logging
 import os
-import platform
-import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from mamba_core.checkpoint import (
@@ -24,15 +24,15 @@ from mamba_core.checkpoint import (
     checkpoint_dialect,
     is_pickle,
     plan_load,
-    read_pickle_header,
     read_safetensors_header,
+    torch_needed,
 )
-from mamba_core.config import parse_config
 from mamba_core.config_schema import check_memory
-from mamba_core.errors import CheckpointError, ConfigError, UnsupportedError
+from mamba_core.dialects import parse_config
+from mamba_core.errors import BackendUnavailableError, CheckpointError, ConfigError, UnsupportedError
 from mamba_core.hub import looks_like_hub_id
 from mamba_core.hub import resolve as resolve_hub
-from mamba_core.registry import default_backend, get_backend
+from mamba_core.registry import BACKENDS, choose_backend, get_backend
 from mamba_core.task import Task, resolve_task
 from mamba_core.weight_files import read_json_file, read_shard_index, select_weight_files
 from mamba_core.writer import (
@@ -121,10 +121,23 @@ def find_checkpoint_files(path: str | os.PathLike) -> CheckpointFiles:
     return CheckpointFiles(directory, config, files, weight_map)
 
 
-def read_tensor_infos(files: CheckpointFiles) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+def _pickle_reader(backend: str | ModuleType | None) -> ModuleType:
+    """The backend that reads ``.bin`` headers: the one given, else torch (whose format a pickle is)."""
+    if isinstance(backend, ModuleType):
+        return backend
+    return get_backend(backend or "torch")
+
+
+def read_tensor_infos(
+    files: CheckpointFiles, backend: str | ModuleType | None = None
+) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     """Every tensor of the weight files (names, shapes, dtypes, file) and the safetensors metadata.
 
+    Safetensors headers are read here; pickled ``.bin`` files through ``backend``'s ``read_pickle_header``
+    (None: the torch backend).
+
     Raises:
+        CheckpointError: a ``.bin`` where torch is not installed (naming the fix).
         CheckpointError: a tensor in two files, files disagreeing on their format metadata, or a
             shard index that does not match the shards (each names the tensor and file).
 
@@ -138,7 +151,7 @@ def read_tensor_infos(files: CheckpointFiles) -> tuple[dict[str, TensorInfo], di
     formats: dict[str, str] = {}
     for f in files.weight_files:
         if is_pickle(f):
-            infos = read_pickle_header(f)
+            infos = _pickle_header(f, backend)
         else:
             header = read_safetensors_header(f)
             infos = header.tensors
@@ -155,26 +168,41 @@ def read_tensor_infos(files: CheckpointFiles) -> tuple[dict[str, TensorInfo], di
             f"the shards of {str(files.directory)!r} disagree on their format metadata: {formats}; they "
             "come from different conversions"
         )
-    if files.weight_map is not None:
-        wrong = sorted(
-            f"{name!r} (index: {file!r}, found: "
-            + (repr(os.path.basename(tensors[name].file)) if name in tensors else "nowhere")
-            + ")"
-            for name, file in files.weight_map.items()
-            if name not in tensors or os.path.basename(tensors[name].file) != file
-        )
-        if wrong:
-            raise CheckpointError(
-                f"the shard index of {str(files.directory)!r} does not match its shards: "
-                f"{len(wrong)} tensor(s) misplaced: {', '.join(wrong[:8])}"
-            )
+    _check_index(files, tensors)
     return tensors, metadata
+
+
+def _pickle_header(f: Path, backend: str | ModuleType | None) -> dict[str, TensorInfo]:
+    try:
+        reader = _pickle_reader(backend)
+    except BackendUnavailableError as e:
+        raise torch_needed(f, e.backend) from e
+    return reader.read_pickle_header(f)
+
+
+def _check_index(files: CheckpointFiles, tensors: dict[str, TensorInfo]) -> None:
+    """Every tensor a shard index names is in the shard it names."""
+    if files.weight_map is None:
+        return
+    wrong = sorted(
+        f"{name!r} (index: {file!r}, found: "
+        + (repr(os.path.basename(tensors[name].file)) if name in tensors else "nowhere")
+        + ")"
+        for name, file in files.weight_map.items()
+        if name not in tensors or os.path.basename(tensors[name].file) != file
+    )
+    if wrong:
+        raise CheckpointError(
+            f"the shard index of {str(files.directory)!r} does not match its shards: "
+            f"{len(wrong)} tensor(s) misplaced: {', '.join(wrong[:8])}"
+        )
 
 
 def plan_checkpoint(
     path: str | os.PathLike,
     dialect: str | None = None,
     *,
+    backend: str | ModuleType | None = None,
     task: str | None = None,
     num_labels: int | None = None,
     pooling: str | None = None,
@@ -184,11 +212,13 @@ def plan_checkpoint(
     Args:
         path: a checkpoint directory, or a ``.safetensors`` / ``.bin`` file with ``config.json`` beside it.
         dialect: force the checkpoint dialect instead of detecting it.
+        backend: the backend (name or module) that reads ``.bin`` headers; None = torch. Safetensors
+            need none.
         task, num_labels, pooling: build a stack or head instead of what the checkpoint holds (see
             ``load``).
 
     Raises:
-        CheckpointError: bad or mismatched files (naming the file and tensor).
+        CheckpointError: bad or mismatched files (naming the file and tensor); a ``.bin`` without torch.
         ConfigError, UnsupportedError: the config is invalid or describes an unsupported model
             (quantized, hybrid, ...); the message starts with the config's path.
 
@@ -198,6 +228,15 @@ def plan_checkpoint(
         ('hf', 'float32')
     """
     files = find_checkpoint_files(path)
+    parsed, source_task, target = _read_config(files, task, num_labels, pooling)
+    tensors, metadata = read_tensor_infos(files, backend)
+    if dialect is None:
+        dialect = checkpoint_dialect(parsed.dialect, metadata)
+    return plan_load(parsed.config, dialect, tensors, task=target, source_task=source_task)
+
+
+def _read_config(files: CheckpointFiles, task, num_labels, pooling):
+    """-> (ParsedConfig, the task the checkpoint holds, the task to build); errors name config.json."""
     config_path = str(files.directory / "config.json")
     source_task, config = Task(), files.config
     try:
@@ -212,10 +251,7 @@ def plan_checkpoint(
         raise ConfigError(f"{config_path!r}: {e}", field=e.field) from e
     except UnsupportedError as e:
         raise UnsupportedError(f"{config_path!r}: {e}") from e
-    tensors, metadata = read_tensor_infos(files)
-    if dialect is None:
-        dialect = checkpoint_dialect(parsed.dialect, metadata)
-    return plan_load(parsed.config, dialect, tensors, task=target, source_task=source_task)
+    return parsed, source_task, target
 
 
 def local_path(name_or_path: str | os.PathLike, *, revision: str | None = None) -> Path:
@@ -223,22 +259,6 @@ def local_path(name_or_path: str | os.PathLike, *, revision: str | None = None) 
     if not Path(name_or_path).exists() and looks_like_hub_id(str(name_or_path)):
         return resolve_hub(str(name_or_path), revision=revision)
     return Path(name_or_path)
-
-
-def resolve_backend(backend: str) -> str:
-    """``"auto"`` -> the platform's default backend (logged at INFO with the reason); others pass through."""
-    if backend == "auto":
-        chosen = default_backend()
-        apple = sys.platform == "darwin" and platform.machine() == "arm64"
-        why = (
-            "Apple Silicon" if apple and chosen == "mlx"
-            else f"{sys.platform}-{platform.machine()}: MLX is the default only on Apple Silicon"
-            if chosen == "torch"
-            else "torch is not installed"
-        )
-        log.info("backend='auto' picked %r (%s)", chosen, why)
-        return chosen
-    return backend
 
 
 def load(
@@ -270,10 +290,10 @@ def load(
         name_or_path: a local checkpoint directory, a ``.safetensors`` / ``.bin`` file with
             ``config.json`` beside it, or a hub id (``"state-spaces/mamba-130m"``) fetched with
             huggingface_hub (only the files needed; ``HF_HUB_OFFLINE=1``: the local cache only).
-        backend: ``"torch"``, ``"mlx"`` or ``"auto"`` (MLX on Apple Silicon, else torch; the choice is
-            logged and recorded in ``model.backend_choice``).
+        backend: ``"torch"``, ``"mlx"`` or ``"auto"`` (``registry.choose_backend``: MLX on Apple Silicon,
+            else torch; the choice is logged and recorded in ``model.backend_choice``).
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``; None keeps the checkpoint's dtype.
-            ``A_log``, ``D`` and the dt bias are float32 whatever the dtype (spec-notes §6).
+            ``A_log``, ``D`` and the dt bias are float32 whatever the dtype (docs/spec.md §6.1).
         device: backend device string (``"cpu"``, ``"cuda"``, ``"mps"``, ``"gpu"``); None = default.
         revision: hub revision (branch, tag, commit) for hub ids.
         dialect: force the checkpoint dialect instead of detecting it.
@@ -304,14 +324,18 @@ def load(
         'torch'
     """
     path = local_path(name_or_path, revision=revision)
-    plan = plan_checkpoint(path, dialect=dialect, task=task, num_labels=num_labels, pooling=pooling)
+    choice = choose_backend(backend)
+    if choice.auto:
+        log.info("backend='auto' picked %r (%s)", choice.name, choice.why)
+    module = get_backend(choice.name)
+    plan = plan_checkpoint(path, dialect=dialect, backend=module, task=task, num_labels=num_labels,
+                           pooling=pooling)
     if plan.absent:
         log.warning("%s: not in the checkpoint, newly initialized: %s", path, ", ".join(plan.absent))
     width = 2 if (dtype or plan.checkpoint_dtype) in ("bfloat16", "float16") else 4
     check_memory(plan.config, width, what=f"loading {str(path)!r}")  # before any allocation
-    chosen = resolve_backend(backend)
-    model = get_backend(chosen).load_checkpoint(plan, dtype=dtype, device=device)
-    model.backend_choice = chosen
+    model = module.load_checkpoint(plan, dtype=dtype, device=device)
+    model.backend_choice = choice.name
     if return_tokenizer:
         return model, load_tokenizer(path)
     return model
@@ -324,7 +348,7 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, revision: str | None = No
     Example:
         >>> tok = load_tokenizer(mamba_core.assets.SHIPPED_MODEL)   # doctest: +SKIP
     """
-    from mamba_core.config import detect_dialect
+    from mamba_core.dialects import detect_dialect
     from mamba_core.tokenizer import load_tokenizer as _load_tokenizer
 
     path = local_path(name_or_path, revision=revision)
@@ -380,7 +404,7 @@ def save(
     """
     module = get_backend(_backend_of(model))
     check_dialect(dialect)
-    task = module.heads.task_of(model)
+    task = module.task_of(model)
     tensors = module.export_tensors(model, dialect=dialect)
     copy_files, extra = tokenizer_files(tokenizer)
     return write_checkpoint(module, tensors, model.config, path, dialect=dialect, force=force,
@@ -390,7 +414,7 @@ def save(
 
 def _backend_of(model) -> str:
     mod = type(model).__module__
-    for name in ("torch", "mlx"):
-        if mod.startswith(f"mamba_core.backends.{name}"):
+    for name, package in BACKENDS.items():
+        if mod == package or mod.startswith(package + "."):
             return name
     raise TypeError(f"{type(model).__name__} is not a mamba-core model (module {mod!r})")

@@ -12,6 +12,7 @@ from mamba_core.backends.mlx import ops as ops
 from mamba_core.backends.mlx.cache import MambaCache as MambaCache
 from mamba_core.backends.mlx.heads import FeatureExtractor as FeatureExtractor
 from mamba_core.backends.mlx.heads import SequenceClassifier as SequenceClassifier
+from mamba_core.backends.mlx.heads import task_of as task_of
 from mamba_core.backends.mlx.model import Mamba1 as Mamba1
 from mamba_core.backends.mlx.model import Mamba1Block as Mamba1Block
 from mamba_core.backends.mlx.model import Mamba1LM as Mamba1LM
@@ -22,9 +23,14 @@ from mamba_core.backends.mlx.model import Mamba2LM as Mamba2LM
 from mamba_core.backends.mlx.model import Mamba2Mixer as Mamba2Mixer
 from mamba_core.backends.mlx.model import RMSNorm as RMSNorm
 from mamba_core.backends.mlx.model import RMSNormGated as RMSNormGated
+from mamba_core.backends.mlx.pickles import read_pickle as read_pickle
+from mamba_core.backends.mlx.pickles import read_pickle_header as read_pickle_header
+from mamba_core.backends.mlx.runtime import inference_scope as inference_scope
+from mamba_core.backends.mlx.runtime import single_threaded as single_threaded
 from mamba_core.backends.mlx.sample import generate as generate
 from mamba_core.backends.mlx.sample import stream as stream
 from mamba_core.backends.mlx.train import Trainer as Trainer
+from mamba_core.backends.mlx.train import loss_gradients as loss_gradients
 from mamba_core.backends.mlx.weights import build_model as build_model
 from mamba_core.backends.mlx.weights import default_device as default_device
 from mamba_core.backends.mlx.weights import devices as devices
@@ -58,9 +64,15 @@ __all__ = [
     "export_tensors",
     "from_numpy",
     "generate",
+    "inference_scope",
     "load_checkpoint",
+    "loss_gradients",
     "ops",
+    "read_pickle",
+    "read_pickle_header",
     "save_safetensors",
+    "single_threaded",
     "stream",
+    "task_of",
     "to_numpy",
 ]

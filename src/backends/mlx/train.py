@@ -5,7 +5,7 @@ this file only knows how to take a step with MLX:
 
 * loss: cross-entropy of the logits' first ``config.vocab_size`` columns (padded columns excluded);
 * ``mlx.optimizers.AdamW`` with ``bias_correction=True`` (torch's AdamW formula), two of them in a
-  ``MultiOptimizer``: decay off where ``mamba_core.train.no_weight_decay`` says (norms, biases, ``D``,
+  ``MultiOptimizer``: decay off where ``mamba_core.train_config.no_weight_decay`` says (norms, biases, ``D``,
   dt bias, ``A_log``);
 * global-norm gradient clipping (``mlx.optimizers.clip_grad_norm``);
 * ``precision="bf16-mixed"``: MLX has no autocast, so each step casts a copy of the float32 master
@@ -30,7 +30,8 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from mamba_core.backends.mlx.model import apply_dtype_policy
 from mamba_core.errors import CheckpointError
-from mamba_core.train import TrainConfig, no_weight_decay
+from mamba_core.layout import expand_layout
+from mamba_core.train_config import TrainConfig, no_weight_decay
 
 
 class Trainer:
@@ -38,7 +39,7 @@ class Trainer:
 
     Args:
         model: the MLX LM (float32 parameters: train in float32 or ``bf16-mixed``).
-        config: ``mamba_core.train.TrainConfig`` (betas, eps, weight decay, clip, precision).
+        config: ``mamba_core.train_config.TrainConfig`` (betas, eps, weight decay, clip, precision).
 
     Raises:
         ValueError: a parameter is not float32.
@@ -146,3 +147,26 @@ class Trainer:
     def load_state(self, path) -> None:
         """Read a file written by ``save_state``."""
         self.load_state_tensors(mx.load(os.fspath(path)))
+
+
+def loss_gradients(model, loss) -> dict[str, mx.array]:
+    """Gradients of the scalar ``loss(model)`` by canonical parameter name, in the canonical layout.
+
+    The conv weights are held in MLX layout ``(C, K, 1)``; their gradients are moved to the canonical
+    ``(C, 1, K)`` with the layout's axes, so both backends return the same shapes.
+
+    Example:
+        >>> from mamba_core.testing import tiny_mamba1
+        >>> from mamba_core.backends.mlx import build_model
+        >>> model = build_model(tiny_mamba1(), seed=0)
+        >>> grads = loss_gradients(model, lambda m: m(mx.zeros((1, 3), dtype=mx.int32)).sum())
+        >>> grads["backbone.layers.0.mixer.conv1d.weight"].shape
+        (64, 1, 4)
+    """
+    _, grads = nn.value_and_grad(model, loss)(model)
+    specs = expand_layout(model.config)
+    out = {}
+    for name, g in tree_flatten(grads):
+        axes = specs[name].mlx_axes  # module layout -> canonical (torch) layout
+        out[name] = g if axes is None else mx.transpose(g, [int(a) for a in np.argsort(axes)])
+    return out

@@ -16,7 +16,8 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from mamba_core.backends.mlx.model import Mamba1LM, Mamba2LM
-from mamba_core.checkpoint import LoadPlan, is_pickle, load_pickle
+from mamba_core.backends.mlx.pickles import read_pickle
+from mamba_core.checkpoint import LoadPlan, is_pickle
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
 from mamba_core.registry import DTYPES
@@ -145,22 +146,11 @@ def build_model(config, *, dtype="float32", device=None, seed: int | None = None
     return model
 
 
-def _from_torch(t) -> mx.array:
-    """A CPU torch tensor as ``mx.array``, bit-exact: bfloat16 crosses numpy as its int16 bit pattern."""
-    import torch
-
-    t = t.detach().to("cpu").contiguous()
-    if t.dtype == torch.bfloat16:
-        return mx.view(mx.array(t.view(torch.int16).numpy()), mx.bfloat16)
-    return mx.array(t.numpy())
-
-
 def _file_reader(file: str):
-    """name -> ``mx.array`` for one weight file: ``mx.load`` for safetensors, torch's
-    ``weights_only`` loader for pickled ``.bin`` files (needs torch; imported only then)."""
+    """name -> ``mx.array`` for one weight file: ``mx.load`` for safetensors, ``pickles.read_pickle``
+    for pickled ``.bin`` files (needs torch to read them)."""
     if is_pickle(file):
-        stored = load_pickle(file)
-        return lambda name: _from_torch(stored[name])
+        return read_pickle(file).__getitem__
     header = validate_safetensors_header(file)
     if any(e.dtype == "F64" for e in header.entries.values()):  # mx.load has no float64: read with numpy
         def from_numpy(name):

@@ -18,7 +18,8 @@ from safetensors.torch import save_file
 
 from mamba_core.backends.torch.cache import torch_dtype
 from mamba_core.backends.torch.model import Mamba1LM, Mamba2LM
-from mamba_core.checkpoint import LoadPlan, is_pickle, load_pickle
+from mamba_core.backends.torch.pickles import read_pickle
+from mamba_core.checkpoint import LoadPlan, is_pickle
 from mamba_core.errors import CheckpointError
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
 
@@ -109,7 +110,7 @@ def _read(plan: LoadPlan) -> dict[str, torch.Tensor]:
     with ExitStack() as files:
         for file, group in by_file.items():
             if is_pickle(file):
-                stored = load_pickle(file)
+                stored = read_pickle(file)
 
                 def get(name, stored=stored):
                     return stored[name].clone()  # own the memory, not the file's mapping

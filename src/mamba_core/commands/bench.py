@@ -9,6 +9,7 @@ measurement runs once to warm up, then ``--repeat`` times; the best time is repo
 from __future__ import annotations
 
 import json
+import sys
 import time
 
 NAME = "bench"
@@ -58,14 +59,13 @@ def bench(model=None, *, backend: str = "auto", dtype: str | None = None, device
 
     import mamba_core
     from mamba_core.assets import SHIPPED_MODEL
-    from mamba_core.loading import resolve_backend
-    from mamba_core.registry import get_backend
+    from mamba_core.registry import choose_backend, get_backend
 
     for name, value, low in (("prompt_len", prompt_len, 1), ("new_tokens", new_tokens, 2),
                              ("batch", batch, 1), ("repeat", repeat, 1)):
         if value < low:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
-    backend = resolve_backend(backend)
+    backend = choose_backend(backend).name
     module = get_backend(backend)
     lm = mamba_core.load(model if model is not None else SHIPPED_MODEL, backend=backend, dtype=dtype,
                          device=device)
@@ -103,12 +103,16 @@ def _device_name(lm) -> str:
 
 
 def run(args) -> int:
-    from mamba_core.registry import available_backends
+    from mamba_core.registry import available_backends, choose_backend
 
     if args.backend == "all":
         names = [name for name, reason in available_backends().items() if reason is None]
     else:
         names = [args.backend]
+    choices = [choose_backend(name) for name in names]
+    for choice in choices:
+        print(choice, file=sys.stderr)
+    names = [choice.name for choice in choices]
     rows = [bench(args.model, backend=name, dtype=args.dtype, device=args.device, prompt_len=args.prompt_len,
                   new_tokens=args.new_tokens, batch=args.batch, repeat=args.repeat) for name in names]
     if args.json:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 
 NAME = "convert"
 HELP = (
@@ -54,8 +55,8 @@ def add_arguments(p) -> None:
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="target dtype (default: the source's; A_log, D and the dt bias stay float32)")
     p.add_argument("--force", action="store_true", help="replace an existing DST once the new one is done")
-    p.add_argument("--backend", default=None, choices=["torch", "mlx"],
-                   help="backend that runs the conversion (default: torch when installed, else mlx)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "mlx"],
+                   help="backend that runs the conversion (default auto: mlx on Apple Silicon, else torch)")
     p.add_argument("--shard-size", default="5GB", type=_shard_size,
                    help="largest output shard, e.g. 5GB (default), 500MB, or bytes")
     p.add_argument("--revision", default=None, help="hub revision for hub ids")
@@ -64,9 +65,12 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from mamba_core.conversion import convert
     from mamba_core.loading import find_checkpoint_files
+    from mamba_core.registry import choose_backend
 
+    choice = choose_backend(args.backend)
+    print(choice, file=sys.stderr)
     out = convert(args.src, args.dst, to=args.to, dtype=args.dtype, force=args.force,
-                  backend=args.backend, shard_size=args.shard_size, revision=args.revision)
+                  backend=choice.name, shard_size=args.shard_size, revision=args.revision)
     files = find_checkpoint_files(out).weight_files
     size = sum(f.stat().st_size for f in files)
     others = sorted(p.name for p in out.iterdir() if p not in files)

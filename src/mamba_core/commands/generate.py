@@ -53,8 +53,8 @@ def generate_text(
     import mamba_core
     from mamba_core.assets import SHIPPED_MODEL
     from mamba_core.errors import CheckpointError
-    from mamba_core.loading import local_path, resolve_backend
-    from mamba_core.registry import get_backend
+    from mamba_core.loading import local_path
+    from mamba_core.registry import choose_backend, get_backend
     from mamba_core.tokenizer import ByteTokenizer, HFTokenizer
 
     # resolve a hub id once: the tokenizer and the weights then come from the same local snapshot
@@ -69,7 +69,7 @@ def generate_text(
             raise CheckpointError(
                 f"{str(name)!r} has no tokenizer; pass --tokenizer bytes or a tokenizer.json path"
             )
-    backend = resolve_backend(backend)
+    backend = choose_backend(backend).name
     lm = mamba_core.load(name, backend=backend, dtype=dtype, device=device)
     ids = tok.encode(prompt)
     if not ids:
@@ -89,13 +89,17 @@ def generate_text(
 
 
 def run(args) -> int:
+    from mamba_core.registry import choose_backend
+
+    choice = choose_backend(args.backend)
+    print(choice, file=sys.stderr)
     prompt = args.prompt
     if prompt is None or prompt == "-":
         prompt = sys.stdin.read()
     if args.max_tokens < 0:
         raise ValueError(f"--max-tokens must be >= 0, got {args.max_tokens}")
     pieces = generate_text(
-        prompt, model=args.model, backend=args.backend, dtype=args.dtype, device=args.device,
+        prompt, model=args.model, backend=choice.name, dtype=args.dtype, device=args.device,
         max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
         tokenizer=args.tokenizer, revision=args.revision,

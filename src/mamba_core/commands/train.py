@@ -96,6 +96,7 @@ def _tokenizer(args):
 
 def run(args) -> int:
     from mamba_core.data import load_corpus
+    from mamba_core.registry import choose_backend
     from mamba_core.train import TrainConfig, train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -108,6 +109,8 @@ def run(args) -> int:
         eval_every=args.eval_every, eval_batches=args.eval_batches, save_every=args.save_every,
         seed=args.seed, precision=args.precision, log_every=args.log_every,
     )
+    choice = choose_backend(args.backend)
+    print(choice, file=sys.stderr)
     tok = _tokenizer(args)
     patterns = tuple(s for s in args.glob.split(",") if s)
     corpus = load_corpus(args.data, tok, stdlib=args.stdlib, val_fraction=args.val_fraction,
@@ -116,7 +119,7 @@ def run(args) -> int:
     args.vocab_size = corpus.vocab_size
     new_model = model_config(args) if args.init_from is None else None
     result = train(corpus, args.out, config, model_config=new_model, init_from=args.init_from,
-                   backend=args.backend, device=args.device, tokenizer=tok, resume=not args.no_resume,
+                   backend=choice.name, device=args.device, tokenizer=tok, resume=not args.no_resume,
                    stop_at=args.stop_at)
     last = result.eval_losses[-1][1] if result.eval_losses else float("nan")
     first = result.train_losses[0] if result.train_losses else float("nan")

@@ -1,0 +1,279 @@
+"""The ``"hf"`` and ``"mlx-lm"`` config dialects: transformers' ``MambaConfig`` / ``Mamba2Config`` names.
+
+``model_type`` names the architecture (``MODEL_TYPES``); ``NAMES_BY_ARCH`` maps the HF keys onto our
+fields and ``DEFAULTS_BY_ARCH`` holds transformers' own defaults for keys a json may omit. mlx-lm reads
+the same json plus a few keys its ``ModelArgs`` requires. A new HF architecture adds a row to each table
+and to ``_ARCH_READERS`` / ``_ARCH_EXTRAS`` (what its json holds beyond renamed fields).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from mamba_core.config import CONFIG_CLASSES
+from mamba_core.dialects.parsed import ParsedConfig, build, json_limit, read_limit
+from mamba_core.errors import ConfigError, UnsupportedError
+
+NAMES = ("hf", "mlx-lm")
+
+# model_type -> (our arch, architectures entry)
+MODEL_TYPES = {"mamba": ("mamba1", "MambaForCausalLM"), "mamba2": ("mamba2", "Mamba2ForCausalLM")}
+_MODEL_TYPE_OF = {arch: model_type for model_type, (arch, _) in MODEL_TYPES.items()}
+# model types we know of but do not build: the reason, said as an UnsupportedError
+REFUSED_MODEL_TYPES = {"falcon_mamba": "falcon_mamba (use_bcdt_rms: RMSNorm on dt, B, C) is not supported"}
+
+# HF / mlx-lm name -> our field name.
+_NAMES_COMMON = {
+    "hidden_size": "d_model",
+    "num_hidden_layers": "n_layer",
+    "vocab_size": "vocab_size",
+    "state_size": "d_state",
+    "conv_kernel": "d_conv",
+    "expand": "expand",
+    "use_bias": "bias",
+    "use_conv_bias": "conv_bias",
+    "layer_norm_epsilon": "norm_epsilon",
+    "residual_in_fp32": "residual_in_fp32",
+    "tie_word_embeddings": "tie_embeddings",
+    "time_step_min": "dt_min",
+    "time_step_max": "dt_max",
+    "time_step_floor": "dt_init_floor",
+    "initializer_range": "initializer_range",
+    "rescale_prenorm_residual": "rescale_prenorm_residual",
+}
+NAMES_BY_ARCH = {
+    "mamba1": {
+        **_NAMES_COMMON,
+        "time_step_rank": "dt_rank",
+        "time_step_scale": "dt_scale",
+        "time_step_init_scheme": "dt_init",
+    },
+    "mamba2": {
+        **_NAMES_COMMON,
+        "head_dim": "headdim",
+        "n_groups": "ngroups",
+        "chunk_size": "chunk_size",
+        "time_step_limit": "dt_limit",
+    },
+}
+# transformers' own defaults for keys a HF json may omit (they are what transformers would use).
+# HF Mamba2Config defaults are Codestral's (n_groups 8, untied): docs/spec.md §9.9.
+DEFAULTS_BY_ARCH = {
+    "mamba1": {
+        "vocab_size": 50280,
+        "hidden_size": 768,
+        "state_size": 16,
+        "num_hidden_layers": 32,
+        "layer_norm_epsilon": 1e-5,
+        "expand": 2,
+        "conv_kernel": 4,
+        "use_bias": False,
+        "use_conv_bias": True,
+        "initializer_range": 0.1,
+        "residual_in_fp32": True,
+        "time_step_rank": "auto",
+        "time_step_scale": 1.0,
+        "time_step_min": 0.001,
+        "time_step_max": 0.1,
+        "time_step_init_scheme": "random",
+        "time_step_floor": 1e-4,
+        "rescale_prenorm_residual": False,
+        "tie_word_embeddings": True,
+    },
+    "mamba2": {
+        "num_heads": 128,
+        "head_dim": 64,
+        "vocab_size": 32768,
+        "hidden_size": 4096,
+        "state_size": 128,
+        "num_hidden_layers": 64,
+        "layer_norm_epsilon": 1e-5,
+        "expand": 2,
+        "conv_kernel": 4,
+        "n_groups": 8,
+        "use_bias": False,
+        "use_conv_bias": True,
+        "initializer_range": 0.1,
+        "residual_in_fp32": True,
+        "time_step_min": 0.001,
+        "time_step_max": 0.1,
+        "time_step_floor": 1e-4,
+        "time_step_limit": (0.0, math.inf),
+        "rescale_prenorm_residual": False,
+        "chunk_size": 256,
+        "tie_word_embeddings": False,
+    },
+}
+# Keys an HF/mlx-lm json carries that do not change the model. Official leftovers in -hf repos can be
+# stale (mamba-790m-hf: d_model 2048 next to hidden_size 1536), so in an HF json they are read as nothing.
+IGNORED = {
+    "model_type",
+    "architectures",
+    "torch_dtype",
+    "dtype",
+    "transformers_version",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
+    "use_cache",
+    "use_mambapy",
+    "use_associative_scan",
+    "_name_or_path",
+    "hidden_act",
+    "intermediate_size",
+    "num_heads",
+    "time_step_rank",
+    "output_hidden_states",
+    "output_attentions",
+    "return_dict",
+    "is_encoder_decoder",
+    "torchscript",
+    "use_return_dict",
+    "tokenizer_class",
+    "generation_config",
+    "d_model",
+    "n_layer",
+    "fused_add_norm",
+    "rms_norm",
+    "pad_vocab_size_multiple",
+    "ssm_cfg",
+    "d_intermediate",
+    "attn_layer_idx",
+    "attn_cfg",
+    "tie_embeddings",
+    "norm_before_gate",
+    "mixer_rms_eps",
+    "use_bcdt_rms",
+    "problem_type",
+    "id2label",
+    "label2id",
+    "chunk_size_feed_forward",
+    "transformers_weights",
+    "rope_scaling",
+}
+_QUANTIZATION_KEYS = ("quantization", "quantization_config")
+
+
+def detect(d: dict[str, Any]) -> bool:
+    """HF and mlx-lm: a ``model_type``."""
+    return "model_type" in d
+
+
+def _arch_of(d: dict[str, Any]) -> str:
+    model_type = d.get("model_type")
+    if model_type in REFUSED_MODEL_TYPES:
+        raise UnsupportedError(REFUSED_MODEL_TYPES[model_type])
+    if d.get("use_bcdt_rms"):
+        raise UnsupportedError(REFUSED_MODEL_TYPES["falcon_mamba"])
+    if model_type not in MODEL_TYPES:
+        raise ConfigError(
+            f"model_type={model_type!r} is not a Mamba model; expected one of "
+            f"{', '.join(map(repr, MODEL_TYPES))}",
+            field="model_type",
+        )
+    return MODEL_TYPES[model_type][0]
+
+
+def _check_keys(d: dict[str, Any], arch: str) -> None:
+    names = NAMES_BY_ARCH[arch]
+    unknown = sorted(set(d) - set(names) - IGNORED - set(_QUANTIZATION_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {unknown} in a {d.get('model_type')!r} config; known keys are {sorted(names)}",
+            field=unknown[0],
+        )
+    for qkey in _QUANTIZATION_KEYS:
+        if d.get(qkey):
+            raise UnsupportedError(
+                f"{qkey}={d[qkey]!r}: quantized checkpoints are not supported; convert an unquantized "
+                "(float16/bfloat16/float32) checkpoint instead"
+            )
+    if d.get("hidden_act", "silu") != "silu":
+        raise UnsupportedError(f"hidden_act={d['hidden_act']!r} is not supported (only 'silu')")
+
+
+def _exact_ratio(num: int, den: int, key: str) -> int:
+    if num % den:
+        raise ConfigError(f"{key}={num} is not a multiple of hidden_size={den}", field=key)
+    return num // den
+
+
+def _read_width(d: dict[str, Any], src: dict[str, Any], fields: dict[str, Any]) -> None:
+    """``expand`` and ``intermediate_size`` both describe E: take ``expand`` from it when absent, and
+    refuse the two when they disagree."""
+    hidden = fields["d_model"]
+    if "intermediate_size" in d and "expand" not in d and hidden:
+        fields["expand"] = _exact_ratio(d["intermediate_size"], hidden, "intermediate_size")
+    e_inner = fields["expand"] * hidden
+    if "intermediate_size" in d and d["intermediate_size"] != e_inner:
+        raise ConfigError(
+            f"intermediate_size={d['intermediate_size']} conflicts with expand*hidden_size="
+            f"{fields['expand']}*{hidden}={e_inner}",
+            field="intermediate_size",
+        )
+
+
+def _read_mamba2(d: dict[str, Any], src: dict[str, Any], fields: dict[str, Any]) -> None:
+    """Mamba-2: ``num_heads * head_dim`` is E too; ``time_step_limit`` is a pair."""
+    hidden = fields["d_model"]
+    if "num_heads" in d and "expand" not in d and "intermediate_size" not in d:
+        fields["expand"] = _exact_ratio(d["num_heads"] * src["head_dim"], hidden, "num_heads")
+    _read_width(d, src, fields)
+    e_inner = fields["expand"] * hidden
+    num_heads = src["num_heads"]
+    if num_heads * src["head_dim"] != e_inner:
+        raise ConfigError(
+            f"num_heads*head_dim = {num_heads}*{src['head_dim']} = {num_heads * src['head_dim']} "
+            f"conflicts with expand*hidden_size = {e_inner}; fix num_heads or head_dim",
+            field="num_heads",
+        )
+    fields["dt_limit"] = read_limit(fields["dt_limit"], "time_step_limit")
+
+
+# arch -> the step that reads what is more than a rename (derived widths, pairs)
+_ARCH_READERS = {"mamba1": _read_width, "mamba2": _read_mamba2}
+
+
+def read(d: dict[str, Any], dialect: str = "hf") -> ParsedConfig:
+    arch = _arch_of(d)
+    _check_keys(d, arch)
+    src = {**DEFAULTS_BY_ARCH[arch], **d}
+    fields = {ours: src[theirs] for theirs, ours in NAMES_BY_ARCH[arch].items() if theirs in src}
+    fields["pad_vocab_size_multiple"] = 1  # HF and mlx-lm store the already padded vocab
+    _ARCH_READERS[arch](d, src, fields)
+    ignored = tuple(sorted(k for k in d if k in IGNORED))
+    return ParsedConfig(build(CONFIG_CLASSES[arch], fields), dialect, ignored)
+
+
+def write(cfg, dialect: str = "hf") -> dict[str, Any]:
+    arch = cfg.arch
+    model_type = _MODEL_TYPE_OF[arch]
+    out: dict[str, Any] = {"model_type": model_type, "architectures": [MODEL_TYPES[model_type][1]]}
+    for theirs, ours in NAMES_BY_ARCH[arch].items():
+        value = getattr(cfg, ours)
+        out[theirs] = json_limit(value) if ours == "dt_limit" else value
+    out["vocab_size"] = cfg.vocab_size_padded
+    # transformers 5.23 (Mamba(2)PreTrainedModel._init_weights) divides a *loaded* out_proj.weight by
+    # sqrt(n_layer) when this is true; it is init-only, -hf repos say false, and so must we.
+    out["rescale_prenorm_residual"] = False
+    out["intermediate_size"] = cfg.d_inner
+    out["hidden_act"] = "silu"
+    out["bos_token_id"] = 0
+    out["eos_token_id"] = 0
+    out["pad_token_id"] = 0
+    out.update(_ARCH_EXTRAS[arch](cfg, dialect))
+    return out
+
+
+def _extras_mamba1(cfg, dialect: str) -> dict[str, Any]:
+    return {"use_bcdt_rms": False} if dialect == "mlx-lm" else {}
+
+
+def _extras_mamba2(cfg, dialect: str) -> dict[str, Any]:
+    # time_step_rank is unused, but mlx-lm requires the key
+    return {"num_heads": cfg.nheads, "time_step_rank": math.ceil(cfg.d_model / 16)}
+
+
+# arch -> the keys its json carries beyond the renamed fields
+_ARCH_EXTRAS = {"mamba1": _extras_mamba1, "mamba2": _extras_mamba2}

@@ -1,0 +1,39 @@
+"""The ``"mamba-core"`` config dialect: our flat field names plus ``"arch"``."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from mamba_core.config import CONFIG_CLASSES
+from mamba_core.dialects.parsed import ParsedConfig, build, json_limit, read_limit
+from mamba_core.errors import ConfigError
+
+NAMES = ("mamba-core",)
+_PAIRS = ("dt_limit", "A_init_range")
+# keys our checkpoints carry next to the config fields
+_META = ("arch", "format", "layout_version")
+
+
+def detect(d: dict[str, Any]) -> bool:
+    """Ours: an ``arch`` and a ``d_model`` and no ``model_type``."""
+    return "arch" in d and "d_model" in d and "model_type" not in d
+
+
+def read(d: dict[str, Any], dialect: str = "mamba-core") -> ParsedConfig:
+    arch = d.get("arch")
+    if arch not in CONFIG_CLASSES:
+        raise ConfigError(f"'arch' must be one of {sorted(CONFIG_CLASSES)}, got {arch!r}", field="arch")
+    fields = {k: v for k, v in d.items() if k not in _META}
+    for key in _PAIRS:
+        if key in fields:
+            fields[key] = read_limit(fields[key], key)
+    return ParsedConfig(build(CONFIG_CLASSES[arch], fields), "mamba-core", ())
+
+
+def write(cfg, dialect: str = "mamba-core") -> dict[str, Any]:
+    out: dict[str, Any] = {"arch": cfg.arch}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        out[f.name] = json_limit(value) if isinstance(value, tuple) else value
+    return out
