@@ -57,8 +57,9 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-30))
 
 
-def run_case(backend: str, arch: str, dtype: str, length: int, piece: int, steps: int,
-             slow_decay: bool) -> dict:
+def run_case(
+    backend: str, arch: str, dtype: str, length: int, piece: int, steps: int, slow_decay: bool
+) -> dict:
     """One case in this process: logits of the three ways as float32 numpy, their errors, the peak."""
     module = get_backend(backend)
     cfg = _config(arch)
@@ -83,13 +84,13 @@ def run_case(backend: str, arch: str, dtype: str, length: int, piece: int, steps
     cache = model.make_cache(1)
     parts = []
     for lo in range(0, length, piece):
-        chunk = module.from_numpy(ids[:, lo: lo + piece])
+        chunk = module.from_numpy(ids[:, lo : lo + piece])
         parts.append(module.to_numpy(model(chunk, cache=cache))[0, :, :VOCAB])
     chunked = np.concatenate(parts).astype(np.float32)
     start = length - steps
     cache = model.make_cache(1)
     for lo in range(0, start, piece):
-        model(module.from_numpy(ids[:, lo: min(lo + piece, start)]), cache=cache)
+        model(module.from_numpy(ids[:, lo : min(lo + piece, start)]), cache=cache)
     t0 = time.perf_counter()
     stepped = np.empty((steps, VOCAB), np.float32)
     for i in range(start, length):
@@ -97,13 +98,18 @@ def run_case(backend: str, arch: str, dtype: str, length: int, piece: int, steps
     t_step = time.perf_counter() - t0
     w = min(4096, length)
     return {
-        "backend": backend, "arch": arch, "dtype": dtype, "length": length, "slow_decay": slow_decay,
+        "backend": backend,
+        "arch": arch,
+        "dtype": dtype,
+        "length": length,
+        "slow_decay": slow_decay,
         "finite": bool(np.isfinite(full).all() and np.isfinite(chunked).all() and np.isfinite(stepped).all()),
         "chunked_vs_full": _rel(chunked, full),
         "chunked_first": _rel(chunked[:w], full[:w]),
         "chunked_last": _rel(chunked[-w:], full[-w:]),
         "stepped_vs_full": _rel(stepped, full[start:]),
-        "prefill_s": round(t_full, 2), "decode_tok_s": round(steps / t_step, 1),
+        "prefill_s": round(t_full, 2),
+        "decode_tok_s": round(steps / t_step, 1),
         "peak_mib": round(_peak_kib() / 1024, 1),
         "_last": full[-w:].tolist(),
     }
@@ -126,16 +132,30 @@ def main() -> int:
         print(json.dumps(run_case(backend, arch, dtype, args.length, args.piece, steps, args.slow_decay)))
         return 0
     pick = lambda v, both: both if v == "both" else (v,)  # noqa: E731
-    print(f"# {platform.machine()} {platform.system()}, length {args.length}, piece {args.piece}"
-          + (", slow decay (A = -1e-4)" if args.slow_decay else ""))
-    print(f"{'backend':7} {'arch':7} {'dtype':9} {'finite':6} {'chunk/full':>10} {'first 4k':>9} "
-          f"{'last 4k':>9} {'step/full':>9} {'vs fp32':>8} {'prefill s':>9} {'dec tok/s':>9} {'peak MiB':>8}")
+    print(
+        f"# {platform.machine()} {platform.system()}, length {args.length}, piece {args.piece}"
+        + (", slow decay (A = -1e-4)" if args.slow_decay else "")
+    )
+    print(
+        f"{'backend':7} {'arch':7} {'dtype':9} {'finite':6} {'chunk/full':>10} {'first 4k':>9} "
+        f"{'last 4k':>9} {'step/full':>9} {'vs fp32':>8} {'prefill s':>9} {'dec tok/s':>9} {'peak MiB':>8}"
+    )
     for backend in pick(args.backend, ("torch", "mlx")):
         for arch in pick(args.arch, ("mamba1", "mamba2")):
             fp32_last = None
             for dtype in pick(args.dtype, ("float32", "bfloat16")):
-                cmd = [sys.executable, __file__, "--case", f"{backend},{arch},{dtype}", "--length",
-                       str(args.length), "--piece", str(args.piece), "--steps", str(args.steps)]
+                cmd = [
+                    sys.executable,
+                    __file__,
+                    "--case",
+                    f"{backend},{arch},{dtype}",
+                    "--length",
+                    str(args.length),
+                    "--piece",
+                    str(args.piece),
+                    "--steps",
+                    str(args.steps),
+                ]
                 cmd += ["--slow-decay"] if args.slow_decay else []
                 out = subprocess.run(cmd, capture_output=True, text=True)
                 if out.returncode != 0:
@@ -146,9 +166,12 @@ def main() -> int:
                 if dtype == "float32":
                     fp32_last = last
                 vs = "" if fp32_last is None or dtype == "float32" else f"{_rel(last, fp32_last):.1e}"
-                print(f"{backend:7} {arch:7} {dtype:9} {r['finite']!s:6} {r['chunked_vs_full']:10.1e} "
-                      f"{r['chunked_first']:9.1e} {r['chunked_last']:9.1e} {r['stepped_vs_full']:9.1e} "
-                      f"{vs:>8} {r['prefill_s']:9} {r['decode_tok_s']:9} {r['peak_mib']:8}", flush=True)
+                print(
+                    f"{backend:7} {arch:7} {dtype:9} {r['finite']!s:6} {r['chunked_vs_full']:10.1e} "
+                    f"{r['chunked_first']:9.1e} {r['chunked_last']:9.1e} {r['stepped_vs_full']:9.1e} "
+                    f"{vs:>8} {r['prefill_s']:9} {r['decode_tok_s']:9} {r['peak_mib']:8}",
+                    flush=True,
+                )
     return 0
 
 

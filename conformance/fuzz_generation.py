@@ -30,9 +30,15 @@ from mamba_core.testing import tiny_mamba1, tiny_mamba2
 TALLY = Tally()
 VOCAB = 61  # tiny configs: vocab 61, padded to 64
 ids_value = st.one_of(
-    st.integers(0, VOCAB - 1), st.integers(0, VOCAB - 1), st.integers(0, VOCAB - 1),
-    st.sampled_from([VOCAB, VOCAB + 1, 63, 64, 65, 2**31, 2**63 - 1, -1, -2**31]),
-    st.integers(-(2**65), 2**65), st.floats(), st.booleans(), st.none(), st.text(max_size=2),
+    st.integers(0, VOCAB - 1),
+    st.integers(0, VOCAB - 1),
+    st.integers(0, VOCAB - 1),
+    st.sampled_from([VOCAB, VOCAB + 1, 63, 64, 65, 2**31, 2**63 - 1, -1, -(2**31)]),
+    st.integers(-(2**65), 2**65),
+    st.floats(),
+    st.booleans(),
+    st.none(),
+    st.text(max_size=2),
 )
 
 
@@ -59,11 +65,30 @@ def input_ids(draw):
     return draw(st.sampled_from(["hello", b"\x00", {"ids": [1]}, [[1, [2]]]]))
 
 
-SPECIAL = [0, 0.0, 1e-45, 5e-324, -1, math.inf, -math.inf, math.nan, 1, 1.0, 0.5, 2, 1e300, True, False,
-           None, "1", 2**70]
+SPECIAL = [
+    0,
+    0.0,
+    1e-45,
+    5e-324,
+    -1,
+    math.inf,
+    -math.inf,
+    math.nan,
+    1,
+    1.0,
+    0.5,
+    2,
+    1e300,
+    True,
+    False,
+    None,
+    "1",
+    2**70,
+]
 number = st.one_of(st.floats(), st.integers(-5, 5), st.sampled_from(SPECIAL))
-seed = st.one_of(st.none(), st.integers(0, 2**64 - 1), st.sampled_from([-1, 2**64, 2**70, 1.5, True, False,
-                                                                        "0", math.nan]))
+seed = st.one_of(
+    st.none(), st.integers(0, 2**64 - 1), st.sampled_from([-1, 2**64, 2**70, 1.5, True, False, "0", math.nan])
+)
 max_new = st.one_of(st.integers(0, 4), st.sampled_from([-1, 10**12, 2**63, 1.0, True, None, "3", math.inf]))
 
 
@@ -114,6 +139,7 @@ def run(backend: str, arch: str, device: str | None = None) -> None:
                 width = max(len(r) for r in ids) if isinstance(ids, list) else np.asarray(ids).shape[1]
                 _check_tokens(arr[:, width:], VOCAB, pad, describe)
         elif how == "stream":
+
             def first_three():
                 return [to_np(t) for t in itertools.islice(model.stream(ids, n, **kw), 3)]
 

@@ -20,8 +20,17 @@ def test_killed_forced_conversions_are_recovered(tmp_path):
     write_source("hf", CONFIGS["m1"], "float32", src)
     dst = tmp_path / "dst"
     env = {**os.environ, "MAMBA_CORE_PROGRESS": "0"}
-    base = [sys.executable, "-m", "mamba_core", "convert", str(src), str(dst), "--force",
-            "--shard-size", "8KB"]
+    base = [
+        sys.executable,
+        "-m",
+        "mamba_core",
+        "convert",
+        str(src),
+        str(dst),
+        "--force",
+        "--shard-size",
+        "8KB",
+    ]
     start = time.monotonic()
     subprocess.run([*base, "--to", "mlx-lm"], check=True, env=env, capture_output=True, timeout=300)
     duration = time.monotonic() - start
@@ -31,8 +40,9 @@ def test_killed_forced_conversions_are_recovered(tmp_path):
     rng = random.Random(7)
     outcomes = []
     for _ in range(2):  # a few: each is a process start; tests/test_staging.py kills many cheaper writers
-        proc = subprocess.Popen([*base, "--to", "mlx-lm"], env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            [*base, "--to", "mlx-lm"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         time.sleep(rng.uniform(0.8, 1.0) * duration)
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()

@@ -18,9 +18,13 @@ SCRIPT = Path(__file__).with_name("fuzz_generation.py")
 def test_fuzzed_generation_arguments_never_crash_or_leak(target, arch):
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), "--backend", target.backend, "--arch", arch, "--device", target.device],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONFAULTHANDLER": "1"},
     )
     print(proc.stdout)
-    assert proc.returncode >= 0, f"the {target.backend} process crashed (signal {-proc.returncode}):\n" \
-                                 f"{proc.stderr[-4000:]}"
+    assert proc.returncode >= 0, (
+        f"the {target.backend} process crashed (signal {-proc.returncode}):\n{proc.stderr[-4000:]}"
+    )
     assert proc.returncode == 0, proc.stderr[-6000:]

@@ -22,14 +22,18 @@ def test_4k_prefill_pieces_and_decode_agree(target, arch):
     head = LENGTH - STEPS
     cache = model.make_cache(1)
     dev = target.device
-    pieces = np.concatenate([
-        m.to_numpy(model(m.from_numpy(ids[:, lo: min(lo + PIECE, head)], device=dev), cache=cache))[0]
-        for lo in range(0, head, PIECE)
-    ])
-    stepped = np.stack([
-        m.to_numpy(model.step(m.from_numpy(ids[:, i], device=target.device), cache))[0]
-        for i in range(head, LENGTH)
-    ])
+    pieces = np.concatenate(
+        [
+            m.to_numpy(model(m.from_numpy(ids[:, lo : min(lo + PIECE, head)], device=dev), cache=cache))[0]
+            for lo in range(0, head, PIECE)
+        ]
+    )
+    stepped = np.stack(
+        [
+            m.to_numpy(model.step(m.from_numpy(ids[:, i], device=target.device), cache))[0]
+            for i in range(head, LENGTH)
+        ]
+    )
     assert rel_err(pieces, full[:head]) <= 1e-5
     assert rel_err(stepped, full[head:]) <= 1e-5
-    assert rel_err(pieces[-1024:], full[head - 1024: head]) <= 1e-5  # no growth at the far end
+    assert rel_err(pieces[-1024:], full[head - 1024 : head]) <= 1e-5  # no growth at the far end

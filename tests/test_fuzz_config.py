@@ -22,22 +22,65 @@ from mamba_core.fuzzing import Tally, verdict
 TALLY = Tally()
 SEEDS = {
     "mamba1": Mamba1Config(d_model=32, n_layer=2, vocab_size=100, d_state=8),
-    "mamba2": Mamba2Config(d_model=32, n_layer=2, vocab_size=100, d_state=8, headdim=16, ngroups=2,
-                           chunk_size=8),
+    "mamba2": Mamba2Config(
+        d_model=32, n_layer=2, vocab_size=100, d_state=8, headdim=16, ngroups=2, chunk_size=8
+    ),
 }
 DIALECTS = ("state-spaces", "hf", "mlx-lm", "mamba-core")
 VALID = {(arch, d): json.loads(json.dumps(cfg.to_dict(d))) for arch, cfg in SEEDS.items() for d in DIALECTS}
 
-HOSTILE_NUMBERS = [0, -1, 1, 2, 0.5, -0.0, 1e-45, 1e12, 2e6, 2**31, 2**63, 2**64, 10**30,
-                   math.inf, -math.inf, math.nan, True, False]
-HOSTILE_TEXT = ["", "false", "true", "auto", "random", "mamba", "mamba2", "Mamba2", "0", "1e3", "inf",
-                "NaN", "../x", "\x00"]
+HOSTILE_NUMBERS = [
+    0,
+    -1,
+    1,
+    2,
+    0.5,
+    -0.0,
+    1e-45,
+    1e12,
+    2e6,
+    2**31,
+    2**63,
+    2**64,
+    10**30,
+    math.inf,
+    -math.inf,
+    math.nan,
+    True,
+    False,
+]
+HOSTILE_TEXT = [
+    "",
+    "false",
+    "true",
+    "auto",
+    "random",
+    "mamba",
+    "mamba2",
+    "Mamba2",
+    "0",
+    "1e3",
+    "inf",
+    "NaN",
+    "../x",
+    "\x00",
+]
 leaf = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.sampled_from(HOSTILE_NUMBERS),
-    st.sampled_from(HOSTILE_TEXT), st.text(max_size=6),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+    st.sampled_from(HOSTILE_NUMBERS),
+    st.sampled_from(HOSTILE_TEXT),
+    st.text(max_size=6),
 )
-junk = st.recursive(leaf, lambda inner: st.one_of(
-    st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)), max_leaves=6)
+junk = st.recursive(
+    leaf,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
 
 
 def _keys(d) -> list[str]:
@@ -68,8 +111,11 @@ def mutated(draw):
         else:
             target[draw(st.sampled_from(known))] = draw(junk)
     top = draw(st.sampled_from(["dict"] * 8 + ["list", "number", "string", "null", "nested"]))
-    return arch, dialect, {"list": [d], "number": 3, "string": "config", "null": None,
-                           "nested": {"config": d}}.get(top, d)
+    return (
+        arch,
+        dialect,
+        {"list": [d], "number": 3, "string": "config", "null": None, "nested": {"config": d}}.get(top, d),
+    )
 
 
 def _check_valid(parsed) -> None:
@@ -87,10 +133,15 @@ def _check_valid(parsed) -> None:
         assert type(again) is type(cfg)
         if dialect in ("hf", "mlx-lm"):  # HF stores the padded vocab
             assert again.vocab_size == cfg.vocab_size_padded
-            again = again.replace(vocab_size=cfg.vocab_size,
-                                  pad_vocab_size_multiple=cfg.pad_vocab_size_multiple)
-        assert again.replace(rescale_prenorm_residual=cfg.rescale_prenorm_residual,
-                             initializer_range=cfg.initializer_range) == cfg, dialect
+            again = again.replace(
+                vocab_size=cfg.vocab_size, pad_vocab_size_multiple=cfg.pad_vocab_size_multiple
+            )
+        assert (
+            again.replace(
+                rescale_prenorm_residual=cfg.rescale_prenorm_residual, initializer_range=cfg.initializer_range
+            )
+            == cfg
+        ), dialect
 
 
 @given(mutated())
@@ -142,8 +193,11 @@ def test_the_reported_junk_is_refused_by_name(dialect, key, value, field):
 def test_parameter_count_equals_the_layout():
     from mamba_core.layout import expand_layout
 
-    for cfg in (*SEEDS.values(), SEEDS["mamba1"].replace(tie_embeddings=False, bias=True, conv_bias=False),
-                SEEDS["mamba2"].replace(tie_embeddings=False, bias=True, expand=3)):
+    for cfg in (
+        *SEEDS.values(),
+        SEEDS["mamba1"].replace(tie_embeddings=False, bias=True, conv_bias=False),
+        SEEDS["mamba2"].replace(tie_embeddings=False, bias=True, expand=3),
+    ):
         total = sum(math.prod(p.shape) for p in expand_layout(cfg).values())
         assert parameter_count(cfg) == total, cfg
 

@@ -54,7 +54,11 @@ BASE = [
     ("ids", "I64", (2,)),
 ]
 junk = st.one_of(
-    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(), st.text(max_size=6),
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(),
+    st.text(max_size=6),
     st.sampled_from(["F32", "BF16", "F64", "I8", "Q4_0", "f32", "", -1, 2**64, 1e300]),
     st.lists(st.one_of(st.integers(-5, 2**40), st.text(max_size=2), st.floats(), st.booleans()), max_size=4),
     st.dictionaries(st.text(max_size=4), st.integers(), max_size=2),
@@ -67,9 +71,26 @@ def damaged(draw):
     names = [n for n in header if n != "__metadata__"]
     length = None
     for _ in range(draw(st.integers(1, 3))):
-        op = draw(st.sampled_from(
-            ["field", "field", "shift", "swap", "overlap", "drop-key", "extra-key", "metadata", "entry",
-             "truncate", "append", "length", "overwrite", "drop-tensor"]))
+        op = draw(
+            st.sampled_from(
+                [
+                    "field",
+                    "field",
+                    "shift",
+                    "swap",
+                    "overlap",
+                    "drop-key",
+                    "extra-key",
+                    "metadata",
+                    "entry",
+                    "truncate",
+                    "append",
+                    "length",
+                    "overwrite",
+                    "drop-tensor",
+                ]
+            )
+        )
         name = draw(st.sampled_from(names))
         entry = header.get(name)
         if op == "field" and isinstance(entry, dict):
@@ -81,7 +102,9 @@ def damaged(draw):
             other = draw(st.sampled_from(names))
             if isinstance(entry, dict) and isinstance(header.get(other), dict):
                 entry["data_offsets"], header[other]["data_offsets"] = (
-                    header[other].get("data_offsets"), entry.get("data_offsets"))
+                    header[other].get("data_offsets"),
+                    entry.get("data_offsets"),
+                )
         elif op == "overlap":
             other = draw(st.sampled_from(names))
             if isinstance(entry, dict) and isinstance(header.get(other), dict):
@@ -105,7 +128,7 @@ def damaged(draw):
     raw = encode(header, data, length=length)
     if draw(st.booleans()) and len(raw) > 8 and draw(st.integers(0, 9)) == 0:
         i = draw(st.integers(8, len(raw) - 1))
-        raw = raw[:i] + bytes([draw(st.integers(0, 255))]) + raw[i + 1:]
+        raw = raw[:i] + bytes([draw(st.integers(0, 255))]) + raw[i + 1 :]
     if draw(st.integers(0, 19)) == 0:
         raw = raw[: draw(st.integers(0, len(raw)))]
     return raw

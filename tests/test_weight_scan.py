@@ -35,9 +35,9 @@ def test_inspect_reports_nonfinite_weights_by_name(tmp_path):
     f = d / "model.safetensors"
     raw = bytearray(f.read_bytes())
     (n,) = struct.unpack("<Q", raw[:8])
-    entry = json.loads(raw[8:8 + n])["backbone.norm_f.weight"]
+    entry = json.loads(raw[8 : 8 + n])["backbone.norm_f.weight"]
     start = 8 + n + entry["data_offsets"][0]
-    raw[start:start + 4] = np.array([math.nan], np.float32).tobytes()
+    raw[start : start + 4] = np.array([math.nan], np.float32).tobytes()
     f.write_bytes(bytes(raw))
     (line,) = inspect_checkpoint(d)["nonfinite"]
     assert line.startswith("backbone.norm_f.weight") and "1 NaN" in line

@@ -63,7 +63,7 @@ class Rule:
         if self.kind == "int":
             return f"an integer in {span}"
         if self.kind == "int-or-auto":
-            return f"\"auto\" or an integer in {span}"
+            return f'"auto" or an integer in {span}'
         if self.kind == "pair":
             inf = " (hi may be Infinity)" if self.allow_inf_hi else ""
             return f"a pair [lo, hi] of numbers in {span}{inf}"
@@ -206,8 +206,9 @@ def check_fields(config) -> None:
     if config.arch == "mamba2":
         lo, hi = config.dt_limit
         if not lo < hi:
-            raise ConfigError(f"{cls}.dt_limit must satisfy 0 <= lo < hi, got {config.dt_limit!r}",
-                              field="dt_limit")
+            raise ConfigError(
+                f"{cls}.dt_limit must satisfy 0 <= lo < hi, got {config.dt_limit!r}", field="dt_limit"
+            )
     check_parameter_count(config)
 
 
@@ -238,12 +239,17 @@ def parameter_count(config) -> int:
     if config.arch == "mamba1":
         r = _rank(config)
         layer = (
-            d * 2 * e + bias * 2 * e  # in_proj
-            + e * k + conv_bias * e  # conv1d
+            d * 2 * e
+            + bias * 2 * e  # in_proj
+            + e * k
+            + conv_bias * e  # conv1d
             + e * (r + 2 * n)  # x_proj
-            + r * e + e  # dt_proj (weight, bias)
-            + e * n + e  # A_log, D
-            + e * d + bias * d  # out_proj
+            + r * e
+            + e  # dt_proj (weight, bias)
+            + e * n
+            + e  # A_log, D
+            + e * d
+            + bias * d  # out_proj
             + d  # norm
         )
     else:
@@ -251,11 +257,14 @@ def parameter_count(config) -> int:
         conv_dim = e + 2 * g * n
         d_in_proj = 2 * e + 2 * g * n + h
         layer = (
-            d * d_in_proj + bias * d_in_proj
-            + conv_dim * k + conv_bias * conv_dim
+            d * d_in_proj
+            + bias * d_in_proj
+            + conv_dim * k
+            + conv_bias * conv_dim
             + 3 * h  # dt_bias, A_log, D
             + e  # gated norm
-            + e * d + bias * d
+            + e * d
+            + bias * d
             + d
         )
     head = 0 if config.tie_embeddings else vocab * d

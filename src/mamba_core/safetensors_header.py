@@ -53,8 +53,19 @@ DTYPE_SIZES = {
 }
 # numpy dtypes of the tags numpy can hold; BF16 is read as its uint16 bit pattern (numpy has no bfloat16)
 NUMPY_DTYPES = {
-    "F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2", "I64": "<i8", "I32": "<i4", "I16": "<i2",
-    "I8": "i1", "U64": "<u8", "U32": "<u4", "U16": "<u2", "U8": "u1", "BOOL": "?",
+    "F64": "<f8",
+    "F32": "<f4",
+    "F16": "<f2",
+    "BF16": "<u2",
+    "I64": "<i8",
+    "I32": "<i4",
+    "I16": "<i2",
+    "I8": "i1",
+    "U64": "<u8",
+    "U32": "<u4",
+    "U16": "<u2",
+    "U8": "u1",
+    "BOOL": "?",
 }
 MAX_HEADER_BYTES = 100 * 2**20  # the limit of the reference implementation (safetensors' Rust crate)
 MAX_NDIM = 16
@@ -128,9 +139,7 @@ def _entry(path: str, name: str, raw) -> HeaderEntry:
     if not isinstance(dtype, str) or dtype not in DTYPE_SIZES:
         raise CheckpointError(f"{where}: unknown dtype {dtype!r}; expected one of {sorted(DTYPE_SIZES)}")
     if not isinstance(shape, list) or len(shape) > MAX_NDIM or not all(_is_int(s) and s >= 0 for s in shape):
-        raise CheckpointError(
-            f"{where}: shape {shape!r} is not a list of at most {MAX_NDIM} integers >= 0"
-        )
+        raise CheckpointError(f"{where}: shape {shape!r} is not a list of at most {MAX_NDIM} integers >= 0")
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
         raise CheckpointError(f"{where}: data_offsets {offsets!r} is not a pair of integers [start, stop]")
     start, stop = offsets
@@ -178,9 +187,12 @@ def validate_safetensors_header(path: str | os.PathLike) -> ValidatedHeader:
                 )
             (n,) = struct.unpack("<Q", prefix)
             why = (
-                "is below 2" if n < 2
-                else f"exceeds the file size {size} (truncated or not safetensors)" if n > size - 8
-                else f"is above the {MAX_HEADER_BYTES}-byte limit" if n > MAX_HEADER_BYTES
+                "is below 2"
+                if n < 2
+                else f"exceeds the file size {size} (truncated or not safetensors)"
+                if n > size - 8
+                else f"is above the {MAX_HEADER_BYTES}-byte limit"
+                if n > MAX_HEADER_BYTES
                 else None
             )
             if why is not None:
@@ -259,8 +271,10 @@ def read_array(header: ValidatedHeader, name: str) -> np.ndarray:
     if entry is None:
         raise CheckpointError(f"{header.path!r} has no tensor {name!r}")
     if entry.dtype not in NUMPY_DTYPES:
-        raise CheckpointError(f"{header.path!r}: tensor {name!r} has dtype {entry.dtype}, which mamba-core "
-                              "cannot read; convert the checkpoint to float32 or bfloat16")
+        raise CheckpointError(
+            f"{header.path!r}: tensor {name!r} has dtype {entry.dtype}, which mamba-core "
+            "cannot read; convert the checkpoint to float32 or bfloat16"
+        )
     count = math.prod(entry.shape)
     with open_regular_file(header.path, "weight file") as f:
         f.seek(header.data_start + entry.start)

@@ -127,8 +127,9 @@ def prompt_rows(value, vocab_size: int, *, argument: str = "input_ids") -> list[
     """
     rows = _nested_ints(value, 2, argument)
     if not rows or any(len(r) == 0 for r in rows):
-        raise TokenIdError(f"{argument}: every prompt needs at least one token, got {value!r}"[:300],
-                           argument=argument)
+        raise TokenIdError(
+            f"{argument}: every prompt needs at least one token, got {value!r}"[:300], argument=argument
+        )
     flat = [t for r in rows for t in r]
     check_id_range(min(flat), max(flat), vocab_size, argument=argument)
     return rows

@@ -62,10 +62,10 @@ def scan_file(path) -> list[NonFinite]:
         if e.dtype not in _FLOATS or e.stop == e.start or data is None:
             continue
         dt = np.dtype(NUMPY_DTYPES[e.dtype])
-        values = data[header.data_start + e.start: header.data_start + e.stop].view(dt)
+        values = data[header.data_start + e.start : header.data_start + e.stop].view(dt)
         nan = posinf = neginf = 0
         for lo in range(0, values.size, CHUNK):
-            x = _as_float(np.asarray(values[lo: lo + CHUNK]), e.dtype)
+            x = _as_float(np.asarray(values[lo : lo + CHUNK]), e.dtype)
             bad = ~np.isfinite(x)
             if bad.any():
                 nan += int(np.isnan(x).sum())
