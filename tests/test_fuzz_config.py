@@ -15,8 +15,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mamba_core.config import Mamba1Config, Mamba2Config, parse_config
+from mamba_core.config import Mamba1Config, Mamba2Config
 from mamba_core.config_schema import MAX_PARAMETERS, SCHEMA, check_value, parameter_count
+from mamba_core.dialects import parse_config
 from mamba_core.fuzzing import Tally, verdict
 
 TALLY = Tally()
@@ -100,7 +101,7 @@ def mutated(draw):
         op = draw(st.sampled_from(["set", "set", "set", "delete", "unknown", "swap-dialect-key"]))
         key = draw(st.sampled_from(_keys(d) or ["d_model"]))
         target, name = (d, key)
-        if key.startswith("ssm_cfg."):
+        if key.startswith("ssm_cfg.") and key not in d and isinstance(d.get("ssm_cfg"), dict):
             target, name = d["ssm_cfg"], key.split(".", 1)[1]
         if op == "set":
             target[name] = draw(junk)

@@ -118,6 +118,45 @@ SCHEMA: dict[str, dict[str, Rule]] = {
 }
 
 
+# keys of the dialects that are not fields but feed arithmetic in the codec (HF's derived widths)
+RAW_RULES = {
+    "intermediate_size": Rule("int", 1, 2**28),
+    "num_heads": Rule("int", 1, 2**24),
+}
+
+
+def check_raw(where: str, key: str, value, rule: Rule | None = None, *, arch: str = "mamba2") -> None:
+    """Check a value as a dialect's json holds it, before the codec computes with it.
+
+    Args:
+        where: how to name the source (``"hf config"``), for the message.
+        key: the json key (named in the message and as ``ConfigError.field``).
+        value: the value read.
+        rule: the rule; None = ``RAW_RULES[key]``, else ``SCHEMA[arch][key]``.
+
+    Raises:
+        ConfigError: the value is of the wrong type or out of range.
+    """
+    if rule is None:
+        rule = RAW_RULES.get(key) or SCHEMA[arch][key]
+    check_value(where, key, rule, value)
+
+
+def check_kind(where: str, key: str, value, kind: type | tuple[type, ...], expected: str) -> None:
+    """Refuse a structural json value of the wrong type (a key or section the codec dispatches on).
+
+    Raises:
+        ConfigError: naming ``where.key``, ``expected`` and the value received.
+    """
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        shown = repr(value)
+        shown = shown if len(shown) <= 80 else shown[:77] + "..."
+        raise ConfigError(
+            f"{where}.{key} must be {expected}, got {shown} ({type(value).__name__})", field=key
+        )
+
+
 def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 

@@ -22,7 +22,7 @@ def detect(d: dict[str, Any]) -> bool:
 
 def read(d: dict[str, Any], dialect: str = "mamba-core") -> ParsedConfig:
     arch = d.get("arch")
-    if arch not in CONFIG_CLASSES:
+    if not isinstance(arch, str) or arch not in CONFIG_CLASSES:
         raise ConfigError(f"'arch' must be one of {sorted(CONFIG_CLASSES)}, got {arch!r}", field="arch")
     fields = {k: v for k, v in d.items() if k not in _META}
     for key in _PAIRS:

@@ -11,6 +11,7 @@ import math
 from typing import Any
 
 from mamba_core.config import CONFIG_CLASSES
+from mamba_core.config_schema import check_kind
 from mamba_core.dialects.parsed import ParsedConfig, build, json_limit, read_limit
 from mamba_core.errors import ConfigError, UnsupportedError
 
@@ -93,6 +94,10 @@ def detect(d: dict[str, Any]) -> bool:
 
 def _check_top(top: dict[str, Any]) -> None:
     """Refuse the block kinds mamba-core does not build (attention layers, MLPs, LayerNorm)."""
+    check_kind("state-spaces config", "attn_layer_idx", top.get("attn_layer_idx") or [], list, "a list")
+    check_kind("state-spaces config", "attn_cfg", top.get("attn_cfg") or {}, dict, "an object")
+    check_kind("state-spaces config", "d_intermediate", top.get("d_intermediate", 0), int, "an integer")
+    check_kind("state-spaces config", "rms_norm", top.get("rms_norm", True), bool, "true or false")
     if top.get("attn_layer_idx"):
         raise UnsupportedError(
             f"attn_layer_idx={top['attn_layer_idx']!r}: hybrid Mamba+attention models are not supported"
@@ -107,6 +112,7 @@ def _check_top(top: dict[str, Any]) -> None:
 
 def _arch_of(ssm_cfg: dict[str, Any]) -> str:
     layer = ssm_cfg.get("layer", "Mamba1")
+    check_kind("state-spaces config", "ssm_cfg.layer", layer, str, "a string ('Mamba1' or 'Mamba2')")
     if layer not in LAYERS:
         raise UnsupportedError(
             f"ssm_cfg.layer={layer!r} is not supported (only {', '.join(map(repr, LAYERS))})"
@@ -135,6 +141,7 @@ def read(d: dict[str, Any], dialect: str = "state-spaces") -> ParsedConfig:
             field=unknown[0],
         )
     top = {**_TOP_DEFAULTS, **d}
+    check_kind("state-spaces config", "ssm_cfg", top.get("ssm_cfg") or {}, dict, "an object")
     ssm_cfg = dict(top.get("ssm_cfg") or {})
     arch = _arch_of(ssm_cfg)
     _check_top(top)
