@@ -92,23 +92,45 @@ seed = st.one_of(
 max_new = st.one_of(st.integers(0, 4), st.sampled_from([-1, 10**12, 2**63, 1.0, True, None, "3", math.inf]))
 
 
+VALID = {
+    "temperature": st.one_of(st.just(0.0), st.floats(0.05, 3.0)),
+    "top_k": st.integers(1, 70),
+    "top_p": st.floats(0.05, 1.0),
+    "min_p": st.floats(0.0, 1.0),
+    "repetition_penalty": st.floats(0.5, 2.0),
+    "seed": st.integers(0, 2**64 - 1),
+    "stop_tokens": st.lists(st.integers(0, VOCAB - 1), max_size=3),
+    "pad_token_id": st.integers(-1, VOCAB - 1),
+}
+HOSTILE = {
+    "temperature": number,
+    "top_k": st.one_of(st.integers(-2, 0), number),
+    "top_p": number,
+    "min_p": number,
+    "repetition_penalty": number,
+    "seed": seed,
+    "stop_tokens": st.one_of(st.lists(ids_value, max_size=3), ids_value),
+    "pad_token_id": st.one_of(st.integers(-(2**40), 2**40), number),
+}
+
+
 @st.composite
 def arguments(draw):
+    """(input_ids, max_new_tokens, kwargs): each keyword absent, valid or hostile (2 : 2 : 1)."""
     kw = {}
-    strategies = {
-        "temperature": number,
-        "top_k": st.one_of(st.none(), st.integers(-2, 70), number),
-        "top_p": st.one_of(st.none(), number),
-        "min_p": st.one_of(st.none(), number),
-        "repetition_penalty": st.one_of(st.none(), number),
-        "seed": seed,
-        "stop_tokens": st.one_of(st.none(), st.lists(ids_value, max_size=3), ids_value),
-        "pad_token_id": st.one_of(st.just(0), st.integers(-2, 70), number),
-    }
-    for name, strategy in strategies.items():
-        if draw(st.integers(0, 2)) == 0:
-            kw[name] = draw(strategy)
-    return draw(input_ids()), draw(max_new), kw
+    for name in VALID:
+        pick = draw(st.sampled_from(["absent", "absent", "valid", "valid", "hostile"]))
+        if pick != "absent":
+            kw[name] = draw((VALID if pick == "valid" else HOSTILE)[name])
+    ids = draw(st.one_of(valid_ids(), valid_ids(), input_ids()))
+    n = draw(st.one_of(st.integers(0, 4), st.integers(0, 4), max_new))
+    return ids, n, kw
+
+
+@st.composite
+def valid_ids(draw):
+    rows = draw(st.integers(1, 3))
+    return [[draw(st.integers(0, VOCAB - 1)) for _ in range(draw(st.integers(1, 5)))] for _ in range(rows)]
 
 
 def _check_tokens(tokens, vocab: int, pad: int, what: str) -> None:

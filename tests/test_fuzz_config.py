@@ -84,6 +84,9 @@ junk = st.recursive(
 )
 
 
+plausible = st.one_of(st.integers(1, 64), st.floats(1e-4, 0.5), st.booleans(), st.sampled_from([2, 16, 32]))
+
+
 def _keys(d) -> list[str]:
     """Keys of a config and of its nested ``ssm_cfg`` (as ``ssm_cfg.key``)."""
     out = list(d)
@@ -98,13 +101,17 @@ def mutated(draw):
     d = json.loads(json.dumps(VALID[(arch, dialect)]))
     known = sorted({k for (a, _), v in VALID.items() for k in _keys(v)} | set(SCHEMA["mamba2"]))
     for _ in range(draw(st.integers(1, 3))):
-        op = draw(st.sampled_from(["set", "set", "set", "delete", "unknown", "swap-dialect-key"]))
+        op = draw(
+            st.sampled_from(["set", "set", "plausible", "plausible", "delete", "unknown", "swap-dialect-key"])
+        )
         key = draw(st.sampled_from(_keys(d) or ["d_model"]))
         target, name = (d, key)
         if key.startswith("ssm_cfg.") and key not in d and isinstance(d.get("ssm_cfg"), dict):
             target, name = d["ssm_cfg"], key.split(".", 1)[1]
         if op == "set":
             target[name] = draw(junk)
+        elif op == "plausible":  # a value of the right kind, often valid: exercises the round trip
+            target[name] = draw(plausible)
         elif op == "delete":
             target.pop(name, None)
         elif op == "unknown":

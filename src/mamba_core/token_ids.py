@@ -10,7 +10,9 @@ process crashes). Both backends call these checks at every entry point that embe
 * ``check_id_ndim``: ``(B, L)`` for a forward pass, ``(B,)`` for a step;
 * ``check_id_range``: ``0 <= id < vocab_size`` (the backend passes its tensor's min and max);
 * ``id_array``: a Python / numpy input (nested lists) checked element by element and returned as an
-  int64 numpy array, for backends to turn into their own tensor.
+  int64 numpy array, for backends to turn into their own tensor;
+* ``prompt_batch``: the prompts of ``generate`` / ``stream`` (ragged lists left-padded and masked, or an
+  array with an optional mask) checked and laid out, padded positions fed to the model as id 0.
 
 Spec layer: numpy only.
 """
@@ -18,6 +20,7 @@ Spec layer: numpy only.
 from __future__ import annotations
 
 import numbers
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -173,3 +176,96 @@ def id_array(value, vocab_size: int, *, ndim: int = 2, argument: str = "input_id
     arr = arr.astype(np.int64)
     check_id_range(int(arr.min()), int(arr.max()), vocab_size, argument=argument)
     return arr
+
+
+@dataclass(frozen=True)
+class PromptBatch:
+    """Prompts as ``generate`` / ``stream`` take them, checked and laid out (numpy, int64).
+
+    Attributes:
+        ids: (B, L) the prompts, left-padded with ``pad_token_id``: what ``generate`` returns first.
+        model_ids: (B, L) what the model embeds: ``ids`` with every padded position set to 0 (a real
+            token; the mask keeps it from leaving a trace), so any ``pad_token_id`` is safe.
+        mask: (B, L) 1 = token, 0 = padding; None when no position is padded.
+    """
+
+    ids: np.ndarray
+    model_ids: np.ndarray
+    mask: np.ndarray | None
+
+
+PAD_LIMIT = 2**31  # pad ids are stored in the backends' int32 / int64 token tensors
+
+
+def prompt_batch(input_ids, vocab_size: int, pad_token_id: int = 0, attention_mask=None) -> PromptBatch:
+    """Check and lay out the prompts of ``generate`` / ``stream`` identically for both backends.
+
+    Args:
+        input_ids: a list of token lists (rows may differ in length: left-padded and masked), or a
+            ``(B, L)`` integer numpy array (backends pass their tensors as numpy).
+        vocab_size: the real vocabulary: every id at a real (unmasked) position is in ``[0, vocab_size)``.
+        pad_token_id: the id padded positions hold in ``ids`` (any int in ``[-2**31, 2**31)``).
+        attention_mask: None, or ``(B, L)`` of 0/1 for array or equal-length inputs (1 = token).
+
+    Raises:
+        TokenIdError: ids that are not integers or not tokens, empty prompts, a wrong shape, a mask of
+            another shape or with values other than 0/1, a row with no token, a mask beside ragged
+            rows, or a pad id out of range (each names the argument).
+
+    Example:
+        >>> b = prompt_batch([[5, 6], [7]], 10, pad_token_id=-1)
+        >>> b.ids.tolist(), b.model_ids.tolist(), b.mask.tolist()
+        ([[5, 6], [-1, 7]], [[5, 6], [0, 7]], [[1, 1], [0, 1]])
+    """
+    if not isinstance(pad_token_id, numbers.Integral) or not -PAD_LIMIT <= int(pad_token_id) < PAD_LIMIT:
+        raise TokenIdError(
+            f"pad_token_id must be an int in [-2**31, 2**31), got {pad_token_id!r}", argument="pad_token_id"
+        )
+    if isinstance(input_ids, np.ndarray):
+        check_id_dtype(str(input_ids.dtype), input_ids.dtype.kind in "iu")
+        check_id_ndim(input_ids.shape, 2)
+        if input_ids.dtype.kind == "u" and input_ids.size and int(input_ids.max()) >= 2**63:
+            check_id_range(0, int(input_ids.max()), vocab_size)
+        ids = input_ids.astype(np.int64)
+        mask = None
+    else:
+        rows = _nested_ints(input_ids, 2, "input_ids")
+        if not rows or any(len(r) == 0 for r in rows):
+            raise TokenIdError(
+                f"input_ids: every prompt needs at least one token, got {input_ids!r}"[:300],
+                argument="input_ids",
+            )
+        flat = [t for r in rows for t in r]
+        check_id_range(min(flat), max(flat), vocab_size)
+        width = max(len(r) for r in rows)
+        ids = np.array([[pad_token_id] * (width - len(r)) + r for r in rows], dtype=np.int64)
+        if any(len(r) != width for r in rows):
+            if attention_mask is not None:
+                raise TokenIdError(
+                    "attention_mask: pass either ragged token lists (padded and masked for you) or a mask "
+                    "with equal-length rows, not both",
+                    argument="attention_mask",
+                )
+            mask = np.array([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=np.int64)
+        else:
+            mask = None
+    if attention_mask is not None:
+        m = np.asarray(attention_mask)
+        if m.shape != ids.shape or m.dtype.kind not in "biu" or not np.isin(m, (0, 1)).all():
+            raise TokenIdError(
+                f"attention_mask must be 0/1 of the shape of input_ids {tuple(ids.shape)}, got shape "
+                f"{tuple(m.shape)} dtype {m.dtype}",
+                argument="attention_mask",
+            )
+        if not m.any(axis=1).all():
+            raise TokenIdError(
+                "attention_mask: every row needs at least one token (a 1)", argument="attention_mask"
+            )
+        mask = m.astype(np.int64)
+    real = ids if mask is None else ids[mask == 1]
+    if real.size:
+        check_id_range(int(real.min()), int(real.max()), vocab_size)
+    if mask is not None and mask.all():
+        mask = None
+    model_ids = ids if mask is None else np.where(mask == 1, ids, 0)
+    return PromptBatch(ids, model_ids, mask)

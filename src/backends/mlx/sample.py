@@ -8,45 +8,40 @@ top-k -> top-p -> min-p -> sample. One prefill (last position's logits only), th
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import mlx.core as mx
+import numpy as np
 
 from mamba_core.sampling import SamplingSettings
+from mamba_core.token_ids import check_id_dtype, prompt_batch
 
 _NEG_INF = float("-inf")
 
 
-def prepare_inputs(input_ids, attention_mask=None, pad_token_id: int = 0):
-    """``(B, L)`` array or a list of token lists -> ``(ids (B, L) int32, mask (B, L) or None)``.
-
-    Lists of different lengths are left-padded with ``pad_token_id`` and masked.
+def prepare_inputs(input_ids, attention_mask=None, pad_token_id: int = 0, vocab_size: int | None = None):
+    """``(B, L)`` array or a list of token lists -> ``(ids, model_ids, mask)``: the prompts to return
+    (B, L) (left-padded with ``pad_token_id``), the ids to embed (padded positions 0), the mask (B, L) or
+    None; int32, checked by the spec (``mamba_core.token_ids.prompt_batch``) against ``vocab_size``.
 
     Raises:
-        ValueError: empty prompts, a ragged array, or a mask of another shape (names the argument).
+        TokenIdError: ids that are not tokens of the vocabulary, empty prompts, a wrong shape or mask.
     """
-    if isinstance(input_ids, Sequence) and input_ids and isinstance(input_ids[0], Sequence):
-        rows = [[int(t) for t in r] for r in input_ids]
-        if not rows or min(len(r) for r in rows) < 1:
-            raise ValueError("input_ids: every prompt needs at least one token")
-        length = max(len(r) for r in rows)
-        ids = mx.array([[pad_token_id] * (length - len(r)) + r for r in rows], dtype=mx.int32)
-        if any(len(r) != length for r in rows):
-            mask = mx.array([[0] * (length - len(r)) + [1] * len(r) for r in rows], dtype=mx.int32)
-            if attention_mask is not None:
-                raise ValueError("attention_mask: pass either ragged token lists or a mask, not both")
-            return ids, mask
-    else:
-        ids = mx.array(input_ids)
-        if ids.ndim != 2 or ids.shape[1] < 1:
-            raise ValueError(f"input_ids must be (B, L) with L >= 1, got shape {tuple(ids.shape)}")
-        ids = ids.astype(mx.int32)
-    if attention_mask is not None:
-        attention_mask = mx.array(attention_mask)
-        if attention_mask.shape != ids.shape:
-            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape "
-                             f"{tuple(ids.shape)}")
-    return ids, attention_mask
+    input_ids, attention_mask = (_host(x, name) for x, name in ((input_ids, "input_ids"),
+                                                                (attention_mask, "attention_mask")))
+    batch = prompt_batch(input_ids, vocab_size if vocab_size is not None else 2**31, pad_token_id,
+                         attention_mask)
+    mask = None if batch.mask is None else mx.array(batch.mask.astype(np.int32))
+    return mx.array(batch.ids.astype(np.int32)), mx.array(batch.model_ids.astype(np.int32)), mask
+
+
+def _host(x, name: str):
+    """An ``mx.array`` as numpy for the spec's checks (a float array is refused first: bf16 has no numpy)."""
+    if not isinstance(x, mx.array):
+        return x
+    if not mx.issubdtype(x.dtype, mx.integer) and x.dtype != mx.bool_:
+        check_id_dtype(str(x.dtype).removeprefix("mlx.core."), False, argument=name)
+    return np.array(x)
 
 
 def process_logits(logits, *, vocab_size, presence=None, repetition_penalty=None, temperature=0.0,
@@ -109,7 +104,7 @@ def stream(
         repetition_penalty=repetition_penalty, stop_tokens=stop_tokens, seed=seed,
         pad_token_id=pad_token_id,
     )
-    ids, mask = prepare_inputs(input_ids, attention_mask, settings.pad_token_id)
+    _, ids, mask = prepare_inputs(input_ids, attention_mask, settings.pad_token_id, model.config.vocab_size)
     return _stream(model, ids, mask, settings)
 
 
@@ -205,8 +200,9 @@ def generate(
         repetition_penalty=repetition_penalty, stop_tokens=stop_tokens, seed=seed,
         pad_token_id=pad_token_id,
     )
-    ids, mask = prepare_inputs(input_ids, attention_mask, settings.pad_token_id)
+    shown, ids, mask = prepare_inputs(input_ids, attention_mask, settings.pad_token_id,
+                                      model.config.vocab_size)
     tokens = list(_stream(model, ids, mask, settings))
     if not tokens:
-        return ids
-    return mx.concatenate([ids, mx.stack(tokens, axis=1)], axis=1)
+        return shown
+    return mx.concatenate([shown, mx.stack(tokens, axis=1)], axis=1)

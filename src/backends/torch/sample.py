@@ -14,31 +14,27 @@ from collections.abc import Iterator
 import torch
 
 from mamba_core.sampling import SamplingSettings
+from mamba_core.token_ids import check_id_dtype, prompt_batch
 
 
 def _prepare(model, input_ids, attention_mask, pad_token_id):
-    """-> ids (B, L) long on the model's device, mask (B, L) or None."""
+    """-> (ids to return (B, L), ids to embed (B, L), mask (B, L) or None), long on the model's device,
+    checked by the spec (``mamba_core.token_ids.prompt_batch``)."""
     device = model.backbone.norm_f.weight.device
-    if isinstance(input_ids, (list, tuple)):
-        rows = [list(map(int, r)) for r in input_ids]
-        if not rows or any(len(r) == 0 for r in rows):
-            raise ValueError("input_ids: every prompt needs at least one token")
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[i, width - len(r):] = 1
-        if bool(mask.all()):
-            mask = None
-        return ids.to(device), None if mask is None else mask.to(device)
-    ids = torch.as_tensor(input_ids)
-    if ids.dim() != 2 or ids.is_floating_point():
-        raise ValueError(f"input_ids must be a (B, L) int array, got shape {tuple(ids.shape)}")
-    if ids.shape[1] == 0:
-        raise ValueError("input_ids: the prompt needs at least one token")
-    mask = None if attention_mask is None else torch.as_tensor(attention_mask).to(device)
-    return ids.long().to(device), mask
+    input_ids, attention_mask = (_host(x, name) for x, name in ((input_ids, "input_ids"),
+                                                                (attention_mask, "attention_mask")))
+    batch = prompt_batch(input_ids, model.config.vocab_size, pad_token_id, attention_mask)
+    mask = None if batch.mask is None else torch.from_numpy(batch.mask).to(device)
+    return torch.from_numpy(batch.ids).to(device), torch.from_numpy(batch.model_ids).to(device), mask
+
+
+def _host(x, name: str):
+    """A tensor as numpy for the spec's checks (a float tensor is refused first: bf16 has no numpy)."""
+    if not torch.is_tensor(x):
+        return x
+    if x.is_floating_point() or x.is_complex():
+        check_id_dtype(str(x.dtype).removeprefix("torch."), False, argument=name)
+    return x.detach().cpu().numpy()
 
 
 def process_logits(logits, *, vocab_size, temperature, top_k, top_p, min_p, repetition_penalty,
@@ -103,7 +99,7 @@ def stream(
         repetition_penalty=repetition_penalty, stop_tokens=stop_tokens, seed=seed,
         pad_token_id=pad_token_id,
     )
-    ids, mask = _prepare(model, input_ids, attention_mask, settings.pad_token_id)
+    _, ids, mask = _prepare(model, input_ids, attention_mask, settings.pad_token_id)
     return _stream(model, ids, mask, settings)
 
 
@@ -198,8 +194,8 @@ def generate(
         repetition_penalty=repetition_penalty, stop_tokens=stop_tokens, seed=seed,
         pad_token_id=pad_token_id,
     )
-    ids, mask = _prepare(model, input_ids, attention_mask, settings.pad_token_id)
+    shown, ids, mask = _prepare(model, input_ids, attention_mask, settings.pad_token_id)
     new = list(_stream(model, ids, mask, settings))
     if not new:
-        return ids
-    return torch.cat([ids, torch.stack(new, dim=1)], dim=1)
+        return shown
+    return torch.cat([shown, torch.stack(new, dim=1)], dim=1)
