@@ -18,7 +18,7 @@ from typing import Any
 
 from mamba_core.errors import CheckpointError
 from mamba_core.layout import CHECKPOINT_DIALECTS
-from mamba_core.staging import recover, staging_dir, swap_into_place, terminate_as_exception
+from mamba_core.staging import recover, staging_dir, swap_into_place
 
 log = logging.getLogger("mamba_core")
 
@@ -167,21 +167,21 @@ def write_checkpoint(
         config_dict["torch_dtype"] = str(next(iter(tensors.values())).dtype).rsplit(".", 1)[-1]
     tmp = staging_dir(path)
     try:
-        with terminate_as_exception(), Progress(total, desc, unit="B") as bar:
+        with Progress(total, desc, unit="B") as bar:
             for name, shard in zip(names, shards, strict=True):
                 module.save_safetensors(shard, tmp / name, FILE_METADATA[dialect])
                 bar.update(sum(_nbytes(t) for t in shard.values()), file=name)
-            if len(shards) > 1:
-                weight_map = {t: name for name, shard in zip(names, shards, strict=True) for t in shard}
-                index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-                (tmp / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
-            (tmp / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
-            for f in copy_files:
-                shutil.copyfile(f, tmp / Path(f).name)
-            for name, text in (extra_files or {}).items():
-                (tmp / name).write_text(text)
-            _apply_umask(tmp)
-            swap_into_place(tmp, path)
+        if len(shards) > 1:
+            weight_map = {t: name for name, shard in zip(names, shards, strict=True) for t in shard}
+            index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
+            (tmp / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+        (tmp / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
+        for f in copy_files:
+            shutil.copyfile(f, tmp / Path(f).name)
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
+        _apply_umask(tmp)
+        swap_into_place(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
