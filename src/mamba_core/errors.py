@@ -110,3 +110,8 @@ class ResourceError(ConfigError):
         super().__init__(message, field=field)
         self.needed = needed
         self.limit = limit
+
+
+class NonFiniteError(MambaCoreError, FloatingPointError):
+    """A model produced NaN or infinite logits (damaged weights or inputs): generation stops instead of
+    sampling from junk. ``mamba-core inspect`` names the tensors holding NaN or inf."""

@@ -15,8 +15,9 @@ import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from mamba_core.errors import SamplingError, SeedError
+from mamba_core.errors import NonFiniteError, SamplingError, SeedError
 
+FLOAT32_MAX = 3.4028234663852886e38  # logits are float32: extreme penalties are clipped to its range
 SEED_LIMIT = 2**64  # seeds are ints in [0, SEED_LIMIT): a torch.Generator's and mx.random.key's range
 
 
@@ -135,3 +136,18 @@ class SamplingSettings:
     def penalizes(self) -> bool:
         """True when the repetition penalty changes logits (set and not 1)."""
         return self.repetition_penalty is not None and self.repetition_penalty != 1.0
+
+
+def check_finite_logits(all_finite: bool) -> None:
+    """Refuse to sample from NaN or infinite logits (both backends call this on each step's logits over
+    the real vocabulary, with their own reduction).
+
+    Raises:
+        NonFiniteError: the model produced NaN or inf logits (damaged weights: ``mamba-core inspect`` names
+            the tensors holding NaN or inf).
+    """
+    if not all_finite:
+        raise NonFiniteError(
+            "the model produced NaN or infinite logits: its weights (or inputs) hold NaN/inf or overflow; "
+            "run mamba-core inspect on the checkpoint, or try float32 instead of float16"
+        )

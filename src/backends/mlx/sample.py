@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import mlx.core as mx
 import numpy as np
 
-from mamba_core.sampling import SamplingSettings
+from mamba_core.sampling import FLOAT32_MAX, SamplingSettings, check_finite_logits
 from mamba_core.token_ids import check_id_dtype, prompt_batch
 
 _NEG_INF = float("-inf")
@@ -55,14 +55,18 @@ def process_logits(logits, *, vocab_size, presence=None, repetition_penalty=None
         repetition_penalty, temperature, top_k, top_p, min_p: see ``generate``.
     """
     width = logits.shape[-1]
-    if vocab_size < width:
-        logits = mx.where(mx.arange(width) >= vocab_size, _NEG_INF, logits)
+    check_finite_logits(mx.isfinite(logits[:, :vocab_size]).all().item())
+    padded = mx.arange(width) >= vocab_size
+    logits = mx.where(padded, _NEG_INF, logits)
     if repetition_penalty is not None and repetition_penalty != 1.0 and presence is not None:
         penalized = mx.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
         logits = mx.where(presence > 0, penalized, logits)
+        logits = mx.where(padded, logits, mx.clip(logits, -FLOAT32_MAX, FLOAT32_MAX))  # an extreme penalty
     if temperature == 0:
         return mx.argmax(logits, axis=-1)
-    logits = logits / temperature
+    # the row max subtracted first: a tiny temperature tends to greedy instead of overflowing to inf/inf
+    logits = (logits - logits.max(axis=-1, keepdims=True)) / temperature
+    logits = mx.where(padded, _NEG_INF, logits)  # -inf / an inf temperature would be NaN
     if top_k is not None and top_k < width:
         kth = mx.sort(logits, axis=-1)[:, width - top_k][:, None]  # k-th largest
         logits = mx.where(logits < kth, _NEG_INF, logits)
@@ -139,17 +143,18 @@ def _stream(model, ids, mask, settings: SamplingSettings) -> Iterator[mx.array]:
             else:
                 key, sub = mx.random.split(key)
                 token = mx.random.categorical(out, axis=-1, key=sub)
-            token = mx.where(finished, s.pad_token_id, token.astype(mx.int32))
+            drawn = token.astype(mx.int32)
+            token = mx.where(finished, s.pad_token_id, drawn)
+            if presence is not None:  # the drawn id (a finished row's pad id may be any int)
+                presence = presence.at[rows, drawn].add(mx.where(finished, 0.0, 1.0))
             if stops is not None:
                 finished = finished | (token[:, None] == stops[None]).any(axis=-1)
-            if presence is not None:
-                presence = presence.at[rows, token].add(1.0)
             mx.eval(token, finished)
             yield token
             if stops is not None and finished.all().item():
                 return
             if i + 1 < s.max_new_tokens:
-                logits = model.step(token, cache)
+                logits = model.step(drawn, cache)  # finished rows keep a valid id
 
 
 def generate(

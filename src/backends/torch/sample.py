@@ -13,7 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
-from mamba_core.sampling import SamplingSettings
+from mamba_core.sampling import FLOAT32_MAX, SamplingSettings, check_finite_logits
 from mamba_core.token_ids import check_id_dtype, prompt_batch
 
 
@@ -46,15 +46,19 @@ def process_logits(logits, *, vocab_size, temperature, top_k, top_p, min_p, repe
         sampling distribution (B, V).
     """
     logits = logits.float().clone()
-    if logits.shape[-1] > vocab_size:
-        logits[:, vocab_size:] = -torch.inf
+    check_finite_logits(bool(torch.isfinite(logits[:, :vocab_size]).all()))
+    padded = torch.arange(logits.shape[-1], device=logits.device) >= vocab_size
+    logits[:, padded] = -torch.inf
     if repetition_penalty is not None and repetition_penalty != 1.0:
         penalized = torch.where(logits > 0, logits / repetition_penalty,
                                 logits * repetition_penalty)
         logits = torch.where(seen, penalized, logits)
+        logits = torch.where(padded, logits, logits.clamp(-FLOAT32_MAX, FLOAT32_MAX))  # an extreme penalty
     if temperature == 0:
         return logits.argmax(-1), None
-    logits = logits / temperature
+    # the row max subtracted first: a tiny temperature tends to greedy instead of overflowing to inf/inf
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
+    logits = logits.masked_fill(padded, -torch.inf)  # -inf / an inf temperature would be NaN
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, -torch.inf)
@@ -142,8 +146,8 @@ def _stream(model, ids, mask, settings: SamplingSettings) -> Iterator[torch.Tens
                 done = done | torch.isin(tok, stops)
                 if bool(done.all()):
                     return
-            if seen is not None:
-                seen[rows, tok] = seen[rows, tok] | ~done
+            if seen is not None:  # the drawn id (a finished row's pad id may be any int)
+                seen[rows, drawn] = seen[rows, drawn] | ~done
             if i + 1 < s.max_new_tokens:
                 logits = model.step(drawn, cache)  # finished rows keep a valid id
 
