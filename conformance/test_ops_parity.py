@@ -45,6 +45,14 @@ def test_rmsnorm_gated(target, dtype):
     assert_check("rmsnorm_gated", target, dtype)
 
 
+def test_decode_ops_in_place(target, dtype):
+    assert_check("decode_ops_in_place", target, dtype)
+
+
+def test_op_dtypes(target, dtype):
+    assert_check("op_dtypes", target, dtype)
+
+
 def test_every_op_check_has_a_test():
     from mamba_core.conformance import CHECKS
 

@@ -10,19 +10,21 @@ Example:
 
 from mamba_core.backends.mlx import ops as ops
 from mamba_core.backends.mlx.cache import MambaCache as MambaCache
+from mamba_core.backends.mlx.device import default_device as default_device
+from mamba_core.backends.mlx.device import devices as devices
 from mamba_core.backends.mlx.heads import FeatureExtractor as FeatureExtractor
 from mamba_core.backends.mlx.heads import SequenceClassifier as SequenceClassifier
 from mamba_core.backends.mlx.heads import task_of as task_of
+from mamba_core.backends.mlx.mamba1 import Mamba1Mixer as Mamba1Mixer
+from mamba_core.backends.mlx.mamba2 import Mamba2Mixer as Mamba2Mixer
 from mamba_core.backends.mlx.model import Mamba1 as Mamba1
 from mamba_core.backends.mlx.model import Mamba1Block as Mamba1Block
 from mamba_core.backends.mlx.model import Mamba1LM as Mamba1LM
-from mamba_core.backends.mlx.model import Mamba1Mixer as Mamba1Mixer
 from mamba_core.backends.mlx.model import Mamba2 as Mamba2
 from mamba_core.backends.mlx.model import Mamba2Block as Mamba2Block
 from mamba_core.backends.mlx.model import Mamba2LM as Mamba2LM
-from mamba_core.backends.mlx.model import Mamba2Mixer as Mamba2Mixer
-from mamba_core.backends.mlx.model import RMSNorm as RMSNorm
-from mamba_core.backends.mlx.model import RMSNormGated as RMSNormGated
+from mamba_core.backends.mlx.norm import RMSNorm as RMSNorm
+from mamba_core.backends.mlx.norm import RMSNormGated as RMSNormGated
 from mamba_core.backends.mlx.pickles import read_pickle as read_pickle
 from mamba_core.backends.mlx.pickles import read_pickle_header as read_pickle_header
 from mamba_core.backends.mlx.runtime import inference_scope as inference_scope
@@ -32,8 +34,6 @@ from mamba_core.backends.mlx.sample import stream as stream
 from mamba_core.backends.mlx.train import Trainer as Trainer
 from mamba_core.backends.mlx.train import loss_gradients as loss_gradients
 from mamba_core.backends.mlx.weights import build_model as build_model
-from mamba_core.backends.mlx.weights import default_device as default_device
-from mamba_core.backends.mlx.weights import devices as devices
 from mamba_core.backends.mlx.weights import export_tensors as export_tensors
 from mamba_core.backends.mlx.weights import from_numpy as from_numpy
 from mamba_core.backends.mlx.weights import load_checkpoint as load_checkpoint

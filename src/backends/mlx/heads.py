@@ -1,4 +1,4 @@
-"""Task heads on the LMs' backbone: ``SequenceClassifier`` and ``FeatureExtractor`` (issue 7.4).
+"""Task heads on the LMs' backbone: ``SequenceClassifier`` and ``FeatureExtractor``.
 
 The mirror image of the torch backend's ``heads.py``. Both hold ``backbone``, the same
 ``Mamba1``/``Mamba2`` stack (with an embedding) that a ``Mamba1LM`` holds, so their module tree is the
@@ -13,15 +13,14 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from mamba_core.backends.mlx.device import resolve_device, resolve_dtype
 from mamba_core.backends.mlx.model import (
     KERNEL_PATHS,
     Mamba1,
     Mamba1LM,
     Mamba2,
     Mamba2LM,
-    apply_dtype_policy,
 )
-from mamba_core.backends.mlx.weights import resolve_device, resolve_dtype
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.task import Task, pooled_dim, task_layout
 
@@ -107,9 +106,10 @@ class SequenceClassifier(nn.Module):
         self.config = config
         self.device = resolve_device(device)
         with mx.stream(self.device):
-            self.backbone = STACKS[config.arch](config, config.vocab_size_padded, device=self.device)
+            self.backbone = STACKS[config.arch](config, config.vocab_size_padded, dtype=dtype,
+                                                device=self.device)
             self.score = nn.Linear(pooled_dim(config, pooling), num_labels)
-            apply_dtype_policy(self, config, resolve_dtype(dtype))
+            self.score.set_dtype(resolve_dtype(dtype))
         self.kernel_path = KERNEL_PATHS[config.arch]
 
     @property
@@ -188,6 +188,12 @@ def task_of(model) -> Task:
 def _prefix(model) -> str:
     # a bare stack's parameter names lack the canonical ``backbone.`` prefix
     return "backbone." if isinstance(model, (Mamba1, Mamba2)) else ""
+
+
+def canonical_parameters(model) -> dict[str, mx.array]:
+    """Canonical (checkpoint) name -> parameter (MLX layout); a bare stack's names get ``backbone.``."""
+    prefix = _prefix(model)
+    return {prefix + name: p for name, p in tree_flatten(model.parameters())}
 
 
 def build_task_model(config, task: Task, *, dtype="float32", device=None):

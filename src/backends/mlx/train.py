@@ -28,10 +28,21 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from mamba_core.backends.mlx.model import apply_dtype_policy
 from mamba_core.errors import CheckpointError
 from mamba_core.layout import expand_layout
 from mamba_core.train_config import TrainConfig, no_weight_decay
+
+
+def _cast_by_policy(model: nn.Module, config, dtype: mx.Dtype, prefix: str = "") -> None:
+    """Cast every parameter to ``dtype`` except the fp32-policy ones of the layout (A_log, D, dt bias).
+
+    ``prefix`` turns the module's parameter names into canonical ones (``"backbone."`` for a stack).
+    """
+    policy = {name: spec.dtype_policy for name, spec in expand_layout(config).items()}
+    params = tree_flatten(model.parameters())
+    model.update(tree_unflatten([
+        (name, p.astype(mx.float32 if policy.get(prefix + name, "model") == "fp32" else dtype))
+        for name, p in params]))
 
 
 class Trainer:
@@ -100,7 +111,7 @@ class Trainer:
             x, y = self._batch(inputs), self._batch(targets)
             if self.config.precision == "bf16-mixed":
                 master = model.trainable_parameters()
-                apply_dtype_policy(model, model.config, mx.bfloat16)
+                _cast_by_policy(model, model.config, mx.bfloat16)
                 loss, grads = self._loss_and_grad(x, y)
                 grads = tree_map(lambda g: g.astype(mx.float32), grads)
                 model.update(master)

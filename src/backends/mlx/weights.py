@@ -3,7 +3,7 @@
 Everything is derived from ``mamba_core.layout`` (names, shapes, dtype policy, ``mlx_axes``) and the
 spec's ``LoadPlan`` (house-style §9.2): no name-replace chains, no shape sniffing. Tensor data is read
 with ``mx.load`` and written with ``mx.save_safetensors``, so bfloat16 never passes through numpy
-(spec-notes §2). Canonical layout = torch's (conv weight (C, 1, K)); the modules hold MLX layout
+(docs/spec.md §2). Canonical layout = torch's (conv weight (C, 1, K)); the modules hold MLX layout
 (C, K, 1), reached with ``Param.mlx_axes``.
 """
 
@@ -13,59 +13,18 @@ import os
 
 import mlx.core as mx
 import numpy as np
-from mlx.utils import tree_flatten
 
-from mamba_core.backends.mlx.model import Mamba1LM, Mamba2LM
+from mamba_core.backends.mlx.device import resolve_device, resolve_dtype
+from mamba_core.backends.mlx.heads import assign, build_task_model, export_canonical, export_task_tensors
+from mamba_core.backends.mlx.model import Mamba1LM, Mamba2LM, initialize
 from mamba_core.backends.mlx.pickles import read_pickle
 from mamba_core.checkpoint import LoadPlan, is_pickle
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
-from mamba_core.registry import DTYPES
 from mamba_core.safetensors_header import read_array, validate_safetensors_header
 
-_DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
-_LMS = {"mamba1": Mamba1LM, "mamba2": Mamba2LM}
+MODEL_CLASSES = {"mamba1": Mamba1LM, "mamba2": Mamba2LM}
 KERNELS = ("auto", "reference", "fast")
-
-
-def resolve_dtype(dtype) -> mx.Dtype:
-    """``"float32" | "bfloat16" | "float16"`` or an ``mx.Dtype`` -> ``mx.Dtype``."""
-    if isinstance(dtype, mx.Dtype):
-        if dtype not in _DTYPES.values():
-            raise ValueError(f"dtype {dtype!r} is not supported; expected one of {DTYPES}")
-        return dtype
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not supported; expected one of {DTYPES}")
-    return _DTYPES[dtype]
-
-
-def devices() -> list[str]:
-    """Device strings usable here: ``["cpu"]`` plus ``"gpu"`` when Metal is available."""
-    return ["cpu", "gpu"] if mx.metal.is_available() else ["cpu"]
-
-
-def default_device() -> str:
-    """``"gpu"`` on Apple Silicon (Metal), else ``"cpu"``."""
-    return "gpu" if mx.metal.is_available() else "cpu"
-
-
-def resolve_device(device) -> mx.Device:
-    """``None | "cpu" | "gpu" | mx.Device | mx.DeviceType`` -> ``mx.Device``.
-
-    Raises:
-        ValueError: unknown device, or ``"gpu"`` without Metal.
-    """
-    if device is None:
-        return mx.default_device()
-    if isinstance(device, mx.Device):
-        return device
-    if isinstance(device, mx.DeviceType):
-        return mx.Device(device)
-    if device not in ("cpu", "gpu"):
-        raise ValueError(f"device {device!r} is not an MLX device; expected 'cpu' or 'gpu'")
-    if device not in devices():
-        raise ValueError(f"device {device!r} is not available here; available: {devices()}")
-    return mx.Device(mx.cpu if device == "cpu" else mx.gpu)
 
 
 def to_numpy(x: mx.array) -> np.ndarray:
@@ -82,35 +41,13 @@ def from_numpy(a, *, dtype=None, device=None) -> mx.array:
         return out if dtype is None else out.astype(resolve_dtype(dtype))
 
 
-def _policy_dtype(policy: str, dtype: mx.Dtype) -> mx.Dtype:
-    return mx.float32 if policy == "fp32" else dtype
-
-
-def _to_mlx_layout(arr: mx.array, axes) -> mx.array:
-    return arr if axes is None else mx.transpose(arr, axes)
-
-
-def _from_mlx_layout(arr: mx.array, axes) -> mx.array:
-    return arr if axes is None else mx.transpose(arr, [int(i) for i in np.argsort(axes)])
-
-
-def _assign(model, tensors: dict[str, mx.array], dtype: mx.Dtype) -> None:
-    """Fill ``model`` from canonical torch-layout tensors with the dtype policy applied."""
-    specs = expand_layout(model.config)
-    weights = []
-    for name, spec in specs.items():
-        arr = _to_mlx_layout(tensors[name], spec.mlx_axes)
-        weights.append((name, arr.astype(_policy_dtype(spec.dtype_policy, dtype))))
-    model.load_weights(weights, strict=True)
-    mx.eval(model.parameters())
-
-
 def _new_model(config, dtype: mx.Dtype, device: mx.Device, kernels: str):
+    # built lazily, uninitialized: the caller initializes or assigns every tensor
     if kernels not in KERNELS:
         raise ValueError(f"kernels={kernels!r}; expected one of {KERNELS}")
     if kernels == "fast":
         raise UnsupportedError("kernels='fast': the MLX backend has no fused kernels; use 'auto'")
-    return _LMS[config.arch](config, dtype=dtype, device=device)
+    return MODEL_CLASSES[config.arch](config, dtype=dtype, device=device, init=False)
 
 
 def build_model(config, *, dtype="float32", device=None, seed: int | None = None,
@@ -135,14 +72,10 @@ def build_model(config, *, dtype="float32", device=None, seed: int | None = None
         >>> build_model(tiny_mamba2(), seed=0).kernel_path
         'mlx-chunked-ssd'
     """
-    from mamba_core.reference import init_weights
-
-    dt = resolve_dtype(dtype)
     dev = resolve_device(device)
-    model = _new_model(config, dt, dev, kernels)
-    arrays = init_weights(config, np.random.default_rng(seed))
+    model = _new_model(config, resolve_dtype(dtype), dev, kernels)
     with mx.stream(dev):
-        _assign(model, {k: mx.array(v) for k, v in arrays.items()}, dt)
+        initialize(model, seed)
     return model
 
 
@@ -153,6 +86,7 @@ def _file_reader(file: str):
         return read_pickle(file).__getitem__
     header = validate_safetensors_header(file)
     if any(e.dtype == "F64" for e in header.entries.values()):  # mx.load has no float64: read with numpy
+
         def from_numpy(name):
             arr = read_array(header, name)
             if header.entries[name].dtype == "BF16":
@@ -219,14 +153,9 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
                     "backbone.embedding.weight but the config says tie_embeddings=True; set "
                     "tie_embeddings false (untied) or drop lm_head.weight",
                     mismatched=[("lm_head.weight", "equal to the embedding", "different values")])
-        if plan.task.kind != "lm":  # a stack or head (mamba_core.task): heads.py builds and fills it
-            from mamba_core.backends.mlx.heads import assign as assign_task
-            from mamba_core.backends.mlx.heads import build_task_model
-
+        if plan.task.kind != "lm":  # a stack or head (mamba_core.task): heads.py builds it
             model = build_task_model(plan.config, plan.task, dtype=dt, device=dev)
-            assign_task(model, tensors, dt, allow_missing=plan.absent)
-            return model
-        _assign(model, tensors, dt)
+        assign(model, tensors, dt, allow_missing=plan.absent)
     return model
 
 
@@ -247,17 +176,13 @@ def export_tensors(model, dialect: str = "mamba-core") -> dict[str, mx.array]:
     if dialect not in DIALECT_RENAMES:
         raise CheckpointError(f"unknown dialect {dialect!r}; expected one of {tuple(DIALECT_RENAMES)}")
     if not isinstance(model, (Mamba1LM, Mamba2LM)):  # a stack or head: canonical names, ours only
-        from mamba_core.backends.mlx.heads import export_task_tensors
-
         return export_task_tensors(model, dialect)
-    params = dict(tree_flatten(model.parameters()))
-    mlx_layout = DIALECT_AXES[dialect]
+    renames, mlx_layout = DIALECT_RENAMES[dialect], DIALECT_AXES[dialect]
+    specs = expand_layout(model.config)
     out = {}
-    for name, spec in expand_layout(model.config).items():
-        arr = params[name]
-        if not mlx_layout:
-            arr = _from_mlx_layout(arr, spec.mlx_axes)
-        out[DIALECT_RENAMES[dialect].get(name, name)] = arr
+    for name, arr in export_canonical(model).items():
+        axes = specs[name].mlx_axes  # an involution: canonical (C, 1, K) -> MLX (C, K, 1)
+        out[renames.get(name, name)] = mx.transpose(arr, axes) if mlx_layout and axes is not None else arr
     return out
 
 

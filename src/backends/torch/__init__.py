@@ -5,19 +5,21 @@ Exports exactly ``mamba_core.registry.BACKEND_API``. See ``docs/backend-contract
 
 from mamba_core.backends.torch import ops as ops
 from mamba_core.backends.torch.cache import MambaCache as MambaCache
+from mamba_core.backends.torch.device import default_device as default_device
+from mamba_core.backends.torch.device import devices as devices
 from mamba_core.backends.torch.heads import FeatureExtractor as FeatureExtractor
 from mamba_core.backends.torch.heads import SequenceClassifier as SequenceClassifier
 from mamba_core.backends.torch.heads import task_of as task_of
+from mamba_core.backends.torch.mamba1 import Mamba1Mixer as Mamba1Mixer
+from mamba_core.backends.torch.mamba2 import Mamba2Mixer as Mamba2Mixer
 from mamba_core.backends.torch.model import Mamba1 as Mamba1
 from mamba_core.backends.torch.model import Mamba1Block as Mamba1Block
 from mamba_core.backends.torch.model import Mamba1LM as Mamba1LM
-from mamba_core.backends.torch.model import Mamba1Mixer as Mamba1Mixer
 from mamba_core.backends.torch.model import Mamba2 as Mamba2
 from mamba_core.backends.torch.model import Mamba2Block as Mamba2Block
 from mamba_core.backends.torch.model import Mamba2LM as Mamba2LM
-from mamba_core.backends.torch.model import Mamba2Mixer as Mamba2Mixer
-from mamba_core.backends.torch.model import RMSNorm as RMSNorm
-from mamba_core.backends.torch.model import RMSNormGated as RMSNormGated
+from mamba_core.backends.torch.norm import RMSNorm as RMSNorm
+from mamba_core.backends.torch.norm import RMSNormGated as RMSNormGated
 from mamba_core.backends.torch.pickles import read_pickle as read_pickle
 from mamba_core.backends.torch.pickles import read_pickle_header as read_pickle_header
 from mamba_core.backends.torch.runtime import inference_scope as inference_scope
@@ -27,8 +29,6 @@ from mamba_core.backends.torch.sample import stream as stream
 from mamba_core.backends.torch.train import Trainer as Trainer
 from mamba_core.backends.torch.train import loss_gradients as loss_gradients
 from mamba_core.backends.torch.weights import build_model as build_model
-from mamba_core.backends.torch.weights import default_device as default_device
-from mamba_core.backends.torch.weights import devices as devices
 from mamba_core.backends.torch.weights import export_tensors as export_tensors
 from mamba_core.backends.torch.weights import from_numpy as from_numpy
 from mamba_core.backends.torch.weights import load_checkpoint as load_checkpoint

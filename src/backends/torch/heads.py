@@ -1,4 +1,4 @@
-"""Task heads on the LMs' backbone: ``SequenceClassifier`` and ``FeatureExtractor`` (issue 7.4).
+"""Task heads on the LMs' backbone: ``SequenceClassifier`` and ``FeatureExtractor``.
 
 Both hold ``backbone``, the same ``Mamba1``/``Mamba2`` stack (with an embedding) that a ``Mamba1LM``
 holds, so their module tree is the LM's canonical names minus ``lm_head`` plus the head rows of
@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mamba_core.backends.torch.cache import torch_dtype
+from mamba_core.backends.torch.device import resolve_dtype
 from mamba_core.backends.torch.model import KERNEL_PATHS, Mamba1, Mamba1LM, Mamba2, Mamba2LM
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.task import Task, pooled_dim, task_layout
@@ -94,7 +94,7 @@ class SequenceClassifier(nn.Module):
     def __init__(self, config, num_labels: int, pooling: str = "last", *, dtype="float32", device=None):
         super().__init__()
         self.task = Task("sequence-classification", num_labels=num_labels, pooling=pooling)
-        dt = torch_dtype(dtype)
+        dt = resolve_dtype(dtype)
         self.config = config
         self.backbone = STACKS[config.arch](config, config.vocab_size_padded, dtype=dt, device=device)
         self.score = nn.Linear(pooled_dim(config, pooling), num_labels, dtype=dt, device=device)
@@ -136,7 +136,7 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         self.task = Task("features", pooling=pooling)
         self.config = config
-        self.backbone = STACKS[config.arch](config, config.vocab_size_padded, dtype=torch_dtype(dtype),
+        self.backbone = STACKS[config.arch](config, config.vocab_size_padded, dtype=resolve_dtype(dtype),
                                             device=device)
         self.kernel_path = KERNEL_PATHS[config.arch]
 
@@ -221,7 +221,7 @@ def assign(model, tensors: dict, dtype=None, *, allow_missing=()) -> list[str]:
         raise CheckpointError(f"{len(bad)} tensors have the wrong shape: "
                               + "; ".join(f"{n} expected {e}, got {g}" for n, e, g in bad),
                               mismatched=bad)
-    target = None if dtype is None else torch_dtype(dtype)
+    target = None if dtype is None else resolve_dtype(dtype)
     with torch.no_grad():
         for name, spec in specs.items():
             if name not in tensors:

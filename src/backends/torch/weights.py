@@ -1,6 +1,6 @@
 """Weights: build, load (run a ``LoadPlan`` with ``safe_open(framework="pt")`` / ``torch.load``), export.
 
-bfloat16 never passes through numpy (spec-notes §2): tensors are read by safetensors' torch loader,
+bfloat16 never passes through numpy (docs/spec.md §2): tensors are read by safetensors' torch loader,
 axes moved as the plan says, and cast by the layout's dtype policy ("fp32" rows stay float32).
 Export walks ``layout.expand_layout`` and renames/moves axes with ``DIALECT_RENAMES`` /
 ``DIALECT_AXES``; no name chains live here.
@@ -16,69 +16,28 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from mamba_core.backends.torch.cache import torch_dtype
-from mamba_core.backends.torch.model import Mamba1LM, Mamba2LM
+from mamba_core.backends.torch.device import resolve_device, resolve_dtype
+from mamba_core.backends.torch.heads import assign, build_task_model, export_canonical, export_task_tensors
+from mamba_core.backends.torch.model import Mamba1LM, Mamba2LM, initialize
 from mamba_core.backends.torch.pickles import read_pickle
 from mamba_core.checkpoint import LoadPlan, is_pickle
-from mamba_core.errors import CheckpointError
+from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
 
 MODEL_CLASSES = {"mamba1": Mamba1LM, "mamba2": Mamba2LM}
+KERNELS = ("auto", "reference", "fast")
 
 
-def devices() -> list[str]:
-    """Devices usable here: ``["cpu"]`` plus ``"cuda"`` / ``"mps"`` when available."""
-    out = ["cpu"]
-    if torch.cuda.is_available():
-        out.append("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        out.append("mps")
-    return out
-
-
-def default_device() -> str:
-    """``"cuda"`` when available, else ``"mps"``, else ``"cpu"``."""
-    found = devices()
-    for name in ("cuda", "mps"):
-        if name in found:
-            return name
-    return "cpu"
-
-
-def _device(device) -> torch.device:
-    return torch.device(default_device() if device is None else device)
-
-
-def _assign(model, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
-    """Copy canonical tensors into ``model`` following the dtype policy."""
-    specs = expand_layout(model.config)
-    params = dict(model.named_parameters())
-    missing = sorted(set(specs) - set(tensors))
-    if missing:
-        raise CheckpointError(f"{len(missing)} tensors missing: {', '.join(missing[:12])}",
-                              missing=missing)
-    with torch.no_grad():
-        for name, spec in specs.items():
-            t = tensors[name]
-            if tuple(t.shape) != spec.shape:
-                raise CheckpointError(
-                    f"tensor {name!r} expected {spec.describe_shape()}, got {tuple(t.shape)}",
-                    mismatched=[(name, spec.describe_shape(), str(tuple(t.shape)))],
-                )
-            target = torch.float32 if spec.dtype_policy == "fp32" else dtype
-            p = params[name]
-            p.data = t.to(device=p.device, dtype=target).contiguous()
-
-
-def build_model(config, *, dtype="float32", device=None, seed=None):
-    """A model with the official random initialization (``reference.init_weights``).
+def build_model(config, *, dtype="float32", device=None, seed=None, kernels: str = "auto"):
+    """A model with the official random initialization (``model.initialize``: ``reference.init_weights``).
 
     Args:
         config: ``Mamba1Config`` / ``Mamba2Config``.
         dtype: ``"float32" | "bfloat16" | "float16"``.
         device: ``"cpu" | "cuda" | "mps"``; None = ``default_device()``.
         seed: seeds the numpy generator (None = fresh entropy).
+        kernels: ``"auto"`` | ``"reference"`` (both: the torch ops path, ``model.kernel_path``);
+            ``"fast"`` raises (no fused kernels in this backend).
 
     Returns:
         ``Mamba1LM`` / ``Mamba2LM`` in eval mode.
@@ -88,13 +47,13 @@ def build_model(config, *, dtype="float32", device=None, seed=None):
         >>> build_model(tiny_mamba2(), seed=0).kernel_path
         'torch-chunked-ssd'
     """
-    from mamba_core.reference import init_weights
-
-    dt = torch_dtype(dtype)
-    dev = _device(device)
-    model = MODEL_CLASSES[config.arch](config, dtype=dt, device=dev)
-    arrays = init_weights(config, np.random.default_rng(seed))
-    _assign(model, {k: torch.from_numpy(v) for k, v in arrays.items()}, dt)
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels={kernels!r}; expected one of {KERNELS}")
+    if kernels == "fast":
+        raise UnsupportedError("kernels='fast': the torch backend has no fused kernels; use 'auto'")
+    model = MODEL_CLASSES[config.arch](config, dtype=resolve_dtype(dtype), device="meta")
+    model.to_empty(device=resolve_device(device))
+    initialize(model, seed)
     return model.eval()
 
 
@@ -152,8 +111,8 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
         >>> from mamba_core.loading import plan_checkpoint
         >>> model = load_checkpoint(plan_checkpoint("ckpt_dir"), dtype="bfloat16")   # doctest: +SKIP
     """
-    dt = torch_dtype(plan.checkpoint_dtype if dtype is None else dtype)
-    dev = _device(device)
+    dt = resolve_dtype(plan.checkpoint_dtype if dtype is None else dtype)
+    dev = resolve_device(device)
     tensors = _read(plan)
     if plan.tied_duplicate is not None:
         dup = plan.tied_duplicate
@@ -166,19 +125,12 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
                 "the duplicate",
                 mismatched=[(dup.source, "equal to backbone.embedding.weight", "different")],
             )
-    if plan.task.kind != "lm":  # a stack or head (mamba_core.task): heads.py builds and fills it
-        from mamba_core.backends.torch.heads import assign as assign_task
-        from mamba_core.backends.torch.heads import build_task_model
-
-        # freshly initialized head tensors need real storage; otherwise start on "meta" like an LM
-        model = build_task_model(plan.config, plan.task, dtype=dt, device=dev if plan.absent else "meta")
-        if not plan.absent:
-            model.to_empty(device=dev)
-        assign_task(model, tensors, dt, allow_missing=plan.absent)
-        return model.eval()
-    model = MODEL_CLASSES[plan.config.arch](plan.config, dtype=dt, device="meta")
+    # every task alike: built on "meta" (no init thrown away), storage once, each tensor cast once
+    model = build_task_model(plan.config, plan.task, dtype=dt, device="meta")
     model.to_empty(device=dev)
-    _assign(model, tensors, dt)
+    absent = assign(model, tensors, dt, allow_missing=plan.absent)
+    for name in absent:  # a new classification head: the module's own initialization
+        model.get_submodule(name.rsplit(".", 1)[0]).reset_parameters()
     return model.eval()
 
 
@@ -196,19 +148,15 @@ def export_tensors(model, dialect: str = "mamba-core") -> dict[str, torch.Tensor
         UnsupportedError: a stack or head in another dialect than mamba-core.
     """
     if dialect not in DIALECT_RENAMES:
-        raise ValueError(f"dialect must be one of {sorted(DIALECT_RENAMES)}, got {dialect!r}")
+        raise CheckpointError(f"unknown dialect {dialect!r}; expected one of {tuple(DIALECT_RENAMES)}")
     if not isinstance(model, (Mamba1LM, Mamba2LM)):  # a stack or head: canonical names, ours only
-        from mamba_core.backends.torch.heads import export_task_tensors
-
         return export_task_tensors(model, dialect)
-    params = dict(model.named_parameters())
     renames, mlx_axes = DIALECT_RENAMES[dialect], DIALECT_AXES[dialect]
+    specs = expand_layout(model.config)
     out = {}
-    for name, spec in expand_layout(model.config).items():
-        t = params[name].detach()
-        if mlx_axes and spec.mlx_axes is not None:
-            t = t.permute(*spec.mlx_axes)
-        out[renames.get(name, name)] = t
+    for name, t in export_canonical(model).items():
+        axes = specs[name].mlx_axes
+        out[renames.get(name, name)] = t.permute(*axes) if mlx_axes and axes is not None else t
     return out
 
 
@@ -230,5 +178,5 @@ def from_numpy(a, *, dtype=None, device=None) -> torch.Tensor:
     """A numpy array as a tensor, optionally cast (``"float32" | "bfloat16" | "float16"``)."""
     t = torch.from_numpy(np.ascontiguousarray(a))
     if dtype is not None:
-        t = t.to(torch_dtype(dtype))
-    return t.to(_device(device))
+        t = t.to(resolve_dtype(dtype))
+    return t.to(resolve_device(device))

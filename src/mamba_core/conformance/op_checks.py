@@ -21,6 +21,7 @@ from mamba_core.conformance.core import (
     dtype_name,
     register_op,
 )
+from mamba_core.op_dtypes import OP_DTYPES, expected_dtypes
 from mamba_core.testing import STATE_TOLERANCE, TOLERANCE
 
 
@@ -188,4 +189,81 @@ def _rmsnorm_gated(name, backend, device, dtype, rng) -> CheckResult:
             cmp.close(f"group_size={gs} norm_before_gate={before}", out, ref, TOLERANCE[dtype])
         out = backend.ops.rmsnorm_gated(xb, None, wb, 1e-5, 3)
         cmp.close("no gate, group_size=3", out, R.rmsnorm_gated(x, None, w, 1e-5, 3), TOLERANCE[dtype])
+    return cmp.result()
+
+
+@register_op("decode_ops_in_place", "the decode variants the models' step runs (*_update_) vs the reference")
+def _decode_ops_in_place(name, backend, device, dtype, rng) -> CheckResult:
+    cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
+    b, e, n, h, p, g = 2, 6, 3, 4, 3, 2
+    with device_scope(backend, device):
+        (w, wb), (cb, cbb), (s, sb), (x, xb) = inp.act(e, 4), inp.act(e), inp.act(b, e, 4), inp.act(b, e)
+        y, new = backend.ops.causal_conv1d_update_(xb, sb, wb, cbb, activation="silu")
+        ry, rnew = R.causal_conv1d_update(x, s, w, cb, activation="silu")
+        cmp.close("causal_conv1d_update_ y", y, ry, TOLERANCE[dtype])
+        cmp.close("causal_conv1d_update_ state (exact)", new, rnew, 0.0)
+        A, D, bias, h0 = _scan_params(inp, e, n, b)
+        u, dl, z, Bm, Cm = inp.act(b, e), inp.act(b, e), inp.act(b, e), inp.act(b, n), inp.act(b, n)
+        (y, st), (ry, rs) = both(backend.ops.selective_state_update_, R.selective_state_update, h0, u, dl,
+                                 A, Bm, Cm, D=D, z=z, delta_bias=bias, delta_softplus=True)
+        cmp.close("selective_state_update_ y", y, ry, TOLERANCE[dtype])
+        cmp.close("selective_state_update_ state", st, rs, STATE_TOLERANCE)
+        A, D, bias, h0 = _ssd_params(inp, h, p, n, b)
+        x, dt, Bm, Cm = inp.act(b, h, p), inp.act(b, h), inp.act(b, g, n), inp.act(b, g, n)
+        (y, st), (ry, rs) = both(backend.ops.ssd_state_update_, R.ssd_state_update, h0, x, dt, A, Bm, Cm,
+                                 D=D, dt_bias=bias, dt_softplus=True, dt_limit=(0.01, 0.5))
+        cmp.close("ssd_state_update_ y", y, ry, TOLERANCE[dtype])
+        cmp.close("ssd_state_update_ state", st, rs, STATE_TOLERANCE)
+    return cmp.result()
+
+
+@register_op("op_dtypes", "every op's output dtypes follow the spec table mamba_core.op_dtypes")
+def _op_dtypes(name, backend, device, dtype, rng) -> CheckResult:
+    cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
+    b, length, e, n, h, p, g, k = 2, 5, 6, 3, 4, 3, 2, 4
+    ops = backend.ops
+
+    def conv_state():
+        return inp.act(b, e, k)[1]
+
+    with device_scope(backend, device):
+        act = {shape: inp.act(*shape)[1] for shape in ((b, length, e), (b, e), (b, length, n), (b, n),
+                                                      (b, length, h, p), (b, length, h), (b, h, p), (b, h),
+                                                      (b, length, g, n), (b, g, n))}
+        w_act, w_conv, bias = inp.act(e)[1], inp.act(e, k)[1], inp.act(e)[1]
+        A1, D1, db1, s1 = (v[1] for v in _scan_params(inp, e, n, b))
+        A2, D2, db2, s2 = (v[1] for v in _ssd_params(inp, h, p, n, b))
+        calls = {
+            "softplus": lambda: (ops.softplus(act[(b, e)]),),
+            "rmsnorm": lambda: (ops.rmsnorm(act[(b, length, e)], w_act),),
+            "rmsnorm_gated": lambda: (ops.rmsnorm_gated(act[(b, length, e)], act[(b, length, e)], w_act),),
+            "causal_conv1d": lambda: ops.causal_conv1d(act[(b, length, e)], w_conv, bias, conv_state()),
+            "causal_conv1d_update": lambda: ops.causal_conv1d_update(act[(b, e)], conv_state(), w_conv, bias),
+            "causal_conv1d_update_": lambda: ops.causal_conv1d_update_(
+                act[(b, e)], conv_state(), w_conv, bias),
+            "selective_scan": lambda: ops.selective_scan(
+                act[(b, length, e)], act[(b, length, e)], A1, act[(b, length, n)],
+                act[(b, length, n)], D=D1, z=act[(b, length, e)], delta_bias=db1, delta_softplus=True,
+                initial_state=s1),
+            "selective_state_update": lambda: ops.selective_state_update(
+                s1, act[(b, e)], act[(b, e)], A1, act[(b, n)], act[(b, n)], D=D1, z=act[(b, e)],
+                delta_bias=db1, delta_softplus=True),
+            "selective_state_update_": lambda: ops.selective_state_update_(
+                inp.f32(np.zeros((b, e, n)))[1], act[(b, e)], act[(b, e)], A1, act[(b, n)], act[(b, n)],
+                D=D1, z=act[(b, e)], delta_bias=db1, delta_softplus=True),
+            "ssd_chunked": lambda: ops.ssd_chunked(
+                act[(b, length, h, p)], act[(b, length, h)], A2, act[(b, length, g, n)],
+                act[(b, length, g, n)], 2, D=D2, dt_bias=db2, dt_softplus=True, initial_state=s2),
+            "ssd_state_update": lambda: ops.ssd_state_update(
+                s2, act[(b, h, p)], act[(b, h)], A2, act[(b, g, n)], act[(b, g, n)], D=D2, dt_bias=db2,
+                dt_softplus=True),
+            "ssd_state_update_": lambda: ops.ssd_state_update_(
+                inp.f32(np.zeros((b, h, p, n)))[1], act[(b, h, p)], act[(b, h)], A2, act[(b, g, n)],
+                act[(b, g, n)], D=D2, dt_bias=db2, dt_softplus=True),
+        }
+        state_dtype = {"causal_conv1d_update": dtype, "causal_conv1d_update_": dtype}
+        for op in OP_DTYPES:
+            got = tuple(dtype_name(o) for o in calls[op]())
+            want = expected_dtypes(op, input=dtype, weight=dtype, state=state_dtype.get(op))
+            cmp.fact(f"{op} output dtypes", got == want, f"(got {got}, spec {want})")
     return cmp.result()
