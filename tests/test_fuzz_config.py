@@ -136,8 +136,11 @@ def _check_valid(parsed) -> None:
         check_value(cls, name, rule, value)
     assert 0 < cfg.dt_min < cfg.dt_max
     assert parameter_count(cfg) <= MAX_PARAMETERS
-    for dialect in DIALECTS:  # what was read writes back and reads again as the same model
-        again = parse_config(json.loads(json.dumps(cfg.to_dict(dialect))), dialect=dialect).config
+    for dialect in DIALECTS:  # what was read writes back (or is refused) and reads again as the same model
+        outcome, written = verdict(lambda d=dialect: cfg.to_dict(d), describe=f"write {dialect}")
+        if outcome == "typed":  # a dialect that cannot say it (state-spaces has no norm_epsilon)
+            continue
+        again = parse_config(json.loads(json.dumps(written)), dialect=dialect).config
         assert type(again) is type(cfg)
         if dialect in ("hf", "mlx-lm"):  # HF stores the padded vocab
             assert again.vocab_size == cfg.vocab_size_padded

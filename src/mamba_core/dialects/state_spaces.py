@@ -153,7 +153,16 @@ def read(d: dict[str, Any], dialect: str = "state-spaces") -> ParsedConfig:
     return ParsedConfig(build(CONFIG_CLASSES[arch], fields), "state-spaces", ())
 
 
+UPSTREAM_NORM_EPSILON = 1e-5  # the official json has no epsilon: upstream's code always uses this one
+
+
 def write(cfg, dialect: str = "state-spaces") -> dict[str, Any]:
+    if cfg.norm_epsilon != UPSTREAM_NORM_EPSILON:  # it would be lost, silently changing the model
+        raise UnsupportedError(
+            f"norm_epsilon={cfg.norm_epsilon!r} cannot be written in the state-spaces dialect: its "
+            f"config.json has no such field (upstream always uses {UPSTREAM_NORM_EPSILON}); write the "
+            "'hf', 'mlx-lm' or 'mamba-core' dialect instead"
+        )
     ssm_cfg: dict[str, Any] = {}
     if cfg.arch != "mamba1":  # the official default layer needs no key (as upstream writes it)
         ssm_cfg["layer"] = _LAYER_OF[cfg.arch]
