@@ -19,6 +19,7 @@ from mamba_core.backends.mlx.heads import assign, build_task_model, export_canon
 from mamba_core.backends.mlx.model import Mamba1LM, Mamba2LM, initialize
 from mamba_core.backends.mlx.pickles import read_pickle
 from mamba_core.checkpoint import LoadPlan, is_pickle
+from mamba_core.config_schema import check_memory
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
 from mamba_core.safetensors_header import read_array, validate_safetensors_header
@@ -72,6 +73,7 @@ def build_model(config, *, dtype="float32", device=None, seed: int | None = None
         >>> build_model(tiny_mamba2(), seed=0).kernel_path
         'mlx-chunked-ssd'
     """
+    check_memory(config, 2 if "16" in str(dtype) else 4, what="building the model")  # before allocating
     dev = resolve_device(device)
     model = _new_model(config, resolve_dtype(dtype), dev, kernels)
     with mx.stream(dev):
