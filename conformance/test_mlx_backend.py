@@ -238,7 +238,7 @@ def test_mlx_lm_parity(cfg, rng):
 
 def test_mlx_lm_gated_norm_ignores_groups(rng):
     """With ngroups > 1 mlx-lm's MambaRMSNormGated normalizes over all E channels instead of
-    groups of E/G (spec-notes §6.3.3): it departs from the reference, and ours follows the reference."""
+    groups of E/G (docs/spec.md §6.3.3): it departs from the reference, and ours follows the reference."""
     cfg = tiny_mamba2(ngroups=2)
     model, weights = MB.build_model(cfg, seed=0), None
     weights = {k: _np(v) for k, v in MB.export_tensors(model).items()}

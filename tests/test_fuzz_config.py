@@ -208,6 +208,8 @@ def test_parameter_count_equals_the_layout():
         *SEEDS.values(),
         SEEDS["mamba1"].replace(tie_embeddings=False, bias=True, conv_bias=False),
         SEEDS["mamba2"].replace(tie_embeddings=False, bias=True, expand=3),
+        SEEDS["mamba1"].replace(d_intermediate=100, mixer_rms_eps=1e-6, mixer_rms_weights=True),
+        SEEDS["mamba2"].replace(d_intermediate=64),
     ):
         total = sum(math.prod(p.shape) for p in expand_layout(cfg).values())
         assert parameter_count(cfg) == total, cfg

@@ -15,6 +15,9 @@ careless or hostile config free to say ``"tie_word_embeddings": "false"``, ``"n_
   machine), and ``check_memory`` refuses, before allocation, a model whose bytes exceed the memory
   available (``MemAvailable`` of ``/proc/meminfo``, or ``MAMBA_CORE_MEMORY_LIMIT`` bytes when set).
 
+Nullable fields (``mixer_rms_eps``) are checked by their config class; ``Mamba3Config`` and the hybrid
+family configs (``mamba_core.families``) check their own fields in their ``__post_init__``.
+
 The limits are far above every published Mamba (the largest: 64 layers, d_model 8192, vocab 256k) and
 far below what would hang or exhaust a machine. Spec layer: numpy-free, framework-free.
 """
@@ -99,6 +102,7 @@ _COMMON = {
     "dt_init_floor": Rule("float", 0.0, 1e3),
     "initializer_range": Rule("float", 0.0, 1e3),
     "rescale_prenorm_residual": Rule("bool"),
+    "d_intermediate": Rule("int", 0, 2**20),
 }
 SCHEMA: dict[str, dict[str, Rule]] = {
     "mamba1": {
@@ -106,6 +110,7 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "dt_rank": Rule("int-or-auto", 1, 2**16),
         "dt_init": Rule("enum", choices=("random", "constant")),
         "dt_scale": Rule("float", 0.0, 1e3),
+        "mixer_rms_weights": Rule("bool"),
     },
     "mamba2": {
         **_COMMON,
@@ -259,15 +264,20 @@ def _rank(config) -> int:
 def parameter_count(config) -> int:
     """The number of parameters of the LM a config describes, computed from the config alone.
 
-    Counts the embedding (padded vocab), every layer's mixer and norm, ``norm_f`` and, when untied, the
-    LM head; equals the sum of the layout's shapes, computed in O(1) (a layout of 2e6 layers is never
-    built to count it).
+    Counts the embedding (padded vocab), every layer's mixer, norm(s) and MLP, ``norm_f`` and, when
+    untied, the LM head; equals the sum of the layout's shapes, computed in O(1) for Mamba-1/Mamba-2 (a
+    layout of 2e6 layers is never built to count it). Other architectures (Mamba-3, the hybrid families)
+    sum their layout.
 
     Example:
         >>> from mamba_core.config import Mamba1Config
         >>> parameter_count(Mamba1Config(d_model=768, n_layer=24, vocab_size=50277))
         129135360
     """
+    if config.arch not in SCHEMA:  # Mamba-3 and the hybrid families: their own checks bound the sizes
+        from mamba_core.layout import expand_layout  # layout imports the configs, which import this module
+
+        return sum(math.prod(spec.shape) for spec in expand_layout(config).values())
     d = config.d_model
     e = int(config.expand * d)
     n = config.d_state
@@ -291,6 +301,8 @@ def parameter_count(config) -> int:
             + bias * d  # out_proj
             + d  # norm
         )
+        if getattr(config, "mixer_rms_weights", False):
+            layer += r + 2 * n  # dt_layernorm, b_layernorm, c_layernorm
     else:
         g, h = config.ngroups, e // config.headdim
         conv_dim = e + 2 * g * n
@@ -306,6 +318,8 @@ def parameter_count(config) -> int:
             + bias * d
             + d
         )
+    if config.has_mlp:
+        layer += d + 3 * config.d_mlp * d  # norm2, mlp.fc1 (2M x d), mlp.fc2 (d x M)
     head = 0 if config.tie_embeddings else vocab * d
     return vocab * d + config.n_layer * layer + d + head
 

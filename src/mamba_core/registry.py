@@ -32,12 +32,17 @@ BACKEND_API = (
     "ops",
     "Mamba1",
     "Mamba2",
+    "Mamba3",
     "Mamba1LM",
     "Mamba2LM",
+    "Mamba3LM",
     "Mamba1Block",
     "Mamba2Block",
+    "Mamba3Block",
     "Mamba1Mixer",
     "Mamba2Mixer",
+    "Mamba3Mixer",
+    "GatedMLP",
     "RMSNorm",
     "RMSNormGated",
     "MambaCache",
@@ -52,6 +57,8 @@ BACKEND_API = (
     "read_pickle_header",
     "inference_scope",
     "single_threaded",
+    "quantize",
+    "QUANTIZE_KERNELS",
 )
 
 DTYPES = ("float32", "bfloat16", "float16")

@@ -12,7 +12,9 @@ import mlx.nn as nn
 
 from mamba_core.backends.mlx import ops
 from mamba_core.backends.mlx.device import resolve_device, resolve_dtype
-from mamba_core.backends.mlx.linear import project, rows
+from mamba_core.backends.mlx.linear import project
+from mamba_core.backends.mlx.norm import RMSNorm
+from mamba_core.backends.mlx.quantized import matmul_no_bias
 from mamba_core.config import Mamba1Config
 
 _F32 = mx.float32
@@ -52,16 +54,34 @@ class Mamba1Mixer(nn.Module):
             self.x_proj = nn.Linear(e, r + 2 * n, bias=False)
             self.dt_proj = nn.Linear(r, e, bias=False)
             self.out_proj = nn.Linear(e, d, bias=config.bias)
+            if config.mixer_rms_weights:  # Jamba's weighted dt/B/C norms (rows ``*_layernorm.weight``)
+                eps = config.mixer_rms_eps
+                self.dt_layernorm = RMSNorm(r, eps)
+                self.b_layernorm = RMSNorm(n, eps)
+                self.c_layernorm = RMSNorm(n, eps)
             if dtype is not None:
                 self.set_dtype(resolve_dtype(dtype))
             self.dt_proj.bias = mx.zeros((e,), dtype=_F32)
             self.A_log = mx.zeros((e, n), dtype=_F32)
             self.D = mx.zeros((e,), dtype=_F32)
 
+    def bcdt_norm(self, dt_r: mx.array, Bm: mx.array, Cm: mx.array):
+        """The dt/B/C hook (docs/spec.md §3.4): each RMS-normalized over its last axis in float32 when
+        the config has ``mixer_rms_eps`` (FalconMamba weightless, Jamba weighted), else unchanged.
+        dt_r (..., R), Bm (..., N), Cm (..., N) -> the same shapes and dtype."""
+        c = self.config
+        if c.mixer_rms_eps is None:
+            return dt_r, Bm, Cm
+        if c.mixer_rms_weights:
+            return self.dt_layernorm(dt_r), self.b_layernorm(Bm), self.c_layernorm(Cm)
+        return tuple(ops.rmsnorm(t, mx.ones((t.shape[-1],), dtype=t.dtype), c.mixer_rms_eps)
+                     for t in (dt_r, Bm, Cm))
+
     def _ssm_inputs(self, u: mx.array):
         c = self.config
-        dt_r, B, C = mx.split(self.x_proj(u), [c.dt_rank, c.dt_rank + c.d_state], axis=-1)
-        delta = rows(dt_r, self.dt_proj.weight)  # dt_proj without its bias (docs/spec.md §9.4)
+        dt_r, B, C = self.bcdt_norm(*mx.split(self.x_proj(u), [c.dt_rank, c.dt_rank + c.d_state], axis=-1))
+        # dt_proj without its bias (docs/spec.md §9.4); quantization hook: float or quantized dt_proj
+        delta = matmul_no_bias(self.dt_proj, dt_r)
         return delta, B, C, -mx.exp(self.A_log.astype(_F32))
 
     def __call__(self, h, conv_state=None, ssm_state=None, attention_mask=None):

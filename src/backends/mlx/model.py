@@ -22,16 +22,29 @@ from mamba_core.backends.mlx.cache import MambaCache
 from mamba_core.backends.mlx.device import resolve_device, resolve_dtype
 from mamba_core.backends.mlx.layers import KINDS
 from mamba_core.backends.mlx.norm import RMSNorm
+from mamba_core.backends.mlx.quantized import head_logits
 from mamba_core.backends.mlx.sample import generate, stream
 from mamba_core.backends.mlx.tokens import as_token_ids, check_token_ids
 from mamba_core.config import Mamba1Config, Mamba2Config
 from mamba_core.errors import ConfigError
-from mamba_core.layers import get_kind, layer_plan
+from mamba_core.families import HYBRID_CONFIGS
+from mamba_core.layers import get_kind, kind_config, layer_plan
 from mamba_core.layout import expand_layout
+from mamba_core.mamba3_config import Mamba3Config
 from mamba_core.reference import init_weights
 
 _F32 = mx.float32
-KERNEL_PATHS = {"mamba1": "mlx-chunked-selective-scan", "mamba2": "mlx-chunked-ssd"}
+KERNEL_PATHS = {
+    "mamba1": "mlx-chunked-selective-scan",
+    "mamba2": "mlx-chunked-ssd",
+    "mamba3": "mlx-chunked-mamba3",
+    "nemotron_h": "mlx-chunked-ssd+fast-sdpa",
+    "jamba": "mlx-chunked-selective-scan+fast-sdpa",
+}
+
+
+def _classes(config_class) -> tuple:
+    return config_class if isinstance(config_class, tuple) else (config_class,)
 
 
 def _draw_seed() -> int:
@@ -78,10 +91,10 @@ class _Block(nn.Module):
         self.slots = plan.slots
         self._n_state = tuple(len(get_kind(kind).cache) for _, kind in self.slots)
         self.norm = RMSNorm(config.d_model, config.norm_epsilon, **fk)
-        self.mixer = KINDS[plan.mixer](config, layer_idx, **fk)
+        self.mixer = KINDS[plan.mixer](kind_config(config, plan.mixer), layer_idx, **fk)
         if plan.mlp is not None:
             self.norm2 = RMSNorm(config.d_model, config.norm_epsilon, **fk)
-            self.mlp = KINDS[plan.mlp](config, layer_idx, **fk)
+            self.mlp = KINDS[plan.mlp](kind_config(config, plan.mlp), layer_idx, **fk)
 
     def _run(self, x, state, call):
         new_state: list = []
@@ -110,6 +123,15 @@ class Mamba1Block(_Block):
 
 class Mamba2Block(_Block):
     """A block of a Mamba-2 model (``norm`` + ``Mamba2Mixer``)."""
+
+
+class Mamba3Block(_Block):
+    """A block of a Mamba-3 model (``norm`` + ``Mamba3Mixer``, and ``norm2`` + ``GatedMLP`` when
+    ``d_intermediate > 0``)."""
+
+
+class HybridBlock(_Block):
+    """A block of a hybrid model (the kinds its family's ``layer_plan`` names)."""
 
 
 class _Stack(nn.Module):
@@ -147,7 +169,8 @@ class _Stack(nn.Module):
     def __init__(self, config, vocab_size: int | None = None, *, dtype=None, device=None, init=True):
         super().__init__()
         if not isinstance(config, self.config_class):
-            raise ConfigError(f"{type(self).__name__} needs a {self.config_class.__name__}, got "
+            wanted = " or ".join(c.__name__ for c in _classes(self.config_class))
+            raise ConfigError(f"{type(self).__name__} needs a {wanted}, got "
                               f"{type(config).__name__}", field="arch")
         self.config = config
         self.device = resolve_device(device)
@@ -227,6 +250,20 @@ class Mamba2(_Stack):
     config_class = Mamba2Config
 
 
+class Mamba3(_Stack):
+    """The Mamba-3 residual stack (see ``_Stack``; SISO or MIMO, with or without the gated MLP)."""
+
+    block_class = Mamba3Block
+    config_class = Mamba3Config
+
+
+class Hybrid(_Stack):
+    """The residual stack of a hybrid family (``families.HYBRID_CONFIGS``; see ``_Stack``)."""
+
+    block_class = HybridBlock
+    config_class = HYBRID_CONFIGS
+
+
 class _LM(nn.Module):
     """Backbone (with embedding) + LM head; tied models multiply by ``backbone.embedding.weight``.
 
@@ -253,8 +290,8 @@ class _LM(nn.Module):
 
     @property
     def dtype(self) -> mx.Dtype:
-        """The model dtype (of the embedding)."""
-        return self.backbone.embedding.weight.dtype
+        """The model dtype (of the final norm: a quantized embedding holds uint32 codes)."""
+        return self.backbone.norm_f.weight.dtype
 
     @property
     def head_weight(self) -> mx.array:
@@ -263,6 +300,9 @@ class _LM(nn.Module):
 
     def logits(self, hidden: mx.array) -> mx.array:
         """(..., D) -> logits (..., V) float32."""
+        quantized = head_logits(self, hidden)  # quantization hook: a quantized head or tied embedding
+        if quantized is not None:
+            return quantized.astype(_F32)
         return (hidden @ self.head_weight.T).astype(_F32)
 
     def __call__(self, input_ids, *, cache: MambaCache | None = None, attention_mask=None):
@@ -307,3 +347,15 @@ class Mamba2LM(_LM):
     """Mamba-2 language model: ``backbone`` (``Mamba2`` with embedding) + tied or own ``lm_head``."""
 
     stack_class = Mamba2
+
+
+class Mamba3LM(_LM):
+    """Mamba-3 language model: ``backbone`` (``Mamba3`` with embedding) + tied or own ``lm_head``."""
+
+    stack_class = Mamba3
+
+
+class HybridLM(_LM):
+    """Language model of a hybrid family (see ``_LM``)."""
+
+    stack_class = Hybrid

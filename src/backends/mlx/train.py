@@ -180,4 +180,7 @@ def loss_gradients(model, loss) -> dict[str, mx.array]:
     for name, g in tree_flatten(grads):
         axes = specs[name].mlx_axes  # module layout -> canonical (torch) layout
         out[name] = g if axes is None else mx.transpose(g, [int(a) for a in np.argsort(axes)])
+    for name, p in tree_flatten(model.parameters()):  # frozen (a MoE's correction bias): zero gradient
+        if name not in out:
+            out[name] = mx.zeros(p.shape, dtype=p.dtype)
     return out

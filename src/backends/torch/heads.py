@@ -14,11 +14,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from mamba_core.backends.torch.device import resolve_dtype
-from mamba_core.backends.torch.model import KERNEL_PATHS, Mamba1, Mamba1LM, Mamba2, Mamba2LM
+from mamba_core.backends.torch.model import (
+    KERNEL_PATHS,
+    Hybrid,
+    HybridLM,
+    Mamba1,
+    Mamba1LM,
+    Mamba2,
+    Mamba2LM,
+    Mamba3,
+    Mamba3LM,
+)
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.task import Task, pooled_dim, task_layout
 
-STACKS = {"mamba1": Mamba1, "mamba2": Mamba2}
+STACKS = {"mamba1": Mamba1, "mamba2": Mamba2, "mamba3": Mamba3, "nemotron_h": Hybrid, "jamba": Hybrid}
+LMS = {"mamba1": Mamba1LM, "mamba2": Mamba2LM, "mamba3": Mamba3LM, "nemotron_h": HybridLM, "jamba": HybridLM}
 _EPS = 1e-5
 
 
@@ -163,16 +174,16 @@ def task_of(model) -> Task:
     task = getattr(model, "task", None)
     if isinstance(task, Task):
         return task
-    if isinstance(model, (Mamba1, Mamba2)):
+    if isinstance(model, tuple(STACKS.values())):
         return Task("features") if hasattr(model, "embedding") else Task("stack")
-    if isinstance(model, (Mamba1LM, Mamba2LM)):
+    if isinstance(model, tuple(LMS.values())):
         return Task()
     raise TypeError(f"{type(model).__name__} is not a mamba-core model")
 
 
 def canonical_parameters(model) -> dict[str, nn.Parameter]:
     """Canonical (checkpoint) name -> parameter; a bare stack's names get the ``backbone.`` prefix."""
-    prefix = "backbone." if isinstance(model, (Mamba1, Mamba2)) else ""
+    prefix = "backbone." if isinstance(model, tuple(STACKS.values())) else ""
     return {prefix + name: p for name, p in model.named_parameters()}
 
 
@@ -186,7 +197,7 @@ def build_task_model(config, task: Task, *, dtype="float32", device=None):
         'Mamba1'
     """
     if task.kind == "lm":
-        return {"mamba1": Mamba1LM, "mamba2": Mamba2LM}[config.arch](config, dtype=dtype, device=device)
+        return LMS[config.arch](config, dtype=dtype, device=device)
     if task.kind == "stack":
         return STACKS[config.arch](config, dtype=dtype, device=device)
     if task.kind == "features":

@@ -12,6 +12,8 @@ from torch import nn
 
 from mamba_core.backends.torch import ops
 from mamba_core.backends.torch.linear import project, rows
+from mamba_core.backends.torch.norm import RMSNorm
+from mamba_core.backends.torch.quantized import matmul_no_bias
 from mamba_core.config import Mamba1Config
 
 
@@ -49,12 +51,35 @@ class Mamba1Mixer(nn.Module):
         self.A_log = nn.Parameter(torch.empty(e, n, **f32))
         self.D = nn.Parameter(torch.empty(e, **f32))
         self.out_proj = nn.Linear(e, d, bias=config.bias, **fk)
+        if config.mixer_rms_weights:  # Jamba's weighted dt/B/C norms (rows ``*_layernorm.weight``)
+            eps = config.mixer_rms_eps
+            self.dt_layernorm = RMSNorm(r, eps, **fk)
+            self.b_layernorm = RMSNorm(n, eps, **fk)
+            self.c_layernorm = RMSNorm(n, eps, **fk)
+
+    def bcdt_norm(self, dt_r: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor):
+        """The dt/B/C hook (docs/spec.md §3.4): each RMS-normalized over its last axis in float32 when
+        the config has ``mixer_rms_eps`` (FalconMamba weightless, Jamba weighted), else unchanged.
+        dt_r (..., R), Bm (..., N), Cm (..., N) -> the same shapes and dtype."""
+        cfg = self.config
+        if cfg.mixer_rms_eps is None:
+            return dt_r, Bm, Cm
+        if cfg.mixer_rms_weights:
+            return self.dt_layernorm(dt_r), self.b_layernorm(Bm), self.c_layernorm(Cm)
+        return tuple(ops.rmsnorm(t, t.new_ones(t.shape[-1]), cfg.mixer_rms_eps) for t in (dt_r, Bm, Cm))
 
     def _ssm_inputs(self, u: torch.Tensor, linear):
         cfg = self.config
-        dt_r, Bm, Cm = linear(u, self.x_proj).split([cfg.dt_rank, cfg.d_state, cfg.d_state], dim=-1)
+        dt_r, Bm, Cm = self.bcdt_norm(
+            *linear(u, self.x_proj).split([cfg.dt_rank, cfg.d_state, cfg.d_state], dim=-1))
         # the dt bias is added in fp32 inside the scan, not with dt_proj (docs/spec.md §9.4)
-        delta = rows(dt_r, self.dt_proj.weight) if dt_r.dim() == 2 else F.linear(dt_r, self.dt_proj.weight)
+        dt_proj = self.dt_proj
+        if type(dt_proj) is not nn.Linear:  # quantization hook: a quantized dt_proj, without its bias
+            delta = matmul_no_bias(dt_proj, dt_r)
+        elif dt_r.dim() == 2:
+            delta = rows(dt_r, dt_proj.weight)
+        else:
+            delta = F.linear(dt_r, dt_proj.weight)
         return delta, Bm, Cm, -torch.exp(self.A_log.float())
 
     def forward(self, h, conv_state=None, ssm_state=None, attention_mask=None):

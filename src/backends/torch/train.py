@@ -52,7 +52,8 @@ class Trainer:
         self.model = model
         self.config = config
         self.vocab_size = model.config.vocab_size
-        self.params = dict(model.named_parameters())
+        # trainable parameters only (a MoE's correction bias is not trained by gradient)
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         wrong = sorted(n for n, p in self.params.items() if p.dtype != torch.float32)
         if wrong:
             raise ValueError(f"training needs float32 parameters (master weights); {len(wrong)} are not, "
@@ -160,8 +161,9 @@ def loss_gradients(model, loss) -> dict[str, torch.Tensor]:
         torch.Size([32])
     """
     params = dict(model.named_parameters())
-    names = sorted(params)
+    names = sorted(n for n, p in params.items() if p.requires_grad)
     with torch.enable_grad():
         value = loss(model)
-        grads = torch.autograd.grad(value, [params[n] for n in names])
-    return dict(zip(names, grads, strict=True))
+        grads = dict(zip(names, torch.autograd.grad(value, [params[n] for n in names]), strict=True))
+    # a frozen parameter (a MoE's correction bias: it only picks experts) has a zero gradient
+    return {n: grads[n] if n in grads else torch.zeros_like(p) for n, p in sorted(params.items())}
