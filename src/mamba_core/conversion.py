@@ -29,6 +29,7 @@ from mamba_core.layout import CHECKPOINT_DIALECTS
 from mamba_core.loading import local_path, plan_checkpoint
 from mamba_core.quantization import quantization_config, quantizing_backend
 from mamba_core.registry import DTYPES, choose_backend, get_backend
+from mamba_core.staging import recover
 from mamba_core.writer import DEFAULT_SHARD_SIZE, TOKENIZER_FILES, write_checkpoint
 
 log = logging.getLogger("mamba_core")
@@ -111,6 +112,7 @@ def convert(
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported; expected one of {DTYPES} or None")
     dst = Path(dst)
+    recover(dst)  # a killed earlier run's leftovers beside dst: restored or removed first
     if dst.exists() and not force:
         raise FileExistsError(f"{str(dst)!r} exists; pass force=True (--force) to replace it")
     src_path = local_path(src, revision=revision)

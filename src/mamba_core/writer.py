@@ -3,7 +3,8 @@
 One writer serves ``loading.save`` and ``conversion.convert``: tensors go to safetensors with the backend's
 own writer (bf16 bit-exact, never through numpy), sharded like transformers and mlx-lm, into a temporary
 directory next to the destination that is renamed into place only when complete. A failure leaves no
-partial output and an existing destination untouched.
+partial output and an existing destination untouched; a killed run's leftovers are restored or removed by
+the next write to the same destination (``mamba_core.staging``).
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from mamba_core.errors import CheckpointError
 from mamba_core.layout import CHECKPOINT_DIALECTS
+from mamba_core.staging import recover, staging_dir, swap_into_place
 
 log = logging.getLogger("mamba_core")
 
@@ -154,6 +155,7 @@ def write_checkpoint(
 
     check_dialect(dialect)
     path = Path(path)
+    recover(path)  # what a killed earlier run left beside path: restore or finish it first
     if path.exists() and not force:
         raise FileExistsError(f"{str(path)!r} exists; pass force=True (--force) to replace it")
     shards = split_shards(tensors, shard_size)
@@ -163,8 +165,7 @@ def write_checkpoint(
     if dialect in ("hf", "mlx-lm") and tensors:
         # transformers reads the dtype to load in from here (dtype="auto"); we read it as nothing
         config_dict["torch_dtype"] = str(next(iter(tensors.values())).dtype).rsplit(".", 1)[-1]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = staging_dir(path)
     try:
         with Progress(total, desc, unit="B") as bar:
             for name, shard in zip(names, shards, strict=True):
@@ -180,7 +181,7 @@ def write_checkpoint(
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         _apply_umask(tmp)
-        replace_dir(tmp, path)
+        swap_into_place(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -198,15 +199,6 @@ def _apply_umask(directory: Path) -> None:
 
 
 def replace_dir(tmp: Path, path: Path) -> None:
-    if path.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-        os.replace(path, old / path.name)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            os.replace(old / path.name, path)  # put the old one back
-            raise
-        finally:
-            shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
+    """Rename the complete directory ``tmp`` to ``path``, replacing an existing one recoverably
+    (``staging.swap_into_place``)."""
+    swap_into_place(tmp, path)

@@ -68,8 +68,18 @@ def generate_text(
     from mamba_core.errors import CheckpointError
     from mamba_core.loading import local_path
     from mamba_core.registry import choose_backend, get_backend
+    from mamba_core.sampling import SamplingSettings
     from mamba_core.tokenizer import ByteTokenizer, HFTokenizer
 
+    SamplingSettings(  # the sampling flags are checked before the model loads
+        max_new_tokens=max_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+    )
     # resolve a hub id once: the tokenizer and the weights then come from the same local snapshot
     name = local_path(model if model is not None else SHIPPED_MODEL, revision=revision)
     if tokenizer == "bytes":

@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from mamba_core.config import CONFIG_CLASSES
+from mamba_core.config_schema import SCHEMA, check_kind, check_raw
 from mamba_core.dialects import hybrid
 from mamba_core.dialects.parsed import ParsedConfig, build, json_limit, read_limit
 from mamba_core.errors import ConfigError, UnsupportedError
@@ -169,6 +170,7 @@ def detect(d: dict[str, Any]) -> bool:
 
 def _arch_of(d: dict[str, Any]) -> str:
     model_type = d.get("model_type")
+    check_kind("hf config", "model_type", model_type, str, "a string ('mamba' or 'mamba2')")
     if model_type in REFUSED_MODEL_TYPES:
         raise UnsupportedError(REFUSED_MODEL_TYPES[model_type])
     if model_type not in MODEL_TYPES:
@@ -203,6 +205,10 @@ def _read_width(d: dict[str, Any], src: dict[str, Any], fields: dict[str, Any]) 
     """``expand`` and ``intermediate_size`` both describe E: take ``expand`` from it when absent, and
     refuse the two when they disagree."""
     hidden = fields["d_model"]
+    check_raw("hf config", "hidden_size", hidden, SCHEMA["mamba1"]["d_model"])
+    check_raw("hf config", "expand", fields["expand"], SCHEMA["mamba1"]["expand"])
+    if "intermediate_size" in d:
+        check_raw("hf config", "intermediate_size", d["intermediate_size"])
     if "intermediate_size" in d and "expand" not in d and hidden:
         fields["expand"] = _exact_ratio(d["intermediate_size"], hidden, "intermediate_size")
     e_inner = fields["expand"] * hidden
@@ -217,6 +223,9 @@ def _read_width(d: dict[str, Any], src: dict[str, Any], fields: dict[str, Any]) 
 def _read_mamba2(d: dict[str, Any], src: dict[str, Any], fields: dict[str, Any]) -> None:
     """Mamba-2: ``num_heads * head_dim`` is E too; ``time_step_limit`` is a pair."""
     hidden = fields["d_model"]
+    check_raw("hf config", "hidden_size", hidden, SCHEMA["mamba2"]["d_model"])
+    check_raw("hf config", "head_dim", src["head_dim"], SCHEMA["mamba2"]["headdim"])
+    check_raw("hf config", "num_heads", src["num_heads"])
     if "num_heads" in d and "expand" not in d and "intermediate_size" not in d:
         fields["expand"] = _exact_ratio(d["num_heads"] * src["head_dim"], hidden, "num_heads")
     _read_width(d, src, fields)
@@ -251,7 +260,8 @@ READ_BY_STEP = {"mamba1": ("use_bcdt_rms",), "mamba2": ()}
 
 
 def read(d: dict[str, Any], dialect: str = "hf") -> ParsedConfig:
-    if d.get("model_type") in hybrid.MODEL_TYPES:  # a hybrid family: its own reader
+    check_kind("hf config", "model_type", d.get("model_type"), str, "a string ('mamba', 'mamba2', ...)")
+    if d["model_type"] in hybrid.MODEL_TYPES:  # a hybrid family: its own reader
         return hybrid.read(d, dialect)
     arch = _arch_of(d)
     _check_keys(d, arch)

@@ -45,9 +45,11 @@ def read_limit(value: Any, key: str) -> tuple[float, float]:
     for v in value:
         if isinstance(v, dict) and "__float__" in v:
             v = v["__float__"]
+        if isinstance(v, bool):
+            raise ConfigError(f"{key} must hold numbers, got {value!r}", field=key)
         try:
             out.append(math.inf if v is None else float(v))
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:
             raise ConfigError(f"{key} must hold numbers, got {value!r}", field=key) from e
     return tuple(out)
 

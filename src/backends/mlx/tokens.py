@@ -1,0 +1,42 @@
+"""Token ids at the embedding: the spec's checks (``mamba_core.token_ids``) on MLX arrays.
+
+Both backends call the same spec functions with the same arguments, so an id outside the real vocabulary
+(negative, past ``vocab_size``, or in the padded rows) raises the same ``TokenIdError`` everywhere,
+before any embedding lookup: MLX's gather does not bound-check, and an id past the table used to crash
+the process (docs/backend-contract.md).
+"""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+from mamba_core.token_ids import check_id_dtype, check_id_ndim, check_id_range, id_array
+
+
+def check_token_ids(ids: mx.array, vocab_size: int, argument: str = "input_ids") -> None:
+    """A non-float array about to be embedded: integer dtype, ids in ``[0, vocab_size)``.
+
+    Raises:
+        TokenIdError: a bool or complex dtype, or an id outside the vocabulary (named).
+    """
+    integer = mx.issubdtype(ids.dtype, mx.integer)
+    check_id_dtype(str(ids.dtype).removeprefix("mlx.core."), integer, argument=argument)
+    if ids.size:
+        check_id_range(mx.min(ids).item(), mx.max(ids).item(), vocab_size, argument=argument)
+
+
+def as_token_ids(ids, vocab_size: int, ndim: int, device=None, argument: str = "input_ids") -> mx.array:
+    """Token ids of an LM's ``__call__`` (``ndim`` 2: (B, L)) or ``step`` (``ndim`` 1: (B,)) as an
+    ``mx.array`` (``device`` unused: unified memory): nested lists / numpy are checked element by element
+    (integers in the vocabulary); an array must not be float and must have rank ``ndim`` (its range is
+    checked at the embedding).
+
+    Raises:
+        TokenIdError: as ``mamba_core.token_ids.id_array``, a float array, or a wrong rank.
+    """
+    if not isinstance(ids, mx.array):
+        return mx.array(id_array(ids, vocab_size, ndim=ndim, argument=argument))
+    if mx.issubdtype(ids.dtype, mx.floating):
+        check_id_dtype(str(ids.dtype).removeprefix("mlx.core."), False, argument=argument)
+    check_id_ndim(tuple(ids.shape), ndim, argument=argument)
+    return ids
