@@ -13,6 +13,8 @@ placeholder (what ``weights.load_checkpoint`` does before it assigns).
 
 from __future__ import annotations
 
+import inspect
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -24,9 +26,10 @@ from mamba_core.backends.mlx.layers import KINDS
 from mamba_core.backends.mlx.norm import RMSNorm
 from mamba_core.backends.mlx.sample import generate, stream
 from mamba_core.config import Mamba1Config, Mamba2Config
-from mamba_core.errors import ConfigError
+from mamba_core.errors import ConfigError, UnsupportedError
 from mamba_core.layers import get_kind, layer_plan
 from mamba_core.layout import expand_layout
+from mamba_core.packing import check_seq_idx
 from mamba_core.reference import init_weights
 
 _F32 = mx.float32
@@ -93,10 +96,17 @@ class _Block(nn.Module):
             new_state.extend(mine)
         return (x, *new_state)
 
-    def __call__(self, x, *state, attention_mask=None):
+    def __call__(self, x, *state, attention_mask=None, seq_idx=None):
         """x: (B, L, D) residual stream, ``state`` the block's cache fields (None = zeros) ->
-        ``(x', *state')``."""
-        return self._run(x, state, lambda mod, h, s: mod(h, *s, attention_mask=attention_mask))
+        ``(x', *state')``; ``seq_idx`` (B, L) int marks packed documents (kinds reset at each)."""
+        packed = {}
+        if seq_idx is not None:
+            for slot, kind in self.slots:
+                if "seq_idx" not in inspect.signature(getattr(self, slot).__call__).parameters:
+                    raise UnsupportedError(f"layer kind {kind!r} ({slot} of layer {self.layer_idx}) does not "
+                                           "take packed sequences (seq_idx); run its documents unpacked")
+            packed = {"seq_idx": seq_idx}
+        return self._run(x, state, lambda mod, h, s: mod(h, *s, attention_mask=attention_mask, **packed))
 
     def step(self, x, *state):
         """x: (B, D) -> ``(x', *state')`` (new state arrays)."""
@@ -180,20 +190,27 @@ class _Stack(nn.Module):
                              f"{tuple(x.shape)}")
         return x.astype(_F32) if self.config.residual_in_fp32 else x.astype(self.dtype)
 
-    def __call__(self, x: mx.array, *, cache: MambaCache | None = None, attention_mask=None):
+    def __call__(self, x: mx.array, *, cache: MambaCache | None = None, attention_mask=None,
+                 seq_idx=None):
         """(B, L) ids or (B, L, D) -> (B, L, D) in the model dtype (after ``norm_f``).
 
         Args:
             x: token ids (with an embedding) or hidden states.
             cache: initial states, replaced by the final states; ``seqlen_offset += L``.
             attention_mask: (B, L), 1 = token, 0 = left padding, or None.
+            seq_idx: (B, L) int document index of packed rows (``mamba_core.packing``): every
+                document runs from a zero state (the first from ``cache``), as if alone.
         """
         with mx.stream(self.device):
             residual = self._embed(x if isinstance(x, mx.array) else mx.array(x))
             mask = None if attention_mask is None else mx.array(attention_mask)
+            if seq_idx is not None:
+                if (not isinstance(seq_idx, mx.array) or tuple(seq_idx.shape) != tuple(residual.shape[:2])
+                        or not mx.issubdtype(seq_idx.dtype, mx.integer)):
+                    seq_idx = mx.array(check_seq_idx(np.asarray(seq_idx), tuple(residual.shape[:2])))
             for i, layer in enumerate(self.layers):
                 state = () if cache is None else tuple(cache.layers[i].values())
-                residual, *state = layer(residual, *state, attention_mask=mask)
+                residual, *state = layer(residual, *state, attention_mask=mask, seq_idx=seq_idx)
                 if cache is not None:
                     cache.layers[i] = dict(zip(cache.layers[i], state, strict=True))
             if cache is not None:
@@ -263,8 +280,9 @@ class _LM(nn.Module):
         """(..., D) -> logits (..., V) float32."""
         return (hidden @ self.head_weight.T).astype(_F32)
 
-    def __call__(self, input_ids, *, cache: MambaCache | None = None, attention_mask=None):
-        """(B, L) int -> logits (B, L, V) float32; a cache gives initial states and gets the final.
+    def __call__(self, input_ids, *, cache: MambaCache | None = None, attention_mask=None, seq_idx=None):
+        """(B, L) int -> logits (B, L, V) float32; a cache gives initial states and gets the final;
+        ``seq_idx`` (B, L) int marks packed documents.
 
         Example:
             >>> from mamba_core.testing import tiny_mamba1
@@ -272,7 +290,8 @@ class _LM(nn.Module):
             (1, 3, 64)
         """
         with mx.stream(self.device):
-            hidden = self.backbone(mx.array(input_ids), cache=cache, attention_mask=attention_mask)
+            hidden = self.backbone(mx.array(input_ids), cache=cache, attention_mask=attention_mask,
+                                   seq_idx=seq_idx)
             return self.logits(hidden)
 
     def step(self, token_ids, cache: MambaCache) -> mx.array:

@@ -12,6 +12,8 @@ models get the one official initialization, ``reference.init_weights`` (``initia
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -24,8 +26,9 @@ from mamba_core.backends.torch.linear import rows
 from mamba_core.backends.torch.norm import RMSNorm
 from mamba_core.backends.torch.sample import generate, stream
 from mamba_core.config import Mamba1Config, Mamba2Config
-from mamba_core.errors import ConfigError
+from mamba_core.errors import ConfigError, UnsupportedError
 from mamba_core.layers import get_kind, layer_plan
+from mamba_core.packing import check_seq_idx
 from mamba_core.reference import init_weights
 
 KERNEL_PATHS = {"mamba1": "torch-chunked-selective-scan", "mamba2": "torch-chunked-ssd"}
@@ -91,10 +94,17 @@ class _Block(nn.Module):
             new_state.extend(mine)
         return (x, *new_state)
 
-    def forward(self, x, *state, attention_mask=None):
+    def forward(self, x, *state, attention_mask=None, seq_idx=None):
         """x: (B, L, D) residual stream, ``state`` the block's cache fields (None = zeros) ->
-        ``(x', *state')``."""
-        return self._run(x, state, lambda mod, h, s: mod(h, *s, attention_mask=attention_mask))
+        ``(x', *state')``; ``seq_idx`` (B, L) int marks packed documents (kinds reset at each)."""
+        packed = {}
+        if seq_idx is not None:
+            for slot, kind in self.slots:
+                if "seq_idx" not in inspect.signature(getattr(self, slot).forward).parameters:
+                    raise UnsupportedError(f"layer kind {kind!r} ({slot} of layer {self.layer_idx}) does not "
+                                           "take packed sequences (seq_idx); run its documents unpacked")
+            packed = {"seq_idx": seq_idx}
+        return self._run(x, state, lambda mod, h, s: mod(h, *s, attention_mask=attention_mask, **packed))
 
     def step(self, x, *state):
         """x: (B, D) -> ``(x', *state)``; the state tensors are updated in place and returned."""
@@ -175,7 +185,7 @@ class _Stack(nn.Module):
         w = self.norm_f.weight
         return MambaCache.empty(self.config, batch, dtype=w.dtype, device=w.device)
 
-    def forward(self, x, *, cache: MambaCache | None = None, attention_mask=None):
+    def forward(self, x, *, cache: MambaCache | None = None, attention_mask=None, seq_idx=None):
         """(B, L) ids or (B, L, D) -> (B, L, D) after ``norm_f``.
 
         Args:
@@ -183,12 +193,20 @@ class _Stack(nn.Module):
             cache: initial states, replaced by the final states (``seqlen_offset += L``); None =
                 zero initial states.
             attention_mask: (B, L), 1 = frame, 0 = left padding; padded positions leave no trace.
+            seq_idx: (B, L) int document index of packed rows (``mamba_core.packing``): every
+                document runs from a zero state (the first from ``cache``), as if alone.
         """
         residual = self._embed(x)
         mask = None if attention_mask is None else attention_mask.to(residual.device)
+        if seq_idx is not None:
+            if not torch.is_tensor(seq_idx):
+                seq_idx = torch.as_tensor(check_seq_idx(seq_idx, tuple(residual.shape[:2])))
+            elif tuple(seq_idx.shape) != tuple(residual.shape[:2]) or seq_idx.is_floating_point():
+                check_seq_idx(seq_idx.cpu().numpy(), tuple(residual.shape[:2]))  # raises, naming it
+            seq_idx = seq_idx.to(residual.device)
         for i, layer in enumerate(self.layers):
             state = () if cache is None else tuple(cache.layers[i].values())
-            residual, *state = layer(residual, *state, attention_mask=mask)
+            residual, *state = layer(residual, *state, attention_mask=mask, seq_idx=seq_idx)
             if cache is not None:
                 if torch.is_grad_enabled():  # own storage: ``step`` updates the states in place
                     state = [s.clone() for s in state]
@@ -258,9 +276,11 @@ class _LM(nn.Module):
         """(..., D) -> (..., V) float32."""
         return F.linear(hidden, self.head_weight).float()
 
-    def forward(self, input_ids, *, cache: MambaCache | None = None, attention_mask=None):
-        """(B, L) int -> logits (B, L, V) float32 (see the backend contract)."""
-        return self.logits(self.backbone(input_ids, cache=cache, attention_mask=attention_mask))
+    def forward(self, input_ids, *, cache: MambaCache | None = None, attention_mask=None, seq_idx=None):
+        """(B, L) int -> logits (B, L, V) float32 (see the backend contract); ``seq_idx`` (B, L) int
+        marks packed documents."""
+        return self.logits(self.backbone(input_ids, cache=cache, attention_mask=attention_mask,
+                                         seq_idx=seq_idx))
 
     def step(self, token_ids, cache: MambaCache):
         """(B,) int -> logits (B, V) float32; O(1) per token; updates ``cache``."""
