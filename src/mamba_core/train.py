@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mamba_core import data as data_mod
+from mamba_core import packing
 from mamba_core.dialects import parse_config
 from mamba_core.errors import CheckpointError
 from mamba_core.loading import load, save
@@ -198,12 +199,18 @@ def train(corpus: data_mod.Corpus, out_dir: str | os.PathLike, config: TrainConf
     if model.config.vocab_size < corpus.vocab_size:
         raise ValueError(f"the model's vocab_size={model.config.vocab_size} is smaller than the data's "
                          f"vocabulary ({corpus.vocab_size})")
+    eos = None
+    if config.pack:
+        eos = getattr(tokenizer, "eos_token_id", None)
+        if eos is None:
+            raise ValueError("pack=True (--pack) needs the tokenizer's end-of-text id to find the documents; "
+                             "this tokenizer has none: train without --pack")
     trainer = module.Trainer(model, config)
     if history is not None:
         trainer.load_state(ckpt / OPTIMIZER_FILE)
     out_dir.mkdir(parents=True, exist_ok=True)
     run = _Run(corpus, out_dir, config, model, trainer, backend=backend, init_from=init_from,
-               tokenizer=tokenizer, history=history or _History())
+               tokenizer=tokenizer, history=history or _History(), eos=eos)
     end = config.steps if stop_at is None else min(config.steps, stop_at)
     run.loop(end, progress)
     final = run.snapshot(end)
@@ -247,12 +254,14 @@ class _Run:
     """One training run's loop: steps, logging, evals and checkpoints, over the state in ``history``."""
 
     def __init__(self, corpus, out_dir: Path, config: TrainConfig, model, trainer, *, backend: str,
-                 init_from, tokenizer, history: _History):
+                 init_from, tokenizer, history: _History, eos: int | None = None):
         self.corpus, self.out_dir, self.config = corpus, out_dir, config
         self.model, self.trainer, self.backend = model, trainer, backend
         self.init_from, self.tokenizer, self.history = init_from, tokenizer, history
-        self.evals = data_mod.eval_batches(corpus.val, seed=config.seed, n_batches=config.eval_batches,
-                                           batch_size=config.batch_size, seq_len=config.seq_len)
+        self.eos = eos
+        self.evals = [self.packed(x, y) for x, y in data_mod.eval_batches(
+            corpus.val, seed=config.seed, n_batches=config.eval_batches, batch_size=config.batch_size,
+            seq_len=config.seq_len)]
         self.tokens_per_step = config.batch_size * config.seq_len
         self.t0 = time.perf_counter()
 
@@ -269,8 +278,15 @@ class _Run:
                      "train_tokens": len(corpus.train), "val_tokens": len(corpus.val)},
         }
 
+    def packed(self, x, y) -> tuple:
+        """``(inputs, targets, seq_idx)``: with ``config.pack`` the documents of each row are told apart
+        (``packing.seq_idx_after_eos``) and the targets across a boundary ignored; else seq_idx None."""
+        if not self.config.pack:
+            return x, y, None
+        return x, packing.mask_cross_document(x, y, self.eos), packing.seq_idx_after_eos(x, self.eos)
+
     def evaluate(self, step: int) -> float:
-        loss = sum(self.trainer.eval_loss(x, y) for x, y in self.evals) / len(self.evals)
+        loss = sum(self.trainer.eval_loss(x, y, seq_idx=s) for x, y, s in self.evals) / len(self.evals)
         self.history.eval_losses.append((step, loss))
         log.info("step %d: eval loss %.4f nats/token (%.4f bits)", step, loss, loss / math.log(2))
         return loss
@@ -280,7 +296,8 @@ class _Run:
         cfg = self.config
         x, y = data_mod.batch(self.corpus.train, seed=cfg.seed, step=step, batch_size=cfg.batch_size,
                               seq_len=cfg.seq_len)
-        loss = self.trainer.step(x, y, lr_at(step, cfg))
+        x, y, seq_idx = self.packed(x, y)
+        loss = self.trainer.step(x, y, lr_at(step, cfg), seq_idx=seq_idx)
         if not math.isfinite(loss):
             raise FloatingPointError(f"the training loss is {loss} at step {step}; lower --lr")
         self.history.train_losses.append(loss)

@@ -41,6 +41,7 @@ class TrainConfig:
     seed: int = 0
     precision: str = "float32"
     log_every: int = 10
+    pack: bool = False  # packed rows: documents (ended by the end-of-text id) reset the state
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
@@ -70,6 +71,8 @@ class TrainConfig:
             )
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
+        if not isinstance(self.pack, bool):
+            raise ValueError(f"TrainConfig.pack must be True or False, got {self.pack!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
 

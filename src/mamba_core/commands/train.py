@@ -61,6 +61,9 @@ def add_arguments(p) -> None:
     r.add_argument("--save-every", type=int, default=d.save_every, help="default %(default)s")
     r.add_argument("--log-every", type=int, default=d.log_every, help="default %(default)s")
     r.add_argument("--seed", type=int, default=d.seed, help="data order and initialization seed")
+    r.add_argument("--pack", action="store_true",
+                   help="packed rows: each document (ended by the end-of-text id) starts from a zero "
+                        "state and no target crosses a document boundary")
     r.add_argument("--stop-at", type=int, default=None, help="stop after this step as if interrupted")
     r.add_argument("--no-resume", action="store_true", help="start over even if --out has a checkpoint")
 
@@ -107,7 +110,7 @@ def run(args) -> int:
         steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, min_lr=args.min_lr,
         warmup_steps=args.warmup, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
         eval_every=args.eval_every, eval_batches=args.eval_batches, save_every=args.save_every,
-        seed=args.seed, precision=args.precision, log_every=args.log_every,
+        seed=args.seed, precision=args.precision, log_every=args.log_every, pack=args.pack,
     )
     choice = choose_backend(args.backend)
     print(choice, file=sys.stderr)
