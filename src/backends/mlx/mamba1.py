@@ -15,6 +15,7 @@ import mlx.nn as nn
 from mamba_core.backends.mlx import ops, packing
 from mamba_core.backends.mlx.device import resolve_device, resolve_dtype
 from mamba_core.backends.mlx.linear import project, rows
+from mamba_core.backends.mlx.lora import adapter_update
 from mamba_core.config import Mamba1Config
 
 _F32 = mx.float32
@@ -64,6 +65,8 @@ class Mamba1Mixer(nn.Module):
         c = self.config
         dt_r, B, C = mx.split(self.x_proj(u), [c.dt_rank, c.dt_rank + c.d_state], axis=-1)
         delta = rows(dt_r, self.dt_proj.weight)  # dt_proj without its bias (docs/spec.md §9.4)
+        if type(self.dt_proj) is not nn.Linear:  # an adapted dt_proj (LoRA): its update, without the bias
+            delta = delta + adapter_update(self.dt_proj, dt_r)
         return delta, B, C, -mx.exp(self.A_log.astype(_F32))
 
     def __call__(self, h, conv_state=None, ssm_state=None, attention_mask=None, seq_idx=None):

@@ -14,6 +14,7 @@ from torch import nn
 
 from mamba_core.backends.torch import ops, packing
 from mamba_core.backends.torch.linear import project, rows
+from mamba_core.backends.torch.lora import adapter_update
 from mamba_core.config import Mamba1Config
 
 
@@ -57,6 +58,8 @@ class Mamba1Mixer(nn.Module):
         dt_r, Bm, Cm = linear(u, self.x_proj).split([cfg.dt_rank, cfg.d_state, cfg.d_state], dim=-1)
         # the dt bias is added in fp32 inside the scan, not with dt_proj (docs/spec.md §9.4)
         delta = rows(dt_r, self.dt_proj.weight) if dt_r.dim() == 2 else F.linear(dt_r, self.dt_proj.weight)
+        if type(self.dt_proj) is not nn.Linear:  # an adapted dt_proj (LoRA): its update, without the bias
+            delta = delta + adapter_update(self.dt_proj, dt_r)
         return delta, Bm, Cm, -torch.exp(self.A_log.float())
 
     def forward(self, h, conv_state=None, ssm_state=None, attention_mask=None, seq_idx=None):

@@ -53,7 +53,8 @@ class Trainer:
         self.model = model
         self.config = config
         self.vocab_size = model.config.vocab_size
-        self.params = dict(model.named_parameters())
+        # the trainable parameters (all of them, or the adapters of a LoRA model: ``lora.apply_lora``)
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         wrong = sorted(n for n, p in self.params.items() if p.dtype != torch.float32)
         if wrong:
             raise ValueError(f"training needs float32 parameters (master weights); {len(wrong)} are not, "
