@@ -10,7 +10,7 @@ read from the layer kinds' rows (every 2-D ``<name>.weight`` row of a kind is a 
 Files (the layout of ``peft``'s LoRA adapters, so ``peft`` reads ours and we read its):
 
 * ``adapter_config.json``: ``{"peft_type": "LORA", "r", "lora_alpha", "lora_dropout",
-  "target_modules", "bias": "none", "task_type": "CAUSAL_LM"}``;
+  "target_modules", "bias": "none", "task_type": null}`` (peft then builds a plain ``PeftModel``);
 * ``adapter_model.safetensors``: ``base_model.model.<module>.lora_A.weight`` (r, in) and
   ``...lora_B.weight`` (out, r), float32.
 """
@@ -75,7 +75,7 @@ class LoraConfig:
         """The ``adapter_config.json`` dict (peft's keys)."""
         return {
             "peft_type": "LORA",
-            "task_type": "CAUSAL_LM",
+            "task_type": None,  # a plain PeftModel: our models are not transformers models
             "r": self.rank,
             "lora_alpha": self.alpha,
             "lora_dropout": self.dropout,
