@@ -131,3 +131,74 @@ def test_lora_config_errors(target):
     _lora_mod(target).apply_lora(model, LoraConfig())
     with pytest.raises(ConfigError, match="already"):
         _lora_mod(target).apply_lora(model, LoraConfig())
+
+
+def test_train_cli_lora_resume_and_merged_output(target, tmp_path):
+    """``mamba-core train --lora-rank`` (interrupted, then resumed): only adapters train; the output
+    is the merged model (loads anywhere) plus ``adapter/``; merged logits == base + adapters."""
+    import os
+    import subprocess
+    import sys
+
+    import mamba_core
+
+    (tmp_path / "a.txt").write_text("alpha beta gamma delta\n" * 60)
+    args = (
+        "train",
+        "a.txt",
+        "--backend",
+        target.backend,
+        "--out",
+        "out",
+        "--arch",
+        "mamba1",
+        "--d-model",
+        "32",
+        "--n-layer",
+        "1",
+        "--d-state",
+        "8",
+        "--steps",
+        "4",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "16",
+        "--warmup",
+        "1",
+        "--eval-every",
+        "4",
+        "--eval-batches",
+        "1",
+        "--save-every",
+        "2",
+        "--log-every",
+        "1",
+        "--lr",
+        "0.05",
+        "--lora-rank",
+        "2",
+        "--lora-targets",
+        "in_proj,x_proj,dt_proj,out_proj",
+    )
+    env = {**os.environ, "MAMBA_CORE_PROGRESS": "0"}
+    for extra in (("--stop-at", "2"), ()):
+        proc = subprocess.run(
+            [sys.executable, "-m", "mamba_core", *args, *extra],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr
+    assert "resuming from" in proc.stderr
+    out, mod = tmp_path / "out", target.module
+    merged = mamba_core.load(out, backend=target.backend)
+    base = mamba_core.load(out / "checkpoint-last", backend=target.backend)  # frozen base weights
+    ids = mod.from_numpy(IDS.astype(np.int64))
+    before = _np(target, base(ids))
+    _lora_mod(target).load_adapter(base, out / "adapter")
+    adapted = _np(target, base(ids))
+    assert np.abs(adapted - before).max() > 1e-4  # the adapters learned something
+    np.testing.assert_allclose(_np(target, merged(ids)), adapted, atol=2e-5)

@@ -52,6 +52,10 @@ BACKEND_API = (
     "read_pickle_header",
     "inference_scope",
     "single_threaded",
+    "apply_lora",
+    "load_adapter",
+    "save_adapter",
+    "merge_lora",
 )
 
 DTYPES = ("float32", "bfloat16", "float16")

@@ -53,6 +53,7 @@ CHECKPOINT = "checkpoint-last"
 STATE_FILE = "trainer_state.json"
 # In a subfolder: the loader takes every top-level *.safetensors of a checkpoint for model weights.
 OPTIMIZER_FILE = "optimizer/adamw.safetensors"
+ADAPTER_DIR = "adapter"  # a LoRA run's adapters (checkpoint and final output), mamba_core.lora files
 # Fields that may differ between a run and its resumption (they do not change the math).
 RESUME_FREE_FIELDS = ("eval_every", "save_every", "log_every")
 
@@ -80,13 +81,16 @@ def _write_tokenizer(tokenizer, directory: Path) -> None:
         shutil.copyfile(tokenizer.path, directory / "tokenizer.json")
 
 
-def _save_checkpoint(out_dir: Path, model, trainer, state: dict, tokenizer) -> None:
-    """Write ``checkpoint-last`` atomically: a complete temp directory, then a rename."""
+def _save_checkpoint(out_dir: Path, model, trainer, state: dict, tokenizer, module) -> None:
+    """Write ``checkpoint-last`` atomically: a complete temp directory, then a rename; a LoRA run's
+    checkpoint holds the (frozen) base weights and the adapters in ``adapter/``."""
     tmp = out_dir / f".{CHECKPOINT}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
         save(model, tmp, dialect="mamba-core")
+        if getattr(model, "lora_config", None) is not None:
+            module.save_adapter(model, tmp / ADAPTER_DIR)
         (tmp / OPTIMIZER_FILE).parent.mkdir()
         trainer.save_state(tmp / OPTIMIZER_FILE)
         _write_tokenizer(tokenizer, tmp)
@@ -205,6 +209,11 @@ def train(corpus: data_mod.Corpus, out_dir: str | os.PathLike, config: TrainConf
         if eos is None:
             raise ValueError("pack=True (--pack) needs the tokenizer's end-of-text id to find the documents; "
                              "this tokenizer has none: train without --pack")
+    lora = config.lora()
+    if lora is not None and history is not None:
+        module.load_adapter(model, ckpt / ADAPTER_DIR)
+    elif lora is not None:
+        module.apply_lora(model, lora, seed=config.seed)
     trainer = module.Trainer(model, config)
     if history is not None:
         trainer.load_state(ckpt / OPTIMIZER_FILE)
@@ -214,8 +223,11 @@ def train(corpus: data_mod.Corpus, out_dir: str | os.PathLike, config: TrainConf
     end = config.steps if stop_at is None else min(config.steps, stop_at)
     run.loop(end, progress)
     final = run.snapshot(end)
-    _save_checkpoint(out_dir, model, trainer, final, tokenizer)
+    _save_checkpoint(out_dir, model, trainer, final, tokenizer, module)
     if end == config.steps:
+        if lora is not None:  # the adapters alone, then the merged model for every consumer
+            module.save_adapter(model, out_dir / ADAPTER_DIR)
+            module.merge_lora(model)
         _save_final(out_dir, model, final, tokenizer)
     return TrainResult(out_dir=out_dir, step=end, train_losses=run.history.train_losses,
                        eval_losses=run.history.eval_losses, tokens_seen=end * run.tokens_per_step,
@@ -304,7 +316,8 @@ class _Run:
         return loss
 
     def save(self, step: int) -> None:
-        _save_checkpoint(self.out_dir, self.model, self.trainer, self.snapshot(step), self.tokenizer)
+        _save_checkpoint(self.out_dir, self.model, self.trainer, self.snapshot(step), self.tokenizer,
+                         get_backend(self.backend))
 
     def loop(self, end: int, progress: bool | None) -> None:
         """Steps ``history.start`` .. ``end - 1``: evals, checkpoints, and a checkpoint on Ctrl-C."""

@@ -64,6 +64,14 @@ def add_arguments(p) -> None:
     r.add_argument("--pack", action="store_true",
                    help="packed rows: each document (ended by the end-of-text id) starts from a zero "
                         "state and no target crosses a document boundary")
+    lo = p.add_argument_group("LoRA (train adapters only; the output is the merged model + adapter/)")
+    lo.add_argument("--lora-rank", type=int, default=d.lora_rank, help="adapter rank; 0 = full training")
+    lo.add_argument("--lora-alpha", type=float, default=d.lora_alpha,
+                    help="scale numerator (default %(default)s)")
+    lo.add_argument("--lora-dropout", type=float, default=d.lora_dropout, help="default %(default)s")
+    lo.add_argument("--lora-targets", default=",".join(d.lora_targets),
+                    help="projections by layout name, comma-separated (default %(default)s; Mamba-1 also "
+                         "x_proj, dt_proj)")
     r.add_argument("--stop-at", type=int, default=None, help="stop after this step as if interrupted")
     r.add_argument("--no-resume", action="store_true", help="start over even if --out has a checkpoint")
 
@@ -111,6 +119,8 @@ def run(args) -> int:
         warmup_steps=args.warmup, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
         eval_every=args.eval_every, eval_batches=args.eval_batches, save_every=args.save_every,
         seed=args.seed, precision=args.precision, log_every=args.log_every, pack=args.pack,
+        lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+        lora_targets=tuple(t for t in args.lora_targets.split(",") if t),
     )
     choice = choose_backend(args.backend)
     print(choice, file=sys.stderr)
