@@ -202,3 +202,43 @@ def test_train_cli_lora_resume_and_merged_output(target, tmp_path):
     adapted = _np(target, base(ids))
     assert np.abs(adapted - before).max() > 1e-4  # the adapters learned something
     np.testing.assert_allclose(_np(target, merged(ids)), adapted, atol=2e-5)
+
+
+@pytest.mark.parametrize("arch", sorted(CONFIGS))
+def test_merged_model_converts_and_loads_in_transformers_and_mlx_lm(arch, tmp_path):
+    """A LoRA-trained torch model, merged and saved in the hf dialect, loads in transformers with the
+    adapted logits; converted to mlx-lm, it loads in mlx-lm with the same logits."""
+    from pathlib import Path
+
+    import mamba_core
+    from mamba_core.registry import available_backends, get_backend
+
+    if available_backends().get("torch") is not None:
+        pytest.skip("needs the torch backend")
+    transformers = pytest.importorskip("transformers")
+    import torch
+
+    tb = get_backend("torch")
+    # transformers' and mlx-lm's Mamba-2 gated norms: ngroups 1 for a logits comparison
+    cfg = tiny_mamba1() if arch == "mamba1" else tiny_mamba2(ngroups=1, chunk_size=4)
+    model = tb.build_model(cfg, seed=0)
+    tb.apply_lora(model, LoraConfig(rank=4, targets=lora_targets(cfg)))
+    tb.Trainer(model, TrainConfig(weight_decay=0.0)).step(IDS[:, :-1], IDS[:, 1:], lr=5e-2)
+    ids = torch.from_numpy(IDS.astype(np.int64))
+    adapted = model(ids).detach().numpy()
+    tb.merge_lora(model)
+    mamba_core.save(model, tmp_path / "hf", dialect="hf")
+    cls = transformers.MambaForCausalLM if arch == "mamba1" else transformers.Mamba2ForCausalLM
+    hf = cls.from_pretrained(tmp_path / "hf").eval()
+    with torch.no_grad():
+        theirs = hf(ids, use_cache=False).logits.float().numpy()
+    np.testing.assert_allclose(theirs[..., : cfg.vocab_size], adapted[..., : cfg.vocab_size], atol=1e-4)
+    if available_backends().get("mlx") is not None or importlib.util.find_spec("mlx_lm") is None:
+        pytest.fail('the mlx-lm half needs mlx and mlx-lm (the dev extra): pip install -e ".[dev]"')
+    import mlx.core as mx
+    from mlx_lm.utils import load_model
+
+    dst = mamba_core.convert(tmp_path / "hf", tmp_path / "mlx", to="mlx-lm")
+    mlx_model, _ = load_model(Path(dst))
+    got = np.asarray(mlx_model(mx.array(IDS)).astype(mx.float32))
+    np.testing.assert_allclose(got[..., : cfg.vocab_size], adapted[..., : cfg.vocab_size], atol=1e-4)
