@@ -44,6 +44,7 @@ class TrainConfig:
     precision: str = "float32"
     log_every: int = 10
     pack: bool = False  # packed rows: documents (ended by the end-of-text id) reset the state
+    grad_checkpoint: bool = False  # recompute each block's activations in the backward pass
     lora_rank: int = 0  # > 0: train LoRA adapters of this rank only (mamba_core.lora), base frozen
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
@@ -84,6 +85,10 @@ class TrainConfig:
             )
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
+        if not isinstance(self.grad_checkpoint, bool):
+            raise ValueError(
+                f"TrainConfig.grad_checkpoint must be True or False, got {self.grad_checkpoint!r}"
+            )
         if not isinstance(self.pack, bool):
             raise ValueError(f"TrainConfig.pack must be True or False, got {self.pack!r}")
         if self.precision not in PRECISIONS:

@@ -64,6 +64,23 @@ def initialize(model: nn.Module, seed: int | None = None) -> None:
     mx.eval(model.parameters())
 
 
+def _checkpointed(layer: nn.Module):
+    """``layer`` as a function whose backward recomputes its forward (``mx.checkpoint`` over the
+    layer's trainable parameters and inputs)."""
+
+    def inner(params, x, *state, attention_mask=None, seq_idx=None):
+        layer.update(params)
+        return layer(x, *state, attention_mask=attention_mask, seq_idx=seq_idx)
+
+    recompute = mx.checkpoint(inner)
+
+    def call(x, *state, attention_mask=None, seq_idx=None):
+        return recompute(layer.trainable_parameters(), x, *state, attention_mask=attention_mask,
+                         seq_idx=seq_idx)
+
+    return call
+
+
 class _Block(nn.Module):
     """Pre-norm residual block of layer ``layer_idx``: ``x + mixer(norm(x))`` (+ ``x + mlp(norm2(x))``).
 
@@ -152,6 +169,9 @@ class _Stack(nn.Module):
 
     block_class: type = _Block
     config_class: type = Mamba1Config
+    # True: each block's activations are recomputed in the backward pass instead of kept
+    # (mx.checkpoint); training memory falls to ~one block's activations
+    grad_checkpoint: bool = False
 
     def __init__(self, config, vocab_size: int | None = None, *, dtype=None, device=None, init=True):
         super().__init__()
@@ -210,7 +230,8 @@ class _Stack(nn.Module):
                     seq_idx = mx.array(check_seq_idx(np.asarray(seq_idx), tuple(residual.shape[:2])))
             for i, layer in enumerate(self.layers):
                 state = () if cache is None else tuple(cache.layers[i].values())
-                residual, *state = layer(residual, *state, attention_mask=mask, seq_idx=seq_idx)
+                call = _checkpointed(layer) if self.grad_checkpoint else layer
+                residual, *state = call(residual, *state, attention_mask=mask, seq_idx=seq_idx)
                 if cache is not None:
                     cache.layers[i] = dict(zip(cache.layers[i], state, strict=True))
             if cache is not None:

@@ -69,6 +69,8 @@ class Trainer:
         self.model = model
         self.config = config
         self.vocab_size = model.config.vocab_size
+        # per-block gradient checkpointing (recompute in the backward pass) when the config asks
+        getattr(model, "backbone", model).grad_checkpoint = config.grad_checkpoint
         params = tree_flatten(model.trainable_parameters())
         wrong = sorted(n for n, p in params if p.dtype != mx.float32)
         if wrong:

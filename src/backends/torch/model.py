@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mamba_core.backends.torch.cache import MambaCache
 from mamba_core.backends.torch.device import resolve_dtype
@@ -150,6 +151,9 @@ class _Stack(nn.Module):
 
     block_class: type = _Block
     config_class: type = Mamba1Config
+    # True: each block's activations are recomputed in the backward pass instead of kept
+    # (torch.utils.checkpoint, non-reentrant); training memory falls to ~one block's activations
+    grad_checkpoint: bool = False
 
     def __init__(self, config, vocab_size: int | None = None, *, dtype=None, device=None):
         super().__init__()
@@ -206,7 +210,11 @@ class _Stack(nn.Module):
             seq_idx = seq_idx.to(residual.device)
         for i, layer in enumerate(self.layers):
             state = () if cache is None else tuple(cache.layers[i].values())
-            residual, *state = layer(residual, *state, attention_mask=mask, seq_idx=seq_idx)
+            if self.grad_checkpoint and torch.is_grad_enabled():
+                residual, *state = checkpoint(layer, residual, *state, attention_mask=mask, seq_idx=seq_idx,
+                                              use_reentrant=False)
+            else:
+                residual, *state = layer(residual, *state, attention_mask=mask, seq_idx=seq_idx)
             if cache is not None:
                 if torch.is_grad_enabled():  # own storage: ``step`` updates the states in place
                     state = [s.clone() for s in state]

@@ -53,6 +53,8 @@ class Trainer:
         self.model = model
         self.config = config
         self.vocab_size = model.config.vocab_size
+        # per-block gradient checkpointing (recompute in the backward pass) when the config asks
+        getattr(model, "backbone", model).grad_checkpoint = config.grad_checkpoint
         # the trainable parameters (all of them, or the adapters of a LoRA model: ``lora.apply_lora``)
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         wrong = sorted(n for n, p in self.params.items() if p.dtype != torch.float32)

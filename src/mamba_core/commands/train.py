@@ -61,6 +61,8 @@ def add_arguments(p) -> None:
     r.add_argument("--save-every", type=int, default=d.save_every, help="default %(default)s")
     r.add_argument("--log-every", type=int, default=d.log_every, help="default %(default)s")
     r.add_argument("--seed", type=int, default=d.seed, help="data order and initialization seed")
+    r.add_argument("--grad-checkpoint", action="store_true",
+                   help="recompute each block's activations in the backward pass (less memory, ~1.3x time)")
     r.add_argument("--pack", action="store_true",
                    help="packed rows: each document (ended by the end-of-text id) starts from a zero "
                         "state and no target crosses a document boundary")
@@ -119,7 +121,8 @@ def run(args) -> int:
         warmup_steps=args.warmup, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
         eval_every=args.eval_every, eval_batches=args.eval_batches, save_every=args.save_every,
         seed=args.seed, precision=args.precision, log_every=args.log_every, pack=args.pack,
-        lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+        grad_checkpoint=args.grad_checkpoint, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
         lora_targets=tuple(t for t in args.lora_targets.split(",") if t),
     )
     choice = choose_backend(args.backend)
