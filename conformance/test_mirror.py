@@ -107,7 +107,8 @@ def test_every_layer_kind_is_implemented(backend):
         # a kind may take ``seq_idx`` (packed sequences) last; the block names a kind without it
         # when packed rows reach it
         assert list(inspect.signature(call).parameters) in (
-            ["self", "h", *cache, "attention_mask"], ["self", "h", *cache, "attention_mask", "seq_idx"]
+            ["self", "h", *cache, "attention_mask"],
+            ["self", "h", *cache, "attention_mask", "seq_idx"],
         ), name
         assert list(inspect.signature(cls.step).parameters) == ["self", "h", *cache], name
 
