@@ -1,10 +1,11 @@
 """Peak memory of training steps, with and without per-block gradient checkpointing (and LoRA).
 
-A script, not a test. Each cell runs in a fresh subprocess: build a random float32 model, take one
-warm-up AdamW step, then measure the next ``--steps`` steps: the peak resident memory (``VmHWM`` of
-``/proc/self/status``, Linux only) minus the resident memory before the first step, and for MLX
-also ``mx.get_peak_memory()`` (the framework's own allocator peak). Activations dominate at long
-sequences, which is where checkpointing pays: it keeps one block's activations instead of all.
+A script, not a test. Each cell runs in a fresh subprocess: build a random float32 model and its
+``Trainer``, take one warm-up AdamW step and ``--steps`` more: the peak resident memory (``VmHWM`` of
+``/proc/self/status``, Linux only) minus the resident memory before the first step (torch), and for
+MLX ``mx.get_peak_memory()`` over the steps after the warm-up (the framework's allocator peak).
+Activations dominate at long sequences, which is where checkpointing pays: it keeps one block's
+activations instead of all.
 
 Usage:
     python benchmarks/bench_train_memory.py                 # torch and mlx, mamba1 and mamba2
@@ -41,8 +42,8 @@ if lora == "1":
     mod.apply_lora(model, LoraConfig(rank=8))
 trainer = mod.Trainer(model, TrainConfig(grad_checkpoint=ckpt == "1"))
 ids = np.random.default_rng(0).integers(0, 256, (int(batch), int(seq_len) + 1))
-trainer.step(ids[:, :-1], ids[:, 1:], lr=1e-3)  # warm-up: optimizer state exists
-base = rss("VmRSS")
+base = rss("VmRSS")  # model and trainer built; every step below (the first creates the AdamW state)
+trainer.step(ids[:, :-1], ids[:, 1:], lr=1e-3)  # warm-up, inside the peak: the allocator keeps its pages
 framework_peak = None
 if backend == "mlx":
     import mlx.core as mx
