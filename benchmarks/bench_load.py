@@ -56,8 +56,9 @@ def _write(arch: str, directory: Path) -> Path:
 
 
 def _measure(path: Path, backend: str, dtype: str) -> dict:
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(path), backend, dtype], check=True,
-                         capture_output=True, text=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(path), backend, dtype], check=True, capture_output=True, text=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

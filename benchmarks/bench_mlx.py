@@ -1,32 +1,44 @@
 """MLX benchmark: mamba-core's MLX backend beside mlx-lm's Mamba / Mamba2 on the same machine and
-the same random weights, in one run.
+the same random weights, in one run, each figure beside its peer and its physical limit.
 
-Rows (tokens per second, higher is better):
+Rows (higher tok/s is better; every timing is the minimum over repeats run round-robin over the
+implementations and the limit probe, with its spread (max - min) / min, flagged "NOISY" over 10%):
 
 * prefill: a prompt of ``--prompt`` tokens into a fresh cache, ending with the next-token logits.
-  mamba-core: ``backbone(prompt, cache)`` + the head on the last position (what ``generate`` does).
-  mlx-lm: what ``mlx_lm.generate_step`` does (the first L-1 tokens evaluating only the cache, then
-  the last token with logits), and also ``model(prompt, cache)`` with every position's logits.
-* decode: ``--decode`` greedy tokens after the prompt, one ``step`` (ours) / one-token call
-  (mlx-lm) per token, argmax and ``mx.eval`` each token.
+  mamba-core: ``prefill(model, prompt)`` (what ``generate`` does). mlx-lm: what
+  ``mlx_lm.generate_step`` does (the first L-1 tokens evaluating only the cache, then the last token
+  with logits), and ``model(prompt, cache)`` with every position's logits. Limit: ``sgemm``, an MLX
+  float32 matmul of the in_proj shape (L x d_model) @ (d_model x d_in_proj).
+* decode: ``--decode`` greedy tokens after the prompt, one ``step`` (ours) / one-token call (mlx-lm)
+  per token, argmax and ``mx.eval`` each token. Limit: ``copy``, a 256 MB MLX copy; its bandwidth over
+  the bytes of weights read per step.
 * train: one ``nn.value_and_grad`` + Adam step on a (``--train-batch``, ``--train-len``) batch of a
-  small model (d_model 256, 4 layers, vocab ``--train-vocab``).
+  small model (d_model 256, 4 layers, vocab ``--train-vocab``), tok/s.
+* train memory: peak memory of one forward + backward at each of ``--mem-lens`` (batch
+  ``--mem-batch``), each implementation in a fresh subprocess: ``mx.get_peak_memory()`` above the
+  memory held before the step.
+* long prompt: ``prefill`` (chunked, states carried in the cache) of ``--long-prompt`` tokens on the
+  130m shape, tok/s and the subprocess's peak memory (weights included).
 
 The prefill/decode models are 130m-shaped (d_model 768, 24 layers, vocab 50277). Linux ``mlx[cpu]``
-uses reference BLAS for float32 matmuls: compare these figures only with other MLX figures from the
-same run.
+uses reference BLAS for float32 matmuls (~1.5 GFLOP/s): compare these figures only with other MLX
+figures from the same run; for that reason the long prompt defaults to 8192 tokens here (a 64k prompt
+is ``--long-prompt 65536``: hours on reference BLAS, minutes on Apple silicon).
 
 Usage::
 
     python benchmarks/bench_mlx.py              # full run
-    python benchmarks/bench_mlx.py --quick      # short prompt, few tokens, train L 128
+    python benchmarks/bench_mlx.py --quick      # short prompt, few tokens, train L 128, small memory rows
     python benchmarks/bench_mlx.py --arch mamba1 --skip-train
+    python benchmarks/bench_mlx.py --only memory --mem-lens 1024,4096
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
+import subprocess
 import sys
 import time
 
@@ -37,6 +49,9 @@ import numpy as np
 
 from mamba_core import Mamba1Config, Mamba2Config
 from mamba_core.backends import mlx as MB
+
+NOISY = 0.10
+SECTIONS = ("prefill", "decode", "train", "memory", "long")
 
 
 def _mlx_lm(cfg, ours):
@@ -50,35 +65,97 @@ def _mlx_lm(cfg, ours):
     return model
 
 
-def _configs(args):
-    out = {}
-    if args.arch in ("mamba1", "both"):
-        out["mamba1"] = Mamba1Config(d_model=768, n_layer=args.layers, vocab_size=50277)
-    if args.arch in ("mamba2", "both"):
-        out["mamba2"] = Mamba2Config(d_model=768, n_layer=args.layers, vocab_size=50277)
-    return out
+def _cfg_130m(arch: str, layers: int):
+    cls = Mamba1Config if arch == "mamba1" else Mamba2Config
+    return cls(d_model=768, n_layer=layers, vocab_size=50277)
 
 
-def _best(fn, repeats: int) -> float:
-    """Seconds of the fastest of ``repeats`` runs (after one warm-up)."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
+def _cfg_train(arch: str, vocab: int):
+    cls = Mamba1Config if arch == "mamba1" else Mamba2Config
+    extra = {} if arch == "mamba1" else {"headdim": 64, "d_state": 64}
+    return cls(d_model=256, n_layer=4, vocab_size=vocab, **extra)
+
+
+def spread(times) -> float:
+    return (max(times) - min(times)) / min(times) if len(times) > 1 else 0.0
+
+
+def round_robin(fns: dict, repeats: int) -> dict:
+    """All times of each callable (after one warm-up each), run round-robin."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for key, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - start)
+    return times
 
 
-def bench_inference(cfg, args, rows):
+class Rows:
+    """Figures of one architecture: (section, what, impl) -> value, unit, spread, note."""
+
+    def __init__(self):
+        self.rows: list[dict] = []
+
+    def add(self, arch, section, what, impl, value, unit, times=None, note=""):
+        sp = spread(times) if times else 0.0
+        self.rows.append(
+            dict(
+                arch=arch, section=section, what=what, impl=impl, value=value, unit=unit, spread=sp, note=note
+            )
+        )
+        flag = " NOISY" if sp > NOISY else ""
+        print(
+            f"  {arch:6} {section:8} {what:34} {impl:30} {value:10.2f} {unit:8} "
+            f"(spread {sp:4.0%}{flag}) {note}",
+            flush=True,
+        )
+
+    def table(self) -> None:
+        """Each figure beside mlx-lm's, the ratio and the limit, as a Markdown table."""
+        groups: dict = {}
+        for r in self.rows:
+            groups.setdefault((r["arch"], r["section"], r["what"]), []).append(r)
+        print(f"\n| {'measure':44} | {'mamba-core':>16} | {'mlx-lm':>16} | {'ratio':>6} | limit |")
+        print(f"|{'-' * 46}|{'-' * 18}|{'-' * 18}|{'-' * 8}|---|")
+        for (arch, section, what), rs in groups.items():
+            ours = [r for r in rs if r["impl"] == "mamba-core"]
+            theirs = [r for r in rs if r["impl"].startswith("mlx-lm")]
+            limit = [r for r in rs if r["impl"] in ("sgemm", "copy")]
+            if not ours:
+                continue
+            o = ours[0]
+
+            def fmt(r):
+                return f"{r['value']:.2f} {r['unit']}" + (" (noisy)" if r["spread"] > NOISY else "")
+
+            best = None
+            if theirs:  # lower is better for memory, higher for speed
+                pick = min if o["unit"] == "MiB" else max
+                best = pick(theirs, key=lambda r: r["value"])
+            ratio = f"{o['value'] / best['value']:.2f}x" if best else "—"
+            lim = f"{limit[0]['note']}" if limit else "—"
+            print(
+                f"| {arch + ' ' + section + ' ' + what:44} | {fmt(o):>16} | "
+                f"{fmt(best) if best else '—':>16} | {ratio:>6} | {lim} |",
+                flush=True,
+            )
+
+
+def bench_inference(cfg, args, rows: Rows, sections):
     ours = MB.build_model(cfg, dtype=args.dtype, seed=0)
     theirs = _mlx_lm(cfg, ours)
     prompt = mx.array(np.random.default_rng(0).integers(0, cfg.vocab_size, (1, args.prompt)))
-    n = args.prompt
+    n, arch = args.prompt, cfg.arch
+    params = sum(v.size for _, v in nn.utils.tree_flatten(ours.parameters()))
+    head = cfg.vocab_size_padded * cfg.d_model
+    body = params - head * (1 if cfg.tie_embeddings else 2)  # matmul weights a token passes through
+    weight_bytes = sum(v.nbytes for _, v in nn.utils.tree_flatten(ours.parameters()))
 
     def ours_prefill():
-        cache = ours.make_cache(1)
-        logits = ours.logits(ours.backbone(prompt, cache=cache)[:, -1])
+        logits, cache = MB.prefill(ours, prompt)
         mx.eval(logits, cache.state)
         return cache, logits
 
@@ -95,12 +172,44 @@ def bench_inference(cfg, args, rows):
         logits = theirs(prompt, cache=cache)
         mx.eval(logits, [c.state for c in cache])
 
-    arch = cfg.arch
-    rows.append((arch, "prefill", "mamba-core", n / _best(ours_prefill, args.repeats)))
-    rows.append((arch, "prefill", "mlx-lm (generate_step style)",
-                 n / _best(theirs_prefill_generate_style, args.repeats)))
-    rows.append((arch, "prefill", "mlx-lm (model(prompt), all logits)",
-                 n / _best(theirs_prefill_all_logits, args.repeats)))
+    a = mx.random.normal((n, cfg.d_model))
+    w = mx.random.normal((cfg.d_model, cfg.d_in_proj))
+    mx.eval(a, w)
+    fns = {
+        "mamba-core": ours_prefill,
+        "mlx-lm (generate_step style)": theirs_prefill_generate_style,
+        "mlx-lm (model(prompt), all logits)": theirs_prefill_all_logits,
+        "sgemm": lambda: mx.eval(a @ w),
+    }
+    if "prefill" in sections:
+        times = round_robin(fns, args.repeats)
+        sgemm_times = times.pop("sgemm")
+        gflops = 2 * n * cfg.d_model * cfg.d_in_proj / min(sgemm_times) / 1e9
+        rows.add(
+            arch,
+            "prefill",
+            f"L={n} (tok/s)",
+            "sgemm",
+            gflops,
+            "GFLOP/s",
+            sgemm_times,
+            note=f"sgemm {gflops:.1f} GFLOP/s = {gflops * 1e9 / (2 * body):.1f} tok/s",
+        )
+        for impl, ts in times.items():
+            t = min(ts)
+            flops = 2 * n * (body + (head if "all logits" in impl else 0))
+            rows.add(
+                arch,
+                "prefill",
+                f"L={n} (tok/s)",
+                impl,
+                n / t,
+                "tok/s",
+                ts,
+                f"matmuls at {flops / t / 1e9 / gflops:.0%} of sgemm",
+            )
+    if "decode" not in sections:
+        return
 
     def ours_decode():
         cache, logits = ours_prefill()
@@ -120,21 +229,49 @@ def bench_inference(cfg, args, rows):
             mx.eval(token)
         return time.perf_counter() - start
 
-    rows.append((arch, "decode", "mamba-core", args.decode / min(ours_decode() for _ in range(2))))
-    rows.append((arch, "decode", "mlx-lm", args.decode / min(theirs_decode() for _ in range(2))))
+    src = np.ones(64 * 1024 * 1024, dtype=np.float32)  # the machine's bandwidth: a plain memcpy
+    dst = np.empty_like(src)
+
+    def copy():
+        start = time.perf_counter()
+        np.copyto(dst, src)  # reads 256 MB, writes 256 MB
+        return time.perf_counter() - start
+
+    fns = {"mamba-core": ours_decode, "mlx-lm": theirs_decode, "copy": copy}
+    decode_times = {k: [] for k in fns}
+    for _ in range(args.repeats + 1):
+        for k, fn in fns.items():
+            decode_times[k].append(fn())
+    decode_times = {k: v[1:] for k, v in decode_times.items()}  # first round = warm-up
+    copy_times = decode_times.pop("copy")
+    bw = 2 * src.nbytes / min(copy_times)
+    limit = bw / weight_bytes
+    rows.add(
+        arch,
+        "decode",
+        "batch 1 (tok/s)",
+        "copy",
+        bw / 1e9,
+        "GB/s",
+        copy_times,
+        note=f"copy {bw / 1e9:.1f} GB/s / {weight_bytes / 1e6:.0f} MB = {limit:.1f} tok/s",
+    )
+    for impl, ts in decode_times.items():
+        tps = args.decode / min(ts)
+        rows.add(arch, "decode", "batch 1 (tok/s)", impl, tps, "tok/s", ts, f"{tps / limit:.0%} of limit")
 
 
-def bench_train(arch, args, rows):
-    cls = Mamba1Config if arch == "mamba1" else Mamba2Config
-    extra = {} if arch == "mamba1" else {"headdim": 64, "d_state": 64}
-    cfg = cls(d_model=256, n_layer=4, vocab_size=args.train_vocab, **extra)
+def bench_train(arch, args, rows: Rows):
+    cfg = _cfg_train(arch, args.train_vocab)
     ours = MB.build_model(cfg, dtype=args.dtype, seed=0)
     theirs = _mlx_lm(cfg, ours)
     rng = np.random.default_rng(0)
     data = mx.array(rng.integers(0, cfg.vocab_size, (args.train_batch, args.train_len + 1)))
     inputs, targets = data[:, :-1], data[:, 1:]
     tokens = args.train_batch * args.train_len
+    fns = {}
     for name, model in (("mamba-core", ours), ("mlx-lm", theirs)):
+
         def loss_fn(m):
             return nn.losses.cross_entropy(m(inputs), targets).mean()
 
@@ -146,8 +283,85 @@ def bench_train(arch, args, rows):
             opt.update(model, grads)
             mx.eval(model.parameters(), opt.state, loss)
 
-        rows.append((arch, f"train (B={args.train_batch}, L={args.train_len}, d=256x4)", name,
-                     tokens / _best(train_step, args.train_repeats)))
+        fns[name] = train_step
+    times = round_robin(fns, args.train_repeats)
+    for name, ts in times.items():
+        rows.add(
+            arch,
+            "train",
+            f"B={args.train_batch} L={args.train_len} d=256x4 (tok/s)",
+            name,
+            tokens / min(ts),
+            "tok/s",
+            ts,
+        )
+
+
+def _child(*argv) -> dict | None:
+    res = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True)
+    if res.returncode != 0:
+        print(f"{' '.join(argv)} failed:\n{res.stderr[-2000:]}", flush=True)
+        return None
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _memory_child(impl: str, arch: str, length: int, batch: int, vocab: int) -> dict:
+    """Peak memory of one forward + backward (cross-entropy) above what the model already holds."""
+    cfg = _cfg_train(arch, vocab)
+    ours = MB.build_model(cfg, seed=0)
+    model = ours if impl == "mamba-core" else _mlx_lm(cfg, ours)
+    data = mx.array(np.random.default_rng(0).integers(0, cfg.vocab_size, (batch, length + 1)))
+    inputs, targets = data[:, :-1], data[:, 1:]
+    grad_fn = nn.value_and_grad(model, lambda m: nn.losses.cross_entropy(m(inputs), targets).mean())
+    mx.eval(model.parameters(), inputs, targets)
+    base = mx.get_active_memory()
+    mx.reset_peak_memory()
+    start = time.perf_counter()
+    loss, grads = grad_fn(model)
+    mx.eval(loss, grads)
+    return {"time": time.perf_counter() - start, "peak": mx.get_peak_memory() - base}
+
+
+def bench_memory(arch, args, rows: Rows):
+    for length in args.mem_lens:
+        for impl in ("mamba-core", "mlx-lm"):
+            r = _child("--_memory-child", impl, arch, str(length), str(args.mem_batch), str(args.train_vocab))
+            if r is not None:
+                rows.add(
+                    arch,
+                    "memory",
+                    f"train step B={args.mem_batch} L={length} (MiB)",
+                    impl,
+                    r["peak"] / 2**20,
+                    "MiB",
+                    note=f"step {r['time']:.1f}s",
+                )
+
+
+def _long_child(arch: str, length: int, chunk: int, layers: int) -> dict:
+    cfg = _cfg_130m(arch, layers)
+    model = MB.build_model(cfg, seed=0)
+    ids = mx.array(np.random.default_rng(0).integers(0, cfg.vocab_size, (1, length)))
+    mx.eval(model.parameters(), ids)
+    mx.reset_peak_memory()
+    start = time.perf_counter()
+    logits, cache = MB.prefill(model, ids, chunk_size=chunk)
+    mx.eval(logits, cache.state)
+    return {"time": time.perf_counter() - start, "peak": mx.get_peak_memory()}
+
+
+def bench_long(arch, args, rows: Rows):
+    r = _child("--_long-child", arch, str(args.long_prompt), str(args.long_chunk), str(args.layers))
+    if r is not None:
+        rows.add(
+            arch,
+            "long",
+            f"prefill L={args.long_prompt} chunk {args.long_chunk} (tok/s)",
+            "mamba-core",
+            args.long_prompt / r["time"],
+            "tok/s",
+            note=f"{r['time']:.0f}s, peak memory {r['peak'] / 2**30:.2f} GiB (weights included)",
+        )
 
 
 def main(argv=None) -> int:
@@ -162,37 +376,57 @@ def main(argv=None) -> int:
     p.add_argument("--train-batch", type=int, default=4)
     p.add_argument("--train-vocab", type=int, default=1024)
     p.add_argument("--train-repeats", type=int, default=1)
-    p.add_argument("--skip-train", action="store_true")
-    p.add_argument("--skip-inference", action="store_true")
-    p.add_argument("--quick", action="store_true", help="prompt 32, decode 8, train L 128")
+    p.add_argument("--mem-lens", default="1024,4096", help="comma list of training lengths for memory")
+    p.add_argument("--mem-batch", type=int, default=1)
+    p.add_argument("--long-prompt", type=int, default=8192)
+    p.add_argument("--long-chunk", type=int, default=2048)
+    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
+    p.add_argument("--skip-train", action="store_true", help="drop the train and memory sections")
+    p.add_argument("--skip-inference", action="store_true", help="drop prefill, decode and long")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="prompt 32, decode 8, train L 128, memory at L 256 and 1024, long prompt 1024",
+    )
+    p.add_argument("--_memory-child", nargs=5, help=argparse.SUPPRESS)
+    p.add_argument("--_long-child", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args._memory_child:
+        impl, arch, length, batch, vocab = args._memory_child
+        print(json.dumps(_memory_child(impl, arch, int(length), int(batch), int(vocab))))
+        return 0
+    if args._long_child:
+        arch, length, chunk, layers = args._long_child
+        print(json.dumps(_long_child(arch, int(length), int(chunk), int(layers))))
+        return 0
     if args.quick:
-        args.prompt, args.decode, args.train_len, args.repeats = 32, 8, 128, 1
+        args.prompt, args.decode, args.train_len, args.repeats = 32, 8, 128, 2
+        args.mem_lens, args.long_prompt = "256,1024", 1024
+    args.mem_lens = [int(v) for v in args.mem_lens.split(",")]
+    sections = set(args.only.split(","))
+    if args.skip_train:
+        sections -= {"train", "memory"}
+    if args.skip_inference:
+        sections -= {"prefill", "decode", "long"}
     import mlx_lm
 
-    print(f"# mlx {mx.__version__}, mlx-lm {mlx_lm.__version__}, device {mx.default_device()}, "
-          f"{platform.machine()} {sys.platform}, dtype {args.dtype}")
-    rows: list[tuple[str, str, str, float]] = []
-    for arch, cfg in _configs(args).items():
-        if not args.skip_inference:
-            bench_inference(cfg, args, rows)
-        if not args.skip_train:
+    print(
+        f"# mlx {mx.__version__}, mlx-lm {mlx_lm.__version__}, device {mx.default_device()}, "
+        f"{platform.machine()} {sys.platform}, dtype {args.dtype}"
+    )
+    archs = ("mamba1", "mamba2") if args.arch == "both" else (args.arch,)
+    for arch in archs:
+        rows = Rows()
+        if sections & {"prefill", "decode"}:
+            bench_inference(_cfg_130m(arch, args.layers), args, rows, sections)
+        if "train" in sections:
             bench_train(arch, args, rows)
-        _print(rows)
-        rows.clear()
+        if "memory" in sections:
+            bench_memory(arch, args, rows)
+        if "long" in sections:
+            bench_long(arch, args, rows)
+        rows.table()
     return 0
-
-
-def _print(rows) -> None:
-    base = {}
-    for arch, what, impl, tps in rows:
-        base.setdefault((arch, what.split(" ")[0]), {})[impl] = tps
-    print(f"| {'arch':6} | {'row':36} | {'implementation':34} | {'tok/s':>8} | {'vs mlx-lm':>9} |")
-    print(f"|{'-' * 8}|{'-' * 38}|{'-' * 36}|{'-' * 10}|{'-' * 11}|")
-    for arch, what, impl, tps in rows:
-        ref = [v for k, v in base[(arch, what.split(" ")[0])].items() if k.startswith("mlx-lm")]
-        ratio = f"{tps / ref[0]:.2f}x" if impl == "mamba-core" and ref else ""
-        print(f"| {arch:6} | {what:36} | {impl:34} | {tps:8.2f} | {ratio:>9} |", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,38 +1,49 @@
 """Benchmark the torch backend beside HF transformers' pure-torch path and mamba.py (``mambapy``).
 
-A script, not a test. One run prints, on the same machine: the measured memory bandwidth and matmul
-GFLOP/s; prefill tok/s (130m shape, L=256 and 2048, batch 1; "forward" = all logits, "prefill" =
-states + last logits, what generate runs); decode tok/s (130m shape, batch 1 and 16) with its
-bandwidth limit (bytes of weights read per step / measured bandwidth);
-training step tok/s and peak memory (d_model 256, 4 layers, batch 4, L 1024, vocab 256; forward +
-backward of the mean cross-entropy; each measured in a fresh subprocess, peak = max RSS minus the
-RSS before the first step). Random weights throughout.
+A script, not a test. One run prints, on the same machine, each figure beside its peers and its
+physical limit, measured in the same round-robin as the implementations:
+
+* prefill tok/s (130m shape, L=256 and 2048, batch 1; "forward" = all logits, "prefill" = states +
+  last logits, what generate runs) beside ``sgemm``: a float32 matmul of the in_proj shape
+  (L x d_model) @ (d_model x d_in_proj), whose GFLOP/s bound the projections;
+* decode tok/s (130m shape, batch 1 and 16) beside ``copy``: a 256 MB copy, whose bandwidth over the
+  bytes of weights read per step bounds batch-1 decode;
+* training step tok/s and peak memory (d_model 256, 4 layers, batch 4, L 1024, vocab 256; forward +
+  backward of the mean cross-entropy; each implementation in fresh subprocesses, alternating;
+  peak = VmHWM minus the RSS before the first step);
+* long prompts: ``prefill(model, ids)`` (chunked, states carried in the cache) of a 64k-token prompt
+  on the 130m shape (ours only; the peers' one-shot forward of 64k tokens needs > 10 GiB), tok/s and
+  the process's peak RSS while it runs (VmHWM restarted after building the model; weights and the
+  torch runtime included) in a fresh subprocess.
+
+Every figure is the minimum over repeats taken round-robin (shared-machine load hits all alike),
+with its spread (max - min) / min; a spread over 10% is flagged "NOISY". A summary table in
+README form closes the run. Random weights throughout.
 
 Peers: ``hf`` = transformers ``MambaForCausalLM`` / ``Mamba2ForCausalLM`` (CPU torch path),
 ``hf-pscan`` = the same Mamba-1 model with ``use_mambapy=True`` (training only; plain ``hf``
 Mamba-1 training runs a per-token autograd loop, > 15 min a step here, so only with --impl hf),
 ``mambapy`` = ``mambapy.mamba.Mamba`` (pscan) with an embedding and tied head (Mamba-1 only:
-``mambapy.mamba2`` needs einops). Other engineers share the 2 cores: prefill and decode run the
-implementations round-robin and keep each one's best time, so load hits all of them alike.
+``mambapy.mamba2`` needs einops).
 
 Usage:
-    python benchmarks/bench_torch.py                      # everything (long: ~15-30 min on 2 cores)
-    python benchmarks/bench_torch.py --quick              # fewer repeats, L=2048 prefill skipped
+    python benchmarks/bench_torch.py                      # everything (long: ~30-45 min on 2 cores)
+    python benchmarks/bench_torch.py --quick              # fewer repeats, L=2048 prefill skipped,
+                                                          # long prompt 4096 tokens
     python benchmarks/bench_torch.py --only machine,decode --arch mamba1 --impl ours,hf
+    python benchmarks/bench_torch.py --only long --long-prompt 65536 --long-chunk 4096
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import subprocess
 import sys
 import time
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -53,21 +64,37 @@ def cfg_train(arch: str):
     return _cfg(arch, d_model=256, n_layer=4, vocab_size=256, pad_vocab_size_multiple=8)
 
 
-def timed(fn, repeats: int) -> float:
-    best = math.inf
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+NOISY = 0.10  # spread above which a figure is flagged
 
 
-def report(section: str, arch: str, impl: str, what: str, value: float, unit: str, extra=""):
-    row = dict(section=section, arch=arch, impl=impl, what=what, value=value, unit=unit,
-               extra=extra)
+def spread(times) -> float:
+    """(max - min) / min of repeated timings: how much the shared machine disturbed them."""
+    return (max(times) - min(times)) / min(times) if len(times) > 1 else 0.0
+
+
+def report(section: str, arch: str, impl: str, what: str, value: float, unit: str, extra="", times=None):
+    sp = spread(times) if times else 0.0
+    noisy = " NOISY" if sp > NOISY else ""
+    row = dict(
+        section=section, arch=arch, impl=impl, what=what, value=value, unit=unit, extra=extra, spread=sp
+    )
     ROWS.append(row)
-    print(f"{section:8s} {arch:7s} {impl:9s} {what:22s} {value:10.2f} {unit:8s} {extra}",
-          flush=True)
+    print(
+        f"{section:8s} {arch:7s} {impl:9s} {what:22s} {value:10.2f} {unit:8s} "
+        f"(spread {sp:4.0%}{noisy}) {extra}",
+        flush=True,
+    )
+
+
+def _interleaved(fns: dict, reps: int) -> dict:
+    """All times of each callable, run round-robin so shared-machine load hits all alike."""
+    times = {k: [] for k in fns}
+    for _ in range(reps):
+        for key, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            times[key].append(time.perf_counter() - t)
+    return times
 
 
 # ---------------------------------------------------------------------------------------------
@@ -108,8 +135,7 @@ def build(impl: str, arch: str, cfg, *, train: bool = False):
 
             def step(tok):
                 out = m(tok[:, None], cache_params=state["cache"], use_cache=True)
-                state["cache"] = out.cache_params if hasattr(out, "cache_params") else (
-                    out.past_key_values)
+                state["cache"] = out.cache_params if hasattr(out, "cache_params") else (out.past_key_values)
                 return out.logits[:, -1]
 
             return step
@@ -124,8 +150,7 @@ def build(impl: str, arch: str, cfg, *, train: bool = False):
         class MambapyLM(torch.nn.Module):
             def __init__(self):
                 super().__init__()
-                mc = MambaConfig(d_model=cfg.d_model, n_layers=cfg.n_layer, d_state=cfg.d_state,
-                                 pscan=True)
+                mc = MambaConfig(d_model=cfg.d_model, n_layers=cfg.n_layer, d_state=cfg.d_state, pscan=True)
                 self.embedding = torch.nn.Embedding(cfg.vocab_size_padded, cfg.d_model)
                 self.mamba = Mamba(mc)
                 self.norm_f = torch.nn.RMSNorm(cfg.d_model, eps=1e-5)
@@ -137,8 +162,9 @@ def build(impl: str, arch: str, cfg, *, train: bool = False):
 
             def decoder(self, batch):
                 e, n, k = 2 * cfg.d_model, cfg.d_state, cfg.d_conv
-                caches = [(torch.zeros(batch, e, n), torch.zeros(batch, e, k - 1))
-                          for _ in range(cfg.n_layer)]
+                caches = [
+                    (torch.zeros(batch, e, n), torch.zeros(batch, e, k - 1)) for _ in range(cfg.n_layer)
+                ]
 
                 def step(tok):
                     nonlocal caches
@@ -173,41 +199,47 @@ def impls_for(arch: str, wanted: list[str], section: str, explicit: bool = False
 # ---------------------------------------------------------------------------------------------
 
 
-def bench_machine(args) -> dict:
-    n = 64 * 1024 * 1024  # 256 MB of float32
-    x = torch.ones(n)
-    y = torch.empty(n)
-    t_read = timed(lambda: x.sum(), 5)
-    t_copy = timed(lambda: y.copy_(x), 5)
-    bw_read = n * 4 / t_read / 1e9
-    report("machine", "-", "-", "read bandwidth", bw_read, "GB/s")
-    report("machine", "-", "-", "copy bandwidth", 2 * n * 4 / t_copy / 1e9, "GB/s")
-    s = 2048
-    a, b = torch.randn(s, s), torch.randn(s, s)
-    t_mm = timed(lambda: a @ b, 5)
-    gflops = 2 * s**3 / t_mm / 1e9
-    report("machine", "-", "-", "sgemm 2048", gflops, "GFLOP/s")
-    return {"bw": bw_read, "gflops": gflops}
+_COPY_ELEMS = 64 * 1024 * 1024  # 256 MB of float32: far beyond any cache
+
+
+def copy_probe():
+    """-> (fn, bytes moved per call): a large copy, the bandwidth a decode step can hope for."""
+    x = torch.ones(_COPY_ELEMS)
+    y = torch.empty(_COPY_ELEMS)
+    return (lambda: y.copy_(x)), 2 * _COPY_ELEMS * 4
+
+
+def sgemm_probe(rows: int, d_in: int, d_out: int):
+    """-> (fn, flops per call): a float32 matmul of a projection's shape."""
+    a, w = torch.randn(rows, d_in), torch.randn(d_in, d_out)
+    return (lambda: a @ w), 2 * rows * d_in * d_out
+
+
+def bench_machine(args) -> None:
+    reps = 3 if args.quick else 5
+    copy, nbytes = copy_probe()
+    square, flops = sgemm_probe(2048, 2048, 2048)
+    times = _interleaved({"copy": copy, "sgemm": square}, reps)
+    report(
+        "machine", "-", "copy", "copy 256 MB", nbytes / min(times["copy"]) / 1e9, "GB/s", times=times["copy"]
+    )
+    report(
+        "machine",
+        "-",
+        "sgemm",
+        "sgemm 2048^3",
+        flops / min(times["sgemm"]) / 1e9,
+        "GFLOP/s",
+        times=times["sgemm"],
+    )
 
 
 def _weight_bytes(model) -> int:
-    # bytes a decode step reads: every parameter except the embedding rows (the tied head reads
-    # the embedding once as a matrix)
+    # bytes a decode step reads: every parameter (the tied head reads the embedding once as a matrix)
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def _interleaved(fns: dict, reps: int) -> dict:
-    """Best time of each callable, run round-robin so shared-machine load hits all alike."""
-    best = dict.fromkeys(fns, math.inf)
-    for _ in range(reps):
-        for key, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            best[key] = min(best[key], time.perf_counter() - t)
-    return best
-
-
-def bench_prefill(args, machine):
+def bench_prefill(args):
     lengths = [256] if args.quick else [256, 2048]
     for arch in args.arch:
         cfg = cfg_130m(arch)
@@ -223,19 +255,43 @@ def bench_prefill(args, machine):
             for impl, (_, fwd, _, prefill) in built.items():
                 fns[(impl, "forward")] = lambda f=fwd, x=ids: f(x)
                 fns[(impl, "prefill")] = lambda f=prefill, x=ids: f(x)
+            sgemm, sgemm_flops = sgemm_probe(seqlen, cfg.d_model, cfg.d_in_proj)
+            fns[("sgemm", "limit")] = sgemm
             with torch.inference_mode():
                 for _, fwd, _, _ in built.values():
                     fwd(ids[:, :16])
-                best = _interleaved(fns, 2 if args.quick or seqlen > 256 else 3)
-            for (impl, what), t in best.items():
+                times = _interleaved(fns, 2 if args.quick or seqlen > 256 else 3)
+            sgemm_times = times.pop(("sgemm", "limit"))
+            peak = sgemm_flops / min(sgemm_times) / 1e9
+            limit = peak * 1e9 / (2 * n_params)  # tok/s if every parameter ran at the sgemm rate
+            report(
+                "prefill",
+                arch,
+                "sgemm",
+                f"in_proj matmul L={seqlen}",
+                peak,
+                "GFLOP/s",
+                f"({seqlen}x{cfg.d_model})@({cfg.d_model}x{cfg.d_in_proj}); "
+                f"all params at this rate = {limit:.0f} tok/s",
+                times=sgemm_times,
+            )
+            for (impl, what), ts in times.items():
+                t = min(ts)
                 flops = 2 * (n_params - (head if what == "prefill" else 0)) * seqlen
-                report("prefill", arch, impl, f"{what} L={seqlen}", seqlen / t, "tok/s",
-                       f"{t:.2f}s; matmul {flops / t / 1e9:.0f} GFLOP/s = "
-                       f"{flops / t / 1e9 / machine['gflops']:.0%} of sgemm")
+                report(
+                    "prefill",
+                    arch,
+                    impl,
+                    f"{what} L={seqlen}",
+                    seqlen / t,
+                    "tok/s",
+                    f"{t:.2f}s; matmul {flops / t / 1e9:.0f} GFLOP/s = {flops / t / 1e9 / peak:.0%} of sgemm",
+                    times=ts,
+                )
         del built
 
 
-def bench_decode(args, machine):
+def bench_decode(args):
     steps = 8 if args.quick else 16
     rounds = 3 if args.quick else 5
     for arch in args.arch:
@@ -244,9 +300,10 @@ def bench_decode(args, machine):
         for impl in impls_for(arch, args.impl, "decode"):
             torch.manual_seed(0)
             built[impl] = build(impl, arch, cfg)
-        limit = machine["bw"] * 1e9 / _weight_bytes(built[next(iter(built))][0])
+        weight_bytes = _weight_bytes(built[next(iter(built))][0])
         for batch in (1, 16):
-            fns = {}
+            copy, nbytes = copy_probe()
+            fns = {"copy": copy}
             with torch.inference_mode():
                 for impl, (_, _, dec, _) in built.items():
                     step = dec(batch)
@@ -259,12 +316,32 @@ def bench_decode(args, machine):
                             tok = step(tok).argmax(-1)
 
                     fns[impl] = run
-                best = _interleaved(fns, rounds)
-            for impl, t in best.items():
-                t = t / steps
-                report("decode", arch, impl, f"batch={batch}", batch / t, "tok/s",
-                       f"{1 / t:.1f} steps/s = {1 / t / limit:.0%} of bandwidth limit "
-                       f"{limit:.1f} steps/s")
+                times = _interleaved(fns, rounds)
+            copy_times = times.pop("copy")
+            bw = nbytes / min(copy_times)
+            limit = bw / weight_bytes  # steps/s if a step only read its weights once
+            report(
+                "decode",
+                arch,
+                "copy",
+                f"bandwidth batch={batch}",
+                bw / 1e9,
+                "GB/s",
+                f"/ {weight_bytes / 1e6:.0f} MB of weights = limit {limit:.1f} steps/s",
+                times=copy_times,
+            )
+            for impl, ts in times.items():
+                t = min(ts) / steps
+                report(
+                    "decode",
+                    arch,
+                    impl,
+                    f"batch={batch}",
+                    batch / t,
+                    "tok/s",
+                    f"{1 / t:.1f} steps/s = {1 / t / limit:.0%} of bandwidth limit {limit:.1f} steps/s",
+                    times=ts,
+                )
         del built
 
 
@@ -290,7 +367,33 @@ def _train_child(impl: str, arch: str, steps: int) -> dict:
         t = time.perf_counter()
         step()
         times.append(time.perf_counter() - t)
-    return {"time": min(times), "peak": max(0, _peak_rss() - base)}
+    return {"times": times[1:] if len(times) > 1 else times, "peak": max(0, _peak_rss() - base)}
+
+
+def _long_child(arch: str, length: int, chunk: int) -> dict:
+    """Chunked prefill of a ``length``-token prompt on the 130m shape; peak = this process's VmHWM."""
+    from mamba_core.backends.torch import build_model, prefill
+
+    cfg = cfg_130m(arch)
+    model = build_model(cfg, seed=0, device="cpu")
+    ids = torch.randint(0, cfg.vocab_size, (1, length))
+    with torch.inference_mode():
+        prefill(model, ids[:, :64], chunk_size=chunk)  # warm-up
+        _reset_peak_rss()  # building the model (float64 init) peaks higher than serving it
+        t = time.perf_counter()
+        logits, cache = prefill(model, ids, chunk_size=chunk)
+        elapsed = time.perf_counter() - t
+    assert cache.seqlen_offset == length and bool(torch.isfinite(logits).all())
+    return {"time": elapsed, "peak": _peak_rss(), "weights": _weight_bytes(model)}
+
+
+def _reset_peak_rss() -> None:
+    """Restart VmHWM from the current RSS (Linux >= 4.0: ``echo 5 > /proc/self/clear_refs``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
 
 
 def _peak_rss() -> int:
@@ -306,30 +409,126 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def bench_train(args, machine):
+def _child(*argv) -> dict | None:
+    res = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True)
+    if res.returncode != 0:
+        print(f"{' '.join(argv)} failed:\n{res.stderr[-2000:]}", flush=True)
+        return None
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def bench_train(args):
     steps = 2 if args.quick else 3
+    rounds = 1 if args.quick else 2
     for arch in args.arch:
-        for impl in impls_for(arch, args.impl, "train", explicit=args.impl_explicit):
-            cmd = [sys.executable, __file__, "--_train-child", impl, arch, str(steps)]
-            res = subprocess.run(cmd, capture_output=True, text=True)
-            if res.returncode != 0:
-                print(f"train {arch} {impl} failed:\n{res.stderr[-2000:]}", flush=True)
+        impls = impls_for(arch, args.impl, "train", explicit=args.impl_explicit)
+        times = {impl: [] for impl in impls}
+        peaks = {impl: 0 for impl in impls}
+        for _ in range(rounds):  # alternate fresh subprocesses: load hits all alike
+            for impl in impls:
+                r = _child("--_train-child", impl, arch, str(steps))
+                if r is not None:
+                    times[impl] += r["times"]
+                    peaks[impl] = max(peaks[impl], r["peak"])
+        for impl in impls:
+            if not times[impl]:
                 continue
-            r = json.loads(res.stdout.strip().splitlines()[-1])
-            report("train", arch, impl, "step (4x1024 tok)", 4 * 1024 / r["time"], "tok/s",
-                   f"{r['time']:.2f}s/step, peak {r['peak'] / 2**30:.2f} GiB")
+            t = min(times[impl])
+            report(
+                "train",
+                arch,
+                impl,
+                "step (4x1024 tok)",
+                4 * 1024 / t,
+                "tok/s",
+                f"{t:.2f}s/step, peak {peaks[impl] / 2**30:.2f} GiB",
+                times=times[impl],
+            )
+            ROWS[-1]["peak_gib"] = peaks[impl] / 2**30
+
+
+def bench_long(args):
+    length = args.long_prompt or (4096 if args.quick else 65536)
+    for arch in args.arch:
+        r = _child("--_long-child", arch, str(length), str(args.long_chunk))
+        if r is None:
+            continue
+        report(
+            "long",
+            arch,
+            "ours",
+            f"prefill L={length}",
+            length / r["time"],
+            "tok/s",
+            f"{r['time']:.1f}s, chunk {args.long_chunk}; peak RSS {r['peak'] / 2**30:.2f} GiB "
+            f"(weights {r['weights'] / 2**30:.2f} GiB)",
+        )
+        ROWS[-1]["peak_gib"] = r["peak"] / 2**30
+
+
+PEERS = ("hf", "hf-pscan", "mambapy")
+
+
+def summary() -> None:
+    """Each figure beside its peers, the best peer ratio and the limit, as a Markdown table."""
+    limits = {}
+    for r in ROWS:
+        if r["impl"] == "sgemm" and r["section"] == "prefill":
+            limits[(r["arch"], r["what"].split()[-1])] = f"sgemm {r['value']:.0f} GFLOP/s"
+        if r["impl"] == "copy" and r["section"] == "decode":
+            limits[(r["arch"], r["what"].split()[-1])] = r["extra"].split("= ")[-1]
+    groups: dict = {}
+    for r in ROWS:
+        if r["impl"] in ("copy", "sgemm"):
+            continue
+        groups.setdefault((r["section"], r["arch"], r["what"], r["unit"]), {})[r["impl"]] = r
+
+    def cell(r):
+        if r is None:
+            return "—"
+        txt = f"{r['value']:.1f}"
+        if "peak_gib" in r:
+            txt += f", {r['peak_gib']:.2f} GiB"
+        return txt + (" (noisy)" if r["spread"] > NOISY else "")
+
+    print("\n| measure | mamba-core | " + " | ".join(PEERS) + " | vs best peer | limit |")
+    print("|---|---|" + "---|" * len(PEERS) + "---|---|")
+    for (section, arch, what, unit), by in groups.items():
+        ours = by.get("ours")
+        peers = [by[p]["value"] for p in PEERS if p in by]
+        ratio = f"{ours['value'] / max(peers):.2f}x" if ours and peers else "—"
+        key = (arch, what.split()[-1])
+        print(
+            f"| {arch} {section} {what} ({unit}) | {cell(ours)} | "
+            + " | ".join(cell(by.get(p)) for p in PEERS)
+            + f" | {ratio} | {limits.get(key, '—')} |"
+        )
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="fewer repeats; no L=2048 prefill")
-    p.add_argument("--only", default="machine,prefill,decode,train",
-                   help="comma list of sections: machine, prefill, decode, train")
+    p.add_argument(
+        "--quick", action="store_true", help="fewer repeats; no L=2048 prefill; long prompt 4096 tokens"
+    )
+    p.add_argument(
+        "--only",
+        default="machine,prefill,decode,train,long",
+        help="comma list of sections: machine, prefill, decode, train, long",
+    )
+    p.add_argument(
+        "--long-prompt",
+        type=int,
+        default=None,
+        help="tokens of the long-prompt prefill (default 65536; 4096 with --quick)",
+    )
+    p.add_argument("--long-chunk", type=int, default=2048, help="chunk_size of the long prefill")
     p.add_argument("--arch", default="mamba1,mamba2", help="comma list: mamba1, mamba2")
-    p.add_argument("--impl", default="ours,hf,hf-pscan,mambapy",
-                   help="comma list: ours, hf, hf-pscan, mambapy")
+    p.add_argument(
+        "--impl", default="ours,hf,hf-pscan,mambapy", help="comma list: ours, hf, hf-pscan, mambapy"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     p.add_argument("--_train-child", nargs=3, help=argparse.SUPPRESS)
+    p.add_argument("--_long-child", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -337,20 +536,30 @@ def main() -> None:
         impl, arch, steps = args._train_child
         print(json.dumps(_train_child(impl, arch, int(steps))))
         return
+    if args._long_child:
+        arch, length, chunk = args._long_child
+        print(json.dumps(_long_child(arch, int(length), int(chunk))))
+        return
     args.arch = args.arch.split(",")
     args.impl_explicit = "--impl" in sys.argv
     args.impl = args.impl.split(",")
     sections = args.only.split(",")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{os.cpu_count()} CPUs; float32; random weights", flush=True)
-    machine = bench_machine(args)
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+        f"{os.cpu_count()} CPUs; float32; random weights",
+        flush=True,
+    )
+    if "machine" in sections:
+        bench_machine(args)
     if "prefill" in sections:
-        bench_prefill(args, machine)
+        bench_prefill(args)
     if "decode" in sections:
-        bench_decode(args, machine)
+        bench_decode(args)
     if "train" in sections:
-        bench_train(args, machine)
-    np.set_printoptions(precision=2)
+        bench_train(args)
+    if "long" in sections:
+        bench_long(args)
+    summary()
 
 
 if __name__ == "__main__":

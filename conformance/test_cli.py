@@ -20,14 +20,22 @@ from mamba_core.cli import COMMANDS
 from mamba_core.registry import available_backends, choose_backend
 
 BACKENDS_HERE = [name for name, reason in available_backends().items() if reason is None]
-needs_shipped = pytest.mark.skipif(not (SHIPPED_MODEL / "model.safetensors").exists(),
-                                   reason=f"no shipped model in {SHIPPED_MODEL}")
+needs_shipped = pytest.mark.skipif(
+    not (SHIPPED_MODEL / "model.safetensors").exists(), reason=f"no shipped model in {SHIPPED_MODEL}"
+)
 
 
 def mamba_core_cli(*args: str, stdin: str | None = None, cwd=None) -> subprocess.CompletedProcess:
     env = {**os.environ, "MAMBA_CORE_PROGRESS": "0"}
-    return subprocess.run([sys.executable, "-m", "mamba_core", *args], input=stdin, capture_output=True,
-                          text=True, env=env, cwd=cwd, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "mamba_core", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=300,
+    )
 
 
 def _one_line_error(proc: subprocess.CompletedProcess, command: str, *words: str) -> None:
@@ -79,6 +87,17 @@ def test_generate_shipped_model_same_greedy_text_on_every_backend():
 
 
 @needs_shipped
+def test_generate_compile_same_greedy_text_as_eager():
+    """``--compile`` reaches the decode step and changes the speed, not the text. One backend (MLX when
+    present: mx.compile takes a moment, inductor minutes); test_compiled_decode covers both compilers."""
+    for backend in sorted(BACKENDS_HERE, key=lambda b: b != "mlx")[:1]:
+        args = ("generate", "def fibonacci(", "--backend", backend, "--max-tokens", "8")
+        eager, compiled = mamba_core_cli(*args), mamba_core_cli(*args, "--compile")
+        assert eager.returncode == 0 and compiled.returncode == 0, compiled.stderr
+        assert compiled.stdout == eager.stdout, (backend, eager.stdout, compiled.stdout)
+
+
+@needs_shipped
 def test_generate_says_which_backend_and_why():
     named = mamba_core_cli("generate", "x", "--max-tokens", "2", "--backend", BACKENDS_HERE[0])
     assert named.returncode == 0, named.stderr
@@ -91,8 +110,19 @@ def test_generate_says_which_backend_and_why():
 
 @needs_shipped
 def test_generate_reads_stdin_and_samples_with_a_seed():
-    args = ("generate", "--max-tokens", "24", "--temperature", "0.8", "--top-k", "40", "--seed", "7",
-            "--backend", BACKENDS_HERE[0])
+    args = (
+        "generate",
+        "--max-tokens",
+        "24",
+        "--temperature",
+        "0.8",
+        "--top-k",
+        "40",
+        "--seed",
+        "7",
+        "--backend",
+        BACKENDS_HERE[0],
+    )
     first = mamba_core_cli(*args, stdin="import os\n")
     second = mamba_core_cli(*args, stdin="import os\n")
     assert first.returncode == 0, first.stderr
@@ -141,9 +171,34 @@ def test_inspect_missing_path_is_a_one_line_error(tmp_path):
 
 # ---- train --------------------------------------------------------------------------------------------
 
-TINY = ("--d-model", "32", "--n-layer", "1", "--d-state", "8", "--headdim", "16", "--chunk-size", "16",
-        "--steps", "6", "--batch-size", "2", "--seq-len", "16", "--warmup", "1", "--eval-every", "3",
-        "--eval-batches", "1", "--save-every", "2", "--log-every", "1")
+TINY = (
+    "--d-model",
+    "32",
+    "--n-layer",
+    "1",
+    "--d-state",
+    "8",
+    "--headdim",
+    "16",
+    "--chunk-size",
+    "16",
+    "--steps",
+    "6",
+    "--batch-size",
+    "2",
+    "--seq-len",
+    "16",
+    "--warmup",
+    "1",
+    "--eval-every",
+    "3",
+    "--eval-batches",
+    "1",
+    "--save-every",
+    "2",
+    "--log-every",
+    "1",
+)
 
 
 def test_train_then_resume(tmp_path):
@@ -162,8 +217,23 @@ def test_train_then_resume(tmp_path):
     assert state["step"] == 6 and len(state["train_losses"]) == 6
     gen = mamba_core_cli("generate", "hello", "--model", str(out), "--max-tokens", "5")
     assert gen.returncode == 0 and gen.stdout.startswith("hello")
-    tuned = mamba_core_cli("train", "notes.txt", "--from", str(out), "--out", "tuned", "--steps", "2",
-                           "--batch-size", "2", "--seq-len", "16", "--eval-batches", "1", cwd=tmp_path)
+    tuned = mamba_core_cli(
+        "train",
+        "notes.txt",
+        "--from",
+        str(out),
+        "--out",
+        "tuned",
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "16",
+        "--eval-batches",
+        "1",
+        cwd=tmp_path,
+    )
     assert tuned.returncode == 0, tuned.stderr
     tuned_state = json.loads((tmp_path / "tuned" / "trainer_state.json").read_text())
     assert tuned_state["init_from"] == str(out)
@@ -171,10 +241,14 @@ def test_train_then_resume(tmp_path):
 
 
 def test_train_bad_input_is_a_one_line_error(tmp_path):
-    _one_line_error(mamba_core_cli("train", str(tmp_path / "absent.txt"), "--out", str(tmp_path / "o")),
-                    "train", "absent.txt")
-    _one_line_error(mamba_core_cli("train", "--stdlib", "--out", str(tmp_path / "o"), "--steps", "0"),
-                    "train", "steps")
+    _one_line_error(
+        mamba_core_cli("train", str(tmp_path / "absent.txt"), "--out", str(tmp_path / "o")),
+        "train",
+        "absent.txt",
+    )
+    _one_line_error(
+        mamba_core_cli("train", "--stdlib", "--out", str(tmp_path / "o"), "--steps", "0"), "train", "steps"
+    )
 
 
 # ---- bench --------------------------------------------------------------------------------------------
@@ -188,11 +262,24 @@ def test_bench_prints_a_table():
     assert "prefill tok/s" in proc.stdout
     for backend in BACKENDS_HERE:
         assert any(line.startswith(backend) for line in proc.stdout.splitlines())
-    rows = json.loads(mamba_core_cli("bench", "--backend", BACKENDS_HERE[0], "--prompt-len", "8",
-                                     "--new-tokens", "3", "--repeat", "1", "--json").stdout)
+    rows = json.loads(
+        mamba_core_cli(
+            "bench",
+            "--backend",
+            BACKENDS_HERE[0],
+            "--prompt-len",
+            "8",
+            "--new-tokens",
+            "3",
+            "--repeat",
+            "1",
+            "--json",
+        ).stdout
+    )
     assert rows[0]["decode_tok_s"] > 0 and rows[0]["prefill_tok_s"] > 0
 
 
 def test_bench_bad_size_is_a_one_line_error():
-    _one_line_error(mamba_core_cli("bench", "--new-tokens", "1", "--backend", BACKENDS_HERE[0]), "bench",
-                    "--new-tokens")
+    _one_line_error(
+        mamba_core_cli("bench", "--new-tokens", "1", "--backend", BACKENDS_HERE[0]), "bench", "--new-tokens"
+    )

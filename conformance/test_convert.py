@@ -157,7 +157,7 @@ def test_mlx_lm_loads_mlx_lm_output(arch, tmp_path):
     from mlx_lm.utils import load_model
 
     mb = require_backend("mlx")
-    # mlx-lm's gated norm ignores groups (spec-notes §6.3.3): ngroups 1 for a logits comparison
+    # mlx-lm's gated norm ignores groups (docs/spec.md §6.3.3): ngroups 1 for a logits comparison
     cfg = tiny_mamba1(tie_embeddings=False) if arch == "mamba1" else tiny_mamba2(ngroups=1)
     write_source("hf-sharded", cfg, "float32", tmp_path / "src")
     dst = mamba_core.convert(tmp_path / "src", tmp_path / "mlx", to="mlx-lm", shard_size=40_000)
@@ -165,15 +165,25 @@ def test_mlx_lm_loads_mlx_lm_output(arch, tmp_path):
     theirs, _ = load_model(Path(dst))
     ours = mamba_core.load(dst, backend="mlx", device="cpu")
     ids = np.random.default_rng(3).integers(0, cfg.vocab_size, (2, 13))
-    check_close(mb.to_numpy(ours(mx.array(ids))), mb.to_numpy(theirs(mx.array(ids))),
-                2 * TOLERANCE["float32"], "ours vs mlx-lm")
-    check_close(mb.to_numpy(ours(mx.array(ids))), R.lm_forward(cfg, {k: mb.to_numpy(v) for k, v in
-                mb.export_tensors(ours).items()}, ids)[0], TOLERANCE["float32"], "ours vs reference")
+    check_close(
+        mb.to_numpy(ours(mx.array(ids))),
+        mb.to_numpy(theirs(mx.array(ids))),
+        2 * TOLERANCE["float32"],
+        "ours vs mlx-lm",
+    )
+    check_close(
+        mb.to_numpy(ours(mx.array(ids))),
+        R.lm_forward(cfg, {k: mb.to_numpy(v) for k, v in mb.export_tensors(ours).items()}, ids)[0],
+        TOLERANCE["float32"],
+        "ours vs reference",
+    )
     bf = mamba_core.convert(tmp_path / "src", tmp_path / "mlx-bf16", to="mlx-lm", dtype="bfloat16")
     theirs16, _ = load_model(Path(bf))
-    assert_same_bits(dict(tree_flatten(theirs16.parameters())),
-                     mb.export_tensors(mamba_core.load(bf, backend="mlx"), dialect="mlx-lm"),
-                     "mlx-lm's weights vs ours")
+    assert_same_bits(
+        dict(tree_flatten(theirs16.parameters())),
+        mb.export_tensors(mamba_core.load(bf, backend="mlx"), dialect="mlx-lm"),
+        "mlx-lm's weights vs ours",
+    )
 
 
 # ---- writing safely ----------------------------------------------------------------------------
@@ -237,8 +247,18 @@ def test_cli_convert_subprocess(tmp_path):
     src = tmp_path / "src"
     write_source("state-spaces-bin", CONFIGS["m1"], "float16", src)
     env = {**os.environ, "MAMBA_CORE_PROGRESS": "0"}
-    cmd = [sys.executable, "-m", "mamba_core", "convert", str(src), str(tmp_path / "out"), "--to", "mlx-lm",
-           "--shard-size", "20KB"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mamba_core",
+        "convert",
+        str(src),
+        str(tmp_path / "out"),
+        "--to",
+        "mlx-lm",
+        "--shard-size",
+        "20KB",
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     missing = re.search(r"No module named 'mamba_core\.commands\.(\w+)'", done.stderr)
     if missing and missing.group(1) != "convert":  # cli.py lists a command whose module has not landed
@@ -285,8 +305,9 @@ def test_save_bf16_bit_exact_and_sharded(target, dialect, tmp_path):
 def test_save_with_tokenizer_and_load_returns_it(target, tmp_path):
     from mamba_core.tokenizer import ByteTokenizer
 
-    model = target.module.build_model(tiny_mamba1(vocab_size=257, pad_vocab_size_multiple=1), seed=0,
-                                      device=target.device)
+    model = target.module.build_model(
+        tiny_mamba1(vocab_size=257, pad_vocab_size_multiple=1), seed=0, device=target.device
+    )
     path = mamba_core.save(model, tmp_path / "bytes", tokenizer=ByteTokenizer())
     loaded, tok = mamba_core.load(path, backend=target.backend, device=target.device, return_tokenizer=True)
     assert isinstance(tok, ByteTokenizer) and tok.decode(tok.encode("mamba")) == "mamba"

@@ -1,4 +1,4 @@
-"""The examples and the learning docs run, on small sizes (issue 8 item 4, issue 7 item 5).
+"""The examples and the learning docs run, on small sizes.
 
 ``examples/forecast.py``: a Linear + Mamba stack + Linear forecaster trained on each backend beats the
 last-value baseline by a clear margin on held-out series, and streaming it frame by frame gives the full
@@ -29,8 +29,18 @@ def test_forecast_example_beats_last_value_and_streams(target):
     if target.device != "cpu":
         pytest.skip("the example trains on cpu")
     forecast = _forecast_module()
-    result = forecast.run(target.backend, arch=ARCH[target.backend], steps=80, batch=8, length=64,
-                          d_model=32, n_layer=2, lr=5e-3, stream_frames=40, verbose=True)
+    result = forecast.run(
+        target.backend,
+        arch=ARCH[target.backend],
+        steps=80,
+        batch=8,
+        length=64,
+        d_model=32,
+        n_layer=2,
+        lr=5e-3,
+        stream_frames=40,
+        verbose=True,
+    )
     assert result["mse"] < 0.5 * result["baseline"], result
     assert result["stream_err"] < 1e-5, result
 

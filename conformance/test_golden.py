@@ -53,10 +53,16 @@ def test_reference_matches_golden(case):
     ids, expected, meta = _expected(case)
     plan = plan_checkpoint(GOLDEN / case)
     stored = load_file(str(GOLDEN / case / "model.safetensors"))
-    weights = {}
+    weights, experts = {}, {}
     for e in plan.entries:
         w = stored[e.source]
-        weights[e.canonical] = w if e.transpose is None else np.transpose(w, e.transpose)
+        w = w if e.transpose is None else np.transpose(w, e.transpose)
+        if e.expert is None:
+            weights[e.canonical] = w
+        else:  # a family checkpoint's per-expert tensor: stacked in expert order
+            experts.setdefault(e.canonical, {})[e.expert] = w
+    for name, parts in experts.items():
+        weights[name] = np.stack([parts[j] for j in sorted(parts)])
     logits, _ = R.lm_forward(plan.config, weights, ids)
     for producer, theirs in expected.items():
         check_close(logits, theirs, TOLERANCE["float32"], f"{case}: reference vs {_label(producer, meta)}")

@@ -21,7 +21,7 @@ from conftest import SELECTED_BACKENDS
 
 import mamba_core
 from mamba_core import reference as R
-from mamba_core.errors import CheckpointError, UnsupportedError
+from mamba_core.errors import CheckpointError
 from mamba_core.layout import expand_layout
 from mamba_core.testing import TOLERANCE, check_close, make_hf_cache, tiny_mamba1, tiny_mamba2
 
@@ -39,10 +39,18 @@ KINDS = (
 )
 CONFIGS = {"m1": tiny_mamba1(), "m2": tiny_mamba2(tie_embeddings=False)}
 _TORCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-_CONFIG_DIALECT = {"state-spaces-bin": "state-spaces", "state-spaces-bin-sharded": "state-spaces",
-                   "hf-sharded": "hf"}
-_METADATA = {"state-spaces": {"format": "pt"}, "hf": {"format": "pt"}, "hf-sharded": {"format": "pt"},
-             "mlx-lm": {"format": "mlx"}, "mamba-core": {"format": "mamba-core", "layout_version": "1"}}
+_CONFIG_DIALECT = {
+    "state-spaces-bin": "state-spaces",
+    "state-spaces-bin-sharded": "state-spaces",
+    "hf-sharded": "hf",
+}
+_METADATA = {
+    "state-spaces": {"format": "pt"},
+    "hf": {"format": "pt"},
+    "hf-sharded": {"format": "pt"},
+    "mlx-lm": {"format": "mlx"},
+    "mamba-core": {"format": "mamba-core", "layout_version": "1"},
+}
 
 
 def dialect_of(kind: str) -> str:
@@ -77,13 +85,23 @@ def write_source(kind: str, cfg, dtype: str, path, *, seed: int = 0) -> dict[str
         if cfg.tie_embeddings:  # torch.save of a tied state_dict: both names, one storage
             tensors["lm_head.weight"] = tensors["backbone.embedding.weight"]
         if kind.endswith("sharded"):
-            _write_shards(path, tensors, "pytorch_model-{:05d}-of-00002.bin", "pytorch_model.bin.index.json",
-                          lambda part, f: torch.save(part, f))
+            _write_shards(
+                path,
+                tensors,
+                "pytorch_model-{:05d}-of-00002.bin",
+                "pytorch_model.bin.index.json",
+                lambda part, f: torch.save(part, f),
+            )
         else:
             torch.save(tensors, path / "pytorch_model.bin")
     elif kind.endswith("sharded"):
-        _write_shards(path, tensors, "model-{:05d}-of-00002.safetensors", "model.safetensors.index.json",
-                      lambda part, f: safetensors_torch.save_file(part, str(f), metadata=_METADATA[kind]))
+        _write_shards(
+            path,
+            tensors,
+            "model-{:05d}-of-00002.safetensors",
+            "model.safetensors.index.json",
+            lambda part, f: safetensors_torch.save_file(part, str(f), metadata=_METADATA[kind]),
+        )
     else:
         safetensors_torch.save_file(tensors, str(path / "model.safetensors"), metadata=_METADATA[kind])
     return stored
@@ -141,13 +159,20 @@ def test_every_dialect_loads_with_reference_logits(target, kind, cfg_id, dtype, 
 def test_single_weight_file_and_forced_dialect(target, dtype, tmp_path):
     cfg = CONFIGS["m1"]
     ids = np.arange(7)[None] % cfg.vocab_size
-    for kind, file, dialect in [("state-spaces-bin", "pytorch_model.bin", None),
-                                ("mlx-lm", "model.safetensors", "mlx-lm")]:
+    for kind, file, dialect in [
+        ("state-spaces-bin", "pytorch_model.bin", None),
+        ("mlx-lm", "model.safetensors", "mlx-lm"),
+    ]:
         stored = write_source(kind, cfg, dtype, tmp_path / kind)
-        model = mamba_core.load(tmp_path / kind / file, backend=target.backend, device=target.device,
-                                dialect=dialect)
-        check_close(logits(target, model, ids), R.lm_forward(cfg, stored, ids)[0], 2 * TOLERANCE[dtype],
-                    f"{kind} as a single file")
+        model = mamba_core.load(
+            tmp_path / kind / file, backend=target.backend, device=target.device, dialect=dialect
+        )
+        check_close(
+            logits(target, model, ids),
+            R.lm_forward(cfg, stored, ids)[0],
+            2 * TOLERANCE[dtype],
+            f"{kind} as a single file",
+        )
     with pytest.raises(CheckpointError, match="MLX layout"):
         mamba_core.load(tmp_path / "mlx-lm", backend=target.backend, dialect="hf")
 
@@ -164,18 +189,22 @@ def test_hub_id_from_offline_cache_with_tokenizer(target, tmp_path, monkeypatch)
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)
-    model, tok = mamba_core.load("someone/tiny-mamba2-hf", backend=target.backend, device=target.device,
-                                 return_tokenizer=True)
+    model, tok = mamba_core.load(
+        "someone/tiny-mamba2-hf", backend=target.backend, device=target.device, return_tokenizer=True
+    )
     assert tok.encode("hi hi") == [1, 1] and tok.eos_token_id == 0
     ids = np.array([[1, 5, 9, 2]])
-    check_close(logits(target, model, ids), R.lm_forward(cfg, stored, ids)[0], TOLERANCE["float32"],
-                "hub id")
+    check_close(logits(target, model, ids), R.lm_forward(cfg, stored, ids)[0], TOLERANCE["float32"], "hub id")
     # an official repo with only a pickled pytorch_model.bin, from the cache too
     stored = write_source("state-spaces-bin", CONFIGS["m1"], "float32", tmp_path / "bin")
     make_hf_cache(tmp_path / "hub", "someone/tiny-mamba", {p.name: p for p in (tmp_path / "bin").iterdir()})
     model = mamba_core.load("someone/tiny-mamba", backend=target.backend, device=target.device)
-    check_close(logits(target, model, ids), R.lm_forward(CONFIGS["m1"], stored, ids)[0],
-                TOLERANCE["float32"], "hub id, .bin")
+    check_close(
+        logits(target, model, ids),
+        R.lm_forward(CONFIGS["m1"], stored, ids)[0],
+        TOLERANCE["float32"],
+        "hub id, .bin",
+    )
     with pytest.raises(CheckpointError, match="not in the local Hugging Face cache"):
         mamba_core.load("someone/not-cached", backend=target.backend)
 
@@ -263,7 +292,8 @@ def test_mismatched_files_name_the_tensor(target, tmp_path):
     write_source("hf-sharded", cfg, "float32", d)
     write_source("hf-sharded", cfg.replace(d_state=4), "float32", tmp_path / "x")
     (d / "model-00001-of-00002.safetensors").write_bytes(
-        (tmp_path / "x" / "model-00001-of-00002.safetensors").read_bytes())
+        (tmp_path / "x" / "model-00001-of-00002.safetensors").read_bytes()
+    )
     err = _expect(target, d, r"A_log expected \(d_inner=64, d_state=8\), got \(64, 4\)")
     assert err.mismatched
     # an index that points at the wrong shard
@@ -274,20 +304,20 @@ def test_mismatched_files_name_the_tensor(target, tmp_path):
     _expect(target, d, rf"index .* does not match its shards.*{name}")
 
 
-def test_quantized_mlx_checkpoint_is_refused_with_the_path(target, tmp_path):
+def test_quantization_block_and_tensors_must_agree(target, tmp_path):
     cfg = CONFIGS["m1"]
     d = tmp_path / "q"
     write_source("mlx-lm", cfg, "float16", d)
     config = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text(json.dumps({**config, "quantization": {"group_size": 64, "bits": 4}}))
-    err = _expect(target, d, r"config\.json.*quantiz.*unquantized", UnsupportedError)
+    err = _expect(target, d, r"config\.json.*quantization block.*no module.*scales")
     assert str(d) in str(err)
     # without the config key, the *.scales / *.biases tensors still give it away
     (d / "config.json").write_text(json.dumps(config))
     sd = safetensors_torch.load_file(str(d / "model.safetensors"))
     sd["backbone.layers.0.mixer.in_proj.scales"] = torch.ones(2, dtype=torch.float16)
     safetensors_torch.save_file(sd, str(d / "model.safetensors"), metadata={"format": "mlx"})
-    _expect(target, d, r"in_proj\.scales.*quantized mlx-lm checkpoint.*unquantized")
+    _expect(target, d, r"in_proj\.scales.*MLX quantization parameters.*no 'quantization' block")
 
 
 def test_bin_without_torch_is_a_clear_error(tmp_path, monkeypatch):

@@ -23,6 +23,10 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "backends"
 ALLOWED: dict[tuple[str, str], str] = {
     ("sample.py", "prepare_inputs"): "sample.py is being reworked around SamplingSettings; align there",
     ("sample.py", "process_logits"): "sample.py is being reworked around SamplingSettings; align there",
+    ("quantized.py", "QuantizedLinear"): "MLX's own nn.QuantizedLinear under this name; torch defines it",
+    ("quantized.py", "QuantizedEmbedding"): "MLX's own nn.QuantizedEmbedding under this name; torch's own",
+    ("quantized.py", "Int8Linear"): "torch's int8 decode kernel (_weight_int8pack_mm); none in MLX",
+    ("quantized.py", "Int4Linear"): "torch's int4 decode kernel (tinygemm); MLX has no such kernel",
 }
 
 

@@ -106,8 +106,14 @@ def test_typed_errors():
     with pytest.raises(ValueError, match="max_new_tokens"):
         model.generate([[1, 2]], -1)
     with pytest.raises(ValueError, match="chunk_size"):
-        MB.ops.ssd_chunked(mx.ones((1, 2, 1, 1)), mx.ones((1, 2, 1)), -mx.ones(1),
-                           mx.ones((1, 2, 1, 1)), mx.ones((1, 2, 1, 1)), 0)
+        MB.ops.ssd_chunked(
+            mx.ones((1, 2, 1, 1)),
+            mx.ones((1, 2, 1)),
+            -mx.ones(1),
+            mx.ones((1, 2, 1, 1)),
+            mx.ones((1, 2, 1, 1)),
+            0,
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -121,15 +127,28 @@ def test_selective_scan_chunk_sizes(dtype, chunk, device, rng):
     """The chunked Mamba-1 scan gives the reference's answer whatever its internal chunk length."""
     b, length, e, n = 2, 45, 6, 3
     (u, delta, bm, cm, z), (um, dm, bmm, cmm, zm) = _inputs(
-        dtype, rng, (b, length, e), (b, length, e), (b, length, n), (b, length, n), (b, length, e))
+        dtype, rng, (b, length, e), (b, length, e), (b, length, n), (b, length, n), (b, length, e)
+    )
     A = -np.exp(rng.uniform(0, 2, (e, n)))
     D, bias, h0 = rng.normal(size=e), rng.normal(-2, 0.5, e), rng.normal(size=(b, e, n))
     f32 = [mx.array(v.astype(np.float32)) for v in (A, D, bias, h0)]
     A, D, bias, h0 = (v.astype(np.float32).astype(np.float64) for v in (A, D, bias, h0))
-    y, s = scan.selective_scan_chunked(um, dm, f32[0], bmm, cmm, D=f32[1], z=zm, delta_bias=f32[2],
-                                       delta_softplus=True, initial_state=f32[3], chunk_size=chunk)
-    ry, rs = R.selective_scan(u, delta, A, bm, cm, D=D, z=z, delta_bias=bias, delta_softplus=True,
-                              initial_state=h0)
+    y, s = scan.selective_scan_chunked(
+        um,
+        dm,
+        f32[0],
+        bmm,
+        cmm,
+        D=f32[1],
+        z=zm,
+        delta_bias=f32[2],
+        delta_softplus=True,
+        initial_state=f32[3],
+        chunk_size=chunk,
+    )
+    ry, rs = R.selective_scan(
+        u, delta, A, bm, cm, D=D, z=z, delta_bias=bias, delta_softplus=True, initial_state=h0
+    )
     assert y.dtype == mx.float32 and s.dtype == mx.float32  # mamba_core.op_dtypes
     check_close(_np(y), ry, TOLERANCE[dtype], f"selective_scan y chunk={chunk}")
     check_close(_np(s), rs, STATE_TOLERANCE, f"selective_scan state chunk={chunk}")
@@ -146,8 +165,9 @@ def test_generate_options_stream_and_seeds(rng):
     prompt = mx.array(rng.integers(0, cfg.vocab_size, (2, 6)))
     greedy = model.generate(prompt, max_new_tokens=8)
     assert greedy.shape == (2, 14) and greedy.dtype == mx.int32
-    np.testing.assert_array_equal(np.array(greedy), np.array(model.generate(
-        prompt, max_new_tokens=8, temperature=0.7, top_k=1, seed=3)))
+    np.testing.assert_array_equal(
+        np.array(greedy), np.array(model.generate(prompt, max_new_tokens=8, temperature=0.7, top_k=1, seed=3))
+    )
     streamed = np.stack([np.array(t) for t in model.stream(prompt, 8)], 1)
     np.testing.assert_array_equal(streamed, np.array(greedy)[:, 6:])
     kw = dict(temperature=1.3, top_k=20, top_p=0.9, min_p=0.01, repetition_penalty=1.2)
@@ -160,7 +180,7 @@ def test_generate_options_stream_and_seeds(rng):
     stop = int(np.array(greedy)[0, 8])
     out = np.array(model.generate(prompt, max_new_tokens=8, stop_tokens=[stop], pad_token_id=0))
     first = list(out[0, 6:]).index(stop)
-    assert (out[0, 6 + first + 1:] == 0).all()
+    assert (out[0, 6 + first + 1 :] == 0).all()
 
 
 def test_logit_processing_order():
@@ -224,9 +244,16 @@ def _mlx_lm_model(cfg, model):
     return theirs
 
 
-@pytest.mark.parametrize("cfg", [tiny_mamba1(), tiny_mamba1(tie_embeddings=False),
-                                 tiny_mamba2(ngroups=1), tiny_mamba2(ngroups=1, chunk_size=300)],
-                         ids=["m1", "m1-untied", "m2-g1", "m2-g1-q300"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        tiny_mamba1(),
+        tiny_mamba1(tie_embeddings=False),
+        tiny_mamba2(ngroups=1),
+        tiny_mamba2(ngroups=1, chunk_size=300),
+    ],
+    ids=["m1", "m1-untied", "m2-g1", "m2-g1-q300"],
+)
 def test_mlx_lm_parity(cfg, rng):
     model, weights = _model(cfg)
     ids = rng.integers(0, cfg.vocab_size, (2, 23))
@@ -238,7 +265,7 @@ def test_mlx_lm_parity(cfg, rng):
 
 def test_mlx_lm_gated_norm_ignores_groups(rng):
     """With ngroups > 1 mlx-lm's MambaRMSNormGated normalizes over all E channels instead of
-    groups of E/G (spec-notes §6.3.3): it departs from the reference, and ours follows the reference."""
+    groups of E/G (docs/spec.md §6.3.3): it departs from the reference, and ours follows the reference."""
     cfg = tiny_mamba2(ngroups=2)
     model, weights = MB.build_model(cfg, seed=0), None
     weights = {k: _np(v) for k, v in MB.export_tensors(model).items()}
@@ -249,16 +276,17 @@ def test_mlx_lm_gated_norm_ignores_groups(rng):
     assert np.abs(theirs - ref).max() / np.abs(ref).max() > 1e-3
 
 
-@pytest.mark.parametrize("cfg", [tiny_mamba1(), tiny_mamba2(tie_embeddings=False)],
-                         ids=["mamba1", "mamba2"])
+@pytest.mark.parametrize("cfg", [tiny_mamba1(), tiny_mamba2(tie_embeddings=False)], ids=["mamba1", "mamba2"])
 def test_load_hf_directory(cfg, tmp_path, rng):
     from safetensors.numpy import save_file
 
     import mamba_core
 
     weights = R.init_weights(cfg, np.random.default_rng(5))
-    hf = {("backbone.embeddings.weight" if k == "backbone.embedding.weight" else k): v
-          for k, v in weights.items()}
+    hf = {
+        ("backbone.embeddings.weight" if k == "backbone.embedding.weight" else k): v
+        for k, v in weights.items()
+    }
     save_file(hf, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict("hf")))
     model = mamba_core.load(tmp_path, backend="mlx")
@@ -276,8 +304,9 @@ def test_save_load_round_trip_bf16_bit_exact(dialect, tmp_path):
     model = MB.build_model(tiny_mamba2(), dtype="bfloat16", seed=0)
     mamba_core.save(model, tmp_path / "ckpt", dialect=dialect)
     loaded = mamba_core.load(tmp_path / "ckpt", backend="mlx")
-    for (n1, a), (n2, b) in zip(tree_flatten(model.parameters()), tree_flatten(loaded.parameters()),
-                                strict=True):
+    for (n1, a), (n2, b) in zip(
+        tree_flatten(model.parameters()), tree_flatten(loaded.parameters()), strict=True
+    ):
         assert n1 == n2 and a.dtype == b.dtype and mx.array_equal(a, b).item(), n1
 
 
@@ -287,8 +316,11 @@ def test_tied_head_that_differs_is_rejected(tmp_path):
     cfg = tiny_mamba1()
     weights = R.init_weights(cfg, np.random.default_rng(0))
     weights["lm_head.weight"] = weights["backbone.embedding.weight"] + 1.0
-    mx.save_safetensors(str(tmp_path / "model.safetensors"),
-                        {k: mx.array(v) for k, v in weights.items()}, metadata={"format": "pt"})
+    mx.save_safetensors(
+        str(tmp_path / "model.safetensors"),
+        {k: mx.array(v) for k, v in weights.items()},
+        metadata={"format": "pt"},
+    )
     (tmp_path / "config.json").write_text(json.dumps(cfg.to_dict("state-spaces")))
     with pytest.raises(CheckpointError, match=r"lm_head\.weight"):
         mamba_core.load(tmp_path, backend="mlx")

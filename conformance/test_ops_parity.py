@@ -37,6 +37,18 @@ def test_ssd_state_update(target, dtype):
     assert_check("ssd_state_update", target, dtype)
 
 
+def test_mamba3_chunked(target, dtype):
+    assert_check("mamba3_chunked", target, dtype)
+
+
+def test_mamba3_state_update(target, dtype):
+    assert_check("mamba3_state_update", target, dtype)
+
+
+def test_mamba3_gate_out(target, dtype):
+    assert_check("mamba3_gate_out", target, dtype)
+
+
 def test_rmsnorm(target, dtype):
     assert_check("rmsnorm", target, dtype)
 

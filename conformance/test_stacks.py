@@ -1,10 +1,10 @@
-"""The ``Mamba1``/``Mamba2`` stacks as layers (issue 8): (B, L, D) -> (B, L, D) on every cell.
+"""The ``Mamba1``/``Mamba2`` stacks as layers: (B, L, D) -> (B, L, D) on every cell.
 
 Forward and final states vs ``reference.backbone_forward`` on the same rounded inputs and the weights
 the stack really holds; ``step`` == forward; a chunked stream through the cache == one shot; left
 padding; gradients vs central differences of the float64 reference; torch vs MLX on the same weights;
 stacks and heads through checkpoints (the backbone of an LM checkpoint, save/load in both backends).
-End-to-end tolerance: 2x the op tolerance (house-style §7).
+End-to-end tolerance: 2x the op tolerance (docs/spec.md §7.2).
 """
 
 from __future__ import annotations
@@ -107,8 +107,13 @@ def test_stack_left_padding_equals_unpadded(target, dtype, cfg_name, rng):
     x = _frames(rng, dtype, 2, width, cfg.d_model)
     mask = np.array([[0] * (width - n) + [1] * n for n in lengths])
     x_padded = x * mask[..., None]
-    out = _np(mod, stack(mod.from_numpy(x_padded, device=target.device),
-                         attention_mask=mod.from_numpy(mask, device=target.device)))
+    out = _np(
+        mod,
+        stack(
+            mod.from_numpy(x_padded, device=target.device),
+            attention_mask=mod.from_numpy(mask, device=target.device),
+        ),
+    )
     for row, n in enumerate(lengths):
         ref, _ = R.backbone_forward(cfg, w, x[row : row + 1, width - n :])
         check_close(out[row : row + 1, width - n :], ref, _tol(dtype), f"row {row} (length {n})")
@@ -237,8 +242,14 @@ def test_stack_from_lm_checkpoint(target, cfg_name, tmp_path, rng):
         stack = mamba_core.load(path, backend=target.backend, device=target.device, task="stack")
         assert type(stack) is getattr(mod, {"mamba1": "Mamba1", "mamba2": "Mamba2"}[cfg.arch])
         np.testing.assert_array_equal(_np(mod, stack(x)), _np(mod, lm.backbone(x)))
-    clf = mamba_core.load(path, backend=target.backend, device=target.device,
-                          task="sequence-classification", num_labels=3, pooling="mean")
+    clf = mamba_core.load(
+        path,
+        backend=target.backend,
+        device=target.device,
+        task="sequence-classification",
+        num_labels=3,
+        pooling="mean",
+    )
     feats = mamba_core.load(path, backend=target.backend, device=target.device, task="features")
     ids = mod.from_numpy(rng.integers(0, cfg.vocab_size, (2, 7)), device=target.device)
     np.testing.assert_array_equal(_np(mod, feats(ids)), _np(mod, lm.backbone(ids)))

@@ -43,6 +43,8 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
 TINY = {"mamba1": tiny_mamba1, "mamba2": tiny_mamba2}
 
 
@@ -91,10 +93,14 @@ def test_selective_scan_op_gradcheck_with_bias_softplus_gate():
     b, length, e, n = 1, 5, 2, 3
     f64 = {"dtype": torch.float64, "generator": g}
     inputs = dict(
-        u=torch.randn(b, length, e, **f64), delta=torch.randn(b, length, e, **f64),
-        A=-torch.rand(e, n, **f64) - 0.2, B=torch.randn(b, length, n, **f64),
-        C=torch.randn(b, length, n, **f64), D=torch.randn(e, **f64),
-        z=torch.randn(b, length, e, **f64), delta_bias=torch.randn(e, **f64),
+        u=torch.randn(b, length, e, **f64),
+        delta=torch.randn(b, length, e, **f64),
+        A=-torch.rand(e, n, **f64) - 0.2,
+        B=torch.randn(b, length, n, **f64),
+        C=torch.randn(b, length, n, **f64),
+        D=torch.randn(e, **f64),
+        z=torch.randn(b, length, e, **f64),
+        delta_bias=torch.randn(e, **f64),
         initial_state=torch.randn(b, e, n, **f64),
     )
     names = list(inputs)
@@ -119,8 +125,7 @@ def test_ssd_chunked_gradcheck(ngroups):
     args = [t.requires_grad_() for t in (x, dt, A, B, C, D, bias, s0)]
 
     def f(x, dt, A, B, C, D, bias, s0):
-        return ops.ssd_chunked(x, dt, A, B, C, q, D=D, dt_bias=bias, dt_softplus=True,
-                               initial_state=s0)
+        return ops.ssd_chunked(x, dt, A, B, C, q, D=D, dt_bias=bias, dt_softplus=True, initial_state=s0)
 
     assert torch.autograd.gradcheck(f, args, eps=1e-6, atol=1e-7)
 
@@ -151,41 +156,77 @@ def test_ops_match_reference():
     w = 1 + _rand(rng, e, scale=0.1)
     _check_pair(ops.rmsnorm(t(x), t(w)), ref.rmsnorm(x, w), "rmsnorm")
     z = _rand(rng, b, length, e)
-    _check_pair(ops.rmsnorm_gated(t(x), t(z), t(w), group_size=3),
-                ref.rmsnorm_gated(x, z, w, group_size=3), "rmsnorm_gated")
+    _check_pair(
+        ops.rmsnorm_gated(t(x), t(z), t(w), group_size=3),
+        ref.rmsnorm_gated(x, z, w, group_size=3),
+        "rmsnorm_gated",
+    )
     cw, cb, cs = _rand(rng, e, k), _rand(rng, e), _rand(rng, b, e, k)
-    _check_pair(ops.causal_conv1d(t(x), t(cw), t(cb), t(cs), "silu"),
-                ref.causal_conv1d(x, cw, cb, cs, "silu"), "causal_conv1d")
-    _check_pair(ops.causal_conv1d_update(t(x[:, 0]), t(cs), t(cw), t(cb), "silu"),
-                ref.causal_conv1d_update(x[:, 0], cs, cw, cb, "silu"), "causal_conv1d_update")
+    _check_pair(
+        ops.causal_conv1d(t(x), t(cw), t(cb), t(cs), "silu"),
+        ref.causal_conv1d(x, cw, cb, cs, "silu"),
+        "causal_conv1d",
+    )
+    _check_pair(
+        ops.causal_conv1d_update(t(x[:, 0]), t(cs), t(cw), t(cb), "silu"),
+        ref.causal_conv1d_update(x[:, 0], cs, cw, cb, "silu"),
+        "causal_conv1d_update",
+    )
     delta, A = _rand(rng, b, length, e), -np.exp(_rand(rng, e, n, scale=0.5))
     Bm, Cm, D, bias = _rand(rng, b, length, n), _rand(rng, b, length, n), _rand(rng, e), _rand(rng, e)
     s0 = _rand(rng, b, e, n)
     kw = dict(D=D, z=z, delta_bias=bias, delta_softplus=True)
     _check_pair(
-        ops.selective_scan(t(x), t(delta), t(A), t(Bm), t(Cm), **{k_: t(v) if k_ != "delta_softplus"
-                           else v for k_, v in kw.items()}, initial_state=t(s0)),
-        ref.selective_scan(x, delta, A, Bm, Cm, **kw, initial_state=s0), "selective_scan")
+        ops.selective_scan(
+            t(x),
+            t(delta),
+            t(A),
+            t(Bm),
+            t(Cm),
+            **{k_: t(v) if k_ != "delta_softplus" else v for k_, v in kw.items()},
+            initial_state=t(s0),
+        ),
+        ref.selective_scan(x, delta, A, Bm, Cm, **kw, initial_state=s0),
+        "selective_scan",
+    )
     _check_pair(
-        ops.selective_state_update(t(s0), t(x[:, 0]), t(delta[:, 0]), t(A), t(Bm[:, 0]),
-                                   t(Cm[:, 0]), t(D), t(z[:, 0]), t(bias), True),
-        ref.selective_state_update(s0, x[:, 0], delta[:, 0], A, Bm[:, 0], Cm[:, 0], D, z[:, 0],
-                                   bias, True), "selective_state_update")
+        ops.selective_state_update(
+            t(s0), t(x[:, 0]), t(delta[:, 0]), t(A), t(Bm[:, 0]), t(Cm[:, 0]), t(D), t(z[:, 0]), t(bias), True
+        ),
+        ref.selective_state_update(s0, x[:, 0], delta[:, 0], A, Bm[:, 0], Cm[:, 0], D, z[:, 0], bias, True),
+        "selective_state_update",
+    )
     h, p, g = 4, 3, 2
     xs, dts = _rand(rng, b, length, h, p), _rand(rng, b, length, h)
     As, Ds, bs = -np.exp(_rand(rng, h, scale=0.5)), _rand(rng, h), _rand(rng, h)
     Bs, Cs, ss = _rand(rng, b, length, g, n), _rand(rng, b, length, g, n), _rand(rng, b, h, p, n)
     for limit in ((0.0, float("inf")), (0.01, 0.5)):
         _check_pair(
-            ops.ssd_chunked(t(xs), t(dts), t(As), t(Bs), t(Cs), 8, D=t(Ds), dt_bias=t(bs),
-                            dt_softplus=True, dt_limit=limit, initial_state=t(ss)),
-            ref.ssd_chunked(xs, dts, As, Bs, Cs, 8, D=Ds, dt_bias=bs, dt_softplus=True,
-                            dt_limit=limit, initial_state=ss), f"ssd_chunked{limit}")
+            ops.ssd_chunked(
+                t(xs),
+                t(dts),
+                t(As),
+                t(Bs),
+                t(Cs),
+                8,
+                D=t(Ds),
+                dt_bias=t(bs),
+                dt_softplus=True,
+                dt_limit=limit,
+                initial_state=t(ss),
+            ),
+            ref.ssd_chunked(
+                xs, dts, As, Bs, Cs, 8, D=Ds, dt_bias=bs, dt_softplus=True, dt_limit=limit, initial_state=ss
+            ),
+            f"ssd_chunked{limit}",
+        )
         _check_pair(
-            ops.ssd_state_update(t(ss), t(xs[:, 0]), t(dts[:, 0]), t(As), t(Bs[:, 0]),
-                                 t(Cs[:, 0]), t(Ds), t(bs), True, limit),
-            ref.ssd_state_update(ss, xs[:, 0], dts[:, 0], As, Bs[:, 0], Cs[:, 0], Ds, bs, True,
-                                 limit), f"ssd_state_update{limit}")
+            ops.ssd_state_update(
+                t(ss), t(xs[:, 0]), t(dts[:, 0]), t(As), t(Bs[:, 0]), t(Cs[:, 0]), t(Ds), t(bs), True, limit
+            ),
+            ref.ssd_state_update(ss, xs[:, 0], dts[:, 0], As, Bs[:, 0], Cs[:, 0], Ds, bs, True, limit),
+            f"ssd_state_update{limit}",
+        )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -277,14 +318,13 @@ def test_left_padding_leaves_rows_unchanged(arch):
             c = model.make_cache(1)
             alone = model(torch.tensor([p]), cache=c)
             check_close(_np(padded[i, -1]), _np(alone[0, -1]), TOLERANCE["float32"], f"row {i}")
-            check_close(_np(states[1][i]), _np(c.ssm_state[1][0]), STATE_TOLERANCE,
-                        f"row {i} state")
+            check_close(_np(states[1][i]), _np(c.ssm_state[1][0]), STATE_TOLERANCE, f"row {i} state")
             alone_next = model.step(torch.tensor([i + 1]), c)
             check_close(_np(nxt[i]), _np(alone_next[0]), TOLERANCE["float32"], f"row {i} step")
     out = model.generate(prompts, 6)
     for i, p in enumerate(prompts):
         single = model.generate([p], 6)
-        np.testing.assert_array_equal(out[i, width:].numpy(), single[0, len(p):].numpy())
+        np.testing.assert_array_equal(out[i, width:].numpy(), single[0, len(p) :].numpy())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -317,7 +357,7 @@ def test_generate_options():
     out = model.generate(ids, 8, stop_tokens=[stop], pad_token_id=-1)
     row = out[0, 6:].tolist()
     first = row.index(stop)
-    assert all(t == -1 for t in row[first + 1:])
+    assert all(t == -1 for t in row[first + 1 :])
     # every row stopped -> generation ends early
     both = model.generate(ids[:1], 8, stop_tokens=[int(greedy[0, 6])])
     assert both.shape == (1, 7)
@@ -395,8 +435,9 @@ def test_hf_transformers_parity(arch):
         theirs = hf(ids, use_cache=False).logits.float()
     check_close(_np(ours), _np(theirs), 2 * TOLERANCE["float32"], f"{arch} vs transformers")
     with torch.no_grad():
-        hf_tokens = hf.generate(ids[:, :6], max_new_tokens=16, min_new_tokens=16, do_sample=False,
-                                pad_token_id=0)
+        hf_tokens = hf.generate(
+            ids[:, :6], max_new_tokens=16, min_new_tokens=16, do_sample=False, pad_token_id=0
+        )
     assert torch.equal(model.generate(ids[:, :6], 16, temperature=0.0), hf_tokens)
 
 
@@ -411,8 +452,10 @@ def test_load_hf_dialect_directory(arch, tmp_path):
     ids = _ids(cfg, 1, 17)
     with torch.no_grad():
         check_close(_np(model(ids)), _np(hf(ids, use_cache=False).logits), 2e-5, "load hf dir")
-    assert torch.equal(model.generate(ids, 4), hf.generate(ids, max_new_tokens=4, do_sample=False,
-                                                             min_new_tokens=4, pad_token_id=0))
+    assert torch.equal(
+        model.generate(ids, 4),
+        hf.generate(ids, max_new_tokens=4, do_sample=False, min_new_tokens=4, pad_token_id=0),
+    )
 
 
 def test_save_load_roundtrip_bf16_and_tied_duplicate(tmp_path):

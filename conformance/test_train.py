@@ -15,12 +15,18 @@ import pytest
 
 import mamba_core
 from mamba_core import data
-from mamba_core.testing import tiny_mamba1, tiny_mamba2
+from mamba_core.testing import tiny_jamba, tiny_mamba1, tiny_mamba2, tiny_nemotron_h
 from mamba_core.tokenizer import ByteTokenizer
 from mamba_core.train import TrainConfig, lr_at, no_weight_decay, read_state, train
 
 TEXT = "".join(f"def f{i % 7}(x):\n    return x * {i % 7} + {i % 3}\n\n" for i in range(400))
-ARCHS = {"mamba1": tiny_mamba1(vocab_size=257), "mamba2": tiny_mamba2(vocab_size=257)}
+ARCHS = {
+    "mamba1": tiny_mamba1(vocab_size=257),
+    "mamba2": tiny_mamba2(vocab_size=257),
+    "falcon_mamba": tiny_mamba1(vocab_size=257, mixer_rms_eps=1e-6),  # the dt/B/C norms in the graph
+    "nemotron_h": tiny_nemotron_h(vocab_size=257),
+    "jamba": tiny_jamba(vocab_size=257),
+}
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +38,18 @@ def corpus(tmp_path_factory):
 
 
 def _config(**kw) -> TrainConfig:
-    base = dict(steps=8, batch_size=4, seq_len=32, lr=1e-2, min_lr=1e-3, warmup_steps=2, eval_every=4,
-                eval_batches=2, save_every=2, log_every=4)
+    base = dict(
+        steps=8,
+        batch_size=4,
+        seq_len=32,
+        lr=1e-2,
+        min_lr=1e-3,
+        warmup_steps=2,
+        eval_every=4,
+        eval_batches=2,
+        save_every=2,
+        log_every=4,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -43,8 +59,15 @@ def _weights(target, model) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_train_reduces_loss(target, arch, corpus, tmp_path):
-    result = train(corpus, tmp_path, _config(steps=40, eval_every=40), model_config=ARCHS[arch],
-                   backend=target.backend, device=target.device, progress=False)
+    result = train(
+        corpus,
+        tmp_path,
+        _config(steps=40, eval_every=40),
+        model_config=ARCHS[arch],
+        backend=target.backend,
+        device=target.device,
+        progress=False,
+    )
     start, end = result.train_losses[0], result.eval_losses[-1][1]
     print(f"{arch}: train loss {start:.3f} -> {result.train_losses[-1]:.3f}, eval {end:.3f}")
     assert start == pytest.approx(math.log(257), abs=0.6)
@@ -56,8 +79,10 @@ def test_train_reduces_loss(target, arch, corpus, tmp_path):
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_resume_is_exact(target, arch, corpus, tmp_path):
     """8 steps straight == 5 steps, 'interrupt', resume for 3: the same losses and weights, bit for bit."""
-    cfg, kw = _config(), dict(model_config=ARCHS[arch], backend=target.backend, device=target.device,
-                              progress=False)
+    cfg, kw = (
+        _config(),
+        dict(model_config=ARCHS[arch], backend=target.backend, device=target.device, progress=False),
+    )
     straight = train(corpus, tmp_path / "a", cfg, **kw)
     first = train(corpus, tmp_path / "b", cfg, stop_at=5, **kw)
     assert first.step == 5 and not (tmp_path / "b" / "model.safetensors").exists()
@@ -83,8 +108,9 @@ def test_resume_refuses_other_backend(corpus, tmp_path):
 
     if any(available_backends().values()):
         pytest.skip("needs both backends")
-    train(corpus, tmp_path, _config(), model_config=ARCHS["mamba2"], backend="torch", stop_at=1,
-          progress=False)
+    train(
+        corpus, tmp_path, _config(), model_config=ARCHS["mamba2"], backend="torch", stop_at=1, progress=False
+    )
     with pytest.raises(ValueError, match="backend"):
         train(corpus, tmp_path, _config(), model_config=ARCHS["mamba2"], backend="mlx", progress=False)
 
@@ -97,8 +123,15 @@ def test_fine_tune_from_checkpoint(target, corpus, tmp_path):
     cfg = _config(steps=20, eval_every=20)
     x, y = data.batch(corpus.train, seed=cfg.seed, step=0, batch_size=cfg.batch_size, seq_len=cfg.seq_len)
     expected_first = target.module.Trainer(loaded, cfg).eval_loss(x, y)
-    result = train(corpus, tmp_path / "ft", cfg, init_from=tmp_path / "base", backend=target.backend,
-                   device=target.device, progress=False)
+    result = train(
+        corpus,
+        tmp_path / "ft",
+        cfg,
+        init_from=tmp_path / "base",
+        backend=target.backend,
+        device=target.device,
+        progress=False,
+    )
     assert result.train_losses[0] == pytest.approx(expected_first, rel=1e-5)
     assert result.train_losses[-1] < 0.8 * result.train_losses[0]
     assert read_state(tmp_path / "ft")["init_from"] == str(tmp_path / "base")
@@ -106,8 +139,15 @@ def test_fine_tune_from_checkpoint(target, corpus, tmp_path):
 
 def test_bf16_mixed(target, corpus, tmp_path):
     """bf16 compute, float32 master weights (the fp32-policy parameters included), loss goes down."""
-    result = train(corpus, tmp_path, _config(steps=20, precision="bf16-mixed", eval_every=20),
-                   model_config=ARCHS["mamba2"], backend=target.backend, device=target.device, progress=False)
+    result = train(
+        corpus,
+        tmp_path,
+        _config(steps=20, precision="bf16-mixed", eval_every=20),
+        model_config=ARCHS["mamba2"],
+        backend=target.backend,
+        device=target.device,
+        progress=False,
+    )
     print("bf16-mixed losses", [round(v, 3) for v in result.train_losses])
     assert all(math.isfinite(v) for v in result.train_losses)
     assert result.train_losses[-1] < 0.8 * result.train_losses[0]
@@ -149,8 +189,12 @@ def test_backends_train_alike(corpus, tmp_path):
     if any(available_backends().values()):
         pytest.skip("needs both backends")
     cfg = _config(steps=10, eval_every=10)
-    curves = {b: train(corpus, tmp_path / b, cfg, model_config=ARCHS["mamba2"], backend=b, device="cpu",
-                       progress=False).train_losses for b in ("torch", "mlx")}
+    curves = {
+        b: train(
+            corpus, tmp_path / b, cfg, model_config=ARCHS["mamba2"], backend=b, device="cpu", progress=False
+        ).train_losses
+        for b in ("torch", "mlx")
+    }
     print(curves)
     np.testing.assert_allclose(curves["torch"], curves["mlx"], rtol=1e-3)
 
@@ -179,8 +223,18 @@ def test_no_weight_decay_rule():
     assert not no_weight_decay("backbone.layers.0.mixer.conv1d.weight", 3)
 
 
-@pytest.mark.parametrize("field,value", [("steps", 0), ("batch_size", -1), ("lr", 0.0), ("precision", "fp8"),
-                                         ("warmup_steps", -1), ("betas", (0.9, 1.5)), ("grad_clip", -1.0)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("steps", 0),
+        ("batch_size", -1),
+        ("lr", 0.0),
+        ("precision", "fp8"),
+        ("warmup_steps", -1),
+        ("betas", (0.9, 1.5)),
+        ("grad_clip", -1.0),
+    ],
+)
 def test_train_config_errors(field, value):
     with pytest.raises(ValueError, match=field if field != "betas" else "betas"):
         TrainConfig(**{field: value})

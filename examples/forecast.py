@@ -1,4 +1,4 @@
-"""Next-step forecasting of a noisy multi-frequency signal with a Mamba stack as a layer (issue 8).
+"""Next-step forecasting of a noisy multi-frequency signal with a Mamba stack as a layer.
 
 The model is ``Linear(1 -> d_model)``, a ``Mamba1``/``Mamba2`` stack (no embedding, no head: it maps
 (B, L, d_model) to the same shape), and ``Linear(d_model -> 1)``, trained with the plain optimizer of
@@ -28,8 +28,9 @@ from mamba_core import Mamba1Config, Mamba2Config
 WARMUP = 16  # positions scored only once the model has seen this much context
 
 
-def make_signal(n_series: int, length: int, rng: np.random.Generator, *, n_freq: int = 3,
-                noise: float = 0.1) -> np.ndarray:
+def make_signal(
+    n_series: int, length: int, rng: np.random.Generator, *, n_freq: int = 3, noise: float = 0.1
+) -> np.ndarray:
     """(n_series, length) float32: sums of ``n_freq`` sines (random frequency, amplitude, phase)
     plus Gaussian noise of std ``noise``."""
     t = np.arange(length)[None, :, None]  # (1, L, 1)
@@ -44,8 +45,7 @@ def make_config(arch: str, d_model: int, n_layer: int):
     """A small stack config (``vocab_size`` is required by the config class but unused by a stack)."""
     if arch == "mamba1":
         return Mamba1Config(d_model=d_model, n_layer=n_layer, vocab_size=1, d_state=16)
-    return Mamba2Config(d_model=d_model, n_layer=n_layer, vocab_size=1, d_state=16, headdim=16,
-                        chunk_size=32)
+    return Mamba2Config(d_model=d_model, n_layer=n_layer, vocab_size=1, d_state=16, headdim=16, chunk_size=32)
 
 
 def last_value_mse(series: np.ndarray) -> float:
@@ -163,9 +163,20 @@ def _mlx_parts(config, lr: float):
 # ---- the experiment ----------------------------------------------------------------------------
 
 
-def run(backend: str = "torch", *, arch: str = "mamba2", steps: int = 300, batch: int = 16,
-        length: int = 96, d_model: int = 32, n_layer: int = 2, lr: float = 3e-3, seed: int = 0,
-        stream_frames: int = 48, verbose: bool = True) -> dict:
+def run(
+    backend: str = "torch",
+    *,
+    arch: str = "mamba2",
+    steps: int = 300,
+    batch: int = 16,
+    length: int = 96,
+    d_model: int = 32,
+    n_layer: int = 2,
+    lr: float = 3e-3,
+    seed: int = 0,
+    stream_frames: int = 48,
+    verbose: bool = True,
+) -> dict:
     """Train, evaluate on held-out series, and compare streaming with the full forward.
 
     Args:
@@ -202,11 +213,18 @@ def run(backend: str = "torch", *, arch: str = "mamba2", steps: int = 300, batch
     streamed = stream(test[:8, :stream_frames])
     stream_err = float(np.max(np.abs(streamed - full)) / max(np.max(np.abs(full)), 1e-12))
     seconds = time.perf_counter() - start
-    result = {"mse": mse, "baseline": baseline, "ratio": mse / baseline, "stream_err": stream_err,
-              "seconds": seconds}
+    result = {
+        "mse": mse,
+        "baseline": baseline,
+        "ratio": mse / baseline,
+        "stream_err": stream_err,
+        "seconds": seconds,
+    }
     if verbose:
-        print(f"{backend}/{arch}: held-out MSE {mse:.4f} vs last-value baseline {baseline:.4f} "
-              f"({mse / baseline:.2f}x); noise floor {0.1 ** 2:.4f}")
+        print(
+            f"{backend}/{arch}: held-out MSE {mse:.4f} vs last-value baseline {baseline:.4f} "
+            f"({mse / baseline:.2f}x); noise floor {0.1**2:.4f}"
+        )
         print(f"streaming ({stream_frames} frames, step by step) vs full forward: rel err {stream_err:.2e}")
         print(f"{seconds:.1f} s")
     return result
@@ -223,15 +241,25 @@ def main(argv=None) -> None:
     parser.add_argument("--n-layer", type=int, default=2)
     parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (tiny shapes gain nothing from more)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch intra-op threads (tiny shapes gain nothing from more)"
+    )
     args = parser.parse_args(argv)
     if args.backend == "torch":
         import torch
 
         torch.set_num_threads(args.threads)
-    result = run(args.backend, arch=args.arch, steps=args.steps, batch=args.batch, length=args.length,
-                 d_model=args.d_model, n_layer=args.n_layer, lr=args.lr, seed=args.seed)
+    result = run(
+        args.backend,
+        arch=args.arch,
+        steps=args.steps,
+        batch=args.batch,
+        length=args.length,
+        d_model=args.d_model,
+        n_layer=args.n_layer,
+        lr=args.lr,
+        seed=args.seed,
+    )
     if result["stream_err"] > 1e-4:
         raise SystemExit(f"streaming differs from the full forward: {result['stream_err']:.2e}")
 

@@ -24,10 +24,14 @@ def _safetensors_bytes(cfg) -> bytes:
 
 def test_hub_id_resolves_from_offline_cache(tmp_path, monkeypatch):
     cfg = tiny_mamba1()
-    snapshot = make_hf_cache(tmp_path / "hub", "state-spaces/tiny-hf", {
-        "config.json": json.dumps(cfg.to_dict("hf")).encode(),
-        "model.safetensors": _safetensors_bytes(cfg),
-    })
+    snapshot = make_hf_cache(
+        tmp_path / "hub",
+        "state-spaces/tiny-hf",
+        {
+            "config.json": json.dumps(cfg.to_dict("hf")).encode(),
+            "model.safetensors": _safetensors_bytes(cfg),
+        },
+    )
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.chdir(tmp_path)

@@ -1,4 +1,4 @@
-"""Tests of the float64 oracle ``mamba_core.reference`` (house-style §7: numpy only, seconds).
+"""Tests of the float64 oracle ``mamba_core.reference`` (docs/spec.md §7.2: numpy only, seconds).
 
 Consistency properties (chunked == sequential, step == full, split prefill == one shot),
 hand-computed one-token cases, segsum stability, the Mamba-2 -> Mamba-1 reduction, norms and
@@ -124,10 +124,7 @@ def test_rmsnorm_gated_norm_before_gate_and_errors(rng):
     w = rng.uniform(0.5, 1.5, 8)
     silu_z = z / (1.0 + np.exp(-z))
     out = ref.rmsnorm_gated(x, z, w, group_size=4, norm_before_gate=True)
-    expected = (
-        np.concatenate([ref.rmsnorm(x[:, :4], w[:4]), ref.rmsnorm(x[:, 4:], w[4:])], axis=-1)
-        * silu_z
-    )
+    expected = np.concatenate([ref.rmsnorm(x[:, :4], w[:4]), ref.rmsnorm(x[:, 4:], w[4:])], axis=-1) * silu_z
     np.testing.assert_allclose(out, expected, rtol=1e-13)
     np.testing.assert_allclose(ref.rmsnorm_gated(x, None, w), ref.rmsnorm(x, w), rtol=1e-15)
     with pytest.raises(ValueError, match="group_size"):
@@ -201,9 +198,7 @@ def test_selective_scan_one_token_hand(rng):
     np.testing.assert_allclose(y[0, 0], expected, rtol=1e-14)
     np.testing.assert_allclose(state[0], np.outer(delta[0, 0] * u[0, 0], B[0, 0]), rtol=1e-14)
     # bias + softplus inside, gate outside
-    y2, _ = ref.selective_scan(
-        u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=True
-    )
+    y2, _ = ref.selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=True)
     dt = np.log1p(np.exp(delta[0, 0] + delta_bias))
     gate = z[0, 0] / (1.0 + np.exp(-z[0, 0]))
     expected2 = (D * u[0, 0] + dt * u[0, 0] * (B[0, 0] @ C[0, 0])) * gate
@@ -361,16 +356,14 @@ def test_ssd_chunked_state_passing(rng):
     kw = {"D": D, "dt_bias": dt_bias, "dt_softplus": True}
     y_full, s_full = ref.ssd_chunked(x, dt, A, B, C, 8, **kw)
     ya, sa = ref.ssd_chunked(x[:, :11], dt[:, :11], A, B[:, :11], C[:, :11], 8, **kw)
-    yb, sb = ref.ssd_chunked(
-        x[:, 11:], dt[:, 11:], A, B[:, 11:], C[:, 11:], 8, initial_state=sa, **kw
-    )
+    yb, sb = ref.ssd_chunked(x[:, 11:], dt[:, 11:], A, B[:, 11:], C[:, 11:], 8, initial_state=sa, **kw)
     assert _err(np.concatenate([ya, yb], 1), y_full) <= TIGHT
     assert _err(sb, s_full) <= TIGHT
 
 
 def test_ssd_chunked_stable_with_large_decay(rng):
     # |dt * A| up to ~200 per step: cumsums within a 256-chunk reach -5e4; naive exp(cumsum) ratios
-    # would give inf/NaN (pitfall 19), the segsum form must not
+    # would give inf/NaN (docs/spec.md §9.19), the segsum form must not
     x, dt, A, B, C, D, _ = _ssd_inputs(rng, batch=1, seqlen=600, nheads=2, headdim=2, ngroups=1)
     dt = rng.uniform(0.5, 4.0, dt.shape)
     A = np.array([-50.0, -0.01])
@@ -385,7 +378,7 @@ def test_ssd_chunked_stable_with_large_decay(rng):
 
 @pytest.mark.parametrize("ngroups", [1, 3], ids=["shared-BC", "one-head-per-group"])
 def test_mamba2_with_headdim_1_reduces_to_selective_scan(rng, ngroups):
-    # P = 1: each head is one channel with a scalar decay A_h broadcast over N (spec-notes §4.5,
+    # P = 1: each head is one channel with a scalar decay A_h broadcast over N (docs/spec.md §4.5,
     # "ssd_selective_scan")
     nheads = 3
     x, dt, A, B, C, D, dt_bias = _ssd_inputs(
@@ -512,9 +505,7 @@ def test_lm_head_tied_and_untied(models, rng):
     np.testing.assert_allclose(logits, out @ weights["lm_head.weight"].astype(np.float64).T)
     tied = {k: v for k, v in weights.items() if k != "lm_head.weight"}
     logits_tied, _ = ref.lm_forward(cfg, tied, ids)
-    np.testing.assert_allclose(
-        logits_tied, out @ weights["backbone.embedding.weight"].astype(np.float64).T
-    )
+    np.testing.assert_allclose(logits_tied, out @ weights["backbone.embedding.weight"].astype(np.float64).T)
 
 
 def test_backbone_is_prenorm_residual(models, rng):

@@ -62,8 +62,10 @@ def test_task_layouts(cfg):
 def test_backbone_plans_from_lm_checkpoints(dialect):
     tensors = _lm_tensors(CFG2, dialect)
     if dialect == "mlx-lm":
-        tensors = {n: TensorInfo(n, s, "F32", "f") for n, s in
-                   ((dialect_name(k, dialect), v.mlx_shape) for k, v in expand_layout(CFG2).items())}
+        tensors = {
+            n: TensorInfo(n, s, "F32", "f")
+            for n, s in ((dialect_name(k, dialect), v.mlx_shape) for k, v in expand_layout(CFG2).items())
+        }
     stack = plan_load(CFG2, dialect, tensors, task=Task("stack"))
     assert {e.canonical for e in stack.entries} == set(task_layout(CFG2, Task("stack")))
     assert stack.task == Task("stack") and stack.absent == ()
@@ -91,8 +93,10 @@ def test_task_key_is_ours_only(tmp_path):
     import numpy as np
     from safetensors.numpy import save_file
 
-    save_file({n: np.zeros(s.shape, np.float32) for n, s in expand_layout(CFG1).items()},
-              str(tmp_path / "model.safetensors"))
+    save_file(
+        {n: np.zeros(s.shape, np.float32) for n, s in expand_layout(CFG1).items()},
+        str(tmp_path / "model.safetensors"),
+    )
     (tmp_path / "config.json").write_text(json.dumps({**CFG1.to_dict("state-spaces"), "task": "stack"}))
     with pytest.raises(ConfigError, match="'task'"):
         plan_checkpoint(tmp_path)

@@ -7,12 +7,13 @@ scaled by U(0.8, 1.2) so the norms matter), ``save_pretrained`` writes ``<case>/
 ``<case>/model.safetensors`` (the HF dialect), and ``<case>/expected.npz`` holds ``input_ids`` and the
 float32 logits of each producer: ``transformers`` (``model(ids, use_cache=False).logits`` on CPU, float32)
 and ``mlx_lm`` (``mlx_lm.utils.load_model`` on the same directory, float32). Mamba-2 cases with
-``n_groups > 1`` have transformers logits only: mlx-lm's gated norm ignores groups (spec-notes §6.3).
+``n_groups > 1`` have transformers logits only: mlx-lm's gated norm ignores groups (docs/spec.md §6.3).
 ``<case>/producers.json`` records the versions. The directory is a few hundred KB at most.
 
-Run from the repository root (needs torch, transformers, mlx and mlx-lm; CPU is enough):
+Run from the repository root (needs torch, transformers, mlx and mlx-lm; CPU is enough), naming the
+cases to (re)make, or none for all of them:
 
-    python conformance/golden/make_golden.py
+    python conformance/golden/make_golden.py [case ...]
 """
 
 from __future__ import annotations
@@ -93,6 +94,67 @@ CASES = {
         ),
         ("transformers",),
     ),
+    "falcon-mamba": (
+        "FalconMambaConfig",
+        dict(
+            hidden_size=16,
+            num_hidden_layers=2,
+            vocab_size=48,
+            state_size=8,
+            expand=2,
+            conv_kernel=4,
+            time_step_rank="auto",
+            tie_word_embeddings=True,
+        ),
+        ("transformers", "mlx_lm"),
+    ),
+    "falcon-mamba-untied-vocab13": (
+        "FalconMambaConfig",
+        dict(
+            hidden_size=16,
+            num_hidden_layers=2,
+            vocab_size=13,
+            state_size=4,
+            expand=2,
+            conv_kernel=3,
+            time_step_rank=3,
+            use_bias=True,
+            tie_word_embeddings=False,
+        ),
+        ("transformers", "mlx_lm"),
+    ),
+    "nemotron_h-gqa2-g2-moe-untied-vocab37": (
+        "NemotronHConfig",
+        dict(
+            hidden_size=16,
+            vocab_size=37,
+            layers_block_type=["linear_attention", "moe", "full_attention", "mlp"],
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=4,
+            intermediate_size=24,
+            mamba_num_heads=4,
+            mamba_head_dim=8,
+            n_groups=2,
+            ssm_state_size=8,
+            chunk_size=8,
+            n_routed_experts=4,
+            num_experts_per_tok=2,
+            n_group=2,
+            topk_group=1,
+            moe_intermediate_size=8,
+            moe_shared_expert_intermediate_size=8,
+            routed_scaling_factor=1.7,
+            tie_word_embeddings=False,
+        ),
+        ("transformers", "mlx_lm"),
+    ),
+}
+LM_CLASSES = {
+    "MambaConfig": "MambaForCausalLM",
+    "Mamba2Config": "Mamba2ForCausalLM",
+    "FalconMambaConfig": "FalconMambaForCausalLM",
+    "NemotronHConfig": "NemotronHForCausalLM",
 }
 
 
@@ -102,7 +164,7 @@ def _transformers_checkpoint(case: str, out: Path):
 
     cls_name, kwargs, _ = CASES[case]
     config = getattr(transformers, cls_name)(**kwargs)
-    lm_class = transformers.MambaForCausalLM if cls_name == "MambaConfig" else transformers.Mamba2ForCausalLM
+    lm_class = getattr(transformers, LM_CLASSES[cls_name])
     torch.manual_seed(SEED)
     model = lm_class(config).eval()
     gen = torch.Generator().manual_seed(SEED)
@@ -110,6 +172,11 @@ def _transformers_checkpoint(case: str, out: Path):
         for name, p in model.named_parameters():
             if name.endswith("norm.weight") or name.endswith("norm_f.weight"):
                 p.mul_(0.8 + 0.4 * torch.rand(p.shape, generator=gen))
+            elif name.endswith("_proj.bias") and "dt_proj" not in name:  # zero at init: make them matter
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
+        for name, b in model.named_buffers():  # a MoE router's correction bias (zeros at init)
+            if name.endswith("e_score_correction_bias"):
+                b.copy_(0.05 * torch.randn(b.shape, generator=gen))
     model.save_pretrained(out, safe_serialization=True)
     for extra in ("generation_config.json",):
         (out / extra).unlink(missing_ok=True)
@@ -135,13 +202,21 @@ def _mlx_lm_config(out: Path) -> None:
     """Add the keys mlx-lm's ModelArgs requires and transformers does not write (derived, no new facts)."""
     path = out / "config.json"
     config = json.loads(path.read_text())
-    config.setdefault("intermediate_size", config["expand"] * config["hidden_size"])
+    if "expand" in config:
+        config.setdefault("intermediate_size", config["expand"] * config["hidden_size"])
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    """Make the cases named in ``argv`` (all of them when none is named)."""
+    unknown = sorted(set(argv) - set(CASES))
+    if unknown:
+        print(f"unknown case(s) {unknown}; expected some of {sorted(CASES)}", file=sys.stderr)
+        return 2
     versions = {d: metadata.version(d) for d in ("transformers", "torch", "mlx", "mlx-lm", "safetensors")}
     for case, (_, _, producers) in CASES.items():
+        if argv and case not in argv:
+            continue
         out = HERE / case
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir()
@@ -175,4 +250,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -24,9 +24,12 @@ import json
 import os
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 from mamba_core.config import Mamba1Config, Mamba2Config
+from mamba_core.dialects.hybrid import is_family
 from mamba_core.errors import CheckpointError
+from mamba_core.hybrid_layout import stored_tensors
 from mamba_core.layout import (
     CHECKPOINT_DIALECTS,
     DIALECT_AXES,
@@ -188,6 +191,9 @@ class LoadEntry:
         transpose: axes to apply to the stored tensor to reach the canonical layout, or None.
         dtype_policy: ``"fp32"`` or ``"model"``.
         source_dtype: safetensors dtype tag as stored.
+        expert: the stored tensor is ``canonical[expert]`` (a family checkpoint storing one tensor
+            per expert; the backend stacks the parts), or None.
+        rows: the stored tensor is rows ``[lo, hi)`` of (the expert slice of) ``canonical``, or None.
     """
 
     canonical: str
@@ -197,6 +203,8 @@ class LoadEntry:
     transpose: tuple[int, ...] | None
     dtype_policy: str
     source_dtype: str
+    expert: int | None = None
+    rows: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -214,6 +222,10 @@ class LoadPlan:
             for or the checkpoint holds one.
         absent: head tensors the checkpoint lacks, which the new model initializes (a classifier
             built from an LM or stack checkpoint).
+        quantization: the ``QuantizationPlan`` of a quantized checkpoint (``mamba_core.quantization``),
+            else None.
+        quantized_entries: one entry per stored part of a quantized module (canonical
+            ``"<module>.weight"`` / ``".scales"`` / ``".biases"``), read as stored, never cast.
     """
 
     config: Mamba1Config | Mamba2Config
@@ -224,6 +236,8 @@ class LoadPlan:
     notes: tuple[str, ...] = field(default=())
     task: Task = field(default=Task())
     absent: tuple[str, ...] = field(default=())
+    quantization: Any = None
+    quantized_entries: tuple[LoadEntry, ...] = field(default=())
 
 
 def plan_load(
@@ -232,6 +246,7 @@ def plan_load(
     tensors: dict[str, TensorInfo],
     task: Task | None = None,
     source_task: Task | None = None,
+    quantization=None,
 ) -> LoadPlan:
     """Match a checkpoint's tensors against the layout of ``config`` in ``dialect``.
 
@@ -245,6 +260,8 @@ def plan_load(
         tensors: name in the checkpoint -> ``TensorInfo``.
         task: the kind of model to build; None = ``source_task``.
         source_task: the kind the checkpoint holds; None = an LM.
+        quantization: the ``QuantizationPlan`` of a quantized checkpoint (``mamba_core.quantization``):
+            its modules' weights are planned as packed codes + scales (+ biases), not as float tensors.
 
     Returns:
         A ``LoadPlan``.
@@ -261,15 +278,26 @@ def plan_load(
     task = task or source_task
     match = _Matcher(config, dialect, tensors)
     specs, absent = _planned_specs(config, task, source_task, match)
-    entries = [e for e in (match.entry(name, spec) for name, spec in specs.items()) if e is not None]
+    # quantization hook: a quantized module's weight is read as stored, with its scales and biases
+    quantized = match.quantized_entries(quantization, specs) if quantization is not None else []
+    entries = [e for name, spec in specs.items() for e in match.entries(name, spec)]
     if task.kind != "lm":  # the rest of an LM / head checkpoint is not this model's: ignore it
         match.ignore_known()
         tied_duplicate = None
     else:
-        tied_duplicate = match.tied_duplicate(specs["backbone.embedding.weight"])
+        tied_duplicate = match.tied_duplicate(task_layout(config, task)["backbone.embedding.weight"])
     match.raise_if_wrong()
-    return LoadPlan(config, dialect, tuple(entries), tied_duplicate, _dominant_dtype(entries), task=task,
-                    absent=absent)
+    return LoadPlan(
+        config,
+        dialect,
+        tuple(entries),
+        tied_duplicate,
+        _dominant_dtype(entries, quantized),
+        task=task,
+        absent=absent,
+        quantization=quantization,
+        quantized_entries=tuple(quantized),
+    )
 
 
 def _planned_specs(config, task: Task, source_task: Task, match: _Matcher):
@@ -283,12 +311,17 @@ def _planned_specs(config, task: Task, source_task: Task, match: _Matcher):
     return specs, tuple(sorted(set(layout) - set(specs)))
 
 
-def _dominant_dtype(entries: list[LoadEntry]) -> str:
-    """The float dtype most "model"-policy tensors are stored in (float32 when there are none)."""
+def _dominant_dtype(entries: list[LoadEntry], quantized: list[LoadEntry] = ()) -> str:
+    """The float dtype most "model"-policy tensors are stored in; with none, the dtype most quantization
+    scales are stored in (float32 when there are none either, or the scales are not float: mxfp)."""
     counts: dict[str, int] = {}
     for e in entries:
         if e.dtype_policy == "model":
             counts[e.source_dtype] = counts.get(e.source_dtype, 0) + 1
+    if not counts:
+        for e in quantized:
+            if e.canonical.endswith(".scales") and e.source_dtype in FLOAT_DTYPES:
+                counts[e.source_dtype] = counts.get(e.source_dtype, 0) + 1
     return FLOAT_DTYPES[max(counts, key=counts.get) if counts else "F32"]
 
 
@@ -306,14 +339,58 @@ class _Matcher:
         self.config, self.dialect, self.tensors = config, dialect, tensors
         self.renames = DIALECT_RENAMES[dialect]
         self.mlx_layout = DIALECT_AXES[dialect]
+        # a hybrid family: canonical name -> the stored tensors it is made of (hybrid_layout)
+        self.parts: dict[str, list] | None = None
+        if is_family(config):
+            self.parts = {}
+            for t in stored_tensors(config, dialect):
+                if t.hf_name == "lm_head.weight" and t.canonical != "lm_head.weight":
+                    continue  # a tied head stored again (mlx-lm): the tied-duplicate check reads it
+                self.parts.setdefault(t.canonical, []).append(t)
         self.missing: list[str] = []
         self.mismatched: list[tuple[str, str, str]] = []
         self.used: set[str] = set()
         self.hints: list[str] = []
 
     def source(self, canonical: str) -> str:
-        """The checkpoint's name of a canonical tensor in this dialect."""
+        """The checkpoint's name of a canonical tensor in this dialect (a family's first part)."""
+        if self.parts is not None and canonical in self.parts:
+            return self.parts[canonical][0].hf_name
         return self.renames.get(canonical, canonical)
+
+    def entries(self, canonical: str, spec) -> list[LoadEntry]:
+        """The ``LoadEntry`` rows of one canonical tensor (several for a family's per-expert tensors);
+        problems are recorded, not raised."""
+        if self.parts is None:
+            entry = self.entry(canonical, spec)
+            return [] if entry is None else [entry]
+        out = []
+        for part in self.parts.get(canonical, ()):
+            info = self.tensors.get(part.hf_name)
+            if info is None:
+                self.missing.append(part.hf_name)
+                continue
+            self.used.add(part.hf_name)
+            if tuple(info.shape) != tuple(part.shape):
+                self.mismatched.append((part.hf_name, str(tuple(part.shape)), str(tuple(info.shape))))
+                continue
+            if info.dtype not in FLOAT_DTYPES:
+                self.mismatched.append((part.hf_name, "a float tensor", f"dtype {info.dtype}"))
+                continue
+            out.append(
+                LoadEntry(
+                    canonical,
+                    part.hf_name,
+                    info.file,
+                    spec.shape,
+                    part.axes,
+                    spec.dtype_policy,
+                    info.dtype,
+                    part.expert,
+                    part.rows,
+                )
+            )
+        return out
 
     def has(self, canonical: str) -> bool:
         return self.source(canonical) in self.tensors
@@ -355,6 +432,30 @@ class _Matcher:
                 f"vocab_size_padded={spec.shape[0]}: check vocab_size/pad_vocab_size_multiple"
             )
 
+    def quantized_entries(self, quantization, specs: dict) -> list[LoadEntry]:
+        """The stored parts of each quantized module (``quantization.modules``): ``<module>.weight``
+        (packed codes), ``.scales`` and, in the affine mode, ``.biases``, read as stored. Their weights
+        leave ``specs`` (they are not float tensors of the layout's shape)."""
+        from mamba_core.quantization import module_name
+
+        out: list[LoadEntry] = []
+        for path, quantized in quantization.modules.items():
+            if specs.pop(f"{path}.weight", None) is None:
+                continue
+            name = module_name(path, self.dialect)
+            parts = ("weight", "scales", "biases") if quantized.params.has_biases else ("weight", "scales")
+            for part in parts:
+                info = self.tensors.get(f"{name}.{part}")
+                if info is None:
+                    self.missing.append(f"{name}.{part}")
+                    continue
+                self.used.add(info.name)
+                entry = LoadEntry(
+                    f"{path}.{part}", info.name, info.file, tuple(info.shape), None, "stored", info.dtype
+                )
+                out.append(entry)
+        return out
+
     def ignore_known(self) -> None:
         """Count every tensor an LM or head of this config could hold as used (a stack or head load)."""
         known = set(expand_layout(self.config)) | {p.name for rows in HEAD_LAYOUT.values() for p in rows}
@@ -371,14 +472,16 @@ class _Matcher:
             got = str(tuple(info.shape))
             self.mismatched.append(("lm_head.weight", embedding_spec.describe_shape(), got))
             return None
-        return LoadEntry("lm_head.weight", "lm_head.weight", info.file, embedding_spec.shape, None, "model",
-                         info.dtype)
+        return LoadEntry(
+            "lm_head.weight", "lm_head.weight", info.file, embedding_spec.shape, None, "model", info.dtype
+        )
 
     def raise_if_wrong(self) -> None:
         unexpected = sorted(set(self.tensors) - self.used)
         if unexpected or self.missing or self.mismatched:
-            _raise_plan_error(self.config, self.dialect, self.missing, unexpected, self.mismatched,
-                              self.hints)
+            _raise_plan_error(
+                self.config, self.dialect, self.missing, unexpected, self.mismatched, self.hints
+            )
 
 
 def _raise_plan_error(config, dialect, missing, unexpected, mismatched, hints) -> None:
@@ -408,9 +511,9 @@ def _raise_plan_error(config, dialect, missing, unexpected, mismatched, hints) -
         )
     if any(n.endswith((".scales", ".biases")) for n in unexpected):
         hints.append(
-            "tensors named '*.scales'/'*.biases' are MLX quantization parameters: this is a quantized "
-            "mlx-lm checkpoint, which mamba-core does not load; use an unquantized (float16/bfloat16/"
-            "float32) repo instead, e.g. the original state-spaces/*-hf one"
+            "tensors named '*.scales'/'*.biases' are MLX quantization parameters, but config.json has no "
+            "'quantization' block saying how they were quantized: add the block mlx-lm wrote "
+            "({'group_size': 64, 'bits': 4, 'mode': 'affine'}) or use an unquantized checkpoint"
         )
     if any(n.startswith("model.") for n in unexpected):
         hints.append("tensor names start with 'model.' (Mistral/Codestral layout): strip the prefix")

@@ -1,4 +1,5 @@
-"""Model configs: ``Mamba1Config`` and ``Mamba2Config`` (one frozen dataclass per architecture).
+"""Model configs: ``Mamba1Config`` and ``Mamba2Config`` (one frozen dataclass per architecture; Mamba-3's
+``Mamba3Config`` is in ``mamba3_config.py``).
 
 Field names are the official state-spaces module arguments (``d_model``, ``n_layer``, ``d_state``, ...).
 Derived sizes (``d_inner``, ``nheads``, ``conv_dim``, ``d_in_proj``, ``vocab_size_padded``) are properties;
@@ -16,6 +17,9 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from mamba_core.errors import ConfigError
+from mamba_core.layers.gated_mlp import mlp_width
+from mamba_core.layers.kind import BlockPlan
+from mamba_core.mamba3_config import Mamba3Config
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,6 +32,7 @@ class _LMConfig:
     n_layer: int
     vocab_size: int
     pad_vocab_size_multiple: int = 8
+    d_intermediate: int = 0  # the official key: > 0 puts norm2 + a gated MLP in every block
     d_state: int = 16
     d_conv: int = 4
     expand: int = 2
@@ -55,6 +60,30 @@ class _LMConfig:
         m = self.pad_vocab_size_multiple
         return int(math.ceil(self.vocab_size / m) * m)
 
+    @property
+    def has_mlp(self) -> bool:
+        """Whether every block carries ``norm2`` + the gated MLP (``d_intermediate > 0``)."""
+        return self.d_intermediate > 0
+
+    @property
+    def d_mlp(self) -> int:
+        """M: gated-MLP hidden width, ``d_intermediate`` rounded up to a multiple of 128 (0 = no MLP)."""
+        return mlp_width(self.d_intermediate)
+
+    @property
+    def d_fc1(self) -> int:
+        """Rows of ``mlp.fc1``: 2M ([y, gate])."""
+        return 2 * self.d_mlp
+
+    def layer_plan(self) -> tuple[BlockPlan, ...]:
+        """The blocks: the ``arch`` mixer in every layer, plus the ``gated_mlp`` when ``d_intermediate > 0``.
+
+        Example:
+            >>> Mamba1Config(d_model=16, n_layer=1, vocab_size=10, d_intermediate=64).layer_plan()
+            (BlockPlan(mixer='mamba1', mlp='gated_mlp'),)
+        """
+        return (BlockPlan(self.arch, "gated_mlp" if self.has_mlp else None),) * self.n_layer
+
     # ---- validation ------------------------------------------------------------------------------
     def _check_positive(self, *names: str) -> None:
         for name in names:
@@ -77,6 +106,12 @@ class _LMConfig:
             )
         if not self.norm_epsilon > 0:
             raise ConfigError(f"norm_epsilon must be > 0, got {self.norm_epsilon!r}", field="norm_epsilon")
+        d_mlp = self.d_intermediate
+        if isinstance(d_mlp, bool) or not isinstance(d_mlp, int) or d_mlp < 0:
+            raise ConfigError(
+                f"{type(self).__name__}.d_intermediate must be an integer >= 0 (0 = no MLP), got {d_mlp!r}",
+                field="d_intermediate",
+            )
 
     def replace(self, **changes: Any):
         """A copy with some fields changed (validated again)."""
@@ -123,6 +158,10 @@ class Mamba1Config(_LMConfig):
     dt_rank: int | str = "auto"  # "auto" = ceil(d_model / 16), resolved in __post_init__
     dt_init: str = "random"
     dt_scale: float = 1.0
+    # RMSNorms on dt, B and C after x_proj (docs/spec.md §3.4): None = none (Mamba-1); a number = their
+    # epsilon (FalconMamba's mixer_rms_eps: weightless; with mixer_rms_weights, Jamba's weighted norms).
+    mixer_rms_eps: float | None = None
+    mixer_rms_weights: bool = False
 
     def __post_init__(self) -> None:
         if self.dt_rank == "auto":
@@ -132,6 +171,23 @@ class Mamba1Config(_LMConfig):
         if self.dt_init not in ("random", "constant"):
             raise ConfigError(
                 f"dt_init must be 'random' or 'constant', got {self.dt_init!r}", field="dt_init"
+            )
+        eps = self.mixer_rms_eps
+        if eps is not None and (
+            isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf
+        ):
+            raise ConfigError(
+                f"mixer_rms_eps must be None (no dt/B/C norms) or a positive number, got {eps!r}",
+                field="mixer_rms_eps",
+            )
+        if self.mixer_rms_weights not in (False, True):
+            raise ConfigError(
+                f"mixer_rms_weights must be a bool, got {self.mixer_rms_weights!r}", field="mixer_rms_weights"
+            )
+        if self.mixer_rms_weights and eps is None:
+            raise ConfigError(
+                "mixer_rms_weights=True needs the norms' epsilon: set mixer_rms_eps (Jamba: rms_norm_eps)",
+                field="mixer_rms_weights",
             )
 
     @property
@@ -206,4 +262,4 @@ class Mamba2Config(_LMConfig):
         return 2 * self.d_inner + 2 * self.ngroups * self.d_state + self.nheads
 
 
-CONFIG_CLASSES = {"mamba1": Mamba1Config, "mamba2": Mamba2Config}
+CONFIG_CLASSES = {"mamba1": Mamba1Config, "mamba2": Mamba2Config, "mamba3": Mamba3Config}

@@ -62,9 +62,7 @@ def stdlib_files() -> list[Path]:
         True
     """
     root = Path(sysconfig.get_paths()["stdlib"])
-    return sorted(
-        p for p in root.rglob("*.py") if not (STDLIB_EXCLUDE & set(p.relative_to(root).parts[:-1]))
-    )
+    return sorted(p for p in root.rglob("*.py") if not (STDLIB_EXCLUDE & set(p.relative_to(root).parts[:-1])))
 
 
 def stdlib_description() -> str:
@@ -72,8 +70,9 @@ def stdlib_description() -> str:
     return f"Python {sys.version.split()[0]} standard library ({sysconfig.get_paths()['stdlib']})"
 
 
-def expand_sources(sources: Iterable[str | os.PathLike], patterns: Sequence[str] = DEFAULT_PATTERNS
-                   ) -> list[Path]:
+def expand_sources(
+    sources: Iterable[str | os.PathLike], patterns: Sequence[str] = DEFAULT_PATTERNS
+) -> list[Path]:
     """Files named directly, plus the files matching ``patterns`` under each directory, sorted.
 
     Raises:
@@ -112,8 +111,9 @@ def read_token_file(path: str | os.PathLike) -> np.ndarray:
     else:
         tokens = np.fromfile(path, dtype="<u2")
     if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
-        raise ValueError(f"token file {str(path)!r} must hold a 1-D integer array, got "
-                         f"{tokens.dtype} {tokens.shape}")
+        raise ValueError(
+            f"token file {str(path)!r} must hold a 1-D integer array, got {tokens.dtype} {tokens.shape}"
+        )
     if tokens.size and int(tokens.min()) < 0:
         raise ValueError(f"token file {str(path)!r} holds negative ids")
     return tokens
@@ -180,9 +180,15 @@ def fingerprint(*arrays: np.ndarray) -> str:
     return h.hexdigest()[:16]
 
 
-def load_corpus(sources: Sequence[str | os.PathLike], tokenizer=None, *, stdlib: bool = False,
-                val_fraction: float = 0.05, patterns: Sequence[str] = DEFAULT_PATTERNS,
-                vocab_size: int | None = None) -> Corpus:
+def load_corpus(
+    sources: Sequence[str | os.PathLike],
+    tokenizer=None,
+    *,
+    stdlib: bool = False,
+    val_fraction: float = 0.05,
+    patterns: Sequence[str] = DEFAULT_PATTERNS,
+    vocab_size: int | None = None,
+) -> Corpus:
     """Read, tokenize and split a corpus.
 
     Args:
@@ -210,8 +216,10 @@ def load_corpus(sources: Sequence[str | os.PathLike], tokenizer=None, *, stdlib:
     token_files = [s for s in sources if is_token_file(s)]
     if token_files:
         if len(sources) != 1 or stdlib:
-            raise ValueError("a token file (.npy/.bin) must be the only data source; got "
-                             f"{[str(s) for s in sources]}" + (" and --stdlib" if stdlib else ""))
+            raise ValueError(
+                "a token file (.npy/.bin) must be the only data source; got "
+                f"{[str(s) for s in sources]}" + (" and --stdlib" if stdlib else "")
+            )
         tokens = read_token_file(token_files[0])
         described = f"token file {str(token_files[0])!r}"
         if vocab_size is None:
@@ -221,8 +229,9 @@ def load_corpus(sources: Sequence[str | os.PathLike], tokenizer=None, *, stdlib:
             raise ValueError("text data needs a tokenizer (ByteTokenizer or a tokenizer.json)")
         files = expand_sources(sources, patterns) + (stdlib_files() if stdlib else [])
         if not files:
-            raise ValueError("no training data: name text files, directories or a token file, or pass "
-                             "--stdlib")
+            raise ValueError(
+                "no training data: name text files, directories or a token file, or pass --stdlib"
+            )
         tokens = tokenize_files(files, tokenizer)
         vocab_size = tokenizer.vocab_size if vocab_size is None else vocab_size
         names = ([stdlib_description()] if stdlib else []) + [str(s) for s in sources]
@@ -230,12 +239,18 @@ def load_corpus(sources: Sequence[str | os.PathLike], tokenizer=None, *, stdlib:
     if tokens.size and int(tokens.max()) >= vocab_size:
         raise ValueError(f"token id {int(tokens.max())} is outside the vocabulary (vocab_size={vocab_size})")
     train, val = split(tokens, val_fraction)
-    return Corpus(train=train, val=val, vocab_size=int(vocab_size), fingerprint=fingerprint(train, val),
-                  description=f"{described}; {len(tokens):,} tokens ({len(train):,} train, {len(val):,} val)")
+    return Corpus(
+        train=train,
+        val=val,
+        vocab_size=int(vocab_size),
+        fingerprint=fingerprint(train, val),
+        description=f"{described}; {len(tokens):,} tokens ({len(train):,} train, {len(val):,} val)",
+    )
 
 
-def batch(tokens: np.ndarray, *, seed: int, step: int, batch_size: int, seq_len: int
-          ) -> tuple[np.ndarray, np.ndarray]:
+def batch(
+    tokens: np.ndarray, *, seed: int, step: int, batch_size: int, seq_len: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Batch ``step`` of a run: random windows of ``tokens``, a pure function of ``(seed, step)``.
 
     Returns:
@@ -257,8 +272,11 @@ def batch(tokens: np.ndarray, *, seed: int, step: int, batch_size: int, seq_len:
     return windows[:, :-1], windows[:, 1:]
 
 
-def eval_batches(tokens: np.ndarray, *, seed: int, n_batches: int, batch_size: int, seq_len: int
-                 ) -> list[tuple[np.ndarray, np.ndarray]]:
+def eval_batches(
+    tokens: np.ndarray, *, seed: int, n_batches: int, batch_size: int, seq_len: int
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """The fixed held-out batches every eval of a run uses (the same list at every eval and resume)."""
-    return [batch(tokens, seed=seed + 1_000_003, step=i, batch_size=batch_size, seq_len=seq_len)
-            for i in range(n_batches)]
+    return [
+        batch(tokens, seed=seed + 1_000_003, step=i, batch_size=batch_size, seq_len=seq_len)
+        for i in range(n_batches)
+    ]

@@ -21,7 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mamba_core.config import Mamba1Config, Mamba2Config
-from mamba_core.layers import BLOCK_ROWS, KINDS, Param, layer_plan
+from mamba_core.layers import BLOCK_ROWS, KINDS, Param, kind_config, layer_plan
+from mamba_core.layers.kind import attr, present
 
 __all__ = ["Param"]  # re-exported: the row type lives with the layer kinds
 
@@ -36,10 +37,12 @@ _HEAD = (
 
 def _one_kind_table(kind_name: str) -> tuple[Param, ...]:
     kind = KINDS[kind_name]
-    layer = tuple(Param(LAYER + r.name, r.shape, r.dtype_policy, r.mlx_axes, r.when)
-                  for r in BLOCK_ROWS[kind.slot])
-    rows = tuple(Param(f"{LAYER}{kind.slot}.{r.name}", r.shape, r.dtype_policy, r.mlx_axes, r.when)
-                 for r in kind.rows)
+    layer = tuple(
+        Param(LAYER + r.name, r.shape, r.dtype_policy, r.mlx_axes, r.when) for r in BLOCK_ROWS[kind.slot]
+    )
+    rows = tuple(
+        Param(f"{LAYER}{kind.slot}.{r.name}", r.shape, r.dtype_policy, r.mlx_axes, r.when) for r in kind.rows
+    )
     return layer + rows + _HEAD
 
 
@@ -69,9 +72,7 @@ DIALECT_AXES: dict[str, bool] = {
 CHECKPOINT_DIALECTS = tuple(DIALECT_RENAMES)
 
 # Decode cache of the one-kind models (docs/spec.md §3.6, §4.7): field -> (shape terms, dtype policy).
-CACHE_LAYOUT = {
-    name: {f.name: (f.shape, f.dtype_policy) for f in kind.cache} for name, kind in KINDS.items()
-}
+CACHE_LAYOUT = {name: {f.name: (f.shape, f.dtype_policy) for f in kind.cache} for name, kind in KINDS.items()}
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def dim(config: Mamba1Config | Mamba2Config, term: str | int) -> int:
         return term
     value = 1
     for part in term.split("*"):
-        value *= getattr(config, part)
+        value *= attr(config, part)
     return int(value)
 
 
@@ -114,18 +115,15 @@ def describe_shape(template: tuple, config: Mamba1Config | Mamba2Config) -> str:
 
 
 def _present(param: Param, config: Mamba1Config | Mamba2Config) -> bool:
-    if param.when is None:
-        return True
-    if param.when == "untied":
-        return not config.tie_embeddings
-    return bool(getattr(config, param.when))
+    return present(param.when, config)
 
 
 def expand_layout(config: Mamba1Config | Mamba2Config) -> dict[str, ParamSpec]:
     """Every canonical tensor of a model, in order: name -> ``ParamSpec``.
 
-    Per block of ``layers.layer_plan(config)``: its block rows, then each slot's kind rows; then the
-    embedding, ``norm_f`` and (untied) the LM head.
+    Per block of ``layers.layer_plan(config)``: its block rows, then each slot's kind rows (shapes in
+    terms of the kind's config, ``layers.kind_config``); then the embedding, ``norm_f`` and (untied)
+    the LM head.
 
     Example:
         >>> from mamba_core import Mamba1Config
@@ -141,10 +139,11 @@ def expand_layout(config: Mamba1Config | Mamba2Config) -> dict[str, ParamSpec]:
                 if _present(p, config):
                     out[prefix + p.name] = _spec(p, prefix + p.name, config)
         for slot, kind_name in block.slots:
+            cfg = kind_config(config, kind_name)
             for p in KINDS[kind_name].rows:
-                if _present(p, config):
+                if _present(p, cfg):
                     name = f"{prefix}{slot}.{p.name}"
-                    out[name] = _spec(p, name, config)
+                    out[name] = _spec(p, name, cfg)
     for p in _HEAD:
         if _present(p, config):
             out[p.name] = _spec(p, p.name, config)
@@ -179,8 +178,9 @@ def cache_plan(config: Mamba1Config | Mamba2Config, batch: int) -> list[CacheFie
     for block in layer_plan(config):
         fields: CacheFields = {}
         for _, kind_name in block.slots:
+            cfg = kind_config(config, kind_name)
             for f in KINDS[kind_name].cache:
-                shape = tuple(batch if t == "batch" else dim(config, t) for t in f.shape)
+                shape = tuple(batch if t == "batch" else dim(cfg, t) for t in f.shape)
                 fields[f.name] = (shape, f.dtype_policy)
         out.append(fields)
     return out

@@ -32,6 +32,7 @@ from mamba_core.dialects import parse_config
 from mamba_core.errors import BackendUnavailableError, CheckpointError, ConfigError, UnsupportedError
 from mamba_core.hub import looks_like_hub_id
 from mamba_core.hub import resolve as resolve_hub
+from mamba_core.quantization import plan_from_checkpoint, quantization_config, read_config_block
 from mamba_core.registry import BACKENDS, choose_backend, get_backend
 from mamba_core.task import Task, resolve_task
 from mamba_core.writer import (
@@ -231,7 +232,7 @@ def plan_checkpoint(
     Raises:
         CheckpointError: bad or mismatched files (naming the file and tensor); a ``.bin`` without torch.
         ConfigError, UnsupportedError: the config is invalid or describes an unsupported model
-            (quantized, hybrid, ...); the message starts with the config's path.
+            (hybrid, ...); the message starts with the config's path.
 
     Example:
         >>> plan = plan_checkpoint("ckpt_dir")   # doctest: +SKIP
@@ -243,7 +244,25 @@ def plan_checkpoint(
     tensors, metadata = read_tensor_infos(files, backend)
     if dialect is None:
         dialect = checkpoint_dialect(parsed.dialect, metadata)
-    return plan_load(parsed.config, dialect, tensors, task=target, source_task=source_task)
+    quantization = _quantization_plan(files, parsed.config, dialect, tensors)
+    return plan_load(
+        parsed.config, dialect, tensors, task=target, source_task=source_task, quantization=quantization
+    )
+
+
+def _quantization_plan(files: CheckpointFiles, config, dialect: str, tensors: dict[str, TensorInfo]):
+    """Quantization hook: the ``QuantizationPlan`` of a quantized checkpoint (its config.json's
+    quantization block, ``mamba_core.quantization``), or None; errors name config.json."""
+    block = read_config_block(files.config)
+    if block is None:
+        return None
+    config_path = str(files.directory / "config.json")
+    try:
+        return plan_from_checkpoint(config, block, dialect, tensors)
+    except ConfigError as e:
+        raise ConfigError(f"{config_path!r}: {e}", field=e.field) from e
+    except CheckpointError as e:
+        raise CheckpointError(f"{config_path!r}: {e}", mismatched=e.mismatched) from e
 
 
 def _read_config(files: CheckpointFiles, task, num_labels, pooling):
@@ -255,8 +274,11 @@ def _read_config(files: CheckpointFiles, task, num_labels, pooling):
             source_task, config = Task.from_dict(config)
         parsed = parse_config(config)
         if source_task.kind != "lm" and parsed.dialect != "mamba-core":
-            raise ConfigError(f"'task' {source_task.kind!r} is a key of mamba-core configs, not of the "
-                              f"{parsed.dialect!r} dialect", field="task")
+            raise ConfigError(
+                f"'task' {source_task.kind!r} is a key of mamba-core configs, not of the "
+                f"{parsed.dialect!r} dialect",
+                field="task",
+            )
         target = resolve_task(task, num_labels, pooling, source_task)
     except ConfigError as e:
         raise ConfigError(f"{config_path!r}: {e}", field=e.field) from e
@@ -295,12 +317,14 @@ def load(
 
     Dialects (detected from config.json keys and safetensors metadata, never from shapes): official
     state-spaces (``pytorch_model.bin`` or safetensors), HF ``-hf`` (single or sharded), mlx-lm /
-    mlx-community (conv axes moved; quantized ones are refused), and mamba-core's own.
+    mlx-community (conv axes moved; quantized ones load into MLX-format quantized layers on both
+    backends, ``mamba_core.quantization``), mamba-core's own, and GGUF files (``mamba_core.gguf``).
 
     Args:
         name_or_path: a local checkpoint directory, a ``.safetensors`` / ``.bin`` file with
-            ``config.json`` beside it, or a hub id (``"state-spaces/mamba-130m"``) fetched with
-            huggingface_hub (only the files needed; ``HF_HUB_OFFLINE=1``: the local cache only).
+            ``config.json`` beside it, a ``.gguf`` file (``mamba_core.gguf``), or a hub id
+            (``"state-spaces/mamba-130m"``) fetched with huggingface_hub (only the files needed;
+            ``HF_HUB_OFFLINE=1``: the local cache only).
         backend: ``"torch"``, ``"mlx"`` or ``"auto"`` (``registry.choose_backend``: MLX on Apple Silicon,
             else torch; the choice is logged and recorded in ``model.backend_choice``).
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``; None keeps the checkpoint's dtype.
@@ -325,7 +349,7 @@ def load(
         CheckpointError: missing/unexpected/mis-shaped tensors, truncated or corrupt files, offline
             and not cached (each names the file or tensor).
         ConfigError: invalid config.json.
-        UnsupportedError: quantized, hybrid or other models mamba-core does not implement.
+        UnsupportedError: hybrid or other models mamba-core does not implement.
         BackendUnavailableError: the backend is not installed.
 
     Example:
@@ -334,12 +358,19 @@ def load(
         'torch'
     """
     path = local_path(name_or_path, revision=revision)
+    if path.suffix == ".gguf":  # llama.cpp's single-file format (mamba_core.gguf)
+        from mamba_core.gguf import load_gguf
+
+        if task not in (None, "lm") or return_tokenizer:
+            raise UnsupportedError(f"{str(path)!r}: a GGUF file loads as an LM, without a tokenizer")
+        return load_gguf(path, backend=backend, dtype=dtype, device=device)
     choice = choose_backend(backend)
     if choice.auto:
         log.info("backend='auto' picked %r (%s)", choice.name, choice.why)
     module = get_backend(choice.name)
-    plan = plan_checkpoint(path, dialect=dialect, backend=module, task=task, num_labels=num_labels,
-                           pooling=pooling)
+    plan = plan_checkpoint(
+        path, dialect=dialect, backend=module, task=task, num_labels=num_labels, pooling=pooling
+    )
     if plan.absent:
         log.warning("%s: not in the checkpoint, newly initialized: %s", path, ", ".join(plan.absent))
     model = module.load_checkpoint(plan, dtype=dtype, device=device)
@@ -414,9 +445,18 @@ def save(
     task = module.task_of(model)
     tensors = module.export_tensors(model, dialect=dialect)
     copy_files, extra = tokenizer_files(tokenizer)
-    return write_checkpoint(module, tensors, model.config, path, dialect=dialect, force=force,
-                            shard_size=shard_size, copy_files=copy_files, extra_files=extra,
-                            config_extra=task.to_dict())
+    return write_checkpoint(
+        module,
+        tensors,
+        model.config,
+        path,
+        dialect=dialect,
+        force=force,
+        shard_size=shard_size,
+        copy_files=copy_files,
+        extra_files=extra,
+        config_extra={**task.to_dict(), **quantization_config(model, dialect)},
+    )
 
 
 def _backend_of(model) -> str:

@@ -9,6 +9,9 @@ checks the outputs of every op in every backend x device x dtype cell against it
 * ``"weight"``: the dtype of the op's ``weight`` argument (the model dtype);
 * ``"state"``: the dtype of the state argument passed in (updated in place in torch).
 
+An op that takes and returns a state dict (Mamba-3) counts the dict as its fields, in cache order
+(``angle_state``, ``ssm_state``, ``k_state``, ``v_state``), after ``y``.
+
 ``accumulate`` is the dtype sums and products are computed in before the output cast.
 """
 
@@ -40,6 +43,12 @@ OP_DTYPES: dict[str, OpDtype] = {
     "ssd_chunked": _SCAN,
     "ssd_state_update": _SCAN,
     "ssd_state_update_": _SCAN,
+    # (y, angle_state, ssm_state, k_state, v_state): the functional forms return every field in float32;
+    # the decode variant keeps k_state / v_state in the cache's dtype (the model dtype)
+    "mamba3_chunked": OpDtype("float32", ("float32",) * 5),
+    "mamba3_state_update": OpDtype("float32", ("float32",) * 5),
+    "mamba3_state_update_": OpDtype("float32", ("float32", "float32", "float32", "state", "state")),
+    "mamba3_gate_out": OpDtype("float32", ("float32",)),
 }
 
 

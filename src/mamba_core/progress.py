@@ -21,8 +21,16 @@ class Progress:
         enabled: force on/off; None = on when stderr is a tty or MAMBA_CORE_PROGRESS=1.
     """
 
-    def __init__(self, total: int | None, desc: str, *, unit: str = "", enabled: bool | None = None,
-                 stream=None, max_rate: float = 4.0):
+    def __init__(
+        self,
+        total: int | None,
+        desc: str,
+        *,
+        unit: str = "",
+        enabled: bool | None = None,
+        stream=None,
+        max_rate: float = 4.0,
+    ):
         env = os.environ.get("MAMBA_CORE_PROGRESS")
         self.stream = stream if stream is not None else sys.stderr
         if enabled is None:
@@ -62,8 +70,10 @@ class Progress:
             frac = min(self.n / self.total, 1.0)
             bar = "#" * int(frac * 24) + "-" * (24 - int(frac * 24))
             eta = (self.total - self.n) / rate if rate > 0 else float("inf")
-            return (f"{self.desc} [{bar}] {self.n}/{self.total}{self.unit} {rate:.3g}{self.unit}/s "
-                    f"eta {eta:.0f}s {extra}").rstrip()
+            return (
+                f"{self.desc} [{bar}] {self.n}/{self.total}{self.unit} {rate:.3g}{self.unit}/s "
+                f"eta {eta:.0f}s {extra}"
+            ).rstrip()
         return f"{self.desc} {self.n}{self.unit} {rate:.3g}{self.unit}/s {extra}".rstrip()
 
     def close(self) -> None:

@@ -121,8 +121,9 @@ class Task:
         if "task" not in d:
             stray = sorted(k for k in ("num_labels", "pooling") if k in d)
             if stray:
-                raise ConfigError(f"config keys {stray} need a 'task' key saying which head they are for",
-                                  field=stray[0])
+                raise ConfigError(
+                    f"config keys {stray} need a 'task' key saying which head they are for", field=stray[0]
+                )
             return cls(), rest
         return cls(d["task"], d.get("num_labels"), d.get("pooling")), rest
 
@@ -190,8 +191,9 @@ def resolve_task(kind: str | None, num_labels: int | None, pooling: str | None, 
     """
     if kind is None:
         if num_labels is not None or pooling is not None:
-            raise ConfigError("num_labels/pooling need task='sequence-classification' or task='features'",
-                              field="task")
+            raise ConfigError(
+                "num_labels/pooling need task='sequence-classification' or task='features'", field="task"
+            )
         return source
     if kind == source.kind and num_labels is None and pooling is None:
         return source

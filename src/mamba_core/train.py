@@ -134,25 +134,44 @@ def _deferred_interrupt():
 
 def _check_resumable(saved: dict, config: TrainConfig, corpus_fp: str, path: Path, backend: str) -> None:
     if saved["backend"] != backend:
-        raise ValueError(f"cannot resume from {str(path)!r} with backend={backend!r}: it was trained with "
-                         f"{saved['backend']!r} (optimizer states differ); pass --backend {saved['backend']}")
+        raise ValueError(
+            f"cannot resume from {str(path)!r} with backend={backend!r}: it was trained with "
+            f"{saved['backend']!r} (optimizer states differ); pass --backend {saved['backend']}"
+        )
     ours = config.to_dict()
-    diffs = sorted(k for k, v in saved["train_config"].items()
-                   if k not in RESUME_FREE_FIELDS and ours.get(k) != v)
+    diffs = sorted(
+        k for k, v in saved["train_config"].items() if k not in RESUME_FREE_FIELDS and ours.get(k) != v
+    )
     if diffs:
-        detail = ", ".join(f"{k}: checkpoint {saved['train_config'][k]!r}, now {ours.get(k)!r}"
-                           for k in diffs)
-        raise ValueError(f"cannot resume from {str(path)!r}: training settings differ ({detail}); use the "
-                         "same settings or a new --out directory")
+        detail = ", ".join(
+            f"{k}: checkpoint {saved['train_config'][k]!r}, now {ours.get(k)!r}" for k in diffs
+        )
+        raise ValueError(
+            f"cannot resume from {str(path)!r}: training settings differ ({detail}); use the "
+            "same settings or a new --out directory"
+        )
     if saved["data"]["fingerprint"] != corpus_fp:
-        raise ValueError(f"cannot resume from {str(path)!r}: the training data changed (fingerprint "
-                         f"{saved['data']['fingerprint']} -> {corpus_fp}); use a new --out directory")
+        raise ValueError(
+            f"cannot resume from {str(path)!r}: the training data changed (fingerprint "
+            f"{saved['data']['fingerprint']} -> {corpus_fp}); use a new --out directory"
+        )
 
 
-def train(corpus: data_mod.Corpus, out_dir: str | os.PathLike, config: TrainConfig, *,
-          model_config=None, init_from: str | os.PathLike | None = None, backend: str = "torch",
-          device: str | None = None, tokenizer=None, resume: bool = True, stop_at: int | None = None,
-          progress: bool | None = None, init_seed: int | None = None) -> TrainResult:
+def train(
+    corpus: data_mod.Corpus,
+    out_dir: str | os.PathLike,
+    config: TrainConfig,
+    *,
+    model_config=None,
+    init_from: str | os.PathLike | None = None,
+    backend: str = "torch",
+    device: str | None = None,
+    tokenizer=None,
+    resume: bool = True,
+    stop_at: int | None = None,
+    progress: bool | None = None,
+    init_seed: int | None = None,
+) -> TrainResult:
     """Train a new model (``model_config``) or fine-tune a checkpoint (``init_from``) on ``corpus``.
 
     Args:
@@ -201,14 +220,18 @@ def train(corpus: data_mod.Corpus, out_dir: str | os.PathLike, config: TrainConf
     else:
         model = _load(init_from, backend, device)
     if model.config.vocab_size < corpus.vocab_size:
-        raise ValueError(f"the model's vocab_size={model.config.vocab_size} is smaller than the data's "
-                         f"vocabulary ({corpus.vocab_size})")
+        raise ValueError(
+            f"the model's vocab_size={model.config.vocab_size} is smaller than the data's "
+            f"vocabulary ({corpus.vocab_size})"
+        )
     eos = None
     if config.pack:
         eos = getattr(tokenizer, "eos_token_id", None)
         if eos is None:
-            raise ValueError("pack=True (--pack) needs the tokenizer's end-of-text id to find the documents; "
-                             "this tokenizer has none: train without --pack")
+            raise ValueError(
+                "pack=True (--pack) needs the tokenizer's end-of-text id to find the documents; "
+                "this tokenizer has none: train without --pack"
+            )
     lora = config.lora()
     if lora is not None and history is not None:
         module.load_adapter(model, ckpt / ADAPTER_DIR)
@@ -218,8 +241,18 @@ def train(corpus: data_mod.Corpus, out_dir: str | os.PathLike, config: TrainConf
     if history is not None:
         trainer.load_state(ckpt / OPTIMIZER_FILE)
     out_dir.mkdir(parents=True, exist_ok=True)
-    run = _Run(corpus, out_dir, config, model, trainer, backend=backend, init_from=init_from,
-               tokenizer=tokenizer, history=history or _History(), eos=eos)
+    run = _Run(
+        corpus,
+        out_dir,
+        config,
+        model,
+        trainer,
+        backend=backend,
+        init_from=init_from,
+        tokenizer=tokenizer,
+        history=history or _History(),
+        eos=eos,
+    )
     end = config.steps if stop_at is None else min(config.steps, stop_at)
     run.loop(end, progress)
     final = run.snapshot(end)
@@ -229,10 +262,16 @@ def train(corpus: data_mod.Corpus, out_dir: str | os.PathLike, config: TrainConf
             module.save_adapter(model, out_dir / ADAPTER_DIR)
             module.merge_lora(model)
         _save_final(out_dir, model, final, tokenizer)
-    return TrainResult(out_dir=out_dir, step=end, train_losses=run.history.train_losses,
-                       eval_losses=run.history.eval_losses, tokens_seen=end * run.tokens_per_step,
-                       wall_s=final["wall_s"], resumed_from=history.start if history else None,
-                       extra={"model": model, "trainer": trainer})
+    return TrainResult(
+        out_dir=out_dir,
+        step=end,
+        train_losses=run.history.train_losses,
+        eval_losses=run.history.eval_losses,
+        tokens_seen=end * run.tokens_per_step,
+        wall_s=final["wall_s"],
+        resumed_from=history.start if history else None,
+        extra={"model": model, "trainer": trainer},
+    )
 
 
 def _load(path, backend: str, device: str | None):
@@ -257,23 +296,45 @@ def _resumed_history(ckpt: Path, config: TrainConfig, corpus, backend: str) -> _
         return None
     saved = json.loads(state_path.read_text())
     _check_resumable(saved, config, corpus.fingerprint, ckpt, backend)
-    return _History(start=saved["step"], train_losses=list(saved["train_losses"]),
-                    eval_losses=[tuple(e) for e in saved["eval_losses"]],
-                    wall_before=saved.get("wall_s", 0.0))
+    return _History(
+        start=saved["step"],
+        train_losses=list(saved["train_losses"]),
+        eval_losses=[tuple(e) for e in saved["eval_losses"]],
+        wall_before=saved.get("wall_s", 0.0),
+    )
 
 
 class _Run:
     """One training run's loop: steps, logging, evals and checkpoints, over the state in ``history``."""
 
-    def __init__(self, corpus, out_dir: Path, config: TrainConfig, model, trainer, *, backend: str,
-                 init_from, tokenizer, history: _History, eos: int | None = None):
+    def __init__(
+        self,
+        corpus,
+        out_dir: Path,
+        config: TrainConfig,
+        model,
+        trainer,
+        *,
+        backend: str,
+        init_from,
+        tokenizer,
+        history: _History,
+        eos: int | None = None,
+    ):
         self.corpus, self.out_dir, self.config = corpus, out_dir, config
         self.model, self.trainer, self.backend = model, trainer, backend
         self.init_from, self.tokenizer, self.history = init_from, tokenizer, history
         self.eos = eos
-        self.evals = [self.packed(x, y) for x, y in data_mod.eval_batches(
-            corpus.val, seed=config.seed, n_batches=config.eval_batches, batch_size=config.batch_size,
-            seq_len=config.seq_len)]
+        self.evals = [
+            self.packed(x, y)
+            for x, y in data_mod.eval_batches(
+                corpus.val,
+                seed=config.seed,
+                n_batches=config.eval_batches,
+                batch_size=config.batch_size,
+                seq_len=config.seq_len,
+            )
+        ]
         self.tokens_per_step = config.batch_size * config.seq_len
         self.t0 = time.perf_counter()
 
@@ -281,13 +342,21 @@ class _Run:
         """The ``trainer_state.json`` of the run after ``step`` steps."""
         h, corpus = self.history, self.corpus
         return {
-            "step": step, "train_losses": h.train_losses, "eval_losses": [list(e) for e in h.eval_losses],
+            "step": step,
+            "train_losses": h.train_losses,
+            "eval_losses": [list(e) for e in h.eval_losses],
             "tokens_seen": step * self.tokens_per_step,
             "wall_s": h.wall_before + time.perf_counter() - self.t0,
-            "train_config": self.config.to_dict(), "model_config": self.model.config.to_dict("mamba-core"),
-            "backend": self.backend, "init_from": None if self.init_from is None else str(self.init_from),
-            "data": {"fingerprint": corpus.fingerprint, "description": corpus.description,
-                     "train_tokens": len(corpus.train), "val_tokens": len(corpus.val)},
+            "train_config": self.config.to_dict(),
+            "model_config": self.model.config.to_dict("mamba-core"),
+            "backend": self.backend,
+            "init_from": None if self.init_from is None else str(self.init_from),
+            "data": {
+                "fingerprint": corpus.fingerprint,
+                "description": corpus.description,
+                "train_tokens": len(corpus.train),
+                "val_tokens": len(corpus.val),
+            },
         }
 
     def packed(self, x, y) -> tuple:
@@ -306,8 +375,9 @@ class _Run:
     def step(self, step: int) -> float:
         """One optimizer step on the batch of ``step``; its loss (nats/token)."""
         cfg = self.config
-        x, y = data_mod.batch(self.corpus.train, seed=cfg.seed, step=step, batch_size=cfg.batch_size,
-                              seq_len=cfg.seq_len)
+        x, y = data_mod.batch(
+            self.corpus.train, seed=cfg.seed, step=step, batch_size=cfg.batch_size, seq_len=cfg.seq_len
+        )
         x, y, seq_idx = self.packed(x, y)
         loss = self.trainer.step(x, y, lr_at(step, cfg), seq_idx=seq_idx)
         if not math.isfinite(loss):
@@ -316,8 +386,14 @@ class _Run:
         return loss
 
     def save(self, step: int) -> None:
-        _save_checkpoint(self.out_dir, self.model, self.trainer, self.snapshot(step), self.tokenizer,
-                         get_backend(self.backend))
+        _save_checkpoint(
+            self.out_dir,
+            self.model,
+            self.trainer,
+            self.snapshot(step),
+            self.tokenizer,
+            get_backend(self.backend),
+        )
 
     def loop(self, end: int, progress: bool | None) -> None:
         """Steps ``history.start`` .. ``end - 1``: evals, checkpoints, and a checkpoint on Ctrl-C."""
@@ -332,8 +408,14 @@ class _Run:
                     bar.update(1, loss=loss, tok_s=round(tok_s))
                     done = step + 1
                     if done % cfg.log_every == 0:
-                        log.info("step %d/%d: loss %.4f lr %.3g %.0f tok/s", done, cfg.steps, loss,
-                                 lr_at(step, cfg), tok_s)
+                        log.info(
+                            "step %d/%d: loss %.4f lr %.3g %.0f tok/s",
+                            done,
+                            cfg.steps,
+                            loss,
+                            lr_at(step, cfg),
+                            tok_s,
+                        )
                         meter.restart()
                     if done % cfg.eval_every == 0 or done == cfg.steps:
                         self.evaluate(done)

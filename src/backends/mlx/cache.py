@@ -3,7 +3,8 @@
 Layer ``i`` holds the cache fields of the layer kinds in its block (``layout.cache_plan``): a Mamba
 layer ``{"conv_state": (B, conv_dim, K) model dtype, "ssm_state": (B, E, N) | (B, H, P, N) float32}``
 (the window of the last K raw pre-conv inputs, channels first: the spec's layout, identical to the
-torch backend; not mlx-lm's K-1 window channels-last); an attention layer will hold its k/v.
+torch backend; not mlx-lm's K-1 window channels-last); an attention layer holds ``k``, ``v``,
+``key_mask``, ``length`` (a KV cache grown in chunks).
 ``seqlen_offset`` counts the tokens seen so far.
 """
 
@@ -13,6 +14,8 @@ import mlx.core as mx
 
 from mamba_core.backends.mlx.device import resolve_device, resolve_dtype
 from mamba_core.layout import cache_plan
+
+_POLICY_DTYPES = {"fp32": mx.float32, "bool": mx.bool_, "int64": mx.int64}
 
 
 class MambaCache:
@@ -52,8 +55,10 @@ class MambaCache:
         model_dtype = resolve_dtype(dtype)
         with mx.stream(resolve_device(device)):
             layers = [
-                {name: mx.zeros(shape, dtype=mx.float32 if policy == "fp32" else model_dtype)
-                 for name, (shape, policy) in fields.items()}
+                {
+                    name: mx.zeros(shape, dtype=_POLICY_DTYPES.get(policy, model_dtype))
+                    for name, (shape, policy) in fields.items()
+                }
                 for fields in cache_plan(config, batch)
             ]
         return cls(layers, 0)

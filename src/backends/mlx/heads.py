@@ -16,15 +16,20 @@ from mlx.utils import tree_flatten
 from mamba_core.backends.mlx.device import resolve_device, resolve_dtype
 from mamba_core.backends.mlx.model import (
     KERNEL_PATHS,
+    Hybrid,
+    HybridLM,
     Mamba1,
     Mamba1LM,
     Mamba2,
     Mamba2LM,
+    Mamba3,
+    Mamba3LM,
 )
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.task import Task, pooled_dim, task_layout
 
-STACKS = {"mamba1": Mamba1, "mamba2": Mamba2}
+STACKS = {"mamba1": Mamba1, "mamba2": Mamba2, "mamba3": Mamba3, "nemotron_h": Hybrid, "jamba": Hybrid}
+LMS = {"mamba1": Mamba1LM, "mamba2": Mamba2LM, "mamba3": Mamba3LM, "nemotron_h": HybridLM, "jamba": HybridLM}
 _EPS = 1e-5
 _F32 = mx.float32
 
@@ -34,8 +39,9 @@ def _check_mask(attention_mask, x: mx.array):
         return None
     mask = attention_mask if isinstance(attention_mask, mx.array) else mx.array(attention_mask)
     if tuple(mask.shape) != tuple(x.shape[:2]):
-        raise ValueError(f"attention_mask: expected shape (B, L) = {tuple(x.shape[:2])}, got "
-                         f"{tuple(mask.shape)}")
+        raise ValueError(
+            f"attention_mask: expected shape (B, L) = {tuple(x.shape[:2])}, got {tuple(mask.shape)}"
+        )
     return mask
 
 
@@ -106,8 +112,9 @@ class SequenceClassifier(nn.Module):
         self.config = config
         self.device = resolve_device(device)
         with mx.stream(self.device):
-            self.backbone = STACKS[config.arch](config, config.vocab_size_padded, dtype=dtype,
-                                                device=self.device)
+            self.backbone = STACKS[config.arch](
+                config, config.vocab_size_padded, dtype=dtype, device=self.device
+            )
             self.score = nn.Linear(pooled_dim(config, pooling), num_labels)
             self.score.set_dtype(resolve_dtype(dtype))
         self.kernel_path = KERNEL_PATHS[config.arch]
@@ -150,8 +157,9 @@ class FeatureExtractor(nn.Module):
         self.task = Task("features", pooling=pooling)
         self.config = config
         self.device = resolve_device(device)
-        self.backbone = STACKS[config.arch](config, config.vocab_size_padded, dtype=resolve_dtype(dtype),
-                                            device=self.device)
+        self.backbone = STACKS[config.arch](
+            config, config.vocab_size_padded, dtype=resolve_dtype(dtype), device=self.device
+        )
         self.kernel_path = KERNEL_PATHS[config.arch]
 
     @property
@@ -178,16 +186,16 @@ def task_of(model) -> Task:
     task = getattr(model, "task", None)
     if isinstance(task, Task):
         return task
-    if isinstance(model, (Mamba1, Mamba2)):
+    if isinstance(model, tuple(STACKS.values())):
         return Task("features") if "embedding" in model else Task("stack")
-    if isinstance(model, (Mamba1LM, Mamba2LM)):
+    if isinstance(model, tuple(LMS.values())):
         return Task()
     raise TypeError(f"{type(model).__name__} is not a mamba-core model")
 
 
 def _prefix(model) -> str:
     # a bare stack's parameter names lack the canonical ``backbone.`` prefix
-    return "backbone." if isinstance(model, (Mamba1, Mamba2)) else ""
+    return "backbone." if isinstance(model, tuple(STACKS.values())) else ""
 
 
 def canonical_parameters(model) -> dict[str, mx.array]:
@@ -206,7 +214,7 @@ def build_task_model(config, task: Task, *, dtype="float32", device=None):
         'Mamba1'
     """
     if task.kind == "lm":
-        return {"mamba1": Mamba1LM, "mamba2": Mamba2LM}[config.arch](config, dtype=dtype, device=device)
+        return LMS[config.arch](config, dtype=dtype, device=device)
     if task.kind == "stack":
         return STACKS[config.arch](config, dtype=dtype, device=device)
     if task.kind == "features":
@@ -234,12 +242,17 @@ def assign(model, tensors: dict, dtype=None, *, allow_missing=()) -> list[str]:
     missing = [n for n in absent if n not in allow_missing]
     if missing:
         raise CheckpointError(f"{len(missing)} tensors missing: {', '.join(missing[:12])}", missing=missing)
-    bad = [(n, s.describe_shape(), str(tuple(tensors[n].shape))) for n, s in specs.items()
-           if n in tensors and tuple(tensors[n].shape) != s.shape]
+    bad = [
+        (n, s.describe_shape(), str(tuple(tensors[n].shape)))
+        for n, s in specs.items()
+        if n in tensors and tuple(tensors[n].shape) != s.shape
+    ]
     if bad:
-        raise CheckpointError(f"{len(bad)} tensors have the wrong shape: "
-                              + "; ".join(f"{n} expected {e}, got {g}" for n, e, g in bad),
-                              mismatched=bad)
+        raise CheckpointError(
+            f"{len(bad)} tensors have the wrong shape: "
+            + "; ".join(f"{n} expected {e}, got {g}" for n, e, g in bad),
+            mismatched=bad,
+        )
     target = None if dtype is None else resolve_dtype(dtype)
     prefix = _prefix(model)
     current = dict(tree_flatten(model.parameters()))
@@ -250,7 +263,7 @@ def assign(model, tensors: dict, dtype=None, *, allow_missing=()) -> list[str]:
         arr = tensors[name]
         if spec.mlx_axes is not None:
             arr = mx.transpose(arr, spec.mlx_axes)
-        local = name[len(prefix):]
+        local = name[len(prefix) :]
         dt = _F32 if spec.dtype_policy == "fp32" else (target or current[local].dtype)
         weights.append((local, arr.astype(dt)))
     model.load_weights(weights, strict=False)
@@ -264,7 +277,7 @@ def export_canonical(model) -> dict[str, mx.array]:
     prefix = _prefix(model)
     out = {}
     for name, spec in task_layout(model.config, task_of(model)).items():
-        arr = params[name[len(prefix):]]
+        arr = params[name[len(prefix) :]]
         if spec.mlx_axes is not None:  # its own inverse (C, K, 1) <-> (C, 1, K); argsort in general
             arr = mx.transpose(arr, [int(i) for i in sorted(range(3), key=spec.mlx_axes.__getitem__)])
         out[name] = arr

@@ -14,8 +14,10 @@ import mlx.nn as nn
 
 from mamba_core.backends.mlx import ops, packing
 from mamba_core.backends.mlx.device import resolve_device, resolve_dtype
-from mamba_core.backends.mlx.linear import project, rows
+from mamba_core.backends.mlx.linear import project
 from mamba_core.backends.mlx.lora import adapter_update
+from mamba_core.backends.mlx.norm import RMSNorm
+from mamba_core.backends.mlx.quantized import is_quantized, matmul_no_bias
 from mamba_core.config import Mamba1Config
 
 _F32 = mx.float32
@@ -55,18 +57,37 @@ class Mamba1Mixer(nn.Module):
             self.x_proj = nn.Linear(e, r + 2 * n, bias=False)
             self.dt_proj = nn.Linear(r, e, bias=False)
             self.out_proj = nn.Linear(e, d, bias=config.bias)
+            if config.mixer_rms_weights:  # Jamba's weighted dt/B/C norms (rows ``*_layernorm.weight``)
+                eps = config.mixer_rms_eps
+                self.dt_layernorm = RMSNorm(r, eps)
+                self.b_layernorm = RMSNorm(n, eps)
+                self.c_layernorm = RMSNorm(n, eps)
             if dtype is not None:
                 self.set_dtype(resolve_dtype(dtype))
             self.dt_proj.bias = mx.zeros((e,), dtype=_F32)
             self.A_log = mx.zeros((e, n), dtype=_F32)
             self.D = mx.zeros((e,), dtype=_F32)
 
+    def bcdt_norm(self, dt_r: mx.array, Bm: mx.array, Cm: mx.array):
+        """The dt/B/C hook (docs/spec.md §3.4): each RMS-normalized over its last axis in float32 when
+        the config has ``mixer_rms_eps`` (FalconMamba weightless, Jamba weighted), else unchanged.
+        dt_r (..., R), Bm (..., N), Cm (..., N) -> the same shapes and dtype."""
+        c = self.config
+        if c.mixer_rms_eps is None:
+            return dt_r, Bm, Cm
+        if c.mixer_rms_weights:
+            return self.dt_layernorm(dt_r), self.b_layernorm(Bm), self.c_layernorm(Cm)
+        return tuple(
+            ops.rmsnorm(t, mx.ones((t.shape[-1],), dtype=t.dtype), c.mixer_rms_eps) for t in (dt_r, Bm, Cm)
+        )
+
     def _ssm_inputs(self, u: mx.array):
         c = self.config
-        dt_r, B, C = mx.split(self.x_proj(u), [c.dt_rank, c.dt_rank + c.d_state], axis=-1)
-        delta = rows(dt_r, self.dt_proj.weight)  # dt_proj without its bias (docs/spec.md §9.4)
-        if type(self.dt_proj) is not nn.Linear:  # an adapted dt_proj (LoRA): its update, without the bias
-            delta = delta + adapter_update(self.dt_proj, dt_r)
+        dt_r, B, C = self.bcdt_norm(*mx.split(self.x_proj(u), [c.dt_rank, c.dt_rank + c.d_state], axis=-1))
+        # dt_proj without its bias (docs/spec.md §9.4); quantization hook: float or quantized dt_proj
+        delta = matmul_no_bias(self.dt_proj, dt_r)
+        if type(self.dt_proj) is not nn.Linear and not is_quantized(self.dt_proj):
+            delta = delta + adapter_update(self.dt_proj, dt_r)  # an adapted dt_proj (LoRA): its update
         return delta, B, C, -mx.exp(self.A_log.astype(_F32))
 
     def __call__(self, h, conv_state=None, ssm_state=None, attention_mask=None, seq_idx=None):
@@ -74,23 +95,37 @@ class Mamba1Mixer(nn.Module):
 
         ``seq_idx`` (B, L) int: packed documents, each run from a zero state (``packing.py``)."""
         conv = ops.causal_conv1d if seq_idx is None else partial(packing.packed_conv1d, seq_idx=seq_idx)
-        scan = (ops.selective_scan if seq_idx is None
-                else partial(packing.packed_selective_scan, seq_idx=seq_idx))
+        scan = (
+            ops.selective_scan if seq_idx is None else partial(packing.packed_selective_scan, seq_idx=seq_idx)
+        )
         x, z = mx.split(mask_positions(self.in_proj(h), attention_mask), 2, axis=-1)  # (B, L, E)
-        u, conv_state = conv(x, self.conv1d.weight[..., 0], self.conv1d.get("bias"),
-                                          conv_state, activation="silu")
+        u, conv_state = conv(
+            x, self.conv1d.weight[..., 0], self.conv1d.get("bias"), conv_state, activation="silu"
+        )
         u = mask_positions(u, attention_mask)  # (B, L, E)
         delta, B, C, A = self._ssm_inputs(u)
-        y, ssm_state = scan(u, delta, A, B, C, D=self.D, z=z, delta_bias=self.dt_proj.bias,
-                            delta_softplus=True, initial_state=ssm_state)
+        y, ssm_state = scan(
+            u,
+            delta,
+            A,
+            B,
+            C,
+            D=self.D,
+            z=z,
+            delta_bias=self.dt_proj.bias,
+            delta_softplus=True,
+            initial_state=ssm_state,
+        )
         return self.out_proj(y.astype(h.dtype)), conv_state, ssm_state
 
     def step(self, h, conv_state, ssm_state):
         """(B, D) -> ``(out (B, D), conv_state, ssm_state)``, O(1) per token (new state arrays)."""
         x, z = mx.split(project(self.in_proj, h), 2, axis=-1)  # (B, E) each
-        u, conv_state = ops.causal_conv1d_update_(x, conv_state, self.conv1d.weight[..., 0],
-                                                  self.conv1d.get("bias"), activation="silu")
+        u, conv_state = ops.causal_conv1d_update_(
+            x, conv_state, self.conv1d.weight[..., 0], self.conv1d.get("bias"), activation="silu"
+        )
         delta, B, C, A = self._ssm_inputs(u)
-        y, ssm_state = ops.selective_state_update_(ssm_state, u, delta, A, B, C, D=self.D, z=z,
-                                                   delta_bias=self.dt_proj.bias, delta_softplus=True)
+        y, ssm_state = ops.selective_state_update_(
+            ssm_state, u, delta, A, B, C, D=self.D, z=z, delta_bias=self.dt_proj.bias, delta_softplus=True
+        )
         return project(self.out_proj, y.astype(h.dtype)), conv_state, ssm_state

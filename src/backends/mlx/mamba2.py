@@ -55,8 +55,11 @@ class Mamba2Mixer(nn.Module):
         e, gn = c.d_inner, c.ngroups * c.d_state
         x, B, C = mx.split(xbc, [e, e + gn], axis=-1)
         lead = xbc.shape[:-1]
-        return (x.reshape(*lead, c.nheads, c.headdim), B.reshape(*lead, c.ngroups, c.d_state),
-                C.reshape(*lead, c.ngroups, c.d_state))
+        return (
+            x.reshape(*lead, c.nheads, c.headdim),
+            B.reshape(*lead, c.ngroups, c.d_state),
+            C.reshape(*lead, c.ngroups, c.d_state),
+        )
 
     def __call__(self, h, conv_state=None, ssm_state=None, attention_mask=None, seq_idx=None):
         """(B, L, D) -> ``(out (B, L, D), conv_state (B, conv_dim, K), ssm_state (B, H, P, N))``.
@@ -66,12 +69,23 @@ class Mamba2Mixer(nn.Module):
         conv = ops.causal_conv1d if seq_idx is None else partial(packing.packed_conv1d, seq_idx=seq_idx)
         scan = ops.ssd_chunked if seq_idx is None else partial(packing.packed_ssd, seq_idx=seq_idx)
         z, xbc, dt = self._split(mask_positions(self.in_proj(h), attention_mask))
-        xbc, conv_state = conv(xbc, self.conv1d.weight[..., 0], self.conv1d.get("bias"),
-                               conv_state, activation="silu")
+        xbc, conv_state = conv(
+            xbc, self.conv1d.weight[..., 0], self.conv1d.get("bias"), conv_state, activation="silu"
+        )
         x, B, C = self._xbc(mask_positions(xbc, attention_mask))
-        y, ssm_state = scan(x, dt, -mx.exp(self.A_log.astype(_F32)), B, C, c.chunk_size,
-                            D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
-                            dt_limit=c.dt_limit, initial_state=ssm_state)
+        y, ssm_state = scan(
+            x,
+            dt,
+            -mx.exp(self.A_log.astype(_F32)),
+            B,
+            C,
+            c.chunk_size,
+            D=self.D,
+            dt_bias=self.dt_bias,
+            dt_softplus=True,
+            dt_limit=c.dt_limit,
+            initial_state=ssm_state,
+        )
         y = y.reshape(*y.shape[:2], c.d_inner)  # (B, L, E)
         return self.out_proj(self.norm(y, z)), conv_state, ssm_state
 
@@ -79,11 +93,21 @@ class Mamba2Mixer(nn.Module):
         """(B, D) -> ``(out (B, D), conv_state, ssm_state)``, O(1) per token (new state arrays)."""
         c = self.config
         z, xbc, dt = self._split(project(self.in_proj, h))
-        xbc, conv_state = ops.causal_conv1d_update_(xbc, conv_state, self.conv1d.weight[..., 0],
-                                                    self.conv1d.get("bias"), activation="silu")
+        xbc, conv_state = ops.causal_conv1d_update_(
+            xbc, conv_state, self.conv1d.weight[..., 0], self.conv1d.get("bias"), activation="silu"
+        )
         x, B, C = self._xbc(xbc)
-        y, ssm_state = ops.ssd_state_update_(ssm_state, x, dt, -mx.exp(self.A_log.astype(_F32)), B, C,
-                                             D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
-                                             dt_limit=c.dt_limit)
+        y, ssm_state = ops.ssd_state_update_(
+            ssm_state,
+            x,
+            dt,
+            -mx.exp(self.A_log.astype(_F32)),
+            B,
+            C,
+            D=self.D,
+            dt_bias=self.dt_bias,
+            dt_softplus=True,
+            dt_limit=c.dt_limit,
+        )
         y = y.reshape(y.shape[0], c.d_inner)  # (B, E)
         return project(self.out_proj, self.norm(y, z)), conv_state, ssm_state

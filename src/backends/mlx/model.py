@@ -24,16 +24,29 @@ from mamba_core.backends.mlx.cache import MambaCache
 from mamba_core.backends.mlx.device import resolve_device, resolve_dtype
 from mamba_core.backends.mlx.layers import KINDS
 from mamba_core.backends.mlx.norm import RMSNorm
+from mamba_core.backends.mlx.quantized import head_logits
 from mamba_core.backends.mlx.sample import generate, stream
 from mamba_core.config import Mamba1Config, Mamba2Config
 from mamba_core.errors import ConfigError, UnsupportedError
-from mamba_core.layers import get_kind, layer_plan
+from mamba_core.families import HYBRID_CONFIGS
+from mamba_core.layers import get_kind, kind_config, layer_plan
 from mamba_core.layout import expand_layout
+from mamba_core.mamba3_config import Mamba3Config
 from mamba_core.packing import check_seq_idx
 from mamba_core.reference import init_weights
 
 _F32 = mx.float32
-KERNEL_PATHS = {"mamba1": "mlx-chunked-selective-scan", "mamba2": "mlx-chunked-ssd"}
+KERNEL_PATHS = {
+    "mamba1": "mlx-chunked-selective-scan",
+    "mamba2": "mlx-chunked-ssd",
+    "mamba3": "mlx-chunked-mamba3",
+    "nemotron_h": "mlx-chunked-ssd+fast-sdpa",
+    "jamba": "mlx-chunked-selective-scan+fast-sdpa",
+}
+
+
+def _classes(config_class) -> tuple:
+    return config_class if isinstance(config_class, tuple) else (config_class,)
 
 
 def _draw_seed() -> int:
@@ -75,8 +88,9 @@ def _checkpointed(layer: nn.Module):
     recompute = mx.checkpoint(inner)
 
     def call(x, *state, attention_mask=None, seq_idx=None):
-        return recompute(layer.trainable_parameters(), x, *state, attention_mask=attention_mask,
-                         seq_idx=seq_idx)
+        return recompute(
+            layer.trainable_parameters(), x, *state, attention_mask=attention_mask, seq_idx=seq_idx
+        )
 
     return call
 
@@ -97,10 +111,10 @@ class _Block(nn.Module):
         self.slots = plan.slots
         self._n_state = tuple(len(get_kind(kind).cache) for _, kind in self.slots)
         self.norm = RMSNorm(config.d_model, config.norm_epsilon, **fk)
-        self.mixer = KINDS[plan.mixer](config, layer_idx, **fk)
+        self.mixer = KINDS[plan.mixer](kind_config(config, plan.mixer), layer_idx, **fk)
         if plan.mlp is not None:
             self.norm2 = RMSNorm(config.d_model, config.norm_epsilon, **fk)
-            self.mlp = KINDS[plan.mlp](config, layer_idx, **fk)
+            self.mlp = KINDS[plan.mlp](kind_config(config, plan.mlp), layer_idx, **fk)
 
     def _run(self, x, state, call):
         new_state: list = []
@@ -120,8 +134,10 @@ class _Block(nn.Module):
         if seq_idx is not None:
             for slot, kind in self.slots:
                 if "seq_idx" not in inspect.signature(getattr(self, slot).__call__).parameters:
-                    raise UnsupportedError(f"layer kind {kind!r} ({slot} of layer {self.layer_idx}) does not "
-                                           "take packed sequences (seq_idx); run its documents unpacked")
+                    raise UnsupportedError(
+                        f"layer kind {kind!r} ({slot} of layer {self.layer_idx}) does not "
+                        "take packed sequences (seq_idx); run its documents unpacked"
+                    )
             packed = {"seq_idx": seq_idx}
         return self._run(x, state, lambda mod, h, s: mod(h, *s, attention_mask=attention_mask, **packed))
 
@@ -136,6 +152,15 @@ class Mamba1Block(_Block):
 
 class Mamba2Block(_Block):
     """A block of a Mamba-2 model (``norm`` + ``Mamba2Mixer``)."""
+
+
+class Mamba3Block(_Block):
+    """A block of a Mamba-3 model (``norm`` + ``Mamba3Mixer``, and ``norm2`` + ``GatedMLP`` when
+    ``d_intermediate > 0``)."""
+
+
+class HybridBlock(_Block):
+    """A block of a hybrid model (the kinds its family's ``layer_plan`` names)."""
 
 
 class _Stack(nn.Module):
@@ -176,8 +201,10 @@ class _Stack(nn.Module):
     def __init__(self, config, vocab_size: int | None = None, *, dtype=None, device=None, init=True):
         super().__init__()
         if not isinstance(config, self.config_class):
-            raise ConfigError(f"{type(self).__name__} needs a {self.config_class.__name__}, got "
-                              f"{type(config).__name__}", field="arch")
+            wanted = " or ".join(c.__name__ for c in _classes(self.config_class))
+            raise ConfigError(
+                f"{type(self).__name__} needs a {wanted}, got {type(config).__name__}", field="arch"
+            )
         self.config = config
         self.device = resolve_device(device)
         fk = {"dtype": _F32 if dtype is None else resolve_dtype(dtype), "device": self.device}
@@ -206,12 +233,12 @@ class _Stack(nn.Module):
                 raise ValueError("this stack has no embedding: pass (B, L, D) float inputs")
             x = self.embedding(x)
         if x.shape[-1] != self.config.d_model:
-            raise ValueError(f"x: expected last dimension d_model={self.config.d_model}, got shape "
-                             f"{tuple(x.shape)}")
+            raise ValueError(
+                f"x: expected last dimension d_model={self.config.d_model}, got shape {tuple(x.shape)}"
+            )
         return x.astype(_F32) if self.config.residual_in_fp32 else x.astype(self.dtype)
 
-    def __call__(self, x: mx.array, *, cache: MambaCache | None = None, attention_mask=None,
-                 seq_idx=None):
+    def __call__(self, x: mx.array, *, cache: MambaCache | None = None, attention_mask=None, seq_idx=None):
         """(B, L) ids or (B, L, D) -> (B, L, D) in the model dtype (after ``norm_f``).
 
         Args:
@@ -225,8 +252,11 @@ class _Stack(nn.Module):
             residual = self._embed(x if isinstance(x, mx.array) else mx.array(x))
             mask = None if attention_mask is None else mx.array(attention_mask)
             if seq_idx is not None:
-                if (not isinstance(seq_idx, mx.array) or tuple(seq_idx.shape) != tuple(residual.shape[:2])
-                        or not mx.issubdtype(seq_idx.dtype, mx.integer)):
+                if (
+                    not isinstance(seq_idx, mx.array)
+                    or tuple(seq_idx.shape) != tuple(residual.shape[:2])
+                    or not mx.issubdtype(seq_idx.dtype, mx.integer)
+                ):
                     seq_idx = mx.array(check_seq_idx(np.asarray(seq_idx), tuple(residual.shape[:2])))
             for i, layer in enumerate(self.layers):
                 state = () if cache is None else tuple(cache.layers[i].values())
@@ -263,6 +293,20 @@ class Mamba2(_Stack):
     config_class = Mamba2Config
 
 
+class Mamba3(_Stack):
+    """The Mamba-3 residual stack (see ``_Stack``; SISO or MIMO, with or without the gated MLP)."""
+
+    block_class = Mamba3Block
+    config_class = Mamba3Config
+
+
+class Hybrid(_Stack):
+    """The residual stack of a hybrid family (``families.HYBRID_CONFIGS``; see ``_Stack``)."""
+
+    block_class = HybridBlock
+    config_class = HYBRID_CONFIGS
+
+
 class _LM(nn.Module):
     """Backbone (with embedding) + LM head; tied models multiply by ``backbone.embedding.weight``.
 
@@ -278,8 +322,9 @@ class _LM(nn.Module):
         self.config = config
         self.device = resolve_device(device)
         with mx.stream(self.device):
-            self.backbone = self.stack_class(config, vocab_size=config.vocab_size_padded, dtype=dtype,
-                                             device=self.device, init=False)
+            self.backbone = self.stack_class(
+                config, vocab_size=config.vocab_size_padded, dtype=dtype, device=self.device, init=False
+            )
             if not config.tie_embeddings:
                 self.lm_head = nn.Linear(config.d_model, config.vocab_size_padded, bias=False)
                 self.lm_head.set_dtype(dtype)
@@ -289,8 +334,8 @@ class _LM(nn.Module):
 
     @property
     def dtype(self) -> mx.Dtype:
-        """The model dtype (of the embedding)."""
-        return self.backbone.embedding.weight.dtype
+        """The model dtype (of the final norm: a quantized embedding holds uint32 codes)."""
+        return self.backbone.norm_f.weight.dtype
 
     @property
     def head_weight(self) -> mx.array:
@@ -299,6 +344,9 @@ class _LM(nn.Module):
 
     def logits(self, hidden: mx.array) -> mx.array:
         """(..., D) -> logits (..., V) float32."""
+        quantized = head_logits(self, hidden)  # quantization hook: a quantized head or tied embedding
+        if quantized is not None:
+            return quantized.astype(_F32)
         return (hidden @ self.head_weight.T).astype(_F32)
 
     def __call__(self, input_ids, *, cache: MambaCache | None = None, attention_mask=None, seq_idx=None):
@@ -311,8 +359,9 @@ class _LM(nn.Module):
             (1, 3, 64)
         """
         with mx.stream(self.device):
-            hidden = self.backbone(mx.array(input_ids), cache=cache, attention_mask=attention_mask,
-                                   seq_idx=seq_idx)
+            hidden = self.backbone(
+                mx.array(input_ids), cache=cache, attention_mask=attention_mask, seq_idx=seq_idx
+            )
             return self.logits(hidden)
 
     def step(self, token_ids, cache: MambaCache) -> mx.array:
@@ -343,3 +392,15 @@ class Mamba2LM(_LM):
     """Mamba-2 language model: ``backbone`` (``Mamba2`` with embedding) + tied or own ``lm_head``."""
 
     stack_class = Mamba2
+
+
+class Mamba3LM(_LM):
+    """Mamba-3 language model: ``backbone`` (``Mamba3`` with embedding) + tied or own ``lm_head``."""
+
+    stack_class = Mamba3
+
+
+class HybridLM(_LM):
+    """Language model of a hybrid family (see ``_LM``)."""
+
+    stack_class = Hybrid

@@ -46,8 +46,16 @@ class RMSNormGated(nn.Module):
         (1, 4)
     """
 
-    def __init__(self, dims: int, eps: float = 1e-5, group_size: int | None = None,
-                 norm_before_gate: bool = False, *, dtype=None, device=None):
+    def __init__(
+        self,
+        dims: int,
+        eps: float = 1e-5,
+        group_size: int | None = None,
+        norm_before_gate: bool = False,
+        *,
+        dtype=None,
+        device=None,
+    ):
         super().__init__()
         self.eps = eps
         self.group_size = group_size

@@ -18,12 +18,16 @@ import math
 
 import mlx.core as mx
 
-from mamba_core.backends.mlx import scan
+from mamba_core.backends.mlx import mamba3_scan, scan
 
 __all__ = [
     "causal_conv1d",
     "causal_conv1d_update",
     "causal_conv1d_update_",
+    "mamba3_chunked",
+    "mamba3_gate_out",
+    "mamba3_state_update",
+    "mamba3_state_update_",
     "rmsnorm",
     "rmsnorm_gated",
     "selective_scan",
@@ -243,7 +247,15 @@ def selective_scan(
         (4.0, 1.0)
     """
     return scan.selective_scan_chunked(
-        u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D=D,
+        z=z,
+        delta_bias=delta_bias,
+        delta_softplus=delta_softplus,
         initial_state=initial_state,
     )
 
@@ -327,8 +339,17 @@ def ssd_chunked(
         ((1, 3, 1, 1), (1, 1, 1, 1))
     """
     return scan.ssd_chunked_scan(
-        x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus,
-        dt_limit=dt_limit, initial_state=initial_state,
+        x,
+        dt,
+        A,
+        B,
+        C,
+        chunk_size,
+        D=D,
+        dt_bias=dt_bias,
+        dt_softplus=dt_softplus,
+        dt_limit=dt_limit,
+        initial_state=initial_state,
     )
 
 
@@ -376,6 +397,104 @@ def ssd_state_update(
     if D is not None:
         y = y + x32 * D.astype(_F32)[:, None]
     return y, new_state.reshape(batch, nheads, headdim, d_state)
+
+
+def mamba3_chunked(
+    q,
+    k,
+    v,
+    adt,
+    dt,
+    trap,
+    angles,
+    q_bias,
+    k_bias,
+    *,
+    chunk_size: int,
+    D=None,
+    mimo_x=None,
+    rotary: str = "pairwise",
+    initial_state=None,
+):
+    """The chunked Mamba-3 scan (``mamba3_scan.chunked``; docs/mamba3.md §3.5), any L, states in and out.
+
+    Args:
+        q, k: (B, L, R, G, N) normed C and B (before bias and rotation).
+        v: (B, L, H, P) x.
+        adt: (B, L, H) ``A * dt`` (< 0). dt: (B, L, H) step sizes. trap: (B, L, H) trapezoid gate logits.
+        angles: (B, L, A) raw angle projection. q_bias, k_bias: (H, R, N) C and B biases.
+        chunk_size: Q. D: (H,) or None. mimo_x: (H, R, P) or None (SISO).
+        rotary: ``"pairwise"`` (SISO) or ``"halves"`` (MIMO).
+        initial_state: None or a dict ``angle_state`` (B, H, A), ``ssm_state`` (B, H, P, N),
+            ``k_state`` (B, R, H, N), ``v_state`` (B, H, P) (a missing field = zeros).
+
+    Returns:
+        ``(y, state)``: y (B, L, H, R, P) float32 before the gate; the final state dict, float32.
+    """
+    return mamba3_scan.chunked(
+        q,
+        k,
+        v,
+        adt,
+        dt,
+        trap,
+        angles,
+        q_bias,
+        k_bias,
+        chunk_size=chunk_size,
+        D=D,
+        mimo_x=mimo_x,
+        rotary=rotary,
+        initial_state=initial_state,
+    )
+
+
+def mamba3_state_update(
+    state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, D=None, mimo_x=None, rotary: str = "pairwise"
+):
+    """One token of the Mamba-3 recurrence (docs/mamba3.md §3.4).
+
+    Args:
+        state: the state dict (see ``mamba3_chunked``) or None (zeros).
+        q, k: (B, R, G, N). v: (B, H, P). adt, dt, trap: (B, H). angles: (B, A).
+        q_bias, k_bias, D, mimo_x, rotary: see ``mamba3_chunked``.
+
+    Returns:
+        ``(y, state)``: y (B, H, R, P) float32; the new state dict, float32.
+    """
+    return mamba3_scan.state_update(
+        state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, D=D, mimo_x=mimo_x, rotary=rotary
+    )
+
+
+def mamba3_gate_out(y, z, *, mimo_z=None, mimo_o=None, norm_weight=None, eps: float = 1e-5):
+    """Gate the per-rank scan output and contract the ranks (docs/mamba3.md §3.6).
+
+    Without ``norm_weight``: ``y_r * silu(z * mimo_z[:, r])``; with it: per-head RMSNorm of ``y_r`` times
+    the weight, then the gate. Then ``sum_r mimo_o[:, r] * y_r`` (SISO: the single rank).
+
+    Args:
+        y: (..., H, R, P). z: (..., H, P) or None. mimo_z, mimo_o: (H, R, P) or None (SISO).
+        norm_weight: (H·P,) or None. eps: the norm's eps.
+
+    Returns:
+        (..., H, P) float32.
+    """
+    return mamba3_scan.gate_out(y, z, mimo_z=mimo_z, mimo_o=mimo_o, norm_weight=norm_weight, eps=eps)
+
+
+def mamba3_state_update_(
+    state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, D=None, mimo_x=None, rotary: str = "pairwise"
+):
+    """The decode variant the Mamba-3 ``step`` runs: ``mamba3_state_update`` with the new ``k_state`` /
+    ``v_state`` in the dtypes of the ones passed in (torch updates the same tensors in place).
+
+    Returns:
+        ``(y, state)``: y (B, H, R, P) float32; a new state dict (angle and SSM states float32).
+    """
+    return mamba3_scan.state_update_(
+        state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, D=D, mimo_x=mimo_x, rotary=rotary
+    )
 
 
 # ------------------------------------------------------------------------------------------------

@@ -12,9 +12,45 @@ from collections.abc import Iterator, Sequence
 
 import mlx.core as mx
 
+from mamba_core.backends.mlx.cache import MambaCache
+from mamba_core.backends.mlx.prefill import prefill
 from mamba_core.sampling import SamplingSettings
 
 _NEG_INF = float("-inf")
+
+
+def _decode_step(model, compile: bool):
+    """``step(token_ids, cache) -> logits``: ``model.step``, or the same step through ``mx.compile``.
+
+    The compiled function is pure over the cache: the (B,) token ids and every state array of the
+    cache go in, the logits and the new states come out and replace the cache's (fixed shapes, so the
+    step is traced once); ``seqlen_offset`` advances outside it. The weights are captured when the
+    first step is traced: compile per generation, not across training steps.
+    """
+    if not compile:
+        return model.step
+    fields: list[tuple[str, ...]] = []  # per layer, the cache's field names (the model's layer plan)
+
+    def layers_of(states) -> list[dict]:
+        it = iter(states)
+        return [{name: next(it) for name in names} for names in fields]
+
+    def decode(token_ids, *states):  # (B,) ids, the cache's arrays -> (logits (B, V) float32, *states)
+        cache = MambaCache(layers_of(states))
+        logits = model.step(token_ids, cache)
+        return (logits, *cache.state)
+
+    compiled = mx.compile(decode)
+
+    def step(token_ids, cache: MambaCache):
+        if not fields:
+            fields.extend(tuple(layer) for layer in cache.layers)
+        logits, *states = compiled(token_ids, *cache.state)
+        cache.layers = layers_of(states)
+        cache.seqlen_offset += 1
+        return logits
+
+    return step
 
 
 def prepare_inputs(input_ids, attention_mask=None, pad_token_id: int = 0):
@@ -44,13 +80,23 @@ def prepare_inputs(input_ids, attention_mask=None, pad_token_id: int = 0):
     if attention_mask is not None:
         attention_mask = mx.array(attention_mask)
         if attention_mask.shape != ids.shape:
-            raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape "
-                             f"{tuple(ids.shape)}")
+            raise ValueError(
+                f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(ids.shape)}"
+            )
     return ids, attention_mask
 
 
-def process_logits(logits, *, vocab_size, presence=None, repetition_penalty=None, temperature=0.0,
-                   top_k=None, top_p=None, min_p=None):
+def process_logits(
+    logits,
+    *,
+    vocab_size,
+    presence=None,
+    repetition_penalty=None,
+    temperature=0.0,
+    top_k=None,
+    top_p=None,
+    min_p=None,
+):
     """Logits (B, V) -> greedy tokens (B,) when ``temperature == 0``, else processed logits (B, V).
 
     Args:
@@ -98,6 +144,7 @@ def stream(
     seed: int | None = None,
     attention_mask=None,
     pad_token_id: int = 0,
+    compile: bool = False,
 ) -> Iterator[mx.array]:
     """Yield one (B,) int32 array per new token: one prefill, then O(1) ``model.step`` calls.
 
@@ -105,15 +152,21 @@ def stream(
     stream ends early when every row has stopped.
     """
     settings = SamplingSettings(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-        repetition_penalty=repetition_penalty, stop_tokens=stop_tokens, seed=seed,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
+        stop_tokens=stop_tokens,
+        seed=seed,
         pad_token_id=pad_token_id,
     )
     ids, mask = prepare_inputs(input_ids, attention_mask, settings.pad_token_id)
-    return _stream(model, ids, mask, settings)
+    return _stream(model, ids, mask, settings, compile)
 
 
-def _stream(model, ids, mask, settings: SamplingSettings) -> Iterator[mx.array]:
+def _stream(model, ids, mask, settings: SamplingSettings, compile: bool = False) -> Iterator[mx.array]:
     """The generator behind ``stream``: ids (B, L) and mask already prepared, settings validated."""
     s = settings
     batch = ids.shape[0]
@@ -126,17 +179,23 @@ def _stream(model, ids, mask, settings: SamplingSettings) -> Iterator[mx.array]:
         if s.penalizes:
             seen = mx.ones(ids.shape) if mask is None else mask.astype(mx.float32)
             presence = mx.zeros((batch, width)).at[mx.arange(batch)[:, None], ids].add(seen)
-        cache = model.make_cache(batch)
-        logits = None
-        if s.max_new_tokens:  # prefill once; only the last position's logits are needed
-            hidden = model.backbone(ids, cache=cache, attention_mask=mask)
-            logits = model.logits(hidden[:, -1])
+        logits = cache = None
+        if s.max_new_tokens:  # prefill once, chunked (any prompt length); only the last logits
+            logits, cache = prefill(model, ids, attention_mask=mask)
+        step = _decode_step(model, compile)
         finished = mx.zeros((batch,), dtype=mx.bool_)
         rows = mx.arange(batch)
         for i in range(s.max_new_tokens):
-            out = process_logits(logits, vocab_size=config.vocab_size, presence=presence,
-                                 repetition_penalty=s.repetition_penalty, temperature=s.temperature,
-                                 top_k=s.top_k, top_p=s.top_p, min_p=s.min_p)
+            out = process_logits(
+                logits,
+                vocab_size=config.vocab_size,
+                presence=presence,
+                repetition_penalty=s.repetition_penalty,
+                temperature=s.temperature,
+                top_k=s.top_k,
+                top_p=s.top_p,
+                min_p=s.min_p,
+            )
             if s.greedy:
                 token = out
             elif key is None:
@@ -154,7 +213,7 @@ def _stream(model, ids, mask, settings: SamplingSettings) -> Iterator[mx.array]:
             if stops is not None and finished.all().item():
                 return
             if i + 1 < s.max_new_tokens:
-                logits = model.step(token, cache)
+                logits = step(token, cache)
 
 
 def generate(
@@ -171,6 +230,7 @@ def generate(
     seed: int | None = None,
     attention_mask=None,
     pad_token_id: int = 0,
+    compile: bool = False,
 ) -> mx.array:
     """Generate ``max_new_tokens`` tokens after each prompt.
 
@@ -185,6 +245,7 @@ def generate(
         seed: seeds a local generator: the same seed gives the same tokens.
         attention_mask: (B, L), 1 = token, 0 = left padding.
         pad_token_id: id used for left padding and after a stop token.
+        compile: decode through ``mx.compile`` (the cache's arrays in and out; same tokens as eager).
 
     Returns:
         (B, L + N') int32: the (left-padded) prompt then the new tokens; N' < N when every row
@@ -201,12 +262,18 @@ def generate(
         (1, 7)
     """
     settings = SamplingSettings(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-        repetition_penalty=repetition_penalty, stop_tokens=stop_tokens, seed=seed,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
+        stop_tokens=stop_tokens,
+        seed=seed,
         pad_token_id=pad_token_id,
     )
     ids, mask = prepare_inputs(input_ids, attention_mask, settings.pad_token_id)
-    tokens = list(_stream(model, ids, mask, settings))
+    tokens = list(_stream(model, ids, mask, settings, compile))
     if not tokens:
         return ids
     return mx.concatenate([ids, mx.stack(tokens, axis=1)], axis=1)

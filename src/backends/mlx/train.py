@@ -41,9 +41,14 @@ def _cast_by_policy(model: nn.Module, config, dtype: mx.Dtype, prefix: str = "")
     """
     policy = {name: spec.dtype_policy for name, spec in expand_layout(config).items()}
     params = tree_flatten(model.parameters())
-    model.update(tree_unflatten([
-        (name, p.astype(mx.float32 if policy.get(prefix + name, "model") == "fp32" else dtype))
-        for name, p in params]))
+    model.update(
+        tree_unflatten(
+            [
+                (name, p.astype(mx.float32 if policy.get(prefix + name, "model") == "fp32" else dtype))
+                for name, p in params
+            ]
+        )
+    )
 
 
 class Trainer:
@@ -74,18 +79,26 @@ class Trainer:
         params = tree_flatten(model.trainable_parameters())
         wrong = sorted(n for n, p in params if p.dtype != mx.float32)
         if wrong:
-            raise ValueError(f"training needs float32 parameters (master weights); {len(wrong)} are not, "
-                             f"e.g. {wrong[0]!r}: load the model with dtype='float32' (use "
-                             "precision='bf16-mixed' for bf16 compute)")
+            raise ValueError(
+                f"training needs float32 parameters (master weights); {len(wrong)} are not, "
+                f"e.g. {wrong[0]!r}: load the model with dtype='float32' (use "
+                "precision='bf16-mixed' for bf16 compute)"
+            )
         self.device = model.device
         decay = {n for n, p in params if not no_weight_decay(n, p.ndim)}
 
         def adamw(weight_decay: float) -> optim.AdamW:
-            return optim.AdamW(learning_rate=config.lr, betas=list(config.betas), eps=config.eps,
-                               weight_decay=weight_decay, bias_correction=True)
+            return optim.AdamW(
+                learning_rate=config.lr,
+                betas=list(config.betas),
+                eps=config.eps,
+                weight_decay=weight_decay,
+                bias_correction=True,
+            )
 
-        self.optimizer = optim.MultiOptimizer([adamw(config.weight_decay), adamw(0.0)],
-                                              [lambda path, _: path in decay])
+        self.optimizer = optim.MultiOptimizer(
+            [adamw(config.weight_decay), adamw(0.0)], [lambda path, _: path in decay]
+        )
         self.optimizer.init(model.trainable_parameters())
         self._loss_and_grad = nn.value_and_grad(model, self._loss)
 
@@ -157,7 +170,9 @@ class Trainer:
             raise CheckpointError(
                 f"optimizer state does not match the model: {len(missing)} missing "
                 f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}",
-                missing=missing, unexpected=unexpected)
+                missing=missing,
+                unexpected=unexpected,
+            )
         self.optimizer.state = tree_unflatten(list(tensors.items()))
         mx.eval(self.optimizer.state)
 
@@ -190,4 +205,7 @@ def loss_gradients(model, loss) -> dict[str, mx.array]:
     for name, g in tree_flatten(grads):
         axes = specs[name].mlx_axes  # module layout -> canonical (torch) layout
         out[name] = g if axes is None else mx.transpose(g, [int(a) for a in np.argsort(axes)])
+    for name, p in tree_flatten(model.parameters()):  # frozen (a MoE's correction bias): zero gradient
+        if name not in out:
+            out[name] = mx.zeros(p.shape, dtype=p.dtype)
     return out

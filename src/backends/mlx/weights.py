@@ -1,7 +1,7 @@
 """Weights of the MLX backend: build, load a ``LoadPlan``, export, save, numpy and device helpers.
 
 Everything is derived from ``mamba_core.layout`` (names, shapes, dtype policy, ``mlx_axes``) and the
-spec's ``LoadPlan`` (house-style §9.2): no name-replace chains, no shape sniffing. Tensor data is read
+spec's ``LoadPlan`` (docs/spec.md §2.2): no name-replace chains, no shape sniffing. Tensor data is read
 with ``mx.load`` and written with ``mx.save_safetensors``, so bfloat16 never passes through numpy
 (docs/spec.md §2). Canonical layout = torch's (conv weight (C, 1, K)); the modules hold MLX layout
 (C, K, 1), reached with ``Param.mlx_axes``.
@@ -10,19 +10,29 @@ with ``mx.load`` and written with ``mx.save_safetensors``, so bfloat16 never pas
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 
 import mlx.core as mx
 import numpy as np
 
 from mamba_core.backends.mlx.device import resolve_device, resolve_dtype
 from mamba_core.backends.mlx.heads import assign, build_task_model, export_canonical, export_task_tensors
-from mamba_core.backends.mlx.model import Mamba1LM, Mamba2LM, initialize
+from mamba_core.backends.mlx.model import HybridLM, Mamba1LM, Mamba2LM, Mamba3LM, initialize
 from mamba_core.backends.mlx.pickles import read_pickle
+from mamba_core.backends.mlx.quantized import export_quantized, load_quantized
 from mamba_core.checkpoint import LoadPlan, is_pickle
+from mamba_core.dialects.hybrid import is_family
 from mamba_core.errors import CheckpointError, UnsupportedError
+from mamba_core.hybrid_layout import stored_tensors
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
 
-MODEL_CLASSES = {"mamba1": Mamba1LM, "mamba2": Mamba2LM}
+MODEL_CLASSES = {
+    "mamba1": Mamba1LM,
+    "mamba2": Mamba2LM,
+    "mamba3": Mamba3LM,
+    "nemotron_h": HybridLM,
+    "jamba": HybridLM,
+}
 KERNELS = ("auto", "reference", "fast")
 
 
@@ -49,8 +59,7 @@ def _new_model(config, dtype: mx.Dtype, device: mx.Device, kernels: str):
     return MODEL_CLASSES[config.arch](config, dtype=dtype, device=device, init=False)
 
 
-def build_model(config, *, dtype="float32", device=None, seed: int | None = None,
-                kernels: str = "auto"):
+def build_model(config, *, dtype="float32", device=None, seed: int | None = None, kernels: str = "auto"):
     """A randomly initialized ``Mamba1LM`` / ``Mamba2LM`` (``reference.init_weights``, official init).
 
     The same ``seed`` gives the same weights in every backend (drawn in numpy).
@@ -76,6 +85,21 @@ def build_model(config, *, dtype="float32", device=None, seed: int | None = None
     with mx.stream(dev):
         initialize(model, seed)
     return model
+
+
+def _stack_parts(pieces: list) -> mx.array:
+    """``(expert, rows, array)`` pieces of one stacked tensor -> the tensor: rows concatenated per expert
+    in row order, experts stacked in expert order (a row-split tensor without experts is concatenated)."""
+    by_expert = defaultdict(list)
+    for expert, rows, arr in pieces:
+        by_expert[expert].append(((rows or (0, 0))[0], arr))
+    whole = {
+        e: mx.concatenate([a for _, a in sorted(p, key=lambda x: x[0])], axis=0) if len(p) > 1 else p[0][1]
+        for e, p in by_expert.items()
+    }
+    if None in whole:
+        return whole[None]
+    return mx.stack([whole[e] for e in sorted(whole)])
 
 
 def _file_reader(file: str):
@@ -123,16 +147,22 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
         try:
             return readers[entry.file](entry.source)
         except KeyError:
-            raise CheckpointError(f"{entry.file!r} has no tensor {entry.source!r}",
-                                  missing=[entry.source]) from None
+            raise CheckpointError(
+                f"{entry.file!r} has no tensor {entry.source!r}", missing=[entry.source]
+            ) from None
 
-    tensors = {}
+    tensors, parts = {}, defaultdict(list)
     with mx.stream(dev):
         for entry in plan.entries:
             arr = read(entry)
             if entry.transpose is not None:  # stored layout -> canonical (torch) layout
                 arr = mx.transpose(arr, entry.transpose)
-            tensors[entry.canonical] = arr
+            if entry.expert is None and entry.rows is None:
+                tensors[entry.canonical] = arr
+            else:  # one expert's tensor (or rows of it) of a stacked canonical tensor
+                parts[entry.canonical].append((entry.expert, entry.rows, arr))
+        for name, pieces in parts.items():
+            tensors[name] = _stack_parts(pieces)
         if plan.tied_duplicate is not None:
             head = read(plan.tied_duplicate)
             emb = tensors["backbone.embedding.weight"]
@@ -141,7 +171,11 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
                     f"lm_head.weight in {plan.tied_duplicate.file!r} differs from "
                     "backbone.embedding.weight but the config says tie_embeddings=True; set "
                     "tie_embeddings false (untied) or drop lm_head.weight",
-                    mismatched=[("lm_head.weight", "equal to the embedding", "different values")])
+                    mismatched=[("lm_head.weight", "equal to the embedding", "different values")],
+                )
+        if plan.quantization is not None:  # quantization hook: MLX's quantized layers (quantized.py)
+            parts = {entry.canonical: read(entry) for entry in plan.quantized_entries}
+            return load_quantized(model, plan, tensors, parts, dt, dev)
         if plan.task.kind != "lm":  # a stack or head (mamba_core.task): heads.py builds it
             model = build_task_model(plan.config, plan.task, dtype=dt, device=dev)
         assign(model, tensors, dt, allow_missing=plan.absent)
@@ -164,8 +198,23 @@ def export_tensors(model, dialect: str = "mamba-core") -> dict[str, mx.array]:
     """
     if dialect not in DIALECT_RENAMES:
         raise CheckpointError(f"unknown dialect {dialect!r}; expected one of {tuple(DIALECT_RENAMES)}")
-    if not isinstance(model, (Mamba1LM, Mamba2LM)):  # a stack or head: canonical names, ours only
+    if not isinstance(
+        model, (Mamba1LM, Mamba2LM, Mamba3LM, HybridLM)
+    ):  # a stack or head: canonical names, ours only
         return export_task_tensors(model, dialect)
+    if getattr(model, "quantization", None) is not None:  # quantization hook (quantized.py)
+        return export_quantized(model, dialect)
+    if is_family(model.config):  # a hybrid family: per-expert slices, its dialect's names (hybrid_layout)
+        canonical = export_canonical(model)
+        out = {}
+        for t in stored_tensors(model.config, dialect):
+            x = canonical[t.canonical]
+            if t.expert is not None:
+                x = x[t.expert]
+            if t.rows is not None:
+                x = x[t.rows[0] : t.rows[1]]
+            out[t.hf_name] = x if t.axes is None else mx.transpose(x, t.axes)
+        return out
     renames, mlx_layout = DIALECT_RENAMES[dialect], DIALECT_AXES[dialect]
     specs = expand_layout(model.config)
     out = {}

@@ -3,7 +3,9 @@
 Layer ``i`` holds the cache fields of the layer kinds in its block (``layout.cache_plan``): a Mamba
 layer ``{"conv_state": (B, conv_dim, K) model dtype, "ssm_state": (B, E, N) | (B, H, P, N) float32}``
 (the last K raw pre-conv inputs, slot K-1 = most recent; the SSM state float32 whatever the model
-dtype); an attention layer will hold its k/v. ``seqlen_offset`` counts the tokens seen.
+dtype); an attention layer ``{"k", "v": (B, Hkv, T, Dh) model dtype, "key_mask": (B, T) bool,
+"length": (B,) int64}`` (T grows in chunks; positions ``[0, length)`` are filled).
+``seqlen_offset`` counts the tokens seen.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import torch
 
 from mamba_core.backends.torch.device import resolve_dtype
 from mamba_core.layout import cache_plan
+
+_POLICY_DTYPES = {"fp32": torch.float32, "bool": torch.bool, "int64": torch.int64}
 
 
 class MambaCache:
@@ -43,9 +47,10 @@ class MambaCache:
             raise ValueError(f"batch must be a positive int, got {batch!r}")
         model_dtype = resolve_dtype(dtype)
         layers = [
-            {name: torch.zeros(shape, dtype=torch.float32 if policy == "fp32" else model_dtype,
-                               device=device)
-             for name, (shape, policy) in fields.items()}
+            {
+                name: torch.zeros(shape, dtype=_POLICY_DTYPES.get(policy, model_dtype), device=device)
+                for name, (shape, policy) in fields.items()
+            }
             for fields in cache_plan(config, batch)
         ]
         return cls(layers, 0)

@@ -14,11 +14,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from mamba_core.backends.torch.device import resolve_dtype
-from mamba_core.backends.torch.model import KERNEL_PATHS, Mamba1, Mamba1LM, Mamba2, Mamba2LM
+from mamba_core.backends.torch.model import (
+    KERNEL_PATHS,
+    Hybrid,
+    HybridLM,
+    Mamba1,
+    Mamba1LM,
+    Mamba2,
+    Mamba2LM,
+    Mamba3,
+    Mamba3LM,
+)
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.task import Task, pooled_dim, task_layout
 
-STACKS = {"mamba1": Mamba1, "mamba2": Mamba2}
+STACKS = {"mamba1": Mamba1, "mamba2": Mamba2, "mamba3": Mamba3, "nemotron_h": Hybrid, "jamba": Hybrid}
+LMS = {"mamba1": Mamba1LM, "mamba2": Mamba2LM, "mamba3": Mamba3LM, "nemotron_h": HybridLM, "jamba": HybridLM}
 _EPS = 1e-5
 
 
@@ -26,8 +37,9 @@ def _check_mask(attention_mask, x):
     if attention_mask is None:
         return None
     if tuple(attention_mask.shape) != tuple(x.shape[:2]):
-        raise ValueError(f"attention_mask: expected shape (B, L) = {tuple(x.shape[:2])}, got "
-                         f"{tuple(attention_mask.shape)}")
+        raise ValueError(
+            f"attention_mask: expected shape (B, L) = {tuple(x.shape[:2])}, got {tuple(attention_mask.shape)}"
+        )
     return attention_mask.to(x.device)
 
 
@@ -136,8 +148,9 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         self.task = Task("features", pooling=pooling)
         self.config = config
-        self.backbone = STACKS[config.arch](config, config.vocab_size_padded, dtype=resolve_dtype(dtype),
-                                            device=device)
+        self.backbone = STACKS[config.arch](
+            config, config.vocab_size_padded, dtype=resolve_dtype(dtype), device=device
+        )
         self.kernel_path = KERNEL_PATHS[config.arch]
 
     @property
@@ -163,16 +176,16 @@ def task_of(model) -> Task:
     task = getattr(model, "task", None)
     if isinstance(task, Task):
         return task
-    if isinstance(model, (Mamba1, Mamba2)):
+    if isinstance(model, tuple(STACKS.values())):
         return Task("features") if hasattr(model, "embedding") else Task("stack")
-    if isinstance(model, (Mamba1LM, Mamba2LM)):
+    if isinstance(model, tuple(LMS.values())):
         return Task()
     raise TypeError(f"{type(model).__name__} is not a mamba-core model")
 
 
 def canonical_parameters(model) -> dict[str, nn.Parameter]:
     """Canonical (checkpoint) name -> parameter; a bare stack's names get the ``backbone.`` prefix."""
-    prefix = "backbone." if isinstance(model, (Mamba1, Mamba2)) else ""
+    prefix = "backbone." if isinstance(model, tuple(STACKS.values())) else ""
     return {prefix + name: p for name, p in model.named_parameters()}
 
 
@@ -186,7 +199,7 @@ def build_task_model(config, task: Task, *, dtype="float32", device=None):
         'Mamba1'
     """
     if task.kind == "lm":
-        return {"mamba1": Mamba1LM, "mamba2": Mamba2LM}[config.arch](config, dtype=dtype, device=device)
+        return LMS[config.arch](config, dtype=dtype, device=device)
     if task.kind == "stack":
         return STACKS[config.arch](config, dtype=dtype, device=device)
     if task.kind == "features":
@@ -215,12 +228,17 @@ def assign(model, tensors: dict, dtype=None, *, allow_missing=()) -> list[str]:
     missing = [n for n in absent if n not in allow_missing]
     if missing:
         raise CheckpointError(f"{len(missing)} tensors missing: {', '.join(missing[:12])}", missing=missing)
-    bad = [(n, s.describe_shape(), str(tuple(tensors[n].shape))) for n, s in specs.items()
-           if n in tensors and tuple(tensors[n].shape) != s.shape]
+    bad = [
+        (n, s.describe_shape(), str(tuple(tensors[n].shape)))
+        for n, s in specs.items()
+        if n in tensors and tuple(tensors[n].shape) != s.shape
+    ]
     if bad:
-        raise CheckpointError(f"{len(bad)} tensors have the wrong shape: "
-                              + "; ".join(f"{n} expected {e}, got {g}" for n, e, g in bad),
-                              mismatched=bad)
+        raise CheckpointError(
+            f"{len(bad)} tensors have the wrong shape: "
+            + "; ".join(f"{n} expected {e}, got {g}" for n, e, g in bad),
+            mismatched=bad,
+        )
     target = None if dtype is None else resolve_dtype(dtype)
     with torch.no_grad():
         for name, spec in specs.items():

@@ -15,6 +15,8 @@ from torch import nn
 from mamba_core.backends.torch import ops, packing
 from mamba_core.backends.torch.linear import project, rows
 from mamba_core.backends.torch.lora import adapter_update
+from mamba_core.backends.torch.norm import RMSNorm
+from mamba_core.backends.torch.quantized import is_quantized, matmul_no_bias
 from mamba_core.config import Mamba1Config
 
 
@@ -25,8 +27,9 @@ def mask_positions(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
 
 def depthwise_conv(config, channels: int, *, dtype=None, device=None) -> nn.Conv1d:
     """A depthwise ``nn.Conv1d`` (weight (C, 1, K)); only its parameters are used (``ops``)."""
-    return nn.Conv1d(channels, channels, config.d_conv, groups=channels, bias=config.conv_bias,
-                     dtype=dtype, device=device)
+    return nn.Conv1d(
+        channels, channels, config.d_conv, groups=channels, bias=config.conv_bias, dtype=dtype, device=device
+    )
 
 
 class Mamba1Mixer(nn.Module):
@@ -52,14 +55,36 @@ class Mamba1Mixer(nn.Module):
         self.A_log = nn.Parameter(torch.empty(e, n, **f32))
         self.D = nn.Parameter(torch.empty(e, **f32))
         self.out_proj = nn.Linear(e, d, bias=config.bias, **fk)
+        if config.mixer_rms_weights:  # Jamba's weighted dt/B/C norms (rows ``*_layernorm.weight``)
+            eps = config.mixer_rms_eps
+            self.dt_layernorm = RMSNorm(r, eps, **fk)
+            self.b_layernorm = RMSNorm(n, eps, **fk)
+            self.c_layernorm = RMSNorm(n, eps, **fk)
+
+    def bcdt_norm(self, dt_r: torch.Tensor, Bm: torch.Tensor, Cm: torch.Tensor):
+        """The dt/B/C hook (docs/spec.md §3.4): each RMS-normalized over its last axis in float32 when
+        the config has ``mixer_rms_eps`` (FalconMamba weightless, Jamba weighted), else unchanged.
+        dt_r (..., R), Bm (..., N), Cm (..., N) -> the same shapes and dtype."""
+        cfg = self.config
+        if cfg.mixer_rms_eps is None:
+            return dt_r, Bm, Cm
+        if cfg.mixer_rms_weights:
+            return self.dt_layernorm(dt_r), self.b_layernorm(Bm), self.c_layernorm(Cm)
+        return tuple(ops.rmsnorm(t, t.new_ones(t.shape[-1]), cfg.mixer_rms_eps) for t in (dt_r, Bm, Cm))
 
     def _ssm_inputs(self, u: torch.Tensor, linear):
         cfg = self.config
-        dt_r, Bm, Cm = linear(u, self.x_proj).split([cfg.dt_rank, cfg.d_state, cfg.d_state], dim=-1)
+        dt_r, Bm, Cm = self.bcdt_norm(
+            *linear(u, self.x_proj).split([cfg.dt_rank, cfg.d_state, cfg.d_state], dim=-1)
+        )
         # the dt bias is added in fp32 inside the scan, not with dt_proj (docs/spec.md §9.4)
-        delta = rows(dt_r, self.dt_proj.weight) if dt_r.dim() == 2 else F.linear(dt_r, self.dt_proj.weight)
-        if type(self.dt_proj) is not nn.Linear:  # an adapted dt_proj (LoRA): its update, without the bias
-            delta = delta + adapter_update(self.dt_proj, dt_r)
+        dt_proj = self.dt_proj
+        if is_quantized(dt_proj):  # quantization hook: a quantized dt_proj, without its bias
+            delta = matmul_no_bias(dt_proj, dt_r)
+        else:
+            delta = rows(dt_r, dt_proj.weight) if dt_r.dim() == 2 else F.linear(dt_r, dt_proj.weight)
+            if type(dt_proj) is not nn.Linear:  # an adapted dt_proj (LoRA): its update, without the bias
+                delta = delta + adapter_update(dt_proj, dt_r)
         return delta, Bm, Cm, -torch.exp(self.A_log.float())
 
     def forward(self, h, conv_state=None, ssm_state=None, attention_mask=None, seq_idx=None):
@@ -70,16 +95,28 @@ class Mamba1Mixer(nn.Module):
         x, z = self.in_proj(h).split([e, e], dim=-1)  # (B, L, E) each
         conv = ops.causal_conv1d if seq_idx is None else partial(packing.packed_conv1d, seq_idx=seq_idx)
         u, conv_state = conv(
-            mask_positions(x, attention_mask), self.conv1d.weight[:, 0], self.conv1d.bias, conv_state,
+            mask_positions(x, attention_mask),
+            self.conv1d.weight[:, 0],
+            self.conv1d.bias,
+            conv_state,
             activation="silu",
         )
         u = mask_positions(u, attention_mask)  # (B, L, E)
         delta, Bm, Cm, A = self._ssm_inputs(u, lambda t, layer: layer(t))
-        scan = (ops.selective_scan if seq_idx is None
-                else partial(packing.packed_selective_scan, seq_idx=seq_idx))
+        scan = (
+            ops.selective_scan if seq_idx is None else partial(packing.packed_selective_scan, seq_idx=seq_idx)
+        )
         y, ssm_state = scan(
-            u, delta, A, Bm, Cm, D=self.D, z=z, delta_bias=self.dt_proj.bias,
-            delta_softplus=True, initial_state=ssm_state,
+            u,
+            delta,
+            A,
+            Bm,
+            Cm,
+            D=self.D,
+            z=z,
+            delta_bias=self.dt_proj.bias,
+            delta_softplus=True,
+            initial_state=ssm_state,
         )
         return self.out_proj(y.to(h.dtype)), conv_state, ssm_state
 
@@ -88,11 +125,20 @@ class Mamba1Mixer(nn.Module):
         place (``ops.*_update_``) and returned."""
         e = self.config.d_inner
         x, z = project(self.in_proj, h).split([e, e], dim=-1)  # (B, E) each
-        u, conv_state = ops.causal_conv1d_update_(x, conv_state, self.conv1d.weight[:, 0],
-                                                  self.conv1d.bias, activation="silu")
+        u, conv_state = ops.causal_conv1d_update_(
+            x, conv_state, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu"
+        )
         delta, Bm, Cm, A = self._ssm_inputs(u, lambda t, layer: project(layer, t))
         y, ssm_state = ops.selective_state_update_(
-            ssm_state, u, delta, A, Bm, Cm, D=self.D, z=z, delta_bias=self.dt_proj.bias,
+            ssm_state,
+            u,
+            delta,
+            A,
+            Bm,
+            Cm,
+            D=self.D,
+            z=z,
+            delta_bias=self.dt_proj.bias,
             delta_softplus=True,
         )
         return project(self.out_proj, y.to(h.dtype)), conv_state, ssm_state

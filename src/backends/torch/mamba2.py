@@ -50,8 +50,11 @@ class Mamba2Mixer(nn.Module):
         gn = c.ngroups * c.d_state
         x, Bm, Cm = xbc.split([c.d_inner, gn, gn], dim=-1)
         lead = xbc.shape[:-1]
-        return (x.reshape(*lead, c.nheads, c.headdim), Bm.reshape(*lead, c.ngroups, c.d_state),
-                Cm.reshape(*lead, c.ngroups, c.d_state))
+        return (
+            x.reshape(*lead, c.nheads, c.headdim),
+            Bm.reshape(*lead, c.ngroups, c.d_state),
+            Cm.reshape(*lead, c.ngroups, c.d_state),
+        )
 
     def forward(self, h, conv_state=None, ssm_state=None, attention_mask=None, seq_idx=None):
         """h: (B, L, D) -> ``(out, conv_state (B, conv_dim, K), ssm_state (B, H, P, N) fp32)``.
@@ -62,13 +65,25 @@ class Mamba2Mixer(nn.Module):
         conv = ops.causal_conv1d if seq_idx is None else partial(packing.packed_conv1d, seq_idx=seq_idx)
         scan = ops.ssd_chunked if seq_idx is None else partial(packing.packed_ssd, seq_idx=seq_idx)
         xbc, conv_state = conv(
-            mask_positions(xbc, attention_mask), self.conv1d.weight[:, 0], self.conv1d.bias,
-            conv_state, activation="silu",
+            mask_positions(xbc, attention_mask),
+            self.conv1d.weight[:, 0],
+            self.conv1d.bias,
+            conv_state,
+            activation="silu",
         )
         x, Bm, Cm = self._xbc(mask_positions(xbc, attention_mask))
         y, ssm_state = scan(
-            x, dt, -torch.exp(self.A_log.float()), Bm, Cm, c.chunk_size, D=self.D,
-            dt_bias=self.dt_bias, dt_softplus=True, dt_limit=c.dt_limit, initial_state=ssm_state,
+            x,
+            dt,
+            -torch.exp(self.A_log.float()),
+            Bm,
+            Cm,
+            c.chunk_size,
+            D=self.D,
+            dt_bias=self.dt_bias,
+            dt_softplus=True,
+            dt_limit=c.dt_limit,
+            initial_state=ssm_state,
         )  # (B, L, H, P) fp32
         y = self.norm(y.reshape(*y.shape[:2], c.d_inner), z)
         return self.out_proj(y), conv_state, ssm_state
@@ -78,11 +93,20 @@ class Mamba2Mixer(nn.Module):
         place (``ops.*_update_``) and returned."""
         c = self.config
         z, xbc, dt = self._split(project(self.in_proj, h))
-        xbc, conv_state = ops.causal_conv1d_update_(xbc, conv_state, self.conv1d.weight[:, 0],
-                                                    self.conv1d.bias, activation="silu")
+        xbc, conv_state = ops.causal_conv1d_update_(
+            xbc, conv_state, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu"
+        )
         x, Bm, Cm = self._xbc(xbc)  # (B, H, P), (B, G, N), (B, G, N)
         y, ssm_state = ops.ssd_state_update_(
-            ssm_state, x, dt, -torch.exp(self.A_log), Bm, Cm, D=self.D, dt_bias=self.dt_bias,
-            dt_softplus=True, dt_limit=c.dt_limit,
+            ssm_state,
+            x,
+            dt,
+            -torch.exp(self.A_log),
+            Bm,
+            Cm,
+            D=self.D,
+            dt_bias=self.dt_bias,
+            dt_softplus=True,
+            dt_limit=c.dt_limit,
         )  # (B, H, P) fp32
         return project(self.out_proj, self.norm(y.reshape(y.shape[0], c.d_inner), z)), conv_state, ssm_state

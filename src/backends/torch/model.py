@@ -3,8 +3,8 @@
 A model is a sequence of blocks (``mamba_core.layers.layer_plan``): ``_Block`` holds ``norm`` + the
 ``mixer`` kind (and ``norm2`` + the ``mlp`` kind when the plan has one), each kind built from the
 registry ``layers.KINDS``; ``_Stack`` = optional embedding, blocks, ``norm_f``; ``_LM`` = stack +
-head. ``Mamba1``/``Mamba2``, ``Mamba1Block``/``Mamba2Block`` and ``Mamba1LM``/``Mamba2LM`` are the named
-one-kind models (same bases in the MLX backend). Math: docs/spec.md §1.2 (pre-norm residual). Dtype
+head. ``Mamba1``/``Mamba2``/``Mamba3``, their ``*Block`` and ``*LM`` classes are the named
+models (same bases in the MLX backend). Math: docs/spec.md §1.2 (pre-norm residual). Dtype
 policy (docs/spec.md §6.1): parameters in the model dtype except ``A_log``, ``D`` and the dt bias
 (float32); the residual stream is float32 when ``config.residual_in_fp32``; logits float32. New
 models get the one official initialization, ``reference.init_weights`` (``initialize``).
@@ -25,18 +25,31 @@ from mamba_core.backends.torch.device import resolve_dtype
 from mamba_core.backends.torch.layers import KINDS
 from mamba_core.backends.torch.linear import rows
 from mamba_core.backends.torch.norm import RMSNorm
+from mamba_core.backends.torch.quantized import head_logits
 from mamba_core.backends.torch.sample import generate, stream
 from mamba_core.config import Mamba1Config, Mamba2Config
 from mamba_core.errors import ConfigError, UnsupportedError
-from mamba_core.layers import get_kind, layer_plan
+from mamba_core.families import HYBRID_CONFIGS
+from mamba_core.layers import get_kind, kind_config, layer_plan
+from mamba_core.mamba3_config import Mamba3Config
 from mamba_core.packing import check_seq_idx
 from mamba_core.reference import init_weights
 
-KERNEL_PATHS = {"mamba1": "torch-chunked-selective-scan", "mamba2": "torch-chunked-ssd"}
+KERNEL_PATHS = {
+    "mamba1": "torch-chunked-selective-scan",
+    "mamba2": "torch-chunked-ssd",
+    "mamba3": "torch-chunked-mamba3",
+    "nemotron_h": "torch-chunked-ssd+sdpa",
+    "jamba": "torch-chunked-selective-scan+sdpa",
+}
 
 
 def _is_meta(device) -> bool:
     return device is not None and torch.device(device).type == "meta"
+
+
+def _classes(config_class) -> tuple:
+    return config_class if isinstance(config_class, tuple) else (config_class,)
 
 
 def _draw_seed() -> int:
@@ -79,10 +92,10 @@ class _Block(nn.Module):
         self.slots = plan.slots
         self._n_state = tuple(len(get_kind(kind).cache) for _, kind in self.slots)
         self.norm = RMSNorm(config.d_model, config.norm_epsilon, **fk)
-        self.mixer = KINDS[plan.mixer](config, layer_idx, **fk)
+        self.mixer = KINDS[plan.mixer](kind_config(config, plan.mixer), layer_idx, **fk)
         if plan.mlp is not None:
             self.norm2 = RMSNorm(config.d_model, config.norm_epsilon, **fk)
-            self.mlp = KINDS[plan.mlp](config, layer_idx, **fk)
+            self.mlp = KINDS[plan.mlp](kind_config(config, plan.mlp), layer_idx, **fk)
 
     def _run(self, x, state, call):
         new_state: list = []
@@ -102,8 +115,10 @@ class _Block(nn.Module):
         if seq_idx is not None:
             for slot, kind in self.slots:
                 if "seq_idx" not in inspect.signature(getattr(self, slot).forward).parameters:
-                    raise UnsupportedError(f"layer kind {kind!r} ({slot} of layer {self.layer_idx}) does not "
-                                           "take packed sequences (seq_idx); run its documents unpacked")
+                    raise UnsupportedError(
+                        f"layer kind {kind!r} ({slot} of layer {self.layer_idx}) does not "
+                        "take packed sequences (seq_idx); run its documents unpacked"
+                    )
             packed = {"seq_idx": seq_idx}
         return self._run(x, state, lambda mod, h, s: mod(h, *s, attention_mask=attention_mask, **packed))
 
@@ -118,6 +133,15 @@ class Mamba1Block(_Block):
 
 class Mamba2Block(_Block):
     """A block of a Mamba-2 model (``norm`` + ``Mamba2Mixer``)."""
+
+
+class Mamba3Block(_Block):
+    """A block of a Mamba-3 model (``norm`` + ``Mamba3Mixer``, and ``norm2`` + ``GatedMLP`` when
+    ``d_intermediate > 0``)."""
+
+
+class HybridBlock(_Block):
+    """A block of a hybrid model (the kinds its family's ``layer_plan`` names)."""
 
 
 class _Stack(nn.Module):
@@ -158,16 +182,16 @@ class _Stack(nn.Module):
     def __init__(self, config, vocab_size: int | None = None, *, dtype=None, device=None):
         super().__init__()
         if not isinstance(config, self.config_class):
-            raise ConfigError(f"{type(self).__name__} needs a {self.config_class.__name__}, got "
-                              f"{type(config).__name__}", field="arch")
+            wanted = " or ".join(c.__name__ for c in _classes(self.config_class))
+            raise ConfigError(
+                f"{type(self).__name__} needs a {wanted}, got {type(config).__name__}", field="arch"
+            )
         # built on "meta" (no init thrown away), then given storage and the official init
         fk = {"dtype": None if dtype is None else resolve_dtype(dtype), "device": "meta"}
         self.config = config
         if vocab_size is not None:
             self.embedding = nn.Embedding(vocab_size, config.d_model, **fk)
-        self.layers = nn.ModuleList(
-            self.block_class(config, i, **fk) for i in range(len(layer_plan(config)))
-        )
+        self.layers = nn.ModuleList(self.block_class(config, i, **fk) for i in range(len(layer_plan(config))))
         self.norm_f = RMSNorm(config.d_model, config.norm_epsilon, **fk)
         self.kernel_path = KERNEL_PATHS[config.arch]
         if not _is_meta(device):
@@ -180,8 +204,9 @@ class _Stack(nn.Module):
                 raise ValueError("this stack has no embedding: pass (B, L, D) float inputs")
             x = self.embedding(x)
         if x.shape[-1] != self.config.d_model:
-            raise ValueError(f"x: expected last dimension d_model={self.config.d_model}, got shape "
-                             f"{tuple(x.shape)}")
+            raise ValueError(
+                f"x: expected last dimension d_model={self.config.d_model}, got shape {tuple(x.shape)}"
+            )
         return x.float() if self.config.residual_in_fp32 else x.to(self.norm_f.weight.dtype)
 
     def make_cache(self, batch: int) -> MambaCache:
@@ -211,8 +236,9 @@ class _Stack(nn.Module):
         for i, layer in enumerate(self.layers):
             state = () if cache is None else tuple(cache.layers[i].values())
             if self.grad_checkpoint and torch.is_grad_enabled():
-                residual, *state = checkpoint(layer, residual, *state, attention_mask=mask, seq_idx=seq_idx,
-                                              use_reentrant=False)
+                residual, *state = checkpoint(
+                    layer, residual, *state, attention_mask=mask, seq_idx=seq_idx, use_reentrant=False
+                )
             else:
                 residual, *state = layer(residual, *state, attention_mask=mask, seq_idx=seq_idx)
             if cache is not None:
@@ -227,7 +253,11 @@ class _Stack(nn.Module):
         """(B,) ids or (B, D) frame -> (B, D); O(1) per frame; updates ``cache`` in place."""
         residual = self._embed(x_t)
         for i, layer in enumerate(self.layers):
-            residual = layer.step(residual, *cache.layers[i].values())[0]
+            # the kinds update their fields in place; a field may come back as a new tensor (a KV
+            # cache grown by a chunk)
+            residual, *state = layer.step(residual, *cache.layers[i].values())
+            if state:
+                cache.layers[i] = dict(zip(cache.layers[i], state, strict=True))
         cache.seqlen_offset += 1
         return self.norm_f(residual)
 
@@ -244,6 +274,20 @@ class Mamba2(_Stack):
 
     block_class = Mamba2Block
     config_class = Mamba2Config
+
+
+class Mamba3(_Stack):
+    """The Mamba-3 residual stack (see ``_Stack``; SISO or MIMO, with or without the gated MLP)."""
+
+    block_class = Mamba3Block
+    config_class = Mamba3Config
+
+
+class Hybrid(_Stack):
+    """The residual stack of a hybrid family (``families.HYBRID_CONFIGS``; see ``_Stack``)."""
+
+    block_class = HybridBlock
+    config_class = HYBRID_CONFIGS
 
 
 class _LM(nn.Module):
@@ -267,8 +311,9 @@ class _LM(nn.Module):
         self.config = config
         self.backbone = self.stack_class(config, config.vocab_size_padded, dtype=dt, device="meta")
         if not config.tie_embeddings:
-            self.lm_head = nn.Linear(config.d_model, config.vocab_size_padded, bias=False,
-                                     dtype=dt, device="meta")
+            self.lm_head = nn.Linear(
+                config.d_model, config.vocab_size_padded, bias=False, dtype=dt, device="meta"
+            )
         self.kernel_path = KERNEL_PATHS[config.arch]
         if not _is_meta(device):
             self.to_empty(device=torch.get_default_device() if device is None else device)
@@ -282,18 +327,24 @@ class _LM(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., D) -> (..., V) float32."""
+        quantized = head_logits(self, hidden)  # quantization hook: a quantized head or tied embedding
+        if quantized is not None:
+            return quantized.float()
         return F.linear(hidden, self.head_weight).float()
 
     def forward(self, input_ids, *, cache: MambaCache | None = None, attention_mask=None, seq_idx=None):
         """(B, L) int -> logits (B, L, V) float32 (see the backend contract); ``seq_idx`` (B, L) int
         marks packed documents."""
-        return self.logits(self.backbone(input_ids, cache=cache, attention_mask=attention_mask,
-                                         seq_idx=seq_idx))
+        return self.logits(
+            self.backbone(input_ids, cache=cache, attention_mask=attention_mask, seq_idx=seq_idx)
+        )
 
     def step(self, token_ids, cache: MambaCache):
         """(B,) int -> logits (B, V) float32; O(1) per token; updates ``cache``."""
         hidden = self.backbone.step(token_ids, cache)  # (B, D)
-        if type(getattr(self, "lm_head", None)) in (nn.Linear, type(None)):
+        # a quantized tied head (quantized table or int8/int4 copy) takes logits()
+        plain = type(self.backbone.embedding) is nn.Embedding and not hasattr(self, "tied_head")
+        if type(getattr(self, "lm_head", None)) in (nn.Linear, type(None)) and plain:
             return rows(hidden, self.head_weight).float()
         return self.logits(hidden)
 
@@ -320,3 +371,15 @@ class Mamba2LM(_LM):
     """Mamba-2 language model (see ``_LM``)."""
 
     stack_class = Mamba2
+
+
+class Mamba3LM(_LM):
+    """Mamba-3 language model (see ``_LM``)."""
+
+    stack_class = Mamba3
+
+
+class HybridLM(_LM):
+    """Language model of a hybrid family (see ``_LM``)."""
+
+    stack_class = Hybrid

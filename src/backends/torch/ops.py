@@ -14,7 +14,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mamba_core.backends.torch import scan
+from mamba_core.backends.torch import mamba3_scan, scan
 from mamba_core.backends.torch.scan import _f32, discretize_dt
 
 _NO_LIMIT = (0.0, math.inf)
@@ -155,7 +155,15 @@ def causal_conv1d_update(
 
 
 def selective_scan(
-    u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus: bool = False,
+    u,
+    delta,
+    A,
+    B,
+    C,
+    D=None,
+    z=None,
+    delta_bias=None,
+    delta_softplus: bool = False,
     initial_state=None,
 ):
     """Mamba-1 selective scan (chunked, analytic backward: ``scan.selective_scan_chunked``).
@@ -169,7 +177,15 @@ def selective_scan(
         ``(y, final_state)``: y (B, L, E) float32; final_state (B, E, N) float32.
     """
     return scan.selective_scan_chunked(
-        u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus,
+        u,
+        delta,
+        A,
+        B,
+        C,
+        D=D,
+        z=z,
+        delta_bias=delta_bias,
+        delta_softplus=delta_softplus,
         initial_state=initial_state,
     )
 
@@ -199,8 +215,17 @@ def selective_state_update(
 
 
 def ssd_chunked(
-    x, dt, A, B, C, chunk_size: int, D=None, dt_bias=None, dt_softplus: bool = False,
-    dt_limit=_NO_LIMIT, initial_state=None,
+    x,
+    dt,
+    A,
+    B,
+    C,
+    chunk_size: int,
+    D=None,
+    dt_bias=None,
+    dt_softplus: bool = False,
+    dt_limit=_NO_LIMIT,
+    initial_state=None,
 ):
     """Chunked SSD (``scan.ssd_chunked_scan``), any L, initial state in, final state out.
 
@@ -216,7 +241,16 @@ def ssd_chunked(
         ValueError: ``chunk_size`` < 1.
     """
     return scan.ssd_chunked_scan(
-        x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit,
+        x,
+        dt,
+        A,
+        B,
+        C,
+        chunk_size,
+        D=D,
+        dt_bias=dt_bias,
+        dt_softplus=dt_softplus,
+        dt_limit=dt_limit,
         initial_state=initial_state,
     )
 
@@ -246,6 +280,90 @@ def ssd_state_update(
     if D is not None:
         y = y + xf * _f32(D).unsqueeze(-1)
     return y, new_state
+
+
+def mamba3_chunked(
+    q,
+    k,
+    v,
+    adt,
+    dt,
+    trap,
+    angles,
+    q_bias,
+    k_bias,
+    *,
+    chunk_size: int,
+    D=None,
+    mimo_x=None,
+    rotary: str = "pairwise",
+    initial_state=None,
+):
+    """The chunked Mamba-3 scan (``mamba3_scan.chunked``; docs/mamba3.md §3.5), any L, states in and out.
+
+    Args:
+        q, k: (B, L, R, G, N) normed C and B (before bias and rotation).
+        v: (B, L, H, P) x.
+        adt: (B, L, H) ``A * dt`` (< 0). dt: (B, L, H) step sizes. trap: (B, L, H) trapezoid gate logits.
+        angles: (B, L, A) raw angle projection. q_bias, k_bias: (H, R, N) C and B biases.
+        chunk_size: Q. D: (H,) or None. mimo_x: (H, R, P) or None (SISO).
+        rotary: ``"pairwise"`` (SISO) or ``"halves"`` (MIMO).
+        initial_state: None or a dict ``angle_state`` (B, H, A), ``ssm_state`` (B, H, P, N),
+            ``k_state`` (B, R, H, N), ``v_state`` (B, H, P) (a missing field = zeros).
+
+    Returns:
+        ``(y, state)``: y (B, L, H, R, P) float32 before the gate; the final state dict, float32.
+    """
+    return mamba3_scan.chunked(
+        q,
+        k,
+        v,
+        adt,
+        dt,
+        trap,
+        angles,
+        q_bias,
+        k_bias,
+        chunk_size=chunk_size,
+        D=D,
+        mimo_x=mimo_x,
+        rotary=rotary,
+        initial_state=initial_state,
+    )
+
+
+def mamba3_state_update(
+    state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, D=None, mimo_x=None, rotary: str = "pairwise"
+):
+    """One token of the Mamba-3 recurrence (docs/mamba3.md §3.4).
+
+    Args:
+        state: the state dict (see ``mamba3_chunked``) or None (zeros).
+        q, k: (B, R, G, N). v: (B, H, P). adt, dt, trap: (B, H). angles: (B, A).
+        q_bias, k_bias, D, mimo_x, rotary: see ``mamba3_chunked``.
+
+    Returns:
+        ``(y, state)``: y (B, H, R, P) float32; the new state dict, float32.
+    """
+    return mamba3_scan.state_update(
+        state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, D=D, mimo_x=mimo_x, rotary=rotary
+    )
+
+
+def mamba3_gate_out(y, z, *, mimo_z=None, mimo_o=None, norm_weight=None, eps: float = 1e-5):
+    """Gate the per-rank scan output and contract the ranks (docs/mamba3.md §3.6).
+
+    Without ``norm_weight``: ``y_r * silu(z * mimo_z[:, r])``; with it: per-head RMSNorm of ``y_r`` times
+    the weight, then the gate. Then ``sum_r mimo_o[:, r] * y_r`` (SISO: the single rank).
+
+    Args:
+        y: (..., H, R, P). z: (..., H, P) or None. mimo_z, mimo_o: (H, R, P) or None (SISO).
+        norm_weight: (H·P,) or None. eps: the norm's eps.
+
+    Returns:
+        (..., H, P) float32.
+    """
+    return mamba3_scan.gate_out(y, z, mimo_z=mimo_z, mimo_o=mimo_o, norm_weight=norm_weight, eps=eps)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -311,3 +429,17 @@ def ssd_state_update_(
     if D is not None:
         y = y.addcmul_(xf, _f32(D).unsqueeze(-1))
     return y, state
+
+
+def mamba3_state_update_(
+    state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, D=None, mimo_x=None, rotary: str = "pairwise"
+):
+    """``mamba3_state_update`` that updates the state dict's four tensors in place and returns it.
+
+    Returns:
+        ``(y, state)``: y (B, H, R, P) float32; the same ``state`` dict and tensors, updated (the angle and
+        SSM states float32, ``k_state``/``v_state`` in their own dtype).
+    """
+    return mamba3_scan.state_update_(
+        state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, D=D, mimo_x=mimo_x, rotary=rotary
+    )

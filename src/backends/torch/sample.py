@@ -13,7 +13,37 @@ from collections.abc import Iterator
 
 import torch
 
+from mamba_core.backends.torch.cache import MambaCache
+from mamba_core.backends.torch.prefill import prefill
 from mamba_core.sampling import SamplingSettings
+
+
+def _decode_step(model, compile: bool):
+    """``step(token_ids, cache) -> logits``: ``model.step``, or the same step through ``torch.compile``.
+
+    The compiled function sees only tensors: the (B,) token ids and the per-layer state dicts of the
+    cache (fixed shapes, updated in place), so it is one graph (``fullgraph=True``, ``dynamic=False``)
+    that no later step recompiles; ``seqlen_offset`` advances outside it. On CUDA it is compiled with
+    ``mode="reduce-overhead"`` (CUDA graphs).
+    """
+    if not compile:
+        return model.step
+    step = getattr(model, "_compiled_step", None)  # compiled once per model: inductor takes a while
+    if step is None:
+
+        def decode(token_ids, layers):  # (B,) ids, [{field: (B, ...) state}] -> logits (B, V) float32
+            return model.step(token_ids, MambaCache(layers))
+
+        mode = "reduce-overhead" if model.head_weight.device.type == "cuda" else None
+        compiled = torch.compile(decode, fullgraph=True, dynamic=False, mode=mode)
+
+        def step(token_ids, cache: MambaCache):
+            logits = compiled(token_ids, cache.layers)
+            cache.seqlen_offset += 1
+            return logits
+
+        model._compiled_step = step
+    return step
 
 
 def _prepare(model, input_ids, attention_mask, pad_token_id):
@@ -27,8 +57,8 @@ def _prepare(model, input_ids, attention_mask, pad_token_id):
         ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
         mask = torch.zeros(len(rows), width, dtype=torch.long)
         for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-            mask[i, width - len(r):] = 1
+            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
+            mask[i, width - len(r) :] = 1
         if bool(mask.all()):
             mask = None
         return ids.to(device), None if mask is None else mask.to(device)
@@ -41,8 +71,7 @@ def _prepare(model, input_ids, attention_mask, pad_token_id):
     return ids.long().to(device), mask
 
 
-def process_logits(logits, *, vocab_size, temperature, top_k, top_p, min_p, repetition_penalty,
-                   seen):
+def process_logits(logits, *, vocab_size, temperature, top_k, top_p, min_p, repetition_penalty, seen):
     """Apply the contract's processing order to (B, V) float32 logits.
 
     Returns:
@@ -53,8 +82,7 @@ def process_logits(logits, *, vocab_size, temperature, top_k, top_p, min_p, repe
     if logits.shape[-1] > vocab_size:
         logits[:, vocab_size:] = -torch.inf
     if repetition_penalty is not None and repetition_penalty != 1.0:
-        penalized = torch.where(logits > 0, logits / repetition_penalty,
-                                logits * repetition_penalty)
+        penalized = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
         logits = torch.where(seen, penalized, logits)
     if temperature == 0:
         return logits.argmax(-1), None
@@ -92,6 +120,7 @@ def stream(
     seed: int | None = None,
     attention_mask=None,
     pad_token_id: int = 0,
+    compile: bool = False,
 ) -> Iterator[torch.Tensor]:
     """Yield one (B,) int64 tensor of new tokens per step (prefill once, then O(1) steps).
 
@@ -99,15 +128,21 @@ def stream(
     every row has stopped. Arguments as in ``generate``.
     """
     settings = SamplingSettings(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-        repetition_penalty=repetition_penalty, stop_tokens=stop_tokens, seed=seed,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
+        stop_tokens=stop_tokens,
+        seed=seed,
         pad_token_id=pad_token_id,
     )
     ids, mask = _prepare(model, input_ids, attention_mask, settings.pad_token_id)
-    return _stream(model, ids, mask, settings)
+    return _stream(model, ids, mask, settings, compile)
 
 
-def _stream(model, ids, mask, settings: SamplingSettings) -> Iterator[torch.Tensor]:
+def _stream(model, ids, mask, settings: SamplingSettings, compile: bool = False) -> Iterator[torch.Tensor]:
     """The generator behind ``stream``: ids (B, L) and mask already prepared, settings validated."""
     s = settings
     device = ids.device
@@ -131,13 +166,18 @@ def _stream(model, ids, mask, settings: SamplingSettings) -> Iterator[torch.Tens
     if s.max_new_tokens == 0:
         return
     with torch.inference_mode():
-        cache = model.make_cache(batch)
-        hidden = model.backbone(ids, cache=cache, attention_mask=mask)
-        logits = model.logits(hidden[:, -1])
+        logits, cache = prefill(model, ids, attention_mask=mask)  # chunked: any prompt length
+        step = _decode_step(model, compile)
         for i in range(s.max_new_tokens):
             greedy, probs = process_logits(
-                logits, vocab_size=vocab, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
-                min_p=s.min_p, repetition_penalty=s.repetition_penalty, seen=seen,
+                logits,
+                vocab_size=vocab,
+                temperature=s.temperature,
+                top_k=s.top_k,
+                top_p=s.top_p,
+                min_p=s.min_p,
+                repetition_penalty=s.repetition_penalty,
+                seen=seen,
             )
             drawn = greedy if probs is None else torch.multinomial(probs, 1, generator=generator)[:, 0]
             tok = drawn.masked_fill(done, s.pad_token_id)
@@ -149,7 +189,7 @@ def _stream(model, ids, mask, settings: SamplingSettings) -> Iterator[torch.Tens
             if seen is not None:
                 seen[rows, tok] = seen[rows, tok] | ~done
             if i + 1 < s.max_new_tokens:
-                logits = model.step(drawn, cache)  # finished rows keep a valid id
+                logits = step(drawn, cache)  # finished rows keep a valid id
 
 
 def generate(
@@ -166,6 +206,7 @@ def generate(
     seed: int | None = None,
     attention_mask=None,
     pad_token_id: int = 0,
+    compile: bool = False,
 ) -> torch.Tensor:
     """Generate ``max_new_tokens`` tokens after each prompt.
 
@@ -180,6 +221,7 @@ def generate(
         seed: seeds a local ``torch.Generator`` (same seed, same tokens).
         attention_mask: (B, L) 1 = token, 0 = left padding (for tensor inputs).
         pad_token_id: the padding id.
+        compile: decode through ``torch.compile`` (one graph over the cache; same tokens as eager).
 
     Returns:
         (B, L + N') int64: the (padded) prompt then the new tokens; N' < N when every row stopped.
@@ -194,12 +236,18 @@ def generate(
         torch.Size([1, 5])
     """
     settings = SamplingSettings(
-        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-        repetition_penalty=repetition_penalty, stop_tokens=stop_tokens, seed=seed,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
+        stop_tokens=stop_tokens,
+        seed=seed,
         pad_token_id=pad_token_id,
     )
     ids, mask = _prepare(model, input_ids, attention_mask, settings.pad_token_id)
-    new = list(_stream(model, ids, mask, settings))
+    new = list(_stream(model, ids, mask, settings, compile))
     if not new:
         return ids
     return torch.cat([ids, torch.stack(new, dim=1)], dim=1)

@@ -15,15 +15,26 @@ Memory is O(T·B·E·N + (L/T)·B·E·N) instead of O(B·L·E·N); products of d
 nothing can overflow (docs/spec.md §9 item 19).
 
 Mamba-2 (SSD, docs/spec.md §4.5): ``ssd_chunked_scan`` is the chunked matmul algorithm of the paper's
-Listing 1 with the stable in-chunk segsum, any L (the tail is padded), initial state in and final
-state out. It is plain autograd: every step is a batched matmul or an elementwise op on
-(B, H, chunks, Q, Q)-sized tensors, which autograd differentiates at matmul speed.
+Listing 1 with the stable in-chunk segsum, any L (the tail is padded with Δ = 0), initial state in
+and final state out (the signature of ``ops.ssd_chunked``: Δ is discretized first, D added
+after), behind ``_ChunkedSSD``, an autograd Function that saves only its inputs and the
+state entering each chunk (B, L/Q, H, P, N). Per chunk, with ``cs_t`` the cumulative log-decay,
+``L_ts = exp(cs_t - cs_s)`` (s <= t), ``X_s = Δ_s x_s``:
+
+* ``y_t = Σ_s (C_t·B_s) L_ts X_s + exp(cs_t) S_in C_t`` and
+  ``S_out = exp(cs_last) S_in + Σ_s exp(cs_last - cs_s) X_s ⊗ B_s``;
+* backward: ``dS_in = exp(cs_last) dS_out + Σ_t exp(cs_t) dy_t ⊗ C_t`` runs in reverse over chunks;
+  then, with ``W_ts = (C_t·B_s) L_ts (dy_t·X_s)``: ``dX = ((C Bᵀ) ⊙ L)ᵀ dy + decayed B dS_outᵀ``,
+  ``dC = (L ⊙ dy Xᵀ) B + exp(cs) dy S_in``, ``dB = (L ⊙ dy Xᵀ)ᵀ C + decayed X dS_out``, and
+  ``dcs = rowsum(W) - colsum(W) + (state terms)``, ``dΔA`` its reverse cumulative sum. The (Q, Q)
+  decay and scores are recomputed in the backward, never saved.
 
 All state math is float32 whatever the input dtype (docs/spec.md §6.1).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -66,6 +77,19 @@ def _chunk_states(dt, u, Bm, A_t, h0, dA, hs, keep=None):
         hs[t].addcmul_(hs[t - 1], dA[t])
 
 
+def _full_precision(method):
+    """Run an autograd Function's forward/backward with autocast off: under bf16 autocast its matmuls
+    would otherwise drop the float32 states and decays to bf16."""
+
+    @functools.wraps(method)
+    def wrapped(ctx, *args):
+        device = next(a.device.type for a in args if isinstance(a, torch.Tensor))
+        with torch.autocast(device_type=device, enabled=False):
+            return method(ctx, *args)
+
+    return wrapped
+
+
 def _time_major(x: torch.Tensor) -> torch.Tensor:
     # (B, L, ...) -> (L, B, ...) contiguous
     return x.transpose(0, 1).contiguous()
@@ -86,6 +110,7 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
     """
 
     @staticmethod
+    @_full_precision
     def forward(ctx, u, dt, A, Bm, Cm, h0, chunk, keep=None):
         batch, seqlen, d_inner = u.shape
         d_state = A.shape[1]
@@ -101,8 +126,16 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
             t1 = min(t0 + T, seqlen)
             n = t1 - t0
             bounds.append(h)
-            _chunk_states(dt_t[t0:t1], u_t[t0:t1], B_t[t0:t1], A_t, h, dA[:n], hs[:n],
-                          None if keep is None else keep[t0:t1])
+            _chunk_states(
+                dt_t[t0:t1],
+                u_t[t0:t1],
+                B_t[t0:t1],
+                A_t,
+                h,
+                dA[:n],
+                hs[:n],
+                None if keep is None else keep[t0:t1],
+            )
             y_t[t0:t1] = _row_mat(C_t[t0:t1], hs[:n])
             h = hs[n - 1].clone()
         ctx.save_for_backward(u_t, dt_t, A_t, B_t, C_t, torch.stack(bounds))
@@ -110,6 +143,7 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         return y_t.transpose(0, 1), h.transpose(1, 2)
 
     @staticmethod
+    @_full_precision
     def backward(ctx, dy, dh_final):
         u_t, dt_t, A_t, B_t, C_t, bounds = ctx.saved_tensors
         seqlen, batch, d_inner = u_t.shape
@@ -147,8 +181,16 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
             dA_param += (dAc * dtc.unsqueeze(2)).sum((0, 1))
             ddt[t0:t1] = gB * uc + (dAc * A_t).sum(2)
             du[t0:t1] = gB * dtc
-        return (du.transpose(0, 1), ddt.transpose(0, 1), dA_param.t(), dB.transpose(0, 1),
-                dC.transpose(0, 1), carry.transpose(1, 2), None, None)
+        return (
+            du.transpose(0, 1),
+            ddt.transpose(0, 1),
+            dA_param.t(),
+            dB.transpose(0, 1),
+            dC.transpose(0, 1),
+            carry.transpose(1, 2),
+            None,
+            None,
+        )
 
 
 def selective_scan_chunked(
@@ -179,17 +221,18 @@ def selective_scan_chunked(
     d_state = A.shape[-1]
     dt = discretize_dt(delta, delta_bias, delta_softplus)
     uf = _f32(u)
-    h0 = (
-        uf.new_zeros(batch, d_inner, d_state)
-        if initial_state is None
-        else _f32(initial_state).to(uf.dtype)
-    )
+    h0 = uf.new_zeros(batch, d_inner, d_state) if initial_state is None else _f32(initial_state).to(uf.dtype)
     if seqlen == 0:
         y = uf.new_zeros(batch, 0, d_inner)
         return y, h0
     y, h = _ChunkedSelectiveScan.apply(
-        uf.contiguous(), dt.contiguous(), _f32(A), _f32(B).contiguous(),
-        _f32(C).contiguous(), h0.contiguous(), chunk_size,
+        uf.contiguous(),
+        dt.contiguous(),
+        _f32(A),
+        _f32(B).contiguous(),
+        _f32(C).contiguous(),
+        h0.contiguous(),
+        chunk_size,
     )
     if D is not None:
         y = y + uf * _f32(D)
@@ -229,11 +272,172 @@ def discretize_dt(dt, dt_bias, dt_softplus: bool, dt_limit=_NO_LIMIT) -> torch.T
     return dt
 
 
+def _ssd_layout(x, dt, A, B, C, q: int):
+    """Pad L to a multiple of Q and lay the chunks out for batched matmuls.
+
+    Returns ``X = Δx`` (B, c, G, Hg, Q, P), ``Bc``/``Cc`` (B, c, G, Q, N), the in-chunk cumulative
+    log-decay ``cs64`` (B, c, G, Hg, Q) in float64 and the compute dtype (float32, or float64 for
+    float64 inputs).
+    """
+    batch, seqlen, nheads, headdim = x.shape
+    ngroups, d_state = B.shape[-2], B.shape[-1]
+    hg = nheads // ngroups
+    nchunks = max(1, -(-seqlen // q))
+    pad = nchunks * q - seqlen
+    xd = x * dt.unsqueeze(-1)  # X = Δ x
+    a = dt * A  # (B, L, H)
+    if pad:  # Δ = 0 in the padding: decay 1, input 0, so neither y nor the states change
+        xd = F.pad(xd, (0, 0, 0, 0, 0, pad))
+        a = F.pad(a, (0, 0, 0, pad))
+        B = F.pad(B, (0, 0, 0, 0, 0, pad))
+        C = F.pad(C, (0, 0, 0, 0, 0, pad))
+    X = xd.view(batch, nchunks, q, ngroups, hg, headdim).permute(0, 1, 3, 4, 2, 5)
+    Bc = B.reshape(batch, nchunks, q, ngroups, d_state).permute(0, 1, 3, 2, 4)
+    Cc = C.reshape(batch, nchunks, q, ngroups, d_state).permute(0, 1, 3, 2, 4)
+    ac = a.view(batch, nchunks, q, ngroups, hg).permute(0, 1, 3, 4, 2)
+    cs64 = torch.cumsum(ac.double(), dim=-1)  # float64 for exact differences
+    return X, Bc, Cc, cs64, xd.dtype
+
+
+def _unchunk(v: torch.Tensor, seqlen: int) -> torch.Tensor:
+    # (B, c, G, Hg, Q, ...) -> (B, L, H, ...) without the padding
+    batch, nchunks, ngroups, hg, q = v.shape[:5]
+    v = v.movedim(4, 2)  # (B, c, Q, G, Hg, ...)
+    return v.reshape(batch, nchunks * q, ngroups * hg, *v.shape[5:])[:, :seqlen]
+
+
+class _ChunkedSSD(torch.autograd.Function):
+    """(x, Δ, A, B, C, h0) -> (y, h_final): SSD in chunks of Q with an analytic backward.
+
+    Shapes: x (B, L, H, P); Δ (B, L, H) discretized; A (H,); B, C (B, L, G, N); h0 (B, H, P, N).
+    Float32 (or float64) throughout. The forward saves its inputs and the state entering each chunk,
+    (B, c, G, Hg, P, N); the backward recomputes the in-chunk (Q, Q) decay and scores from them,
+    runs the adjoint of the state passing in reverse over chunks, and forms every gradient as a
+    batched matmul (the derivation is in the module docstring).
+    """
+
+    @staticmethod
+    @_full_precision
+    def forward(ctx, x, dt, A, Bm, Cm, h0, q):
+        batch, seqlen, nheads, headdim = x.shape
+        ngroups, d_state = Bm.shape[-2], Bm.shape[-1]
+        hg = nheads // ngroups
+        X, Bc, Cc, cs64, wide = _ssd_layout(x, dt, A, Bm, Cm, q)
+        nchunks = X.shape[1]
+
+        # 1. intra-chunk: Y_diag = (C Bᵀ ⊙ exp(segsum)) X
+        decay = _segsum_exp(cs64, wide)  # (B, c, G, Hg, Q, Q)
+        scores = torch.matmul(Cc, Bc.transpose(-1, -2))  # (B, c, G, Q, Q)
+        y = torch.matmul(scores.unsqueeze(3) * decay, X)  # (B, c, G, Hg, Q, P)
+        del scores
+        # 2. chunk states: st = Σ_s exp(cs_last - cs_s) X_s ⊗ B_s
+        states = torch.matmul((X * decay[..., -1, :].unsqueeze(-1)).transpose(-1, -2), Bc.unsqueeze(3))
+        del decay
+        # 3. state passing as one matmul over chunks (ssd_minimal): S_in[i] = Σ_j decay[i, j] st_j
+        s0 = h0.reshape(batch, 1, ngroups, hg, headdim, d_state)
+        states = torch.cat([s0, states], dim=1)  # (B, c+1, G, Hg, P, N)
+        totals = F.pad(cs64[..., -1], (0, 0, 0, 0, 1, 0))  # (B, c+1, G, Hg), slot 0 = 0
+        chunk_decay = _segsum_exp(torch.cumsum(totals.permute(0, 2, 3, 1), dim=-1), wide)
+        flat = states.permute(0, 2, 3, 1, 4, 5).reshape(batch, ngroups, hg, nchunks + 1, -1)
+        passed = torch.matmul(chunk_decay, flat).view(batch, ngroups, hg, nchunks + 1, headdim, d_state)
+        s_in = passed[:, :, :, :-1].permute(0, 3, 1, 2, 4, 5).contiguous()  # (B, c, G, Hg, P, N)
+        final = passed[:, :, :, -1].reshape(batch, nheads, headdim, d_state)
+        # 4. state -> output: Y_off = exp(cs_t) C_t S_in
+        y_off = torch.matmul(Cc.unsqueeze(3), s_in.transpose(-1, -2))  # (B, c, G, Hg, Q, P)
+        y.add_(y_off.mul_(torch.exp(cs64).to(wide).unsqueeze(-1)))
+        ctx.save_for_backward(x, dt, A, Bm, Cm, s_in)
+        ctx.q = q
+        return _unchunk(y, seqlen), final
+
+    @staticmethod
+    @_full_precision
+    def backward(ctx, dy, dfinal):
+        x, dt, A, Bm, Cm, s_in = ctx.saved_tensors
+        q = ctx.q
+        batch, seqlen, nheads, headdim = x.shape
+        ngroups, d_state = Bm.shape[-2], Bm.shape[-1]
+        hg = nheads // ngroups
+        X, Bc, Cc, cs64, wide = _ssd_layout(x, dt, A, Bm, Cm, q)
+        nchunks = X.shape[1]
+        pad = nchunks * q - seqlen
+        if dy is None:
+            dy = x.new_zeros(x.shape)
+        if dfinal is None:
+            dfinal = x.new_zeros(batch, nheads, headdim, d_state)
+        dy = dy.to(wide).contiguous()  # an expanded (stride-0) gradient sends bmm to a slow path
+        dyc = F.pad(dy, (0, 0, 0, 0, 0, pad)) if pad else dy
+        dyc = dyc.reshape(batch, nchunks, q, ngroups, hg, headdim).permute(0, 1, 3, 4, 2, 5)
+        ecs = torch.exp(cs64).to(wide)  # (B, c, G, Hg, Q): decay from the chunk start to t
+        last = ecs[..., -1]  # (B, c, G, Hg): decay over the whole chunk
+
+        # adjoint of the state passing, in reverse: dS_out[c] = dS_in[c+1], and
+        # dS_in[c] = exp(cs_last) dS_out[c] + Σ_t exp(cs_t) dy_t ⊗ C_t
+        u_in = torch.matmul((dyc * ecs.unsqueeze(-1)).transpose(-1, -2), Cc.unsqueeze(3))
+        d_out = torch.empty_like(s_in)  # (B, c, G, Hg, P, N)
+        carry = dfinal.to(wide).contiguous().reshape(batch, ngroups, hg, headdim, d_state)
+        for c in range(nchunks - 1, -1, -1):
+            d_out[:, c] = carry
+            carry = last[:, c, :, :, None, None] * carry + u_in[:, c]
+        dh0 = carry.reshape(batch, nheads, headdim, d_state)
+        del u_in
+
+        decay = _segsum_exp(cs64, wide)  # L[t, s] = exp(cs_t - cs_s), s <= t
+        scores = torch.matmul(Cc, Bc.transpose(-1, -2)).unsqueeze(3)  # (B, c, G, 1, Q, Q): C_t·B_s
+        dyx = torch.matmul(dyc, X.transpose(-1, -2))  # (B, c, G, Hg, Q, Q): dy_t·X_s
+        dyx.mul_(decay)  # L ⊙ (dy·X)
+        # intra-chunk: y_t = Σ_s (C_t·B_s) L_ts X_s
+        dX = torch.matmul((scores * decay).transpose(-1, -2), dyc)  # (B, c, G, Hg, Q, P)
+        dyx_g = dyx.sum(3)  # (B, c, G, Q, Q): heads of a group share B and C, so sum before the matmuls
+        dC = torch.matmul(dyx_g, Bc)  # (B, c, G, Q, N)
+        dB = torch.matmul(dyx_g.transpose(-1, -2), Cc)
+        del dyx_g
+        w = dyx.mul_(scores)  # W_ts = (C_t·B_s) L_ts (dy_t·X_s): d/dcs_t += Σ_s W, d/dcs_s -= Σ_t W
+        dcs = w.sum(-1) - w.sum(-2)  # (B, c, G, Hg, Q)
+        del w, scores
+        # off-diagonal: y_t += exp(cs_t) S_in C_t
+        ds = torch.matmul(dyc, s_in)  # (B, c, G, Hg, Q, N): dy_t S_in
+        ds.mul_(ecs.unsqueeze(-1))
+        dC += ds.sum(3)
+        dcs += (ds * Cc.unsqueeze(3)).sum(-1)
+        del ds
+        # chunk state: S_out = exp(cs_last) S_in + Σ_s exp(cs_last - cs_s) X_s ⊗ B_s
+        dstate = decay[..., -1, :].unsqueeze(-1)  # (B, c, G, Hg, Q, 1)
+        xds = torch.matmul(X, d_out).mul_(dstate)  # (B, c, G, Hg, Q, N): decayed X_s dS_out
+        dB += xds.sum(3)
+        v = (xds * Bc.unsqueeze(3)).sum(-1)  # (B, c, G, Hg, Q)
+        dcs -= v
+        dcs[..., -1] += v.sum(-1) + last * (d_out * s_in).sum((-1, -2))
+        dX += torch.matmul(Bc.unsqueeze(3), d_out.transpose(-1, -2)).mul_(dstate)
+        del xds, decay
+
+        # cs = cumsum(a): da_r = Σ_{t >= r} dcs_t; a = Δ A and X = Δ x
+        da = dcs.flip(-1).cumsum(-1).flip(-1)
+        da = _unchunk(da, seqlen)  # (B, L, H)
+        dX = _unchunk(dX, seqlen)  # (B, L, H, P)
+        ddt = da * A + (dX * x).sum(-1)
+        dA = (da * dt).sum((0, 1))
+        dx = dX * dt.unsqueeze(-1)
+
+        def ungroup(v):  # (B, c, G, Q, N) -> (B, L, G, N)
+            return v.transpose(2, 3).reshape(batch, nchunks * q, ngroups, d_state)[:, :seqlen]
+
+        return dx, ddt, dA, ungroup(dB), ungroup(dC), dh0, None
+
+
 def ssd_chunked_scan(
-    x, dt, A, B, C, chunk_size: int, D=None, dt_bias=None, dt_softplus: bool = False,
-    dt_limit=_NO_LIMIT, initial_state=None,
+    x,
+    dt,
+    A,
+    B,
+    C,
+    chunk_size: int,
+    D=None,
+    dt_bias=None,
+    dt_softplus: bool = False,
+    dt_limit=_NO_LIMIT,
+    initial_state=None,
 ):
-    """Chunked SSD (docs/spec.md §4.5), plain autograd; the signature of ``ops.ssd_chunked``.
+    """Chunked SSD (docs/spec.md §4.5) with a hand-written backward; the signature of ``ops.ssd_chunked``.
 
     Args:
         x: (B, L, H, P). dt: (B, L, H) raw Δ. A: (H,) negative. B, C: (B, L, G, N). chunk_size: Q.
@@ -251,55 +455,25 @@ def ssd_chunked_scan(
     x_in = x
     dt = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)
     batch, seqlen, nheads, headdim = x.shape
-    ngroups, d_state = B.shape[-2], B.shape[-1]
-    hg = nheads // ngroups
-    q = int(chunk_size)
-    nchunks = max(1, -(-seqlen // q))
-    pad = nchunks * q - seqlen
-    xd = _f32(x) * dt.unsqueeze(-1)  # X = Δ x
-    a = dt * _f32(A)  # (B, L, H)
-    Bf, Cf = _f32(B), _f32(C)
-    if pad:
-        xd = F.pad(xd, (0, 0, 0, 0, 0, pad))
-        a = F.pad(a, (0, 0, 0, pad))
-        Bf = F.pad(Bf, (0, 0, 0, 0, 0, pad))
-        Cf = F.pad(Cf, (0, 0, 0, 0, 0, pad))
-    # layouts: X (B, c, G, Hg, Q, P); B/C (B, c, G, Q, N); a (B, c, G, Hg, Q)
-    X = xd.view(batch, nchunks, q, ngroups, hg, headdim).permute(0, 1, 3, 4, 2, 5)
-    Bc = Bf.view(batch, nchunks, q, ngroups, d_state).permute(0, 1, 3, 2, 4)
-    Cc = Cf.view(batch, nchunks, q, ngroups, d_state).permute(0, 1, 3, 2, 4)
-    ac = a.view(batch, nchunks, q, ngroups, hg).permute(0, 1, 3, 4, 2)
-    cs64 = torch.cumsum(ac.double(), dim=-1)  # (B, c, G, Hg, Q), float64 for exact differences
-    wide = torch.float64 if xd.dtype == torch.float64 else torch.float32
-
-    # 1. intra-chunk: Y_diag = (C Bᵀ ⊙ exp(segsum)) X
-    decay = _segsum_exp(cs64, wide)  # (B, c, G, Hg, Q, Q)
-    scores = torch.matmul(Cc, Bc.transpose(-1, -2))  # (B, c, G, Q, Q)
-    y = torch.matmul(scores.unsqueeze(3) * decay, X)  # (B, c, G, Hg, Q, P)
-
-    # 2. chunk states: st = Σ_s exp(cs_last - cs_s) X_s ⊗ B_s
-    decay_states = decay[..., -1, :]  # (B, c, G, Hg, Q)
-    states = torch.matmul((X * decay_states.unsqueeze(-1)).transpose(-1, -2), Bc.unsqueeze(3))
-    # states: (B, c, G, Hg, P, N)
-
-    # 3. state passing as one matmul over chunks (ssd_minimal): S_in[i] = Σ_j decay[i, j] st_j
-    if initial_state is None:
-        s0 = xd.new_zeros(batch, 1, ngroups, hg, headdim, d_state)
-    else:
-        s0 = _f32(initial_state).to(xd.dtype).reshape(batch, 1, ngroups, hg, headdim, d_state)
-    states = torch.cat([s0, states], dim=1)  # (B, c+1, G, Hg, P, N)
-    totals = F.pad(cs64[..., -1], (0, 0, 0, 0, 1, 0))  # (B, c+1, G, Hg), slot 0 = 0
-    chunk_decay = _segsum_exp(torch.cumsum(totals.permute(0, 2, 3, 1), dim=-1), wide)
-    flat = states.permute(0, 2, 3, 1, 4, 5).reshape(batch, ngroups, hg, nchunks + 1, -1)
-    passed = torch.matmul(chunk_decay, flat)  # (B, G, Hg, c+1, P*N)
-    passed = passed.view(batch, ngroups, hg, nchunks + 1, headdim, d_state)
-    s_in = passed[:, :, :, :-1].permute(0, 3, 1, 2, 4, 5)  # (B, c, G, Hg, P, N)
-    final = passed[:, :, :, -1]  # (B, G, Hg, P, N)
-
-    # 4. state -> output: Y_off = exp(cs_t) C_t S_in
-    y_off = torch.matmul(Cc.unsqueeze(3), s_in.transpose(-1, -2))  # (B, c, G, Hg, Q, P)
-    y = y + y_off * torch.exp(cs64).to(wide).unsqueeze(-1)
-    y = y.permute(0, 1, 4, 2, 3, 5).reshape(batch, nchunks * q, nheads, headdim)[:, :seqlen]
+    d_state = B.shape[-1]
+    xf = _f32(x)
+    wide = torch.float64 if xf.dtype == torch.float64 or dt.dtype == torch.float64 else torch.float32
+    h0 = (
+        xf.new_zeros(batch, nheads, headdim, d_state, dtype=wide)
+        if initial_state is None
+        else _f32(initial_state).to(wide)
+    )
+    if seqlen == 0:
+        return xf.new_zeros(batch, 0, nheads, headdim, dtype=wide), h0
+    y, final = _ChunkedSSD.apply(
+        xf.to(wide).contiguous(),
+        dt.to(wide).contiguous(),
+        _f32(A).to(wide),
+        _f32(B).to(wide).contiguous(),
+        _f32(C).to(wide).contiguous(),
+        h0.contiguous(),
+        int(chunk_size),
+    )
     if D is not None:
         y = y + _f32(x_in) * _f32(D).unsqueeze(-1)
-    return y, final.reshape(batch, nheads, headdim, d_state)
+    return y, final

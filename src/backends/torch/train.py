@@ -55,23 +55,29 @@ class Trainer:
         self.vocab_size = model.config.vocab_size
         # per-block gradient checkpointing (recompute in the backward pass) when the config asks
         getattr(model, "backbone", model).grad_checkpoint = config.grad_checkpoint
-        # the trainable parameters (all of them, or the adapters of a LoRA model: ``lora.apply_lora``)
+        # the trainable parameters (all of them, or the adapters of a LoRA model: ``lora.apply_lora``);
+        # a MoE's correction bias is not trained by gradient
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         wrong = sorted(n for n, p in self.params.items() if p.dtype != torch.float32)
         if wrong:
-            raise ValueError(f"training needs float32 parameters (master weights); {len(wrong)} are not, "
-                             f"e.g. {wrong[0]!r}: load the model with dtype='float32' (use "
-                             "precision='bf16-mixed' for bf16 compute)")
+            raise ValueError(
+                f"training needs float32 parameters (master weights); {len(wrong)} are not, "
+                f"e.g. {wrong[0]!r}: load the model with dtype='float32' (use "
+                "precision='bf16-mixed' for bf16 compute)"
+            )
         self.device = next(iter(self.params.values())).device
         if config.precision == "bf16-mixed" and not torch.amp.is_autocast_available(self.device.type):
-            raise ValueError(f"precision='bf16-mixed' needs bf16 autocast, which {self.device.type!r} lacks; "
-                             "use precision='float32'")
+            raise ValueError(
+                f"precision='bf16-mixed' needs bf16 autocast, which {self.device.type!r} lacks; "
+                "use precision='float32'"
+            )
         decay = [p for n, p in self.params.items() if not no_weight_decay(n, p.ndim)]
         plain = [p for n, p in self.params.items() if no_weight_decay(n, p.ndim)]
         self.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": config.weight_decay},
-             {"params": plain, "weight_decay": 0.0}],
-            lr=config.lr, betas=config.betas, eps=config.eps,
+            [{"params": decay, "weight_decay": config.weight_decay}, {"params": plain, "weight_decay": 0.0}],
+            lr=config.lr,
+            betas=config.betas,
+            eps=config.eps,
         )
 
     def _batch(self, a) -> torch.Tensor:
@@ -88,8 +94,9 @@ class Trainer:
         else:
             logits = self.model(x, **packed)
         v = self.vocab_size
-        return F.cross_entropy(logits[..., :v].float().reshape(-1, v), y.reshape(-1),
-                               ignore_index=IGNORE_INDEX)
+        return F.cross_entropy(
+            logits[..., :v].float().reshape(-1, v), y.reshape(-1), ignore_index=IGNORE_INDEX
+        )
 
     def step(self, inputs, targets, lr: float, seq_idx=None) -> float:
         """One optimizer step on a batch.
@@ -140,7 +147,9 @@ class Trainer:
             raise CheckpointError(
                 f"optimizer state does not match the model: {len(missing)} missing "
                 f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}",
-                missing=missing, unexpected=unexpected)
+                missing=missing,
+                unexpected=unexpected,
+            )
         for name, p in self.params.items():
             self.optimizer.state[p] = {k: tensors[f"{name}.{k}"].to(self.device).clone() for k in _MOMENTS}
 
@@ -168,8 +177,9 @@ def loss_gradients(model, loss) -> dict[str, torch.Tensor]:
         torch.Size([32])
     """
     params = dict(model.named_parameters())
-    names = sorted(params)
+    names = sorted(n for n, p in params.items() if p.requires_grad)
     with torch.enable_grad():
         value = loss(model)
-        grads = torch.autograd.grad(value, [params[n] for n in names])
-    return dict(zip(names, grads, strict=True))
+        grads = dict(zip(names, torch.autograd.grad(value, [params[n] for n in names]), strict=True))
+    # a frozen parameter (a MoE's correction bias: it only picks experts) has a zero gradient
+    return {n: grads[n] if n in grads else torch.zeros_like(p) for n, p in sorted(params.items())}

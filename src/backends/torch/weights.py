@@ -8,6 +8,7 @@ Export walks ``layout.expand_layout`` and renames/moves axes with ``DIALECT_RENA
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from contextlib import ExitStack
 
@@ -18,13 +19,22 @@ from safetensors.torch import save_file
 
 from mamba_core.backends.torch.device import resolve_device, resolve_dtype
 from mamba_core.backends.torch.heads import assign, build_task_model, export_canonical, export_task_tensors
-from mamba_core.backends.torch.model import Mamba1LM, Mamba2LM, initialize
+from mamba_core.backends.torch.model import HybridLM, Mamba1LM, Mamba2LM, Mamba3LM, initialize
 from mamba_core.backends.torch.pickles import read_pickle
+from mamba_core.backends.torch.quantized import export_quantized, load_quantized
 from mamba_core.checkpoint import LoadPlan, is_pickle
+from mamba_core.dialects.hybrid import is_family
 from mamba_core.errors import CheckpointError, UnsupportedError
+from mamba_core.hybrid_layout import stored_tensors
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
 
-MODEL_CLASSES = {"mamba1": Mamba1LM, "mamba2": Mamba2LM}
+MODEL_CLASSES = {
+    "mamba1": Mamba1LM,
+    "mamba2": Mamba2LM,
+    "mamba3": Mamba3LM,
+    "nemotron_h": HybridLM,
+    "jamba": HybridLM,
+}
 KERNELS = ("auto", "reference", "fast")
 
 
@@ -66,6 +76,7 @@ def _read(plan: LoadPlan) -> dict[str, torch.Tensor]:
     for entry in entries:
         by_file[entry.file].append(entry)
     tensors: dict[str, torch.Tensor] = {}
+    parts: dict[str, list] = defaultdict(list)
     with ExitStack() as files:
         for file, group in by_file.items():
             if is_pickle(file):
@@ -85,8 +96,25 @@ def _read(plan: LoadPlan) -> dict[str, torch.Tensor]:
                     ) from e
                 if entry.transpose is not None:
                     t = t.permute(*entry.transpose)
-                tensors[entry.canonical] = t
+                if entry.expert is None and entry.rows is None:
+                    tensors[entry.canonical] = t
+                else:  # one expert's tensor (or rows of it) of a stacked canonical tensor
+                    parts[entry.canonical].append((entry.expert, entry.rows, t))
+    for name, pieces in parts.items():
+        tensors[name] = _stack_parts(pieces)
     return tensors
+
+
+def _stack_parts(pieces: list) -> torch.Tensor:
+    """``(expert, rows, tensor)`` pieces of one stacked tensor -> the tensor: rows concatenated per expert
+    in row order, experts stacked in expert order (a row-split tensor without experts is concatenated)."""
+    by_expert = defaultdict(list)
+    for expert, rows, t in pieces:
+        by_expert[expert].append(((rows or (0, 0))[0], t))
+    whole = {e: torch.cat([t for _, t in sorted(p, key=lambda x: x[0])]) for e, p in by_expert.items()}
+    if None in whole:
+        return whole[None]
+    return torch.stack([whole[e] for e in sorted(whole)])
 
 
 def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
@@ -127,6 +155,9 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
             )
     # every task alike: built on "meta" (no init thrown away), storage once, each tensor cast once
     model = build_task_model(plan.config, plan.task, dtype=dt, device="meta")
+    if plan.quantization is not None:  # quantization hook: MLX-format quantized layers (quantized.py)
+        parts = _read(dataclasses.replace(plan, entries=plan.quantized_entries, tied_duplicate=None))
+        return load_quantized(model, plan, tensors, parts, dt, dev)
     model.to_empty(device=dev)
     absent = assign(model, tensors, dt, allow_missing=plan.absent)
     for name in absent:  # a new classification head: the module's own initialization
@@ -149,8 +180,23 @@ def export_tensors(model, dialect: str = "mamba-core") -> dict[str, torch.Tensor
     """
     if dialect not in DIALECT_RENAMES:
         raise CheckpointError(f"unknown dialect {dialect!r}; expected one of {tuple(DIALECT_RENAMES)}")
-    if not isinstance(model, (Mamba1LM, Mamba2LM)):  # a stack or head: canonical names, ours only
+    if not isinstance(
+        model, (Mamba1LM, Mamba2LM, Mamba3LM, HybridLM)
+    ):  # a stack or head: canonical names, ours only
         return export_task_tensors(model, dialect)
+    if getattr(model, "quantization", None) is not None:  # quantization hook (quantized.py)
+        return export_quantized(model, dialect)
+    if is_family(model.config):  # a hybrid family: per-expert slices, its dialect's names (hybrid_layout)
+        canonical = export_canonical(model)
+        out = {}
+        for t in stored_tensors(model.config, dialect):
+            x = canonical[t.canonical]
+            if t.expert is not None:
+                x = x[t.expert]
+            if t.rows is not None:
+                x = x[t.rows[0] : t.rows[1]]
+            out[t.hf_name] = x if t.axes is None else x.permute(*t.axes)
+        return out
     renames, mlx_axes = DIALECT_RENAMES[dialect], DIALECT_AXES[dialect]
     specs = expand_layout(model.config)
     out = {}

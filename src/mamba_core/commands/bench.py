@@ -17,12 +17,24 @@ HELP = "measure prefill and decode tokens/s of a model (default: the shipped one
 
 
 def add_arguments(p) -> None:
-    p.add_argument("--model", "-m", default=None,
-                   help="checkpoint directory, .safetensors file or hub id (default: the shipped model)")
-    p.add_argument("--backend", default="all", choices=["all", "auto", "torch", "mlx"],
-                   help="'all' (default) = every backend available here")
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
-                   help="model dtype (default: the checkpoint's)")
+    p.add_argument(
+        "--model",
+        "-m",
+        default=None,
+        help="checkpoint directory, .safetensors file or hub id (default: the shipped model)",
+    )
+    p.add_argument(
+        "--backend",
+        default="all",
+        choices=["all", "auto", "torch", "mlx"],
+        help="'all' (default) = every backend available here",
+    )
+    p.add_argument(
+        "--dtype",
+        default=None,
+        choices=["float32", "bfloat16", "float16"],
+        help="model dtype (default: the checkpoint's)",
+    )
     p.add_argument("--device", default=None, help="cpu, cuda, mps (torch) or cpu, gpu (mlx)")
     p.add_argument("--prompt-len", type=int, default=512, help="prompt tokens per row (default 512)")
     p.add_argument("--new-tokens", type=int, default=64, help="generated tokens per row (default 64)")
@@ -31,8 +43,17 @@ def add_arguments(p) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
-def bench(model=None, *, backend: str = "auto", dtype: str | None = None, device: str | None = None,
-          prompt_len: int = 512, new_tokens: int = 64, batch: int = 1, repeat: int = 2) -> dict:
+def bench(
+    model=None,
+    *,
+    backend: str = "auto",
+    dtype: str | None = None,
+    device: str | None = None,
+    prompt_len: int = 512,
+    new_tokens: int = 64,
+    batch: int = 1,
+    repeat: int = 2,
+) -> dict:
     """Prefill and decode throughput of one model on one backend.
 
     Args:
@@ -61,14 +82,19 @@ def bench(model=None, *, backend: str = "auto", dtype: str | None = None, device
     from mamba_core.assets import SHIPPED_MODEL
     from mamba_core.registry import choose_backend, get_backend
 
-    for name, value, low in (("prompt_len", prompt_len, 1), ("new_tokens", new_tokens, 2),
-                             ("batch", batch, 1), ("repeat", repeat, 1)):
+    for name, value, low in (
+        ("prompt_len", prompt_len, 1),
+        ("new_tokens", new_tokens, 2),
+        ("batch", batch, 1),
+        ("repeat", repeat, 1),
+    ):
         if value < low:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
     backend = choose_backend(backend).name
     module = get_backend(backend)
-    lm = mamba_core.load(model if model is not None else SHIPPED_MODEL, backend=backend, dtype=dtype,
-                         device=device)
+    lm = mamba_core.load(
+        model if model is not None else SHIPPED_MODEL, backend=backend, dtype=dtype, device=device
+    )
     vocab = lm.config.vocab_size
     ids = np.random.default_rng(0).integers(0, vocab, size=(batch, prompt_len))
     prompt = module.from_numpy(ids, device=device)
@@ -85,8 +111,12 @@ def bench(model=None, *, backend: str = "auto", dtype: str | None = None, device
             best_prefill, best_decode = min(best_prefill, t1 - t0), min(best_decode, t2 - t1)
     return {
         "model": str(model if model is not None else SHIPPED_MODEL),
-        "backend": backend, "device": _device_name(lm), "dtype": _dtype_name(lm),
-        "batch": batch, "prompt_len": prompt_len, "new_tokens": new_tokens,
+        "backend": backend,
+        "device": _device_name(lm),
+        "dtype": _dtype_name(lm),
+        "batch": batch,
+        "prompt_len": prompt_len,
+        "new_tokens": new_tokens,
         "prefill_tok_s": batch * prompt_len / best_prefill,
         "decode_tok_s": batch * (new_tokens - 1) / best_decode,
     }
@@ -99,7 +129,7 @@ def _dtype_name(lm) -> str:
 def _device_name(lm) -> str:
     device = getattr(lm.head_weight, "device", None) or getattr(lm, "device", "cpu")
     name = str(device)  # torch: "cpu" / "cuda:0"; mlx: "Device(cpu, 0)"
-    return name[len("Device("):].split(",")[0] if name.startswith("Device(") else name
+    return name[len("Device(") :].split(",")[0] if name.startswith("Device(") else name
 
 
 def run(args) -> int:
@@ -113,17 +143,32 @@ def run(args) -> int:
     for choice in choices:
         print(choice, file=sys.stderr)
     names = [choice.name for choice in choices]
-    rows = [bench(args.model, backend=name, dtype=args.dtype, device=args.device, prompt_len=args.prompt_len,
-                  new_tokens=args.new_tokens, batch=args.batch, repeat=args.repeat) for name in names]
+    rows = [
+        bench(
+            args.model,
+            backend=name,
+            dtype=args.dtype,
+            device=args.device,
+            prompt_len=args.prompt_len,
+            new_tokens=args.new_tokens,
+            batch=args.batch,
+            repeat=args.repeat,
+        )
+        for name in names
+    ]
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"model {rows[0]['model']}: batch {args.batch}, prompt {args.prompt_len} tokens, "
-          f"{args.new_tokens} new tokens")
+    print(
+        f"model {rows[0]['model']}: batch {args.batch}, prompt {args.prompt_len} tokens, "
+        f"{args.new_tokens} new tokens"
+    )
     header = f"{'backend':<8} {'device':<8} {'dtype':<9} {'prefill tok/s':>14} {'decode tok/s':>13}"
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['backend']:<8} {r['device']:<8} {r['dtype']:<9} {r['prefill_tok_s']:>14,.0f} "
-              f"{r['decode_tok_s']:>13,.1f}")
+        print(
+            f"{r['backend']:<8} {r['device']:<8} {r['dtype']:<9} {r['prefill_tok_s']:>14,.0f} "
+            f"{r['decode_tok_s']:>13,.1f}"
+        )
     return 0

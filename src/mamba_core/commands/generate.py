@@ -11,8 +11,12 @@ HELP = "generate text from a prompt (argument or stdin) with a model; streams to
 
 def add_arguments(p) -> None:
     p.add_argument("prompt", nargs="?", help="the prompt; read from stdin when omitted or '-'")
-    p.add_argument("--model", "-m", default=None,
-                   help="checkpoint directory, .safetensors file or hub id (default: the shipped model)")
+    p.add_argument(
+        "--model",
+        "-m",
+        default=None,
+        help="checkpoint directory, .safetensors file or hub id (default: the shipped model)",
+    )
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "mlx"])
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default=None, help="cpu, cuda, mps (torch) or cpu, gpu (mlx)")
@@ -23,8 +27,16 @@ def add_arguments(p) -> None:
     p.add_argument("--min-p", type=float, default=None)
     p.add_argument("--repetition-penalty", type=float, default=None)
     p.add_argument("--seed", type=int, default=None, help="seed for sampling")
-    p.add_argument("--tokenizer", default=None,
-                   help="'bytes' or a tokenizer.json path, when the checkpoint has no tokenizer")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the decode step (torch.compile / mx.compile): faster tokens after a warm-up",
+    )
+    p.add_argument(
+        "--tokenizer",
+        default=None,
+        help="'bytes' or a tokenizer.json path, when the checkpoint has no tokenizer",
+    )
     p.add_argument("--revision", default=None, help="hub revision for hub ids")
 
 
@@ -44,6 +56,7 @@ def generate_text(
     seed: int | None = None,
     tokenizer: str | None = None,
     revision: str | None = None,
+    compile: bool = False,
 ) -> Iterator[str]:
     """Load ``model`` (default: the shipped byte-level model) and yield the generated text piece by piece.
 
@@ -77,9 +90,19 @@ def generate_text(
     decoder = tok.decoder()
     stop = [tok.eos_token_id] if tok.eos_token_id is not None else None
     module = get_backend(backend)
-    for step in module.stream(lm, [ids], max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                              min_p=min_p, repetition_penalty=repetition_penalty, seed=seed,
-                              stop_tokens=stop):
+    for step in module.stream(
+        lm,
+        [ids],
+        max_tokens,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        min_p=min_p,
+        repetition_penalty=repetition_penalty,
+        seed=seed,
+        stop_tokens=stop,
+        compile=compile,
+    ):
         token = int(module.to_numpy(step)[0])
         if stop is not None and token in stop:
             break
@@ -99,10 +122,21 @@ def run(args) -> int:
     if args.max_tokens < 0:
         raise ValueError(f"--max-tokens must be >= 0, got {args.max_tokens}")
     pieces = generate_text(
-        prompt, model=args.model, backend=choice.name, dtype=args.dtype, device=args.device,
-        max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-        tokenizer=args.tokenizer, revision=args.revision,
+        prompt,
+        model=args.model,
+        backend=choice.name,
+        dtype=args.dtype,
+        device=args.device,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        min_p=args.min_p,
+        repetition_penalty=args.repetition_penalty,
+        seed=args.seed,
+        tokenizer=args.tokenizer,
+        revision=args.revision,
+        compile=args.compile,
     )
     # The first piece loads the model and checks the sampling flags: a bad flag or model ends with the
     # one-line error before anything reaches stdout.

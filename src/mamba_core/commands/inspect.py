@@ -9,8 +9,12 @@ HELP = "show a checkpoint's architecture, dialect, parameter count, dtypes, size
 
 
 def add_arguments(p) -> None:
-    p.add_argument("model", nargs="?", default=None,
-                   help="checkpoint directory, .safetensors file or hub id (default: the shipped model)")
+    p.add_argument(
+        "model",
+        nargs="?",
+        default=None,
+        help="checkpoint directory, .safetensors file or hub id (default: the shipped model)",
+    )
     p.add_argument("--revision", default=None)
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -20,6 +24,7 @@ def inspect_checkpoint(name_or_path, *, revision: str | None = None) -> dict:
     import os
 
     from mamba_core.assets import SHIPPED_MODEL
+    from mamba_core.layers import layer_plan
     from mamba_core.layout import parameter_count
     from mamba_core.loading import load_tokenizer, local_path, plan_checkpoint
 
@@ -35,6 +40,7 @@ def inspect_checkpoint(name_or_path, *, revision: str | None = None) -> dict:
         "arch": plan.config.arch,
         "dialect": plan.dialect,
         "config": plan.config.to_dict("mamba-core"),
+        "layers": [b.mixer if b.mlp is None else f"{b.mixer}+{b.mlp}" for b in layer_plan(plan.config)],
         "parameters": parameter_count(plan.config),
         "tensors": len(plan.entries),
         "dtypes": dtypes,
@@ -52,8 +58,13 @@ def run(args) -> int:
     cfg = info["config"]
     print(f"{info['path']}")
     print(f"  architecture  {info['arch']}  (dialect {info['dialect']})")
-    print(f"  size          d_model {cfg['d_model']}, n_layer {cfg['n_layer']}, d_state {cfg['d_state']}, "
-          f"vocab {cfg['vocab_size']} (tie_embeddings {cfg['tie_embeddings']})")
+    d_state = cfg.get("d_state", cfg.get("ssm_state_size"))  # a hybrid family names it its own way
+    print(
+        f"  size          d_model {cfg['d_model']}, n_layer {len(info['layers'])}, d_state {d_state}, "
+        f"vocab {cfg['vocab_size']} (tie_embeddings {cfg['tie_embeddings']})"
+    )
+    if len(set(info["layers"])) > 1:
+        print(f"  layers        {', '.join(info['layers'])}")
     print(f"  parameters    {info['parameters']:,}")
     print("  dtypes        " + ", ".join(f"{k} x{v}" for k, v in sorted(info["dtypes"].items())))
     print(f"  on disk       {info['bytes'] / 2**20:.1f} MiB in {', '.join(info['files'])}")

@@ -14,8 +14,15 @@ import sys
 NAME = "train"
 HELP = "train a Mamba LM on text files, a token file or the Python stdlib (--stdlib); resumes from --out"
 
-_DEFAULTS = {"arch": "mamba2", "d_model": 256, "n_layer": 4, "d_state": 32, "headdim": 64, "expand": 2,
-             "chunk_size": 64}
+_DEFAULTS = {
+    "arch": "mamba2",
+    "d_model": 256,
+    "n_layer": 4,
+    "d_state": 32,
+    "headdim": 64,
+    "expand": 2,
+    "chunk_size": 64,
+}
 
 
 def add_arguments(p) -> None:
@@ -25,55 +32,87 @@ def add_arguments(p) -> None:
     d = TrainConfig()
     p.add_argument("data", nargs="*", help="text files, directories, or one token file (.npy / uint16 .bin)")
     p.add_argument("--out", "-o", required=True, help="output directory (model, checkpoint-last/)")
-    p.add_argument("--stdlib", action="store_true",
-                   help="add this Python's standard library source (*.py, no tests) to the data")
-    p.add_argument("--glob", default=",".join(DEFAULT_PATTERNS),
-                   help=f"file patterns inside data directories (default {','.join(DEFAULT_PATTERNS)})")
-    p.add_argument("--tokenizer", default="bytes",
-                   help="'bytes' (default, vocab 257) or a tokenizer.json path; --from uses its own")
+    p.add_argument(
+        "--stdlib",
+        action="store_true",
+        help="add this Python's standard library source (*.py, no tests) to the data",
+    )
+    p.add_argument(
+        "--glob",
+        default=",".join(DEFAULT_PATTERNS),
+        help=f"file patterns inside data directories (default {','.join(DEFAULT_PATTERNS)})",
+    )
+    p.add_argument(
+        "--tokenizer",
+        default="bytes",
+        help="'bytes' (default, vocab 257) or a tokenizer.json path; --from uses its own",
+    )
     p.add_argument("--val-fraction", type=float, default=0.05, help="held-out share for eval (default 0.05)")
     g = p.add_argument_group("model (new models; ignored with --from)")
     g.add_argument("--arch", choices=["mamba1", "mamba2"], default=_DEFAULTS["arch"])
     for name in ("d_model", "n_layer", "d_state", "headdim", "expand", "chunk_size"):
         only = " (mamba2 only)" if name in ("headdim", "chunk_size") else ""
-        g.add_argument("--" + name.replace("_", "-"), type=int, default=None,
-                       help=f"default {_DEFAULTS[name]}{only}")
-    g.add_argument("--from", dest="init_from", default=None, metavar="CHECKPOINT",
-                   help="fine-tune this checkpoint (directory, .safetensors or hub id) instead")
+        g.add_argument(
+            "--" + name.replace("_", "-"), type=int, default=None, help=f"default {_DEFAULTS[name]}{only}"
+        )
+    g.add_argument(
+        "--from",
+        dest="init_from",
+        default=None,
+        metavar="CHECKPOINT",
+        help="fine-tune this checkpoint (directory, .safetensors or hub id) instead",
+    )
     r = p.add_argument_group("run (defaults: the shipped model's recipe)")
-    r.add_argument("--backend", default="torch", choices=["auto", "torch", "mlx"],
-                   help="default torch (the faster trainer on CPUs)")
+    r.add_argument(
+        "--backend",
+        default="torch",
+        choices=["auto", "torch", "mlx"],
+        help="default torch (the faster trainer on CPUs)",
+    )
     r.add_argument("--device", default=None, help="cpu, cuda, mps (torch) or cpu, gpu (mlx)")
     r.add_argument("--precision", default=d.precision, choices=PRECISIONS, help="default %(default)s")
     r.add_argument("--steps", type=int, default=d.steps, help="default %(default)s")
     r.add_argument("--batch-size", type=int, default=d.batch_size, help="default %(default)s")
     r.add_argument("--seq-len", type=int, default=d.seq_len, help="default %(default)s")
     r.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default %(default)s)")
-    r.add_argument("--min-lr", type=float, default=d.min_lr,
-                   help="learning rate at the last step (default %(default)s)")
-    r.add_argument("--warmup", type=int, default=d.warmup_steps,
-                   help="linear warmup steps (default %(default)s)")
+    r.add_argument(
+        "--min-lr", type=float, default=d.min_lr, help="learning rate at the last step (default %(default)s)"
+    )
+    r.add_argument(
+        "--warmup", type=int, default=d.warmup_steps, help="linear warmup steps (default %(default)s)"
+    )
     r.add_argument("--weight-decay", type=float, default=d.weight_decay, help="default %(default)s")
-    r.add_argument("--grad-clip", type=float, default=d.grad_clip,
-                   help="global-norm clip, 0 = off (default %(default)s)")
+    r.add_argument(
+        "--grad-clip", type=float, default=d.grad_clip, help="global-norm clip, 0 = off (default %(default)s)"
+    )
     r.add_argument("--eval-every", type=int, default=d.eval_every, help="default %(default)s")
     r.add_argument("--eval-batches", type=int, default=d.eval_batches, help="default %(default)s")
     r.add_argument("--save-every", type=int, default=d.save_every, help="default %(default)s")
     r.add_argument("--log-every", type=int, default=d.log_every, help="default %(default)s")
     r.add_argument("--seed", type=int, default=d.seed, help="data order and initialization seed")
-    r.add_argument("--grad-checkpoint", action="store_true",
-                   help="recompute each block's activations in the backward pass (less memory, ~1.3x time)")
-    r.add_argument("--pack", action="store_true",
-                   help="packed rows: each document (ended by the end-of-text id) starts from a zero "
-                        "state and no target crosses a document boundary")
+    r.add_argument(
+        "--grad-checkpoint",
+        action="store_true",
+        help="recompute each block's activations in the backward pass (less memory, ~1.3x time)",
+    )
+    r.add_argument(
+        "--pack",
+        action="store_true",
+        help="packed rows: each document (ended by the end-of-text id) starts from a zero "
+        "state and no target crosses a document boundary",
+    )
     lo = p.add_argument_group("LoRA (train adapters only; the output is the merged model + adapter/)")
     lo.add_argument("--lora-rank", type=int, default=d.lora_rank, help="adapter rank; 0 = full training")
-    lo.add_argument("--lora-alpha", type=float, default=d.lora_alpha,
-                    help="scale numerator (default %(default)s)")
+    lo.add_argument(
+        "--lora-alpha", type=float, default=d.lora_alpha, help="scale numerator (default %(default)s)"
+    )
     lo.add_argument("--lora-dropout", type=float, default=d.lora_dropout, help="default %(default)s")
-    lo.add_argument("--lora-targets", default=",".join(d.lora_targets),
-                    help="projections by layout name, comma-separated (default %(default)s; Mamba-1 also "
-                         "x_proj, dt_proj)")
+    lo.add_argument(
+        "--lora-targets",
+        default=",".join(d.lora_targets),
+        help="projections by layout name, comma-separated (default %(default)s; Mamba-1 also "
+        "x_proj, dt_proj)",
+    )
     r.add_argument("--stop-at", type=int, default=None, help="stop after this step as if interrupted")
     r.add_argument("--no-resume", action="store_true", help="start over even if --out has a checkpoint")
 
@@ -86,8 +125,13 @@ def model_config(args):
         value = getattr(args, name)
         return _DEFAULTS[name] if value is None else value
 
-    common = {"d_model": get("d_model"), "n_layer": get("n_layer"), "d_state": get("d_state"),
-              "expand": get("expand"), "vocab_size": args.vocab_size}
+    common = {
+        "d_model": get("d_model"),
+        "n_layer": get("n_layer"),
+        "d_state": get("d_state"),
+        "expand": get("expand"),
+        "vocab_size": args.vocab_size,
+    }
     if args.arch == "mamba1":
         for name in ("headdim", "chunk_size"):
             if getattr(args, name) is not None:
@@ -117,11 +161,24 @@ def run(args) -> int:
     logging.getLogger("mamba_core").setLevel(logging.WARNING)
     logging.getLogger("mamba_core.train").setLevel(logging.INFO)
     config = TrainConfig(
-        steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len, lr=args.lr, min_lr=args.min_lr,
-        warmup_steps=args.warmup, weight_decay=args.weight_decay, grad_clip=args.grad_clip,
-        eval_every=args.eval_every, eval_batches=args.eval_batches, save_every=args.save_every,
-        seed=args.seed, precision=args.precision, log_every=args.log_every, pack=args.pack,
-        grad_checkpoint=args.grad_checkpoint, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seq_len=args.seq_len,
+        lr=args.lr,
+        min_lr=args.min_lr,
+        warmup_steps=args.warmup,
+        weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip,
+        eval_every=args.eval_every,
+        eval_batches=args.eval_batches,
+        save_every=args.save_every,
+        seed=args.seed,
+        precision=args.precision,
+        log_every=args.log_every,
+        pack=args.pack,
+        grad_checkpoint=args.grad_checkpoint,
+        lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha,
         lora_dropout=args.lora_dropout,
         lora_targets=tuple(t for t in args.lora_targets.split(",") if t),
     )
@@ -129,20 +186,33 @@ def run(args) -> int:
     print(choice, file=sys.stderr)
     tok = _tokenizer(args)
     patterns = tuple(s for s in args.glob.split(",") if s)
-    corpus = load_corpus(args.data, tok, stdlib=args.stdlib, val_fraction=args.val_fraction,
-                         patterns=patterns)
+    corpus = load_corpus(
+        args.data, tok, stdlib=args.stdlib, val_fraction=args.val_fraction, patterns=patterns
+    )
     print(f"data: {corpus.description}", file=sys.stderr)
     args.vocab_size = corpus.vocab_size
     new_model = model_config(args) if args.init_from is None else None
-    result = train(corpus, args.out, config, model_config=new_model, init_from=args.init_from,
-                   backend=choice.name, device=args.device, tokenizer=tok, resume=not args.no_resume,
-                   stop_at=args.stop_at)
+    result = train(
+        corpus,
+        args.out,
+        config,
+        model_config=new_model,
+        init_from=args.init_from,
+        backend=choice.name,
+        device=args.device,
+        tokenizer=tok,
+        resume=not args.no_resume,
+        stop_at=args.stop_at,
+    )
     last = result.eval_losses[-1][1] if result.eval_losses else float("nan")
     first = result.train_losses[0] if result.train_losses else float("nan")
     final = result.train_losses[-1] if result.train_losses else float("nan")
-    where = ("model" if result.step == config.steps
-             else f"checkpoint at step {result.step} (resume: same command)")
-    print(f"trained {result.step}/{config.steps} steps ({result.tokens_seen:,} tokens) in "
-          f"{result.wall_s:.0f}s: train loss {first:.3f} -> {final:.3f}, eval loss {last:.4f} nats/token "
-          f"({last / math.log(2):.4f} bits); {where} in {result.out_dir}")
+    where = (
+        "model" if result.step == config.steps else f"checkpoint at step {result.step} (resume: same command)"
+    )
+    print(
+        f"trained {result.step}/{config.steps} steps ({result.tokens_seen:,} tokens) in "
+        f"{result.wall_s:.0f}s: train loss {first:.3f} -> {final:.3f}, eval loss {last:.4f} nats/token "
+        f"({last / math.log(2):.4f} bits); {where} in {result.out_dir}"
+    )
     return 0

@@ -17,17 +17,18 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from mamba_core.registry import DTYPES
-from mamba_core.testing import TOLERANCE, awkward_configs, rel_err, round_to
+from mamba_core.testing import TOLERANCE, awkward_configs, hybrid_configs, mamba3_configs, rel_err, round_to
 
 # every device a backend can have; the ones a machine lacks are reported as "not run"
 KNOWN_DEVICES = {"torch": ("cpu", "cuda", "mps"), "mlx": ("cpu", "gpu")}
-# the model-level checks run on each of these (n_groups > 1, d_state 1, untied head, vocab 13 / 61)
-MODEL_CONFIGS = awkward_configs()
+# the model-level checks run on each of these (n_groups > 1, d_state 1, untied head, vocab 13 / 61;
+# Mamba-3 SISO and MIMO; the hybrid families)
+MODEL_CONFIGS = {**awkward_configs(), **mamba3_configs(), **hybrid_configs()}
 SEED = 0  # weights of every model check: the same numbers in every backend (drawn in numpy)
 
 
 def model_tolerance(dtype: str) -> float:
-    """End-to-end logits of the tiny 2-layer models: 2x the op tolerance (house-style §7)."""
+    """End-to-end logits of the tiny 2-layer models: 2x the op tolerance (docs/spec.md §7.2)."""
     return 2 * TOLERANCE[dtype]
 
 

@@ -83,7 +83,7 @@ def parse_config(d: dict[str, Any], dialect: str | None = None) -> ParsedConfig:
 
     Raises:
         ConfigError: unknown key, conflicting aliases, impossible shape (the message names the key).
-        UnsupportedError: hybrids (attention layers), MLP blocks, LayerNorm models, falcon_mamba.
+        UnsupportedError: hybrids (attention layers), MLP blocks, LayerNorm models.
 
     Example:
         >>> parse_config({"arch": "mamba1", "d_model": 16, "n_layer": 2, "vocab_size": 64}).config.d_inner

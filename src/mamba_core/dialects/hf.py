@@ -12,16 +12,23 @@ import math
 from typing import Any
 
 from mamba_core.config import CONFIG_CLASSES
+from mamba_core.dialects import hybrid
 from mamba_core.dialects.parsed import ParsedConfig, build, json_limit, read_limit
 from mamba_core.errors import ConfigError, UnsupportedError
 
 NAMES = ("hf", "mlx-lm")
 
-# model_type -> (our arch, architectures entry)
-MODEL_TYPES = {"mamba": ("mamba1", "MambaForCausalLM"), "mamba2": ("mamba2", "Mamba2ForCausalLM")}
-_MODEL_TYPE_OF = {arch: model_type for model_type, (arch, _) in MODEL_TYPES.items()}
+# model_type -> (our arch, architectures entry). FalconMamba is Mamba-1 with the dt/B/C norms
+# (``Mamba1Config.mixer_rms_eps``); mlx-lm writes it as ``mamba`` with ``use_bcdt_rms``.
+MODEL_TYPES = {
+    "mamba": ("mamba1", "MambaForCausalLM"),
+    "mamba2": ("mamba2", "Mamba2ForCausalLM"),
+    "falcon_mamba": ("mamba1", "FalconMambaForCausalLM"),
+}
+_MODEL_TYPE_OF = {"mamba1": "mamba", "mamba2": "mamba2"}
 # model types we know of but do not build: the reason, said as an UnsupportedError
-REFUSED_MODEL_TYPES = {"falcon_mamba": "falcon_mamba (use_bcdt_rms: RMSNorm on dt, B, C) is not supported"}
+REFUSED_MODEL_TYPES: dict[str, str] = {}
+_FALCON_MAMBA_EPS = 1e-6  # transformers' FalconMambaConfig.mixer_rms_eps and mlx-lm's default
 
 # HF / mlx-lm name -> our field name.
 _NAMES_COMMON = {
@@ -48,6 +55,7 @@ NAMES_BY_ARCH = {
         "time_step_rank": "dt_rank",
         "time_step_scale": "dt_scale",
         "time_step_init_scheme": "dt_init",
+        "mixer_rms_eps": "mixer_rms_eps",
     },
     "mamba2": {
         **_NAMES_COMMON,
@@ -143,8 +151,6 @@ IGNORED = {
     "attn_cfg",
     "tie_embeddings",
     "norm_before_gate",
-    "mixer_rms_eps",
-    "use_bcdt_rms",
     "problem_type",
     "id2label",
     "label2id",
@@ -152,6 +158,7 @@ IGNORED = {
     "transformers_weights",
     "rope_scaling",
 }
+# read by mamba_core.quantization, not by the config codec
 _QUANTIZATION_KEYS = ("quantization", "quantization_config")
 
 
@@ -164,8 +171,6 @@ def _arch_of(d: dict[str, Any]) -> str:
     model_type = d.get("model_type")
     if model_type in REFUSED_MODEL_TYPES:
         raise UnsupportedError(REFUSED_MODEL_TYPES[model_type])
-    if d.get("use_bcdt_rms"):
-        raise UnsupportedError(REFUSED_MODEL_TYPES["falcon_mamba"])
     if model_type not in MODEL_TYPES:
         raise ConfigError(
             f"model_type={model_type!r} is not a Mamba model; expected one of "
@@ -177,18 +182,13 @@ def _arch_of(d: dict[str, Any]) -> str:
 
 def _check_keys(d: dict[str, Any], arch: str) -> None:
     names = NAMES_BY_ARCH[arch]
-    unknown = sorted(set(d) - set(names) - IGNORED - set(_QUANTIZATION_KEYS))
+    unknown = sorted(set(d) - set(names) - set(READ_BY_STEP[arch]) - IGNORED - set(_QUANTIZATION_KEYS))
     if unknown:
         raise ConfigError(
             f"unknown key(s) {unknown} in a {d.get('model_type')!r} config; known keys are {sorted(names)}",
             field=unknown[0],
         )
-    for qkey in _QUANTIZATION_KEYS:
-        if d.get(qkey):
-            raise UnsupportedError(
-                f"{qkey}={d[qkey]!r}: quantized checkpoints are not supported; convert an unquantized "
-                "(float16/bfloat16/float32) checkpoint instead"
-            )
+    # quantization hook: a quantization block is read by mamba_core.quantization (loading.plan_checkpoint)
     if d.get("hidden_act", "silu") != "silu":
         raise UnsupportedError(f"hidden_act={d['hidden_act']!r} is not supported (only 'silu')")
 
@@ -231,27 +231,72 @@ def _read_mamba2(d: dict[str, Any], src: dict[str, Any], fields: dict[str, Any])
     fields["dt_limit"] = read_limit(fields["dt_limit"], "time_step_limit")
 
 
-# arch -> the step that reads what is more than a rename (derived widths, pairs)
-_ARCH_READERS = {"mamba1": _read_width, "mamba2": _read_mamba2}
+def _read_mamba1(d: dict[str, Any], src: dict[str, Any], fields: dict[str, Any]) -> None:
+    """Mamba-1: the width, and the dt/B/C norms of FalconMamba (``falcon_mamba``, or mlx-lm's
+    ``mamba`` with ``use_bcdt_rms``: ``mixer_rms_eps``, default 1e-6); a plain ``mamba`` has none."""
+    _read_width(d, src, fields)
+    use = d.get("use_bcdt_rms", False)
+    if not isinstance(use, bool):
+        raise ConfigError(f"use_bcdt_rms must be true or false, got {use!r}", field="use_bcdt_rms")
+    if d.get("model_type") == "falcon_mamba" or use:
+        fields["mixer_rms_eps"] = d.get("mixer_rms_eps", _FALCON_MAMBA_EPS)
+    else:
+        fields.pop("mixer_rms_eps", None)  # mlx-lm's ModelArgs default, unused without use_bcdt_rms
+
+
+# arch -> the step that reads what is more than a rename (derived widths, pairs, flags)
+_ARCH_READERS = {"mamba1": _read_mamba1, "mamba2": _read_mamba2}
+# arch -> keys its reader step reads (no field of their own)
+READ_BY_STEP = {"mamba1": ("use_bcdt_rms",), "mamba2": ()}
 
 
 def read(d: dict[str, Any], dialect: str = "hf") -> ParsedConfig:
+    if d.get("model_type") in hybrid.MODEL_TYPES:  # a hybrid family: its own reader
+        return hybrid.read(d, dialect)
     arch = _arch_of(d)
     _check_keys(d, arch)
     src = {**DEFAULTS_BY_ARCH[arch], **d}
     fields = {ours: src[theirs] for theirs, ours in NAMES_BY_ARCH[arch].items() if theirs in src}
     fields["pad_vocab_size_multiple"] = 1  # HF and mlx-lm store the already padded vocab
     _ARCH_READERS[arch](d, src, fields)
-    ignored = tuple(sorted(k for k in d if k in IGNORED))
+    # keys read as nothing: the listed ones, and renamed keys a reader step dropped
+    dropped = {k for k, ours in NAMES_BY_ARCH[arch].items() if k in d and ours not in fields}
+    ignored = tuple(sorted(k for k in d if k in IGNORED or k in dropped))
     return ParsedConfig(build(CONFIG_CLASSES[arch], fields), dialect, ignored)
 
 
+def _model_type(cfg, dialect: str) -> str:
+    if getattr(cfg, "mixer_rms_eps", None) is None:
+        return _MODEL_TYPE_OF[cfg.arch]
+    if cfg.mixer_rms_weights:
+        raise UnsupportedError(
+            "no HF Mamba config has weighted dt/B/C norms (mixer_rms_weights: Jamba's mixer); write "
+            "this model in the 'mamba-core' dialect"
+        )
+    return "mamba" if dialect == "mlx-lm" else "falcon_mamba"  # mlx-lm: mamba + use_bcdt_rms
+
+
 def write(cfg, dialect: str = "hf") -> dict[str, Any]:
+    if hybrid.is_family(cfg):
+        return hybrid.write(cfg, dialect)
     arch = cfg.arch
-    model_type = _MODEL_TYPE_OF[arch]
+    if arch not in _MODEL_TYPE_OF:
+        raise UnsupportedError(
+            f"a {arch!r} model cannot be written as {dialect!r}: transformers and mlx-lm have no official "
+            f"model_type for it (Mamba-3 ships only in the state-spaces format); save with "
+            "dialect='state-spaces' or 'mamba-core'"
+        )
+    if cfg.has_mlp:
+        raise UnsupportedError(
+            f"d_intermediate={cfg.d_intermediate}: transformers' and mlx-lm's {_MODEL_TYPE_OF[arch]!r} "
+            "models have no MLP in their blocks; save with dialect='state-spaces' or 'mamba-core'"
+        )
+    model_type = _model_type(cfg, dialect)
     out: dict[str, Any] = {"model_type": model_type, "architectures": [MODEL_TYPES[model_type][1]]}
     for theirs, ours in NAMES_BY_ARCH[arch].items():
         value = getattr(cfg, ours)
+        if value is None:  # mixer_rms_eps of a model without the dt/B/C norms
+            continue
         out[theirs] = json_limit(value) if ours == "dt_limit" else value
     out["vocab_size"] = cfg.vocab_size_padded
     # transformers 5.23 (Mamba(2)PreTrainedModel._init_weights) divides a *loaded* out_proj.weight by
@@ -267,7 +312,7 @@ def write(cfg, dialect: str = "hf") -> dict[str, Any]:
 
 
 def _extras_mamba1(cfg, dialect: str) -> dict[str, Any]:
-    return {"use_bcdt_rms": False} if dialect == "mlx-lm" else {}
+    return {"use_bcdt_rms": cfg.mixer_rms_eps is not None} if dialect == "mlx-lm" else {}
 
 
 def _extras_mamba2(cfg, dialect: str) -> dict[str, Any]:

@@ -1,8 +1,10 @@
 """The ``"state-spaces"`` config dialect: the official ``MambaConfig`` json (``config_mamba.py``).
 
-Top-level keys (``d_model``, ``n_layer``, unpadded ``vocab_size`` + ``pad_vocab_size_multiple``) plus the
-mixer's keyword arguments in ``ssm_cfg``, whose ``"layer"`` names the mixer (``LAYERS``). A new mixer adds
-a ``LAYERS`` row and its ``MIXER_DEFAULTS`` row.
+Top-level keys (``d_model``, ``n_layer``, unpadded ``vocab_size`` + ``pad_vocab_size_multiple``,
+``d_intermediate``: a gated MLP in every block, for any mixer) plus the mixer's keyword arguments in
+``ssm_cfg``, whose ``"layer"`` names the mixer (``LAYERS``: Mamba1, Mamba2, Mamba3). A new mixer adds a
+``LAYERS`` row and its ``MIXER_DEFAULTS`` row. Mamba-3's ``a_param`` (ours) has no official key: read as
+the current official form, and a ``"softplus"`` model cannot be written here (``mamba-core`` records it).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from mamba_core.errors import ConfigError, UnsupportedError
 NAMES = ("state-spaces",)
 
 # ssm_cfg["layer"] -> our arch (a missing "layer" is Mamba1); and back
-LAYERS = {"Mamba1": "mamba1", "Mamba2": "mamba2"}
+LAYERS = {"Mamba1": "mamba1", "Mamba2": "mamba2", "Mamba3": "mamba3"}
 _LAYER_OF = {arch: layer for layer, arch in LAYERS.items()}
 
 # official top-level keys (config_mamba.py) and their defaults
@@ -36,6 +38,7 @@ _TOP = {*_TOP_DEFAULTS, "ssm_cfg", "attn_layer_idx", "attn_cfg"}
 # top-level keys that map one to one onto our fields
 _TOP_FIELDS = (
     "d_model",
+    "d_intermediate",
     "n_layer",
     "vocab_size",
     "pad_vocab_size_multiple",
@@ -73,10 +76,26 @@ MIXER_DEFAULTS = {
         "conv_bias": True,
         "chunk_size": 256,
     },
+    "mamba3": {
+        "d_state": 128,
+        "expand": 2,
+        "headdim": 64,
+        "ngroups": 1,
+        "rope_fraction": 0.5,
+        "dt_min": 0.001,
+        "dt_max": 0.1,
+        "dt_init_floor": 1e-4,
+        "A_floor": 1e-4,
+        "is_outproj_norm": False,
+        "is_mimo": False,
+        "mimo_rank": 4,
+        "fuse_pregate_headwise_norm": True,
+        "chunk_size": 64,
+    },
 }
 _PAIRS = ("dt_limit", "A_init_range")
 # official mixer kwargs that do not change the math of a checkpoint we can run
-_MIXER_IGNORED = {"use_fast_path", "use_mem_eff_path", "layer", "conv_init", "dt_scale_init"}
+_MIXER_IGNORED = {"use_fast_path", "use_mem_eff_path", "layer", "conv_init", "dt_scale_init", "dropout"}
 # official mixer kwargs that change the model in ways mamba-core does not implement: the value we require
 _MIXER_REQUIRED = {
     "rmsnorm": True,
@@ -92,14 +111,11 @@ def detect(d: dict[str, Any]) -> bool:
 
 
 def _check_top(top: dict[str, Any]) -> None:
-    """Refuse the block kinds mamba-core does not build (attention layers, MLPs, LayerNorm)."""
+    """Refuse the block kinds mamba-core does not build (attention layers, LayerNorm); ``d_intermediate``
+    (norm2 + a gated MLP in every block) is read for every mixer."""
     if top.get("attn_layer_idx"):
         raise UnsupportedError(
             f"attn_layer_idx={top['attn_layer_idx']!r}: hybrid Mamba+attention models are not supported"
-        )
-    if top.get("d_intermediate", 0):
-        raise UnsupportedError(
-            f"d_intermediate={top['d_intermediate']!r}: blocks with a gated MLP are not supported"
         )
     if not top.get("rms_norm", True):
         raise UnsupportedError("rms_norm=false (LayerNorm models) is not supported")
@@ -147,6 +163,21 @@ def read(d: dict[str, Any], dialect: str = "state-spaces") -> ParsedConfig:
 
 
 def write(cfg, dialect: str = "state-spaces") -> dict[str, Any]:
+    if getattr(cfg, "a_param", "heavy_tail") != "heavy_tail":
+        raise UnsupportedError(
+            f"a_param={cfg.a_param!r}: the official format has no key for the A parameterisation and the "
+            "official code reads every Mamba-3 checkpoint with the current one ('heavy_tail'); save this "
+            "model with dialect='mamba-core', which records a_param"
+        )
+    if cfg.arch not in _LAYER_OF and cfg.arch != "mamba1":
+        raise UnsupportedError(
+            f"the state-spaces dialect has no {cfg.arch!r} models; save it as 'mamba-core', 'hf' or 'mlx-lm'"
+        )
+    if getattr(cfg, "mixer_rms_eps", None) is not None:
+        raise UnsupportedError(
+            "the state-spaces config has no dt/B/C norms (mixer_rms_eps: FalconMamba, Jamba's mixer); "
+            "write this model in the 'hf', 'mlx-lm' or 'mamba-core' dialect"
+        )
     ssm_cfg: dict[str, Any] = {}
     if cfg.arch != "mamba1":  # the official default layer needs no key (as upstream writes it)
         ssm_cfg["layer"] = _LAYER_OF[cfg.arch]
@@ -157,7 +188,7 @@ def write(cfg, dialect: str = "state-spaces") -> dict[str, Any]:
         )
     return {
         "d_model": cfg.d_model,
-        "d_intermediate": 0,
+        "d_intermediate": cfg.d_intermediate,
         "n_layer": cfg.n_layer,
         "vocab_size": cfg.vocab_size,
         "ssm_cfg": ssm_cfg,

@@ -15,14 +15,21 @@ in its registry; ``layer_plan`` reads which kind each layer uses from the config
 from __future__ import annotations
 
 from mamba_core.errors import ConfigError
+from mamba_core.layers.attention import ATTENTION
+from mamba_core.layers.gated_mlp import GATED_MLP
 from mamba_core.layers.kind import BlockPlan as BlockPlan
 from mamba_core.layers.kind import CacheField as CacheField
 from mamba_core.layers.kind import LayerKind as LayerKind
 from mamba_core.layers.kind import Param as Param
 from mamba_core.layers.mamba1 import MAMBA1
 from mamba_core.layers.mamba2 import MAMBA2
+from mamba_core.layers.mamba3 import MAMBA3
+from mamba_core.layers.mlp import MLP
+from mamba_core.layers.moe import MOE
 
-KINDS: dict[str, LayerKind] = {kind.name: kind for kind in (MAMBA1, MAMBA2)}
+KINDS: dict[str, LayerKind] = {
+    kind.name: kind for kind in (MAMBA1, MAMBA2, MAMBA3, GATED_MLP, ATTENTION, MLP, MOE)
+}
 
 # Block-level rows (relative to ``backbone.layers.{i}.``): the pre-norm of the mixer, and of the MLP
 # when the block has one.
@@ -39,9 +46,27 @@ def get_kind(name: str) -> LayerKind:
         ConfigError: no such kind (names the registered ones).
     """
     if name not in KINDS:
-        raise ConfigError(f"unknown layer kind {name!r}; registered kinds: {sorted(KINDS)}",
-                          field="layer kind")
+        raise ConfigError(
+            f"unknown layer kind {name!r}; registered kinds: {sorted(KINDS)}", field="layer kind"
+        )
     return KINDS[name]
+
+
+def kind_config(config, name: str):
+    """The config a kind reads its dimensions from in a model of ``config``.
+
+    A model mixing kinds (a hybrid family config) defines ``kind_config(name)`` returning the kind's
+    own config (``block_config.AttentionConfig``, ``MLPConfig``, ``MoEConfig``, a Mamba mixer
+    config); a one-kind model's config is its kind's config.
+
+    Example:
+        >>> from mamba_core import Mamba1Config
+        >>> cfg = Mamba1Config(d_model=16, n_layer=2, vocab_size=10)
+        >>> kind_config(cfg, "mamba1") is cfg
+        True
+    """
+    own = getattr(config, "kind_config", None)
+    return own(name) if callable(own) else config
 
 
 def layer_plan(config) -> tuple[BlockPlan, ...]:
@@ -56,12 +81,26 @@ def layer_plan(config) -> tuple[BlockPlan, ...]:
         (BlockPlan(mixer='mamba1', mlp=None), BlockPlan(mixer='mamba1', mlp=None))
     """
     own = getattr(config, "layer_plan", None)
-    plan = tuple(own()) if callable(own) else (BlockPlan(config.arch),) * config.n_layer
+    # a family's plan rows name their kinds by ``mixer`` / ``mlp`` (BlockPlan or a like tuple)
+    plan = (
+        tuple(BlockPlan(p.mixer, p.mlp) for p in own())
+        if callable(own)
+        else (BlockPlan(config.arch),) * config.n_layer
+    )
     for block in plan:
         for _, name in block.slots:
             get_kind(name)
     return plan
 
 
-__all__ = ["BLOCK_ROWS", "KINDS", "BlockPlan", "CacheField", "LayerKind", "Param", "get_kind",
-           "layer_plan"]
+__all__ = [
+    "BLOCK_ROWS",
+    "KINDS",
+    "BlockPlan",
+    "CacheField",
+    "LayerKind",
+    "Param",
+    "get_kind",
+    "kind_config",
+    "layer_plan",
+]

@@ -11,6 +11,35 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import reduce
+
+
+def attr(config, path: str):
+    """A config attribute by dotted path (``"shared_expert.d_ff"``); None when a link is None."""
+    return reduce(lambda obj, part: None if obj is None else getattr(obj, part), path.split("."), config)
+
+
+def present(when: str | None, config) -> bool:
+    """Whether a row with this ``when`` exists for ``config``.
+
+    ``when`` is None (always), an attribute path that must be truthy, ``"!a"`` (falsy) or a
+    conjunction ``"a&b"``, evaluated left to right (so ``"has_x&x.bias"`` never reads ``x`` when it
+    is absent). ``"untied"`` means ``not config.tie_embeddings``.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> present("a&!b", NS(a=1, b=0)), present("x.y", NS(x=None))
+        (True, False)
+    """
+    if when is None:
+        return True
+    for part in when.split("&"):
+        negate = part.startswith("!")
+        name = part.lstrip("!")
+        value = (not config.tie_embeddings) if name == "untied" else bool(attr(config, name))
+        if value == negate:
+            return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -23,8 +52,9 @@ class Param:
         shape: config attribute names and ints, e.g. ``("conv_dim", 1, "d_conv")``.
         dtype_policy: ``"fp32"`` (kept in float32 whatever the model dtype) or ``"model"``.
         mlx_axes: permutation from the torch layout to the MLX layout, or None.
-        when: config attribute that must be truthy for the tensor to exist, ``"untied"`` for the
-            LM head of an untied model, or None (always present).
+        when: config attribute (dotted path) that must be truthy for the tensor to exist, ``"!a"``
+            for falsy, ``"a&b"`` for both, ``"untied"`` for the LM head of an untied model, or None
+            (always present); see ``present``.
     """
 
     name: str
@@ -40,13 +70,17 @@ class CacheField:
 
     Attributes:
         name: the field name (``"conv_state"``); a layer's state is a tuple in field order.
-        shape: ``"batch"``, config attribute names and ints, e.g. ``("batch", "conv_dim", "d_conv")``.
-        dtype_policy: ``"fp32"`` or ``"model"``.
+        shape: ``"batch"``, config attribute names and ints, e.g. ``("batch", "conv_dim", "d_conv")``;
+            a growing field (an attention KV cache) starts with 0 positions on its growing axis.
+        dtype_policy: ``"fp32"``, ``"model"``, ``"bool"`` or ``"int64"``.
+        period: for an angle kept modulo a period (``2π``), that period: two values that differ by a
+            multiple of it are the same state (comparisons wrap the difference); None otherwise.
     """
 
     name: str
     shape: tuple
     dtype_policy: str = "model"
+    period: float | None = None
 
 
 @dataclass(frozen=True)

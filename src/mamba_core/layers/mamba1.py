@@ -6,10 +6,12 @@ import math
 
 import numpy as np
 
-from mamba_core.layers.init import dt_bias, linear_weight, uniform
+from mamba_core.layers.init import dt_bias, linear_weight, norm_weight, uniform
 from mamba_core.layers.kind import CacheField, LayerKind, Param
 
 _CONV = (0, 2, 1)  # (C, 1, K) <-> (C, K, 1); its own inverse
+# the weights of the dt, B and C RMSNorms (Jamba; FalconMamba's norms are weightless)
+BCDT_NORMS = ("dt_layernorm.weight", "b_layernorm.weight", "c_layernorm.weight")
 
 
 def init(rng: np.random.Generator, cfg, perturb_norms: bool = False) -> dict:
@@ -17,7 +19,8 @@ def init(rng: np.random.Generator, cfg, perturb_norms: bool = False) -> dict:
 
     Linear weights U(±1/sqrt(fan_in)); conv U(±1/sqrt(K)); ``dt_proj.weight`` constant or
     U(±dt_rank^-0.5·dt_scale); dt bias = inverse softplus of a log-uniform dt; ``A_log = log(1..N)``
-    per channel (S4D-real); ``D = 1``; biases 0.
+    per channel (S4D-real); ``D = 1``; biases 0; the weighted dt/B/C norms (``mixer_rms_weights``) 1
+    (``1 + U(±0.2)`` with ``perturb_norms``).
     """
     d, e, n, k, r = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.d_conv, cfg.dt_rank
     w = {"in_proj.weight": linear_weight(rng, 2 * e, d)}
@@ -38,6 +41,9 @@ def init(rng: np.random.Generator, cfg, perturb_norms: bool = False) -> dict:
     w["out_proj.weight"] = linear_weight(rng, d, e)
     if cfg.bias:
         w["out_proj.bias"] = np.zeros(d)
+    if cfg.mixer_rms_weights:
+        for name, size in zip(BCDT_NORMS, (r, n, n), strict=True):
+            w[name] = norm_weight(rng, size, perturb_norms)
     return w
 
 
@@ -56,6 +62,9 @@ MAMBA1 = LayerKind(
         Param("D", ("d_inner",), dtype_policy="fp32"),
         Param("out_proj.weight", ("d_model", "d_inner")),
         Param("out_proj.bias", ("d_model",), when="bias"),
+        Param(BCDT_NORMS[0], ("dt_rank",), when="mixer_rms_weights"),
+        Param(BCDT_NORMS[1], ("d_state",), when="mixer_rms_weights"),
+        Param(BCDT_NORMS[2], ("d_state",), when="mixer_rms_weights"),
     ),
     cache=(
         CacheField("conv_state", ("batch", "conv_dim", "d_conv"), "model"),

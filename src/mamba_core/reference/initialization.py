@@ -10,8 +10,12 @@ import math
 
 import numpy as np
 
-from mamba_core.layers import get_kind, layer_plan
+from mamba_core.families import HYBRID_CONFIGS
+from mamba_core.layers import get_kind, kind_config, layer_plan
 from mamba_core.layers.init import linear_weight, norm_weight
+
+# the weights that write into the residual stream, rescaled at init (docs/spec.md §1.5)
+_RESIDUAL_OUTPUTS = ("out_proj.weight", "fc2.weight")
 
 
 def init_weights(
@@ -20,8 +24,9 @@ def init_weights(
     """A random checkpoint with the official initialization (docs/spec.md §1.5, §3.3, §4.3).
 
     Embedding N(0, ``initializer_range``); Linear weights U(±1/sqrt(fan_in)) (torch's default); conv
-    weight and bias U(±1/sqrt(K)); ``out_proj.weight`` divided by sqrt(n_layer) when
-    ``cfg.rescale_prenorm_residual`` (the default); Linear biases 0; dt bias = inverse softplus of a
+    weight and bias U(±1/sqrt(K)); ``out_proj.weight`` (and an MLP's ``fc2.weight``) divided by
+    sqrt(n_residuals * n_layer) when ``cfg.rescale_prenorm_residual`` (the default), n_residuals = 2
+    for a block with an MLP, else 1 (as upstream); Linear biases 0; dt bias = inverse softplus of a
     log-uniform dt in [dt_min, dt_max] floored at ``dt_init_floor``; ``A_log = log(1..N)`` per
     channel (Mamba-1) or ``log(U(A_init_range))`` per head (Mamba-2); ``D = 1``; norm weights 1.
     ``lm_head.weight`` exists only when ``not cfg.tie_embeddings``; ``in_proj``/``out_proj`` biases
@@ -29,7 +34,7 @@ def init_weights(
     ``rng``.
 
     Args:
-        cfg: ``Mamba1Config`` or ``Mamba2Config``.
+        cfg: ``Mamba1Config``, ``Mamba2Config`` or ``Mamba3Config``.
         rng: the generator all draws come from, in a fixed order.
         perturb_norms: draw every norm weight from 1 + U(-0.2, 0.2) instead of 1, so that tests
             exercise the weight multiply.
@@ -47,14 +52,19 @@ def init_weights(
     """
     d, v = cfg.d_model, cfg.vocab_size_padded
     out = {"backbone.embedding.weight": rng.normal(0.0, cfg.initializer_range, (v, d))} if embedding else {}
-    residual_scale = 1.0 / math.sqrt(cfg.n_layer) if cfg.rescale_prenorm_residual else 1.0
     for i, block in enumerate(layer_plan(cfg)):
+        # docs/spec.md §1.5: each residual output (out_proj, the MLP's fc2) / sqrt(n_residuals * n_layer),
+        # n_residuals = the filled slots of the block (2 with an MLP, as upstream)
+        # (a hybrid family keeps one residual per layer in this rule: its own inits are not upstream's)
+        n_residuals = 1 if isinstance(cfg, HYBRID_CONFIGS) else len(block.slots)
+        scale = 1.0 / math.sqrt(n_residuals * cfg.n_layer) if cfg.rescale_prenorm_residual else 1.0
         for slot, kind_name in block.slots:
             norm = "norm" if slot == "mixer" else "norm2"
             out[f"backbone.layers.{i}.{norm}.weight"] = norm_weight(rng, d, perturb_norms)
-            tensors = get_kind(kind_name).init(rng, cfg, perturb_norms)
-            if "out_proj.weight" in tensors:  # docs/spec.md §1.5: out_proj / sqrt(n_layer)
-                tensors["out_proj.weight"] = tensors["out_proj.weight"] * residual_scale
+            tensors = get_kind(kind_name).init(rng, kind_config(cfg, kind_name), perturb_norms)
+            for name in _RESIDUAL_OUTPUTS:
+                if name in tensors:
+                    tensors[name] = tensors[name] * scale
             for name, value in tensors.items():
                 out[f"backbone.layers.{i}.{slot}.{name}"] = value
     out["backbone.norm_f.weight"] = norm_weight(rng, d, perturb_norms)

@@ -17,8 +17,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import NamedTuple
 
+from mamba_core.reference.attention import attention_forward, attention_forward_step
+from mamba_core.reference.gated_mlp import gated_mlp_forward, gated_mlp_step
 from mamba_core.reference.mamba1 import mamba1_mixer, mamba1_mixer_step
 from mamba_core.reference.mamba2 import mamba2_mixer, mamba2_mixer_step
+from mamba_core.reference.mamba3 import mamba3_mixer, mamba3_mixer_step
+from mamba_core.reference.mlp import mlp_forward
+from mamba_core.reference.moe import moe_forward
 
 
 class ReferenceKind(NamedTuple):
@@ -31,4 +36,9 @@ class ReferenceKind(NamedTuple):
 KINDS: dict[str, ReferenceKind] = {
     "mamba1": ReferenceKind(mamba1_mixer, mamba1_mixer_step),
     "mamba2": ReferenceKind(mamba2_mixer, mamba2_mixer_step),
+    "mamba3": ReferenceKind(mamba3_mixer, mamba3_mixer_step),
+    "gated_mlp": ReferenceKind(gated_mlp_forward, gated_mlp_step),
+    "attention": ReferenceKind(attention_forward, attention_forward_step),
+    "mlp": ReferenceKind(mlp_forward, mlp_forward),
+    "moe": ReferenceKind(moe_forward, moe_forward),
 }

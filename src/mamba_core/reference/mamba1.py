@@ -10,11 +10,13 @@ from collections.abc import Mapping
 import numpy as np
 
 from mamba_core.config import Mamba1Config
+from mamba_core.layers.mamba1 import BCDT_NORMS
 from mamba_core.reference.ops import (
     _f64,
     _linear,
     causal_conv1d,
     causal_conv1d_update,
+    rmsnorm,
     selective_scan,
     selective_state_update,
 )
@@ -26,8 +28,37 @@ def conv_weight(w: Mapping) -> np.ndarray:
     return weight[:, 0, :]
 
 
+def bcdt_norm(dt_r, Bm, Cm, w: Mapping, cfg: Mamba1Config):
+    """The dt/B/C hook of the mixer: RMS-normalize each over its own last axis (docs/spec.md §3.4).
+
+    Identity for a plain Mamba-1 config (``mixer_rms_eps`` None). FalconMamba: weightless norms of
+    epsilon ``mixer_rms_eps``; Jamba (``mixer_rms_weights``): times ``dt_layernorm.weight`` (R),
+    ``b_layernorm.weight`` (N), ``c_layernorm.weight`` (N). ``dt_r`` is normalized before ``dt_proj``.
+
+    Args:
+        dt_r: (..., R). Bm: (..., N). Cm: (..., N). w: the mixer tensors. cfg: the config.
+
+    Returns:
+        ``(dt_r, Bm, Cm)``, same shapes.
+
+    Example:
+        >>> cfg = Mamba1Config(d_model=8, n_layer=1, vocab_size=16, mixer_rms_eps=1e-12)
+        >>> bcdt_norm(np.array([[3.0, 4.0]]), np.ones((1, 2)), np.ones((1, 2)), {}, cfg)[0].round(4)
+        array([[0.8485, 1.1314]])
+    """
+    if cfg.mixer_rms_eps is None:
+        return dt_r, Bm, Cm
+    parts = (dt_r, Bm, Cm)
+    if cfg.mixer_rms_weights:
+        weights = [w[name] for name in BCDT_NORMS]
+    else:
+        weights = [np.ones(np.shape(p)[-1]) for p in parts]
+    return tuple(rmsnorm(p, g, cfg.mixer_rms_eps) for p, g in zip(parts, weights, strict=True))
+
+
 def mamba1_mixer(h, w: Mapping, cfg: Mamba1Config, conv_state=None, ssm_state=None):
-    """Mamba-1 mixer over a sequence (docs/spec.md §3.4 steps 1-12).
+    """Mamba-1 mixer over a sequence (docs/spec.md §3.4 steps 1-12), with the dt/B/C norms of
+    ``bcdt_norm`` right after the ``x_proj`` split when the config has them.
 
     The ``dt_proj`` bias is **not** applied with ``dt_proj``: it is added inside the scan, followed
     by softplus (docs/spec.md §9.4). ``A = -exp(A_log)``.
@@ -38,7 +69,7 @@ def mamba1_mixer(h, w: Mapping, cfg: Mamba1Config, conv_state=None, ssm_state=No
             (2E, D), optional ``in_proj.bias`` (2E,), ``conv1d.weight`` (E, 1, K), optional
             ``conv1d.bias`` (E,), ``x_proj.weight`` (R + 2N, E), ``dt_proj.weight`` (E, R),
             ``dt_proj.bias`` (E,), ``A_log`` (E, N), ``D`` (E,), ``out_proj.weight`` (D, E),
-            optional ``out_proj.bias`` (D,).
+            optional ``out_proj.bias`` (D,); with ``mixer_rms_weights`` the three norm weights.
         cfg: the model config (E, R, N).
         conv_state: (B, E, K) or None (zeros).
         ssm_state: (B, E, N) or None (zeros).
@@ -60,7 +91,7 @@ def mamba1_mixer(h, w: Mapping, cfg: Mamba1Config, conv_state=None, ssm_state=No
         x, conv_weight(w), w.get("conv1d.bias"), conv_state, activation="silu"
     )  # (B, L, E)
     x_dbl = _linear(u, w["x_proj.weight"])  # (B, L, R + 2N)
-    dt_r, Bm, Cm = x_dbl[..., :r], x_dbl[..., r : r + n], x_dbl[..., r + n :]
+    dt_r, Bm, Cm = bcdt_norm(x_dbl[..., :r], x_dbl[..., r : r + n], x_dbl[..., r + n :], w, cfg)
     delta = _linear(dt_r, w["dt_proj.weight"])  # (B, L, E), no bias here
     A = -np.exp(_f64(w["A_log"]))  # (E, N)
     y, ssm_state = selective_scan(
@@ -107,7 +138,7 @@ def mamba1_mixer_step(h, w: Mapping, cfg: Mamba1Config, conv_state, ssm_state):
         x, conv_state, conv_weight(w), w.get("conv1d.bias"), activation="silu"
     )  # (B, E)
     x_dbl = _linear(u, w["x_proj.weight"])  # (B, R + 2N)
-    dt_r, Bm, Cm = x_dbl[..., :r], x_dbl[..., r : r + n], x_dbl[..., r + n :]
+    dt_r, Bm, Cm = bcdt_norm(x_dbl[..., :r], x_dbl[..., r : r + n], x_dbl[..., r + n :], w, cfg)
     delta = _linear(dt_r, w["dt_proj.weight"])  # (B, E)
     A = -np.exp(_f64(w["A_log"]))
     y, ssm_state = selective_state_update(

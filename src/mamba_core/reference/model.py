@@ -11,7 +11,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from mamba_core.layers import get_kind, layer_plan
+from mamba_core.layers import get_kind, kind_config, layer_plan
 from mamba_core.reference.layers import KINDS
 from mamba_core.reference.ops import _f64, rmsnorm
 from mamba_core.reference.packing import packed_forward
@@ -47,11 +47,12 @@ def _block(cfg, weights: Mapping, i: int, block, x: np.ndarray, state, fn: str, 
         mine, rest = rest[:n], rest[n:]
         norm = "norm" if slot == "mixer" else "norm2"
         normed = rmsnorm(x, weights[f"backbone.layers.{i}.{norm}.weight"], cfg.norm_epsilon)
+        kcfg = kind_config(cfg, kind_name)
         lw = layer_weights(weights, i, slot=slot)
         if seq_idx is None:
-            out, *mine = getattr(KINDS[kind_name], fn)(normed, lw, cfg, *mine)
+            out, *mine = getattr(KINDS[kind_name], fn)(normed, lw, kcfg, *mine)
         else:
-            out, *mine = packed_forward(KINDS[kind_name].forward, normed, lw, cfg, seq_idx, *mine)
+            out, *mine = packed_forward(KINDS[kind_name].forward, normed, lw, kcfg, seq_idx, *mine)
         x = x + out
         new_state.extend(mine)
     return x, tuple(new_state)

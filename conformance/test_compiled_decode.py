@@ -1,0 +1,83 @@
+"""Compiled decode (``generate(..., compile=True)``: ``torch.compile`` / ``mx.compile`` of the decode step)
+on every backend: the same tokens as eager decode, per-step logits and cache states equal to eager
+``model.step``'s, and (torch) one graph for every step of three generations: no graph breaks, no
+recompiles across steps."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+
+import numpy as np
+import pytest
+
+from mamba_core.testing import tiny_mamba1, tiny_mamba2
+
+TINY = {"mamba1": tiny_mamba1, "mamba2": tiny_mamba2}
+TOL = 1e-4  # compiled kernels fuse and reorder float32 sums
+
+
+def _np(mod, x):
+    return mod.to_numpy(x).astype(np.float64)
+
+
+def _close(mod, a, b, what):
+    a, b = _np(mod, a), _np(mod, b)
+    err = float(np.max(np.abs(a - b))) / max(1.0, float(np.max(np.abs(b))))
+    assert err < TOL, f"{what}: relative error {err:.2e}"
+
+
+def _scope(target):
+    # generate decodes under torch.inference_mode: the same tensor kind here reuses its compiled graph
+    if target.backend == "torch":
+        import torch
+
+        return torch.inference_mode()
+    return contextlib.nullcontext()
+
+
+def _fresh_dynamo_counters(target):
+    # torch: dynamo's caches and counters cleared, so the graphs counted are this test's
+    if target.backend != "torch":
+        return None
+    import torch
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    return counters
+
+
+def _sample(target):
+    return importlib.import_module(f"{target.module.__name__}.sample")
+
+
+@pytest.mark.dtypes("float32")
+@pytest.mark.parametrize("arch", sorted(TINY))
+def test_compiled_decode_equals_eager(target, arch, rng):
+    mod = target.module
+    model = mod.build_model(TINY[arch](), seed=0, device=target.device)
+    ids = mod.from_numpy(rng.integers(1, model.config.vocab_size, (2, 7)), device=target.device)
+    counters = _fresh_dynamo_counters(target)
+    eager = mod.generate(model, ids, 6)
+    compiled = mod.generate(model, ids, 6, compile=True)
+    np.testing.assert_array_equal(mod.to_numpy(compiled), mod.to_numpy(eager))
+    # per step: logits and every state of the cache, from the same prefilled cache
+    with _scope(target):
+        _, cache_e = mod.prefill(model, ids)
+        _, cache_c = mod.prefill(model, ids)
+        step = _sample(target)._decode_step(model, True)
+        tokens = mod.from_numpy(rng.integers(1, model.config.vocab_size, (2,)), device=target.device)
+        for i in range(4):
+            want = model.step(tokens, cache_e)
+            got = step(tokens, cache_c)
+            _close(mod, got, want, f"{arch} step {i} logits")
+            for j, (a, b) in enumerate(zip(cache_c.state, cache_e.state, strict=True)):
+                _close(mod, a, b, f"{arch} step {i} cache array {j}")
+            assert cache_c.seqlen_offset == cache_e.seqlen_offset
+            tokens = mod.from_numpy(np.argmax(_np(mod, want), axis=-1), device=target.device)
+    mod.generate(model, ids, 4, compile=True, temperature=0.8, seed=1)  # sampled tokens, same graph
+    if counters is not None:  # torch: 13 compiled steps, one graph, no break, no recompile
+        assert dict(counters["graph_break"]) == {}, f"graph breaks: {dict(counters['graph_break'])}"
+        graphs = counters["stats"]["unique_graphs"]
+        assert graphs == 1, f"{graphs} graphs compiled for one decode step (a recompile across steps)"
