@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from mamba_core import reference
-from mamba_core.errors import ConfigError
+from mamba_core.errors import ConfigError, UnsupportedError
 from mamba_core.packing import (
     IGNORE_INDEX,
     check_seq_idx,
@@ -20,7 +20,7 @@ from mamba_core.packing import (
     seq_idx_after_eos,
     seq_idx_from_cu_seqlens,
 )
-from mamba_core.testing import tiny_mamba1, tiny_mamba2
+from mamba_core.testing import tiny_mamba1, tiny_mamba2, tiny_mamba3, tiny_nemotron_h
 
 # two rows of three documents: boundaries inside chunks and on a chunk edge (chunk_size 4)
 LENGTHS = [(5, 11, 7), (4, 8, 11)]
@@ -160,6 +160,16 @@ def test_bad_seq_idx_is_named(target):
     _, model = _model(target, "mamba1")
     with pytest.raises(ConfigError, match="seq_idx"):
         model(_ids(target, np.zeros((1, 4))), seq_idx=_ids(target, np.zeros((1, 3))))
+
+
+@pytest.mark.parametrize("make", [tiny_mamba3, tiny_nemotron_h], ids=["mamba3", "nemotron_h"])
+def test_kinds_without_seq_idx_refuse_packed_rows(target, make):
+    # a kind that does not take seq_idx (Mamba-3, attention, MLP) is refused by name, never run unpacked
+    cfg = make()
+    model = target.module.build_model(cfg, seed=0, device=target.device)
+    ids = np.zeros((1, 6), dtype=np.int64)
+    with pytest.raises(UnsupportedError, match="seq_idx"):
+        model(_ids(target, ids), seq_idx=_ids(target, np.repeat([0, 1], 3)[None]))
 
 
 # ---- training on packed rows -----------------------------------------------------------------------
