@@ -39,7 +39,7 @@ from mamba_ssm.ops.triton.mamba3.mamba3_mimo_rotary_step import apply_rotary_qk_
 
 try:
     from mamba_ssm.ops.cute.mamba3.mamba3_step_fn import mamba3_step_fn
-except ImportError:    
+except ImportError:
     mamba3_step_fn = None
 
 
@@ -58,6 +58,7 @@ def heavy_tail_activation(x: torch.Tensor) -> torch.Tensor:
     neg = x.clamp_max(0)
     pos = x.clamp_min(0)
     return pos + torch.reciprocal(1 - neg)
+
 
 class Mamba3(nn.Module):
     def __init__(
@@ -78,9 +79,9 @@ class Mamba3(nn.Module):
         is_mimo=False,
         mimo_rank=4,
         fuse_pregate_headwise_norm=True,
-        #-------------------------------------------
+        # -------------------------------------------
         # Fused kernel and sharding options
-        chunk_size=64, # Recommended: 64 for SISO, 64/mimo_rank for MIMO
+        chunk_size=64,  # Recommended: 64 for SISO, 64/mimo_rank for MIMO
         dropout=0.0,  # Just to absorb the kwarg
         layer_idx=None,  # Absorb kwarg for general module
         n_layer=None,  # Absorb kwarg for general module
@@ -97,7 +98,7 @@ class Mamba3(nn.Module):
         self.chunk_size = chunk_size
         self.layer_idx = layer_idx
         self.A_floor = A_floor
-        self.is_outproj_norm=is_outproj_norm
+        self.is_outproj_norm = is_outproj_norm
         self.is_mimo = is_mimo
         self.mimo_rank = mimo_rank
         self.fuse_pregate_headwise_norm = bool(
@@ -106,16 +107,18 @@ class Mamba3(nn.Module):
         if not self.is_mimo:
             self.mimo_rank = 1
         else:
-            assert mamba3_mimo_combined is not None, "Fails to import Mamba-3 MIMO kernels. Please ensure you installed the necessary dependencies, such as TileLang."
+            assert mamba3_mimo_combined is not None, (
+                "Fails to import Mamba-3 MIMO kernels. Please ensure you installed the necessary dependencies, such as TileLang."
+            )
 
         self.d_inner = int(self.expand * self.d_model)
         assert self.d_inner % self.headdim == 0
         self.nheads = self.d_inner // self.headdim
         self.num_bc_heads = ngroups
-        
+
         # RoPE flags
         assert rope_fraction in [0.5, 1.0]
-        self.rotary_dim_divisor = int(2/rope_fraction)
+        self.rotary_dim_divisor = int(2 / rope_fraction)
         self.split_tensor_size = int(d_state * rope_fraction)
         if self.split_tensor_size % 2 != 0:
             self.split_tensor_size -= 1
@@ -123,23 +126,35 @@ class Mamba3(nn.Module):
         assert self.num_rope_angles > 0
 
         # Order: [z, x, B, C, dd_dt, dd_A, trap, angle]
-        d_in_proj = 2 * self.d_inner + 2 * self.d_state * self.num_bc_heads * self.mimo_rank + 3 * self.nheads + self.num_rope_angles
+        d_in_proj = (
+            2 * self.d_inner
+            + 2 * self.d_state * self.num_bc_heads * self.mimo_rank
+            + 3 * self.nheads
+            + self.num_rope_angles
+        )
         self.in_proj = nn.Linear(self.d_model, d_in_proj, bias=False, **factory_kwargs)
 
-        # dt_bias parameterization        
+        # dt_bias parameterization
         _dt = torch.exp(
-            torch.rand(self.nheads, device=device, dtype=torch.float32) * (math.log(dt_max) - math.log(dt_min))
+            torch.rand(self.nheads, device=device, dtype=torch.float32)
+            * (math.log(dt_max) - math.log(dt_min))
             + math.log(dt_min)
         )
         _dt = torch.clamp(_dt, min=dt_init_floor)
         _dt_bias = _dt + torch.log(-torch.expm1(-_dt))
         self.dt_bias = nn.Parameter(_dt_bias, requires_grad=True)
         self.dt_bias._no_weight_decay = True
-        
+
         # B and C biases
-        self.B_bias = nn.Parameter(1+torch.zeros((self.nheads, self.mimo_rank, self.d_state), dtype=torch.float32, device=device), requires_grad=True)
-        self.C_bias = nn.Parameter(1+torch.zeros((self.nheads, self.mimo_rank, self.d_state), dtype=torch.float32, device=device), requires_grad=True)
-                                                       
+        self.B_bias = nn.Parameter(
+            1 + torch.zeros((self.nheads, self.mimo_rank, self.d_state), dtype=torch.float32, device=device),
+            requires_grad=True,
+        )
+        self.C_bias = nn.Parameter(
+            1 + torch.zeros((self.nheads, self.mimo_rank, self.d_state), dtype=torch.float32, device=device),
+            requires_grad=True,
+        )
+
         # RMS Norm for B and C
         assert RMSNormGated is not None
         self.B_norm = RMSNormGated(self.d_state, eps=1e-5, **factory_kwargs)
@@ -147,25 +162,25 @@ class Mamba3(nn.Module):
 
         if self.is_mimo:
             # Initialize up/down MIMO projection (for x and z)
-            mimo_x_init_weights = torch.ones(self.nheads, self.mimo_rank, self.headdim, device=device) / self.mimo_rank
+            mimo_x_init_weights = (
+                torch.ones(self.nheads, self.mimo_rank, self.headdim, device=device) / self.mimo_rank
+            )
             mimo_z_init_weights = torch.ones(self.nheads, self.mimo_rank, self.headdim, device=device)
-            mimo_o_init_weights = torch.ones(self.nheads, self.mimo_rank, self.headdim, device=device) / self.mimo_rank
+            mimo_o_init_weights = (
+                torch.ones(self.nheads, self.mimo_rank, self.headdim, device=device) / self.mimo_rank
+            )
 
             self.mimo_x = nn.Parameter(mimo_x_init_weights, requires_grad=True)
             self.mimo_z = nn.Parameter(mimo_z_init_weights, requires_grad=True)
             self.mimo_o = nn.Parameter(mimo_o_init_weights, requires_grad=True)
-    
+
         # D "skip" parameter
         self.D = nn.Parameter(torch.ones(self.nheads, device=device))
         self.D._no_weight_decay = True
 
         if self.is_outproj_norm:
             self.norm = RMSNormGated(
-                self.d_inner,
-                eps=1e-5,
-                norm_before_gate=True,
-                group_size=self.headdim,
-                **factory_kwargs
+                self.d_inner, eps=1e-5, norm_before_gate=True, group_size=self.headdim, **factory_kwargs
             )
             if self.fuse_pregate_headwise_norm:
                 assert self.norm.weight.numel() == self.nheads * self.headdim, (
@@ -175,7 +190,6 @@ class Mamba3(nn.Module):
         # Output projection
         self.out_proj = nn.Linear(self.d_inner, self.d_model, bias=False, **factory_kwargs)
 
-
     def forward(self, u, seq_idx=None, cu_seqlens=None, inference_params=None):
         """
         u: (batch, seqlen, hidden_dim)
@@ -183,10 +197,12 @@ class Mamba3(nn.Module):
         """
         batch, seqlen, dim = u.shape
 
-        angle_dt_state, ssm_state, k_state, v_state  = None, None, None, None
+        angle_dt_state, ssm_state, k_state, v_state = None, None, None, None
         if inference_params is not None:
             inference_batch = cu_seqlens.shape[0] - 1 if cu_seqlens is not None else batch
-            angle_dt_state, ssm_state, k_state, v_state = self._get_states_from_cache(inference_params, inference_batch)
+            angle_dt_state, ssm_state, k_state, v_state = self._get_states_from_cache(
+                inference_params, inference_batch
+            )
             if inference_params.seqlen_offset > 0:
                 out, _, _, _, _ = self.step(u, angle_dt_state, ssm_state, k_state, v_state)
                 return out
@@ -196,13 +212,17 @@ class Mamba3(nn.Module):
         z, x, B, C, dd_dt, dd_A, trap, angles = torch.split(
             zxBCdtAtrap,
             [
-                self.d_inner, self.d_inner, 
+                self.d_inner,
+                self.d_inner,
                 self.d_state * self.num_bc_heads * self.mimo_rank,
                 self.d_state * self.num_bc_heads * self.mimo_rank,
-                self.nheads, self.nheads, self.nheads, 
-                self.num_rope_angles
+                self.nheads,
+                self.nheads,
+                self.nheads,
+                self.num_rope_angles,
             ],
-            dim=-1)
+            dim=-1,
+        )
         z = rearrange(z, "b l (h p) -> b l h p", p=self.headdim)
         x = rearrange(x, "b l (h p) -> b l h p", p=self.headdim)
         B = rearrange(B, "b l (r g n) -> b l r g n", r=self.mimo_rank, g=self.num_bc_heads)
@@ -210,20 +230,20 @@ class Mamba3(nn.Module):
         trap = rearrange(trap, "b l h -> b h l")
 
         # Compute ADT, DT
-        _A = -heavy_tail_activation(dd_A.to(torch.float32)) # (B, L, N)
-        _A = torch.clamp(_A, max=-self.A_floor)            
-        DT = F.softplus(dd_dt + self.dt_bias) # (B, L, N)
+        _A = -heavy_tail_activation(dd_A.to(torch.float32))  # (B, L, N)
+        _A = torch.clamp(_A, max=-self.A_floor)
+        DT = F.softplus(dd_dt + self.dt_bias)  # (B, L, N)
         ADT = _A * DT
         DT = rearrange(DT, "b l n -> b n l")
         ADT = rearrange(ADT, "b l n -> b n l")
 
         # Compute angle — cast to float32 as required by the MIMO/SISO kernels
-        angles = angles.unsqueeze(-2).expand(-1, -1, self.nheads, -1).to(torch.float32) # (B, L, N, S)
+        angles = angles.unsqueeze(-2).expand(-1, -1, self.nheads, -1).to(torch.float32)  # (B, L, N, S)
 
         # Apply RMS Norm on B and C
         B = self.B_norm(B)
         C = self.C_norm(C)
-        
+
         # Apply Mamba-3 kernel
         if self.is_mimo:
             y = mamba3_mimo_combined(
@@ -237,7 +257,9 @@ class Mamba3(nn.Module):
                 K_bias=self.B_bias,
                 MIMO_V=self.mimo_x,
                 MIMO_Z=self.mimo_z,
-                MIMO_Out=self.mimo_o if (self.fuse_pregate_headwise_norm or not self.is_outproj_norm) else None,
+                MIMO_Out=self.mimo_o
+                if (self.fuse_pregate_headwise_norm or not self.is_outproj_norm)
+                else None,
                 Angles=angles,
                 D=self.D,
                 Z=z if (self.fuse_pregate_headwise_norm or not self.is_outproj_norm) else None,
@@ -292,10 +314,9 @@ class Mamba3(nn.Module):
             if self.is_outproj_norm:
                 z = rearrange(z, "b l h p -> b l (h p)")
                 y = self.norm(y, z)
-        
+
         out = self.out_proj(y.to(x.dtype))
         return out
-    
 
     def _preprocess(self, A_proj, dd_dt, B, C, x, z, trap_proj, angle_proj):
         _A = -heavy_tail_activation(A_proj.to(torch.float32))
@@ -310,9 +331,9 @@ class Mamba3(nn.Module):
         B = self.B_norm(B)
         C = self.C_norm(C)
 
-        B = B.expand(-1, -1, self.nheads, -1) # (B, R, N, S)
-        C = C.expand(-1, -1, self.nheads, -1) # (B, R, N, S)
-    
+        B = B.expand(-1, -1, self.nheads, -1)  # (B, R, N, S)
+        C = C.expand(-1, -1, self.nheads, -1)  # (B, R, N, S)
+
         x = rearrange(x, "b (h p) -> b h p", p=self.headdim)
         z = rearrange(z, "b (h p) -> b h p", p=self.headdim)
 
@@ -352,7 +373,9 @@ class Mamba3(nn.Module):
             nxt_k_state: (batch, R, nheads, d_state), where R = mimo_rank (R=1 if not MIMO)
             nxt_v_state: (batch, nheads, headdim)
         """
-        assert mamba3_step_fn is not None, "Cute Mamba-3 step function is not available. Please ensure you installed the necessary dependencies, such as nvidia-cutlass-dsl and quack-kernels."
+        assert mamba3_step_fn is not None, (
+            "Cute Mamba-3 step function is not available. Please ensure you installed the necessary dependencies, such as nvidia-cutlass-dsl and quack-kernels."
+        )
 
         # in_proj
         zxBCdt = self.in_proj(u)
@@ -368,23 +391,30 @@ class Mamba3(nn.Module):
                 self.nheads,
                 self.num_rope_angles,
             ],
-            dim=-1)
+            dim=-1,
+        )
 
-        DT, B, C, x, z, trap, A, angles = self._preprocess(
-            dd_A, dd_dt, B, C, x, z, trap, angles)
+        DT, B, C, x, z, trap, A, angles = self._preprocess(dd_A, dd_dt, B, C, x, z, trap, angles)
 
         bias_q = rearrange(self.C_bias, "h r n -> r h n")
         bias_k = rearrange(self.B_bias, "h r n -> r h n")
 
-        # NOTE: MIMO calls the Tilelang kernel, 
+        # NOTE: MIMO calls the Tilelang kernel,
         # which permute the blockwise rotation matrix so that
         # the i-th entry is paired with the i+N//2-th entry:
         rotate_pairwise = not self.is_mimo
         C, B, nxt_angle_state = apply_rotary_qk_inference_fwd(
-            q=C, k=B, angle_state=angle_state, 
-            angle_proj=angles, dt=DT, bias_q=bias_q, bias_k=bias_k, 
-            conjugate=False, inplace=False, # NOTE: inplace is incompatible with self.nheads != self.num_bc_heads
-            rotate_pairwise=rotate_pairwise)
+            q=C,
+            k=B,
+            angle_state=angle_state,
+            angle_proj=angles,
+            dt=DT,
+            bias_q=bias_q,
+            bias_k=bias_k,
+            conjugate=False,
+            inplace=False,  # NOTE: inplace is incompatible with self.nheads != self.num_bc_heads
+            rotate_pairwise=rotate_pairwise,
+        )
 
         nxt_v_state = x
         nxt_k_state = B
@@ -414,7 +444,7 @@ class Mamba3(nn.Module):
                 trap,
                 xpj,
                 outproj=None,
-                state_out=None, # can be not in place if pass in state_out
+                state_out=None,  # can be not in place if pass in state_out
                 out=y,
                 z=None,
                 zproj=None,
@@ -437,7 +467,7 @@ class Mamba3(nn.Module):
                 trap,
                 xpj,
                 outproj=outpj,
-                state_out=None, # can be not in place if pass in state_out
+                state_out=None,  # can be not in place if pass in state_out
                 out=y,
                 z=z,
                 zproj=zpj,
@@ -452,13 +482,15 @@ class Mamba3(nn.Module):
         angle_state.copy_(nxt_angle_state)
         # Uncomment the following if mamba3_step_fn is not in place:
         # state_out = torch.empty_like(ssm_state)
-        # ssm_state.copy_(state_out) 
+        # ssm_state.copy_(state_out)
         k_state.copy_(nxt_k_state)
         v_state.copy_(nxt_v_state)
 
         return out, nxt_angle_state, ssm_state, nxt_k_state, nxt_v_state
-    
-    def allocate_inference_cache(self, batch_size, max_seqlen, device=None, dtype=None, inplace_state=None, **kwargs):
+
+    def allocate_inference_cache(
+        self, batch_size, max_seqlen, device=None, dtype=None, inplace_state=None, **kwargs
+    ):
         device = self.in_proj.weight.device if device is None else device
         dtype = self.in_proj.weight.dtype if dtype is None else dtype
 
@@ -499,7 +531,7 @@ class Mamba3(nn.Module):
         )
 
         return (angle_dt_state, ssm_state, k_state, v_state)
-    
+
     def _get_states_from_cache(self, inference_params, batch_size, initialize_states=False):
         assert self.layer_idx is not None
         device = self.in_proj.weight.device
@@ -533,9 +565,16 @@ class Mamba3(nn.Module):
                 device=device,
                 dtype=dtype,
             )
-            inference_params.key_value_memory_dict[self.layer_idx] = (angle_dt_state, ssm_state, k_state, v_state)
+            inference_params.key_value_memory_dict[self.layer_idx] = (
+                angle_dt_state,
+                ssm_state,
+                k_state,
+                v_state,
+            )
         else:
-            angle_dt_state, ssm_state, k_state, v_state = inference_params.key_value_memory_dict[self.layer_idx]
+            angle_dt_state, ssm_state, k_state, v_state = inference_params.key_value_memory_dict[
+                self.layer_idx
+            ]
             # TODO: What if batch size changes between generation, and we reuse the same states?
             if initialize_states:
                 angle_dt_state.zero_()

@@ -59,10 +59,10 @@ def mamba3_siso_step_ref(
     Input_States: Optional[Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = None,
 ) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
     """Reference implementation of Mamba-3 in recurrent (step) mode.
-    
+
     Args:
         Input_States: Optional tuple of (Angle_State, SSM_State, K_State, V_State)
-    
+
     Returns:
         out: Output tensor (batch, seqlen, nheads, headdim_v)
         Final_States: Tuple of (Angle_State, SSM_State, K_State, V_State)
@@ -92,7 +92,7 @@ def mamba3_siso_step_ref(
         rotated_1 = tensor_0 * sin + tensor_1 * cos
         rotated = torch.stack([rotated_0, rotated_1], dim=-1).view_as(tensor)
         return rotated
-    
+
     # Initialize states
     if Input_States is not None:
         Angle_State, SSM_State, K_State, V_State = Input_States
@@ -105,7 +105,7 @@ def mamba3_siso_step_ref(
         SSM_State = torch.zeros((batch, nheads, headdim_v, headdim_qk), dtype=torch.float32, device=device)
         K_State = torch.zeros((batch, nheads, headdim_qk), dtype=Q.dtype, device=device)
         V_State = torch.zeros((batch, nheads, headdim_v), dtype=V.dtype, device=device)
-    
+
     TWO_PI = 2 * math.pi
     out_arr = []
 
@@ -135,25 +135,27 @@ def mamba3_siso_step_ref(
         gamma = trap * dt
 
         # Update SSM state using previous K_State and V_State
-        SSM_State = alpha.unsqueeze(-1).unsqueeze(-1) * SSM_State 
-        SSM_State = SSM_State + beta.unsqueeze(-1).unsqueeze(-1) * (K_State.unsqueeze(-2) * V_State.unsqueeze(-1))
+        SSM_State = alpha.unsqueeze(-1).unsqueeze(-1) * SSM_State
+        SSM_State = SSM_State + beta.unsqueeze(-1).unsqueeze(-1) * (
+            K_State.unsqueeze(-2) * V_State.unsqueeze(-1)
+        )
         SSM_State = SSM_State + gamma.unsqueeze(-1).unsqueeze(-1) * (k_rot.unsqueeze(-2) * v.unsqueeze(-1))
 
         # Compute output
         out = torch.einsum("bhdD, bhD -> bhd", SSM_State, q_rot.to(SSM_State.dtype))
-        
+
         if D is not None:
             out = out + D[None, :, None] * v
-        
+
         if Z is not None:
             out = out * z * torch.sigmoid(z)
-        
+
         out_arr.append(out)
-        
+
         # Update K and V states for next step
         K_State = k_rot
         V_State = v
-    
+
     out = torch.stack(out_arr, dim=1)
     Final_States = (Angle_State, SSM_State, K_State, V_State)
     return out, Final_States
@@ -177,10 +179,10 @@ def mamba3_siso_fwd_ref(
     cu_seqlens: Optional[torch.Tensor] = None,
 ):
     """Reference implementation of Mamba-3 forward pass.
-    
+
     Args:
         Initial_States: Optional tuple of (Angle_State, SSM_State, K_State, V_State)
-    
+
     Returns:
         out_z: Output with Z gating applied
         final_states: (Final_Angle_State, Final_SSM_State, Final_K_State, Final_V_State)
@@ -189,11 +191,11 @@ def mamba3_siso_fwd_ref(
     _, _, nheads, headdim_v = V.shape
     headdim_angles = Angles.shape[-1]
     device = Q.device
-    
+
     is_varlen = cu_seqlens is not None
     if is_varlen:
         assert batch == 1
-    
+
     # Cast inputs
     Q = Q.to(dtype)
     K = K.to(dtype)
@@ -277,7 +279,10 @@ def mamba3_siso_fwd_ref(
             Initial_V_State_curr = Initial_V_State[seq_idx]
 
             scalar = DT_curr[:, 0] * (1 - Trap_curr[:, 0])
-            acc_states = Initial_SSM_State_curr + Initial_V_State_curr[:, :, None] * Initial_K_State_curr[:, None, :] * scalar[:, None, None]
+            acc_states = (
+                Initial_SSM_State_curr
+                + Initial_V_State_curr[:, :, None] * Initial_K_State_curr[:, None, :] * scalar[:, None, None]
+            )
         else:
             acc_states = torch.zeros((nheads, headdim_v, headdim_qk), device=device, dtype=torch.float32)
 
@@ -314,7 +319,9 @@ def mamba3_siso_fwd_ref(
         if Initial_States is not None:
             da_cs = torch.cumsum(ADT_curr, dim=-1)
             exp_da_cs = torch.exp(da_cs)
-            out = out + torch.einsum("hDd,thd,ht->thD", acc_states.to(Q_curr.dtype), Q_curr, exp_da_cs.to(Q_curr.dtype))
+            out = out + torch.einsum(
+                "hDd,thd,ht->thD", acc_states.to(Q_curr.dtype), Q_curr, exp_da_cs.to(Q_curr.dtype)
+            )
 
         if D is not None:
             out = out + D[None, :, None] * V_curr
@@ -330,7 +337,8 @@ def mamba3_siso_fwd_ref(
         da_cs_rev = torch.exp(torch.sum(ADT_curr, dim=-1, keepdim=True) - torch.cumsum(ADT_curr, dim=-1))
         V_curr_scaled = V_curr * da_cs_rev.permute(1, 0).unsqueeze(-1).to(V_curr.dtype)
         final_acc_states = acc_states * da_cs_last.unsqueeze(-1).unsqueeze(-1) + torch.einsum(
-            "thd,thD->hDd", K_curr_scaled, V_curr_scaled.to(K_curr_scaled.dtype))
+            "thd,thD->hDd", K_curr_scaled, V_curr_scaled.to(K_curr_scaled.dtype)
+        )
         Final_SSM_States.append(final_acc_states)
 
     num_sequences = cu_seqlens.size(0) - 1 if is_varlen else batch
@@ -353,7 +361,6 @@ def mamba3_siso_fwd_ref(
     return out_zs, (Final_Angle_States, Final_SSM_States, Final_K_States, Final_V_States)
 
 
-
 def _pad_zeros(t: Optional[Tensor], pad_len: int, dim: int) -> Optional[Tensor]:
     """Append ``pad_len`` zero-slices along ``dim``.  Returns ``t`` if pad_len==0."""
     if t is None or pad_len == 0:
@@ -361,7 +368,6 @@ def _pad_zeros(t: Optional[Tensor], pad_len: int, dim: int) -> Optional[Tensor]:
     shape = list(t.shape)
     shape[dim] = pad_len
     return torch.cat([t, torch.zeros(shape, device=t.device, dtype=t.dtype)], dim=dim)
-
 
 
 def mamba3_MIMO_step_ref(
@@ -448,14 +454,14 @@ def mamba3_MIMO_step_ref(
     for idx in range(seqlen):
         q = Q[:, idx, :, :, :] + q_bias.unsqueeze(0)
         k = K[:, idx, :, :, :] + k_bias.unsqueeze(0)
-        v = v_proj[:, idx, :, :, :] # (B R H P)
+        v = v_proj[:, idx, :, :, :]  # (B R H P)
         adt = ADT[:, :, idx]
         dt = DT[:, :, idx]
         trap = torch.nn.functional.sigmoid(Trap[:, :, idx])
         z = z_proj[:, idx, :, :, :] if z_proj is not None else None
-        angles = Angles[:, idx, :, :] # (B H N)
+        angles = Angles[:, idx, :, :]  # (B H N)
 
-        q = q.permute(0, 2, 1, 3) # (B H R N)
+        q = q.permute(0, 2, 1, 3)  # (B H R N)
         k = k.permute(0, 2, 1, 3)
         v = v.permute(0, 2, 1, 3)
         if z is not None:
@@ -466,9 +472,8 @@ def mamba3_MIMO_step_ref(
         # Angle_State = Angle_State - TWO_PI * torch.floor(Angle_State / TWO_PI)
         Angle_State = Angle_State + torch.tanh(angles) * dt.unsqueeze(-1) * math.pi
 
-
         # Apply rotary embeddings to Q and K using cumulative angles
-        cos_angles = torch.cos(Angle_State).unsqueeze(2) # (B H 1 N)
+        cos_angles = torch.cos(Angle_State).unsqueeze(2)  # (B H 1 N)
         sin_angles = torch.sin(Angle_State).unsqueeze(2)
         q_rot = apply_rotary_emb(q, cos_angles, sin_angles)
         k_rot = apply_rotary_emb(k, cos_angles, sin_angles)
@@ -494,9 +499,7 @@ def mamba3_MIMO_step_ref(
             if z is None:
                 raise ValueError("fused_norm=True requires Z and MIMO_Z.")
             out = out.float()
-            out = out * torch.rsqrt(
-                out.square().mean(dim=-1, keepdim=True) + outproj_norm_eps
-            )
+            out = out * torch.rsqrt(out.square().mean(dim=-1, keepdim=True) + outproj_norm_eps)
             if outproj_norm_weight is not None:
                 out = out * outproj_norm_weight[None, :, None, :].float()
             out = out * torch.nn.functional.silu(z.float())
@@ -517,7 +520,7 @@ def mamba3_MIMO_step_ref(
 
 def apply_angle_dt_reference(
     angle: Tensor,  # (batch, seqlen, nheads, dim)
-    dt: Tensor,     # (batch, seqlen, nheads)
+    dt: Tensor,  # (batch, seqlen, nheads)
 ) -> Tensor:
     # Match debug_mimo_step.py preprocessing for chunk reference path.
     base_vals = angle.to(torch.float32)
@@ -565,16 +568,25 @@ def mamba3_MIMO_chunk_ref(
             end = int(cu_seqlens[i + 1].item())
             seq_len = end - start
             out_i, _, _ = mamba3_MIMO_chunk_ref(
-                q[:, start:end], k[:, start:end], v[:, start:end],
-                q_bias, k_bias, mimo_v, mimo_o,
-                z[:, start:end] if z is not None else None, mimo_z,
+                q[:, start:end],
+                k[:, start:end],
+                v[:, start:end],
+                q_bias,
+                k_bias,
+                mimo_v,
+                mimo_o,
+                z[:, start:end] if z is not None else None,
+                mimo_z,
                 angles[:, start:end],
-                dA_cs[:, :, start:end], dA_cs_rev[:, :, start:end],
-                dt[:, :, start:end], trap[:, :, start:end],
+                dA_cs[:, :, start:end],
+                dA_cs_rev[:, :, start:end],
+                dt[:, :, start:end],
+                trap[:, :, start:end],
                 D,
                 chunk_size=chunk_size,
                 rotary_dim_divisor=rotary_dim_divisor,
-                return_final_state=False, dtype=dtype,
+                return_final_state=False,
+                dtype=dtype,
                 rotate_pairwise=rotate_pairwise,
                 contract_mimo_out=contract_mimo_out,
                 cu_seqlens=None,
@@ -597,15 +609,15 @@ def mamba3_MIMO_chunk_ref(
     orig_seqlen = q.shape[1]
     pad_len = (chunk_size - orig_seqlen % chunk_size) % chunk_size
     if pad_len > 0:
-        q         = _pad_zeros(q,         pad_len, dim=1)
-        k         = _pad_zeros(k,         pad_len, dim=1)
-        v         = _pad_zeros(v,         pad_len, dim=1)
-        angles    = _pad_zeros(angles,    pad_len, dim=1)
-        z         = _pad_zeros(z,         pad_len, dim=1)
-        dA_cs     = _pad_zeros(dA_cs,     pad_len, dim=2)
+        q = _pad_zeros(q, pad_len, dim=1)
+        k = _pad_zeros(k, pad_len, dim=1)
+        v = _pad_zeros(v, pad_len, dim=1)
+        angles = _pad_zeros(angles, pad_len, dim=1)
+        z = _pad_zeros(z, pad_len, dim=1)
+        dA_cs = _pad_zeros(dA_cs, pad_len, dim=2)
         dA_cs_rev = _pad_zeros(dA_cs_rev, pad_len, dim=2)
-        dt        = _pad_zeros(dt,        pad_len, dim=2)
-        trap      = _pad_zeros(trap,      pad_len, dim=2)
+        dt = _pad_zeros(dt, pad_len, dim=2)
+        trap = _pad_zeros(trap, pad_len, dim=2)
 
     nchunks = q.shape[1] // chunk_size
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
@@ -619,9 +631,7 @@ def mamba3_MIMO_chunk_ref(
     if contract_mimo_out:
         assert mimo_o is not None
         mimo_o = mimo_o.to(dtype)
-    outproj_norm_weight = (
-        outproj_norm_weight.float() if outproj_norm_weight is not None else None
-    )
+    outproj_norm_weight = outproj_norm_weight.float() if outproj_norm_weight is not None else None
     if dA_cs is not None:
         dA_cs, dA_cs_rev = dA_cs.to(dtype), dA_cs_rev.to(dtype)
         dA_cs = rearrange(dA_cs, "b h (n c) -> b h n c", c=chunk_size)
@@ -760,9 +770,7 @@ def mamba3_MIMO_chunk_ref(
             z.float(),
             mimo_z.float(),
         )
-        raw_y = raw_y * torch.rsqrt(
-            raw_y.square().mean(dim=-1, keepdim=True) + outproj_norm_eps
-        )
+        raw_y = raw_y * torch.rsqrt(raw_y.square().mean(dim=-1, keepdim=True) + outproj_norm_eps)
         if outproj_norm_weight is not None:
             if outproj_norm_weight.ndim == 1:
                 if outproj_norm_weight.numel() != nheads * raw_y.shape[-1]:
@@ -771,9 +779,7 @@ def mamba3_MIMO_chunk_ref(
                         f"{nheads * raw_y.shape[-1]} elements, got "
                         f"{outproj_norm_weight.numel()}."
                     )
-                outproj_norm_weight = rearrange(
-                    outproj_norm_weight, "(h p) -> h p", h=nheads
-                )
+                outproj_norm_weight = rearrange(outproj_norm_weight, "(h p) -> h p", h=nheads)
             elif outproj_norm_weight.shape != (nheads, raw_y.shape[-1]):
                 raise ValueError(
                     f"Expected outproj_norm_weight to have shape "
@@ -801,7 +807,6 @@ def mamba3_MIMO_chunk_ref(
     return out[:, :orig_seqlen], final_state, final_k
 
 
-
 def create_mamba3_siso_inputs(
     batch: int,
     seqlen: int,
@@ -818,7 +823,7 @@ def create_mamba3_siso_inputs(
     requires_grad: bool = False,
 ):
     num_sequences = cu_seqlens.size(0) - 1 if cu_seqlens is not None else batch
-    
+
     Q = torch.randn((batch, seqlen, nheads_qk, headdim_qk), device=device, dtype=dtype)
     Q = F.rms_norm(Q, normalized_shape=(headdim_qk,)).clone()
     K = torch.randn((batch, seqlen, nheads_qk, headdim_qk), device=device, dtype=dtype)
@@ -828,31 +833,36 @@ def create_mamba3_siso_inputs(
     dt_max, dt_min = 0.1, 0.001
     a_init = -torch.empty(batch, nheads, seqlen, device=device, dtype=torch.float32).uniform_(1.0, 16.0)
     dt = torch.exp(
-        torch.rand(batch, nheads, seqlen, device=device, dtype=torch.float32) 
-        * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)
+        torch.rand(batch, nheads, seqlen, device=device, dtype=torch.float32)
+        * (math.log(dt_max) - math.log(dt_min))
+        + math.log(dt_min)
     )
     ADT = (a_init * dt).contiguous()
     DT = dt.contiguous()
     Trap = torch.empty(batch, nheads, seqlen, dtype=dtype, device=device).uniform_(0.0, 1.0).clone()
     Q_bias = torch.randn(nheads, headdim_qk, dtype=dtype, device=device)
     K_bias = torch.randn(nheads, headdim_qk, dtype=dtype, device=device)
-    
+
     # headdim_angles constraint: 2*headdim_angles <= headdim_qk
     headdim_angles = headdim_qk // 4
     Angles = torch.randn(batch, seqlen, nheads, headdim_angles, dtype=torch.float32, device=device)
 
     D = torch.ones((nheads,), device=device, dtype=torch.float32) if has_D else None
     Z = torch.randn((batch, seqlen, nheads, headdim_v), device=device, dtype=dtype) if has_Z else None
-    
+
     if has_input_states:
-        Input_Angle_State = torch.randn((num_sequences, nheads, headdim_angles), device=device, dtype=torch.float32)
-        Input_SSM_State = torch.randn((num_sequences, nheads, headdim_v, headdim_qk), device=device, dtype=torch.float32)
+        Input_Angle_State = torch.randn(
+            (num_sequences, nheads, headdim_angles), device=device, dtype=torch.float32
+        )
+        Input_SSM_State = torch.randn(
+            (num_sequences, nheads, headdim_v, headdim_qk), device=device, dtype=torch.float32
+        )
         Input_K_State = torch.randn((num_sequences, nheads, headdim_qk), device=device, dtype=torch.float32)
         Input_V_State = torch.randn((num_sequences, nheads, headdim_v), device=device, dtype=torch.float32)
         Input_States = (Input_Angle_State, Input_SSM_State, Input_K_State, Input_V_State)
     else:
         Input_States = None
-    
+
     if requires_grad:
         Q.requires_grad_(True)
         K.requires_grad_(True)
@@ -870,12 +880,20 @@ def create_mamba3_siso_inputs(
         if Input_States is not None:
             for state in Input_States:
                 state.requires_grad_(True)
-    
+
     return {
-        'Q': Q, 'K': K, 'V': V,
-        'ADT': ADT, 'DT': DT, 'Trap': Trap,
-        'Q_bias': Q_bias, 'K_bias': K_bias, 'Angles': Angles,
-        'D': D, 'Z': Z, 'Input_States': Input_States,
+        "Q": Q,
+        "K": K,
+        "V": V,
+        "ADT": ADT,
+        "DT": DT,
+        "Trap": Trap,
+        "Q_bias": Q_bias,
+        "K_bias": K_bias,
+        "Angles": Angles,
+        "D": D,
+        "Z": Z,
+        "Input_States": Input_States,
     }
 
 

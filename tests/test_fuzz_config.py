@@ -18,7 +18,9 @@ from hypothesis import strategies as st
 from mamba_core.config import Mamba1Config, Mamba2Config
 from mamba_core.config_schema import MAX_PARAMETERS, SCHEMA, check_value, parameter_count
 from mamba_core.dialects import parse_config
-from mamba_core.fuzzing import Tally, verdict
+from mamba_core.fuzzing import Tally, register_profiles, verdict
+
+register_profiles()  # the 'ci' profile, or HYPOTHESIS_PROFILE=long by hand
 
 TALLY = Tally()
 SEEDS = {

@@ -19,8 +19,10 @@ from hypothesis import strategies as st
 
 from mamba_core.checkpoint import read_safetensors_header
 from mamba_core.errors import CheckpointError
-from mamba_core.fuzzing import Tally, verdict
+from mamba_core.fuzzing import Tally, register_profiles, verdict
 from mamba_core.safetensors_header import DTYPE_SIZES, validate_safetensors_header
+
+register_profiles()  # the 'ci' profile, or HYPOTHESIS_PROFILE=long by hand
 
 TALLY = Tally()
 _NP = {"F32": np.float32, "F16": np.float16, "I64": np.int64, "U8": np.uint8, "F64": np.float64}

@@ -58,6 +58,10 @@ BACKEND_API = (
     "read_pickle_header",
     "inference_scope",
     "single_threaded",
+    "apply_lora",
+    "load_adapter",
+    "save_adapter",
+    "merge_lora",
     "quantize",
     "QUANTIZE_KERNELS",
 )

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mamba_core import data as data_mod
+from mamba_core import packing
 from mamba_core.dialects import parse_config
 from mamba_core.errors import CheckpointError
 from mamba_core.loading import load, save
@@ -52,6 +53,7 @@ CHECKPOINT = "checkpoint-last"
 STATE_FILE = "trainer_state.json"
 # In a subfolder: the loader takes every top-level *.safetensors of a checkpoint for model weights.
 OPTIMIZER_FILE = "optimizer/adamw.safetensors"
+ADAPTER_DIR = "adapter"  # a LoRA run's adapters (checkpoint and final output), mamba_core.lora files
 # Fields that may differ between a run and its resumption (they do not change the math).
 RESUME_FREE_FIELDS = ("eval_every", "save_every", "log_every")
 
@@ -79,13 +81,16 @@ def _write_tokenizer(tokenizer, directory: Path) -> None:
         shutil.copyfile(tokenizer.path, directory / "tokenizer.json")
 
 
-def _save_checkpoint(out_dir: Path, model, trainer, state: dict, tokenizer) -> None:
-    """Write ``checkpoint-last`` atomically: a complete temp directory, then a rename."""
+def _save_checkpoint(out_dir: Path, model, trainer, state: dict, tokenizer, module) -> None:
+    """Write ``checkpoint-last`` atomically: a complete temp directory, then a rename; a LoRA run's
+    checkpoint holds the (frozen) base weights and the adapters in ``adapter/``."""
     tmp = out_dir / f".{CHECKPOINT}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
     try:
         save(model, tmp, dialect="mamba-core")
+        if getattr(model, "lora_config", None) is not None:
+            module.save_adapter(model, tmp / ADAPTER_DIR)
         (tmp / OPTIMIZER_FILE).parent.mkdir()
         trainer.save_state(tmp / OPTIMIZER_FILE)
         _write_tokenizer(tokenizer, tmp)
@@ -219,6 +224,19 @@ def train(
             f"the model's vocab_size={model.config.vocab_size} is smaller than the data's "
             f"vocabulary ({corpus.vocab_size})"
         )
+    eos = None
+    if config.pack:
+        eos = getattr(tokenizer, "eos_token_id", None)
+        if eos is None:
+            raise ValueError(
+                "pack=True (--pack) needs the tokenizer's end-of-text id to find the documents; "
+                "this tokenizer has none: train without --pack"
+            )
+    lora = config.lora()
+    if lora is not None and history is not None:
+        module.load_adapter(model, ckpt / ADAPTER_DIR)
+    elif lora is not None:
+        module.apply_lora(model, lora, seed=config.seed)
     trainer = module.Trainer(model, config)
     if history is not None:
         trainer.load_state(ckpt / OPTIMIZER_FILE)
@@ -233,12 +251,16 @@ def train(
         init_from=init_from,
         tokenizer=tokenizer,
         history=history or _History(),
+        eos=eos,
     )
     end = config.steps if stop_at is None else min(config.steps, stop_at)
     run.loop(end, progress)
     final = run.snapshot(end)
-    _save_checkpoint(out_dir, model, trainer, final, tokenizer)
+    _save_checkpoint(out_dir, model, trainer, final, tokenizer, module)
     if end == config.steps:
+        if lora is not None:  # the adapters alone, then the merged model for every consumer
+            module.save_adapter(model, out_dir / ADAPTER_DIR)
+            module.merge_lora(model)
         _save_final(out_dir, model, final, tokenizer)
     return TrainResult(
         out_dir=out_dir,
@@ -297,17 +319,22 @@ class _Run:
         init_from,
         tokenizer,
         history: _History,
+        eos: int | None = None,
     ):
         self.corpus, self.out_dir, self.config = corpus, out_dir, config
         self.model, self.trainer, self.backend = model, trainer, backend
         self.init_from, self.tokenizer, self.history = init_from, tokenizer, history
-        self.evals = data_mod.eval_batches(
-            corpus.val,
-            seed=config.seed,
-            n_batches=config.eval_batches,
-            batch_size=config.batch_size,
-            seq_len=config.seq_len,
-        )
+        self.eos = eos
+        self.evals = [
+            self.packed(x, y)
+            for x, y in data_mod.eval_batches(
+                corpus.val,
+                seed=config.seed,
+                n_batches=config.eval_batches,
+                batch_size=config.batch_size,
+                seq_len=config.seq_len,
+            )
+        ]
         self.tokens_per_step = config.batch_size * config.seq_len
         self.t0 = time.perf_counter()
 
@@ -332,8 +359,15 @@ class _Run:
             },
         }
 
+    def packed(self, x, y) -> tuple:
+        """``(inputs, targets, seq_idx)``: with ``config.pack`` the documents of each row are told apart
+        (``packing.seq_idx_after_eos``) and the targets across a boundary ignored; else seq_idx None."""
+        if not self.config.pack:
+            return x, y, None
+        return x, packing.mask_cross_document(x, y, self.eos), packing.seq_idx_after_eos(x, self.eos)
+
     def evaluate(self, step: int) -> float:
-        loss = sum(self.trainer.eval_loss(x, y) for x, y in self.evals) / len(self.evals)
+        loss = sum(self.trainer.eval_loss(x, y, seq_idx=s) for x, y, s in self.evals) / len(self.evals)
         self.history.eval_losses.append((step, loss))
         log.info("step %d: eval loss %.4f nats/token (%.4f bits)", step, loss, loss / math.log(2))
         return loss
@@ -344,14 +378,22 @@ class _Run:
         x, y = data_mod.batch(
             self.corpus.train, seed=cfg.seed, step=step, batch_size=cfg.batch_size, seq_len=cfg.seq_len
         )
-        loss = self.trainer.step(x, y, lr_at(step, cfg))
+        x, y, seq_idx = self.packed(x, y)
+        loss = self.trainer.step(x, y, lr_at(step, cfg), seq_idx=seq_idx)
         if not math.isfinite(loss):
             raise FloatingPointError(f"the training loss is {loss} at step {step}; lower --lr")
         self.history.train_losses.append(loss)
         return loss
 
     def save(self, step: int) -> None:
-        _save_checkpoint(self.out_dir, self.model, self.trainer, self.snapshot(step), self.tokenizer)
+        _save_checkpoint(
+            self.out_dir,
+            self.model,
+            self.trainer,
+            self.snapshot(step),
+            self.tokenizer,
+            get_backend(self.backend),
+        )
 
     def loop(self, end: int, progress: bool | None) -> None:
         """Steps ``history.start`` .. ``end - 1``: evals, checkpoints, and a checkpoint on Ctrl-C."""

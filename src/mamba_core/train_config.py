@@ -11,6 +11,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from mamba_core.lora import LoraConfig
+
 PRECISIONS = ("float32", "bf16-mixed")
 
 
@@ -41,9 +43,22 @@ class TrainConfig:
     seed: int = 0
     precision: str = "float32"
     log_every: int = 10
+    pack: bool = False  # packed rows: documents (ended by the end-of-text id) reset the state
+    grad_checkpoint: bool = False  # recompute each block's activations in the backward pass
+    lora_rank: int = 0  # > 0: train LoRA adapters of this rank only (mamba_core.lora), base frozen
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    lora_targets: tuple[str, ...] = ("in_proj", "out_proj")
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        object.__setattr__(self, "lora_targets", tuple(self.lora_targets))
+        if isinstance(self.lora_rank, bool) or not isinstance(self.lora_rank, int) or self.lora_rank < 0:
+            raise ValueError(
+                f"TrainConfig.lora_rank must be an integer >= 0 (0 = no LoRA), got {self.lora_rank!r}"
+            )
+        if self.lora_rank:
+            self.lora()  # validates alpha, dropout, targets (ConfigError)
         for name in (
             "steps",
             "batch_size",
@@ -70,11 +85,29 @@ class TrainConfig:
             )
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
+        if not isinstance(self.grad_checkpoint, bool):
+            raise ValueError(
+                f"TrainConfig.grad_checkpoint must be True or False, got {self.grad_checkpoint!r}"
+            )
+        if not isinstance(self.pack, bool):
+            raise ValueError(f"TrainConfig.pack must be True or False, got {self.pack!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
 
     def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "betas": list(self.betas)}
+        return {
+            **dataclasses.asdict(self),
+            "betas": list(self.betas),
+            "lora_targets": list(self.lora_targets),
+        }
+
+    def lora(self) -> LoraConfig | None:
+        """The run's ``LoraConfig``, or None for full training (``lora_rank == 0``)."""
+        if not self.lora_rank:
+            return None
+        return LoraConfig(
+            rank=self.lora_rank, alpha=self.lora_alpha, dropout=self.lora_dropout, targets=self.lora_targets
+        )
 
 
 def lr_at(step: int, config: TrainConfig) -> float:

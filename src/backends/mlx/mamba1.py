@@ -7,14 +7,17 @@ in MLX layout (C, K, 1) (``layout.Param.mlx_axes``).
 
 from __future__ import annotations
 
+from functools import partial
+
 import mlx.core as mx
 import mlx.nn as nn
 
-from mamba_core.backends.mlx import ops
+from mamba_core.backends.mlx import ops, packing
 from mamba_core.backends.mlx.device import resolve_device, resolve_dtype
 from mamba_core.backends.mlx.linear import project
+from mamba_core.backends.mlx.lora import adapter_update
 from mamba_core.backends.mlx.norm import RMSNorm
-from mamba_core.backends.mlx.quantized import matmul_no_bias
+from mamba_core.backends.mlx.quantized import is_quantized, matmul_no_bias
 from mamba_core.config import Mamba1Config
 
 _F32 = mx.float32
@@ -83,17 +86,25 @@ class Mamba1Mixer(nn.Module):
         dt_r, B, C = self.bcdt_norm(*mx.split(self.x_proj(u), [c.dt_rank, c.dt_rank + c.d_state], axis=-1))
         # dt_proj without its bias (docs/spec.md §9.4); quantization hook: float or quantized dt_proj
         delta = matmul_no_bias(self.dt_proj, dt_r)
+        if type(self.dt_proj) is not nn.Linear and not is_quantized(self.dt_proj):
+            delta = delta + adapter_update(self.dt_proj, dt_r)  # an adapted dt_proj (LoRA): its update
         return delta, B, C, -mx.exp(self.A_log.astype(_F32))
 
-    def __call__(self, h, conv_state=None, ssm_state=None, attention_mask=None):
-        """(B, L, D) -> ``(out (B, L, D), conv_state (B, E, K), ssm_state (B, E, N) fp32)``."""
+    def __call__(self, h, conv_state=None, ssm_state=None, attention_mask=None, seq_idx=None):
+        """(B, L, D) -> ``(out (B, L, D), conv_state (B, E, K), ssm_state (B, E, N) fp32)``.
+
+        ``seq_idx`` (B, L) int: packed documents, each run from a zero state (``packing.py``)."""
+        conv = ops.causal_conv1d if seq_idx is None else partial(packing.packed_conv1d, seq_idx=seq_idx)
+        scan = (
+            ops.selective_scan if seq_idx is None else partial(packing.packed_selective_scan, seq_idx=seq_idx)
+        )
         x, z = mx.split(mask_positions(self.in_proj(h), attention_mask), 2, axis=-1)  # (B, L, E)
-        u, conv_state = ops.causal_conv1d(
+        u, conv_state = conv(
             x, self.conv1d.weight[..., 0], self.conv1d.get("bias"), conv_state, activation="silu"
         )
         u = mask_positions(u, attention_mask)  # (B, L, E)
         delta, B, C, A = self._ssm_inputs(u)
-        y, ssm_state = ops.selective_scan(
+        y, ssm_state = scan(
             u,
             delta,
             A,

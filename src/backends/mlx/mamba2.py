@@ -6,10 +6,12 @@ in_proj [z, x, B, C, dt], conv over xBC, chunked SSD, gated norm, out_proj. Regi
 
 from __future__ import annotations
 
+from functools import partial
+
 import mlx.core as mx
 import mlx.nn as nn
 
-from mamba_core.backends.mlx import ops
+from mamba_core.backends.mlx import ops, packing
 from mamba_core.backends.mlx.device import resolve_device, resolve_dtype
 from mamba_core.backends.mlx.linear import project
 from mamba_core.backends.mlx.mamba1 import depthwise_conv, mask_positions
@@ -59,15 +61,19 @@ class Mamba2Mixer(nn.Module):
             C.reshape(*lead, c.ngroups, c.d_state),
         )
 
-    def __call__(self, h, conv_state=None, ssm_state=None, attention_mask=None):
-        """(B, L, D) -> ``(out (B, L, D), conv_state (B, conv_dim, K), ssm_state (B, H, P, N))``."""
+    def __call__(self, h, conv_state=None, ssm_state=None, attention_mask=None, seq_idx=None):
+        """(B, L, D) -> ``(out (B, L, D), conv_state (B, conv_dim, K), ssm_state (B, H, P, N))``.
+
+        ``seq_idx`` (B, L) int: packed documents, each run from a zero state (``packing.py``)."""
         c = self.config
+        conv = ops.causal_conv1d if seq_idx is None else partial(packing.packed_conv1d, seq_idx=seq_idx)
+        scan = ops.ssd_chunked if seq_idx is None else partial(packing.packed_ssd, seq_idx=seq_idx)
         z, xbc, dt = self._split(mask_positions(self.in_proj(h), attention_mask))
-        xbc, conv_state = ops.causal_conv1d(
+        xbc, conv_state = conv(
             xbc, self.conv1d.weight[..., 0], self.conv1d.get("bias"), conv_state, activation="silu"
         )
         x, B, C = self._xbc(mask_positions(xbc, attention_mask))
-        y, ssm_state = ops.ssd_chunked(
+        y, ssm_state = scan(
             x,
             dt,
             -mx.exp(self.A_log.astype(_F32)),

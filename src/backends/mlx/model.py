@@ -13,6 +13,8 @@ placeholder (what ``weights.load_checkpoint`` does before it assigns).
 
 from __future__ import annotations
 
+import inspect
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -26,11 +28,12 @@ from mamba_core.backends.mlx.quantized import head_logits
 from mamba_core.backends.mlx.sample import generate, stream
 from mamba_core.backends.mlx.tokens import as_token_ids, check_token_ids
 from mamba_core.config import Mamba1Config, Mamba2Config
-from mamba_core.errors import ConfigError
+from mamba_core.errors import ConfigError, UnsupportedError
 from mamba_core.families import HYBRID_CONFIGS
 from mamba_core.layers import get_kind, kind_config, layer_plan
 from mamba_core.layout import expand_layout
 from mamba_core.mamba3_config import Mamba3Config
+from mamba_core.packing import check_seq_idx
 from mamba_core.reference import init_weights
 
 _F32 = mx.float32
@@ -75,6 +78,24 @@ def initialize(model: nn.Module, seed: int | None = None) -> None:
     mx.eval(model.parameters())
 
 
+def _checkpointed(layer: nn.Module):
+    """``layer`` as a function whose backward recomputes its forward (``mx.checkpoint`` over the
+    layer's trainable parameters and inputs)."""
+
+    def inner(params, x, *state, attention_mask=None, seq_idx=None):
+        layer.update(params)
+        return layer(x, *state, attention_mask=attention_mask, seq_idx=seq_idx)
+
+    recompute = mx.checkpoint(inner)
+
+    def call(x, *state, attention_mask=None, seq_idx=None):
+        return recompute(
+            layer.trainable_parameters(), x, *state, attention_mask=attention_mask, seq_idx=seq_idx
+        )
+
+    return call
+
+
 class _Block(nn.Module):
     """Pre-norm residual block of layer ``layer_idx``: ``x + mixer(norm(x))`` (+ ``x + mlp(norm2(x))``).
 
@@ -107,10 +128,19 @@ class _Block(nn.Module):
             new_state.extend(mine)
         return (x, *new_state)
 
-    def __call__(self, x, *state, attention_mask=None):
+    def __call__(self, x, *state, attention_mask=None, seq_idx=None):
         """x: (B, L, D) residual stream, ``state`` the block's cache fields (None = zeros) ->
-        ``(x', *state')``."""
-        return self._run(x, state, lambda mod, h, s: mod(h, *s, attention_mask=attention_mask))
+        ``(x', *state')``; ``seq_idx`` (B, L) int marks packed documents (kinds reset at each)."""
+        packed = {}
+        if seq_idx is not None:
+            for slot, kind in self.slots:
+                if "seq_idx" not in inspect.signature(getattr(self, slot).__call__).parameters:
+                    raise UnsupportedError(
+                        f"layer kind {kind!r} ({slot} of layer {self.layer_idx}) does not "
+                        "take packed sequences (seq_idx); run its documents unpacked"
+                    )
+            packed = {"seq_idx": seq_idx}
+        return self._run(x, state, lambda mod, h, s: mod(h, *s, attention_mask=attention_mask, **packed))
 
     def step(self, x, *state):
         """x: (B, D) -> ``(x', *state')`` (new state arrays)."""
@@ -165,6 +195,9 @@ class _Stack(nn.Module):
 
     block_class: type = _Block
     config_class: type = Mamba1Config
+    # True: each block's activations are recomputed in the backward pass instead of kept
+    # (mx.checkpoint); training memory falls to ~one block's activations
+    grad_checkpoint: bool = False
 
     def __init__(self, config, vocab_size: int | None = None, *, dtype=None, device=None, init=True):
         super().__init__()
@@ -207,20 +240,30 @@ class _Stack(nn.Module):
             )
         return x.astype(_F32) if self.config.residual_in_fp32 else x.astype(self.dtype)
 
-    def __call__(self, x: mx.array, *, cache: MambaCache | None = None, attention_mask=None):
+    def __call__(self, x: mx.array, *, cache: MambaCache | None = None, attention_mask=None, seq_idx=None):
         """(B, L) ids or (B, L, D) -> (B, L, D) in the model dtype (after ``norm_f``).
 
         Args:
             x: token ids (with an embedding) or hidden states.
             cache: initial states, replaced by the final states; ``seqlen_offset += L``.
             attention_mask: (B, L), 1 = token, 0 = left padding, or None.
+            seq_idx: (B, L) int document index of packed rows (``mamba_core.packing``): every
+                document runs from a zero state (the first from ``cache``), as if alone.
         """
         with mx.stream(self.device):
             residual = self._embed(x if isinstance(x, mx.array) else mx.array(x))
             mask = None if attention_mask is None else mx.array(attention_mask)
+            if seq_idx is not None:
+                if (
+                    not isinstance(seq_idx, mx.array)
+                    or tuple(seq_idx.shape) != tuple(residual.shape[:2])
+                    or not mx.issubdtype(seq_idx.dtype, mx.integer)
+                ):
+                    seq_idx = mx.array(check_seq_idx(np.asarray(seq_idx), tuple(residual.shape[:2])))
             for i, layer in enumerate(self.layers):
                 state = () if cache is None else tuple(cache.layers[i].values())
-                residual, *state = layer(residual, *state, attention_mask=mask)
+                call = _checkpointed(layer) if self.grad_checkpoint else layer
+                residual, *state = call(residual, *state, attention_mask=mask, seq_idx=seq_idx)
                 if cache is not None:
                     cache.layers[i] = dict(zip(cache.layers[i], state, strict=True))
             if cache is not None:
@@ -308,8 +351,9 @@ class _LM(nn.Module):
             return quantized.astype(_F32)
         return (hidden @ self.head_weight.T).astype(_F32)
 
-    def __call__(self, input_ids, *, cache: MambaCache | None = None, attention_mask=None):
-        """(B, L) int -> logits (B, L, V) float32; a cache gives initial states and gets the final.
+    def __call__(self, input_ids, *, cache: MambaCache | None = None, attention_mask=None, seq_idx=None):
+        """(B, L) int -> logits (B, L, V) float32; a cache gives initial states and gets the final;
+        ``seq_idx`` (B, L) int marks packed documents.
 
         Example:
             >>> from mamba_core.testing import tiny_mamba1
@@ -318,7 +362,7 @@ class _LM(nn.Module):
         """
         with mx.stream(self.device):
             input_ids = as_token_ids(input_ids, self.config.vocab_size, 2)
-            hidden = self.backbone(input_ids, cache=cache, attention_mask=attention_mask)
+            hidden = self.backbone(input_ids, cache=cache, attention_mask=attention_mask, seq_idx=seq_idx)
             return self.logits(hidden)
 
     def step(self, token_ids, cache: MambaCache) -> mx.array:

@@ -30,6 +30,7 @@ from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
 from mamba_core.errors import CheckpointError
 from mamba_core.layout import expand_layout
+from mamba_core.packing import IGNORE_INDEX
 from mamba_core.train_config import TrainConfig, no_weight_decay
 
 
@@ -73,6 +74,8 @@ class Trainer:
         self.model = model
         self.config = config
         self.vocab_size = model.config.vocab_size
+        # per-block gradient checkpointing (recompute in the backward pass) when the config asks
+        getattr(model, "backbone", model).grad_checkpoint = config.grad_checkpoint
         params = tree_flatten(model.trainable_parameters())
         wrong = sorted(n for n, p in params if p.dtype != mx.float32)
         if wrong:
@@ -99,22 +102,27 @@ class Trainer:
         self.optimizer.init(model.trainable_parameters())
         self._loss_and_grad = nn.value_and_grad(model, self._loss)
 
-    def _loss(self, x: mx.array, y: mx.array) -> mx.array:
-        """Mean next-token cross-entropy (nats/token) over the unpadded vocabulary."""
-        logits = self.model(x)[..., : self.vocab_size]
-        return nn.losses.cross_entropy(logits.astype(mx.float32), y, reduction="mean")
+    def _loss(self, x: mx.array, y: mx.array, seq_idx=None) -> mx.array:
+        """Mean next-token cross-entropy (nats/token) over the unpadded vocabulary and the targets
+        that are not ``IGNORE_INDEX``."""
+        logits = self.model(x, seq_idx=seq_idx)[..., : self.vocab_size]
+        keep = y != IGNORE_INDEX
+        per_token = nn.losses.cross_entropy(logits.astype(mx.float32), mx.where(keep, y, 0), reduction="none")
+        kept = keep.astype(mx.float32)
+        return (per_token * kept).sum() / mx.maximum(kept.sum(), 1.0)
 
     @staticmethod
     def _batch(a) -> mx.array:
         return mx.array(np.asarray(a, dtype=np.int32))
 
-    def step(self, inputs, targets, lr: float) -> float:
+    def step(self, inputs, targets, lr: float, seq_idx=None) -> float:
         """One optimizer step on a batch.
 
         Args:
             inputs: (B, L) int token ids (numpy or mx).
-            targets: (B, L) int next tokens.
+            targets: (B, L) int next tokens (``IGNORE_INDEX`` = no loss there).
             lr: learning rate of this step.
+            seq_idx: (B, L) int document index of packed rows, or None.
 
         Returns:
             The batch loss before the update (nats/token).
@@ -122,14 +130,15 @@ class Trainer:
         model = self.model
         with mx.stream(self.device):
             x, y = self._batch(inputs), self._batch(targets)
+            s = None if seq_idx is None else self._batch(seq_idx)
             if self.config.precision == "bf16-mixed":
                 master = model.trainable_parameters()
                 _cast_by_policy(model, model.config, mx.bfloat16)
-                loss, grads = self._loss_and_grad(x, y)
+                loss, grads = self._loss_and_grad(x, y, s)
                 grads = tree_map(lambda g: g.astype(mx.float32), grads)
                 model.update(master)
             else:
-                loss, grads = self._loss_and_grad(x, y)
+                loss, grads = self._loss_and_grad(x, y, s)
             if self.config.grad_clip > 0:
                 grads, _ = optim.clip_grad_norm(grads, self.config.grad_clip)
             self.optimizer.learning_rate = mx.array(lr, dtype=mx.float32)
@@ -137,10 +146,11 @@ class Trainer:
             mx.eval(loss, model.parameters(), self.optimizer.state)
         return float(loss.item())
 
-    def eval_loss(self, inputs, targets) -> float:
+    def eval_loss(self, inputs, targets, seq_idx=None) -> float:
         """Loss on a batch without updating anything (nats/token)."""
         with mx.stream(self.device):
-            loss = self._loss(self._batch(inputs), self._batch(targets))
+            s = None if seq_idx is None else self._batch(seq_idx)
+            loss = self._loss(self._batch(inputs), self._batch(targets), s)
             mx.eval(loss)
         return float(loss.item())
 

@@ -11,6 +11,10 @@ from mamba_core.backends.torch.gated_mlp import GatedMLP as GatedMLP
 from mamba_core.backends.torch.heads import FeatureExtractor as FeatureExtractor
 from mamba_core.backends.torch.heads import SequenceClassifier as SequenceClassifier
 from mamba_core.backends.torch.heads import task_of as task_of
+from mamba_core.backends.torch.lora import apply_lora as apply_lora
+from mamba_core.backends.torch.lora import load_adapter as load_adapter
+from mamba_core.backends.torch.lora import merge_lora as merge_lora
+from mamba_core.backends.torch.lora import save_adapter as save_adapter
 from mamba_core.backends.torch.mamba1 import Mamba1Mixer as Mamba1Mixer
 from mamba_core.backends.torch.mamba2 import Mamba2Mixer as Mamba2Mixer
 from mamba_core.backends.torch.mamba3 import Mamba3Mixer as Mamba3Mixer
@@ -67,6 +71,7 @@ __all__ = [
     "RMSNormGated",
     "SequenceClassifier",
     "Trainer",
+    "apply_lora",
     "build_model",
     "default_device",
     "devices",
@@ -74,13 +79,16 @@ __all__ = [
     "from_numpy",
     "generate",
     "inference_scope",
+    "load_adapter",
     "load_checkpoint",
     "loss_gradients",
+    "merge_lora",
     "ops",
     "prefill",
     "quantize",
     "read_pickle",
     "read_pickle_header",
+    "save_adapter",
     "save_safetensors",
     "single_threaded",
     "stream",

@@ -6,14 +6,17 @@ in_proj, causal conv, x_proj, dt_proj, selective scan, gate, out_proj. Registere
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mamba_core.backends.torch import ops
+from mamba_core.backends.torch import ops, packing
 from mamba_core.backends.torch.linear import project, rows
+from mamba_core.backends.torch.lora import adapter_update
 from mamba_core.backends.torch.norm import RMSNorm
-from mamba_core.backends.torch.quantized import matmul_no_bias
+from mamba_core.backends.torch.quantized import is_quantized, matmul_no_bias
 from mamba_core.config import Mamba1Config
 
 
@@ -76,19 +79,22 @@ class Mamba1Mixer(nn.Module):
         )
         # the dt bias is added in fp32 inside the scan, not with dt_proj (docs/spec.md §9.4)
         dt_proj = self.dt_proj
-        if type(dt_proj) is not nn.Linear:  # quantization hook: a quantized dt_proj, without its bias
+        if is_quantized(dt_proj):  # quantization hook: a quantized dt_proj, without its bias
             delta = matmul_no_bias(dt_proj, dt_r)
-        elif dt_r.dim() == 2:
-            delta = rows(dt_r, dt_proj.weight)
         else:
-            delta = F.linear(dt_r, dt_proj.weight)
+            delta = rows(dt_r, dt_proj.weight) if dt_r.dim() == 2 else F.linear(dt_r, dt_proj.weight)
+            if type(dt_proj) is not nn.Linear:  # an adapted dt_proj (LoRA): its update, without the bias
+                delta = delta + adapter_update(dt_proj, dt_r)
         return delta, Bm, Cm, -torch.exp(self.A_log.float())
 
-    def forward(self, h, conv_state=None, ssm_state=None, attention_mask=None):
-        """h: (B, L, D) -> ``(out (B, L, D), conv_state (B, E, K), ssm_state (B, E, N) fp32)``."""
+    def forward(self, h, conv_state=None, ssm_state=None, attention_mask=None, seq_idx=None):
+        """h: (B, L, D) -> ``(out (B, L, D), conv_state (B, E, K), ssm_state (B, E, N) fp32)``.
+
+        ``seq_idx`` (B, L) int: packed documents, each run from a zero state (``packing.py``)."""
         e = self.config.d_inner
         x, z = self.in_proj(h).split([e, e], dim=-1)  # (B, L, E) each
-        u, conv_state = ops.causal_conv1d(
+        conv = ops.causal_conv1d if seq_idx is None else partial(packing.packed_conv1d, seq_idx=seq_idx)
+        u, conv_state = conv(
             mask_positions(x, attention_mask),
             self.conv1d.weight[:, 0],
             self.conv1d.bias,
@@ -97,7 +103,10 @@ class Mamba1Mixer(nn.Module):
         )
         u = mask_positions(u, attention_mask)  # (B, L, E)
         delta, Bm, Cm, A = self._ssm_inputs(u, lambda t, layer: layer(t))
-        y, ssm_state = ops.selective_scan(
+        scan = (
+            ops.selective_scan if seq_idx is None else partial(packing.packed_selective_scan, seq_idx=seq_idx)
+        )
+        y, ssm_state = scan(
             u,
             delta,
             A,

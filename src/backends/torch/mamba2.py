@@ -6,10 +6,12 @@ in_proj [z, x, B, C, dt], conv over xBC, chunked SSD, gated norm, out_proj. Regi
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 from torch import nn
 
-from mamba_core.backends.torch import ops
+from mamba_core.backends.torch import ops, packing
 from mamba_core.backends.torch.linear import project
 from mamba_core.backends.torch.mamba1 import depthwise_conv, mask_positions
 from mamba_core.backends.torch.norm import RMSNormGated
@@ -54,11 +56,15 @@ class Mamba2Mixer(nn.Module):
             Cm.reshape(*lead, c.ngroups, c.d_state),
         )
 
-    def forward(self, h, conv_state=None, ssm_state=None, attention_mask=None):
-        """h: (B, L, D) -> ``(out, conv_state (B, conv_dim, K), ssm_state (B, H, P, N) fp32)``."""
+    def forward(self, h, conv_state=None, ssm_state=None, attention_mask=None, seq_idx=None):
+        """h: (B, L, D) -> ``(out, conv_state (B, conv_dim, K), ssm_state (B, H, P, N) fp32)``.
+
+        ``seq_idx`` (B, L) int: packed documents, each run from a zero state (``packing.py``)."""
         c = self.config
         z, xbc, dt = self._split(self.in_proj(h))
-        xbc, conv_state = ops.causal_conv1d(
+        conv = ops.causal_conv1d if seq_idx is None else partial(packing.packed_conv1d, seq_idx=seq_idx)
+        scan = ops.ssd_chunked if seq_idx is None else partial(packing.packed_ssd, seq_idx=seq_idx)
+        xbc, conv_state = conv(
             mask_positions(xbc, attention_mask),
             self.conv1d.weight[:, 0],
             self.conv1d.bias,
@@ -66,7 +72,7 @@ class Mamba2Mixer(nn.Module):
             activation="silu",
         )
         x, Bm, Cm = self._xbc(mask_positions(xbc, attention_mask))
-        y, ssm_state = ops.ssd_chunked(
+        y, ssm_state = scan(
             x,
             dt,
             -torch.exp(self.A_log.float()),

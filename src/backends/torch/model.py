@@ -12,10 +12,13 @@ models get the one official initialization, ``reference.init_weights`` (``initia
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mamba_core.backends.torch.cache import MambaCache
 from mamba_core.backends.torch.device import resolve_dtype
@@ -26,10 +29,11 @@ from mamba_core.backends.torch.quantized import head_logits
 from mamba_core.backends.torch.sample import generate, stream
 from mamba_core.backends.torch.tokens import as_token_ids, check_token_ids
 from mamba_core.config import Mamba1Config, Mamba2Config
-from mamba_core.errors import ConfigError
+from mamba_core.errors import ConfigError, UnsupportedError
 from mamba_core.families import HYBRID_CONFIGS
 from mamba_core.layers import get_kind, kind_config, layer_plan
 from mamba_core.mamba3_config import Mamba3Config
+from mamba_core.packing import check_seq_idx
 from mamba_core.reference import init_weights
 
 KERNEL_PATHS = {
@@ -105,10 +109,19 @@ class _Block(nn.Module):
             new_state.extend(mine)
         return (x, *new_state)
 
-    def forward(self, x, *state, attention_mask=None):
+    def forward(self, x, *state, attention_mask=None, seq_idx=None):
         """x: (B, L, D) residual stream, ``state`` the block's cache fields (None = zeros) ->
-        ``(x', *state')``."""
-        return self._run(x, state, lambda mod, h, s: mod(h, *s, attention_mask=attention_mask))
+        ``(x', *state')``; ``seq_idx`` (B, L) int marks packed documents (kinds reset at each)."""
+        packed = {}
+        if seq_idx is not None:
+            for slot, kind in self.slots:
+                if "seq_idx" not in inspect.signature(getattr(self, slot).forward).parameters:
+                    raise UnsupportedError(
+                        f"layer kind {kind!r} ({slot} of layer {self.layer_idx}) does not "
+                        "take packed sequences (seq_idx); run its documents unpacked"
+                    )
+            packed = {"seq_idx": seq_idx}
+        return self._run(x, state, lambda mod, h, s: mod(h, *s, attention_mask=attention_mask, **packed))
 
     def step(self, x, *state):
         """x: (B, D) -> ``(x', *state)``; the state tensors are updated in place and returned."""
@@ -163,6 +176,9 @@ class _Stack(nn.Module):
 
     block_class: type = _Block
     config_class: type = Mamba1Config
+    # True: each block's activations are recomputed in the backward pass instead of kept
+    # (torch.utils.checkpoint, non-reentrant); training memory falls to ~one block's activations
+    grad_checkpoint: bool = False
 
     def __init__(self, config, vocab_size: int | None = None, *, dtype=None, device=None):
         super().__init__()
@@ -200,7 +216,7 @@ class _Stack(nn.Module):
         w = self.norm_f.weight
         return MambaCache.empty(self.config, batch, dtype=w.dtype, device=w.device)
 
-    def forward(self, x, *, cache: MambaCache | None = None, attention_mask=None):
+    def forward(self, x, *, cache: MambaCache | None = None, attention_mask=None, seq_idx=None):
         """(B, L) ids or (B, L, D) -> (B, L, D) after ``norm_f``.
 
         Args:
@@ -208,12 +224,25 @@ class _Stack(nn.Module):
             cache: initial states, replaced by the final states (``seqlen_offset += L``); None =
                 zero initial states.
             attention_mask: (B, L), 1 = frame, 0 = left padding; padded positions leave no trace.
+            seq_idx: (B, L) int document index of packed rows (``mamba_core.packing``): every
+                document runs from a zero state (the first from ``cache``), as if alone.
         """
         residual = self._embed(x)
         mask = None if attention_mask is None else attention_mask.to(residual.device)
+        if seq_idx is not None:
+            if not torch.is_tensor(seq_idx):
+                seq_idx = torch.as_tensor(check_seq_idx(seq_idx, tuple(residual.shape[:2])))
+            elif tuple(seq_idx.shape) != tuple(residual.shape[:2]) or seq_idx.is_floating_point():
+                check_seq_idx(seq_idx.cpu().numpy(), tuple(residual.shape[:2]))  # raises, naming it
+            seq_idx = seq_idx.to(residual.device)
         for i, layer in enumerate(self.layers):
             state = () if cache is None else tuple(cache.layers[i].values())
-            residual, *state = layer(residual, *state, attention_mask=mask)
+            if self.grad_checkpoint and torch.is_grad_enabled():
+                residual, *state = checkpoint(
+                    layer, residual, *state, attention_mask=mask, seq_idx=seq_idx, use_reentrant=False
+                )
+            else:
+                residual, *state = layer(residual, *state, attention_mask=mask, seq_idx=seq_idx)
             if cache is not None:
                 if torch.is_grad_enabled():  # own storage: ``step`` updates the states in place
                     state = [s.clone() for s in state]
@@ -305,10 +334,13 @@ class _LM(nn.Module):
             return quantized.float()
         return F.linear(hidden, self.head_weight).float()
 
-    def forward(self, input_ids, *, cache: MambaCache | None = None, attention_mask=None):
-        """(B, L) int -> logits (B, L, V) float32 (see the backend contract)."""
+    def forward(self, input_ids, *, cache: MambaCache | None = None, attention_mask=None, seq_idx=None):
+        """(B, L) int -> logits (B, L, V) float32 (see the backend contract); ``seq_idx`` (B, L) int
+        marks packed documents."""
         input_ids = as_token_ids(input_ids, self.config.vocab_size, 2, self.backbone.norm_f.weight.device)
-        return self.logits(self.backbone(input_ids, cache=cache, attention_mask=attention_mask))
+        return self.logits(
+            self.backbone(input_ids, cache=cache, attention_mask=attention_mask, seq_idx=seq_idx)
+        )
 
     def step(self, token_ids, cache: MambaCache):
         """(B,) int -> logits (B, V) float32; O(1) per token; updates ``cache``."""

@@ -61,13 +61,16 @@ def _chunk_len(batch: int, d_inner: int, d_state: int, seqlen: int, chunk: int |
     return max(1, min(t, 256, seqlen))
 
 
-def _chunk_states(dt, u, Bm, A_t, h0, dA, hs):
+def _chunk_states(dt, u, Bm, A_t, h0, dA, hs, keep=None):
     """Fill ``dA = exp(Δ A)`` and ``hs[t] = h_t`` for one chunk (time-major buffers (T, B, N, E)).
 
-    dt, u: (T, B, E); Bm: (T, B, N); A_t: (N, E); h0: (B, N, E).
+    dt, u: (T, B, E); Bm: (T, B, N); A_t: (N, E); h0: (B, N, E); keep: (T, B) or None, 0 where the
+    state restarts (a packed document's first token: ``packing.py``), which zeroes that decay.
     """
     torch.mul(dt.unsqueeze(2), A_t, out=dA)  # (T, B, N, E)
     dA.exp_()
+    if keep is not None:
+        dA.mul_(keep[:, :, None, None])
     torch.mul(Bm.unsqueeze(-1), (dt * u).unsqueeze(2), out=hs)  # Δ u B
     hs[0].addcmul_(h0, dA[0])
     for t in range(1, hs.shape[0]):
@@ -99,7 +102,8 @@ def _row_mat(vec: torch.Tensor, mat: torch.Tensor) -> torch.Tensor:
 
 
 class _ChunkedSelectiveScan(torch.autograd.Function):
-    """(u, Δ, A, B, C, h0) -> (y, h_final); float32 (or float64); Δ already softplus'ed.
+    """(u, Δ, A, B, C, h0) -> (y, h_final); float32 (or float64); Δ already softplus'ed; an optional
+    ``keep`` (L, B) zeroes the decay where a packed document starts.
 
     Shapes: u, Δ (B, L, E); A (E, N); B, C (B, L, N); h0 (B, E, N). Internally time-major with the
     state laid out (B, N, E) so that every contraction is a contiguous row operation.
@@ -107,7 +111,7 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
 
     @staticmethod
     @_full_precision
-    def forward(ctx, u, dt, A, Bm, Cm, h0, chunk):
+    def forward(ctx, u, dt, A, Bm, Cm, h0, chunk, keep=None):
         batch, seqlen, d_inner = u.shape
         d_state = A.shape[1]
         T = _chunk_len(batch, d_inner, d_state, seqlen, chunk)
@@ -122,11 +126,20 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
             t1 = min(t0 + T, seqlen)
             n = t1 - t0
             bounds.append(h)
-            _chunk_states(dt_t[t0:t1], u_t[t0:t1], B_t[t0:t1], A_t, h, dA[:n], hs[:n])
+            _chunk_states(
+                dt_t[t0:t1],
+                u_t[t0:t1],
+                B_t[t0:t1],
+                A_t,
+                h,
+                dA[:n],
+                hs[:n],
+                None if keep is None else keep[t0:t1],
+            )
             y_t[t0:t1] = _row_mat(C_t[t0:t1], hs[:n])
             h = hs[n - 1].clone()
         ctx.save_for_backward(u_t, dt_t, A_t, B_t, C_t, torch.stack(bounds))
-        ctx.chunk = T
+        ctx.chunk, ctx.keep = T, keep
         return y_t.transpose(0, 1), h.transpose(1, 2)
 
     @staticmethod
@@ -135,7 +148,7 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
         u_t, dt_t, A_t, B_t, C_t, bounds = ctx.saved_tensors
         seqlen, batch, d_inner = u_t.shape
         d_state = A_t.shape[0]
-        T = ctx.chunk
+        T, keep = ctx.chunk, ctx.keep
         dy_t = _time_major(dy)
         du, ddt = torch.empty_like(u_t), torch.empty_like(dt_t)
         dB, dC = torch.empty_like(B_t), torch.empty_like(C_t)
@@ -151,7 +164,7 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
             dtc, uc, Bc, Cc, dyc = (v[t0:t1] for v in (dt_t, u_t, B_t, C_t, dy_t))
             h0 = bounds[c]
             dAc, hsc, gc = dA[:n], hs[:n], g[:n]
-            _chunk_states(dtc, uc, Bc, A_t, h0, dAc, hsc)
+            _chunk_states(dtc, uc, Bc, A_t, h0, dAc, hsc, None if keep is None else keep[t0:t1])
             # adjoint: g_t = dL/dh_t = C_t dy_t + dA_{t+1} g_{t+1}; the future enters at t = n-1
             torch.mul(Cc.unsqueeze(-1), dyc.unsqueeze(2), out=gc)
             gc[n - 1].add_(carry)
@@ -175,6 +188,7 @@ class _ChunkedSelectiveScan(torch.autograd.Function):
             dB.transpose(0, 1),
             dC.transpose(0, 1),
             carry.transpose(1, 2),
+            None,
             None,
         )
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from mamba_core.errors import CheckpointError
+from mamba_core.packing import IGNORE_INDEX
 from mamba_core.train_config import TrainConfig, no_weight_decay
 
 _MOMENTS = ("exp_avg", "exp_avg_sq", "step")
@@ -52,7 +53,10 @@ class Trainer:
         self.model = model
         self.config = config
         self.vocab_size = model.config.vocab_size
-        # trainable parameters only (a MoE's correction bias is not trained by gradient)
+        # per-block gradient checkpointing (recompute in the backward pass) when the config asks
+        getattr(model, "backbone", model).grad_checkpoint = config.grad_checkpoint
+        # the trainable parameters (all of them, or the adapters of a LoRA model: ``lora.apply_lora``);
+        # a MoE's correction bias is not trained by gradient
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         wrong = sorted(n for n, p in self.params.items() if p.dtype != torch.float32)
         if wrong:
@@ -79,30 +83,35 @@ class Trainer:
     def _batch(self, a) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a), dtype=torch.long).to(self.device)
 
-    def _loss(self, inputs, targets) -> torch.Tensor:
-        """Mean next-token cross-entropy (nats/token) over the unpadded vocabulary."""
+    def _loss(self, inputs, targets, seq_idx=None) -> torch.Tensor:
+        """Mean next-token cross-entropy (nats/token) over the unpadded vocabulary and the targets
+        that are not ``IGNORE_INDEX``."""
         x, y = self._batch(inputs), self._batch(targets)
+        packed = {} if seq_idx is None else {"seq_idx": self._batch(seq_idx)}
         if self.config.precision == "bf16-mixed":
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                logits = self.model(x)
+                logits = self.model(x, **packed)
         else:
-            logits = self.model(x)
+            logits = self.model(x, **packed)
         v = self.vocab_size
-        return F.cross_entropy(logits[..., :v].float().reshape(-1, v), y.reshape(-1))
+        return F.cross_entropy(
+            logits[..., :v].float().reshape(-1, v), y.reshape(-1), ignore_index=IGNORE_INDEX
+        )
 
-    def step(self, inputs, targets, lr: float) -> float:
+    def step(self, inputs, targets, lr: float, seq_idx=None) -> float:
         """One optimizer step on a batch.
 
         Args:
             inputs: (B, L) int token ids (numpy or torch).
-            targets: (B, L) int next tokens.
+            targets: (B, L) int next tokens (``IGNORE_INDEX`` = no loss there).
             lr: learning rate of this step.
+            seq_idx: (B, L) int document index of packed rows, or None.
 
         Returns:
             The batch loss before the update (nats/token).
         """
         self.model.train()
-        loss = self._loss(inputs, targets)
+        loss = self._loss(inputs, targets, seq_idx)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip > 0:
@@ -113,10 +122,10 @@ class Trainer:
         return float(loss.item())
 
     @torch.no_grad()
-    def eval_loss(self, inputs, targets) -> float:
+    def eval_loss(self, inputs, targets, seq_idx=None) -> float:
         """Loss on a batch without updating anything (nats/token)."""
         self.model.eval()
-        return float(self._loss(inputs, targets).item())
+        return float(self._loss(inputs, targets, seq_idx).item())
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """AdamW moments and step counts, ``{"<param>.exp_avg": ..., ...}`` (empty before a step)."""

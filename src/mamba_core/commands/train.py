@@ -90,6 +90,29 @@ def add_arguments(p) -> None:
     r.add_argument("--save-every", type=int, default=d.save_every, help="default %(default)s")
     r.add_argument("--log-every", type=int, default=d.log_every, help="default %(default)s")
     r.add_argument("--seed", type=int, default=d.seed, help="data order and initialization seed")
+    r.add_argument(
+        "--grad-checkpoint",
+        action="store_true",
+        help="recompute each block's activations in the backward pass (less memory, ~1.3x time)",
+    )
+    r.add_argument(
+        "--pack",
+        action="store_true",
+        help="packed rows: each document (ended by the end-of-text id) starts from a zero "
+        "state and no target crosses a document boundary",
+    )
+    lo = p.add_argument_group("LoRA (train adapters only; the output is the merged model + adapter/)")
+    lo.add_argument("--lora-rank", type=int, default=d.lora_rank, help="adapter rank; 0 = full training")
+    lo.add_argument(
+        "--lora-alpha", type=float, default=d.lora_alpha, help="scale numerator (default %(default)s)"
+    )
+    lo.add_argument("--lora-dropout", type=float, default=d.lora_dropout, help="default %(default)s")
+    lo.add_argument(
+        "--lora-targets",
+        default=",".join(d.lora_targets),
+        help="projections by layout name, comma-separated (default %(default)s; Mamba-1 also "
+        "x_proj, dt_proj)",
+    )
     r.add_argument("--stop-at", type=int, default=None, help="stop after this step as if interrupted")
     r.add_argument("--no-resume", action="store_true", help="start over even if --out has a checkpoint")
 
@@ -152,6 +175,12 @@ def run(args) -> int:
         seed=args.seed,
         precision=args.precision,
         log_every=args.log_every,
+        pack=args.pack,
+        grad_checkpoint=args.grad_checkpoint,
+        lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha,
+        lora_dropout=args.lora_dropout,
+        lora_targets=tuple(t for t in args.lora_targets.split(",") if t),
     )
     choice = choose_backend(args.backend)
     print(choice, file=sys.stderr)

@@ -53,6 +53,7 @@ from mamba_core.reference.ops import softplus as softplus
 from mamba_core.reference.ops import ssd_chunked as ssd_chunked
 from mamba_core.reference.ops import ssd_scan as ssd_scan
 from mamba_core.reference.ops import ssd_state_update as ssd_state_update
+from mamba_core.reference.packing import packed_forward as packed_forward
 
 __all__ = [
     "backbone_forward",

@@ -14,6 +14,7 @@ import numpy as np
 from mamba_core.layers import get_kind, kind_config, layer_plan
 from mamba_core.reference.layers import KINDS
 from mamba_core.reference.ops import _f64, rmsnorm
+from mamba_core.reference.packing import packed_forward
 
 
 def layer_weights(weights: Mapping, i: int, prefix: str = "backbone.layers.", slot: str = "mixer") -> dict:
@@ -36,9 +37,9 @@ def layer_weights(weights: Mapping, i: int, prefix: str = "backbone.layers.", sl
     return {name[len(head) :]: value for name, value in weights.items() if name.startswith(head)}
 
 
-def _block(cfg, weights: Mapping, i: int, block, x: np.ndarray, state, fn: str):
+def _block(cfg, weights: Mapping, i: int, block, x: np.ndarray, state, fn: str, seq_idx=None):
     # x + slot(norm_slot(x)) for each filled slot of the block; the state tuple is the concatenation
-    # of the slots' cache fields in slot order
+    # of the slots' cache fields in slot order; with seq_idx each document runs on its own
     new_state: list = []
     rest = list(state)
     for slot, kind_name in block.slots:
@@ -47,7 +48,11 @@ def _block(cfg, weights: Mapping, i: int, block, x: np.ndarray, state, fn: str):
         norm = "norm" if slot == "mixer" else "norm2"
         normed = rmsnorm(x, weights[f"backbone.layers.{i}.{norm}.weight"], cfg.norm_epsilon)
         kcfg = kind_config(cfg, kind_name)
-        out, *mine = getattr(KINDS[kind_name], fn)(normed, layer_weights(weights, i, slot=slot), kcfg, *mine)
+        lw = layer_weights(weights, i, slot=slot)
+        if seq_idx is None:
+            out, *mine = getattr(KINDS[kind_name], fn)(normed, lw, kcfg, *mine)
+        else:
+            out, *mine = packed_forward(KINDS[kind_name].forward, normed, lw, kcfg, seq_idx, *mine)
         x = x + out
         new_state.extend(mine)
     return x, tuple(new_state)
@@ -57,7 +62,7 @@ def _empty_state(block) -> tuple:
     return tuple(None for _, kind_name in block.slots for _ in get_kind(kind_name).cache)
 
 
-def backbone_forward(cfg, weights: Mapping, hidden, states=None):
+def backbone_forward(cfg, weights: Mapping, hidden, states=None, seq_idx=None):
     """The residual backbone over a sequence (docs/spec.md §1.2), composed per layer kind.
 
     Per block ``x ← x + Mixer(RMSNorm(x))`` (plus ``x ← x + MLP(RMSNorm2(x))`` with an MLP kind),
@@ -69,6 +74,8 @@ def backbone_forward(cfg, weights: Mapping, hidden, states=None):
         hidden: (B, L, D) embedded inputs.
         states: None (zeros) or a list of per-layer state tuples: the layer's cache fields in kind
             order (a Mamba layer: ``(conv_state, ssm_state)``).
+        seq_idx: None, or (B, L) int document index of packed rows (``mamba_core.packing``): every
+            document runs from a zero state (the first from ``states``), as if alone.
 
     Returns:
         ``(out, states)``: out (B, L, D) after ``norm_f``; the list of new per-layer state tuples.
@@ -84,7 +91,7 @@ def backbone_forward(cfg, weights: Mapping, hidden, states=None):
     new_states = []
     for i, block in enumerate(layer_plan(cfg)):
         state = _empty_state(block) if states is None else states[i]
-        x, state = _block(cfg, weights, i, block, x, state, "forward")
+        x, state = _block(cfg, weights, i, block, x, state, "forward", seq_idx)
         new_states.append(state)
     return rmsnorm(x, weights["backbone.norm_f.weight"], cfg.norm_epsilon), new_states
 
@@ -121,7 +128,7 @@ def _lm_head(weights: Mapping) -> np.ndarray:
     return _f64(weights.get("lm_head.weight", weights["backbone.embedding.weight"]))
 
 
-def lm_forward(cfg, weights: Mapping, input_ids, states=None):
+def lm_forward(cfg, weights: Mapping, input_ids, states=None, seq_idx=None):
     """Language model over a sequence: embedding, backbone, LM head (docs/spec.md §1.1-1.4).
 
     Args:
@@ -130,6 +137,7 @@ def lm_forward(cfg, weights: Mapping, input_ids, states=None):
             head is tied to ``backbone.embedding.weight`` (V, D).
         input_ids: (B, L) integer token ids.
         states: None or a list of ``n_layer`` per-layer state tuples.
+        seq_idx: None or (B, L) int document index of packed rows (see ``backbone_forward``).
 
     Returns:
         ``(logits, states)``: logits (B, L, V) float64 (padding columns included); new state tuples.
@@ -142,7 +150,7 @@ def lm_forward(cfg, weights: Mapping, input_ids, states=None):
     """
     embedding = _f64(weights["backbone.embedding.weight"])
     hidden = embedding[np.asarray(input_ids)]  # (B, L, D)
-    out, states = backbone_forward(cfg, weights, hidden, states)
+    out, states = backbone_forward(cfg, weights, hidden, states, seq_idx)
     return out @ _lm_head(weights).T, states
 
 
