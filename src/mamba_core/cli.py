@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from mamba_core.errors import MambaCoreError
@@ -37,14 +38,28 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of ``mamba-core``; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    args._argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args._run(args) or 0)
+    except BrokenPipeError:
+        # the reader went away (``| head``): not an error of ours; say nothing more on the dead pipe
+        _silence_stdout()
+        return 141
     except (MambaCoreError, FileExistsError, FileNotFoundError, ValueError) as e:
         print(f"mamba-core {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"mamba-core {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not raise BrokenPipeError again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (captured in tests)
+        pass
 
 
 if __name__ == "__main__":  # python -m mamba_core.cli

@@ -570,7 +570,7 @@ def _from_hf(d: dict[str, Any], dialect: str) -> ParsedConfig:
         )
     arch = archs[model_type]
     names = _HF_NAMES[arch]
-    unknown = sorted(set(d) - set(names) - _HF_IGNORED - {"quantization", "quantization_config"})
+    unknown = sorted(set(d) - set(names) - _HF_IGNORED - {"quantization", "quantization_config", _HF_VOCAB})
     if unknown:
         raise ConfigError(
             f"unknown key(s) {unknown} in a {model_type!r} config; known keys are {sorted(names)}",
@@ -587,6 +587,17 @@ def _from_hf(d: dict[str, Any], dialect: str) -> ParsedConfig:
     src = {**_HF_DEFAULTS[arch], **d}
     fields = {ours: src[theirs] for theirs, ours in names.items() if theirs in src}
     fields["pad_vocab_size_multiple"] = 1  # HF and mlx-lm store the already padded vocab
+    if _HF_VOCAB in d:  # written by us: the vocabulary before padding, so a round trip keeps it
+        fields["vocab_size"] = d[_HF_VOCAB]
+        fields["pad_vocab_size_multiple"] = d.get("pad_vocab_size_multiple", 1)
+        multiple = int(fields["pad_vocab_size_multiple"])
+        padded = -(-int(d[_HF_VOCAB]) // multiple) * multiple
+        if padded != src["vocab_size"]:
+            raise ConfigError(
+                f"{_HF_VOCAB}={d[_HF_VOCAB]} padded to a multiple of pad_vocab_size_multiple="
+                f"{fields['pad_vocab_size_multiple']} is {padded}, not vocab_size={src['vocab_size']}",
+                field=_HF_VOCAB,
+            )
     hidden = fields["d_model"]
     # expand, intermediate_size and num_heads*head_dim all describe E: they must agree.
     if "intermediate_size" in d and "expand" not in d and hidden:
@@ -613,6 +624,10 @@ def _from_hf(d: dict[str, Any], dialect: str) -> ParsedConfig:
     return ParsedConfig(_build(CONFIG_CLASSES[arch], fields), dialect, ignored)
 
 
+# hf / mlx-lm config key holding the vocabulary before padding (absent when nothing is padded)
+_HF_VOCAB = "mamba_core_vocab_size"
+
+
 def _exact_ratio(num: int, den: int, key: str) -> int:
     if num % den:
         raise ConfigError(f"{key}={num} is not a multiple of hidden_size={den}", field=key)
@@ -634,9 +649,14 @@ def _read_limit(value: Any, key: str) -> tuple[float, float]:
     return tuple(out)
 
 
+# How transformers' own config writer (and mlx-lm's reader) spell a float JSON cannot hold: strict JSON
+# parsers (JavaScript, Go, Rust serde) reject the bare ``Infinity`` that ``json.dumps`` would write.
+_FLOAT_TAGS = {math.inf: "Infinity", -math.inf: "-Infinity"}
+
+
 def _json_limit(value: Any) -> list:
-    # a float inf: json.dumps writes Infinity, which Python's json, transformers and upstream read back
-    return [float(v) for v in value]
+    """A (lo, hi) pair as strict JSON: an infinite bound becomes ``{"__float__": "Infinity"}``."""
+    return [{"__float__": _FLOAT_TAGS[float(v)]} if math.isinf(float(v)) else float(v) for v in value]
 
 
 def _to_state_spaces(cfg: _LMConfig) -> dict[str, Any]:
@@ -645,6 +665,8 @@ def _to_state_spaces(cfg: _LMConfig) -> dict[str, Any]:
         ssm_cfg["layer"] = "Mamba2"
     for key in _SS_MIXER[cfg.arch]:
         value = getattr(cfg, key)
+        if key == "dt_limit" and value == (0.0, math.inf):
+            continue  # "no limit" is mamba_ssm's default; its configs leave the key out
         ssm_cfg[key] = (
             _json_limit(value) if key == "dt_limit" else (list(value) if isinstance(value, tuple) else value)
         )
@@ -674,6 +696,11 @@ def _to_hf(cfg: _LMConfig, *, mlx: bool) -> dict[str, Any]:
         value = getattr(cfg, ours)
         out[theirs] = _json_limit(value) if ours == "dt_limit" else value
     out["vocab_size"] = cfg.vocab_size_padded
+    if cfg.vocab_size != cfg.vocab_size_padded:
+        # transformers and mlx-lm need the padded row count; these two keys (which they ignore) keep the
+        # real vocabulary, so that hf -> mamba-core gives back the same config and sampling masks the padding
+        out["pad_vocab_size_multiple"] = cfg.pad_vocab_size_multiple
+        out[_HF_VOCAB] = cfg.vocab_size
     # transformers 5.23 (Mamba(2)PreTrainedModel._init_weights) divides a *loaded* out_proj.weight by
     # sqrt(n_layer) when this is true; it is init-only, -hf repos say false, and so must we.
     out["rescale_prenorm_residual"] = False

@@ -28,7 +28,14 @@ from mamba_core.errors import BackendUnavailableError, CheckpointError
 from mamba_core.layout import CHECKPOINT_DIALECTS
 from mamba_core.loading import local_path, plan_checkpoint
 from mamba_core.registry import DTYPES, get_backend
-from mamba_core.writer import DEFAULT_SHARD_SIZE, TOKENIZER_FILES, write_checkpoint
+from mamba_core.tokenizer import byte_tokenizer_of
+from mamba_core.writer import (
+    DEFAULT_SHARD_SIZE,
+    TOKENIZER_FILES,
+    token_id_keys,
+    tokenizer_files,
+    write_checkpoint,
+)
 
 log = logging.getLogger("mamba_core")
 
@@ -123,9 +130,15 @@ def convert(
     model = module.load_checkpoint(plan, dtype=dtype, device="cpu")
     tensors = module.export_tensors(model, dialect=to)
     src_dir = src_path if src_path.is_dir() else src_path.parent
-    copy = tuple(src_dir / f for f in TOKENIZER_FILES if (src_dir / f).is_file())
-    if not copy:
+    tokenizer = byte_tokenizer_of(src_dir)
+    extra: dict[str, str] = {}
+    if tokenizer is not None:  # written afresh: tokenizer.json etc. for the target's own loaders
+        copy, extra = tokenizer_files(tokenizer, to)
+    else:  # a tokenizer.json (or none): copied along unchanged
+        copy = tuple(src_dir / f for f in TOKENIZER_FILES if (src_dir / f).is_file())
+    if not copy and not extra:
         log.info("%s has no tokenizer files to copy along", src_dir)
     return write_checkpoint(module, tensors, plan.config, dst, dialect=to, force=force,
-                            shard_size=shard_size, copy_files=copy, desc=f"convert -> {to}",
-                            config_extra=plan.task.to_dict())
+                            shard_size=shard_size, copy_files=copy, extra_files=extra,
+                            desc=f"convert -> {to}",
+                            config_extra={**plan.task.to_dict(), **token_id_keys(tokenizer, to)})

@@ -29,6 +29,7 @@ from mamba_core.checkpoint import (
     read_safetensors_header,
 )
 from mamba_core.config import parse_config
+from mamba_core.devices import check_device
 from mamba_core.errors import CheckpointError, ConfigError, UnsupportedError
 from mamba_core.hub import looks_like_hub_id
 from mamba_core.hub import resolve as resolve_hub
@@ -38,6 +39,7 @@ from mamba_core.writer import (
     DEFAULT_SHARD_SIZE,
     SAFETENSORS_INDEX,
     check_dialect,
+    token_id_keys,
     tokenizer_files,
     write_checkpoint,
 )
@@ -230,10 +232,26 @@ def plan_checkpoint(
 
 
 def local_path(name_or_path: str | os.PathLike, *, revision: str | None = None) -> Path:
-    """A local path as is; a hub id resolved to its (cached) snapshot directory."""
-    if not Path(name_or_path).exists() and looks_like_hub_id(str(name_or_path)):
+    """A local path as is; a shipped model's short name (``"mamba-bytes"``) its directory; a hub id
+    resolved to its (cached) snapshot directory.
+
+    Raises:
+        CheckpointError: a path that does not exist and is neither a shipped name nor a hub id.
+    """
+    from mamba_core.assets import SHIPPED_MODELS, shipped_path
+
+    shipped = shipped_path(name_or_path)
+    if shipped is not None:
+        return shipped
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    if looks_like_hub_id(str(name_or_path)):
         return resolve_hub(str(name_or_path), revision=revision)
-    return Path(name_or_path)
+    raise CheckpointError(
+        f"model {str(name_or_path)!r} does not exist: expected a checkpoint directory, a .safetensors / .bin "
+        f"file, a hub id ('org/name') or a shipped model ({', '.join(sorted(SHIPPED_MODELS))})"
+    )
 
 
 def resolve_backend(backend: str) -> str:
@@ -318,6 +336,7 @@ def load(
     if plan.absent:
         log.warning("%s: not in the checkpoint, newly initialized: %s", path, ", ".join(plan.absent))
     chosen = resolve_backend(backend)
+    check_device(chosen, device)
     model = get_backend(chosen).load_checkpoint(plan, dtype=dtype, device=device)
     model.backend_choice = chosen
     if return_tokenizer:
@@ -389,10 +408,10 @@ def save(
     check_dialect(dialect)
     task = module.heads.task_of(model)
     tensors = module.export_tensors(model, dialect=dialect)
-    copy_files, extra = tokenizer_files(tokenizer)
+    copy_files, extra = tokenizer_files(tokenizer, dialect)
     return write_checkpoint(module, tensors, model.config, path, dialect=dialect, force=force,
                             shard_size=shard_size, copy_files=copy_files, extra_files=extra,
-                            config_extra=task.to_dict())
+                            config_extra={**task.to_dict(), **token_id_keys(tokenizer, dialect)})
 
 
 def _backend_of(model) -> str:

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mamba_core import data as data_mod
+from mamba_core import strict_json
 from mamba_core.config import parse_config
 from mamba_core.errors import CheckpointError
 from mamba_core.progress import Progress
@@ -162,7 +163,7 @@ def _save_checkpoint(out_dir: Path, model, trainer, state: dict, tokenizer) -> N
         (tmp / OPTIMIZER_FILE).parent.mkdir()
         trainer.save_state(tmp / OPTIMIZER_FILE)
         _write_tokenizer(tokenizer, tmp)
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")
+        (tmp / STATE_FILE).write_text(strict_json.dumps(state, indent=1) + "\n")
         replace_dir(tmp, out_dir / CHECKPOINT)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -178,7 +179,7 @@ def _save_final(out_dir: Path, model, state: dict, tokenizer) -> None:
         shutil.rmtree(tmp)
     save(model, tmp, dialect="mamba-core")
     _write_tokenizer(tokenizer, tmp)
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")
+    (tmp / STATE_FILE).write_text(strict_json.dumps(state, indent=1) + "\n")
     for f in tmp.iterdir():
         os.replace(f, out_dir / f.name)
     tmp.rmdir()
@@ -256,6 +257,7 @@ def train(corpus: data_mod.Corpus, out_dir: str | os.PathLike, config: TrainConf
         (50, 2.31...)
     """
     import mamba_core
+    from mamba_core.devices import check_device
     from mamba_core.loading import resolve_backend
     from mamba_core.registry import get_backend
 
@@ -263,6 +265,7 @@ def train(corpus: data_mod.Corpus, out_dir: str | os.PathLike, config: TrainConf
         raise ValueError("pass exactly one of model_config (a new model) or init_from (fine-tuning)")
     backend = resolve_backend(backend)
     module = get_backend(backend)
+    check_device(backend, device)
     out_dir = Path(out_dir)
     ckpt = out_dir / CHECKPOINT
     state_path = ckpt / STATE_FILE

@@ -8,8 +8,9 @@ measurement runs once to warm up, then ``--repeat`` times; the best time is repo
 
 from __future__ import annotations
 
-import json
 import time
+
+from mamba_core import strict_json
 
 NAME = "bench"
 HELP = "measure prefill and decode tokens/s of a model (default: the shipped one) on this machine"
@@ -112,7 +113,7 @@ def run(args) -> int:
     rows = [bench(args.model, backend=name, dtype=args.dtype, device=args.device, prompt_len=args.prompt_len,
                   new_tokens=args.new_tokens, batch=args.batch, repeat=args.repeat) for name in names]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(strict_json.dumps(rows, indent=2))
         return 0
     print(f"model {rows[0]['model']}: batch {args.batch}, prompt {args.prompt_len} tokens, "
           f"{args.new_tokens} new tokens")

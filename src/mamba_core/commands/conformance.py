@@ -8,9 +8,10 @@ is 1 when any check fails (or a backend named in ``--backends`` cannot be used),
 
 from __future__ import annotations
 
-import json
 import os
 import sys
+
+from mamba_core import strict_json
 
 NAME = "conformance"
 HELP = (
@@ -79,7 +80,7 @@ def run(args) -> int:
         progress=progress,
     )
     if args.json:
-        print(json.dumps(conformance.report(results), indent=1))
+        print(strict_json.dumps(conformance.report(results), indent=1))
     elif args.markdown:
         print(conformance.format_markdown(results))
     else:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from mamba_core import strict_json
 
 NAME = "inspect"
 HELP = "show a checkpoint's architecture, dialect, parameter count, dtypes, size and tokenizer"
@@ -47,7 +47,7 @@ def inspect_checkpoint(name_or_path, *, revision: str | None = None) -> dict:
 def run(args) -> int:
     info = inspect_checkpoint(args.model, revision=args.revision)
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(strict_json.dumps(info, indent=2))
         return 0
     cfg = info["config"]
     print(f"{info['path']}")
