@@ -140,7 +140,7 @@ def test_train_then_resume(tmp_path):
     first = mamba_core_cli("train", "notes.txt", "--out", str(out), *TINY, "--stop-at", "4", cwd=tmp_path)
     print(first.stdout, first.stderr)
     assert first.returncode == 0
-    assert "checkpoint at step 4" in first.stdout
+    assert "checkpoint at step 4" in first.stdout and "resume with: mamba-core train" in first.stdout
     assert not (out / "model.safetensors").exists()
     second = mamba_core_cli("train", "notes.txt", "--out", str(out), *TINY, cwd=tmp_path)
     print(second.stdout, second.stderr)
@@ -170,17 +170,17 @@ def test_train_bad_input_is_a_one_line_error(tmp_path):
 
 @needs_shipped
 def test_bench_prints_a_table():
-    proc = mamba_core_cli("bench", "--prompt-len", "16", "--new-tokens", "4", "--repeat", "1")
+    proc = mamba_core_cli("bench", "--prompt-len", "16", "--max-tokens", "4", "--repeat", "1")
     print(proc.stdout, proc.stderr)
     assert proc.returncode == 0
     assert "prefill tok/s" in proc.stdout
     for backend in BACKENDS_HERE:
         assert any(line.startswith(backend) for line in proc.stdout.splitlines())
     rows = json.loads(mamba_core_cli("bench", "--backend", BACKENDS_HERE[0], "--prompt-len", "8",
-                                     "--new-tokens", "3", "--repeat", "1", "--json").stdout)
+                                     "--max-tokens", "3", "--repeat", "1", "--json").stdout)
     assert rows[0]["decode_tok_s"] > 0 and rows[0]["prefill_tok_s"] > 0
 
 
 def test_bench_bad_size_is_a_one_line_error():
-    _one_line_error(mamba_core_cli("bench", "--new-tokens", "1", "--backend", BACKENDS_HERE[0]), "bench",
-                    "--new-tokens")
+    _one_line_error(mamba_core_cli("bench", "--max-tokens", "1", "--backend", BACKENDS_HERE[0]), "bench",
+                    "--max-tokens")

@@ -1,9 +1,16 @@
-"""``mamba-core generate``: text from a model (the shipped one by default), streamed as it is produced."""
+"""``mamba-core generate``: text from a model (the shipped one by default), streamed as it is produced.
+
+The text goes to stdout; stderr gets a "loading" line while the framework imports (on a terminal) and,
+at the end, one footer line: the backend and device and why, load time, prompt and generation speed,
+and the process's peak memory (``--quiet`` drops it).
+"""
 
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 NAME = "generate"
 HELP = "generate text from a prompt (argument or stdin) with a model; streams tokens as they come"
@@ -12,20 +19,51 @@ HELP = "generate text from a prompt (argument or stdin) with a model; streams to
 def add_arguments(p) -> None:
     p.add_argument("prompt", nargs="?", help="the prompt; read from stdin when omitted or '-'")
     p.add_argument("--model", "-m", default=None,
-                   help="checkpoint directory, .safetensors file or hub id (default: the shipped model)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "mlx"])
-    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default=None, help="cpu, cuda, mps (torch) or cpu, gpu (mlx)")
-    p.add_argument("--max-tokens", type=int, default=200, help="new tokens to generate (default 200)")
+                   help="checkpoint directory, .safetensors file, hub id or shipped name (default: "
+                   "mamba-bytes, the shipped model)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "mlx"],
+                   help="default auto: MLX on Apple Silicon, else torch")
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
+                   help="model dtype (default: the checkpoint's)")
+    p.add_argument("--device", default=None,
+                   help="cpu, cuda, mps (torch) or cpu, gpu (mlx) (default: the backend's best)")
+    p.add_argument("--max-tokens", "--max-new-tokens", "-n", dest="max_tokens", type=int, default=200,
+                   help="new tokens to generate (default 200)")
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
-    p.add_argument("--top-k", type=int, default=None)
-    p.add_argument("--top-p", type=float, default=None)
-    p.add_argument("--min-p", type=float, default=None)
-    p.add_argument("--repetition-penalty", type=float, default=None)
+    p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
+    p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set of mass p")
+    p.add_argument("--min-p", type=float, default=None,
+                   help="drop tokens below min-p times the most likely one's probability")
+    p.add_argument("--repetition-penalty", type=float, default=None,
+                   help="divide the logits of tokens already seen by this (> 1 discourages repeats)")
     p.add_argument("--seed", type=int, default=None, help="seed for sampling")
     p.add_argument("--tokenizer", default=None,
                    help="'bytes' or a tokenizer.json path, when the checkpoint has no tokenizer")
-    p.add_argument("--revision", default=None, help="hub revision for hub ids")
+    p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) for hub ids")
+    p.add_argument("--quiet", "-q", action="store_true", help="no loading line and no footer on stderr")
+
+
+@dataclass
+class GenerationStats:
+    """Filled in by ``generate_text`` as it runs (seconds; token counts of the one prompt row)."""
+
+    backend: str = ""
+    device: str = ""
+    dtype: str = ""
+    load_s: float = 0.0
+    prompt_tokens: int = 0
+    prompt_s: float = 0.0
+    new_tokens: int = 0
+    generate_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def footer(self, reason: str, peak_bytes: int) -> str:
+        """One line: ``torch cpu float32 (auto: ...) | load 0.4s | prompt 14 tok, 350 tok/s | ...``."""
+        prompt_rate = self.prompt_tokens / self.prompt_s if self.prompt_s > 0 else 0.0
+        gen_rate = (self.new_tokens - 1) / self.generate_s if self.generate_s > 0 else 0.0
+        return (f"{self.backend} {self.device} {self.dtype} ({reason}) | load {self.load_s:.2f}s | "
+                f"prompt {self.prompt_tokens} tok, {prompt_rate:,.0f} tok/s | generated {self.new_tokens} "
+                f"tok, {gen_rate:,.1f} tok/s | peak memory {peak_bytes / 2**20:,.0f} MiB")
 
 
 def generate_text(
@@ -44,8 +82,12 @@ def generate_text(
     seed: int | None = None,
     tokenizer: str | None = None,
     revision: str | None = None,
+    stats: GenerationStats | None = None,
 ) -> Iterator[str]:
     """Load ``model`` (default: the shipped byte-level model) and yield the generated text piece by piece.
+
+    Args:
+        stats: filled in with the backend, device, load time and prompt / generation timings.
 
     Raises:
         CheckpointError: bad checkpoint, or no tokenizer for it (pass ``tokenizer``).
@@ -55,8 +97,11 @@ def generate_text(
     from mamba_core.errors import CheckpointError
     from mamba_core.loading import local_path, resolve_backend
     from mamba_core.registry import get_backend
+    from mamba_core.run_info import device_name, dtype_name
     from mamba_core.tokenizer import ByteTokenizer, HFTokenizer
 
+    stats = stats if stats is not None else GenerationStats()
+    t0 = time.perf_counter()
     # resolve a hub id once: the tokenizer and the weights then come from the same local snapshot
     name = local_path(model if model is not None else SHIPPED_MODEL, revision=revision)
     if tokenizer == "bytes":
@@ -69,18 +114,28 @@ def generate_text(
             raise CheckpointError(
                 f"{str(name)!r} has no tokenizer; pass --tokenizer bytes or a tokenizer.json path"
             )
-    backend = resolve_backend(backend)
-    lm = mamba_core.load(name, backend=backend, dtype=dtype, device=device)
     ids = tok.encode(prompt)
     if not ids:
         raise ValueError("the prompt is empty: give at least one character")
+    backend = resolve_backend(backend)
+    lm = mamba_core.load(name, backend=backend, dtype=dtype, device=device)
+    stats.backend, stats.device, stats.dtype = backend, device_name(lm), dtype_name(lm)
+    stats.load_s = time.perf_counter() - t0
+    stats.prompt_tokens = len(ids)
     decoder = tok.decoder()
     stop = [tok.eos_token_id] if tok.eos_token_id is not None else None
     module = get_backend(backend)
-    for step in module.stream(lm, [ids], max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                              min_p=min_p, repetition_penalty=repetition_penalty, seed=seed,
-                              stop_tokens=stop):
+    t1 = time.perf_counter()
+    steps = module.stream(lm, [ids], max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                          min_p=min_p, repetition_penalty=repetition_penalty, seed=seed, stop_tokens=stop)
+    for step in steps:
         token = int(module.to_numpy(step)[0])
+        now = time.perf_counter()
+        if stats.new_tokens == 0:
+            stats.prompt_s, t2 = now - t1, now  # the prefill and the first sampled token
+        else:
+            stats.generate_s = now - t2
+        stats.new_tokens += 1
         if stop is not None and token in stop:
             break
         piece = decoder.push(token)
@@ -89,24 +144,39 @@ def generate_text(
 
 
 def run(args) -> int:
+    from mamba_core.run_info import backend_reason, peak_memory_bytes
+
     prompt = args.prompt
     if prompt is None or prompt == "-":
         prompt = sys.stdin.read()
     if args.max_tokens < 0:
         raise ValueError(f"--max-tokens must be >= 0, got {args.max_tokens}")
+    loading = not args.quiet and sys.stderr.isatty()
+    if loading:  # importing torch takes seconds: say what is happening (erased once the text starts)
+        sys.stderr.write(f"loading {args.model or 'mamba-bytes'} ...")
+        sys.stderr.flush()
+    stats = GenerationStats()
     pieces = generate_text(
         prompt, model=args.model, backend=args.backend, dtype=args.dtype, device=args.device,
         max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
-        tokenizer=args.tokenizer, revision=args.revision,
+        tokenizer=args.tokenizer, revision=args.revision, stats=stats,
     )
     # The first piece loads the model and checks the sampling flags: a bad flag or model ends with the
     # one-line error before anything reaches stdout.
-    first = next(pieces, "")
+    try:
+        first = next(pieces, "")
+    finally:
+        if loading:
+            sys.stderr.write("\r\x1b[K")
+            sys.stderr.flush()
     sys.stdout.write(prompt + first)
     sys.stdout.flush()
     for piece in pieces:
         sys.stdout.write(piece)
         sys.stdout.flush()
     sys.stdout.write("\n")
+    sys.stdout.flush()
+    if not args.quiet:
+        print(stats.footer(backend_reason(args.backend, stats.backend), peak_memory_bytes()), file=sys.stderr)
     return 0

@@ -10,8 +10,9 @@ HELP = "show a checkpoint's architecture, dialect, parameter count, dtypes, size
 
 def add_arguments(p) -> None:
     p.add_argument("model", nargs="?", default=None,
-                   help="checkpoint directory, .safetensors file or hub id (default: the shipped model)")
-    p.add_argument("--revision", default=None)
+                   help="checkpoint directory, .safetensors file, hub id or shipped name (default: "
+                   "mamba-bytes, the shipped model)")
+    p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) for hub ids")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 

@@ -1,0 +1,44 @@
+"""What ran where: a model's device and dtype names, the process's peak memory, the backend choice's reason.
+
+Used by the commands that report on a run (``generate``'s footer, ``bench``'s table). Spec layer: reads
+attributes of the native model (``head_weight``) without importing a framework.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import sys
+
+
+def dtype_name(lm) -> str:
+    """``"float32"`` / ``"bfloat16"`` / ``"float16"`` of a loaded LM (its head weight's dtype)."""
+    return str(lm.head_weight.dtype).replace("torch.", "").replace("mlx.core.", "")
+
+
+def device_name(lm) -> str:
+    """``"cpu"``, ``"cuda:0"``, ``"mps:0"`` (torch) or ``"cpu"`` / ``"gpu"`` (MLX) of a loaded LM."""
+    device = getattr(lm.head_weight, "device", None) or getattr(lm, "device", "cpu")
+    name = str(device)  # torch: "cpu" / "cuda:0"; mlx: "Device(cpu, 0)"
+    return name[len("Device("):].split(",")[0] if name.startswith("Device(") else name
+
+
+def peak_memory_bytes() -> int:
+    """Peak resident memory of this process so far (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def backend_reason(requested: str, chosen: str) -> str:
+    """Why ``chosen`` runs: named by ``--backend``, or picked by ``auto`` for this platform.
+
+    Example:
+        >>> backend_reason("torch", "torch")
+        '--backend torch'
+    """
+    if requested != "auto":
+        return f"--backend {requested}"
+    apple = sys.platform == "darwin" and platform.machine() == "arm64"
+    if chosen == "mlx":
+        return "auto: Apple Silicon" if apple else "auto: torch is not installed"
+    return f"auto: {sys.platform}-{platform.machine()}, MLX is the default on Apple Silicon only"
