@@ -37,7 +37,8 @@ def _usable(name: str) -> bool:
 
 
 def ours(backend: str) -> str:
-    return "".join(generate_text(PROMPT, model=SHIPPED_NAME, backend=backend, max_tokens=NEW_TOKENS))
+    return "".join(generate_text(PROMPT, model=SHIPPED_NAME, backend=backend, max_tokens=NEW_TOKENS,
+                                 temperature=0.0))
 
 
 @needs_shipped

@@ -14,13 +14,25 @@ import sys
 from mamba_core.errors import MambaCoreError
 
 COMMANDS = ("generate", "inspect", "convert", "train", "conformance", "bench")
+EXAMPLES = """examples:
+  mamba-core generate "def fibonacci("                        text from the shipped model, offline
+  mamba-core generate "Mamba is" --model state-spaces/mamba-130m-hf --temperature 0
+  mamba-core convert mamba-bytes ./mamba-bytes-hf --to hf     for transformers (mlx-lm: --to mlx-lm)
+  mamba-core train notes/ --from mamba-bytes --out runs/tuned  fine-tune on your text files
+  mamba-core conformance --backends torch                      check this machine against the reference
+"""
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mamba-core",
-        description="Mamba-1 / Mamba-2 language models on PyTorch and MLX: generate, convert, inspect, "
-        "train, check conformance, benchmark.",
+        description="Mamba-1 / Mamba-2 language models on PyTorch and MLX: generate, convert, inspect,\n"
+        "train, check conformance, benchmark.\n\n"
+        "Backend: --backend auto (the default of generate) is MLX on Apple Silicon, torch elsewhere.\n"
+        "Model: a checkpoint directory, a .safetensors file, a hub id, or mamba-bytes (the shipped\n"
+        "model, the default).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     from mamba_core import __version__
 

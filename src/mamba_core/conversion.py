@@ -28,7 +28,7 @@ from mamba_core.errors import BackendUnavailableError, CheckpointError
 from mamba_core.layout import CHECKPOINT_DIALECTS
 from mamba_core.loading import local_path, plan_checkpoint
 from mamba_core.registry import DTYPES, get_backend
-from mamba_core.tokenizer import byte_tokenizer_of
+from mamba_core.tokenizer import BYTE_MODEL_HF_FILES, byte_tokenizer_of
 from mamba_core.writer import (
     DEFAULT_SHARD_SIZE,
     TOKENIZER_FILES,
@@ -132,10 +132,10 @@ def convert(
     src_dir = src_path if src_path.is_dir() else src_path.parent
     tokenizer = byte_tokenizer_of(src_dir)
     extra: dict[str, str] = {}
+    copy = tuple(src_dir / f for f in TOKENIZER_FILES if (src_dir / f).is_file())
     if tokenizer is not None:  # written afresh: tokenizer.json etc. for the target's own loaders
-        copy, extra = tokenizer_files(tokenizer, to)
-    else:  # a tokenizer.json (or none): copied along unchanged
-        copy = tuple(src_dir / f for f in TOKENIZER_FILES if (src_dir / f).is_file())
+        _, extra = tokenizer_files(tokenizer, to)
+        copy = tuple(f for f in copy if f.name not in extra and f.name not in BYTE_MODEL_HF_FILES)
     if not copy and not extra:
         log.info("%s has no tokenizer files to copy along", src_dir)
     return write_checkpoint(module, tensors, plan.config, dst, dialect=to, force=force,

@@ -94,6 +94,8 @@ class ByteTokenizer:
 
 # The end-of-text token's text in the Hugging Face files of the byte tokenizer (GPT-2's spelling).
 EOS_TOKEN = "<|endoftext|>"
+# The files ``ByteTokenizer.hf_files`` writes (a conversion writes them afresh instead of copying them).
+BYTE_MODEL_HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 def _byte_alphabet() -> list[str]:

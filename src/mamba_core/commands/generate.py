@@ -29,14 +29,17 @@ def add_arguments(p) -> None:
                    help="cpu, cuda, mps (torch) or cpu, gpu (mlx) (default: the backend's best)")
     p.add_argument("--max-tokens", "--max-new-tokens", "-n", dest="max_tokens", type=int, default=200,
                    help="new tokens to generate (default 200)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="0 = greedy (default: the model's generation_config.json, else greedy; the shipped "
+                   "model samples at 0.5 with top-k 40)")
     p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
     p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set of mass p")
     p.add_argument("--min-p", type=float, default=None,
                    help="drop tokens below min-p times the most likely one's probability")
     p.add_argument("--repetition-penalty", type=float, default=None,
                    help="divide the logits of tokens already seen by this (> 1 discourages repeats)")
-    p.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for sampling (default 0: the same text on every run of a backend)")
     p.add_argument("--tokenizer", default=None,
                    help="'bytes' or a tokenizer.json path, when the checkpoint has no tokenizer")
     p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) for hub ids")
@@ -55,15 +58,63 @@ class GenerationStats:
     prompt_s: float = 0.0
     new_tokens: int = 0
     generate_s: float = 0.0
+    decoding: str = ""
     extra: dict = field(default_factory=dict)
 
     def footer(self, reason: str, peak_bytes: int) -> str:
-        """One line: ``torch cpu float32 (auto: ...) | load 0.4s | prompt 14 tok, 350 tok/s | ...``."""
+        """One line: ``torch cpu float32 (auto: ...) | greedy | load 0.4s | prompt 14 tok, ... | ...``."""
         prompt_rate = self.prompt_tokens / self.prompt_s if self.prompt_s > 0 else 0.0
         gen_rate = (self.new_tokens - 1) / self.generate_s if self.generate_s > 0 else 0.0
-        return (f"{self.backend} {self.device} {self.dtype} ({reason}) | load {self.load_s:.2f}s | "
+        return (f"{self.backend} {self.device} {self.dtype} ({reason}) | {self.decoding} | "
+                f"load {self.load_s:.2f}s | "
                 f"prompt {self.prompt_tokens} tok, {prompt_rate:,.0f} tok/s | generated {self.new_tokens} "
                 f"tok, {gen_rate:,.1f} tok/s | peak memory {peak_bytes / 2**20:,.0f} MiB")
+
+
+# generation_config.json keys (the transformers names) that set a default decoding
+_SAMPLING_KEYS = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")
+
+
+def sampling_defaults(directory) -> dict:
+    """The decoding a checkpoint recommends: its ``generation_config.json`` when ``do_sample`` is true
+    (``temperature``, ``top_k``, ``top_p``, ``min_p``, ``repetition_penalty``), else ``{}`` (greedy).
+
+    Raises:
+        CheckpointError: the file is not a JSON object.
+    """
+    import json
+    from pathlib import Path
+
+    from mamba_core.errors import CheckpointError
+
+    path = Path(directory) / "generation_config.json"
+    if not path.is_file():
+        return {}
+    try:
+        config = json.loads(path.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{str(path)!r} is not valid JSON: {e}") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{str(path)!r} must hold a JSON object")
+    if not config.get("do_sample", False):
+        return {}
+    return {k: config[k] for k in _SAMPLING_KEYS if config.get(k) is not None}
+
+
+def describe_decoding(settings: dict, seed: int | None) -> str:
+    """``"greedy"`` or ``"sampling temperature 0.5, top_k 40, seed 0"`` for the footer.
+
+    Example:
+        >>> describe_decoding({"temperature": 0.0}, 0)
+        'greedy'
+        >>> describe_decoding({"temperature": 0.5, "top_k": 40}, 0)
+        'sampling temperature 0.5, top_k 40, seed 0'
+    """
+    used = {k: v for k, v in settings.items() if v is not None}
+    if not used.get("temperature"):
+        penalty = used.get("repetition_penalty")
+        return "greedy" + (f", repetition_penalty {penalty:g}" if penalty is not None else "")
+    return "sampling " + ", ".join(f"{k} {v:g}" for k, v in used.items()) + f", seed {seed}"
 
 
 def generate_text(
@@ -74,7 +125,7 @@ def generate_text(
     dtype: str | None = None,
     device: str | None = None,
     max_tokens: int = 200,
-    temperature: float = 0.0,
+    temperature: float | None = None,
     top_k: int | None = None,
     top_p: float | None = None,
     min_p: float | None = None,
@@ -87,7 +138,9 @@ def generate_text(
     """Load ``model`` (default: the shipped byte-level model) and yield the generated text piece by piece.
 
     Args:
-        stats: filled in with the backend, device, load time and prompt / generation timings.
+        temperature: 0 = greedy. None (and no other sampling setting given): the settings of the model's
+            ``generation_config.json`` (``sampling_defaults``), else greedy.
+        stats: filled in with the backend, device, load time, decoding and prompt / generation timings.
 
     Raises:
         CheckpointError: bad checkpoint, or no tokenizer for it (pass ``tokenizer``).
@@ -117,6 +170,12 @@ def generate_text(
     ids = tok.encode(prompt)
     if not ids:
         raise ValueError("the prompt is empty: give at least one character")
+    given = {"temperature": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p,
+             "repetition_penalty": repetition_penalty}
+    if all(v is None for v in given.values()):
+        given.update(sampling_defaults(name if name.is_dir() else name.parent))
+    given["temperature"] = given["temperature"] or 0.0
+    stats.decoding = describe_decoding(given, seed)
     backend = resolve_backend(backend)
     lm = mamba_core.load(name, backend=backend, dtype=dtype, device=device)
     stats.backend, stats.device, stats.dtype = backend, device_name(lm), dtype_name(lm)
@@ -126,8 +185,7 @@ def generate_text(
     stop = [tok.eos_token_id] if tok.eos_token_id is not None else None
     module = get_backend(backend)
     t1 = time.perf_counter()
-    steps = module.stream(lm, [ids], max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                          min_p=min_p, repetition_penalty=repetition_penalty, seed=seed, stop_tokens=stop)
+    steps = module.stream(lm, [ids], max_tokens, **given, seed=seed, stop_tokens=stop)
     for step in steps:
         token = int(module.to_numpy(step)[0])
         now = time.perf_counter()
