@@ -106,7 +106,7 @@ def target(request) -> Target:
 
 @pytest.fixture(autouse=True)
 def _strict_numerics():
-    """TF32 off, fixed seeds: every backend sees identical numbers (house-style §7)."""
+    """TF32 off, fixed seeds: every backend sees identical numbers (docs/spec.md §7.2)."""
     try:
         import torch
     except ImportError:

@@ -44,3 +44,23 @@ def test_ops_mirror_the_reference(target):
         ours = getattr(target.module.ops, name)
         ref = getattr(reference, name)
         assert list(inspect.signature(ours).parameters) == list(inspect.signature(ref).parameters), name
+
+
+def test_sampling_settings_are_checked_once_for_both(target):
+    """generate and stream build one SamplingSettings: the same typed errors in every backend."""
+    import pytest
+
+    from mamba_core.errors import SamplingError, SeedError
+    from mamba_core.testing import tiny_mamba1
+
+    model = target.module.build_model(tiny_mamba1(), seed=0, device=target.device)
+    for run in (target.module.generate, lambda *a, **k: list(target.module.stream(*a, **k))):
+        with pytest.raises(SeedError, match="seed"):
+            run(model, [[1, 2]], 2, temperature=1.0, seed=-1)
+        with pytest.raises(SamplingError, match="temperature") as e:
+            run(model, [[1, 2]], 2, temperature=float("nan"))
+        assert e.value.argument == "temperature"
+        with pytest.raises(SamplingError, match="stop_tokens"):
+            run(model, [[1, 2]], 2, stop_tokens=3)
+    big = target.module.to_numpy(target.module.generate(model, [[1, 2]], 3, temperature=1.0, seed=2**64 - 1))
+    assert big.shape == (1, 5)

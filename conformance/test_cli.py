@@ -17,7 +17,7 @@ import pytest
 
 from mamba_core.assets import SHIPPED_MODEL
 from mamba_core.cli import COMMANDS
-from mamba_core.registry import available_backends
+from mamba_core.registry import available_backends, choose_backend
 
 BACKENDS_HERE = [name for name, reason in available_backends().items() if reason is None]
 needs_shipped = pytest.mark.skipif(not (SHIPPED_MODEL / "model.safetensors").exists(),
@@ -31,7 +31,8 @@ def mamba_core_cli(*args: str, stdin: str | None = None, cwd=None) -> subprocess
 
 
 def _one_line_error(proc: subprocess.CompletedProcess, command: str, *words: str) -> None:
-    lines = proc.stderr.strip().splitlines()
+    # the backend choice ("backend: torch (asked for)") may come first; the error is one line
+    lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("backend: ")]
     print(proc.stderr)
     assert proc.returncode != 0
     assert len(lines) == 1 and lines[0].startswith(f"mamba-core {command}: error:")
@@ -76,6 +77,17 @@ def test_generate_shipped_model_same_greedy_text_on_every_backend():
         assert len(proc.stdout) > len("def fibonacci(") + 10
         outputs[backend] = proc.stdout
     assert len(set(outputs.values())) == 1, outputs
+
+
+@needs_shipped
+def test_generate_says_which_backend_and_why():
+    named = mamba_core_cli("generate", "x", "--max-tokens", "2", "--backend", BACKENDS_HERE[0])
+    assert named.returncode == 0, named.stderr
+    assert f"backend: {BACKENDS_HERE[0]} (asked for)" in named.stderr.splitlines()
+    auto = mamba_core_cli("generate", "x", "--max-tokens", "2")
+    assert auto.returncode == 0, auto.stderr
+    chosen = choose_backend("auto")
+    assert f"backend: {chosen.name} (auto: {chosen.why})" in auto.stderr.splitlines()
 
 
 @needs_shipped

@@ -17,7 +17,7 @@ from conftest import SELECTED_BACKENDS
 import mamba_core
 from mamba_core.assets import SHIPPED_MODEL, SHIPPED_NAME
 from mamba_core.commands.generate import generate_text
-from mamba_core.config import parse_config
+from mamba_core.dialects import parse_config
 from mamba_core.errors import BackendUnavailableError
 from mamba_core.registry import get_backend
 

@@ -157,7 +157,7 @@ def test_mlx_lm_loads_mlx_lm_output(arch, tmp_path):
     from mlx_lm.utils import load_model
 
     mb = require_backend("mlx")
-    # mlx-lm's gated norm ignores groups (spec-notes §6.3.3): ngroups 1 for a logits comparison
+    # mlx-lm's gated norm ignores groups (docs/spec.md §6.3.3): ngroups 1 for a logits comparison
     cfg = tiny_mamba1(tie_embeddings=False) if arch == "mamba1" else tiny_mamba2(ngroups=1)
     write_source("hf-sharded", cfg, "float32", tmp_path / "src")
     dst = mamba_core.convert(tmp_path / "src", tmp_path / "mlx", to="mlx-lm", shard_size=40_000)

@@ -1,4 +1,4 @@
-"""The examples and the learning docs run, on small sizes (issue 8 item 4, issue 7 item 5).
+"""The examples and the learning docs run, on small sizes.
 
 ``examples/forecast.py``: a Linear + Mamba stack + Linear forecaster trained on each backend beats the
 last-value baseline by a clear margin on held-out series, and streaming it frame by frame gives the full

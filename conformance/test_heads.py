@@ -1,4 +1,4 @@
-"""Task heads (issue 7.4): ``SequenceClassifier`` learns a toy task with every pooling, clearly above
+"""Task heads: ``SequenceClassifier`` learns a toy task with every pooling, clearly above
 chance on held-out data, on every backend; ``FeatureExtractor`` shapes and left-padding invariance.
 
 The toy task: does a left-padded sequence of random tokens contain token 7? Half the rows do (7 put at

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from conftest import SELECTED_BACKENDS
 
 import mamba_core
 from mamba_core import reference as R
-from mamba_core.errors import CheckpointError, UnsupportedError
+from mamba_core.errors import CheckpointError
 from mamba_core.layout import expand_layout
 from mamba_core.testing import TOLERANCE, check_close, make_hf_cache, tiny_mamba1, tiny_mamba2
 
@@ -190,6 +191,18 @@ def test_auto_backend_says_which(tmp_path, caplog):
     assert f"backend='auto' picked {chosen!r}" in caplog.text
 
 
+def test_mlx_reads_a_bin_only_with_torch(tmp_path, monkeypatch):
+    """MLX reads a pickle with torch (bit-exact, no torch tensor kept); without torch it names the fix."""
+    if "mlx" not in SELECTED_BACKENDS:
+        pytest.skip("mlx not selected by MAMBA_CORE_BACKENDS")
+    write_source("state-spaces-bin", CONFIGS["m1"], "bfloat16", tmp_path / "b")
+    model = mamba_core.load(tmp_path / "b", backend="mlx", device="cpu")
+    assert str(model.backbone.norm_f.weight.dtype) == "mlx.core.bfloat16"
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
+    with pytest.raises(CheckpointError, match=r"pytorch_model\.bin.*mlx backend needs torch \(pip install"):
+        mamba_core.load(tmp_path / "b", backend="mlx", device="cpu")
+
+
 # ---- errors -------------------------------------------------------------------------------------
 
 
@@ -261,20 +274,20 @@ def test_mismatched_files_name_the_tensor(target, tmp_path):
     _expect(target, d, rf"index .* does not match its shards.*{name}")
 
 
-def test_quantized_mlx_checkpoint_is_refused_with_the_path(target, tmp_path):
+def test_quantization_block_and_tensors_must_agree(target, tmp_path):
     cfg = CONFIGS["m1"]
     d = tmp_path / "q"
     write_source("mlx-lm", cfg, "float16", d)
     config = json.loads((d / "config.json").read_text())
     (d / "config.json").write_text(json.dumps({**config, "quantization": {"group_size": 64, "bits": 4}}))
-    err = _expect(target, d, r"config\.json.*quantiz.*unquantized", UnsupportedError)
+    err = _expect(target, d, r"config\.json.*quantization block.*no module.*scales")
     assert str(d) in str(err)
     # without the config key, the *.scales / *.biases tensors still give it away
     (d / "config.json").write_text(json.dumps(config))
     sd = safetensors_torch.load_file(str(d / "model.safetensors"))
     sd["backbone.layers.0.mixer.in_proj.scales"] = torch.ones(2, dtype=torch.float16)
     safetensors_torch.save_file(sd, str(d / "model.safetensors"), metadata={"format": "mlx"})
-    _expect(target, d, r"in_proj\.scales.*quantized mlx-lm checkpoint.*unquantized")
+    _expect(target, d, r"in_proj\.scales.*MLX quantization parameters.*no 'quantization' block")
 
 
 def test_bin_without_torch_is_a_clear_error(tmp_path, monkeypatch):

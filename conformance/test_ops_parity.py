@@ -37,12 +37,32 @@ def test_ssd_state_update(target, dtype):
     assert_check("ssd_state_update", target, dtype)
 
 
+def test_mamba3_chunked(target, dtype):
+    assert_check("mamba3_chunked", target, dtype)
+
+
+def test_mamba3_state_update(target, dtype):
+    assert_check("mamba3_state_update", target, dtype)
+
+
+def test_mamba3_gate_out(target, dtype):
+    assert_check("mamba3_gate_out", target, dtype)
+
+
 def test_rmsnorm(target, dtype):
     assert_check("rmsnorm", target, dtype)
 
 
 def test_rmsnorm_gated(target, dtype):
     assert_check("rmsnorm_gated", target, dtype)
+
+
+def test_decode_ops_in_place(target, dtype):
+    assert_check("decode_ops_in_place", target, dtype)
+
+
+def test_op_dtypes(target, dtype):
+    assert_check("op_dtypes", target, dtype)
 
 
 def test_every_op_check_has_a_test():

@@ -1,10 +1,10 @@
-"""The ``Mamba1``/``Mamba2`` stacks as layers (issue 8): (B, L, D) -> (B, L, D) on every cell.
+"""The ``Mamba1``/``Mamba2`` stacks as layers: (B, L, D) -> (B, L, D) on every cell.
 
 Forward and final states vs ``reference.backbone_forward`` on the same rounded inputs and the weights
 the stack really holds; ``step`` == forward; a chunked stream through the cache == one shot; left
 padding; gradients vs central differences of the float64 reference; torch vs MLX on the same weights;
 stacks and heads through checkpoints (the backbone of an LM checkpoint, save/load in both backends).
-End-to-end tolerance: 2x the op tolerance (house-style §7).
+End-to-end tolerance: 2x the op tolerance (docs/spec.md §7.2).
 """
 
 from __future__ import annotations
@@ -284,5 +284,5 @@ def test_stack_and_head_checkpoints_round_trip_across_backends(target, tmp_path)
                 continue
             loaded = mamba_core.load(path, backend=other_name, device="cpu")
             assert type(loaded).__name__ == type(model).__name__, name
-            assert other.heads.task_of(loaded) == mod.heads.task_of(model), name
+            assert other.task_of(loaded) == mod.task_of(model), name
             _assert_same_tensors(mod, model, other, loaded)

@@ -1,4 +1,4 @@
-"""Next-step forecasting of a noisy multi-frequency signal with a Mamba stack as a layer (issue 8).
+"""Next-step forecasting of a noisy multi-frequency signal with a Mamba stack as a layer.
 
 The model is ``Linear(1 -> d_model)``, a ``Mamba1``/``Mamba2`` stack (no embedding, no head: it maps
 (B, L, d_model) to the same shape), and ``Linear(d_model -> 1)``, trained with the plain optimizer of

@@ -22,7 +22,7 @@ M2_130M = Mamba2Config(d_model=768, n_layer=24, vocab_size=50277)
 
 
 def test_parameter_counts_match_published_sizes():
-    # spec-notes §3.2 / §4.2 tables: 129.1 M and 129.0 M
+    # docs/spec.md §3.2 / §4.2 tables: 129.1 M and 129.0 M
     assert round(parameter_count(M1_130M) / 1e5) == 1291
     assert round(parameter_count(M2_130M) / 1e5) == 1290
 

@@ -3,14 +3,14 @@
 House-style §7: peer libraries may add checks of checkpoint semantics, never the source of
 tolerances. A random checkpoint from ``reference.init_weights`` is loaded into ``MambaForCausalLM``
 / ``Mamba2ForCausalLM`` built from ``cfg.to_dict("hf")`` (state-spaces names, with the one HF
-rename ``backbone.embedding.weight`` -> ``backbone.embeddings.weight``, spec-notes §3.2), and its
+rename ``backbone.embedding.weight`` -> ``backbone.embeddings.weight``, docs/spec.md §3.2), and its
 logits are compared with ``reference.lm_forward``. The model runs on CPU in eval mode, so HF takes
 its pure-torch path (its CUDA kernels need CUDA tensors; its Mamba-2 fused path runs only in
 training mode).
 
 HF's torch paths compute parts of the mixers in float32 even for a float64 model
 (``A_log.float()``, ``B.float()``; ``mamba2_chunk_scan`` upcasts to float32, not float64) and
-return ``.float()`` logits, so the bound is the float32 tolerance 1e-5 of house-style §7
+return ``.float()`` logits, so the bound is the float32 tolerance 1e-5 of docs/spec.md §7.2
 (measured: about 1e-7 to 2.5e-7).
 """
 
@@ -27,9 +27,10 @@ transformers = pytest.importorskip(
 )
 
 from mamba_core import reference as ref  # noqa: E402
+from mamba_core import strict_json  # noqa: E402
 from mamba_core.config import Mamba1Config, Mamba2Config  # noqa: E402
 
-FP32_TOL = 1e-5  # house-style §7 float32 tolerance
+FP32_TOL = 1e-5  # docs/spec.md §7.2 float32 tolerance
 SEQLEN = 37  # not a multiple of the Mamba-2 chunk size (16)
 
 CASES = {
@@ -68,14 +69,15 @@ def _err(out: np.ndarray, expected: np.ndarray, what: str) -> float:
 
 
 def _hf_config(cfg):
-    d = json.loads(json.dumps(cfg.to_dict("hf")))  # exactly what a config.json gives transformers
+    # exactly what a config.json gives transformers (whose json reader decodes the {"__float__": ..} tags)
+    d = strict_json.decode_floats(json.loads(strict_json.dumps(cfg.to_dict("hf"))))
     cls = transformers.MambaConfig if cfg.arch == "mamba1" else transformers.Mamba2Config
     return cls(**d)
 
 
 def _hf_model(cfg, weights):
     hf_cfg = _hf_config(cfg)
-    # HF Mamba2Config defaults are Codestral's (pitfall 9): the dict must override them
+    # HF Mamba2Config defaults are Codestral's (docs/spec.md §9.9): the dict must override them
     if cfg.arch == "mamba2":
         assert hf_cfg.n_groups == cfg.ngroups and hf_cfg.num_heads == cfg.nheads
     assert hf_cfg.tie_word_embeddings == cfg.tie_embeddings

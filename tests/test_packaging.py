@@ -1,4 +1,4 @@
-"""The wheel holds every package under src/ at its mapped import name (house-style §10 caveat 3)."""
+"""The wheel holds every package under src/ at its mapped import name."""
 
 import subprocess
 import sys

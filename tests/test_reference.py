@@ -1,4 +1,4 @@
-"""Tests of the float64 oracle ``mamba_core.reference`` (house-style §7: numpy only, seconds).
+"""Tests of the float64 oracle ``mamba_core.reference`` (docs/spec.md §7.2: numpy only, seconds).
 
 Consistency properties (chunked == sequential, step == full, split prefill == one shot),
 hand-computed one-token cases, segsum stability, the Mamba-2 -> Mamba-1 reduction, norms and
@@ -370,7 +370,7 @@ def test_ssd_chunked_state_passing(rng):
 
 def test_ssd_chunked_stable_with_large_decay(rng):
     # |dt * A| up to ~200 per step: cumsums within a 256-chunk reach -5e4; naive exp(cumsum) ratios
-    # would give inf/NaN (pitfall 19), the segsum form must not
+    # would give inf/NaN (docs/spec.md §9.19), the segsum form must not
     x, dt, A, B, C, D, _ = _ssd_inputs(rng, batch=1, seqlen=600, nheads=2, headdim=2, ngroups=1)
     dt = rng.uniform(0.5, 4.0, dt.shape)
     A = np.array([-50.0, -0.01])
@@ -385,7 +385,7 @@ def test_ssd_chunked_stable_with_large_decay(rng):
 
 @pytest.mark.parametrize("ngroups", [1, 3], ids=["shared-BC", "one-head-per-group"])
 def test_mamba2_with_headdim_1_reduces_to_selective_scan(rng, ngroups):
-    # P = 1: each head is one channel with a scalar decay A_h broadcast over N (spec-notes §4.5,
+    # P = 1: each head is one channel with a scalar decay A_h broadcast over N (docs/spec.md §4.5,
     # "ssd_selective_scan")
     nheads = 3
     x, dt, A, B, C, D, dt_bias = _ssd_inputs(

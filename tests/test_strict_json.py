@@ -13,7 +13,7 @@ import math
 import pytest
 
 from mamba_core import strict_json
-from mamba_core.config import parse_config
+from mamba_core.dialects import parse_config
 from mamba_core.layout import CHECKPOINT_DIALECTS
 from mamba_core.testing import tiny_mamba1, tiny_mamba2
 

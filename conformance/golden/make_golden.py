@@ -7,12 +7,13 @@ scaled by U(0.8, 1.2) so the norms matter), ``save_pretrained`` writes ``<case>/
 ``<case>/model.safetensors`` (the HF dialect), and ``<case>/expected.npz`` holds ``input_ids`` and the
 float32 logits of each producer: ``transformers`` (``model(ids, use_cache=False).logits`` on CPU, float32)
 and ``mlx_lm`` (``mlx_lm.utils.load_model`` on the same directory, float32). Mamba-2 cases with
-``n_groups > 1`` have transformers logits only: mlx-lm's gated norm ignores groups (spec-notes §6.3).
+``n_groups > 1`` have transformers logits only: mlx-lm's gated norm ignores groups (docs/spec.md §6.3).
 ``<case>/producers.json`` records the versions. The directory is a few hundred KB at most.
 
-Run from the repository root (needs torch, transformers, mlx and mlx-lm; CPU is enough):
+Run from the repository root (needs torch, transformers, mlx and mlx-lm; CPU is enough), naming the
+cases to (re)make, or none for all of them:
 
-    python conformance/golden/make_golden.py
+    python conformance/golden/make_golden.py [case ...]
 """
 
 from __future__ import annotations
@@ -93,6 +94,40 @@ CASES = {
         ),
         ("transformers",),
     ),
+    "falcon-mamba": (
+        "FalconMambaConfig",
+        dict(
+            hidden_size=16,
+            num_hidden_layers=2,
+            vocab_size=48,
+            state_size=8,
+            expand=2,
+            conv_kernel=4,
+            time_step_rank="auto",
+            tie_word_embeddings=True,
+        ),
+        ("transformers", "mlx_lm"),
+    ),
+    "falcon-mamba-untied-vocab13": (
+        "FalconMambaConfig",
+        dict(
+            hidden_size=16,
+            num_hidden_layers=2,
+            vocab_size=13,
+            state_size=4,
+            expand=2,
+            conv_kernel=3,
+            time_step_rank=3,
+            use_bias=True,
+            tie_word_embeddings=False,
+        ),
+        ("transformers", "mlx_lm"),
+    ),
+}
+LM_CLASSES = {
+    "MambaConfig": "MambaForCausalLM",
+    "Mamba2Config": "Mamba2ForCausalLM",
+    "FalconMambaConfig": "FalconMambaForCausalLM",
 }
 
 
@@ -102,7 +137,7 @@ def _transformers_checkpoint(case: str, out: Path):
 
     cls_name, kwargs, _ = CASES[case]
     config = getattr(transformers, cls_name)(**kwargs)
-    lm_class = transformers.MambaForCausalLM if cls_name == "MambaConfig" else transformers.Mamba2ForCausalLM
+    lm_class = getattr(transformers, LM_CLASSES[cls_name])
     torch.manual_seed(SEED)
     model = lm_class(config).eval()
     gen = torch.Generator().manual_seed(SEED)
@@ -110,6 +145,8 @@ def _transformers_checkpoint(case: str, out: Path):
         for name, p in model.named_parameters():
             if name.endswith("norm.weight") or name.endswith("norm_f.weight"):
                 p.mul_(0.8 + 0.4 * torch.rand(p.shape, generator=gen))
+            elif name.endswith("_proj.bias") and "dt_proj" not in name:  # zero at init: make them matter
+                p.copy_(0.1 * torch.randn(p.shape, generator=gen))
     model.save_pretrained(out, safe_serialization=True)
     for extra in ("generation_config.json",):
         (out / extra).unlink(missing_ok=True)
@@ -139,9 +176,16 @@ def _mlx_lm_config(out: Path) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
+    """Make the cases named in ``argv`` (all of them when none is named)."""
+    unknown = sorted(set(argv) - set(CASES))
+    if unknown:
+        print(f"unknown case(s) {unknown}; expected some of {sorted(CASES)}", file=sys.stderr)
+        return 2
     versions = {d: metadata.version(d) for d in ("transformers", "torch", "mlx", "mlx-lm", "safetensors")}
     for case, (_, _, producers) in CASES.items():
+        if argv and case not in argv:
+            continue
         out = HERE / case
         shutil.rmtree(out, ignore_errors=True)
         out.mkdir()
@@ -175,4 +219,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))

@@ -18,6 +18,8 @@ from mamba_core.errors import UnsupportedError as UnsupportedError
 from mamba_core.loading import load as load
 from mamba_core.loading import load_tokenizer as load_tokenizer
 from mamba_core.loading import save as save
+from mamba_core.mamba3_config import Mamba3Config as Mamba3Config
+from mamba_core.quantization import quantize as quantize
 from mamba_core.registry import available_backends as available_backends
 from mamba_core.registry import get_backend as get_backend
 
@@ -29,6 +31,7 @@ __all__ = [
     "ConfigError",
     "Mamba1Config",
     "Mamba2Config",
+    "Mamba3Config",
     "MambaCoreError",
     "UnsupportedError",
     "__version__",
@@ -37,5 +40,6 @@ __all__ = [
     "get_backend",
     "load",
     "load_tokenizer",
+    "quantize",
     "save",
 ]

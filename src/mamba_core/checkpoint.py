@@ -3,14 +3,14 @@
 The spec never reads tensor data: it reads safetensors *headers* (names, shapes, dtypes, byte ranges),
 detects the dialect, and returns a ``LoadPlan`` that says, for every canonical tensor, which file and
 name it comes from and which axes to move. Each backend then runs the plan with its own native loader,
-so bfloat16 never passes through numpy (spec-notes §2).
+so bfloat16 never passes through numpy (docs/spec.md §2.4).
 
-Pickled ``.bin`` files (state-spaces ``pytorch_model.bin``, HF-style shards) carry no header: their names,
-shapes and dtypes are read with ``torch.load(weights_only=True, mmap=True)``, which restores tensors and
-plain containers only and never executes code from the file. torch is imported inside those functions
-only, so the spec layer stays framework-free; without torch a ``.bin`` raises ``CheckpointError``.
+Pickled ``.bin`` files (state-spaces ``pytorch_model.bin``, HF-style shards) carry no header: a pickle is
+torch's format, so the backends read them (``read_pickle_header`` of the backend contract, built on
+``torch.load(weights_only=True, mmap=True)`` in the torch backend). The spec layer imports no framework;
+without torch a ``.bin`` raises the ``CheckpointError`` of ``torch_needed``.
 
-Dialect detection (spec-notes §8.1), never by guessing shapes:
+Dialect detection (docs/spec.md §8.1), never by guessing shapes:
 
 * ``config.json`` dialect: ``model_type`` -> HF family, ``d_model``/``ssm_cfg`` -> state-spaces,
   ``arch`` -> mamba-core;
@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import struct
-import zipfile
 from dataclasses import dataclass, field
+from typing import Any
 
 from mamba_core.config import Mamba1Config, Mamba2Config
+from mamba_core.dialects.hybrid import is_family
 from mamba_core.errors import CheckpointError
+from mamba_core.hybrid_layout import stored_tensors
 from mamba_core.layout import (
     CHECKPOINT_DIALECTS,
     DIALECT_AXES,
@@ -56,19 +57,6 @@ _DTYPE_SIZE = {
     "F8_E5M2": 1,
 }
 FLOAT_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
-# torch dtype names (str(torch.float32) without "torch.") -> safetensors tags
-_TORCH_TAGS = {
-    "float64": "F64",
-    "float32": "F32",
-    "float16": "F16",
-    "bfloat16": "BF16",
-    "int64": "I64",
-    "int32": "I32",
-    "int16": "I16",
-    "int8": "I8",
-    "uint8": "U8",
-    "bool": "BOOL",
-}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 _MAX_HEADER = 100 * 1024 * 1024
 
@@ -164,88 +152,19 @@ def is_pickle(path: str | os.PathLike) -> bool:
     return os.fspath(path).endswith(PICKLE_SUFFIXES)
 
 
-def load_pickle(path: str | os.PathLike) -> dict:
-    """The tensors of a pickled torch checkpoint (``pytorch_model.bin``), as torch tensors on the CPU.
-
-    Read with ``torch.load(map_location="cpu", weights_only=True)`` (memory-mapped for zip-format files):
-    only tensors and plain containers are restored, nothing from the file is executed.
-
-    Returns:
-        dict name -> ``torch.Tensor``; tied tensors saved once keep sharing storage.
-
-    Raises:
-        CheckpointError: torch is not installed, or the file is truncated, corrupt, holds objects other
-            than tensors, or is not a flat dict of tensors (the message names the file and entry).
+def torch_needed(path: str | os.PathLike, backend: str) -> CheckpointError:
+    """The error for a pickled ``.bin`` read where torch is not installed: what to install or convert.
 
     Example:
-        >>> tensors = load_pickle("mamba-130m/pytorch_model.bin")   # doctest: +SKIP
+        >>> str(torch_needed("pytorch_model.bin", "mlx"))[:70]
+        "'pytorch_model.bin' is a pickled torch checkpoint: the mlx backend nee"
     """
-    path = os.fspath(path)
-    try:
-        import torch
-    except ImportError as e:
-        raise CheckpointError(
-            f"{path!r} is a pickled torch checkpoint: reading .bin files needs torch (pip install torch), "
-            "or convert it to safetensors where torch is installed (mamba-core convert SRC DST --to "
-            "state-spaces)"
-        ) from e
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint file {path!r} does not exist")
-    # mmap needs the zip format (torch >= 1.6); legacy, truncated or foreign files are read plainly
-    # so that torch's own error (which we wrap) says what is wrong.
-    mmap = zipfile.is_zipfile(path)
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as e:  # UnpicklingError (non-tensor objects), RuntimeError (truncated/corrupt)
-        kind, text = type(e).__name__, str(e)
-        # torch's message goes on to suggest weights_only=False; keep only what its unpickler found
-        found = re.search(r"WeightsUnpickler error:\s*(.*?)\s*(?:\n\n|$)", text, re.DOTALL)
-        detail = (found.group(1) if found else (text.splitlines() or [""])[0]).split(". Please")[0]
-        if re.match(r"Unsupported (global|class)|Trying to", detail):
-            why = (
-                "it holds objects other than tensors, which are refused (weights_only=True, nothing "
-                "was executed)"
-            )
-        else:
-            why = "it is truncated, corrupt or not a torch checkpoint (re-download or re-convert it)"
-        raise CheckpointError(f"cannot read pickled checkpoint {path!r}: {why}. {kind}: {detail}") from e
-    if not isinstance(obj, dict):
-        raise CheckpointError(
-            f"{path!r} holds a {type(obj).__name__}, not a dict of tensors (a state_dict); save "
-            "model.state_dict() instead"
-        )
-    bad = sorted(str(k) for k, v in obj.items() if not isinstance(k, str) or not torch.is_tensor(v))
-    if bad:
-        nested = [k for k in bad if isinstance(obj.get(k), dict)]
-        hint = (
-            f"; the weights seem nested under {nested[0]!r} (a training checkpoint): save "
-            f"checkpoint[{nested[0]!r}] on its own"
-            if nested
-            else ""
-        )
-        raise CheckpointError(
-            f"{path!r} is not a flat state_dict: {len(bad)} entr{'y is' if len(bad) == 1 else 'ies are'} "
-            f"not tensors: {', '.join(bad[:8])}{hint}"
-        )
-    return obj
-
-
-def read_pickle_header(path: str | os.PathLike) -> dict[str, TensorInfo]:
-    """Names, shapes and dtypes of a pickled torch checkpoint (memory-mapped; data is not copied).
-
-    Raises:
-        CheckpointError: as ``load_pickle``.
-
-    Example:
-        >>> read_pickle_header("pytorch_model.bin")["backbone.norm_f.weight"].shape   # doctest: +SKIP
-        (768,)
-    """
-    path = os.fspath(path)
-    out = {}
-    for name, t in load_pickle(path).items():
-        tag = _TORCH_TAGS.get(str(t.dtype).removeprefix("torch."), str(t.dtype))
-        out[name] = TensorInfo(name, tuple(int(s) for s in t.shape), tag, path)
-    return out
+    return CheckpointError(
+        f"{os.fspath(path)!r} is a pickled torch checkpoint: the {backend} backend needs torch "
+        "(pip install torch) to read it, only to read it (CPU-only wheels: pip install torch --index-url "
+        "https://download.pytorch.org/whl/cpu); or convert it to safetensors where torch is installed "
+        "(mamba-core convert SRC DST --to state-spaces), which every backend reads without torch"
+    )
 
 
 def checkpoint_dialect(config_dialect: str, metadata: dict[str, str]) -> str:
@@ -272,6 +191,9 @@ class LoadEntry:
         transpose: axes to apply to the stored tensor to reach the canonical layout, or None.
         dtype_policy: ``"fp32"`` or ``"model"``.
         source_dtype: safetensors dtype tag as stored.
+        expert: the stored tensor is ``canonical[expert]`` (a family checkpoint storing one tensor
+            per expert; the backend stacks the parts), or None.
+        rows: the stored tensor is rows ``[lo, hi)`` of (the expert slice of) ``canonical``, or None.
     """
 
     canonical: str
@@ -281,6 +203,8 @@ class LoadEntry:
     transpose: tuple[int, ...] | None
     dtype_policy: str
     source_dtype: str
+    expert: int | None = None
+    rows: tuple[int, int] | None = None
 
 
 @dataclass(frozen=True)
@@ -298,6 +222,10 @@ class LoadPlan:
             for or the checkpoint holds one.
         absent: head tensors the checkpoint lacks, which the new model initializes (a classifier
             built from an LM or stack checkpoint).
+        quantization: the ``QuantizationPlan`` of a quantized checkpoint (``mamba_core.quantization``),
+            else None.
+        quantized_entries: one entry per stored part of a quantized module (canonical
+            ``"<module>.weight"`` / ``".scales"`` / ``".biases"``), read as stored, never cast.
     """
 
     config: Mamba1Config | Mamba2Config
@@ -308,6 +236,8 @@ class LoadPlan:
     notes: tuple[str, ...] = field(default=())
     task: Task = field(default=Task())
     absent: tuple[str, ...] = field(default=())
+    quantization: Any = None
+    quantized_entries: tuple[LoadEntry, ...] = field(default=())
 
 
 def plan_load(
@@ -316,6 +246,7 @@ def plan_load(
     tensors: dict[str, TensorInfo],
     task: Task | None = None,
     source_task: Task | None = None,
+    quantization=None,
 ) -> LoadPlan:
     """Match a checkpoint's tensors against the layout of ``config`` in ``dialect``.
 
@@ -329,6 +260,8 @@ def plan_load(
         tensors: name in the checkpoint -> ``TensorInfo``.
         task: the kind of model to build; None = ``source_task``.
         source_task: the kind the checkpoint holds; None = an LM.
+        quantization: the ``QuantizationPlan`` of a quantized checkpoint (``mamba_core.quantization``):
+            its modules' weights are planned as packed codes + scales (+ biases), not as float tensors.
 
     Returns:
         A ``LoadPlan``.
@@ -341,91 +274,191 @@ def plan_load(
         raise CheckpointError(
             f"unknown checkpoint dialect {dialect!r}; expected one of {CHECKPOINT_DIALECTS}"
         )
-    renames = DIALECT_RENAMES[dialect]
-    mlx_layout = DIALECT_AXES[dialect]
     source_task = source_task or Task()
     task = task or source_task
-    specs = task_layout(config, task)
-    new_heads = {p.name for p in HEAD_LAYOUT.get(task.kind, ())}
-    if task.kind == source_task.kind:
-        new_heads = set()
-    specs = {n: s for n, s in specs.items() if not (n in new_heads and renames.get(n, n) not in tensors)}
-    absent = tuple(sorted(set(task_layout(config, task)) - set(specs)))
-    entries: list[LoadEntry] = []
-    missing: list[str] = []
-    mismatched: list[tuple[str, str, str]] = []
-    used: set[str] = set()
-    hints: list[str] = []
-    for canonical, spec in specs.items():
-        source = renames.get(canonical, canonical)
-        info = tensors.get(source)
-        if info is None:
-            missing.append(source)
-            continue
-        used.add(source)
-        expected = spec.mlx_shape if mlx_layout else spec.shape
-        if tuple(info.shape) != expected:
-            mismatched.append(
-                (
-                    source,
-                    spec.describe_shape() if not mlx_layout else str(expected),
-                    str(tuple(info.shape)),
-                )
-            )
-            if spec.mlx_axes is not None:
-                other = spec.shape if mlx_layout else spec.mlx_shape
-                if tuple(info.shape) == other:
-                    hints.append(
-                        "the conv weights are in torch layout (C, 1, K); this is an HF/state-spaces "
-                        "checkpoint, not mlx-lm"
-                        if mlx_layout
-                        else "the conv weights are in MLX layout (C, K, 1); this looks like an mlx-lm "
-                        "checkpoint: pass dialect='mlx-lm' (or add metadata {'format': 'mlx'})"
-                    )
-            if "vocab_size_padded" in spec.template and info.shape and info.shape[1:] == spec.shape[1:]:
-                hints.append(
-                    f"the checkpoint has {info.shape[0]} vocab rows but the config gives "
-                    f"vocab_size_padded={spec.shape[0]}: check vocab_size/pad_vocab_size_multiple"
-                )
-            continue
-        if info.dtype not in FLOAT_DTYPES:
-            mismatched.append((source, "a float tensor", f"dtype {info.dtype}"))
-            continue
-        entries.append(
-            LoadEntry(
-                canonical,
-                source,
-                info.file,
-                spec.shape,
-                spec.mlx_axes if mlx_layout else None,
-                spec.dtype_policy,
-                info.dtype,
-            )
-        )
-    tied_duplicate = None
+    match = _Matcher(config, dialect, tensors)
+    specs, absent = _planned_specs(config, task, source_task, match)
+    # quantization hook: a quantized module's weight is read as stored, with its scales and biases
+    quantized = match.quantized_entries(quantization, specs) if quantization is not None else []
+    entries = [e for name, spec in specs.items() for e in match.entries(name, spec)]
     if task.kind != "lm":  # the rest of an LM / head checkpoint is not this model's: ignore it
-        known = set(expand_layout(config)) | {p.name for rows in HEAD_LAYOUT.values() for p in rows}
-        used |= {renames.get(n, n) for n in known}
-    elif config.tie_embeddings and "lm_head.weight" in tensors:
-        info = tensors["lm_head.weight"]
-        used.add("lm_head.weight")
-        emb = specs["backbone.embedding.weight"]
-        if tuple(info.shape) != emb.shape:
-            mismatched.append(("lm_head.weight", emb.describe_shape(), str(tuple(info.shape))))
-        else:
-            tied_duplicate = LoadEntry(
-                "lm_head.weight", "lm_head.weight", info.file, emb.shape, None, "model", info.dtype
-            )
-    unexpected = sorted(set(tensors) - used)
-    if unexpected or missing or mismatched:
-        _raise_plan_error(config, dialect, missing, unexpected, mismatched, hints)
+        match.ignore_known()
+        tied_duplicate = None
+    else:
+        tied_duplicate = match.tied_duplicate(task_layout(config, task)["backbone.embedding.weight"])
+    match.raise_if_wrong()
+    return LoadPlan(config, dialect, tuple(entries), tied_duplicate, _dominant_dtype(entries, quantized),
+                    task=task, absent=absent, quantization=quantization, quantized_entries=tuple(quantized))
+
+
+def _planned_specs(config, task: Task, source_task: Task, match: _Matcher):
+    """-> (canonical name -> spec of the tensors to read, sorted names of new head tensors to initialize).
+
+    A head the checkpoint's own kind lacks (a classifier built from an LM) is new unless the file has it.
+    """
+    layout = task_layout(config, task)
+    new_heads = set() if task.kind == source_task.kind else {p.name for p in HEAD_LAYOUT.get(task.kind, ())}
+    specs = {n: s for n, s in layout.items() if not (n in new_heads and not match.has(n))}
+    return specs, tuple(sorted(set(layout) - set(specs)))
+
+
+def _dominant_dtype(entries: list[LoadEntry], quantized: list[LoadEntry] = ()) -> str:
+    """The float dtype most "model"-policy tensors are stored in; with none, the dtype most quantization
+    scales are stored in (float32 when there are none either, or the scales are not float: mxfp)."""
     counts: dict[str, int] = {}
     for e in entries:
         if e.dtype_policy == "model":
             counts[e.source_dtype] = counts.get(e.source_dtype, 0) + 1
-    dominant = max(counts, key=counts.get) if counts else "F32"
-    return LoadPlan(config, dialect, tuple(entries), tied_duplicate, FLOAT_DTYPES[dominant], task=task,
-                    absent=absent)
+    if not counts:
+        for e in quantized:
+            if e.canonical.endswith(".scales") and e.source_dtype in FLOAT_DTYPES:
+                counts[e.source_dtype] = counts.get(e.source_dtype, 0) + 1
+    return FLOAT_DTYPES[max(counts, key=counts.get) if counts else "F32"]
+
+
+class _Matcher:
+    """Matches canonical tensors against a checkpoint's, collecting every problem before raising once.
+
+    Attributes:
+        missing: checkpoint names the layout needs and the file lacks.
+        mismatched: ``(name, expected, got)`` for wrong shapes or non-float dtypes.
+        used: checkpoint names accounted for; the rest are unexpected.
+        hints: what the problems suggest (another dialect, a padded vocab, ...).
+    """
+
+    def __init__(self, config, dialect: str, tensors: dict[str, TensorInfo]):
+        self.config, self.dialect, self.tensors = config, dialect, tensors
+        self.renames = DIALECT_RENAMES[dialect]
+        self.mlx_layout = DIALECT_AXES[dialect]
+        # a hybrid family: canonical name -> the stored tensors it is made of (hybrid_layout)
+        self.parts: dict[str, list] | None = None
+        if is_family(config):
+            self.parts = {}
+            for t in stored_tensors(config, dialect):
+                if t.hf_name == "lm_head.weight" and t.canonical != "lm_head.weight":
+                    continue  # a tied head stored again (mlx-lm): the tied-duplicate check reads it
+                self.parts.setdefault(t.canonical, []).append(t)
+        self.missing: list[str] = []
+        self.mismatched: list[tuple[str, str, str]] = []
+        self.used: set[str] = set()
+        self.hints: list[str] = []
+
+    def source(self, canonical: str) -> str:
+        """The checkpoint's name of a canonical tensor in this dialect (a family's first part)."""
+        if self.parts is not None and canonical in self.parts:
+            return self.parts[canonical][0].hf_name
+        return self.renames.get(canonical, canonical)
+
+    def entries(self, canonical: str, spec) -> list[LoadEntry]:
+        """The ``LoadEntry`` rows of one canonical tensor (several for a family's per-expert tensors);
+        problems are recorded, not raised."""
+        if self.parts is None:
+            entry = self.entry(canonical, spec)
+            return [] if entry is None else [entry]
+        out = []
+        for part in self.parts.get(canonical, ()):
+            info = self.tensors.get(part.hf_name)
+            if info is None:
+                self.missing.append(part.hf_name)
+                continue
+            self.used.add(part.hf_name)
+            if tuple(info.shape) != tuple(part.shape):
+                self.mismatched.append((part.hf_name, str(tuple(part.shape)), str(tuple(info.shape))))
+                continue
+            if info.dtype not in FLOAT_DTYPES:
+                self.mismatched.append((part.hf_name, "a float tensor", f"dtype {info.dtype}"))
+                continue
+            out.append(LoadEntry(canonical, part.hf_name, info.file, spec.shape, part.axes, spec.dtype_policy,
+                                 info.dtype, part.expert, part.rows))
+        return out
+
+    def has(self, canonical: str) -> bool:
+        return self.source(canonical) in self.tensors
+
+    def entry(self, canonical: str, spec) -> LoadEntry | None:
+        """The ``LoadEntry`` of one canonical tensor, or None (and the problem recorded)."""
+        source = self.source(canonical)
+        info = self.tensors.get(source)
+        if info is None:
+            self.missing.append(source)
+            return None
+        self.used.add(source)
+        expected = spec.mlx_shape if self.mlx_layout else spec.shape
+        if tuple(info.shape) != expected:
+            shown = str(expected) if self.mlx_layout else spec.describe_shape()
+            self.mismatched.append((source, shown, str(tuple(info.shape))))
+            self._shape_hints(spec, info)
+            return None
+        if info.dtype not in FLOAT_DTYPES:
+            self.mismatched.append((source, "a float tensor", f"dtype {info.dtype}"))
+            return None
+        axes = spec.mlx_axes if self.mlx_layout else None
+        return LoadEntry(canonical, source, info.file, spec.shape, axes, spec.dtype_policy, info.dtype)
+
+    def _shape_hints(self, spec, info: TensorInfo) -> None:
+        if spec.mlx_axes is not None:
+            other = spec.shape if self.mlx_layout else spec.mlx_shape
+            if tuple(info.shape) == other:
+                self.hints.append(
+                    "the conv weights are in torch layout (C, 1, K); this is an HF/state-spaces "
+                    "checkpoint, not mlx-lm"
+                    if self.mlx_layout
+                    else "the conv weights are in MLX layout (C, K, 1); this looks like an mlx-lm "
+                    "checkpoint: pass dialect='mlx-lm' (or add metadata {'format': 'mlx'})"
+                )
+        if "vocab_size_padded" in spec.template and info.shape and info.shape[1:] == spec.shape[1:]:
+            self.hints.append(
+                f"the checkpoint has {info.shape[0]} vocab rows but the config gives "
+                f"vocab_size_padded={spec.shape[0]}: check vocab_size/pad_vocab_size_multiple"
+            )
+
+    def quantized_entries(self, quantization, specs: dict) -> list[LoadEntry]:
+        """The stored parts of each quantized module (``quantization.modules``): ``<module>.weight``
+        (packed codes), ``.scales`` and, in the affine mode, ``.biases``, read as stored. Their weights
+        leave ``specs`` (they are not float tensors of the layout's shape)."""
+        from mamba_core.quantization import module_name
+
+        out: list[LoadEntry] = []
+        for path, quantized in quantization.modules.items():
+            if specs.pop(f"{path}.weight", None) is None:
+                continue
+            name = module_name(path, self.dialect)
+            parts = ("weight", "scales", "biases") if quantized.params.has_biases else ("weight", "scales")
+            for part in parts:
+                info = self.tensors.get(f"{name}.{part}")
+                if info is None:
+                    self.missing.append(f"{name}.{part}")
+                    continue
+                self.used.add(info.name)
+                entry = LoadEntry(f"{path}.{part}", info.name, info.file, tuple(info.shape), None, "stored",
+                                  info.dtype)
+                out.append(entry)
+        return out
+
+    def ignore_known(self) -> None:
+        """Count every tensor an LM or head of this config could hold as used (a stack or head load)."""
+        known = set(expand_layout(self.config)) | {p.name for rows in HEAD_LAYOUT.values() for p in rows}
+        self.used |= {self.source(n) for n in known}
+
+    def tied_duplicate(self, embedding_spec) -> LoadEntry | None:
+        """A tied model whose file also stores ``lm_head.weight``: that entry (checked equal to the
+        embedding by the backend), else None."""
+        if not self.config.tie_embeddings or "lm_head.weight" not in self.tensors:
+            return None
+        info = self.tensors["lm_head.weight"]
+        self.used.add("lm_head.weight")
+        if tuple(info.shape) != embedding_spec.shape:
+            got = str(tuple(info.shape))
+            self.mismatched.append(("lm_head.weight", embedding_spec.describe_shape(), got))
+            return None
+        return LoadEntry("lm_head.weight", "lm_head.weight", info.file, embedding_spec.shape, None, "model",
+                         info.dtype)
+
+    def raise_if_wrong(self) -> None:
+        unexpected = sorted(set(self.tensors) - self.used)
+        if unexpected or self.missing or self.mismatched:
+            _raise_plan_error(self.config, self.dialect, self.missing, unexpected, self.mismatched,
+                              self.hints)
 
 
 def _raise_plan_error(config, dialect, missing, unexpected, mismatched, hints) -> None:
@@ -455,9 +488,9 @@ def _raise_plan_error(config, dialect, missing, unexpected, mismatched, hints) -
         )
     if any(n.endswith((".scales", ".biases")) for n in unexpected):
         hints.append(
-            "tensors named '*.scales'/'*.biases' are MLX quantization parameters: this is a quantized "
-            "mlx-lm checkpoint, which mamba-core does not load; use an unquantized (float16/bfloat16/"
-            "float32) repo instead, e.g. the original state-spaces/*-hf one"
+            "tensors named '*.scales'/'*.biases' are MLX quantization parameters, but config.json has no "
+            "'quantization' block saying how they were quantized: add the block mlx-lm wrote "
+            "({'group_size': 64, 'bits': 4, 'mode': 'affine'}) or use an unquantized checkpoint"
         )
     if any(n.startswith("model.") for n in unexpected):
         hints.append("tensor names start with 'model.' (Mistral/Codestral layout): strip the prefix")

@@ -7,7 +7,7 @@ write them with ``writer.write_checkpoint`` (safetensors shards in a temporary d
 place when complete; tokenizer files copied along).
 
 Dtypes. ``dtype=None`` keeps the checkpoint's dtype for every "model"-policy tensor. ``A_log``, ``D``
-and the dt bias (the layout's "fp32" policy, spec-notes §6) are written as float32 in every target
+and the dt bias (the layout's "fp32" policy, docs/spec.md §6.1) are written as float32 in every target
 dialect, ``"state-spaces"`` included, whatever the source holds: a float16 or bfloat16 value widens to
 float32 exactly, so ``load(convert(x)) == load(x)`` bit for bit (``load`` holds them in float32 anyway),
 the files stay loadable by transformers, mlx-lm and upstream (they cast on load), and the cost is a few
@@ -24,10 +24,11 @@ import logging
 import os
 from pathlib import Path
 
-from mamba_core.errors import BackendUnavailableError, CheckpointError
+from mamba_core.errors import CheckpointError
 from mamba_core.layout import CHECKPOINT_DIALECTS
 from mamba_core.loading import local_path, plan_checkpoint
-from mamba_core.registry import DTYPES, get_backend
+from mamba_core.quantization import quantization_config, quantizing_backend
+from mamba_core.registry import DTYPES, choose_backend, get_backend
 from mamba_core.tokenizer import BYTE_MODEL_HF_FILES, byte_tokenizer_of
 from mamba_core.writer import (
     DEFAULT_SHARD_SIZE,
@@ -39,32 +40,8 @@ from mamba_core.writer import (
 
 log = logging.getLogger("mamba_core")
 
-# "canonical" is the house-style name of our own format.
+# "canonical" is an accepted alias of our own format's name.
 _ALIASES = {"canonical": "mamba-core"}
-
-
-def conversion_backend(backend: str | None = None) -> str:
-    """The backend a conversion runs on: ``backend`` when given, else torch when importable, else MLX.
-
-    Raises:
-        BackendUnavailableError: neither backend is installed (or the named one is not).
-
-    Example:
-        >>> conversion_backend("mlx")   # doctest: +SKIP
-        'mlx'
-    """
-    if backend not in (None, "auto"):
-        get_backend(backend)
-        return backend
-    errors = []
-    for name in ("torch", "mlx"):
-        try:
-            get_backend(name)
-        except BackendUnavailableError as e:
-            errors.append(e)
-            continue
-        return name
-    raise errors[0]
 
 
 def convert(
@@ -78,22 +55,32 @@ def convert(
     shard_size: int = DEFAULT_SHARD_SIZE,
     revision: str | None = None,
     dialect: str | None = None,
+    quantize: str | None = None,
+    group_size: int | None = None,
+    gguf_type: str | None = None,
 ) -> Path:
     """Convert a checkpoint to another dialect (and optionally another dtype).
 
     Args:
         src: a checkpoint directory or weight file of any dialect ``load`` reads, or a hub id.
         dst: the directory to write; it must not exist unless ``force``.
-        to: ``"mamba-core"`` (alias ``"canonical"``), ``"hf"``, ``"state-spaces"`` or ``"mlx-lm"``.
+        to: ``"mamba-core"`` (alias ``"canonical"``), ``"hf"``, ``"state-spaces"``, ``"mlx-lm"`` or
+            ``"gguf"`` (a single ``.gguf`` file at ``dst``).
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``; None keeps the source's dtype. ``A_log``,
             ``D`` and the dt bias are always written as float32 (see the module docstring).
         force: replace an existing ``dst``; the old one is removed only after the new one is complete.
-        backend: ``"torch"`` or ``"mlx"`` to run the conversion on; None = torch when installed, else
-            MLX. Either gives the same bytes.
+        backend: ``"torch"`` or ``"mlx"`` to run the conversion on; None or ``"auto"`` =
+            ``registry.choose_backend``'s rule (MLX on Apple Silicon, else torch). Either gives the same
+            bytes.
         shard_size: the largest output shard in bytes (default 5 GiB); above it the weights are split
             into ``model-0000k-of-0000N.safetensors`` with a ``model.safetensors.index.json``.
         revision: hub revision when ``src`` is a hub id.
         dialect: force the source dialect instead of detecting it.
+        quantize: ``"q4"``, ``"q8"``, ``"mxfp4"``, ``"mxfp8"`` (``mamba_core.quantization``): quantize
+            the linear projections and embedding in MLX's format (targets ``"mlx-lm"`` and
+            ``"mamba-core"``; mxfp modes run on MLX). A quantized source keeps its quantization.
+        group_size: quantization group size (32, 64, 128).
+        gguf_type: for ``to="gguf"``: ``"F32"``, ``"F16"`` or ``"Q8_0"`` (``mamba_core.gguf``).
 
     Returns:
         ``dst`` as a ``Path``.
@@ -110,6 +97,13 @@ def convert(
         PosixPath('mamba-130m-mlx')
     """
     to = _ALIASES.get(to, to)
+    if to == "gguf":  # llama.cpp's format (mamba_core.gguf)
+        from mamba_core.gguf import convert_to_gguf
+
+        if quantize is not None:
+            raise CheckpointError("to='gguf' quantizes with gguf_type ('Q8_0'), not quantize=")
+        return convert_to_gguf(src, dst, gguf_type=gguf_type or "F16", force=force, backend=backend,
+                               revision=revision, dialect=dialect)
     if to not in CHECKPOINT_DIALECTS:
         raise CheckpointError(
             f"unknown target dialect {to!r}; expected one of {CHECKPOINT_DIALECTS} (or 'canonical')"
@@ -120,14 +114,21 @@ def convert(
     if dst.exists() and not force:
         raise FileExistsError(f"{str(dst)!r} exists; pass force=True (--force) to replace it")
     src_path = local_path(src, revision=revision)
-    plan = plan_checkpoint(src_path, dialect=dialect)
-    name = conversion_backend(backend)
+    name = choose_backend(quantizing_backend(quantize, backend)).name
     module = get_backend(name)
+    plan = plan_checkpoint(src_path, dialect=dialect, backend=module)
     log.info(
         "converting %s (%s, %s) to %s (%s) with the %s backend",
         src_path, plan.dialect, plan.checkpoint_dtype, dst, to, name,
     )
     model = module.load_checkpoint(plan, dtype=dtype, device="cpu")
+    if quantize is not None:
+        from mamba_core.quantization import quantize as quantize_model
+
+        if plan.quantization is not None:
+            raise CheckpointError(f"{str(src_path)!r} is already quantized; convert its float original")
+        quantize_model(model, quantize, group_size=group_size)
+    config_extra = {**plan.task.to_dict(), **quantization_config(model, to)}
     tensors = module.export_tensors(model, dialect=to)
     src_dir = src_path if src_path.is_dir() else src_path.parent
     tokenizer = byte_tokenizer_of(src_dir)
@@ -141,4 +142,4 @@ def convert(
     return write_checkpoint(module, tensors, plan.config, dst, dialect=to, force=force,
                             shard_size=shard_size, copy_files=copy, extra_files=extra,
                             desc=f"convert -> {to}",
-                            config_extra={**plan.task.to_dict(), **token_id_keys(tokenizer, to)})
+                            config_extra={**config_extra, **token_id_keys(tokenizer, to)})

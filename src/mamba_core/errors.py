@@ -83,3 +83,19 @@ class DeviceUnavailableError(MambaCoreError, ValueError):
         self.backend = backend
         self.device = device
         self.available = list(available)
+
+
+class SamplingError(MambaCoreError, ValueError):
+    """A generation setting is out of range or of the wrong type (``mamba_core.sampling``).
+
+    Attributes:
+        argument: the offending keyword argument of ``generate`` / ``stream``.
+    """
+
+    def __init__(self, message: str, *, argument: str):
+        super().__init__(message)
+        self.argument = argument
+
+
+class SeedError(SamplingError):
+    """A seed is not an int in ``[0, 2**64)`` (the range both backends' generators take)."""

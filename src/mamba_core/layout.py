@@ -1,16 +1,19 @@
 """Weight layout as data: canonical parameter names, shapes in config terms, dtype policy, dialect moves.
 
-One table per architecture (``MAMBA1_LAYOUT``, ``MAMBA2_LAYOUT``) of ``Param`` rows. Canonical names are
-the state-spaces names; canonical tensor layout is torch's (conv weight (C, 1, K)). Everything that reads
-or writes weights (load plans, export, conversion, errors, docs) is derived from these tables:
+The layout of a model is composed per layer from the registered layer kinds (``mamba_core.layers``,
+docs/architecture.md): for block ``i`` of ``layers.layer_plan(config)``, the block rows
+(``backbone.layers.{i}.norm.weight``) and each slot's kind rows under
+``backbone.layers.{i}.<slot>.``; then the embedding, ``norm_f`` and the LM head. Canonical names are
+the state-spaces names; canonical tensor layout is torch's (conv weight (C, 1, K)). Everything that
+reads or writes weights (load plans, export, conversion, errors, docs) is derived from it:
 
 * ``DIALECT_RENAMES``: per checkpoint dialect, canonical name -> that dialect's name;
 * ``DIALECT_AXES``: per dialect, whether the conv weights are stored in MLX layout (C, K, 1);
 * ``Param.dtype_policy``: ``"fp32"`` for what upstream keeps in fp32 (A_log, D, the dt bias), else
-  ``"model"`` (spec-notes §6.1);
-* ``CACHE_LAYOUT``: the decode cache fields, their shapes and dtype policy (spec-notes §3.6, §4.7).
+  ``"model"`` (docs/spec.md §6.1);
+* the decode cache: per layer, the cache fields of its kinds (``cache_plan``; docs/spec.md §3.6, §4.7).
 
-Reading order: the tables, then ``expand_layout`` (a config -> concrete names and shapes).
+Reading order: ``expand_layout`` (a config -> concrete names and shapes), then the dialect tables.
 """
 
 from __future__ import annotations
@@ -18,31 +21,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mamba_core.config import Mamba1Config, Mamba2Config
+from mamba_core.layers import BLOCK_ROWS, KINDS, Param, kind_config, layer_plan
+from mamba_core.layers.kind import attr, present
+
+__all__ = ["Param"]  # re-exported: the row type lives with the layer kinds
 
 LAYER = "backbone.layers.{i}."
-
-
-@dataclass(frozen=True)
-class Param:
-    """One row of a layout table.
-
-    Attributes:
-        name: name template; ``{i}`` is the layer index.
-        shape: config attribute names and ints, e.g. ``("conv_dim", 1, "d_conv")``.
-        dtype_policy: ``"fp32"`` (kept in float32 whatever the model dtype) or ``"model"``.
-        mlx_axes: permutation from the torch layout to the MLX layout, or None.
-        when: config attribute that must be truthy for the tensor to exist, ``"untied"`` for the
-            LM head of an untied model, or None (always present).
-    """
-
-    name: str
-    shape: tuple
-    dtype_policy: str = "model"
-    mlx_axes: tuple[int, ...] | None = None
-    when: str | None = None
-
-
-_CONV = (0, 2, 1)  # (C, 1, K) <-> (C, K, 1); its own inverse
 
 _HEAD = (
     Param("backbone.embedding.weight", ("vocab_size_padded", "d_model")),
@@ -50,48 +34,23 @@ _HEAD = (
     Param("lm_head.weight", ("vocab_size_padded", "d_model"), when="untied"),
 )
 
-MAMBA1_LAYOUT: tuple[Param, ...] = (
-    Param(LAYER + "norm.weight", ("d_model",)),
-    Param(LAYER + "mixer.in_proj.weight", ("d_in_proj", "d_model")),
-    Param(LAYER + "mixer.in_proj.bias", ("d_in_proj",), when="bias"),
-    Param(LAYER + "mixer.conv1d.weight", ("conv_dim", 1, "d_conv"), mlx_axes=_CONV),
-    Param(LAYER + "mixer.conv1d.bias", ("conv_dim",), when="conv_bias"),
-    Param(LAYER + "mixer.x_proj.weight", ("d_x_proj", "d_inner")),
-    Param(LAYER + "mixer.dt_proj.weight", ("d_inner", "dt_rank")),
-    Param(LAYER + "mixer.dt_proj.bias", ("d_inner",), dtype_policy="fp32"),
-    Param(LAYER + "mixer.A_log", ("d_inner", "d_state"), dtype_policy="fp32"),
-    Param(LAYER + "mixer.D", ("d_inner",), dtype_policy="fp32"),
-    Param(LAYER + "mixer.out_proj.weight", ("d_model", "d_inner")),
-    Param(LAYER + "mixer.out_proj.bias", ("d_model",), when="bias"),
-) + _HEAD
 
-MAMBA2_LAYOUT: tuple[Param, ...] = (
-    Param(LAYER + "norm.weight", ("d_model",)),
-    Param(LAYER + "mixer.in_proj.weight", ("d_in_proj", "d_model")),
-    Param(LAYER + "mixer.in_proj.bias", ("d_in_proj",), when="bias"),
-    Param(LAYER + "mixer.conv1d.weight", ("conv_dim", 1, "d_conv"), mlx_axes=_CONV),
-    Param(LAYER + "mixer.conv1d.bias", ("conv_dim",), when="conv_bias"),
-    Param(LAYER + "mixer.dt_bias", ("nheads",), dtype_policy="fp32"),
-    Param(LAYER + "mixer.A_log", ("nheads",), dtype_policy="fp32"),
-    Param(LAYER + "mixer.D", ("nheads",), dtype_policy="fp32"),
-    Param(LAYER + "mixer.norm.weight", ("d_inner",)),
-    Param(LAYER + "mixer.out_proj.weight", ("d_model", "d_inner")),
-    Param(LAYER + "mixer.out_proj.bias", ("d_model",), when="bias"),
-) + _HEAD
+def _one_kind_table(kind_name: str) -> tuple[Param, ...]:
+    kind = KINDS[kind_name]
+    layer = tuple(Param(LAYER + r.name, r.shape, r.dtype_policy, r.mlx_axes, r.when)
+                  for r in BLOCK_ROWS[kind.slot])
+    rows = tuple(Param(f"{LAYER}{kind.slot}.{r.name}", r.shape, r.dtype_policy, r.mlx_axes, r.when)
+                 for r in kind.rows)
+    return layer + rows + _HEAD
 
+
+# The full tables of the one-kind models (every layer the same mixer), for reading and for docs.
+MAMBA1_LAYOUT: tuple[Param, ...] = _one_kind_table("mamba1")
+MAMBA2_LAYOUT: tuple[Param, ...] = _one_kind_table("mamba2")
 LAYOUTS = {"mamba1": MAMBA1_LAYOUT, "mamba2": MAMBA2_LAYOUT}
 
-# Split order and sizes of in_proj outputs (config attribute names), spec-notes §3.2 / §4.2.
-SEGMENTS = {
-    "mamba1": (("x", "d_inner"), ("z", "d_inner")),
-    "mamba2": (
-        ("z", "d_inner"),
-        ("x", "d_inner"),
-        ("B", "ngroups*d_state"),
-        ("C", "ngroups*d_state"),
-        ("dt", "nheads"),
-    ),
-}
+# Split order and sizes of in_proj outputs (config attribute names), docs/spec.md §3.2 / §4.2.
+SEGMENTS = {name: kind.segments for name, kind in KINDS.items() if kind.segments}
 
 # Checkpoint dialects: canonical name -> the dialect's name (only the differences).
 _EMBEDDINGS = {"backbone.embedding.weight": "backbone.embeddings.weight"}
@@ -110,17 +69,9 @@ DIALECT_AXES: dict[str, bool] = {
 }
 CHECKPOINT_DIALECTS = tuple(DIALECT_RENAMES)
 
-# Decode cache (spec-notes §3.6, §4.7): window of the last K raw pre-conv inputs, channels first;
-# the SSM state is float32 whatever the model dtype (house rule, spec-notes §6.1).
+# Decode cache of the one-kind models (docs/spec.md §3.6, §4.7): field -> (shape terms, dtype policy).
 CACHE_LAYOUT = {
-    "mamba1": {
-        "conv_state": (("batch", "conv_dim", "d_conv"), "model"),
-        "ssm_state": (("batch", "d_inner", "d_state"), "fp32"),
-    },
-    "mamba2": {
-        "conv_state": (("batch", "conv_dim", "d_conv"), "model"),
-        "ssm_state": (("batch", "nheads", "headdim", "d_state"), "fp32"),
-    },
+    name: {f.name: (f.shape, f.dtype_policy) for f in kind.cache} for name, kind in KINDS.items()
 }
 
 
@@ -153,7 +104,7 @@ def dim(config: Mamba1Config | Mamba2Config, term: str | int) -> int:
         return term
     value = 1
     for part in term.split("*"):
-        value *= getattr(config, part)
+        value *= attr(config, part)
     return int(value)
 
 
@@ -164,15 +115,15 @@ def describe_shape(template: tuple, config: Mamba1Config | Mamba2Config) -> str:
 
 
 def _present(param: Param, config: Mamba1Config | Mamba2Config) -> bool:
-    if param.when is None:
-        return True
-    if param.when == "untied":
-        return not config.tie_embeddings
-    return bool(getattr(config, param.when))
+    return present(param.when, config)
 
 
 def expand_layout(config: Mamba1Config | Mamba2Config) -> dict[str, ParamSpec]:
     """Every canonical tensor of a model, in order: name -> ``ParamSpec``.
+
+    Per block of ``layers.layer_plan(config)``: its block rows, then each slot's kind rows (shapes in
+    terms of the kind's config, ``layers.kind_config``); then the embedding, ``norm_f`` and (untied)
+    the LM head.
 
     Example:
         >>> from mamba_core import Mamba1Config
@@ -181,14 +132,20 @@ def expand_layout(config: Mamba1Config | Mamba2Config) -> dict[str, ParamSpec]:
         (32, 1, 4)
     """
     out: dict[str, ParamSpec] = {}
-    layer_rows = [p for p in LAYOUTS[config.arch] if "{i}" in p.name]
-    for i in range(config.n_layer):
-        for p in layer_rows:
-            if _present(p, config):
-                name = p.name.format(i=i)
-                out[name] = _spec(p, name, config)
-    for p in LAYOUTS[config.arch]:
-        if "{i}" not in p.name and _present(p, config):
+    for i, block in enumerate(layer_plan(config)):
+        prefix = LAYER.format(i=i)
+        for slot, _ in block.slots:
+            for p in BLOCK_ROWS[slot]:
+                if _present(p, config):
+                    out[prefix + p.name] = _spec(p, prefix + p.name, config)
+        for slot, kind_name in block.slots:
+            cfg = kind_config(config, kind_name)
+            for p in KINDS[kind_name].rows:
+                if _present(p, cfg):
+                    name = f"{prefix}{slot}.{p.name}"
+                    out[name] = _spec(p, name, cfg)
+    for p in _HEAD:
+        if _present(p, config):
             out[p.name] = _spec(p, p.name, config)
     return out
 
@@ -203,12 +160,35 @@ def dialect_name(canonical: str, dialect: str) -> str:
     return DIALECT_RENAMES[dialect].get(canonical, canonical)
 
 
-def cache_shapes(config: Mamba1Config | Mamba2Config, batch: int) -> dict[str, tuple[tuple[int, ...], str]]:
-    """Decode-cache field -> (shape, dtype policy) for one layer."""
-    out = {}
-    for field, (terms, policy) in CACHE_LAYOUT[config.arch].items():
-        out[field] = (tuple(batch if t == "batch" else dim(config, t) for t in terms), policy)
+CacheFields = dict[str, tuple[tuple[int, ...], str]]
+
+
+def cache_plan(config: Mamba1Config | Mamba2Config, batch: int) -> list[CacheFields]:
+    """The decode cache of a model: per layer, field -> (shape, dtype policy), fields in kind order.
+
+    A layer holds the fields of the kinds in its block (a Mamba mixer: ``conv_state``,
+    ``ssm_state``; an MLP: none).
+
+    Example:
+        >>> from mamba_core import Mamba1Config
+        >>> cache_plan(Mamba1Config(d_model=16, n_layer=1, vocab_size=10), 2)
+        [{'conv_state': ((2, 32, 4), 'model'), 'ssm_state': ((2, 32, 16), 'fp32')}]
+    """
+    out = []
+    for block in layer_plan(config):
+        fields: CacheFields = {}
+        for _, kind_name in block.slots:
+            cfg = kind_config(config, kind_name)
+            for f in KINDS[kind_name].cache:
+                shape = tuple(batch if t == "batch" else dim(cfg, t) for t in f.shape)
+                fields[f.name] = (shape, f.dtype_policy)
+        out.append(fields)
     return out
+
+
+def cache_shapes(config: Mamba1Config | Mamba2Config, batch: int, layer: int = 0) -> CacheFields:
+    """Decode-cache field -> (shape, dtype policy) for one layer (``layer``, default the first)."""
+    return cache_plan(config, batch)[layer]
 
 
 def parameter_count(config: Mamba1Config | Mamba2Config) -> int:

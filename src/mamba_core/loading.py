@@ -1,9 +1,10 @@
 """``load`` and ``save``: checkpoints on disk <-> a backend's native model.
 
 ``load`` finds ``config.json`` and the weight files (safetensors preferred, pickled ``.bin`` otherwise,
-single or sharded with an index), reads their headers (spec layer, no framework; ``.bin`` through
-``checkpoint.read_pickle_header``), builds a ``LoadPlan`` and hands it to the backend, which reads tensor
-data with its own loader. ``save`` (and ``conversion.convert``) write through one function,
+single or sharded with an index), reads their headers (spec layer, no framework; a ``.bin`` has no
+header outside torch, so the backend's ``read_pickle_header`` reads it), builds a ``LoadPlan`` and hands
+it to the backend, which reads tensor data with its own loader. The backend is the one
+``registry.choose_backend`` picks. ``save`` (and ``conversion.convert``) write through one function,
 ``writer.write_checkpoint``: safetensors shards into a temporary directory next to the destination,
 renamed into place only when complete.
 """
@@ -13,10 +14,9 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
-import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from mamba_core.checkpoint import (
@@ -25,15 +25,16 @@ from mamba_core.checkpoint import (
     checkpoint_dialect,
     is_pickle,
     plan_load,
-    read_pickle_header,
     read_safetensors_header,
+    torch_needed,
 )
-from mamba_core.config import parse_config
 from mamba_core.devices import check_device
-from mamba_core.errors import CheckpointError, ConfigError, UnsupportedError
+from mamba_core.dialects import parse_config
+from mamba_core.errors import BackendUnavailableError, CheckpointError, ConfigError, UnsupportedError
 from mamba_core.hub import looks_like_hub_id
 from mamba_core.hub import resolve as resolve_hub
-from mamba_core.registry import default_backend, get_backend
+from mamba_core.quantization import plan_from_checkpoint, quantization_config, read_config_block
+from mamba_core.registry import BACKENDS, choose_backend, get_backend
 from mamba_core.task import Task, resolve_task
 from mamba_core.writer import (
     DEFAULT_SHARD_SIZE,
@@ -134,10 +135,23 @@ def find_checkpoint_files(path: str | os.PathLike) -> CheckpointFiles:
     return CheckpointFiles(directory, config, files, weight_map)
 
 
-def read_tensor_infos(files: CheckpointFiles) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+def _pickle_reader(backend: str | ModuleType | None) -> ModuleType:
+    """The backend that reads ``.bin`` headers: the one given, else torch (whose format a pickle is)."""
+    if isinstance(backend, ModuleType):
+        return backend
+    return get_backend(backend or "torch")
+
+
+def read_tensor_infos(
+    files: CheckpointFiles, backend: str | ModuleType | None = None
+) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     """Every tensor of the weight files (names, shapes, dtypes, file) and the safetensors metadata.
 
+    Safetensors headers are read here; pickled ``.bin`` files through ``backend``'s ``read_pickle_header``
+    (None: the torch backend).
+
     Raises:
+        CheckpointError: a ``.bin`` where torch is not installed (naming the fix).
         CheckpointError: a tensor in two files, files disagreeing on their format metadata, or a
             shard index that does not match the shards (each names the tensor and file).
 
@@ -151,7 +165,7 @@ def read_tensor_infos(files: CheckpointFiles) -> tuple[dict[str, TensorInfo], di
     formats: dict[str, str] = {}
     for f in files.weight_files:
         if is_pickle(f):
-            infos = read_pickle_header(f)
+            infos = _pickle_header(f, backend)
         else:
             header = read_safetensors_header(f)
             infos = header.tensors
@@ -168,26 +182,41 @@ def read_tensor_infos(files: CheckpointFiles) -> tuple[dict[str, TensorInfo], di
             f"the shards of {str(files.directory)!r} disagree on their format metadata: {formats}; they "
             "come from different conversions"
         )
-    if files.weight_map is not None:
-        wrong = sorted(
-            f"{name!r} (index: {file!r}, found: "
-            + (repr(os.path.basename(tensors[name].file)) if name in tensors else "nowhere")
-            + ")"
-            for name, file in files.weight_map.items()
-            if name not in tensors or os.path.basename(tensors[name].file) != file
-        )
-        if wrong:
-            raise CheckpointError(
-                f"the shard index of {str(files.directory)!r} does not match its shards: "
-                f"{len(wrong)} tensor(s) misplaced: {', '.join(wrong[:8])}"
-            )
+    _check_index(files, tensors)
     return tensors, metadata
+
+
+def _pickle_header(f: Path, backend: str | ModuleType | None) -> dict[str, TensorInfo]:
+    try:
+        reader = _pickle_reader(backend)
+    except BackendUnavailableError as e:
+        raise torch_needed(f, e.backend) from e
+    return reader.read_pickle_header(f)
+
+
+def _check_index(files: CheckpointFiles, tensors: dict[str, TensorInfo]) -> None:
+    """Every tensor a shard index names is in the shard it names."""
+    if files.weight_map is None:
+        return
+    wrong = sorted(
+        f"{name!r} (index: {file!r}, found: "
+        + (repr(os.path.basename(tensors[name].file)) if name in tensors else "nowhere")
+        + ")"
+        for name, file in files.weight_map.items()
+        if name not in tensors or os.path.basename(tensors[name].file) != file
+    )
+    if wrong:
+        raise CheckpointError(
+            f"the shard index of {str(files.directory)!r} does not match its shards: "
+            f"{len(wrong)} tensor(s) misplaced: {', '.join(wrong[:8])}"
+        )
 
 
 def plan_checkpoint(
     path: str | os.PathLike,
     dialect: str | None = None,
     *,
+    backend: str | ModuleType | None = None,
     task: str | None = None,
     num_labels: int | None = None,
     pooling: str | None = None,
@@ -197,13 +226,15 @@ def plan_checkpoint(
     Args:
         path: a checkpoint directory, or a ``.safetensors`` / ``.bin`` file with ``config.json`` beside it.
         dialect: force the checkpoint dialect instead of detecting it.
+        backend: the backend (name or module) that reads ``.bin`` headers; None = torch. Safetensors
+            need none.
         task, num_labels, pooling: build a stack or head instead of what the checkpoint holds (see
             ``load``).
 
     Raises:
-        CheckpointError: bad or mismatched files (naming the file and tensor).
+        CheckpointError: bad or mismatched files (naming the file and tensor); a ``.bin`` without torch.
         ConfigError, UnsupportedError: the config is invalid or describes an unsupported model
-            (quantized, hybrid, ...); the message starts with the config's path.
+            (hybrid, ...); the message starts with the config's path.
 
     Example:
         >>> plan = plan_checkpoint("ckpt_dir")   # doctest: +SKIP
@@ -211,6 +242,32 @@ def plan_checkpoint(
         ('hf', 'float32')
     """
     files = find_checkpoint_files(path)
+    parsed, source_task, target = _read_config(files, task, num_labels, pooling)
+    tensors, metadata = read_tensor_infos(files, backend)
+    if dialect is None:
+        dialect = checkpoint_dialect(parsed.dialect, metadata)
+    quantization = _quantization_plan(files, parsed.config, dialect, tensors)
+    return plan_load(parsed.config, dialect, tensors, task=target, source_task=source_task,
+                     quantization=quantization)
+
+
+def _quantization_plan(files: CheckpointFiles, config, dialect: str, tensors: dict[str, TensorInfo]):
+    """Quantization hook: the ``QuantizationPlan`` of a quantized checkpoint (its config.json's
+    quantization block, ``mamba_core.quantization``), or None; errors name config.json."""
+    block = read_config_block(files.config)
+    if block is None:
+        return None
+    config_path = str(files.directory / "config.json")
+    try:
+        return plan_from_checkpoint(config, block, dialect, tensors)
+    except ConfigError as e:
+        raise ConfigError(f"{config_path!r}: {e}", field=e.field) from e
+    except CheckpointError as e:
+        raise CheckpointError(f"{config_path!r}: {e}", mismatched=e.mismatched) from e
+
+
+def _read_config(files: CheckpointFiles, task, num_labels, pooling):
+    """-> (ParsedConfig, the task the checkpoint holds, the task to build); errors name config.json."""
     config_path = str(files.directory / "config.json")
     source_task, config = Task(), files.config
     try:
@@ -225,10 +282,7 @@ def plan_checkpoint(
         raise ConfigError(f"{config_path!r}: {e}", field=e.field) from e
     except UnsupportedError as e:
         raise UnsupportedError(f"{config_path!r}: {e}") from e
-    tensors, metadata = read_tensor_infos(files)
-    if dialect is None:
-        dialect = checkpoint_dialect(parsed.dialect, metadata)
-    return plan_load(parsed.config, dialect, tensors, task=target, source_task=source_task)
+    return parsed, source_task, target
 
 
 def local_path(name_or_path: str | os.PathLike, *, revision: str | None = None) -> Path:
@@ -254,22 +308,6 @@ def local_path(name_or_path: str | os.PathLike, *, revision: str | None = None) 
     )
 
 
-def resolve_backend(backend: str) -> str:
-    """``"auto"`` -> the platform's default backend (logged at INFO with the reason); others pass through."""
-    if backend == "auto":
-        chosen = default_backend()
-        apple = sys.platform == "darwin" and platform.machine() == "arm64"
-        why = (
-            "Apple Silicon" if apple and chosen == "mlx"
-            else f"{sys.platform}-{platform.machine()}: MLX is the default only on Apple Silicon"
-            if chosen == "torch"
-            else "torch is not installed"
-        )
-        log.info("backend='auto' picked %r (%s)", chosen, why)
-        return chosen
-    return backend
-
-
 def load(
     name_or_path: str | os.PathLike,
     *,
@@ -293,16 +331,18 @@ def load(
 
     Dialects (detected from config.json keys and safetensors metadata, never from shapes): official
     state-spaces (``pytorch_model.bin`` or safetensors), HF ``-hf`` (single or sharded), mlx-lm /
-    mlx-community (conv axes moved; quantized ones are refused), and mamba-core's own.
+    mlx-community (conv axes moved; quantized ones load into MLX-format quantized layers on both
+    backends, ``mamba_core.quantization``), mamba-core's own, and GGUF files (``mamba_core.gguf``).
 
     Args:
         name_or_path: a local checkpoint directory, a ``.safetensors`` / ``.bin`` file with
-            ``config.json`` beside it, or a hub id (``"state-spaces/mamba-130m"``) fetched with
-            huggingface_hub (only the files needed; ``HF_HUB_OFFLINE=1``: the local cache only).
-        backend: ``"torch"``, ``"mlx"`` or ``"auto"`` (MLX on Apple Silicon, else torch; the choice is
-            logged and recorded in ``model.backend_choice``).
+            ``config.json`` beside it, a ``.gguf`` file (``mamba_core.gguf``), or a hub id
+            (``"state-spaces/mamba-130m"``) fetched with huggingface_hub (only the files needed;
+            ``HF_HUB_OFFLINE=1``: the local cache only).
+        backend: ``"torch"``, ``"mlx"`` or ``"auto"`` (``registry.choose_backend``: MLX on Apple Silicon,
+            else torch; the choice is logged and recorded in ``model.backend_choice``).
         dtype: ``"float32"``, ``"bfloat16"`` or ``"float16"``; None keeps the checkpoint's dtype.
-            ``A_log``, ``D`` and the dt bias are float32 whatever the dtype (spec-notes §6).
+            ``A_log``, ``D`` and the dt bias are float32 whatever the dtype (docs/spec.md §6.1).
         device: backend device string (``"cpu"``, ``"cuda"``, ``"mps"``, ``"gpu"``); None = default.
         revision: hub revision (branch, tag, commit) for hub ids.
         dialect: force the checkpoint dialect instead of detecting it.
@@ -323,7 +363,7 @@ def load(
         CheckpointError: missing/unexpected/mis-shaped tensors, truncated or corrupt files, offline
             and not cached (each names the file or tensor).
         ConfigError: invalid config.json.
-        UnsupportedError: quantized, hybrid or other models mamba-core does not implement.
+        UnsupportedError: hybrid or other models mamba-core does not implement.
         BackendUnavailableError: the backend is not installed.
 
     Example:
@@ -332,13 +372,23 @@ def load(
         'torch'
     """
     path = local_path(name_or_path, revision=revision)
-    plan = plan_checkpoint(path, dialect=dialect, task=task, num_labels=num_labels, pooling=pooling)
+    choice = choose_backend(backend)
+    check_device(choice.name, device)
+    if path.suffix == ".gguf":  # llama.cpp's single-file format (mamba_core.gguf)
+        from mamba_core.gguf import load_gguf
+
+        if task not in (None, "lm") or return_tokenizer:
+            raise UnsupportedError(f"{str(path)!r}: a GGUF file loads as an LM, without a tokenizer")
+        return load_gguf(path, backend=backend, dtype=dtype, device=device)
+    if choice.auto:
+        log.info("backend='auto' picked %r (%s)", choice.name, choice.why)
+    module = get_backend(choice.name)
+    plan = plan_checkpoint(path, dialect=dialect, backend=module, task=task, num_labels=num_labels,
+                           pooling=pooling)
     if plan.absent:
         log.warning("%s: not in the checkpoint, newly initialized: %s", path, ", ".join(plan.absent))
-    chosen = resolve_backend(backend)
-    check_device(chosen, device)
-    model = get_backend(chosen).load_checkpoint(plan, dtype=dtype, device=device)
-    model.backend_choice = chosen
+    model = module.load_checkpoint(plan, dtype=dtype, device=device)
+    model.backend_choice = choice.name
     if return_tokenizer:
         return model, load_tokenizer(path)
     return model
@@ -351,7 +401,7 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, revision: str | None = No
     Example:
         >>> tok = load_tokenizer(mamba_core.assets.SHIPPED_MODEL)   # doctest: +SKIP
     """
-    from mamba_core.config import detect_dialect
+    from mamba_core.dialects import detect_dialect
     from mamba_core.tokenizer import load_tokenizer as _load_tokenizer
 
     path = local_path(name_or_path, revision=revision)
@@ -406,17 +456,18 @@ def save(
     """
     module = get_backend(_backend_of(model))
     check_dialect(dialect)
-    task = module.heads.task_of(model)
+    task = module.task_of(model)
     tensors = module.export_tensors(model, dialect=dialect)
     copy_files, extra = tokenizer_files(tokenizer, dialect)
     return write_checkpoint(module, tensors, model.config, path, dialect=dialect, force=force,
                             shard_size=shard_size, copy_files=copy_files, extra_files=extra,
-                            config_extra={**task.to_dict(), **token_id_keys(tokenizer, dialect)})
+                            config_extra={**task.to_dict(), **quantization_config(model, dialect),
+                                          **token_id_keys(tokenizer, dialect)})
 
 
 def _backend_of(model) -> str:
     mod = type(model).__module__
-    for name in ("torch", "mlx"):
-        if mod.startswith(f"mamba_core.backends.{name}"):
+    for name, package in BACKENDS.items():
+        if mod == package or mod.startswith(package + "."):
             return name
     raise TypeError(f"{type(model).__name__} is not a mamba-core model (module {mod!r})")

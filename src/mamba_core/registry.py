@@ -10,17 +10,20 @@ from __future__ import annotations
 import importlib
 import platform
 import sys
+from dataclasses import dataclass
 from types import ModuleType
 
 from mamba_core.errors import BackendUnavailableError
 
 BACKENDS = {"torch": "mamba_core.backends.torch", "mlx": "mamba_core.backends.mlx"}
 
-# Every backend's __init__ exports exactly these names (conformance/test_api.py checks it).
+# Every backend's __init__ exports exactly these names (conformance/test_api.py checks it), and the spec
+# layer calls a backend through these names only.
 BACKEND_API = (
     "NAME",
     "devices",
     "default_device",
+    "device_unavailable",
     "build_model",
     "load_checkpoint",
     "export_tensors",
@@ -30,12 +33,17 @@ BACKEND_API = (
     "ops",
     "Mamba1",
     "Mamba2",
+    "Mamba3",
     "Mamba1LM",
     "Mamba2LM",
+    "Mamba3LM",
     "Mamba1Block",
     "Mamba2Block",
+    "Mamba3Block",
     "Mamba1Mixer",
     "Mamba2Mixer",
+    "Mamba3Mixer",
+    "GatedMLP",
     "RMSNorm",
     "RMSNormGated",
     "MambaCache",
@@ -44,6 +52,14 @@ BACKEND_API = (
     "SequenceClassifier",
     "FeatureExtractor",
     "Trainer",
+    "loss_gradients",
+    "task_of",
+    "read_pickle",
+    "read_pickle_header",
+    "inference_scope",
+    "single_threaded",
+    "quantize",
+    "QUANTIZE_KERNELS",
 )
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -97,12 +113,60 @@ def available_backends() -> dict[str, str | None]:
     return {name: _probe(name) for name in BACKENDS}
 
 
+@dataclass(frozen=True)
+class BackendChoice:
+    """The backend ``choose_backend`` picked and why.
+
+    Attributes:
+        name: ``"torch"`` or ``"mlx"``.
+        auto: True when picked by the ``"auto"`` rule, False when named by the caller.
+        why: the reason, e.g. ``"Apple Silicon"`` or ``"mlx not installed"``.
+    """
+
+    name: str
+    auto: bool
+    why: str
+
+    def __str__(self) -> str:
+        return f"backend: {self.name} ({'auto: ' if self.auto else ''}{self.why})"
+
+
+def _is_apple_silicon() -> bool:
+    return sys.platform == "darwin" and platform.machine() == "arm64"
+
+
+def choose_backend(backend: str | None = "auto") -> BackendChoice:
+    """The one backend chooser of ``load``, ``convert``, ``train`` and the CLI.
+
+    The rule: a named backend is that backend (it must be usable here); ``"auto"`` (or None) is MLX on
+    Apple Silicon when it imports, else torch when it imports, else MLX when it imports.
+
+    Raises:
+        BackendUnavailableError: the named backend, or for ``"auto"`` every backend, is not usable here
+            (the message gives the pip command that fixes it).
+        ValueError: an unknown backend name.
+
+    Example:
+        >>> str(choose_backend("torch"))   # doctest: +SKIP
+        'backend: torch (asked for)'
+        >>> str(choose_backend("auto"))   # doctest: +SKIP
+        'backend: torch (auto: linux-x86_64 is not Apple Silicon)'
+    """
+    if backend not in (None, "auto"):
+        get_backend(backend)
+        return BackendChoice(backend, False, "asked for")
+    mlx_reason, torch_reason = _probe("mlx"), _probe("torch")
+    apple = _is_apple_silicon()
+    if apple and mlx_reason is None:
+        return BackendChoice("mlx", True, "Apple Silicon")
+    if torch_reason is None:
+        why = "mlx not installed" if apple else f"{sys.platform}-{platform.machine()} is not Apple Silicon"
+        return BackendChoice("torch", True, why)
+    if mlx_reason is None:
+        return BackendChoice("mlx", True, "torch not installed")
+    raise BackendUnavailableError("torch", torch_reason, _install_hint("torch"))
+
+
 def default_backend() -> str:
-    """``"mlx"`` on Apple Silicon when importable, else ``"torch"`` (the ``backend="auto"`` rule)."""
-    if sys.platform == "darwin" and platform.machine() == "arm64" and _probe("mlx") is None:
-        return "mlx"
-    if _probe("torch") is None:
-        return "torch"
-    if _probe("mlx") is None:
-        return "mlx"
-    raise BackendUnavailableError("torch", _probe("torch") or "not importable", _install_hint("torch"))
+    """The backend ``"auto"`` picks here (``choose_backend("auto").name``)."""
+    return choose_backend("auto").name

@@ -1,4 +1,4 @@
-"""What ran where: a model's device and dtype names, the process's peak memory, the backend choice's reason.
+"""What ran where: a model's device and dtype names and the process's peak memory.
 
 Used by the commands that report on a run (``generate``'s footer, ``bench``'s table). Spec layer: reads
 attributes of the native model (``head_weight``) without importing a framework.
@@ -6,7 +6,6 @@ attributes of the native model (``head_weight``) without importing a framework.
 
 from __future__ import annotations
 
-import platform
 import resource
 import sys
 
@@ -27,18 +26,3 @@ def peak_memory_bytes() -> int:
     """Peak resident memory of this process so far (``ru_maxrss``: KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
-
-
-def backend_reason(requested: str, chosen: str) -> str:
-    """Why ``chosen`` runs: named by ``--backend``, or picked by ``auto`` for this platform.
-
-    Example:
-        >>> backend_reason("torch", "torch")
-        '--backend torch'
-    """
-    if requested != "auto":
-        return f"--backend {requested}"
-    apple = sys.platform == "darwin" and platform.machine() == "arm64"
-    if chosen == "mlx":
-        return "auto: Apple Silicon" if apple else "auto: torch is not installed"
-    return f"auto: {sys.platform}-{platform.machine()}, MLX is the default on Apple Silicon only"

@@ -1,6 +1,6 @@
 """Test support shared by ``tests/``, ``conformance/`` and users checking their own backend.
 
-One error metric, one tolerance table by dtype (house-style §7), numpy rounding to bf16/fp16 so the
+One error metric, one tolerance table by dtype (docs/spec.md §7.2), numpy rounding to bf16/fp16 so the
 float64 reference sees exactly the inputs a low-precision backend sees, and the tiny configs the suites
 run on (chosen for awkward cases: n_groups > 1, lengths not a multiple of the chunk, d_state 1, untied
 heads, vocab not a multiple of 8).
@@ -11,8 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from mamba_core.config import Mamba1Config, Mamba2Config
+from mamba_core.mamba3_config import Mamba3Config
 
-# err = max|out - ref| / max|ref|  (house-style §7; measured headroom noted there)
+# err = max|out - ref| / max|ref|  (docs/spec.md §7.2; measured headroom noted there)
 TOLERANCE = {"float32": 1e-5, "float16": 4e-3, "bfloat16": 3e-2}
 # what the dtype policy keeps in fp32 (states, dt) is held to this whatever the activation dtype
 STATE_TOLERANCE = TOLERANCE["float32"]
@@ -77,6 +78,33 @@ def tiny_mamba2(**overrides) -> Mamba2Config:
     return Mamba2Config(**{**base, **overrides})
 
 
+def tiny_mamba3(**overrides) -> Mamba3Config:
+    """A 2-layer SISO Mamba-3 with headdim 8, d_state 8 (2 rotary angles), chunk 16, the gated MLP and an
+    unpadded vocab of 61 (padded to 64)."""
+    base = dict(d_model=32, n_layer=2, vocab_size=61, d_state=8, headdim=8, chunk_size=16, d_intermediate=40)
+    return Mamba3Config(**{**base, **overrides})
+
+
+def mamba3_configs() -> dict[str, Mamba3Config]:
+    """Small Mamba-3 configs the model checks run on (id -> config): SISO with the gated MLP and a tied
+    head; MIMO rank 2 with ngroups 2, rope_fraction 1.0, the out-projection norm, no MLP, an untied
+    head and vocab 13."""
+    return {
+        "m3-siso-mlp": tiny_mamba3(),
+        "m3-mimo-g2-outnorm-untied-vocab13": tiny_mamba3(
+            is_mimo=True,
+            mimo_rank=2,
+            ngroups=2,
+            rope_fraction=1.0,
+            is_outproj_norm=True,
+            d_intermediate=0,
+            tie_embeddings=False,
+            vocab_size=13,
+            pad_vocab_size_multiple=1,
+        ),
+    }
+
+
 def awkward_configs() -> dict[str, Mamba1Config | Mamba2Config]:
     """Small configs covering the awkward cases conformance must pass (id -> config)."""
     return {
@@ -84,11 +112,52 @@ def awkward_configs() -> dict[str, Mamba1Config | Mamba2Config]:
         "m1-untied-dstate1-vocab13": tiny_mamba1(
             d_state=1, tie_embeddings=False, vocab_size=13, pad_vocab_size_multiple=1
         ),
+        "falcon-mamba-untied-vocab13": tiny_mamba1(
+            mixer_rms_eps=1e-3, tie_embeddings=False, vocab_size=13, pad_vocab_size_multiple=1
+        ),
+        "m1-bcdt-weighted": tiny_mamba1(mixer_rms_eps=1e-3, mixer_rms_weights=True),
         "m2-g2": tiny_mamba2(),
         "m2-untied-dstate1-vocab13": tiny_mamba2(
             d_state=1, ngroups=1, tie_embeddings=False, vocab_size=13, pad_vocab_size_multiple=1
         ),
     }
+
+
+def tiny_nemotron_h(**overrides):
+    """A 5-layer Nemotron-H (pattern ``M*ME-``): GQA 4:2, Mamba-2 with n_groups 2, a sigmoid-group MoE
+    (4 experts in 2 groups, top 2, shared expert, scaling 1.5), untied, vocab 61."""
+    from mamba_core.families.nemotron_h import NemotronHConfig
+
+    base = {
+        "model_type": "nemotron_h", "hidden_size": 32, "vocab_size": 61, "hybrid_override_pattern": "M*ME-",
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 8, "mamba_num_heads": 4,
+        "mamba_head_dim": 8, "n_groups": 2, "ssm_state_size": 8, "chunk_size": 16, "intermediate_size": 40,
+        "n_routed_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 16,
+        "moe_shared_expert_intermediate_size": 24, "n_group": 2, "topk_group": 1,
+        "routed_scaling_factor": 1.5, "tie_word_embeddings": False,
+    }
+    return NemotronHConfig.from_hf({**base, **overrides})
+
+
+def tiny_jamba(**overrides):
+    """A 4-layer Jamba: Mamba-1 (weighted dt/B/C norms, dt_rank 3, conv 3) + MLP, attention (GQA 4:2,
+    no RoPE) + MoE, Mamba-1 + MLP, Mamba-1 + MoE (4 experts, top 2, softmax not renormalized); untied,
+    vocab 61."""
+    from mamba_core.families.jamba import JambaConfig
+
+    base = {
+        "model_type": "jamba", "hidden_size": 32, "vocab_size": 61, "num_hidden_layers": 4,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 24, "num_experts": 4,
+        "num_experts_per_tok": 2, "expert_layer_period": 2, "expert_layer_offset": 1, "attn_layer_period": 4,
+        "attn_layer_offset": 1, "mamba_d_state": 6, "mamba_d_conv": 3, "mamba_dt_rank": 3,
+        "tie_word_embeddings": False,
+    }
+    return JambaConfig.from_hf({**base, **overrides})
+
+
+def hybrid_configs() -> dict:
+    """Small hybrid-family configs conformance runs beside ``awkward_configs`` (id -> config)."""
+    return {"nemotron-h": tiny_nemotron_h(), "jamba": tiny_jamba()}
 
 
 def make_hf_cache(cache_dir, repo_id: str, files: dict, *, revision: str = "main") -> str:

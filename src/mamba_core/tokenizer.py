@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mamba_core.errors import CheckpointError
 
-# state-spaces models use the GPT-NeoX-20B tokenizer (spec-notes §8); <|endoftext|> = 0 is bos/eos/pad.
+# state-spaces models use the GPT-NeoX-20B tokenizer (docs/spec.md §8); <|endoftext|> = 0 is bos/eos/pad.
 KNOWN_TOKENIZERS = {"state-spaces": "EleutherAI/gpt-neox-20b"}
 
 

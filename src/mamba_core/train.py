@@ -14,12 +14,14 @@ Since nothing else carries state (no dropout, no data-loader position), a run re
 Weight decay follows the usual Mamba recipe: none on 1-D parameters (norms, biases, ``D``, dt bias) and
 on ``A_log`` (``no_weight_decay``).
 
-Spec layer: imports no framework (the backend is reached through ``mamba_core.registry``).
+Spec layer: imports no framework. The direction is spec -> backend only: this loop reaches the backend
+through ``mamba_core.registry`` and calls its ``Trainer`` (``step``, ``eval_loss``, ``save_state``,
+``load_state``); the backends' ``train.py`` import ``mamba_core.train_config`` (``TrainConfig``, ``lr_at``,
+``no_weight_decay``), never this module.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -34,120 +36,29 @@ from pathlib import Path
 
 from mamba_core import data as data_mod
 from mamba_core import strict_json
-from mamba_core.config import parse_config
+from mamba_core.devices import check_device
+from mamba_core.dialects import parse_config
 from mamba_core.errors import CheckpointError
+from mamba_core.loading import load, save
 from mamba_core.progress import Progress
+from mamba_core.registry import choose_backend, get_backend
+from mamba_core.train_config import DEFAULT_WARMUP as DEFAULT_WARMUP
+from mamba_core.train_config import FINETUNE_LR as FINETUNE_LR
+from mamba_core.train_config import PRECISIONS as PRECISIONS
+from mamba_core.train_config import TrainConfig as TrainConfig
+from mamba_core.train_config import default_warmup as default_warmup
+from mamba_core.train_config import lr_at as lr_at
+from mamba_core.train_config import no_weight_decay as no_weight_decay
+from mamba_core.writer import replace_dir
 
 log = logging.getLogger("mamba_core.train")
 
-PRECISIONS = ("float32", "bf16-mixed")
 CHECKPOINT = "checkpoint-last"
 STATE_FILE = "trainer_state.json"
 # In a subfolder: the loader takes every top-level *.safetensors of a checkpoint for model weights.
 OPTIMIZER_FILE = "optimizer/adamw.safetensors"
-# Peak learning rate of fine-tuning (``train --from``): a tenth of the from-scratch peak. Continuing the
-# shipped model on its own data with 3e-3 raised the held-out loss; 3e-4 lowers it (docs/model-card.md).
-FINETUNE_LR = 3e-4
-# Warmup steps of a long run (a tenth of the run when that is fewer: ``default_warmup``).
-DEFAULT_WARMUP = 20
 # Fields that may differ between a run and its resumption (they do not change the math).
 RESUME_FREE_FIELDS = ("eval_every", "save_every", "log_every")
-
-
-@dataclass(frozen=True, kw_only=True)
-class TrainConfig:
-    """Hyperparameters of a run (frozen; recorded in every checkpoint).
-
-    Example:
-        >>> cfg = TrainConfig(steps=100, batch_size=8, seq_len=128)
-        >>> round(lr_at(99, cfg), 6) == cfg.min_lr
-        True
-    """
-
-    # The defaults are the shipped model's recipe (docs/model-card.md), sized for ~25 min on 2 CPU cores.
-    steps: int = 1600
-    batch_size: int = 8
-    seq_len: int = 256
-    lr: float = 3e-3  # a small model takes a high peak rate (fine-tuning: FINETUNE_LR)
-    min_lr: float = 3e-4
-    warmup_steps: int | None = None  # None: min(DEFAULT_WARMUP, steps // 10), so short runs decay too
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    eps: float = 1e-8
-    grad_clip: float = 1.0  # global-norm clip; 0 turns it off
-    eval_every: int = 100
-    eval_batches: int = 4
-    save_every: int = 100
-    seed: int = 0
-    precision: str = "float32"
-    log_every: int = 10
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        if self.warmup_steps is None and isinstance(self.steps, int):
-            object.__setattr__(self, "warmup_steps", default_warmup(self.steps))
-        for name in ("steps", "batch_size", "seq_len", "eval_every", "eval_batches", "save_every",
-                     "log_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"TrainConfig.{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
-            raise ValueError(f"TrainConfig.warmup_steps must be an integer >= 0, got {self.warmup_steps!r}")
-        if self.warmup_steps >= self.steps:
-            raise ValueError(
-                f"TrainConfig.warmup_steps={self.warmup_steps} is not below steps={self.steps}: the run "
-                f"would end before the learning rate decays to min_lr; pass a smaller warmup (--warmup "
-                f"{default_warmup(self.steps)}) or none (default: min({DEFAULT_WARMUP}, steps // 10))"
-            )
-        if not self.lr > 0 or not 0 <= self.min_lr <= self.lr:
-            raise ValueError(f"TrainConfig.lr must be > 0 and min_lr in [0, lr], got lr={self.lr!r}, "
-                             f"min_lr={self.min_lr!r}")
-        if self.weight_decay < 0 or self.grad_clip < 0:
-            raise ValueError(f"TrainConfig.weight_decay and grad_clip must be >= 0, got "
-                             f"{self.weight_decay!r}, {self.grad_clip!r}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"TrainConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
-
-    def to_dict(self) -> dict:
-        return {**dataclasses.asdict(self), "betas": list(self.betas)}
-
-
-def default_warmup(steps: int) -> int:
-    """Warmup steps when none are given: ``DEFAULT_WARMUP``, but at most a tenth of the run.
-
-    Example:
-        >>> default_warmup(1600), default_warmup(50), default_warmup(5)
-        (20, 5, 0)
-    """
-    return min(DEFAULT_WARMUP, steps // 10)
-
-
-def lr_at(step: int, config: TrainConfig) -> float:
-    """Learning rate of (0-based) ``step``: linear warmup to ``lr`` over ``warmup_steps``, then cosine
-    decay reaching ``min_lr`` at the last step.
-
-    Example:
-        >>> cfg = TrainConfig(steps=10, warmup_steps=2, lr=1.0, min_lr=0.0)
-        >>> [round(lr_at(s, cfg), 3) for s in (0, 1, 2, 9)]
-        [0.5, 1.0, 1.0, 0.0]
-    """
-    if step < config.warmup_steps:
-        return config.lr * (step + 1) / config.warmup_steps
-    decay_steps = config.steps - config.warmup_steps - 1
-    progress = 1.0 if decay_steps <= 0 else min(1.0, (step - config.warmup_steps) / decay_steps)
-    return config.min_lr + 0.5 * (config.lr - config.min_lr) * (1.0 + math.cos(math.pi * progress))
-
-
-def no_weight_decay(name: str, ndim: int) -> bool:
-    """True for parameters AdamW must not decay: 1-D ones (norms, biases, ``D``, dt bias) and ``A_log``.
-
-    Example:
-        >>> no_weight_decay("backbone.layers.0.mixer.A_log", 2), no_weight_decay("lm_head.weight", 2)
-        (True, False)
-    """
-    return ndim < 2 or name.endswith("A_log")
 
 
 @dataclass
@@ -175,9 +86,6 @@ def _write_tokenizer(tokenizer, directory: Path) -> None:
 
 def _save_checkpoint(out_dir: Path, model, trainer, state: dict, tokenizer) -> None:
     """Write ``checkpoint-last`` atomically: a complete temp directory, then a rename."""
-    from mamba_core.loading import save
-    from mamba_core.writer import replace_dir
-
     tmp = out_dir / f".{CHECKPOINT}.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -195,8 +103,6 @@ def _save_checkpoint(out_dir: Path, model, trainer, state: dict, tokenizer) -> N
 
 def _save_final(out_dir: Path, model, state: dict, tokenizer) -> None:
     """The trained model as ``out_dir/{config.json, model.safetensors}`` (+ tokenizer, state)."""
-    from mamba_core.loading import save
-
     tmp = out_dir / f".final.tmp-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -279,105 +185,163 @@ def train(corpus: data_mod.Corpus, out_dir: str | os.PathLike, config: TrainConf
         >>> result.eval_losses[-1]   # doctest: +SKIP
         (50, 2.31...)
     """
-    import mamba_core
-    from mamba_core.devices import check_device
-    from mamba_core.loading import resolve_backend
-    from mamba_core.registry import get_backend
-
     if (model_config is None) == (init_from is None):
         raise ValueError("pass exactly one of model_config (a new model) or init_from (fine-tuning)")
-    backend = resolve_backend(backend)
+    backend = choose_backend(backend).name
     module = get_backend(backend)
     check_device(backend, device)
     out_dir = Path(out_dir)
     ckpt = out_dir / CHECKPOINT
-    state_path = ckpt / STATE_FILE
-    resumed_from = None
-    if resume and state_path.exists():
-        saved = json.loads(state_path.read_text())
-        _check_resumable(saved, config, corpus.fingerprint, ckpt, backend)
-        model = mamba_core.load(ckpt, backend=backend, dtype="float32", device=device)
-        start, resumed_from = saved["step"], saved["step"]
-        train_losses = list(saved["train_losses"])
-        eval_losses = [tuple(e) for e in saved["eval_losses"]]
-        wall_before = saved.get("wall_s", 0.0)
-        log.info("resuming from %s at step %d", ckpt, start)
+    history = _resumed_history(ckpt, config, corpus, backend) if resume else None
+    if history is not None:
+        model = _load(ckpt, backend, device)
+        log.info("resuming from %s at step %d", ckpt, history.start)
+    elif model_config is not None:
+        seed = config.seed if init_seed is None else init_seed
+        model = module.build_model(model_config, dtype="float32", device=device, seed=seed)
     else:
-        if model_config is not None:
-            model = module.build_model(model_config, dtype="float32", device=device,
-                                       seed=config.seed if init_seed is None else init_seed)
-        else:
-            model = mamba_core.load(init_from, backend=backend, dtype="float32", device=device)
-        start, train_losses, eval_losses, wall_before = 0, [], [], 0.0
-    model_cfg = model.config
-    if model_cfg.vocab_size < corpus.vocab_size:
-        raise ValueError(f"the model's vocab_size={model_cfg.vocab_size} is smaller than the data's "
+        model = _load(init_from, backend, device)
+    if model.config.vocab_size < corpus.vocab_size:
+        raise ValueError(f"the model's vocab_size={model.config.vocab_size} is smaller than the data's "
                          f"vocabulary ({corpus.vocab_size})")
     trainer = module.Trainer(model, config)
-    if resumed_from is not None:
+    if history is not None:
         trainer.load_state(ckpt / OPTIMIZER_FILE)
     out_dir.mkdir(parents=True, exist_ok=True)
-    evals = data_mod.eval_batches(corpus.val, seed=config.seed, n_batches=config.eval_batches,
-                                  batch_size=config.batch_size, seq_len=config.seq_len)
-    tokens_per_step = config.batch_size * config.seq_len
-    t0 = time.perf_counter()
+    run = _Run(corpus, out_dir, config, model, trainer, backend=backend, init_from=init_from,
+               tokenizer=tokenizer, history=history or _History())
+    end = config.steps if stop_at is None else min(config.steps, stop_at)
+    run.loop(end, progress)
+    final = run.snapshot(end)
+    _save_checkpoint(out_dir, model, trainer, final, tokenizer)
+    if end == config.steps:
+        _save_final(out_dir, model, final, tokenizer)
+    return TrainResult(out_dir=out_dir, step=end, train_losses=run.history.train_losses,
+                       eval_losses=run.history.eval_losses, tokens_seen=end * run.tokens_per_step,
+                       wall_s=final["wall_s"], resumed_from=history.start if history else None,
+                       extra={"model": model, "trainer": trainer})
 
-    def state(step: int) -> dict:
+
+def _load(path, backend: str, device: str | None):
+    """A checkpoint as a float32 model (training keeps float32 master weights)."""
+    return load(path, backend=backend, dtype="float32", device=device)
+
+
+@dataclass
+class _History:
+    """What a run carries from step to step: where it starts, the losses so far, the time spent before."""
+
+    start: int = 0
+    train_losses: list[float] = field(default_factory=list)
+    eval_losses: list[tuple[int, float]] = field(default_factory=list)
+    wall_before: float = 0.0
+
+
+def _resumed_history(ckpt: Path, config: TrainConfig, corpus, backend: str) -> _History | None:
+    """The history saved in ``ckpt`` when it exists and matches this run (else a ValueError), or None."""
+    state_path = ckpt / STATE_FILE
+    if not state_path.exists():
+        return None
+    saved = json.loads(state_path.read_text())
+    _check_resumable(saved, config, corpus.fingerprint, ckpt, backend)
+    return _History(start=saved["step"], train_losses=list(saved["train_losses"]),
+                    eval_losses=[tuple(e) for e in saved["eval_losses"]],
+                    wall_before=saved.get("wall_s", 0.0))
+
+
+class _Run:
+    """One training run's loop: steps, logging, evals and checkpoints, over the state in ``history``."""
+
+    def __init__(self, corpus, out_dir: Path, config: TrainConfig, model, trainer, *, backend: str,
+                 init_from, tokenizer, history: _History):
+        self.corpus, self.out_dir, self.config = corpus, out_dir, config
+        self.model, self.trainer, self.backend = model, trainer, backend
+        self.init_from, self.tokenizer, self.history = init_from, tokenizer, history
+        self.evals = data_mod.eval_batches(corpus.val, seed=config.seed, n_batches=config.eval_batches,
+                                           batch_size=config.batch_size, seq_len=config.seq_len)
+        self.tokens_per_step = config.batch_size * config.seq_len
+        self.t0 = time.perf_counter()
+
+    def snapshot(self, step: int) -> dict:
+        """The ``trainer_state.json`` of the run after ``step`` steps."""
+        h, corpus = self.history, self.corpus
         return {
-            "step": step, "train_losses": train_losses, "eval_losses": [list(e) for e in eval_losses],
-            "tokens_seen": step * tokens_per_step, "wall_s": wall_before + time.perf_counter() - t0,
-            "train_config": config.to_dict(), "model_config": model_cfg.to_dict("mamba-core"),
-            "backend": backend, "init_from": None if init_from is None else str(init_from),
+            "step": step, "train_losses": h.train_losses, "eval_losses": [list(e) for e in h.eval_losses],
+            "tokens_seen": step * self.tokens_per_step,
+            "wall_s": h.wall_before + time.perf_counter() - self.t0,
+            "train_config": self.config.to_dict(), "model_config": self.model.config.to_dict("mamba-core"),
+            "backend": self.backend, "init_from": None if self.init_from is None else str(self.init_from),
             "data": {"fingerprint": corpus.fingerprint, "description": corpus.description,
                      "train_tokens": len(corpus.train), "val_tokens": len(corpus.val)},
         }
 
-    def evaluate(step: int) -> float:
-        loss = sum(trainer.eval_loss(x, y) for x, y in evals) / len(evals)
-        eval_losses.append((step, loss))
+    def evaluate(self, step: int) -> float:
+        loss = sum(self.trainer.eval_loss(x, y) for x, y in self.evals) / len(self.evals)
+        self.history.eval_losses.append((step, loss))
         log.info("step %d: eval loss %.4f nats/token (%.4f bits)", step, loss, loss / math.log(2))
         return loss
 
-    end = config.steps if stop_at is None else min(config.steps, stop_at)
-    desc = "train" if start == 0 else f"train (resumed at step {start})"
-    if start == 0:
-        evaluate(0)  # the starting point: what a fine-tune must beat
-    with Progress(config.steps - start, desc, unit=" steps", enabled=progress) as bar:
-        window_t, window_steps = time.perf_counter(), 0
-        loop_t = window_t
-        with _deferred_interrupt() as interrupted:
-            for step in range(start, end):
-                x, y = data_mod.batch(corpus.train, seed=config.seed, step=step,
-                                      batch_size=config.batch_size, seq_len=config.seq_len)
-                loss = trainer.step(x, y, lr_at(step, config))
-                if not math.isfinite(loss):
-                    raise FloatingPointError(f"the training loss is {loss} at step {step}; lower --lr")
-                train_losses.append(loss)
-                window_steps += 1
-                now = time.perf_counter()
-                tok_s = window_steps * tokens_per_step / max(now - window_t, 1e-9)
-                bar.update(1, loss=loss, tok_s=round(tok_s))
-                done = step + 1
-                if done % config.log_every == 0:
-                    eta = (now - loop_t) / (done - start) * (end - done)
-                    log.info("step %d/%d: loss %.4f lr %.3g %.0f tok/s, eta %s", done, config.steps, loss,
-                             lr_at(step, config), tok_s, format_duration(eta))
-                    window_t, window_steps = now, 0
-                if done % config.eval_every == 0 or done == config.steps:
-                    evaluate(done)
-                if interrupted:
-                    log.warning("interrupted: saving %s at step %d", ckpt, done)
-                    _save_checkpoint(out_dir, model, trainer, state(done), tokenizer)
-                    raise KeyboardInterrupt
-                if done % config.save_every == 0 and done < end:
-                    _save_checkpoint(out_dir, model, trainer, state(done), tokenizer)
-    final = state(end)
-    _save_checkpoint(out_dir, model, trainer, final, tokenizer)
-    if end == config.steps:
-        _save_final(out_dir, model, final, tokenizer)
-    return TrainResult(out_dir=out_dir, step=end, train_losses=train_losses, eval_losses=eval_losses,
-                       tokens_seen=end * tokens_per_step, wall_s=final["wall_s"], resumed_from=resumed_from,
-                       extra={"model": model, "trainer": trainer})
+    def step(self, step: int) -> float:
+        """One optimizer step on the batch of ``step``; its loss (nats/token)."""
+        cfg = self.config
+        x, y = data_mod.batch(self.corpus.train, seed=cfg.seed, step=step, batch_size=cfg.batch_size,
+                              seq_len=cfg.seq_len)
+        loss = self.trainer.step(x, y, lr_at(step, cfg))
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"the training loss is {loss} at step {step}; lower --lr")
+        self.history.train_losses.append(loss)
+        return loss
+
+    def save(self, step: int) -> None:
+        _save_checkpoint(self.out_dir, self.model, self.trainer, self.snapshot(step), self.tokenizer)
+
+    def loop(self, end: int, progress: bool | None) -> None:
+        """Steps ``history.start`` .. ``end - 1``: evals, checkpoints, and a checkpoint on Ctrl-C."""
+        cfg, start = self.config, self.history.start
+        desc = "train" if start == 0 else f"train (resumed at step {start})"
+        if start == 0:
+            self.evaluate(0)  # the starting point: what a fine-tune must beat
+        with Progress(cfg.steps - start, desc, unit=" steps", enabled=progress) as bar:
+            meter = _Throughput(self.tokens_per_step)
+            with _deferred_interrupt() as interrupted:
+                for step in range(start, end):
+                    loss = self.step(step)
+                    tok_s = meter.tick()
+                    bar.update(1, loss=loss, tok_s=round(tok_s))
+                    done = step + 1
+                    if done % cfg.log_every == 0:
+                        eta = meter.elapsed() / (done - start) * (end - done)
+                        log.info("step %d/%d: loss %.4f lr %.3g %.0f tok/s, eta %s", done, cfg.steps, loss,
+                                 lr_at(step, cfg), tok_s, format_duration(eta))
+                        meter.restart()
+                    if done % cfg.eval_every == 0 or done == cfg.steps:
+                        self.evaluate(done)
+                    if interrupted:
+                        log.warning("interrupted: saving %s at step %d", self.out_dir / CHECKPOINT, done)
+                        self.save(done)
+                        raise KeyboardInterrupt
+                    if done % cfg.save_every == 0 and done < end:
+                        self.save(done)
+
+
+class _Throughput:
+    """Tokens per second over the steps since the last ``restart`` (the log window)."""
+
+    def __init__(self, tokens_per_step: int):
+        self.tokens_per_step = tokens_per_step
+        self.start = time.perf_counter()
+        self.restart()
+
+    def elapsed(self) -> float:
+        """Seconds since the meter was made (the loop's start: for the ETA)."""
+        return time.perf_counter() - self.start
+
+    def restart(self) -> None:
+        self.t, self.steps = time.perf_counter(), 0
+
+    def tick(self) -> float:
+        self.steps += 1
+        return self.steps * self.tokens_per_step / max(time.perf_counter() - self.t, 1e-9)
 
 
 def format_duration(seconds: float) -> str:

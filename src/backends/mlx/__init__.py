@@ -10,24 +10,38 @@ Example:
 
 from mamba_core.backends.mlx import ops as ops
 from mamba_core.backends.mlx.cache import MambaCache as MambaCache
+from mamba_core.backends.mlx.device import default_device as default_device
+from mamba_core.backends.mlx.device import device_unavailable as device_unavailable
+from mamba_core.backends.mlx.device import devices as devices
+from mamba_core.backends.mlx.gated_mlp import GatedMLP as GatedMLP
 from mamba_core.backends.mlx.heads import FeatureExtractor as FeatureExtractor
 from mamba_core.backends.mlx.heads import SequenceClassifier as SequenceClassifier
+from mamba_core.backends.mlx.heads import task_of as task_of
+from mamba_core.backends.mlx.mamba1 import Mamba1Mixer as Mamba1Mixer
+from mamba_core.backends.mlx.mamba2 import Mamba2Mixer as Mamba2Mixer
+from mamba_core.backends.mlx.mamba3 import Mamba3Mixer as Mamba3Mixer
 from mamba_core.backends.mlx.model import Mamba1 as Mamba1
 from mamba_core.backends.mlx.model import Mamba1Block as Mamba1Block
 from mamba_core.backends.mlx.model import Mamba1LM as Mamba1LM
-from mamba_core.backends.mlx.model import Mamba1Mixer as Mamba1Mixer
 from mamba_core.backends.mlx.model import Mamba2 as Mamba2
 from mamba_core.backends.mlx.model import Mamba2Block as Mamba2Block
 from mamba_core.backends.mlx.model import Mamba2LM as Mamba2LM
-from mamba_core.backends.mlx.model import Mamba2Mixer as Mamba2Mixer
-from mamba_core.backends.mlx.model import RMSNorm as RMSNorm
-from mamba_core.backends.mlx.model import RMSNormGated as RMSNormGated
+from mamba_core.backends.mlx.model import Mamba3 as Mamba3
+from mamba_core.backends.mlx.model import Mamba3Block as Mamba3Block
+from mamba_core.backends.mlx.model import Mamba3LM as Mamba3LM
+from mamba_core.backends.mlx.norm import RMSNorm as RMSNorm
+from mamba_core.backends.mlx.norm import RMSNormGated as RMSNormGated
+from mamba_core.backends.mlx.pickles import read_pickle as read_pickle
+from mamba_core.backends.mlx.pickles import read_pickle_header as read_pickle_header
+from mamba_core.backends.mlx.quantized import QUANTIZE_KERNELS as QUANTIZE_KERNELS
+from mamba_core.backends.mlx.quantized import quantize as quantize
+from mamba_core.backends.mlx.runtime import inference_scope as inference_scope
+from mamba_core.backends.mlx.runtime import single_threaded as single_threaded
 from mamba_core.backends.mlx.sample import generate as generate
 from mamba_core.backends.mlx.sample import stream as stream
 from mamba_core.backends.mlx.train import Trainer as Trainer
+from mamba_core.backends.mlx.train import loss_gradients as loss_gradients
 from mamba_core.backends.mlx.weights import build_model as build_model
-from mamba_core.backends.mlx.weights import default_device as default_device
-from mamba_core.backends.mlx.weights import devices as devices
 from mamba_core.backends.mlx.weights import export_tensors as export_tensors
 from mamba_core.backends.mlx.weights import from_numpy as from_numpy
 from mamba_core.backends.mlx.weights import load_checkpoint as load_checkpoint
@@ -38,7 +52,9 @@ NAME = "mlx"
 
 __all__ = [
     "NAME",
+    "QUANTIZE_KERNELS",
     "FeatureExtractor",
+    "GatedMLP",
     "Mamba1",
     "Mamba1Block",
     "Mamba1LM",
@@ -47,6 +63,10 @@ __all__ = [
     "Mamba2Block",
     "Mamba2LM",
     "Mamba2Mixer",
+    "Mamba3",
+    "Mamba3Block",
+    "Mamba3LM",
+    "Mamba3Mixer",
     "MambaCache",
     "RMSNorm",
     "RMSNormGated",
@@ -54,13 +74,21 @@ __all__ = [
     "Trainer",
     "build_model",
     "default_device",
+    "device_unavailable",
     "devices",
     "export_tensors",
     "from_numpy",
     "generate",
+    "inference_scope",
     "load_checkpoint",
+    "loss_gradients",
     "ops",
+    "quantize",
+    "read_pickle",
+    "read_pickle_header",
     "save_safetensors",
+    "single_threaded",
     "stream",
+    "task_of",
     "to_numpy",
 ]

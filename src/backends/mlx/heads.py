@@ -1,4 +1,4 @@
-"""Task heads on the LMs' backbone: ``SequenceClassifier`` and ``FeatureExtractor`` (issue 7.4).
+"""Task heads on the LMs' backbone: ``SequenceClassifier`` and ``FeatureExtractor``.
 
 The mirror image of the torch backend's ``heads.py``. Both hold ``backbone``, the same
 ``Mamba1``/``Mamba2`` stack (with an embedding) that a ``Mamba1LM`` holds, so their module tree is the
@@ -13,19 +13,23 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from mamba_core.backends.mlx.device import resolve_device, resolve_dtype
 from mamba_core.backends.mlx.model import (
     KERNEL_PATHS,
+    Hybrid,
+    HybridLM,
     Mamba1,
     Mamba1LM,
     Mamba2,
     Mamba2LM,
-    apply_dtype_policy,
+    Mamba3,
+    Mamba3LM,
 )
-from mamba_core.backends.mlx.weights import resolve_device, resolve_dtype
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.task import Task, pooled_dim, task_layout
 
-STACKS = {"mamba1": Mamba1, "mamba2": Mamba2}
+STACKS = {"mamba1": Mamba1, "mamba2": Mamba2, "mamba3": Mamba3, "nemotron_h": Hybrid, "jamba": Hybrid}
+LMS = {"mamba1": Mamba1LM, "mamba2": Mamba2LM, "mamba3": Mamba3LM, "nemotron_h": HybridLM, "jamba": HybridLM}
 _EPS = 1e-5
 _F32 = mx.float32
 
@@ -107,9 +111,10 @@ class SequenceClassifier(nn.Module):
         self.config = config
         self.device = resolve_device(device)
         with mx.stream(self.device):
-            self.backbone = STACKS[config.arch](config, config.vocab_size_padded, device=self.device)
+            self.backbone = STACKS[config.arch](config, config.vocab_size_padded, dtype=dtype,
+                                                device=self.device)
             self.score = nn.Linear(pooled_dim(config, pooling), num_labels)
-            apply_dtype_policy(self, config, resolve_dtype(dtype))
+            self.score.set_dtype(resolve_dtype(dtype))
         self.kernel_path = KERNEL_PATHS[config.arch]
 
     @property
@@ -178,16 +183,22 @@ def task_of(model) -> Task:
     task = getattr(model, "task", None)
     if isinstance(task, Task):
         return task
-    if isinstance(model, (Mamba1, Mamba2)):
+    if isinstance(model, tuple(STACKS.values())):
         return Task("features") if "embedding" in model else Task("stack")
-    if isinstance(model, (Mamba1LM, Mamba2LM)):
+    if isinstance(model, tuple(LMS.values())):
         return Task()
     raise TypeError(f"{type(model).__name__} is not a mamba-core model")
 
 
 def _prefix(model) -> str:
     # a bare stack's parameter names lack the canonical ``backbone.`` prefix
-    return "backbone." if isinstance(model, (Mamba1, Mamba2)) else ""
+    return "backbone." if isinstance(model, tuple(STACKS.values())) else ""
+
+
+def canonical_parameters(model) -> dict[str, mx.array]:
+    """Canonical (checkpoint) name -> parameter (MLX layout); a bare stack's names get ``backbone.``."""
+    prefix = _prefix(model)
+    return {prefix + name: p for name, p in tree_flatten(model.parameters())}
 
 
 def build_task_model(config, task: Task, *, dtype="float32", device=None):
@@ -200,7 +211,7 @@ def build_task_model(config, task: Task, *, dtype="float32", device=None):
         'Mamba1'
     """
     if task.kind == "lm":
-        return {"mamba1": Mamba1LM, "mamba2": Mamba2LM}[config.arch](config, dtype=dtype, device=device)
+        return LMS[config.arch](config, dtype=dtype, device=device)
     if task.kind == "stack":
         return STACKS[config.arch](config, dtype=dtype, device=device)
     if task.kind == "features":

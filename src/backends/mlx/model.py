@@ -1,229 +1,146 @@
-"""MLX modules of Mamba-1 (S6) and Mamba-2 (SSD) language models, in the style of mlx-lm.
+"""MLX language models built from the layer plan, in the style of mlx-lm; the mirror of the torch
+backend's ``model.py``.
 
-Follows spec-notes §1.2 (pre-norm residual, fused add+norm semantics: the norm reads the fp32 sum),
-§3.4-3.5 (Mamba-1 mixer and step), §4.4-4.6 (Mamba-2 mixer and step) and the backend contract: the
-module tree flattens (``mlx.utils.tree_flatten``) to the canonical state-spaces names
-(``backbone.embedding.weight``, ``backbone.layers.{i}.mixer.conv1d.weight``, ...); the conv weight is
-held in MLX layout (C, K, 1) (``layout.Param.mlx_axes``); ``A_log``, ``D`` and the dt bias are
-float32 whatever the model dtype. Activations are channels-last; the decode cache is the named
-``MambaCache``. Math lives in ``ops`` / ``scan``; these modules only wire it.
+A model is a sequence of blocks (``mamba_core.layers.layer_plan``): ``_Block`` holds ``norm`` + the
+``mixer`` kind (and ``norm2`` + the ``mlp`` kind when the plan has one), each kind built from the
+registry ``layers.KINDS``; ``_Stack`` = optional embedding, blocks, ``norm_f``; ``_LM`` = stack + head.
+The module tree flattens (``mlx.utils.tree_flatten``) to the canonical state-spaces names; the conv
+weight is held in MLX layout (C, K, 1); ``A_log``, ``D`` and the dt bias are float32 whatever the
+model dtype (docs/spec.md §6.1). New models get the one official initialization,
+``reference.init_weights`` (``initialize``); ``init=False`` builds lazily without evaluating any
+placeholder (what ``weights.load_checkpoint`` does before it assigns).
 """
 
 from __future__ import annotations
 
-import math
-
 import mlx.core as mx
 import mlx.nn as nn
+import numpy as np
 from mlx.utils import tree_flatten, tree_unflatten
 
-from mamba_core.backends.mlx import ops
 from mamba_core.backends.mlx.cache import MambaCache
+from mamba_core.backends.mlx.device import resolve_device, resolve_dtype
+from mamba_core.backends.mlx.layers import KINDS
+from mamba_core.backends.mlx.norm import RMSNorm
+from mamba_core.backends.mlx.quantized import head_logits
+from mamba_core.backends.mlx.sample import generate, stream
 from mamba_core.config import Mamba1Config, Mamba2Config
 from mamba_core.errors import ConfigError
+from mamba_core.families import HYBRID_CONFIGS
+from mamba_core.layers import get_kind, kind_config, layer_plan
 from mamba_core.layout import expand_layout
+from mamba_core.mamba3_config import Mamba3Config
+from mamba_core.reference import init_weights
 
 _F32 = mx.float32
-KERNEL_PATHS = {"mamba1": "mlx-chunked-selective-scan", "mamba2": "mlx-chunked-ssd"}
+KERNEL_PATHS = {
+    "mamba1": "mlx-chunked-selective-scan",
+    "mamba2": "mlx-chunked-ssd",
+    "mamba3": "mlx-chunked-mamba3",
+    "nemotron_h": "mlx-chunked-ssd+fast-sdpa",
+    "jamba": "mlx-chunked-selective-scan+fast-sdpa",
+}
 
 
-class RMSNorm(nn.Module):
-    """RMSNorm (D,) computed in float32; returns the dtype of its weight (the model dtype).
+def _classes(config_class) -> tuple:
+    return config_class if isinstance(config_class, tuple) else (config_class,)
 
-    Example:
-        >>> RMSNorm(4)(mx.ones((1, 4))).tolist()  # doctest: +ELLIPSIS
-        [[0.99999..., 0.99999..., 0.99999..., 0.99999...]]
+
+def _draw_seed() -> int:
+    # the numpy seed of a new model's init, drawn from MLX's generator (mx.random.seed applies)
+    return int(mx.random.randint(0, 2**31 - 1, (1,)).item())
+
+
+def initialize(model: nn.Module, seed: int | None = None) -> None:
+    """Fill every layout tensor of ``model`` with the official initialization (``reference.init_weights``).
+
+    The same ``seed`` gives the same weights in every backend. Parameters outside the layout (a
+    classifier's ``score``) keep theirs; each tensor keeps its parameter's dtype.
+
+    Args:
+        model: a stack, LM or head of this backend. seed: numpy seed (None = fresh entropy).
     """
-
-    def __init__(self, dims: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = mx.ones((dims,))
-
-    def __call__(self, x: mx.array) -> mx.array:
-        """(..., D) any float dtype -> (..., D) in the weight dtype."""
-        return ops.rmsnorm(x.astype(_F32), self.weight, self.eps).astype(self.weight.dtype)
-
-
-class RMSNormGated(nn.Module):
-    """Mamba-2 gated RMSNorm: ``RMSNorm_groups(x · silu(z)) · weight`` (gate first, groups of E/G).
-
-    Example:
-        >>> RMSNormGated(4, group_size=2)(mx.ones((1, 4)), mx.zeros((1, 4))).shape
-        (1, 4)
-    """
-
-    def __init__(self, dims: int, eps: float = 1e-5, group_size: int | None = None,
-                 norm_before_gate: bool = False):
-        super().__init__()
-        self.eps = eps
-        self.group_size = group_size
-        self.norm_before_gate = norm_before_gate
-        self.weight = mx.ones((dims,))
-
-    def __call__(self, x: mx.array, z: mx.array | None = None) -> mx.array:
-        """x, z (..., E) -> (..., E) in x's dtype."""
-        return ops.rmsnorm_gated(x, z, self.weight, self.eps, self.group_size, self.norm_before_gate)
-
-
-def _conv(config, channels: int) -> nn.Conv1d:
-    # depthwise: weight (C, K, 1) in MLX layout; only the parameters are used (ops.causal_conv1d)
-    return nn.Conv1d(channels, channels, config.d_conv, groups=channels, bias=config.conv_bias)
-
-
-def _dt_bias_init(config, size: int) -> mx.array:
-    # official init (spec-notes §3.3): log-uniform dt in [dt_min, dt_max], floored, inverse softplus
-    lo, hi = math.log(config.dt_min), math.log(config.dt_max)
-    dt = mx.maximum(mx.exp(mx.random.uniform(shape=(size,)) * (hi - lo) + lo), config.dt_init_floor)
-    return dt + mx.log(-mx.expm1(-dt))
-
-
-def _masked(x: mx.array, mask: mx.array | None) -> mx.array:
-    # zero left-padded positions: (B, L, C) * (B, L, 1)
-    return x if mask is None else x * mask[..., None].astype(x.dtype)
-
-
-class Mamba1Mixer(nn.Module):
-    """Mamba-1 selective-SSM mixer (spec-notes §3.4): in_proj, conv1d, x_proj, dt_proj, A_log, D,
-    out_proj."""
-
-    def __init__(self, config: Mamba1Config, layer_idx: int = 0):
-        super().__init__()
-        d, e, n, r = config.d_model, config.d_inner, config.d_state, config.dt_rank
-        self.d_inner, self.d_state, self.dt_rank, self.layer_idx = e, n, r, layer_idx
-        self.in_proj = nn.Linear(d, 2 * e, bias=config.bias)
-        self.conv1d = _conv(config, e)
-        self.x_proj = nn.Linear(e, r + 2 * n, bias=False)
-        self.dt_proj = nn.Linear(r, e, bias=True)
-        self.dt_proj.bias = _dt_bias_init(config, e)
-        self.A_log = mx.log(mx.broadcast_to(mx.arange(1, n + 1, dtype=_F32), (e, n)))
-        self.D = mx.ones((e,))
-        self.out_proj = nn.Linear(e, d, bias=config.bias)
-
-    def _ssm_inputs(self, u: mx.array):
-        x_dbl = self.x_proj(u)  # (..., R + 2N)
-        dt_r, B, C = mx.split(x_dbl, [self.dt_rank, self.dt_rank + self.d_state], axis=-1)
-        delta = dt_r @ self.dt_proj.weight.T  # (..., E): dt_proj without its bias (pitfall 9.4)
-        return delta, B, C, -mx.exp(self.A_log.astype(_F32))
-
-    def __call__(self, hidden_states, conv_state=None, ssm_state=None, attention_mask=None):
-        """(B, L, D) -> ``(out (B, L, D), conv_state (B, E, K), ssm_state (B, E, N) fp32)``."""
-        mask = attention_mask
-        xz = _masked(self.in_proj(hidden_states), mask)  # (B, L, 2E)
-        x, z = mx.split(xz, 2, axis=-1)
-        u, conv_state = ops.causal_conv1d(x, self.conv1d.weight[..., 0], self.conv1d.get("bias"),
-                                          conv_state, activation="silu")
-        u = _masked(u, mask)  # (B, L, E)
-        delta, B, C, A = self._ssm_inputs(u)
-        y, ssm_state = ops.selective_scan(u, delta, A, B, C, D=self.D, z=z,
-                                          delta_bias=self.dt_proj.bias, delta_softplus=True,
-                                          initial_state=ssm_state)
-        return self.out_proj(y), conv_state, ssm_state
-
-    def step(self, hidden_states, conv_state, ssm_state):
-        """(B, D) -> ``(out (B, D), conv_state, ssm_state)``, O(1) per token (spec-notes §3.5)."""
-        x, z = mx.split(self.in_proj(hidden_states), 2, axis=-1)  # (B, E) each
-        u, conv_state = ops.causal_conv1d_update(x, conv_state, self.conv1d.weight[..., 0],
-                                                 self.conv1d.get("bias"), activation="silu")
-        delta, B, C, A = self._ssm_inputs(u)
-        y, ssm_state = ops.selective_state_update(ssm_state, u, delta, A, B, C, D=self.D, z=z,
-                                                  delta_bias=self.dt_proj.bias, delta_softplus=True)
-        return self.out_proj(y), conv_state, ssm_state
-
-
-class Mamba2Mixer(nn.Module):
-    """Mamba-2 SSD mixer (spec-notes §4.4): in_proj [z, x, B, C, dt], conv1d over xBC, dt_bias, A_log,
-    D, gated norm, out_proj."""
-
-    def __init__(self, config: Mamba2Config, layer_idx: int = 0):
-        super().__init__()
-        c = config
-        self.config, self.layer_idx = c, layer_idx
-        self.in_proj = nn.Linear(c.d_model, c.d_in_proj, bias=c.bias)
-        self.conv1d = _conv(c, c.conv_dim)
-        self.dt_bias = _dt_bias_init(c, c.nheads)
-        self.A_log = mx.log(mx.random.uniform(*c.A_init_range, shape=(c.nheads,)))
-        self.D = mx.ones((c.nheads,))
-        self.norm = RMSNormGated(c.d_inner, eps=c.norm_epsilon, group_size=c.d_inner // c.ngroups)
-        self.out_proj = nn.Linear(c.d_inner, c.d_model, bias=c.bias)
-
-    def _split_xbc(self, xbc: mx.array):
-        c = self.config
-        e, gn = c.d_inner, c.ngroups * c.d_state
-        x, B, C = mx.split(xbc, [e, e + gn], axis=-1)
-        lead = xbc.shape[:-1]
-        return (x.reshape(*lead, c.nheads, c.headdim), B.reshape(*lead, c.ngroups, c.d_state),
-                C.reshape(*lead, c.ngroups, c.d_state))
-
-    def __call__(self, hidden_states, conv_state=None, ssm_state=None, attention_mask=None):
-        """(B, L, D) -> ``(out (B, L, D), conv_state (B, conv_dim, K), ssm_state (B, H, P, N))``."""
-        c, mask = self.config, attention_mask
-        zxbcdt = _masked(self.in_proj(hidden_states), mask)  # (B, L, d_in_proj)
-        z, xbc, dt = mx.split(zxbcdt, [c.d_inner, c.d_inner + c.conv_dim], axis=-1)
-        xbc, conv_state = ops.causal_conv1d(xbc, self.conv1d.weight[..., 0], self.conv1d.get("bias"),
-                                            conv_state, activation="silu")
-        x, B, C = self._split_xbc(_masked(xbc, mask))
-        y, ssm_state = ops.ssd_chunked(x, dt, -mx.exp(self.A_log.astype(_F32)), B, C, c.chunk_size,
-                                       D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
-                                       dt_limit=c.dt_limit, initial_state=ssm_state)
-        y = y.reshape(*y.shape[:2], c.d_inner)  # (B, L, E)
-        return self.out_proj(self.norm(y, z)), conv_state, ssm_state
-
-    def step(self, hidden_states, conv_state, ssm_state):
-        """(B, D) -> ``(out (B, D), conv_state, ssm_state)``, O(1) per token (spec-notes §4.6)."""
-        c = self.config
-        z, xbc, dt = mx.split(self.in_proj(hidden_states), [c.d_inner, c.d_inner + c.conv_dim],
-                              axis=-1)
-        xbc, conv_state = ops.causal_conv1d_update(xbc, conv_state, self.conv1d.weight[..., 0],
-                                                   self.conv1d.get("bias"), activation="silu")
-        x, B, C = self._split_xbc(xbc)
-        y, ssm_state = ops.ssd_state_update(ssm_state, x, dt, -mx.exp(self.A_log.astype(_F32)), B, C,
-                                            D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
-                                            dt_limit=c.dt_limit)
-        y = y.reshape(y.shape[0], c.d_inner)  # (B, E)
-        return self.out_proj(self.norm(y, z)), conv_state, ssm_state
+    prefix = "backbone." if isinstance(model, _Stack) else ""
+    backbone = model if isinstance(model, _Stack) else model.backbone
+    arrays = init_weights(model.config, np.random.default_rng(seed), embedding="embedding" in backbone)
+    specs = expand_layout(model.config)
+    updates = []
+    for name, p in tree_flatten(model.parameters()):
+        value = arrays.get(prefix + name)
+        if value is not None:
+            axes = specs[prefix + name].mlx_axes  # canonical (C, 1, K) -> MLX (C, K, 1)
+            updates.append((name, mx.array(value if axes is None else value.transpose(axes), dtype=p.dtype)))
+    model.update(tree_unflatten(updates))
+    mx.eval(model.parameters())
 
 
 class _Block(nn.Module):
-    """``x + mixer(norm(x))`` on the residual stream (fp32 when ``residual_in_fp32``)."""
+    """Pre-norm residual block of layer ``layer_idx``: ``x + mixer(norm(x))`` (+ ``x + mlp(norm2(x))``).
 
-    mixer_class: type = Mamba1Mixer
+    Args:
+        config: the model config. layer_idx: which block of ``layer_plan(config)``.
+        dtype, device: of the parameters.
+    """
 
-    def __init__(self, config, layer_idx: int = 0):
+    def __init__(self, config, layer_idx: int = 0, *, dtype=None, device=None):
         super().__init__()
-        self.norm = RMSNorm(config.d_model, eps=config.norm_epsilon)
-        self.mixer = self.mixer_class(config, layer_idx)
+        plan = layer_plan(config)[layer_idx]
+        fk = {"dtype": dtype, "device": device}
+        self.layer_idx = layer_idx
+        self.slots = plan.slots
+        self._n_state = tuple(len(get_kind(kind).cache) for _, kind in self.slots)
+        self.norm = RMSNorm(config.d_model, config.norm_epsilon, **fk)
+        self.mixer = KINDS[plan.mixer](kind_config(config, plan.mixer), layer_idx, **fk)
+        if plan.mlp is not None:
+            self.norm2 = RMSNorm(config.d_model, config.norm_epsilon, **fk)
+            self.mlp = KINDS[plan.mlp](kind_config(config, plan.mlp), layer_idx, **fk)
 
-    def __call__(self, x: mx.array, conv_state=None, ssm_state=None, attention_mask=None):
-        """Residual (B, L, D) -> ``(x + mixer(norm(x)), conv_state, ssm_state)``."""
-        out, conv_state, ssm_state = self.mixer(self.norm(x), conv_state, ssm_state, attention_mask)
-        return x + out, conv_state, ssm_state
+    def _run(self, x, state, call):
+        new_state: list = []
+        rest = list(state) + [None] * (sum(self._n_state) - len(state))
+        for (slot, _), n in zip(self.slots, self._n_state, strict=True):
+            mine, rest = rest[:n], rest[n:]
+            norm = self.norm if slot == "mixer" else self.norm2
+            out, *mine = call(getattr(self, slot), norm(x), mine)
+            x = x + out
+            new_state.extend(mine)
+        return (x, *new_state)
 
-    def step(self, x: mx.array, conv_state, ssm_state):
-        """Residual (B, D) -> ``(x + mixer.step(norm(x)), conv_state, ssm_state)`` (functional)."""
-        out, conv_state, ssm_state = self.mixer.step(self.norm(x), conv_state, ssm_state)
-        return x + out, conv_state, ssm_state
+    def __call__(self, x, *state, attention_mask=None):
+        """x: (B, L, D) residual stream, ``state`` the block's cache fields (None = zeros) ->
+        ``(x', *state')``."""
+        return self._run(x, state, lambda mod, h, s: mod(h, *s, attention_mask=attention_mask))
+
+    def step(self, x, *state):
+        """x: (B, D) -> ``(x', *state')`` (new state arrays)."""
+        return self._run(x, state, lambda mod, h, s: mod.step(h, *s))
 
 
 class Mamba1Block(_Block):
-    """Pre-norm residual block with a ``Mamba1Mixer``."""
-
-    mixer_class = Mamba1Mixer
+    """A block of a Mamba-1 model (``norm`` + ``Mamba1Mixer``)."""
 
 
 class Mamba2Block(_Block):
-    """Pre-norm residual block with a ``Mamba2Mixer``."""
+    """A block of a Mamba-2 model (``norm`` + ``Mamba2Mixer``)."""
 
-    mixer_class = Mamba2Mixer
+
+class Mamba3Block(_Block):
+    """A block of a Mamba-3 model (``norm`` + ``Mamba3Mixer``, and ``norm2`` + ``GatedMLP`` when
+    ``d_intermediate > 0``)."""
+
+
+class HybridBlock(_Block):
+    """A block of a hybrid model (the kinds its family's ``layer_plan`` names)."""
 
 
 class _Stack(nn.Module):
-    """Layers + ``norm_f``; with ``vocab_size`` also the embedding (then inputs may be token ids).
+    """The residual stack: optional ``embedding`` (V, D), ``layers`` (one block per plan row), ``norm_f``.
 
-    Without ``vocab_size`` it is a sequence-to-sequence layer for your own models (issue 8): (B, L, D)
-    float -> (B, L, D) in the model dtype, no embedding, no head. A new stack has the official
-    initialization (spec-notes §1.5, §3.3, §4.3). With a cache, its states are the initial states
-    and are replaced by the final ones (a long stream fed in chunks); ``step`` takes one frame, O(1).
+    Without ``vocab_size`` it is a sequence-to-sequence layer for your own models: (B, L, D) float
+    -> (B, L, D) in the model dtype, no embedding, no head. A new stack has the official
+    initialization (docs/spec.md §1.5; ``initialize``, seeded from MLX's generator). With a cache,
+    its states are the initial states and are replaced by the final ones (a long stream fed in
+    chunks); ``step`` takes one frame, O(1).
 
     Args:
         config: ``Mamba1Config`` (``Mamba2Config`` for ``Mamba2``).
@@ -231,6 +148,7 @@ class _Stack(nn.Module):
         dtype: ``"float32" | "bfloat16" | "float16"`` (or an ``mx.Dtype``); ``A_log``, ``D`` and the
             dt bias stay float32. None = float32.
         device: ``"cpu" | "gpu"`` | None (the default device): the stream the stack runs on.
+        init: False builds lazily and leaves the parameters to be assigned.
 
     Example:
         >>> from mamba_core.testing import tiny_mamba1
@@ -244,31 +162,27 @@ class _Stack(nn.Module):
         (True, (2, 32))
     """
 
-    block_class: type = Mamba1Block
+    block_class: type = _Block
     config_class: type = Mamba1Config
 
-    def __init__(self, config, vocab_size: int | None = None, *, dtype=None, device=None):
+    def __init__(self, config, vocab_size: int | None = None, *, dtype=None, device=None, init=True):
         super().__init__()
-        from mamba_core.backends.mlx.weights import resolve_device, resolve_dtype
-
         if not isinstance(config, self.config_class):
-            raise ConfigError(f"{type(self).__name__} needs a {self.config_class.__name__}, got "
+            wanted = " or ".join(c.__name__ for c in _classes(self.config_class))
+            raise ConfigError(f"{type(self).__name__} needs a {wanted}, got "
                               f"{type(config).__name__}", field="arch")
         self.config = config
         self.device = resolve_device(device)
+        fk = {"dtype": _F32 if dtype is None else resolve_dtype(dtype), "device": self.device}
         with mx.stream(self.device):
             if vocab_size is not None:
                 self.embedding = nn.Embedding(vocab_size, config.d_model)
-                self.embedding.weight = config.initializer_range * mx.random.normal(
-                    (vocab_size, config.d_model))
-            self.layers = [self.block_class(config, i) for i in range(config.n_layer)]
-            self.norm_f = RMSNorm(config.d_model, eps=config.norm_epsilon)
-            if config.rescale_prenorm_residual:  # spec-notes §1.5: out_proj / sqrt(n_layer)
-                for layer in self.layers:
-                    layer.mixer.out_proj.weight = layer.mixer.out_proj.weight / math.sqrt(config.n_layer)
-            if dtype is not None:
-                apply_dtype_policy(self, config, resolve_dtype(dtype), prefix="backbone.")
+                self.embedding.set_dtype(fk["dtype"])
+            self.layers = [self.block_class(config, i, **fk) for i in range(len(layer_plan(config)))]
+            self.norm_f = RMSNorm(config.d_model, config.norm_epsilon, **fk)
         self.kernel_path = KERNEL_PATHS[config.arch]
+        if init:
+            initialize(self, _draw_seed())
 
     @property
     def dtype(self) -> mx.Dtype:
@@ -301,10 +215,10 @@ class _Stack(nn.Module):
             residual = self._embed(x if isinstance(x, mx.array) else mx.array(x))
             mask = None if attention_mask is None else mx.array(attention_mask)
             for i, layer in enumerate(self.layers):
-                states = (None, None) if cache is None else (cache.conv_state[i], cache.ssm_state[i])
-                residual, conv_state, ssm_state = layer(residual, *states, attention_mask=mask)
+                state = () if cache is None else tuple(cache.layers[i].values())
+                residual, *state = layer(residual, *state, attention_mask=mask)
                 if cache is not None:
-                    cache.conv_state[i], cache.ssm_state[i] = conv_state, ssm_state
+                    cache.layers[i] = dict(zip(cache.layers[i], state, strict=True))
             if cache is not None:
                 cache.seqlen_offset += residual.shape[1]
             return self.norm_f(residual)
@@ -314,62 +228,68 @@ class _Stack(nn.Module):
         with mx.stream(self.device):
             residual = self._embed(x_t if isinstance(x_t, mx.array) else mx.array(x_t))
             for i, layer in enumerate(self.layers):
-                residual, cache.conv_state[i], cache.ssm_state[i] = layer.step(
-                    residual, cache.conv_state[i], cache.ssm_state[i])
+                residual, *state = layer.step(residual, *cache.layers[i].values())
+                cache.layers[i] = dict(zip(cache.layers[i], state, strict=True))
             cache.seqlen_offset += 1
             return self.norm_f(residual)
 
 
 class Mamba1(_Stack):
-    """Stack of ``Mamba1Block`` + ``norm_f``: (B, L, D) -> (B, L, D); ids with ``vocab_size``."""
+    """The Mamba-1 residual stack (see ``_Stack``)."""
 
     block_class = Mamba1Block
     config_class = Mamba1Config
 
 
 class Mamba2(_Stack):
-    """Stack of ``Mamba2Block`` + ``norm_f``: (B, L, D) -> (B, L, D); ids with ``vocab_size``."""
+    """The Mamba-2 residual stack (see ``_Stack``)."""
 
     block_class = Mamba2Block
     config_class = Mamba2Config
 
 
-def apply_dtype_policy(model: nn.Module, config, dtype: mx.Dtype, prefix: str = "") -> None:
-    """Cast every parameter to ``dtype`` except the fp32-policy ones of the layout (A_log, D, dt bias).
+class Mamba3(_Stack):
+    """The Mamba-3 residual stack (see ``_Stack``; SISO or MIMO, with or without the gated MLP)."""
 
-    ``prefix`` turns the module's parameter names into canonical ones (``"backbone."`` for a stack).
-    """
-    policy = {name: spec.dtype_policy for name, spec in expand_layout(config).items()}
-    params = tree_flatten(model.parameters())
-    model.update(tree_unflatten([
-        (name, p.astype(_F32 if policy.get(prefix + name, "model") == "fp32" else dtype))
-        for name, p in params]))
+    block_class = Mamba3Block
+    config_class = Mamba3Config
+
+
+class Hybrid(_Stack):
+    """The residual stack of a hybrid family (``families.HYBRID_CONFIGS``; see ``_Stack``)."""
+
+    block_class = HybridBlock
+    config_class = HYBRID_CONFIGS
 
 
 class _LM(nn.Module):
-    """Backbone (with embedding) + LM head; tied models multiply by ``backbone.embedding.weight``."""
+    """Backbone (with embedding) + LM head; tied models multiply by ``backbone.embedding.weight``.
+
+    A new LM has the official initialization (``initialize``, seeded from MLX's generator);
+    ``init=False`` builds lazily and leaves the parameters to be assigned (``weights.load_checkpoint``).
+    """
 
     stack_class: type = Mamba1
 
-    def __init__(self, config, *, dtype="float32", device=None):
+    def __init__(self, config, *, dtype="float32", device=None, init=True):
         super().__init__()
-        from mamba_core.backends.mlx.weights import resolve_device, resolve_dtype
-
         dtype = resolve_dtype(dtype)
         self.config = config
         self.device = resolve_device(device)
         with mx.stream(self.device):
-            self.backbone = self.stack_class(config, vocab_size=config.vocab_size_padded,
-                                             device=self.device)
+            self.backbone = self.stack_class(config, vocab_size=config.vocab_size_padded, dtype=dtype,
+                                             device=self.device, init=False)
             if not config.tie_embeddings:
                 self.lm_head = nn.Linear(config.d_model, config.vocab_size_padded, bias=False)
-            apply_dtype_policy(self, config, dtype)
+                self.lm_head.set_dtype(dtype)
         self.kernel_path = KERNEL_PATHS[config.arch]
+        if init:
+            initialize(self, _draw_seed())
 
     @property
     def dtype(self) -> mx.Dtype:
-        """The model dtype (of the embedding)."""
-        return self.backbone.embedding.weight.dtype
+        """The model dtype (of the final norm: a quantized embedding holds uint32 codes)."""
+        return self.backbone.norm_f.weight.dtype
 
     @property
     def head_weight(self) -> mx.array:
@@ -378,6 +298,9 @@ class _LM(nn.Module):
 
     def logits(self, hidden: mx.array) -> mx.array:
         """(..., D) -> logits (..., V) float32."""
+        quantized = head_logits(self, hidden)  # quantization hook: a quantized head or tied embedding
+        if quantized is not None:
+            return quantized.astype(_F32)
         return (hidden @ self.head_weight.T).astype(_F32)
 
     def __call__(self, input_ids, *, cache: MambaCache | None = None, attention_mask=None):
@@ -403,14 +326,10 @@ class _LM(nn.Module):
 
     def generate(self, input_ids, max_new_tokens: int, **kwargs):
         """``sample.generate(self, ...)``: the prompt followed by new tokens, (B, L + N)."""
-        from mamba_core.backends.mlx.sample import generate
-
         return generate(self, input_ids, max_new_tokens, **kwargs)
 
     def stream(self, input_ids, max_new_tokens: int, **kwargs):
         """``sample.stream(self, ...)``: yields one (B,) int array per new token."""
-        from mamba_core.backends.mlx.sample import stream
-
         return stream(self, input_ids, max_new_tokens, **kwargs)
 
 
@@ -424,3 +343,15 @@ class Mamba2LM(_LM):
     """Mamba-2 language model: ``backbone`` (``Mamba2`` with embedding) + tied or own ``lm_head``."""
 
     stack_class = Mamba2
+
+
+class Mamba3LM(_LM):
+    """Mamba-3 language model: ``backbone`` (``Mamba3`` with embedding) + tied or own ``lm_head``."""
+
+    stack_class = Mamba3
+
+
+class HybridLM(_LM):
+    """Language model of a hybrid family (see ``_LM``)."""
+
+    stack_class = Hybrid

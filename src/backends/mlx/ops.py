@@ -1,13 +1,14 @@
 """MLX ops of the mamba-core spec: the names, argument order, defaults and returns of
-``mamba_core.reference`` (spec-notes §3.4-3.5, §4.4-4.6), in MLX arrays.
+``mamba_core.reference`` (docs/spec.md §3.4-3.5, §4.4-4.6), in MLX arrays.
 
-Rules kept here (backend-contract "Files", spec-notes §6.1):
+Rules kept here (backend-contract "Files", docs/spec.md §6.1):
 
 * activations are channels-last ``(B, L, ...)``; the conv weight is ``(C, K)`` (the canonical
   ``(C, 1, K)`` squeezed; a model's MLX ``(C, K, 1)`` weight squeezed the other way);
 * functional: states are returned, never mutated;
-* dtype policy: Δ, softplus, ``exp(ΔA)``, the scan states, the D skip and the z gate are float32;
-  outputs come back in the activation dtype (the dtype of ``x`` / ``u``); norms compute in float32;
+* dtype policy: output and accumulation dtypes per op are the spec table ``mamba_core.op_dtypes``
+  (the conv accumulates in float32 and returns the input dtype; scans return float32 ``y`` and
+  states; softplus returns float32; norms compute in float32 and return the weight dtype);
 * the training-speed scans live in ``scan.py``; these functions only dispatch to them.
 """
 
@@ -17,18 +18,25 @@ import math
 
 import mlx.core as mx
 
-from mamba_core.backends.mlx import scan
+from mamba_core.backends.mlx import mamba3_scan, scan
 
 __all__ = [
     "causal_conv1d",
     "causal_conv1d_update",
+    "causal_conv1d_update_",
+    "mamba3_chunked",
+    "mamba3_gate_out",
+    "mamba3_state_update",
+    "mamba3_state_update_",
     "rmsnorm",
     "rmsnorm_gated",
     "selective_scan",
     "selective_state_update",
+    "selective_state_update_",
     "softplus",
     "ssd_chunked",
     "ssd_state_update",
+    "ssd_state_update_",
 ]
 
 _F32 = mx.float32
@@ -42,13 +50,13 @@ def softplus(x: mx.array) -> mx.array:
         x: any shape.
 
     Returns:
-        Same shape and dtype as ``x``.
+        Same shape as ``x``, float32.
 
     Example:
         >>> softplus(mx.array([0.0, 25.0])).tolist()  # doctest: +ELLIPSIS
         [0.693..., 25.0]
     """
-    return scan.softplus(x)
+    return scan.softplus(x).astype(_F32)
 
 
 def _activate(x: mx.array, activation: str | None) -> mx.array:
@@ -68,14 +76,14 @@ def rmsnorm(x: mx.array, weight: mx.array, eps: float = 1e-5) -> mx.array:
         eps: added to the mean square.
 
     Returns:
-        (..., D) in the dtype of ``x``.
+        (..., D) in ``weight.dtype`` (the model dtype; ``mamba_core.op_dtypes``).
 
     Example:
         >>> rmsnorm(mx.array([[3.0, 4.0]]), mx.ones(2), eps=0.0).tolist()  # doctest: +ELLIPSIS
         [[0.848..., 1.131...]]
     """
     y = mx.fast.rms_norm(x.astype(_F32), weight.astype(_F32), eps)
-    return y.astype(x.dtype)
+    return y.astype(weight.dtype)
 
 
 def rmsnorm_gated(
@@ -86,7 +94,7 @@ def rmsnorm_gated(
     group_size: int | None = None,
     norm_before_gate: bool = False,
 ) -> mx.array:
-    """Mamba-2 gated RMSNorm in float32 (spec-notes §4.4 step 8): gate, then per-group RMSNorm.
+    """Mamba-2 gated RMSNorm in float32 (docs/spec.md §4.4 step 8): gate, then per-group RMSNorm.
 
     Args:
         x: (..., E).
@@ -97,7 +105,7 @@ def rmsnorm_gated(
         norm_before_gate: ``RMSNorm(x) * silu(z)`` instead of ``RMSNorm(x * silu(z))``.
 
     Returns:
-        (..., E) in the dtype of ``x``.
+        (..., E) in ``weight.dtype`` (``mamba_core.op_dtypes``).
 
     Raises:
         ValueError: ``group_size`` does not divide E.
@@ -120,7 +128,7 @@ def rmsnorm_gated(
     y = vg.reshape(v.shape) * weight.astype(_F32)
     if gate is not None and norm_before_gate:
         y = y * gate
-    return y.astype(x.dtype)
+    return y.astype(weight.dtype)
 
 
 def causal_conv1d(
@@ -130,7 +138,7 @@ def causal_conv1d(
     conv_state: mx.array | None = None,
     activation: str | None = None,
 ):
-    """Causal depthwise conv1d, channels-last, no kernel flip (spec-notes §2, §3.4 step 2).
+    """Causal depthwise conv1d, channels-last, no kernel flip (docs/spec.md §2, §3.4 step 2).
 
     ``y[t, c] = bias[c] + sum_k weight[c, k] * x[t - (K-1) + k, c]``; inputs before ``t = 0`` come
     from ``conv_state`` (zeros when None).
@@ -158,14 +166,15 @@ def causal_conv1d(
     else:
         window = mx.swapaxes(conv_state, 1, 2).astype(x.dtype)  # (B, K, C)
     xp = mx.concatenate([window, x], axis=1)  # (B, K + L, C); x[t] sits at xp[K + t]
-    w = weight.astype(x.dtype)
-    y = xp[:, 1 : 1 + seqlen] * w[:, 0]
+    w = weight.astype(_F32)  # float32 accumulation (mamba_core.op_dtypes)
+    xpf = xp.astype(_F32)
+    y = xpf[:, 1 : 1 + seqlen] * w[:, 0]
     for tap in range(1, k):
-        y = y + xp[:, 1 + tap : 1 + tap + seqlen] * w[:, tap]
+        y = y + xpf[:, 1 + tap : 1 + tap + seqlen] * w[:, tap]
     if bias is not None:
-        y = y + bias.astype(x.dtype)
+        y = y + bias.astype(_F32)
     new_state = mx.swapaxes(xp[:, -k:], 1, 2)  # (B, C, K)
-    return _activate(y, activation), new_state
+    return _activate(y, activation).astype(x.dtype), new_state
 
 
 def causal_conv1d_update(
@@ -185,18 +194,18 @@ def causal_conv1d_update(
         activation: None or ``"silu"``.
 
     Returns:
-        ``(y, new_conv_state)``: y (B, C) in x's dtype; new_conv_state (B, C, K).
+        ``(y, new_conv_state)``: y (B, C) in x's dtype; new_conv_state (B, C, K) in conv_state's.
 
     Example:
         >>> y, s = causal_conv1d_update(mx.ones((1, 1)), mx.zeros((1, 1, 2)), mx.array([[1.0, 2.0]]))
         >>> y.tolist(), s.tolist()
         ([[2.0]], [[[0.0, 1.0]]])
     """
-    state = mx.concatenate([conv_state[:, :, 1:].astype(x.dtype), x[:, :, None]], axis=-1)
-    y = (state * weight.astype(x.dtype)).sum(-1)
+    state = mx.concatenate([conv_state[:, :, 1:], x[:, :, None].astype(conv_state.dtype)], axis=-1)
+    y = (state.astype(_F32) * weight.astype(_F32)).sum(-1)
     if bias is not None:
-        y = y + bias.astype(x.dtype)
-    return _activate(y, activation), state
+        y = y + bias.astype(_F32)
+    return _activate(y, activation).astype(x.dtype), state
 
 
 def selective_scan(
@@ -211,7 +220,7 @@ def selective_scan(
     delta_softplus: bool = False,
     initial_state=None,
 ):
-    """Mamba-1 selective scan (spec-notes §3.4 steps 6-11), chunked (``scan.selective_scan_chunked``).
+    """Mamba-1 selective scan (docs/spec.md §3.4 steps 6-11), chunked (``scan.selective_scan_chunked``).
 
     ``Δ = softplus(delta + delta_bias)``; ``s_t = exp(Δ_t A) ⊙ s_{t-1} + Δ_t B_t u_t``;
     ``y_t = s_t C_t + D u_t``; ``y ← y · silu(z)``. All in float32.
@@ -229,7 +238,7 @@ def selective_scan(
         initial_state: (B, E, N) or None (zeros).
 
     Returns:
-        ``(y, final_state)``: y (B, L, E) in u's dtype; final_state (B, E, N) float32.
+        ``(y, final_state)``: y (B, L, E) float32; final_state (B, E, N) float32.
 
     Example:
         >>> y, s = selective_scan(mx.ones((1, 1, 1)), mx.full((1, 1, 1), 0.5), -mx.ones((1, 1)),
@@ -246,7 +255,7 @@ def selective_scan(
 def selective_state_update(
     state, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus: bool = False
 ):
-    """One decode step of ``selective_scan`` (spec-notes §3.5 step 4), float32 inside.
+    """One decode step of ``selective_scan`` (docs/spec.md §3.5 step 4), float32 inside.
 
     Args:
         state: (B, E, N).
@@ -261,7 +270,7 @@ def selective_state_update(
         delta_softplus: apply softplus to ``delta + delta_bias``.
 
     Returns:
-        ``(y, new_state)``: y (B, E) in u's dtype; new_state (B, E, N) float32.
+        ``(y, new_state)``: y (B, E) float32; new_state (B, E, N) float32.
 
     Example:
         >>> y, s = selective_state_update(mx.zeros((1, 1, 1)), mx.ones((1, 1)), mx.full((1, 1), 0.5),
@@ -278,7 +287,7 @@ def selective_state_update(
         y = y + u32 * D.astype(_F32)
     if z is not None:
         y = y * _activate(z.astype(_F32), "silu")
-    return y.astype(u.dtype), new_state
+    return y, new_state
 
 
 def ssd_chunked(
@@ -294,7 +303,7 @@ def ssd_chunked(
     dt_limit=_NO_LIMIT,
     initial_state=None,
 ):
-    """Chunked SSD (spec-notes §4.5), float32 inside (``scan.ssd_chunked_scan``).
+    """Chunked SSD (docs/spec.md §4.5), float32 inside (``scan.ssd_chunked_scan``).
 
     Args:
         x: (B, L, H, P).
@@ -310,7 +319,7 @@ def ssd_chunked(
         initial_state: (B, H, P, N) or None.
 
     Returns:
-        ``(y, final_state)``: y (B, L, H, P) in x's dtype; final_state (B, H, P, N) float32.
+        ``(y, final_state)``: y (B, L, H, P) float32; final_state (B, H, P, N) float32.
 
     Raises:
         ValueError: ``chunk_size`` < 1 or H not a multiple of G.
@@ -330,7 +339,7 @@ def ssd_chunked(
 def ssd_state_update(
     state, x, dt, A, B, C, D=None, dt_bias=None, dt_softplus: bool = False, dt_limit=_NO_LIMIT
 ):
-    """One decode step of SSD (spec-notes §4.6 step 4), float32 inside; ``dt_limit`` applied.
+    """One decode step of SSD (docs/spec.md §4.6 step 4), float32 inside; ``dt_limit`` applied.
 
     Args:
         state: (B, H, P, N).
@@ -345,7 +354,7 @@ def ssd_state_update(
         dt_limit: ``(lo, hi)``; ``(0, inf)`` = none.
 
     Returns:
-        ``(y, new_state)``: y (B, H, P) in x's dtype; new_state (B, H, P, N) float32.
+        ``(y, new_state)``: y (B, H, P) float32; new_state (B, H, P, N) float32.
 
     Example:
         >>> y, s = ssd_state_update(mx.zeros((1, 1, 1, 1)), mx.ones((1, 1, 1)), mx.full((1, 1), 0.5),
@@ -370,4 +379,83 @@ def ssd_state_update(
     y = (new_state @ Cg).reshape(batch, nheads, headdim)  # (B, H, P)
     if D is not None:
         y = y + x32 * D.astype(_F32)[:, None]
-    return y.astype(x.dtype), new_state.reshape(batch, nheads, headdim, d_state)
+    return y, new_state.reshape(batch, nheads, headdim, d_state)
+
+
+def mamba3_chunked(
+    q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, chunk_size: int, D=None, mimo_x=None,
+    rotary: str = "pairwise", initial_state=None,
+):
+    """The chunked Mamba-3 scan (``mamba3_scan.chunked``; docs/mamba3.md §3.5), any L, states in and out.
+
+    Args:
+        q, k: (B, L, R, G, N) normed C and B (before bias and rotation).
+        v: (B, L, H, P) x.
+        adt: (B, L, H) ``A * dt`` (< 0). dt: (B, L, H) step sizes. trap: (B, L, H) trapezoid gate logits.
+        angles: (B, L, A) raw angle projection. q_bias, k_bias: (H, R, N) C and B biases.
+        chunk_size: Q. D: (H,) or None. mimo_x: (H, R, P) or None (SISO).
+        rotary: ``"pairwise"`` (SISO) or ``"halves"`` (MIMO).
+        initial_state: None or a dict ``angle_state`` (B, H, A), ``ssm_state`` (B, H, P, N),
+            ``k_state`` (B, R, H, N), ``v_state`` (B, H, P) (a missing field = zeros).
+
+    Returns:
+        ``(y, state)``: y (B, L, H, R, P) float32 before the gate; the final state dict, float32.
+    """
+    return mamba3_scan.chunked(q, k, v, adt, dt, trap, angles, q_bias, k_bias, chunk_size=chunk_size, D=D,
+                               mimo_x=mimo_x, rotary=rotary, initial_state=initial_state)
+
+
+def mamba3_state_update(
+    state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, D=None, mimo_x=None, rotary: str = "pairwise"
+):
+    """One token of the Mamba-3 recurrence (docs/mamba3.md §3.4).
+
+    Args:
+        state: the state dict (see ``mamba3_chunked``) or None (zeros).
+        q, k: (B, R, G, N). v: (B, H, P). adt, dt, trap: (B, H). angles: (B, A).
+        q_bias, k_bias, D, mimo_x, rotary: see ``mamba3_chunked``.
+
+    Returns:
+        ``(y, state)``: y (B, H, R, P) float32; the new state dict, float32.
+    """
+    return mamba3_scan.state_update(state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, D=D,
+                                    mimo_x=mimo_x, rotary=rotary)
+
+
+def mamba3_gate_out(y, z, *, mimo_z=None, mimo_o=None, norm_weight=None, eps: float = 1e-5):
+    """Gate the per-rank scan output and contract the ranks (docs/mamba3.md §3.6).
+
+    Without ``norm_weight``: ``y_r * silu(z * mimo_z[:, r])``; with it: per-head RMSNorm of ``y_r`` times
+    the weight, then the gate. Then ``sum_r mimo_o[:, r] * y_r`` (SISO: the single rank).
+
+    Args:
+        y: (..., H, R, P). z: (..., H, P) or None. mimo_z, mimo_o: (H, R, P) or None (SISO).
+        norm_weight: (H·P,) or None. eps: the norm's eps.
+
+    Returns:
+        (..., H, P) float32.
+    """
+    return mamba3_scan.gate_out(y, z, mimo_z=mimo_z, mimo_o=mimo_o, norm_weight=norm_weight, eps=eps)
+
+
+def mamba3_state_update_(
+    state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, D=None, mimo_x=None, rotary: str = "pairwise"
+):
+    """The decode variant the Mamba-3 ``step`` runs: ``mamba3_state_update`` with the new ``k_state`` /
+    ``v_state`` in the dtypes of the ones passed in (torch updates the same tensors in place).
+
+    Returns:
+        ``(y, state)``: y (B, H, R, P) float32; a new state dict (angle and SSM states float32).
+    """
+    return mamba3_scan.state_update_(state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, D=D,
+                                     mimo_x=mimo_x, rotary=rotary)
+
+
+# ------------------------------------------------------------------------------------------------
+# the decode variants the models' ``step`` runs: in place in torch; MLX arrays are immutable, so
+# here they are the functional ops (the same names in both backends; the op checks test them)
+# ------------------------------------------------------------------------------------------------
+
+causal_conv1d_update_ = causal_conv1d_update
+selective_state_update_ = selective_state_update
+ssd_state_update_ = ssd_state_update

@@ -12,22 +12,9 @@ from collections.abc import Iterator, Sequence
 
 import mlx.core as mx
 
+from mamba_core.sampling import SamplingSettings
+
 _NEG_INF = float("-inf")
-
-
-def _check_args(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty) -> None:
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if temperature is None or temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be None or an int >= 1, got {top_k!r}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be None or in (0, 1], got {top_p!r}")
-    if min_p is not None and not 0.0 <= min_p <= 1.0:
-        raise ValueError(f"min_p must be None or in [0, 1], got {min_p!r}")
-    if repetition_penalty is not None and not repetition_penalty > 0:
-        raise ValueError(f"repetition_penalty must be None or > 0, got {repetition_penalty!r}")
 
 
 def prepare_inputs(input_ids, attention_mask=None, pad_token_id: int = 0):
@@ -117,37 +104,47 @@ def stream(
     Arguments as ``generate``. Rows that emitted a stop token yield ``pad_token_id`` afterwards; the
     stream ends early when every row has stopped.
     """
-    _check_args(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty)
-    ids, mask = prepare_inputs(input_ids, attention_mask, pad_token_id)
+    settings = SamplingSettings(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        repetition_penalty=repetition_penalty, stop_tokens=stop_tokens, seed=seed,
+        pad_token_id=pad_token_id,
+    )
+    ids, mask = prepare_inputs(input_ids, attention_mask, settings.pad_token_id)
+    return _stream(model, ids, mask, settings)
+
+
+def _stream(model, ids, mask, settings: SamplingSettings) -> Iterator[mx.array]:
+    """The generator behind ``stream``: ids (B, L) and mask already prepared, settings validated."""
+    s = settings
     batch = ids.shape[0]
     config = model.config
     width = config.vocab_size_padded
-    stops = None if not stop_tokens else mx.array(sorted({int(t) for t in stop_tokens}))
-    key = None if seed is None else mx.random.key(seed)
+    stops = None if s.stop_tokens is None else mx.array(sorted(set(s.stop_tokens)))
+    key = None if s.seed is None else mx.random.key(s.seed)
     with mx.stream(model.device):
         presence = None
-        if repetition_penalty is not None:
+        if s.penalizes:
             seen = mx.ones(ids.shape) if mask is None else mask.astype(mx.float32)
             presence = mx.zeros((batch, width)).at[mx.arange(batch)[:, None], ids].add(seen)
         cache = model.make_cache(batch)
         logits = None
-        if max_new_tokens:  # prefill once; only the last position's logits are needed
+        if s.max_new_tokens:  # prefill once; only the last position's logits are needed
             hidden = model.backbone(ids, cache=cache, attention_mask=mask)
             logits = model.logits(hidden[:, -1])
         finished = mx.zeros((batch,), dtype=mx.bool_)
         rows = mx.arange(batch)
-        for i in range(max_new_tokens):
+        for i in range(s.max_new_tokens):
             out = process_logits(logits, vocab_size=config.vocab_size, presence=presence,
-                                 repetition_penalty=repetition_penalty, temperature=temperature,
-                                 top_k=top_k, top_p=top_p, min_p=min_p)
-            if temperature == 0:
+                                 repetition_penalty=s.repetition_penalty, temperature=s.temperature,
+                                 top_k=s.top_k, top_p=s.top_p, min_p=s.min_p)
+            if s.greedy:
                 token = out
             elif key is None:
                 token = mx.random.categorical(out, axis=-1)
             else:
                 key, sub = mx.random.split(key)
                 token = mx.random.categorical(out, axis=-1, key=sub)
-            token = mx.where(finished, pad_token_id, token.astype(mx.int32))
+            token = mx.where(finished, s.pad_token_id, token.astype(mx.int32))
             if stops is not None:
                 finished = finished | (token[:, None] == stops[None]).any(axis=-1)
             if presence is not None:
@@ -156,7 +153,7 @@ def stream(
             yield token
             if stops is not None and finished.all().item():
                 return
-            if i + 1 < max_new_tokens:
+            if i + 1 < s.max_new_tokens:
                 logits = model.step(token, cache)
 
 
@@ -194,7 +191,8 @@ def generate(
         stopped early.
 
     Raises:
-        ValueError: an argument out of range (named in the message).
+        SamplingError: a setting out of range (``mamba_core.sampling.SamplingSettings`` names it).
+        ValueError: empty prompts or a mask of another shape than ``input_ids``.
 
     Example:
         >>> from mamba_core.backends.mlx import build_model
@@ -202,11 +200,13 @@ def generate(
         >>> generate(build_model(tiny_mamba1()), [[1, 2, 3]], 4).shape
         (1, 7)
     """
-    ids, _ = prepare_inputs(input_ids, attention_mask, pad_token_id)
-    tokens = list(stream(model, input_ids, max_new_tokens, temperature=temperature, top_k=top_k,
-                         top_p=top_p, min_p=min_p, repetition_penalty=repetition_penalty,
-                         stop_tokens=stop_tokens, seed=seed, attention_mask=attention_mask,
-                         pad_token_id=pad_token_id))
+    settings = SamplingSettings(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        repetition_penalty=repetition_penalty, stop_tokens=stop_tokens, seed=seed,
+        pad_token_id=pad_token_id,
+    )
+    ids, mask = prepare_inputs(input_ids, attention_mask, settings.pad_token_id)
+    tokens = list(_stream(model, ids, mask, settings))
     if not tokens:
         return ids
     return mx.concatenate([ids, mx.stack(tokens, axis=1)], axis=1)

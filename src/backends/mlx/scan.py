@@ -1,14 +1,14 @@
 """Training-speed scans behind ``ops.selective_scan`` (Mamba-1) and ``ops.ssd_chunked`` (Mamba-2).
 
-Both are chunked in time, never loop over tokens in Python, and run in float32 (spec-notes §6.1):
+Both are chunked in time, never loop over tokens in Python, and run in float32 (docs/spec.md §6.1):
 
 * ``selective_scan_chunked``: time in chunks of T tokens (``MAMBA1_CHUNK``). Inside a chunk a
   log-depth Hillis-Steele scan of the pairs ``(exp(ΔA), ΔBu)`` with the combine
   ``(a1, b1) ∘ (a2, b2) = (a1·a2, a2·b1 + b2)``: decay products stay in (0, 1], so it is stable for
-  any chunk length (unlike ``exp(cumsum)`` ratios, spec-notes pitfall 19). The state is carried
+  any chunk length (unlike ``exp(cumsum)`` ratios, docs/spec.md §9 item 19). The state is carried
   between chunks, so only (B, T, E, N) is live at once, never (B, L, E, N). The chunk body is
   ``mx.compile``d (elementwise fusion); MLX autodiff differentiates through it.
-* ``ssd_chunked_scan``: the chunked SSD of spec-notes §4.5 (paper Listing 1) with the stable
+* ``ssd_chunked_scan``: the chunked SSD of docs/spec.md §4.5 (paper Listing 1) with the stable
   segsum, padding to a multiple of Q, initial and final states, groups broadcast over heads
   without copies.
 """
@@ -93,7 +93,7 @@ def selective_scan_chunked(
         z: (B, L, E) or None; delta_bias: (E,) or None; initial_state: (B, E, N) or None.
 
     Returns:
-        ``(y, final_state)``: y (B, L, E) in u's dtype; final_state (B, E, N) float32.
+        ``(y, final_state)``: y (B, L, E) float32; final_state (B, E, N) float32.
 
     Raises:
         ValueError: ``chunk_size`` < 1.
@@ -129,10 +129,10 @@ def selective_scan_chunked(
     if z is not None:
         z32 = z.astype(_F32)
         y = y * (z32 * mx.sigmoid(z32))
-    return y.astype(u.dtype), state
+    return y, state
 
 
-def segsum(a: mx.array) -> mx.array:
+def _segsum(a: mx.array) -> mx.array:
     """Stable segment sum: ``out[..., t, s] = sum_{r=s+1}^{t} a[..., r]``, -inf above the diagonal.
 
     Args:
@@ -161,7 +161,7 @@ def ssd_chunked_scan(
     dt_limit=_NO_LIMIT,
     initial_state=None,
 ):
-    """Chunked SSD (spec-notes §4.5 steps 1-5) in float32; the signature of ``ops.ssd_chunked``.
+    """Chunked SSD (docs/spec.md §4.5 steps 1-5) in float32; the signature of ``ops.ssd_chunked``.
 
     Heads are grouped as (G, R = H/G) so a group's B and C broadcast over its R heads.
 
@@ -171,7 +171,7 @@ def ssd_chunked_scan(
         initial_state: (B, H, P, N) or None.
 
     Returns:
-        ``(y, final_state)``: y (B, L, H, P) in x's dtype; final_state (B, H, P, N) float32.
+        ``(y, final_state)``: y (B, L, H, P) float32; final_state (B, H, P, N) float32.
 
     Raises:
         ValueError: ``chunk_size`` < 1 or H not a multiple of G.
@@ -205,7 +205,7 @@ def ssd_chunked_scan(
     a_cumsum = mx.cumsum(ac, axis=-1)  # cs_t within each chunk
 
     # 1. intra-chunk: Y_diag = (C B^T ∘ exp(segsum)) X
-    decay = mx.exp(segsum(ac))  # (B, c, G, R, Q, Q)
+    decay = mx.exp(_segsum(ac))  # (B, c, G, R, Q, Q)
     scores = (Cc @ mx.swapaxes(Bc, -1, -2)) * decay  # (B, c, G, R, Q, Q)
     y = scores @ xc  # (B, c, G, R, Q, P)
 
@@ -232,4 +232,4 @@ def ssd_chunked_scan(
     y = y.transpose(0, 1, 4, 2, 3, 5).reshape(batch, nchunks * q, nheads, headdim)[:, :seqlen]
     if D is not None:
         y = y + x32 * D.astype(_F32)[:, None]
-    return y.astype(x.dtype), state.reshape(batch, nheads, headdim, d_state)
+    return y, state.reshape(batch, nheads, headdim, d_state)

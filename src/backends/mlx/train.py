@@ -5,7 +5,7 @@ this file only knows how to take a step with MLX:
 
 * loss: cross-entropy of the logits' first ``config.vocab_size`` columns (padded columns excluded);
 * ``mlx.optimizers.AdamW`` with ``bias_correction=True`` (torch's AdamW formula), two of them in a
-  ``MultiOptimizer``: decay off where ``mamba_core.train.no_weight_decay`` says (norms, biases, ``D``,
+  ``MultiOptimizer``: decay off where ``mamba_core.train_config.no_weight_decay`` says (norms, biases, ``D``,
   dt bias, ``A_log``);
 * global-norm gradient clipping (``mlx.optimizers.clip_grad_norm``);
 * ``precision="bf16-mixed"``: MLX has no autocast, so each step casts a copy of the float32 master
@@ -28,9 +28,21 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from mamba_core.backends.mlx.model import apply_dtype_policy
 from mamba_core.errors import CheckpointError
-from mamba_core.train import TrainConfig, no_weight_decay
+from mamba_core.layout import expand_layout
+from mamba_core.train_config import TrainConfig, no_weight_decay
+
+
+def _cast_by_policy(model: nn.Module, config, dtype: mx.Dtype, prefix: str = "") -> None:
+    """Cast every parameter to ``dtype`` except the fp32-policy ones of the layout (A_log, D, dt bias).
+
+    ``prefix`` turns the module's parameter names into canonical ones (``"backbone."`` for a stack).
+    """
+    policy = {name: spec.dtype_policy for name, spec in expand_layout(config).items()}
+    params = tree_flatten(model.parameters())
+    model.update(tree_unflatten([
+        (name, p.astype(mx.float32 if policy.get(prefix + name, "model") == "fp32" else dtype))
+        for name, p in params]))
 
 
 class Trainer:
@@ -38,7 +50,7 @@ class Trainer:
 
     Args:
         model: the MLX LM (float32 parameters: train in float32 or ``bf16-mixed``).
-        config: ``mamba_core.train.TrainConfig`` (betas, eps, weight decay, clip, precision).
+        config: ``mamba_core.train_config.TrainConfig`` (betas, eps, weight decay, clip, precision).
 
     Raises:
         ValueError: a parameter is not float32.
@@ -99,7 +111,7 @@ class Trainer:
             x, y = self._batch(inputs), self._batch(targets)
             if self.config.precision == "bf16-mixed":
                 master = model.trainable_parameters()
-                apply_dtype_policy(model, model.config, mx.bfloat16)
+                _cast_by_policy(model, model.config, mx.bfloat16)
                 loss, grads = self._loss_and_grad(x, y)
                 grads = tree_map(lambda g: g.astype(mx.float32), grads)
                 model.update(master)
@@ -146,3 +158,29 @@ class Trainer:
     def load_state(self, path) -> None:
         """Read a file written by ``save_state``."""
         self.load_state_tensors(mx.load(os.fspath(path)))
+
+
+def loss_gradients(model, loss) -> dict[str, mx.array]:
+    """Gradients of the scalar ``loss(model)`` by canonical parameter name, in the canonical layout.
+
+    The conv weights are held in MLX layout ``(C, K, 1)``; their gradients are moved to the canonical
+    ``(C, 1, K)`` with the layout's axes, so both backends return the same shapes.
+
+    Example:
+        >>> from mamba_core.testing import tiny_mamba1
+        >>> from mamba_core.backends.mlx import build_model
+        >>> model = build_model(tiny_mamba1(), seed=0)
+        >>> grads = loss_gradients(model, lambda m: m(mx.zeros((1, 3), dtype=mx.int32)).sum())
+        >>> grads["backbone.layers.0.mixer.conv1d.weight"].shape
+        (64, 1, 4)
+    """
+    _, grads = nn.value_and_grad(model, loss)(model)
+    specs = expand_layout(model.config)
+    out = {}
+    for name, g in tree_flatten(grads):
+        axes = specs[name].mlx_axes  # module layout -> canonical (torch) layout
+        out[name] = g if axes is None else mx.transpose(g, [int(a) for a in np.argsort(axes)])
+    for name, p in tree_flatten(model.parameters()):  # frozen (a MoE's correction bias): zero gradient
+        if name not in out:
+            out[name] = mx.zeros(p.shape, dtype=p.dtype)
+    return out

@@ -1,69 +1,39 @@
 """Weights of the MLX backend: build, load a ``LoadPlan``, export, save, numpy and device helpers.
 
 Everything is derived from ``mamba_core.layout`` (names, shapes, dtype policy, ``mlx_axes``) and the
-spec's ``LoadPlan`` (house-style §9.2): no name-replace chains, no shape sniffing. Tensor data is read
+spec's ``LoadPlan`` (docs/spec.md §2.2): no name-replace chains, no shape sniffing. Tensor data is read
 with ``mx.load`` and written with ``mx.save_safetensors``, so bfloat16 never passes through numpy
-(spec-notes §2). Canonical layout = torch's (conv weight (C, 1, K)); the modules hold MLX layout
+(docs/spec.md §2). Canonical layout = torch's (conv weight (C, 1, K)); the modules hold MLX layout
 (C, K, 1), reached with ``Param.mlx_axes``.
 """
 
 from __future__ import annotations
 
 import os
+from collections import defaultdict
 
 import mlx.core as mx
 import numpy as np
-from mlx.utils import tree_flatten
 
-from mamba_core.backends.mlx.model import Mamba1LM, Mamba2LM
-from mamba_core.checkpoint import LoadPlan, is_pickle, load_pickle
+from mamba_core.backends.mlx.device import resolve_device, resolve_dtype
+from mamba_core.backends.mlx.heads import assign, build_task_model, export_canonical, export_task_tensors
+from mamba_core.backends.mlx.model import HybridLM, Mamba1LM, Mamba2LM, Mamba3LM, initialize
+from mamba_core.backends.mlx.pickles import read_pickle
+from mamba_core.backends.mlx.quantized import export_quantized, load_quantized
+from mamba_core.checkpoint import LoadPlan, is_pickle
+from mamba_core.dialects.hybrid import is_family
 from mamba_core.errors import CheckpointError, UnsupportedError
+from mamba_core.hybrid_layout import stored_tensors
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
-from mamba_core.registry import DTYPES
 
-_DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
-_LMS = {"mamba1": Mamba1LM, "mamba2": Mamba2LM}
+MODEL_CLASSES = {
+    "mamba1": Mamba1LM,
+    "mamba2": Mamba2LM,
+    "mamba3": Mamba3LM,
+    "nemotron_h": HybridLM,
+    "jamba": HybridLM,
+}
 KERNELS = ("auto", "reference", "fast")
-
-
-def resolve_dtype(dtype) -> mx.Dtype:
-    """``"float32" | "bfloat16" | "float16"`` or an ``mx.Dtype`` -> ``mx.Dtype``."""
-    if isinstance(dtype, mx.Dtype):
-        if dtype not in _DTYPES.values():
-            raise ValueError(f"dtype {dtype!r} is not supported; expected one of {DTYPES}")
-        return dtype
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not supported; expected one of {DTYPES}")
-    return _DTYPES[dtype]
-
-
-def devices() -> list[str]:
-    """Device strings usable here: ``["cpu"]`` plus ``"gpu"`` when Metal is available."""
-    return ["cpu", "gpu"] if mx.metal.is_available() else ["cpu"]
-
-
-def default_device() -> str:
-    """``"gpu"`` on Apple Silicon (Metal), else ``"cpu"``."""
-    return "gpu" if mx.metal.is_available() else "cpu"
-
-
-def resolve_device(device) -> mx.Device:
-    """``None | "cpu" | "gpu" | mx.Device | mx.DeviceType`` -> ``mx.Device``.
-
-    Raises:
-        ValueError: unknown device, or ``"gpu"`` without Metal.
-    """
-    if device is None:
-        return mx.default_device()
-    if isinstance(device, mx.Device):
-        return device
-    if isinstance(device, mx.DeviceType):
-        return mx.Device(device)
-    if device not in ("cpu", "gpu"):
-        raise ValueError(f"device {device!r} is not an MLX device; expected 'cpu' or 'gpu'")
-    if device not in devices():
-        raise ValueError(f"device {device!r} is not available here; available: {devices()}")
-    return mx.Device(mx.cpu if device == "cpu" else mx.gpu)
 
 
 def to_numpy(x: mx.array) -> np.ndarray:
@@ -80,39 +50,16 @@ def from_numpy(a, *, dtype=None, device=None) -> mx.array:
         return out if dtype is None else out.astype(resolve_dtype(dtype))
 
 
-def _policy_dtype(policy: str, dtype: mx.Dtype) -> mx.Dtype:
-    return mx.float32 if policy == "fp32" else dtype
-
-
-def _to_mlx_layout(arr: mx.array, axes) -> mx.array:
-    return arr if axes is None else mx.transpose(arr, axes)
-
-
-def _from_mlx_layout(arr: mx.array, axes) -> mx.array:
-    return arr if axes is None else mx.transpose(arr, [int(i) for i in np.argsort(axes)])
-
-
-def _assign(model, tensors: dict[str, mx.array], dtype: mx.Dtype) -> None:
-    """Fill ``model`` from canonical torch-layout tensors with the dtype policy applied."""
-    specs = expand_layout(model.config)
-    weights = []
-    for name, spec in specs.items():
-        arr = _to_mlx_layout(tensors[name], spec.mlx_axes)
-        weights.append((name, arr.astype(_policy_dtype(spec.dtype_policy, dtype))))
-    model.load_weights(weights, strict=True)
-    mx.eval(model.parameters())
-
-
 def _new_model(config, dtype: mx.Dtype, device: mx.Device, kernels: str):
+    # built lazily, uninitialized: the caller initializes or assigns every tensor
     if kernels not in KERNELS:
         raise ValueError(f"kernels={kernels!r}; expected one of {KERNELS}")
     if kernels == "fast":
         raise UnsupportedError("kernels='fast': the MLX backend has no fused kernels; use 'auto'")
-    return _LMS[config.arch](config, dtype=dtype, device=device)
+    return MODEL_CLASSES[config.arch](config, dtype=dtype, device=device, init=False)
 
 
-def build_model(config, *, dtype="float32", device=None, seed: int | None = None,
-                kernels: str = "auto"):
+def build_model(config, *, dtype="float32", device=None, seed: int | None = None, kernels: str = "auto"):
     """A randomly initialized ``Mamba1LM`` / ``Mamba2LM`` (``reference.init_weights``, official init).
 
     The same ``seed`` gives the same weights in every backend (drawn in numpy).
@@ -133,33 +80,33 @@ def build_model(config, *, dtype="float32", device=None, seed: int | None = None
         >>> build_model(tiny_mamba2(), seed=0).kernel_path
         'mlx-chunked-ssd'
     """
-    from mamba_core.reference import init_weights
-
-    dt = resolve_dtype(dtype)
     dev = resolve_device(device)
-    model = _new_model(config, dt, dev, kernels)
-    arrays = init_weights(config, np.random.default_rng(seed))
+    model = _new_model(config, resolve_dtype(dtype), dev, kernels)
     with mx.stream(dev):
-        _assign(model, {k: mx.array(v) for k, v in arrays.items()}, dt)
+        initialize(model, seed)
     return model
 
 
-def _from_torch(t) -> mx.array:
-    """A CPU torch tensor as ``mx.array``, bit-exact: bfloat16 crosses numpy as its int16 bit pattern."""
-    import torch
-
-    t = t.detach().to("cpu").contiguous()
-    if t.dtype == torch.bfloat16:
-        return mx.view(mx.array(t.view(torch.int16).numpy()), mx.bfloat16)
-    return mx.array(t.numpy())
+def _stack_parts(pieces: list) -> mx.array:
+    """``(expert, rows, array)`` pieces of one stacked tensor -> the tensor: rows concatenated per expert
+    in row order, experts stacked in expert order (a row-split tensor without experts is concatenated)."""
+    by_expert = defaultdict(list)
+    for expert, rows, arr in pieces:
+        by_expert[expert].append(((rows or (0, 0))[0], arr))
+    whole = {
+        e: mx.concatenate([a for _, a in sorted(p, key=lambda x: x[0])], axis=0) if len(p) > 1 else p[0][1]
+        for e, p in by_expert.items()
+    }
+    if None in whole:
+        return whole[None]
+    return mx.stack([whole[e] for e in sorted(whole)])
 
 
 def _file_reader(file: str):
-    """name -> ``mx.array`` for one weight file: ``mx.load`` for safetensors, torch's
-    ``weights_only`` loader for pickled ``.bin`` files (needs torch; imported only then)."""
+    """name -> ``mx.array`` for one weight file: ``mx.load`` for safetensors, ``pickles.read_pickle``
+    for pickled ``.bin`` files (needs torch to read them)."""
     if is_pickle(file):
-        stored = load_pickle(file)
-        return lambda name: _from_torch(stored[name])
+        return read_pickle(file).__getitem__
     try:
         arrays = mx.load(os.fspath(file))
     except Exception as e:  # damaged data that the header check could not see
@@ -200,16 +147,22 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
         try:
             return readers[entry.file](entry.source)
         except KeyError:
-            raise CheckpointError(f"{entry.file!r} has no tensor {entry.source!r}",
-                                  missing=[entry.source]) from None
+            raise CheckpointError(
+                f"{entry.file!r} has no tensor {entry.source!r}", missing=[entry.source]
+            ) from None
 
-    tensors = {}
+    tensors, parts = {}, defaultdict(list)
     with mx.stream(dev):
         for entry in plan.entries:
             arr = read(entry)
             if entry.transpose is not None:  # stored layout -> canonical (torch) layout
                 arr = mx.transpose(arr, entry.transpose)
-            tensors[entry.canonical] = arr
+            if entry.expert is None and entry.rows is None:
+                tensors[entry.canonical] = arr
+            else:  # one expert's tensor (or rows of it) of a stacked canonical tensor
+                parts[entry.canonical].append((entry.expert, entry.rows, arr))
+        for name, pieces in parts.items():
+            tensors[name] = _stack_parts(pieces)
         if plan.tied_duplicate is not None:
             head = read(plan.tied_duplicate)
             emb = tensors["backbone.embedding.weight"]
@@ -218,15 +171,14 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
                     f"lm_head.weight in {plan.tied_duplicate.file!r} differs from "
                     "backbone.embedding.weight but the config says tie_embeddings=True; set "
                     "tie_embeddings false (untied) or drop lm_head.weight",
-                    mismatched=[("lm_head.weight", "equal to the embedding", "different values")])
-        if plan.task.kind != "lm":  # a stack or head (mamba_core.task): heads.py builds and fills it
-            from mamba_core.backends.mlx.heads import assign as assign_task
-            from mamba_core.backends.mlx.heads import build_task_model
-
+                    mismatched=[("lm_head.weight", "equal to the embedding", "different values")],
+                )
+        if plan.quantization is not None:  # quantization hook: MLX's quantized layers (quantized.py)
+            parts = {entry.canonical: read(entry) for entry in plan.quantized_entries}
+            return load_quantized(model, plan, tensors, parts, dt, dev)
+        if plan.task.kind != "lm":  # a stack or head (mamba_core.task): heads.py builds it
             model = build_task_model(plan.config, plan.task, dtype=dt, device=dev)
-            assign_task(model, tensors, dt, allow_missing=plan.absent)
-            return model
-        _assign(model, tensors, dt)
+        assign(model, tensors, dt, allow_missing=plan.absent)
     return model
 
 
@@ -246,18 +198,29 @@ def export_tensors(model, dialect: str = "mamba-core") -> dict[str, mx.array]:
     """
     if dialect not in DIALECT_RENAMES:
         raise CheckpointError(f"unknown dialect {dialect!r}; expected one of {tuple(DIALECT_RENAMES)}")
-    if not isinstance(model, (Mamba1LM, Mamba2LM)):  # a stack or head: canonical names, ours only
-        from mamba_core.backends.mlx.heads import export_task_tensors
-
+    if not isinstance(
+        model, (Mamba1LM, Mamba2LM, Mamba3LM, HybridLM)
+    ):  # a stack or head: canonical names, ours only
         return export_task_tensors(model, dialect)
-    params = dict(tree_flatten(model.parameters()))
-    mlx_layout = DIALECT_AXES[dialect]
+    if getattr(model, "quantization", None) is not None:  # quantization hook (quantized.py)
+        return export_quantized(model, dialect)
+    if is_family(model.config):  # a hybrid family: per-expert slices, its dialect's names (hybrid_layout)
+        canonical = export_canonical(model)
+        out = {}
+        for t in stored_tensors(model.config, dialect):
+            x = canonical[t.canonical]
+            if t.expert is not None:
+                x = x[t.expert]
+            if t.rows is not None:
+                x = x[t.rows[0] : t.rows[1]]
+            out[t.hf_name] = x if t.axes is None else mx.transpose(x, t.axes)
+        return out
+    renames, mlx_layout = DIALECT_RENAMES[dialect], DIALECT_AXES[dialect]
+    specs = expand_layout(model.config)
     out = {}
-    for name, spec in expand_layout(model.config).items():
-        arr = params[name]
-        if not mlx_layout:
-            arr = _from_mlx_layout(arr, spec.mlx_axes)
-        out[DIALECT_RENAMES[dialect].get(name, name)] = arr
+    for name, arr in export_canonical(model).items():
+        axes = specs[name].mlx_axes  # an involution: canonical (C, 1, K) -> MLX (C, K, 1)
+        out[renames.get(name, name)] = mx.transpose(arr, axes) if mlx_layout and axes is not None else arr
     return out
 
 

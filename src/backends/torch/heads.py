@@ -1,4 +1,4 @@
-"""Task heads on the LMs' backbone: ``SequenceClassifier`` and ``FeatureExtractor`` (issue 7.4).
+"""Task heads on the LMs' backbone: ``SequenceClassifier`` and ``FeatureExtractor``.
 
 Both hold ``backbone``, the same ``Mamba1``/``Mamba2`` stack (with an embedding) that a ``Mamba1LM``
 holds, so their module tree is the LM's canonical names minus ``lm_head`` plus the head rows of
@@ -13,12 +13,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mamba_core.backends.torch.cache import torch_dtype
-from mamba_core.backends.torch.model import KERNEL_PATHS, Mamba1, Mamba1LM, Mamba2, Mamba2LM
+from mamba_core.backends.torch.device import resolve_dtype
+from mamba_core.backends.torch.model import (
+    KERNEL_PATHS,
+    Hybrid,
+    HybridLM,
+    Mamba1,
+    Mamba1LM,
+    Mamba2,
+    Mamba2LM,
+    Mamba3,
+    Mamba3LM,
+)
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.task import Task, pooled_dim, task_layout
 
-STACKS = {"mamba1": Mamba1, "mamba2": Mamba2}
+STACKS = {"mamba1": Mamba1, "mamba2": Mamba2, "mamba3": Mamba3, "nemotron_h": Hybrid, "jamba": Hybrid}
+LMS = {"mamba1": Mamba1LM, "mamba2": Mamba2LM, "mamba3": Mamba3LM, "nemotron_h": HybridLM, "jamba": HybridLM}
 _EPS = 1e-5
 
 
@@ -94,7 +105,7 @@ class SequenceClassifier(nn.Module):
     def __init__(self, config, num_labels: int, pooling: str = "last", *, dtype="float32", device=None):
         super().__init__()
         self.task = Task("sequence-classification", num_labels=num_labels, pooling=pooling)
-        dt = torch_dtype(dtype)
+        dt = resolve_dtype(dtype)
         self.config = config
         self.backbone = STACKS[config.arch](config, config.vocab_size_padded, dtype=dt, device=device)
         self.score = nn.Linear(pooled_dim(config, pooling), num_labels, dtype=dt, device=device)
@@ -136,7 +147,7 @@ class FeatureExtractor(nn.Module):
         super().__init__()
         self.task = Task("features", pooling=pooling)
         self.config = config
-        self.backbone = STACKS[config.arch](config, config.vocab_size_padded, dtype=torch_dtype(dtype),
+        self.backbone = STACKS[config.arch](config, config.vocab_size_padded, dtype=resolve_dtype(dtype),
                                             device=device)
         self.kernel_path = KERNEL_PATHS[config.arch]
 
@@ -163,16 +174,16 @@ def task_of(model) -> Task:
     task = getattr(model, "task", None)
     if isinstance(task, Task):
         return task
-    if isinstance(model, (Mamba1, Mamba2)):
+    if isinstance(model, tuple(STACKS.values())):
         return Task("features") if hasattr(model, "embedding") else Task("stack")
-    if isinstance(model, (Mamba1LM, Mamba2LM)):
+    if isinstance(model, tuple(LMS.values())):
         return Task()
     raise TypeError(f"{type(model).__name__} is not a mamba-core model")
 
 
 def canonical_parameters(model) -> dict[str, nn.Parameter]:
     """Canonical (checkpoint) name -> parameter; a bare stack's names get the ``backbone.`` prefix."""
-    prefix = "backbone." if isinstance(model, (Mamba1, Mamba2)) else ""
+    prefix = "backbone." if isinstance(model, tuple(STACKS.values())) else ""
     return {prefix + name: p for name, p in model.named_parameters()}
 
 
@@ -186,7 +197,7 @@ def build_task_model(config, task: Task, *, dtype="float32", device=None):
         'Mamba1'
     """
     if task.kind == "lm":
-        return {"mamba1": Mamba1LM, "mamba2": Mamba2LM}[config.arch](config, dtype=dtype, device=device)
+        return LMS[config.arch](config, dtype=dtype, device=device)
     if task.kind == "stack":
         return STACKS[config.arch](config, dtype=dtype, device=device)
     if task.kind == "features":
@@ -221,7 +232,7 @@ def assign(model, tensors: dict, dtype=None, *, allow_missing=()) -> list[str]:
         raise CheckpointError(f"{len(bad)} tensors have the wrong shape: "
                               + "; ".join(f"{n} expected {e}, got {g}" for n, e, g in bad),
                               mismatched=bad)
-    target = None if dtype is None else torch_dtype(dtype)
+    target = None if dtype is None else resolve_dtype(dtype)
     with torch.no_grad():
         for name, spec in specs.items():
             if name not in tensors:

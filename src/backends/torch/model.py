@@ -1,254 +1,145 @@
-"""``nn.Module`` Mamba-1 / Mamba-2 language models; module tree = canonical (state-spaces) names.
+"""``nn.Module`` language models built from the layer plan; module tree = canonical (state-spaces) names.
 
-Reading order: norms, mixers (forward = prefill/training over a sequence, ``step`` = one decode
-token), blocks, stacks (``Mamba1``/``Mamba2``: optional embedding, layers, ``norm_f``), LMs.
-Math: spec-notes §1.2 (pre-norm residual), §3.4-3.5 (Mamba-1), §4.4-4.6 (Mamba-2). Dtype policy
-(§6.1): parameters in the model dtype except ``A_log``, ``D`` and the dt bias (float32); Δ, softplus,
-``exp(ΔA)``, states and the gate in float32; the residual stream is float32 when
-``config.residual_in_fp32``; norms compute in float32 and return the model dtype; logits float32.
+A model is a sequence of blocks (``mamba_core.layers.layer_plan``): ``_Block`` holds ``norm`` + the
+``mixer`` kind (and ``norm2`` + the ``mlp`` kind when the plan has one), each kind built from the
+registry ``layers.KINDS``; ``_Stack`` = optional embedding, blocks, ``norm_f``; ``_LM`` = stack +
+head. ``Mamba1``/``Mamba2``/``Mamba3``, their ``*Block`` and ``*LM`` classes are the named
+models (same bases in the MLX backend). Math: docs/spec.md §1.2 (pre-norm residual). Dtype
+policy (docs/spec.md §6.1): parameters in the model dtype except ``A_log``, ``D`` and the dt bias
+(float32); the residual stream is float32 when ``config.residual_in_fp32``; logits float32. New
+models get the one official initialization, ``reference.init_weights`` (``initialize``).
 """
 
 from __future__ import annotations
 
-import math
-
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mamba_core.backends.torch import ops
-from mamba_core.backends.torch.cache import MambaCache, torch_dtype
+from mamba_core.backends.torch.cache import MambaCache
+from mamba_core.backends.torch.device import resolve_dtype
+from mamba_core.backends.torch.layers import KINDS
+from mamba_core.backends.torch.linear import rows
+from mamba_core.backends.torch.norm import RMSNorm
+from mamba_core.backends.torch.quantized import head_logits
+from mamba_core.backends.torch.sample import generate, stream
 from mamba_core.config import Mamba1Config, Mamba2Config
 from mamba_core.errors import ConfigError
+from mamba_core.families import HYBRID_CONFIGS
+from mamba_core.layers import get_kind, kind_config, layer_plan
+from mamba_core.mamba3_config import Mamba3Config
+from mamba_core.reference import init_weights
 
-KERNEL_PATHS = {"mamba1": "torch-chunked-selective-scan", "mamba2": "torch-chunked-ssd"}
-
-
-class RMSNorm(nn.Module):
-    """RMSNorm (D,) with float32 statistics; returns the model dtype (spec-notes §1.3)."""
-
-    def __init__(self, d: int, eps: float = 1e-5, *, dtype=None, device=None):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(d, dtype=dtype, device=device))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., D) -> (..., D) in the weight dtype."""
-        return ops.rmsnorm(x, self.weight, self.eps)
+KERNEL_PATHS = {
+    "mamba1": "torch-chunked-selective-scan",
+    "mamba2": "torch-chunked-ssd",
+    "mamba3": "torch-chunked-mamba3",
+    "nemotron_h": "torch-chunked-ssd+sdpa",
+    "jamba": "torch-chunked-selective-scan+sdpa",
+}
 
 
-class RMSNormGated(nn.Module):
-    """Mamba-2 gated RMSNorm (E,): ``norm(y·silu(z))`` per group of E/G channels, in float32."""
-
-    def __init__(self, d: int, eps: float = 1e-5, group_size: int | None = None, *, dtype=None,
-                 device=None):
-        super().__init__()
-        self.eps = eps
-        self.group_size = group_size
-        self.weight = nn.Parameter(torch.ones(d, dtype=dtype, device=device))
-
-    def forward(self, x: torch.Tensor, z: torch.Tensor | None = None) -> torch.Tensor:
-        """x, z: (..., E) -> (..., E) in the weight dtype."""
-        return ops.rmsnorm_gated(x, z, self.weight, self.eps, self.group_size)
+def _is_meta(device) -> bool:
+    return device is not None and torch.device(device).type == "meta"
 
 
-def _mask(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    return x if mask is None else x * mask.unsqueeze(-1).to(x.dtype)
+def _classes(config_class) -> tuple:
+    return config_class if isinstance(config_class, tuple) else (config_class,)
 
 
-def _dt_bias_init(config, size: int, device) -> torch.Tensor:
-    # official init (spec-notes §3.3): log-uniform dt in [dt_min, dt_max], floored, inverse softplus
-    lo, hi = math.log(config.dt_min), math.log(config.dt_max)
-    dt = torch.exp(torch.rand(size, device=device) * (hi - lo) + lo).clamp(min=config.dt_init_floor)
-    return dt + torch.log(-torch.expm1(-dt))
+def _draw_seed() -> int:
+    # the numpy seed of a new model's init, drawn from torch's generator (torch.manual_seed applies)
+    return int(torch.randint(0, 2**62, (1,)).item())
 
 
-def _rows(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, in) @ weight.T (+ bias) for a decode step.
+def initialize(model: nn.Module, seed: int | None = None) -> None:
+    """Fill every layout tensor of ``model`` with the official initialization (``reference.init_weights``).
 
-    Decode is bandwidth-bound; for one row ``torch.mv`` streams the weight ~25% faster on CPU than the
-    gemm path of ``F.linear`` (measured on this project's benchmark machine).
+    The same ``seed`` gives the same weights in every backend. Parameters outside the layout (a
+    classifier's ``score``) keep theirs.
+
+    Args:
+        model: a stack, LM or head of this backend. seed: numpy seed (None = fresh entropy).
     """
-    if x.shape[0] == 1 and x.dim() == 2:
-        y = torch.mv(weight, x[0]).unsqueeze(0)
-        return y if bias is None else y + bias
-    return F.linear(x, weight, bias)
+    prefix = "backbone." if isinstance(model, _Stack) else ""
+    with_embedding = isinstance(model, _LM) or hasattr(getattr(model, "backbone", model), "embedding")
+    arrays = init_weights(model.config, np.random.default_rng(seed), embedding=with_embedding)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            value = arrays.get(prefix + name)
+            if value is not None:
+                p.copy_(torch.from_numpy(value))
 
 
-def _proj(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """A decode-step projection; only a plain ``nn.Linear`` takes the ``_rows`` path, so adapters
-    wrapped around a projection (LoRA etc.) are still called (spec-notes pitfall 21)."""
-    return _rows(x, layer.weight, layer.bias) if type(layer) is nn.Linear else layer(x)
+class _Block(nn.Module):
+    """Pre-norm residual block of layer ``layer_idx``: ``x + mixer(norm(x))`` (+ ``x + mlp(norm2(x))``).
 
+    Args:
+        config: the model config. layer_idx: which block of ``layer_plan(config)``.
+        dtype, device: of the parameters.
+    """
 
-def _conv_step(conv_state, x, weight, bias):
-    # roll the (B, C, K) window in place, write x in slot K-1; return silu(conv) in float32
-    conv_state.copy_(torch.cat([conv_state[:, :, 1:], x.unsqueeze(-1)], dim=-1))
-    y = (conv_state.float() * weight.float()).sum(-1)
-    if bias is not None:
-        y = y + bias.float()
-    return F.silu(y)
-
-
-class Mamba1Mixer(nn.Module):
-    """Mamba-1 (S6) mixer: in_proj, causal conv, x_proj, dt_proj, selective scan, gate, out_proj."""
-
-    def __init__(self, config: Mamba1Config, *, dtype=None, device=None):
+    def __init__(self, config, layer_idx: int = 0, *, dtype=None, device=None):
         super().__init__()
+        plan = layer_plan(config)[layer_idx]
         fk = {"dtype": dtype, "device": device}
-        self.config = config
-        d, e, n, r, k = config.d_model, config.d_inner, config.d_state, config.dt_rank, config.d_conv
-        self.in_proj = nn.Linear(d, 2 * e, bias=config.bias, **fk)
-        self.conv1d = nn.Conv1d(e, e, k, groups=e, bias=config.conv_bias, **fk)
-        self.x_proj = nn.Linear(e, r + 2 * n, bias=False, **fk)
-        self.dt_proj = nn.Linear(r, e, bias=True, **fk)
-        self.dt_proj.bias = nn.Parameter(torch.zeros(e, dtype=torch.float32, device=device))
-        self.A_log = nn.Parameter(torch.zeros(e, n, dtype=torch.float32, device=device))
-        self.D = nn.Parameter(torch.ones(e, dtype=torch.float32, device=device))
-        self.out_proj = nn.Linear(e, d, bias=config.bias, **fk)
-        with torch.no_grad():  # official SSM init; a loaded checkpoint overwrites it
-            self.dt_proj.bias.copy_(_dt_bias_init(config, e, device))
-            a = torch.arange(1, n + 1, dtype=torch.float32, device=device)  # S4D-real
-            self.A_log.copy_(torch.log(a).expand(e, n))
+        self.layer_idx = layer_idx
+        self.slots = plan.slots
+        self._n_state = tuple(len(get_kind(kind).cache) for _, kind in self.slots)
+        self.norm = RMSNorm(config.d_model, config.norm_epsilon, **fk)
+        self.mixer = KINDS[plan.mixer](kind_config(config, plan.mixer), layer_idx, **fk)
+        if plan.mlp is not None:
+            self.norm2 = RMSNorm(config.d_model, config.norm_epsilon, **fk)
+            self.mlp = KINDS[plan.mlp](kind_config(config, plan.mlp), layer_idx, **fk)
 
-    def forward(self, h, conv_state=None, ssm_state=None, attention_mask=None):
-        """h: (B, L, D) -> ``(out (B, L, D), conv_state (B, E, K), ssm_state (B, E, N) fp32)``."""
-        cfg = self.config
-        e, r, n = cfg.d_inner, cfg.dt_rank, cfg.d_state
-        x, z = self.in_proj(h).split([e, e], dim=-1)  # (B, L, E) each
-        u, conv_state = ops.causal_conv1d(
-            _mask(x, attention_mask), self.conv1d.weight[:, 0], self.conv1d.bias, conv_state,
-            activation="silu",
-        )
-        u = _mask(u, attention_mask)  # (B, L, E)
-        dt_r, Bm, Cm = F.linear(u, self.x_proj.weight).split([r, n, n], dim=-1)
-        delta = F.linear(dt_r, self.dt_proj.weight)  # (B, L, E), bias added in fp32 in the scan
-        A = -torch.exp(self.A_log.float())  # (E, N)
-        y, ssm_state = ops.selective_scan(
-            u, delta, A, Bm, Cm, D=self.D, z=z, delta_bias=self.dt_proj.bias,
-            delta_softplus=True, initial_state=ssm_state,
-        )
-        return self.out_proj(y.to(h.dtype)), conv_state, ssm_state
+    def _run(self, x, state, call):
+        new_state: list = []
+        rest = list(state) + [None] * (sum(self._n_state) - len(state))
+        for (slot, _), n in zip(self.slots, self._n_state, strict=True):
+            mine, rest = rest[:n], rest[n:]
+            norm = self.norm if slot == "mixer" else self.norm2
+            out, *mine = call(getattr(self, slot), norm(x), mine)
+            x = x + out
+            new_state.extend(mine)
+        return (x, *new_state)
 
-    def step(self, h, conv_state, ssm_state):
-        """One token: h (B, D) -> out (B, D); updates ``conv_state``/``ssm_state`` in place."""
-        cfg = self.config
-        e, r, n = cfg.d_inner, cfg.dt_rank, cfg.d_state
-        x, z = _proj(self.in_proj, h).split([e, e], dim=-1)  # (B, E) each
-        u = _conv_step(conv_state, x, self.conv1d.weight[:, 0], self.conv1d.bias)  # (B, E) fp32
-        dt_r, Bm, Cm = _proj(self.x_proj, u.to(h.dtype)).split([r, n, n], dim=-1)
-        # the dt bias is added in fp32, not inside the projection (pitfall §9.4)
-        dt = F.softplus(_rows(dt_r, self.dt_proj.weight).float() + self.dt_proj.bias)
-        A = -torch.exp(self.A_log)  # (E, N) fp32
-        ssm_state.mul_(torch.exp(dt.unsqueeze(-1) * A))
-        ssm_state.addcmul_((dt * u).unsqueeze(-1), Bm.float().unsqueeze(1))
-        y = torch.linalg.vecdot(ssm_state, Cm.float().unsqueeze(1))  # (B, E); faster than bmm
-        y = y.addcmul_(u, self.D).mul_(F.silu(z.float()))
-        return _proj(self.out_proj, y.to(h.dtype))
+    def forward(self, x, *state, attention_mask=None):
+        """x: (B, L, D) residual stream, ``state`` the block's cache fields (None = zeros) ->
+        ``(x', *state')``."""
+        return self._run(x, state, lambda mod, h, s: mod(h, *s, attention_mask=attention_mask))
+
+    def step(self, x, *state):
+        """x: (B, D) -> ``(x', *state)``; the state tensors are updated in place and returned."""
+        return self._run(x, state, lambda mod, h, s: mod.step(h, *s))
 
 
-class Mamba2Mixer(nn.Module):
-    """Mamba-2 (SSD) mixer: in_proj [z, x, B, C, dt], conv over xBC, chunked SSD, gated norm."""
-
-    def __init__(self, config: Mamba2Config, *, dtype=None, device=None):
-        super().__init__()
-        fk = {"dtype": dtype, "device": device}
-        self.config = config
-        c, h = config, config.nheads
-        self.in_proj = nn.Linear(c.d_model, c.d_in_proj, bias=c.bias, **fk)
-        self.conv1d = nn.Conv1d(c.conv_dim, c.conv_dim, c.d_conv, groups=c.conv_dim,
-                                bias=c.conv_bias, **fk)
-        self.dt_bias = nn.Parameter(torch.zeros(h, dtype=torch.float32, device=device))
-        self.A_log = nn.Parameter(torch.zeros(h, dtype=torch.float32, device=device))
-        self.D = nn.Parameter(torch.ones(h, dtype=torch.float32, device=device))
-        self.norm = RMSNormGated(c.d_inner, c.norm_epsilon, c.d_inner // c.ngroups, **fk)
-        self.out_proj = nn.Linear(c.d_inner, c.d_model, bias=c.bias, **fk)
-        with torch.no_grad():  # official SSM init; a loaded checkpoint overwrites it
-            self.dt_bias.copy_(_dt_bias_init(c, h, device))
-            lo, hi = c.A_init_range
-            self.A_log.copy_(torch.log(torch.empty(h, device=device).uniform_(lo, hi)))
-
-    def _split(self, zxbcdt):
-        c = self.config
-        return zxbcdt.split([c.d_inner, c.conv_dim, c.nheads], dim=-1)
-
-    def _xbc(self, xbc):
-        c = self.config
-        gn = c.ngroups * c.d_state
-        x, Bm, Cm = xbc.split([c.d_inner, gn, gn], dim=-1)
-        lead = xbc.shape[:-1]
-        return (x.reshape(*lead, c.nheads, c.headdim), Bm.reshape(*lead, c.ngroups, c.d_state),
-                Cm.reshape(*lead, c.ngroups, c.d_state))
-
-    def forward(self, h, conv_state=None, ssm_state=None, attention_mask=None):
-        """h: (B, L, D) -> ``(out, conv_state (B, conv_dim, K), ssm_state (B, H, P, N) fp32)``."""
-        c = self.config
-        z, xbc, dt = self._split(self.in_proj(h))
-        xbc, conv_state = ops.causal_conv1d(
-            _mask(xbc, attention_mask), self.conv1d.weight[:, 0], self.conv1d.bias, conv_state,
-            activation="silu",
-        )
-        x, Bm, Cm = self._xbc(_mask(xbc, attention_mask))
-        A = -torch.exp(self.A_log.float())  # (H,)
-        y, ssm_state = ops.ssd_chunked(
-            x, dt, A, Bm, Cm, c.chunk_size, D=self.D, dt_bias=self.dt_bias, dt_softplus=True,
-            dt_limit=c.dt_limit, initial_state=ssm_state,
-        )  # (B, L, H, P) fp32
-        y = self.norm(y.reshape(*y.shape[:2], c.d_inner), z)
-        return self.out_proj(y), conv_state, ssm_state
-
-    def step(self, h, conv_state, ssm_state):
-        """One token: h (B, D) -> out (B, D); updates the states in place."""
-        c = self.config
-        z, xbc, dt = self._split(_proj(self.in_proj, h))
-        xbc = _conv_step(conv_state, xbc, self.conv1d.weight[:, 0], self.conv1d.bias)
-        x, Bm, Cm = self._xbc(xbc)  # (B, H, P), (B, G, N), (B, G, N) fp32
-        delta = ops.ssd_dt(dt, self.dt_bias, True, c.dt_limit)  # (B, H)
-        rep = c.nheads // c.ngroups
-        Bh = Bm.repeat_interleave(rep, dim=1) if rep > 1 else Bm  # (B, H, N)
-        Ch = Cm.repeat_interleave(rep, dim=1) if rep > 1 else Cm
-        ssm_state.mul_(torch.exp(delta * -torch.exp(self.A_log))[:, :, None, None])
-        ssm_state.add_((delta.unsqueeze(-1) * x).unsqueeze(-1) * Bh.unsqueeze(2))
-        y = torch.linalg.vecdot(ssm_state, Ch.unsqueeze(2))  # (B, H, P)
-        y = y.addcmul_(x, self.D.unsqueeze(-1)).reshape(y.shape[0], c.d_inner)
-        return _proj(self.out_proj, self.norm(y, z))
+class Mamba1Block(_Block):
+    """A block of a Mamba-1 model (``norm`` + ``Mamba1Mixer``)."""
 
 
-class Mamba1Block(nn.Module):
-    """Pre-norm residual block: ``x + mixer(norm(x))`` (spec-notes §1.2)."""
-
-    mixer_class = Mamba1Mixer
-
-    def __init__(self, config, *, dtype=None, device=None):
-        super().__init__()
-        self.norm = RMSNorm(config.d_model, config.norm_epsilon, dtype=dtype, device=device)
-        self.mixer = self.mixer_class(config, dtype=dtype, device=device)
-
-    def forward(self, x, conv_state=None, ssm_state=None, attention_mask=None):
-        """x: (B, L, D) residual stream -> ``(x + mixer(norm(x)), conv_state, ssm_state)``."""
-        out, conv_state, ssm_state = self.mixer(self.norm(x), conv_state, ssm_state,
-                                                attention_mask)
-        return x + out, conv_state, ssm_state
-
-    def step(self, x, conv_state, ssm_state):
-        """x: (B, D) -> (B, D); the states are updated in place."""
-        return x + self.mixer.step(self.norm(x), conv_state, ssm_state)
+class Mamba2Block(_Block):
+    """A block of a Mamba-2 model (``norm`` + ``Mamba2Mixer``)."""
 
 
-class Mamba2Block(Mamba1Block):
-    """Pre-norm residual block around a ``Mamba2Mixer``."""
+class Mamba3Block(_Block):
+    """A block of a Mamba-3 model (``norm`` + ``Mamba3Mixer``, and ``norm2`` + ``GatedMLP`` when
+    ``d_intermediate > 0``)."""
 
-    mixer_class = Mamba2Mixer
+
+class HybridBlock(_Block):
+    """A block of a hybrid model (the kinds its family's ``layer_plan`` names)."""
 
 
-class Mamba1(nn.Module):
-    """The residual stack: optional ``embedding`` (V, D), ``layers``, ``norm_f`` (issue 8).
+class _Stack(nn.Module):
+    """The residual stack: optional ``embedding`` (V, D), ``layers`` (one block per plan row), ``norm_f``.
 
     Without ``vocab_size`` it is a sequence-to-sequence layer for your own models: (B, L, D) float
     -> (B, L, D) in the model dtype, no embedding, no head. With ``vocab_size`` it also takes (B, L)
-    token ids (the LM's ``backbone``). A new stack has the official initialization (spec-notes
-    §1.5, §3.3, §4.3). With a cache, its states are the initial states and are replaced by the
-    final ones, so a long stream can be fed in chunks; ``step`` takes one frame in O(1).
+    token ids (the LM's ``backbone``). A new stack has the official initialization (docs/spec.md
+    §1.5; ``initialize``, seeded from torch's generator); on ``device="meta"`` it is left
+    uninitialized. With a cache, its states are the initial states and are replaced by the final
+    ones, so a long stream can be fed in chunks; ``step`` takes one frame in O(1).
 
     Args:
         config: ``Mamba1Config`` (``Mamba2Config`` for ``Mamba2``); ``vocab_size`` of the config is
@@ -269,28 +160,28 @@ class Mamba1(nn.Module):
         (True, torch.Size([2, 32]))
     """
 
-    block_class = Mamba1Block
-    config_class = Mamba1Config
+    block_class: type = _Block
+    config_class: type = Mamba1Config
 
     def __init__(self, config, vocab_size: int | None = None, *, dtype=None, device=None):
         super().__init__()
         if not isinstance(config, self.config_class):
-            raise ConfigError(f"{type(self).__name__} needs a {self.config_class.__name__}, got "
+            wanted = " or ".join(c.__name__ for c in _classes(self.config_class))
+            raise ConfigError(f"{type(self).__name__} needs a {wanted}, got "
                               f"{type(config).__name__}", field="arch")
-        dtype = None if dtype is None else torch_dtype(dtype)
+        # built on "meta" (no init thrown away), then given storage and the official init
+        fk = {"dtype": None if dtype is None else resolve_dtype(dtype), "device": "meta"}
         self.config = config
         if vocab_size is not None:
-            self.embedding = nn.Embedding(vocab_size, config.d_model, dtype=dtype, device=device)
-            nn.init.normal_(self.embedding.weight, std=config.initializer_range)
+            self.embedding = nn.Embedding(vocab_size, config.d_model, **fk)
         self.layers = nn.ModuleList(
-            self.block_class(config, dtype=dtype, device=device) for _ in range(config.n_layer)
+            self.block_class(config, i, **fk) for i in range(len(layer_plan(config)))
         )
-        self.norm_f = RMSNorm(config.d_model, config.norm_epsilon, dtype=dtype, device=device)
-        if config.rescale_prenorm_residual:  # spec-notes §1.5: out_proj / sqrt(n_layer)
-            with torch.no_grad():
-                for layer in self.layers:
-                    layer.mixer.out_proj.weight.div_(math.sqrt(config.n_layer))
+        self.norm_f = RMSNorm(config.d_model, config.norm_epsilon, **fk)
         self.kernel_path = KERNEL_PATHS[config.arch]
+        if not _is_meta(device):
+            self.to_empty(device=torch.get_default_device() if device is None else device)
+            initialize(self, _draw_seed())
 
     def _embed(self, x):
         if not x.is_floating_point():
@@ -319,13 +210,12 @@ class Mamba1(nn.Module):
         residual = self._embed(x)
         mask = None if attention_mask is None else attention_mask.to(residual.device)
         for i, layer in enumerate(self.layers):
-            states = (None, None) if cache is None else (cache.conv_state[i], cache.ssm_state[i])
-            residual, conv_state, ssm_state = layer(residual, *states, attention_mask=mask)
+            state = () if cache is None else tuple(cache.layers[i].values())
+            residual, *state = layer(residual, *state, attention_mask=mask)
             if cache is not None:
                 if torch.is_grad_enabled():  # own storage: ``step`` updates the states in place
-                    conv_state, ssm_state = conv_state.clone(), ssm_state.clone()
-                cache.conv_state[i] = conv_state
-                cache.ssm_state[i] = ssm_state
+                    state = [s.clone() for s in state]
+                cache.layers[i] = dict(zip(cache.layers[i], state, strict=True))
         if cache is not None:
             cache.seqlen_offset += residual.shape[1]
         return self.norm_f(residual)
@@ -334,20 +224,48 @@ class Mamba1(nn.Module):
         """(B,) ids or (B, D) frame -> (B, D); O(1) per frame; updates ``cache`` in place."""
         residual = self._embed(x_t)
         for i, layer in enumerate(self.layers):
-            residual = layer.step(residual, cache.conv_state[i], cache.ssm_state[i])
+            # the kinds update their fields in place; a field may come back as a new tensor (a KV
+            # cache grown by a chunk)
+            residual, *state = layer.step(residual, *cache.layers[i].values())
+            if state:
+                cache.layers[i] = dict(zip(cache.layers[i], state, strict=True))
         cache.seqlen_offset += 1
         return self.norm_f(residual)
 
 
-class Mamba2(Mamba1):
-    """The Mamba-2 residual stack (same interface as ``Mamba1``)."""
+class Mamba1(_Stack):
+    """The Mamba-1 residual stack (see ``_Stack``)."""
+
+    block_class = Mamba1Block
+    config_class = Mamba1Config
+
+
+class Mamba2(_Stack):
+    """The Mamba-2 residual stack (see ``_Stack``)."""
 
     block_class = Mamba2Block
     config_class = Mamba2Config
 
 
-class Mamba1LM(nn.Module):
-    """Mamba-1 language model: ``backbone`` (embedding, layers, norm_f) and a tied or untied head.
+class Mamba3(_Stack):
+    """The Mamba-3 residual stack (see ``_Stack``; SISO or MIMO, with or without the gated MLP)."""
+
+    block_class = Mamba3Block
+    config_class = Mamba3Config
+
+
+class Hybrid(_Stack):
+    """The residual stack of a hybrid family (``families.HYBRID_CONFIGS``; see ``_Stack``)."""
+
+    block_class = HybridBlock
+    config_class = HYBRID_CONFIGS
+
+
+class _LM(nn.Module):
+    """Language model: ``backbone`` (embedding, blocks, norm_f) and a tied or untied head.
+
+    A new LM has the official initialization (``initialize``, seeded from torch's generator); on
+    ``device="meta"`` it is left uninitialized (``weights.load_checkpoint`` assigns it).
 
     Example:
         >>> from mamba_core.testing import tiny_mamba1
@@ -356,17 +274,20 @@ class Mamba1LM(nn.Module):
         torch.Size([1, 3, 64])
     """
 
-    stack_class = Mamba1
+    stack_class: type = Mamba1
 
     def __init__(self, config, *, dtype="float32", device=None):
         super().__init__()
-        dt = torch_dtype(dtype)
+        dt = resolve_dtype(dtype)
         self.config = config
-        self.backbone = self.stack_class(config, config.vocab_size_padded, dtype=dt, device=device)
+        self.backbone = self.stack_class(config, config.vocab_size_padded, dtype=dt, device="meta")
         if not config.tie_embeddings:
             self.lm_head = nn.Linear(config.d_model, config.vocab_size_padded, bias=False,
-                                     dtype=dt, device=device)
+                                     dtype=dt, device="meta")
         self.kernel_path = KERNEL_PATHS[config.arch]
+        if not _is_meta(device):
+            self.to_empty(device=torch.get_default_device() if device is None else device)
+            initialize(self, _draw_seed())
 
     @property
     def head_weight(self) -> torch.Tensor:
@@ -376,6 +297,9 @@ class Mamba1LM(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., D) -> (..., V) float32."""
+        quantized = head_logits(self, hidden)  # quantization hook: a quantized head or tied embedding
+        if quantized is not None:
+            return quantized.float()
         return F.linear(hidden, self.head_weight).float()
 
     def forward(self, input_ids, *, cache: MambaCache | None = None, attention_mask=None):
@@ -385,29 +309,44 @@ class Mamba1LM(nn.Module):
     def step(self, token_ids, cache: MambaCache):
         """(B,) int -> logits (B, V) float32; O(1) per token; updates ``cache``."""
         hidden = self.backbone.step(token_ids, cache)  # (B, D)
-        if type(getattr(self, "lm_head", None)) in (nn.Linear, type(None)):
-            return _rows(hidden, self.head_weight).float()
+        # a quantized tied head (quantized table or int8/int4 copy) takes logits()
+        plain = type(self.backbone.embedding) is nn.Embedding and not hasattr(self, "tied_head")
+        if type(getattr(self, "lm_head", None)) in (nn.Linear, type(None)) and plain:
+            return rows(hidden, self.head_weight).float()
         return self.logits(hidden)
 
     def make_cache(self, batch: int) -> MambaCache:
         """A zeroed ``MambaCache`` for ``batch`` rows on this model's device and dtype."""
-        w = self.backbone.norm_f.weight
-        return MambaCache.empty(self.config, batch, dtype=w.dtype, device=w.device)
+        return self.backbone.make_cache(batch)
 
     def generate(self, input_ids, max_new_tokens: int, **kwargs):
         """``sample.generate(self, ...)``: prompt + new tokens (B, L + N)."""
-        from mamba_core.backends.torch.sample import generate
-
         return generate(self, input_ids, max_new_tokens, **kwargs)
 
     def stream(self, input_ids, max_new_tokens: int, **kwargs):
         """``sample.stream(self, ...)``: an iterator of (B,) tokens."""
-        from mamba_core.backends.torch.sample import stream
-
         return stream(self, input_ids, max_new_tokens, **kwargs)
 
 
-class Mamba2LM(Mamba1LM):
-    """Mamba-2 language model (same interface as ``Mamba1LM``)."""
+class Mamba1LM(_LM):
+    """Mamba-1 language model (see ``_LM``)."""
+
+    stack_class = Mamba1
+
+
+class Mamba2LM(_LM):
+    """Mamba-2 language model (see ``_LM``)."""
 
     stack_class = Mamba2
+
+
+class Mamba3LM(_LM):
+    """Mamba-3 language model (see ``_LM``)."""
+
+    stack_class = Mamba3
+
+
+class HybridLM(_LM):
+    """Language model of a hybrid family (see ``_LM``)."""
+
+    stack_class = Hybrid

@@ -1,7 +1,7 @@
 """Pure-torch ops with the names, argument order, defaults and return tuples of ``mamba_core.reference``.
 
 Channels-last activations ``(B, L, ...)``, conv weight ``(C, K)``; functional (states are returned,
-never mutated). Dtype policy (spec-notes §6.1): Δ, softplus, ``exp(ΔA)``, the SSM states, the D skip
+never mutated). Dtype policy (docs/spec.md §6.1): Δ, softplus, ``exp(ΔA)``, the SSM states, the D skip
 and the z gate are computed in float32 (float64 inputs stay float64, for gradcheck); norms compute in
 float32 and return ``weight.dtype`` (the model dtype); scans return ``y`` in float32 for the caller
 to cast after the gate/norm. The sequence scans are the chunked ones of ``scan.py``.
@@ -14,8 +14,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mamba_core.backends.torch import scan
-from mamba_core.backends.torch.scan import _f32, ssd_dt
+from mamba_core.backends.torch import mamba3_scan, scan
+from mamba_core.backends.torch.scan import _f32, discretize_dt
 
 _NO_LIMIT = (0.0, math.inf)
 
@@ -35,7 +35,7 @@ def softplus(x: torch.Tensor) -> torch.Tensor:
         >>> softplus(torch.tensor([0.0, 25.0])).tolist()  # doctest: +ELLIPSIS
         [0.693..., 25.0]
     """
-    return F.softplus(_f32(x), beta=1.0, threshold=20.0)
+    return scan.softplus(x)
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -186,11 +186,7 @@ def selective_state_update(
     Returns:
         ``(y, new_state)``: y (B, E) float32; new_state (B, E, N) float32.
     """
-    dt = _f32(delta)
-    if delta_bias is not None:
-        dt = dt + _f32(delta_bias)
-    if delta_softplus:
-        dt = F.softplus(dt)
+    dt = discretize_dt(delta, delta_bias, delta_softplus)
     uf = _f32(u)
     dA = torch.exp(dt.unsqueeze(-1) * _f32(A))  # (B, E, N)
     new_state = dA * _f32(state) + (dt * uf).unsqueeze(-1) * _f32(B).unsqueeze(1)
@@ -206,7 +202,7 @@ def ssd_chunked(
     x, dt, A, B, C, chunk_size: int, D=None, dt_bias=None, dt_softplus: bool = False,
     dt_limit=_NO_LIMIT, initial_state=None,
 ):
-    """Chunked SSD (``scan.ssd_chunked_torch``), any L, initial state in, final state out.
+    """Chunked SSD (``scan.ssd_chunked_scan``), any L, initial state in, final state out.
 
     Args:
         x: (B, L, H, P). dt: (B, L, H) raw Δ. A: (H,) negative. B, C: (B, L, G, N).
@@ -219,13 +215,10 @@ def ssd_chunked(
     Raises:
         ValueError: ``chunk_size`` < 1.
     """
-    if int(chunk_size) < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
-    delta = ssd_dt(dt, dt_bias, dt_softplus, dt_limit)
-    y, state = scan.ssd_chunked_torch(x, delta, A, B, C, chunk_size, initial_state)
-    if D is not None:
-        y = y + _f32(x) * _f32(D).unsqueeze(-1)
-    return y, state
+    return scan.ssd_chunked_scan(
+        x, dt, A, B, C, chunk_size, D=D, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit,
+        initial_state=initial_state,
+    )
 
 
 def ssd_state_update(
@@ -241,7 +234,7 @@ def ssd_state_update(
     Returns:
         ``(y, new_state)``: y (B, H, P) float32; new_state (B, H, P, N) float32.
     """
-    delta = ssd_dt(dt, dt_bias, dt_softplus, dt_limit)  # (B, H)
+    delta = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)  # (B, H)
     nheads = x.shape[1]
     rep = nheads // B.shape[1]
     Bh = _f32(B).repeat_interleave(rep, dim=1)  # (B, H, N)
@@ -253,3 +246,137 @@ def ssd_state_update(
     if D is not None:
         y = y + xf * _f32(D).unsqueeze(-1)
     return y, new_state
+
+
+def mamba3_chunked(
+    q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, chunk_size: int, D=None, mimo_x=None,
+    rotary: str = "pairwise", initial_state=None,
+):
+    """The chunked Mamba-3 scan (``mamba3_scan.chunked``; docs/mamba3.md §3.5), any L, states in and out.
+
+    Args:
+        q, k: (B, L, R, G, N) normed C and B (before bias and rotation).
+        v: (B, L, H, P) x.
+        adt: (B, L, H) ``A * dt`` (< 0). dt: (B, L, H) step sizes. trap: (B, L, H) trapezoid gate logits.
+        angles: (B, L, A) raw angle projection. q_bias, k_bias: (H, R, N) C and B biases.
+        chunk_size: Q. D: (H,) or None. mimo_x: (H, R, P) or None (SISO).
+        rotary: ``"pairwise"`` (SISO) or ``"halves"`` (MIMO).
+        initial_state: None or a dict ``angle_state`` (B, H, A), ``ssm_state`` (B, H, P, N),
+            ``k_state`` (B, R, H, N), ``v_state`` (B, H, P) (a missing field = zeros).
+
+    Returns:
+        ``(y, state)``: y (B, L, H, R, P) float32 before the gate; the final state dict, float32.
+    """
+    return mamba3_scan.chunked(q, k, v, adt, dt, trap, angles, q_bias, k_bias, chunk_size=chunk_size, D=D,
+                               mimo_x=mimo_x, rotary=rotary, initial_state=initial_state)
+
+
+def mamba3_state_update(
+    state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, D=None, mimo_x=None, rotary: str = "pairwise"
+):
+    """One token of the Mamba-3 recurrence (docs/mamba3.md §3.4).
+
+    Args:
+        state: the state dict (see ``mamba3_chunked``) or None (zeros).
+        q, k: (B, R, G, N). v: (B, H, P). adt, dt, trap: (B, H). angles: (B, A).
+        q_bias, k_bias, D, mimo_x, rotary: see ``mamba3_chunked``.
+
+    Returns:
+        ``(y, state)``: y (B, H, R, P) float32; the new state dict, float32.
+    """
+    return mamba3_scan.state_update(state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, D=D,
+                                    mimo_x=mimo_x, rotary=rotary)
+
+
+def mamba3_gate_out(y, z, *, mimo_z=None, mimo_o=None, norm_weight=None, eps: float = 1e-5):
+    """Gate the per-rank scan output and contract the ranks (docs/mamba3.md §3.6).
+
+    Without ``norm_weight``: ``y_r * silu(z * mimo_z[:, r])``; with it: per-head RMSNorm of ``y_r`` times
+    the weight, then the gate. Then ``sum_r mimo_o[:, r] * y_r`` (SISO: the single rank).
+
+    Args:
+        y: (..., H, R, P). z: (..., H, P) or None. mimo_z, mimo_o: (H, R, P) or None (SISO).
+        norm_weight: (H·P,) or None. eps: the norm's eps.
+
+    Returns:
+        (..., H, P) float32.
+    """
+    return mamba3_scan.gate_out(y, z, mimo_z=mimo_z, mimo_o=mimo_o, norm_weight=norm_weight, eps=eps)
+
+
+# ------------------------------------------------------------------------------------------------
+# in-place decode variants: what the models' ``step`` runs (the op checks test these too)
+# ------------------------------------------------------------------------------------------------
+
+
+def causal_conv1d_update_(
+    x: torch.Tensor,
+    conv_state: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    activation: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``causal_conv1d_update`` that rolls ``conv_state`` in place and returns it.
+
+    Returns:
+        ``(y, conv_state)``: y (B, C) in ``x.dtype``; the same ``conv_state`` tensor, updated.
+    """
+    conv_state.copy_(torch.cat([conv_state[:, :, 1:], x.unsqueeze(-1).to(conv_state.dtype)], dim=-1))
+    y = (_f32(conv_state) * _f32(weight)).sum(-1)
+    if bias is not None:
+        y = y + _f32(bias)
+    return _activate(y, activation).to(x.dtype), conv_state
+
+
+def selective_state_update_(
+    state, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus: bool = False
+):
+    """``selective_state_update`` that updates ``state`` (float32) in place and returns it.
+
+    Returns:
+        ``(y, state)``: y (B, E) float32; the same ``state`` tensor, updated.
+    """
+    dt = discretize_dt(delta, delta_bias, delta_softplus)
+    uf = _f32(u)
+    state.mul_(torch.exp(dt.unsqueeze(-1) * _f32(A)))
+    state.addcmul_((dt * uf).unsqueeze(-1), _f32(B).unsqueeze(1))
+    y = torch.linalg.vecdot(state, _f32(C).unsqueeze(1))  # (B, E); faster than bmm
+    if D is not None:
+        y = y.addcmul_(uf, _f32(D))
+    if z is not None:
+        y = y.mul_(F.silu(_f32(z)))
+    return y, state
+
+
+def ssd_state_update_(
+    state, x, dt, A, B, C, D=None, dt_bias=None, dt_softplus: bool = False, dt_limit=_NO_LIMIT
+):
+    """``ssd_state_update`` that updates ``state`` (float32) in place and returns it.
+
+    Returns:
+        ``(y, state)``: y (B, H, P) float32; the same ``state`` tensor, updated.
+    """
+    delta = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)  # (B, H)
+    rep = x.shape[1] // B.shape[1]
+    Bh = _f32(B).repeat_interleave(rep, dim=1) if rep > 1 else _f32(B)  # (B, H, N)
+    Ch = _f32(C).repeat_interleave(rep, dim=1) if rep > 1 else _f32(C)
+    xf = _f32(x)
+    state.mul_(torch.exp(delta * _f32(A))[:, :, None, None])
+    state.add_((delta.unsqueeze(-1) * xf).unsqueeze(-1) * Bh.unsqueeze(2))
+    y = torch.linalg.vecdot(state, Ch.unsqueeze(2))  # (B, H, P)
+    if D is not None:
+        y = y.addcmul_(xf, _f32(D).unsqueeze(-1))
+    return y, state
+
+
+def mamba3_state_update_(
+    state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, D=None, mimo_x=None, rotary: str = "pairwise"
+):
+    """``mamba3_state_update`` that updates the state dict's four tensors in place and returns it.
+
+    Returns:
+        ``(y, state)``: y (B, H, R, P) float32; the same ``state`` dict and tensors, updated (the angle and
+        SSM states float32, ``k_state``/``v_state`` in their own dtype).
+    """
+    return mamba3_scan.state_update_(state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, D=D,
+                                     mimo_x=mimo_x, rotary=rotary)

@@ -13,20 +13,7 @@ from collections.abc import Iterator
 
 import torch
 
-
-def _validate(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty) -> None:
-    if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
-    if temperature is None or temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature!r}")
-    if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
-        raise ValueError(f"top_k must be a positive int or None, got {top_k!r}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p!r}")
-    if min_p is not None and not 0.0 <= min_p <= 1.0:
-        raise ValueError(f"min_p must be in [0, 1] or None, got {min_p!r}")
-    if repetition_penalty is not None and repetition_penalty <= 0:
-        raise ValueError(f"repetition_penalty must be > 0 or None, got {repetition_penalty!r}")
+from mamba_core.sampling import SamplingSettings
 
 
 def _prepare(model, input_ids, attention_mask, pad_token_id):
@@ -111,45 +98,49 @@ def stream(
     Rows that produced a stop token yield ``pad_token_id`` afterwards; the iterator ends early when
     every row has stopped. Arguments as in ``generate``.
     """
-    _validate(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty)
-    ids, mask = _prepare(model, input_ids, attention_mask, pad_token_id)
-    return _stream(model, ids, mask, max_new_tokens, temperature, top_k, top_p, min_p,
-                   repetition_penalty, stop_tokens, seed, pad_token_id)
+    settings = SamplingSettings(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        repetition_penalty=repetition_penalty, stop_tokens=stop_tokens, seed=seed,
+        pad_token_id=pad_token_id,
+    )
+    ids, mask = _prepare(model, input_ids, attention_mask, settings.pad_token_id)
+    return _stream(model, ids, mask, settings)
 
 
-def _stream(model, ids, mask, max_new_tokens, temperature, top_k, top_p, min_p,
-            repetition_penalty, stop_tokens, seed, pad_token_id):
+def _stream(model, ids, mask, settings: SamplingSettings) -> Iterator[torch.Tensor]:
+    """The generator behind ``stream``: ids (B, L) and mask already prepared, settings validated."""
+    s = settings
     device = ids.device
     batch = ids.shape[0]
     vocab = model.config.vocab_size
     generator = None
-    if seed is not None:
+    if s.seed is not None:
         generator = torch.Generator(device=device)
-        generator.manual_seed(int(seed))
+        generator.manual_seed(s.seed)
     stops = None
-    if stop_tokens is not None:
-        stops = torch.as_tensor(list(stop_tokens), dtype=torch.long, device=device)
+    if s.stop_tokens is not None:
+        stops = torch.as_tensor(s.stop_tokens, dtype=torch.long, device=device)
     seen = None
-    if repetition_penalty is not None and repetition_penalty != 1.0:
+    if s.penalizes:
         seen = torch.zeros(batch, model.head_weight.shape[0], dtype=torch.bool, device=device)
         counts = torch.zeros(seen.shape, dtype=torch.long, device=device)
         counts.scatter_add_(1, ids, torch.ones_like(ids) if mask is None else mask.long())
         seen = counts > 0
     rows = torch.arange(batch, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
-    if max_new_tokens == 0:
+    if s.max_new_tokens == 0:
         return
     with torch.inference_mode():
         cache = model.make_cache(batch)
         hidden = model.backbone(ids, cache=cache, attention_mask=mask)
         logits = model.logits(hidden[:, -1])
-        for i in range(max_new_tokens):
+        for i in range(s.max_new_tokens):
             greedy, probs = process_logits(
-                logits, vocab_size=vocab, temperature=temperature, top_k=top_k, top_p=top_p,
-                min_p=min_p, repetition_penalty=repetition_penalty, seen=seen,
+                logits, vocab_size=vocab, temperature=s.temperature, top_k=s.top_k, top_p=s.top_p,
+                min_p=s.min_p, repetition_penalty=s.repetition_penalty, seen=seen,
             )
             drawn = greedy if probs is None else torch.multinomial(probs, 1, generator=generator)[:, 0]
-            tok = drawn.masked_fill(done, pad_token_id)
+            tok = drawn.masked_fill(done, s.pad_token_id)
             yield tok
             if stops is not None:
                 done = done | torch.isin(tok, stops)
@@ -157,7 +148,7 @@ def _stream(model, ids, mask, max_new_tokens, temperature, top_k, top_p, min_p,
                     return
             if seen is not None:
                 seen[rows, tok] = seen[rows, tok] | ~done
-            if i + 1 < max_new_tokens:
+            if i + 1 < s.max_new_tokens:
                 logits = model.step(drawn, cache)  # finished rows keep a valid id
 
 
@@ -193,16 +184,22 @@ def generate(
     Returns:
         (B, L + N') int64: the (padded) prompt then the new tokens; N' < N when every row stopped.
 
+    Raises:
+        SamplingError: a setting out of range (``mamba_core.sampling.SamplingSettings`` names it).
+
     Example:
         >>> from mamba_core.testing import tiny_mamba1
         >>> from mamba_core.backends.torch.model import Mamba1LM
         >>> generate(Mamba1LM(tiny_mamba1()), [[1, 2, 3]], 2).shape
         torch.Size([1, 5])
     """
-    _validate(max_new_tokens, temperature, top_k, top_p, min_p, repetition_penalty)
-    ids, mask = _prepare(model, input_ids, attention_mask, pad_token_id)
-    new = list(_stream(model, ids, mask, max_new_tokens, temperature, top_k, top_p, min_p,
-                       repetition_penalty, stop_tokens, seed, pad_token_id))
+    settings = SamplingSettings(
+        max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+        repetition_penalty=repetition_penalty, stop_tokens=stop_tokens, seed=seed,
+        pad_token_id=pad_token_id,
+    )
+    ids, mask = _prepare(model, input_ids, attention_mask, settings.pad_token_id)
+    new = list(_stream(model, ids, mask, settings))
     if not new:
         return ids
     return torch.cat([ids, torch.stack(new, dim=1)], dim=1)

@@ -1,6 +1,6 @@
 """Training-speed scans behind ``ops.selective_scan`` (Mamba-1) and ``ops.ssd_chunked`` (Mamba-2).
 
-Mamba-1 (S6, spec-notes §3.4 steps 8-10): ``h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t u_t B_t``,
+Mamba-1 (S6, docs/spec.md §3.4 steps 8-10): ``h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t u_t B_t``,
 ``y_t = h_t C_t``. The decay differs per (channel, state) pair, so there is no matmul form; the work
 is elementwise over (B, L, E, N). ``_ChunkedSelectiveScan`` walks time in chunks of T tokens:
 
@@ -12,14 +12,14 @@ is elementwise over (B, L, E, N). ``_ChunkedSelectiveScan`` walks time in chunks
   gradients of u, Δ, A, B, C and the initial state are contractions of (g, h) over the chunk.
 
 Memory is O(T·B·E·N + (L/T)·B·E·N) instead of O(B·L·E·N); products of decays are never formed, so
-nothing can overflow (spec-notes pitfall 19).
+nothing can overflow (docs/spec.md §9 item 19).
 
-Mamba-2 (SSD, spec-notes §4.5): ``ssd_chunked_torch`` is the chunked matmul algorithm of the paper's
+Mamba-2 (SSD, docs/spec.md §4.5): ``ssd_chunked_scan`` is the chunked matmul algorithm of the paper's
 Listing 1 with the stable in-chunk segsum, any L (the tail is padded), initial state in and final
 state out. It is plain autograd: every step is a batched matmul or an elementwise op on
 (B, H, chunks, Q, Q)-sized tensors, which autograd differentiates at matmul speed.
 
-All state math is float32 whatever the input dtype (spec-notes §6.1).
+All state math is float32 whatever the input dtype (docs/spec.md §6.1).
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ import torch.nn.functional as F
 # Elements of one (T, B, N, E) chunk buffer we aim for: ~2 MB of float32 keeps the in-chunk passes
 # in the L2/L3 cache of a CPU core.
 _CHUNK_ELEMS = 1 << 19
+_NO_LIMIT = (0.0, math.inf)
+_SOFTPLUS_THRESHOLD = 20.0
+MAMBA1_CHUNK: int | None = None  # tokens per Mamba-1 chunk; None = sized from _CHUNK_ELEMS
 
 
 def _f32(x: torch.Tensor) -> torch.Tensor:
@@ -154,7 +157,7 @@ def selective_scan_chunked(
     delta_bias: torch.Tensor | None = None,
     delta_softplus: bool = False,
     initial_state: torch.Tensor | None = None,
-    chunk: int | None = None,
+    chunk_size: int | None = MAMBA1_CHUNK,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mamba-1 selective scan, chunked, with analytic gradients (module docstring).
 
@@ -162,18 +165,14 @@ def selective_scan_chunked(
         u: (B, L, E). delta: (B, L, E) raw Δ. A: (E, N) negative. B, C: (B, L, N).
         D: (E,) or None. z: (B, L, E) gate or None. delta_bias: (E,) or None.
         delta_softplus: softplus on ``delta + delta_bias``. initial_state: (B, E, N) or None.
-        chunk: tokens per chunk (None = sized to the cache).
+        chunk_size: tokens per chunk (None = sized to the cache; numerics only).
 
     Returns:
         ``(y, final_state)``: y (B, L, E) float32; final_state (B, E, N) float32.
     """
     batch, seqlen, d_inner = u.shape
     d_state = A.shape[-1]
-    dt = _f32(delta)
-    if delta_bias is not None:
-        dt = dt + _f32(delta_bias)
-    if delta_softplus:
-        dt = F.softplus(dt)
+    dt = discretize_dt(delta, delta_bias, delta_softplus)
     uf = _f32(u)
     h0 = (
         uf.new_zeros(batch, d_inner, d_state)
@@ -185,7 +184,7 @@ def selective_scan_chunked(
         return y, h0
     y, h = _ChunkedSelectiveScan.apply(
         uf.contiguous(), dt.contiguous(), _f32(A), _f32(B).contiguous(),
-        _f32(C).contiguous(), h0.contiguous(), chunk,
+        _f32(C).contiguous(), h0.contiguous(), chunk_size,
     )
     if D is not None:
         y = y + uf * _f32(D)
@@ -199,7 +198,7 @@ def _segsum_exp(cs64: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     s <= t, else 0.
 
     The difference is taken in float64 and rounded once, which is as accurate as the masked
-    cumulative sum of spec-notes §4.5 (no fp32 cancellation) at a fraction of its cost.
+    cumulative sum of docs/spec.md §4.5 (no fp32 cancellation) at a fraction of its cost.
     """
     q = cs64.shape[-1]
     seg = (cs64.unsqueeze(-1) - cs64.unsqueeze(-2)).to(dtype)  # (..., Q, Q)
@@ -207,29 +206,45 @@ def _segsum_exp(cs64: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.exp(seg.masked_fill(upper, -math.inf))
 
 
-def ssd_dt(dt, dt_bias, dt_softplus: bool, dt_limit) -> torch.Tensor:
-    """Δ = clip(softplus(dt + dt_bias), dt_limit) in float32 (spec-notes §4.4 step 5)."""
+def softplus(x: torch.Tensor) -> torch.Tensor:
+    """``log(1 + exp(x))``, ``x`` where ``x > 20`` (the upstream threshold); float32 (or wider)."""
+    return F.softplus(_f32(x), beta=1.0, threshold=_SOFTPLUS_THRESHOLD)
+
+
+def discretize_dt(dt, dt_bias, dt_softplus: bool, dt_limit=_NO_LIMIT) -> torch.Tensor:
+    """Δ in float32: ``clip(softplus(dt + bias), dt_limit)`` (each part optional), bias upcast first."""
     dt = _f32(dt)
     if dt_bias is not None:
         dt = dt + _f32(dt_bias)
     if dt_softplus:
-        dt = F.softplus(dt)
+        dt = softplus(dt)
     lo, hi = (float(v) for v in dt_limit)
-    if (lo, hi) != (0.0, math.inf):
+    if (lo, hi) != _NO_LIMIT:
         dt = dt.clamp(lo, hi)
     return dt
 
 
-def ssd_chunked_torch(x, dt, A, B, C, chunk_size: int, initial_state=None):
-    """Chunked SSD on discretized inputs (spec-notes §4.5), plain autograd.
+def ssd_chunked_scan(
+    x, dt, A, B, C, chunk_size: int, D=None, dt_bias=None, dt_softplus: bool = False,
+    dt_limit=_NO_LIMIT, initial_state=None,
+):
+    """Chunked SSD (docs/spec.md §4.5), plain autograd; the signature of ``ops.ssd_chunked``.
 
     Args:
-        x: (B, L, H, P). dt: (B, L, H) float32 Δ (already softplus'ed and clamped).
-        A: (H,) negative. B, C: (B, L, G, N). chunk_size: Q. initial_state: (B, H, P, N) or None.
+        x: (B, L, H, P). dt: (B, L, H) raw Δ. A: (H,) negative. B, C: (B, L, G, N). chunk_size: Q.
+        D: (H,) or None. dt_bias: (H,) or None. dt_softplus: softplus(dt + bias). dt_limit: (lo, hi)
+        clamp of Δ. initial_state: (B, H, P, N) or None.
 
     Returns:
-        ``(y, final_state)``: y (B, L, H, P) float32 without the D skip; final_state (B, H, P, N).
+        ``(y, final_state)``: y (B, L, H, P) float32; final_state (B, H, P, N) float32.
+
+    Raises:
+        ValueError: ``chunk_size`` < 1.
     """
+    if int(chunk_size) < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
+    x_in = x
+    dt = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)
     batch, seqlen, nheads, headdim = x.shape
     ngroups, d_state = B.shape[-2], B.shape[-1]
     hg = nheads // ngroups
@@ -280,4 +295,6 @@ def ssd_chunked_torch(x, dt, A, B, C, chunk_size: int, initial_state=None):
     y_off = torch.matmul(Cc.unsqueeze(3), s_in.transpose(-1, -2))  # (B, c, G, Hg, Q, P)
     y = y + y_off * torch.exp(cs64).to(wide).unsqueeze(-1)
     y = y.permute(0, 1, 4, 2, 3, 5).reshape(batch, nchunks * q, nheads, headdim)[:, :seqlen]
+    if D is not None:
+        y = y + _f32(x_in) * _f32(D).unsqueeze(-1)
     return y, final.reshape(batch, nheads, headdim, d_state)

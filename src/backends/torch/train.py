@@ -5,7 +5,7 @@ this file only knows how to take a step with torch:
 
 * loss: cross-entropy of the logits' first ``config.vocab_size`` columns (the padded columns of the
   embedding are never a target and get no probability mass);
-* ``torch.optim.AdamW`` with two groups, decay off where ``mamba_core.train.no_weight_decay`` says
+* ``torch.optim.AdamW`` with two groups, decay off where ``mamba_core.train_config.no_weight_decay`` says
   (norms, biases, ``D``, dt bias, ``A_log``), the learning rate set per step by the caller;
 * global-norm gradient clipping (``clip_grad_norm_``);
 * ``precision="bf16-mixed"``: the forward runs under ``torch.autocast(dtype=torch.bfloat16)`` while the
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from mamba_core.errors import CheckpointError
-from mamba_core.train import TrainConfig, no_weight_decay
+from mamba_core.train_config import TrainConfig, no_weight_decay
 
 _MOMENTS = ("exp_avg", "exp_avg_sq", "step")
 
@@ -34,7 +34,7 @@ class Trainer:
 
     Args:
         model: the torch LM (float32 parameters: train in float32 or ``bf16-mixed``).
-        config: ``mamba_core.train.TrainConfig`` (betas, eps, weight decay, clip, precision).
+        config: ``mamba_core.train_config.TrainConfig`` (betas, eps, weight decay, clip, precision).
 
     Raises:
         ValueError: a parameter is not float32, or bf16-mixed on a device without bf16 autocast.
@@ -52,7 +52,8 @@ class Trainer:
         self.model = model
         self.config = config
         self.vocab_size = model.config.vocab_size
-        self.params = dict(model.named_parameters())
+        # trainable parameters only (a MoE's correction bias is not trained by gradient)
+        self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
         wrong = sorted(n for n, p in self.params.items() if p.dtype != torch.float32)
         if wrong:
             raise ValueError(f"training needs float32 parameters (master weights); {len(wrong)} are not, "
@@ -143,3 +144,26 @@ class Trainer:
     def load_state(self, path) -> None:
         """Read a file written by ``save_state``."""
         self.load_state_tensors(load_file(str(path)))
+
+
+def loss_gradients(model, loss) -> dict[str, torch.Tensor]:
+    """Gradients of the scalar ``loss(model)`` by canonical parameter name, in the canonical layout.
+
+    The module tree's names and layouts are the canonical ones in torch (docs/backend-contract.md), so
+    this is ``torch.autograd.grad`` over ``named_parameters`` (graph recorded even inside ``no_grad``).
+
+    Example:
+        >>> from mamba_core.testing import tiny_mamba1
+        >>> from mamba_core.backends.torch import build_model
+        >>> model = build_model(tiny_mamba1(), seed=0)
+        >>> grads = loss_gradients(model, lambda m: m(torch.zeros(1, 3, dtype=torch.long)).sum())
+        >>> grads["backbone.norm_f.weight"].shape
+        torch.Size([32])
+    """
+    params = dict(model.named_parameters())
+    names = sorted(n for n, p in params.items() if p.requires_grad)
+    with torch.enable_grad():
+        value = loss(model)
+        grads = dict(zip(names, torch.autograd.grad(value, [params[n] for n in names]), strict=True))
+    # a frozen parameter (a MoE's correction bias: it only picks experts) has a zero gradient
+    return {n: grads[n] if n in grads else torch.zeros_like(p) for n, p in sorted(params.items())}

@@ -1,6 +1,6 @@
 """Weights: build, load (run a ``LoadPlan`` with ``safe_open(framework="pt")`` / ``torch.load``), export.
 
-bfloat16 never passes through numpy (spec-notes §2): tensors are read by safetensors' torch loader,
+bfloat16 never passes through numpy (docs/spec.md §2): tensors are read by safetensors' torch loader,
 axes moved as the plan says, and cast by the layout's dtype policy ("fp32" rows stay float32).
 Export walks ``layout.expand_layout`` and renames/moves axes with ``DIALECT_RENAMES`` /
 ``DIALECT_AXES``; no name chains live here.
@@ -8,6 +8,7 @@ Export walks ``layout.expand_layout`` and renames/moves axes with ``DIALECT_RENA
 
 from __future__ import annotations
 
+import dataclasses
 from collections import defaultdict
 from contextlib import ExitStack
 
@@ -16,68 +17,37 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from mamba_core.backends.torch.cache import torch_dtype
-from mamba_core.backends.torch.model import Mamba1LM, Mamba2LM
-from mamba_core.checkpoint import LoadPlan, is_pickle, load_pickle
-from mamba_core.errors import CheckpointError
+from mamba_core.backends.torch.device import resolve_device, resolve_dtype
+from mamba_core.backends.torch.heads import assign, build_task_model, export_canonical, export_task_tensors
+from mamba_core.backends.torch.model import HybridLM, Mamba1LM, Mamba2LM, Mamba3LM, initialize
+from mamba_core.backends.torch.pickles import read_pickle
+from mamba_core.backends.torch.quantized import export_quantized, load_quantized
+from mamba_core.checkpoint import LoadPlan, is_pickle
+from mamba_core.dialects.hybrid import is_family
+from mamba_core.errors import CheckpointError, UnsupportedError
+from mamba_core.hybrid_layout import stored_tensors
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
 
-MODEL_CLASSES = {"mamba1": Mamba1LM, "mamba2": Mamba2LM}
+MODEL_CLASSES = {
+    "mamba1": Mamba1LM,
+    "mamba2": Mamba2LM,
+    "mamba3": Mamba3LM,
+    "nemotron_h": HybridLM,
+    "jamba": HybridLM,
+}
+KERNELS = ("auto", "reference", "fast")
 
 
-def devices() -> list[str]:
-    """Devices usable here: ``["cpu"]`` plus ``"cuda"`` / ``"mps"`` when available."""
-    out = ["cpu"]
-    if torch.cuda.is_available():
-        out.append("cuda")
-    mps = getattr(torch.backends, "mps", None)
-    if mps is not None and mps.is_available():
-        out.append("mps")
-    return out
-
-
-def default_device() -> str:
-    """``"cuda"`` when available, else ``"mps"``, else ``"cpu"``."""
-    found = devices()
-    for name in ("cuda", "mps"):
-        if name in found:
-            return name
-    return "cpu"
-
-
-def _device(device) -> torch.device:
-    return torch.device(default_device() if device is None else device)
-
-
-def _assign(model, tensors: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
-    """Copy canonical tensors into ``model`` following the dtype policy."""
-    specs = expand_layout(model.config)
-    params = dict(model.named_parameters())
-    missing = sorted(set(specs) - set(tensors))
-    if missing:
-        raise CheckpointError(f"{len(missing)} tensors missing: {', '.join(missing[:12])}",
-                              missing=missing)
-    with torch.no_grad():
-        for name, spec in specs.items():
-            t = tensors[name]
-            if tuple(t.shape) != spec.shape:
-                raise CheckpointError(
-                    f"tensor {name!r} expected {spec.describe_shape()}, got {tuple(t.shape)}",
-                    mismatched=[(name, spec.describe_shape(), str(tuple(t.shape)))],
-                )
-            target = torch.float32 if spec.dtype_policy == "fp32" else dtype
-            p = params[name]
-            p.data = t.to(device=p.device, dtype=target).contiguous()
-
-
-def build_model(config, *, dtype="float32", device=None, seed=None):
-    """A model with the official random initialization (``reference.init_weights``).
+def build_model(config, *, dtype="float32", device=None, seed=None, kernels: str = "auto"):
+    """A model with the official random initialization (``model.initialize``: ``reference.init_weights``).
 
     Args:
         config: ``Mamba1Config`` / ``Mamba2Config``.
         dtype: ``"float32" | "bfloat16" | "float16"``.
         device: ``"cpu" | "cuda" | "mps"``; None = ``default_device()``.
         seed: seeds the numpy generator (None = fresh entropy).
+        kernels: ``"auto"`` | ``"reference"`` (both: the torch ops path, ``model.kernel_path``);
+            ``"fast"`` raises (no fused kernels in this backend).
 
     Returns:
         ``Mamba1LM`` / ``Mamba2LM`` in eval mode.
@@ -87,13 +57,13 @@ def build_model(config, *, dtype="float32", device=None, seed=None):
         >>> build_model(tiny_mamba2(), seed=0).kernel_path
         'torch-chunked-ssd'
     """
-    from mamba_core.reference import init_weights
-
-    dt = torch_dtype(dtype)
-    dev = _device(device)
-    model = MODEL_CLASSES[config.arch](config, dtype=dt, device=dev)
-    arrays = init_weights(config, np.random.default_rng(seed))
-    _assign(model, {k: torch.from_numpy(v) for k, v in arrays.items()}, dt)
+    if kernels not in KERNELS:
+        raise ValueError(f"kernels={kernels!r}; expected one of {KERNELS}")
+    if kernels == "fast":
+        raise UnsupportedError("kernels='fast': the torch backend has no fused kernels; use 'auto'")
+    model = MODEL_CLASSES[config.arch](config, dtype=resolve_dtype(dtype), device="meta")
+    model.to_empty(device=resolve_device(device))
+    initialize(model, seed)
     return model.eval()
 
 
@@ -106,10 +76,11 @@ def _read(plan: LoadPlan) -> dict[str, torch.Tensor]:
     for entry in entries:
         by_file[entry.file].append(entry)
     tensors: dict[str, torch.Tensor] = {}
+    parts: dict[str, list] = defaultdict(list)
     with ExitStack() as files:
         for file, group in by_file.items():
             if is_pickle(file):
-                stored = load_pickle(file)
+                stored = read_pickle(file)
 
                 def get(name, stored=stored):
                     return stored[name].clone()  # own the memory, not the file's mapping
@@ -125,8 +96,25 @@ def _read(plan: LoadPlan) -> dict[str, torch.Tensor]:
                     ) from e
                 if entry.transpose is not None:
                     t = t.permute(*entry.transpose)
-                tensors[entry.canonical] = t
+                if entry.expert is None and entry.rows is None:
+                    tensors[entry.canonical] = t
+                else:  # one expert's tensor (or rows of it) of a stacked canonical tensor
+                    parts[entry.canonical].append((entry.expert, entry.rows, t))
+    for name, pieces in parts.items():
+        tensors[name] = _stack_parts(pieces)
     return tensors
+
+
+def _stack_parts(pieces: list) -> torch.Tensor:
+    """``(expert, rows, tensor)`` pieces of one stacked tensor -> the tensor: rows concatenated per expert
+    in row order, experts stacked in expert order (a row-split tensor without experts is concatenated)."""
+    by_expert = defaultdict(list)
+    for expert, rows, t in pieces:
+        by_expert[expert].append(((rows or (0, 0))[0], t))
+    whole = {e: torch.cat([t for _, t in sorted(p, key=lambda x: x[0])]) for e, p in by_expert.items()}
+    if None in whole:
+        return whole[None]
+    return torch.stack([whole[e] for e in sorted(whole)])
 
 
 def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
@@ -151,8 +139,8 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
         >>> from mamba_core.loading import plan_checkpoint
         >>> model = load_checkpoint(plan_checkpoint("ckpt_dir"), dtype="bfloat16")   # doctest: +SKIP
     """
-    dt = torch_dtype(plan.checkpoint_dtype if dtype is None else dtype)
-    dev = _device(device)
+    dt = resolve_dtype(plan.checkpoint_dtype if dtype is None else dtype)
+    dev = resolve_device(device)
     tensors = _read(plan)
     if plan.tied_duplicate is not None:
         dup = plan.tied_duplicate
@@ -165,19 +153,15 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
                 "the duplicate",
                 mismatched=[(dup.source, "equal to backbone.embedding.weight", "different")],
             )
-    if plan.task.kind != "lm":  # a stack or head (mamba_core.task): heads.py builds and fills it
-        from mamba_core.backends.torch.heads import assign as assign_task
-        from mamba_core.backends.torch.heads import build_task_model
-
-        # freshly initialized head tensors need real storage; otherwise start on "meta" like an LM
-        model = build_task_model(plan.config, plan.task, dtype=dt, device=dev if plan.absent else "meta")
-        if not plan.absent:
-            model.to_empty(device=dev)
-        assign_task(model, tensors, dt, allow_missing=plan.absent)
-        return model.eval()
-    model = MODEL_CLASSES[plan.config.arch](plan.config, dtype=dt, device="meta")
+    # every task alike: built on "meta" (no init thrown away), storage once, each tensor cast once
+    model = build_task_model(plan.config, plan.task, dtype=dt, device="meta")
+    if plan.quantization is not None:  # quantization hook: MLX-format quantized layers (quantized.py)
+        parts = _read(dataclasses.replace(plan, entries=plan.quantized_entries, tied_duplicate=None))
+        return load_quantized(model, plan, tensors, parts, dt, dev)
     model.to_empty(device=dev)
-    _assign(model, tensors, dt)
+    absent = assign(model, tensors, dt, allow_missing=plan.absent)
+    for name in absent:  # a new classification head: the module's own initialization
+        model.get_submodule(name.rsplit(".", 1)[0]).reset_parameters()
     return model.eval()
 
 
@@ -195,19 +179,30 @@ def export_tensors(model, dialect: str = "mamba-core") -> dict[str, torch.Tensor
         UnsupportedError: a stack or head in another dialect than mamba-core.
     """
     if dialect not in DIALECT_RENAMES:
-        raise ValueError(f"dialect must be one of {sorted(DIALECT_RENAMES)}, got {dialect!r}")
-    if not isinstance(model, (Mamba1LM, Mamba2LM)):  # a stack or head: canonical names, ours only
-        from mamba_core.backends.torch.heads import export_task_tensors
-
+        raise CheckpointError(f"unknown dialect {dialect!r}; expected one of {tuple(DIALECT_RENAMES)}")
+    if not isinstance(
+        model, (Mamba1LM, Mamba2LM, Mamba3LM, HybridLM)
+    ):  # a stack or head: canonical names, ours only
         return export_task_tensors(model, dialect)
-    params = dict(model.named_parameters())
+    if getattr(model, "quantization", None) is not None:  # quantization hook (quantized.py)
+        return export_quantized(model, dialect)
+    if is_family(model.config):  # a hybrid family: per-expert slices, its dialect's names (hybrid_layout)
+        canonical = export_canonical(model)
+        out = {}
+        for t in stored_tensors(model.config, dialect):
+            x = canonical[t.canonical]
+            if t.expert is not None:
+                x = x[t.expert]
+            if t.rows is not None:
+                x = x[t.rows[0] : t.rows[1]]
+            out[t.hf_name] = x if t.axes is None else x.permute(*t.axes)
+        return out
     renames, mlx_axes = DIALECT_RENAMES[dialect], DIALECT_AXES[dialect]
+    specs = expand_layout(model.config)
     out = {}
-    for name, spec in expand_layout(model.config).items():
-        t = params[name].detach()
-        if mlx_axes and spec.mlx_axes is not None:
-            t = t.permute(*spec.mlx_axes)
-        out[renames.get(name, name)] = t
+    for name, t in export_canonical(model).items():
+        axes = specs[name].mlx_axes
+        out[renames.get(name, name)] = t.permute(*axes) if mlx_axes and axes is not None else t
     return out
 
 
@@ -229,5 +224,5 @@ def from_numpy(a, *, dtype=None, device=None) -> torch.Tensor:
     """A numpy array as a tensor, optionally cast (``"float32" | "bfloat16" | "float16"``)."""
     t = torch.from_numpy(np.ascontiguousarray(a))
     if dtype is not None:
-        t = t.to(torch_dtype(dtype))
-    return t.to(_device(device))
+        t = t.to(resolve_dtype(dtype))
+    return t.to(resolve_device(device))

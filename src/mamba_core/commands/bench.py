@@ -84,15 +84,14 @@ def bench(model=None, *, backend: str = "auto", dtype: str | None = None, device
 
     import mamba_core
     from mamba_core.assets import SHIPPED_MODEL
-    from mamba_core.loading import resolve_backend
-    from mamba_core.registry import get_backend
+    from mamba_core.registry import choose_backend, get_backend
     from mamba_core.run_info import device_name, dtype_name
 
     for name, value, low in (("prompt_len", prompt_len, 1), ("max_tokens", max_tokens, 2),
                              ("batch", batch, 1), ("repeat", repeat, 1)):
         if value < low:
             raise ValueError(f"--{name.replace('_', '-')} must be >= {low}, got {value}")
-    backend = resolve_backend(backend)
+    backend = choose_backend(backend).name
     module = get_backend(backend)
     lm = mamba_core.load(model if model is not None else SHIPPED_MODEL, backend=backend, dtype=dtype,
                          device=device)
@@ -125,14 +124,17 @@ def bench(model=None, *, backend: str = "auto", dtype: str | None = None, device
 
 
 def run(args) -> int:
-    from mamba_core.registry import available_backends
+    from mamba_core.registry import available_backends, choose_backend
 
     if args.backend == "all":
         names = [name for name, reason in available_backends().items() if reason is None]
     else:
         names = [args.backend]
+    choices = [choose_backend(name) for name in names]
+    for choice in choices:
+        print(choice, file=sys.stderr)
     rows = []
-    for name in names:
+    for name in (choice.name for choice in choices):
         def progress(i, total, name=name):
             what = "warm-up" if i == 0 else f"run {i}/{total}"
             print(f"bench {name}: {what} done", file=sys.stderr, flush=True)

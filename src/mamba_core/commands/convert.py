@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import sys
 
 NAME = "convert"
 HELP = (
@@ -49,13 +50,19 @@ def _shard_size(text: str) -> int:
 def add_arguments(p) -> None:
     p.add_argument("src", help="source checkpoint: directory, .safetensors/.bin file, or hub id")
     p.add_argument("dst", help="destination directory (must not exist unless --force)")
-    p.add_argument("--to", required=True, choices=["hf", "mlx-lm", "state-spaces", "mamba-core"],
-                   help="target dialect")
+    p.add_argument("--to", required=True, choices=["hf", "mlx-lm", "state-spaces", "mamba-core", "gguf"],
+                   help="target dialect (gguf: one llama.cpp file at DST)")
+    p.add_argument("--quantize", default=None, choices=["q4", "q8", "mxfp4", "mxfp8"],
+                   help="quantize the linear projections and embedding in MLX's format (mlx-lm, mamba-core)")
+    p.add_argument("--group-size", default=None, type=int, choices=[32, 64, 128],
+                   help="quantization group size (default 64 for q4/q8, 32 for mxfp)")
+    p.add_argument("--gguf-type", default=None, choices=["F32", "F16", "Q8_0"],
+                   help="tensor type of --to gguf (default F16)")
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"],
                    help="target dtype (default: the source's; A_log, D and the dt bias stay float32)")
     p.add_argument("--force", action="store_true", help="replace an existing DST once the new one is done")
-    p.add_argument("--backend", default=None, choices=["torch", "mlx"],
-                   help="backend that runs the conversion (default: torch when installed, else mlx)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "mlx"],
+                   help="backend that runs the conversion (default auto: mlx on Apple Silicon, else torch)")
     p.add_argument("--shard-size", default="5GB", type=_shard_size,
                    help="largest output shard, e.g. 5GB (default), 500MB, or bytes")
     p.add_argument("--revision", default=None, help="hub revision for hub ids")
@@ -64,9 +71,17 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from mamba_core.conversion import convert
     from mamba_core.loading import find_checkpoint_files
+    from mamba_core.quantization import quantizing_backend
+    from mamba_core.registry import choose_backend
 
+    choice = choose_backend(quantizing_backend(args.quantize, args.backend))
+    print(choice, file=sys.stderr)
     out = convert(args.src, args.dst, to=args.to, dtype=args.dtype, force=args.force,
-                  backend=args.backend, shard_size=args.shard_size, revision=args.revision)
+                  backend=choice.name, shard_size=args.shard_size, revision=args.revision,
+                  quantize=args.quantize, group_size=args.group_size, gguf_type=args.gguf_type)
+    if args.to == "gguf":
+        print(f"wrote {out} (gguf, {args.gguf_type or 'F16'}): {out.stat().st_size / 2**20:.1f} MiB")
+        return 0
     files = find_checkpoint_files(out).weight_files
     size = sum(f.stat().st_size for f in files)
     others = sorted(p.name for p in out.iterdir() if p not in files)

@@ -148,8 +148,8 @@ def generate_text(
     import mamba_core
     from mamba_core.assets import SHIPPED_MODEL
     from mamba_core.errors import CheckpointError
-    from mamba_core.loading import local_path, resolve_backend
-    from mamba_core.registry import get_backend
+    from mamba_core.loading import local_path
+    from mamba_core.registry import choose_backend, get_backend
     from mamba_core.run_info import device_name, dtype_name
     from mamba_core.tokenizer import ByteTokenizer, HFTokenizer
 
@@ -176,7 +176,7 @@ def generate_text(
         given.update(sampling_defaults(name if name.is_dir() else name.parent))
     given["temperature"] = given["temperature"] or 0.0
     stats.decoding = describe_decoding(given, seed)
-    backend = resolve_backend(backend)
+    backend = choose_backend(backend).name
     lm = mamba_core.load(name, backend=backend, dtype=dtype, device=device)
     stats.backend, stats.device, stats.dtype = backend, device_name(lm), dtype_name(lm)
     stats.load_s = time.perf_counter() - t0
@@ -202,8 +202,11 @@ def generate_text(
 
 
 def run(args) -> int:
-    from mamba_core.run_info import backend_reason, peak_memory_bytes
+    from mamba_core.registry import choose_backend
+    from mamba_core.run_info import peak_memory_bytes
 
+    choice = choose_backend(args.backend)
+    print(choice, file=sys.stderr)
     prompt = args.prompt
     if prompt is None or prompt == "-":
         prompt = sys.stdin.read()
@@ -215,7 +218,7 @@ def run(args) -> int:
         sys.stderr.flush()
     stats = GenerationStats()
     pieces = generate_text(
-        prompt, model=args.model, backend=args.backend, dtype=args.dtype, device=args.device,
+        prompt, model=args.model, backend=choice.name, dtype=args.dtype, device=args.device,
         max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
         min_p=args.min_p, repetition_penalty=args.repetition_penalty, seed=args.seed,
         tokenizer=args.tokenizer, revision=args.revision, stats=stats,
@@ -236,5 +239,6 @@ def run(args) -> int:
     sys.stdout.write("\n")
     sys.stdout.flush()
     if not args.quiet:
-        print(stats.footer(backend_reason(args.backend, stats.backend), peak_memory_bytes()), file=sys.stderr)
+        reason = f"{'auto: ' if choice.auto else ''}{choice.why}"  # the same reason as the backend line
+        print(stats.footer(reason, peak_memory_bytes()), file=sys.stderr)
     return 0

@@ -101,6 +101,7 @@ def _tokenizer(args):
 
 def run(args) -> int:
     from mamba_core.data import load_corpus
+    from mamba_core.registry import choose_backend
     from mamba_core.train import FINETUNE_LR, TrainConfig, train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
@@ -115,6 +116,8 @@ def run(args) -> int:
         eval_every=args.eval_every, eval_batches=args.eval_batches, save_every=args.save_every,
         seed=args.seed, precision=args.precision, log_every=args.log_every,
     )
+    choice = choose_backend(args.backend)
+    print(choice, file=sys.stderr)
     tok = _tokenizer(args)
     patterns = tuple(s for s in args.glob.split(",") if s)
     corpus = load_corpus(args.data, tok, stdlib=args.stdlib, val_fraction=args.val_fraction,
@@ -124,7 +127,7 @@ def run(args) -> int:
     new_model = model_config(args) if args.init_from is None else None
     try:
         result = train(corpus, args.out, config, model_config=new_model, init_from=args.init_from,
-                       backend=args.backend, device=args.device, tokenizer=tok, resume=not args.no_resume,
+                       backend=choice.name, device=args.device, tokenizer=tok, resume=not args.no_resume,
                        stop_at=args.stop_at)
     except KeyboardInterrupt:
         print(f"interrupted; resume with: {resume_command(args._argv)}", file=sys.stderr)

@@ -3,7 +3,7 @@
 A registry of named checks (``CHECKS``), each a function ``(backend, device, dtype, rng) -> CheckResult``.
 A check makes its inputs in numpy, rounds them to ``dtype`` (``testing.round_to``), moves them with the
 backend's ``from_numpy`` and compares the backend's answer with ``mamba_core.reference`` (float64) on
-exactly those numbers (house-style §7): one error metric (``testing.rel_err``), tolerances from
+exactly those numbers (docs/spec.md §7.2): one error metric (``testing.rel_err``), tolerances from
 ``testing.TOLERANCE`` by dtype; what the dtype policy keeps in float32 (SSM states, Δ) at
 ``STATE_TOLERANCE`` whatever the activation dtype; end-to-end logits of the tiny models at 2x the op
 tolerance (``model_tolerance``).
@@ -13,8 +13,8 @@ the support matrix and ``report`` is the ``--json`` document. The pytest suite i
 the ``mamba-core conformance`` command call these same functions, so an installed user runs the checks
 without the repository.
 
-Modules: ``core`` (results, registry, backend plumbing), ``op_checks``, ``model_checks`` (importing
-them registers their checks), ``runner``, ``report``.
+Modules: ``core`` (results, registry, backend plumbing), ``op_checks``, ``model_checks``,
+``quant_checks`` (importing them registers their checks), ``runner``, ``report``.
 
 Rule zero holds: importing this package imports no framework; the few framework calls the backend
 contract does not cover (a no-grad / device scope, autodiff for the gradient check, the torch thread
@@ -28,6 +28,7 @@ Example:
 
 from mamba_core.conformance import model_checks as model_checks
 from mamba_core.conformance import op_checks as op_checks
+from mamba_core.conformance import quant_checks as quant_checks
 from mamba_core.conformance.core import CHECKS as CHECKS
 from mamba_core.conformance.core import KNOWN_DEVICES as KNOWN_DEVICES
 from mamba_core.conformance.core import MODEL_CONFIGS as MODEL_CONFIGS

@@ -1,13 +1,12 @@
 """Results, the check registry and the backend plumbing every check shares.
 
-Part of ``mamba_core.conformance`` (see its docstring). Framework imports happen only inside
-``device_scope``, ``single_threaded`` and the ``GRADIENTS`` adapters: the few calls the backend
-contract does not cover.
+Part of ``mamba_core.conformance`` (see its docstring). No framework import and no branch on a backend's
+name: every call goes through the backend contract (``inference_scope``, ``single_threaded``,
+``loss_gradients``, ``to_numpy`` / ``from_numpy``, ...).
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
 from collections.abc import Callable
@@ -17,19 +16,19 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from mamba_core.layout import expand_layout
 from mamba_core.registry import DTYPES
-from mamba_core.testing import TOLERANCE, awkward_configs, rel_err, round_to
+from mamba_core.testing import TOLERANCE, awkward_configs, hybrid_configs, mamba3_configs, rel_err, round_to
 
 # every device a backend can have; the ones a machine lacks are reported as "not run"
 KNOWN_DEVICES = {"torch": ("cpu", "cuda", "mps"), "mlx": ("cpu", "gpu")}
-# the model-level checks run on each of these (n_groups > 1, d_state 1, untied head, vocab 13 / 61)
-MODEL_CONFIGS = awkward_configs()
+# the model-level checks run on each of these (n_groups > 1, d_state 1, untied head, vocab 13 / 61;
+# Mamba-3 SISO and MIMO; the hybrid families)
+MODEL_CONFIGS = {**awkward_configs(), **mamba3_configs(), **hybrid_configs()}
 SEED = 0  # weights of every model check: the same numbers in every backend (drawn in numpy)
 
 
 def model_tolerance(dtype: str) -> float:
-    """End-to-end logits of the tiny 2-layer models: 2x the op tolerance (house-style §7)."""
+    """End-to-end logits of the tiny 2-layer models: 2x the op tolerance (docs/spec.md §7.2)."""
     return 2 * TOLERANCE[dtype]
 
 
@@ -172,35 +171,15 @@ def dtype_name(x) -> str:
     return str(x.dtype).rsplit(".", 1)[-1]
 
 
-def device_scope(backend: ModuleType, device: str) -> contextlib.ExitStack:
-    """No autograd graph (torch); the device's stream (MLX runs ops on the default stream)."""
-    stack = contextlib.ExitStack()
-    if backend.NAME == "torch":
-        import torch
-
-        stack.enter_context(torch.no_grad())
-    elif backend.NAME == "mlx":
-        import mlx.core as mx
-
-        stack.enter_context(mx.stream(mx.gpu if device == "gpu" else mx.cpu))
-    return stack
+def device_scope(backend: ModuleType, device: str):
+    """The backend's ``inference_scope(device)``: no autograd graph, the device's stream."""
+    return backend.inference_scope(device)
 
 
-@contextlib.contextmanager
 def single_threaded(backend: ModuleType):
-    """One intra-op thread while checks run: the shapes are tiny, and on a busy machine OpenMP barriers
-    with a descheduled thread make every small torch op 10-50x slower. The setting is restored after."""
-    if backend.NAME != "torch":
-        yield
-        return
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
+    """The backend's ``single_threaded()``: one intra-op thread while checks run (the shapes are tiny, and
+    on a busy machine thread barriers make every small op slower). The setting is restored after."""
+    return backend.single_threaded()
 
 
 class Pair(NamedTuple):
@@ -268,33 +247,10 @@ def clear_cache() -> None:
     _MODELS.clear()
 
 
-def _torch_grads(backend, model, ids, proj) -> dict[str, np.ndarray]:
-    import torch
-
-    params = dict(model.named_parameters())
-    names = sorted(params)
-    with torch.enable_grad():
-        loss = (model(ids) * proj).sum()
-        grads = torch.autograd.grad(loss, [params[n] for n in names])
-    return {n: as_numpy(backend, g) for n, g in zip(names, grads, strict=True)}
-
-
-def _mlx_grads(backend, model, ids, proj) -> dict[str, np.ndarray]:
-    import mlx.nn as nn
-    from mlx.utils import tree_flatten
-
-    _, grads = nn.value_and_grad(model, lambda m: (m(ids) * proj).sum())(model)
-    specs = expand_layout(model.config)
-    out = {}
-    for name, g in tree_flatten(grads):
-        a = as_numpy(backend, g)
-        axes = specs[name].mlx_axes  # module layout -> canonical (torch) layout
-        out[name] = a if axes is None else np.transpose(a, np.argsort(axes))
-    return out
-
-
-# backend name -> grads of sum(proj * logits) by canonical parameter name, canonical layout
-GRADIENTS: dict[str, Callable] = {"torch": _torch_grads, "mlx": _mlx_grads}
+def gradients(backend: ModuleType, model, ids, proj) -> dict[str, np.ndarray]:
+    """Float64 gradients of ``sum(proj * logits)`` by canonical parameter name, canonical layout."""
+    grads = backend.loss_gradients(model, lambda m: (m(ids) * proj).sum())
+    return {name: as_numpy(backend, g) for name, g in grads.items()}
 
 
 # ------------------------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ import numpy as np
 from mamba_core import reference as R
 from mamba_core.conformance.core import (
     CHECKS,
-    GRADIENTS,
     MODEL_CONFIGS,
     Check,
     CheckResult,
@@ -25,11 +24,13 @@ from mamba_core.conformance.core import (
     cached_model,
     device_scope,
     dtype_name,
+    gradients,
     model_tolerance,
     single_threaded,
     skipped_result,
 )
 from mamba_core.errors import BackendUnavailableError
+from mamba_core.layers import get_kind, layer_plan
 from mamba_core.registry import BACKENDS, DTYPES, get_backend
 from mamba_core.testing import TOLERANCE, round_to
 
@@ -39,6 +40,37 @@ def _setup(kind, cfg_name, backend, device, dtype, rng):
     cfg, model, weights = cached_model(backend, device, dtype, cfg_name)
     cmp = Comparison(f"{kind}/{cfg_name}", backend, device, dtype)
     return cfg, model, weights, cmp, Inputs(backend, device, dtype, rng)
+
+
+def _cache_fields(cfg, layer: int) -> list:
+    # the CacheField rows of layer ``layer``, in the order its state tuple holds them
+    return [f for _, kind in layer_plan(cfg)[layer].slots for f in get_kind(kind).cache]
+
+
+def _states(cmp: Comparison, backend, cfg, cache, ref_states, tol: float, dtype: str) -> None:
+    """Every cache field of every layer vs the reference's state tuples, and its dtype (the policy).
+
+    A preallocated KV cache is compared over its filled positions; integer fields (an attention
+    layer's ``length``) exactly; the boolean key mask is implied by ``length`` and the outputs."""
+    for i, ref in enumerate(ref_states):
+        fields = _cache_fields(cfg, i)
+        for field, ref_value in zip(fields, ref, strict=True):
+            out = as_numpy(backend, cache.layers[i][field.name])
+            if field.dtype_policy == "bool":
+                continue
+            if field.dtype_policy == "int64":
+                cmp.fact(f"{field.name}[{i}]", np.array_equal(out, np.asarray(ref_value)), f"({out})")
+                continue
+            ref_value = np.asarray(ref_value, dtype=np.float64)
+            if out.shape != ref_value.shape:  # a preallocated KV cache: its filled positions
+                out = out[tuple(slice(0, n) for n in ref_value.shape)]
+            if field.period is not None:  # an angle: compare the wrapped difference
+                p = field.period
+                out = ref_value + np.remainder(out - ref_value + p / 2, p) - p / 2
+            cmp.close(f"{field.name}[{i}]", out, ref_value, tol)
+            want = "float32" if field.dtype_policy == "fp32" else dtype
+            got = dtype_name(cache.layers[i][field.name])
+            cmp.fact(f"{field.name}[{i}] dtype", got == want, f"({got}, policy {want})")
 
 
 def _logits(kind, cfg_name, backend, device, dtype, rng) -> CheckResult:
@@ -52,10 +84,7 @@ def _logits(kind, cfg_name, backend, device, dtype, rng) -> CheckResult:
         out = model(inp.ids(ids), cache=cache)
         cmp.close("logits (2, 21)", out, ref, tol)
         cmp.fact("logits dtype", dtype_name(out) == "float32", f"({dtype_name(out)})")
-        for i, (conv, ssm) in enumerate(ref_states):
-            cmp.close(f"ssm_state[{i}]", cache.ssm_state[i], ssm, tol)
-            cmp.close(f"conv_state[{i}]", cache.conv_state[i], conv, tol)
-            cmp.fact(f"ssm_state[{i}] dtype", dtype_name(cache.ssm_state[i]) == "float32")
+        _states(cmp, backend, cfg, cache, ref_states, tol, dtype)
         one = model(inp.ids(ids[:, :1]))
         cmp.close("logits (2, 1)", one, R.lm_forward(cfg, w, ids[:, :1])[0], tol)
     return cmp.result()
@@ -92,8 +121,7 @@ def _chunked_prefill(kind, cfg_name, backend, device, dtype, rng) -> CheckResult
             for a, b in ((0, 1), (1, 3), (3, 20), (20, 29))
         ]
     cmp.close("pieces' logits", np.concatenate(pieces, 1), ref, tol)
-    for i, (_, ssm) in enumerate(ref_states):
-        cmp.close(f"ssm_state[{i}]", cache.ssm_state[i], ssm, tol)
+    _states(cmp, backend, cfg, cache, ref_states, tol, dtype)
     cmp.fact("seqlen_offset == 29", cache.seqlen_offset == 29, f"({cache.seqlen_offset})")
     return cmp.result()
 
@@ -151,15 +179,11 @@ def _gradients(kind, cfg_name, backend, device, dtype, rng) -> CheckResult:
     One random direction per parameter tensor; eps 1e-6 (truncation error ~1e-12 in float64).
     """
     cfg, model, w, cmp, inp = _setup(kind, cfg_name, backend, device, dtype, rng)
-    if backend.NAME not in GRADIENTS:
-        return skipped_result(
-            cmp.name, backend.NAME, device, dtype, f"no gradient adapter for {backend.NAME!r}"
-        )
     ids = rng.integers(0, cfg.vocab_size, (2, 21))
     proj = round_to("float32", rng.normal(size=(2, 21, cfg.vocab_size_padded)))
     with device_scope(backend, device):
         proj_b = backend.from_numpy(proj, dtype="float32", device=device)
-        grads = GRADIENTS[backend.NAME](backend, model, inp.ids(ids), proj_b)
+        grads = gradients(backend, model, inp.ids(ids), proj_b)
     proj = proj.astype(np.float64)
     eps, ours, ref = 1e-6, [], []
     for key in sorted(w):

@@ -16,11 +16,14 @@ from mamba_core.conformance.core import (
     CheckResult,
     Comparison,
     Inputs,
+    as_numpy,
     both,
     device_scope,
     dtype_name,
     register_op,
 )
+from mamba_core.op_dtypes import OP_DTYPES, expected_dtypes
+from mamba_core.reference import mamba3 as R3
 from mamba_core.testing import STATE_TOLERANCE, TOLERANCE
 
 
@@ -164,6 +167,127 @@ def _ssd_state_update(name, backend, device, dtype, rng) -> CheckResult:
     return cmp.result()
 
 
+# Mamba-3 cases: (rank, groups, rotary, angles, chunk, initial state); L = 19 is a multiple of no chunk
+_MAMBA3_CASES = (
+    (1, 2, "pairwise", 3, 8, True),
+    (1, 1, "pairwise", 4, 32, False),
+    (2, 2, "halves", 2, 5, True),
+    (3, 1, "halves", 4, 1, False),
+)
+_M3_H, _M3_P, _M3_N = 4, 3, 8
+
+
+def _mamba3_inputs(inp: Inputs, batch: int, rank: int, groups: int, angles: int, seq: tuple = ()):
+    """The scan inputs of ``mamba3_chunked`` (``seq = (L,)``) or ``mamba3_state_update`` (``seq = ()``) as
+    ``Pair``s: activations in the cell dtype, dt / A*dt / biases / D / MIMO weights in float32."""
+    rng, h, p, n = inp.rng, _M3_H, _M3_P, _M3_N
+    dt = np.exp(rng.normal(-2.0, 0.7, (batch, *seq, h)))
+    acts = {
+        "q": inp.act(batch, *seq, rank, groups, n),
+        "k": inp.act(batch, *seq, rank, groups, n),
+        "v": inp.act(batch, *seq, h, p),
+        "adt": inp.f32(-np.exp(rng.normal(0.0, 0.7, dt.shape)) * dt),
+        "dt": inp.f32(dt),
+        "trap": inp.act(batch, *seq, h),
+        "angles": inp.act(batch, *seq, angles, scale=2.0),
+        "q_bias": inp.f32(1.0 + rng.uniform(-0.2, 0.2, (h, rank, n))),
+        "k_bias": inp.f32(1.0 + rng.uniform(-0.2, 0.2, (h, rank, n))),
+    }
+    extra = {"D": inp.f32(rng.normal(size=h)), "mimo_x": inp.f32(rng.normal(size=(h, rank, p))) if rank > 1
+             else None, "rotary": "halves" if rank > 1 else "pairwise"}
+    return acts, extra
+
+
+def _mamba3_state(inp: Inputs, batch: int, rank: int, angles: int) -> dict:
+    """A random decode state: angle and SSM states float32, k / v states in the cell dtype (the cache's)."""
+    rng, h, p, n = inp.rng, _M3_H, _M3_P, _M3_N
+    return {
+        "angle_state": inp.f32(rng.uniform(0.0, 2 * math.pi, (batch, h, angles))),
+        "ssm_state": inp.f32(rng.normal(size=(batch, h, p, n))),
+        "k_state": inp.act(batch, rank, h, n),
+        "v_state": inp.act(batch, h, p),
+    }
+
+
+def _split_state(state: dict | None) -> tuple:
+    # a dict of Pairs -> (native dict, float64 dict)
+    if state is None:
+        return None, None
+    return {k: v.native for k, v in state.items()}, {k: v.ref for k, v in state.items()}
+
+
+def _close_state(cmp: Comparison, tag: str, state: dict, ref: dict) -> None:
+    for field in R3.STATE_FIELDS:
+        out, want = as_numpy(cmp.backend, state[field]), np.asarray(ref[field], dtype=np.float64)
+        if field == "angle_state":  # kept mod 2π: compare the wrapped difference
+            out = want + np.remainder(out - want + math.pi, 2 * math.pi) - math.pi
+        cmp.close(f"{field} {tag}", out, want, STATE_TOLERANCE)
+        got = dtype_name(state[field])
+        cmp.fact(f"{field} dtype {tag}", got == "float32", f"({got})")
+
+
+@register_op(
+    "mamba3_chunked",
+    "Mamba-3 chunked scan vs the token-by-token recurrence (SISO / MIMO rank 2-3, ngroups 2, pairwise / "
+    "halves rotary, L % Q != 0, initial state): output and final state",
+)
+def _mamba3_chunked(name, backend, device, dtype, rng) -> CheckResult:
+    cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
+    b, length = 2, 19
+    with device_scope(backend, device):
+        for rank, groups, rotary, angles, chunk, init in _MAMBA3_CASES:
+            acts, extra = _mamba3_inputs(inp, b, rank, groups, angles, (length,))
+            state, ref_state = _split_state(_mamba3_state(inp, b, rank, angles) if init else None)
+            args = [acts[k] for k in ("q", "k", "v", "adt", "dt", "trap", "angles", "q_bias", "k_bias")]
+            (y, s), (ry, rs) = both(
+                lambda *a, chunk=chunk, state=state, **k: backend.ops.mamba3_chunked(
+                    *a, chunk_size=chunk, initial_state=state, **k),
+                lambda *a, ref_state=ref_state, **k: R3.mamba3_scan(*a, initial_state=ref_state, **k),
+                *args, **extra,
+            )
+            tag = f"R={rank} G={groups} {rotary} Q={chunk} L={length}{' initial state' if init else ''}"
+            cmp.close(f"y {tag}", y, ry, TOLERANCE[dtype])
+            cmp.fact(f"y dtype {tag}", dtype_name(y) == "float32", f"({dtype_name(y)})")
+            _close_state(cmp, tag, s, rs)
+    return cmp.result()
+
+
+@register_op("mamba3_state_update", "one decode step of Mamba-3 (SISO and MIMO): output and new state")
+def _mamba3_state_update(name, backend, device, dtype, rng) -> CheckResult:
+    cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
+    b = 2
+    with device_scope(backend, device):
+        for rank, groups, _, angles, _, _ in _MAMBA3_CASES:
+            acts, extra = _mamba3_inputs(inp, b, rank, groups, angles)
+            state, ref_state = _split_state(_mamba3_state(inp, b, rank, angles))
+            args = [acts[k] for k in ("q", "k", "v", "adt", "dt", "trap", "angles", "q_bias", "k_bias")]
+            (y, s), (ry, rs) = both(
+                lambda *a, state=state, **k: backend.ops.mamba3_state_update(state, *a, **k),
+                lambda *a, ref_state=ref_state, **k: R3.mamba3_state_update(ref_state, *a, **k),
+                *args, **extra,
+            )
+            tag = f"R={rank} G={groups} {extra['rotary']}"
+            cmp.close(f"y {tag}", y, ry, TOLERANCE[dtype])
+            _close_state(cmp, tag, s, rs)
+    return cmp.result()
+
+
+@register_op("mamba3_gate_out", "Mamba-3 gate (SiLU or out-projection norm) and MIMO rank contraction")
+def _mamba3_gate_out(name, backend, device, dtype, rng) -> CheckResult:
+    cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
+    h, p = _M3_H, _M3_P
+    with device_scope(backend, device):
+        for rank in (1, 3):
+            y, z = inp.f32(rng.normal(size=(2, 5, h, rank, p))), inp.act(2, 5, h, p)
+            mimo = {"mimo_z": inp.f32(rng.normal(size=(h, rank, p))),
+                    "mimo_o": inp.f32(rng.normal(size=(h, rank, p)))} if rank > 1 else {}
+            for norm in (None, inp.put(1.0 + rng.uniform(-0.2, 0.2, h * p))):
+                out, ref = both(backend.ops.mamba3_gate_out, R3.mamba3_gate_out, y, z, norm_weight=norm,
+                                eps=1e-5, **mimo)
+                cmp.close(f"R={rank} {'norm' if norm else 'silu gate'}", out, ref, TOLERANCE[dtype])
+    return cmp.result()
+
+
 @register_op("rmsnorm", "RMSNorm of model-dtype activations and of a float32 residual")
 def _rmsnorm(name, backend, device, dtype, rng) -> CheckResult:
     cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
@@ -188,4 +312,124 @@ def _rmsnorm_gated(name, backend, device, dtype, rng) -> CheckResult:
             cmp.close(f"group_size={gs} norm_before_gate={before}", out, ref, TOLERANCE[dtype])
         out = backend.ops.rmsnorm_gated(xb, None, wb, 1e-5, 3)
         cmp.close("no gate, group_size=3", out, R.rmsnorm_gated(x, None, w, 1e-5, 3), TOLERANCE[dtype])
+    return cmp.result()
+
+
+@register_op("decode_ops_in_place", "the decode variants the models' step runs (*_update_) vs the reference")
+def _decode_ops_in_place(name, backend, device, dtype, rng) -> CheckResult:
+    cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
+    b, e, n, h, p, g = 2, 6, 3, 4, 3, 2
+    with device_scope(backend, device):
+        (w, wb), (cb, cbb), (s, sb), (x, xb) = inp.act(e, 4), inp.act(e), inp.act(b, e, 4), inp.act(b, e)
+        y, new = backend.ops.causal_conv1d_update_(xb, sb, wb, cbb, activation="silu")
+        ry, rnew = R.causal_conv1d_update(x, s, w, cb, activation="silu")
+        cmp.close("causal_conv1d_update_ y", y, ry, TOLERANCE[dtype])
+        cmp.close("causal_conv1d_update_ state (exact)", new, rnew, 0.0)
+        A, D, bias, h0 = _scan_params(inp, e, n, b)
+        u, dl, z, Bm, Cm = inp.act(b, e), inp.act(b, e), inp.act(b, e), inp.act(b, n), inp.act(b, n)
+        (y, st), (ry, rs) = both(backend.ops.selective_state_update_, R.selective_state_update, h0, u, dl,
+                                 A, Bm, Cm, D=D, z=z, delta_bias=bias, delta_softplus=True)
+        cmp.close("selective_state_update_ y", y, ry, TOLERANCE[dtype])
+        cmp.close("selective_state_update_ state", st, rs, STATE_TOLERANCE)
+        A, D, bias, h0 = _ssd_params(inp, h, p, n, b)
+        x, dt, Bm, Cm = inp.act(b, h, p), inp.act(b, h), inp.act(b, g, n), inp.act(b, g, n)
+        (y, st), (ry, rs) = both(backend.ops.ssd_state_update_, R.ssd_state_update, h0, x, dt, A, Bm, Cm,
+                                 D=D, dt_bias=bias, dt_softplus=True, dt_limit=(0.01, 0.5))
+        cmp.close("ssd_state_update_ y", y, ry, TOLERANCE[dtype])
+        cmp.close("ssd_state_update_ state", st, rs, STATE_TOLERANCE)
+        for rank, groups, _, angles, _, _ in _MAMBA3_CASES[::2]:
+            acts, extra = _mamba3_inputs(inp, b, rank, groups, angles)
+            state, ref_state = _split_state(_mamba3_state(inp, b, rank, angles))
+            args = [acts[k] for k in ("q", "k", "v", "adt", "dt", "trap", "angles", "q_bias", "k_bias")]
+            (y, st), (ry, rs) = both(
+                lambda *a, state=state, **k: backend.ops.mamba3_state_update_(state, *a, **k),
+                lambda *a, ref_state=ref_state, **k: R3.mamba3_state_update(ref_state, *a, **k),
+                *args, **extra,
+            )
+            cmp.close(f"mamba3_state_update_ y R={rank}", y, ry, TOLERANCE[dtype])
+            for field in R3.STATE_FIELDS:
+                # k / v states stay in the cache's dtype: the rounding of a stored value
+                tol = TOLERANCE[dtype] if field in ("k_state", "v_state") else STATE_TOLERANCE
+                out, want = as_numpy(backend, st[field]), np.asarray(rs[field])
+                if field == "angle_state":
+                    out = want + np.remainder(out - want + math.pi, 2 * math.pi) - math.pi
+                cmp.close(f"mamba3_state_update_ {field} R={rank}", out, want, tol)
+                cmp.fact(f"mamba3_state_update_ {field} keeps its dtype R={rank}",
+                         dtype_name(st[field]) == dtype_name(state[field]))
+    return cmp.result()
+
+
+@register_op("op_dtypes", "every op's output dtypes follow the spec table mamba_core.op_dtypes")
+def _op_dtypes(name, backend, device, dtype, rng) -> CheckResult:
+    cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
+    b, length, e, n, h, p, g, k = 2, 5, 6, 3, 4, 3, 2, 4
+    ops = backend.ops
+
+    def conv_state():
+        return inp.act(b, e, k)[1]
+
+    with device_scope(backend, device):
+        act = {shape: inp.act(*shape)[1] for shape in ((b, length, e), (b, e), (b, length, n), (b, n),
+                                                      (b, length, h, p), (b, length, h), (b, h, p), (b, h),
+                                                      (b, length, g, n), (b, g, n))}
+        w_act, w_conv, bias = inp.act(e)[1], inp.act(e, k)[1], inp.act(e)[1]
+        A1, D1, db1, s1 = (v[1] for v in _scan_params(inp, e, n, b))
+        A2, D2, db2, s2 = (v[1] for v in _ssd_params(inp, h, p, n, b))
+        calls = {
+            "softplus": lambda: (ops.softplus(act[(b, e)]),),
+            "rmsnorm": lambda: (ops.rmsnorm(act[(b, length, e)], w_act),),
+            "rmsnorm_gated": lambda: (ops.rmsnorm_gated(act[(b, length, e)], act[(b, length, e)], w_act),),
+            "causal_conv1d": lambda: ops.causal_conv1d(act[(b, length, e)], w_conv, bias, conv_state()),
+            "causal_conv1d_update": lambda: ops.causal_conv1d_update(act[(b, e)], conv_state(), w_conv, bias),
+            "causal_conv1d_update_": lambda: ops.causal_conv1d_update_(
+                act[(b, e)], conv_state(), w_conv, bias),
+            "selective_scan": lambda: ops.selective_scan(
+                act[(b, length, e)], act[(b, length, e)], A1, act[(b, length, n)],
+                act[(b, length, n)], D=D1, z=act[(b, length, e)], delta_bias=db1, delta_softplus=True,
+                initial_state=s1),
+            "selective_state_update": lambda: ops.selective_state_update(
+                s1, act[(b, e)], act[(b, e)], A1, act[(b, n)], act[(b, n)], D=D1, z=act[(b, e)],
+                delta_bias=db1, delta_softplus=True),
+            "selective_state_update_": lambda: ops.selective_state_update_(
+                inp.f32(np.zeros((b, e, n)))[1], act[(b, e)], act[(b, e)], A1, act[(b, n)], act[(b, n)],
+                D=D1, z=act[(b, e)], delta_bias=db1, delta_softplus=True),
+            "ssd_chunked": lambda: ops.ssd_chunked(
+                act[(b, length, h, p)], act[(b, length, h)], A2, act[(b, length, g, n)],
+                act[(b, length, g, n)], 2, D=D2, dt_bias=db2, dt_softplus=True, initial_state=s2),
+            "ssd_state_update": lambda: ops.ssd_state_update(
+                s2, act[(b, h, p)], act[(b, h)], A2, act[(b, g, n)], act[(b, g, n)], D=D2, dt_bias=db2,
+                dt_softplus=True),
+            "ssd_state_update_": lambda: ops.ssd_state_update_(
+                inp.f32(np.zeros((b, h, p, n)))[1], act[(b, h, p)], act[(b, h)], A2, act[(b, g, n)],
+                act[(b, g, n)], D=D2, dt_bias=db2, dt_softplus=True),
+        }
+        m3, m3_extra = _mamba3_inputs(inp, b, 2, 2, 2, (length,))
+        m3_step, _ = _mamba3_inputs(inp, b, 2, 2, 2)
+        m3_args = [m3[k].native for k in ("q", "k", "v", "adt", "dt", "trap", "angles", "q_bias", "k_bias")]
+        m3_step_args = [m3_step[k].native for k in ("q", "k", "v", "adt", "dt", "trap", "angles")]
+        m3_step_args += [m3["q_bias"].native, m3["k_bias"].native]
+        m3_kw = {k: (v.native if hasattr(v, "native") else v) for k, v in m3_extra.items()}
+
+        def m3_state():
+            return _split_state(_mamba3_state(inp, b, 2, 2))[0]
+
+        def flat(y, state):
+            return (y, *(state[f] for f in R3.STATE_FIELDS))
+
+        calls.update({
+            "mamba3_chunked": lambda: flat(*ops.mamba3_chunked(
+                *m3_args, chunk_size=2, initial_state=m3_state(), **m3_kw)),
+            "mamba3_state_update": lambda: flat(*ops.mamba3_state_update(m3_state(), *m3_step_args, **m3_kw)),
+            "mamba3_state_update_": lambda: flat(*ops.mamba3_state_update_(m3_state(), *m3_step_args,
+                                                                           **m3_kw)),
+            "mamba3_gate_out": lambda: (ops.mamba3_gate_out(
+                inp.f32(np.ones((b, length, _M3_H, 2, _M3_P)))[1], inp.act(b, length, _M3_H, _M3_P)[1],
+                mimo_z=m3_kw["mimo_x"], mimo_o=m3_kw["mimo_x"], norm_weight=inp.act(_M3_H * _M3_P)[1]),),
+        })
+        state_dtype = {"causal_conv1d_update": dtype, "causal_conv1d_update_": dtype,
+                       "mamba3_state_update_": dtype}
+        for op in OP_DTYPES:
+            got = tuple(dtype_name(o) for o in calls[op]())
+            want = expected_dtypes(op, input=dtype, weight=dtype, state=state_dtype.get(op))
+            cmp.fact(f"{op} output dtypes", got == want, f"(got {got}, spec {want})")
     return cmp.result()

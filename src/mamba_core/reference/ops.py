@@ -51,7 +51,7 @@ def _linear(x: np.ndarray, weight, bias=None) -> np.ndarray:
 
 
 def softplus(x) -> np.ndarray:
-    """``log(1 + exp(x))`` with the upstream threshold: ``x`` where ``x > 20`` (spec-notes §9.5).
+    """``log(1 + exp(x))`` with the upstream threshold: ``x`` where ``x > 20`` (docs/spec.md §9.5).
 
     Args:
         x: any shape.
@@ -69,7 +69,7 @@ def softplus(x) -> np.ndarray:
 
 
 def rmsnorm(x, weight, eps: float = 1e-5) -> np.ndarray:
-    """RMSNorm over the last axis: ``x * rsqrt(mean(x^2) + eps) * weight`` (spec-notes §1.3).
+    """RMSNorm over the last axis: ``x * rsqrt(mean(x^2) + eps) * weight`` (docs/spec.md §1.3).
 
     Args:
         x: (..., D).
@@ -90,7 +90,7 @@ def rmsnorm(x, weight, eps: float = 1e-5) -> np.ndarray:
 def rmsnorm_gated(
     x, z, weight, eps: float = 1e-5, group_size: int | None = None, norm_before_gate: bool = False
 ) -> np.ndarray:
-    """Mamba-2 gated RMSNorm (spec-notes §4.4 step 8, ``layernorm_gated.py``).
+    """Mamba-2 gated RMSNorm (docs/spec.md §4.4 step 8, ``layernorm_gated.py``).
 
     With ``norm_before_gate=False`` (every Mamba-2 checkpoint): ``v = x * silu(z)``, then each
     contiguous group of ``group_size`` channels of the last axis is RMS-normalized on its own, then
@@ -137,7 +137,7 @@ def rmsnorm_gated(
 
 
 def causal_conv1d(x, weight, bias=None, conv_state=None, activation: str | None = None):
-    """Causal depthwise conv1d, channels-last (spec-notes §2, §3.4 step 2, §4.4 step 2).
+    """Causal depthwise conv1d, channels-last (docs/spec.md §2, §3.4 step 2, §4.4 step 2).
 
     Cross-correlation without a kernel flip:
     ``y[t, c] = bias[c] + sum_k weight[c, k] * x[t - (K-1) + k, c]``, where inputs before ``t = 0``
@@ -179,7 +179,7 @@ def causal_conv1d(x, weight, bias=None, conv_state=None, activation: str | None 
 
 
 def causal_conv1d_update(x, conv_state, weight, bias=None, activation: str | None = None):
-    """One decode step of ``causal_conv1d`` (spec-notes §3.5 step 2, §4.6 step 2).
+    """One decode step of ``causal_conv1d`` (docs/spec.md §3.5 step 2, §4.6 step 2).
 
     Rolls the window left by one, writes ``x`` in slot K-1, and dots the window with ``weight``.
 
@@ -224,7 +224,7 @@ def selective_scan(
     delta_softplus: bool = False,
     initial_state=None,
 ):
-    """Mamba-1 selective scan, sequential in time (spec-notes §3.4 steps 6-11).
+    """Mamba-1 selective scan, sequential in time (docs/spec.md §3.4 steps 6-11).
 
     ``Δ = softplus(delta + delta_bias)`` when ``delta_softplus``;
     ``s_t = exp(Δ_t A) ⊙ s_{t-1} + Δ_t B_t u_t``; ``y_t = s_t C_t + D u_t``; ``y ← y · silu(z)``.
@@ -274,7 +274,7 @@ def selective_scan(
 def selective_state_update(
     state, u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus: bool = False
 ):
-    """One decode step of ``selective_scan`` (spec-notes §3.5 step 4).
+    """One decode step of ``selective_scan`` (docs/spec.md §3.5 step 4).
 
     Args:
         state: (B, E, N) SSM state before the step.
@@ -318,7 +318,7 @@ def selective_state_update(
 
 
 def _ssd_dt(dt, dt_bias, dt_softplus: bool, dt_limit) -> np.ndarray:
-    # spec-notes §4.4 step 5: bias, softplus, then the clamp (skipped for the default (0, inf))
+    # docs/spec.md §4.4 step 5: bias, softplus, then the clamp (skipped for the default (0, inf))
     dt = _f64(dt)
     if dt_bias is not None:
         dt = dt + _f64(dt_bias)
@@ -331,7 +331,7 @@ def _ssd_dt(dt, dt_bias, dt_softplus: bool, dt_limit) -> np.ndarray:
 
 
 def _heads_from_groups(bc: np.ndarray, nheads: int) -> np.ndarray:
-    # (..., G, N) -> (..., H, N): head h reads group h // (H / G), contiguous (spec-notes §4.2)
+    # (..., G, N) -> (..., H, N): head h reads group h // (H / G), contiguous (docs/spec.md §4.2)
     ngroups = bc.shape[-2]
     if nheads % ngroups:
         raise ValueError(f"nheads={nheads} must be a multiple of ngroups={ngroups}")
@@ -350,7 +350,7 @@ def ssd_scan(
     dt_limit=_NO_LIMIT,
     initial_state=None,
 ):
-    """Mamba-2 SSD as a sequential recurrence, the oracle of ``ssd_chunked`` (spec-notes §4.4 6-7).
+    """Mamba-2 SSD as a sequential recurrence, the oracle of ``ssd_chunked`` (docs/spec.md §4.4 6-7).
 
     ``S_t = exp(Δ_t A) S_{t-1} + Δ_t x_t ⊗ B_t``; ``y_t = S_t C_t + D x_t`` per head, where
     ``Δ = clip(softplus(dt + dt_bias), dt_limit)`` (each part optional).
@@ -399,7 +399,7 @@ def ssd_scan(
 
 
 def segsum(a) -> np.ndarray:
-    """Stable segment sum (spec-notes §4.5): ``out[..., t, s] = sum_{r=s+1}^{t} a[..., r]``.
+    """Stable segment sum (docs/spec.md §4.5): ``out[..., t, s] = sum_{r=s+1}^{t} a[..., r]``.
 
     Entries with s > t are -inf.
 
@@ -437,7 +437,7 @@ def ssd_chunked(
     dt_limit=_NO_LIMIT,
     initial_state=None,
 ):
-    """Chunked SSD (spec-notes §4.5 table steps 1-5; paper Listing 1, ``ssd_minimal_discrete``).
+    """Chunked SSD (docs/spec.md §4.5 table steps 1-5; paper Listing 1, ``ssd_minimal_discrete``).
 
     Same math and returns as ``ssd_scan``. Time is split into chunks of Q; L need not be a multiple
     of Q (the tail is padded with zeros: decay 1, input 0, so outputs and the final state do not
@@ -524,7 +524,7 @@ def ssd_chunked(
 def ssd_state_update(
     state, x, dt, A, B, C, D=None, dt_bias=None, dt_softplus: bool = False, dt_limit=_NO_LIMIT
 ):
-    """One decode step of ``ssd_scan`` (spec-notes §4.6 step 4).
+    """One decode step of ``ssd_scan`` (docs/spec.md §4.6 step 4).
 
     Unlike the official and HF 5.x step, ``dt_limit`` is applied here as in the chunked path, so a
     step equals the forward.

@@ -1,0 +1,236 @@
+"""Benchmark the newer families (FalconMamba, Jamba) on both backends beside their peers.
+
+A script, not a test. For each family one random checkpoint is written by transformers'
+``save_pretrained`` and converted once to mlx-lm's layout with ``mamba_core.convert``; every
+implementation then runs the very same weights (float32, CPU unless MLX has a GPU):
+
+* torch: mamba-core's torch backend vs transformers' ``*ForCausalLM`` (its pure-torch path);
+* MLX: mamba-core's MLX backend vs mlx-lm (``mlx_lm.utils.load_model`` on our mlx-lm conversion, or on
+  transformers' directory for a family whose mlx-lm layout we do not write yet).
+
+Rows: prefill tok/s (batch 1, a prompt of ``--prompt`` tokens, all logits) and decode tok/s (batch 1,
+``--decode`` greedy tokens after the prompt; transformers through ``generate`` minus its prefill, the
+others as a step loop). Each row keeps the best of ``--repeats`` runs: other engineers share the cores.
+
+Usage:
+    python benchmarks/bench_hybrid.py --quick                  # tiny shapes, 1 repeat (preliminary)
+    python benchmarks/bench_hybrid.py --family falcon_mamba --backend torch
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+import mamba_core
+
+
+def _best(fn, repeats: int) -> float:
+    """Seconds of the fastest of ``repeats`` runs of ``fn`` (after one warm-up); ``fn`` may return its
+    own measured seconds (a decode loop timing only its steps)."""
+    fn()
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        own = fn()
+        best = min(best, own if isinstance(own, float) else time.perf_counter() - start)
+    return best
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------
+
+
+def falcon_mamba_checkpoint(out: Path, quick: bool) -> Path:
+    """A random transformers ``FalconMambaForCausalLM`` (130m-like shape; tiny with ``quick``)."""
+    import torch
+    import transformers
+
+    shape = (
+        dict(hidden_size=256, num_hidden_layers=4, vocab_size=4099)
+        if quick
+        else dict(hidden_size=768, num_hidden_layers=24, vocab_size=50280)
+    )
+    cfg = transformers.FalconMambaConfig(**shape, state_size=16, tie_word_embeddings=False)
+    torch.manual_seed(0)
+    transformers.FalconMambaForCausalLM(cfg).save_pretrained(out / "hf", safe_serialization=True)
+    return out / "hf"
+
+
+def jamba_checkpoint(out: Path, quick: bool) -> Path:
+    """A random transformers ``JambaForCausalLM``: attention every 4th layer, MoE (8 experts, top 2) every
+    2nd, Mamba-1 with weighted dt/B/C norms elsewhere (a small shape; tiny with ``quick``)."""
+    import torch
+    import transformers
+
+    shape = (
+        dict(hidden_size=256, num_hidden_layers=4, vocab_size=4099, intermediate_size=512)
+        if quick
+        else dict(hidden_size=768, num_hidden_layers=8, vocab_size=50280, intermediate_size=2048)
+    )
+    cfg = transformers.JambaConfig(
+        **shape,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        num_experts=8,
+        num_experts_per_tok=2,
+        attn_layer_period=4,
+        attn_layer_offset=1,
+        expert_layer_period=2,
+        expert_layer_offset=1,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    transformers.JambaForCausalLM(cfg).save_pretrained(out / "hf", safe_serialization=True)
+    return out / "hf"
+
+
+# family -> (checkpoint writer, transformers class, the directory mlx-lm reads: our "mlx-lm" conversion,
+# or transformers' "hf" one when we cannot write the family's mlx-lm layout yet)
+FAMILIES = {
+    "falcon_mamba": (falcon_mamba_checkpoint, "FalconMambaForCausalLM", "mlx-lm"),
+    "jamba": (jamba_checkpoint, "JambaForCausalLM", "hf"),
+}
+
+
+# ---- torch ---------------------------------------------------------------------------------------
+
+
+def bench_torch(family: str, hf_dir: Path, args, rows: list) -> None:
+    import torch
+    import transformers
+
+    torch.set_grad_enabled(False)
+    theirs = getattr(transformers, FAMILIES[family][1]).from_pretrained(hf_dir).eval()
+    ours = mamba_core.load(hf_dir, backend="torch", device="cpu", dtype="float32")
+    vocab = ours.config.vocab_size
+    prompt = torch.from_numpy(np.random.default_rng(0).integers(0, vocab, (1, args.prompt)))
+    n, d = args.prompt, args.decode
+
+    def hf_generate(new: int):
+        return lambda: theirs.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+
+    def ours_decode() -> float:
+        cache = ours.make_cache(1)
+        token = ours(prompt, cache=cache)[:, -1].argmax(-1)
+        start = time.perf_counter()
+        for _ in range(d):
+            token = ours.step(token, cache).argmax(-1)
+        return time.perf_counter() - start
+
+    rows.append((family, "torch", "prefill", "mamba-core", n / _best(lambda: ours(prompt), args.repeats)))
+    rows.append(
+        (
+            family,
+            "torch",
+            "prefill",
+            "transformers",
+            n / _best(lambda: theirs(prompt, use_cache=False), args.repeats),
+        )
+    )
+    rows.append((family, "torch", "decode", "mamba-core", d / _best(ours_decode, args.repeats)))
+    hf_total = _best(hf_generate(d + 1), args.repeats)
+    hf_first = _best(hf_generate(1), args.repeats)  # the prefill and the first token
+    rows.append((family, "torch", "decode", "transformers", d / max(hf_total - hf_first, 1e-9)))
+
+
+# ---- MLX -----------------------------------------------------------------------------------------
+
+
+def bench_mlx(family: str, hf_dir: Path, args, rows: list) -> None:
+    import mlx.core as mx
+    from mlx_lm.utils import load_model
+
+    mlx_dir = hf_dir
+    if FAMILIES[family][2] == "mlx-lm":
+        mlx_dir = mamba_core.convert(hf_dir, hf_dir.parent / "mlx-lm", to="mlx-lm", force=True)
+    theirs, _ = load_model(mlx_dir)
+    ours = mamba_core.load(mlx_dir, backend="mlx", dtype="float32")
+    vocab = ours.config.vocab_size
+    prompt = mx.array(np.random.default_rng(0).integers(0, vocab, (1, args.prompt)))
+    n, d = args.prompt, args.decode
+
+    def ours_prefill():
+        mx.eval(ours(prompt))
+
+    def theirs_prefill():
+        mx.eval(theirs(prompt))
+
+    def ours_decode() -> float:
+        cache = ours.make_cache(1)
+        token = mx.argmax(ours(prompt, cache=cache)[:, -1], axis=-1)
+        mx.eval(token)
+        start = time.perf_counter()
+        for _ in range(d):
+            token = mx.argmax(ours.step(token, cache), axis=-1)
+            mx.eval(token)
+        return time.perf_counter() - start
+
+    def theirs_decode() -> float:
+        cache = theirs.make_cache()
+        token = mx.argmax(theirs(prompt, cache=cache)[:, -1], axis=-1)
+        mx.eval(token)
+        start = time.perf_counter()
+        for _ in range(d):
+            token = mx.argmax(theirs(token[:, None], cache=cache)[:, -1], axis=-1)
+            mx.eval(token)
+        return time.perf_counter() - start
+
+    rows.append((family, "mlx", "prefill", "mamba-core", n / _best(ours_prefill, args.repeats)))
+    rows.append((family, "mlx", "prefill", "mlx-lm", n / _best(theirs_prefill, args.repeats)))
+    rows.append((family, "mlx", "decode", "mamba-core", d / _best(ours_decode, args.repeats)))
+    rows.append((family, "mlx", "decode", "mlx-lm", d / _best(theirs_decode, args.repeats)))
+
+
+BACKENDS = {"torch": bench_torch, "mlx": bench_mlx}
+
+
+def _print(rows: list) -> None:
+    head = ("family", "backend", "row", "implementation")
+    print(f"| {head[0]:13} | {head[1]:7} | {head[2]:7} | {head[3]:14} | {'tok/s':>9} | {'vs peer':>7} |")
+    print(f"|{'-' * 15}|{'-' * 9}|{'-' * 9}|{'-' * 16}|{'-' * 11}|{'-' * 9}|")
+    for family, backend, what, impl, tps in rows:
+        peer = [r[4] for r in rows if r[:3] == (family, backend, what) and r[3] != "mamba-core"]
+        ratio = f"{tps / peer[0]:.2f}x" if peer else ""
+        print(f"| {family:13} | {backend:7} | {what:7} | {impl:14} | {tps:9.1f} | {ratio:>7} |")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--family", default=",".join(FAMILIES), help=f"comma list of {sorted(FAMILIES)}")
+    p.add_argument("--backend", default="torch,mlx", help="comma list of torch, mlx")
+    p.add_argument("--prompt", type=int, default=256)
+    p.add_argument("--decode", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--quick", action="store_true", help="tiny shapes, prompt 64, decode 16, 1 repeat")
+    args = p.parse_args(argv)
+    families, backends = args.family.split(","), args.backend.split(",")
+    bad = sorted(set(families) - set(FAMILIES)) + sorted(set(backends) - set(BACKENDS))
+    if bad:
+        p.error(f"unknown family/backend {bad}; families {sorted(FAMILIES)}, backends {sorted(BACKENDS)}")
+    if args.quick:
+        args.prompt, args.decode, args.repeats = 64, 16, 1
+    import torch
+
+    print(
+        f"# torch {torch.__version__}, {platform.machine()} {sys.platform}, float32, batch 1, "
+        f"prompt {args.prompt}, decode {args.decode}, best of {args.repeats}"
+    )
+    rows: list = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for family in families:
+            hf_dir = FAMILIES[family][0](Path(tmp) / family, args.quick)
+            for backend in backends:
+                BACKENDS[backend](family, hf_dir, args, rows)
+    _print(rows)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

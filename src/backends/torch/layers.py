@@ -1,0 +1,25 @@
+"""The torch backend's registry of layer kinds: kind name -> module class (docs/architecture.md).
+
+Every kind of ``mamba_core.layers.KINDS`` has an entry (a conformance test checks it); blocks build
+their slots from it, never by branching on the kind.
+"""
+
+from __future__ import annotations
+
+from mamba_core.backends.torch.attention import Attention
+from mamba_core.backends.torch.gated_mlp import GatedMLP
+from mamba_core.backends.torch.mamba1 import Mamba1Mixer
+from mamba_core.backends.torch.mamba2 import Mamba2Mixer
+from mamba_core.backends.torch.mamba3 import Mamba3Mixer
+from mamba_core.backends.torch.mlp import MLP
+from mamba_core.backends.torch.moe import MoE
+
+KINDS: dict[str, type] = {
+    "mamba1": Mamba1Mixer,
+    "mamba2": Mamba2Mixer,
+    "mamba3": Mamba3Mixer,
+    "gated_mlp": GatedMLP,
+    "attention": Attention,
+    "mlp": MLP,
+    "moe": MoE,
+}

@@ -1,0 +1,110 @@
+"""Quantized-model checks: MLX-format affine q8/q4 on every backend, torch's int8/int4 decode kernels.
+
+Each check quantizes a conformance model (group size 32, ``mamba_core.quantization``) and compares, on
+the same ids:
+
+* affine formats: the logits with the float64 reference run on the **dequantized** weights (the numpy
+  ``dequantize_affine`` of the codes, scales and biases the backend exported), at the ordinary model
+  tolerance: a quantized model computes exactly what its stored weights say;
+* every format: the logits with the float32 model's, at the format's stated tolerance
+  ``QUANT_TOLERANCE`` (relative to max |logit| on these tiny random models): what quantizing costs.
+
+The int8/int4 rows are torch kernels; other backends report them as skipped, with the reason.
+Part of ``mamba_core.conformance``; importing this module registers the checks in ``CHECKS``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+from mamba_core import reference as R
+from mamba_core.conformance.core import (
+    CHECKS,
+    MODEL_CONFIGS,
+    SEED,
+    Check,
+    CheckResult,
+    Comparison,
+    Inputs,
+    as_numpy,
+    device_scope,
+    model_tolerance,
+    skipped_result,
+)
+from mamba_core.quantization import dequantize_affine, pack_codes, unpack_codes
+
+# quantized vs float32 logits, relative to max |logit|, on the conformance models: random tiny models
+# have small logits, so this measures what the format costs there (q8 ~1-3e-2, q4 ~0.15-0.4); the
+# exactness rows are the ones against the reference on the dequantized weights
+QUANT_TOLERANCE = {"q8": 5e-2, "q4": 5e-1, "int8": 5e-2, "int4": 5e-1}
+_FORMATS = {"q8": ("q8", "affine"), "q4": ("q4", "affine"), "int8": ("q8", "int8"), "int4": ("q4", "int4")}
+GROUP_SIZE = 32
+
+
+def dequantized_weights(backend, model) -> dict[str, np.ndarray]:
+    """Canonical float64 weights of a quantized model: float tensors as held, quantized modules
+    dequantized from their exported codes, scales and biases."""
+    tensors = {k: backend.to_numpy(v) for k, v in backend.export_tensors(model).items()}  # codes stay uint32
+    for path, m in model.quantization.modules.items():
+        p = m.params
+        codes = tensors.pop(f"{path}.weight")
+        scales = tensors.pop(f"{path}.scales").astype(np.float32)
+        biases = tensors.pop(f"{path}.biases").astype(np.float32)
+        codes = pack_codes(unpack_codes(codes, p.bits, m.shape[1]), p.bits)
+        tensors[f"{path}.weight"] = dequantize_affine(codes, scales, biases, p.group_size, p.bits)
+    return {k: np.asarray(v, dtype=np.float64) for k, v in tensors.items()}
+
+
+def _quantized(fmt, cfg_name, backend, device, dtype, rng) -> CheckResult:
+    """Quantized logits vs the reference on the dequantized weights, and vs the float32 model."""
+    preset, kernel = _FORMATS[fmt]
+    name = f"quantized/{fmt}/{cfg_name}"
+    if kernel not in backend.QUANTIZE_KERNELS:
+        return skipped_result(
+            name,
+            backend.NAME,
+            device,
+            dtype,
+            f"the {backend.NAME} backend has no {kernel} kernel (its affine rows cover it)",
+        )
+    cfg = MODEL_CONFIGS[cfg_name]
+    cmp = Comparison(name, backend, device, dtype)
+    inp = Inputs(backend, device, dtype, rng)
+    ids = rng.integers(0, cfg.vocab_size, (2, 13))
+    with device_scope(backend, device):
+        float_model = backend.build_model(cfg, dtype=dtype, device=device, seed=SEED)
+        ref_float = float_model(inp.ids(ids))
+        model = backend.build_model(cfg, dtype=dtype, device=device, seed=SEED)
+        backend.quantize(model, preset, group_size=GROUP_SIZE, kernel=kernel)
+        out = model(inp.ids(ids))
+        if kernel == "affine":
+            weights = dequantized_weights(backend, model)
+            cmp.close(
+                "logits vs reference on the dequantized weights",
+                out,
+                R.lm_forward(cfg, weights, ids)[0],
+                model_tolerance(dtype),
+            )
+        cmp.close(
+            f"logits vs the {dtype} model (quantization error)",
+            out,
+            as_numpy(backend, ref_float),
+            QUANT_TOLERANCE[fmt],
+        )
+        cmp.fact("some module quantized", bool(model.quantization.modules))
+    return cmp.result()
+
+
+for _fmt in _FORMATS:
+    for _cfg_name in MODEL_CONFIGS:
+        CHECKS[f"quantized/{_fmt}/{_cfg_name}"] = Check(
+            f"quantized/{_fmt}/{_cfg_name}",
+            "model",
+            functools.partial(_quantized, _fmt, _cfg_name),
+            ("float32",),
+            f"{_fmt} quantization (group {GROUP_SIZE}): logits vs the reference on the dequantized "
+            "weights and vs float32",
+        )
+QUANT_FORMATS = tuple(_FORMATS)

@@ -1,0 +1,224 @@
+"""Falcon-H1 (transformers ``falcon_h1``): attention and Mamba-2 side by side in every layer.
+
+Per layer, with ``h = input_layernorm(x)``:
+``x = x + ssm_out_multiplier * mamba(h) + attention_out_multiplier * attention(attention_in_multiplier * h)``,
+then ``x = x + mlp(pre_ff_layernorm(x))``. The Mamba-2 mixer is sized by ``mamba_d_ssm`` (not
+``expand * d_model``), scales its input by ``ssm_in_multiplier`` and its ``in_proj`` output segments
+``[z, x, B, C, dt]`` by the five ``ssm_multipliers``; its gated RMSNorm is optional (``mamba_rms_norm``;
+without it the output is ``y * silu(z)``) and, when present, normalizes before or after the gate
+(``mamba_norm_before_gate``). Attention scales keys by ``key_multiplier``; the MLP multiplies its gate by
+``mlp_multipliers[0]`` and its output by ``mlp_multipliers[1]``. Embeddings are multiplied by
+``embedding_multiplier``, logits by ``lm_head_multiplier``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+from mamba_core.block_config import AttentionConfig, MLPConfig
+from mamba_core.errors import ConfigError
+from mamba_core.families.hf_reader import HFReader
+from mamba_core.families.mamba_mixer import Mamba2MixerConfig
+from mamba_core.families.plan import LayerPlan
+
+
+def _multipliers(r: HFReader, key: str, n: int) -> tuple[float, ...]:
+    value = r.raw(key, [1.0] * n)
+    if (
+        not isinstance(value, (list, tuple))
+        or len(value) != n
+        or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in value
+        )
+    ):
+        raise ConfigError(f"falcon_h1 {key} must be a list of {n} finite numbers, got {value!r}", field=key)
+    return tuple(float(v) for v in value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FalconH1Config:
+    """Falcon-H1 language model.
+
+    Example:
+        >>> cfg = FalconH1Config.from_hf({"model_type": "falcon_h1", "hidden_size": 64, "vocab_size": 100,
+        ...     "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        ...     "mamba_d_ssm": 96, "mamba_n_heads": 6, "mamba_d_state": 16, "intermediate_size": 80})
+        >>> cfg.layer_plan()[0], cfg.mamba.d_inner, cfg.mamba.headdim
+        (LayerPlan(mixer='mamba2+attention', mlp='mlp'), 96, 16)
+    """
+
+    model_type: ClassVar[str] = "falcon_h1"
+
+    d_model: int
+    vocab_size: int
+    n_layer: int
+    tie_embeddings: bool = False
+    norm_epsilon: float = 1e-5
+    num_attention_heads: int = 32
+    num_key_value_heads: int = 8
+    head_dim: int | None = None  # None = d_model / num_attention_heads
+    attention_bias: bool = False
+    rope_theta: float = 10000.0
+    intermediate_size: int = 14336
+    mlp_bias: bool = False
+    mamba_d_ssm: int | None = 1024  # None = mamba_expand * d_model
+    mamba_n_heads: int = 128
+    mamba_n_groups: int = 1
+    mamba_d_state: int = 256
+    mamba_d_conv: int = 4
+    mamba_expand: int = 2
+    mamba_chunk_size: int = 256
+    mamba_conv_bias: bool = True
+    mamba_proj_bias: bool = False
+    projectors_bias: bool = False
+    mamba_rms_norm: bool = False
+    mamba_norm_before_gate: bool = True
+    time_step_limit: tuple[float, float] = (0.0, math.inf)
+    embedding_multiplier: float = 1.0
+    lm_head_multiplier: float = 1.0
+    key_multiplier: float = 1.0
+    attention_in_multiplier: float = 1.0
+    attention_out_multiplier: float = 1.0
+    ssm_in_multiplier: float = 1.0
+    ssm_out_multiplier: float = 1.0
+    ssm_multipliers: tuple[float, float, float, float, float] = (1.0,) * 5
+    mlp_multipliers: tuple[float, float] = (1.0, 1.0)
+
+    def __post_init__(self) -> None:
+        if self.mamba_width % self.mamba_n_heads:
+            raise ConfigError(
+                f"mamba_n_heads={self.mamba_n_heads} must divide the Mamba width {self.mamba_width} "
+                "(mamba_d_ssm, else mamba_expand * hidden_size)",
+                field="mamba_n_heads",
+            )
+        if len(self.ssm_multipliers) != 5:
+            raise ConfigError(
+                f"ssm_multipliers must have 5 entries, got {self.ssm_multipliers!r}", field="ssm_multipliers"
+            )
+        if len(self.mlp_multipliers) != 2:
+            raise ConfigError(
+                f"mlp_multipliers must have 2 entries, got {self.mlp_multipliers!r}", field="mlp_multipliers"
+            )
+        if self.head_dim is None and self.d_model % self.num_attention_heads:
+            raise ConfigError(
+                f"num_attention_heads={self.num_attention_heads} must divide hidden_size={self.d_model}",
+                field="num_attention_heads",
+            )
+        self.attention, self.mlp, self.mamba  # noqa: B018 (each validates its fields)
+
+    @property
+    def mamba_width(self) -> int:
+        """E: ``mamba_d_ssm``, else ``mamba_expand * d_model``."""
+        return self.mamba_expand * self.d_model if self.mamba_d_ssm is None else self.mamba_d_ssm
+
+    def layer_plan(self) -> tuple[LayerPlan, ...]:
+        """Every layer: the parallel Mamba-2 + attention pair, then the MLP."""
+        return (LayerPlan("mamba2+attention", "mlp"),) * self.n_layer
+
+    @property
+    def attention(self) -> AttentionConfig:
+        """Full-RoPE GQA attention with the key multiplier (the in/out multipliers are the layer's)."""
+        head_dim = self.head_dim or self.d_model // self.num_attention_heads
+        return AttentionConfig(
+            d_model=self.d_model,
+            n_heads=self.num_attention_heads,
+            n_kv_heads=self.num_key_value_heads,
+            head_dim=head_dim,
+            rotary_dim=head_dim,
+            rope_theta=self.rope_theta,
+            key_multiplier=self.key_multiplier,
+            bias=self.attention_bias,
+        )
+
+    @property
+    def mlp(self) -> MLPConfig:
+        """Gated SiLU MLP with the two ``mlp_multipliers``."""
+        gate, down = self.mlp_multipliers
+        return MLPConfig(
+            d_model=self.d_model,
+            d_ff=self.intermediate_size,
+            bias=self.mlp_bias,
+            gate_multiplier=gate,
+            down_multiplier=down,
+        )
+
+    @property
+    def mamba(self) -> Mamba2MixerConfig:
+        """The Mamba-2 sizes (the multipliers and the optional norm are read from this config)."""
+        width = self.mamba_width
+        return Mamba2MixerConfig(
+            d_model=self.d_model,
+            n_layer=self.n_layer,
+            vocab_size=self.vocab_size,
+            pad_vocab_size_multiple=1,
+            mixer_width=width,
+            headdim=width // self.mamba_n_heads,
+            ngroups=self.mamba_n_groups,
+            d_state=self.mamba_d_state,
+            d_conv=self.mamba_d_conv,
+            conv_bias=self.mamba_conv_bias,
+            bias=self.mamba_proj_bias,
+            chunk_size=self.mamba_chunk_size,
+            dt_limit=self.time_step_limit,
+            norm_epsilon=self.norm_epsilon,
+            tie_embeddings=self.tie_embeddings,
+        )
+
+    @classmethod
+    def from_hf(cls, d: dict) -> FalconH1Config:
+        """Read transformers' ``FalconH1Config`` json (defaults as transformers).
+
+        Raises:
+            ConfigError: unknown key or bad value.
+        """
+        r = HFReader(d, "falcon_h1")
+        heads = r.int("num_attention_heads", 32)
+        r.str("hidden_act", "silu", ("silu",))
+        d_head = r.raw("mamba_d_head", "auto")
+        d_ssm = r.raw("mamba_d_ssm", 1024)
+        cfg = cls(
+            d_model=r.int("hidden_size", 4096),
+            vocab_size=r.int("vocab_size", 128000),
+            n_layer=r.int("num_hidden_layers", 32),
+            tie_embeddings=r.bool("tie_word_embeddings", False),
+            norm_epsilon=r.float("rms_norm_eps", 1e-5, positive=True),
+            num_attention_heads=heads,
+            num_key_value_heads=r.int("num_key_value_heads", 8),
+            head_dim=r.raw("head_dim", None),
+            attention_bias=r.bool("attention_bias", False),
+            rope_theta=r.rope_theta(),
+            intermediate_size=r.int("intermediate_size", 14336),
+            mlp_bias=r.bool("mlp_bias", False),
+            mamba_d_ssm=d_ssm,
+            mamba_n_heads=r.int("mamba_n_heads", 128),
+            mamba_n_groups=r.int("mamba_n_groups", 1),
+            mamba_d_state=r.int("mamba_d_state", 256),
+            mamba_d_conv=r.int("mamba_d_conv", 4),
+            mamba_expand=r.int("mamba_expand", 2),
+            mamba_chunk_size=r.int("mamba_chunk_size", 256),
+            mamba_conv_bias=r.bool("mamba_conv_bias", True),
+            mamba_proj_bias=r.bool("mamba_proj_bias", False),
+            projectors_bias=r.bool("projectors_bias", False),
+            mamba_rms_norm=r.bool("mamba_rms_norm", False),
+            mamba_norm_before_gate=r.bool("mamba_norm_before_gate", True),
+            time_step_limit=r.limit("time_step_limit"),
+            embedding_multiplier=r.float("embedding_multiplier", 1.0),
+            lm_head_multiplier=r.float("lm_head_multiplier", 1.0),
+            key_multiplier=r.float("key_multiplier", 1.0),
+            attention_in_multiplier=r.float("attention_in_multiplier", 1.0),
+            attention_out_multiplier=r.float("attention_out_multiplier", 1.0),
+            ssm_in_multiplier=r.float("ssm_in_multiplier", 1.0),
+            ssm_out_multiplier=r.float("ssm_out_multiplier", 1.0),
+            ssm_multipliers=_multipliers(r, "ssm_multipliers", 5),
+            mlp_multipliers=_multipliers(r, "mlp_multipliers", 2),
+        )
+        if d_head != "auto" and d_head * cfg.mamba_n_heads != cfg.mamba_width:
+            raise ConfigError(
+                f"mamba_d_head={d_head} * mamba_n_heads={cfg.mamba_n_heads} must equal the Mamba width "
+                f"{cfg.mamba_width}",
+                field="mamba_d_head",
+            )
+        r.finish()
+        return cfg

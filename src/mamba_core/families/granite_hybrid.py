@@ -1,0 +1,280 @@
+"""Granite 4.0-H (transformers ``granitemoehybrid``) and Bamba (``bamba``): Mamba-2 + a few attention layers.
+
+Each layer is ``x + r * mixer(norm1(x))`` then ``x + r * ffn(norm2(x))`` with ``r = residual_multiplier``
+(Bamba: 1). The mixer is Mamba-2 or attention (per ``layer_types`` / ``attn_layer_indices``). The
+feed-forward is, for Granite, a top-k-then-softmax MoE plus a shared gated MLP (the shared MLP alone when
+``num_local_experts == 0``) and, for Bamba, a gated SiLU MLP. Granite multiplies the embeddings by
+``embedding_multiplier``, scales attention by ``attention_multiplier`` and divides the logits by
+``logits_scaling``; its attention uses RoPE when ``position_embedding_type == "rope"`` and none otherwise.
+Bamba's attention rotates half of each head (partial rotary 0.5).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+from mamba_core.block_config import AttentionConfig, MLPConfig, MoEConfig
+from mamba_core.errors import ConfigError
+from mamba_core.families.hf_reader import HFReader
+from mamba_core.families.mamba_mixer import Mamba2MixerConfig
+from mamba_core.families.plan import LayerPlan
+
+_TYPES = {
+    "linear_attention": "mamba2",
+    "full_attention": "attention",
+    "mamba": "mamba2",
+    "attention": "attention",
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class GraniteHybridConfig:
+    """Granite 4.0-H / Bamba language model.
+
+    ``variant`` is ``"granitemoehybrid"`` or ``"bamba"``; Bamba has no multipliers (all 1), no MoE, a
+    split gated MLP and partial rotary 0.5.
+
+    Example:
+        >>> cfg = GraniteHybridConfig.from_hf({"model_type": "granitemoehybrid", "hidden_size": 64,
+        ...     "vocab_size": 100, "num_hidden_layers": 2, "layer_types": ["mamba", "attention"],
+        ...     "num_attention_heads": 4, "num_key_value_heads": 2, "mamba_n_heads": 8, "mamba_d_state": 16,
+        ...     "intermediate_size": 32, "shared_intermediate_size": 48, "position_embedding_type": "rope"})
+        >>> cfg.layer_plan()
+        (LayerPlan(mixer='mamba2', mlp='moe'), LayerPlan(mixer='attention', mlp='moe'))
+    """
+
+    model_types: ClassVar[tuple[str, ...]] = ("granitemoehybrid", "bamba")
+
+    variant: str
+    d_model: int
+    vocab_size: int
+    layer_types: tuple[str, ...]
+    tie_embeddings: bool = False
+    norm_epsilon: float = 1e-6
+    embedding_multiplier: float = 1.0
+    residual_multiplier: float = 1.0
+    attention_multiplier: float | None = None
+    logits_scaling: float = 1.0
+    # attention
+    num_attention_heads: int = 32
+    num_key_value_heads: int = 32
+    attention_bias: bool = False
+    rotary_fraction: float = 1.0  # 0 = NoPE
+    rope_theta: float = 10000.0
+    # feed-forward
+    hidden_act: str = "silu"
+    intermediate_size: int = 11008
+    shared_intermediate_size: int = 1024
+    num_local_experts: int = 0
+    num_experts_per_tok: int = 2
+    mlp_bias: bool = False
+    # Mamba-2
+    mamba_n_heads: int = 128
+    mamba_d_head: int | None = None
+    mamba_n_groups: int = 1
+    mamba_d_state: int = 256
+    mamba_d_conv: int = 4
+    mamba_expand: int = 2
+    mamba_chunk_size: int = 256
+    mamba_conv_bias: bool = True
+    mamba_proj_bias: bool = False
+    time_step_limit: tuple[float, float] = (0.0, math.inf)
+
+    def __post_init__(self) -> None:
+        if self.variant not in self.model_types:
+            raise ConfigError(
+                f"variant must be one of {self.model_types}, got {self.variant!r}", field="variant"
+            )
+        bad = sorted({t for t in self.layer_types if t not in _TYPES})
+        if bad or not self.layer_types:
+            raise ConfigError(
+                f"layer_types must be a non-empty list of {sorted(_TYPES)}, got bad entries {bad}",
+                field="layer_types",
+            )
+        if self.hidden_act != "silu":
+            raise ConfigError(f"hidden_act must be 'silu', got {self.hidden_act!r}", field="hidden_act")
+        width = self.mamba_expand * self.d_model
+        if width % self.mamba_n_heads:
+            raise ConfigError(
+                f"mamba_n_heads={self.mamba_n_heads} must divide mamba_expand * hidden_size = {width}",
+                field="mamba_n_heads",
+            )
+        if self.mamba_d_head is not None and self.mamba_d_head * self.mamba_n_heads != width:
+            raise ConfigError(
+                f"mamba_d_head={self.mamba_d_head} * mamba_n_heads={self.mamba_n_heads} must equal "
+                f"mamba_expand * hidden_size = {width}",
+                field="mamba_d_head",
+            )
+        for name in ("embedding_multiplier", "residual_multiplier", "logits_scaling"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and value != 0):
+                raise ConfigError(f"{name} must be a finite non-zero number, got {value!r}", field=name)
+        for plan in set(self.layer_plan()):
+            self.kind_config(plan.mixer)
+            self.kind_config(plan.mlp)
+
+    @property
+    def n_layer(self) -> int:
+        """Number of layers."""
+        return len(self.layer_types)
+
+    @property
+    def ffn_kind(self) -> str:
+        """``"moe"`` (Granite with experts; the shared MLP is its shared expert) or ``"mlp"``."""
+        return "moe" if self.num_local_experts > 0 else "mlp"
+
+    def layer_plan(self) -> tuple[LayerPlan, ...]:
+        """Mamba-2 or attention in the mixer slot, the feed-forward kind in the second slot."""
+        return tuple(LayerPlan(_TYPES[t], self.ffn_kind) for t in self.layer_types)
+
+    @property
+    def attention(self) -> AttentionConfig:
+        """GQA attention; RoPE on ``rotary_fraction`` of each head; Granite's scale override."""
+        if self.d_model % self.num_attention_heads:
+            raise ConfigError(
+                f"num_attention_heads={self.num_attention_heads} must divide hidden_size={self.d_model}",
+                field="num_attention_heads",
+            )
+        head_dim = self.d_model // self.num_attention_heads
+        rotary = int(head_dim * self.rotary_fraction)
+        return AttentionConfig(
+            d_model=self.d_model,
+            n_heads=self.num_attention_heads,
+            n_kv_heads=self.num_key_value_heads,
+            head_dim=head_dim,
+            scale=self.attention_multiplier,
+            rotary_dim=rotary - rotary % 2,
+            rope_theta=self.rope_theta,
+            bias=self.attention_bias,
+        )
+
+    @property
+    def shared_mlp(self) -> MLPConfig:
+        """Granite's shared MLP (fused ``input_linear``); Bamba's MLP (split)."""
+        if self.variant == "bamba":
+            return MLPConfig(
+                d_model=self.d_model, d_ff=self.intermediate_size, layout="split", bias=self.mlp_bias
+            )
+        return MLPConfig(d_model=self.d_model, d_ff=self.shared_intermediate_size, layout="fused")
+
+    @property
+    def moe(self) -> MoEConfig:
+        """Granite's MoE: top-k logits then softmax, fused SiLU experts, the shared MLP as shared expert."""
+        return MoEConfig(
+            d_model=self.d_model,
+            n_experts=self.num_local_experts,
+            top_k=self.num_experts_per_tok,
+            router="topk_softmax",
+            expert=MLPConfig(d_model=self.d_model, d_ff=self.intermediate_size, layout="fused"),
+            shared_expert=self.shared_mlp,
+        )
+
+    @property
+    def mamba(self) -> Mamba2MixerConfig:
+        """The Mamba-2 kind (width ``mamba_expand * d_model``)."""
+        width = self.mamba_expand * self.d_model
+        return Mamba2MixerConfig(
+            d_model=self.d_model,
+            n_layer=self.n_layer,
+            vocab_size=self.vocab_size,
+            pad_vocab_size_multiple=1,
+            mixer_width=width,
+            headdim=width // self.mamba_n_heads,
+            ngroups=self.mamba_n_groups,
+            d_state=self.mamba_d_state,
+            d_conv=self.mamba_d_conv,
+            conv_bias=self.mamba_conv_bias,
+            bias=self.mamba_proj_bias,
+            chunk_size=self.mamba_chunk_size,
+            dt_limit=self.time_step_limit,
+            norm_epsilon=self.norm_epsilon,
+            tie_embeddings=self.tie_embeddings,
+        )
+
+    def kind_config(self, kind: str):
+        """The config object of one kind of this model."""
+        return {
+            "mamba2": lambda: self.mamba,
+            "attention": lambda: self.attention,
+            "mlp": lambda: self.shared_mlp,
+            "moe": lambda: self.moe,
+        }[kind]()
+
+    @classmethod
+    def from_hf(cls, d: dict) -> GraniteHybridConfig:
+        """Read transformers' ``GraniteMoeHybridConfig`` or ``BambaConfig`` json (defaults as transformers).
+
+        Raises:
+            ConfigError: unknown key or bad value.
+        """
+        variant = d.get("model_type")
+        if variant not in cls.model_types:
+            raise ConfigError(
+                f"model_type must be one of {cls.model_types}, got {variant!r}", field="model_type"
+            )
+        r = HFReader(d, variant)
+        granite = variant == "granitemoehybrid"
+        n_layers = r.int("num_hidden_layers", 32)
+        heads = r.int("num_attention_heads", 32)
+        if granite:
+            types = r.raw("layer_types", None) or r.raw("layers_block_type", None)
+            types = tuple(types) if types is not None else ("linear_attention",) * n_layers
+            pos = r.str("position_embedding_type", None, ("rope", "nope"))
+            rotary = 1.0 if pos == "rope" else 0.0
+            experts = r.int("num_local_experts", 8, minimum=0)
+        else:
+            indices = r.raw("attn_layer_indices", None) or []
+            if not isinstance(indices, list) or any(
+                isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < n_layers for i in indices
+            ):
+                raise ConfigError(
+                    f"attn_layer_indices must be layer indices in [0, {n_layers}), got {indices!r}",
+                    field="attn_layer_indices",
+                )
+            types = tuple("full_attention" if i in indices else "linear_attention" for i in range(n_layers))
+            rotary = 0.5  # transformers hard-codes partial_rotary_factor 0.5 for Bamba
+            experts = 0
+            r.ignore("partial_rotary_factor")
+        if len(types) != n_layers:
+            raise ConfigError(
+                f"layer_types has {len(types)} entries, num_hidden_layers={n_layers}; make them agree",
+                field="layer_types",
+            )
+        d_head = r.raw("mamba_d_head", "auto")
+        cfg = cls(
+            variant=variant,
+            d_model=r.int("hidden_size", 4096),
+            vocab_size=r.int("vocab_size", 32000 if granite else 128000),
+            layer_types=types,
+            tie_embeddings=r.bool("tie_word_embeddings", False),
+            norm_epsilon=r.float("rms_norm_eps", 1e-6 if granite else 1e-5, positive=True),
+            embedding_multiplier=r.float("embedding_multiplier", 1.0) if granite else 1.0,
+            residual_multiplier=r.float("residual_multiplier", 1.0) if granite else 1.0,
+            attention_multiplier=r.float("attention_multiplier", 1.0, positive=True) if granite else None,
+            logits_scaling=r.float("logits_scaling", 1.0) if granite else 1.0,
+            num_attention_heads=heads,
+            num_key_value_heads=r.int("num_key_value_heads", heads if granite else 8),
+            attention_bias=r.bool("attention_bias", False),
+            rotary_fraction=rotary,
+            rope_theta=r.rope_theta(),
+            hidden_act=r.str("hidden_act", "silu"),
+            intermediate_size=r.int("intermediate_size", 11008 if granite else 14336),
+            shared_intermediate_size=r.int("shared_intermediate_size", 1024) if granite else 1,
+            num_local_experts=experts,
+            num_experts_per_tok=r.int("num_experts_per_tok", 2) if granite else 1,
+            mlp_bias=False if granite else r.bool("mlp_bias", False),
+            mamba_n_heads=r.int("mamba_n_heads", 128),
+            mamba_d_head=None if d_head == "auto" else d_head,
+            mamba_n_groups=r.int("mamba_n_groups", 1),
+            mamba_d_state=r.int("mamba_d_state", 256),
+            mamba_d_conv=r.int("mamba_d_conv", 4),
+            mamba_expand=r.int("mamba_expand", 2),
+            mamba_chunk_size=r.int("mamba_chunk_size", 256),
+            mamba_conv_bias=r.bool("mamba_conv_bias", True),
+            mamba_proj_bias=r.bool("mamba_proj_bias", False),
+            time_step_limit=r.limit("time_step_limit"),
+        )
+        r.finish()
+        return cfg

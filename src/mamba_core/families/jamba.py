@@ -1,0 +1,195 @@
+"""Jamba (transformers ``jamba``): Mamba-1 with weighted dt/B/C norms, periodic attention and MoE.
+
+Layer i runs attention when ``i % attn_layer_period == attn_layer_offset`` and the ``mamba1`` mixer
+(with its weighted RMSNorms on dt, B and C, ``eps = rms_norm_eps``: ``Mamba1Config.mixer_rms_weights``)
+otherwise; its feed-forward is the MoE (softmax over all experts, top k kept, not renormalized) when
+``i % expert_layer_period == expert_layer_offset`` and ``num_experts > 1``, a gated SiLU MLP otherwise.
+Attention has no RoPE. Each layer: ``x + mixer(input_layernorm(x))`` then ``x + ffn(pre_ff_layernorm(x))``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from mamba_core.block_config import AttentionConfig, MLPConfig, MoEConfig
+from mamba_core.config import Mamba1Config
+from mamba_core.errors import ConfigError
+from mamba_core.families.hf_reader import HFReader
+from mamba_core.families.plan import LayerPlan
+
+
+@dataclass(frozen=True, kw_only=True)
+class JambaConfig:
+    """Jamba language model.
+
+    Example:
+        >>> cfg = JambaConfig.from_hf({"model_type": "jamba", "hidden_size": 64, "vocab_size": 100,
+        ...     "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+        ...     "attn_layer_period": 2, "attn_layer_offset": 1, "expert_layer_period": 2,
+        ...     "expert_layer_offset": 0, "num_experts": 4, "intermediate_size": 96})
+        >>> [tuple(p) for p in cfg.layer_plan()][:2]
+        [('mamba1', 'moe'), ('attention', 'mlp')]
+    """
+
+    model_type: ClassVar[str] = "jamba"
+    arch: ClassVar[str] = "jamba"
+    # composition constants read by the shared model code (init, the residual stream)
+    initializer_range: ClassVar[float] = 0.02
+    rescale_prenorm_residual: ClassVar[bool] = True
+    residual_in_fp32: ClassVar[bool] = False  # transformers keeps Jamba's residual in the model dtype
+
+    d_model: int
+    vocab_size: int
+    n_layer: int
+    tie_embeddings: bool = False
+    norm_epsilon: float = 1e-6
+    num_attention_heads: int = 32
+    num_key_value_heads: int = 8
+    intermediate_size: int = 14336
+    num_experts: int = 16
+    num_experts_per_tok: int = 2
+    expert_layer_period: int = 2
+    expert_layer_offset: int = 1
+    attn_layer_period: int = 8
+    attn_layer_offset: int = 4
+    mamba_d_state: int = 16
+    mamba_d_conv: int = 4
+    mamba_expand: int = 2
+    mamba_dt_rank: int | None = None  # None = ceil(d_model / 16)
+    mamba_conv_bias: bool = True
+    mamba_proj_bias: bool = False
+
+    def __post_init__(self) -> None:
+        for period, offset in (
+            ("attn_layer_period", "attn_layer_offset"),
+            ("expert_layer_period", "expert_layer_offset"),
+        ):
+            p, o = getattr(self, period), getattr(self, offset)
+            if isinstance(p, bool) or not isinstance(p, int) or p < 1:
+                raise ConfigError(f"{period} must be a positive integer, got {p!r}", field=period)
+            if isinstance(o, bool) or not isinstance(o, int) or not 0 <= o < p:
+                raise ConfigError(f"{offset} must be in [0, {period}={p}), got {o!r}", field=offset)
+        for plan in set(self.layer_plan()):
+            self.kind_config(plan.mixer)
+            self.kind_config(plan.mlp)
+
+    def layer_plan(self) -> tuple[LayerPlan, ...]:
+        """Attention or the weighted-norm Mamba-1 mixer, then MoE or MLP, by the periods and offsets."""
+        plans = []
+        for i in range(self.n_layer):
+            mixer = "attention" if i % self.attn_layer_period == self.attn_layer_offset else "mamba1"
+            moe = i % self.expert_layer_period == self.expert_layer_offset and self.num_experts > 1
+            plans.append(LayerPlan(mixer, "moe" if moe else "mlp"))
+        return tuple(plans)
+
+    @property
+    def vocab_size_padded(self) -> int:
+        """Rows of the embedding and the head (transformers does not pad Jamba's vocabulary)."""
+        return self.vocab_size
+
+    @property
+    def attention(self) -> AttentionConfig:
+        """GQA attention without RoPE."""
+        if self.d_model % self.num_attention_heads:
+            raise ConfigError(
+                f"num_attention_heads={self.num_attention_heads} must divide hidden_size={self.d_model}",
+                field="num_attention_heads",
+            )
+        return AttentionConfig(
+            d_model=self.d_model,
+            n_heads=self.num_attention_heads,
+            n_kv_heads=self.num_key_value_heads,
+            head_dim=self.d_model // self.num_attention_heads,
+        )
+
+    @property
+    def mlp(self) -> MLPConfig:
+        """Gated SiLU MLP with separate gate/up projections."""
+        return MLPConfig(d_model=self.d_model, d_ff=self.intermediate_size)
+
+    @property
+    def moe(self) -> MoEConfig:
+        """Softmax-then-top-k router, not renormalized; gated SiLU experts."""
+        return MoEConfig(
+            d_model=self.d_model,
+            n_experts=self.num_experts,
+            top_k=self.num_experts_per_tok,
+            router="softmax_topk",
+            expert=MLPConfig(d_model=self.d_model, d_ff=self.intermediate_size, layout="fused"),
+        )
+
+    @property
+    def mamba(self) -> Mamba1Config:
+        """The Mamba-1 mixer: its sizes and its weighted dt/B/C norms of epsilon ``norm_epsilon``."""
+        return Mamba1Config(
+            d_model=self.d_model,
+            n_layer=self.n_layer,
+            vocab_size=self.vocab_size,
+            pad_vocab_size_multiple=1,
+            d_state=self.mamba_d_state,
+            d_conv=self.mamba_d_conv,
+            expand=self.mamba_expand,
+            conv_bias=self.mamba_conv_bias,
+            bias=self.mamba_proj_bias,
+            dt_rank="auto" if self.mamba_dt_rank is None else self.mamba_dt_rank,
+            norm_epsilon=self.norm_epsilon,
+            tie_embeddings=self.tie_embeddings,
+            mixer_rms_eps=self.norm_epsilon,
+            mixer_rms_weights=True,
+        )
+
+    def kind_config(self, kind: str):
+        """The config object of one kind of this model."""
+        return {
+            "mamba1": lambda: self.mamba,
+            "attention": lambda: self.attention,
+            "mlp": lambda: self.mlp,
+            "moe": lambda: self.moe,
+        }[kind]()
+
+    def to_dict(self, dialect: str = "mamba-core") -> dict:
+        """Write the config in a dialect of ``mamba_core.dialects.DIALECTS`` (the config.json dict)."""
+        from mamba_core.dialects import write_config  # the codec imports the family configs
+
+        return write_config(self, dialect)
+
+    @classmethod
+    def from_hf(cls, d: dict) -> JambaConfig:
+        """Read transformers' ``JambaConfig`` json (defaults as transformers).
+
+        Raises:
+            ConfigError: unknown key or bad value.
+        """
+        r = HFReader(d, "jamba")
+        heads = r.int("num_attention_heads", 32)
+        r.str("hidden_act", "silu", ("silu",))
+        dt_rank = r.raw("mamba_dt_rank", "auto")
+        experts = r.raw("num_experts", None)
+        if experts is None:
+            experts = r.raw("num_local_experts", 16)
+        r.ignore("num_local_experts")
+        cfg = cls(
+            d_model=r.int("hidden_size", 4096),
+            vocab_size=r.int("vocab_size", 65536),
+            n_layer=r.int("num_hidden_layers", 32),
+            tie_embeddings=r.bool("tie_word_embeddings", False),
+            norm_epsilon=r.float("rms_norm_eps", 1e-6, positive=True),
+            num_attention_heads=heads,
+            num_key_value_heads=r.int("num_key_value_heads", heads),
+            intermediate_size=r.int("intermediate_size", 14336),
+            num_experts=experts,
+            num_experts_per_tok=r.int("num_experts_per_tok", 2),
+            expert_layer_period=r.int("expert_layer_period", 2),
+            expert_layer_offset=r.int("expert_layer_offset", 1, minimum=0),
+            attn_layer_period=r.int("attn_layer_period", 8),
+            attn_layer_offset=r.int("attn_layer_offset", 4, minimum=0),
+            mamba_d_state=r.int("mamba_d_state", 16),
+            mamba_d_conv=r.int("mamba_d_conv", 4),
+            mamba_expand=r.int("mamba_expand", 2),
+            mamba_dt_rank=None if dt_rank == "auto" else dt_rank,
+            mamba_conv_bias=r.bool("mamba_conv_bias", True),
+            mamba_proj_bias=r.bool("mamba_proj_bias", False),
+        )
+        r.finish()
+        return cfg

@@ -1,0 +1,57 @@
+"""The Mamba-2 mixer config of a hybrid layer: ``Mamba2Config`` with its width given, not derived.
+
+Hybrids size the Mamba-2 mixer by heads (Nemotron-H: ``mamba_num_heads * mamba_head_dim``; Falcon-H1:
+``mamba_d_ssm``) rather than by ``expand * d_model``, and the ratio is often not a float that gives the
+width back exactly (4096 / 2688). ``Mamba2MixerConfig`` keeps ``Mamba2Config``'s fields and derived
+sizes and fixes ``d_inner`` to the given width, so the reference mixer (which reads ``d_inner``,
+``nheads``, ``conv_dim``, ...) runs unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mamba_core.config import Mamba2Config
+from mamba_core.errors import ConfigError
+
+
+@dataclass(frozen=True, kw_only=True)
+class Mamba2MixerConfig(Mamba2Config):
+    """``Mamba2Config`` of one hybrid's Mamba-2 layers, with an explicit mixer width.
+
+    Attributes:
+        mixer_width: E, the mixer width (``d_inner``); ``expand`` is recorded as ``E / d_model``.
+
+    Example:
+        >>> cfg = Mamba2MixerConfig(d_model=2688, n_layer=1, vocab_size=16, mixer_width=4096, headdim=64,
+        ...                         ngroups=8, d_state=128)
+        >>> cfg.d_inner, cfg.nheads, cfg.conv_dim
+        (4096, 64, 6144)
+    """
+
+    mixer_width: int
+    expand: float = 0.0  # recorded from mixer_width; any value passed is replaced
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.mixer_width, bool)
+            or not isinstance(self.mixer_width, int)
+            or self.mixer_width < 1
+        ):
+            raise ConfigError(
+                f"Mamba2MixerConfig.mixer_width must be a positive integer, got {self.mixer_width!r}",
+                field="mixer_width",
+            )
+        object.__setattr__(self, "expand", self.mixer_width / self.d_model if self.d_model else 0.0)
+        super().__post_init__()
+
+    @property
+    def d_inner(self) -> int:
+        """E, the given mixer width."""
+        return self.mixer_width
+
+    def _check_common(self) -> None:
+        self._check_positive("d_model", "n_layer", "vocab_size", "pad_vocab_size_multiple", "d_state")
+        self._check_positive("d_conv")
+        if not self.norm_epsilon > 0:
+            raise ConfigError(f"norm_epsilon must be > 0, got {self.norm_epsilon!r}", field="norm_epsilon")

@@ -1,0 +1,248 @@
+"""Zamba2 (transformers ``zamba2``): a Mamba-2 backbone plus shared transformer blocks with LoRA adapters.
+
+``layers_block_type`` marks each layer ``"mamba"`` or ``"hybrid"``. A Mamba layer is
+``x + mamba(norm(x))``. The j-th hybrid layer first runs shared transformer block ``j % num_mem_blocks``
+on ``concat(x, embeddings)`` (width 2D):
+``t = mlp(pre_ff_layernorm(attention(input_layernorm(concat(x, e)))))`` (no residual inside the shared
+block), then ``x + mamba(norm(x + linear(t)))`` with its own ``linear`` and Mamba-2 mixer. The shared
+attention (``2D / heads`` head dim, scale ``(head_dim / 2) ** -0.5``, RoPE when ``use_mem_rope``) and
+the shared gated MLP (``hidden_act``, default exact GELU) add per-call LoRA adapters (rank
+``adapter_rank``) to q, k, v and to ``gate_up_proj`` when ``use_shared_attention_adapter`` (the MLP
+adapters always exist). Zamba2's Mamba-2 mixer always has a conv bias, clamps Δ below at
+``time_step_min`` and uses eps 1e-5 in its gated norm.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import ClassVar
+
+from mamba_core.block_config import AttentionConfig, MLPConfig
+from mamba_core.errors import ConfigError
+from mamba_core.families.hf_reader import HFReader
+from mamba_core.families.mamba_mixer import Mamba2MixerConfig
+from mamba_core.families.plan import LayerPlan
+
+_TYPES = {"mamba": "mamba", "linear_attention": "mamba", "hybrid": "hybrid"}
+_ACTS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "silu": "silu"}
+MAMBA_NORM_EPS = 1e-5  # transformers hard-codes the gated-norm epsilon of Zamba2's mixer
+
+
+@dataclass(frozen=True, kw_only=True)
+class Zamba2Config:
+    """Zamba2 language model.
+
+    Example:
+        >>> cfg = Zamba2Config.from_hf({"model_type": "zamba2", "hidden_size": 32, "vocab_size": 100,
+        ...     "num_hidden_layers": 4, "layers_block_type": ["mamba", "hybrid", "mamba", "hybrid"],
+        ...     "num_attention_heads": 4, "n_mamba_heads": 4, "num_mem_blocks": 2})
+        >>> [p.mixer for p in cfg.layer_plan()], cfg.shared_block_of(3), cfg.attention.head_dim
+        (['mamba2', 'zamba2_hybrid', 'mamba2', 'zamba2_hybrid'], 1, 16)
+    """
+
+    model_type: ClassVar[str] = "zamba2"
+
+    d_model: int
+    vocab_size: int
+    layer_types: tuple[str, ...]
+    tie_embeddings: bool = True
+    norm_epsilon: float = 1e-5
+    num_attention_heads: int = 32
+    num_key_value_heads: int = 32
+    intermediate_size: int | None = None  # None = 4 * d_model
+    hidden_act: str = "gelu"
+    add_bias_linear: bool = False
+    num_mem_blocks: int = 1
+    use_shared_attention_adapter: bool = False
+    adapter_rank: int = 128
+    use_mem_rope: bool = False
+    rope_theta: float = 10000.0
+    mamba_d_state: int = 64
+    mamba_d_conv: int = 4
+    mamba_expand: int = 2
+    mamba_ngroups: int = 1
+    n_mamba_heads: int = 8
+    chunk_size: int = 256
+    time_step_min: float = 0.001
+
+    def __post_init__(self) -> None:
+        types = tuple(_TYPES.get(t, t) for t in self.layer_types)
+        object.__setattr__(self, "layer_types", types)
+        bad = sorted({t for t in types if t not in ("mamba", "hybrid")})
+        if bad or not types:
+            raise ConfigError(
+                f"layers_block_type must be a non-empty list of 'mamba' / 'hybrid', got bad entries {bad}",
+                field="layers_block_type",
+            )
+        if self.hidden_act not in _ACTS:
+            raise ConfigError(
+                f"hidden_act must be one of {sorted(_ACTS)}, got {self.hidden_act!r}", field="hidden_act"
+            )
+        if (2 * self.d_model) % self.num_attention_heads:
+            raise ConfigError(
+                f"num_attention_heads={self.num_attention_heads} must divide 2 * hidden_size = "
+                f"{2 * self.d_model}",
+                field="num_attention_heads",
+            )
+        if self.num_key_value_heads != self.num_attention_heads and self.use_shared_attention_adapter:
+            raise ConfigError(
+                "Zamba2's k/v adapters are 2 * hidden_size wide, so num_key_value_heads must equal "
+                f"num_attention_heads ({self.num_attention_heads}), got {self.num_key_value_heads}",
+                field="num_key_value_heads",
+            )
+        if not (math.isfinite(self.time_step_min) and self.time_step_min >= 0):
+            raise ConfigError(
+                f"time_step_min must be >= 0, got {self.time_step_min!r}", field="time_step_min"
+            )
+        self.attention, self.mlp, self.mamba  # noqa: B018 (each validates its fields)
+
+    @property
+    def n_layer(self) -> int:
+        """Number of layers."""
+        return len(self.layer_types)
+
+    @property
+    def hybrid_layer_ids(self) -> tuple[int, ...]:
+        """Indices of the hybrid layers, in order (the j-th uses adapter set j)."""
+        return tuple(i for i, t in enumerate(self.layer_types) if t == "hybrid")
+
+    def shared_block_of(self, layer: int) -> int:
+        """Which shared transformer block hybrid layer ``layer`` runs: ``j % num_mem_blocks``.
+
+        Raises:
+            ConfigError: ``layer`` is not a hybrid layer.
+        """
+        ids = self.hybrid_layer_ids
+        if layer not in ids:
+            raise ConfigError(
+                f"layer {layer} is not a hybrid layer; hybrid layers: {list(ids)}", field="layer"
+            )
+        return ids.index(layer) % self.num_mem_blocks
+
+    def layer_plan(self) -> tuple[LayerPlan, ...]:
+        """``mamba2`` or ``zamba2_hybrid`` (shared block + linear + Mamba-2) per layer."""
+        return tuple(LayerPlan("mamba2" if t == "mamba" else "zamba2_hybrid") for t in self.layer_types)
+
+    @property
+    def attention(self) -> AttentionConfig:
+        """The shared attention: input 2D, output D, head dim 2D / heads, scale (head_dim / 2) ** -0.5."""
+        head_dim = 2 * self.d_model // self.num_attention_heads
+        return AttentionConfig(
+            d_model=2 * self.d_model,
+            d_out=self.d_model,
+            n_heads=self.num_attention_heads,
+            n_kv_heads=self.num_key_value_heads,
+            head_dim=head_dim,
+            scale=(head_dim / 2) ** -0.5,
+            rotary_dim=head_dim if self.use_mem_rope else 0,
+            rope_theta=self.rope_theta,
+            adapter_rank=self.adapter_rank if self.use_shared_attention_adapter else 0,
+        )
+
+    @property
+    def mlp(self) -> MLPConfig:
+        """The shared MLP: fused ``gate_up_proj`` with its per-call adapter."""
+        return MLPConfig(
+            d_model=self.d_model,
+            d_ff=self.intermediate_size or 4 * self.d_model,
+            activation=_ACTS[self.hidden_act],
+            layout="fused",
+            bias=self.add_bias_linear,
+            adapter_rank=self.adapter_rank,
+        )
+
+    @property
+    def mamba(self) -> Mamba2MixerConfig:
+        """The Mamba-2 sizes; Δ clamped to ``[time_step_min, inf)``; gated-norm eps 1e-5."""
+        width = self.mamba_expand * self.d_model
+        if width % self.n_mamba_heads:
+            raise ConfigError(
+                f"n_mamba_heads={self.n_mamba_heads} must divide mamba_expand * hidden_size = {width}",
+                field="n_mamba_heads",
+            )
+        return Mamba2MixerConfig(
+            d_model=self.d_model,
+            n_layer=self.n_layer,
+            vocab_size=self.vocab_size,
+            pad_vocab_size_multiple=1,
+            mixer_width=width,
+            headdim=width // self.n_mamba_heads,
+            ngroups=self.mamba_ngroups,
+            d_state=self.mamba_d_state,
+            d_conv=self.mamba_d_conv,
+            conv_bias=True,
+            bias=self.add_bias_linear,
+            chunk_size=self.chunk_size,
+            dt_limit=(self.time_step_min, math.inf),
+            norm_epsilon=MAMBA_NORM_EPS,
+            tie_embeddings=self.tie_embeddings,
+        )
+
+    @classmethod
+    def from_hf(cls, d: dict) -> Zamba2Config:
+        """Read transformers' ``Zamba2Config`` json (defaults as transformers).
+
+        Raises:
+            ConfigError: unknown key, bad value, or derived keys that disagree with the primary ones.
+        """
+        r = HFReader(d, "zamba2")
+        d_model = r.int("hidden_size", 2560)
+        heads = r.int("num_attention_heads", 32)
+        types = r.raw("layers_block_type", None) or r.raw("layer_types", None)
+        n_layers = r.int("num_hidden_layers", 54)
+        if types is None:
+            types = ["mamba"] + (["mamba"] * 5 + ["hybrid"]) * 7 + ["mamba"] * 4 + ["hybrid"] + ["mamba"] * 3
+            types += ["hybrid"] + ["mamba"] * 2
+        if not isinstance(types, list) or len(types) != n_layers:
+            raise ConfigError(
+                f"layers_block_type must be a list of num_hidden_layers={n_layers} entries, got {types!r}",
+                field="layers_block_type",
+            )
+        if r.bool("use_long_context", False):
+            raise ConfigError(
+                "use_long_context=True rescales RoPE and is not supported; set it to false",
+                field="use_long_context",
+            )
+        cfg = cls(
+            d_model=d_model,
+            vocab_size=r.int("vocab_size", 32000),
+            layer_types=tuple(types),
+            tie_embeddings=r.bool("tie_word_embeddings", True),
+            norm_epsilon=r.float("rms_norm_eps", 1e-5, positive=True),
+            num_attention_heads=heads,
+            num_key_value_heads=r.int("num_key_value_heads", heads),
+            intermediate_size=r.raw("intermediate_size", None),
+            hidden_act=r.str("hidden_act", "gelu"),
+            add_bias_linear=r.bool("add_bias_linear", False),
+            num_mem_blocks=r.int("num_mem_blocks", 1),
+            use_shared_attention_adapter=r.bool("use_shared_attention_adapter", False),
+            adapter_rank=r.int("adapter_rank", 128),
+            use_mem_rope=r.bool("use_mem_rope", False),
+            rope_theta=r.rope_theta(),
+            mamba_d_state=r.int("mamba_d_state", 64),
+            mamba_d_conv=r.int("mamba_d_conv", 4),
+            mamba_expand=r.int("mamba_expand", 2),
+            mamba_ngroups=r.int("mamba_ngroups", 1),
+            n_mamba_heads=r.int("n_mamba_heads", 8),
+            chunk_size=r.int("chunk_size", 256),
+            time_step_min=r.float("time_step_min", 0.001),
+        )
+        derived = {
+            "attention_hidden_size": 2 * d_model,
+            "attention_head_dim": 2 * d_model // heads,
+            "mamba_headdim": cfg.mamba.headdim,
+            "hybrid_layer_ids": list(cfg.hybrid_layer_ids),
+            "kv_channels": d_model // heads,
+            "num_query_groups": heads,
+        }
+        for key, want in derived.items():
+            if r.has(key) and r.raw(key) != want:
+                raise ConfigError(
+                    f"zamba2 {key}={r.raw(key)!r} disagrees with the value it derives from, {want!r}",
+                    field=key,
+                )
+            r.ignore(key)
+        r.ignore("use_mem_eff_path", "time_step_max", "time_step_floor", "use_conv_bias")
+        r.finish()
+        return cfg

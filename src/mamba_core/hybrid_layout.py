@@ -1,0 +1,366 @@
+"""Weight layout of each hybrid family: canonical names and the transformers checkpoint names, as data.
+
+Canonical names follow the block composition of the Mamba models: ``backbone.embedding.weight``,
+per layer ``backbone.layers.{i}.norm.weight`` + ``mixer.<kind rows>`` and, when the layer has a
+feed-forward slot, ``norm2.weight`` + ``mlp.<kind rows>``; ``backbone.norm_f.weight``; ``lm_head.weight``
+when untied. Kind rows are ``mamba_core.block_layout``'s. Family specifics:
+
+* Falcon-H1's parallel mixer: ``mixer.mamba.<mamba2 rows>`` and ``mixer.attention.<attention rows>``;
+* Zamba2: shared blocks ``backbone.shared_blocks.{b}.{norm, attention, norm2, mlp}``; per hybrid layer
+  ``backbone.layers.{i}.linear.weight`` and its LoRA adapters ``backbone.layers.{i}.adapters.*``.
+
+``hf_tensors(config)`` lists every tensor of the transformers checkpoint (``save_pretrained``'s names)
+with the canonical tensor it is, or the slice of it: Jamba and Nemotron-H store one tensor per expert
+(``expert``), Jamba splits each expert's ``gate_up_proj`` into ``gate_proj`` and ``up_proj`` (``rows``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from mamba_core.block_layout import expand_kind
+from mamba_core.errors import UnsupportedError
+from mamba_core.families import (
+    FalconH1Config,
+    GraniteHybridConfig,
+    JambaConfig,
+    NemotronHConfig,
+    Zamba2Config,
+)
+
+
+@dataclass(frozen=True)
+class HFTensor:
+    """One tensor of a transformers checkpoint and where it lives in the canonical weights.
+
+    Attributes:
+        hf_name: the name in the transformers checkpoint.
+        canonical: the canonical tensor it comes from.
+        shape: the shape of the transformers tensor.
+        dtype_policy: ``"model"`` or ``"fp32"``.
+        expert: the transformers tensor is ``canonical[expert]`` (stacked experts), or None.
+        rows: the transformers tensor is rows ``[lo, hi)`` of (the expert slice of) ``canonical``.
+        axes: the permutation from the canonical layout to the stored one (its own inverse: mlx-lm's
+            (C, K, 1) conv weights), or None.
+    """
+
+    hf_name: str
+    canonical: str
+    shape: tuple[int, ...]
+    dtype_policy: str
+    expert: int | None = None
+    rows: tuple[int, int] | None = None
+    axes: tuple[int, ...] | None = None
+
+
+def _kind(out: dict, kind: str, cfg, canonical: str, hf: str, renames: dict[str, str] | None = None) -> None:
+    # one kind's rows: canonical prefix -> transformers prefix, with per-row renames
+    renames = renames or {}
+    for name, (shape, policy) in expand_kind(kind, cfg).items():
+        out[canonical + name] = (hf + renames.get(name, name), shape, policy)
+
+
+def _moe(
+    out: dict, cfg, canonical: str, hf: str, per_expert: dict[str, str], renames: dict[str, str]
+) -> None:
+    # MoE rows; stacked experts named per expert in the checkpoint are listed one slice per expert
+    for name, (shape, policy) in expand_kind("moe", cfg).items():
+        if name in per_expert:
+            out[canonical + name] = (per_expert[name], shape, policy)  # a template, expanded below
+        else:
+            out[canonical + name] = (hf + renames.get(name, name), shape, policy)
+
+
+def _head(out: dict, cfg, d_model: int, vocab: int, emb: str, norm: str, tied: bool) -> None:
+    out["backbone.embedding.weight"] = (emb, (vocab, d_model), "model")
+    out["backbone.norm_f.weight"] = (norm, (d_model,), "model")
+    if not tied:
+        out["lm_head.weight"] = ("lm_head.weight", (vocab, d_model), "model")
+
+
+def canonical_layout(config) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Every canonical tensor of a family model: name -> (shape, dtype policy), in layer order.
+
+    Example:
+        >>> from mamba_core.families import from_hf
+        >>> cfg = from_hf({"model_type": "jamba", "hidden_size": 16, "vocab_size": 10, "num_hidden_layers": 2,
+        ...                "num_attention_heads": 2, "num_key_value_heads": 1, "attn_layer_period": 2,
+        ...                "attn_layer_offset": 1, "intermediate_size": 8, "num_experts": 2})
+        >>> canonical_layout(cfg)["backbone.layers.1.mlp.experts.gate_up_proj"]
+        ((2, 16, 16), 'model')
+    """
+    return {name: (shape, policy) for name, (_, shape, policy) in _placements(config).items()}
+
+
+def hf_tensors(config) -> list[HFTensor]:
+    """Every tensor of the transformers checkpoint of ``config``, mapped to canonical tensors.
+
+    Example:
+        >>> from mamba_core.families import from_hf
+        >>> cfg = from_hf({"model_type": "jamba", "hidden_size": 16, "vocab_size": 10, "num_hidden_layers": 2,
+        ...                "num_attention_heads": 2, "num_key_value_heads": 1, "attn_layer_period": 2,
+        ...                "attn_layer_offset": 1, "intermediate_size": 8, "num_experts": 2})
+        >>> t = [t for t in hf_tensors(cfg) if t.hf_name.endswith("experts.1.up_proj.weight")][0]
+        >>> t.canonical, t.expert, t.rows, t.shape
+        ('backbone.layers.1.mlp.experts.gate_up_proj', 1, (8, 16), (8, 16))
+    """
+    out = []
+    for canonical, (hf, shape, policy) in _placements(config).items():
+        if "{j}" not in hf:
+            out.append(HFTensor(hf, canonical, shape, policy))
+            continue
+        n_experts, rest = shape[0], shape[1:]
+        for j in range(n_experts):
+            if "{part}" in hf:  # a stacked gate_up split into gate_proj / up_proj rows
+                half = rest[0] // 2
+                for part, lo in (("gate", 0), ("up", half)):
+                    name = hf.format(j=j, part=part)
+                    out.append(HFTensor(name, canonical, (half, *rest[1:]), policy, j, (lo, lo + half)))
+            else:
+                out.append(HFTensor(hf.format(j=j), canonical, rest, policy, j))
+    return out
+
+
+def stored_tensors(config, dialect: str) -> list[HFTensor]:
+    """Every tensor of a family checkpoint in ``dialect``, mapped to canonical tensors.
+
+    ``"mamba-core"``: the canonical tensors themselves; ``"hf"``: ``hf_tensors``; ``"mlx-lm"``: mlx-lm's
+    sanitized names and layouts (stacked experts, (C, K, 1) conv weights).
+
+    Raises:
+        UnsupportedError: a dialect the family has no checkpoints in (state-spaces), or a family
+            without an mlx-lm layout.
+
+    Example:
+        >>> from mamba_core.testing import tiny_nemotron_h
+        >>> [t.hf_name for t in stored_tensors(tiny_nemotron_h(), "mlx-lm") if "switch_mlp" in t.hf_name]
+        ['backbone.layers.3.mixer.switch_mlp.fc1.weight', 'backbone.layers.3.mixer.switch_mlp.fc2.weight']
+    """
+    if dialect == "mamba-core":
+        return [HFTensor(n, n, shape, policy) for n, (shape, policy) in canonical_layout(config).items()]
+    if dialect == "hf":
+        return hf_tensors(config)
+    if dialect == "mlx-lm" and type(config) in _MLX_LM:
+        return _MLX_LM[type(config)](config)
+    raise UnsupportedError(
+        f"{type(config).__name__} checkpoints have no {dialect!r} layout; use 'mamba-core' or 'hf'"
+        + (" or 'mlx-lm'" if type(config) in _MLX_LM else "")
+    )
+
+
+_CONV = (0, 2, 1)  # canonical (C, 1, K) <-> MLX (C, K, 1)
+
+
+def _mlx_nemotron_h(cfg: NemotronHConfig) -> list[HFTensor]:
+    # transformers' names; experts stacked as switch_mlp.fc1 (up) / fc2 (down); conv in MLX layout
+    stacked = {"up_proj": "fc1", "down_proj": "fc2"}
+    out, seen = [], set()
+    for t in hf_tensors(cfg):
+        if t.expert is not None:
+            if t.canonical in seen:
+                continue
+            seen.add(t.canonical)
+            prefix, _, rest = t.hf_name.partition(".experts.")
+            which = rest.split(".")[1]
+            shape, policy = canonical_layout(cfg)[t.canonical]
+            out.append(HFTensor(f"{prefix}.switch_mlp.{stacked[which]}.weight", t.canonical, shape, policy))
+        elif t.hf_name.endswith("conv1d.weight"):
+            shape = tuple(t.shape[a] for a in _CONV)
+            out.append(dataclasses.replace(t, shape=shape, axes=_CONV))
+        else:
+            out.append(t)
+    if cfg.tie_embeddings:  # mlx-lm's Nemotron-H always has its own lm_head
+        emb = next(t for t in out if t.canonical == "backbone.embedding.weight")
+        out.append(HFTensor("lm_head.weight", "backbone.embedding.weight", emb.shape, emb.dtype_policy))
+    return out
+
+
+_MLX_LM = {NemotronHConfig: _mlx_nemotron_h}
+
+
+def _placements(config) -> dict[str, tuple[str, tuple[int, ...], str]]:
+    # canonical name -> (transformers name or per-expert template, canonical shape, dtype policy)
+    builders = {
+        NemotronHConfig: _nemotron_h,
+        GraniteHybridConfig: _granite,
+        JambaConfig: _jamba,
+        FalconH1Config: _falcon_h1,
+        Zamba2Config: _zamba2,
+    }
+    return builders[type(config)](config)
+
+
+_NEMOTRON_MOE = {
+    "router.weight": "gate.weight",
+    "router.correction_bias": "gate.e_score_correction_bias",
+    "latent_in.weight": "fc1_latent_proj.weight",
+    "latent_out.weight": "fc2_latent_proj.weight",
+    "latent_in.bias": "fc1_latent_proj.bias",
+    "latent_out.bias": "fc2_latent_proj.bias",
+    "shared_expert.up_proj.weight": "shared_experts.up_proj.weight",
+    "shared_expert.up_proj.bias": "shared_experts.up_proj.bias",
+    "shared_expert.down_proj.weight": "shared_experts.down_proj.weight",
+    "shared_expert.down_proj.bias": "shared_experts.down_proj.bias",
+}
+
+
+def _nemotron_h(cfg: NemotronHConfig) -> dict:
+    out: dict = {}
+    for i, plan in enumerate(cfg.layer_plan()):
+        c = h = f"backbone.layers.{i}."
+        out[c + "norm.weight"] = (h + "norm.weight", (cfg.d_model,), "model")
+        if plan.mixer == "moe":
+            per_expert = {
+                "experts.up_proj": h + "mixer.experts.{j}.up_proj.weight",
+                "experts.down_proj": h + "mixer.experts.{j}.down_proj.weight",
+            }
+            _moe(out, cfg.moe, c + "mixer.", h + "mixer.", per_expert, _NEMOTRON_MOE)
+        else:
+            _kind(out, plan.mixer, cfg.kind_config(plan.mixer), c + "mixer.", h + "mixer.")
+    _head(
+        out,
+        cfg,
+        cfg.d_model,
+        cfg.vocab_size,
+        "backbone.embeddings.weight",
+        "backbone.norm_f.weight",
+        cfg.tie_embeddings,
+    )
+    return out
+
+
+_GRANITE_FFN = {
+    "router.weight": "block_sparse_moe.router.layer.weight",
+    "experts.gate_up_proj": "block_sparse_moe.input_linear.weight",
+    "experts.down_proj": "block_sparse_moe.output_linear.weight",
+    "shared_expert.gate_up_proj.weight": "shared_mlp.input_linear.weight",
+    "shared_expert.down_proj.weight": "shared_mlp.output_linear.weight",
+    "gate_up_proj.weight": "shared_mlp.input_linear.weight",
+    "down_proj.weight": "shared_mlp.output_linear.weight",
+}
+
+
+def _granite(cfg: GraniteHybridConfig) -> dict:
+    out: dict = {}
+    granite = cfg.variant == "granitemoehybrid"
+    for i, plan in enumerate(cfg.layer_plan()):
+        c, h = f"backbone.layers.{i}.", f"model.layers.{i}."
+        out[c + "norm.weight"] = (h + "input_layernorm.weight", (cfg.d_model,), "model")
+        mixer_hf = h + ("mamba." if plan.mixer == "mamba2" else "self_attn.")
+        _kind(out, plan.mixer, cfg.kind_config(plan.mixer), c + "mixer.", mixer_hf)
+        norm2 = "post_attention_layernorm.weight" if granite else "pre_ff_layernorm.weight"
+        out[c + "norm2.weight"] = (h + norm2, (cfg.d_model,), "model")
+        if granite:
+            _kind(out, plan.mlp, cfg.kind_config(plan.mlp), c + "mlp.", h, _GRANITE_FFN)
+        else:
+            _kind(out, "mlp", cfg.shared_mlp, c + "mlp.", h + "feed_forward.")
+    final = "model.norm.weight" if granite else "model.final_layernorm.weight"
+    _head(out, cfg, cfg.d_model, cfg.vocab_size, "model.embed_tokens.weight", final, cfg.tie_embeddings)
+    return out
+
+
+def _jamba(cfg: JambaConfig) -> dict:
+    out: dict = {}
+    for i, plan in enumerate(cfg.layer_plan()):
+        c, h = f"backbone.layers.{i}.", f"model.layers.{i}."
+        out[c + "norm.weight"] = (h + "input_layernorm.weight", (cfg.d_model,), "model")
+        mixer_hf = h + ("self_attn." if plan.mixer == "attention" else "mamba.")
+        _kind(out, plan.mixer, cfg.kind_config(plan.mixer), c + "mixer.", mixer_hf)
+        out[c + "norm2.weight"] = (h + "pre_ff_layernorm.weight", (cfg.d_model,), "model")
+        if plan.mlp == "moe":
+            per_expert = {
+                "experts.gate_up_proj": h + "feed_forward.experts.{j}.{part}_proj.weight",
+                "experts.down_proj": h + "feed_forward.experts.{j}.down_proj.weight",
+            }
+            _moe(out, cfg.moe, c + "mlp.", h + "feed_forward.", per_expert, {})
+        else:
+            _kind(out, "mlp", cfg.mlp, c + "mlp.", h + "feed_forward.")
+    _head(
+        out,
+        cfg,
+        cfg.d_model,
+        cfg.vocab_size,
+        "model.embed_tokens.weight",
+        "model.final_layernorm.weight",
+        cfg.tie_embeddings,
+    )
+    return out
+
+
+def _falcon_h1(cfg: FalconH1Config) -> dict:
+    out: dict = {}
+    mamba = cfg.mamba
+    for i in range(cfg.n_layer):
+        c, h = f"backbone.layers.{i}.", f"model.layers.{i}."
+        out[c + "norm.weight"] = (h + "input_layernorm.weight", (cfg.d_model,), "model")
+        rows: dict = {}
+        _kind(rows, "mamba2", mamba, c + "mixer.mamba.", h + "mamba.")
+        # Falcon-H1: out_proj bias follows projectors_bias, the gated norm exists only with mamba_rms_norm
+        rows.pop(c + "mixer.mamba.out_proj.bias", None)
+        if not cfg.mamba_rms_norm:
+            rows.pop(c + "mixer.mamba.norm.weight")
+        if cfg.projectors_bias:
+            rows[c + "mixer.mamba.out_proj.bias"] = (h + "mamba.out_proj.bias", (cfg.d_model,), "model")
+        out.update(rows)
+        _kind(out, "attention", cfg.attention, c + "mixer.attention.", h + "self_attn.")
+        out[c + "norm2.weight"] = (h + "pre_ff_layernorm.weight", (cfg.d_model,), "model")
+        _kind(out, "mlp", cfg.mlp, c + "mlp.", h + "feed_forward.")
+    _head(
+        out,
+        cfg,
+        cfg.d_model,
+        cfg.vocab_size,
+        "model.embed_tokens.weight",
+        "model.final_layernorm.weight",
+        cfg.tie_embeddings,
+    )
+    return out
+
+
+def _zamba2(cfg: Zamba2Config) -> dict:
+    out: dict = {}
+    attention = dataclasses.replace(cfg.attention, adapter_rank=0)
+    mlp = dataclasses.replace(cfg.mlp, adapter_rank=0)
+    hybrid = cfg.hybrid_layer_ids
+    owner = {}  # shared block -> the first hybrid layer using it (transformers saves it there)
+    for j, i in enumerate(hybrid):
+        owner.setdefault(j % cfg.num_mem_blocks, i)
+    for b, i in sorted(owner.items()):
+        c, h = f"backbone.shared_blocks.{b}.", f"model.layers.{i}.shared_transformer."
+        out[c + "norm.weight"] = (h + "input_layernorm.weight", (2 * cfg.d_model,), "model")
+        _kind(out, "attention", attention, c + "attention.", h + "self_attn.")
+        out[c + "norm2.weight"] = (h + "pre_ff_layernorm.weight", (cfg.d_model,), "model")
+        _kind(out, "mlp", mlp, c + "mlp.", h + "feed_forward.")
+    for i, kind in enumerate(cfg.layer_types):
+        c = f"backbone.layers.{i}."
+        if kind == "mamba":
+            h = f"model.layers.{i}."
+            out[c + "norm.weight"] = (h + "input_layernorm.weight", (cfg.d_model,), "model")
+            _kind(out, "mamba2", cfg.mamba, c + "mixer.", h + "mamba.")
+            continue
+        j = hybrid.index(i)
+        h = f"model.layers.{i}."
+        shared = f"model.layers.{owner[j % cfg.num_mem_blocks]}.shared_transformer."
+        rank, width = cfg.adapter_rank, 2 * cfg.d_model
+        if cfg.use_shared_attention_adapter:
+            for p in "qkv":
+                hf = shared + f"self_attn.linear_{p}_adapter_list.{j}."
+                out[c + f"adapters.{p}_adapter.0.weight"] = (hf + "0.weight", (rank, width), "model")
+                out[c + f"adapters.{p}_adapter.1.weight"] = (hf + "1.weight", (width, rank), "model")
+        hf = shared + f"feed_forward.gate_up_proj_adapter_list.{j}."
+        out[c + "adapters.gate_up_adapter.0.weight"] = (hf + "0.weight", (rank, cfg.d_model), "model")
+        out[c + "adapters.gate_up_adapter.1.weight"] = (hf + "1.weight", (mlp.gate_up_dim, rank), "model")
+        out[c + "linear.weight"] = (h + "linear.weight", (cfg.d_model, cfg.d_model), "model")
+        out[c + "norm.weight"] = (h + "mamba_decoder.input_layernorm.weight", (cfg.d_model,), "model")
+        _kind(out, "mamba2", cfg.mamba, c + "mixer.", h + "mamba_decoder.mamba.")
+    _head(
+        out,
+        cfg,
+        cfg.d_model,
+        cfg.vocab_size,
+        "model.embed_tokens.weight",
+        "model.final_layernorm.weight",
+        cfg.tie_embeddings,
+    )
+    return out

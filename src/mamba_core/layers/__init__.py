@@ -1,0 +1,93 @@
+"""Layers as data: the registry of layer kinds and a model's per-layer plan (docs/architecture.md).
+
+A model is a sequence of blocks (``BlockPlan``): a pre-norm residual around a *mixer* kind, plus an
+optional ``norm2`` + *mlp* kind. ``layer_plan(config)`` gives the blocks of a config; every consumer
+composes per kind: ``mamba_core.layout`` (weight rows), the decode caches (``CacheField`` rows),
+``mamba_core.reference`` (float64 forward / step, its own registry ``reference.kinds``) and each
+backend (one module per kind, registry ``backends.<name>.layers``). Today's Mamba-1 and Mamba-2
+models are the one-kind case: every block is ``BlockPlan(config.arch)``.
+
+Adding a kind: a module here defining a ``LayerKind`` (rows, cache fields, init), one line in
+``KINDS``, and a module with the same name in the reference and in each backend, each registered
+in its registry; ``layer_plan`` reads which kind each layer uses from the config.
+"""
+
+from __future__ import annotations
+
+from mamba_core.errors import ConfigError
+from mamba_core.layers.attention import ATTENTION
+from mamba_core.layers.gated_mlp import GATED_MLP
+from mamba_core.layers.kind import BlockPlan as BlockPlan
+from mamba_core.layers.kind import CacheField as CacheField
+from mamba_core.layers.kind import LayerKind as LayerKind
+from mamba_core.layers.kind import Param as Param
+from mamba_core.layers.mamba1 import MAMBA1
+from mamba_core.layers.mamba2 import MAMBA2
+from mamba_core.layers.mamba3 import MAMBA3
+from mamba_core.layers.mlp import MLP
+from mamba_core.layers.moe import MOE
+
+KINDS: dict[str, LayerKind] = {
+    kind.name: kind for kind in (MAMBA1, MAMBA2, MAMBA3, GATED_MLP, ATTENTION, MLP, MOE)
+}
+
+# Block-level rows (relative to ``backbone.layers.{i}.``): the pre-norm of the mixer, and of the MLP
+# when the block has one.
+BLOCK_ROWS: dict[str, tuple[Param, ...]] = {
+    "mixer": (Param("norm.weight", ("d_model",)),),
+    "mlp": (Param("norm2.weight", ("d_model",)),),
+}
+
+
+def get_kind(name: str) -> LayerKind:
+    """The registered ``LayerKind`` called ``name``.
+
+    Raises:
+        ConfigError: no such kind (names the registered ones).
+    """
+    if name not in KINDS:
+        raise ConfigError(f"unknown layer kind {name!r}; registered kinds: {sorted(KINDS)}",
+                          field="layer kind")
+    return KINDS[name]
+
+
+def kind_config(config, name: str):
+    """The config a kind reads its dimensions from in a model of ``config``.
+
+    A model mixing kinds (a hybrid family config) defines ``kind_config(name)`` returning the kind's
+    own config (``block_config.AttentionConfig``, ``MLPConfig``, ``MoEConfig``, a Mamba mixer
+    config); a one-kind model's config is its kind's config.
+
+    Example:
+        >>> from mamba_core import Mamba1Config
+        >>> cfg = Mamba1Config(d_model=16, n_layer=2, vocab_size=10)
+        >>> kind_config(cfg, "mamba1") is cfg
+        True
+    """
+    own = getattr(config, "kind_config", None)
+    return own(name) if callable(own) else config
+
+
+def layer_plan(config) -> tuple[BlockPlan, ...]:
+    """The blocks of a model, one per layer.
+
+    A config that mixes kinds defines ``layer_plan()`` itself (returning ``BlockPlan`` rows);
+    otherwise every one of the ``config.n_layer`` blocks holds the ``config.arch`` mixer.
+
+    Example:
+        >>> from mamba_core import Mamba1Config
+        >>> layer_plan(Mamba1Config(d_model=16, n_layer=2, vocab_size=10))
+        (BlockPlan(mixer='mamba1', mlp=None), BlockPlan(mixer='mamba1', mlp=None))
+    """
+    own = getattr(config, "layer_plan", None)
+    # a family's plan rows name their kinds by ``mixer`` / ``mlp`` (BlockPlan or a like tuple)
+    plan = (tuple(BlockPlan(p.mixer, p.mlp) for p in own()) if callable(own)
+            else (BlockPlan(config.arch),) * config.n_layer)
+    for block in plan:
+        for _, name in block.slots:
+            get_kind(name)
+    return plan
+
+
+__all__ = ["BLOCK_ROWS", "KINDS", "BlockPlan", "CacheField", "LayerKind", "Param", "get_kind",
+           "kind_config", "layer_plan"]

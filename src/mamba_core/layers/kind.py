@@ -1,0 +1,127 @@
+"""The data types of a layer kind: layout rows, cache fields, and the kind itself (docs/architecture.md).
+
+A *layer kind* (``"mamba1"``, ``"mamba2"``; next attention, MLPs, MoE, Mamba-3) is everything the spec
+layer knows about one sub-layer of a block, as data: its weight rows relative to its slot prefix
+(``backbone.layers.{i}.mixer.``), the fields of its decode state, the config class it reads its
+dimensions from, and its official initialization. Implementations (the float64 reference and each
+backend) register one module per kind under the same name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import reduce
+
+
+def attr(config, path: str):
+    """A config attribute by dotted path (``"shared_expert.d_ff"``); None when a link is None."""
+    return reduce(lambda obj, part: None if obj is None else getattr(obj, part), path.split("."), config)
+
+
+def present(when: str | None, config) -> bool:
+    """Whether a row with this ``when`` exists for ``config``.
+
+    ``when`` is None (always), an attribute path that must be truthy, ``"!a"`` (falsy) or a
+    conjunction ``"a&b"``, evaluated left to right (so ``"has_x&x.bias"`` never reads ``x`` when it
+    is absent). ``"untied"`` means ``not config.tie_embeddings``.
+
+    Example:
+        >>> from types import SimpleNamespace as NS
+        >>> present("a&!b", NS(a=1, b=0)), present("x.y", NS(x=None))
+        (True, False)
+    """
+    if when is None:
+        return True
+    for part in when.split("&"):
+        negate = part.startswith("!")
+        name = part.lstrip("!")
+        value = (not config.tie_embeddings) if name == "untied" else bool(attr(config, name))
+        if value == negate:
+            return False
+    return True
+
+
+@dataclass(frozen=True)
+class Param:
+    """One row of a layout table.
+
+    Attributes:
+        name: name template; ``{i}`` is the layer index. Rows of a layer kind are relative to the
+            kind's slot prefix (``"in_proj.weight"``); composed rows are full canonical names.
+        shape: config attribute names and ints, e.g. ``("conv_dim", 1, "d_conv")``.
+        dtype_policy: ``"fp32"`` (kept in float32 whatever the model dtype) or ``"model"``.
+        mlx_axes: permutation from the torch layout to the MLX layout, or None.
+        when: config attribute (dotted path) that must be truthy for the tensor to exist, ``"!a"``
+            for falsy, ``"a&b"`` for both, ``"untied"`` for the LM head of an untied model, or None
+            (always present); see ``present``.
+    """
+
+    name: str
+    shape: tuple
+    dtype_policy: str = "model"
+    mlx_axes: tuple[int, ...] | None = None
+    when: str | None = None
+
+
+@dataclass(frozen=True)
+class CacheField:
+    """One decode-state field of a layer kind.
+
+    Attributes:
+        name: the field name (``"conv_state"``); a layer's state is a tuple in field order.
+        shape: ``"batch"``, config attribute names and ints, e.g. ``("batch", "conv_dim", "d_conv")``;
+            a growing field (an attention KV cache) starts with 0 positions on its growing axis.
+        dtype_policy: ``"fp32"``, ``"model"``, ``"bool"`` or ``"int64"``.
+        period: for an angle kept modulo a period (``2π``), that period: two values that differ by a
+            multiple of it are the same state (comparisons wrap the difference); None otherwise.
+    """
+
+    name: str
+    shape: tuple
+    dtype_policy: str = "model"
+    period: float | None = None
+
+
+@dataclass(frozen=True)
+class LayerKind:
+    """A sub-layer kind as data.
+
+    Attributes:
+        name: registry key (``"mamba1"``); the reference and every backend register an
+            implementation under it.
+        slot: the module name it occupies inside a block (``"mixer"``, later ``"mlp"``).
+        rows: layout rows relative to ``backbone.layers.{i}.<slot>.``, in checkpoint order.
+        cache: decode-state fields, in the order the implementations take and return them.
+        init: ``init(rng, config, perturb_norms) -> {short name: float64 array}`` with the official
+            initialization, drawing from ``rng`` in a fixed order (before the residual rescale of
+            ``out_proj``, which the composition applies).
+        segments: split order and sizes of the ``in_proj`` output (config attribute terms).
+    """
+
+    name: str
+    slot: str
+    rows: tuple[Param, ...]
+    cache: tuple[CacheField, ...]
+    init: Callable
+    segments: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """One layer of a model: a pre-norm residual block and the kinds in its slots.
+
+    ``x = x + mixer(norm(x))``; with an ``mlp`` kind also ``x = x + mlp(norm2(x))``.
+
+    Attributes:
+        mixer: the mixer kind name.
+        mlp: the MLP kind name, or None (a Mamba block has none).
+    """
+
+    mixer: str
+    mlp: str | None = None
+
+    @property
+    def slots(self) -> tuple[tuple[str, str], ...]:
+        """``((slot, kind name), ...)`` for the slots that are filled, in order."""
+        return (("mixer", self.mixer),) + ((("mlp", self.mlp),) if self.mlp is not None else ())
