@@ -206,7 +206,8 @@ def run(args) -> int:
     from mamba_core.run_info import peak_memory_bytes
 
     choice = choose_backend(args.backend)
-    print(choice, file=sys.stderr)
+    if not args.quiet:  # --quiet: the generated text only
+        print(choice, file=sys.stderr)
     prompt = args.prompt
     if prompt is None or prompt == "-":
         prompt = sys.stdin.read()
