@@ -24,6 +24,13 @@ from mamba_core.errors import MambaCoreError
 from mamba_core.staging import Terminated, terminate_as_exception
 
 COMMANDS = ("generate", "inspect", "convert", "train", "conformance", "bench")
+EXAMPLES = """examples:
+  mamba-core generate "def fibonacci("                        text from the shipped model, offline
+  mamba-core generate "Mamba is" --model state-spaces/mamba-130m-hf --temperature 0
+  mamba-core convert mamba-bytes ./mamba-bytes-hf --to hf     for transformers (mlx-lm: --to mlx-lm)
+  mamba-core train notes/ --from mamba-bytes --out runs/tuned  fine-tune on your text files
+  mamba-core conformance --backends torch                      check this machine against the reference
+"""
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -40,8 +47,13 @@ def _one_line(text: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = _OneLineParser(
         prog="mamba-core",
-        description="Mamba-1 / Mamba-2 language models on PyTorch and MLX: generate, convert, inspect, "
-        "train, check conformance, benchmark.",
+        description="Mamba-1 / Mamba-2 language models on PyTorch and MLX: generate, convert, inspect,\n"
+        "train, check conformance, benchmark.\n\n"
+        "Backend: --backend auto (the default of generate) is MLX on Apple Silicon, torch elsewhere.\n"
+        "Model: a checkpoint directory, a .safetensors file, a hub id, or mamba-bytes (the shipped\n"
+        "model, the default).",
+        epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     from mamba_core import __version__
 
@@ -66,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as e:  # --help, --version, or a bad argument (already reported on one line)
         return int(e.code or 0)
-    args._argv = argv
+    args._argv = list(sys.argv[1:] if argv is None else argv)
     where = f"mamba-core {args.command}"
     try:
         with terminate_as_exception():
@@ -100,6 +112,15 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null so the interpreter's final flush does not raise BrokenPipeError again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (captured in tests)
+        pass
 
 
 def _silence_stdout() -> None:

@@ -68,6 +68,23 @@ class UnsupportedError(MambaCoreError, ValueError):
     """A valid upstream feature that mamba-core deliberately does not implement (named in the message)."""
 
 
+class DeviceUnavailableError(MambaCoreError, ValueError):
+    """A device was asked for that the backend cannot use here (``cuda`` on a CPU-only torch, ``gpu``
+    without Metal, an index past the last device).
+
+    Attributes:
+        backend: the backend name.
+        device: the device string asked for.
+        available: the device strings usable here.
+    """
+
+    def __init__(self, message: str, *, backend: str, device: str, available: list[str]):
+        super().__init__(message)
+        self.backend = backend
+        self.device = device
+        self.available = list(available)
+
+
 class SamplingError(MambaCoreError, ValueError):
     """A generation setting is out of range or of the wrong type (``mamba_core.sampling``).
 

@@ -28,6 +28,7 @@ from mamba_core.checkpoint import (
     torch_needed,
 )
 from mamba_core.config_schema import check_memory
+from mamba_core.devices import check_device
 from mamba_core.dialects import parse_config
 from mamba_core.errors import BackendUnavailableError, CheckpointError, ConfigError, UnsupportedError
 from mamba_core.hub import looks_like_hub_id
@@ -40,6 +41,7 @@ from mamba_core.writer import (
     DEFAULT_SHARD_SIZE,
     SAFETENSORS_INDEX,
     check_dialect,
+    token_id_keys,
     tokenizer_files,
     write_checkpoint,
 )
@@ -281,10 +283,26 @@ def _read_config(files: CheckpointFiles, task, num_labels, pooling):
 
 
 def local_path(name_or_path: str | os.PathLike, *, revision: str | None = None) -> Path:
-    """A local path as is; a hub id resolved to its (cached) snapshot directory."""
-    if not Path(name_or_path).exists() and looks_like_hub_id(str(name_or_path)):
+    """A local path as is; a shipped model's short name (``"mamba-bytes"``) its directory; a hub id
+    resolved to its (cached) snapshot directory.
+
+    Raises:
+        CheckpointError: a path that does not exist and is neither a shipped name nor a hub id.
+    """
+    from mamba_core.assets import SHIPPED_MODELS, shipped_path
+
+    shipped = shipped_path(name_or_path)
+    if shipped is not None:
+        return shipped
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    if looks_like_hub_id(str(name_or_path)):
         return resolve_hub(str(name_or_path), revision=revision)
-    return Path(name_or_path)
+    raise CheckpointError(
+        f"model {str(name_or_path)!r} does not exist: expected a checkpoint directory, a .safetensors / .bin "
+        f"file, a hub id ('org/name') or a shipped model ({', '.join(sorted(SHIPPED_MODELS))})"
+    )
 
 
 def load(
@@ -352,13 +370,14 @@ def load(
         'torch'
     """
     path = local_path(name_or_path, revision=revision)
+    choice = choose_backend(backend)
+    check_device(choice.name, device)
     if path.suffix == ".gguf":  # llama.cpp's single-file format (mamba_core.gguf)
         from mamba_core.gguf import load_gguf
 
         if task not in (None, "lm") or return_tokenizer:
             raise UnsupportedError(f"{str(path)!r}: a GGUF file loads as an LM, without a tokenizer")
         return load_gguf(path, backend=backend, dtype=dtype, device=device)
-    choice = choose_backend(backend)
     if choice.auto:
         log.info("backend='auto' picked %r (%s)", choice.name, choice.why)
     module = get_backend(choice.name)
@@ -441,7 +460,7 @@ def save(
     check_dialect(dialect)
     task = module.task_of(model)
     tensors = module.export_tensors(model, dialect=dialect)
-    copy_files, extra = tokenizer_files(tokenizer)
+    copy_files, extra = tokenizer_files(tokenizer, dialect)
     return write_checkpoint(
         module,
         tensors,
@@ -452,7 +471,11 @@ def save(
         shard_size=shard_size,
         copy_files=copy_files,
         extra_files=extra,
-        config_extra={**task.to_dict(), **quantization_config(model, dialect)},
+        config_extra={
+            **task.to_dict(),
+            **quantization_config(model, dialect),
+            **token_id_keys(tokenizer, dialect),
+        },
     )
 
 

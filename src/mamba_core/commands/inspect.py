@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from mamba_core import strict_json
 
 NAME = "inspect"
 HELP = "show a checkpoint's architecture, dialect, parameter count, dtypes, size and tokenizer"
@@ -13,9 +13,10 @@ def add_arguments(p) -> None:
         "model",
         nargs="?",
         default=None,
-        help="checkpoint directory, .safetensors file or hub id (default: the shipped model)",
+        help="checkpoint directory, .safetensors file, hub id or shipped name (default: "
+        "mamba-bytes, the shipped model)",
     )
-    p.add_argument("--revision", default=None)
+    p.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) for hub ids")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument(
         "--no-scan",
@@ -71,7 +72,7 @@ def inspect_checkpoint(name_or_path, *, revision: str | None = None, scan: bool 
 def run(args) -> int:
     info = inspect_checkpoint(args.model, revision=args.revision, scan=args.scan)
     if args.json:
-        print(json.dumps(info, indent=2))
+        print(strict_json.dumps(info, indent=2))
         return 0
     cfg = info["config"]
     print(f"{info['path']}")

@@ -161,6 +161,8 @@ IGNORED = {
 }
 # read by mamba_core.quantization, not by the config codec
 _QUANTIZATION_KEYS = ("quantization", "quantization_config")
+# config key holding the vocabulary before padding, written by us (absent when nothing is padded)
+VOCAB_KEY = "mamba_core_vocab_size"
 
 
 def detect(d: dict[str, Any]) -> bool:
@@ -184,7 +186,8 @@ def _arch_of(d: dict[str, Any]) -> str:
 
 def _check_keys(d: dict[str, Any], arch: str) -> None:
     names = NAMES_BY_ARCH[arch]
-    unknown = sorted(set(d) - set(names) - set(READ_BY_STEP[arch]) - IGNORED - set(_QUANTIZATION_KEYS))
+    known = set(names) | set(READ_BY_STEP[arch]) | IGNORED | set(_QUANTIZATION_KEYS) | {VOCAB_KEY}
+    unknown = sorted(set(d) - known)
     if unknown:
         raise ConfigError(
             f"unknown key(s) {unknown} in a {d.get('model_type')!r} config; known keys are {sorted(names)}",
@@ -268,11 +271,28 @@ def read(d: dict[str, Any], dialect: str = "hf") -> ParsedConfig:
     src = {**DEFAULTS_BY_ARCH[arch], **d}
     fields = {ours: src[theirs] for theirs, ours in NAMES_BY_ARCH[arch].items() if theirs in src}
     fields["pad_vocab_size_multiple"] = 1  # HF and mlx-lm store the already padded vocab
+    _read_unpadded_vocab(d, src, fields)
     _ARCH_READERS[arch](d, src, fields)
     # keys read as nothing: the listed ones, and renamed keys a reader step dropped
     dropped = {k for k, ours in NAMES_BY_ARCH[arch].items() if k in d and ours not in fields}
     ignored = tuple(sorted(k for k in d if k in IGNORED or k in dropped))
     return ParsedConfig(build(CONFIG_CLASSES[arch], fields), dialect, ignored)
+
+
+def _read_unpadded_vocab(d: dict[str, Any], src: dict[str, Any], fields: dict[str, Any]) -> None:
+    """A json we wrote keeps the vocabulary before padding (``VOCAB_KEY``), so a round trip keeps it."""
+    if VOCAB_KEY not in d:
+        return
+    fields["vocab_size"] = d[VOCAB_KEY]
+    fields["pad_vocab_size_multiple"] = d.get("pad_vocab_size_multiple", 1)
+    multiple = int(fields["pad_vocab_size_multiple"])
+    padded = -(-int(d[VOCAB_KEY]) // multiple) * multiple
+    if padded != src["vocab_size"]:
+        raise ConfigError(
+            f"{VOCAB_KEY}={d[VOCAB_KEY]} padded to a multiple of pad_vocab_size_multiple="
+            f"{fields['pad_vocab_size_multiple']} is {padded}, not vocab_size={src['vocab_size']}",
+            field=VOCAB_KEY,
+        )
 
 
 def _model_type(cfg, dialect: str) -> str:
@@ -309,6 +329,11 @@ def write(cfg, dialect: str = "hf") -> dict[str, Any]:
             continue
         out[theirs] = json_limit(value) if ours == "dt_limit" else value
     out["vocab_size"] = cfg.vocab_size_padded
+    if cfg.vocab_size != cfg.vocab_size_padded:
+        # transformers and mlx-lm need the padded row count; these two keys (which they ignore) keep the
+        # real vocabulary, so that hf -> mamba-core gives back the same config and sampling masks the padding
+        out["pad_vocab_size_multiple"] = cfg.pad_vocab_size_multiple
+        out[VOCAB_KEY] = cfg.vocab_size
     # transformers 5.23 (Mamba(2)PreTrainedModel._init_weights) divides a *loaded* out_proj.weight by
     # sqrt(n_layer) when this is true; it is init-only, -hf repos say false, and so must we.
     out["rescale_prenorm_residual"] = False

@@ -200,6 +200,8 @@ def write(cfg, dialect: str = "state-spaces") -> dict[str, Any]:
         ssm_cfg["layer"] = _LAYER_OF[cfg.arch]
     for key in MIXER_DEFAULTS[cfg.arch]:
         value = getattr(cfg, key)
+        if key == "dt_limit" and value == (0.0, math.inf):
+            continue  # "no limit" is mamba_ssm's default; its configs leave the key out
         ssm_cfg[key] = (
             json_limit(value) if key == "dt_limit" else (list(value) if isinstance(value, tuple) else value)
         )
