@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from mamba_core.config_schema import check_fields
 from mamba_core.errors import ConfigError
 
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu2")
@@ -84,6 +85,7 @@ class AttentionConfig:
     adapter_rank: int = 0
 
     def __post_init__(self) -> None:
+        check_fields(self)  # types and ranges first: mamba_core.family_schema
         owner = type(self).__name__
         for name in ("d_model", "n_heads", "n_kv_heads", "head_dim"):
             _positive_int(owner, name, getattr(self, name))
@@ -167,6 +169,7 @@ class MLPConfig:
     adapter_rank: int = 0
 
     def __post_init__(self) -> None:
+        check_fields(self)  # types and ranges first: mamba_core.family_schema
         owner = type(self).__name__
         _positive_int(owner, "d_model", self.d_model)
         _positive_int(owner, "d_ff", self.d_ff)
@@ -259,6 +262,7 @@ class MoEConfig:
     shared_expert: MLPConfig | None = None
 
     def __post_init__(self) -> None:
+        check_fields(self)  # types and ranges first: mamba_core.family_schema
         owner = type(self).__name__
         for name in ("d_model", "n_experts", "top_k", "n_group", "topk_group"):
             _positive_int(owner, name, getattr(self, name))

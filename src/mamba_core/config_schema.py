@@ -15,8 +15,10 @@ careless or hostile config free to say ``"tie_word_embeddings": "false"``, ``"n_
   machine), and ``check_memory`` refuses, before allocation, a model whose bytes exceed the memory
   available (``MemAvailable`` of ``/proc/meminfo``, or ``MAMBA_CORE_MEMORY_LIMIT`` bytes when set).
 
-Nullable fields (``mixer_rms_eps``) are checked by their config class; ``Mamba3Config`` and the hybrid
-family configs (``mamba_core.families``) check their own fields in their ``__post_init__``.
+Nullable fields (``mixer_rms_eps``) are checked by their config class. The tables of the other
+configs (``Mamba3Config``, the hybrid family configs of ``mamba_core.families`` and the block configs of
+``mamba_core.block_config``) live in ``mamba_core.family_schema``, keyed by config class, with the same
+``Rule`` kinds plus nullable values and lists (``"seq"``); ``check_fields`` dispatches there for them.
 
 The limits are far above every published Mamba (the largest: 64 layers, d_model 8192, vocab 256k) and
 far below what would hang or exhaust a machine. Spec layer: numpy-free, framework-free.
@@ -33,6 +35,7 @@ from mamba_core.errors import ConfigError, ResourceError
 
 MAX_PARAMETERS = 2**40  # ~1.1e12 parameters: 4 TiB of float32
 MEMORY_LIMIT_ENV = "MAMBA_CORE_MEMORY_LIMIT"
+MAX_STRING = 256  # a name field (activation, layer type): longer is junk
 
 
 @dataclass(frozen=True)
@@ -40,10 +43,15 @@ class Rule:
     """How one field is checked.
 
     Attributes:
-        kind: ``"int"``, ``"float"``, ``"bool"``, ``"enum"``, ``"pair"`` or ``"int-or-auto"``.
+        kind: ``"int"``, ``"float"``, ``"bool"``, ``"enum"``, ``"str"`` (a name the config class checks
+            against its own set), ``"pair"``, ``"int-or-auto"``, ``"seq"`` (a
+            list whose length is in ``[lo, hi]`` and whose items follow ``item``) or ``"config"`` (an
+            instance of the class named ``choices[0]``: a nested config, validated by its own class).
         lo, hi: inclusive bounds for ints; for floats, bounds that ``open_lo`` / ``open_hi`` make strict.
         choices: the allowed values of an enumeration.
         allow_inf_hi: a pair whose upper end may be +inf (``dt_limit``).
+        nullable: None (json null) is accepted too (a field whose absence means "derive it").
+        item: the rule of each item of a ``"seq"``.
     """
 
     kind: str
@@ -53,9 +61,22 @@ class Rule:
     open_hi: bool = False
     choices: tuple[Any, ...] = ()
     allow_inf_hi: bool = False
+    nullable: bool = False
+    item: Rule | None = None
 
     def describe(self) -> str:
         """The expectation in words: ``"an int in [1, 65536]"``."""
+        text = self._describe()
+        return f"null or {text}" if self.nullable else text
+
+    def _describe(self) -> str:
+        if self.kind == "seq":
+            size = f"{_fmt(self.lo)}" if self.lo == self.hi else f"{_fmt(self.lo)} to {_fmt(self.hi)}"
+            return f"a list of {size} items, each {self.item.describe()}"
+        if self.kind == "config":
+            return f"a {self.choices[0]}"
+        if self.kind == "str":
+            return f"a string of at most {MAX_STRING} characters"
         if self.kind == "bool":
             return "true or false (a JSON boolean, not a string or number)"
         if self.kind == "enum":
@@ -76,8 +97,10 @@ class Rule:
 def _fmt(v) -> str:
     if v is None:
         return "inf"
-    if isinstance(v, float) and v.is_integer() and abs(v) >= 2**10:
+    if isinstance(v, float) and v.is_integer() and v >= 2**10:
         return f"2**{int(math.log2(v))}" if math.log2(v).is_integer() else f"{v:g}"
+    if isinstance(v, float) and abs(v) >= 1e5:
+        return f"{v:g}"
     if isinstance(v, int) and v >= 2**10 and (v & (v - 1)) == 0:
         return f"2**{v.bit_length() - 1}"
     return repr(v)
@@ -171,7 +194,8 @@ def _bad(arch_name: str, name: str, rule: Rule, value) -> ConfigError:
     if len(shown) > 80:
         shown = shown[:77] + "..."
     return ConfigError(
-        f"{arch_name}.{name} must be {rule.describe()}, got {shown} ({type(value).__name__})", field=name
+        f"{arch_name}.{name} must be {rule.describe()}, got {shown} ({type(value).__name__})",
+        field=name.split("[", 1)[0],
     )
 
 
@@ -197,8 +221,20 @@ def check_value(arch_name: str, name: str, rule: Rule, value) -> None:
 string or number), got 'false' (str)
     """
     kind = rule.kind
+    if value is None and rule.nullable:
+        return
+    if kind == "seq":
+        if not isinstance(value, (list, tuple)) or not rule.lo <= len(value) <= rule.hi:
+            raise _bad(arch_name, name, rule, value)
+        for i, item in enumerate(value):
+            check_value(arch_name, f"{name}[{i}]", rule.item, item)
+        return
     if kind == "bool":
         ok = isinstance(value, bool)
+    elif kind == "config":
+        ok = type(value).__name__ == rule.choices[0]
+    elif kind == "str":  # a name whose allowed values the config class checks itself
+        ok = isinstance(value, str) and len(value) <= MAX_STRING
     elif kind == "enum":
         ok = isinstance(value, str) and value in rule.choices
     elif kind == "int-or-auto" and value == "auto" and isinstance(value, str):
@@ -231,13 +267,21 @@ def _finite(value) -> bool:
 
 
 def check_fields(config) -> None:
-    """Check every field of a config dataclass against ``SCHEMA[config.arch]`` (from its ``__post_init__``).
+    """Check every field of a config dataclass against its schema (first thing in its ``__post_init__``).
+
+    Mamba-1/Mamba-2 configs are checked against ``SCHEMA[config.arch]`` here; every other config
+    (Mamba-3, the hybrid families, the block configs) against ``mamba_core.family_schema``.
 
     Raises:
         ConfigError: the first field of the wrong type or out of range (naming it), ``dt_min >= dt_max``,
-            or a ``dt_limit`` whose ends are not ``lo < hi``.
+            or a ``dt_limit`` whose ends are not ``lo < hi`` (and the family tables' cross-field rules).
         ResourceError: more than ``MAX_PARAMETERS`` parameters (with the count).
     """
+    if getattr(config, "arch", None) not in SCHEMA:
+        from mamba_core.family_schema import check_family_fields  # its tables import this module
+
+        check_family_fields(config)
+        return
     cls = type(config).__name__
     for name, rule in SCHEMA[config.arch].items():
         check_value(cls, name, rule, getattr(config, name))
@@ -274,10 +318,10 @@ def parameter_count(config) -> int:
         >>> parameter_count(Mamba1Config(d_model=768, n_layer=24, vocab_size=50277))
         129135360
     """
-    if config.arch not in SCHEMA:  # Mamba-3 and the hybrid families: their own checks bound the sizes
-        from mamba_core.layout import expand_layout  # layout imports the configs, which import this module
+    if getattr(config, "arch", None) not in SCHEMA:  # Mamba-3, the hybrid families
+        from mamba_core.family_schema import family_parameter_count  # its tables import this module
 
-        return sum(math.prod(spec.shape) for spec in expand_layout(config).values())
+        return family_parameter_count(config)
     d = config.d_model
     e = int(config.expand * d)
     n = config.d_state

@@ -28,7 +28,7 @@ __all__ = ["Param"]  # re-exported: the row type lives with the layer kinds
 
 LAYER = "backbone.layers.{i}."
 
-_HEAD = (
+HEAD_ROWS = (  # the model-level rows after the layers
     Param("backbone.embedding.weight", ("vocab_size_padded", "d_model")),
     Param("backbone.norm_f.weight", ("d_model",)),
     Param("lm_head.weight", ("vocab_size_padded", "d_model"), when="untied"),
@@ -43,7 +43,7 @@ def _one_kind_table(kind_name: str) -> tuple[Param, ...]:
     rows = tuple(
         Param(f"{LAYER}{kind.slot}.{r.name}", r.shape, r.dtype_policy, r.mlx_axes, r.when) for r in kind.rows
     )
-    return layer + rows + _HEAD
+    return layer + rows + HEAD_ROWS
 
 
 # The full tables of the one-kind models (every layer the same mixer), for reading and for docs.
@@ -144,7 +144,7 @@ def expand_layout(config: Mamba1Config | Mamba2Config) -> dict[str, ParamSpec]:
                 if _present(p, cfg):
                     name = f"{prefix}{slot}.{p.name}"
                     out[name] = _spec(p, name, cfg)
-    for p in _HEAD:
+    for p in HEAD_ROWS:
         if _present(p, config):
             out[p.name] = _spec(p, p.name, config)
     return out

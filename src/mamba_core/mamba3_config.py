@@ -19,6 +19,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from mamba_core.config_schema import check_fields, check_parameter_count
 from mamba_core.errors import ConfigError
 from mamba_core.layers.gated_mlp import mlp_width
 from mamba_core.layers.kind import BlockPlan
@@ -100,6 +101,7 @@ class Mamba3Config:
     rescale_prenorm_residual: bool = True
 
     def __post_init__(self) -> None:
+        check_fields(self)  # types and ranges first: mamba_core.family_schema
         self._check_positive(
             "d_model",
             "n_layer",
@@ -182,6 +184,7 @@ class Mamba3Config:
             raise ConfigError(
                 f"dt_min={self.dt_min!r} must not exceed dt_max={self.dt_max!r}", field="dt_min"
             )
+        check_parameter_count(self)
 
     def _check_positive(self, *names: str) -> None:
         for name in names:

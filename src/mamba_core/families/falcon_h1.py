@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from mamba_core.block_config import AttentionConfig, MLPConfig
+from mamba_core.config_schema import check_fields, check_parameter_count
 from mamba_core.errors import ConfigError
 from mamba_core.families.hf_reader import HFReader
 from mamba_core.families.mamba_mixer import Mamba2MixerConfig
@@ -87,6 +88,7 @@ class FalconH1Config:
     mlp_multipliers: tuple[float, float] = (1.0, 1.0)
 
     def __post_init__(self) -> None:
+        check_fields(self)  # types and ranges first: mamba_core.family_schema
         if self.mamba_width % self.mamba_n_heads:
             raise ConfigError(
                 f"mamba_n_heads={self.mamba_n_heads} must divide the Mamba width {self.mamba_width} "
@@ -107,6 +109,7 @@ class FalconH1Config:
                 field="num_attention_heads",
             )
         self.attention, self.mlp, self.mamba  # noqa: B018 (each validates its fields)
+        check_parameter_count(self)
 
     @property
     def mamba_width(self) -> int:

@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from mamba_core.block_config import AttentionConfig, MLPConfig, MoEConfig
+from mamba_core.config_schema import check_fields, check_parameter_count, check_raw
 from mamba_core.errors import ConfigError
 from mamba_core.families.hf_reader import HFReader
 from mamba_core.families.mamba_mixer import Mamba2MixerConfig
 from mamba_core.families.plan import LayerPlan
+from mamba_core.family_schema import LAYER_TYPES
 
 _TYPES = {
     "linear_attention": "mamba2",
@@ -83,6 +85,7 @@ class GraniteHybridConfig:
     time_step_limit: tuple[float, float] = (0.0, math.inf)
 
     def __post_init__(self) -> None:
+        check_fields(self)  # types and ranges first: mamba_core.family_schema
         if self.variant not in self.model_types:
             raise ConfigError(
                 f"variant must be one of {self.model_types}, got {self.variant!r}", field="variant"
@@ -114,6 +117,7 @@ class GraniteHybridConfig:
         for plan in set(self.layer_plan()):
             self.kind_config(plan.mixer)
             self.kind_config(plan.mlp)
+        check_parameter_count(self)
 
     @property
     def n_layer(self) -> int:
@@ -220,7 +224,9 @@ class GraniteHybridConfig:
         heads = r.int("num_attention_heads", 32)
         if granite:
             types = r.raw("layer_types", None) or r.raw("layers_block_type", None)
-            types = tuple(types) if types is not None else ("linear_attention",) * n_layers
+            types = ("linear_attention",) * n_layers if types is None else types
+            check_raw(variant, "layer_types", types, LAYER_TYPES)  # a list before len() and tuple()
+            types = tuple(types)
             pos = r.str("position_embedding_type", None, ("rope", "nope"))
             rotary = 1.0 if pos == "rope" else 0.0
             experts = r.int("num_local_experts", 8, minimum=0)

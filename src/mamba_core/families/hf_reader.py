@@ -12,6 +12,10 @@ import math
 from typing import Any
 
 from mamba_core.errors import ConfigError
+from mamba_core.family_schema import MAX_LAYERS
+
+# keys that size a Python sequence while the json is read (a layer list), bounded before that happens
+BOUNDED_KEYS = {"num_hidden_layers": MAX_LAYERS}
 
 # Keys every transformers config may carry that do not change the forward math.
 COMMON_IGNORED = frozenset(
@@ -110,6 +114,8 @@ class HFReader:
             raise ConfigError(f"{self.family} config lacks the required key {key!r}", field=key)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise self._fail(key, f"an integer >= {minimum}", value)
+        if key in BOUNDED_KEYS and value > BOUNDED_KEYS[key]:
+            raise self._fail(key, f"an integer in [{minimum}, {BOUNDED_KEYS[key]}]", value)
         return value
 
     def float(self, key: str, default: float | None = None, *, positive: bool = False) -> float:

@@ -14,6 +14,7 @@ from typing import ClassVar
 
 from mamba_core.block_config import AttentionConfig, MLPConfig, MoEConfig
 from mamba_core.config import Mamba1Config
+from mamba_core.config_schema import check_fields, check_parameter_count
 from mamba_core.errors import ConfigError
 from mamba_core.families.hf_reader import HFReader
 from mamba_core.families.plan import LayerPlan
@@ -61,6 +62,7 @@ class JambaConfig:
     mamba_proj_bias: bool = False
 
     def __post_init__(self) -> None:
+        check_fields(self)  # types and ranges first: mamba_core.family_schema
         for period, offset in (
             ("attn_layer_period", "attn_layer_offset"),
             ("expert_layer_period", "expert_layer_offset"),
@@ -73,6 +75,7 @@ class JambaConfig:
         for plan in set(self.layer_plan()):
             self.kind_config(plan.mixer)
             self.kind_config(plan.mlp)
+        check_parameter_count(self)
 
     def layer_plan(self) -> tuple[LayerPlan, ...]:
         """Attention or the weighted-norm Mamba-1 mixer, then MoE or MLP, by the periods and offsets."""

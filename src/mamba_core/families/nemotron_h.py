@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from mamba_core.block_config import AttentionConfig, MLPConfig, MoEConfig
+from mamba_core.config_schema import check_fields, check_parameter_count
 from mamba_core.errors import ConfigError, UnsupportedError
 from mamba_core.families.hf_reader import HFReader
 from mamba_core.families.mamba_mixer import Mamba2MixerConfig
@@ -100,6 +101,7 @@ class NemotronHConfig:
     num_nextn_predict_layers: int = 0
 
     def __post_init__(self) -> None:
+        check_fields(self)  # types and ranges first: mamba_core.family_schema
         types = tuple(_LEGACY_TYPES.get(t, t) for t in self.layer_types)
         object.__setattr__(self, "layer_types", types)
         bad = sorted({t for t in types if t not in TYPE_TO_KIND})
@@ -127,6 +129,7 @@ class NemotronHConfig:
         # build every kind config once: each validates its own fields and names them
         for kind in set(self.layer_plan()):
             self.kind_config(kind.mixer)
+        check_parameter_count(self)
 
     @property
     def n_layer(self) -> int:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from mamba_core.block_config import AttentionConfig, MLPConfig
+from mamba_core.config_schema import check_fields, check_parameter_count
 from mamba_core.errors import ConfigError
 from mamba_core.families.hf_reader import HFReader
 from mamba_core.families.mamba_mixer import Mamba2MixerConfig
@@ -67,6 +68,7 @@ class Zamba2Config:
     time_step_min: float = 0.001
 
     def __post_init__(self) -> None:
+        check_fields(self)  # types and ranges first: mamba_core.family_schema
         types = tuple(_TYPES.get(t, t) for t in self.layer_types)
         object.__setattr__(self, "layer_types", types)
         bad = sorted({t for t in types if t not in ("mamba", "hybrid")})
@@ -96,6 +98,7 @@ class Zamba2Config:
                 f"time_step_min must be >= 0, got {self.time_step_min!r}", field="time_step_min"
             )
         self.attention, self.mlp, self.mamba  # noqa: B018 (each validates its fields)
+        check_parameter_count(self)
 
     @property
     def n_layer(self) -> int:
