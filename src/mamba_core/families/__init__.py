@@ -45,7 +45,7 @@ def from_hf(d: dict):
         'JambaConfig'
     """
     model_type = d.get("model_type") if isinstance(d, dict) else None
-    if model_type not in FAMILIES:
+    if not isinstance(model_type, str) or model_type not in FAMILIES:  # a list is unhashable
         raise ConfigError(
             f"model_type {model_type!r} is not a hybrid family; expected one of {sorted(FAMILIES)}",
             field="model_type",
