@@ -13,7 +13,7 @@ import sys
 from dataclasses import dataclass
 from types import ModuleType
 
-from mamba_core.errors import BackendUnavailableError
+from mamba_core.errors import BackendUnavailableError, UnsupportedError
 
 BACKENDS = {"torch": "mamba_core.backends.torch", "mlx": "mamba_core.backends.mlx"}
 
@@ -175,3 +175,18 @@ def choose_backend(backend: str | None = "auto") -> BackendChoice:
 def default_backend() -> str:
     """The backend ``"auto"`` picks here (``choose_backend("auto").name``)."""
     return choose_backend("auto").name
+
+
+def model_class(classes: dict[str, type], config, backend: str) -> type:
+    """The LM class a backend builds for ``config`` (``classes``: its ``MODEL_CLASSES``, by ``arch``).
+
+    Raises:
+        UnsupportedError: a config the backend does not build (a family without a model class yet).
+    """
+    cls = classes.get(getattr(config, "arch", None))
+    if cls is None:
+        raise UnsupportedError(
+            f"the {backend} backend does not build {type(config).__name__} models; it builds "
+            f"{sorted(classes)}"
+        )
+    return cls

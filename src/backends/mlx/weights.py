@@ -26,6 +26,7 @@ from mamba_core.dialects.hybrid import is_family
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.hybrid_layout import stored_tensors
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
+from mamba_core.registry import model_class
 from mamba_core.safetensors_header import read_array, validate_safetensors_header
 
 MODEL_CLASSES = {
@@ -58,7 +59,7 @@ def _new_model(config, dtype: mx.Dtype, device: mx.Device, kernels: str):
         raise ValueError(f"kernels={kernels!r}; expected one of {KERNELS}")
     if kernels == "fast":
         raise UnsupportedError("kernels='fast': the MLX backend has no fused kernels; use 'auto'")
-    return MODEL_CLASSES[config.arch](config, dtype=dtype, device=device, init=False)
+    return model_class(MODEL_CLASSES, config, "mlx")(config, dtype=dtype, device=device, init=False)
 
 
 def build_model(config, *, dtype="float32", device=None, seed: int | None = None, kernels: str = "auto"):

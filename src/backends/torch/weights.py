@@ -28,6 +28,7 @@ from mamba_core.dialects.hybrid import is_family
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.hybrid_layout import stored_tensors
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
+from mamba_core.registry import model_class
 
 MODEL_CLASSES = {
     "mamba1": Mamba1LM,
@@ -63,7 +64,7 @@ def build_model(config, *, dtype="float32", device=None, seed=None, kernels: str
         raise ValueError(f"kernels={kernels!r}; expected one of {KERNELS}")
     if kernels == "fast":
         raise UnsupportedError("kernels='fast': the torch backend has no fused kernels; use 'auto'")
-    model = MODEL_CLASSES[config.arch](config, dtype=resolve_dtype(dtype), device="meta")
+    model = model_class(MODEL_CLASSES, config, "torch")(config, dtype=resolve_dtype(dtype), device="meta")
     model.to_empty(device=resolve_device(device))
     initialize(model, seed)
     return model.eval()
