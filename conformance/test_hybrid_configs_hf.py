@@ -257,7 +257,7 @@ def test_nemotron_legacy_pattern_and_aliases_read_as_transformers_reads_them():
         ("nemotron_h", {"num_hidden_layers": 3}, "num_hidden_layers", ConfigError),
         ("nemotron_h", {"num_nextn_predict_layers": 1}, None, UnsupportedError),
         ("jamba", {"attn_layer_offset": 3}, "attn_layer_offset", ConfigError),
-        ("jamba", {"num_key_value_heads": 3}, "n_kv_heads", ConfigError),
+        ("jamba", {"num_key_value_heads": 3}, "num_key_value_heads", ConfigError),
         ("falcon_h1", {"ssm_multipliers": [1.0, 2.0]}, "ssm_multipliers", ConfigError),
         ("falcon_h1", {"mamba_n_heads": 5}, "mamba_n_heads", ConfigError),
         ("granitemoehybrid", {"layer_types": ["mamba", "convolution", "mamba"]}, "layer_types", ConfigError),

@@ -330,7 +330,6 @@ def _nemotron_h(c) -> None:
         "num_attention_heads",
         c.num_attention_heads,
     )
-    _divides("NemotronHConfig", "n_groups", c.n_groups, "mamba_num_heads", c.mamba_num_heads)
     _at_most(
         "NemotronHConfig",
         "num_experts_per_tok",
@@ -350,7 +349,6 @@ def _granite(c) -> None:
         "num_attention_heads",
         c.num_attention_heads,
     )
-    _divides("GraniteHybridConfig", "mamba_n_groups", c.mamba_n_groups, "mamba_n_heads", c.mamba_n_heads)
     if c.num_local_experts:
         _at_most(
             "GraniteHybridConfig",
@@ -369,7 +367,6 @@ def _falcon_h1(c) -> None:
         "num_attention_heads",
         c.num_attention_heads,
     )
-    _divides("FalconH1Config", "mamba_n_groups", c.mamba_n_groups, "mamba_n_heads", c.mamba_n_heads)
 
 
 def _zamba2(c) -> None:
@@ -380,7 +377,6 @@ def _zamba2(c) -> None:
         "num_attention_heads",
         c.num_attention_heads,
     )
-    _divides("Zamba2Config", "mamba_ngroups", c.mamba_ngroups, "n_mamba_heads", c.n_mamba_heads)
     _at_most("Zamba2Config", "num_mem_blocks", c.num_mem_blocks, "the number of layers", len(c.layer_types))
 
 
@@ -392,7 +388,8 @@ def _moe(c) -> None:
     _at_most("MoEConfig", "top_k", c.top_k, "n_experts", c.n_experts)
 
 
-# cross-field rules, run after every field passed its own rule
+# cross-field rules, run after every field passed its own rule (the Mamba mixer's own widths, heads
+# and groups are checked by the family and its derived ``Mamba2MixerConfig``, naming the family key)
 CROSS_RULES = {
     "Mamba3Config": _mamba3,
     "JambaConfig": _jamba,
