@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from mamba_core.errors import ConfigError
+from mamba_core.errors import ConfigError, UnsupportedError
 from mamba_core.layout import DIALECT_RENAMES
 
 log = logging.getLogger("mamba_core")
@@ -226,6 +226,10 @@ class QuantizationPlan:
         return bits / total
 
 
+# the architectures whose linear layers the table below covers (Mamba-3 and the hybrid families: not yet)
+QUANTIZED_ARCHS = ("mamba1", "mamba2")
+
+
 def module_name(path: str, dialect: str) -> str:
     """A canonical module path in ``dialect``'s names (``backbone.embedding`` -> ``backbone.embeddings``
     for hf/mlx-lm)."""
@@ -247,6 +251,11 @@ def quantizable_modules(config) -> dict[str, tuple[int, int]]:
         ['backbone.layers.0.mixer.in_proj', 'backbone.layers.0.mixer.x_proj']
     """
     c = config
+    if getattr(c, "arch", None) not in QUANTIZED_ARCHS:
+        raise UnsupportedError(
+            f"quantization covers {', '.join(QUANTIZED_ARCHS)} models; a {getattr(c, 'arch', type(c).__name__)!r} "
+            "model has no quantization table yet: load it in float32, bfloat16 or float16"
+        )
     shapes: dict[str, tuple[int, int]] = {
         "in_proj": (c.d_in_proj, c.d_model),
         "out_proj": (c.d_model, c.d_inner),

@@ -33,7 +33,7 @@ from mamba_core.conformance.core import (
     model_tolerance,
     skipped_result,
 )
-from mamba_core.quantization import dequantize_affine, pack_codes, unpack_codes
+from mamba_core.quantization import QUANTIZED_ARCHS, dequantize_affine, pack_codes, unpack_codes
 
 # quantized vs float32 logits, relative to max |logit|, on the conformance models: random tiny models
 # have small logits, so this measures what the format costs there (q8 ~1-3e-2, q4 ~0.15-0.4); the
@@ -99,6 +99,8 @@ def _quantized(fmt, cfg_name, backend, device, dtype, rng) -> CheckResult:
 
 for _fmt in _FORMATS:
     for _cfg_name in MODEL_CONFIGS:
+        if MODEL_CONFIGS[_cfg_name].arch not in QUANTIZED_ARCHS:
+            continue
         CHECKS[f"quantized/{_fmt}/{_cfg_name}"] = Check(
             f"quantized/{_fmt}/{_cfg_name}",
             "model",
