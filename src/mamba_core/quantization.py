@@ -251,10 +251,12 @@ def quantizable_modules(config) -> dict[str, tuple[int, int]]:
         ['backbone.layers.0.mixer.in_proj', 'backbone.layers.0.mixer.x_proj']
     """
     c = config
-    if getattr(c, "arch", None) not in QUANTIZED_ARCHS:
+    arch = getattr(c, "arch", type(c).__name__)
+    if arch not in QUANTIZED_ARCHS:
+        covered = ", ".join(QUANTIZED_ARCHS)
         raise UnsupportedError(
-            f"quantization covers {', '.join(QUANTIZED_ARCHS)} models; "
-            f"a {getattr(c, 'arch', type(c).__name__)!r} model has no quantization table yet: load it in float32, bfloat16 or float16"
+            f"quantization covers {covered} models; a {arch!r} model has no quantization table yet: "
+            "load it in float32, bfloat16 or float16"
         )
     shapes: dict[str, tuple[int, int]] = {
         "in_proj": (c.d_in_proj, c.d_model),
