@@ -238,7 +238,6 @@ def test_training_loss_falls(cfg):
 def _mlx_lm_model(cfg, model):
     mlx_lm = pytest.importorskip("mlx_lm.models.mamba")
     import mlx_lm.models.mamba2 as mlx_lm2
-
     from mlx_lm.utils import load_config
 
     with tempfile.TemporaryDirectory() as tmp:  # what mlx-lm reads from config.json, through its reader

@@ -286,7 +286,9 @@ def _read_unpadded_vocab(d: dict[str, Any], src: dict[str, Any], fields: dict[st
     check_raw("hf config", VOCAB_KEY, d[VOCAB_KEY], SCHEMA["mamba1"]["vocab_size"])
     if "pad_vocab_size_multiple" in d:
         check_raw(
-            "hf config", "pad_vocab_size_multiple", d["pad_vocab_size_multiple"],
+            "hf config",
+            "pad_vocab_size_multiple",
+            d["pad_vocab_size_multiple"],
             SCHEMA["mamba1"]["pad_vocab_size_multiple"],
         )
     fields["vocab_size"] = d[VOCAB_KEY]
