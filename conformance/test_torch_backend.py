@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 import mamba_core  # noqa: E402
 import mamba_core.backends.torch as tb  # noqa: E402
 from mamba_core import reference as ref  # noqa: E402
+from mamba_core import strict_json  # noqa: E402
 from mamba_core.backends.torch import ops, scan  # noqa: E402
 from mamba_core.errors import CheckpointError  # noqa: E402
 from mamba_core.registry import BACKEND_API  # noqa: E402
@@ -412,7 +413,7 @@ def test_torch_compile_forward_matches_eager():
 
 def _hf_model(cfg, model):
     transformers = pytest.importorskip("transformers")
-    d = cfg.to_dict("hf")
+    d = strict_json.decode_floats(cfg.to_dict("hf"))  # as transformers' json reader decodes config.json
     if cfg.arch == "mamba1":
         hf = transformers.MambaForCausalLM(transformers.MambaConfig(**d))
     else:

@@ -145,10 +145,12 @@ def test_round_trip_through_every_dialect(cfg, dialect):
     parsed = parse_config(d)
     back = parsed.config
     if dialect in ("hf", "mlx-lm"):
-        # HF stores the padded vocab and has no unpadded value; init-only fields take HF names
-        # rescale_prenorm_residual is init-only and written false (transformers would rescale loaded weights)
+        # HF stores the padded vocab; a padded one also gets the real vocab and the multiple (keys that
+        # transformers and mlx-lm ignore), so it comes back unchanged. rescale_prenorm_residual is
+        # init-only and written false (transformers would rescale loaded weights)
+        padded = cfg.vocab_size != cfg.vocab_size_padded
         expected = cfg.replace(
-            vocab_size=cfg.vocab_size_padded, pad_vocab_size_multiple=1, rescale_prenorm_residual=False
+            rescale_prenorm_residual=False, **({} if padded else {"pad_vocab_size_multiple": 1})
         )
         assert back.vocab_size_padded == cfg.vocab_size_padded
         assert back == expected

@@ -104,3 +104,32 @@ def test_state_spaces_checkpoint_gets_the_known_tokenizer_from_the_cache(tmp_pat
     assert load_checkpoint_tokenizer(ckpt) is None  # an HF checkpoint names its tokenizer by file only
     (ckpt / "tokenizer.mamba-core.json").write_text(json.dumps(ByteTokenizer().to_json()))
     assert isinstance(load_checkpoint_tokenizer(ckpt), ByteTokenizer)
+
+
+def test_byte_tokenizer_as_tokenizer_json_encodes_and_decodes_alike(tmp_path):
+    """The tokenizer.json written for converted byte models: the same ids, the same text, eos 256."""
+    from tokenizers import Tokenizer
+
+    tok = ByteTokenizer()
+    for name, text in tok.hf_files().items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    hf = Tokenizer.from_file(str(tmp_path / "tokenizer.json"))
+    assert hf.get_vocab_size(with_added_tokens=True) == 257 and hf.token_to_id("<|endoftext|>") == 256
+    for text in ("def f(x):\n    return x  # é ✓ 🐍\n", "  \t\r\n", "".join(map(chr, range(1, 256)))):
+        ids = hf.encode(text, add_special_tokens=False).ids
+        assert ids == tok.encode(text)
+        assert hf.decode(ids) == text
+    wrapped = HFTokenizer(tmp_path / "tokenizer.json")
+    assert wrapped.eos_token_id == 256 and wrapped.vocab_size == 257
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert config["eos_token"] == "<|endoftext|>" and config["add_bos_token"] is False
+
+
+def test_byte_tokenizer_file_wins_over_tokenizer_json(tmp_path):
+    tok = ByteTokenizer()
+    for name, text in tok.hf_files().items():
+        (tmp_path / name).write_text(text, encoding="utf-8")
+    (tmp_path / "tokenizer.mamba-core.json").write_text(json.dumps(tok.to_json()))
+    assert isinstance(load_tokenizer(tmp_path), ByteTokenizer)
+    (tmp_path / "tokenizer.mamba-core.json").unlink()
+    assert isinstance(load_tokenizer(tmp_path), HFTokenizer)

@@ -27,6 +27,7 @@ transformers = pytest.importorskip(
 )
 
 from mamba_core import reference as ref  # noqa: E402
+from mamba_core import strict_json  # noqa: E402
 from mamba_core.config import Mamba1Config, Mamba2Config  # noqa: E402
 
 FP32_TOL = 1e-5  # docs/spec.md §7.2 float32 tolerance
@@ -66,7 +67,8 @@ def _err(out: np.ndarray, expected: np.ndarray, what: str) -> float:
 
 
 def _hf_config(cfg):
-    d = json.loads(json.dumps(cfg.to_dict("hf")))  # exactly what a config.json gives transformers
+    # exactly what a config.json gives transformers (whose json reader decodes the {"__float__": ..} tags)
+    d = strict_json.decode_floats(json.loads(strict_json.dumps(cfg.to_dict("hf"))))
     cls = transformers.MambaConfig if cfg.arch == "mamba1" else transformers.Mamba2Config
     return cls(**d)
 

@@ -20,9 +20,7 @@ Dialect detection (docs/spec.md §8.1), never by guessing shapes:
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,29 +34,12 @@ from mamba_core.layout import (
     DIALECT_RENAMES,
     expand_layout,
 )
+from mamba_core.safetensors_header import validate_safetensors_header
 from mamba_core.task import HEAD_LAYOUT, Task, task_layout
 
 SAFETENSORS_DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"}
-_DTYPE_SIZE = {
-    "F64": 8,
-    "F32": 4,
-    "F16": 2,
-    "BF16": 2,
-    "I64": 8,
-    "I32": 4,
-    "I16": 2,
-    "I8": 1,
-    "U8": 1,
-    "BOOL": 1,
-    "U32": 4,
-    "U16": 2,
-    "U64": 8,
-    "F8_E4M3": 1,
-    "F8_E5M2": 1,
-}
 FLOAT_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
-_MAX_HEADER = 100 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -88,58 +69,15 @@ class SafetensorsHeader:
 
 
 def read_safetensors_header(path: str | os.PathLike) -> SafetensorsHeader:
-    """Parse a safetensors header and check that the file holds every byte it promises.
+    """Parse a safetensors header, validated against the file (``mamba_core.safetensors_header``).
 
     Raises:
-        CheckpointError: the file is not safetensors, is truncated, or its header is inconsistent
-            (the message names the file and, where it applies, the tensor).
+        CheckpointError: the file is not a regular safetensors file, is truncated, or its header is
+            inconsistent (the message names the file and, where it applies, the tensor).
     """
-    path = os.fspath(path)
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            raw_len = f.read(8)
-            if len(raw_len) < 8:
-                raise CheckpointError(f"{path!r} is not a safetensors file: shorter than 8 bytes")
-            (n,) = struct.unpack("<Q", raw_len)
-            if n > min(_MAX_HEADER, size - 8):
-                raise CheckpointError(
-                    f"{path!r} is not a valid safetensors file: header length {n} exceeds the file "
-                    f"size {size} (truncated or not safetensors)"
-                )
-            header = json.loads(f.read(n))
-    except OSError as e:
-        raise CheckpointError(f"cannot read checkpoint file {path!r}: {e}") from e
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path!r} is not a valid safetensors file: bad header ({e})") from e
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path!r} is not a valid safetensors file: header is not a dict")
-    metadata = header.pop("__metadata__", None) or {}
-    data_len = size - 8 - n
-    tensors = {}
-    for name, entry in header.items():
-        try:
-            dtype, shape, (start, stop) = (
-                entry["dtype"],
-                tuple(entry["shape"]),
-                entry["data_offsets"],
-            )
-        except (KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"{path!r}: malformed header entry for tensor {name!r}") from e
-        count = 1
-        for s in shape:
-            count *= s
-        if dtype in _DTYPE_SIZE and stop - start != count * _DTYPE_SIZE[dtype]:
-            raise CheckpointError(
-                f"{path!r}: tensor {name!r} claims shape {shape} {dtype} but holds {stop - start} bytes"
-            )
-        if stop > data_len:
-            raise CheckpointError(
-                f"{path!r} is truncated: tensor {name!r} ends at byte {stop} of the data section but "
-                f"the file has only {data_len}; re-download or re-convert it"
-            )
-        tensors[name] = TensorInfo(name, shape, dtype, path)
-    return SafetensorsHeader(path, tensors, dict(metadata))
+    header = validate_safetensors_header(path)
+    tensors = {name: TensorInfo(name, e.shape, e.dtype, header.path) for name, e in header.entries.items()}
+    return SafetensorsHeader(header.path, tensors, header.metadata)
 
 
 def is_pickle(path: str | os.PathLike) -> bool:
@@ -322,7 +260,9 @@ def _dominant_dtype(entries: list[LoadEntry], quantized: list[LoadEntry] = ()) -
         for e in quantized:
             if e.canonical.endswith(".scales") and e.source_dtype in FLOAT_DTYPES:
                 counts[e.source_dtype] = counts.get(e.source_dtype, 0) + 1
-    return FLOAT_DTYPES[max(counts, key=counts.get) if counts else "F32"]
+    dominant = max(counts, key=counts.get) if counts else "F32"
+    # float64 files (numpy exports) load as float32, the widest dtype a model computes in (dtype policy)
+    return "float32" if dominant == "F64" else FLOAT_DTYPES[dominant]
 
 
 class _Matcher:

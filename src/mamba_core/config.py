@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from mamba_core.config_schema import check_fields
 from mamba_core.errors import ConfigError
 from mamba_core.layers.gated_mlp import mlp_width
 from mamba_core.layers.kind import BlockPlan
@@ -164,6 +165,7 @@ class Mamba1Config(_LMConfig):
     mixer_rms_weights: bool = False
 
     def __post_init__(self) -> None:
+        check_fields(self)  # types and ranges first: the rest may compute with them
         if self.dt_rank == "auto":
             object.__setattr__(self, "dt_rank", math.ceil(self.d_model / 16))
         self._check_common()
@@ -227,6 +229,7 @@ class Mamba2Config(_LMConfig):
     A_init_range: tuple[float, float] = (1.0, 16.0)
 
     def __post_init__(self) -> None:
+        check_fields(self)  # types and ranges first: the rest may compute with them
         object.__setattr__(self, "dt_limit", tuple(float(v) for v in self.dt_limit))
         object.__setattr__(self, "A_init_range", tuple(float(v) for v in self.A_init_range))
         self._check_common()

@@ -29,7 +29,15 @@ from mamba_core.layout import CHECKPOINT_DIALECTS
 from mamba_core.loading import local_path, plan_checkpoint
 from mamba_core.quantization import quantization_config, quantizing_backend
 from mamba_core.registry import DTYPES, choose_backend, get_backend
-from mamba_core.writer import DEFAULT_SHARD_SIZE, TOKENIZER_FILES, write_checkpoint
+from mamba_core.staging import recover
+from mamba_core.tokenizer import BYTE_MODEL_HF_FILES, byte_tokenizer_of
+from mamba_core.writer import (
+    DEFAULT_SHARD_SIZE,
+    TOKENIZER_FILES,
+    token_id_keys,
+    tokenizer_files,
+    write_checkpoint,
+)
 
 log = logging.getLogger("mamba_core")
 
@@ -111,6 +119,7 @@ def convert(
     if dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported; expected one of {DTYPES} or None")
     dst = Path(dst)
+    recover(dst)  # a killed earlier run's leftovers beside dst: restored or removed first
     if dst.exists() and not force:
         raise FileExistsError(f"{str(dst)!r} exists; pass force=True (--force) to replace it")
     src_path = local_path(src, revision=revision)
@@ -136,8 +145,13 @@ def convert(
     config_extra = {**plan.task.to_dict(), **quantization_config(model, to)}
     tensors = module.export_tensors(model, dialect=to)
     src_dir = src_path if src_path.is_dir() else src_path.parent
+    tokenizer = byte_tokenizer_of(src_dir)
+    extra: dict[str, str] = {}
     copy = tuple(src_dir / f for f in TOKENIZER_FILES if (src_dir / f).is_file())
-    if not copy:
+    if tokenizer is not None:  # written afresh: tokenizer.json etc. for the target's own loaders
+        _, extra = tokenizer_files(tokenizer, to)
+        copy = tuple(f for f in copy if f.name not in extra and f.name not in BYTE_MODEL_HF_FILES)
+    if not copy and not extra:
         log.info("%s has no tokenizer files to copy along", src_dir)
     return write_checkpoint(
         module,
@@ -148,6 +162,7 @@ def convert(
         force=force,
         shard_size=shard_size,
         copy_files=copy,
+        extra_files=extra,
         desc=f"convert -> {to}",
-        config_extra=config_extra,
+        config_extra={**config_extra, **token_id_keys(tokenizer, to)},
     )

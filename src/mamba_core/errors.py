@@ -68,6 +68,23 @@ class UnsupportedError(MambaCoreError, ValueError):
     """A valid upstream feature that mamba-core deliberately does not implement (named in the message)."""
 
 
+class DeviceUnavailableError(MambaCoreError, ValueError):
+    """A device was asked for that the backend cannot use here (``cuda`` on a CPU-only torch, ``gpu``
+    without Metal, an index past the last device).
+
+    Attributes:
+        backend: the backend name.
+        device: the device string asked for.
+        available: the device strings usable here.
+    """
+
+    def __init__(self, message: str, *, backend: str, device: str, available: list[str]):
+        super().__init__(message)
+        self.backend = backend
+        self.device = device
+        self.available = list(available)
+
+
 class SamplingError(MambaCoreError, ValueError):
     """A generation setting is out of range or of the wrong type (``mamba_core.sampling``).
 
@@ -82,3 +99,36 @@ class SamplingError(MambaCoreError, ValueError):
 
 class SeedError(SamplingError):
     """A seed is not an int in ``[0, 2**64)`` (the range both backends' generators take)."""
+
+
+class TokenIdError(MambaCoreError, ValueError):
+    """A token id given to a model is not a token of its vocabulary (``mamba_core.token_ids``).
+
+    Attributes:
+        argument: the offending argument (``"input_ids"``, ``"token_ids"``, ...).
+        token_id: the first offending id, or None when the problem is the type or shape.
+    """
+
+    def __init__(self, message: str, *, argument: str, token_id: int | None = None):
+        super().__init__(message)
+        self.argument = argument
+        self.token_id = token_id
+
+
+class ResourceError(ConfigError):
+    """A config asks for more parameters or memory than is sane or available (``mamba_core.config_schema``).
+
+    Attributes:
+        needed: the bytes (or parameters) the request needs.
+        limit: the limit it exceeds.
+    """
+
+    def __init__(self, message: str, *, needed: int, limit: int, field: str | None = None):
+        super().__init__(message, field=field)
+        self.needed = needed
+        self.limit = limit
+
+
+class NonFiniteError(MambaCoreError, FloatingPointError):
+    """A model produced NaN or infinite logits (damaged weights or inputs): generation stops instead of
+    sampling from junk. ``mamba-core inspect`` names the tensors holding NaN or inf."""

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mamba_core import strict_json
 from mamba_core.dialects import parse_config
 from mamba_core.errors import CheckpointError, UnsupportedError
 
@@ -257,7 +258,7 @@ def write_gguf(
                 "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
             }[gguf_type]
         )
-        w.add_string(_CONFIG_KEY, json.dumps(config.to_dict("mamba-core")))
+        w.add_string(_CONFIG_KEY, strict_json.dumps(config.to_dict("mamba-core")))
         # llama.cpp requires a tokenizer model; "none" makes it use {arch}.vocab_size dummy tokens
         # (token ids in, token ids out). Writing a checkpoint's own BPE vocabulary is not done yet.
         w.add_tokenizer_model("none")
@@ -462,7 +463,7 @@ def load_gguf(
     with tempfile.TemporaryDirectory(prefix=".gguf-") as tmp:
         save_file(arrays, os.path.join(tmp, "model.safetensors"), metadata=FILE_METADATA["mamba-core"])
         with open(os.path.join(tmp, "config.json"), "w") as f:
-            json.dump({**config.to_dict("mamba-core"), **extra}, f)
+            f.write(strict_json.dumps({**config.to_dict("mamba-core"), **extra}))
         return load(tmp, backend=chosen, dtype=dtype or "float32", device=device)
 
 

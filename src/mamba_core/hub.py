@@ -3,12 +3,19 @@
 Only the files a checkpoint needs are fetched: ``config.json``, the weights in one format (safetensors
 preferred; pickled ``.bin`` only when the repo has no safetensors), the shard index, and tokenizer
 files. ``HF_HUB_OFFLINE=1`` (read at call time) means: use the local cache or fail with a clear error.
+
+Without network, huggingface_hub retries for tens of seconds before giving up. ``resolve`` first opens
+one TCP connection to the endpoint (or the proxy in between) with a short timeout; when that fails it
+uses the local cache, or fails at once with one line naming the ``hf download`` command to run.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import os
+import socket
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 from mamba_core.errors import CheckpointError
@@ -25,6 +32,9 @@ META_FILES = (
 )
 SAFETENSORS_PATTERNS = ("*.safetensors",)
 BIN_PATTERNS = ("pytorch_model*.bin",)
+# Seconds to wait for the endpoint's TCP handshake before deciding there is no network.
+PROBE_TIMEOUT_S = 3.0
+DEFAULT_ENDPOINT = "https://huggingface.co"
 
 
 def looks_like_hub_id(name: str) -> bool:
@@ -35,6 +45,38 @@ def looks_like_hub_id(name: str) -> bool:
 
 def _offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def endpoint() -> str:
+    """The hub endpoint huggingface_hub talks to (``HF_ENDPOINT``, read at call time)."""
+    return (os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def unreachable(url: str, *, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why ``url`` (or the proxy for its scheme) cannot be reached, or None when a TCP connection opens.
+
+    Example:
+        >>> unreachable("http://127.0.0.1:9")   # doctest: +SKIP
+        '127.0.0.1:9: [Errno 111] Connection refused'
+    """
+    parts = urllib.parse.urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if proxy and not urllib.request.proxy_bypass(parts.hostname or ""):
+        parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
+    host = parts.hostname or ""
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as e:
+        return f"{host}:{port}: {e}"
+
+
+def _download_hint(repo_id: str) -> str:
+    return (
+        f"run `hf download {repo_id}` where there is network (it fills the cache), and set "
+        "HF_HUB_OFFLINE=1 to use the cache without waiting for the network"
+    )
 
 
 def choose_files(repo_files: list[str]) -> list[str]:
@@ -62,7 +104,8 @@ def resolve(repo_id: str, *, revision: str | None = None, patterns: list[str] | 
 
     Raises:
         CheckpointError: offline and not cached, unknown repo, or no weights in it; the message says
-            how to fix it (``huggingface-cli download``, unset ``HF_HUB_OFFLINE``, check the id).
+            how to fix it (``hf download``, unset ``HF_HUB_OFFLINE``, check the id); without network
+            it fails within ``PROBE_TIMEOUT_S`` unless the repo is cached.
     """
     try:
         import huggingface_hub
@@ -73,6 +116,24 @@ def resolve(repo_id: str, *, revision: str | None = None, patterns: list[str] | 
         ) from e
     cache_dir = os.environ.get("HF_HUB_CACHE") or None
     offline = _offline()
+    no_network = None if offline else unreachable(endpoint())
+    if no_network is not None:  # the cache may still have it; never wait for huggingface_hub's retries
+        try:
+            return Path(
+                huggingface_hub.snapshot_download(
+                    repo_id,
+                    revision=revision,
+                    cache_dir=cache_dir,
+                    local_files_only=True,
+                    allow_patterns=patterns
+                    or list(META_FILES) + list(SAFETENSORS_PATTERNS) + list(BIN_PATTERNS),
+                )
+            )
+        except LocalEntryNotFoundError:
+            raise CheckpointError(
+                f"cannot reach the Hugging Face Hub ({endpoint()}: {no_network.split(': ', 1)[-1]}) and "
+                f"{repo_id!r} is not in the local cache; {_download_hint(repo_id)}"
+            ) from None
     try:
         if patterns is not None:
             pass
@@ -96,7 +157,7 @@ def resolve(repo_id: str, *, revision: str | None = None, patterns: list[str] | 
     except LocalEntryNotFoundError as e:
         raise CheckpointError(
             f"{repo_id!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; download it "
-            f"first (huggingface-cli download {repo_id}) or unset HF_HUB_OFFLINE"
+            f"first (`hf download {repo_id}`) or unset HF_HUB_OFFLINE"
         ) from e
     except CheckpointError:
         raise

@@ -11,7 +11,6 @@ renamed into place only when complete.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -28,6 +27,8 @@ from mamba_core.checkpoint import (
     read_safetensors_header,
     torch_needed,
 )
+from mamba_core.config_schema import check_memory
+from mamba_core.devices import check_device
 from mamba_core.dialects import parse_config
 from mamba_core.errors import BackendUnavailableError, CheckpointError, ConfigError, UnsupportedError
 from mamba_core.hub import looks_like_hub_id
@@ -35,10 +36,12 @@ from mamba_core.hub import resolve as resolve_hub
 from mamba_core.quantization import plan_from_checkpoint, quantization_config, read_config_block
 from mamba_core.registry import BACKENDS, choose_backend, get_backend
 from mamba_core.task import Task, resolve_task
+from mamba_core.weight_files import read_json_file, read_shard_index, select_weight_files
 from mamba_core.writer import (
     DEFAULT_SHARD_SIZE,
     SAFETENSORS_INDEX,
     check_dialect,
+    token_id_keys,
     tokenizer_files,
     write_checkpoint,
 )
@@ -66,23 +69,6 @@ class CheckpointFiles:
     weight_map: dict[str, str] | None = None
 
 
-def _read_index(index: Path) -> tuple[tuple[Path, ...], dict[str, str]]:
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-        if not isinstance(weight_map, dict):
-            raise TypeError("weight_map is not a dict")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{str(index)!r} is not a valid shard index: {e}") from e
-    files = tuple(index.parent / f for f in sorted(set(weight_map.values())))
-    missing = [f.name for f in files if not f.exists()]
-    if missing:
-        raise CheckpointError(
-            f"{len(missing)} shard(s) named in {str(index)!r} are missing: {missing}; re-download the "
-            "checkpoint"
-        )
-    return files, weight_map
-
-
 def find_checkpoint_files(path: str | os.PathLike) -> CheckpointFiles:
     """Locate ``config.json`` and the weight files of a local checkpoint (directory or one file).
 
@@ -99,7 +85,7 @@ def find_checkpoint_files(path: str | os.PathLike) -> CheckpointFiles:
     """
     path = Path(path)
     weight_map = None
-    if path.is_file():
+    if not path.is_dir() and os.path.lexists(path):  # a file, or something that poses as one
         directory, files = path.parent, (path,)
         if path.suffix != ".safetensors" and not is_pickle(path):
             raise CheckpointError(
@@ -110,26 +96,35 @@ def find_checkpoint_files(path: str | os.PathLike) -> CheckpointFiles:
         # safetensors before pickles; an index before a glob
         files = ()
         for index, pattern in ((SAFETENSORS_INDEX, "*.safetensors"), (PICKLE_INDEX, "pytorch_model*.bin")):
-            if (directory / index).exists():
-                files, weight_map = _read_index(directory / index)
+            if os.path.lexists(directory / index):
+                files, weight_map = read_shard_index(directory / index)
             else:
-                files = tuple(sorted(directory.glob(pattern)))
+                files, ignored = select_weight_files(directory, pattern)
+                if ignored:
+                    log.warning(
+                        "%s: ignoring %s, not part of the checkpoint's weights %s",
+                        directory,
+                        ", ".join(ignored),
+                        [f.name for f in files],
+                    )
             if files:
                 break
         if not files:
+            present = sorted(p.name for p in directory.iterdir())
             raise CheckpointError(
-                f"no weights (*.safetensors or pytorch_model*.bin) in {str(directory)!r}; files "
-                f"present: {sorted(p.name for p in directory.iterdir())}"
+                f"{str(directory)!r} is not a checkpoint: no weights (*.safetensors or pytorch_model*.bin); "
+                f"files present: {present[:12]}{' ...' if len(present) > 12 else ''}"
             )
     else:
         raise CheckpointError(f"checkpoint path {str(path)!r} does not exist")
     config_path = directory / "config.json"
-    if not config_path.exists():
+    if not os.path.lexists(config_path):
         raise CheckpointError(f"no config.json next to the weights in {str(directory)!r}")
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"{str(config_path)!r} is not valid json: {e}") from e
+    config = read_json_file(config_path, "config.json")
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{str(config_path)!r} holds a json {type(config).__name__}, not an object of config fields"
+        )
     return CheckpointFiles(directory, config, files, weight_map)
 
 
@@ -288,10 +283,26 @@ def _read_config(files: CheckpointFiles, task, num_labels, pooling):
 
 
 def local_path(name_or_path: str | os.PathLike, *, revision: str | None = None) -> Path:
-    """A local path as is; a hub id resolved to its (cached) snapshot directory."""
-    if not Path(name_or_path).exists() and looks_like_hub_id(str(name_or_path)):
+    """A local path as is; a shipped model's short name (``"mamba-bytes"``) its directory; a hub id
+    resolved to its (cached) snapshot directory.
+
+    Raises:
+        CheckpointError: a path that does not exist and is neither a shipped name nor a hub id.
+    """
+    from mamba_core.assets import SHIPPED_MODELS, shipped_path
+
+    shipped = shipped_path(name_or_path)
+    if shipped is not None:
+        return shipped
+    path = Path(name_or_path)
+    if path.exists():
+        return path
+    if looks_like_hub_id(str(name_or_path)):
         return resolve_hub(str(name_or_path), revision=revision)
-    return Path(name_or_path)
+    raise CheckpointError(
+        f"model {str(name_or_path)!r} does not exist: expected a checkpoint directory, a .safetensors / .bin "
+        f"file, a hub id ('org/name') or a shipped model ({', '.join(sorted(SHIPPED_MODELS))})"
+    )
 
 
 def load(
@@ -349,6 +360,7 @@ def load(
         CheckpointError: missing/unexpected/mis-shaped tensors, truncated or corrupt files, offline
             and not cached (each names the file or tensor).
         ConfigError: invalid config.json.
+        ResourceError: the model would need more memory than is available (a ``ConfigError``).
         UnsupportedError: hybrid or other models mamba-core does not implement.
         BackendUnavailableError: the backend is not installed.
 
@@ -358,13 +370,14 @@ def load(
         'torch'
     """
     path = local_path(name_or_path, revision=revision)
+    choice = choose_backend(backend)
+    check_device(choice.name, device)
     if path.suffix == ".gguf":  # llama.cpp's single-file format (mamba_core.gguf)
         from mamba_core.gguf import load_gguf
 
         if task not in (None, "lm") or return_tokenizer:
             raise UnsupportedError(f"{str(path)!r}: a GGUF file loads as an LM, without a tokenizer")
         return load_gguf(path, backend=backend, dtype=dtype, device=device)
-    choice = choose_backend(backend)
     if choice.auto:
         log.info("backend='auto' picked %r (%s)", choice.name, choice.why)
     module = get_backend(choice.name)
@@ -373,6 +386,8 @@ def load(
     )
     if plan.absent:
         log.warning("%s: not in the checkpoint, newly initialized: %s", path, ", ".join(plan.absent))
+    width = 2 if (dtype or plan.checkpoint_dtype) in ("bfloat16", "float16") else 4
+    check_memory(plan.config, width, what=f"loading {str(path)!r}")  # before any allocation
     model = module.load_checkpoint(plan, dtype=dtype, device=device)
     model.backend_choice = choice.name
     if return_tokenizer:
@@ -396,7 +411,8 @@ def load_tokenizer(name_or_path: str | os.PathLike, *, revision: str | None = No
     config_path = directory / "config.json"
     if config_path.exists():
         try:
-            config_dialect = detect_dialect(json.loads(config_path.read_text()))
+            config = read_json_file(config_path, "config.json")
+            config_dialect = detect_dialect(config) if isinstance(config, dict) else None
         except (ValueError, OSError):
             config_dialect = None
     return _load_tokenizer(directory, config_dialect=config_dialect)
@@ -444,7 +460,7 @@ def save(
     check_dialect(dialect)
     task = module.task_of(model)
     tensors = module.export_tensors(model, dialect=dialect)
-    copy_files, extra = tokenizer_files(tokenizer)
+    copy_files, extra = tokenizer_files(tokenizer, dialect)
     return write_checkpoint(
         module,
         tensors,
@@ -455,7 +471,11 @@ def save(
         shard_size=shard_size,
         copy_files=copy_files,
         extra_files=extra,
-        config_extra={**task.to_dict(), **quantization_config(model, dialect)},
+        config_extra={
+            **task.to_dict(),
+            **quantization_config(model, dialect),
+            **token_id_keys(tokenizer, dialect),
+        },
     )
 
 

@@ -23,6 +23,7 @@ BACKEND_API = (
     "NAME",
     "devices",
     "default_device",
+    "device_unavailable",
     "build_model",
     "load_checkpoint",
     "export_tensors",

@@ -15,8 +15,10 @@ import numbers
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from mamba_core.errors import SamplingError, SeedError
+from mamba_core.errors import NonFiniteError, SamplingError, SeedError
 
+FLOAT32_TINY = 1.1754943508222875e-38  # smallest normal float32: a temperature below it acts as 0 (greedy)
+FLOAT32_MAX = 3.4028234663852886e38  # logits are float32: extreme penalties are clipped to its range
 SEED_LIMIT = 2**64  # seeds are ints in [0, SEED_LIMIT): a torch.Generator's and mx.random.key's range
 
 
@@ -61,7 +63,8 @@ class SamplingSettings:
 
     Attributes:
         max_new_tokens: N, the most tokens generated per row (int >= 0).
-        temperature: 0 = greedy argmax; else the logits are divided by it (finite, >= 0).
+        temperature: 0 = greedy argmax; else the logits are divided by it (finite, >= 0; below float32's
+            smallest normal number it is greedy, its limit).
         top_k: keep the k largest logits (int >= 1) or None.
         top_p: keep the smallest prefix of the sorted distribution whose mass reaches it, in (0, 1], or None.
         min_p: drop tokens with ``p < min_p * p_max``, in [0, 1], or None.
@@ -103,6 +106,8 @@ class SamplingSettings:
             )
         put("max_new_tokens", int(self.max_new_tokens))
         put("temperature", _number(self.temperature, "temperature", "a finite number >= 0", lambda v: v >= 0))
+        if 0.0 < self.temperature < FLOAT32_TINY:  # below float32's range it is 0 there: its limit, greedy
+            put("temperature", 0.0)
         if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 1):
             raise SamplingError(f"top_k must be None or an int >= 1, got {self.top_k!r}", argument="top_k")
         put("top_k", None if self.top_k is None else int(self.top_k))
@@ -135,3 +140,18 @@ class SamplingSettings:
     def penalizes(self) -> bool:
         """True when the repetition penalty changes logits (set and not 1)."""
         return self.repetition_penalty is not None and self.repetition_penalty != 1.0
+
+
+def check_finite_logits(all_finite: bool) -> None:
+    """Refuse to sample from NaN or infinite logits (both backends call this on each step's logits over
+    the real vocabulary, with their own reduction).
+
+    Raises:
+        NonFiniteError: the model produced NaN or inf logits (damaged weights: ``mamba-core inspect`` names
+            the tensors holding NaN or inf).
+    """
+    if not all_finite:
+        raise NonFiniteError(
+            "the model produced NaN or infinite logits: its weights (or inputs) hold NaN/inf or overflow; "
+            "run mamba-core inspect on the checkpoint, or try float32 instead of float16"
+        )

@@ -48,6 +48,102 @@ class ByteTokenizer:
     def to_json(self) -> dict:
         return {"type": "mamba-core-bytes", "vocab_size": self.vocab_size, "eos_token_id": self.eos_token_id}
 
+    def hf_files(self) -> dict[str, str]:
+        """This tokenizer as the files transformers' ``AutoTokenizer`` and mlx-lm read: name -> text.
+
+        ``tokenizer.json`` is a byte-level BPE without merges whose 256 tokens are the bytes in GPT-2's
+        byte-to-character alphabet, id = byte value (so every id means what it means here), plus
+        ``<|endoftext|>`` = 256 as a special token; ``tokenizer_config.json`` and
+        ``special_tokens_map.json`` name it end-of-text and padding. No BOS is added.
+
+        Example:
+            >>> sorted(ByteTokenizer().hf_files())
+            ['special_tokens_map.json', 'tokenizer.json', 'tokenizer_config.json']
+        """
+        alphabet = _byte_alphabet()
+        eos = EOS_TOKEN
+        special = {
+            "id": self.eos_token_id,
+            "content": eos,
+            "single_word": False,
+            "lstrip": False,
+            "rstrip": False,
+            "normalized": False,
+            "special": True,
+        }
+        tokenizer = {
+            "version": "1.0",
+            "truncation": None,
+            "padding": None,
+            "added_tokens": [special],
+            "normalizer": None,
+            "pre_tokenizer": {
+                "type": "ByteLevel",
+                "add_prefix_space": False,
+                "trim_offsets": False,
+                "use_regex": False,
+            },
+            "post_processor": None,
+            "decoder": {
+                "type": "ByteLevel",
+                "add_prefix_space": False,
+                "trim_offsets": False,
+                "use_regex": False,
+            },
+            "model": {
+                "type": "BPE",
+                "dropout": None,
+                "unk_token": None,
+                "continuing_subword_prefix": None,
+                "end_of_word_suffix": None,
+                "fuse_unk": False,
+                "byte_fallback": False,
+                "ignore_merges": False,
+                "vocab": {alphabet[b]: b for b in range(256)},
+                "merges": [],
+            },
+        }
+        config = {
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "added_tokens_decoder": {str(self.eos_token_id): {k: v for k, v in special.items() if k != "id"}},
+            "bos_token": None,
+            "eos_token": eos,
+            "pad_token": eos,
+            "unk_token": None,
+            "add_bos_token": False,
+            "add_eos_token": False,
+            "clean_up_tokenization_spaces": False,
+            "model_max_length": 1_000_000_000,
+        }
+        tokens_map = {"eos_token": eos, "pad_token": eos}
+        return {
+            name: json.dumps(obj, indent=2, ensure_ascii=False) + "\n"
+            for name, obj in (
+                ("tokenizer.json", tokenizer),
+                ("tokenizer_config.json", config),
+                ("special_tokens_map.json", tokens_map),
+            )
+        }
+
+
+# The end-of-text token's text in the Hugging Face files of the byte tokenizer (GPT-2's spelling).
+EOS_TOKEN = "<|endoftext|>"
+# The files ``ByteTokenizer.hf_files`` writes (a conversion writes them afresh instead of copying them).
+BYTE_MODEL_HF_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def _byte_alphabet() -> list[str]:
+    """GPT-2's byte -> printable character map (what byte-level BPE tokens are spelled with), by byte."""
+    printable = {*range(0x21, 0x7F), *range(0xA1, 0xAD), *range(0xAE, 0x100)}
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
 
 class StreamDecoder:
     """Turns a stream of token ids into text pieces, never splitting a character."""
@@ -118,24 +214,44 @@ class HFTokenizer:
         return StreamDecoder(self)
 
 
+def byte_tokenizer_of(directory: str | os.PathLike) -> ByteTokenizer | None:
+    """The byte tokenizer when ``directory`` holds a ``tokenizer.mamba-core.json`` naming it, else None.
+
+    Raises:
+        CheckpointError: the file names another tokenizer type, or is not JSON.
+    """
+    ours = Path(directory) / "tokenizer.mamba-core.json"
+    if not ours.is_file():
+        return None
+    try:
+        spec = json.loads(ours.read_text())
+    except ValueError as e:
+        raise CheckpointError(f"{str(ours)!r} is not valid JSON: {e}") from e
+    if not isinstance(spec, dict) or spec.get("type") != "mamba-core-bytes":
+        raise CheckpointError(
+            f"{str(ours)!r}: unknown tokenizer type "
+            f"{spec.get('type') if isinstance(spec, dict) else spec!r}; expected "
+            "'mamba-core-bytes'"
+        )
+    return ByteTokenizer()
+
+
 def load_tokenizer(directory: str | os.PathLike, *, config_dialect: str | None = None):
     """The tokenizer of a checkpoint directory.
 
-    ``tokenizer.json`` -> ``HFTokenizer``; ``tokenizer.mamba-core.json`` of type ``mamba-core-bytes`` ->
-    ``ByteTokenizer``; a state-spaces checkpoint without one -> GPT-NeoX-20B from the hub cache.
+    ``tokenizer.mamba-core.json`` of type ``mamba-core-bytes`` -> ``ByteTokenizer`` (preferred);
+    ``tokenizer.json`` -> ``HFTokenizer``; a state-spaces checkpoint without one -> GPT-NeoX-20B from the
+    hub cache.
 
     Returns:
         The tokenizer, or None when the checkpoint names none (use ``ByteTokenizer`` explicitly then).
     """
     directory = Path(directory)
+    ours = byte_tokenizer_of(directory)  # first: a converted byte model carries a tokenizer.json too
+    if ours is not None:
+        return ours
     if (directory / "tokenizer.json").exists():
         return HFTokenizer(directory / "tokenizer.json")
-    ours = directory / "tokenizer.mamba-core.json"
-    if ours.exists():
-        spec = json.loads(ours.read_text())
-        if spec.get("type") != "mamba-core-bytes":
-            raise CheckpointError(f"{str(ours)!r}: unknown tokenizer type {spec.get('type')!r}")
-        return ByteTokenizer()
     if config_dialect in KNOWN_TOKENIZERS:
         from mamba_core.hub import resolve_files
 

@@ -35,14 +35,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mamba_core import data as data_mod
-from mamba_core import packing
+from mamba_core import packing, strict_json
+from mamba_core.devices import check_device
 from mamba_core.dialects import parse_config
 from mamba_core.errors import CheckpointError
 from mamba_core.loading import load, save
 from mamba_core.progress import Progress
 from mamba_core.registry import choose_backend, get_backend
+from mamba_core.train_config import DEFAULT_WARMUP as DEFAULT_WARMUP
+from mamba_core.train_config import FINETUNE_LR as FINETUNE_LR
 from mamba_core.train_config import PRECISIONS as PRECISIONS
 from mamba_core.train_config import TrainConfig as TrainConfig
+from mamba_core.train_config import default_warmup as default_warmup
 from mamba_core.train_config import lr_at as lr_at
 from mamba_core.train_config import no_weight_decay as no_weight_decay
 from mamba_core.writer import replace_dir
@@ -94,7 +98,7 @@ def _save_checkpoint(out_dir: Path, model, trainer, state: dict, tokenizer, modu
         (tmp / OPTIMIZER_FILE).parent.mkdir()
         trainer.save_state(tmp / OPTIMIZER_FILE)
         _write_tokenizer(tokenizer, tmp)
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")
+        (tmp / STATE_FILE).write_text(strict_json.dumps(state, indent=1) + "\n")
         replace_dir(tmp, out_dir / CHECKPOINT)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -108,7 +112,7 @@ def _save_final(out_dir: Path, model, state: dict, tokenizer) -> None:
         shutil.rmtree(tmp)
     save(model, tmp, dialect="mamba-core")
     _write_tokenizer(tokenizer, tmp)
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=1) + "\n")
+    (tmp / STATE_FILE).write_text(strict_json.dumps(state, indent=1) + "\n")
     for f in tmp.iterdir():
         os.replace(f, out_dir / f.name)
     tmp.rmdir()
@@ -208,6 +212,7 @@ def train(
         raise ValueError("pass exactly one of model_config (a new model) or init_from (fine-tuning)")
     backend = choose_backend(backend).name
     module = get_backend(backend)
+    check_device(backend, device)
     out_dir = Path(out_dir)
     ckpt = out_dir / CHECKPOINT
     history = _resumed_history(ckpt, config, corpus, backend) if resume else None
@@ -399,6 +404,8 @@ class _Run:
         """Steps ``history.start`` .. ``end - 1``: evals, checkpoints, and a checkpoint on Ctrl-C."""
         cfg, start = self.config, self.history.start
         desc = "train" if start == 0 else f"train (resumed at step {start})"
+        if start == 0:
+            self.evaluate(0)  # the starting point: what a fine-tune must beat
         with Progress(cfg.steps - start, desc, unit=" steps", enabled=progress) as bar:
             meter = _Throughput(self.tokens_per_step)
             with _deferred_interrupt() as interrupted:
@@ -408,13 +415,15 @@ class _Run:
                     bar.update(1, loss=loss, tok_s=round(tok_s))
                     done = step + 1
                     if done % cfg.log_every == 0:
+                        eta = meter.elapsed() / (done - start) * (end - done)
                         log.info(
-                            "step %d/%d: loss %.4f lr %.3g %.0f tok/s",
+                            "step %d/%d: loss %.4f lr %.3g %.0f tok/s, eta %s",
                             done,
                             cfg.steps,
                             loss,
                             lr_at(step, cfg),
                             tok_s,
+                            format_duration(eta),
                         )
                         meter.restart()
                     if done % cfg.eval_every == 0 or done == cfg.steps:
@@ -432,7 +441,12 @@ class _Throughput:
 
     def __init__(self, tokens_per_step: int):
         self.tokens_per_step = tokens_per_step
+        self.start = time.perf_counter()
         self.restart()
+
+    def elapsed(self) -> float:
+        """Seconds since the meter was made (the loop's start: for the ETA)."""
+        return time.perf_counter() - self.start
 
     def restart(self) -> None:
         self.t, self.steps = time.perf_counter(), 0
@@ -440,6 +454,21 @@ class _Throughput:
     def tick(self) -> float:
         self.steps += 1
         return self.steps * self.tokens_per_step / max(time.perf_counter() - self.t, 1e-9)
+
+
+def format_duration(seconds: float) -> str:
+    """``3725.0`` -> ``"1h02m"``, ``95`` -> ``"1m35s"``, ``7`` -> ``"7s"`` (for ETAs).
+
+    Example:
+        >>> format_duration(3725.0), format_duration(95), format_duration(7)
+        ('1h02m', '1m35s', '7s')
+    """
+    s = round(seconds)
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    if s >= 60:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s}s"
 
 
 def read_state(directory: str | os.PathLike) -> dict:

@@ -3,7 +3,8 @@
 One writer serves ``loading.save`` and ``conversion.convert``: tensors go to safetensors with the backend's
 own writer (bf16 bit-exact, never through numpy), sharded like transformers and mlx-lm, into a temporary
 directory next to the destination that is renamed into place only when complete. A failure leaves no
-partial output and an existing destination untouched.
+partial output and an existing destination untouched; a killed run's leftovers are restored or removed by
+the next write to the same destination (``mamba_core.staging``).
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from mamba_core import strict_json
 from mamba_core.errors import CheckpointError
 from mamba_core.layout import CHECKPOINT_DIALECTS
+from mamba_core.staging import recover, staging_dir, swap_into_place
 
 log = logging.getLogger("mamba_core")
 
@@ -45,14 +47,20 @@ FILE_METADATA = {
 }
 
 
-def tokenizer_files(tokenizer) -> tuple[tuple[Path, ...], dict[str, str]]:
-    """(files to copy, name -> text to write) that store ``tokenizer`` in a checkpoint."""
+def tokenizer_files(tokenizer, dialect: str = "mamba-core") -> tuple[tuple[Path, ...], dict[str, str]]:
+    """(files to copy, name -> text to write) that store ``tokenizer`` in a checkpoint of ``dialect``.
+
+    The byte tokenizer is ``tokenizer.mamba-core.json``; in the other dialects also ``tokenizer.json``,
+    ``tokenizer_config.json`` and ``special_tokens_map.json`` (``ByteTokenizer.hf_files``), so that
+    transformers' ``AutoTokenizer`` and mlx-lm encode prompts exactly as mamba-core does.
+    """
     from mamba_core.tokenizer import ByteTokenizer, HFTokenizer
 
     if tokenizer is None:
         return (), {}
     if isinstance(tokenizer, ByteTokenizer):
-        return (), {"tokenizer.mamba-core.json": json.dumps(tokenizer.to_json(), indent=2) + "\n"}
+        files = {"tokenizer.mamba-core.json": json.dumps(tokenizer.to_json(), indent=2) + "\n"}
+        return (), files if dialect == "mamba-core" else {**files, **tokenizer.hf_files()}
     if isinstance(tokenizer, HFTokenizer):
         siblings = (tokenizer.path.with_name(f) for f in TOKENIZER_FILES if f != tokenizer.path.name)
         return (tokenizer.path, *(f for f in siblings if f.is_file())), {}
@@ -60,6 +68,24 @@ def tokenizer_files(tokenizer) -> tuple[tuple[Path, ...], dict[str, str]]:
         f"cannot save a {type(tokenizer).__name__} with the model: expected a mamba_core.tokenizer "
         "ByteTokenizer or HFTokenizer"
     )
+
+
+def token_id_keys(tokenizer, dialect: str) -> dict[str, int]:
+    """config.json keys naming the tokenizer's special ids (hf / mlx-lm only: the other dialects have none).
+
+    transformers stops ``generate`` at ``eos_token_id`` and mlx-lm at every id it lists, so the byte
+    model's end-of-text (256) must be written, not the GPT-NeoX 0 that ``Config.to_dict`` assumes.
+
+    Example:
+        >>> from mamba_core.tokenizer import ByteTokenizer
+        >>> token_id_keys(ByteTokenizer(), "hf")
+        {'bos_token_id': 256, 'eos_token_id': 256, 'pad_token_id': 256}
+    """
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if dialect not in ("hf", "mlx-lm") or eos is None:
+        return {}
+    pad = getattr(tokenizer, "pad_token_id", None)
+    return {"bos_token_id": eos, "eos_token_id": eos, "pad_token_id": eos if pad is None else pad}
 
 
 def check_dialect(dialect: str) -> None:
@@ -154,6 +180,7 @@ def write_checkpoint(
 
     check_dialect(dialect)
     path = Path(path)
+    recover(path)  # what a killed earlier run left beside path: restore or finish it first
     if path.exists() and not force:
         raise FileExistsError(f"{str(path)!r} exists; pass force=True (--force) to replace it")
     shards = split_shards(tensors, shard_size)
@@ -163,8 +190,7 @@ def write_checkpoint(
     if dialect in ("hf", "mlx-lm") and tensors:
         # transformers reads the dtype to load in from here (dtype="auto"); we read it as nothing
         config_dict["torch_dtype"] = str(next(iter(tensors.values())).dtype).rsplit(".", 1)[-1]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    tmp = staging_dir(path)
     try:
         with Progress(total, desc, unit="B") as bar:
             for name, shard in zip(names, shards, strict=True):
@@ -173,14 +199,14 @@ def write_checkpoint(
         if len(shards) > 1:
             weight_map = {t: name for name, shard in zip(names, shards, strict=True) for t in shard}
             index = {"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}
-            (tmp / SAFETENSORS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
-        (tmp / "config.json").write_text(json.dumps(config_dict, indent=2) + "\n")
+            (tmp / SAFETENSORS_INDEX).write_text(strict_json.dumps(index, indent=2) + "\n")
+        (tmp / "config.json").write_text(strict_json.dumps(config_dict, indent=2) + "\n")
         for f in copy_files:
             shutil.copyfile(f, tmp / Path(f).name)
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
         _apply_umask(tmp)
-        replace_dir(tmp, path)
+        swap_into_place(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -198,15 +224,6 @@ def _apply_umask(directory: Path) -> None:
 
 
 def replace_dir(tmp: Path, path: Path) -> None:
-    if path.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-        os.replace(path, old / path.name)
-        try:
-            os.replace(tmp, path)
-        except BaseException:
-            os.replace(old / path.name, path)  # put the old one back
-            raise
-        finally:
-            shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, path)
+    """Rename the complete directory ``tmp`` to ``path``, replacing an existing one recoverably
+    (``staging.swap_into_place``)."""
+    swap_into_place(tmp, path)

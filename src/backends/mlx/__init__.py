@@ -11,6 +11,7 @@ Example:
 from mamba_core.backends.mlx import ops as ops
 from mamba_core.backends.mlx.cache import MambaCache as MambaCache
 from mamba_core.backends.mlx.device import default_device as default_device
+from mamba_core.backends.mlx.device import device_unavailable as device_unavailable
 from mamba_core.backends.mlx.device import devices as devices
 from mamba_core.backends.mlx.gated_mlp import GatedMLP as GatedMLP
 from mamba_core.backends.mlx.heads import FeatureExtractor as FeatureExtractor
@@ -79,6 +80,7 @@ __all__ = [
     "apply_lora",
     "build_model",
     "default_device",
+    "device_unavailable",
     "devices",
     "export_tensors",
     "from_numpy",

@@ -1,5 +1,5 @@
 """Dtype and device names of the MLX backend: ``resolve_dtype``, ``resolve_device``, ``devices``,
-``default_device``.
+``default_device``, ``device_unavailable``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,23 @@ def resolve_dtype(dtype) -> mx.Dtype:
 def devices() -> list[str]:
     """Device strings usable here: ``["cpu"]`` plus ``"gpu"`` when Metal is available."""
     return ["cpu", "gpu"] if mx.metal.is_available() else ["cpu"]
+
+
+def device_unavailable(device: str) -> str | None:
+    """Why the device string ``device`` (``"gpu"``, ``"gpu:0"``) cannot be used here, or None.
+
+    Example:
+        >>> device_unavailable("cpu") is None
+        True
+    """
+    kind, _, index = device.partition(":")
+    if kind == "gpu" and "gpu" not in devices():
+        return "MLX uses a GPU through Metal, on Apple Silicon only"
+    if kind not in devices():
+        return f"{kind!r} is not an MLX device; MLX has 'cpu' and 'gpu'"
+    if index and index != "0":
+        return "MLX has one device of each kind (index 0)"
+    return None
 
 
 def default_device() -> str:

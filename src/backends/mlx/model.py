@@ -26,6 +26,7 @@ from mamba_core.backends.mlx.layers import KINDS
 from mamba_core.backends.mlx.norm import RMSNorm
 from mamba_core.backends.mlx.quantized import head_logits
 from mamba_core.backends.mlx.sample import generate, stream
+from mamba_core.backends.mlx.tokens import as_token_ids, check_token_ids
 from mamba_core.config import Mamba1Config, Mamba2Config
 from mamba_core.errors import ConfigError, UnsupportedError
 from mamba_core.families import HYBRID_CONFIGS
@@ -231,6 +232,7 @@ class _Stack(nn.Module):
         if not mx.issubdtype(x.dtype, mx.floating):
             if "embedding" not in self:
                 raise ValueError("this stack has no embedding: pass (B, L, D) float inputs")
+            check_token_ids(x, self.config.vocab_size)
             x = self.embedding(x)
         if x.shape[-1] != self.config.d_model:
             raise ValueError(
@@ -359,15 +361,15 @@ class _LM(nn.Module):
             (1, 3, 64)
         """
         with mx.stream(self.device):
-            hidden = self.backbone(
-                mx.array(input_ids), cache=cache, attention_mask=attention_mask, seq_idx=seq_idx
-            )
+            input_ids = as_token_ids(input_ids, self.config.vocab_size, 2)
+            hidden = self.backbone(input_ids, cache=cache, attention_mask=attention_mask, seq_idx=seq_idx)
             return self.logits(hidden)
 
     def step(self, token_ids, cache: MambaCache) -> mx.array:
         """(B,) int -> logits (B, V) float32, O(1) per token; updates ``cache``."""
         with mx.stream(self.device):
-            return self.logits(self.backbone.step(mx.array(token_ids), cache))
+            token_ids = as_token_ids(token_ids, self.config.vocab_size, 1, argument="token_ids")
+            return self.logits(self.backbone.step(token_ids, cache))
 
     def make_cache(self, batch: int) -> MambaCache:
         """A zeroed ``MambaCache`` for ``batch`` rows in the model dtype."""

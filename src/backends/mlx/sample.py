@@ -8,13 +8,16 @@ top-k -> top-p -> min-p -> sample. One prefill (last position's logits only), th
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 
 import mlx.core as mx
+import numpy as np
 
 from mamba_core.backends.mlx.cache import MambaCache
 from mamba_core.backends.mlx.prefill import prefill
-from mamba_core.sampling import SamplingSettings
+from mamba_core.backends.mlx.tokens import trusted_ids
+from mamba_core.sampling import FLOAT32_MAX, SamplingSettings, check_finite_logits
+from mamba_core.token_ids import check_id_dtype, prompt_batch
 
 _NEG_INF = float("-inf")
 
@@ -28,7 +31,12 @@ def _decode_step(model, compile: bool):
     first step is traced: compile per generation, not across training steps.
     """
     if not compile:
-        return model.step
+
+        def eager(token_ids, cache: MambaCache):
+            with trusted_ids():  # the sampler's ids: in range by construction, no read-back per token
+                return model.step(token_ids, cache)
+
+        return eager
     fields: list[tuple[str, ...]] = []  # per layer, the cache's field names (the model's layer plan)
 
     def layers_of(states) -> list[dict]:
@@ -45,7 +53,8 @@ def _decode_step(model, compile: bool):
     def step(token_ids, cache: MambaCache):
         if not fields:
             fields.extend(tuple(layer) for layer in cache.layers)
-        logits, *states = compiled(token_ids, *cache.state)
+        with trusted_ids():  # traced on the first call: the ids cannot be read back there
+            logits, *states = compiled(token_ids, *cache.state)
         cache.layers = layers_of(states)
         cache.seqlen_offset += 1
         return logits
@@ -53,37 +62,31 @@ def _decode_step(model, compile: bool):
     return step
 
 
-def prepare_inputs(input_ids, attention_mask=None, pad_token_id: int = 0):
-    """``(B, L)`` array or a list of token lists -> ``(ids (B, L) int32, mask (B, L) or None)``.
-
-    Lists of different lengths are left-padded with ``pad_token_id`` and masked.
+def prepare_inputs(input_ids, attention_mask=None, pad_token_id: int = 0, vocab_size: int | None = None):
+    """``(B, L)`` array or a list of token lists -> ``(ids, model_ids, mask)``: the prompts to return
+    (B, L) (left-padded with ``pad_token_id``), the ids to embed (padded positions 0), the mask (B, L) or
+    None; int32, checked by the spec (``mamba_core.token_ids.prompt_batch``) against ``vocab_size``.
 
     Raises:
-        ValueError: empty prompts, a ragged array, or a mask of another shape (names the argument).
+        TokenIdError: ids that are not tokens of the vocabulary, empty prompts, a wrong shape or mask.
     """
-    if isinstance(input_ids, Sequence) and input_ids and isinstance(input_ids[0], Sequence):
-        rows = [[int(t) for t in r] for r in input_ids]
-        if not rows or min(len(r) for r in rows) < 1:
-            raise ValueError("input_ids: every prompt needs at least one token")
-        length = max(len(r) for r in rows)
-        ids = mx.array([[pad_token_id] * (length - len(r)) + r for r in rows], dtype=mx.int32)
-        if any(len(r) != length for r in rows):
-            mask = mx.array([[0] * (length - len(r)) + [1] * len(r) for r in rows], dtype=mx.int32)
-            if attention_mask is not None:
-                raise ValueError("attention_mask: pass either ragged token lists or a mask, not both")
-            return ids, mask
-    else:
-        ids = mx.array(input_ids)
-        if ids.ndim != 2 or ids.shape[1] < 1:
-            raise ValueError(f"input_ids must be (B, L) with L >= 1, got shape {tuple(ids.shape)}")
-        ids = ids.astype(mx.int32)
-    if attention_mask is not None:
-        attention_mask = mx.array(attention_mask)
-        if attention_mask.shape != ids.shape:
-            raise ValueError(
-                f"attention_mask shape {tuple(attention_mask.shape)} != input_ids shape {tuple(ids.shape)}"
-            )
-    return ids, attention_mask
+    input_ids, attention_mask = (
+        _host(x, name) for x, name in ((input_ids, "input_ids"), (attention_mask, "attention_mask"))
+    )
+    batch = prompt_batch(
+        input_ids, vocab_size if vocab_size is not None else 2**31, pad_token_id, attention_mask
+    )
+    mask = None if batch.mask is None else mx.array(batch.mask.astype(np.int32))
+    return mx.array(batch.ids.astype(np.int32)), mx.array(batch.model_ids.astype(np.int32)), mask
+
+
+def _host(x, name: str):
+    """An ``mx.array`` as numpy for the spec's checks (a float array is refused first: bf16 has no numpy)."""
+    if not isinstance(x, mx.array):
+        return x
+    if not mx.issubdtype(x.dtype, mx.integer) and x.dtype != mx.bool_:
+        check_id_dtype(str(x.dtype).removeprefix("mlx.core."), False, argument=name)
+    return np.array(x)
 
 
 def process_logits(
@@ -106,14 +109,18 @@ def process_logits(
         repetition_penalty, temperature, top_k, top_p, min_p: see ``generate``.
     """
     width = logits.shape[-1]
-    if vocab_size < width:
-        logits = mx.where(mx.arange(width) >= vocab_size, _NEG_INF, logits)
+    check_finite_logits(mx.isfinite(logits[:, :vocab_size]).all().item())
+    padded = mx.arange(width) >= vocab_size
+    logits = mx.where(padded, _NEG_INF, logits)
     if repetition_penalty is not None and repetition_penalty != 1.0 and presence is not None:
         penalized = mx.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
         logits = mx.where(presence > 0, penalized, logits)
+        logits = mx.where(padded, logits, mx.clip(logits, -FLOAT32_MAX, FLOAT32_MAX))  # an extreme penalty
     if temperature == 0:
         return mx.argmax(logits, axis=-1)
-    logits = logits / temperature
+    # the row max subtracted first: a tiny temperature tends to greedy instead of overflowing to inf/inf
+    logits = (logits - logits.max(axis=-1, keepdims=True)) / temperature
+    logits = mx.where(padded, _NEG_INF, logits)  # -inf / an inf temperature would be NaN
     if top_k is not None and top_k < width:
         kth = mx.sort(logits, axis=-1)[:, width - top_k][:, None]  # k-th largest
         logits = mx.where(logits < kth, _NEG_INF, logits)
@@ -162,7 +169,7 @@ def stream(
         seed=seed,
         pad_token_id=pad_token_id,
     )
-    ids, mask = prepare_inputs(input_ids, attention_mask, settings.pad_token_id)
+    _, ids, mask = prepare_inputs(input_ids, attention_mask, settings.pad_token_id, model.config.vocab_size)
     return _stream(model, ids, mask, settings, compile)
 
 
@@ -203,17 +210,18 @@ def _stream(model, ids, mask, settings: SamplingSettings, compile: bool = False)
             else:
                 key, sub = mx.random.split(key)
                 token = mx.random.categorical(out, axis=-1, key=sub)
-            token = mx.where(finished, s.pad_token_id, token.astype(mx.int32))
+            drawn = token.astype(mx.int32)
+            token = mx.where(finished, s.pad_token_id, drawn)
+            if presence is not None:  # the drawn id (a finished row's pad id may be any int)
+                presence = presence.at[rows, drawn].add(mx.where(finished, 0.0, 1.0))
             if stops is not None:
                 finished = finished | (token[:, None] == stops[None]).any(axis=-1)
-            if presence is not None:
-                presence = presence.at[rows, token].add(1.0)
             mx.eval(token, finished)
             yield token
             if stops is not None and finished.all().item():
                 return
             if i + 1 < s.max_new_tokens:
-                logits = step(token, cache)
+                logits = step(drawn, cache)  # finished rows keep a valid id
 
 
 def generate(
@@ -272,8 +280,10 @@ def generate(
         seed=seed,
         pad_token_id=pad_token_id,
     )
-    ids, mask = prepare_inputs(input_ids, attention_mask, settings.pad_token_id)
+    shown, ids, mask = prepare_inputs(
+        input_ids, attention_mask, settings.pad_token_id, model.config.vocab_size
+    )
     tokens = list(_stream(model, ids, mask, settings, compile))
     if not tokens:
-        return ids
-    return mx.concatenate([ids, mx.stack(tokens, axis=1)], axis=1)
+        return shown
+    return mx.concatenate([shown, mx.stack(tokens, axis=1)], axis=1)

@@ -21,10 +21,12 @@ from mamba_core.backends.mlx.model import HybridLM, Mamba1LM, Mamba2LM, Mamba3LM
 from mamba_core.backends.mlx.pickles import read_pickle
 from mamba_core.backends.mlx.quantized import export_quantized, load_quantized
 from mamba_core.checkpoint import LoadPlan, is_pickle
+from mamba_core.config_schema import check_memory
 from mamba_core.dialects.hybrid import is_family
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.hybrid_layout import stored_tensors
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
+from mamba_core.safetensors_header import read_array, validate_safetensors_header
 
 MODEL_CLASSES = {
     "mamba1": Mamba1LM,
@@ -80,6 +82,7 @@ def build_model(config, *, dtype="float32", device=None, seed: int | None = None
         >>> build_model(tiny_mamba2(), seed=0).kernel_path
         'mlx-chunked-ssd'
     """
+    check_memory(config, 2 if "16" in str(dtype) else 4, what="building the model")  # before allocating
     dev = resolve_device(device)
     model = _new_model(config, resolve_dtype(dtype), dev, kernels)
     with mx.stream(dev):
@@ -107,6 +110,16 @@ def _file_reader(file: str):
     for pickled ``.bin`` files (needs torch to read them)."""
     if is_pickle(file):
         return read_pickle(file).__getitem__
+    header = validate_safetensors_header(file)
+    if any(e.dtype == "F64" for e in header.entries.values()):  # mx.load has no float64: read with numpy
+
+        def from_numpy(name):
+            arr = read_array(header, name)
+            if header.entries[name].dtype == "BF16":
+                return mx.view(mx.array(arr), mx.bfloat16)
+            return mx.array(arr.astype(np.float32) if arr.dtype == np.float64 else arr)
+
+        return from_numpy
     try:
         arrays = mx.load(os.fspath(file))
     except Exception as e:  # damaged data that the header check could not see

@@ -6,6 +6,7 @@ Exports exactly ``mamba_core.registry.BACKEND_API``. See ``docs/backend-contract
 from mamba_core.backends.torch import ops as ops
 from mamba_core.backends.torch.cache import MambaCache as MambaCache
 from mamba_core.backends.torch.device import default_device as default_device
+from mamba_core.backends.torch.device import device_unavailable as device_unavailable
 from mamba_core.backends.torch.device import devices as devices
 from mamba_core.backends.torch.gated_mlp import GatedMLP as GatedMLP
 from mamba_core.backends.torch.heads import FeatureExtractor as FeatureExtractor
@@ -74,6 +75,7 @@ __all__ = [
     "apply_lora",
     "build_model",
     "default_device",
+    "device_unavailable",
     "devices",
     "export_tensors",
     "from_numpy",

@@ -1,5 +1,5 @@
 """Dtype and device names of the torch backend: ``resolve_dtype``, ``resolve_device``, ``devices``,
-``default_device``.
+``default_device``, ``device_unavailable``.
 """
 
 from __future__ import annotations
@@ -35,6 +35,32 @@ def devices() -> list[str]:
     if mps is not None and mps.is_available():
         out.append("mps")
     return out
+
+
+def device_unavailable(device: str) -> str | None:
+    """Why the device string ``device`` (``"cuda"``, ``"cuda:1"``, ``"mps"``) cannot be used here, or None.
+
+    Example:
+        >>> device_unavailable("cpu") is None
+        True
+    """
+    kind, _, index = device.partition(":")
+    if kind == "cuda" and "cuda" not in devices():
+        if torch.version.cuda is None:
+            return (
+                f"this torch ({torch.__version__}) is a CPU-only build; install a CUDA build of torch "
+                "to use a GPU"
+            )
+        return f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no CUDA GPU"
+    if kind == "mps" and "mps" not in devices():
+        return "MPS needs Apple Silicon and a torch built with MPS"
+    if kind not in devices():
+        return f"{kind!r} is not a torch device type"
+    if index and kind == "cuda":
+        count = torch.cuda.device_count()
+        if not index.isdigit() or int(index) >= count:
+            return f"torch sees {count} CUDA device(s), cuda:0 to cuda:{count - 1}"
+    return None
 
 
 def default_device() -> str:

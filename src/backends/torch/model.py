@@ -27,6 +27,7 @@ from mamba_core.backends.torch.linear import rows
 from mamba_core.backends.torch.norm import RMSNorm
 from mamba_core.backends.torch.quantized import head_logits
 from mamba_core.backends.torch.sample import generate, stream
+from mamba_core.backends.torch.tokens import as_token_ids, check_token_ids
 from mamba_core.config import Mamba1Config, Mamba2Config
 from mamba_core.errors import ConfigError, UnsupportedError
 from mamba_core.families import HYBRID_CONFIGS
@@ -202,6 +203,7 @@ class _Stack(nn.Module):
         if not x.is_floating_point():
             if not hasattr(self, "embedding"):
                 raise ValueError("this stack has no embedding: pass (B, L, D) float inputs")
+            check_token_ids(x, self.config.vocab_size)
             x = self.embedding(x)
         if x.shape[-1] != self.config.d_model:
             raise ValueError(
@@ -335,12 +337,14 @@ class _LM(nn.Module):
     def forward(self, input_ids, *, cache: MambaCache | None = None, attention_mask=None, seq_idx=None):
         """(B, L) int -> logits (B, L, V) float32 (see the backend contract); ``seq_idx`` (B, L) int
         marks packed documents."""
+        input_ids = as_token_ids(input_ids, self.config.vocab_size, 2, self.backbone.norm_f.weight.device)
         return self.logits(
             self.backbone(input_ids, cache=cache, attention_mask=attention_mask, seq_idx=seq_idx)
         )
 
     def step(self, token_ids, cache: MambaCache):
         """(B,) int -> logits (B, V) float32; O(1) per token; updates ``cache``."""
+        token_ids = as_token_ids(token_ids, self.config.vocab_size, 1, argument="token_ids")
         hidden = self.backbone.step(token_ids, cache)  # (B, D)
         # a quantized tied head (quantized table or int8/int4 copy) takes logits()
         plain = type(self.backbone.embedding) is nn.Embedding and not hasattr(self, "tied_head")

@@ -15,7 +15,9 @@ import torch
 
 from mamba_core.backends.torch.cache import MambaCache
 from mamba_core.backends.torch.prefill import prefill
-from mamba_core.sampling import SamplingSettings
+from mamba_core.backends.torch.tokens import trusted_ids
+from mamba_core.sampling import FLOAT32_MAX, SamplingSettings, check_finite_logits
+from mamba_core.token_ids import check_id_dtype, prompt_batch
 
 
 def _decode_step(model, compile: bool):
@@ -27,7 +29,12 @@ def _decode_step(model, compile: bool):
     ``mode="reduce-overhead"`` (CUDA graphs).
     """
     if not compile:
-        return model.step
+
+        def eager(token_ids, cache: MambaCache):
+            with trusted_ids():  # the sampler's ids: in range by construction, no read-back per token
+                return model.step(token_ids, cache)
+
+        return eager
     step = getattr(model, "_compiled_step", None)  # compiled once per model: inductor takes a while
     if step is None:
 
@@ -38,7 +45,8 @@ def _decode_step(model, compile: bool):
         compiled = torch.compile(decode, fullgraph=True, dynamic=False, mode=mode)
 
         def step(token_ids, cache: MambaCache):
-            logits = compiled(token_ids, cache.layers)
+            with trusted_ids():  # the sampler's ids (the traced graph never checks them)
+                logits = compiled(token_ids, cache.layers)
             cache.seqlen_offset += 1
             return logits
 
@@ -47,28 +55,24 @@ def _decode_step(model, compile: bool):
 
 
 def _prepare(model, input_ids, attention_mask, pad_token_id):
-    """-> ids (B, L) long on the model's device, mask (B, L) or None."""
+    """-> (ids to return (B, L), ids to embed (B, L), mask (B, L) or None), long on the model's device,
+    checked by the spec (``mamba_core.token_ids.prompt_batch``)."""
     device = model.backbone.norm_f.weight.device
-    if isinstance(input_ids, (list, tuple)):
-        rows = [list(map(int, r)) for r in input_ids]
-        if not rows or any(len(r) == 0 for r in rows):
-            raise ValueError("input_ids: every prompt needs at least one token")
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad_token_id, dtype=torch.long)
-        mask = torch.zeros(len(rows), width, dtype=torch.long)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r) :] = torch.tensor(r, dtype=torch.long)
-            mask[i, width - len(r) :] = 1
-        if bool(mask.all()):
-            mask = None
-        return ids.to(device), None if mask is None else mask.to(device)
-    ids = torch.as_tensor(input_ids)
-    if ids.dim() != 2 or ids.is_floating_point():
-        raise ValueError(f"input_ids must be a (B, L) int array, got shape {tuple(ids.shape)}")
-    if ids.shape[1] == 0:
-        raise ValueError("input_ids: the prompt needs at least one token")
-    mask = None if attention_mask is None else torch.as_tensor(attention_mask).to(device)
-    return ids.long().to(device), mask
+    input_ids, attention_mask = (
+        _host(x, name) for x, name in ((input_ids, "input_ids"), (attention_mask, "attention_mask"))
+    )
+    batch = prompt_batch(input_ids, model.config.vocab_size, pad_token_id, attention_mask)
+    mask = None if batch.mask is None else torch.from_numpy(batch.mask).to(device)
+    return torch.from_numpy(batch.ids).to(device), torch.from_numpy(batch.model_ids).to(device), mask
+
+
+def _host(x, name: str):
+    """A tensor as numpy for the spec's checks (a float tensor is refused first: bf16 has no numpy)."""
+    if not torch.is_tensor(x):
+        return x
+    if x.is_floating_point() or x.is_complex():
+        check_id_dtype(str(x.dtype).removeprefix("torch."), False, argument=name)
+    return x.detach().cpu().numpy()
 
 
 def process_logits(logits, *, vocab_size, temperature, top_k, top_p, min_p, repetition_penalty, seen):
@@ -79,14 +83,18 @@ def process_logits(logits, *, vocab_size, temperature, top_k, top_p, min_p, repe
         sampling distribution (B, V).
     """
     logits = logits.float().clone()
-    if logits.shape[-1] > vocab_size:
-        logits[:, vocab_size:] = -torch.inf
+    check_finite_logits(bool(torch.isfinite(logits[:, :vocab_size]).all()))
+    padded = torch.arange(logits.shape[-1], device=logits.device) >= vocab_size
+    logits[:, padded] = -torch.inf
     if repetition_penalty is not None and repetition_penalty != 1.0:
         penalized = torch.where(logits > 0, logits / repetition_penalty, logits * repetition_penalty)
         logits = torch.where(seen, penalized, logits)
+        logits = torch.where(padded, logits, logits.clamp(-FLOAT32_MAX, FLOAT32_MAX))  # an extreme penalty
     if temperature == 0:
         return logits.argmax(-1), None
-    logits = logits / temperature
+    # the row max subtracted first: a tiny temperature tends to greedy instead of overflowing to inf/inf
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
+    logits = logits.masked_fill(padded, -torch.inf)  # -inf / an inf temperature would be NaN
     if top_k is not None and top_k < logits.shape[-1]:
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
         logits = logits.masked_fill(logits < kth, -torch.inf)
@@ -138,7 +146,7 @@ def stream(
         seed=seed,
         pad_token_id=pad_token_id,
     )
-    ids, mask = _prepare(model, input_ids, attention_mask, settings.pad_token_id)
+    _, ids, mask = _prepare(model, input_ids, attention_mask, settings.pad_token_id)
     return _stream(model, ids, mask, settings, compile)
 
 
@@ -186,8 +194,8 @@ def _stream(model, ids, mask, settings: SamplingSettings, compile: bool = False)
                 done = done | torch.isin(tok, stops)
                 if bool(done.all()):
                     return
-            if seen is not None:
-                seen[rows, tok] = seen[rows, tok] | ~done
+            if seen is not None:  # the drawn id (a finished row's pad id may be any int)
+                seen[rows, drawn] = seen[rows, drawn] | ~done
             if i + 1 < s.max_new_tokens:
                 logits = step(drawn, cache)  # finished rows keep a valid id
 
@@ -246,8 +254,8 @@ def generate(
         seed=seed,
         pad_token_id=pad_token_id,
     )
-    ids, mask = _prepare(model, input_ids, attention_mask, settings.pad_token_id)
+    shown, ids, mask = _prepare(model, input_ids, attention_mask, settings.pad_token_id)
     new = list(_stream(model, ids, mask, settings, compile))
     if not new:
-        return ids
-    return torch.cat([ids, torch.stack(new, dim=1)], dim=1)
+        return shown
+    return torch.cat([shown, torch.stack(new, dim=1)], dim=1)

@@ -472,7 +472,7 @@ def ssd_chunked_scan(
         _f32(B).to(wide).contiguous(),
         _f32(C).to(wide).contiguous(),
         h0.contiguous(),
-        int(chunk_size),
+        max(1, min(int(chunk_size), seqlen)),  # a chunk longer than the sequence would only pad
     )
     if D is not None:
         y = y + _f32(x_in) * _f32(D).unsqueeze(-1)

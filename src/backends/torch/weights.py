@@ -23,6 +23,7 @@ from mamba_core.backends.torch.model import HybridLM, Mamba1LM, Mamba2LM, Mamba3
 from mamba_core.backends.torch.pickles import read_pickle
 from mamba_core.backends.torch.quantized import export_quantized, load_quantized
 from mamba_core.checkpoint import LoadPlan, is_pickle
+from mamba_core.config_schema import check_memory
 from mamba_core.dialects.hybrid import is_family
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.hybrid_layout import stored_tensors
@@ -57,6 +58,7 @@ def build_model(config, *, dtype="float32", device=None, seed=None, kernels: str
         >>> build_model(tiny_mamba2(), seed=0).kernel_path
         'torch-chunked-ssd'
     """
+    check_memory(config, 2 if "16" in str(dtype) else 4, what="building the model")  # before allocating
     if kernels not in KERNELS:
         raise ValueError(f"kernels={kernels!r}; expected one of {KERNELS}")
     if kernels == "fast":

@@ -3,17 +3,23 @@
 Measured through the public generation API, the same way for both backends: ``stream`` yields its first
 token after the prefill (prompt tokens per second = prefill speed), then one token per O(1) decode step
 (the other ``N - 1`` tokens). Prompts are seeded random token ids, so no tokenizer is needed. Each
-measurement runs once to warm up, then ``--repeat`` times; the best time is reported.
+measurement runs once to warm up, then ``--repeat`` times; the table reports the median speed, the best
+(the run least disturbed by other work) and the spread ``(max - min) / median``; a spread above
+``SPREAD_WARNING`` gets a warning: the machine was busy and the figures are not to be trusted.
 """
 
 from __future__ import annotations
 
-import json
+import statistics
 import sys
 import time
 
+from mamba_core import strict_json
+
 NAME = "bench"
 HELP = "measure prefill and decode tokens/s of a model (default: the shipped one) on this machine"
+# Spread (max - min) / median of the repeated runs above which the figures are flagged as noisy.
+SPREAD_WARNING = 0.10
 
 
 def add_arguments(p) -> None:
@@ -21,13 +27,14 @@ def add_arguments(p) -> None:
         "--model",
         "-m",
         default=None,
-        help="checkpoint directory, .safetensors file or hub id (default: the shipped model)",
+        help="checkpoint directory, .safetensors file, hub id or shipped name (default: "
+        "mamba-bytes, the shipped model)",
     )
     p.add_argument(
         "--backend",
         default="all",
         choices=["all", "auto", "torch", "mlx"],
-        help="'all' (default) = every backend available here",
+        help="'all' (default) = every backend available here; auto = MLX on Apple Silicon, else torch",
     )
     p.add_argument(
         "--dtype",
@@ -35,12 +42,38 @@ def add_arguments(p) -> None:
         choices=["float32", "bfloat16", "float16"],
         help="model dtype (default: the checkpoint's)",
     )
-    p.add_argument("--device", default=None, help="cpu, cuda, mps (torch) or cpu, gpu (mlx)")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="cpu, cuda, mps (torch) or cpu, gpu (mlx) (default: the backend's best)",
+    )
     p.add_argument("--prompt-len", type=int, default=512, help="prompt tokens per row (default 512)")
-    p.add_argument("--new-tokens", type=int, default=64, help="generated tokens per row (default 64)")
+    p.add_argument(
+        "--max-tokens",
+        "--new-tokens",
+        dest="max_tokens",
+        type=int,
+        default=64,
+        help="generated tokens per row, >= 2 (default 64)",
+    )
     p.add_argument("--batch", type=int, default=1, help="rows (default 1)")
-    p.add_argument("--repeat", type=int, default=2, help="timed runs after one warm-up (default 2)")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=5,
+        help="timed runs after one warm-up; median, best and spread are reported (default 5)",
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output (every run's speeds too)")
+
+
+def spread(values: list[float]) -> float:
+    """``(max - min) / median`` of positive measurements (0 for one value).
+
+    Example:
+        >>> round(spread([90.0, 100.0, 110.0]), 3)
+        0.2
+    """
+    return (max(values) - min(values)) / statistics.median(values) if len(values) > 1 else 0.0
 
 
 def bench(
@@ -50,30 +83,34 @@ def bench(
     dtype: str | None = None,
     device: str | None = None,
     prompt_len: int = 512,
-    new_tokens: int = 64,
+    max_tokens: int = 64,
     batch: int = 1,
-    repeat: int = 2,
+    repeat: int = 5,
+    progress=None,
 ) -> dict:
-    """Prefill and decode throughput of one model on one backend.
+    """Prefill and decode throughput of one model on one backend, over ``repeat`` timed runs.
 
     Args:
-        model: checkpoint path or hub id; None = the shipped model.
+        model: checkpoint path, hub id or shipped name; None = the shipped model.
         backend: ``"torch"``, ``"mlx"`` or ``"auto"``.
         dtype, device: as ``mamba_core.load``.
         prompt_len: L, prompt tokens per row.
-        new_tokens: N >= 2, generated tokens per row.
+        max_tokens: N >= 2, generated tokens per row.
         batch: B rows.
-        repeat: timed runs after one warm-up (best is kept).
+        repeat: timed runs after one warm-up.
+        progress: called with ``(run, total)`` after each run (run 0 is the warm-up).
 
     Returns:
-        dict with ``backend, device, dtype, batch, prompt_len, new_tokens, prefill_tok_s, decode_tok_s``
-        (tokens of all rows per second).
+        dict with ``backend, device, dtype, batch, prompt_len, max_tokens``, the median speeds
+        ``prefill_tok_s, decode_tok_s`` (tokens of all rows per second), the best ones
+        ``prefill_best_tok_s, decode_best_tok_s``, ``prefill_spread, decode_spread`` and every run's
+        speeds in ``prefill_runs, decode_runs``.
 
     Raises:
         ValueError: a size below its minimum.
 
     Example:
-        >>> bench(backend="torch", prompt_len=64, new_tokens=8)["decode_tok_s"] > 0   # doctest: +SKIP
+        >>> bench(backend="torch", prompt_len=64, max_tokens=8)["decode_tok_s"] > 0   # doctest: +SKIP
         True
     """
     import numpy as np
@@ -81,10 +118,11 @@ def bench(
     import mamba_core
     from mamba_core.assets import SHIPPED_MODEL
     from mamba_core.registry import choose_backend, get_backend
+    from mamba_core.run_info import device_name, dtype_name
 
     for name, value, low in (
         ("prompt_len", prompt_len, 1),
-        ("new_tokens", new_tokens, 2),
+        ("max_tokens", max_tokens, 2),
         ("batch", batch, 1),
         ("repeat", repeat, 1),
     ):
@@ -98,38 +136,38 @@ def bench(
     vocab = lm.config.vocab_size
     ids = np.random.default_rng(0).integers(0, vocab, size=(batch, prompt_len))
     prompt = module.from_numpy(ids, device=device)
-    best_prefill = best_decode = float("inf")
+    prefill, decode = [], []
     for i in range(repeat + 1):  # run 0 warms up
         t0 = time.perf_counter()
-        tokens = module.stream(lm, prompt, new_tokens)
+        tokens = module.stream(lm, prompt, max_tokens)
         module.to_numpy(next(tokens))  # the prefill and the first sampled token (forces lazy MLX work)
         t1 = time.perf_counter()
         for token in tokens:
             module.to_numpy(token)
         t2 = time.perf_counter()
         if i > 0:
-            best_prefill, best_decode = min(best_prefill, t1 - t0), min(best_decode, t2 - t1)
+            prefill.append(batch * prompt_len / (t1 - t0))
+            decode.append(batch * (max_tokens - 1) / (t2 - t1))
+        if progress is not None:
+            progress(i, repeat)
     return {
         "model": str(model if model is not None else SHIPPED_MODEL),
         "backend": backend,
-        "device": _device_name(lm),
-        "dtype": _dtype_name(lm),
+        "device": device_name(lm),
+        "dtype": dtype_name(lm),
         "batch": batch,
         "prompt_len": prompt_len,
-        "new_tokens": new_tokens,
-        "prefill_tok_s": batch * prompt_len / best_prefill,
-        "decode_tok_s": batch * (new_tokens - 1) / best_decode,
+        "max_tokens": max_tokens,
+        "repeat": repeat,
+        "prefill_tok_s": statistics.median(prefill),
+        "decode_tok_s": statistics.median(decode),
+        "prefill_best_tok_s": max(prefill),
+        "decode_best_tok_s": max(decode),
+        "prefill_spread": spread(prefill),
+        "decode_spread": spread(decode),
+        "prefill_runs": prefill,
+        "decode_runs": decode,
     }
-
-
-def _dtype_name(lm) -> str:
-    return str(lm.head_weight.dtype).replace("torch.", "").replace("mlx.core.", "")
-
-
-def _device_name(lm) -> str:
-    device = getattr(lm.head_weight, "device", None) or getattr(lm, "device", "cpu")
-    name = str(device)  # torch: "cpu" / "cuda:0"; mlx: "Device(cpu, 0)"
-    return name[len("Device(") :].split(",")[0] if name.startswith("Device(") else name
 
 
 def run(args) -> int:
@@ -142,33 +180,47 @@ def run(args) -> int:
     choices = [choose_backend(name) for name in names]
     for choice in choices:
         print(choice, file=sys.stderr)
-    names = [choice.name for choice in choices]
-    rows = [
-        bench(
-            args.model,
-            backend=name,
-            dtype=args.dtype,
-            device=args.device,
-            prompt_len=args.prompt_len,
-            new_tokens=args.new_tokens,
-            batch=args.batch,
-            repeat=args.repeat,
+    rows = []
+    for name in (choice.name for choice in choices):
+
+        def progress(i, total, name=name):
+            what = "warm-up" if i == 0 else f"run {i}/{total}"
+            print(f"bench {name}: {what} done", file=sys.stderr, flush=True)
+
+        rows.append(
+            bench(
+                args.model,
+                backend=name,
+                dtype=args.dtype,
+                device=args.device,
+                prompt_len=args.prompt_len,
+                max_tokens=args.max_tokens,
+                batch=args.batch,
+                repeat=args.repeat,
+                progress=progress,
+            )
         )
-        for name in names
-    ]
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(strict_json.dumps(rows, indent=2))
         return 0
     print(
         f"model {rows[0]['model']}: batch {args.batch}, prompt {args.prompt_len} tokens, "
-        f"{args.new_tokens} new tokens"
+        f"{args.max_tokens} new tokens; median of {args.repeat} runs (best, spread)"
     )
-    header = f"{'backend':<8} {'device':<8} {'dtype':<9} {'prefill tok/s':>14} {'decode tok/s':>13}"
+    header = f"{'backend':<8} {'device':<8} {'dtype':<9} {'prefill tok/s':>26} {'decode tok/s':>26}"
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(
-            f"{r['backend']:<8} {r['device']:<8} {r['dtype']:<9} {r['prefill_tok_s']:>14,.0f} "
-            f"{r['decode_tok_s']:>13,.1f}"
-        )
+        pre = f"{r['prefill_tok_s']:,.0f} ({r['prefill_best_tok_s']:,.0f}, {r['prefill_spread']:.0%})"
+        dec = f"{r['decode_tok_s']:,.1f} ({r['decode_best_tok_s']:,.1f}, {r['decode_spread']:.0%})"
+        print(f"{r['backend']:<8} {r['device']:<8} {r['dtype']:<9} {pre:>26} {dec:>26}")
+    for r in rows:
+        for what in ("prefill", "decode"):
+            if r[f"{what}_spread"] > SPREAD_WARNING:
+                print(
+                    f"warning: {r['backend']} {what} speeds spread {r[f'{what}_spread']:.0%} over "
+                    f"{args.repeat} runs (more than {SPREAD_WARNING:.0%}): the machine was busy; rerun "
+                    "on a quiet machine or with more --repeat",
+                    file=sys.stderr,
+                )
     return 0

@@ -8,9 +8,10 @@ is 1 when any check fails (or a backend named in ``--backends`` cannot be used),
 
 from __future__ import annotations
 
-import json
 import os
 import sys
+
+from mamba_core import strict_json
 
 NAME = "conformance"
 HELP = (
@@ -66,20 +67,31 @@ def run(args) -> int:
             print(f"{check.name:{width}s}  {check.level:5s}  {check.doc}{only}")
         return 0
 
-    def progress(result) -> None:
-        if args.verbose or not (result.passed or result.skipped):
-            print(result.message(), file=sys.stderr)
+    from mamba_core.progress import Progress
 
-    results = conformance.run_matrix(
-        backends=_csv(args.backends),
-        devices=_csv(args.devices),
-        dtypes=_csv(args.dtypes),
-        checks=_csv(args.checks),
-        seed=args.seed,
-        progress=progress,
-    )
+    failed = 0
+    with Progress(None, "conformance", unit=" checks") as bar:
+
+        def progress(result) -> None:
+            nonlocal failed
+            failed += not (result.passed or result.skipped)
+            if args.verbose or not (result.passed or result.skipped):
+                if bar.enabled:
+                    bar.stream.write("\r\x1b[K")
+                print(result.message(), file=sys.stderr)
+            cell = f"{result.backend}/{result.device}/{result.dtype}"
+            bar.update(1, failed=failed, last=f"{cell} {result.name}")
+
+        results = conformance.run_matrix(
+            backends=_csv(args.backends),
+            devices=_csv(args.devices),
+            dtypes=_csv(args.dtypes),
+            checks=_csv(args.checks),
+            seed=args.seed,
+            progress=progress,
+        )
     if args.json:
-        print(json.dumps(conformance.report(results), indent=1))
+        print(strict_json.dumps(conformance.report(results), indent=1))
     elif args.markdown:
         print(conformance.format_markdown(results))
     else:

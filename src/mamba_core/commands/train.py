@@ -1,8 +1,9 @@
 """``mamba-core train``: train a byte-level (or ``tokenizer.json``) Mamba LM, or fine-tune a checkpoint.
 
-The defaults are the recipe of the shipped model (docs/model-card.md): ``mamba-core train --stdlib
---out DIR`` retrains it. Re-running the same command with the same ``--out`` resumes from
-``DIR/checkpoint-last`` (written every ``--save-every`` steps and on Ctrl-C).
+New models start from the defaults of ``TrainConfig``; ``--from`` fine-tunes with a tenth of the peak
+learning rate (``FINETUNE_LR``). Re-running a command with the same ``--out`` resumes from
+``DIR/checkpoint-last`` (written every ``--save-every`` steps and on Ctrl-C); a run stopped by
+``--stop-at`` or Ctrl-C prints the command that resumes it.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ _DEFAULTS = {
 
 def add_arguments(p) -> None:
     from mamba_core.data import DEFAULT_PATTERNS
-    from mamba_core.train import PRECISIONS, TrainConfig
+    from mamba_core.train import DEFAULT_WARMUP, FINETUNE_LR, PRECISIONS, TrainConfig
 
     d = TrainConfig()
     p.add_argument("data", nargs="*", help="text files, directories, or one token file (.npy / uint16 .bin)")
@@ -49,7 +50,12 @@ def add_arguments(p) -> None:
     )
     p.add_argument("--val-fraction", type=float, default=0.05, help="held-out share for eval (default 0.05)")
     g = p.add_argument_group("model (new models; ignored with --from)")
-    g.add_argument("--arch", choices=["mamba1", "mamba2"], default=_DEFAULTS["arch"])
+    g.add_argument(
+        "--arch",
+        choices=["mamba1", "mamba2"],
+        default=_DEFAULTS["arch"],
+        help="architecture of a new model (default %(default)s)",
+    )
     for name in ("d_model", "n_layer", "d_state", "headdim", "expand", "chunk_size"):
         only = " (mamba2 only)" if name in ("headdim", "chunk_size") else ""
         g.add_argument(
@@ -60,26 +66,35 @@ def add_arguments(p) -> None:
         dest="init_from",
         default=None,
         metavar="CHECKPOINT",
-        help="fine-tune this checkpoint (directory, .safetensors or hub id) instead",
+        help="fine-tune this checkpoint (directory, .safetensors, hub id or shipped name such as "
+        "mamba-bytes) instead",
     )
     r = p.add_argument_group("run (defaults: the shipped model's recipe)")
     r.add_argument(
         "--backend",
         default="torch",
         choices=["auto", "torch", "mlx"],
-        help="default torch (the faster trainer on CPUs)",
+        help="default torch (the faster trainer on CPUs); auto = MLX on Apple Silicon, else torch",
     )
     r.add_argument("--device", default=None, help="cpu, cuda, mps (torch) or cpu, gpu (mlx)")
     r.add_argument("--precision", default=d.precision, choices=PRECISIONS, help="default %(default)s")
     r.add_argument("--steps", type=int, default=d.steps, help="default %(default)s")
     r.add_argument("--batch-size", type=int, default=d.batch_size, help="default %(default)s")
     r.add_argument("--seq-len", type=int, default=d.seq_len, help="default %(default)s")
-    r.add_argument("--lr", type=float, default=d.lr, help="peak learning rate (default %(default)s)")
     r.add_argument(
-        "--min-lr", type=float, default=d.min_lr, help="learning rate at the last step (default %(default)s)"
+        "--lr",
+        type=float,
+        default=None,
+        help=f"peak learning rate (default {d.lr:g} for a new model, {FINETUNE_LR:g} with --from)",
     )
     r.add_argument(
-        "--warmup", type=int, default=d.warmup_steps, help="linear warmup steps (default %(default)s)"
+        "--min-lr", type=float, default=None, help="learning rate at the last step (default: a tenth of --lr)"
+    )
+    r.add_argument(
+        "--warmup",
+        type=int,
+        default=None,
+        help=f"linear warmup steps (default min({DEFAULT_WARMUP}, steps // 10))",
     )
     r.add_argument("--weight-decay", type=float, default=d.weight_decay, help="default %(default)s")
     r.add_argument(
@@ -113,7 +128,12 @@ def add_arguments(p) -> None:
         help="projections by layout name, comma-separated (default %(default)s; Mamba-1 also "
         "x_proj, dt_proj)",
     )
-    r.add_argument("--stop-at", type=int, default=None, help="stop after this step as if interrupted")
+    r.add_argument(
+        "--stop-at",
+        type=int,
+        default=None,
+        help="stop after this step as if interrupted (prints the command that resumes)",
+    )
     r.add_argument("--no-resume", action="store_true", help="start over even if --out has a checkpoint")
 
 
@@ -154,18 +174,19 @@ def _tokenizer(args):
 def run(args) -> int:
     from mamba_core.data import load_corpus
     from mamba_core.registry import choose_backend
-    from mamba_core.train import TrainConfig, train
+    from mamba_core.train import FINETUNE_LR, TrainConfig, train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     # the run's own log (losses, evals, resume) at INFO; the per-checkpoint save notices only on problems
     logging.getLogger("mamba_core").setLevel(logging.WARNING)
     logging.getLogger("mamba_core.train").setLevel(logging.INFO)
+    lr = args.lr if args.lr is not None else (TrainConfig.lr if args.init_from is None else FINETUNE_LR)
     config = TrainConfig(
         steps=args.steps,
         batch_size=args.batch_size,
         seq_len=args.seq_len,
-        lr=args.lr,
-        min_lr=args.min_lr,
+        lr=lr,
+        min_lr=lr / 10 if args.min_lr is None else args.min_lr,
         warmup_steps=args.warmup,
         weight_decay=args.weight_decay,
         grad_clip=args.grad_clip,
@@ -192,27 +213,54 @@ def run(args) -> int:
     print(f"data: {corpus.description}", file=sys.stderr)
     args.vocab_size = corpus.vocab_size
     new_model = model_config(args) if args.init_from is None else None
-    result = train(
-        corpus,
-        args.out,
-        config,
-        model_config=new_model,
-        init_from=args.init_from,
-        backend=choice.name,
-        device=args.device,
-        tokenizer=tok,
-        resume=not args.no_resume,
-        stop_at=args.stop_at,
-    )
+    try:
+        result = train(
+            corpus,
+            args.out,
+            config,
+            model_config=new_model,
+            init_from=args.init_from,
+            backend=choice.name,
+            device=args.device,
+            tokenizer=tok,
+            resume=not args.no_resume,
+            stop_at=args.stop_at,
+        )
+    except KeyboardInterrupt:
+        print(f"interrupted; resume with: {resume_command(args._argv)}", file=sys.stderr)
+        raise
+    first_eval = result.eval_losses[0][1] if result.eval_losses else float("nan")
     last = result.eval_losses[-1][1] if result.eval_losses else float("nan")
     first = result.train_losses[0] if result.train_losses else float("nan")
     final = result.train_losses[-1] if result.train_losses else float("nan")
-    where = (
-        "model" if result.step == config.steps else f"checkpoint at step {result.step} (resume: same command)"
-    )
     print(
         f"trained {result.step}/{config.steps} steps ({result.tokens_seen:,} tokens) in "
-        f"{result.wall_s:.0f}s: train loss {first:.3f} -> {final:.3f}, eval loss {last:.4f} nats/token "
-        f"({last / math.log(2):.4f} bits); {where} in {result.out_dir}"
+        f"{result.wall_s:.0f}s: train loss {first:.3f} -> {final:.3f}, eval loss {first_eval:.4f} -> "
+        f"{last:.4f} nats/token ({last / math.log(2):.4f} bits); "
+        + ("model" if result.step == config.steps else f"checkpoint at step {result.step}")
+        + f" in {result.out_dir}"
     )
+    if result.step < config.steps:
+        print(f"resume with: {resume_command(args._argv)}")
     return 0
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues a stopped run: ``argv`` without ``--stop-at N`` and ``--no-resume``.
+
+    Example:
+        >>> resume_command(["train", "a.txt", "--out", "run", "--stop-at", "4", "--no-resume"])
+        'mamba-core train a.txt --out run'
+    """
+    import shlex
+
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--stop-at":
+            skip = True
+        elif not (arg.startswith("--stop-at=") or arg == "--no-resume"):
+            out.append(arg)
+    return shlex.join(["mamba-core", *out])

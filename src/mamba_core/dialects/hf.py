@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 from mamba_core.config import CONFIG_CLASSES
+from mamba_core.config_schema import SCHEMA, check_kind, check_raw
 from mamba_core.dialects import hybrid
 from mamba_core.dialects.parsed import ParsedConfig, build, json_limit, read_limit
 from mamba_core.errors import ConfigError, UnsupportedError
@@ -160,6 +161,8 @@ IGNORED = {
 }
 # read by mamba_core.quantization, not by the config codec
 _QUANTIZATION_KEYS = ("quantization", "quantization_config")
+# config key holding the vocabulary before padding, written by us (absent when nothing is padded)
+VOCAB_KEY = "mamba_core_vocab_size"
 
 
 def detect(d: dict[str, Any]) -> bool:
@@ -169,6 +172,7 @@ def detect(d: dict[str, Any]) -> bool:
 
 def _arch_of(d: dict[str, Any]) -> str:
     model_type = d.get("model_type")
+    check_kind("hf config", "model_type", model_type, str, "a string ('mamba' or 'mamba2')")
     if model_type in REFUSED_MODEL_TYPES:
         raise UnsupportedError(REFUSED_MODEL_TYPES[model_type])
     if model_type not in MODEL_TYPES:
@@ -182,7 +186,8 @@ def _arch_of(d: dict[str, Any]) -> str:
 
 def _check_keys(d: dict[str, Any], arch: str) -> None:
     names = NAMES_BY_ARCH[arch]
-    unknown = sorted(set(d) - set(names) - set(READ_BY_STEP[arch]) - IGNORED - set(_QUANTIZATION_KEYS))
+    known = set(names) | set(READ_BY_STEP[arch]) | IGNORED | set(_QUANTIZATION_KEYS) | {VOCAB_KEY}
+    unknown = sorted(set(d) - known)
     if unknown:
         raise ConfigError(
             f"unknown key(s) {unknown} in a {d.get('model_type')!r} config; known keys are {sorted(names)}",
@@ -203,6 +208,10 @@ def _read_width(d: dict[str, Any], src: dict[str, Any], fields: dict[str, Any]) 
     """``expand`` and ``intermediate_size`` both describe E: take ``expand`` from it when absent, and
     refuse the two when they disagree."""
     hidden = fields["d_model"]
+    check_raw("hf config", "hidden_size", hidden, SCHEMA["mamba1"]["d_model"])
+    check_raw("hf config", "expand", fields["expand"], SCHEMA["mamba1"]["expand"])
+    if "intermediate_size" in d:
+        check_raw("hf config", "intermediate_size", d["intermediate_size"])
     if "intermediate_size" in d and "expand" not in d and hidden:
         fields["expand"] = _exact_ratio(d["intermediate_size"], hidden, "intermediate_size")
     e_inner = fields["expand"] * hidden
@@ -217,6 +226,9 @@ def _read_width(d: dict[str, Any], src: dict[str, Any], fields: dict[str, Any]) 
 def _read_mamba2(d: dict[str, Any], src: dict[str, Any], fields: dict[str, Any]) -> None:
     """Mamba-2: ``num_heads * head_dim`` is E too; ``time_step_limit`` is a pair."""
     hidden = fields["d_model"]
+    check_raw("hf config", "hidden_size", hidden, SCHEMA["mamba2"]["d_model"])
+    check_raw("hf config", "head_dim", src["head_dim"], SCHEMA["mamba2"]["headdim"])
+    check_raw("hf config", "num_heads", src["num_heads"])
     if "num_heads" in d and "expand" not in d and "intermediate_size" not in d:
         fields["expand"] = _exact_ratio(d["num_heads"] * src["head_dim"], hidden, "num_heads")
     _read_width(d, src, fields)
@@ -251,18 +263,44 @@ READ_BY_STEP = {"mamba1": ("use_bcdt_rms",), "mamba2": ()}
 
 
 def read(d: dict[str, Any], dialect: str = "hf") -> ParsedConfig:
-    if d.get("model_type") in hybrid.MODEL_TYPES:  # a hybrid family: its own reader
+    check_kind("hf config", "model_type", d.get("model_type"), str, "a string ('mamba', 'mamba2', ...)")
+    if d["model_type"] in hybrid.MODEL_TYPES:  # a hybrid family: its own reader
         return hybrid.read(d, dialect)
     arch = _arch_of(d)
     _check_keys(d, arch)
     src = {**DEFAULTS_BY_ARCH[arch], **d}
     fields = {ours: src[theirs] for theirs, ours in NAMES_BY_ARCH[arch].items() if theirs in src}
     fields["pad_vocab_size_multiple"] = 1  # HF and mlx-lm store the already padded vocab
+    _read_unpadded_vocab(d, src, fields)
     _ARCH_READERS[arch](d, src, fields)
     # keys read as nothing: the listed ones, and renamed keys a reader step dropped
     dropped = {k for k, ours in NAMES_BY_ARCH[arch].items() if k in d and ours not in fields}
     ignored = tuple(sorted(k for k in d if k in IGNORED or k in dropped))
     return ParsedConfig(build(CONFIG_CLASSES[arch], fields), dialect, ignored)
+
+
+def _read_unpadded_vocab(d: dict[str, Any], src: dict[str, Any], fields: dict[str, Any]) -> None:
+    """A json we wrote keeps the vocabulary before padding (``VOCAB_KEY``), so a round trip keeps it."""
+    if VOCAB_KEY not in d:
+        return
+    check_raw("hf config", VOCAB_KEY, d[VOCAB_KEY], SCHEMA["mamba1"]["vocab_size"])
+    if "pad_vocab_size_multiple" in d:
+        check_raw(
+            "hf config",
+            "pad_vocab_size_multiple",
+            d["pad_vocab_size_multiple"],
+            SCHEMA["mamba1"]["pad_vocab_size_multiple"],
+        )
+    fields["vocab_size"] = d[VOCAB_KEY]
+    fields["pad_vocab_size_multiple"] = d.get("pad_vocab_size_multiple", 1)
+    multiple = int(fields["pad_vocab_size_multiple"])
+    padded = -(-int(d[VOCAB_KEY]) // multiple) * multiple
+    if padded != src["vocab_size"]:
+        raise ConfigError(
+            f"{VOCAB_KEY}={d[VOCAB_KEY]} padded to a multiple of pad_vocab_size_multiple="
+            f"{fields['pad_vocab_size_multiple']} is {padded}, not vocab_size={src['vocab_size']}",
+            field=VOCAB_KEY,
+        )
 
 
 def _model_type(cfg, dialect: str) -> str:
@@ -299,6 +337,11 @@ def write(cfg, dialect: str = "hf") -> dict[str, Any]:
             continue
         out[theirs] = json_limit(value) if ours == "dt_limit" else value
     out["vocab_size"] = cfg.vocab_size_padded
+    if cfg.vocab_size != cfg.vocab_size_padded:
+        # transformers and mlx-lm need the padded row count; these two keys (which they ignore) keep the
+        # real vocabulary, so that hf -> mamba-core gives back the same config and sampling masks the padding
+        out["pad_vocab_size_multiple"] = cfg.pad_vocab_size_multiple
+        out[VOCAB_KEY] = cfg.vocab_size
     # transformers 5.23 (Mamba(2)PreTrainedModel._init_weights) divides a *loaded* out_proj.weight by
     # sqrt(n_layer) when this is true; it is init-only, -hf repos say false, and so must we.
     out["rescale_prenorm_residual"] = False

@@ -24,7 +24,7 @@ def detect(d: dict[str, Any]) -> bool:
 
 def read(d: dict[str, Any], dialect: str = "mamba-core") -> ParsedConfig:
     arch = d.get("arch")
-    if arch not in CONFIG_CLASSES and arch not in hybrid.CLASSES:
+    if not isinstance(arch, str) or (arch not in CONFIG_CLASSES and arch not in hybrid.CLASSES):
         known = sorted([*CONFIG_CLASSES, *hybrid.CLASSES])
         raise ConfigError(f"'arch' must be one of {known}, got {arch!r}", field="arch")
     fields = {k: v for k, v in d.items() if k not in _META}

@@ -45,13 +45,25 @@ def read_limit(value: Any, key: str) -> tuple[float, float]:
     for v in value:
         if isinstance(v, dict) and "__float__" in v:
             v = v["__float__"]
+        if isinstance(v, bool):
+            raise ConfigError(f"{key} must hold numbers, got {value!r}", field=key)
         try:
             out.append(math.inf if v is None else float(v))
-        except (TypeError, ValueError) as e:
+        except (TypeError, ValueError, OverflowError) as e:
             raise ConfigError(f"{key} must hold numbers, got {value!r}", field=key) from e
     return tuple(out)
 
 
+# How transformers' own config writer (and mlx-lm's reader) spell a float JSON cannot hold: strict JSON
+# parsers (JavaScript, Go, Rust serde) reject the bare ``Infinity`` that ``json.dumps`` would write.
+_FLOAT_TAGS = {math.inf: "Infinity", -math.inf: "-Infinity"}
+
+
 def json_limit(value: Any) -> list:
-    """A pair as a json list of floats (json.dumps writes an inf as Infinity, which every reader takes)."""
-    return [float(v) for v in value]
+    """A (lo, hi) pair as strict JSON: an infinite bound becomes ``{"__float__": "Infinity"}``.
+
+    Example:
+        >>> json_limit((0.0, math.inf))
+        [0.0, {'__float__': 'Infinity'}]
+    """
+    return [{"__float__": _FLOAT_TAGS[float(v)]} if math.isinf(float(v)) else float(v) for v in value]

@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from mamba_core.config import CONFIG_CLASSES
+from mamba_core.config_schema import check_kind
 from mamba_core.dialects.parsed import ParsedConfig, build, json_limit, read_limit
 from mamba_core.errors import ConfigError, UnsupportedError
 
@@ -113,6 +114,10 @@ def detect(d: dict[str, Any]) -> bool:
 def _check_top(top: dict[str, Any]) -> None:
     """Refuse the block kinds mamba-core does not build (attention layers, LayerNorm); ``d_intermediate``
     (norm2 + a gated MLP in every block) is read for every mixer."""
+    check_kind("state-spaces config", "attn_layer_idx", top.get("attn_layer_idx") or [], list, "a list")
+    check_kind("state-spaces config", "attn_cfg", top.get("attn_cfg") or {}, dict, "an object")
+    check_kind("state-spaces config", "d_intermediate", top.get("d_intermediate", 0), int, "an integer")
+    check_kind("state-spaces config", "rms_norm", top.get("rms_norm", True), bool, "true or false")
     if top.get("attn_layer_idx"):
         raise UnsupportedError(
             f"attn_layer_idx={top['attn_layer_idx']!r}: hybrid Mamba+attention models are not supported"
@@ -123,6 +128,8 @@ def _check_top(top: dict[str, Any]) -> None:
 
 def _arch_of(ssm_cfg: dict[str, Any]) -> str:
     layer = ssm_cfg.get("layer", "Mamba1")
+    expected = "a string ('Mamba1', 'Mamba2' or 'Mamba3')"
+    check_kind("state-spaces config", "ssm_cfg.layer", layer, str, expected)
     if layer not in LAYERS:
         raise UnsupportedError(
             f"ssm_cfg.layer={layer!r} is not supported (only {', '.join(map(repr, LAYERS))})"
@@ -151,6 +158,7 @@ def read(d: dict[str, Any], dialect: str = "state-spaces") -> ParsedConfig:
             field=unknown[0],
         )
     top = {**_TOP_DEFAULTS, **d}
+    check_kind("state-spaces config", "ssm_cfg", top.get("ssm_cfg") or {}, dict, "an object")
     ssm_cfg = dict(top.get("ssm_cfg") or {})
     arch = _arch_of(ssm_cfg)
     _check_top(top)
@@ -160,6 +168,9 @@ def read(d: dict[str, Any], dialect: str = "state-spaces") -> ParsedConfig:
         value = ssm_cfg.get(key, default)
         fields[key] = read_limit(value, key) if key in _PAIRS else value
     return ParsedConfig(build(CONFIG_CLASSES[arch], fields), "state-spaces", ())
+
+
+UPSTREAM_NORM_EPSILON = 1e-5  # the official json has no epsilon: upstream's code always uses this one
 
 
 def write(cfg, dialect: str = "state-spaces") -> dict[str, Any]:
@@ -178,11 +189,19 @@ def write(cfg, dialect: str = "state-spaces") -> dict[str, Any]:
             "the state-spaces config has no dt/B/C norms (mixer_rms_eps: FalconMamba, Jamba's mixer); "
             "write this model in the 'hf', 'mlx-lm' or 'mamba-core' dialect"
         )
+    if cfg.norm_epsilon != UPSTREAM_NORM_EPSILON:  # it would be lost, silently changing the model
+        raise UnsupportedError(
+            f"norm_epsilon={cfg.norm_epsilon!r} cannot be written in the state-spaces dialect: its "
+            f"config.json has no such field (upstream always uses {UPSTREAM_NORM_EPSILON}); write the "
+            "'hf', 'mlx-lm' or 'mamba-core' dialect instead"
+        )
     ssm_cfg: dict[str, Any] = {}
     if cfg.arch != "mamba1":  # the official default layer needs no key (as upstream writes it)
         ssm_cfg["layer"] = _LAYER_OF[cfg.arch]
     for key in MIXER_DEFAULTS[cfg.arch]:
         value = getattr(cfg, key)
+        if key == "dt_limit" and value == (0.0, math.inf):
+            continue  # "no limit" is mamba_ssm's default; its configs leave the key out
         ssm_cfg[key] = (
             json_limit(value) if key == "dt_limit" else (list(value) if isinstance(value, tuple) else value)
         )
