@@ -12,8 +12,8 @@ import numpy as np
 
 from mamba_core.families import HYBRID_CONFIGS
 from mamba_core.layers import BLOCK_ROWS, get_kind, kind_config, layer_plan, shared_blocks
-from mamba_core.layers.shared_transformer import SHARED_CALL, SHARED_PREFIX, init_shared_block
 from mamba_core.layers.init import linear_weight, norm_weight
+from mamba_core.layers.shared_transformer import SHARED_CALL, SHARED_PREFIX, init_shared_block
 
 # the weights that write into the residual stream, rescaled at init (docs/spec.md §1.5)
 _RESIDUAL_OUTPUTS = ("out_proj.weight", "fc2.weight")
