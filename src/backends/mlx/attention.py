@@ -108,7 +108,11 @@ class Attention(nn.Module):
         y = mx.fast.scaled_dot_product_attention(q, keys, values, scale=c.softmax_scale, mask=mask)
         return self.o_proj(y.transpose(0, 2, 1, 3).reshape(q.shape[0], seqlen, c.q_dim))
 
-    def __call__(self, h, k=None, v=None, key_mask=None, length=None, attention_mask=None, adapters=None):
+    def __call__(self, h, k=None, v=None, key_mask=None, length=None, attention_mask=None):
+        """h: (B, L, D) -> ``(out (B, L, out_dim), k, v, key_mask, length)`` (see ``attend``)."""
+        return self.attend(h, k, v, key_mask, length, attention_mask)
+
+    def attend(self, h, k=None, v=None, key_mask=None, length=None, attention_mask=None, adapters=None):
         """h: (B, L, D) -> ``(out (B, L, out_dim), k, v, key_mask, length)``.
 
         With a cache (``k`` not None) the L new positions are written at ``length`` (the buffer

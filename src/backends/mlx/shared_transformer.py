@@ -43,7 +43,7 @@ class SharedBlock(nn.Module):
 
     def __call__(self, h, k=None, v=None, key_mask=None, length=None, *, attention_mask=None, adapters=None):
         """h: (B, L, 2D) -> ``(t (B, L, D), k, v, key_mask, length)``; ``adapters``: the caller."""
-        a, k, v, key_mask, length = self.attention(
+        a, k, v, key_mask, length = self.attention.attend(
             self.norm(h), k, v, key_mask, length, attention_mask=attention_mask, adapters=adapters
         )
         return self.mlp.mlp(self.norm2(a), adapters=adapters), k, v, key_mask, length
@@ -72,19 +72,19 @@ class SharedTransformer(nn.Module):
                 self.set_dtype(resolve_dtype(dtype))
 
     def __call__(
-        self, x, k=None, v=None, key_mask=None, length=None, attention_mask=None, *, embeddings, block
+        self, h, k=None, v=None, key_mask=None, length=None, attention_mask=None, *, embeddings, block
     ):
-        """x, embeddings: (B, L, D); block: the ``SharedBlock`` called ->
+        """h (the raw stream, not normed), embeddings: (B, L, D); block: the ``SharedBlock`` called ->
         ``(linear(t) (B, L, D), k, v, key_mask, length)``, this call site's KV cache grown by L."""
-        h = mx.concatenate([x, embeddings.astype(x.dtype)], axis=-1)
+        both = mx.concatenate([h, embeddings.astype(h.dtype)], axis=-1)
         t, k, v, key_mask, length = block(
-            h, k, v, key_mask, length, attention_mask=attention_mask, adapters=self
+            both, k, v, key_mask, length, attention_mask=attention_mask, adapters=self
         )
         return self.linear(t), k, v, key_mask, length
 
-    def step(self, x, k, v, key_mask, length, *, embeddings, block):
-        """One token: x, embeddings (B, D) -> ``(out (B, D), k, v, key_mask, length)``."""
+    def step(self, h, k, v, key_mask, length, *, embeddings, block):
+        """One token: h, embeddings (B, D) -> ``(out (B, D), k, v, key_mask, length)``."""
         out, k, v, key_mask, length = self(
-            x[:, None], k, v, key_mask, length, embeddings=embeddings[:, None], block=block
+            h[:, None], k, v, key_mask, length, embeddings=embeddings[:, None], block=block
         )
         return out[:, 0], k, v, key_mask, length

@@ -137,7 +137,11 @@ class Attention(nn.Module):
         b = q.shape[0]
         return self.o_proj(y.transpose(1, 2).reshape(b, seqlen, c.q_dim))
 
-    def forward(self, h, k=None, v=None, key_mask=None, length=None, attention_mask=None, adapters=None):
+    def forward(self, h, k=None, v=None, key_mask=None, length=None, attention_mask=None):
+        """h: (B, L, D) -> ``(out (B, L, out_dim), k, v, key_mask, length)`` (see ``attend``)."""
+        return self.attend(h, k, v, key_mask, length, attention_mask)
+
+    def attend(self, h, k=None, v=None, key_mask=None, length=None, attention_mask=None, adapters=None):
         """h: (B, L, D) -> ``(out (B, L, out_dim), k, v, key_mask, length)``.
 
         With a cache (``k`` not None) the L new positions are written into it in place at
