@@ -11,8 +11,9 @@ without the attention adapters (they are 2D wide).
 
 Zamba2's head is tied: transformers 5 ties the shared blocks through the same mechanism as the head
 (``_tied_weights_keys``), so with ``tie_word_embeddings=False`` every hybrid layer gets its own copy of the
-block and the model is no longer Zamba2; such a checkpoint is refused (the copies are unexpected tensors).
-Untied heads are covered on our side by the model conformance rows (``testing.tiny_zamba2``).
+block and the model is no longer Zamba2; such a checkpoint is refused, and an untied Zamba2 of ours is
+never written as hf. Untied heads are covered on our side (mamba-core format) by the model conformance
+rows (``testing.tiny_zamba2``).
 """
 
 from __future__ import annotations
@@ -166,12 +167,18 @@ def test_grouped_query_attention_without_adapters(tmp_path):
         assert _rel(b.to_numpy(ours(b.from_numpy(PROMPT))), want) <= TOL
 
 
-def test_untied_transformers_checkpoint_is_refused(tmp_path):
-    from mamba_core.errors import CheckpointError
+def test_untied_transformers_checkpoint_is_refused_and_never_written(tmp_path):
+    from mamba_core.errors import UnsupportedError
+    from mamba_core.testing import tiny_zamba2
 
     path, _ = _write(tmp_path / "untied", tiny_hf_config(tie_word_embeddings=False))
-    with pytest.raises(CheckpointError, match="shared_transformer"):
+    with pytest.raises(UnsupportedError, match="tie_word_embeddings"):
         mamba_core.load(path, backend="torch")
+    ours = get_backend("torch").build_model(tiny_zamba2(), seed=0)  # untied: fine in our own format
+    mamba_core.save(ours, tmp_path / "ours", dialect="mamba-core")
+    with pytest.raises(UnsupportedError, match="tie_word_embeddings"):
+        mamba_core.save(ours, tmp_path / "hf", dialect="hf")
+    assert not (tmp_path / "hf").exists()
 
 
 def _tensors(path) -> dict[str, bytes]:
@@ -240,3 +247,14 @@ def test_shared_block_gradient_is_the_sum_over_its_calls(hf_dir, backend):
     want = (plus - minus) / (2 * eps)
     got = float((b.to_numpy(grads[name]).astype(np.float64) * direction).sum())
     assert abs(got - want) <= 1e-3 * max(1.0, abs(want))
+
+
+def test_inspect_names_the_layer_kinds_and_shared_blocks(hf_dir, capsys):
+    from mamba_core.cli import main
+
+    assert main(["inspect", str(hf_dir[0])]) == 0
+    out = capsys.readouterr().out
+    assert "zamba2" in out and "d_state 8" in out
+    call = "shared_transformer[{}]+mamba2"
+    want = ", ".join(["mamba2", call.format(0), "mamba2", call.format(1), call.format(0)])
+    assert f"layers        {want}" in out

@@ -140,6 +140,13 @@ def stored_tensors(config, dialect: str) -> list[HFTensor]:
     if dialect == "mamba-core":
         return [HFTensor(n, n, shape, policy) for n, (shape, policy) in canonical_layout(config).items()]
     if dialect == "hf":
+        if isinstance(config, Zamba2Config) and not config.tie_embeddings:
+            # transformers ties the shared blocks through the head's tying (docs/spec.md §11)
+            raise UnsupportedError(
+                "an untied Zamba2 (tie_word_embeddings=false) has no transformers layout: transformers "
+                "ties Zamba2's shared blocks only when the head is tied, so its untied model keeps one "
+                "independent block per hybrid layer; use a tied head, or the 'mamba-core' dialect"
+            )
         return hf_tensors(config)
     if dialect == "mlx-lm" and type(config) in _MLX_LM:
         return _MLX_LM[type(config)](config)
