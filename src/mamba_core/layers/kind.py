@@ -127,6 +127,10 @@ class BlockPlan:
     mlp: str | None = None
     shared: int | None = None
 
+    def __repr__(self) -> str:
+        shared = "" if self.shared is None else f", shared={self.shared}"
+        return f"BlockPlan(mixer={self.mixer!r}, mlp={self.mlp!r}{shared})"
+
     @property
     def slots(self) -> tuple[tuple[str, str], ...]:
         """``((slot, kind name), ...)`` for the slots that are filled, in order (``shared`` first)."""
