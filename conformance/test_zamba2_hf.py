@@ -258,3 +258,24 @@ def test_inspect_names_the_layer_kinds_and_shared_blocks(hf_dir, capsys):
     call = "shared_transformer[{}]+mamba2"
     want = ", ".join(["mamba2", call.format(0), "mamba2", call.format(1), call.format(0)])
     assert f"layers        {want}" in out
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gradient_checkpointing(backend):
+    """torch recomputes the blocks (shared blocks included) with the same gradients; MLX refuses it for a
+    model with shared blocks, by name, instead of silently keeping the activations."""
+    from mamba_core.errors import UnsupportedError
+    from mamba_core.testing import tiny_zamba2
+
+    b = get_backend(backend)
+    model = b.build_model(tiny_zamba2(), seed=0)
+    ids = b.from_numpy(PROMPT % 61)
+    plain = b.loss_gradients(model, lambda m: m(ids).sum())
+    model.backbone.grad_checkpoint = True
+    if backend == "mlx":
+        with pytest.raises(UnsupportedError, match="shared blocks"):
+            b.loss_gradients(model, lambda m: m(ids).sum())
+        return
+    again = b.loss_gradients(model, lambda m: m(ids).sum())
+    for name, g in plain.items():
+        np.testing.assert_array_equal(b.to_numpy(again[name]), b.to_numpy(g), err_msg=name)
