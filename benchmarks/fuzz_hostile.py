@@ -235,7 +235,7 @@ def run_built(cfg, backends) -> str:
     from mamba_core.config_schema import parameter_count
     from mamba_core.registry import get_backend
 
-    if parameter_count(cfg) > 3_000_000:
+    if parameter_count(cfg) > 500_000:  # building larger ones on a shared CPU only measures its load
         return "valid"
     for name in backends:
         module = get_backend(name)
@@ -728,7 +728,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seconds", type=float, default=600.0, help="seconds per category")
     parser.add_argument("--seed", type=int, default=20261203)
     parser.add_argument("--only", default=",".join(CATEGORIES), help=f"comma-separated, of {CATEGORIES}")
-    parser.add_argument("--case-seconds", type=float, default=20.0, help="a case running longer is a hang")
+    parser.add_argument("--case-seconds", type=float, default=60.0, help="a case running longer is a hang")
     parser.add_argument("--rss-limit", type=int, default=3 * 2**30, help="peak RSS (bytes) of a worker")
     parser.add_argument("--findings", default="fuzz_hostile_findings.jsonl")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)

@@ -238,9 +238,16 @@ def test_parameter_count_equals_the_layout(key):
 
 
 def test_every_family_and_block_config_has_a_table():
-    from mamba_core.block_config import AttentionConfig, MLPConfig, MoEConfig
+    from mamba_core.block_config import AttentionConfig, MLPConfig, MoEConfig, SharedTransformerConfig
 
-    for cls in (*FAMILIES.values(), Mamba3Config, AttentionConfig, MLPConfig, MoEConfig):
+    for cls in (
+        *FAMILIES.values(),
+        Mamba3Config,
+        AttentionConfig,
+        MLPConfig,
+        MoEConfig,
+        SharedTransformerConfig,
+    ):
         fields = {f.name for f in dataclasses.fields(cls)}
         assert fields == set(SCHEMA[cls.__name__]), cls.__name__  # a new field needs its rule
 

@@ -6,7 +6,8 @@
 * ``Mamba3Config`` (``mamba_core.mamba3_config``);
 * the hybrid families of ``mamba_core.families`` (Jamba, Nemotron-H, Granite-4.0-H / Bamba, Falcon-H1,
   Zamba2);
-* the block configs they derive (``AttentionConfig``, ``MLPConfig``, ``MoEConfig`` of
+* the block configs they derive (``AttentionConfig``, ``MLPConfig``, ``MoEConfig``,
+  ``SharedTransformerConfig`` of
   ``mamba_core.block_config``).
 
 Each of these classes calls ``config_schema.check_fields(self)`` first thing in its ``__post_init__``,
@@ -27,7 +28,6 @@ Unknown keys are reported by the dialect readers (``families.hf_reader.HFReader.
 from __future__ import annotations
 
 import math
-from collections import Counter
 
 from mamba_core.config_schema import Rule, check_value
 from mamba_core.errors import ConfigError
@@ -263,6 +263,12 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "down_multiplier": _MULT,
         "adapter_rank": _RANK,
     },
+    "SharedTransformerConfig": {
+        "d_model": _WIDTH,
+        "attention": Rule("config", choices=("AttentionConfig",)),
+        "mlp": Rule("config", choices=("MLPConfig",)),
+        "norm_epsilon": _EPS,
+    },
     "MoEConfig": {
         "d_model": _WIDTH,
         "n_experts": _EXPERTS,
@@ -447,21 +453,10 @@ def family_parameter_count(config) -> int:
     """
     from mamba_core.config import CONFIG_CLASSES  # these import the config classes, which import this
     from mamba_core.families import HYBRID_CONFIGS
-    from mamba_core.layers import BLOCK_ROWS, KINDS, kind_config, layer_plan
-    from mamba_core.layers.kind import present
-    from mamba_core.layout import HEAD_ROWS, dim
+    from mamba_core.layout import parameter_count
 
-    if not isinstance(config, (*HYBRID_CONFIGS, *CONFIG_CLASSES.values())):
-        from mamba_core.hybrid_layout import canonical_layout
+    if isinstance(config, (*HYBRID_CONFIGS, *CONFIG_CLASSES.values())):
+        return parameter_count(config)
+    from mamba_core.hybrid_layout import canonical_layout
 
-        return sum(math.prod(shape) for shape, _ in canonical_layout(config).values())
-
-    def rows(table, cfg) -> int:
-        return sum(math.prod(dim(cfg, t) for t in p.shape) for p in table if present(p.when, cfg))
-
-    total = rows(HEAD_ROWS, config)
-    for block, n in Counter(layer_plan(config)).items():
-        per_layer = sum(rows(BLOCK_ROWS[slot], config) for slot, _ in block.slots)
-        per_layer += sum(rows(KINDS[kind].rows, kind_config(config, kind)) for _, kind in block.slots)
-        total += n * per_layer
-    return total
+    return sum(math.prod(shape) for shape, _ in canonical_layout(config).values())

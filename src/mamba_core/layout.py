@@ -18,10 +18,12 @@ Reading order: ``expand_layout`` (a config -> concrete names and shapes), then t
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from dataclasses import dataclass
 
 from mamba_core.config import Mamba1Config, Mamba2Config
-from mamba_core.layers import BLOCK_ROWS, KINDS, Param, kind_config, layer_plan
+from mamba_core.layers import BLOCK_ROWS, KINDS, Param, kind_config, layer_plan, shared_blocks
 from mamba_core.layers.kind import attr, present
 
 __all__ = ["Param"]  # re-exported: the row type lives with the layer kinds
@@ -131,22 +133,45 @@ def expand_layout(config: Mamba1Config | Mamba2Config) -> dict[str, ParamSpec]:
         >>> specs["backbone.layers.0.mixer.conv1d.weight"].shape
         (32, 1, 4)
     """
-    out: dict[str, ParamSpec] = {}
+    out = _shared_specs(config)
     for i, block in enumerate(layer_plan(config)):
-        prefix = LAYER.format(i=i)
-        for slot, _ in block.slots:
-            for p in BLOCK_ROWS[slot]:
-                if _present(p, config):
-                    out[prefix + p.name] = _spec(p, prefix + p.name, config)
-        for slot, kind_name in block.slots:
-            cfg = kind_config(config, kind_name)
-            for p in KINDS[kind_name].rows:
-                if _present(p, cfg):
-                    name = f"{prefix}{slot}.{p.name}"
-                    out[name] = _spec(p, name, cfg)
+        out.update(_block_specs(LAYER.format(i=i), block, config))
     for p in HEAD_ROWS:
         if _present(p, config):
             out[p.name] = _spec(p, p.name, config)
+    return out
+
+
+def _shared_specs(config) -> dict[str, ParamSpec]:
+    # blocks stored once, called by several layers (docs/spec.md §11)
+    out: dict[str, ParamSpec] = {}
+    if shared_blocks(config):
+        from mamba_core.layers.shared_transformer import SHARED_BLOCK_ROWS, SHARED_CALL, SHARED_PREFIX
+
+        shared_cfg = kind_config(config, SHARED_CALL)
+        for b in range(shared_blocks(config)):
+            for sub, rows, cfg_attr in SHARED_BLOCK_ROWS:
+                cfg = shared_cfg if cfg_attr is None else getattr(shared_cfg, cfg_attr)
+                for p in rows:
+                    if _present(p, cfg):
+                        name = SHARED_PREFIX.format(b=b) + sub + p.name
+                        out[name] = _spec(p, name, cfg)
+    return out
+
+
+def _block_specs(prefix: str, block, config) -> dict[str, ParamSpec]:
+    # one layer: its block rows, then each slot's kind rows
+    out: dict[str, ParamSpec] = {}
+    for slot, _ in block.slots:
+        for p in BLOCK_ROWS[slot]:
+            if _present(p, config):
+                out[prefix + p.name] = _spec(p, prefix + p.name, config)
+    for slot, kind_name in block.slots:
+        cfg = kind_config(config, kind_name)
+        for p in KINDS[kind_name].rows:
+            if _present(p, cfg):
+                name = f"{prefix}{slot}.{p.name}"
+                out[name] = _spec(p, name, cfg)
     return out
 
 
@@ -192,11 +217,19 @@ def cache_shapes(config: Mamba1Config | Mamba2Config, batch: int, layer: int = 0
 
 
 def parameter_count(config: Mamba1Config | Mamba2Config) -> int:
-    """Number of parameters (a tied head counted once)."""
-    total = 0
-    for spec in expand_layout(config).values():
-        n = 1
-        for s in spec.shape:
-            n *= s
-        total += n
+    """Number of parameters (a tied head counted once): the sum of ``expand_layout``'s shapes, with each
+    distinct layer counted once and multiplied by how often it occurs (a 16k-layer plan is not expanded).
+
+    Example:
+        >>> from mamba_core import Mamba1Config
+        >>> cfg = Mamba1Config(d_model=16, n_layer=3, vocab_size=10)
+        >>> parameter_count(cfg) == sum(math.prod(p.shape) for p in expand_layout(cfg).values())
+        True
+    """
+    total = sum(math.prod(spec.shape) for spec in _shared_specs(config).values())
+    for block, n in Counter(layer_plan(config)).items():
+        total += n * sum(math.prod(spec.shape) for spec in _block_specs(LAYER, block, config).values())
+    for p in HEAD_ROWS:
+        if _present(p, config):
+            total += math.prod(_spec(p, p.name, config).shape)
     return total

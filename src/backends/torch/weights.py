@@ -36,6 +36,7 @@ MODEL_CLASSES = {
     "mamba3": Mamba3LM,
     "nemotron_h": HybridLM,
     "jamba": HybridLM,
+    "zamba2": HybridLM,
 }
 KERNELS = ("auto", "reference", "fast")
 
