@@ -254,3 +254,21 @@ def test_every_family_and_block_config_has_a_table():
 
 def test_zz_print_tally():
     print("\n" + TALLY.report())
+
+
+@pytest.mark.parametrize("model_type", [["jamba"], {"x": 1}, 3, None])
+def test_a_model_type_that_is_not_a_string_is_a_config_error(model_type):
+    with pytest.raises(ConfigError, match="is not a hybrid family") as info:
+        from_hf({**HF["jamba"], "model_type": model_type})  # a list was unhashable: TypeError
+    assert info.value.field == "model_type"
+
+
+def test_a_backend_refuses_a_config_it_has_no_model_class_for():
+    from mamba_core.errors import UnsupportedError
+    from mamba_core.registry import model_class
+
+    classes = {"mamba1": object}
+    with pytest.raises(UnsupportedError, match=r"the torch backend does not build Mamba3Config models"):
+        model_class(classes, MAMBA3, "torch")  # was KeyError / AttributeError ('arch') in build_model
+    with pytest.raises(UnsupportedError, match="does not build dict models"):
+        model_class(classes, {"arch": "mamba1"}, "mlx")
