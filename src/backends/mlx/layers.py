@@ -13,6 +13,7 @@ from mamba_core.backends.mlx.mamba2 import Mamba2Mixer
 from mamba_core.backends.mlx.mamba3 import Mamba3Mixer
 from mamba_core.backends.mlx.mlp import MLP
 from mamba_core.backends.mlx.moe import MoE
+from mamba_core.backends.mlx.parallel_hybrid import ParallelHybrid
 
 KINDS: dict[str, type] = {
     "mamba1": Mamba1Mixer,
@@ -23,3 +24,4 @@ KINDS: dict[str, type] = {
     "mlp": MLP,
     "moe": MoE,
 }
+KINDS["mamba2+attention"] = ParallelHybrid

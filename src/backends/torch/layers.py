@@ -13,6 +13,7 @@ from mamba_core.backends.torch.mamba2 import Mamba2Mixer
 from mamba_core.backends.torch.mamba3 import Mamba3Mixer
 from mamba_core.backends.torch.mlp import MLP
 from mamba_core.backends.torch.moe import MoE
+from mamba_core.backends.torch.parallel_hybrid import ParallelHybrid
 
 KINDS: dict[str, type] = {
     "mamba1": Mamba1Mixer,
@@ -23,3 +24,4 @@ KINDS: dict[str, type] = {
     "mlp": MLP,
     "moe": MoE,
 }
+KINDS["mamba2+attention"] = ParallelHybrid

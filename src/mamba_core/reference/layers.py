@@ -24,6 +24,7 @@ from mamba_core.reference.mamba2 import mamba2_mixer, mamba2_mixer_step
 from mamba_core.reference.mamba3 import mamba3_mixer, mamba3_mixer_step
 from mamba_core.reference.mlp import mlp_forward
 from mamba_core.reference.moe import moe_forward
+from mamba_core.reference.parallel_hybrid import parallel_hybrid, parallel_hybrid_step
 
 
 class ReferenceKind(NamedTuple):
@@ -42,3 +43,4 @@ KINDS: dict[str, ReferenceKind] = {
     "mlp": ReferenceKind(mlp_forward, mlp_forward),
     "moe": ReferenceKind(moe_forward, moe_forward),
 }
+KINDS["mamba2+attention"] = ReferenceKind(parallel_hybrid, parallel_hybrid_step)
