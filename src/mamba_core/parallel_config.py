@@ -68,7 +68,9 @@ class ScaledMamba2Config(Mamba2MixerConfig):
         """(d_in_proj,) float64: each ``in_proj`` output row's multiplier (z, x, B, C, dt segments)."""
         gn = self.ngroups * self.d_state
         sizes = (self.d_inner, self.d_inner, gn, gn, self.nheads)
-        return np.concatenate([np.full(n, float(m)) for n, m in zip(sizes, self.zxbcdt_multipliers)])
+        return np.concatenate(
+            [np.full(n, float(m)) for n, m in zip(sizes, self.zxbcdt_multipliers, strict=True)]
+        )
 
     @property
     def scaled(self) -> bool:
@@ -104,7 +106,8 @@ class ParallelHybridConfig:
         for part in (self.mamba, self.attention):
             if part.d_model != self.d_model:
                 raise ConfigError(
-                    f"{owner}: {type(part).__name__}.d_model={part.d_model} must equal d_model={self.d_model}",
+                    f"{owner}: {type(part).__name__}.d_model={part.d_model} must equal "
+                    f"d_model={self.d_model}",
                     field="d_model",
                 )
         if self.attention.out_dim != self.d_model:

@@ -94,7 +94,15 @@ class ParallelHybrid(nn.Module):
         return h if m == 1.0 else h * m
 
     def __call__(
-        self, h, conv_state=None, ssm_state=None, k=None, v=None, key_mask=None, length=None, attention_mask=None
+        self,
+        h,
+        conv_state=None,
+        ssm_state=None,
+        k=None,
+        v=None,
+        key_mask=None,
+        length=None,
+        attention_mask=None,
     ):
         """(B, L, D) -> ``(out (B, L, D), conv_state, ssm_state, k, v, key_mask, length)``;
         ``attention_mask`` (B, L): 1 = token, 0 = left padding."""

@@ -95,7 +95,15 @@ class ParallelHybrid(nn.Module):
         return h if m == 1.0 else h * m
 
     def forward(
-        self, h, conv_state=None, ssm_state=None, k=None, v=None, key_mask=None, length=None, attention_mask=None
+        self,
+        h,
+        conv_state=None,
+        ssm_state=None,
+        k=None,
+        v=None,
+        key_mask=None,
+        length=None,
+        attention_mask=None,
     ):
         """h: (B, L, D) -> ``(out (B, L, D), conv_state, ssm_state, k, v, key_mask, length)``;
         ``attention_mask`` (B, L): 1 = token, 0 = left padding."""

@@ -77,7 +77,8 @@ def run(args) -> int:
     cfg = info["config"]
     print(f"{info['path']}")
     print(f"  architecture  {info['arch']}  (dialect {info['dialect']})")
-    d_state = cfg.get("d_state", cfg.get("ssm_state_size"))  # a hybrid family names it its own way
+    # a hybrid family names it its own way
+    d_state = cfg.get("d_state", cfg.get("ssm_state_size", cfg.get("mamba_d_state")))
     print(
         f"  size          d_model {cfg['d_model']}, n_layer {len(info['layers'])}, d_state {d_state}, "
         f"vocab {cfg['vocab_size']} (tie_embeddings {cfg['tie_embeddings']})"

@@ -55,7 +55,9 @@ def _project_out(y: np.ndarray, z: np.ndarray, w: Mapping, cfg: ScaledMamba2Conf
     return _linear(y, w["out_proj.weight"], w.get("out_proj.bias"))
 
 
-def scaled_mamba2(h, w: Mapping, cfg: ScaledMamba2Config, conv_state=None, ssm_state=None, attention_mask=None):
+def scaled_mamba2(
+    h, w: Mapping, cfg: ScaledMamba2Config, conv_state=None, ssm_state=None, attention_mask=None
+):
     """The scaled Mamba-2 mixer over a sequence (docs/spec.md §9.2).
 
     Args:
@@ -168,7 +170,9 @@ def parallel_hybrid(
     return out, conv_state, ssm_state, k, v, key_mask, length
 
 
-def parallel_hybrid_step(h, w: Mapping, cfg: ParallelHybridConfig, conv_state, ssm_state, k, v, key_mask, length):
+def parallel_hybrid_step(
+    h, w: Mapping, cfg: ParallelHybridConfig, conv_state, ssm_state, k, v, key_mask, length
+):
     """One decode step of the ``mamba2+attention`` kind: h (B, D) -> ``(out (B, D), *state)``."""
     m_out, conv_state, ssm_state = scaled_mamba2_step(h, _sub(w, "mamba."), cfg.mamba, conv_state, ssm_state)
     a_out, k, v, key_mask, length = attention_forward(
