@@ -5,7 +5,7 @@ every multiplier away from 1, biases on every projection, odd vocab 67, untied h
 logits (relative error <= 1e-4), its greedy continuation, the same logits when decoded token by token
 from the one cache object, and batched left-padded generation equal to each row alone; conversions
 hf -> mamba-core -> hf and mlx-lm -> mamba-core -> mlx-lm give back the tensors bit for bit; converted
-to mlx-lm (multipliers folded into the weights, docs/spec.md §9.5) it loads in ``mlx_lm`` with the same
+to mlx-lm (multipliers folded into the weights, docs/spec.md §12.5) it loads in ``mlx_lm`` with the same
 logits and greedy tokens; saved as ``hf`` it loads in transformers.
 
 mlx-lm's own Falcon-H1 disagrees with transformers in three ways, each shown by a test here: its

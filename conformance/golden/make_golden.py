@@ -152,7 +152,7 @@ CASES = {
 }
 # Falcon-H1: transformers only. mlx-lm loading this transformers directory computes another model: its
 # sanitize never applies key_multiplier nor attention_in_multiplier to v_proj, it reads no
-# rope_parameters, and its gated norm ignores mamba_n_groups (docs/spec.md §9.5)
+# rope_parameters, and its gated norm ignores mamba_n_groups (docs/spec.md §12.5)
 CASES["falcon_h1-gqa2-g2-dssm-mult-untied-vocab37"] = (
     "FalconH1Config",
     dict(

@@ -180,7 +180,7 @@ def _mlx_nemotron_h(cfg: NemotronHConfig) -> list[HFTensor]:
 
 
 def _falcon_h1_factors(cfg: FalconH1Config) -> dict[str, tuple[float, ...]]:
-    # per canonical tensor suffix: the factors that fold cfg's multipliers into it (docs/spec.md §9.5)
+    # per canonical tensor suffix: the factors that fold cfg's multipliers into it (docs/spec.md §12.5)
     m = cfg.mamba
     a_in, gate, down = cfg.attention_in_multiplier, *cfg.mlp_multipliers
     seg = m.segment_scale()

@@ -1,4 +1,4 @@
-"""Configs of the ``mamba2+attention`` layer kind (Falcon-H1's parallel hybrid mixer), docs/spec.md §9.
+"""Configs of the ``mamba2+attention`` layer kind (Falcon-H1's parallel hybrid mixer), docs/spec.md §12.
 
 ``ScaledMamba2Config`` is a Mamba-2 mixer config (``Mamba2MixerConfig``: the width is given) with the
 Falcon-H1 differences: an input multiplier, one multiplier per ``in_proj`` output segment
@@ -28,7 +28,7 @@ def _finite(owner: str, name: str, value) -> None:
 
 @dataclass(frozen=True, kw_only=True)
 class ScaledMamba2Config(Mamba2MixerConfig):
-    """The Mamba-2 mixer of a parallel hybrid layer (docs/spec.md §9.2).
+    """The Mamba-2 mixer of a parallel hybrid layer (docs/spec.md §12.2).
 
     Attributes:
         in_multiplier: the mixer input is multiplied by it before ``in_proj`` (``ssm_in_multiplier``).
@@ -80,7 +80,7 @@ class ScaledMamba2Config(Mamba2MixerConfig):
 
 @dataclass(frozen=True, kw_only=True)
 class ParallelHybridConfig:
-    """Attention and Mamba-2 side by side on the same normed input, outputs summed (docs/spec.md §9.1).
+    """Attention and Mamba-2 side by side on the same normed input, outputs summed (docs/spec.md §12.1).
 
     ``out = ssm_out_multiplier * mamba(h) + attention_out_multiplier * attention(attention_in_multiplier
     * h)``.

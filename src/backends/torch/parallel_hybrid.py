@@ -1,5 +1,5 @@
 """The ``mamba2+attention`` layer kind (Falcon-H1): a scaled Mamba-2 mixer and causal attention side by
-side on the same normed input, outputs summed with their multipliers (docs/spec.md §9; math:
+side on the same normed input, outputs summed with their multipliers (docs/spec.md §12; math:
 ``mamba_core.reference.parallel_hybrid``; rows and cache fields: ``mamba_core.layers.parallel_hybrid``).
 
 ``ScaledMamba2Mixer`` is the ``mamba2`` kind's mixer with the input multiplied by ``in_multiplier``,

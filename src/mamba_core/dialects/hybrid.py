@@ -149,7 +149,7 @@ def _jamba(cfg: JambaConfig, dialect: str) -> dict[str, Any]:
 
 
 def _falcon_h1(cfg: FalconH1Config, dialect: str) -> dict[str, Any]:
-    # mlx-lm stores the multipliers folded into the weights (docs/spec.md §9.5): its json describes the
+    # mlx-lm stores the multipliers folded into the weights (docs/spec.md §12.5): its json describes the
     # folded model, and carries the sizes mlx-lm's ModelArgs has no transformers default for
     if dialect == "mlx-lm":
         cfg = cfg.folded()

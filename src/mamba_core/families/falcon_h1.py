@@ -9,8 +9,8 @@ without it the output is ``y * silu(z)``) and, when present, normalizes before o
 (``mamba_norm_before_gate``). Attention scales keys by ``key_multiplier``; the MLP multiplies its gate by
 ``mlp_multipliers[0]`` and its output by ``mlp_multipliers[1]``. Embeddings are multiplied by
 ``embedding_multiplier``, logits by ``lm_head_multiplier``. The layer's mixer slot is the
-``mamba2+attention`` kind (``mamba_core.layers.parallel_hybrid``, docs/spec.md §9); mlx-lm stores the
-multipliers folded into the weights (``folded``, docs/spec.md §9.5).
+``mamba2+attention`` kind (``mamba_core.layers.parallel_hybrid``, docs/spec.md §12); mlx-lm stores the
+multipliers folded into the weights (``folded``, docs/spec.md §12.5).
 """
 
 from __future__ import annotations
@@ -212,7 +212,7 @@ class FalconH1Config:
         return write_config(self, dialect)
 
     def folded(self) -> FalconH1Config:
-        """The config of the same model with every multiplier folded into the weights (docs/spec.md §9.5).
+        """The config of the same model with every multiplier folded into the weights (docs/spec.md §12.5).
 
         All multipliers become 1 except the logits factor of a tied head, which becomes
         ``lm_head_multiplier / embedding_multiplier`` (the folded embedding already carries

@@ -1,5 +1,5 @@
 """The ``mamba2+attention`` layer kind (Falcon-H1): a scaled Mamba-2 mixer and causal attention side by
-side in the mixer slot (docs/spec.md §9).
+side in the mixer slot (docs/spec.md §12).
 
 Rows are the Mamba-2 rows under ``mamba.`` (``norm.weight`` only with the gated norm, ``out_proj.bias``
 with ``out_bias``) and the ``attention`` kind's rows under ``attention.``; shapes are in terms of
@@ -50,7 +50,7 @@ ROWS: tuple[Param, ...] = MAMBA_ROWS + _under("attention.", attention_kind.ROWS)
 
 
 def init(rng: np.random.Generator, cfg, perturb_norms: bool = False) -> dict:
-    """Falcon-H1's init (docs/spec.md §9.4): linear weights U(±1/sqrt(fan_in)), conv U(±1/sqrt(K)),
+    """Falcon-H1's init (docs/spec.md §12.4): linear weights U(±1/sqrt(fan_in)), conv U(±1/sqrt(K)),
     ``A_log = log(1..H)``, ``D = 1``, dt bias 1, norm weights 1 (1 + U(±0.2) with ``perturb_norms``),
     biases 0; then the attention kind's init."""
     m, d = cfg.mamba, cfg.d_model

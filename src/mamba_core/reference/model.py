@@ -124,7 +124,7 @@ def backbone_step(cfg, weights: Mapping, hidden, states):
 
 
 def _multiplier(cfg, name: str) -> float:
-    # a family's factor on the embeddings / logits (Falcon-H1, docs/spec.md §9.3); 1 for the others
+    # a family's factor on the embeddings / logits (Falcon-H1, docs/spec.md §12.3); 1 for the others
     return float(getattr(cfg, name, 1.0))
 
 

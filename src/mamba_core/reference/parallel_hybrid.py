@@ -1,6 +1,6 @@
 """Reference ``mamba2+attention`` layer kind (float64): Falcon-H1's parallel Mamba-2 and attention mixer.
 
-docs/spec.md §9. Part of ``mamba_core.reference``; registered in ``reference.layers``. The Mamba branch
+docs/spec.md §12. Part of ``mamba_core.reference``; registered in ``reference.layers``. The Mamba branch
 is the Mamba-2 mixer of docs/spec.md §4.4 with the input scaled, the ``in_proj`` output scaled per
 segment and the gated norm optional; the attention branch is ``reference.attention``.
 """
@@ -58,7 +58,7 @@ def _project_out(y: np.ndarray, z: np.ndarray, w: Mapping, cfg: ScaledMamba2Conf
 def scaled_mamba2(
     h, w: Mapping, cfg: ScaledMamba2Config, conv_state=None, ssm_state=None, attention_mask=None
 ):
-    """The scaled Mamba-2 mixer over a sequence (docs/spec.md §9.2).
+    """The scaled Mamba-2 mixer over a sequence (docs/spec.md §12.2).
 
     Args:
         h: (B, L, D) input (the layer's normed input).
@@ -130,7 +130,7 @@ def parallel_hybrid(
     *,
     attention_mask=None,
 ):
-    """The ``mamba2+attention`` kind over L tokens (docs/spec.md §9.1).
+    """The ``mamba2+attention`` kind over L tokens (docs/spec.md §12.1).
 
     ``out = ssm_out_multiplier * mamba(h) + attention_out_multiplier * attention(attention_in_multiplier
     * h)``, both branches reading the same normed input ``h`` (B, L, D).
