@@ -207,7 +207,10 @@ def test_mlx_lm_folds_the_multipliers_and_round_trips_to_transformers(hf_dir, hf
 def test_converted_mlx_lm_directory_loads_in_mlx_lm(hf_dir, hf_logits, hf_greedy, tmp_path):
     mx = pytest.importorskip("mlx.core")
     mlx_utils = pytest.importorskip("mlx_lm.utils")
-    out = mamba_core.convert(hf_dir[0], tmp_path / "mlx", to="mlx-lm")
+    from mamba_core.cli import main
+
+    out = tmp_path / "mlx"
+    assert main(["convert", str(hf_dir[0]), str(out), "--to", "mlx-lm"]) == 0
     assert json.loads((out / "config.json").read_text())["model_type"] == "falcon_h1"
     model = mlx_utils.load_model(out)[0]
     assert _rel(np.array(model(mx.array(PROMPT)).astype(mx.float32)), hf_logits) <= TOL
