@@ -230,6 +230,31 @@ def test_mlx_lm_reading_a_transformers_checkpoint_disagrees_with_transformers(hf
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_directory_mlx_lm_saved_loads_with_mlx_lms_logits(hf_dir, tmp_path, backend):
+    """What mlx-community publishes: mlx-lm's sanitized weights (its folding) with transformers' config
+    json (the original multipliers) and ``{"format": "mlx"}`` metadata. We read it as the folded model it
+    is, so we compute what mlx-lm computes on it (mlx-lm's folding, not transformers')."""
+    import shutil
+
+    mx = pytest.importorskip("mlx.core")
+    mlx_utils = pytest.importorskip("mlx_lm.utils")
+    hf = shutil.copytree(hf_dir[0], tmp_path / "hf")  # the hub's Falcon-H1 jsons carry a top-level rope_theta
+    config = json.loads((hf / "config.json").read_text())
+    config["rope_theta"] = config["rope_parameters"]["rope_theta"]
+    (hf / "config.json").write_text(json.dumps(config))
+    theirs, config = mlx_utils.load_model(hf)
+    out = tmp_path / "mlx-community"
+    mlx_utils.save_model(out, theirs)
+    mlx_utils.save_config(config, out / "config.json")
+    assert json.loads((out / "config.json").read_text())["key_multiplier"] == 0.6  # not folded in the json
+    expected = np.array(theirs(mx.array(PROMPT)).astype(mx.float32))
+    b = get_backend(backend)
+    model = mamba_core.load(out, backend=backend)
+    assert model.config.key_multiplier == 1.0 and model.config.embedding_multiplier == 1.0
+    assert _rel(b.to_numpy(model(b.from_numpy(PROMPT))), expected) <= TOL
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_saved_hf_directory_loads_in_transformers(hf_dir, hf_logits, tmp_path, backend):
     model = mamba_core.load(hf_dir[0], backend=backend)
     out = mamba_core.save(model, tmp_path / "ours-hf", dialect="hf")
