@@ -42,7 +42,7 @@ class ScaledMamba2Config(Mamba2MixerConfig):
         >>> cfg = ScaledMamba2Config(d_model=16, n_layer=1, vocab_size=8, mixer_width=24, headdim=6,
         ...                          d_state=4, zxbcdt_multipliers=(1.0, 2.0, 3.0, 4.0, 5.0))
         >>> cfg.segment_scale().tolist()[::8], cfg.d_in_proj
-        [1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 3.0, 5.0], 60
+        ([1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 3.0, 5.0], 60)
     """
 
     in_multiplier: float = 1.0
