@@ -182,9 +182,69 @@ def tiny_jamba(**overrides):
     return JambaConfig.from_hf({**base, **overrides})
 
 
+def tiny_granite_hybrid(**overrides):
+    """A 3-layer Granite 4.0-H (Mamba-2, attention, Mamba-2): GQA 4:2 with RoPE, Mamba-2 with n_groups 2, a
+    top-k-then-softmax MoE (4 experts, top 2) plus the shared MLP, every multiplier away from 1, untied,
+    vocab 61."""
+    from mamba_core.families.granite_hybrid import GraniteHybridConfig
+
+    base = {
+        "model_type": "granitemoehybrid",
+        "hidden_size": 32,
+        "vocab_size": 61,
+        "num_hidden_layers": 3,
+        "layer_types": ["mamba", "attention", "mamba"],
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "position_embedding_type": "rope",
+        "mamba_n_heads": 4,
+        "mamba_n_groups": 2,
+        "mamba_d_state": 8,
+        "mamba_chunk_size": 16,
+        "intermediate_size": 16,
+        "shared_intermediate_size": 24,
+        "num_local_experts": 4,
+        "num_experts_per_tok": 2,
+        "embedding_multiplier": 1.7,
+        "residual_multiplier": 0.6,
+        "attention_multiplier": 0.3,
+        "logits_scaling": 2.5,
+        "tie_word_embeddings": False,
+    }
+    return GraniteHybridConfig.from_hf({**base, **overrides})
+
+
+def tiny_bamba(**overrides):
+    """A 3-layer Bamba (Mamba-2, attention, Mamba-2), each with a gated SiLU MLP: GQA 4:2 with partial
+    RoPE (half of each head), Mamba-2 with n_groups 2, untied, vocab 61."""
+    from mamba_core.families.granite_hybrid import GraniteHybridConfig
+
+    base = {
+        "model_type": "bamba",
+        "hidden_size": 32,
+        "vocab_size": 61,
+        "num_hidden_layers": 3,
+        "attn_layer_indices": [1],
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "mamba_n_heads": 4,
+        "mamba_n_groups": 2,
+        "mamba_d_state": 8,
+        "mamba_chunk_size": 16,
+        "intermediate_size": 24,
+        "tie_word_embeddings": False,
+    }
+    return GraniteHybridConfig.from_hf({**base, **overrides})
+
+
 def hybrid_configs() -> dict:
     """Small hybrid-family configs conformance runs beside ``awkward_configs`` (id -> config)."""
-    return {"nemotron-h": tiny_nemotron_h(), "jamba": tiny_jamba()}
+    return {"nemotron-h": tiny_nemotron_h(), "jamba": tiny_jamba()} | _more_hybrids()
+
+
+def _more_hybrids() -> dict:
+    # one entry per family added after Nemotron-H and Jamba
+    return {"granite-4.0-h": tiny_granite_hybrid(), "bamba": tiny_bamba()}
 
 
 def make_hf_cache(cache_dir, repo_id: str, files: dict, *, revision: str = "main") -> str:

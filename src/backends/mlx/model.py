@@ -30,7 +30,7 @@ from mamba_core.backends.mlx.tokens import as_token_ids, check_token_ids
 from mamba_core.config import Mamba1Config, Mamba2Config
 from mamba_core.errors import ConfigError, UnsupportedError
 from mamba_core.families import HYBRID_CONFIGS
-from mamba_core.layers import get_kind, kind_config, layer_plan
+from mamba_core.layers import get_kind, kind_config, layer_plan, stream_multipliers
 from mamba_core.layout import expand_layout
 from mamba_core.mamba3_config import Mamba3Config
 from mamba_core.packing import check_seq_idx
@@ -43,6 +43,8 @@ KERNEL_PATHS = {
     "mamba3": "mlx-chunked-mamba3",
     "nemotron_h": "mlx-chunked-ssd+fast-sdpa",
     "jamba": "mlx-chunked-selective-scan+fast-sdpa",
+    "granitemoehybrid": "mlx-chunked-ssd+fast-sdpa",
+    "bamba": "mlx-chunked-ssd+fast-sdpa",
 }
 
 
@@ -110,6 +112,7 @@ class _Block(nn.Module):
         fk = {"dtype": dtype, "device": device}
         self.layer_idx = layer_idx
         self.slots = plan.slots
+        self.residual_multiplier = plan.residual_multiplier  # docs/spec.md §11.1
         self._n_state = tuple(len(get_kind(kind).cache) for _, kind in self.slots)
         self.norm = RMSNorm(config.d_model, config.norm_epsilon, **fk)
         self.mixer = KINDS[plan.mixer](kind_config(config, plan.mixer), layer_idx, **fk)
@@ -124,7 +127,7 @@ class _Block(nn.Module):
             mine, rest = rest[:n], rest[n:]
             norm = self.norm if slot == "mixer" else self.norm2
             out, *mine = call(getattr(self, slot), norm(x), mine)
-            x = x + out
+            x = x + (out if self.residual_multiplier == 1.0 else out * self.residual_multiplier)
             new_state.extend(mine)
         return (x, *new_state)
 
@@ -234,6 +237,9 @@ class _Stack(nn.Module):
                 raise ValueError("this stack has no embedding: pass (B, L, D) float inputs")
             check_token_ids(x, self.config.vocab_size)
             x = self.embedding(x)
+            scale = stream_multipliers(self.config).embedding  # docs/spec.md §11.1
+            if scale != 1.0:
+                x = x * scale
         if x.shape[-1] != self.config.d_model:
             raise ValueError(
                 f"x: expected last dimension d_model={self.config.d_model}, got shape {tuple(x.shape)}"
@@ -344,12 +350,17 @@ class _LM(nn.Module):
         """(V, D): ``lm_head.weight``, or the embedding for a tied model."""
         return self.lm_head.weight if "lm_head" in self else self.backbone.embedding.weight
 
+    def _divide(self, logits: mx.array) -> mx.array:
+        # docs/spec.md §11.1: a family's logits divisor (Granite ``logits_scaling``), in float32
+        divisor = stream_multipliers(self.config).logits_divisor
+        return logits if divisor == 1.0 else logits / divisor
+
     def logits(self, hidden: mx.array) -> mx.array:
         """(..., D) -> logits (..., V) float32."""
         quantized = head_logits(self, hidden)  # quantization hook: a quantized head or tied embedding
         if quantized is not None:
-            return quantized.astype(_F32)
-        return (hidden @ self.head_weight.T).astype(_F32)
+            return self._divide(quantized.astype(_F32))
+        return self._divide((hidden @ self.head_weight.T).astype(_F32))
 
     def __call__(self, input_ids, *, cache: MambaCache | None = None, attention_mask=None, seq_idx=None):
         """(B, L) int -> logits (B, L, V) float32; a cache gives initial states and gets the final;

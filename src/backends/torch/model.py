@@ -31,7 +31,7 @@ from mamba_core.backends.torch.tokens import as_token_ids, check_token_ids
 from mamba_core.config import Mamba1Config, Mamba2Config
 from mamba_core.errors import ConfigError, UnsupportedError
 from mamba_core.families import HYBRID_CONFIGS
-from mamba_core.layers import get_kind, kind_config, layer_plan
+from mamba_core.layers import get_kind, kind_config, layer_plan, stream_multipliers
 from mamba_core.mamba3_config import Mamba3Config
 from mamba_core.packing import check_seq_idx
 from mamba_core.reference import init_weights
@@ -42,6 +42,8 @@ KERNEL_PATHS = {
     "mamba3": "torch-chunked-mamba3",
     "nemotron_h": "torch-chunked-ssd+sdpa",
     "jamba": "torch-chunked-selective-scan+sdpa",
+    "granitemoehybrid": "torch-chunked-ssd+sdpa",
+    "bamba": "torch-chunked-ssd+sdpa",
 }
 
 
@@ -91,6 +93,7 @@ class _Block(nn.Module):
         fk = {"dtype": dtype, "device": device}
         self.layer_idx = layer_idx
         self.slots = plan.slots
+        self.residual_multiplier = plan.residual_multiplier  # docs/spec.md §11.1
         self._n_state = tuple(len(get_kind(kind).cache) for _, kind in self.slots)
         self.norm = RMSNorm(config.d_model, config.norm_epsilon, **fk)
         self.mixer = KINDS[plan.mixer](kind_config(config, plan.mixer), layer_idx, **fk)
@@ -105,7 +108,7 @@ class _Block(nn.Module):
             mine, rest = rest[:n], rest[n:]
             norm = self.norm if slot == "mixer" else self.norm2
             out, *mine = call(getattr(self, slot), norm(x), mine)
-            x = x + out
+            x = x + (out if self.residual_multiplier == 1.0 else out * self.residual_multiplier)
             new_state.extend(mine)
         return (x, *new_state)
 
@@ -205,6 +208,9 @@ class _Stack(nn.Module):
                 raise ValueError("this stack has no embedding: pass (B, L, D) float inputs")
             check_token_ids(x, self.config.vocab_size)
             x = self.embedding(x)
+            scale = stream_multipliers(self.config).embedding  # docs/spec.md §11.1
+            if scale != 1.0:
+                x = x * scale
         if x.shape[-1] != self.config.d_model:
             raise ValueError(
                 f"x: expected last dimension d_model={self.config.d_model}, got shape {tuple(x.shape)}"
@@ -327,12 +333,17 @@ class _LM(nn.Module):
         head = getattr(self, "lm_head", None)
         return self.backbone.embedding.weight if head is None else head.weight
 
+    def _divide(self, logits: torch.Tensor) -> torch.Tensor:
+        # docs/spec.md §11.1: a family's logits divisor (Granite ``logits_scaling``), in float32
+        divisor = stream_multipliers(self.config).logits_divisor
+        return logits if divisor == 1.0 else logits / divisor
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., D) -> (..., V) float32."""
         quantized = head_logits(self, hidden)  # quantization hook: a quantized head or tied embedding
         if quantized is not None:
-            return quantized.float()
-        return F.linear(hidden, self.head_weight).float()
+            return self._divide(quantized.float())
+        return self._divide(F.linear(hidden, self.head_weight).float())
 
     def forward(self, input_ids, *, cache: MambaCache | None = None, attention_mask=None, seq_idx=None):
         """(B, L) int -> logits (B, L, V) float32 (see the backend contract); ``seq_idx`` (B, L) int
@@ -349,7 +360,7 @@ class _LM(nn.Module):
         # a quantized tied head (quantized table or int8/int4 copy) takes logits()
         plain = type(self.backbone.embedding) is nn.Embedding and not hasattr(self, "tied_head")
         if type(getattr(self, "lm_head", None)) in (nn.Linear, type(None)) and plain:
-            return rows(hidden, self.head_weight).float()
+            return self._divide(rows(hidden, self.head_weight).float())
         return self.logits(hidden)
 
     def make_cache(self, batch: int) -> MambaCache:

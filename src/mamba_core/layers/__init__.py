@@ -26,6 +26,8 @@ from mamba_core.layers.mamba2 import MAMBA2
 from mamba_core.layers.mamba3 import MAMBA3
 from mamba_core.layers.mlp import MLP
 from mamba_core.layers.moe import MOE
+from mamba_core.layers.multipliers import StreamMultipliers as StreamMultipliers
+from mamba_core.layers.multipliers import stream_multipliers as stream_multipliers
 
 KINDS: dict[str, LayerKind] = {
     kind.name: kind for kind in (MAMBA1, MAMBA2, MAMBA3, GATED_MLP, ATTENTION, MLP, MOE)
@@ -81,11 +83,13 @@ def layer_plan(config) -> tuple[BlockPlan, ...]:
         (BlockPlan(mixer='mamba1', mlp=None), BlockPlan(mixer='mamba1', mlp=None))
     """
     own = getattr(config, "layer_plan", None)
-    # a family's plan rows name their kinds by ``mixer`` / ``mlp`` (BlockPlan or a like tuple)
+    # a family's plan rows name their kinds by ``mixer`` / ``mlp`` (BlockPlan or a like tuple); the
+    # residual multiplier of every block is the config's (docs/spec.md §11.1)
+    residual = stream_multipliers(config).residual
     plan = (
-        tuple(BlockPlan(p.mixer, p.mlp) for p in own())
+        tuple(BlockPlan(p.mixer, p.mlp, residual) for p in own())
         if callable(own)
-        else (BlockPlan(config.arch),) * config.n_layer
+        else (BlockPlan(config.arch, None, residual),) * config.n_layer
     )
     for block in plan:
         for _, name in block.slots:
@@ -100,7 +104,9 @@ __all__ = [
     "CacheField",
     "LayerKind",
     "Param",
+    "StreamMultipliers",
     "get_kind",
     "kind_config",
     "layer_plan",
+    "stream_multipliers",
 ]

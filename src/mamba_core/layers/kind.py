@@ -111,15 +111,26 @@ class LayerKind:
 class BlockPlan:
     """One layer of a model: a pre-norm residual block and the kinds in its slots.
 
-    ``x = x + mixer(norm(x))``; with an ``mlp`` kind also ``x = x + mlp(norm2(x))``.
+    ``x = x + r * mixer(norm(x))``; with an ``mlp`` kind also ``x = x + r * mlp(norm2(x))``
+    (docs/spec.md §11.1).
 
     Attributes:
         mixer: the mixer kind name.
         mlp: the MLP kind name, or None (a Mamba block has none).
+        residual_multiplier: r, the scale of each slot's output before it joins the residual stream
+            (1 for every family but Granite 4.0-H; ``layers.layer_plan`` fills it from the config's
+            ``stream_multipliers``). Left out of the repr while it is 1.
     """
 
     mixer: str
     mlp: str | None = None
+    residual_multiplier: float = 1.0
+
+    def __repr__(self) -> str:
+        scale = (
+            "" if self.residual_multiplier == 1.0 else f", residual_multiplier={self.residual_multiplier!r}"
+        )
+        return f"BlockPlan(mixer={self.mixer!r}, mlp={self.mlp!r}{scale})"
 
     @property
     def slots(self) -> tuple[tuple[str, str], ...]:
