@@ -1,4 +1,5 @@
-"""Benchmark the newer families (FalconMamba, Jamba, Nemotron-H) on both backends beside their peers.
+"""Benchmark the newer families (FalconMamba, Jamba, Nemotron-H, Granite 4.0-H, Bamba) on both backends
+beside their peers.
 
 A script, not a test. For each family one random checkpoint is written by transformers'
 ``save_pretrained`` and converted once to mlx-lm's layout with ``mamba_core.convert``; every
@@ -123,13 +124,77 @@ def nemotron_h_checkpoint(out: Path, quick: bool) -> Path:
     return out / "hf"
 
 
+def granite_hybrid_checkpoint(out: Path, quick: bool) -> Path:
+    """A random transformers ``GraniteMoeHybridForCausalLM`` shaped like Granite 4.0-H: Mamba-2 (one group)
+    with an attention layer every 4th (GQA 8:2, NoPE), MoE (8 experts, top 2) plus the shared MLP in
+    every layer, Granite's multipliers (8 layers without ``quick``)."""
+    import torch
+    import transformers
+
+    d, n, vocab = (256, 4, 4099) if quick else (512, 8, 32000)
+    cfg = transformers.GraniteMoeHybridConfig(
+        vocab_size=vocab,
+        hidden_size=d,
+        num_hidden_layers=n,
+        layer_types=["full_attention" if i % 4 == 3 else "linear_attention" for i in range(n)],
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        position_embedding_type="nope",
+        intermediate_size=d // 2,
+        shared_intermediate_size=d,
+        num_local_experts=8,
+        num_experts_per_tok=2,
+        mamba_n_heads=2 * d // 64,
+        mamba_n_groups=1,
+        mamba_d_state=64,
+        mamba_chunk_size=64,
+        embedding_multiplier=12.0,
+        residual_multiplier=0.22,
+        attention_multiplier=0.0078125,
+        logits_scaling=6.0,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    transformers.GraniteMoeHybridForCausalLM(cfg).save_pretrained(out / "hf", safe_serialization=True)
+    return out / "hf"
+
+
+def bamba_checkpoint(out: Path, quick: bool) -> Path:
+    """A random transformers ``BambaForCausalLM``: Mamba-2 (n_groups 1) with attention every 4th layer
+    (GQA 8:2, partial RoPE), a gated SiLU MLP in every layer (8 layers without ``quick``)."""
+    import torch
+    import transformers
+
+    d, n, vocab = (256, 4, 4099) if quick else (512, 8, 32000)
+    cfg = transformers.BambaConfig(
+        vocab_size=vocab,
+        hidden_size=d,
+        num_hidden_layers=n,
+        attn_layer_indices=[i for i in range(n) if i % 4 == 3],
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        intermediate_size=3 * d,
+        mamba_n_heads=2 * d // 64,
+        mamba_n_groups=1,
+        mamba_d_state=64,
+        mamba_chunk_size=64,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    transformers.BambaForCausalLM(cfg).save_pretrained(out / "hf", safe_serialization=True)
+    return out / "hf"
+
+
 # family -> (checkpoint writer, transformers class, the directory mlx-lm reads: our "mlx-lm" conversion,
-# or transformers' "hf" one when we cannot write the family's mlx-lm layout yet)
+# or transformers' "hf" one when we cannot write the family's mlx-lm layout yet; None: mlx-lm has no
+# such model, the MLX rows have no peer)
 FAMILIES = {
     "falcon_mamba": (falcon_mamba_checkpoint, "FalconMambaForCausalLM", "mlx-lm"),
     "jamba": (jamba_checkpoint, "JambaForCausalLM", "hf"),
     "nemotron_h": (nemotron_h_checkpoint, "NemotronHForCausalLM", "mlx-lm"),
 }
+FAMILIES["granitemoehybrid"] = (granite_hybrid_checkpoint, "GraniteMoeHybridForCausalLM", "mlx-lm")
+FAMILIES["bamba"] = (bamba_checkpoint, "BambaForCausalLM", None)
 
 
 # ---- torch ---------------------------------------------------------------------------------------
@@ -183,7 +248,7 @@ def bench_mlx(family: str, hf_dir: Path, args, rows: list) -> None:
     mlx_dir = hf_dir
     if FAMILIES[family][2] == "mlx-lm":
         mlx_dir = mamba_core.convert(hf_dir, hf_dir.parent / "mlx-lm", to="mlx-lm", force=True)
-    theirs, _ = load_model(mlx_dir)
+    theirs = None if FAMILIES[family][2] is None else load_model(mlx_dir)[0]
     ours = mamba_core.load(mlx_dir, backend="mlx", dtype="float32")
     vocab = ours.config.vocab_size
     prompt = mx.array(np.random.default_rng(0).integers(0, vocab, (1, args.prompt)))
@@ -216,9 +281,11 @@ def bench_mlx(family: str, hf_dir: Path, args, rows: list) -> None:
         return time.perf_counter() - start
 
     rows.append((family, "mlx", "prefill", "mamba-core", n / _best(ours_prefill, args.repeats)))
-    rows.append((family, "mlx", "prefill", "mlx-lm", n / _best(theirs_prefill, args.repeats)))
+    if theirs is not None:
+        rows.append((family, "mlx", "prefill", "mlx-lm", n / _best(theirs_prefill, args.repeats)))
     rows.append((family, "mlx", "decode", "mamba-core", d / _best(ours_decode, args.repeats)))
-    rows.append((family, "mlx", "decode", "mlx-lm", d / _best(theirs_decode, args.repeats)))
+    if theirs is not None:
+        rows.append((family, "mlx", "decode", "mlx-lm", d / _best(theirs_decode, args.repeats)))
 
 
 BACKENDS = {"torch": bench_torch, "mlx": bench_mlx}
@@ -226,12 +293,12 @@ BACKENDS = {"torch": bench_torch, "mlx": bench_mlx}
 
 def _print(rows: list) -> None:
     head = ("family", "backend", "row", "implementation")
-    print(f"| {head[0]:13} | {head[1]:7} | {head[2]:7} | {head[3]:14} | {'tok/s':>9} | {'vs peer':>7} |")
-    print(f"|{'-' * 15}|{'-' * 9}|{'-' * 9}|{'-' * 16}|{'-' * 11}|{'-' * 9}|")
+    print(f"| {head[0]:16} | {head[1]:7} | {head[2]:7} | {head[3]:14} | {'tok/s':>9} | {'vs peer':>7} |")
+    print(f"|{'-' * 18}|{'-' * 9}|{'-' * 9}|{'-' * 16}|{'-' * 11}|{'-' * 9}|")
     for family, backend, what, impl, tps in rows:
         peer = [r[4] for r in rows if r[:3] == (family, backend, what) and r[3] != "mamba-core"]
         ratio = f"{tps / peer[0]:.2f}x" if peer else ""
-        print(f"| {family:13} | {backend:7} | {what:7} | {impl:14} | {tps:9.1f} | {ratio:>7} |")
+        print(f"| {family:16} | {backend:7} | {what:7} | {impl:14} | {tps:9.1f} | {ratio:>7} |")
 
 
 def main(argv=None) -> int:
