@@ -218,6 +218,7 @@ class _Stack(nn.Module):
                 self.embedding.set_dtype(fk["dtype"])
             self.layers = [self.block_class(config, i, **fk) for i in range(len(layer_plan(config)))]
             self.norm_f = RMSNorm(config.d_model, config.norm_epsilon, **fk)
+        self.embedding_multiplier = stream_multipliers(config).embedding  # docs/spec.md §11.1
         self.kernel_path = KERNEL_PATHS[config.arch]
         if init:
             initialize(self, _draw_seed())
@@ -237,9 +238,8 @@ class _Stack(nn.Module):
                 raise ValueError("this stack has no embedding: pass (B, L, D) float inputs")
             check_token_ids(x, self.config.vocab_size)
             x = self.embedding(x)
-            scale = stream_multipliers(self.config).embedding  # docs/spec.md §11.1
-            if scale != 1.0:
-                x = x * scale
+            if self.embedding_multiplier != 1.0:  # docs/spec.md §11.1
+                x = x * self.embedding_multiplier
         if x.shape[-1] != self.config.d_model:
             raise ValueError(
                 f"x: expected last dimension d_model={self.config.d_model}, got shape {tuple(x.shape)}"
@@ -336,6 +336,7 @@ class _LM(nn.Module):
             if not config.tie_embeddings:
                 self.lm_head = nn.Linear(config.d_model, config.vocab_size_padded, bias=False)
                 self.lm_head.set_dtype(dtype)
+        self.logits_divisor = stream_multipliers(config).logits_divisor  # docs/spec.md §11.1
         self.kernel_path = KERNEL_PATHS[config.arch]
         if init:
             initialize(self, _draw_seed())
@@ -352,8 +353,7 @@ class _LM(nn.Module):
 
     def _divide(self, logits: mx.array) -> mx.array:
         # docs/spec.md §11.1: a family's logits divisor (Granite ``logits_scaling``), in float32
-        divisor = stream_multipliers(self.config).logits_divisor
-        return logits if divisor == 1.0 else logits / divisor
+        return logits if self.logits_divisor == 1.0 else logits / self.logits_divisor
 
     def logits(self, hidden: mx.array) -> mx.array:
         """(..., D) -> logits (..., V) float32."""
