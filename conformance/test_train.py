@@ -22,6 +22,7 @@ from mamba_core.testing import (
     tiny_mamba1,
     tiny_mamba2,
     tiny_nemotron_h,
+    tiny_zamba2,
 )
 from mamba_core.tokenizer import ByteTokenizer
 from mamba_core.train import TrainConfig, lr_at, no_weight_decay, read_state, train
@@ -33,6 +34,7 @@ ARCHS = {
     "falcon_mamba": tiny_mamba1(vocab_size=257, mixer_rms_eps=1e-6),  # the dt/B/C norms in the graph
     "nemotron_h": tiny_nemotron_h(vocab_size=257),
     "jamba": tiny_jamba(vocab_size=257),
+    "zamba2": tiny_zamba2(vocab_size=257),
 }
 ARCHS.update(
     granitemoehybrid=tiny_granite_hybrid(vocab_size=257, num_experts_per_tok=2),

@@ -1,4 +1,4 @@
-"""Spec tests of the stream multipliers (docs/spec.md §11.1) in the float64 reference: numpy only.
+"""Spec tests of the stream multipliers (docs/spec.md §12.1) in the float64 reference: numpy only.
 
 Independent formulation: every multiplier is a rescaling of a linear map that is applied right before or
 after it. With an untied head, ``E[ids] * m`` is the embedding table times ``m``; ``logits / d`` is the

@@ -8,7 +8,7 @@ scaled by U(0.8, 1.2) so the norms matter), ``save_pretrained`` writes ``<case>/
 float32 logits of each producer: ``transformers`` (``model(ids, use_cache=False).logits`` on CPU, float32)
 and ``mlx_lm`` (``mlx_lm.utils.load_model`` on the same directory, float32). Mamba-2 cases with
 ``n_groups > 1`` have transformers logits only: mlx-lm's gated norm ignores groups (docs/spec.md §6.3;
-the same holds for mlx-lm's Granite 4.0-H, and mlx-lm has no Bamba).
+the same holds for mlx-lm's Granite 4.0-H); so have Zamba2 and Bamba cases (mlx-lm has neither).
 ``<case>/producers.json`` records the versions. The directory is a few hundred KB at most.
 
 Run from the repository root (needs torch, transformers, mlx and mlx-lm; CPU is enough), naming the
@@ -195,6 +195,28 @@ CASES = {
         ),
         ("transformers",),
     ),
+    # Zamba2: tied head (transformers ties the shared blocks only when the head is tied); mlx-lm has none
+    "zamba2-2blocks-adapters-g2-vocab37": (
+        "Zamba2Config",
+        dict(
+            hidden_size=16,
+            vocab_size=37,
+            num_hidden_layers=5,
+            layers_block_type=["mamba", "hybrid", "mamba", "hybrid", "hybrid"],
+            num_attention_heads=4,
+            num_mem_blocks=2,
+            use_shared_attention_adapter=True,
+            adapter_rank=3,
+            use_mem_rope=True,
+            intermediate_size=24,
+            mamba_d_state=8,
+            mamba_ngroups=2,
+            n_mamba_heads=4,
+            chunk_size=8,
+            tie_word_embeddings=True,
+        ),
+        ("transformers",),
+    ),
 }
 LM_CLASSES = {
     "MambaConfig": "MambaForCausalLM",
@@ -203,6 +225,7 @@ LM_CLASSES = {
     "NemotronHConfig": "NemotronHForCausalLM",
     "GraniteMoeHybridConfig": "GraniteMoeHybridForCausalLM",
     "BambaConfig": "BambaForCausalLM",
+    "Zamba2Config": "Zamba2ForCausalLM",
 }
 
 

@@ -28,10 +28,26 @@ from mamba_core.backends.torch.model import (
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.task import Task, pooled_dim, task_layout
 
-STACKS = {"mamba1": Mamba1, "mamba2": Mamba2, "mamba3": Mamba3, "nemotron_h": Hybrid, "jamba": Hybrid}
-STACKS.update(granitemoehybrid=Hybrid, bamba=Hybrid)
-LMS = {"mamba1": Mamba1LM, "mamba2": Mamba2LM, "mamba3": Mamba3LM, "nemotron_h": HybridLM, "jamba": HybridLM}
-LMS.update(granitemoehybrid=HybridLM, bamba=HybridLM)
+STACKS = {
+    "mamba1": Mamba1,
+    "mamba2": Mamba2,
+    "mamba3": Mamba3,
+    "nemotron_h": Hybrid,
+    "jamba": Hybrid,
+    "zamba2": Hybrid,
+    "granitemoehybrid": Hybrid,
+    "bamba": Hybrid,
+}
+LMS = {
+    "mamba1": Mamba1LM,
+    "mamba2": Mamba2LM,
+    "mamba3": Mamba3LM,
+    "nemotron_h": HybridLM,
+    "jamba": HybridLM,
+    "zamba2": HybridLM,
+    "granitemoehybrid": HybridLM,
+    "bamba": HybridLM,
+}
 _EPS = 1e-5
 
 

@@ -137,7 +137,7 @@ class GraniteHybridConfig:
         return self.vocab_size
 
     def stream_multipliers(self) -> StreamMultipliers:
-        """Granite's embedding, residual and logits multipliers (docs/spec.md §11.1; Bamba: ones)."""
+        """Granite's embedding, residual and logits multipliers (docs/spec.md §12.1; Bamba: ones)."""
         return StreamMultipliers(
             embedding=self.embedding_multiplier,
             residual=self.residual_multiplier,

@@ -1,4 +1,4 @@
-"""Scalar multipliers on a model's residual stream (docs/spec.md §11.1), read from the model config.
+"""Scalar multipliers on a model's residual stream (docs/spec.md §12.1), read from the model config.
 
 Some families scale the stream at three places besides the layers themselves: the embedded tokens
 (``h_0 = E[ids] * embedding``), each slot's output before it joins the residual
