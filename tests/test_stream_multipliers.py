@@ -56,7 +56,7 @@ def test_the_plan_carries_the_residual_multiplier():
     assert {b.residual_multiplier for b in layer_plan(tiny_bamba())} == {1.0}
     assert layer_plan(tiny_mamba2())[0] == BlockPlan("mamba2")
     assert (
-        repr(BlockPlan("mamba2", "mlp", 0.5))
+        repr(BlockPlan("mamba2", "mlp", residual_multiplier=0.5))
         == "BlockPlan(mixer='mamba2', mlp='mlp', residual_multiplier=0.5)"
     )
 
