@@ -36,6 +36,8 @@ MODEL_CLASSES = {
     "jamba": HybridLM,
     "zamba2": HybridLM,
     "falcon_h1": HybridLM,
+    "granitemoehybrid": HybridLM,
+    "bamba": HybridLM,
 }
 KERNELS = ("auto", "reference", "fast")
 
@@ -93,13 +95,16 @@ def build_model(config, *, dtype="float32", device=None, seed: int | None = None
 
 
 def _stack_parts(pieces: list) -> mx.array:
-    """``(expert, rows, array)`` pieces of one stacked tensor -> the tensor: rows concatenated per expert
-    in row order, experts stacked in expert order (a row-split tensor without experts is concatenated)."""
+    """``(expert, rows, array, rows_axis)`` pieces of one stacked tensor -> the tensor: rows concatenated
+    per expert in row order along ``rows_axis``, experts stacked in expert order (a row-split tensor
+    without experts is concatenated)."""
     by_expert = defaultdict(list)
-    for expert, rows, arr in pieces:
-        by_expert[expert].append(((rows or (0, 0))[0], arr))
+    for expert, rows, arr, axis in pieces:
+        by_expert[expert].append(((rows or (0, 0))[0], arr, axis))
     whole = {
-        e: mx.concatenate([a for _, a in sorted(p, key=lambda x: x[0])], axis=0) if len(p) > 1 else p[0][1]
+        e: mx.concatenate([a for _, a, _ in sorted(p, key=lambda x: x[0])], axis=p[0][2])
+        if len(p) > 1
+        else p[0][1]
         for e, p in by_expert.items()
     }
     if None in whole:
@@ -175,7 +180,7 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
             if entry.expert is None and entry.rows is None:
                 tensors[entry.canonical] = arr
             else:  # one expert's tensor (or rows of it) of a stacked canonical tensor
-                parts[entry.canonical].append((entry.expert, entry.rows, arr))
+                parts[entry.canonical].append((entry.expert, entry.rows, arr, entry.rows_axis))
         for name, pieces in parts.items():
             tensors[name] = _stack_parts(pieces)
         if plan.tied_duplicate is not None:
@@ -227,7 +232,7 @@ def export_tensors(model, dialect: str = "mamba-core") -> dict[str, mx.array]:
             if t.expert is not None:
                 x = x[t.expert]
             if t.rows is not None:
-                x = x[t.rows[0] : t.rows[1]]
+                x = x[(slice(None),) * t.rows_axis + (slice(*t.rows),)]
             if t.scale is not None:  # multipliers folded into the weights, in float32
                 factors = mx.array(t.scale, dtype=mx.float32)
                 x = (x.astype(mx.float32) * factors.reshape(-1, *[1] * (x.ndim - 1))).astype(x.dtype)

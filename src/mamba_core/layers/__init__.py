@@ -26,6 +26,9 @@ from mamba_core.layers.mamba2 import MAMBA2
 from mamba_core.layers.mamba3 import MAMBA3
 from mamba_core.layers.mlp import MLP
 from mamba_core.layers.moe import MOE
+from mamba_core.layers.multipliers import StreamMultipliers as StreamMultipliers
+from mamba_core.layers.multipliers import scale_logits as scale_logits
+from mamba_core.layers.multipliers import stream_multipliers as stream_multipliers
 from mamba_core.layers.parallel_hybrid import PARALLEL_HYBRID
 from mamba_core.layers.shared_transformer import SHARED_TRANSFORMER
 
@@ -96,11 +99,15 @@ def layer_plan(config) -> tuple[BlockPlan, ...]:
         (BlockPlan(mixer='mamba1', mlp=None), BlockPlan(mixer='mamba1', mlp=None))
     """
     own = getattr(config, "layer_plan", None)
-    # a family's plan rows name their kinds by ``mixer`` / ``mlp`` (BlockPlan or a like tuple)
+    # a family's plan rows name their kinds by ``mixer`` / ``mlp`` (BlockPlan or a like tuple); the
+    # residual multiplier of every block is the config's (docs/spec.md §13.1)
+    residual = stream_multipliers(config).residual
     plan = (
-        tuple(BlockPlan(p.mixer, p.mlp, getattr(p, "shared", None)) for p in own())
+        tuple(
+            BlockPlan(p.mixer, p.mlp, getattr(p, "shared", None), residual_multiplier=residual) for p in own()
+        )
         if callable(own)
-        else (BlockPlan(config.arch),) * config.n_layer
+        else (BlockPlan(config.arch, residual_multiplier=residual),) * config.n_layer
     )
     n_shared = shared_blocks(config)
     for i, block in enumerate(plan):
@@ -121,8 +128,10 @@ __all__ = [
     "CacheField",
     "LayerKind",
     "Param",
+    "StreamMultipliers",
     "get_kind",
     "kind_config",
     "layer_plan",
     "shared_blocks",
+    "stream_multipliers",
 ]

@@ -111,25 +111,32 @@ class LayerKind:
 class BlockPlan:
     """One layer of a model: a pre-norm residual block and the kinds in its slots.
 
-    ``x = x + mixer(norm(x))``; with an ``mlp`` kind also ``x = x + mlp(norm2(x))``. A layer that
-    calls a shared block (``shared`` set, Zamba2) first runs the ``shared`` slot's kind on the raw
-    stream and the model's input embeddings and adds its output to the mixer's *input* only:
-    ``x = x + mixer(norm(x + shared(x, e)))`` (docs/spec.md §11).
+    ``x = x + r * mixer(norm(x))``; with an ``mlp`` kind also ``x = x + r * mlp(norm2(x))``, r the
+    residual multiplier (docs/spec.md §13.1). A layer that calls a shared block (``shared`` set, Zamba2)
+    first runs the ``shared`` slot's kind on the raw stream and the model's input embeddings and adds its
+    output to the mixer's *input* only: ``x = x + mixer(norm(x + shared(x, e)))`` (docs/spec.md §11).
 
     Attributes:
         mixer: the mixer kind name.
         mlp: the MLP kind name, or None (a Mamba block has none).
         shared: the index of the shared block this layer calls (``layers.SHARED_CALL`` in the
             ``shared`` slot), or None.
+        residual_multiplier: r, the scale of each slot's output before it joins the residual stream
+            (1 for every family but Granite 4.0-H; ``layers.layer_plan`` fills it from the config's
+            ``stream_multipliers``). Left out of the repr while it is 1.
     """
 
     mixer: str
     mlp: str | None = None
     shared: int | None = None
+    residual_multiplier: float = 1.0
 
     def __repr__(self) -> str:
         shared = "" if self.shared is None else f", shared={self.shared}"
-        return f"BlockPlan(mixer={self.mixer!r}, mlp={self.mlp!r}{shared})"
+        scale = (
+            "" if self.residual_multiplier == 1.0 else f", residual_multiplier={self.residual_multiplier!r}"
+        )
+        return f"BlockPlan(mixer={self.mixer!r}, mlp={self.mlp!r}{shared}{scale})"
 
     @property
     def slots(self) -> tuple[tuple[str, str], ...]:
