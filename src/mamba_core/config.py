@@ -162,17 +162,7 @@ class Mamba2Config(_LMConfig):
         object.__setattr__(self, "A_init_range", tuple(float(v) for v in self.A_init_range))
         self._check_common()
         self._check_positive("headdim", "ngroups", "chunk_size")
-        if self.d_inner % self.headdim != 0:
-            raise ConfigError(
-                f"d_inner (= expand*d_model = {self.d_inner}) must be a multiple of headdim="
-                f"{self.headdim}; choose headdim dividing {self.d_inner}",
-                field="headdim",
-            )
-        if self.nheads % self.ngroups != 0:
-            raise ConfigError(
-                f"nheads (= d_inner/headdim = {self.nheads}) must be a multiple of ngroups={self.ngroups}",
-                field="ngroups",
-            )
+        self._check_heads()
         lo, hi = self.dt_limit
         if not 0.0 <= lo < hi:
             raise ConfigError(f"dt_limit must satisfy 0 <= lo < hi, got {self.dt_limit!r}", field="dt_limit")

@@ -70,6 +70,21 @@ class LMConfigBase:
                 field="d_intermediate",
             )
 
+    def _check_heads(self) -> None:
+        """Raise ``ConfigError`` unless E splits into heads of ``headdim`` and the H heads into ``ngroups``
+        groups (the multi-head mixers: Mamba-2, Mamba-3)."""
+        if self.d_inner % self.headdim != 0:
+            raise ConfigError(
+                f"d_inner (= expand*d_model = {self.d_inner}) must be a multiple of headdim={self.headdim}; "
+                f"choose headdim dividing {self.d_inner}",
+                field="headdim",
+            )
+        if self.nheads % self.ngroups != 0:
+            raise ConfigError(
+                f"nheads (= d_inner/headdim = {self.nheads}) must be a multiple of ngroups={self.ngroups}",
+                field="ngroups",
+            )
+
     def replace(self, **changes: Any):
         """A copy with some fields changed (validated again)."""
         return dataclasses.replace(self, **changes)

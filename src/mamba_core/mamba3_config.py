@@ -117,17 +117,7 @@ class Mamba3Config(LMConfigBase):
                 f"expand * d_model must be an integer, got expand={self.expand!r} * d_model={self.d_model}",
                 field="expand",
             )
-        if self.d_inner % self.headdim != 0:
-            raise ConfigError(
-                f"d_inner (= expand*d_model = {self.d_inner}) must be a multiple of headdim={self.headdim}; "
-                f"choose headdim dividing {self.d_inner}",
-                field="headdim",
-            )
-        if self.nheads % self.ngroups != 0:
-            raise ConfigError(
-                f"nheads (= d_inner/headdim = {self.nheads}) must be a multiple of ngroups={self.ngroups}",
-                field="ngroups",
-            )
+        self._check_heads()
         if self.rope_fraction not in ROPE_FRACTIONS:
             raise ConfigError(
                 f"rope_fraction must be one of {ROPE_FRACTIONS}, got {self.rope_fraction!r}",
