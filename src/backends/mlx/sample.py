@@ -158,17 +158,7 @@ def stream(
     Arguments as ``generate``. Rows that emitted a stop token yield ``pad_token_id`` afterwards; the
     stream ends early when every row has stopped.
     """
-    settings = SamplingSettings(
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
-        repetition_penalty=repetition_penalty,
-        stop_tokens=stop_tokens,
-        seed=seed,
-        pad_token_id=pad_token_id,
-    )
+    settings = SamplingSettings.from_arguments(locals())
     _, ids, mask = prepare_inputs(input_ids, attention_mask, settings.pad_token_id, model.config.vocab_size)
     return _stream(model, ids, mask, settings, compile)
 
@@ -269,17 +259,7 @@ def generate(
         >>> generate(build_model(tiny_mamba1()), [[1, 2, 3]], 4).shape
         (1, 7)
     """
-    settings = SamplingSettings(
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
-        repetition_penalty=repetition_penalty,
-        stop_tokens=stop_tokens,
-        seed=seed,
-        pad_token_id=pad_token_id,
-    )
+    settings = SamplingSettings.from_arguments(locals())
     shown, ids, mask = prepare_inputs(
         input_ids, attention_mask, settings.pad_token_id, model.config.vocab_size
     )

@@ -16,7 +16,12 @@ import mlx.core as mx
 import numpy as np
 
 from mamba_core.backends.mlx.device import resolve_device, resolve_dtype
-from mamba_core.backends.mlx.heads import assign, build_task_model, export_canonical, export_task_tensors
+from mamba_core.backends.mlx.heads import (
+    _assign,
+    _uninitialized_task_model,
+    export_canonical,
+    export_task_tensors,
+)
 from mamba_core.backends.mlx.model import HybridLM, Mamba1LM, Mamba2LM, Mamba3LM, initialize
 from mamba_core.backends.mlx.pickles import read_pickle
 from mamba_core.backends.mlx.quantized import export_quantized, load_quantized
@@ -27,6 +32,7 @@ from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.hybrid_layout import stored_tensors
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
 from mamba_core.safetensors_header import read_array, validate_safetensors_header
+from mamba_core.task import task_layout
 
 MODEL_CLASSES = {
     "mamba1": Mamba1LM,
@@ -172,10 +178,14 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
             ) from None
 
     tensors, parts = {}, defaultdict(list)
+    in_mlx_layout = set()  # read as MLX holds them (an mlx-lm conv weight): no transpose there and back
+    mlx_axes = {n: s.mlx_axes for n, s in task_layout(plan.config, plan.task).items()}
     with mx.stream(dev):
         for entry in plan.entries:
             arr = read(entry)
-            if entry.transpose is not None:  # stored layout -> canonical (torch) layout
+            if _stored_as_mlx(entry, mlx_axes.get(entry.canonical)) and plan.quantization is None:
+                in_mlx_layout.add(entry.canonical)
+            elif entry.transpose is not None:  # stored layout -> canonical (torch) layout
                 arr = mx.transpose(arr, entry.transpose)
             if entry.expert is None and entry.rows is None:
                 tensors[entry.canonical] = arr
@@ -197,9 +207,17 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
             parts = {entry.canonical: read(entry) for entry in plan.quantized_entries}
             return load_quantized(model, plan, tensors, parts, dt, dev)
         if plan.task.kind != "lm":  # a stack or head (mamba_core.task): heads.py builds it
-            model = build_task_model(plan.config, plan.task, dtype=dt, device=dev)
-        assign(model, tensors, dt, allow_missing=plan.absent)
+            model = _uninitialized_task_model(plan.config, plan.task, dtype=dt, device=dev)
+        _assign(model, tensors, dt, allow_missing=plan.absent, in_mlx_layout=in_mlx_layout)
     return model
+
+
+def _stored_as_mlx(entry, mlx_axes) -> bool:
+    """Whether the stored tensor is already in MLX's layout: a whole tensor whose move to the canonical
+    layout (``entry.transpose``) and then to MLX's (``mlx_axes``) compose to no move at all."""
+    if entry.transpose is None or mlx_axes is None or entry.expert is not None or entry.rows is not None:
+        return False
+    return tuple(entry.transpose[i] for i in mlx_axes) == tuple(range(len(mlx_axes)))
 
 
 def export_tensors(model, dialect: str = "mamba-core") -> dict[str, mx.array]:

@@ -135,17 +135,7 @@ def stream(
     Rows that produced a stop token yield ``pad_token_id`` afterwards; the iterator ends early when
     every row has stopped. Arguments as in ``generate``.
     """
-    settings = SamplingSettings(
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
-        repetition_penalty=repetition_penalty,
-        stop_tokens=stop_tokens,
-        seed=seed,
-        pad_token_id=pad_token_id,
-    )
+    settings = SamplingSettings.from_arguments(locals())
     _, ids, mask = _prepare(model, input_ids, attention_mask, settings.pad_token_id)
     return _stream(model, ids, mask, settings, compile)
 
@@ -243,17 +233,7 @@ def generate(
         >>> generate(Mamba1LM(tiny_mamba1()), [[1, 2, 3]], 2).shape
         torch.Size([1, 5])
     """
-    settings = SamplingSettings(
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
-        repetition_penalty=repetition_penalty,
-        stop_tokens=stop_tokens,
-        seed=seed,
-        pad_token_id=pad_token_id,
-    )
+    settings = SamplingSettings.from_arguments(locals())
     shown, ids, mask = _prepare(model, input_ids, attention_mask, settings.pad_token_id)
     new = list(_stream(model, ids, mask, settings, compile))
     if not new:

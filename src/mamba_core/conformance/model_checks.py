@@ -90,13 +90,18 @@ def _logits(kind, cfg_name, backend, device, dtype, rng) -> CheckResult:
     return cmp.result()
 
 
+def _reference_run(cfg, w, inp: Inputs, rng, length: int):
+    """Random prompts (2, L): ``(their backend ids, the reference logits (2, L, V), its final states)``."""
+    ids = rng.integers(0, cfg.vocab_size, (2, length))
+    ref, ref_states = R.lm_forward(cfg, w, ids)
+    return inp.ids(ids), ref, ref_states
+
+
 def _prefill_steps(kind, cfg_name, backend, device, dtype, rng) -> CheckResult:
     """Prefill 21 tokens, then 8 teacher-forced steps == the reference forward over all 29."""
     cfg, model, w, cmp, inp = _setup(kind, cfg_name, backend, device, dtype, rng)
     tol = model_tolerance(dtype)
-    ids = rng.integers(0, cfg.vocab_size, (2, 29))
-    ref, _ = R.lm_forward(cfg, w, ids)
-    ids_b = inp.ids(ids)
+    ids_b, ref, _ = _reference_run(cfg, w, inp, rng, 29)
     with device_scope(backend, device):
         cache = model.make_cache(2)
         pre = model(ids_b[:, :21], cache=cache)
@@ -111,9 +116,7 @@ def _chunked_prefill(kind, cfg_name, backend, device, dtype, rng) -> CheckResult
     """Prefill in pieces of 1, 2, 17, 9 tokens through the cache == the one-shot reference forward."""
     cfg, model, w, cmp, inp = _setup(kind, cfg_name, backend, device, dtype, rng)
     tol = model_tolerance(dtype)
-    ids = rng.integers(0, cfg.vocab_size, (2, 29))
-    ref, ref_states = R.lm_forward(cfg, w, ids)
-    ids_b = inp.ids(ids)
+    ids_b, ref, ref_states = _reference_run(cfg, w, inp, rng, 29)
     with device_scope(backend, device):
         cache = model.make_cache(2)
         pieces = [

@@ -97,6 +97,10 @@ class LayerKind:
             initialization, drawing from ``rng`` in a fixed order (before the residual rescale of
             ``out_proj``, which the composition applies).
         segments: split order and sizes of the ``in_proj`` output (config attribute terms).
+        extra_init_residual: the official residual rescale (docs/spec.md §1.5) counts this kind as a
+            second residual branch of its block (the Mamba LMs' gated MLP: upstream's ``n_residuals = 2``
+            with an MLP). The hybrid families' kinds keep one residual per layer (their inits are not
+            upstream's).
     """
 
     name: str
@@ -105,6 +109,7 @@ class LayerKind:
     cache: tuple[CacheField, ...]
     init: Callable
     segments: tuple[tuple[str, str], ...] = ()
+    extra_init_residual: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,3 +150,15 @@ class BlockPlan:
 
         pre = (("shared", SHARED_CALL),) if self.shared is not None else ()
         return pre + (("mixer", self.mixer),) + ((("mlp", self.mlp),) if self.mlp is not None else ())
+
+    @property
+    def init_residuals(self) -> int:
+        """``n_residuals`` of the official residual rescale (docs/spec.md §1.5): the block's residual, plus
+        one per filled slot whose kind has ``extra_init_residual`` (2 for a Mamba LM block with its MLP).
+
+        Raises:
+            ConfigError: a slot names a kind that is not registered.
+        """
+        from mamba_core.layers import get_kind  # the registry imports this module
+
+        return 1 + sum(get_kind(kind).extra_init_residual for _, kind in self.slots)
