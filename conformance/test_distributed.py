@@ -148,7 +148,8 @@ def torch_runs(work) -> dict:
     """Launch 1: DDP and FSDP runs to the end, and the same stopped at step STOP; launch 2 (new
     processes) resumes the stopped ones; and the one-process reference with twice the rows."""
     data = work / "data.py"
-    d = {k: work / f"torch-{k}" for k in ("ddp", "fsdp", "ddp-stop", "fsdp-stop", "ref")}
+    names = ("ddp", "fsdp", "ddp-stop", "fsdp-stop", "lora", "ref", "lora-ref")
+    d = {k: work / f"torch-{k}" for k in names}
     per_rank = ["--batch-size", str(B)]
     first = _launch(
         "torchrun",
@@ -159,6 +160,7 @@ def torch_runs(work) -> dict:
             _args(data, d["fsdp"], *per_rank, "--fsdp"),
             _args(data, d["ddp-stop"], *per_rank, "--stop-at", str(STOP)),
             _args(data, d["fsdp-stop"], *per_rank, "--fsdp", "--stop-at", str(STOP)),
+            _args(data, d["lora"], *per_rank, "--lora-rank", "4"),
         ],
         fsdp_dtypes=True,
     )
@@ -169,6 +171,7 @@ def torch_runs(work) -> dict:
         [_args(data, d["ddp-stop"], *per_rank), _args(data, d["fsdp-stop"], *per_rank, "--fsdp")],
     )
     assert cli(_args(data, d["ref"], "--batch-size", str(2 * B), "--backend", "torch")) == 0
+    assert cli(_args(data, d["lora-ref"], "--batch-size", str(2 * B), "--lora-rank", "4")) == 0
     dtypes = json.loads((work / "torch-1-result" / "rank0.json").read_text())["fsdp_dtypes"]
     return {**d, "log": first, "resume_log": second, "dtypes": dtypes}
 
@@ -176,21 +179,33 @@ def torch_runs(work) -> dict:
 @pytest.fixture(scope="module")
 def mlx_runs(work) -> dict:
     data = work / "data.py"
-    d = {k: work / f"mlx-{k}" for k in ("ddp", "stop", "ref")}
+    d = {k: work / f"mlx-{k}" for k in ("ddp", "stop", "lora", "ref", "lora-ref")}
     per_rank = ["--batch-size", str(B)]
     first = _launch(
         "mlx.launch",
         work,
         "mlx-1",
-        [_args(data, d["ddp"], *per_rank), _args(data, d["stop"], *per_rank, "--stop-at", str(STOP))],
+        [
+            _args(data, d["ddp"], *per_rank),
+            _args(data, d["stop"], *per_rank, "--stop-at", str(STOP)),
+            _args(data, d["lora"], *per_rank, "--lora-rank", "4"),
+        ],
     )
     second = _launch("mlx.launch", work, "mlx-2", [_args(data, d["stop"], *per_rank)])
     assert cli(_args(data, d["ref"], "--batch-size", str(2 * B), "--backend", "mlx")) == 0
+    assert (
+        cli(_args(data, d["lora-ref"], "--batch-size", str(2 * B), "--backend", "mlx", "--lora-rank", "4"))
+        == 0
+    )
     return {**d, "log": first, "resume_log": second}
 
 
-@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
+@pytest.mark.parametrize("engine", ["ddp", "fsdp", "lora"])
 def test_torch_two_ranks_match_one_rank_with_twice_the_batch(torch_runs, engine):
+    if engine == "lora":  # LoRA adapters under DDP (the merged model and adapter/ from rank 0)
+        _assert_same_run(torch_runs["lora"], torch_runs["lora-ref"], exact=False)
+        assert (torch_runs["lora"] / "adapter" / "adapter_model.safetensors").exists()
+        return
     _assert_same_run(torch_runs[engine], torch_runs["ref"], exact=False)
     state = _state(torch_runs[engine])
     assert (state["world_size"], state["engine"]) == (2, engine)
@@ -252,11 +267,13 @@ def test_torch_ranks_print_their_place(torch_runs):
     for rank in (0, 1):
         assert f"torchrun: rank {rank}/2, engine ddp (torch DistributedDataParallel, gloo)" in log
         assert f"torchrun: rank {rank}/2, engine fsdp (torch FSDP2 fully_shard, gloo)" in log
-    assert log.count("backend: torch") == 4  # rank 0 only, once per run
+    assert log.count("backend: torch") == 5  # rank 0 only, once per run
 
 
 def test_mlx_two_ranks_match_one_rank_with_twice_the_batch(mlx_runs):
     _assert_same_run(mlx_runs["ddp"], mlx_runs["ref"], exact=False)
+    _assert_same_run(mlx_runs["lora"], mlx_runs["lora-ref"], exact=False)  # LoRA adapters
+    assert (mlx_runs["lora"] / "adapter" / "adapter_model.safetensors").exists()
     assert (_state(mlx_runs["ddp"])["world_size"], _state(mlx_runs["ddp"])["engine"]) == (2, "ddp")
 
 
