@@ -19,6 +19,7 @@ Under ``torchrun`` or ``mlx.launch`` (``mamba_core.distributed``) the same loop 
 FSDP every rank also writes its shards of the model and optimizer to ``checkpoint-last/sharded/``
 (``torch.distributed.checkpoint``), which is what the run resumes from. Resuming needs the same number
 of ranks and engine.
+
 Weight decay follows the usual Mamba recipe: none on 1-D parameters (norms, biases, ``D``, dt bias) and
 on ``A_log`` (``no_weight_decay``).
 
@@ -212,7 +213,7 @@ def train(
     *,
     model_config=None,
     init_from: str | os.PathLike | None = None,
-    backend: str = "torch",
+    backend: str | None = None,
     device: str | None = None,
     tokenizer=None,
     resume: bool = True,
@@ -307,7 +308,7 @@ def train(
         module.load_adapter(model, ckpt / ADAPTER_DIR)
     elif lora is not None:
         module.apply_lora(model, lora, seed=config.seed)
-    trainer = module.Trainer(model, config) if parallel is None else module.Trainer(model, config, parallel)
+    trainer = module.Trainer(model, config, parallel)
     if history is not None and parallel is not None and parallel.sharded:
         parallel.load_sharded(trainer, ckpt / SHARDED_DIR)
     elif history is not None:
