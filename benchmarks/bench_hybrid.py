@@ -1,4 +1,4 @@
-"""Benchmark the newer families (FalconMamba, Jamba, Nemotron-H) on both backends beside their peers.
+"""Benchmark the newer families (FalconMamba, Jamba, Nemotron-H, Zamba2, Falcon-H1) on both backends.
 
 A script, not a test. For each family one random checkpoint is written by transformers'
 ``save_pretrained`` and converted once to mlx-lm's layout with ``mamba_core.convert``; every
@@ -6,7 +6,8 @@ implementation then runs the very same weights (float32, CPU unless MLX has a GP
 
 * torch: mamba-core's torch backend vs transformers' ``*ForCausalLM`` (its pure-torch path);
 * MLX: mamba-core's MLX backend vs mlx-lm (``mlx_lm.utils.load_model`` on our mlx-lm conversion, or on
-  transformers' directory for a family whose mlx-lm layout we do not write yet).
+  transformers' directory for a family whose mlx-lm layout we do not write yet); Zamba2 has no mlx-lm
+  peer, so its MLX rows are ours alone (beside the torch rows of the same weights).
 
 Rows: prefill tok/s (batch 1, a prompt of ``--prompt`` tokens, all logits) and decode tok/s (batch 1,
 ``--decode`` greedy tokens after the prompt; transformers through ``generate`` minus its prefill, the
@@ -123,13 +124,84 @@ def nemotron_h_checkpoint(out: Path, quick: bool) -> Path:
     return out / "hf"
 
 
+def zamba2_checkpoint(out: Path, quick: bool) -> Path:
+    """A random transformers ``Zamba2ForCausalLM``: Mamba-2 (n_groups 2) with hybrid layers calling 2 shared
+    transformer blocks in turn (q/k/v and gate_up adapters of rank 64, RoPE); tied head (transformers ties
+    the shared blocks only then). Pattern ``mmhmmh`` (twice without ``quick``)."""
+    import torch
+    import transformers
+
+    d, vocab, reps = (256, 4099, 1) if quick else (512, 32000, 2)
+    types = ["mamba", "mamba", "hybrid", "mamba", "mamba", "hybrid"] * reps
+    cfg = transformers.Zamba2Config(
+        vocab_size=vocab,
+        hidden_size=d,
+        num_hidden_layers=len(types),
+        layers_block_type=types,
+        num_attention_heads=8,
+        num_mem_blocks=2,
+        use_shared_attention_adapter=True,
+        adapter_rank=64,
+        use_mem_rope=True,
+        intermediate_size=4 * d,
+        mamba_d_state=64,
+        mamba_ngroups=2,
+        n_mamba_heads=2 * d // 64,
+        chunk_size=64,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    transformers.Zamba2ForCausalLM(cfg).save_pretrained(out / "hf", safe_serialization=True)
+    return out / "hf"
+
+
+def falcon_h1_checkpoint(out: Path, quick: bool) -> Path:
+    """A random transformers ``FalconH1ForCausalLM``: every layer attention (GQA 8:2, RoPE) beside Mamba-2
+    (width ``mamba_d_ssm`` = 1.5 d_model, not ``expand * d_model``), then a gated MLP; Falcon-H1-0.5B's
+    multipliers (a small shape; tiny with ``quick``)."""
+    import torch
+    import transformers
+
+    d, layers, vocab = (256, 4, 4099) if quick else (512, 8, 32000)
+    cfg = transformers.FalconH1Config(
+        vocab_size=vocab,
+        hidden_size=d,
+        num_hidden_layers=layers,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=d // 8,
+        intermediate_size=3 * d,
+        mamba_d_ssm=3 * d // 2,
+        mamba_n_heads=3 * d // 128,
+        mamba_n_groups=1,
+        mamba_d_state=64,
+        mamba_chunk_size=64,
+        embedding_multiplier=5.656854249492381,
+        lm_head_multiplier=0.0390625,
+        key_multiplier=0.390625,
+        attention_out_multiplier=0.9375,
+        ssm_in_multiplier=1.25,
+        ssm_out_multiplier=0.23570226039551587,
+        ssm_multipliers=[0.3535533905932738, 0.25, 0.3535533905932738, 0.5, 0.3535533905932738],
+        mlp_multipliers=[0.8838834764831844, 0.5859375],
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    transformers.FalconH1ForCausalLM(cfg).save_pretrained(out / "hf", safe_serialization=True)
+    return out / "hf"
+
+
 # family -> (checkpoint writer, transformers class, the directory mlx-lm reads: our "mlx-lm" conversion,
-# or transformers' "hf" one when we cannot write the family's mlx-lm layout yet)
+# or transformers' "hf" one when we cannot write the family's mlx-lm layout yet; None: mlx-lm has no
+# such family, the MLX rows are ours alone)
 FAMILIES = {
     "falcon_mamba": (falcon_mamba_checkpoint, "FalconMambaForCausalLM", "mlx-lm"),
     "jamba": (jamba_checkpoint, "JambaForCausalLM", "hf"),
     "nemotron_h": (nemotron_h_checkpoint, "NemotronHForCausalLM", "mlx-lm"),
+    "zamba2": (zamba2_checkpoint, "Zamba2ForCausalLM", None),
 }
+# Falcon-H1: mlx-lm runs our mlx-lm conversion (multipliers folded, docs/spec.md §12.5)
+FAMILIES["falcon_h1"] = (falcon_h1_checkpoint, "FalconH1ForCausalLM", "mlx-lm")
 
 
 # ---- torch ---------------------------------------------------------------------------------------
@@ -180,10 +252,10 @@ def bench_mlx(family: str, hf_dir: Path, args, rows: list) -> None:
     import mlx.core as mx
     from mlx_lm.utils import load_model
 
-    mlx_dir = hf_dir
-    if FAMILIES[family][2] == "mlx-lm":
+    mlx_dir, peer = hf_dir, FAMILIES[family][2]
+    if peer == "mlx-lm":
         mlx_dir = mamba_core.convert(hf_dir, hf_dir.parent / "mlx-lm", to="mlx-lm", force=True)
-    theirs, _ = load_model(mlx_dir)
+    theirs = None if peer is None else load_model(mlx_dir)[0]
     ours = mamba_core.load(mlx_dir, backend="mlx", dtype="float32")
     vocab = ours.config.vocab_size
     prompt = mx.array(np.random.default_rng(0).integers(0, vocab, (1, args.prompt)))
@@ -216,9 +288,11 @@ def bench_mlx(family: str, hf_dir: Path, args, rows: list) -> None:
         return time.perf_counter() - start
 
     rows.append((family, "mlx", "prefill", "mamba-core", n / _best(ours_prefill, args.repeats)))
-    rows.append((family, "mlx", "prefill", "mlx-lm", n / _best(theirs_prefill, args.repeats)))
+    if theirs is not None:
+        rows.append((family, "mlx", "prefill", "mlx-lm", n / _best(theirs_prefill, args.repeats)))
     rows.append((family, "mlx", "decode", "mamba-core", d / _best(ours_decode, args.repeats)))
-    rows.append((family, "mlx", "decode", "mlx-lm", d / _best(theirs_decode, args.repeats)))
+    if theirs is not None:
+        rows.append((family, "mlx", "decode", "mlx-lm", d / _best(theirs_decode, args.repeats)))
 
 
 BACKENDS = {"torch": bench_torch, "mlx": bench_mlx}

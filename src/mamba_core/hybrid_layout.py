@@ -7,7 +7,7 @@ when untied. Kind rows are ``mamba_core.block_layout``'s. Family specifics:
 
 * Falcon-H1's parallel mixer: ``mixer.mamba.<mamba2 rows>`` and ``mixer.attention.<attention rows>``;
 * Zamba2: shared blocks ``backbone.shared_blocks.{b}.{norm, attention, norm2, mlp}``; per hybrid layer
-  ``backbone.layers.{i}.linear.weight`` and its LoRA adapters ``backbone.layers.{i}.adapters.*``.
+  its call (``shared_transformer`` kind): ``backbone.layers.{i}.shared.{linear, q/k/v/gate_up_adapter}``.
 
 ``hf_tensors(config)`` lists every tensor of the transformers checkpoint (``save_pretrained``'s names)
 with the canonical tensor it is, or the slice of it: Jamba and Nemotron-H store one tensor per expert
@@ -43,6 +43,8 @@ class HFTensor:
         rows: the transformers tensor is rows ``[lo, hi)`` of (the expert slice of) ``canonical``.
         axes: the permutation from the canonical layout to the stored one (its own inverse: mlx-lm's
             (C, K, 1) conv weights), or None.
+        scale: the stored tensor is the canonical one times these factors, one per row (or one for all),
+            computed in float32 (multipliers folded into the weights: mlx-lm's Falcon-H1), or None.
     """
 
     hf_name: str
@@ -52,6 +54,7 @@ class HFTensor:
     expert: int | None = None
     rows: tuple[int, int] | None = None
     axes: tuple[int, ...] | None = None
+    scale: tuple[float, ...] | None = None
 
 
 def _kind(out: dict, kind: str, cfg, canonical: str, hf: str, renames: dict[str, str] | None = None) -> None:
@@ -140,6 +143,13 @@ def stored_tensors(config, dialect: str) -> list[HFTensor]:
     if dialect == "mamba-core":
         return [HFTensor(n, n, shape, policy) for n, (shape, policy) in canonical_layout(config).items()]
     if dialect == "hf":
+        if isinstance(config, Zamba2Config) and not config.tie_embeddings:
+            # transformers ties the shared blocks through the head's tying (docs/spec.md §11)
+            raise UnsupportedError(
+                "an untied Zamba2 (tie_word_embeddings=false) has no transformers layout: transformers "
+                "ties Zamba2's shared blocks only when the head is tied, so its untied model keeps one "
+                "independent block per hybrid layer; use a tied head, or the 'mamba-core' dialect"
+            )
         return hf_tensors(config)
     if dialect == "mlx-lm" and type(config) in _MLX_LM:
         return _MLX_LM[type(config)](config)
@@ -176,7 +186,58 @@ def _mlx_nemotron_h(cfg: NemotronHConfig) -> list[HFTensor]:
     return out
 
 
-_MLX_LM = {NemotronHConfig: _mlx_nemotron_h}
+def _falcon_h1_factors(cfg: FalconH1Config) -> dict[str, tuple[float, ...]]:
+    # per canonical tensor suffix: the factors that fold cfg's multipliers into it (docs/spec.md §12.5)
+    m = cfg.mamba
+    a_in, gate, down = cfg.attention_in_multiplier, *cfg.mlp_multipliers
+    seg = m.segment_scale()
+    out = {
+        "mixer.mamba.in_proj.weight": tuple(seg * m.in_multiplier),
+        "mixer.mamba.in_proj.bias": tuple(seg),
+        "mixer.mamba.out_proj.weight": (cfg.ssm_out_multiplier,),
+        "mixer.mamba.out_proj.bias": (cfg.ssm_out_multiplier,),
+        "mixer.attention.q_proj.weight": (a_in,),
+        "mixer.attention.k_proj.weight": (a_in * cfg.key_multiplier,),
+        "mixer.attention.k_proj.bias": (cfg.key_multiplier,),
+        "mixer.attention.v_proj.weight": (a_in,),
+        "mixer.attention.o_proj.weight": (cfg.attention_out_multiplier,),
+        "mixer.attention.o_proj.bias": (cfg.attention_out_multiplier,),
+        "mlp.gate_proj.weight": (gate,),
+        "mlp.gate_proj.bias": (gate,),
+        "mlp.down_proj.weight": (down,),
+        "mlp.down_proj.bias": (down,),
+    }
+    return {k: v for k, v in out.items() if any(f != 1.0 for f in v)}
+
+
+def _mlx_falcon_h1(cfg: FalconH1Config) -> list[HFTensor]:
+    # transformers' names, conv in MLX layout, every multiplier folded into the weights (mlx-lm's
+    # Falcon-H1 applies none at run time: only a tied head's lm_head / embedding multiplier ratio)
+    factors = _falcon_h1_factors(cfg)
+    if cfg.embedding_multiplier != 1.0:
+        factors["backbone.embedding.weight"] = (cfg.embedding_multiplier,)
+    if not cfg.tie_embeddings and cfg.lm_head_multiplier != 1.0:
+        factors["lm_head.weight"] = (cfg.lm_head_multiplier,)
+    out = []
+    for t in hf_tensors(cfg):
+        suffix = t.canonical.split(".", 3)[-1] if t.canonical.startswith("backbone.layers.") else t.canonical
+        if suffix in factors:
+            t = dataclasses.replace(t, scale=factors[suffix])
+        if t.hf_name.endswith("conv1d.weight"):
+            t = dataclasses.replace(t, shape=tuple(t.shape[a] for a in _CONV), axes=_CONV)
+        out.append(t)
+    return out
+
+
+_MLX_LM = {NemotronHConfig: _mlx_nemotron_h, FalconH1Config: _mlx_falcon_h1}
+
+
+def stored_config(config, dialect: str):
+    """The config of the model a checkpoint in ``dialect`` holds: a family whose ``dialect`` folds
+    multipliers into the weights (Falcon-H1 in mlx-lm) holds the ``folded()`` model; else ``config``."""
+    if dialect == "mlx-lm" and isinstance(config, FalconH1Config):
+        return config.folded()
+    return config
 
 
 def _placements(config) -> dict[str, tuple[str, tuple[int, ...], str]]:
@@ -319,11 +380,13 @@ def _falcon_h1(cfg: FalconH1Config) -> dict:
 
 
 def _zamba2(cfg: Zamba2Config) -> dict:
+    # shared blocks: transformers saves each once, under the first hybrid layer that calls it, with
+    # every call's adapters (adapter list index = the call's hybrid-layer rank j)
     out: dict = {}
-    attention = dataclasses.replace(cfg.attention, adapter_rank=0)
-    mlp = dataclasses.replace(cfg.mlp, adapter_rank=0)
+    shared = cfg.shared_transformer
+    attention, mlp = shared.block_attention, shared.block_mlp
     hybrid = cfg.hybrid_layer_ids
-    owner = {}  # shared block -> the first hybrid layer using it (transformers saves it there)
+    owner = {}  # shared block -> the first hybrid layer using it
     for j, i in enumerate(hybrid):
         owner.setdefault(j % cfg.num_mem_blocks, i)
     for b, i in sorted(owner.items()):
@@ -333,25 +396,27 @@ def _zamba2(cfg: Zamba2Config) -> dict:
         out[c + "norm2.weight"] = (h + "pre_ff_layernorm.weight", (cfg.d_model,), "model")
         _kind(out, "mlp", mlp, c + "mlp.", h + "feed_forward.")
     for i, kind in enumerate(cfg.layer_types):
-        c = f"backbone.layers.{i}."
+        c, h = f"backbone.layers.{i}.", f"model.layers.{i}."
         if kind == "mamba":
-            h = f"model.layers.{i}."
             out[c + "norm.weight"] = (h + "input_layernorm.weight", (cfg.d_model,), "model")
             _kind(out, "mamba2", cfg.mamba, c + "mixer.", h + "mamba.")
             continue
         j = hybrid.index(i)
-        h = f"model.layers.{i}."
-        shared = f"model.layers.{owner[j % cfg.num_mem_blocks]}.shared_transformer."
-        rank, width = cfg.adapter_rank, 2 * cfg.d_model
-        if cfg.use_shared_attention_adapter:
-            for p in "qkv":
-                hf = shared + f"self_attn.linear_{p}_adapter_list.{j}."
-                out[c + f"adapters.{p}_adapter.0.weight"] = (hf + "0.weight", (rank, width), "model")
-                out[c + f"adapters.{p}_adapter.1.weight"] = (hf + "1.weight", (width, rank), "model")
-        hf = shared + f"feed_forward.gate_up_proj_adapter_list.{j}."
-        out[c + "adapters.gate_up_adapter.0.weight"] = (hf + "0.weight", (rank, cfg.d_model), "model")
-        out[c + "adapters.gate_up_adapter.1.weight"] = (hf + "1.weight", (mlp.gate_up_dim, rank), "model")
-        out[c + "linear.weight"] = (h + "linear.weight", (cfg.d_model, cfg.d_model), "model")
+        block = f"model.layers.{owner[j % cfg.num_mem_blocks]}.shared_transformer."
+        adapters = {
+            f"{p}_adapter.{n}.weight": f"{block}self_attn.linear_{p}_adapter_list.{j}.{n}.weight"
+            for p in "qkv"
+            for n in "01"
+        }
+        adapters.update(
+            {
+                f"gate_up_adapter.{n}.weight": f"{block}feed_forward.gate_up_proj_adapter_list.{j}.{n}.weight"
+                for n in "01"
+            }
+        )
+        adapters["linear.weight"] = h + "linear.weight"
+        for name, (shape, policy) in expand_kind("shared_transformer", shared).items():
+            out[c + "shared." + name] = (adapters[name], shape, policy)
         out[c + "norm.weight"] = (h + "mamba_decoder.input_layernorm.weight", (cfg.d_model,), "model")
         _kind(out, "mamba2", cfg.mamba, c + "mixer.", h + "mamba_decoder.mamba.")
     _head(
