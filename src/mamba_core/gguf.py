@@ -534,6 +534,29 @@ def _all_modules(config):
     return quantizable_modules(config)
 
 
+def export_layers(model) -> tuple[dict[str, np.ndarray], dict[str, tuple]]:
+    """A loaded LM's weights in numpy: ``(tensors, quantized)``.
+
+    ``tensors``: canonical name -> float32 array of every float tensor (bfloat16 widened);
+    ``quantized``: canonical module path -> ``(codes (O, K) uint8, scales, biases or None, QuantParams)``
+    of its MLX-format quantized layers (scales and biases in the model's dtype; empty for a float model).
+    """
+    from mamba_core.loading import _backend_of
+    from mamba_core.quantization import unpack_codes
+    from mamba_core.registry import get_backend
+
+    module = get_backend(_backend_of(model))
+    tensors = {name: module.to_numpy(t) for name, t in module.export_tensors(model, "mamba-core").items()}
+    quantized = {}
+    plan = getattr(model, "quantization", None)
+    for path, m in (plan.modules if plan is not None else {}).items():
+        codes = unpack_codes(tensors.pop(f"{path}.weight"), m.params.bits, m.shape[1])
+        scales = tensors.pop(f"{path}.scales")
+        biases = tensors.pop(f"{path}.biases", None)
+        quantized[path] = (codes, scales, biases, m.params)
+    return tensors, quantized
+
+
 def save_gguf(
     model,
     path: str | os.PathLike,
@@ -558,23 +581,8 @@ def save_gguf(
     Example:
         >>> save_gguf(mamba_core.quantize(model, "q4", group_size=32), "m.gguf")  # doctest: +SKIP
     """
-    from mamba_core.loading import _backend_of
-    from mamba_core.registry import get_backend
-
-    module = get_backend(_backend_of(model))
-    exported = module.export_tensors(model, "mamba-core")
+    tensors, quantized = export_layers(model)
     plan = getattr(model, "quantization", None)
-    tensors, quantized = {}, {}
-    for name, t in exported.items():
-        tensors[name] = module.to_numpy(t)  # uint32 codes stay uint32; bfloat16 widens to float32
-    if plan is not None:
-        from mamba_core.quantization import unpack_codes
-
-        for path_, m in plan.modules.items():
-            codes = unpack_codes(tensors.pop(f"{path_}.weight"), m.params.bits, m.shape[1])
-            scales = tensors.pop(f"{path_}.scales")
-            biases = tensors.pop(f"{path_}.biases", None)
-            quantized[path_] = (codes, scales, biases, m.params)
     return write_gguf(
         tensors,
         model.config,
