@@ -27,6 +27,7 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("quantized.py", "QuantizedEmbedding"): "MLX's own nn.QuantizedEmbedding under this name; torch's own",
     ("quantized.py", "Int8Linear"): "torch's int8 decode kernel (_weight_int8pack_mm); none in MLX",
     ("quantized.py", "Int4Linear"): "torch's int4 decode kernel (tinygemm); MLX has no such kernel",
+    ("quantized.py", "Int8DynamicLinear"): "torch's fbgemm int8 kernel (int8 activations too); none in MLX",
 }
 
 
