@@ -15,6 +15,7 @@ import numpy as np
 
 from mamba_core.backends.mlx.cache import MambaCache
 from mamba_core.backends.mlx.prefill import prefill
+from mamba_core.layers import check_compiled_decode
 from mamba_core.sampling import FLOAT32_MAX, SamplingSettings, check_finite_logits
 from mamba_core.token_ids import check_id_dtype, prompt_batch
 
@@ -31,6 +32,7 @@ def _decode_step(model, compile: bool):
     """
     if not compile:
         return model.step
+    check_compiled_decode(model.config)
     fields: list[tuple[str, ...]] = []  # per layer, the cache's field names (the model's layer plan)
 
     def layers_of(states) -> list[dict]:
@@ -163,6 +165,8 @@ def stream(
         pad_token_id=pad_token_id,
     )
     _, ids, mask = prepare_inputs(input_ids, attention_mask, settings.pad_token_id, model.config.vocab_size)
+    if compile:  # before the prefill: a model that cannot compile its step fails at once
+        check_compiled_decode(model.config)
     return _stream(model, ids, mask, settings, compile)
 
 
@@ -255,6 +259,7 @@ def generate(
     Raises:
         SamplingError: a setting out of range (``mamba_core.sampling.SamplingSettings`` names it).
         ValueError: empty prompts or a mask of another shape than ``input_ids``.
+        UnsupportedError: ``compile=True`` for a model whose decode state grows (attention layers).
 
     Example:
         >>> from mamba_core.backends.mlx import build_model
@@ -276,6 +281,8 @@ def generate(
     shown, ids, mask = prepare_inputs(
         input_ids, attention_mask, settings.pad_token_id, model.config.vocab_size
     )
+    if compile:  # before the prefill: a model that cannot compile its step fails at once
+        check_compiled_decode(model.config)
     tokens = list(_stream(model, ids, mask, settings, compile))
     if not tokens:
         return shown

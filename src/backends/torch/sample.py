@@ -15,6 +15,7 @@ import torch
 
 from mamba_core.backends.torch.cache import MambaCache
 from mamba_core.backends.torch.prefill import prefill
+from mamba_core.layers import check_compiled_decode
 from mamba_core.sampling import FLOAT32_MAX, SamplingSettings, check_finite_logits
 from mamba_core.token_ids import check_id_dtype, prompt_batch
 
@@ -29,6 +30,7 @@ def _decode_step(model, compile: bool):
     """
     if not compile:
         return model.step
+    check_compiled_decode(model.config)
     step = getattr(model, "_compiled_step", None)  # compiled once per model: inductor takes a while
     if step is None:
 
@@ -140,6 +142,8 @@ def stream(
         pad_token_id=pad_token_id,
     )
     _, ids, mask = _prepare(model, input_ids, attention_mask, settings.pad_token_id)
+    if compile:  # before the prefill: a model that cannot compile its step fails at once
+        check_compiled_decode(model.config)
     return _stream(model, ids, mask, settings, compile)
 
 
@@ -229,6 +233,7 @@ def generate(
 
     Raises:
         SamplingError: a setting out of range (``mamba_core.sampling.SamplingSettings`` names it).
+        UnsupportedError: ``compile=True`` for a model whose decode state grows (attention layers).
 
     Example:
         >>> from mamba_core.testing import tiny_mamba1
@@ -248,6 +253,8 @@ def generate(
         pad_token_id=pad_token_id,
     )
     shown, ids, mask = _prepare(model, input_ids, attention_mask, settings.pad_token_id)
+    if compile:  # before the prefill: a model that cannot compile its step fails at once
+        check_compiled_decode(model.config)
     new = list(_stream(model, ids, mask, settings, compile))
     if not new:
         return shown
