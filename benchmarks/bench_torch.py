@@ -313,8 +313,7 @@ def _compiled_decoders(arch: str, cfg, threads: list[int]) -> dict:
     static cache) at each thread count of ``threads``: -> {name: (model, threads, make_decoder(batch))}.
     Inductor bakes the OpenMP thread count into the kernels it generates, so each count compiles its own
     model (same seed, same weights) under that count."""
-    from mamba_core.backends.torch import build_model
-    from mamba_core.backends.torch.sample import _decode_step
+    from mamba_core.backends.torch import build_model, sample
 
     out = {}
     default = torch.get_num_threads()
@@ -322,9 +321,14 @@ def _compiled_decoders(arch: str, cfg, threads: list[int]) -> dict:
         m = build_model(cfg, seed=0, device="cpu")
         name = "ours-compiled" + ("" if n == default else f"-{n}t")
 
-        def dec(batch, m=m):
+        def dec(batch, m=m, n=n):
             cache = m.make_cache(batch)
-            step = _decode_step(m, True)
+            policy = sample.COMPILED_DECODE_THREADS
+            sample.COMPILED_DECODE_THREADS = n  # this row's count, not generate's policy
+            try:
+                step = sample._decode_step(m, True)
+            finally:
+                sample.COMPILED_DECODE_THREADS = policy
             return lambda tok: step(tok, cache)
 
         out[name] = (m, n if n != default else None, dec)

@@ -27,6 +27,8 @@ ALLOWED: dict[tuple[str, str], str] = {
     ("quantized.py", "QuantizedEmbedding"): "MLX's own nn.QuantizedEmbedding under this name; torch's own",
     ("quantized.py", "Int8Linear"): "torch's int8 decode kernel (_weight_int8pack_mm); none in MLX",
     ("quantized.py", "Int4Linear"): "torch's int4 decode kernel (tinygemm); MLX has no such kernel",
+    ("sample.py", "COMPILED_DECODE_THREADS"): "torch's intra-op thread count for a compiled CPU decode "
+    "step (inductor bakes it into its kernels); MLX sets no thread count",
 }
 
 

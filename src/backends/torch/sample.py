@@ -19,6 +19,13 @@ from mamba_core.layers import check_compiled_decode
 from mamba_core.sampling import FLOAT32_MAX, SamplingSettings, check_finite_logits
 from mamba_core.token_ids import check_id_dtype, prompt_batch
 
+# intra-op threads of a compiled decode step on CPU (None: torch's current setting). A decode step is
+# a chain of matrix-vector products and tiny elementwise kernels: with more threads than free cores
+# every kernel waits at an OpenMP barrier, and inductor bakes the thread count into the kernels it
+# generates. Measured on the 130m shape (benchmarks/bench_torch.py, README "Benchmarks"): one thread
+# ran batch-1 decode 9x faster than two on the shared 2-core CPU.
+COMPILED_DECODE_THREADS: int | None = 1
+
 
 def _decode_step(model, compile: bool):
     """``step(token_ids, cache) -> logits``: ``model.step``, or the same step through ``torch.compile``.
@@ -26,7 +33,8 @@ def _decode_step(model, compile: bool):
     The compiled function sees only tensors: the (B,) token ids and the per-layer state dicts of the
     cache (fixed shapes, updated in place), so it is one graph (``fullgraph=True``, ``dynamic=False``)
     that no later step recompiles; ``seqlen_offset`` advances outside it. On CUDA it is compiled with
-    ``mode="reduce-overhead"`` (CUDA graphs).
+    ``mode="reduce-overhead"`` (CUDA graphs); on CPU it is compiled and run with
+    ``COMPILED_DECODE_THREADS`` intra-op threads (torch's setting is restored after each step).
     """
     if not compile:
         return model.step
@@ -37,11 +45,20 @@ def _decode_step(model, compile: bool):
         def decode(token_ids, layers):  # (B,) ids, [{field: (B, ...) state}] -> logits (B, V) float32
             return model.step(token_ids, MambaCache(layers))
 
-        mode = "reduce-overhead" if model.head_weight.device.type == "cuda" else None
+        device = model.head_weight.device.type
+        mode = "reduce-overhead" if device == "cuda" else None
         compiled = torch.compile(decode, fullgraph=True, dynamic=False, mode=mode)
+        threads = COMPILED_DECODE_THREADS if device == "cpu" else None
 
         def step(token_ids, cache: MambaCache):
-            logits = compiled(token_ids, cache.layers)
+            before = torch.get_num_threads()
+            if threads is not None and threads != before:
+                torch.set_num_threads(threads)
+            try:
+                logits = compiled(token_ids, cache.layers)
+            finally:
+                if torch.get_num_threads() != before:
+                    torch.set_num_threads(before)
             cache.seqlen_offset += 1
             return logits
 
