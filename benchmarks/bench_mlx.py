@@ -51,6 +51,7 @@ import numpy as np
 from mamba_core import Mamba1Config, Mamba2Config
 from mamba_core.backends import mlx as MB
 from mamba_core.backends.mlx.sample import _decode_step
+from mamba_core.strict_json import decode_floats
 
 NOISY = 0.10
 SECTIONS = ("prefill", "decode", "train", "memory", "long")
@@ -59,7 +60,7 @@ SECTIONS = ("prefill", "decode", "train", "memory", "long")
 def _mlx_lm(cfg, ours):
     from mlx_lm.models import mamba, mamba2
 
-    d = cfg.to_dict("mlx-lm")
+    d = decode_floats(cfg.to_dict("mlx-lm"))  # the JSON form tags inf; mlx-lm's ModelArgs wants floats
     module = mamba if cfg.arch == "mamba1" else mamba2
     model = module.Model(module.ModelArgs.from_dict(d))
     model.load_weights(list(MB.export_tensors(ours, "mlx-lm").items()), strict=True)

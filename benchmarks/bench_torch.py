@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from mamba_core import Mamba1Config, Mamba2Config
+from mamba_core.strict_json import decode_floats
 
 ROWS: list[dict] = []
 
@@ -122,7 +123,7 @@ def build(impl: str, arch: str, cfg, *, train: bool = False):
     if impl in ("hf", "hf-pscan"):
         import transformers
 
-        d = cfg.to_dict("hf")
+        d = decode_floats(cfg.to_dict("hf"))  # the JSON form tags inf; transformers' constructor wants floats
         if arch == "mamba1":
             hcfg = transformers.MambaConfig(**d, use_mambapy=impl == "hf-pscan")
             m = transformers.MambaForCausalLM(hcfg)
