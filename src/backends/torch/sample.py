@@ -15,6 +15,7 @@ import torch
 
 from mamba_core.backends.torch.cache import MambaCache
 from mamba_core.backends.torch.prefill import prefill
+from mamba_core.backends.torch.tokens import trusted_ids
 from mamba_core.layers import check_compiled_decode
 from mamba_core.sampling import FLOAT32_MAX, SamplingSettings, check_finite_logits
 from mamba_core.token_ids import check_id_dtype, prompt_batch
@@ -37,7 +38,12 @@ def _decode_step(model, compile: bool):
     ``COMPILED_DECODE_THREADS`` intra-op threads (torch's setting is restored after each step).
     """
     if not compile:
-        return model.step
+
+        def eager(token_ids, cache: MambaCache):
+            with trusted_ids():  # the sampler's ids: in range by construction, no read-back per token
+                return model.step(token_ids, cache)
+
+        return eager
     check_compiled_decode(model.config)
     step = getattr(model, "_compiled_step", None)  # compiled once per model: inductor takes a while
     if step is None:
@@ -55,7 +61,8 @@ def _decode_step(model, compile: bool):
             if threads is not None and threads != before:
                 torch.set_num_threads(threads)
             try:
-                logits = compiled(token_ids, cache.layers)
+                with trusted_ids():  # the sampler's ids (the traced graph never checks them)
+                    logits = compiled(token_ids, cache.layers)
             finally:
                 if torch.get_num_threads() != before:
                     torch.set_num_threads(before)
