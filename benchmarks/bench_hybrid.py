@@ -1,4 +1,4 @@
-"""Benchmark the newer families (FalconMamba, Jamba, Nemotron-H, Zamba2) on both backends beside their peers.
+"""Benchmark the newer families (FalconMamba, Jamba, Nemotron-H, Zamba2, Falcon-H1) on both backends.
 
 A script, not a test. For each family one random checkpoint is written by transformers'
 ``save_pretrained`` and converted once to mlx-lm's layout with ``mamba_core.convert``; every
@@ -155,6 +155,42 @@ def zamba2_checkpoint(out: Path, quick: bool) -> Path:
     return out / "hf"
 
 
+def falcon_h1_checkpoint(out: Path, quick: bool) -> Path:
+    """A random transformers ``FalconH1ForCausalLM``: every layer attention (GQA 8:2, RoPE) beside Mamba-2
+    (width ``mamba_d_ssm`` = 1.5 d_model, not ``expand * d_model``), then a gated MLP; Falcon-H1-0.5B's
+    multipliers (a small shape; tiny with ``quick``)."""
+    import torch
+    import transformers
+
+    d, layers, vocab = (256, 4, 4099) if quick else (512, 8, 32000)
+    cfg = transformers.FalconH1Config(
+        vocab_size=vocab,
+        hidden_size=d,
+        num_hidden_layers=layers,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=d // 8,
+        intermediate_size=3 * d,
+        mamba_d_ssm=3 * d // 2,
+        mamba_n_heads=3 * d // 128,
+        mamba_n_groups=1,
+        mamba_d_state=64,
+        mamba_chunk_size=64,
+        embedding_multiplier=5.656854249492381,
+        lm_head_multiplier=0.0390625,
+        key_multiplier=0.390625,
+        attention_out_multiplier=0.9375,
+        ssm_in_multiplier=1.25,
+        ssm_out_multiplier=0.23570226039551587,
+        ssm_multipliers=[0.3535533905932738, 0.25, 0.3535533905932738, 0.5, 0.3535533905932738],
+        mlp_multipliers=[0.8838834764831844, 0.5859375],
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    transformers.FalconH1ForCausalLM(cfg).save_pretrained(out / "hf", safe_serialization=True)
+    return out / "hf"
+
+
 # family -> (checkpoint writer, transformers class, the directory mlx-lm reads: our "mlx-lm" conversion,
 # or transformers' "hf" one when we cannot write the family's mlx-lm layout yet; None: mlx-lm has no
 # such family, the MLX rows are ours alone)
@@ -164,6 +200,8 @@ FAMILIES = {
     "nemotron_h": (nemotron_h_checkpoint, "NemotronHForCausalLM", "mlx-lm"),
     "zamba2": (zamba2_checkpoint, "Zamba2ForCausalLM", None),
 }
+# Falcon-H1: mlx-lm runs our mlx-lm conversion (multipliers folded, docs/spec.md §12.5)
+FAMILIES["falcon_h1"] = (falcon_h1_checkpoint, "FalconH1ForCausalLM", "mlx-lm")
 
 
 # ---- torch ---------------------------------------------------------------------------------------

@@ -173,12 +173,49 @@ CASES = {
         ("transformers",),
     ),
 }
+# Falcon-H1: transformers only. mlx-lm loading this transformers directory computes another model: its
+# sanitize never applies key_multiplier nor attention_in_multiplier to v_proj, it reads no
+# rope_parameters, and its gated norm ignores mamba_n_groups (docs/spec.md §12.5)
+CASES["falcon_h1-gqa2-g2-dssm-mult-untied-vocab37"] = (
+    "FalconH1Config",
+    dict(
+        hidden_size=16,
+        vocab_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=4,
+        intermediate_size=24,
+        mamba_d_ssm=24,
+        mamba_n_heads=4,
+        mamba_n_groups=2,
+        mamba_d_state=8,
+        mamba_chunk_size=8,
+        mamba_rms_norm=True,
+        rope_theta=1000.0,
+        embedding_multiplier=1.5,
+        lm_head_multiplier=0.75,
+        key_multiplier=0.6,
+        attention_in_multiplier=0.9,
+        attention_out_multiplier=1.2,
+        ssm_in_multiplier=1.25,
+        ssm_out_multiplier=0.8,
+        ssm_multipliers=[0.5, 1.5, 0.7, 1.3, 0.9],
+        mlp_multipliers=[0.8, 1.1],
+        attention_bias=True,
+        mamba_proj_bias=True,
+        projectors_bias=True,
+        tie_word_embeddings=False,
+    ),
+    ("transformers",),
+)
 LM_CLASSES = {
     "MambaConfig": "MambaForCausalLM",
     "Mamba2Config": "Mamba2ForCausalLM",
     "FalconMambaConfig": "FalconMambaForCausalLM",
     "NemotronHConfig": "NemotronHForCausalLM",
     "Zamba2Config": "Zamba2ForCausalLM",
+    "FalconH1Config": "FalconH1ForCausalLM",
 }
 
 

@@ -27,7 +27,7 @@ from typing import Any
 from mamba_core.config import Mamba1Config, Mamba2Config
 from mamba_core.dialects.hybrid import is_family
 from mamba_core.errors import CheckpointError
-from mamba_core.hybrid_layout import stored_tensors
+from mamba_core.hybrid_layout import stored_config, stored_tensors
 from mamba_core.layout import (
     CHECKPOINT_DIALECTS,
     DIALECT_AXES,
@@ -214,6 +214,7 @@ def plan_load(
         )
     source_task = source_task or Task()
     task = task or source_task
+    config = stored_config(config, dialect)  # mlx-lm's Falcon-H1 holds its multipliers in the weights
     match = _Matcher(config, dialect, tensors)
     specs, absent = _planned_specs(config, task, source_task, match)
     # quantization hook: a quantized module's weight is read as stored, with its scales and biases

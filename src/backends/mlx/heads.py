@@ -35,6 +35,7 @@ STACKS = {
     "nemotron_h": Hybrid,
     "jamba": Hybrid,
     "zamba2": Hybrid,
+    "falcon_h1": Hybrid,
 }
 LMS = {
     "mamba1": Mamba1LM,
@@ -43,6 +44,7 @@ LMS = {
     "nemotron_h": HybridLM,
     "jamba": HybridLM,
     "zamba2": HybridLM,
+    "falcon_h1": HybridLM,
 }
 _EPS = 1e-5
 _F32 = mx.float32

@@ -46,6 +46,7 @@ KERNEL_PATHS = {
     "nemotron_h": "mlx-chunked-ssd+fast-sdpa",
     "jamba": "mlx-chunked-selective-scan+fast-sdpa",
     "zamba2": "mlx-chunked-ssd+fast-sdpa",
+    "falcon_h1": "mlx-chunked-ssd+fast-sdpa",
 }
 
 
@@ -249,6 +250,7 @@ class _Stack(nn.Module):
                 shared_cfg = kind_config(config, SHARED_CALL)
                 self.shared_blocks = [SharedBlock(shared_cfg, **fk) for _ in range(shared_blocks(config))]
             self.norm_f = RMSNorm(config.d_model, config.norm_epsilon, **fk)
+        self.embedding_multiplier = float(getattr(config, "embedding_multiplier", 1.0))
         self.kernel_path = KERNEL_PATHS[config.arch]
         if init:
             initialize(self, _draw_seed())
@@ -274,6 +276,8 @@ class _Stack(nn.Module):
                 raise ValueError("this stack has no embedding: pass (B, L, D) float inputs")
             check_token_ids(x, self.config.vocab_size)
             x = self.embedding(x)
+            if self.embedding_multiplier != 1.0:  # a family's factor on the embeddings (Falcon-H1)
+                x = x * self.embedding_multiplier
         if x.shape[-1] != self.config.d_model:
             raise ValueError(
                 f"x: expected last dimension d_model={self.config.d_model}, got shape {tuple(x.shape)}"
@@ -378,6 +382,7 @@ class _LM(nn.Module):
                 self.lm_head = nn.Linear(config.d_model, config.vocab_size_padded, bias=False)
                 self.lm_head.set_dtype(dtype)
         self.kernel_path = KERNEL_PATHS[config.arch]
+        self.logits_multiplier = float(getattr(config, "logits_multiplier", 1.0))
         if init:
             initialize(self, _draw_seed())
 
@@ -395,8 +400,13 @@ class _LM(nn.Module):
         """(..., D) -> logits (..., V) float32."""
         quantized = head_logits(self, hidden)  # quantization hook: a quantized head or tied embedding
         if quantized is not None:
-            return quantized.astype(_F32)
-        return (hidden @ self.head_weight.T).astype(_F32)
+            return self._scale_logits(quantized.astype(_F32))
+        return self._scale_logits((hidden @ self.head_weight.T).astype(_F32))
+
+    def _scale_logits(self, logits: mx.array) -> mx.array:
+        # a family's factor on the logits (Falcon-H1's lm_head_multiplier), applied in float32
+        m = self.logits_multiplier
+        return logits if m == 1.0 else logits * m
 
     def __call__(self, input_ids, *, cache: MambaCache | None = None, attention_mask=None, seq_idx=None):
         """(B, L) int -> logits (B, L, V) float32; a cache gives initial states and gets the final;

@@ -35,6 +35,7 @@ MODEL_CLASSES = {
     "nemotron_h": HybridLM,
     "jamba": HybridLM,
     "zamba2": HybridLM,
+    "falcon_h1": HybridLM,
 }
 KERNELS = ("auto", "reference", "fast")
 
@@ -227,6 +228,9 @@ def export_tensors(model, dialect: str = "mamba-core") -> dict[str, mx.array]:
                 x = x[t.expert]
             if t.rows is not None:
                 x = x[t.rows[0] : t.rows[1]]
+            if t.scale is not None:  # multipliers folded into the weights, in float32
+                factors = mx.array(t.scale, dtype=mx.float32)
+                x = (x.astype(mx.float32) * factors.reshape(-1, *[1] * (x.ndim - 1))).astype(x.dtype)
             out[t.hf_name] = x if t.axes is None else mx.transpose(x, t.axes)
         return out
     renames, mlx_layout = DIALECT_RENAMES[dialect], DIALECT_AXES[dialect]

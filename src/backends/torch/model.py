@@ -45,6 +45,7 @@ KERNEL_PATHS = {
     "nemotron_h": "torch-chunked-ssd+sdpa",
     "jamba": "torch-chunked-selective-scan+sdpa",
     "zamba2": "torch-chunked-ssd+sdpa",
+    "falcon_h1": "torch-chunked-ssd+sdpa",
 }
 
 
@@ -230,6 +231,7 @@ class _Stack(nn.Module):
                 SharedBlock(shared_cfg, **fk) for _ in range(shared_blocks(config))
             )
         self.norm_f = RMSNorm(config.d_model, config.norm_epsilon, **fk)
+        self.embedding_multiplier = float(getattr(config, "embedding_multiplier", 1.0))
         self.kernel_path = KERNEL_PATHS[config.arch]
         if not _is_meta(device):
             self.to_empty(device=torch.get_default_device() if device is None else device)
@@ -241,6 +243,8 @@ class _Stack(nn.Module):
                 raise ValueError("this stack has no embedding: pass (B, L, D) float inputs")
             check_token_ids(x, self.config.vocab_size)
             x = self.embedding(x)
+            if self.embedding_multiplier != 1.0:  # a family's factor on the embeddings (Falcon-H1)
+                x = x * self.embedding_multiplier
         if x.shape[-1] != self.config.d_model:
             raise ValueError(
                 f"x: expected last dimension d_model={self.config.d_model}, got shape {tuple(x.shape)}"
@@ -367,6 +371,7 @@ class _LM(nn.Module):
                 config.d_model, config.vocab_size_padded, bias=False, dtype=dt, device="meta"
             )
         self.kernel_path = KERNEL_PATHS[config.arch]
+        self.logits_multiplier = float(getattr(config, "logits_multiplier", 1.0))
         if not _is_meta(device):
             self.to_empty(device=torch.get_default_device() if device is None else device)
             initialize(self, _draw_seed())
@@ -381,8 +386,13 @@ class _LM(nn.Module):
         """(..., D) -> (..., V) float32."""
         quantized = head_logits(self, hidden)  # quantization hook: a quantized head or tied embedding
         if quantized is not None:
-            return quantized.float()
-        return F.linear(hidden, self.head_weight).float()
+            return self._scale_logits(quantized.float())
+        return self._scale_logits(F.linear(hidden, self.head_weight).float())
+
+    def _scale_logits(self, logits: torch.Tensor) -> torch.Tensor:
+        # a family's factor on the logits (Falcon-H1's lm_head_multiplier), applied in float32
+        m = self.logits_multiplier
+        return logits if m == 1.0 else logits * m
 
     def forward(self, input_ids, *, cache: MambaCache | None = None, attention_mask=None, seq_idx=None):
         """(B, L) int -> logits (B, L, V) float32 (see the backend contract); ``seq_idx`` (B, L) int
@@ -399,7 +409,7 @@ class _LM(nn.Module):
         # a quantized tied head (quantized table or int8/int4 copy) takes logits()
         plain = type(self.backbone.embedding) is nn.Embedding and not hasattr(self, "tied_head")
         if type(getattr(self, "lm_head", None)) in (nn.Linear, type(None)) and plain:
-            return rows(hidden, self.head_weight).float()
+            return self._scale_logits(rows(hidden, self.head_weight).float())
         return self.logits(hidden)
 
     def make_cache(self, batch: int) -> MambaCache:

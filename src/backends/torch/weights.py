@@ -36,6 +36,7 @@ MODEL_CLASSES = {
     "nemotron_h": HybridLM,
     "jamba": HybridLM,
     "zamba2": HybridLM,
+    "falcon_h1": HybridLM,
 }
 KERNELS = ("auto", "reference", "fast")
 
@@ -198,6 +199,9 @@ def export_tensors(model, dialect: str = "mamba-core") -> dict[str, torch.Tensor
                 x = x[t.expert]
             if t.rows is not None:
                 x = x[t.rows[0] : t.rows[1]]
+            if t.scale is not None:  # multipliers folded into the weights, in float32
+                factors = torch.tensor(t.scale, dtype=torch.float32, device=x.device)
+                x = (x.float() * factors.reshape(-1, *[1] * (x.dim() - 1))).to(x.dtype)
             out[t.hf_name] = x if t.axes is None else x.permute(*t.axes)
         return out
     renames, mlx_axes = DIALECT_RENAMES[dialect], DIALECT_AXES[dialect]

@@ -26,11 +26,13 @@ from mamba_core.layers.mamba2 import MAMBA2
 from mamba_core.layers.mamba3 import MAMBA3
 from mamba_core.layers.mlp import MLP
 from mamba_core.layers.moe import MOE
+from mamba_core.layers.parallel_hybrid import PARALLEL_HYBRID
 from mamba_core.layers.shared_transformer import SHARED_TRANSFORMER
 
 KINDS: dict[str, LayerKind] = {
     kind.name: kind for kind in (MAMBA1, MAMBA2, MAMBA3, GATED_MLP, ATTENTION, MLP, MOE, SHARED_TRANSFORMER)
 }
+KINDS[PARALLEL_HYBRID.name] = PARALLEL_HYBRID
 
 # Block-level rows (relative to ``backbone.layers.{i}.``): the pre-norm of the mixer, and of the MLP
 # when the block has one.

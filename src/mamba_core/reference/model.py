@@ -140,6 +140,11 @@ def backbone_step(cfg, weights: Mapping, hidden, states):
     return rmsnorm(x, weights["backbone.norm_f.weight"], cfg.norm_epsilon), new_states
 
 
+def _multiplier(cfg, name: str) -> float:
+    # a family's factor on the embeddings / logits (Falcon-H1, docs/spec.md §12.3); 1 for the others
+    return float(getattr(cfg, name, 1.0))
+
+
 def _lm_head(weights: Mapping) -> np.ndarray:
     # tied models may store only the embedding (docs/spec.md §1.4)
     return _f64(weights.get("lm_head.weight", weights["backbone.embedding.weight"]))
@@ -166,9 +171,9 @@ def lm_forward(cfg, weights: Mapping, input_ids, states=None, seq_idx=None):
         (1, 3, 16)
     """
     embedding = _f64(weights["backbone.embedding.weight"])
-    hidden = embedding[np.asarray(input_ids)]  # (B, L, D)
+    hidden = embedding[np.asarray(input_ids)] * _multiplier(cfg, "embedding_multiplier")  # (B, L, D)
     out, states = backbone_forward(cfg, weights, hidden, states, seq_idx)
-    return out @ _lm_head(weights).T, states
+    return (out @ _lm_head(weights).T) * _multiplier(cfg, "logits_multiplier"), states
 
 
 def lm_step(cfg, weights: Mapping, token_ids, states):
@@ -191,6 +196,6 @@ def lm_step(cfg, weights: Mapping, token_ids, states):
         (1, 16)
     """
     embedding = _f64(weights["backbone.embedding.weight"])
-    hidden = embedding[np.asarray(token_ids)]  # (B, D)
+    hidden = embedding[np.asarray(token_ids)] * _multiplier(cfg, "embedding_multiplier")  # (B, D)
     out, states = backbone_step(cfg, weights, hidden, states)
-    return out @ _lm_head(weights).T, states
+    return (out @ _lm_head(weights).T) * _multiplier(cfg, "logits_multiplier"), states
