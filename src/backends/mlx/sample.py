@@ -16,6 +16,7 @@ import numpy as np
 from mamba_core.backends.mlx.cache import MambaCache
 from mamba_core.backends.mlx.prefill import prefill
 from mamba_core.backends.mlx.tokens import trusted_ids
+from mamba_core.layers import check_compiled_decode
 from mamba_core.sampling import FLOAT32_MAX, SamplingSettings, check_finite_logits
 from mamba_core.token_ids import check_id_dtype, prompt_batch
 
@@ -37,6 +38,7 @@ def _decode_step(model, compile: bool):
                 return model.step(token_ids, cache)
 
         return eager
+    check_compiled_decode(model.config)
     fields: list[tuple[str, ...]] = []  # per layer, the cache's field names (the model's layer plan)
 
     def layers_of(states) -> list[dict]:
@@ -160,6 +162,8 @@ def stream(
     """
     settings = SamplingSettings.from_arguments(locals())
     _, ids, mask = prepare_inputs(input_ids, attention_mask, settings.pad_token_id, model.config.vocab_size)
+    if compile:  # before the prefill: a model that cannot compile its step fails at once
+        check_compiled_decode(model.config)
     return _stream(model, ids, mask, settings, compile)
 
 
@@ -252,6 +256,7 @@ def generate(
     Raises:
         SamplingError: a setting out of range (``mamba_core.sampling.SamplingSettings`` names it).
         ValueError: empty prompts or a mask of another shape than ``input_ids``.
+        UnsupportedError: ``compile=True`` for a model whose decode state grows (attention layers).
 
     Example:
         >>> from mamba_core.backends.mlx import build_model
@@ -263,6 +268,8 @@ def generate(
     shown, ids, mask = prepare_inputs(
         input_ids, attention_mask, settings.pad_token_id, model.config.vocab_size
     )
+    if compile:  # before the prefill: a model that cannot compile its step fails at once
+        check_compiled_decode(model.config)
     tokens = list(_stream(model, ids, mask, settings, compile))
     if not tokens:
         return shown
