@@ -16,7 +16,9 @@ import pytest
 import mamba_core
 from mamba_core import data
 from mamba_core.testing import (
+    tiny_bamba,
     tiny_falcon_h1,
+    tiny_granite_hybrid,
     tiny_jamba,
     tiny_mamba1,
     tiny_mamba2,
@@ -36,6 +38,10 @@ ARCHS = {
     "zamba2": tiny_zamba2(vocab_size=257),
     "falcon_h1": tiny_falcon_h1(vocab_size=257),
 }
+ARCHS.update(
+    granitemoehybrid=tiny_granite_hybrid(vocab_size=257, num_experts_per_tok=2),
+    bamba=tiny_bamba(vocab_size=257),
+)
 
 
 @pytest.fixture(scope="module")

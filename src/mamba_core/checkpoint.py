@@ -132,6 +132,7 @@ class LoadEntry:
         expert: the stored tensor is ``canonical[expert]`` (a family checkpoint storing one tensor
             per expert; the backend stacks the parts), or None.
         rows: the stored tensor is rows ``[lo, hi)`` of (the expert slice of) ``canonical``, or None.
+        rows_axis: the axis of ``canonical`` (after the expert slice) that ``rows`` index.
     """
 
     canonical: str
@@ -143,6 +144,7 @@ class LoadEntry:
     source_dtype: str
     expert: int | None = None
     rows: tuple[int, int] | None = None
+    rows_axis: int = 0
 
 
 @dataclass(frozen=True)
@@ -329,6 +331,7 @@ class _Matcher:
                     info.dtype,
                     part.expert,
                     part.rows,
+                    part.rows_axis,
                 )
             )
         return out

@@ -45,6 +45,8 @@ class HFTensor:
             (C, K, 1) conv weights), or None.
         scale: the stored tensor is the canonical one times these factors, one per row (or one for all),
             computed in float32 (multipliers folded into the weights: mlx-lm's Falcon-H1), or None.
+        rows_axis: the axis ``rows`` index (1: rows of every expert of a stacked tensor, mlx-lm's
+            Granite ``switch_mlp.gate_proj`` / ``up_proj`` halves of ``gate_up_proj``).
     """
 
     hf_name: str
@@ -55,6 +57,7 @@ class HFTensor:
     rows: tuple[int, int] | None = None
     axes: tuple[int, ...] | None = None
     scale: tuple[float, ...] | None = None
+    rows_axis: int = 0
 
 
 def _kind(out: dict, kind: str, cfg, canonical: str, hf: str, renames: dict[str, str] | None = None) -> None:
@@ -238,6 +241,59 @@ def stored_config(config, dialect: str):
     if dialect == "mlx-lm" and isinstance(config, FalconH1Config):
         return config.folded()
     return config
+
+
+def _mlx_granite(cfg: GraniteHybridConfig) -> list[HFTensor]:
+    # mlx-lm's sanitized Granite 4.0-H: the stacked experts' gate_up_proj halves as switch_mlp
+    # gate_proj / up_proj (rows of every expert), output_linear as switch_mlp.down_proj; without experts the
+    # shared MLP is mlp.gate_proj / up_proj / down_proj; conv in MLX layout; no lm_head when tied
+    if cfg.variant != "granitemoehybrid":
+        raise UnsupportedError("mlx-lm has no 'bamba' model; use the 'hf' or 'mamba-core' layout")
+    out = []
+    for t in hf_tensors(cfg):
+        name = t.hf_name
+        if name.endswith("block_sparse_moe.input_linear.weight"):
+            n, two_i, d = t.shape
+            prefix = name[: -len("input_linear.weight")] + "switch_mlp."
+            for part, lo in (("gate", 0), ("up", two_i // 2)):
+                rows = (lo, lo + two_i // 2)
+                out.append(
+                    HFTensor(
+                        f"{prefix}{part}_proj.weight",
+                        t.canonical,
+                        (n, two_i // 2, d),
+                        t.dtype_policy,
+                        rows=rows,
+                        rows_axis=1,
+                    )
+                )
+        elif name.endswith("block_sparse_moe.output_linear.weight"):
+            out.append(dataclasses.replace(t, hf_name=name.replace("output_linear", "switch_mlp.down_proj")))
+        elif not cfg.num_local_experts and name.endswith("shared_mlp.input_linear.weight"):
+            two_i, d = t.shape
+            prefix = name[: -len("shared_mlp.input_linear.weight")] + "mlp."
+            for part, lo in (("gate", 0), ("up", two_i // 2)):
+                out.append(
+                    HFTensor(
+                        f"{prefix}{part}_proj.weight",
+                        t.canonical,
+                        (two_i // 2, d),
+                        t.dtype_policy,
+                        rows=(lo, lo + two_i // 2),
+                    )
+                )
+        elif not cfg.num_local_experts and name.endswith("shared_mlp.output_linear.weight"):
+            out.append(
+                dataclasses.replace(t, hf_name=name.replace("shared_mlp.output_linear", "mlp.down_proj"))
+            )
+        elif name.endswith("conv1d.weight"):
+            out.append(dataclasses.replace(t, shape=tuple(t.shape[a] for a in _CONV), axes=_CONV))
+        else:
+            out.append(t)
+    return out
+
+
+_MLX_LM[GraniteHybridConfig] = _mlx_granite
 
 
 def _placements(config) -> dict[str, tuple[str, tuple[int, ...], str]]:

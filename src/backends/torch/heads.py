@@ -36,6 +36,8 @@ STACKS = {
     "jamba": Hybrid,
     "zamba2": Hybrid,
     "falcon_h1": Hybrid,
+    "granitemoehybrid": Hybrid,
+    "bamba": Hybrid,
 }
 LMS = {
     "mamba1": Mamba1LM,
@@ -45,6 +47,8 @@ LMS = {
     "jamba": HybridLM,
     "zamba2": HybridLM,
     "falcon_h1": HybridLM,
+    "granitemoehybrid": HybridLM,
+    "bamba": HybridLM,
 }
 _EPS = 1e-5
 

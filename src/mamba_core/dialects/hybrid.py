@@ -18,10 +18,24 @@ from typing import Any
 
 from mamba_core.dialects.parsed import ParsedConfig, json_limit, read_limit
 from mamba_core.errors import ConfigError
-from mamba_core.families import HYBRID_CONFIGS, FalconH1Config, JambaConfig, NemotronHConfig, Zamba2Config
+from mamba_core.families import (
+    HYBRID_CONFIGS,
+    FalconH1Config,
+    GraniteHybridConfig,
+    JambaConfig,
+    NemotronHConfig,
+    Zamba2Config,
+)
 
-MODEL_TYPES = {cls.model_type: cls for cls in HYBRID_CONFIGS}
-CLASSES = {cls.arch: cls for cls in HYBRID_CONFIGS}
+
+# a class serving several ``model_type``s (Granite 4.0-H and Bamba) lists them in ``model_types`` and
+# takes each as its ``arch``
+def _names(cls, attr: str) -> tuple[str, ...]:
+    return cls.model_types if hasattr(cls, "model_types") else (getattr(cls, attr),)
+
+
+MODEL_TYPES = {t: cls for cls in HYBRID_CONFIGS for t in _names(cls, "model_type")}
+CLASSES = {a: cls for cls in HYBRID_CONFIGS for a in _names(cls, "arch")}
 # fields holding a [lo, hi] pair of floats (json may spell inf as "Infinity" or {"__float__": ...})
 _PAIRS = ("time_step_limit",)
 
@@ -52,9 +66,14 @@ def read_ours(d: dict[str, Any], fields: dict[str, Any]) -> Any:
             value = tuple(value)
         out[key] = value
     try:
-        return cls(**out)
+        cfg = cls(**out)
     except TypeError as e:  # a required field is missing
         raise ConfigError(f"{cls.__name__}: {e}") from e
+    if cfg.arch != d["arch"]:  # a class of several archs: its fields say which
+        raise ConfigError(
+            f"arch {d['arch']!r} disagrees with the fields (a {cfg.arch!r} model)", field="arch"
+        )
+    return cfg
 
 
 def write_ours(cfg) -> dict[str, Any]:
@@ -232,6 +251,7 @@ def _falcon_h1(cfg: FalconH1Config, dialect: str) -> dict[str, Any]:
 
 _WRITERS = {NemotronHConfig: _nemotron_h, JambaConfig: _jamba, Zamba2Config: _zamba2}
 _WRITERS[FalconH1Config] = _falcon_h1
+_WRITERS[GraniteHybridConfig] = GraniteHybridConfig.to_hf
 
 
 def write(cfg, dialect: str = "hf") -> dict[str, Any]:

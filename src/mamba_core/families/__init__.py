@@ -32,6 +32,7 @@ FAMILIES = {
 # with their hybrid model classes.
 HYBRID_CONFIGS: tuple[type, ...] = (NemotronHConfig, JambaConfig, Zamba2Config)
 HYBRID_CONFIGS += (FalconH1Config,)
+HYBRID_CONFIGS += (GraniteHybridConfig,)
 
 
 def from_hf(d: dict):

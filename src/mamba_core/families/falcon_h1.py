@@ -24,6 +24,7 @@ from mamba_core.config_schema import check_fields, check_parameter_count
 from mamba_core.errors import ConfigError
 from mamba_core.families.hf_reader import HFReader
 from mamba_core.families.plan import LayerPlan
+from mamba_core.layers.multipliers import StreamMultipliers
 from mamba_core.parallel_config import ParallelHybridConfig, ScaledMamba2Config
 
 
@@ -123,10 +124,9 @@ class FalconH1Config:
         """Rows of the embedding and the head (transformers does not pad Falcon-H1's vocabulary)."""
         return self.vocab_size
 
-    @property
-    def logits_multiplier(self) -> float:
-        """The factor on the logits (``lm_head_multiplier``), read by the shared LM code."""
-        return self.lm_head_multiplier
+    def stream_multipliers(self) -> StreamMultipliers:
+        """Its factors on the embeddings and the logits (docs/spec.md §12.3, §13.1)."""
+        return StreamMultipliers(embedding=self.embedding_multiplier, logits=self.lm_head_multiplier)
 
     @property
     def mamba_width(self) -> int:
