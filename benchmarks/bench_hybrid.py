@@ -1,4 +1,4 @@
-"""Benchmark the newer families (FalconMamba, Jamba, Nemotron-H) on both backends beside their peers.
+"""Benchmark the newer families (FalconMamba, Jamba, Nemotron-H, Zamba2) on both backends beside their peers.
 
 A script, not a test. For each family one random checkpoint is written by transformers'
 ``save_pretrained`` and converted once to mlx-lm's layout with ``mamba_core.convert``; every
@@ -6,7 +6,8 @@ implementation then runs the very same weights (float32, CPU unless MLX has a GP
 
 * torch: mamba-core's torch backend vs transformers' ``*ForCausalLM`` (its pure-torch path);
 * MLX: mamba-core's MLX backend vs mlx-lm (``mlx_lm.utils.load_model`` on our mlx-lm conversion, or on
-  transformers' directory for a family whose mlx-lm layout we do not write yet).
+  transformers' directory for a family whose mlx-lm layout we do not write yet); Zamba2 has no mlx-lm
+  peer, so its MLX rows are ours alone (beside the torch rows of the same weights).
 
 Rows: prefill tok/s (batch 1, a prompt of ``--prompt`` tokens, all logits) and decode tok/s (batch 1,
 ``--decode`` greedy tokens after the prompt; transformers through ``generate`` minus its prefill, the
@@ -123,12 +124,45 @@ def nemotron_h_checkpoint(out: Path, quick: bool) -> Path:
     return out / "hf"
 
 
+def zamba2_checkpoint(out: Path, quick: bool) -> Path:
+    """A random transformers ``Zamba2ForCausalLM``: Mamba-2 (n_groups 2) with hybrid layers calling 2 shared
+    transformer blocks in turn (q/k/v and gate_up adapters of rank 64, RoPE); tied head (transformers ties
+    the shared blocks only then). Pattern ``mmhmmh`` (twice without ``quick``)."""
+    import torch
+    import transformers
+
+    d, vocab, reps = (256, 4099, 1) if quick else (512, 32000, 2)
+    types = ["mamba", "mamba", "hybrid", "mamba", "mamba", "hybrid"] * reps
+    cfg = transformers.Zamba2Config(
+        vocab_size=vocab,
+        hidden_size=d,
+        num_hidden_layers=len(types),
+        layers_block_type=types,
+        num_attention_heads=8,
+        num_mem_blocks=2,
+        use_shared_attention_adapter=True,
+        adapter_rank=64,
+        use_mem_rope=True,
+        intermediate_size=4 * d,
+        mamba_d_state=64,
+        mamba_ngroups=2,
+        n_mamba_heads=2 * d // 64,
+        chunk_size=64,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    transformers.Zamba2ForCausalLM(cfg).save_pretrained(out / "hf", safe_serialization=True)
+    return out / "hf"
+
+
 # family -> (checkpoint writer, transformers class, the directory mlx-lm reads: our "mlx-lm" conversion,
-# or transformers' "hf" one when we cannot write the family's mlx-lm layout yet)
+# or transformers' "hf" one when we cannot write the family's mlx-lm layout yet; None: mlx-lm has no
+# such family, the MLX rows are ours alone)
 FAMILIES = {
     "falcon_mamba": (falcon_mamba_checkpoint, "FalconMambaForCausalLM", "mlx-lm"),
     "jamba": (jamba_checkpoint, "JambaForCausalLM", "hf"),
     "nemotron_h": (nemotron_h_checkpoint, "NemotronHForCausalLM", "mlx-lm"),
+    "zamba2": (zamba2_checkpoint, "Zamba2ForCausalLM", None),
 }
 
 
@@ -180,10 +214,10 @@ def bench_mlx(family: str, hf_dir: Path, args, rows: list) -> None:
     import mlx.core as mx
     from mlx_lm.utils import load_model
 
-    mlx_dir = hf_dir
-    if FAMILIES[family][2] == "mlx-lm":
+    mlx_dir, peer = hf_dir, FAMILIES[family][2]
+    if peer == "mlx-lm":
         mlx_dir = mamba_core.convert(hf_dir, hf_dir.parent / "mlx-lm", to="mlx-lm", force=True)
-    theirs, _ = load_model(mlx_dir)
+    theirs = None if peer is None else load_model(mlx_dir)[0]
     ours = mamba_core.load(mlx_dir, backend="mlx", dtype="float32")
     vocab = ours.config.vocab_size
     prompt = mx.array(np.random.default_rng(0).integers(0, vocab, (1, args.prompt)))
@@ -216,9 +250,11 @@ def bench_mlx(family: str, hf_dir: Path, args, rows: list) -> None:
         return time.perf_counter() - start
 
     rows.append((family, "mlx", "prefill", "mamba-core", n / _best(ours_prefill, args.repeats)))
-    rows.append((family, "mlx", "prefill", "mlx-lm", n / _best(theirs_prefill, args.repeats)))
+    if theirs is not None:
+        rows.append((family, "mlx", "prefill", "mlx-lm", n / _best(theirs_prefill, args.repeats)))
     rows.append((family, "mlx", "decode", "mamba-core", d / _best(ours_decode, args.repeats)))
-    rows.append((family, "mlx", "decode", "mlx-lm", d / _best(theirs_decode, args.repeats)))
+    if theirs is not None:
+        rows.append((family, "mlx", "decode", "mlx-lm", d / _best(theirs_decode, args.repeats)))
 
 
 BACKENDS = {"torch": bench_torch, "mlx": bench_mlx}

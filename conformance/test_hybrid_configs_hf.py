@@ -154,7 +154,11 @@ def _hf_plan(name: str, cfg) -> list[tuple[str, str | None]]:
         ]
     if name == "falcon_h1":
         return [("mamba2+attention", "mlp")] * n
-    return [("mamba2" if t == "linear_attention" else "zamba2_hybrid", None) for t in cfg.layers_block_type]
+    hybrid = [i for i, t in enumerate(cfg.layers_block_type) if t != "linear_attention"]
+    return [
+        ("mamba2", None, hybrid.index(i) % cfg.num_mem_blocks if i in hybrid else None)
+        for i in range(len(cfg.layers_block_type))
+    ]
 
 
 @pytest.mark.parametrize("name", FAMILY_NAMES)

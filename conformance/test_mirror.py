@@ -110,11 +110,13 @@ def test_every_layer_kind_is_implemented(backend):
         call = cls.forward if hasattr(cls, "forward") and backend == "torch" else cls.__call__
         # a kind may take ``seq_idx`` (packed sequences) last; the block names a kind without it
         # when packed rows reach it
+        # a kind in a block's ``shared`` slot also takes the embeddings and the shared block it calls
+        context = ["embeddings", "block"] if KINDS[name].slot == "shared" else []
         assert list(inspect.signature(call).parameters) in (
-            ["self", "h", *cache, "attention_mask"],
-            ["self", "h", *cache, "attention_mask", "seq_idx"],
+            ["self", "h", *cache, "attention_mask", *context],
+            ["self", "h", *cache, "attention_mask", "seq_idx", *context],
         ), name
-        assert list(inspect.signature(cls.step).parameters) == ["self", "h", *cache], name
+        assert list(inspect.signature(cls.step).parameters) == ["self", "h", *cache, *context], name
 
 
 @pytest.mark.parametrize("backend", ["torch", "mlx"])

@@ -10,6 +10,8 @@ test_model_parity.py and test_cross_backend.py. Every numeric check here also co
 from __future__ import annotations
 
 import json
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -236,8 +238,11 @@ def test_training_loss_falls(cfg):
 def _mlx_lm_model(cfg, model):
     mlx_lm = pytest.importorskip("mlx_lm.models.mamba")
     import mlx_lm.models.mamba2 as mlx_lm2
+    from mlx_lm.utils import load_config
 
-    d = json.loads(json.dumps(cfg.to_dict("mlx-lm")))  # what mlx-lm reads from config.json
+    with tempfile.TemporaryDirectory() as tmp:  # what mlx-lm reads from config.json, through its reader
+        (Path(tmp) / "config.json").write_text(json.dumps(cfg.to_dict("mlx-lm"), allow_nan=False))
+        d = load_config(Path(tmp))
     module = mlx_lm if cfg.arch == "mamba1" else mlx_lm2
     theirs = module.Model(module.ModelArgs.from_dict(d))
     theirs.load_weights(list(MB.export_tensors(model, "mlx-lm").items()), strict=True)

@@ -15,7 +15,7 @@ import pytest
 
 import mamba_core
 from mamba_core import data
-from mamba_core.testing import tiny_jamba, tiny_mamba1, tiny_mamba2, tiny_nemotron_h
+from mamba_core.testing import tiny_jamba, tiny_mamba1, tiny_mamba2, tiny_nemotron_h, tiny_zamba2
 from mamba_core.tokenizer import ByteTokenizer
 from mamba_core.train import TrainConfig, lr_at, no_weight_decay, read_state, train
 
@@ -26,6 +26,7 @@ ARCHS = {
     "falcon_mamba": tiny_mamba1(vocab_size=257, mixer_rms_eps=1e-6),  # the dt/B/C norms in the graph
     "nemotron_h": tiny_nemotron_h(vocab_size=257),
     "jamba": tiny_jamba(vocab_size=257),
+    "zamba2": tiny_zamba2(vocab_size=257),
 }
 
 

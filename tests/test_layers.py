@@ -22,8 +22,9 @@ def test_every_kind_has_a_reference_and_relative_rows():
     assert (
         set(KINDS)
         == set(REFERENCE_KINDS)
-        == {"mamba1", "mamba2", "mamba3", "gated_mlp", "attention", "mlp", "moe"}
+        == {"mamba1", "mamba2", "mamba3", "gated_mlp", "attention", "mlp", "moe", "shared_transformer"}
     )
+    assert KINDS["shared_transformer"].slot == "shared"
     for kind in KINDS.values():
         assert all(not p.name.startswith("backbone.") and "{i}" not in p.name for p in kind.rows)
     assert KINDS["gated_mlp"].slot == "mlp"

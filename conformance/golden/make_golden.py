@@ -7,7 +7,8 @@ scaled by U(0.8, 1.2) so the norms matter), ``save_pretrained`` writes ``<case>/
 ``<case>/model.safetensors`` (the HF dialect), and ``<case>/expected.npz`` holds ``input_ids`` and the
 float32 logits of each producer: ``transformers`` (``model(ids, use_cache=False).logits`` on CPU, float32)
 and ``mlx_lm`` (``mlx_lm.utils.load_model`` on the same directory, float32). Mamba-2 cases with
-``n_groups > 1`` have transformers logits only: mlx-lm's gated norm ignores groups (docs/spec.md §6.3).
+``n_groups > 1`` have transformers logits only: mlx-lm's gated norm ignores groups (docs/spec.md §6.3);
+so have Zamba2 cases (mlx-lm has no Zamba2).
 ``<case>/producers.json`` records the versions. The directory is a few hundred KB at most.
 
 Run from the repository root (needs torch, transformers, mlx and mlx-lm; CPU is enough), naming the
@@ -149,12 +150,35 @@ CASES = {
         ),
         ("transformers", "mlx_lm"),
     ),
+    # Zamba2: tied head (transformers ties the shared blocks only when the head is tied); mlx-lm has none
+    "zamba2-2blocks-adapters-g2-vocab37": (
+        "Zamba2Config",
+        dict(
+            hidden_size=16,
+            vocab_size=37,
+            num_hidden_layers=5,
+            layers_block_type=["mamba", "hybrid", "mamba", "hybrid", "hybrid"],
+            num_attention_heads=4,
+            num_mem_blocks=2,
+            use_shared_attention_adapter=True,
+            adapter_rank=3,
+            use_mem_rope=True,
+            intermediate_size=24,
+            mamba_d_state=8,
+            mamba_ngroups=2,
+            n_mamba_heads=4,
+            chunk_size=8,
+            tie_word_embeddings=True,
+        ),
+        ("transformers",),
+    ),
 }
 LM_CLASSES = {
     "MambaConfig": "MambaForCausalLM",
     "Mamba2Config": "Mamba2ForCausalLM",
     "FalconMambaConfig": "FalconMambaForCausalLM",
     "NemotronHConfig": "NemotronHForCausalLM",
+    "Zamba2Config": "Zamba2ForCausalLM",
 }
 
 

@@ -12,6 +12,7 @@ field.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -351,3 +352,56 @@ class MoEConfig:
     def has_shared_expert(self) -> bool:
         """A shared expert sees every token."""
         return self.shared_expert is not None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SharedTransformerConfig:
+    """A transformer block whose weights several layers share, called on ``concat(x, e)`` (Zamba2).
+
+    ``t = mlp(norm2(attention(norm(concat(x, e)))))`` with no residual inside the block; each calling
+    layer adds its own LoRA adapters (``attention.adapter_rank``, ``mlp.adapter_rank``) and projects
+    ``t`` with its own ``linear`` (D, D). docs/spec.md §11.
+
+    Attributes:
+        d_model: the residual width D (the attention reads 2D, writes D).
+        attention: the shared attention with the per-call adapter rank (``d_model`` 2D, ``d_out`` D).
+        mlp: the shared MLP with the per-call adapter rank (width D).
+        norm_epsilon: of the block's two RMSNorms.
+
+    Example:
+        >>> att = AttentionConfig(d_model=16, d_out=8, n_heads=2, n_kv_heads=2, head_dim=8, adapter_rank=2)
+        >>> cfg = SharedTransformerConfig(d_model=8, attention=att, mlp=MLPConfig(d_model=8, d_ff=12,
+        ...     layout="fused", adapter_rank=2))
+        >>> cfg.block_attention.adapter_rank, cfg.mlp.gate_up_dim
+        (0, 24)
+    """
+
+    d_model: int
+    attention: AttentionConfig
+    mlp: MLPConfig
+    norm_epsilon: float = 1e-5
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        _positive_int(owner, "d_model", self.d_model)
+        _positive_float(owner, "norm_epsilon", self.norm_epsilon)
+        if self.attention.d_model != 2 * self.d_model or self.attention.out_dim != self.d_model:
+            raise ConfigError(
+                f"{owner}.attention must read 2 * d_model = {2 * self.d_model} and write d_model = "
+                f"{self.d_model}, got d_model={self.attention.d_model}, out_dim={self.attention.out_dim}",
+                field="attention",
+            )
+        if self.mlp.d_model != self.d_model:
+            raise ConfigError(
+                f"{owner}.mlp.d_model must be d_model = {self.d_model}, got {self.mlp.d_model}", field="mlp"
+            )
+
+    @property
+    def block_attention(self) -> AttentionConfig:
+        """The shared attention's own weights (the adapters belong to the calling layers)."""
+        return dataclasses.replace(self.attention, adapter_rank=0)
+
+    @property
+    def block_mlp(self) -> MLPConfig:
+        """The shared MLP's own weights (the adapter belongs to the calling layers)."""
+        return dataclasses.replace(self.mlp, adapter_rank=0)

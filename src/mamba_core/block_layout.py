@@ -12,7 +12,7 @@ Nemotron-H (``router.weight`` and ``router.correction_bias``), which transformer
 
 from __future__ import annotations
 
-from mamba_core.layers import attention, mlp, moe
+from mamba_core.layers import attention, mlp, moe, shared_transformer
 from mamba_core.layers.kind import present as present
 from mamba_core.layout import LAYER, MAMBA1_LAYOUT, MAMBA2_LAYOUT, Param, dim
 
@@ -41,6 +41,7 @@ KIND_ROWS: dict[str, tuple[Param, ...]] = {
     "attention": ATTENTION_ROWS,
     "mlp": MLP_ROWS,
     "moe": MOE_ROWS,
+    "shared_transformer": shared_transformer.ROWS,  # a layer's call of a shared block (Zamba2)
 }
 
 

@@ -7,7 +7,7 @@ when untied. Kind rows are ``mamba_core.block_layout``'s. Family specifics:
 
 * Falcon-H1's parallel mixer: ``mixer.mamba.<mamba2 rows>`` and ``mixer.attention.<attention rows>``;
 * Zamba2: shared blocks ``backbone.shared_blocks.{b}.{norm, attention, norm2, mlp}``; per hybrid layer
-  ``backbone.layers.{i}.linear.weight`` and its LoRA adapters ``backbone.layers.{i}.adapters.*``.
+  its call (``shared_transformer`` kind): ``backbone.layers.{i}.shared.{linear, q/k/v/gate_up_adapter}``.
 
 ``hf_tensors(config)`` lists every tensor of the transformers checkpoint (``save_pretrained``'s names)
 with the canonical tensor it is, or the slice of it: Jamba and Nemotron-H store one tensor per expert
@@ -140,6 +140,13 @@ def stored_tensors(config, dialect: str) -> list[HFTensor]:
     if dialect == "mamba-core":
         return [HFTensor(n, n, shape, policy) for n, (shape, policy) in canonical_layout(config).items()]
     if dialect == "hf":
+        if isinstance(config, Zamba2Config) and not config.tie_embeddings:
+            # transformers ties the shared blocks through the head's tying (docs/spec.md §11)
+            raise UnsupportedError(
+                "an untied Zamba2 (tie_word_embeddings=false) has no transformers layout: transformers "
+                "ties Zamba2's shared blocks only when the head is tied, so its untied model keeps one "
+                "independent block per hybrid layer; use a tied head, or the 'mamba-core' dialect"
+            )
         return hf_tensors(config)
     if dialect == "mlx-lm" and type(config) in _MLX_LM:
         return _MLX_LM[type(config)](config)
@@ -319,11 +326,13 @@ def _falcon_h1(cfg: FalconH1Config) -> dict:
 
 
 def _zamba2(cfg: Zamba2Config) -> dict:
+    # shared blocks: transformers saves each once, under the first hybrid layer that calls it, with
+    # every call's adapters (adapter list index = the call's hybrid-layer rank j)
     out: dict = {}
-    attention = dataclasses.replace(cfg.attention, adapter_rank=0)
-    mlp = dataclasses.replace(cfg.mlp, adapter_rank=0)
+    shared = cfg.shared_transformer
+    attention, mlp = shared.block_attention, shared.block_mlp
     hybrid = cfg.hybrid_layer_ids
-    owner = {}  # shared block -> the first hybrid layer using it (transformers saves it there)
+    owner = {}  # shared block -> the first hybrid layer using it
     for j, i in enumerate(hybrid):
         owner.setdefault(j % cfg.num_mem_blocks, i)
     for b, i in sorted(owner.items()):
@@ -333,25 +342,27 @@ def _zamba2(cfg: Zamba2Config) -> dict:
         out[c + "norm2.weight"] = (h + "pre_ff_layernorm.weight", (cfg.d_model,), "model")
         _kind(out, "mlp", mlp, c + "mlp.", h + "feed_forward.")
     for i, kind in enumerate(cfg.layer_types):
-        c = f"backbone.layers.{i}."
+        c, h = f"backbone.layers.{i}.", f"model.layers.{i}."
         if kind == "mamba":
-            h = f"model.layers.{i}."
             out[c + "norm.weight"] = (h + "input_layernorm.weight", (cfg.d_model,), "model")
             _kind(out, "mamba2", cfg.mamba, c + "mixer.", h + "mamba.")
             continue
         j = hybrid.index(i)
-        h = f"model.layers.{i}."
-        shared = f"model.layers.{owner[j % cfg.num_mem_blocks]}.shared_transformer."
-        rank, width = cfg.adapter_rank, 2 * cfg.d_model
-        if cfg.use_shared_attention_adapter:
-            for p in "qkv":
-                hf = shared + f"self_attn.linear_{p}_adapter_list.{j}."
-                out[c + f"adapters.{p}_adapter.0.weight"] = (hf + "0.weight", (rank, width), "model")
-                out[c + f"adapters.{p}_adapter.1.weight"] = (hf + "1.weight", (width, rank), "model")
-        hf = shared + f"feed_forward.gate_up_proj_adapter_list.{j}."
-        out[c + "adapters.gate_up_adapter.0.weight"] = (hf + "0.weight", (rank, cfg.d_model), "model")
-        out[c + "adapters.gate_up_adapter.1.weight"] = (hf + "1.weight", (mlp.gate_up_dim, rank), "model")
-        out[c + "linear.weight"] = (h + "linear.weight", (cfg.d_model, cfg.d_model), "model")
+        block = f"model.layers.{owner[j % cfg.num_mem_blocks]}.shared_transformer."
+        adapters = {
+            f"{p}_adapter.{n}.weight": f"{block}self_attn.linear_{p}_adapter_list.{j}.{n}.weight"
+            for p in "qkv"
+            for n in "01"
+        }
+        adapters.update(
+            {
+                f"gate_up_adapter.{n}.weight": f"{block}feed_forward.gate_up_proj_adapter_list.{j}.{n}.weight"
+                for n in "01"
+            }
+        )
+        adapters["linear.weight"] = h + "linear.weight"
+        for name, (shape, policy) in expand_kind("shared_transformer", shared).items():
+            out[c + "shared." + name] = (adapters[name], shape, policy)
         out[c + "norm.weight"] = (h + "mamba_decoder.input_layernorm.weight", (cfg.d_model,), "model")
         _kind(out, "mamba2", cfg.mamba, c + "mixer.", h + "mamba_decoder.mamba.")
     _head(

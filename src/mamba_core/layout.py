@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from mamba_core.config import Mamba1Config, Mamba2Config
-from mamba_core.layers import BLOCK_ROWS, KINDS, Param, kind_config, layer_plan
+from mamba_core.layers import BLOCK_ROWS, KINDS, Param, kind_config, layer_plan, shared_blocks
 from mamba_core.layers.kind import attr, present
 
 __all__ = ["Param"]  # re-exported: the row type lives with the layer kinds
@@ -132,6 +132,17 @@ def expand_layout(config: Mamba1Config | Mamba2Config) -> dict[str, ParamSpec]:
         (32, 1, 4)
     """
     out: dict[str, ParamSpec] = {}
+    if shared_blocks(config):  # blocks stored once, called by several layers (docs/spec.md §11)
+        from mamba_core.layers.shared_transformer import SHARED_BLOCK_ROWS, SHARED_CALL, SHARED_PREFIX
+
+        shared_cfg = kind_config(config, SHARED_CALL)
+        for b in range(shared_blocks(config)):
+            for sub, rows, cfg_attr in SHARED_BLOCK_ROWS:
+                cfg = shared_cfg if cfg_attr is None else getattr(shared_cfg, cfg_attr)
+                for p in rows:
+                    if _present(p, cfg):
+                        name = SHARED_PREFIX.format(b=b) + sub + p.name
+                        out[name] = _spec(p, name, cfg)
     for i, block in enumerate(layer_plan(config)):
         prefix = LAYER.format(i=i)
         for slot, _ in block.slots:

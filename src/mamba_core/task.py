@@ -1,4 +1,4 @@
-"""What a checkpoint holds besides language models: stacks and task heads (issues 7.4 and 8), as data.
+"""What a checkpoint holds besides language models: stacks and task heads, as data.
 
 A mamba-core checkpoint is an LM unless its ``config.json`` says otherwise with a ``"task"`` key:
 

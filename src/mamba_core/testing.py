@@ -182,9 +182,36 @@ def tiny_jamba(**overrides):
     return JambaConfig.from_hf({**base, **overrides})
 
 
+def tiny_zamba2(**overrides):
+    """A 5-layer Zamba2 (``mamba, hybrid, mamba, hybrid, hybrid``): 2 shared blocks called in turn
+    (block 0 by layers 1 and 4), q/k/v and gate_up adapters of rank 3, RoPE, Mamba-2 with n_groups 2,
+    untied, vocab 61."""
+    from mamba_core.families.zamba2 import Zamba2Config
+
+    base = {
+        "model_type": "zamba2",
+        "hidden_size": 16,
+        "vocab_size": 61,
+        "num_hidden_layers": 5,
+        "layers_block_type": ["mamba", "hybrid", "mamba", "hybrid", "hybrid"],
+        "num_attention_heads": 4,
+        "num_mem_blocks": 2,
+        "use_shared_attention_adapter": True,
+        "adapter_rank": 3,
+        "use_mem_rope": True,
+        "intermediate_size": 24,
+        "mamba_d_state": 8,
+        "mamba_ngroups": 2,
+        "n_mamba_heads": 4,
+        "chunk_size": 8,
+        "tie_word_embeddings": False,
+    }
+    return Zamba2Config.from_hf({**base, **overrides})
+
+
 def hybrid_configs() -> dict:
     """Small hybrid-family configs conformance runs beside ``awkward_configs`` (id -> config)."""
-    return {"nemotron-h": tiny_nemotron_h(), "jamba": tiny_jamba()}
+    return {"nemotron-h": tiny_nemotron_h(), "jamba": tiny_jamba(), "zamba2": tiny_zamba2()}
 
 
 def make_hf_cache(cache_dir, repo_id: str, files: dict, *, revision: str = "main") -> str:

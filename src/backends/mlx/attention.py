@@ -61,23 +61,27 @@ class Attention(nn.Module):
             if dtype is not None:
                 self.set_dtype(resolve_dtype(dtype))
 
-    def _project(self, x: mx.array, name: str) -> mx.array:
+    def _project(self, x: mx.array, name: str, adapters=None) -> mx.array:
+        # adapters: a shared block's caller holding its own {q,k,v}_adapter (docs/spec.md §11)
         y = getattr(self, f"{name}_proj")(x)
         if self.config.has_adapters:
             down, up = getattr(self, f"{name}_adapter")
             y = y + up(down(x))
+        if adapters is not None and f"{name}_adapter" in adapters:
+            down, up = adapters[f"{name}_adapter"]
+            y = y + up(down(x))
         return y
 
-    def _heads(self, h: mx.array, past: int):
+    def _heads(self, h: mx.array, past: int, adapters=None):
         # (B, L, D) -> q (B, H, L, Dh), k, v (B, Hkv, L, Dh), RoPE applied at past + arange(L)
         c = self.config
         b, seqlen, _ = h.shape
-        q = self._project(h, "q").reshape(b, seqlen, c.n_heads, c.head_dim).transpose(0, 2, 1, 3)
-        k = self._project(h, "k")
+        q = self._project(h, "q", adapters).reshape(b, seqlen, c.n_heads, c.head_dim).transpose(0, 2, 1, 3)
+        k = self._project(h, "k", adapters)
         if c.key_multiplier != 1.0:
             k = k * c.key_multiplier
         k = k.reshape(b, seqlen, c.n_kv_heads, c.head_dim).transpose(0, 2, 1, 3)
-        v = self._project(h, "v").reshape(b, seqlen, c.n_kv_heads, c.head_dim).transpose(0, 2, 1, 3)
+        v = self._project(h, "v", adapters).reshape(b, seqlen, c.n_kv_heads, c.head_dim).transpose(0, 2, 1, 3)
         if c.rotary_dim:
             rope = {
                 "dims": c.rotary_dim,
@@ -105,14 +109,20 @@ class Attention(nn.Module):
         return self.o_proj(y.transpose(0, 2, 1, 3).reshape(q.shape[0], seqlen, c.q_dim))
 
     def __call__(self, h, k=None, v=None, key_mask=None, length=None, attention_mask=None):
+        """h: (B, L, D) -> ``(out (B, L, out_dim), k, v, key_mask, length)`` (see ``attend``)."""
+        return self.attend(h, k, v, key_mask, length, attention_mask)
+
+    def attend(self, h, k=None, v=None, key_mask=None, length=None, attention_mask=None, adapters=None):
         """h: (B, L, D) -> ``(out (B, L, out_dim), k, v, key_mask, length)``.
 
         With a cache (``k`` not None) the L new positions are written at ``length`` (the buffer
         grows by whole chunks when full); without one, the new keys and values are returned as a
         cache of exactly L positions. ``attention_mask`` (B, L): 1 = token, 0 = left padding.
+        ``adapters``: a module whose ``{q,k,v}_adapter`` add to the projections (a shared block's
+        caller), or None.
         """
         past = 0 if length is None or length.size == 0 else int(length[0].item())
-        q, k_new, v_new = self._heads(h, past)
+        q, k_new, v_new = self._heads(h, past, adapters)
         b, seqlen = h.shape[0], h.shape[1]
         new_mask = (
             mx.ones((b, seqlen), dtype=mx.bool_) if attention_mask is None else mx.array(attention_mask) != 0

@@ -13,6 +13,7 @@ from mamba_core.backends.mlx.mamba2 import Mamba2Mixer
 from mamba_core.backends.mlx.mamba3 import Mamba3Mixer
 from mamba_core.backends.mlx.mlp import MLP
 from mamba_core.backends.mlx.moe import MoE
+from mamba_core.backends.mlx.shared_transformer import SharedTransformer
 
 KINDS: dict[str, type] = {
     "mamba1": Mamba1Mixer,
@@ -22,4 +23,5 @@ KINDS: dict[str, type] = {
     "attention": Attention,
     "mlp": MLP,
     "moe": MoE,
+    "shared_transformer": SharedTransformer,
 }

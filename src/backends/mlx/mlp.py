@@ -50,8 +50,9 @@ class MLP(nn.Module):
             if dtype is not None:
                 self.set_dtype(resolve_dtype(dtype))
 
-    def mlp(self, x: mx.array) -> mx.array:
-        """(..., D) -> (..., D)."""
+    def mlp(self, x: mx.array, adapters=None) -> mx.array:
+        """(..., D) -> (..., D); ``adapters``: a module whose ``gate_up_adapter`` adds to ``gate_up_proj``
+        (a shared block's caller), or None."""
         c = self.config
         if c.layout == "ungated":
             inner = activate(self.up_proj(x), c.activation)
@@ -60,6 +61,9 @@ class MLP(nn.Module):
                 gate_up = self.gate_up_proj(x)
                 if c.adapter_rank:
                     down, up_a = self.gate_up_adapter
+                    gate_up = gate_up + up_a(down(x))
+                if adapters is not None and "gate_up_adapter" in adapters:
+                    down, up_a = adapters["gate_up_adapter"]
                     gate_up = gate_up + up_a(down(x))
                 gate, up = mx.split(gate_up, [c.d_ff], axis=-1)
             else:

@@ -15,6 +15,7 @@ import numpy as np
 
 from mamba_core.backends.mlx.cache import MambaCache
 from mamba_core.backends.mlx.prefill import prefill
+from mamba_core.backends.mlx.tokens import trusted_ids
 from mamba_core.sampling import FLOAT32_MAX, SamplingSettings, check_finite_logits
 from mamba_core.token_ids import check_id_dtype, prompt_batch
 
@@ -30,7 +31,12 @@ def _decode_step(model, compile: bool):
     first step is traced: compile per generation, not across training steps.
     """
     if not compile:
-        return model.step
+
+        def eager(token_ids, cache: MambaCache):
+            with trusted_ids():  # the sampler's ids: in range by construction, no read-back per token
+                return model.step(token_ids, cache)
+
+        return eager
     fields: list[tuple[str, ...]] = []  # per layer, the cache's field names (the model's layer plan)
 
     def layers_of(states) -> list[dict]:
@@ -47,7 +53,8 @@ def _decode_step(model, compile: bool):
     def step(token_ids, cache: MambaCache):
         if not fields:
             fields.extend(tuple(layer) for layer in cache.layers)
-        logits, *states = compiled(token_ids, *cache.state)
+        with trusted_ids():  # traced on the first call: the ids cannot be read back there
+            logits, *states = compiled(token_ids, *cache.state)
         cache.layers = layers_of(states)
         cache.seqlen_offset += 1
         return logits

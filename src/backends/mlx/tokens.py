@@ -8,9 +8,27 @@ the process (docs/backend-contract.md).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import mlx.core as mx
 
 from mamba_core.token_ids import check_id_dtype, check_id_ndim, check_id_range, id_array
+
+_TRUSTED = contextvars.ContextVar("mamba_core_trusted_token_ids", default=False)
+
+
+@contextlib.contextmanager
+def trusted_ids():
+    """Inside it ``check_token_ids`` checks the dtype but not the range: for the decode loop, whose ids
+    the sampler drew (in ``[0, vocab_size)`` by construction: padded columns are masked) and whose
+    step may be traced by the framework's compiler, where reading the ids back is not allowed. Prompt
+    ids are range-checked before the prefill, as always."""
+    token = _TRUSTED.set(True)
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
 
 
 def check_token_ids(ids: mx.array, vocab_size: int, argument: str = "input_ids") -> None:
@@ -21,7 +39,7 @@ def check_token_ids(ids: mx.array, vocab_size: int, argument: str = "input_ids")
     """
     integer = mx.issubdtype(ids.dtype, mx.integer)
     check_id_dtype(str(ids.dtype).removeprefix("mlx.core."), integer, argument=argument)
-    if ids.size:
+    if ids.size and not _TRUSTED.get():
         check_id_range(mx.min(ids).item(), mx.max(ids).item(), vocab_size, argument=argument)
 
 

@@ -34,6 +34,7 @@ MODEL_CLASSES = {
     "mamba3": Mamba3LM,
     "nemotron_h": HybridLM,
     "jamba": HybridLM,
+    "zamba2": HybridLM,
 }
 KERNELS = ("auto", "reference", "fast")
 

@@ -81,22 +81,25 @@ class Attention(nn.Module):
                     ),
                 )
 
-    def _project(self, x: torch.Tensor, name: str) -> torch.Tensor:
+    def _project(self, x: torch.Tensor, name: str, adapters=None) -> torch.Tensor:
+        # adapters: a shared block's caller holding its own {q,k,v}_adapter (docs/spec.md §11)
         y = getattr(self, f"{name}_proj")(x)
         if self.config.has_adapters:
             y = y + getattr(self, f"{name}_adapter")(x)
+        if adapters is not None and hasattr(adapters, f"{name}_adapter"):
+            y = y + getattr(adapters, f"{name}_adapter")(x)
         return y
 
-    def _heads(self, h: torch.Tensor, past: int):
+    def _heads(self, h: torch.Tensor, past: int, adapters=None):
         # (B, L, D) -> q (B, H, L, Dh), k, v (B, Hkv, L, Dh), RoPE applied at past + arange(L)
         c = self.config
         b, seqlen, _ = h.shape
-        q = self._project(h, "q").view(b, seqlen, c.n_heads, c.head_dim).transpose(1, 2)
-        k = self._project(h, "k")
+        q = self._project(h, "q", adapters).view(b, seqlen, c.n_heads, c.head_dim).transpose(1, 2)
+        k = self._project(h, "k", adapters)
         if c.key_multiplier != 1.0:
             k = k * c.key_multiplier
         k = k.view(b, seqlen, c.n_kv_heads, c.head_dim).transpose(1, 2)
-        v = self._project(h, "v").view(b, seqlen, c.n_kv_heads, c.head_dim).transpose(1, 2)
+        v = self._project(h, "v", adapters).view(b, seqlen, c.n_kv_heads, c.head_dim).transpose(1, 2)
         if c.rotary_dim:
             pos = torch.arange(past, past + seqlen, device=h.device)
             cos, sin = _rope_cos_sin(pos, c.rotary_dim, c.rope_theta)
@@ -135,16 +138,21 @@ class Attention(nn.Module):
         return self.o_proj(y.transpose(1, 2).reshape(b, seqlen, c.q_dim))
 
     def forward(self, h, k=None, v=None, key_mask=None, length=None, attention_mask=None):
+        """h: (B, L, D) -> ``(out (B, L, out_dim), k, v, key_mask, length)`` (see ``attend``)."""
+        return self.attend(h, k, v, key_mask, length, attention_mask)
+
+    def attend(self, h, k=None, v=None, key_mask=None, length=None, attention_mask=None, adapters=None):
         """h: (B, L, D) -> ``(out (B, L, out_dim), k, v, key_mask, length)``.
 
         With a cache (``k`` not None) the L new positions are written into it in place at
         ``length`` (a new buffer, grown by whole chunks, only when it is full) and the cache is
         returned; without one, the new keys and values
         are returned as a cache of exactly L positions. ``attention_mask`` (B, L): 1 = token,
-        0 = left padding.
+        0 = left padding. ``adapters``: a module whose ``{q,k,v}_adapter`` add to the projections (a
+        shared block's caller), or None.
         """
         past = 0 if length is None or length.numel() == 0 else int(length[0])
-        q, k_new, v_new = self._heads(h, past)
+        q, k_new, v_new = self._heads(h, past, adapters)
         b, seqlen = h.shape[0], h.shape[1]
         new_mask = (
             torch.ones(b, seqlen, dtype=torch.bool, device=h.device)

@@ -28,8 +28,22 @@ from mamba_core.backends.torch.model import (
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.task import Task, pooled_dim, task_layout
 
-STACKS = {"mamba1": Mamba1, "mamba2": Mamba2, "mamba3": Mamba3, "nemotron_h": Hybrid, "jamba": Hybrid}
-LMS = {"mamba1": Mamba1LM, "mamba2": Mamba2LM, "mamba3": Mamba3LM, "nemotron_h": HybridLM, "jamba": HybridLM}
+STACKS = {
+    "mamba1": Mamba1,
+    "mamba2": Mamba2,
+    "mamba3": Mamba3,
+    "nemotron_h": Hybrid,
+    "jamba": Hybrid,
+    "zamba2": Hybrid,
+}
+LMS = {
+    "mamba1": Mamba1LM,
+    "mamba2": Mamba2LM,
+    "mamba3": Mamba3LM,
+    "nemotron_h": HybridLM,
+    "jamba": HybridLM,
+    "zamba2": HybridLM,
+}
 _EPS = 1e-5
 
 

@@ -13,6 +13,7 @@ from mamba_core.backends.torch.mamba2 import Mamba2Mixer
 from mamba_core.backends.torch.mamba3 import Mamba3Mixer
 from mamba_core.backends.torch.mlp import MLP
 from mamba_core.backends.torch.moe import MoE
+from mamba_core.backends.torch.shared_transformer import SharedTransformer
 
 KINDS: dict[str, type] = {
     "mamba1": Mamba1Mixer,
@@ -22,4 +23,5 @@ KINDS: dict[str, type] = {
     "attention": Attention,
     "mlp": MLP,
     "moe": MoE,
+    "shared_transformer": SharedTransformer,
 }

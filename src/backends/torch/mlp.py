@@ -46,8 +46,9 @@ class MLP(nn.Module):
                 nn.Linear(c.adapter_rank, c.gate_up_dim, bias=False, **fk),
             )
 
-    def mlp(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., D) -> (..., D)."""
+    def mlp(self, x: torch.Tensor, adapters=None) -> torch.Tensor:
+        """(..., D) -> (..., D); ``adapters``: a module whose ``gate_up_adapter`` adds to ``gate_up_proj``
+        (a shared block's caller), or None."""
         c = self.config
         if c.layout == "ungated":
             inner = activate(self.up_proj(x), c.activation)
@@ -56,6 +57,8 @@ class MLP(nn.Module):
                 gate_up = self.gate_up_proj(x)
                 if c.adapter_rank:
                     gate_up = gate_up + self.gate_up_adapter(x)
+                if adapters is not None and hasattr(adapters, "gate_up_adapter"):
+                    gate_up = gate_up + adapters.gate_up_adapter(x)
                 gate, up = gate_up.split(c.d_ff, dim=-1)
             else:
                 gate, up = self.gate_proj(x), self.up_proj(x)

@@ -27,11 +27,13 @@ from mamba_core.backends.torch.linear import rows
 from mamba_core.backends.torch.norm import RMSNorm
 from mamba_core.backends.torch.quantized import head_logits
 from mamba_core.backends.torch.sample import generate, stream
+from mamba_core.backends.torch.shared_transformer import SharedBlock
 from mamba_core.backends.torch.tokens import as_token_ids, check_token_ids
 from mamba_core.config import Mamba1Config, Mamba2Config
 from mamba_core.errors import ConfigError, UnsupportedError
 from mamba_core.families import HYBRID_CONFIGS
-from mamba_core.layers import get_kind, kind_config, layer_plan
+from mamba_core.layers import get_kind, kind_config, layer_plan, shared_blocks
+from mamba_core.layers.shared_transformer import SHARED_CALL
 from mamba_core.mamba3_config import Mamba3Config
 from mamba_core.packing import check_seq_idx
 from mamba_core.reference import init_weights
@@ -42,6 +44,7 @@ KERNEL_PATHS = {
     "mamba3": "torch-chunked-mamba3",
     "nemotron_h": "torch-chunked-ssd+sdpa",
     "jamba": "torch-chunked-selective-scan+sdpa",
+    "zamba2": "torch-chunked-ssd+sdpa",
 }
 
 
@@ -97,21 +100,45 @@ class _Block(nn.Module):
         if plan.mlp is not None:
             self.norm2 = RMSNorm(config.d_model, config.norm_epsilon, **fk)
             self.mlp = KINDS[plan.mlp](kind_config(config, plan.mlp), layer_idx, **fk)
+        self.shared_index = plan.shared
+        if plan.shared is not None:  # this layer's call of a shared block (docs/spec.md §11)
+            self.shared = KINDS[SHARED_CALL](kind_config(config, SHARED_CALL), layer_idx, **fk)
 
-    def _run(self, x, state, call):
+    def _run(self, x, state, call, shared_call=None):
+        # the shared slot reads the raw stream; its output feeds the next slot's norm, not the stream
         new_state: list = []
         rest = list(state) + [None] * (sum(self._n_state) - len(state))
+        feed = None
         for (slot, _), n in zip(self.slots, self._n_state, strict=True):
             mine, rest = rest[:n], rest[n:]
+            if slot == "shared":
+                feed, *mine = shared_call(self.shared, x, mine)
+                new_state.extend(mine)
+                continue
             norm = self.norm if slot == "mixer" else self.norm2
-            out, *mine = call(getattr(self, slot), norm(x), mine)
+            out, *mine = call(getattr(self, slot), norm(x if feed is None else x + feed), mine)
+            feed = None
             x = x + out
             new_state.extend(mine)
         return (x, *new_state)
 
-    def forward(self, x, *state, attention_mask=None, seq_idx=None):
+    def _shared_call(self, embeddings, shared_blocks, step: bool, attention_mask=None):
+        # how the shared slot is called: (module, raw stream, its state) -> (out, *state)
+        if self.shared_index is None:
+            return None
+        if embeddings is None or shared_blocks is None:
+            raise ValueError(
+                f"layer {self.layer_idx} calls a shared block: pass embeddings and shared_blocks"
+            )
+        block = shared_blocks[self.shared_index]
+        if step:
+            return lambda mod, x, s: mod.step(x, *s, embeddings=embeddings, block=block)
+        return lambda mod, x, s: mod(x, *s, attention_mask=attention_mask, embeddings=embeddings, block=block)
+
+    def forward(self, x, *state, attention_mask=None, seq_idx=None, embeddings=None, shared_blocks=None):
         """x: (B, L, D) residual stream, ``state`` the block's cache fields (None = zeros) ->
-        ``(x', *state')``; ``seq_idx`` (B, L) int marks packed documents (kinds reset at each)."""
+        ``(x', *state')``; ``seq_idx`` (B, L) int marks packed documents (kinds reset at each);
+        ``embeddings`` (B, L, D) and ``shared_blocks`` (the stack's) for a layer calling a shared block."""
         packed = {}
         if seq_idx is not None:
             for slot, kind in self.slots:
@@ -121,11 +148,15 @@ class _Block(nn.Module):
                         "take packed sequences (seq_idx); run its documents unpacked"
                     )
             packed = {"seq_idx": seq_idx}
-        return self._run(x, state, lambda mod, h, s: mod(h, *s, attention_mask=attention_mask, **packed))
+        shared = self._shared_call(embeddings, shared_blocks, False, attention_mask)
+        return self._run(
+            x, state, lambda mod, h, s: mod(h, *s, attention_mask=attention_mask, **packed), shared
+        )
 
-    def step(self, x, *state):
+    def step(self, x, *state, embeddings=None, shared_blocks=None):
         """x: (B, D) -> ``(x', *state)``; the state tensors are updated in place and returned."""
-        return self._run(x, state, lambda mod, h, s: mod.step(h, *s))
+        shared = self._shared_call(embeddings, shared_blocks, True)
+        return self._run(x, state, lambda mod, h, s: mod.step(h, *s), shared)
 
 
 class Mamba1Block(_Block):
@@ -193,6 +224,11 @@ class _Stack(nn.Module):
         if vocab_size is not None:
             self.embedding = nn.Embedding(vocab_size, config.d_model, **fk)
         self.layers = nn.ModuleList(self.block_class(config, i, **fk) for i in range(len(layer_plan(config))))
+        if shared_blocks(config):  # stored once, called by several layers (docs/spec.md §11)
+            shared_cfg = kind_config(config, SHARED_CALL)
+            self.shared_blocks = nn.ModuleList(
+                SharedBlock(shared_cfg, **fk) for _ in range(shared_blocks(config))
+            )
         self.norm_f = RMSNorm(config.d_model, config.norm_epsilon, **fk)
         self.kernel_path = KERNEL_PATHS[config.arch]
         if not _is_meta(device):
@@ -211,6 +247,12 @@ class _Stack(nn.Module):
             )
         return x.float() if self.config.residual_in_fp32 else x.to(self.norm_f.weight.dtype)
 
+    def _shared_inputs(self, embedded) -> dict:
+        # what a layer calling a shared block reads: the stack's input and the shared blocks
+        if not hasattr(self, "shared_blocks"):
+            return {}
+        return {"embeddings": embedded, "shared_blocks": self.shared_blocks}
+
     def make_cache(self, batch: int) -> MambaCache:
         """A zeroed ``MambaCache`` for ``batch`` rows on this stack's device and dtype."""
         w = self.norm_f.weight
@@ -228,6 +270,7 @@ class _Stack(nn.Module):
                 document runs from a zero state (the first from ``cache``), as if alone.
         """
         residual = self._embed(x)
+        shared = self._shared_inputs(residual)
         mask = None if attention_mask is None else attention_mask.to(residual.device)
         if seq_idx is not None:
             if not torch.is_tensor(seq_idx):
@@ -239,10 +282,16 @@ class _Stack(nn.Module):
             state = () if cache is None else tuple(cache.layers[i].values())
             if self.grad_checkpoint and torch.is_grad_enabled():
                 residual, *state = checkpoint(
-                    layer, residual, *state, attention_mask=mask, seq_idx=seq_idx, use_reentrant=False
+                    layer,
+                    residual,
+                    *state,
+                    attention_mask=mask,
+                    seq_idx=seq_idx,
+                    use_reentrant=False,
+                    **shared,
                 )
             else:
-                residual, *state = layer(residual, *state, attention_mask=mask, seq_idx=seq_idx)
+                residual, *state = layer(residual, *state, attention_mask=mask, seq_idx=seq_idx, **shared)
             if cache is not None:
                 if torch.is_grad_enabled():  # own storage: ``step`` updates the states in place
                     state = [s.clone() for s in state]
@@ -254,10 +303,11 @@ class _Stack(nn.Module):
     def step(self, x_t, cache: MambaCache):
         """(B,) ids or (B, D) frame -> (B, D); O(1) per frame; updates ``cache`` in place."""
         residual = self._embed(x_t)
+        shared = self._shared_inputs(residual)
         for i, layer in enumerate(self.layers):
             # the kinds update their fields in place; a field may come back as a new tensor (a KV
             # cache grown by a chunk)
-            residual, *state = layer.step(residual, *cache.layers[i].values())
+            residual, *state = layer.step(residual, *cache.layers[i].values(), **shared)
             if state:
                 cache.layers[i] = dict(zip(cache.layers[i], state, strict=True))
         cache.seqlen_offset += 1

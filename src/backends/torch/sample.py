@@ -15,6 +15,7 @@ import torch
 
 from mamba_core.backends.torch.cache import MambaCache
 from mamba_core.backends.torch.prefill import prefill
+from mamba_core.backends.torch.tokens import trusted_ids
 from mamba_core.sampling import FLOAT32_MAX, SamplingSettings, check_finite_logits
 from mamba_core.token_ids import check_id_dtype, prompt_batch
 
@@ -28,7 +29,12 @@ def _decode_step(model, compile: bool):
     ``mode="reduce-overhead"`` (CUDA graphs).
     """
     if not compile:
-        return model.step
+
+        def eager(token_ids, cache: MambaCache):
+            with trusted_ids():  # the sampler's ids: in range by construction, no read-back per token
+                return model.step(token_ids, cache)
+
+        return eager
     step = getattr(model, "_compiled_step", None)  # compiled once per model: inductor takes a while
     if step is None:
 
@@ -39,7 +45,8 @@ def _decode_step(model, compile: bool):
         compiled = torch.compile(decode, fullgraph=True, dynamic=False, mode=mode)
 
         def step(token_ids, cache: MambaCache):
-            logits = compiled(token_ids, cache.layers)
+            with trusted_ids():  # the sampler's ids (the traced graph never checks them)
+                logits = compiled(token_ids, cache.layers)
             cache.seqlen_offset += 1
             return logits
 

@@ -7,9 +7,27 @@ before any embedding lookup (docs/backend-contract.md).
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+
 import torch
 
 from mamba_core.token_ids import check_id_dtype, check_id_ndim, check_id_range, id_array
+
+_TRUSTED = contextvars.ContextVar("mamba_core_trusted_token_ids", default=False)
+
+
+@contextlib.contextmanager
+def trusted_ids():
+    """Inside it ``check_token_ids`` checks the dtype but not the range: for the decode loop, whose ids
+    the sampler drew (in ``[0, vocab_size)`` by construction: padded columns are masked) and whose
+    step may be traced by the framework's compiler, where reading the ids back is not allowed. Prompt
+    ids are range-checked before the prefill, as always."""
+    token = _TRUSTED.set(True)
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
 
 
 def check_token_ids(ids: torch.Tensor, vocab_size: int, argument: str = "input_ids") -> None:
@@ -20,7 +38,7 @@ def check_token_ids(ids: torch.Tensor, vocab_size: int, argument: str = "input_i
     """
     integer = not ids.is_complex() and ids.dtype != torch.bool
     check_id_dtype(str(ids.dtype).removeprefix("torch."), integer, argument=argument)
-    if ids.numel():
+    if ids.numel() and not (torch.compiler.is_compiling() or _TRUSTED.get()):
         check_id_range(int(ids.min()), int(ids.max()), vocab_size, argument=argument)
 
 

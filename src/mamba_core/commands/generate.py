@@ -203,9 +203,9 @@ def generate_text(
     from mamba_core.sampling import SamplingSettings
     from mamba_core.tokenizer import ByteTokenizer, HFTokenizer
 
-    SamplingSettings(  # the sampling flags are checked before the model loads
+    SamplingSettings(  # the sampling flags are checked before the model loads (None: decided below)
         max_new_tokens=max_tokens,
-        temperature=temperature,
+        temperature=0.0 if temperature is None else temperature,
         top_k=top_k,
         top_p=top_p,
         min_p=min_p,
@@ -239,6 +239,7 @@ def generate_text(
     if all(v is None for v in given.values()):
         given.update(sampling_defaults(name if name.is_dir() else name.parent))
     given["temperature"] = given["temperature"] or 0.0
+    SamplingSettings(max_new_tokens=max_tokens, seed=seed, **given)  # generation_config.json's too
     stats.decoding = describe_decoding(given, seed)
     backend = choose_backend(backend).name
     lm = mamba_core.load(name, backend=backend, dtype=dtype, device=device)

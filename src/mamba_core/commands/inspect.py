@@ -58,7 +58,11 @@ def inspect_checkpoint(name_or_path, *, revision: str | None = None, scan: bool 
         "arch": plan.config.arch,
         "dialect": plan.dialect,
         "config": plan.config.to_dict("mamba-core"),
-        "layers": [b.mixer if b.mlp is None else f"{b.mixer}+{b.mlp}" for b in layer_plan(plan.config)],
+        # each layer's kinds in slot order; a shared-block call names its block (Zamba2)
+        "layers": [
+            "+".join(f"{kind}[{b.shared}]" if slot == "shared" else kind for slot, kind in b.slots)
+            for b in layer_plan(plan.config)
+        ],
         "parameters": parameter_count(plan.config),
         "tensors": len(plan.entries),
         "dtypes": dtypes,
@@ -77,7 +81,8 @@ def run(args) -> int:
     cfg = info["config"]
     print(f"{info['path']}")
     print(f"  architecture  {info['arch']}  (dialect {info['dialect']})")
-    d_state = cfg.get("d_state", cfg.get("ssm_state_size"))  # a hybrid family names it its own way
+    # a hybrid family names it its own way
+    d_state = cfg.get("d_state", cfg.get("ssm_state_size", cfg.get("mamba_d_state")))
     print(
         f"  size          d_model {cfg['d_model']}, n_layer {len(info['layers'])}, d_state {d_state}, "
         f"vocab {cfg['vocab_size']} (tie_embeddings {cfg['tie_embeddings']})"

@@ -283,6 +283,14 @@ def _read_unpadded_vocab(d: dict[str, Any], src: dict[str, Any], fields: dict[st
     """A json we wrote keeps the vocabulary before padding (``VOCAB_KEY``), so a round trip keeps it."""
     if VOCAB_KEY not in d:
         return
+    check_raw("hf config", VOCAB_KEY, d[VOCAB_KEY], SCHEMA["mamba1"]["vocab_size"])
+    if "pad_vocab_size_multiple" in d:
+        check_raw(
+            "hf config",
+            "pad_vocab_size_multiple",
+            d["pad_vocab_size_multiple"],
+            SCHEMA["mamba1"]["pad_vocab_size_multiple"],
+        )
     fields["vocab_size"] = d[VOCAB_KEY]
     fields["pad_vocab_size_multiple"] = d.get("pad_vocab_size_multiple", 1)
     multiple = int(fields["pad_vocab_size_multiple"])

@@ -18,7 +18,7 @@ from typing import Any
 
 from mamba_core.dialects.parsed import ParsedConfig, json_limit, read_limit
 from mamba_core.errors import ConfigError
-from mamba_core.families import HYBRID_CONFIGS, JambaConfig, NemotronHConfig
+from mamba_core.families import HYBRID_CONFIGS, JambaConfig, NemotronHConfig, Zamba2Config
 
 MODEL_TYPES = {cls.model_type: cls for cls in HYBRID_CONFIGS}
 CLASSES = {cls.arch: cls for cls in HYBRID_CONFIGS}
@@ -148,7 +148,38 @@ def _jamba(cfg: JambaConfig, dialect: str) -> dict[str, Any]:
     return out
 
 
-_WRITERS = {NemotronHConfig: _nemotron_h, JambaConfig: _jamba}
+def _zamba2(cfg: Zamba2Config, dialect: str) -> dict[str, Any]:
+    return {
+        "model_type": "zamba2",
+        "architectures": ["Zamba2ForCausalLM"],
+        "hidden_size": cfg.d_model,
+        "vocab_size": cfg.vocab_size,
+        "num_hidden_layers": cfg.n_layer,
+        "layers_block_type": list(cfg.layer_types),
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "rms_norm_eps": cfg.norm_epsilon,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "intermediate_size": cfg.mlp.d_ff,
+        "hidden_act": cfg.hidden_act,
+        "add_bias_linear": cfg.add_bias_linear,
+        "num_mem_blocks": cfg.num_mem_blocks,
+        "use_shared_attention_adapter": cfg.use_shared_attention_adapter,
+        "adapter_rank": cfg.adapter_rank,
+        "use_mem_rope": cfg.use_mem_rope,
+        "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+        "mamba_d_state": cfg.mamba_d_state,
+        "mamba_d_conv": cfg.mamba_d_conv,
+        "mamba_expand": cfg.mamba_expand,
+        "mamba_ngroups": cfg.mamba_ngroups,
+        "n_mamba_heads": cfg.n_mamba_heads,
+        "chunk_size": cfg.chunk_size,
+        "time_step_min": cfg.time_step_min,
+        "use_conv_bias": True,
+    }
+
+
+_WRITERS = {NemotronHConfig: _nemotron_h, JambaConfig: _jamba, Zamba2Config: _zamba2}
 
 
 def write(cfg, dialect: str = "hf") -> dict[str, Any]:

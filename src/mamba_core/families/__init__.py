@@ -30,7 +30,7 @@ FAMILIES = {
 
 # Families whose every layer kind is registered (``mamba_core.layers.KINDS``): the backends build them
 # with their hybrid model classes.
-HYBRID_CONFIGS: tuple[type, ...] = (NemotronHConfig, JambaConfig)
+HYBRID_CONFIGS: tuple[type, ...] = (NemotronHConfig, JambaConfig, Zamba2Config)
 
 
 def from_hf(d: dict):

@@ -9,8 +9,9 @@ Kind names (one implementation each in the reference and, later, in each backend
 ``mlp``                    feed-forward block (``MLPConfig``)
 ``moe``                    mixture of experts (``MoEConfig``)
 ``mamba2+attention``       Falcon-H1's parallel pair: both read the same normed input, outputs summed
-``zamba2_hybrid``          Zamba2: a shared transformer block on concat(hidden, embeddings), a linear,
-                           added to the input of this layer's ``mamba2`` mixer
+``shared_transformer``     Zamba2: this layer's call of a shared transformer block on
+                           concat(hidden, embeddings) plus a linear, added to the input of its mixer
+                           (``SharedLayerPlan.shared`` names the block)
 =========================  ==========================================================================
 """
 
@@ -25,7 +26,7 @@ KINDS = (
     "mlp",
     "moe",
     "mamba2+attention",
-    "zamba2_hybrid",
+    "shared_transformer",
 )
 
 
@@ -39,3 +40,16 @@ class LayerPlan(NamedTuple):
 
     mixer: str
     mlp: str | None = None
+
+
+class SharedLayerPlan(NamedTuple):
+    """A layer that also calls shared block ``shared`` before its mixer (Zamba2; docs/spec.md §11).
+
+    Example:
+        >>> SharedLayerPlan("mamba2", None, 1)
+        SharedLayerPlan(mixer='mamba2', mlp=None, shared=1)
+    """
+
+    mixer: str
+    mlp: str | None = None
+    shared: int | None = None

@@ -2,7 +2,7 @@
 
 ``layers_block_type`` marks each layer ``"mamba"`` or ``"hybrid"``. A Mamba layer is
 ``x + mamba(norm(x))``. The j-th hybrid layer first runs shared transformer block ``j % num_mem_blocks``
-on ``concat(x, embeddings)`` (width 2D):
+on ``concat(x, embeddings)`` (width 2D; docs/spec.md §11):
 ``t = mlp(pre_ff_layernorm(attention(input_layernorm(concat(x, e)))))`` (no residual inside the shared
 block), then ``x + mamba(norm(x + linear(t)))`` with its own ``linear`` and Mamba-2 mixer. The shared
 attention (``2D / heads`` head dim, scale ``(head_dim / 2) ** -0.5``, RoPE when ``use_mem_rope``) and
@@ -18,11 +18,11 @@ import math
 from dataclasses import dataclass
 from typing import ClassVar
 
-from mamba_core.block_config import AttentionConfig, MLPConfig
+from mamba_core.block_config import AttentionConfig, MLPConfig, SharedTransformerConfig
 from mamba_core.errors import ConfigError
 from mamba_core.families.hf_reader import HFReader
 from mamba_core.families.mamba_mixer import Mamba2MixerConfig
-from mamba_core.families.plan import LayerPlan
+from mamba_core.families.plan import SharedLayerPlan
 
 _TYPES = {"mamba": "mamba", "linear_attention": "mamba", "hybrid": "hybrid"}
 _ACTS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "silu": "silu"}
@@ -37,11 +37,16 @@ class Zamba2Config:
         >>> cfg = Zamba2Config.from_hf({"model_type": "zamba2", "hidden_size": 32, "vocab_size": 100,
         ...     "num_hidden_layers": 4, "layers_block_type": ["mamba", "hybrid", "mamba", "hybrid"],
         ...     "num_attention_heads": 4, "n_mamba_heads": 4, "num_mem_blocks": 2})
-        >>> [p.mixer for p in cfg.layer_plan()], cfg.shared_block_of(3), cfg.attention.head_dim
-        (['mamba2', 'zamba2_hybrid', 'mamba2', 'zamba2_hybrid'], 1, 16)
+        >>> [p.shared for p in cfg.layer_plan()], cfg.shared_block_of(3), cfg.attention.head_dim
+        ([None, 0, None, 1], 1, 16)
     """
 
     model_type: ClassVar[str] = "zamba2"
+    arch: ClassVar[str] = "zamba2"
+    # composition constants read by the shared model code (init, the residual stream)
+    initializer_range: ClassVar[float] = 0.02
+    rescale_prenorm_residual: ClassVar[bool] = True
+    residual_in_fp32: ClassVar[bool] = False  # transformers keeps Zamba2's residual in the model dtype
 
     d_model: int
     vocab_size: int
@@ -95,7 +100,7 @@ class Zamba2Config:
             raise ConfigError(
                 f"time_step_min must be >= 0, got {self.time_step_min!r}", field="time_step_min"
             )
-        self.attention, self.mlp, self.mamba  # noqa: B018 (each validates its fields)
+        self.shared_transformer, self.mamba  # noqa: B018 (each validates its fields)
 
     @property
     def n_layer(self) -> int:
@@ -120,9 +125,40 @@ class Zamba2Config:
             )
         return ids.index(layer) % self.num_mem_blocks
 
-    def layer_plan(self) -> tuple[LayerPlan, ...]:
-        """``mamba2`` or ``zamba2_hybrid`` (shared block + linear + Mamba-2) per layer."""
-        return tuple(LayerPlan("mamba2" if t == "mamba" else "zamba2_hybrid") for t in self.layer_types)
+    @property
+    def vocab_size_padded(self) -> int:
+        """Rows of the embedding and the head (transformers does not pad Zamba2's vocabulary)."""
+        return self.vocab_size
+
+    @property
+    def n_shared_blocks(self) -> int:
+        """Shared transformer blocks stored (those some hybrid layer calls)."""
+        return min(self.num_mem_blocks, len(self.hybrid_layer_ids))
+
+    def layer_plan(self) -> tuple[SharedLayerPlan, ...]:
+        """A ``mamba2`` mixer per layer; a hybrid layer also calls shared block ``j % num_mem_blocks``."""
+        hybrid = self.hybrid_layer_ids
+        return tuple(
+            SharedLayerPlan("mamba2", None, hybrid.index(i) % self.num_mem_blocks if i in hybrid else None)
+            for i in range(self.n_layer)
+        )
+
+    @property
+    def shared_transformer(self) -> SharedTransformerConfig:
+        """The shared blocks and their per-call adapters (the ``shared_transformer`` kind)."""
+        return SharedTransformerConfig(
+            d_model=self.d_model, attention=self.attention, mlp=self.mlp, norm_epsilon=self.norm_epsilon
+        )
+
+    def kind_config(self, kind: str):
+        """The config object of one kind of this model."""
+        return {"mamba2": lambda: self.mamba, "shared_transformer": lambda: self.shared_transformer}[kind]()
+
+    def to_dict(self, dialect: str = "mamba-core") -> dict:
+        """Write the config in a dialect of ``mamba_core.dialects.DIALECTS`` (the config.json dict)."""
+        from mamba_core.dialects import write_config  # the codec imports the family configs
+
+        return write_config(self, dialect)
 
     @property
     def attention(self) -> AttentionConfig:

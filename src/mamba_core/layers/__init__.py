@@ -26,9 +26,10 @@ from mamba_core.layers.mamba2 import MAMBA2
 from mamba_core.layers.mamba3 import MAMBA3
 from mamba_core.layers.mlp import MLP
 from mamba_core.layers.moe import MOE
+from mamba_core.layers.shared_transformer import SHARED_TRANSFORMER
 
 KINDS: dict[str, LayerKind] = {
-    kind.name: kind for kind in (MAMBA1, MAMBA2, MAMBA3, GATED_MLP, ATTENTION, MLP, MOE)
+    kind.name: kind for kind in (MAMBA1, MAMBA2, MAMBA3, GATED_MLP, ATTENTION, MLP, MOE, SHARED_TRANSFORMER)
 }
 
 # Block-level rows (relative to ``backbone.layers.{i}.``): the pre-norm of the mixer, and of the MLP
@@ -36,7 +37,19 @@ KINDS: dict[str, LayerKind] = {
 BLOCK_ROWS: dict[str, tuple[Param, ...]] = {
     "mixer": (Param("norm.weight", ("d_model",)),),
     "mlp": (Param("norm2.weight", ("d_model",)),),
+    "shared": (),  # the shared-block call adds to the mixer's input; it has no norm of its own
 }
+
+
+def shared_blocks(config) -> int:
+    """How many shared blocks a model stores once (``backbone.shared_blocks.{b}``; Zamba2), 0 for none.
+
+    Example:
+        >>> from mamba_core import Mamba1Config
+        >>> shared_blocks(Mamba1Config(d_model=16, n_layer=2, vocab_size=10))
+        0
+    """
+    return int(getattr(config, "n_shared_blocks", 0))
 
 
 def get_kind(name: str) -> LayerKind:
@@ -83,13 +96,19 @@ def layer_plan(config) -> tuple[BlockPlan, ...]:
     own = getattr(config, "layer_plan", None)
     # a family's plan rows name their kinds by ``mixer`` / ``mlp`` (BlockPlan or a like tuple)
     plan = (
-        tuple(BlockPlan(p.mixer, p.mlp) for p in own())
+        tuple(BlockPlan(p.mixer, p.mlp, getattr(p, "shared", None)) for p in own())
         if callable(own)
         else (BlockPlan(config.arch),) * config.n_layer
     )
-    for block in plan:
+    n_shared = shared_blocks(config)
+    for i, block in enumerate(plan):
         for _, name in block.slots:
             get_kind(name)
+        if block.shared is not None and not 0 <= block.shared < n_shared:
+            raise ConfigError(
+                f"layer {i} calls shared block {block.shared}, but the model has {n_shared} shared blocks",
+                field="layer plan",
+            )
     return plan
 
 
@@ -103,4 +122,5 @@ __all__ = [
     "get_kind",
     "kind_config",
     "layer_plan",
+    "shared_blocks",
 ]

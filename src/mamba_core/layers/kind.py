@@ -111,17 +111,30 @@ class LayerKind:
 class BlockPlan:
     """One layer of a model: a pre-norm residual block and the kinds in its slots.
 
-    ``x = x + mixer(norm(x))``; with an ``mlp`` kind also ``x = x + mlp(norm2(x))``.
+    ``x = x + mixer(norm(x))``; with an ``mlp`` kind also ``x = x + mlp(norm2(x))``. A layer that
+    calls a shared block (``shared`` set, Zamba2) first runs the ``shared`` slot's kind on the raw
+    stream and the model's input embeddings and adds its output to the mixer's *input* only:
+    ``x = x + mixer(norm(x + shared(x, e)))`` (docs/spec.md §11).
 
     Attributes:
         mixer: the mixer kind name.
         mlp: the MLP kind name, or None (a Mamba block has none).
+        shared: the index of the shared block this layer calls (``layers.SHARED_CALL`` in the
+            ``shared`` slot), or None.
     """
 
     mixer: str
     mlp: str | None = None
+    shared: int | None = None
+
+    def __repr__(self) -> str:
+        shared = "" if self.shared is None else f", shared={self.shared}"
+        return f"BlockPlan(mixer={self.mixer!r}, mlp={self.mlp!r}{shared})"
 
     @property
     def slots(self) -> tuple[tuple[str, str], ...]:
-        """``((slot, kind name), ...)`` for the slots that are filled, in order."""
-        return (("mixer", self.mixer),) + ((("mlp", self.mlp),) if self.mlp is not None else ())
+        """``((slot, kind name), ...)`` for the slots that are filled, in order (``shared`` first)."""
+        from mamba_core.layers.shared_transformer import SHARED_CALL  # the kind imports this module
+
+        pre = (("shared", SHARED_CALL),) if self.shared is not None else ()
+        return pre + (("mixer", self.mixer),) + ((("mlp", self.mlp),) if self.mlp is not None else ())

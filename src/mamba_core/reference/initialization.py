@@ -11,8 +11,9 @@ import math
 import numpy as np
 
 from mamba_core.families import HYBRID_CONFIGS
-from mamba_core.layers import get_kind, kind_config, layer_plan
+from mamba_core.layers import BLOCK_ROWS, get_kind, kind_config, layer_plan, shared_blocks
 from mamba_core.layers.init import linear_weight, norm_weight
+from mamba_core.layers.shared_transformer import SHARED_CALL, SHARED_PREFIX, init_shared_block
 
 # the weights that write into the residual stream, rescaled at init (docs/spec.md §1.5)
 _RESIDUAL_OUTPUTS = ("out_proj.weight", "fc2.weight")
@@ -59,14 +60,19 @@ def init_weights(
         n_residuals = 1 if isinstance(cfg, HYBRID_CONFIGS) else len(block.slots)
         scale = 1.0 / math.sqrt(n_residuals * cfg.n_layer) if cfg.rescale_prenorm_residual else 1.0
         for slot, kind_name in block.slots:
-            norm = "norm" if slot == "mixer" else "norm2"
-            out[f"backbone.layers.{i}.{norm}.weight"] = norm_weight(rng, d, perturb_norms)
+            for row in BLOCK_ROWS[slot]:  # the slot's pre-norm (none for a shared-block call)
+                out[f"backbone.layers.{i}.{row.name}"] = norm_weight(rng, d, perturb_norms)
             tensors = get_kind(kind_name).init(rng, kind_config(cfg, kind_name), perturb_norms)
             for name in _RESIDUAL_OUTPUTS:
                 if name in tensors:
                     tensors[name] = tensors[name] * scale
             for name, value in tensors.items():
                 out[f"backbone.layers.{i}.{slot}.{name}"] = value
+    if shared_blocks(cfg):  # blocks stored once, called by several layers (docs/spec.md §11)
+        shared_cfg = kind_config(cfg, SHARED_CALL)
+        for b in range(shared_blocks(cfg)):
+            for name, value in init_shared_block(rng, shared_cfg, perturb_norms).items():
+                out[SHARED_PREFIX.format(b=b) + name] = value
     out["backbone.norm_f.weight"] = norm_weight(rng, d, perturb_norms)
     if embedding and not cfg.tie_embeddings:
         out["lm_head.weight"] = linear_weight(rng, v, d)

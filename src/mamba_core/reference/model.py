@@ -11,7 +11,9 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from mamba_core.errors import UnsupportedError
 from mamba_core.layers import get_kind, kind_config, layer_plan
+from mamba_core.layers.shared_transformer import SHARED_PREFIX
 from mamba_core.reference.layers import KINDS
 from mamba_core.reference.ops import _f64, rmsnorm
 from mamba_core.reference.packing import packed_forward
@@ -37,18 +39,33 @@ def layer_weights(weights: Mapping, i: int, prefix: str = "backbone.layers.", sl
     return {name[len(head) :]: value for name, value in weights.items() if name.startswith(head)}
 
 
-def _block(cfg, weights: Mapping, i: int, block, x: np.ndarray, state, fn: str, seq_idx=None):
+def _block(cfg, weights: Mapping, i: int, block, x: np.ndarray, state, fn: str, seq_idx=None, emb=None):
     # x + slot(norm_slot(x)) for each filled slot of the block; the state tuple is the concatenation
-    # of the slots' cache fields in slot order; with seq_idx each document runs on its own
+    # of the slots' cache fields in slot order; with seq_idx each document runs on its own. A shared
+    # slot (docs/spec.md §11) reads the raw stream and the embeddings ``emb``; its output is added to
+    # the next slot's input, not to the stream.
     new_state: list = []
     rest = list(state)
+    feed = 0.0
     for slot, kind_name in block.slots:
         n = len(get_kind(kind_name).cache)
         mine, rest = rest[:n], rest[n:]
-        norm = "norm" if slot == "mixer" else "norm2"
-        normed = rmsnorm(x, weights[f"backbone.layers.{i}.{norm}.weight"], cfg.norm_epsilon)
         kcfg = kind_config(cfg, kind_name)
         lw = layer_weights(weights, i, slot=slot)
+        if slot == "shared":
+            if seq_idx is not None:
+                raise UnsupportedError(
+                    f"layer {i} calls a shared transformer block, which does not take packed sequences "
+                    "(seq_idx); run its documents unpacked"
+                )
+            head = SHARED_PREFIX.format(b=block.shared)
+            shared = {k[len(head) :]: w for k, w in weights.items() if k.startswith(head)}
+            feed, *mine = getattr(KINDS[kind_name], fn)(x, lw, kcfg, *mine, embeddings=emb, block=shared)
+            new_state.extend(mine)
+            continue
+        norm = "norm" if slot == "mixer" else "norm2"
+        normed = rmsnorm(x + feed, weights[f"backbone.layers.{i}.{norm}.weight"], cfg.norm_epsilon)
+        feed = 0.0
         if seq_idx is None:
             out, *mine = getattr(KINDS[kind_name], fn)(normed, lw, kcfg, *mine)
         else:
@@ -87,11 +104,11 @@ def backbone_forward(cfg, weights: Mapping, hidden, states=None, seq_idx=None):
         >>> out.shape, len(states)
         ((1, 3, 8), 2)
     """
-    x = _f64(hidden)
+    x = emb = _f64(hidden)  # the shared blocks read the input embeddings (docs/spec.md §11)
     new_states = []
     for i, block in enumerate(layer_plan(cfg)):
         state = _empty_state(block) if states is None else states[i]
-        x, state = _block(cfg, weights, i, block, x, state, "forward", seq_idx)
+        x, state = _block(cfg, weights, i, block, x, state, "forward", seq_idx, emb)
         new_states.append(state)
     return rmsnorm(x, weights["backbone.norm_f.weight"], cfg.norm_epsilon), new_states
 
@@ -115,10 +132,10 @@ def backbone_step(cfg, weights: Mapping, hidden, states):
         >>> backbone_step(cfg, ws, np.ones((1, 8)), states)[0].shape
         (1, 8)
     """
-    x = _f64(hidden)
+    x = emb = _f64(hidden)  # the shared blocks read the input embeddings (docs/spec.md §11)
     new_states = []
     for i, block in enumerate(layer_plan(cfg)):
-        x, state = _block(cfg, weights, i, block, x, states[i], "step")
+        x, state = _block(cfg, weights, i, block, x, states[i], "step", None, emb)
         new_states.append(state)
     return rmsnorm(x, weights["backbone.norm_f.weight"], cfg.norm_epsilon), new_states
 
