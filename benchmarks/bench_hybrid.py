@@ -1,4 +1,5 @@
-"""Benchmark the newer families (FalconMamba, Jamba, Nemotron-H, Zamba2) on both backends beside their peers.
+"""Benchmark the newer families (FalconMamba, Jamba, Nemotron-H, Zamba2, Falcon-H1, Granite 4.0-H, Bamba)
+on both backends beside their peers.
 
 A script, not a test. For each family one random checkpoint is written by transformers'
 ``save_pretrained`` and converted once to mlx-lm's layout with ``mamba_core.convert``; every
@@ -124,6 +125,67 @@ def nemotron_h_checkpoint(out: Path, quick: bool) -> Path:
     return out / "hf"
 
 
+def granite_hybrid_checkpoint(out: Path, quick: bool) -> Path:
+    """A random transformers ``GraniteMoeHybridForCausalLM`` shaped like Granite 4.0-H: Mamba-2 (one group)
+    with an attention layer every 4th (GQA 8:2, NoPE), MoE (8 experts, top 2) plus the shared MLP in
+    every layer, Granite's multipliers (8 layers without ``quick``)."""
+    import torch
+    import transformers
+
+    d, n, vocab = (256, 4, 4099) if quick else (512, 8, 32000)
+    cfg = transformers.GraniteMoeHybridConfig(
+        vocab_size=vocab,
+        hidden_size=d,
+        num_hidden_layers=n,
+        layer_types=["full_attention" if i % 4 == 3 else "linear_attention" for i in range(n)],
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        position_embedding_type="nope",
+        intermediate_size=d // 2,
+        shared_intermediate_size=d,
+        num_local_experts=8,
+        num_experts_per_tok=2,
+        mamba_n_heads=2 * d // 64,
+        mamba_n_groups=1,
+        mamba_d_state=64,
+        mamba_chunk_size=64,
+        embedding_multiplier=12.0,
+        residual_multiplier=0.22,
+        attention_multiplier=0.0078125,
+        logits_scaling=6.0,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    transformers.GraniteMoeHybridForCausalLM(cfg).save_pretrained(out / "hf", safe_serialization=True)
+    return out / "hf"
+
+
+def bamba_checkpoint(out: Path, quick: bool) -> Path:
+    """A random transformers ``BambaForCausalLM``: Mamba-2 (n_groups 1) with attention every 4th layer
+    (GQA 8:2, partial RoPE), a gated SiLU MLP in every layer (8 layers without ``quick``)."""
+    import torch
+    import transformers
+
+    d, n, vocab = (256, 4, 4099) if quick else (512, 8, 32000)
+    cfg = transformers.BambaConfig(
+        vocab_size=vocab,
+        hidden_size=d,
+        num_hidden_layers=n,
+        attn_layer_indices=[i for i in range(n) if i % 4 == 3],
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        intermediate_size=3 * d,
+        mamba_n_heads=2 * d // 64,
+        mamba_n_groups=1,
+        mamba_d_state=64,
+        mamba_chunk_size=64,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    transformers.BambaForCausalLM(cfg).save_pretrained(out / "hf", safe_serialization=True)
+    return out / "hf"
+
+
 def zamba2_checkpoint(out: Path, quick: bool) -> Path:
     """A random transformers ``Zamba2ForCausalLM``: Mamba-2 (n_groups 2) with hybrid layers calling 2 shared
     transformer blocks in turn (q/k/v and gate_up adapters of rank 64, RoPE); tied head (transformers ties
@@ -155,6 +217,42 @@ def zamba2_checkpoint(out: Path, quick: bool) -> Path:
     return out / "hf"
 
 
+def falcon_h1_checkpoint(out: Path, quick: bool) -> Path:
+    """A random transformers ``FalconH1ForCausalLM``: every layer attention (GQA 8:2, RoPE) beside Mamba-2
+    (width ``mamba_d_ssm`` = 1.5 d_model, not ``expand * d_model``), then a gated MLP; Falcon-H1-0.5B's
+    multipliers (a small shape; tiny with ``quick``)."""
+    import torch
+    import transformers
+
+    d, layers, vocab = (256, 4, 4099) if quick else (512, 8, 32000)
+    cfg = transformers.FalconH1Config(
+        vocab_size=vocab,
+        hidden_size=d,
+        num_hidden_layers=layers,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        head_dim=d // 8,
+        intermediate_size=3 * d,
+        mamba_d_ssm=3 * d // 2,
+        mamba_n_heads=3 * d // 128,
+        mamba_n_groups=1,
+        mamba_d_state=64,
+        mamba_chunk_size=64,
+        embedding_multiplier=5.656854249492381,
+        lm_head_multiplier=0.0390625,
+        key_multiplier=0.390625,
+        attention_out_multiplier=0.9375,
+        ssm_in_multiplier=1.25,
+        ssm_out_multiplier=0.23570226039551587,
+        ssm_multipliers=[0.3535533905932738, 0.25, 0.3535533905932738, 0.5, 0.3535533905932738],
+        mlp_multipliers=[0.8838834764831844, 0.5859375],
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    transformers.FalconH1ForCausalLM(cfg).save_pretrained(out / "hf", safe_serialization=True)
+    return out / "hf"
+
+
 # family -> (checkpoint writer, transformers class, the directory mlx-lm reads: our "mlx-lm" conversion,
 # or transformers' "hf" one when we cannot write the family's mlx-lm layout yet; None: mlx-lm has no
 # such family, the MLX rows are ours alone)
@@ -164,6 +262,10 @@ FAMILIES = {
     "nemotron_h": (nemotron_h_checkpoint, "NemotronHForCausalLM", "mlx-lm"),
     "zamba2": (zamba2_checkpoint, "Zamba2ForCausalLM", None),
 }
+# Falcon-H1: mlx-lm runs our mlx-lm conversion (multipliers folded, docs/spec.md §12.5)
+FAMILIES["falcon_h1"] = (falcon_h1_checkpoint, "FalconH1ForCausalLM", "mlx-lm")
+FAMILIES["granitemoehybrid"] = (granite_hybrid_checkpoint, "GraniteMoeHybridForCausalLM", "mlx-lm")
+FAMILIES["bamba"] = (bamba_checkpoint, "BambaForCausalLM", None)
 
 
 # ---- torch ---------------------------------------------------------------------------------------
@@ -262,12 +364,12 @@ BACKENDS = {"torch": bench_torch, "mlx": bench_mlx}
 
 def _print(rows: list) -> None:
     head = ("family", "backend", "row", "implementation")
-    print(f"| {head[0]:13} | {head[1]:7} | {head[2]:7} | {head[3]:14} | {'tok/s':>9} | {'vs peer':>7} |")
-    print(f"|{'-' * 15}|{'-' * 9}|{'-' * 9}|{'-' * 16}|{'-' * 11}|{'-' * 9}|")
+    print(f"| {head[0]:16} | {head[1]:7} | {head[2]:7} | {head[3]:14} | {'tok/s':>9} | {'vs peer':>7} |")
+    print(f"|{'-' * 18}|{'-' * 9}|{'-' * 9}|{'-' * 16}|{'-' * 11}|{'-' * 9}|")
     for family, backend, what, impl, tps in rows:
         peer = [r[4] for r in rows if r[:3] == (family, backend, what) and r[3] != "mamba-core"]
         ratio = f"{tps / peer[0]:.2f}x" if peer else ""
-        print(f"| {family:13} | {backend:7} | {what:7} | {impl:14} | {tps:9.1f} | {ratio:>7} |")
+        print(f"| {family:16} | {backend:7} | {what:7} | {impl:14} | {tps:9.1f} | {ratio:>7} |")
 
 
 def main(argv=None) -> int:

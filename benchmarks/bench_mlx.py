@@ -9,8 +9,9 @@ implementations and the limit probe, with its spread (max - min) / min, flagged 
   ``mlx_lm.generate_step`` does (the first L-1 tokens evaluating only the cache, then the last token
   with logits), and ``model(prompt, cache)`` with every position's logits. Limit: ``sgemm``, an MLX
   float32 matmul of the in_proj shape (L x d_model) @ (d_model x d_in_proj).
-* decode: ``--decode`` greedy tokens after the prompt, one ``step`` (ours) / one-token call (mlx-lm)
-  per token, argmax and ``mx.eval`` each token. Limit: ``copy``, a 256 MB MLX copy; its bandwidth over
+* decode: ``--decode`` greedy tokens after the prompt, one ``step`` (ours; "compiled": the
+  ``mx.compile``'d step of ``generate(..., compile=True)``) / one-token call (mlx-lm) per token, argmax
+  and ``mx.eval`` each token. Limit: ``copy``, a 256 MB MLX copy; its bandwidth over
   the bytes of weights read per step.
 * train: one ``nn.value_and_grad`` + Adam step on a (``--train-batch``, ``--train-len``) batch of a
   small model (d_model 256, 4 layers, vocab ``--train-vocab``), tok/s.
@@ -49,6 +50,8 @@ import numpy as np
 
 from mamba_core import Mamba1Config, Mamba2Config
 from mamba_core.backends import mlx as MB
+from mamba_core.backends.mlx.sample import _decode_step
+from mamba_core.strict_json import decode_floats
 
 NOISY = 0.10
 SECTIONS = ("prefill", "decode", "train", "memory", "long")
@@ -57,7 +60,7 @@ SECTIONS = ("prefill", "decode", "train", "memory", "long")
 def _mlx_lm(cfg, ours):
     from mlx_lm.models import mamba, mamba2
 
-    d = cfg.to_dict("mlx-lm")
+    d = decode_floats(cfg.to_dict("mlx-lm"))  # the JSON form tags inf; mlx-lm's ModelArgs wants floats
     module = mamba if cfg.arch == "mamba1" else mamba2
     model = module.Model(module.ModelArgs.from_dict(d))
     model.load_weights(list(MB.export_tensors(ours, "mlx-lm").items()), strict=True)
@@ -118,10 +121,14 @@ class Rows:
         groups: dict = {}
         for r in self.rows:
             groups.setdefault((r["arch"], r["section"], r["what"]), []).append(r)
-        print(f"\n| {'measure':44} | {'mamba-core':>16} | {'mlx-lm':>16} | {'ratio':>6} | limit |")
-        print(f"|{'-' * 46}|{'-' * 18}|{'-' * 18}|{'-' * 8}|---|")
+        print(
+            f"\n| {'measure':44} | {'mamba-core':>16} | {'compiled':>16} | {'mlx-lm':>16} | {'ratio':>6} "
+            f"| compiled / eager | limit |"
+        )
+        print(f"|{'-' * 46}|{'-' * 18}|{'-' * 18}|{'-' * 18}|{'-' * 8}|---|---|")
         for (arch, section, what), rs in groups.items():
             ours = [r for r in rs if r["impl"] == "mamba-core"]
+            compiled = [r for r in rs if r["impl"] == "mamba-core compiled"]
             theirs = [r for r in rs if r["impl"].startswith("mlx-lm")]
             limit = [r for r in rs if r["impl"] in ("sgemm", "copy")]
             if not ours:
@@ -135,11 +142,14 @@ class Rows:
             if theirs:  # lower is better for memory, higher for speed
                 pick = min if o["unit"] == "MiB" else max
                 best = pick(theirs, key=lambda r: r["value"])
-            ratio = f"{o['value'] / best['value']:.2f}x" if best else "—"
+            fastest = max([o, *compiled], key=lambda r: r["value"]) if o["unit"] != "MiB" else o
+            ratio = f"{fastest['value'] / best['value']:.2f}x" if best else "—"
+            speedup = f"{compiled[0]['value'] / o['value']:.2f}x" if compiled else "—"
             lim = f"{limit[0]['note']}" if limit else "—"
             print(
                 f"| {arch + ' ' + section + ' ' + what:44} | {fmt(o):>16} | "
-                f"{fmt(best) if best else '—':>16} | {ratio:>6} | {lim} |",
+                f"{fmt(compiled[0]) if compiled else '—':>16} | "
+                f"{fmt(best) if best else '—':>16} | {ratio:>6} | {speedup} | {lim} |",
                 flush=True,
             )
 
@@ -220,6 +230,17 @@ def bench_inference(cfg, args, rows: Rows, sections):
             mx.eval(token)
         return time.perf_counter() - start
 
+    step = _decode_step(ours, True)  # generate(..., compile=True)'s step: mx.compile
+
+    def ours_decode_compiled():
+        cache, logits = ours_prefill()
+        token = mx.argmax(logits, axis=-1)
+        start = time.perf_counter()
+        for _ in range(args.decode):
+            token = mx.argmax(step(token, cache), axis=-1)
+            mx.eval(token)
+        return time.perf_counter() - start
+
     def theirs_decode():
         cache, logits = theirs_prefill_generate_style()
         token = mx.argmax(logits, axis=-1)
@@ -237,7 +258,12 @@ def bench_inference(cfg, args, rows: Rows, sections):
         np.copyto(dst, src)  # reads 256 MB, writes 256 MB
         return time.perf_counter() - start
 
-    fns = {"mamba-core": ours_decode, "mlx-lm": theirs_decode, "copy": copy}
+    fns = {
+        "mamba-core": ours_decode,
+        "mamba-core compiled": ours_decode_compiled,
+        "mlx-lm": theirs_decode,
+        "copy": copy,
+    }
     decode_times = {k: [] for k in fns}
     for _ in range(args.repeats + 1):
         for k, fn in fns.items():

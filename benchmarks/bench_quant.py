@@ -2,9 +2,11 @@
 
 A script, not a test. It prints, on one machine, side by side:
 
-* torch decode tok/s, batch 1, 130m shape, random weights: our float32 vs our int8 (``_weight_int8pack_mm``)
-  and int4 (tinygemm) decode kernels and the exact MLX-format q8 layers. transformers quantizes Mamba on
-  torch only through torchao / bitsandbytes, which are not installed here: its row says so.
+* torch decode tok/s, batch 1, 130m shape, random weights: our float32 vs our int8 (``_weight_int8pack_mm``),
+  int8-dynamic (fbgemm, int8 activations too) and int4 (tinygemm) decode kernels and the exact MLX-format
+  q8 layers. Rates are from the fastest of the round-robin rounds; "spread" is slowest / fastest.
+  transformers quantizes Mamba on torch only through torchao / bitsandbytes, which are not installed
+  here: its row says so.
 * MLX decode tok/s, batch 1, 130m shape: ours vs mlx-lm on the same q4 / q8 checkpoint (mlx-lm's own
   ``quantize_model``), and float32.
 * quality on the shipped byte-level model: max logits error vs float32 (relative to max |logit|),
@@ -43,13 +45,19 @@ def row(section, arch, impl, what, value, unit, extra=""):
 
 
 def _interleaved(fns: dict, rounds: int) -> dict:
-    best = dict.fromkeys(fns, math.inf)
+    """Round-robin timing: every function once per round. Returns key -> sorted seconds of its rounds."""
+    times: dict = {key: [] for key in fns}
     for _ in range(rounds):
         for key, fn in fns.items():
             t = time.perf_counter()
             fn()
-            best[key] = min(best[key], time.perf_counter() - t)
-    return best
+            times[key].append(time.perf_counter() - t)
+    return {key: sorted(v) for key, v in times.items()}
+
+
+def _spread(times: list[float]) -> str:
+    """The spread of repeated rounds: the slowest over the fastest (1.00 = no noise)."""
+    return f"spread {times[-1] / times[0]:.2f} over {len(times)} rounds"
 
 
 def bench_torch(args):
@@ -60,7 +68,7 @@ def bench_torch(args):
     for arch in args.arch:
         cfg = cfg_130m(arch)
         models = {"ours-fp32": tb.build_model(cfg, seed=0, device="cpu")}
-        for kernel, preset in (("int8", "q8"), ("int4", "q4"), ("affine", "q8")):
+        for kernel, preset in (("int8", "q8"), ("int8-dynamic", "q8"), ("int4", "q4"), ("affine", "q8")):
             m = tb.build_model(cfg, seed=0, device="cpu")
             name = f"ours-{kernel}" + ("-q8 (exact MLX)" if kernel == "affine" else "")
             models[name] = mamba_core.quantize(m, preset, group_size=64, kernel=kernel)
@@ -77,10 +85,11 @@ def bench_torch(args):
                         t = m.step(t, cache).argmax(-1)
 
                 fns[name] = run
-            best = _interleaved(fns, rounds)
-        base = steps / best["ours-fp32"]
-        for name, t in best.items():
-            row("decode", arch, name, "batch=1", steps / t, "tok/s", f"{steps / t / base:.2f}x fp32")
+            times = _interleaved(fns, rounds)
+        base = steps / times["ours-fp32"][0]
+        for name, t in times.items():
+            rate = steps / t[0]
+            row("decode", arch, name, "batch=1", rate, "tok/s", f"{rate / base:.2f}x fp32; {_spread(t)}")
         row(
             "decode",
             arch,
@@ -134,9 +143,11 @@ def bench_mlx(args):
                 run_theirs()
                 fns[f"ours-{tag}"] = run_ours
                 fns[f"mlx-lm-{tag}"] = run_theirs
-            best = _interleaved(fns, rounds)
-        for name, t in best.items():
-            row("decode", arch, name, "batch=1", steps / t, "tok/s", "same checkpoint for both")
+            times = _interleaved(fns, rounds)
+        base = steps / times["ours-fp32"][0]
+        for name, t in times.items():
+            rate = steps / t[0]
+            row("decode", arch, name, "batch=1", rate, "tok/s", f"{rate / base:.2f}x our fp32; {_spread(t)}")
 
 
 def _bpb(logits: np.ndarray, ids: np.ndarray) -> float:
@@ -191,7 +202,13 @@ def bench_quality(args):
     ref = torch_fns(f32)[0](ids)
     ref_tokens = torch_fns(f32)[1](prompt, n_new)
     quality("torch-fp32", *torch_fns(f32), ref, ref_tokens)
-    for kernel, preset in (("int8", "q8"), ("int4", "q4"), ("affine", "q8"), ("affine", "q4")):
+    for kernel, preset in (
+        ("int8", "q8"),
+        ("int8-dynamic", "q8"),
+        ("int4", "q4"),
+        ("affine", "q8"),
+        ("affine", "q4"),
+    ):
         m = mamba_core.load(SHIPPED_MODEL, backend="torch", device="cpu", dtype="float32")
         m = mamba_core.quantize(m, preset, group_size=64 if kernel != "int4" else 32, kernel=kernel)
         quality(f"torch-{kernel}-{preset}", *torch_fns(m), ref, ref_tokens, m)

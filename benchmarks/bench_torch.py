@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 
 from mamba_core import Mamba1Config, Mamba2Config
+from mamba_core.strict_json import decode_floats
 
 ROWS: list[dict] = []
 
@@ -122,7 +123,7 @@ def build(impl: str, arch: str, cfg, *, train: bool = False):
     if impl in ("hf", "hf-pscan"):
         import transformers
 
-        d = cfg.to_dict("hf")
+        d = decode_floats(cfg.to_dict("hf"))  # the JSON form tags inf; transformers' constructor wants floats
         if arch == "mamba1":
             hcfg = transformers.MambaConfig(**d, use_mambapy=impl == "hf-pscan")
             m = transformers.MambaForCausalLM(hcfg)
@@ -240,7 +241,7 @@ def _weight_bytes(model) -> int:
 
 
 def bench_prefill(args):
-    lengths = [256] if args.quick else [256, 2048]
+    lengths = args.prefill_lens or ([256] if args.quick else [256, 2048])
     for arch in args.arch:
         cfg = cfg_130m(arch)
         head = cfg.vocab_size_padded * cfg.d_model
@@ -288,7 +289,51 @@ def bench_prefill(args):
                     f"{t:.2f}s; matmul {flops / t / 1e9:.0f} GFLOP/s = {flops / t / 1e9 / peak:.0%} of sgemm",
                     times=ts,
                 )
+                ROWS[-1]["sgemm_share"] = flops / t / 1e9 / peak
         del built
+
+
+def _threads(n: int | None, fn):
+    """``fn`` run with ``torch.set_num_threads(n)`` (None: unchanged), the previous count restored."""
+    if n is None:
+        return fn
+
+    def run():
+        before = torch.get_num_threads()
+        torch.set_num_threads(n)
+        try:
+            return fn()
+        finally:
+            torch.set_num_threads(before)
+
+    return run
+
+
+def _compiled_decoders(arch: str, cfg, threads: list[int]) -> dict:
+    """``ours-compiled`` (``generate(..., compile=True)``'s step: ``torch.compile(fullgraph=True)`` over a
+    static cache) at each thread count of ``threads``: -> {name: (model, threads, make_decoder(batch))}.
+    Inductor bakes the OpenMP thread count into the kernels it generates, so each count compiles its own
+    model (same seed, same weights) under that count."""
+    from mamba_core.backends.torch import build_model, sample
+
+    out = {}
+    default = torch.get_num_threads()
+    for n in threads:
+        m = build_model(cfg, seed=0, device="cpu")
+        name = "ours-compiled" + ("" if n == default else f"-{n}t")
+
+        def dec(batch, m=m, n=n):
+            cache = m.make_cache(batch)
+            policy = sample.COMPILED_DECODE_THREADS
+            sample.COMPILED_DECODE_THREADS = n  # this row's count, not generate's policy
+            try:
+                step = sample._decode_step(m, True)
+            finally:
+                sample.COMPILED_DECODE_THREADS = policy
+            return lambda tok: step(tok, cache)
+
+        out[name] = (m, n if n != default else None, dec)
+    return out
 
 
 def bench_decode(args):
@@ -300,6 +345,10 @@ def bench_decode(args):
         for impl in impls_for(arch, args.impl, "decode"):
             torch.manual_seed(0)
             built[impl] = build(impl, arch, cfg)
+        threads = {impl: None for impl in built}
+        if "ours" in built and args.compile_threads:
+            for name, (m, n, dec) in _compiled_decoders(arch, cfg, args.compile_threads).items():
+                built[name], threads[name] = (m, None, dec, None), n
         weight_bytes = _weight_bytes(built[next(iter(built))][0])
         for batch in (1, 16):
             copy, nbytes = copy_probe()
@@ -308,14 +357,18 @@ def bench_decode(args):
                 for impl, (_, _, dec, _) in built.items():
                     step = dec(batch)
                     tok = torch.randint(0, cfg.vocab_size, (batch,))
-                    for _ in range(3):
-                        tok = step(tok).argmax(-1)
+
+                    def warm(step=step, tok=tok):  # compiles the compiled rows (under their threads)
+                        for _ in range(3):
+                            tok = step(tok).argmax(-1)
+
+                    _threads(threads[impl], warm)()
 
                     def run(step=step, tok=tok):
                         for _ in range(steps):
                             tok = step(tok).argmax(-1)
 
-                    fns[impl] = run
+                    fns[impl] = _threads(threads[impl], run)
                 times = _interleaved(fns, rounds)
             copy_times = times.pop("copy")
             bw = nbytes / min(copy_times)
@@ -330,6 +383,7 @@ def bench_decode(args):
                 f"/ {weight_bytes / 1e6:.0f} MB of weights = limit {limit:.1f} steps/s",
                 times=copy_times,
             )
+            ROWS[-1]["limit_steps"] = limit
             for impl, ts in times.items():
                 t = min(ts) / steps
                 report(
@@ -467,41 +521,55 @@ def bench_long(args):
 
 
 PEERS = ("hf", "hf-pscan", "mambapy")
+OURS_EXTRA = ("ours-compiled", "ours-compiled-1t")  # decode rows beside "ours"
 
 
 def summary() -> None:
-    """Each figure beside its peers, the best peer ratio and the limit, as a Markdown table."""
-    limits = {}
+    """Each figure beside its peers, the best peer ratio and the limit, as a Markdown table; decode rows
+    also put the compiled step beside our eager one and give each as a share of the bandwidth limit."""
+    limits, limit_steps = {}, {}
     for r in ROWS:
         if r["impl"] == "sgemm" and r["section"] == "prefill":
             limits[(r["arch"], r["what"].split()[-1])] = f"sgemm {r['value']:.0f} GFLOP/s"
         if r["impl"] == "copy" and r["section"] == "decode":
-            limits[(r["arch"], r["what"].split()[-1])] = r["extra"].split("= ")[-1]
+            key = (r["arch"], r["what"].split()[-1])
+            limits[key] = r["extra"].split("= ")[-1]
+            limit_steps[key] = r["limit_steps"]
     groups: dict = {}
     for r in ROWS:
         if r["impl"] in ("copy", "sgemm"):
             continue
         groups.setdefault((r["section"], r["arch"], r["what"], r["unit"]), {})[r["impl"]] = r
 
-    def cell(r):
+    def cell(r, key):
         if r is None:
             return "—"
         txt = f"{r['value']:.1f}"
         if "peak_gib" in r:
             txt += f", {r['peak_gib']:.2f} GiB"
+        if "sgemm_share" in r:
+            txt += f" ({r['sgemm_share']:.0%} of sgemm)"
+        if key in limit_steps:
+            batch = int(key[1].split("=")[-1])
+            txt += f" ({r['value'] / batch / limit_steps[key]:.0%} of limit)"
         return txt + (" (noisy)" if r["spread"] > NOISY else "")
 
-    print("\n| measure | mamba-core | " + " | ".join(PEERS) + " | vs best peer | limit |")
-    print("|---|---|" + "---|" * len(PEERS) + "---|---|")
+    cols = ("ours", *OURS_EXTRA, *PEERS)
+    head = " | ".join(cols[1:])
+    print(f"\n| measure | mamba-core | {head} | compiled / eager | vs best peer | limit |")
+    print("|---|" + "---|" * len(cols) + "---|---|---|")
     for (section, arch, what, unit), by in groups.items():
         ours = by.get("ours")
+        best = max([by[c]["value"] for c in ("ours", *OURS_EXTRA) if c in by], default=None)
         peers = [by[p]["value"] for p in PEERS if p in by]
-        ratio = f"{ours['value'] / max(peers):.2f}x" if ours and peers else "—"
+        ratio = f"{best / max(peers):.2f}x" if best and peers else "—"
+        compiled = [by[c]["value"] for c in OURS_EXTRA if c in by]
+        speedup = f"{max(compiled) / ours['value']:.2f}x" if ours and compiled else "—"
         key = (arch, what.split()[-1])
         print(
-            f"| {arch} {section} {what} ({unit}) | {cell(ours)} | "
-            + " | ".join(cell(by.get(p)) for p in PEERS)
-            + f" | {ratio} | {limits.get(key, '—')} |"
+            f"| {arch} {section} {what} ({unit}) | "
+            + " | ".join(cell(by.get(c), key) for c in cols)
+            + f" | {speedup} | {ratio} | {limits.get(key, '—')} |"
         )
 
 
@@ -521,12 +589,21 @@ def main() -> None:
         default=None,
         help="tokens of the long-prompt prefill (default 65536; 4096 with --quick)",
     )
+    p.add_argument(
+        "--prefill-lens", default=None, help="comma list of prefill lengths (default 256,2048; --quick: 256)"
+    )
     p.add_argument("--long-chunk", type=int, default=2048, help="chunk_size of the long prefill")
     p.add_argument("--arch", default="mamba1,mamba2", help="comma list: mamba1, mamba2")
     p.add_argument(
         "--impl", default="ours,hf,hf-pscan,mambapy", help="comma list: ours, hf, hf-pscan, mambapy"
     )
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument(
+        "--compile-threads",
+        default="default,1",
+        help="thread counts of the compiled-decode rows (comma list; 'default' = --threads or torch's; "
+        "'' = no compiled rows)",
+    )
     p.add_argument("--_train-child", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--_long-child", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -540,6 +617,11 @@ def main() -> None:
         arch, length, chunk = args._long_child
         print(json.dumps(_long_child(arch, int(length), int(chunk))))
         return
+    args.compile_threads = sorted(
+        {torch.get_num_threads() if v == "default" else int(v) for v in args.compile_threads.split(",") if v},
+        reverse=True,
+    )
+    args.prefill_lens = [int(v) for v in args.prefill_lens.split(",")] if args.prefill_lens else None
     args.arch = args.arch.split(",")
     args.impl_explicit = "--impl" in sys.argv
     args.impl = args.impl.split(",")

@@ -10,6 +10,7 @@ import importlib
 
 import numpy as np
 import pytest
+from conftest import assert_check
 
 from mamba_core.testing import tiny_mamba1, tiny_mamba2
 
@@ -81,3 +82,25 @@ def test_compiled_decode_equals_eager(target, arch, rng):
         assert dict(counters["graph_break"]) == {}, f"graph breaks: {dict(counters['graph_break'])}"
         graphs = counters["stats"]["unique_graphs"]
         assert graphs == 1, f"{graphs} graphs compiled for one decode step (a recompile across steps)"
+
+
+# the conformance runner's compiled rows (``compiled_decode/<model>``: against the float64 reference), on
+# one Mamba-1 and one Mamba-2 model here; ``mamba-core conformance`` runs every fixed-state model
+@pytest.mark.dtypes("float32")
+@pytest.mark.parametrize("model", ["m1", "m2-g2"])
+def test_compiled_decode_conformance_rows(target, dtype, model):
+    assert_check(f"compiled_decode/{model}", target, dtype)
+
+
+@pytest.mark.parametrize("family", ["jamba", "nemotron-h"])
+def test_compiled_decode_refuses_growing_caches(target, family):
+    # an attention KV cache grows with the sequence: no fixed-shape graph; a typed error before any work
+    from mamba_core.conformance.core import MODEL_CONFIGS
+    from mamba_core.errors import UnsupportedError
+
+    mod = target.module
+    model = mod.build_model(MODEL_CONFIGS[family], seed=0, device=target.device)
+    with pytest.raises(UnsupportedError, match="attention layers keep a cache that grows"):
+        mod.generate(model, [[1, 2, 3]], 2, compile=True)
+    with pytest.raises(UnsupportedError, match="compile=False"):
+        next(iter(mod.stream(model, [[1, 2, 3]], 2, compile=True)))

@@ -42,7 +42,7 @@ def _label(producer: str, meta: dict) -> str:
 def test_fixtures_are_present_and_small():
     assert len(CASES) >= 4, CASES
     total = sum(f.stat().st_size for f in GOLDEN.rglob("*") if f.is_file())
-    assert total < 400_000, f"golden fixtures take {total} bytes"
+    assert total < 600_000, f"golden fixtures take {total} bytes"  # ~50-125 KB per hybrid family
     producers = {p for case in CASES for p in _expected(case)[1]}
     assert producers == {"transformers", "mlx_lm"}
 

@@ -15,7 +15,16 @@ import pytest
 
 import mamba_core
 from mamba_core import data
-from mamba_core.testing import tiny_jamba, tiny_mamba1, tiny_mamba2, tiny_nemotron_h, tiny_zamba2
+from mamba_core.testing import (
+    tiny_bamba,
+    tiny_falcon_h1,
+    tiny_granite_hybrid,
+    tiny_jamba,
+    tiny_mamba1,
+    tiny_mamba2,
+    tiny_nemotron_h,
+    tiny_zamba2,
+)
 from mamba_core.tokenizer import ByteTokenizer
 from mamba_core.train import TrainConfig, lr_at, no_weight_decay, read_state, train
 
@@ -27,7 +36,12 @@ ARCHS = {
     "nemotron_h": tiny_nemotron_h(vocab_size=257),
     "jamba": tiny_jamba(vocab_size=257),
     "zamba2": tiny_zamba2(vocab_size=257),
+    "falcon_h1": tiny_falcon_h1(vocab_size=257),
 }
+ARCHS.update(
+    granitemoehybrid=tiny_granite_hybrid(vocab_size=257, num_experts_per_tok=2),
+    bamba=tiny_bamba(vocab_size=257),
+)
 
 
 @pytest.fixture(scope="module")

@@ -45,6 +45,8 @@ MODULES = [
     "mamba_core.reference.attention",
     "mamba_core.reference.mlp",
     "mamba_core.reference.moe",
+    "mamba_core.parallel_config",
+    "mamba_core.reference.parallel_hybrid",
 ]
 
 

@@ -22,7 +22,17 @@ def test_every_kind_has_a_reference_and_relative_rows():
     assert (
         set(KINDS)
         == set(REFERENCE_KINDS)
-        == {"mamba1", "mamba2", "mamba3", "gated_mlp", "attention", "mlp", "moe", "shared_transformer"}
+        == {
+            "mamba1",
+            "mamba2",
+            "mamba3",
+            "gated_mlp",
+            "attention",
+            "mlp",
+            "moe",
+            "shared_transformer",
+            "mamba2+attention",
+        }
     )
     assert KINDS["shared_transformer"].slot == "shared"
     for kind in KINDS.values():
@@ -34,6 +44,14 @@ def test_every_kind_has_a_reference_and_relative_rows():
         assert [f.name for f in KINDS[name].cache] == ["conv_state", "ssm_state"]
     assert [f.name for f in KINDS["mamba3"].cache] == ["angle_state", "ssm_state", "k_state", "v_state"]
     assert [f.name for f in KINDS["attention"].cache] == ["k", "v", "key_mask", "length"]
+    assert [f.name for f in KINDS["mamba2+attention"].cache] == [
+        "conv_state",
+        "ssm_state",
+        "k",
+        "v",
+        "key_mask",
+        "length",
+    ]
     assert KINDS["gated_mlp"].cache == KINDS["mlp"].cache == KINDS["moe"].cache == ()
 
 

@@ -7,8 +7,8 @@ scaled by U(0.8, 1.2) so the norms matter), ``save_pretrained`` writes ``<case>/
 ``<case>/model.safetensors`` (the HF dialect), and ``<case>/expected.npz`` holds ``input_ids`` and the
 float32 logits of each producer: ``transformers`` (``model(ids, use_cache=False).logits`` on CPU, float32)
 and ``mlx_lm`` (``mlx_lm.utils.load_model`` on the same directory, float32). Mamba-2 cases with
-``n_groups > 1`` have transformers logits only: mlx-lm's gated norm ignores groups (docs/spec.md §6.3);
-so have Zamba2 cases (mlx-lm has no Zamba2).
+``n_groups > 1`` have transformers logits only: mlx-lm's gated norm ignores groups (docs/spec.md §6.3;
+the same holds for mlx-lm's Granite 4.0-H); so have Zamba2 and Bamba cases (mlx-lm has neither).
 ``<case>/producers.json`` records the versions. The directory is a few hundred KB at most.
 
 Run from the repository root (needs torch, transformers, mlx and mlx-lm; CPU is enough), naming the
@@ -150,6 +150,51 @@ CASES = {
         ),
         ("transformers", "mlx_lm"),
     ),
+    # Granite 4.0-H: one Mamba group, so mlx-lm (whose gated norm ignores groups) is a producer too
+    "granitemoehybrid-gqa2-moe-rope-multipliers-untied-vocab37": (
+        "GraniteMoeHybridConfig",
+        dict(
+            hidden_size=16,
+            vocab_size=37,
+            num_hidden_layers=2,
+            layer_types=["mamba", "attention"],
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            position_embedding_type="rope",
+            intermediate_size=8,
+            shared_intermediate_size=12,
+            num_local_experts=4,
+            num_experts_per_tok=2,
+            mamba_n_heads=4,
+            mamba_n_groups=1,
+            mamba_d_state=8,
+            mamba_chunk_size=8,
+            embedding_multiplier=2.5,
+            residual_multiplier=0.7,
+            attention_multiplier=0.3,
+            logits_scaling=1.6,
+            tie_word_embeddings=False,
+        ),
+        ("transformers", "mlx_lm"),
+    ),
+    "bamba-gqa2-g2-untied-vocab37": (
+        "BambaConfig",
+        dict(
+            hidden_size=16,
+            vocab_size=37,
+            num_hidden_layers=2,
+            attn_layer_indices=[1],
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=8,
+            mamba_n_heads=4,
+            mamba_n_groups=2,
+            mamba_d_state=8,
+            mamba_chunk_size=8,
+            tie_word_embeddings=False,
+        ),
+        ("transformers",),
+    ),
     # Zamba2: tied head (transformers ties the shared blocks only when the head is tied); mlx-lm has none
     "zamba2-2blocks-adapters-g2-vocab37": (
         "Zamba2Config",
@@ -173,12 +218,51 @@ CASES = {
         ("transformers",),
     ),
 }
+# Falcon-H1: transformers only. mlx-lm loading this transformers directory computes another model: its
+# sanitize never applies key_multiplier nor attention_in_multiplier to v_proj, it reads no
+# rope_parameters, and its gated norm ignores mamba_n_groups (docs/spec.md §12.5)
+CASES["falcon_h1-gqa2-g2-dssm-mult-untied-vocab37"] = (
+    "FalconH1Config",
+    dict(
+        hidden_size=16,
+        vocab_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=4,
+        intermediate_size=24,
+        mamba_d_ssm=24,
+        mamba_n_heads=4,
+        mamba_n_groups=2,
+        mamba_d_state=8,
+        mamba_chunk_size=8,
+        mamba_rms_norm=True,
+        rope_theta=1000.0,
+        embedding_multiplier=1.5,
+        lm_head_multiplier=0.75,
+        key_multiplier=0.6,
+        attention_in_multiplier=0.9,
+        attention_out_multiplier=1.2,
+        ssm_in_multiplier=1.25,
+        ssm_out_multiplier=0.8,
+        ssm_multipliers=[0.5, 1.5, 0.7, 1.3, 0.9],
+        mlp_multipliers=[0.8, 1.1],
+        attention_bias=True,
+        mamba_proj_bias=True,
+        projectors_bias=True,
+        tie_word_embeddings=False,
+    ),
+    ("transformers",),
+)
 LM_CLASSES = {
     "MambaConfig": "MambaForCausalLM",
     "Mamba2Config": "Mamba2ForCausalLM",
     "FalconMambaConfig": "FalconMambaForCausalLM",
     "NemotronHConfig": "NemotronHForCausalLM",
+    "GraniteMoeHybridConfig": "GraniteMoeHybridForCausalLM",
+    "BambaConfig": "BambaForCausalLM",
     "Zamba2Config": "Zamba2ForCausalLM",
+    "FalconH1Config": "FalconH1ForCausalLM",
 }
 
 
@@ -215,11 +299,23 @@ def _transformers_logits(model, ids: np.ndarray) -> np.ndarray:
 
 
 def _mlx_lm_logits(out: Path, ids: np.ndarray) -> np.ndarray:
+    import tempfile
+
     import mlx.core as mx
     from mlx_lm.utils import load_model
 
-    model, _ = load_model(out)
-    return np.array(model(mx.array(ids)).astype(mx.float32))
+    config = json.loads((out / "config.json").read_text())
+    if config["model_type"] != "granitemoehybrid":
+        return np.array(load_model(out)[0](mx.array(ids)).astype(mx.float32))
+    # mlx-lm's Granite reads the layer types by their older names and the step limit as plain floats:
+    # it reads a copy of the checkpoint whose config says the same in its words
+    with tempfile.TemporaryDirectory() as tmp:
+        names = {"linear_attention": "mamba", "full_attention": "attention"}
+        config["layer_types"] = [names.get(t, t) for t in config["layer_types"]]
+        config["time_step_limit"] = [0.0, float("inf")]
+        (Path(tmp) / "config.json").write_text(json.dumps(config))
+        shutil.copy(out / "model.safetensors", Path(tmp) / "model.safetensors")
+        return np.array(load_model(Path(tmp))[0](mx.array(ids)).astype(mx.float32))
 
 
 def _mlx_lm_config(out: Path) -> None:

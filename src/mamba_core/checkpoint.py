@@ -27,7 +27,7 @@ from typing import Any
 from mamba_core.config import Mamba1Config, Mamba2Config
 from mamba_core.dialects.hybrid import is_family
 from mamba_core.errors import CheckpointError
-from mamba_core.hybrid_layout import stored_tensors
+from mamba_core.hybrid_layout import stored_config, stored_tensors
 from mamba_core.layout import (
     CHECKPOINT_DIALECTS,
     DIALECT_AXES,
@@ -132,6 +132,7 @@ class LoadEntry:
         expert: the stored tensor is ``canonical[expert]`` (a family checkpoint storing one tensor
             per expert; the backend stacks the parts), or None.
         rows: the stored tensor is rows ``[lo, hi)`` of (the expert slice of) ``canonical``, or None.
+        rows_axis: the axis of ``canonical`` (after the expert slice) that ``rows`` index.
     """
 
     canonical: str
@@ -143,6 +144,7 @@ class LoadEntry:
     source_dtype: str
     expert: int | None = None
     rows: tuple[int, int] | None = None
+    rows_axis: int = 0
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,7 @@ def plan_load(
         )
     source_task = source_task or Task()
     task = task or source_task
+    config = stored_config(config, dialect)  # mlx-lm's Falcon-H1 holds its multipliers in the weights
     match = _Matcher(config, dialect, tensors)
     specs, absent = _planned_specs(config, task, source_task, match)
     # quantization hook: a quantized module's weight is read as stored, with its scales and biases
@@ -328,6 +331,7 @@ class _Matcher:
                     info.dtype,
                     part.expert,
                     part.rows,
+                    part.rows_axis,
                 )
             )
         return out

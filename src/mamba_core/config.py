@@ -6,28 +6,26 @@ Derived sizes (``d_inner``, ``nheads``, ``conv_dim``, ``d_in_proj``, ``vocab_siz
 impossible shapes raise ``ConfigError`` naming the field. ``CONFIG_CLASSES`` maps each ``arch`` to its class.
 
 Reading and writing ``config.json`` in the dialects found in the wild (state-spaces, HF, mlx-lm, ours) is
-``mamba_core.dialects``; ``from_dict`` / ``to_dict`` here delegate to it.
+``mamba_core.dialects``; ``from_dict`` / ``to_dict`` (from ``mamba_core.lm_config_base``, with the derived
+LM sizes every config shares) delegate to it.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from mamba_core.config_schema import check_fields
 from mamba_core.errors import ConfigError
-from mamba_core.layers.gated_mlp import mlp_width
 from mamba_core.layers.kind import BlockPlan
+from mamba_core.lm_config_base import LMConfigBase
 from mamba_core.mamba3_config import Mamba3Config
 
 
 @dataclass(frozen=True, kw_only=True)
-class _LMConfig:
+class _LMConfig(LMConfigBase):
     """Fields shared by both architectures (see the subclasses for the docs)."""
-
-    arch: ClassVar[str] = ""
 
     d_model: int
     n_layer: int
@@ -49,33 +47,6 @@ class _LMConfig:
     initializer_range: float = 0.02
     rescale_prenorm_residual: bool = True
 
-    # ---- derived sizes -------------------------------------------------------------------------
-    @property
-    def d_inner(self) -> int:
-        """E = expand * d_model (the mixer width)."""
-        return int(self.expand * self.d_model)
-
-    @property
-    def vocab_size_padded(self) -> int:
-        """V: vocab rounded up to ``pad_vocab_size_multiple`` (50277 -> 50280 for Mamba-1)."""
-        m = self.pad_vocab_size_multiple
-        return int(math.ceil(self.vocab_size / m) * m)
-
-    @property
-    def has_mlp(self) -> bool:
-        """Whether every block carries ``norm2`` + the gated MLP (``d_intermediate > 0``)."""
-        return self.d_intermediate > 0
-
-    @property
-    def d_mlp(self) -> int:
-        """M: gated-MLP hidden width, ``d_intermediate`` rounded up to a multiple of 128 (0 = no MLP)."""
-        return mlp_width(self.d_intermediate)
-
-    @property
-    def d_fc1(self) -> int:
-        """Rows of ``mlp.fc1``: 2M ([y, gate])."""
-        return 2 * self.d_mlp
-
     def layer_plan(self) -> tuple[BlockPlan, ...]:
         """The blocks: the ``arch`` mixer in every layer, plus the ``gated_mlp`` when ``d_intermediate > 0``.
 
@@ -86,15 +57,6 @@ class _LMConfig:
         return (BlockPlan(self.arch, "gated_mlp" if self.has_mlp else None),) * self.n_layer
 
     # ---- validation ------------------------------------------------------------------------------
-    def _check_positive(self, *names: str) -> None:
-        for name in names:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(
-                    f"{type(self).__name__}.{name} must be a positive integer, got {value!r}",
-                    field=name,
-                )
-
     def _check_common(self) -> None:
         self._check_positive("d_model", "n_layer", "vocab_size", "pad_vocab_size_multiple", "d_state")
         self._check_positive("d_conv")
@@ -107,41 +69,7 @@ class _LMConfig:
             )
         if not self.norm_epsilon > 0:
             raise ConfigError(f"norm_epsilon must be > 0, got {self.norm_epsilon!r}", field="norm_epsilon")
-        d_mlp = self.d_intermediate
-        if isinstance(d_mlp, bool) or not isinstance(d_mlp, int) or d_mlp < 0:
-            raise ConfigError(
-                f"{type(self).__name__}.d_intermediate must be an integer >= 0 (0 = no MLP), got {d_mlp!r}",
-                field="d_intermediate",
-            )
-
-    def replace(self, **changes: Any):
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
-
-    # ---- dialects (the codec is mamba_core.dialects, which imports this module) ---------------------
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], dialect: str | None = None):
-        """Read a config.json dict in any dialect (detected when ``dialect`` is None).
-
-        Raises:
-            ConfigError: unknown key, conflicting aliases, wrong architecture or impossible shapes.
-        """
-        from mamba_core.dialects import parse_config  # the codec imports the config classes
-
-        parsed = parse_config(d, dialect=dialect)
-        if not isinstance(parsed.config, cls):
-            raise ConfigError(
-                f"this config describes a {parsed.config.arch!r} model, not {cls.arch!r}; use "
-                f"{type(parsed.config).__name__}.from_dict or mamba_core.dialects.parse_config",
-                field="arch",
-            )
-        return parsed.config
-
-    def to_dict(self, dialect: str = "mamba-core") -> dict[str, Any]:
-        """Write the config in a dialect of ``mamba_core.dialects.DIALECTS`` (the config.json dict)."""
-        from mamba_core.dialects import write_config  # the codec imports the config classes
-
-        return write_config(self, dialect)
+        self._check_d_intermediate()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -234,17 +162,7 @@ class Mamba2Config(_LMConfig):
         object.__setattr__(self, "A_init_range", tuple(float(v) for v in self.A_init_range))
         self._check_common()
         self._check_positive("headdim", "ngroups", "chunk_size")
-        if self.d_inner % self.headdim != 0:
-            raise ConfigError(
-                f"d_inner (= expand*d_model = {self.d_inner}) must be a multiple of headdim="
-                f"{self.headdim}; choose headdim dividing {self.d_inner}",
-                field="headdim",
-            )
-        if self.nheads % self.ngroups != 0:
-            raise ConfigError(
-                f"nheads (= d_inner/headdim = {self.nheads}) must be a multiple of ngroups={self.ngroups}",
-                field="ngroups",
-            )
+        self._check_heads()
         lo, hi = self.dt_limit
         if not 0.0 <= lo < hi:
             raise ConfigError(f"dt_limit must satisfy 0 <= lo < hi, got {self.dt_limit!r}", field="dt_limit")

@@ -59,6 +59,7 @@ def convert(
     quantize: str | None = None,
     group_size: int | None = None,
     gguf_type: str | None = None,
+    requantize: bool = False,
 ) -> Path:
     """Convert a checkpoint to another dialect (and optionally another dtype).
 
@@ -81,7 +82,11 @@ def convert(
             the linear projections and embedding in MLX's format (targets ``"mlx-lm"`` and
             ``"mamba-core"``; mxfp modes run on MLX). A quantized source keeps its quantization.
         group_size: quantization group size (32, 64, 128).
-        gguf_type: for ``to="gguf"``: ``"F32"``, ``"F16"`` or ``"Q8_0"`` (``mamba_core.gguf``).
+        gguf_type: for ``to="gguf"``: ``"F32"``, ``"F16"``, ``"Q8_0"``, ``"Q4_0"``, ``"Q4_1"`` or
+            ``"MXFP4"`` (``mamba_core.gguf``); None: F16 for a float source, each quantized layer in
+            the GGUF block it fits exactly for a quantized one.
+        requantize: for ``to="gguf"``: requantize quantized layers that have no exact ``gguf_type``
+            block (lossy) instead of refusing them.
 
     Returns:
         ``dst`` as a ``Path``.
@@ -98,16 +103,21 @@ def convert(
         PosixPath('mamba-130m-mlx')
     """
     to = _ALIASES.get(to, to)
+    if to != "gguf" and (requantize or gguf_type is not None):
+        raise CheckpointError(f"gguf_type= and requantize= are for to='gguf', not to={to!r}")
     if to == "gguf":  # llama.cpp's format (mamba_core.gguf)
         from mamba_core.gguf import convert_to_gguf
 
         if quantize is not None:
-            raise CheckpointError("to='gguf' quantizes with gguf_type ('Q8_0'), not quantize=")
+            raise CheckpointError(
+                "to='gguf' quantizes with gguf_type ('Q8_0', 'Q4_0', 'Q4_1', 'MXFP4'), not quantize="
+            )
         return convert_to_gguf(
             src,
             dst,
-            gguf_type=gguf_type or "F16",
+            gguf_type=gguf_type,
             force=force,
+            requantize=requantize,
             backend=backend,
             revision=revision,
             dialect=dialect,

@@ -19,19 +19,25 @@ as its Mamba converters and model loader use them:
 * ``tokenizer.ggml.model = "none"``: llama.cpp then runs on token ids with ``vocab_size`` dummy tokens
   (the checkpoint's own tokenizer is not written into the file).
 
-Tensor types: ``F32``, ``F16`` or ``Q8_0`` for the 2-D projections and the embedding/head. 1-D tensors,
-norms, ``ssm_a``, ``ssm_d``, the dt bias and ``ssm_conv1d`` are always F32 (docs/spec.md §6.1; llama.cpp
-never quantizes them either). A projection whose row width is not a multiple of Q8_0's block of 32 is
-written F16 and reported (logged at WARNING), never silently. Q8_0 blocks are ``gguf.quants``' own, so
-writing a Q8_0 file, loading it and writing it again gives the same blocks byte for byte.
+Tensor types: ``F32``, ``F16``, ``Q8_0``, ``Q4_0``, ``Q4_1`` or ``MXFP4`` for the 2-D projections and the
+embedding/head. 1-D tensors, norms, ``ssm_a``, ``ssm_d``, the dt bias and ``ssm_conv1d`` are always F32
+(docs/spec.md §6.1; llama.cpp never quantizes them either). A projection whose row width is not a
+multiple of the 32-wide block is written F16 and reported (logged at WARNING), never silently. Blocks of a
+float model are ``gguf.quants``' own, so writing a file, loading it and writing it again gives the same
+blocks byte for byte.
 
-Q8_0 and MLX's affine 8-bit format meet exactly: a Q8_0 block (fp16 ``d``, 32 int8 ``q``) is the affine
-group ``scale = d``, ``bias = -128·d``, code ``q + 128`` (group size 32, float32 scales: every product and
-sum is exact). So ``load`` keeps a Q8_0 file quantized (the MLX-format layers of either backend, whose
-dequantized weights are exactly llama.cpp's), ``save_gguf`` writes such layers back as the same Q8_0
-bytes, and mamba-core <-> mlx-lm <-> GGUF round trips keep every code. Affine layers that are not of
-that form (MLX's own q8: a free bias per group) have no exact Q8_0 block: they are dequantized and
-requantized, and logged at WARNING as such. ``load(..., dequantize=True)`` gives a float model instead.
+Quantized layers (``mamba_core.gguf_blocks``): Q8_0, Q4_0, Q4_1 and MXFP4 blocks are exactly MLX-format
+layers (affine 8-bit with ``bias = -128·scale``; affine 4-bit with ``bias = -8·scale``; affine 4-bit with
+fp16 scale and bias; mxfp4), so ``load`` keeps such tensors quantized (the MLX-format layers of either
+backend, whose dequantized weights equal llama.cpp's) and ``save_gguf`` writes such layers as the same
+blocks: mamba-core <-> mlx-lm <-> GGUF round trips keep every code, scale and bias. An MLX group of 64 or
+128 is written as 2 or 4 blocks with the same parameters and its group size recorded under
+``mamba_core.group_sizes``, so it reads back as the same group. A layer with no exact block of the asked
+type (MLX's own 8-bit: a free bias per group; float32 scales that are not fp16 values; 2/3/5/6-bit,
+mxfp8) is refused with an ``UnsupportedError`` naming the layers and the reason, unless
+``requantize=True`` asks for the lossy path (dequantize, requantize; logged at WARNING). Writing a
+quantized model as F32/F16 dequantizes it (logged). ``load(..., dequantize=True)`` gives a float model.
+Other GGUF block types (K-quants, IQ*) are read dequantized to float (logged at WARNING).
 """
 
 from __future__ import annotations
@@ -47,12 +53,14 @@ import numpy as np
 from mamba_core import strict_json
 from mamba_core.dialects import parse_config
 from mamba_core.errors import CheckpointError, UnsupportedError
+from mamba_core.gguf_blocks import BLOCK, BLOCK_TYPES, blocks_to_layer, exact_type, layer_to_blocks, regroup
 
 log = logging.getLogger("mamba_core")
 
-GGUF_TYPES = ("F32", "F16", "Q8_0")
+GGUF_TYPES = ("F32", "F16", "Q8_0", "Q4_0", "Q4_1", "MXFP4")
 _ARCHS = {"mamba1": "mamba", "mamba2": "mamba2"}
 _CONFIG_KEY = "mamba_core.config"
+_GROUPS_KEY = "mamba_core.group_sizes"
 
 
 def _gguf():
@@ -134,39 +142,20 @@ def _tensor_type(name: str, a: np.ndarray, gguf_type: str, kept: list[str]):
         return q.F32
     if gguf_type == "F16":
         return q.F16
-    block = gguf.GGML_QUANT_SIZES[q.Q8_0][0]
-    if a.shape[-1] % block:
-        kept.append(f"{name} (row width {a.shape[-1]} is not a multiple of {block})")
+    if a.shape[-1] % BLOCK:
+        kept.append(f"{name} (row width {a.shape[-1]} is not a multiple of {BLOCK})")
         return q.F16
-    return q.Q8_0
+    return q[gguf_type]
 
 
-def q8_0_to_affine(raw: np.ndarray, shape: tuple[int, int]):
-    """Q8_0 blocks (O, K/32·34) uint8 -> MLX affine (codes uint8 (O, K), scales, biases float32 (O, K/32)).
-
-    Exact: ``scale·(q + 128) + bias`` with ``bias = -128·scale`` equals ``d·q`` in float32.
-    """
-    o, k = shape
-    blocks = np.ascontiguousarray(raw).reshape(o, k // 32, 34)
-    d = blocks[..., :2].copy().view(np.float16)[..., 0].astype(np.float32)
-    q = blocks[..., 2:].copy().view(np.int8).reshape(o, k)
-    return (q.astype(np.int16) + 128).astype(np.uint8), d, -128.0 * d
-
-
-def affine_to_q8_0(codes: np.ndarray, scales: np.ndarray, biases: np.ndarray) -> np.ndarray | None:
-    """MLX affine 8-bit, group 32 -> Q8_0 blocks, or None when the groups are not of Q8_0's form
-    (``bias == -128·scale`` with ``scale`` an fp16 value)."""
-    scales = scales.astype(np.float32)
-    d = scales.astype(np.float16)
-    if not (
-        np.array_equal(d.astype(np.float32), scales)
-        and np.array_equal(biases.astype(np.float32), -128.0 * scales)
-    ):
-        return None
-    o, k = codes.shape
-    q = (codes.astype(np.int16) - 128).astype(np.int8).reshape(o, k // 32, 32)
-    blocks = np.concatenate([d[..., None].view(np.uint8).reshape(o, k // 32, 2), q.view(np.uint8)], -1)
-    return np.ascontiguousarray(blocks.reshape(o, k // 32 * 34))
+_FILE_TYPES = {
+    "F32": "ALL_F32",
+    "F16": "MOSTLY_F16",
+    "Q8_0": "MOSTLY_Q8_0",
+    "Q4_0": "MOSTLY_Q4_0",
+    "Q4_1": "MOSTLY_Q4_1",
+    "MXFP4": "MOSTLY_MXFP4_MOE",
+}
 
 
 def write_gguf(
@@ -174,9 +163,10 @@ def write_gguf(
     config,
     path: str | os.PathLike,
     *,
-    gguf_type: str = "F16",
+    gguf_type: str | None = "F16",
     force: bool = False,
     quantized: dict[str, tuple] | None = None,
+    requantize: bool = False,
 ) -> Path:
     """Write canonical float32 numpy tensors of a Mamba LM as one GGUF file, atomically.
 
@@ -184,55 +174,88 @@ def write_gguf(
         tensors: canonical name -> float32 array (torch layout); a tied model has no ``lm_head.weight``.
         config: ``Mamba1Config`` / ``Mamba2Config``.
         path: the ``.gguf`` file to write.
-        gguf_type: ``"F32"``, ``"F16"`` or ``"Q8_0"`` for the projections and embedding/head.
+        gguf_type: one of ``GGUF_TYPES`` for the projections and embedding/head; None: each quantized
+            layer in the first block type it fits exactly (``gguf_blocks.PREFERENCE``), float matrices
+            F16 when they are all float16 values, else F32 (an exact file), F16 for a float model.
         force: replace an existing file.
         quantized: canonical module path -> ``(codes, scales, biases, QuantParams)`` of MLX-format
-            layers; written as Q8_0 blocks exactly when they have Q8_0's form, else dequantized
-            (and logged) and written as ``gguf_type``.
+            layers: written as exact blocks of ``gguf_type`` (see the module docstring), dequantized for
+            F32/F16, else refused.
+        requantize: dequantize and requantize quantized layers that have no exact ``gguf_type`` block
+            instead of refusing them (lossy; logged at WARNING).
 
     Raises:
         FileExistsError: ``path`` exists and ``force`` is False.
         ValueError: unknown ``gguf_type``.
+        UnsupportedError: quantized layers with no exact block of ``gguf_type`` (each named with the
+            reason) and ``requantize`` not given.
     """
     gguf = _gguf()
-    if gguf_type not in GGUF_TYPES:
-        raise ValueError(f"gguf_type {gguf_type!r} is not supported; expected one of {GGUF_TYPES}")
+    if gguf_type is not None and gguf_type not in GGUF_TYPES:
+        raise ValueError(f"gguf_type {gguf_type!r} is not supported; expected one of {GGUF_TYPES} or None")
+    if requantize and gguf_type not in BLOCK_TYPES:
+        raise ValueError(
+            f"requantize=True needs a block gguf_type to requantize to ({tuple(BLOCK_TYPES)}), "
+            f"got {gguf_type!r}"
+        )
     path = Path(path)
     if path.exists() and not force:
         raise FileExistsError(f"{str(path)!r} exists; pass force=True (--force) to replace it")
     arch = _ARCHS[config.arch]
     names = gguf_names(config)
+    kept: list[str] = []
+    exact: dict[str, tuple[str, np.ndarray]] = {}
+    tensors = dict(tensors)
+    dequantized, requantized, refused, group_sizes = [], [], [], {}
+    for module, (codes, scales, biases, params) in (quantized or {}).items():
+        if gguf_type in ("F32", "F16"):
+            dequantized.append(module)
+            tensors[f"{module}.weight"] = _dequantize_np(codes, scales, biases, params)
+            continue
+        qtype, blocks, reason = exact_type(codes, scales, biases, params, gguf_type)
+        if qtype is not None:
+            exact[f"{module}.weight"] = (qtype, blocks)
+            if params.group_size != BLOCK:
+                group_sizes[module] = params.group_size
+            continue
+        if requantize:
+            requantized.append(module)
+            tensors[f"{module}.weight"] = _dequantize_np(codes, scales, biases, params)
+            continue
+        refused.append(f"{module} ({params.mode} {params.bits}-bit, group {params.group_size}): {reason}")
+    if refused:
+        raise UnsupportedError(
+            f"gguf {str(path)!r}: {len(refused)} quantized layer(s) have no exact "
+            f"{gguf_type or 'GGUF'} block: "
+            + "; ".join(refused[:3])
+            + (f"; and {len(refused) - 3} more" if len(refused) > 3 else "")
+            + ". Write another gguf_type (None: each layer in the block type it fits), a float file "
+            "(F32 is exact on the dequantized values), or pass requantize=True (--requantize) to "
+            "dequantize and requantize them (lossy)"
+        )
+    for what, modules in (("dequantized and requantized", requantized), ("dequantized", dequantized)):
+        if modules:
+            log.warning(
+                "gguf %s: %d MLX-quantized module(s) %s and written as %s: %s",
+                path,
+                len(modules),
+                what,
+                gguf_type,
+                ", ".join(modules[:6]) + (" ..." if len(modules) > 6 else ""),
+            )
+    float_type = gguf_type
+    if float_type is None:
+        matrices = [np.asarray(v, dtype=np.float32) for k, v in tensors.items() if np.ndim(v) == 2]
+        float_type = "F16" if not exact or all(_fp16_exact(m) for m in matrices) else "F32"
+    if exact and gguf_type is None:
+        counts: dict[str, int] = {}
+        for qtype, _ in exact.values():
+            counts[qtype] = counts.get(qtype, 0) + 1
+        file_type = max(counts, key=counts.get)
+    else:
+        file_type = float_type
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent if str(path.parent) else ".")
     os.close(fd)
-    kept: list[str] = []
-    exact: dict[str, np.ndarray] = {}
-    tensors = dict(tensors)
-    requantized = []
-    for module, (codes, scales, biases, params) in (quantized or {}).items():
-        blocks = (
-            affine_to_q8_0(codes, scales, biases)
-            if params.mode == "affine"
-            and params.bits == 8
-            and params.group_size == 32
-            and biases is not None
-            and gguf_type == "Q8_0"
-            else None
-        )
-        if blocks is not None:
-            exact[f"{module}.weight"] = blocks
-            continue
-        requantized.append(module)
-        tensors[f"{module}.weight"] = _dequantize_np(codes, scales, biases, params)
-    if requantized:
-        log.warning(
-            "gguf %s: %d MLX-quantized module(s) have no exact %s form and were dequantized and "
-            "written as %s: %s",
-            path,
-            len(requantized),
-            gguf_type,
-            gguf_type,
-            ", ".join(requantized[:6]) + (" ..." if len(requantized) > 6 else ""),
-        )
     try:
         w = gguf.GGUFWriter(tmp, arch)
         w.add_context_length(2**20)  # no positional limit; llama.cpp's converters write the same
@@ -251,25 +274,22 @@ def write_gguf(
         else:
             w.add_ssm_time_step_rank(config.nheads)
             w.add_ssm_group_count(config.ngroups)
-        w.add_file_type(
-            {
-                "F32": gguf.LlamaFileType.ALL_F32,
-                "F16": gguf.LlamaFileType.MOSTLY_F16,
-                "Q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
-            }[gguf_type]
-        )
+        w.add_file_type(gguf.LlamaFileType[_FILE_TYPES[file_type]])
         w.add_string(_CONFIG_KEY, strict_json.dumps(config.to_dict("mamba-core")))
+        if group_sizes:
+            w.add_string(_GROUPS_KEY, strict_json.dumps(group_sizes))
         # llama.cpp requires a tokenizer model; "none" makes it use {arch}.vocab_size dummy tokens
         # (token ids in, token ids out). Writing a checkpoint's own BPE vocabulary is not done yet.
         w.add_tokenizer_model("none")
         for name, gname in names.items():
             if name in exact:
-                w.add_tensor(gname, exact[name], raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+                qtype, blocks = exact[name]
+                w.add_tensor(gname, blocks, raw_dtype=gguf.GGMLQuantizationType[qtype])
                 continue
             if name not in tensors:
                 continue
             a = _to_gguf_tensor(name, np.asarray(tensors[name], dtype=np.float32), config)
-            qtype = _tensor_type(gname, a, gguf_type, kept)
+            qtype = _tensor_type(gname, a, float_type, kept)
             if qtype == gguf.GGMLQuantizationType.F32:
                 w.add_tensor(gname, a)
             elif qtype == gguf.GGMLQuantizationType.F16:
@@ -286,16 +306,36 @@ def write_gguf(
             os.remove(tmp)
         raise
     if kept:
-        log.warning("gguf %s: %d tensor(s) written F16 instead of Q8_0: %s", path, len(kept), "; ".join(kept))
-    log.info("wrote gguf %s (%s, %s)", path, arch, gguf_type)
+        log.warning(
+            "gguf %s: %d tensor(s) written F16 instead of %s: %s",
+            path,
+            len(kept),
+            float_type,
+            "; ".join(kept),
+        )
+    log.info("wrote gguf %s (%s, %s)", path, arch, file_type)
     return path
 
 
+def _fp16_exact(a: np.ndarray) -> bool:
+    with np.errstate(over="ignore"):
+        return bool(np.array_equal(a.astype(np.float16).astype(np.float32), a))
+
+
 def _dequantize_np(codes, scales, biases, params) -> np.ndarray:
+    """An MLX-format layer's float32 weights (affine: ``scale·q + bias``; mxfp4 through its exact MXFP4
+    blocks)."""
     from mamba_core.quantization import dequantize_affine, pack_codes
 
+    if params.mode == "mxfp4":
+        gguf = _gguf()
+        blocks = layer_to_blocks("MXFP4", codes, scales, None, params)
+        return gguf.quants.dequantize(blocks, gguf.GGMLQuantizationType.MXFP4).astype(np.float32)
     if params.mode != "affine":
-        raise UnsupportedError(f"{params.mode} layers cannot be written to GGUF; load the float model")
+        raise UnsupportedError(
+            f"{params.mode} layers have no GGUF form (GGUF has no {params.mode} block): load the "
+            "checkpoint dequantized, or quantize it as q8/q4/mxfp4"
+        )
     return dequantize_affine(
         pack_codes(codes, params.bits),
         scales.astype(np.float32),
@@ -318,12 +358,13 @@ def read_gguf(path: str | os.PathLike, *, keep_quantized: bool = False):
 
     Args:
         path: the ``.gguf`` file.
-        keep_quantized: return the Q8_0 projections as MLX affine parts instead of float tensors.
+        keep_quantized: return the Q8_0/Q4_0/Q4_1/MXFP4 projections as MLX-format layers
+            (``gguf_blocks``) instead of float tensors; other block types are read as float (logged).
 
     Returns:
         ``(config, tensors, types, quantized)``: ``types`` maps canonical names to the stored GGUF type
-        names; ``quantized`` maps module paths to ``(codes, scales, biases)`` (empty unless
-        ``keep_quantized``).
+        names; ``quantized`` maps module paths to ``(codes, scales, biases, QuantParams)`` of the
+        Q8_0/Q4_0/Q4_1/MXFP4 projections (empty unless ``keep_quantized``).
 
     Raises:
         CheckpointError: not a GGUF file, another architecture, missing or mis-shaped tensors.
@@ -375,7 +416,8 @@ def read_gguf(path: str | os.PathLike, *, keep_quantized: bool = False):
 
     specs = expand_layout(config)
     modules = quantizable_modules(config)
-    tensors, types, missing, bad, quantized = {}, {}, [], [], {}
+    groups = json.loads(_field(reader, _GROUPS_KEY, "{}"))
+    tensors, types, missing, bad, quantized, widened = {}, {}, [], [], {}, []
     for name, gname in gguf_names(config).items():
         if name not in specs:
             continue
@@ -384,21 +426,29 @@ def read_gguf(path: str | os.PathLike, *, keep_quantized: bool = False):
             missing.append(gname)
             continue
         module = name.removesuffix(".weight")
+        qname = t.tensor_type.name
         if (
             keep_quantized
-            and t.tensor_type == gguf.GGMLQuantizationType.Q8_0
+            and qname in BLOCK_TYPES
             and module in modules
             and tuple(modules[module]) == specs[name].shape
+            and np.asarray(t.data).size
+            == specs[name].shape[0] * specs[name].shape[1] // BLOCK * BLOCK_TYPES[qname][0]
         ):
-            quantized[module] = q8_0_to_affine(np.asarray(t.data), specs[name].shape)
-            types[name] = t.tensor_type.name
+            layer = blocks_to_layer(qname, np.asarray(t.data), specs[name].shape)
+            if isinstance(groups.get(module), int):
+                layer = regroup(*layer, groups[module]) or layer
+            quantized[module] = layer
+            types[name] = qname
             continue
         a = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
         if int(np.prod(a.shape)) != int(np.prod(specs[name].shape)):
             bad.append((gname, str(specs[name].shape), str(tuple(a.shape))))
             continue
+        if keep_quantized and qname not in ("F32", "F16", "BF16", "F64"):
+            widened.append(f"{gname} ({qname})")
         tensors[name] = _from_gguf_tensor(name, a, specs[name].shape)
-        types[name] = t.tensor_type.name
+        types[name] = qname
     unexpected = sorted(set(stored) - set(gguf_names(config).values()))
     if missing or bad or unexpected:
         raise CheckpointError(
@@ -418,6 +468,13 @@ def read_gguf(path: str | os.PathLike, *, keep_quantized: bool = False):
             unexpected=unexpected,
             mismatched=bad,
         )
+    if widened:
+        log.warning(
+            "gguf %s: %d tensor(s) of block types no MLX-format layer holds were read as float32: %s",
+            path,
+            len(widened),
+            ", ".join(widened[:6]) + (" ..." if len(widened) > 6 else ""),
+        )
     return config, tensors, types, quantized
 
 
@@ -431,9 +488,9 @@ def load_gguf(
 ):
     """A backend LM from a GGUF file.
 
-    Q8_0 projections stay quantized (MLX-format 8-bit layers, group 32, float32 scales: exactly
-    llama.cpp's values) unless ``dequantize``; everything else is read as float (``dtype``, default
-    float32; F16 values widen exactly).
+    Q8_0/Q4_0/Q4_1/MXFP4 projections stay quantized (MLX-format layers, group 32 or the group size
+    recorded by our writer, float32 scales: exactly llama.cpp's values) unless ``dequantize``;
+    everything else is read as float (``dtype``, default float32; F16 values widen exactly).
 
     Example:
         >>> model = load_gguf("mamba-130m-q8_0.gguf", backend="torch")   # doctest: +SKIP
@@ -441,7 +498,7 @@ def load_gguf(
     from safetensors.numpy import save_file
 
     from mamba_core.loading import load
-    from mamba_core.quantization import QuantParams, pack_codes, plan_quantization
+    from mamba_core.quantization import pack_codes, plan_quantization
     from mamba_core.registry import choose_backend
     from mamba_core.writer import FILE_METADATA
 
@@ -451,14 +508,18 @@ def load_gguf(
     arrays = {k: np.ascontiguousarray(v, dtype=np.float32) for k, v in tensors.items()}
     extra = {}
     if quantized:
-        q8 = QuantParams(8, 32, "affine")
-        plan = plan_quantization(
-            config, q8, overrides={m: False for m in _all_modules(config) if m not in quantized}
-        )
-        for module, (codes, scales, biases) in quantized.items():
-            arrays[f"{module}.weight"] = pack_codes(codes, 8)
-            arrays[f"{module}.scales"] = scales
-            arrays[f"{module}.biases"] = biases
+        counts: dict = {}
+        for *_, p in quantized.values():
+            counts[p] = counts.get(p, 0) + 1
+        default = max(counts, key=counts.get)
+        overrides = {m: False for m in _all_modules(config) if m not in quantized}
+        overrides.update({m: p for m, (*_, p) in quantized.items() if p != default})
+        plan = plan_quantization(config, default, overrides=overrides)
+        for module, (codes, scales, biases, p) in quantized.items():
+            arrays[f"{module}.weight"] = pack_codes(codes, p.bits)
+            arrays[f"{module}.scales"] = np.ascontiguousarray(scales)
+            if biases is not None:
+                arrays[f"{module}.biases"] = np.ascontiguousarray(biases)
         extra = {"quantization": plan.to_config("mamba-core")}
     with tempfile.TemporaryDirectory(prefix=".gguf-") as tmp:
         save_file(arrays, os.path.join(tmp, "model.safetensors"), metadata=FILE_METADATA["mamba-core"])
@@ -473,52 +534,88 @@ def _all_modules(config):
     return quantizable_modules(config)
 
 
-def save_gguf(model, path: str | os.PathLike, *, gguf_type: str = "F16", force: bool = False) -> Path:
-    """Write a loaded LM (either backend; float or MLX-format quantized) as one GGUF file.
+def export_layers(model) -> tuple[dict[str, np.ndarray], dict[str, tuple]]:
+    """A loaded LM's weights in numpy: ``(tensors, quantized)``.
 
-    Quantized 8-bit group-32 layers of Q8_0's form (loaded from GGUF, or quantized that way) are written
-    as the same Q8_0 blocks; see the module docstring for the others.
+    ``tensors``: canonical name -> float32 array of every float tensor (bfloat16 widened);
+    ``quantized``: canonical module path -> ``(codes (O, K) uint8, scales, biases or None, QuantParams)``
+    of its MLX-format quantized layers (scales and biases in the model's dtype; empty for a float model).
     """
     from mamba_core.loading import _backend_of
+    from mamba_core.quantization import unpack_codes
     from mamba_core.registry import get_backend
 
     module = get_backend(_backend_of(model))
-    exported = module.export_tensors(model, "mamba-core")
+    tensors = {name: module.to_numpy(t) for name, t in module.export_tensors(model, "mamba-core").items()}
+    quantized = {}
     plan = getattr(model, "quantization", None)
-    tensors, quantized = {}, {}
-    for name, t in exported.items():
-        tensors[name] = module.to_numpy(t)  # uint32 codes stay uint32; bfloat16 widens to float32
-    if plan is not None:
-        from mamba_core.quantization import unpack_codes
+    for path, m in (plan.modules if plan is not None else {}).items():
+        codes = unpack_codes(tensors.pop(f"{path}.weight"), m.params.bits, m.shape[1])
+        scales = tensors.pop(f"{path}.scales")
+        biases = tensors.pop(f"{path}.biases", None)
+        quantized[path] = (codes, scales, biases, m.params)
+    return tensors, quantized
 
-        for path_, m in plan.modules.items():
-            codes = unpack_codes(tensors.pop(f"{path_}.weight"), m.params.bits, m.shape[1])
-            scales = tensors.pop(f"{path_}.scales")
-            biases = tensors.pop(f"{path_}.biases", None)
-            quantized[path_] = (codes, scales, biases, m.params)
-    return write_gguf(tensors, model.config, path, gguf_type=gguf_type, force=force, quantized=quantized)
+
+def save_gguf(
+    model,
+    path: str | os.PathLike,
+    *,
+    gguf_type: str | None = None,
+    force: bool = False,
+    requantize: bool = False,
+) -> Path:
+    """Write a loaded LM (either backend; float or MLX-format quantized) as one GGUF file.
+
+    Args:
+        model: a Mamba-1/Mamba-2 LM of either backend.
+        path: the ``.gguf`` file.
+        gguf_type: one of ``GGUF_TYPES``; None (default): F16 for a float model; for a quantized one,
+            each quantized layer as the block type it fits exactly and the float matrices exactly.
+        force: replace an existing file.
+        requantize: requantize layers with no exact ``gguf_type`` block instead of refusing (lossy).
+
+    Raises:
+        UnsupportedError: quantized layers with no exact block (see ``write_gguf``).
+
+    Example:
+        >>> save_gguf(mamba_core.quantize(model, "q4", group_size=32), "m.gguf")  # doctest: +SKIP
+    """
+    tensors, quantized = export_layers(model)
+    plan = getattr(model, "quantization", None)
+    return write_gguf(
+        tensors,
+        model.config,
+        path,
+        gguf_type=gguf_type if gguf_type is not None or plan is not None else "F16",
+        force=force,
+        quantized=quantized,
+        requantize=requantize,
+    )
 
 
 def convert_to_gguf(
     src,
     dst,
     *,
-    gguf_type: str = "F16",
+    gguf_type: str | None = None,
     force: bool = False,
     backend: str | None = None,
     revision: str | None = None,
     dialect: str | None = None,
+    requantize: bool = False,
 ) -> Path:
-    """Any checkpoint ``load`` reads (a float one) -> one GGUF file at ``dst``."""
+    """Any checkpoint ``load`` reads (float, or MLX-format quantized) -> one GGUF file at ``dst``
+    (``gguf_type`` and ``requantize`` as in ``save_gguf``)."""
     from mamba_core.loading import local_path, plan_checkpoint
     from mamba_core.registry import choose_backend, get_backend
 
     dst = Path(dst)
     if dst.exists() and not force:
         raise FileExistsError(f"{str(dst)!r} exists; pass force=True (--force) to replace it")
-    if gguf_type not in GGUF_TYPES:
-        raise ValueError(f"gguf_type {gguf_type!r} is not supported; expected one of {GGUF_TYPES}")
+    if gguf_type is not None and gguf_type not in GGUF_TYPES:
+        raise ValueError(f"gguf_type {gguf_type!r} is not supported; expected one of {GGUF_TYPES} or None")
     module = get_backend(choose_backend(backend).name)
     plan = plan_checkpoint(local_path(src, revision=revision), dialect=dialect, backend=module)
     model = module.load_checkpoint(plan, dtype="float32" if plan.quantization is None else None, device="cpu")
-    return save_gguf(model, dst, gguf_type=gguf_type, force=force)
+    return save_gguf(model, dst, gguf_type=gguf_type, force=force, requantize=requantize)

@@ -43,6 +43,10 @@ class HFTensor:
         rows: the transformers tensor is rows ``[lo, hi)`` of (the expert slice of) ``canonical``.
         axes: the permutation from the canonical layout to the stored one (its own inverse: mlx-lm's
             (C, K, 1) conv weights), or None.
+        scale: the stored tensor is the canonical one times these factors, one per row (or one for all),
+            computed in float32 (multipliers folded into the weights: mlx-lm's Falcon-H1), or None.
+        rows_axis: the axis ``rows`` index (1: rows of every expert of a stacked tensor, mlx-lm's
+            Granite ``switch_mlp.gate_proj`` / ``up_proj`` halves of ``gate_up_proj``).
     """
 
     hf_name: str
@@ -52,6 +56,8 @@ class HFTensor:
     expert: int | None = None
     rows: tuple[int, int] | None = None
     axes: tuple[int, ...] | None = None
+    scale: tuple[float, ...] | None = None
+    rows_axis: int = 0
 
 
 def _kind(out: dict, kind: str, cfg, canonical: str, hf: str, renames: dict[str, str] | None = None) -> None:
@@ -183,7 +189,111 @@ def _mlx_nemotron_h(cfg: NemotronHConfig) -> list[HFTensor]:
     return out
 
 
-_MLX_LM = {NemotronHConfig: _mlx_nemotron_h}
+def _falcon_h1_factors(cfg: FalconH1Config) -> dict[str, tuple[float, ...]]:
+    # per canonical tensor suffix: the factors that fold cfg's multipliers into it (docs/spec.md §12.5)
+    m = cfg.mamba
+    a_in, gate, down = cfg.attention_in_multiplier, *cfg.mlp_multipliers
+    seg = m.segment_scale()
+    out = {
+        "mixer.mamba.in_proj.weight": tuple(seg * m.in_multiplier),
+        "mixer.mamba.in_proj.bias": tuple(seg),
+        "mixer.mamba.out_proj.weight": (cfg.ssm_out_multiplier,),
+        "mixer.mamba.out_proj.bias": (cfg.ssm_out_multiplier,),
+        "mixer.attention.q_proj.weight": (a_in,),
+        "mixer.attention.k_proj.weight": (a_in * cfg.key_multiplier,),
+        "mixer.attention.k_proj.bias": (cfg.key_multiplier,),
+        "mixer.attention.v_proj.weight": (a_in,),
+        "mixer.attention.o_proj.weight": (cfg.attention_out_multiplier,),
+        "mixer.attention.o_proj.bias": (cfg.attention_out_multiplier,),
+        "mlp.gate_proj.weight": (gate,),
+        "mlp.gate_proj.bias": (gate,),
+        "mlp.down_proj.weight": (down,),
+        "mlp.down_proj.bias": (down,),
+    }
+    return {k: v for k, v in out.items() if any(f != 1.0 for f in v)}
+
+
+def _mlx_falcon_h1(cfg: FalconH1Config) -> list[HFTensor]:
+    # transformers' names, conv in MLX layout, every multiplier folded into the weights (mlx-lm's
+    # Falcon-H1 applies none at run time: only a tied head's lm_head / embedding multiplier ratio)
+    factors = _falcon_h1_factors(cfg)
+    if cfg.embedding_multiplier != 1.0:
+        factors["backbone.embedding.weight"] = (cfg.embedding_multiplier,)
+    if not cfg.tie_embeddings and cfg.lm_head_multiplier != 1.0:
+        factors["lm_head.weight"] = (cfg.lm_head_multiplier,)
+    out = []
+    for t in hf_tensors(cfg):
+        suffix = t.canonical.split(".", 3)[-1] if t.canonical.startswith("backbone.layers.") else t.canonical
+        if suffix in factors:
+            t = dataclasses.replace(t, scale=factors[suffix])
+        if t.hf_name.endswith("conv1d.weight"):
+            t = dataclasses.replace(t, shape=tuple(t.shape[a] for a in _CONV), axes=_CONV)
+        out.append(t)
+    return out
+
+
+_MLX_LM = {NemotronHConfig: _mlx_nemotron_h, FalconH1Config: _mlx_falcon_h1}
+
+
+def stored_config(config, dialect: str):
+    """The config of the model a checkpoint in ``dialect`` holds: a family whose ``dialect`` folds
+    multipliers into the weights (Falcon-H1 in mlx-lm) holds the ``folded()`` model; else ``config``."""
+    if dialect == "mlx-lm" and isinstance(config, FalconH1Config):
+        return config.folded()
+    return config
+
+
+def _mlx_granite(cfg: GraniteHybridConfig) -> list[HFTensor]:
+    # mlx-lm's sanitized Granite 4.0-H: the stacked experts' gate_up_proj halves as switch_mlp
+    # gate_proj / up_proj (rows of every expert), output_linear as switch_mlp.down_proj; without experts the
+    # shared MLP is mlp.gate_proj / up_proj / down_proj; conv in MLX layout; no lm_head when tied
+    if cfg.variant != "granitemoehybrid":
+        raise UnsupportedError("mlx-lm has no 'bamba' model; use the 'hf' or 'mamba-core' layout")
+    out = []
+    for t in hf_tensors(cfg):
+        name = t.hf_name
+        if name.endswith("block_sparse_moe.input_linear.weight"):
+            n, two_i, d = t.shape
+            prefix = name[: -len("input_linear.weight")] + "switch_mlp."
+            for part, lo in (("gate", 0), ("up", two_i // 2)):
+                rows = (lo, lo + two_i // 2)
+                out.append(
+                    HFTensor(
+                        f"{prefix}{part}_proj.weight",
+                        t.canonical,
+                        (n, two_i // 2, d),
+                        t.dtype_policy,
+                        rows=rows,
+                        rows_axis=1,
+                    )
+                )
+        elif name.endswith("block_sparse_moe.output_linear.weight"):
+            out.append(dataclasses.replace(t, hf_name=name.replace("output_linear", "switch_mlp.down_proj")))
+        elif not cfg.num_local_experts and name.endswith("shared_mlp.input_linear.weight"):
+            two_i, d = t.shape
+            prefix = name[: -len("shared_mlp.input_linear.weight")] + "mlp."
+            for part, lo in (("gate", 0), ("up", two_i // 2)):
+                out.append(
+                    HFTensor(
+                        f"{prefix}{part}_proj.weight",
+                        t.canonical,
+                        (two_i // 2, d),
+                        t.dtype_policy,
+                        rows=(lo, lo + two_i // 2),
+                    )
+                )
+        elif not cfg.num_local_experts and name.endswith("shared_mlp.output_linear.weight"):
+            out.append(
+                dataclasses.replace(t, hf_name=name.replace("shared_mlp.output_linear", "mlp.down_proj"))
+            )
+        elif name.endswith("conv1d.weight"):
+            out.append(dataclasses.replace(t, shape=tuple(t.shape[a] for a in _CONV), axes=_CONV))
+        else:
+            out.append(t)
+    return out
+
+
+_MLX_LM[GraniteHybridConfig] = _mlx_granite
 
 
 def _placements(config) -> dict[str, tuple[str, tuple[int, ...], str]]:

@@ -14,21 +14,19 @@ field. Reading and writing config.json dialects lives with the other dialects, n
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from mamba_core.errors import ConfigError
-from mamba_core.layers.gated_mlp import mlp_width
 from mamba_core.layers.kind import BlockPlan
+from mamba_core.lm_config_base import LMConfigBase
 
 A_PARAMS = ("heavy_tail", "softplus")
 ROPE_FRACTIONS = (0.5, 1.0)
 
 
 @dataclass(frozen=True, kw_only=True)
-class Mamba3Config:
+class Mamba3Config(LMConfigBase):
     """Mamba-3 language model: a stack of ``Mamba3`` mixers, each optionally followed by a gated MLP.
 
     Attributes:
@@ -111,16 +109,7 @@ class Mamba3Config:
             "mimo_rank",
             "chunk_size",
         )
-        if (
-            isinstance(self.d_intermediate, bool)
-            or not isinstance(self.d_intermediate, int)
-            or (self.d_intermediate < 0)
-        ):
-            raise ConfigError(
-                "Mamba3Config.d_intermediate must be an integer >= 0 (0 = no MLP), "
-                f"got {self.d_intermediate!r}",
-                field="d_intermediate",
-            )
+        self._check_d_intermediate()
         if isinstance(self.expand, bool) or not isinstance(self.expand, (int, float)) or self.expand <= 0:
             raise ConfigError(f"expand must be a positive number, got {self.expand!r}", field="expand")
         if self.expand * self.d_model != self.d_inner:
@@ -128,17 +117,7 @@ class Mamba3Config:
                 f"expand * d_model must be an integer, got expand={self.expand!r} * d_model={self.d_model}",
                 field="expand",
             )
-        if self.d_inner % self.headdim != 0:
-            raise ConfigError(
-                f"d_inner (= expand*d_model = {self.d_inner}) must be a multiple of headdim={self.headdim}; "
-                f"choose headdim dividing {self.d_inner}",
-                field="headdim",
-            )
-        if self.nheads % self.ngroups != 0:
-            raise ConfigError(
-                f"nheads (= d_inner/headdim = {self.nheads}) must be a multiple of ngroups={self.ngroups}",
-                field="ngroups",
-            )
+        self._check_heads()
         if self.rope_fraction not in ROPE_FRACTIONS:
             raise ConfigError(
                 f"rope_fraction must be one of {ROPE_FRACTIONS}, got {self.rope_fraction!r}",
@@ -183,47 +162,6 @@ class Mamba3Config:
                 f"dt_min={self.dt_min!r} must not exceed dt_max={self.dt_max!r}", field="dt_min"
             )
 
-    def _check_positive(self, *names: str) -> None:
-        for name in names:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(
-                    f"Mamba3Config.{name} must be a positive integer, got {value!r}", field=name
-                )
-
-    def replace(self, **changes: Any) -> Mamba3Config:
-        """A copy with some fields changed (validated again)."""
-        return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any], dialect: str | None = None) -> Mamba3Config:
-        """Read a config.json dict (state-spaces with ``ssm_cfg.layer = "Mamba3"``, or mamba-core).
-
-        Raises:
-            ConfigError: unknown key, impossible shapes, or a config of another architecture.
-        """
-        from mamba_core.dialects import parse_config  # the codec imports the config classes
-
-        parsed = parse_config(d, dialect=dialect)
-        if not isinstance(parsed.config, cls):
-            raise ConfigError(
-                f"this config describes a {parsed.config.arch!r} model, not 'mamba3'; use "
-                f"{type(parsed.config).__name__}.from_dict or mamba_core.dialects.parse_config",
-                field="arch",
-            )
-        return parsed.config
-
-    def to_dict(self, dialect: str = "mamba-core") -> dict[str, Any]:
-        """Write the config in a dialect of ``mamba_core.dialects.DIALECTS`` (the config.json dict).
-
-        Raises:
-            UnsupportedError: ``"hf"`` / ``"mlx-lm"`` (no official Mamba-3 model type there), or
-                ``"state-spaces"`` with ``a_param="softplus"`` (the official format cannot say it).
-        """
-        from mamba_core.dialects import write_config  # the codec imports the config classes
-
-        return write_config(self, dialect)
-
     def layer_plan(self) -> tuple[BlockPlan, ...]:
         """The blocks: a ``mamba3`` mixer in every layer, plus the ``gated_mlp`` when ``d_intermediate > 0``.
 
@@ -234,11 +172,6 @@ class Mamba3Config:
         return (BlockPlan("mamba3", "gated_mlp" if self.has_mlp else None),) * self.n_layer
 
     # ---- derived sizes -------------------------------------------------------------------------
-    @property
-    def d_inner(self) -> int:
-        """E = expand * d_model."""
-        return int(self.expand * self.d_model)
-
     @property
     def nheads(self) -> int:
         """H = d_inner / headdim."""
@@ -264,24 +197,3 @@ class Mamba3Config:
     def d_in_proj(self) -> int:
         """Rows of ``in_proj``: 2E + 2RGN + 3H + A ([z, x, B, C, dd_dt, dd_A, trap, angles])."""
         return 2 * self.d_inner + 2 * self.d_bc + 3 * self.nheads + self.num_rope_angles
-
-    @property
-    def has_mlp(self) -> bool:
-        """Whether every block carries ``norm2`` + the gated MLP."""
-        return self.d_intermediate > 0
-
-    @property
-    def d_mlp(self) -> int:
-        """M: gated-MLP hidden width, ``d_intermediate`` rounded up to a multiple of 128 (0 = no MLP)."""
-        return mlp_width(self.d_intermediate)
-
-    @property
-    def d_fc1(self) -> int:
-        """Rows of ``mlp.fc1``: 2M ([y, gate])."""
-        return 2 * self.d_mlp
-
-    @property
-    def vocab_size_padded(self) -> int:
-        """V: vocab rounded up to ``pad_vocab_size_multiple``."""
-        m = self.pad_vocab_size_multiple
-        return int(math.ceil(self.vocab_size / m) * m)

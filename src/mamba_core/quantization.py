@@ -533,8 +533,9 @@ def quantize(
         quantize: ``"q4"``, ``"q8"``, ``"mxfp4"``, ``"mxfp8"`` (MLX), a ``QuantParams`` or a plan.
         group_size: 32, 64 or 128 (default 64 affine, 32 mxfp).
         embedding: quantize the embedding (and a tied head) too, as mlx-lm does.
-        kernel: ``"affine"`` (MLX's format on both backends; saveable), or on torch ``"int8"`` /
-            ``"int4"`` (torch's decode kernels; runtime only).
+        kernel: ``"affine"`` (MLX's format on both backends; saveable), or on torch ``"int8"``,
+            ``"int8-dynamic"`` (CPU, int8 activations too) or ``"int4"`` (torch's decode kernels;
+            runtime only).
 
     Returns:
         ``model``; ``model.quantization`` is the ``QuantizationPlan`` (modules kept float are logged).

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
 
 from mamba_core.errors import NonFiniteError, SamplingError, SeedError
 
@@ -130,6 +130,16 @@ class SamplingSettings:
                 f"pad_token_id must be an int, got {self.pad_token_id!r}", argument="pad_token_id"
             )
         put("pad_token_id", int(self.pad_token_id))
+
+    @classmethod
+    def from_arguments(cls, arguments: Mapping[str, object]) -> SamplingSettings:
+        """The settings of one ``generate`` / ``stream`` call, read by field name from its arguments.
+
+        Both backends' ``generate`` and ``stream`` take every field as a keyword argument of the same name
+        and pass ``locals()`` (taken first thing in the call) here; arguments that are not fields (the model,
+        the prompt, ``compile``...) are ignored.
+        """
+        return cls(**{field.name: arguments[field.name] for field in fields(cls)})
 
     @property
     def greedy(self) -> bool:

@@ -182,6 +182,99 @@ def tiny_jamba(**overrides):
     return JambaConfig.from_hf({**base, **overrides})
 
 
+def tiny_falcon_h1(**overrides):
+    """A 2-layer Falcon-H1: GQA 4:2 with RoPE, Mamba-2 of width 48 (not expand * d_model) in 4 heads and
+    2 groups with the gated norm, every multiplier away from 1, untied, vocab 61."""
+    from mamba_core.families.falcon_h1 import FalconH1Config
+
+    base = {
+        "model_type": "falcon_h1",
+        "hidden_size": 32,
+        "vocab_size": 61,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "head_dim": 8,
+        "intermediate_size": 24,
+        "mamba_d_ssm": 48,
+        "mamba_n_heads": 4,
+        "mamba_n_groups": 2,
+        "mamba_d_state": 8,
+        "mamba_chunk_size": 16,
+        "mamba_rms_norm": True,
+        "embedding_multiplier": 1.5,
+        "lm_head_multiplier": 0.75,
+        "key_multiplier": 0.6,
+        "attention_in_multiplier": 0.9,
+        "attention_out_multiplier": 1.2,
+        "ssm_in_multiplier": 1.25,
+        "ssm_out_multiplier": 0.8,
+        "ssm_multipliers": [0.5, 1.5, 0.7, 1.3, 0.9],
+        "mlp_multipliers": [0.8, 1.1],
+        "tie_word_embeddings": False,
+    }
+    return FalconH1Config.from_hf({**base, **overrides})
+
+
+def tiny_granite_hybrid(**overrides):
+    """A 3-layer Granite 4.0-H (Mamba-2, attention, Mamba-2): GQA 4:2 with RoPE, Mamba-2 with n_groups 2, a
+    top-k-then-softmax MoE plus the shared MLP, every multiplier away from 1, untied, vocab 61.
+
+    Every token goes to all 4 experts (top 4 of 4): a model row compares bf16/fp16 activations with the
+    float64 reference, and a top-k choice between near-tied router logits flips under that rounding (a
+    discrete, O(1) change, not a precision loss). The choice itself is held to the reference by the kind
+    rows and to transformers (top 2 of 5, float32) by ``conformance/test_granite_hybrid_hf.py``."""
+    from mamba_core.families.granite_hybrid import GraniteHybridConfig
+
+    base = {
+        "model_type": "granitemoehybrid",
+        "hidden_size": 32,
+        "vocab_size": 61,
+        "num_hidden_layers": 3,
+        "layer_types": ["mamba", "attention", "mamba"],
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "position_embedding_type": "rope",
+        "mamba_n_heads": 4,
+        "mamba_n_groups": 2,
+        "mamba_d_state": 8,
+        "mamba_chunk_size": 16,
+        "intermediate_size": 16,
+        "shared_intermediate_size": 24,
+        "num_local_experts": 4,
+        "num_experts_per_tok": 4,
+        "embedding_multiplier": 1.7,
+        "residual_multiplier": 0.6,
+        "attention_multiplier": 0.3,
+        "logits_scaling": 2.5,
+        "tie_word_embeddings": False,
+    }
+    return GraniteHybridConfig.from_hf({**base, **overrides})
+
+
+def tiny_bamba(**overrides):
+    """A 3-layer Bamba (Mamba-2, attention, Mamba-2), each with a gated SiLU MLP: GQA 4:2 with partial
+    RoPE (half of each head), Mamba-2 with n_groups 2, untied, vocab 61."""
+    from mamba_core.families.granite_hybrid import GraniteHybridConfig
+
+    base = {
+        "model_type": "bamba",
+        "hidden_size": 32,
+        "vocab_size": 61,
+        "num_hidden_layers": 3,
+        "attn_layer_indices": [1],
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "mamba_n_heads": 4,
+        "mamba_n_groups": 2,
+        "mamba_d_state": 8,
+        "mamba_chunk_size": 16,
+        "intermediate_size": 24,
+        "tie_word_embeddings": False,
+    }
+    return GraniteHybridConfig.from_hf({**base, **overrides})
+
+
 def tiny_zamba2(**overrides):
     """A 5-layer Zamba2 (``mamba, hybrid, mamba, hybrid, hybrid``): 2 shared blocks called in turn
     (block 0 by layers 1 and 4), q/k/v and gate_up adapters of rank 3, RoPE, Mamba-2 with n_groups 2,
@@ -211,7 +304,11 @@ def tiny_zamba2(**overrides):
 
 def hybrid_configs() -> dict:
     """Small hybrid-family configs conformance runs beside ``awkward_configs`` (id -> config)."""
-    return {"nemotron-h": tiny_nemotron_h(), "jamba": tiny_jamba(), "zamba2": tiny_zamba2()}
+    configs = {"nemotron-h": tiny_nemotron_h(), "jamba": tiny_jamba(), "zamba2": tiny_zamba2()}
+    configs["falcon-h1"] = tiny_falcon_h1()
+    configs["granite-4.0-h"] = tiny_granite_hybrid()
+    configs["bamba"] = tiny_bamba()
+    return configs
 
 
 def make_hf_cache(cache_dir, repo_id: str, files: dict, *, revision: str = "main") -> str:

@@ -11,6 +11,15 @@ at each step, identically for both backends:
 
 Since nothing else carries state (no dropout, no data-loader position), a run resumed from
 ``checkpoint-last`` computes the same losses and weights as a run that was never interrupted.
+
+Under ``torchrun`` or ``mlx.launch`` (``mamba_core.distributed``) the same loop runs on every rank: step
+``s`` draws the global batch of ``batch_size * world_size`` rows and each rank trains on its own
+``batch_size`` of them, through the backend's ``distributed.DataParallel`` (DDP or FSDP2 on torch,
+``mx.distributed`` gradient averaging on MLX). Rank 0 logs and writes the full checkpoint files; under
+FSDP every rank also writes its shards of the model and optimizer to ``checkpoint-last/sharded/``
+(``torch.distributed.checkpoint``), which is what the run resumes from. Resuming needs the same number
+of ranks and engine.
+
 Weight decay follows the usual Mamba recipe: none on 1-D parameters (norms, biases, ``D``, dt bias) and
 on ``A_log`` (``no_weight_decay``).
 
@@ -22,6 +31,7 @@ through ``mamba_core.registry`` and calls its ``Trainer`` (``step``, ``eval_loss
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import math
@@ -38,7 +48,8 @@ from mamba_core import data as data_mod
 from mamba_core import packing, strict_json
 from mamba_core.devices import check_device
 from mamba_core.dialects import parse_config
-from mamba_core.errors import CheckpointError
+from mamba_core.distributed import check_engine, detect_launch, launcher_backend, rank_rows
+from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.loading import load, save
 from mamba_core.progress import Progress
 from mamba_core.registry import choose_backend, get_backend
@@ -58,6 +69,7 @@ STATE_FILE = "trainer_state.json"
 # In a subfolder: the loader takes every top-level *.safetensors of a checkpoint for model weights.
 OPTIMIZER_FILE = "optimizer/adamw.safetensors"
 ADAPTER_DIR = "adapter"  # a LoRA run's adapters (checkpoint and final output), mamba_core.lora files
+SHARDED_DIR = "sharded"  # an FSDP run's model and optimizer shards (torch.distributed.checkpoint)
 # Fields that may differ between a run and its resumption (they do not change the math).
 RESUME_FREE_FIELDS = ("eval_every", "save_every", "log_every")
 
@@ -85,24 +97,42 @@ def _write_tokenizer(tokenizer, directory: Path) -> None:
         shutil.copyfile(tokenizer.path, directory / "tokenizer.json")
 
 
-def _save_checkpoint(out_dir: Path, model, trainer, state: dict, tokenizer, module) -> None:
+def _save_checkpoint(out_dir: Path, model, trainer, state: dict, tokenizer, module, parallel=None) -> None:
     """Write ``checkpoint-last`` atomically: a complete temp directory, then a rename; a LoRA run's
-    checkpoint holds the (frozen) base weights and the adapters in ``adapter/``."""
-    tmp = out_dir / f".{CHECKPOINT}.tmp-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    checkpoint holds the (frozen) base weights and the adapters in ``adapter/``.
+
+    Data-parallel: rank 0 writes the files (the full weights gathered by ``parallel.full_model``);
+    under a sharded engine every rank writes its model and optimizer shards to ``sharded/`` instead of
+    ``optimizer/``. Every rank must call this.
+    """
+    lead = parallel is None or parallel.rank == 0
+    full = model if parallel is None else parallel.full_model(model)  # collective under FSDP
+    # one temp directory for every rank: the sharded writer's files land in it too
+    tmp = out_dir / f".{CHECKPOINT}.tmp-{os.getpid() if parallel is None else 'ranks'}"
     try:
-        save(model, tmp, dialect="mamba-core")
-        if getattr(model, "lora_config", None) is not None:
-            module.save_adapter(model, tmp / ADAPTER_DIR)
-        (tmp / OPTIMIZER_FILE).parent.mkdir()
-        trainer.save_state(tmp / OPTIMIZER_FILE)
-        _write_tokenizer(tokenizer, tmp)
-        (tmp / STATE_FILE).write_text(strict_json.dumps(state, indent=1) + "\n")
-        replace_dir(tmp, out_dir / CHECKPOINT)
+        if lead:
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            save(full, tmp, dialect="mamba-core")
+        if parallel is not None:
+            parallel.barrier()
+            if parallel.sharded:
+                parallel.save_sharded(trainer, tmp / SHARDED_DIR)
+        if lead:
+            if getattr(full, "lora_config", None) is not None:
+                module.save_adapter(full, tmp / ADAPTER_DIR)
+            if parallel is None or not parallel.sharded:
+                (tmp / OPTIMIZER_FILE).parent.mkdir()
+                trainer.save_state(tmp / OPTIMIZER_FILE)
+            _write_tokenizer(tokenizer, tmp)
+            (tmp / STATE_FILE).write_text(strict_json.dumps(state, indent=1) + "\n")
+            replace_dir(tmp, out_dir / CHECKPOINT)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if lead:
+            shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if parallel is not None:
+        parallel.barrier()  # nobody reads or rewrites the checkpoint before it is complete
 
 
 def _save_final(out_dir: Path, model, state: dict, tokenizer) -> None:
@@ -136,11 +166,26 @@ def _deferred_interrupt():
         signal.signal(signal.SIGINT, previous)
 
 
-def _check_resumable(saved: dict, config: TrainConfig, corpus_fp: str, path: Path, backend: str) -> None:
+def _check_resumable(
+    saved: dict, config: TrainConfig, corpus_fp: str, path: Path, backend: str, parallel=None
+) -> None:
     if saved["backend"] != backend:
         raise ValueError(
             f"cannot resume from {str(path)!r} with backend={backend!r}: it was trained with "
             f"{saved['backend']!r} (optimizer states differ); pass --backend {saved['backend']}"
+        )
+    world = 1 if parallel is None else parallel.world_size
+    engine = None if parallel is None else parallel.engine
+    if saved.get("world_size", 1) != world or saved.get("engine") != engine:
+
+        def how(w, e):
+            return "one process" if e is None else f"{w} ranks with engine {e}"
+
+        raise ValueError(
+            f"cannot resume from {str(path)!r} with {how(world, engine)}: it was trained with "
+            f"{how(saved.get('world_size', 1), saved.get('engine'))}; an exact resume needs the same "
+            "ranks and engine (the data of each rank and the optimizer's layout depend on them): "
+            "relaunch with those, or use a new --out directory"
         )
     ours = config.to_dict()
     diffs = sorted(
@@ -168,13 +213,14 @@ def train(
     *,
     model_config=None,
     init_from: str | os.PathLike | None = None,
-    backend: str = "torch",
+    backend: str | None = None,
     device: str | None = None,
     tokenizer=None,
     resume: bool = True,
     stop_at: int | None = None,
     progress: bool | None = None,
     init_seed: int | None = None,
+    engine: str | None = None,
 ) -> TrainResult:
     """Train a new model (``model_config``) or fine-tune a checkpoint (``init_from``) on ``corpus``.
 
@@ -184,20 +230,26 @@ def train(
         config: hyperparameters.
         model_config: ``Mamba1Config`` / ``Mamba2Config`` of a new model (vocab must cover the corpus).
         init_from: a checkpoint (any dialect ``mamba_core.load`` reads) to fine-tune instead.
-        backend: ``"torch"`` / ``"mlx"`` / ``"auto"``.
-        device: backend device string; None = the backend default.
+        backend: ``"torch"`` / ``"mlx"`` / ``"auto"``; None = ``"torch"``, or under a launcher its
+            backend (torchrun: torch, mlx.launch: MLX).
+        device: backend device string; None = the backend default (torchrun on GPUs: each rank's own
+            ``cuda:LOCAL_RANK``).
         tokenizer: saved next to the model (byte tokenizer or ``tokenizer.json``).
         resume: continue from ``out_dir/checkpoint-last`` when it exists (same settings and data).
         stop_at: stop after this step as if interrupted (a checkpoint is written); for tests and demos.
         progress: show the progress bar (None = when stderr is a terminal).
         init_seed: seed of a new model's initialization (None = ``config.seed``).
+        engine: under a launcher (``mamba_core.distributed.detect_launch``): ``"ddp"`` (default) or
+            ``"fsdp"`` (torch); ``config.batch_size`` is then per rank. Without a launcher: None.
 
     Returns:
         ``TrainResult`` with every step's loss since step 0 (a resumed run includes the earlier ones).
 
     Raises:
         ValueError: neither or both of ``model_config`` / ``init_from``; a checkpoint that does not match
-            the settings or data; a vocabulary smaller than the corpus ids.
+            the settings, data, ranks or engine; a vocabulary smaller than the corpus ids.
+        ConfigError: an engine without a launcher, or a backend other than the launcher's.
+        UnsupportedError: ``"fsdp"`` on MLX, or LoRA under FSDP.
 
     Example:
         >>> from mamba_core.testing import tiny_mamba2
@@ -210,12 +262,26 @@ def train(
     """
     if (model_config is None) == (init_from is None):
         raise ValueError("pass exactly one of model_config (a new model) or init_from (fine-tuning)")
-    backend = choose_backend(backend).name
+    launch = detect_launch()
+    backend = choose_backend(launcher_backend(launch, backend) or "torch").name
     module = get_backend(backend)
+    engine = check_engine(engine, backend, launch)
+    parallel = None
+    if engine is not None:
+        if engine == "fsdp" and config.lora_rank:
+            raise UnsupportedError(
+                "LoRA under --fsdp: the adapters are small and the base is frozen, so sharding saves "
+                "little; train LoRA with --ddp"
+            )
+        parallel = importlib.import_module(f"{module.__name__}.distributed").DataParallel(
+            launch, engine, device
+        )
+        device = None if parallel.device is None else str(parallel.device)
+        log.info("%s", parallel.describe())
     check_device(backend, device)
     out_dir = Path(out_dir)
     ckpt = out_dir / CHECKPOINT
-    history = _resumed_history(ckpt, config, corpus, backend) if resume else None
+    history = _resumed_history(ckpt, config, corpus, backend, parallel) if resume else None
     if history is not None:
         model = _load(ckpt, backend, device)
         log.info("resuming from %s at step %d", ckpt, history.start)
@@ -242,8 +308,10 @@ def train(
         module.load_adapter(model, ckpt / ADAPTER_DIR)
     elif lora is not None:
         module.apply_lora(model, lora, seed=config.seed)
-    trainer = module.Trainer(model, config)
-    if history is not None:
+    trainer = module.Trainer(model, config, parallel)
+    if history is not None and parallel is not None and parallel.sharded:
+        parallel.load_sharded(trainer, ckpt / SHARDED_DIR)
+    elif history is not None:
         trainer.load_state(ckpt / OPTIMIZER_FILE)
     out_dir.mkdir(parents=True, exist_ok=True)
     run = _Run(
@@ -257,16 +325,21 @@ def train(
         tokenizer=tokenizer,
         history=history or _History(),
         eos=eos,
+        parallel=parallel,
     )
     end = config.steps if stop_at is None else min(config.steps, stop_at)
     run.loop(end, progress)
     final = run.snapshot(end)
-    _save_checkpoint(out_dir, model, trainer, final, tokenizer, module)
+    _save_checkpoint(out_dir, model, trainer, final, tokenizer, module, parallel)
     if end == config.steps:
-        if lora is not None:  # the adapters alone, then the merged model for every consumer
-            module.save_adapter(model, out_dir / ADAPTER_DIR)
-            module.merge_lora(model)
-        _save_final(out_dir, model, final, tokenizer)
+        full = model if parallel is None else parallel.full_model(model)  # rank 0's; collective
+        if full is not None and lora is not None:  # the adapters alone, then the merged model
+            module.save_adapter(full, out_dir / ADAPTER_DIR)
+            module.merge_lora(full)
+        if full is not None:
+            _save_final(out_dir, full, final, tokenizer)
+        if parallel is not None:
+            parallel.barrier()
     return TrainResult(
         out_dir=out_dir,
         step=end,
@@ -275,7 +348,7 @@ def train(
         tokens_seen=end * run.tokens_per_step,
         wall_s=final["wall_s"],
         resumed_from=history.start if history else None,
-        extra={"model": model, "trainer": trainer},
+        extra={"model": model, "trainer": trainer, "parallel": parallel},
     )
 
 
@@ -294,13 +367,13 @@ class _History:
     wall_before: float = 0.0
 
 
-def _resumed_history(ckpt: Path, config: TrainConfig, corpus, backend: str) -> _History | None:
+def _resumed_history(ckpt: Path, config: TrainConfig, corpus, backend: str, parallel=None) -> _History | None:
     """The history saved in ``ckpt`` when it exists and matches this run (else a ValueError), or None."""
     state_path = ckpt / STATE_FILE
     if not state_path.exists():
         return None
     saved = json.loads(state_path.read_text())
-    _check_resumable(saved, config, corpus.fingerprint, ckpt, backend)
+    _check_resumable(saved, config, corpus.fingerprint, ckpt, backend, parallel)
     return _History(
         start=saved["step"],
         train_losses=list(saved["train_losses"]),
@@ -325,22 +398,26 @@ class _Run:
         tokenizer,
         history: _History,
         eos: int | None = None,
+        parallel=None,
     ):
         self.corpus, self.out_dir, self.config = corpus, out_dir, config
         self.model, self.trainer, self.backend = model, trainer, backend
         self.init_from, self.tokenizer, self.history = init_from, tokenizer, history
         self.eos = eos
+        self.parallel = parallel
+        self.world = 1 if parallel is None else parallel.world_size
+        self.lead = parallel is None or parallel.rank == 0  # logs (other ranks stay quiet)
         self.evals = [
             self.packed(x, y)
             for x, y in data_mod.eval_batches(
                 corpus.val,
                 seed=config.seed,
                 n_batches=config.eval_batches,
-                batch_size=config.batch_size,
+                batch_size=config.batch_size * self.world,  # every rank evaluates the global batch
                 seq_len=config.seq_len,
             )
         ]
-        self.tokens_per_step = config.batch_size * config.seq_len
+        self.tokens_per_step = config.batch_size * self.world * config.seq_len
         self.t0 = time.perf_counter()
 
     def snapshot(self, step: int) -> dict:
@@ -355,6 +432,8 @@ class _Run:
             "train_config": self.config.to_dict(),
             "model_config": self.model.config.to_dict("mamba-core"),
             "backend": self.backend,
+            "world_size": self.world,
+            "engine": None if self.parallel is None else self.parallel.engine,
             "init_from": None if self.init_from is None else str(self.init_from),
             "data": {
                 "fingerprint": corpus.fingerprint,
@@ -374,15 +453,25 @@ class _Run:
     def evaluate(self, step: int) -> float:
         loss = sum(self.trainer.eval_loss(x, y, seq_idx=s) for x, y, s in self.evals) / len(self.evals)
         self.history.eval_losses.append((step, loss))
-        log.info("step %d: eval loss %.4f nats/token (%.4f bits)", step, loss, loss / math.log(2))
+        if self.lead:
+            log.info("step %d: eval loss %.4f nats/token (%.4f bits)", step, loss, loss / math.log(2))
         return loss
 
     def step(self, step: int) -> float:
-        """One optimizer step on the batch of ``step``; its loss (nats/token)."""
+        """One optimizer step on the batch of ``step``; its loss (nats/token). Data-parallel: the
+        global batch of ``batch_size * world_size`` rows is drawn, this rank trains on its rows, and
+        the loss is the global batch's."""
         cfg = self.config
         x, y = data_mod.batch(
-            self.corpus.train, seed=cfg.seed, step=step, batch_size=cfg.batch_size, seq_len=cfg.seq_len
+            self.corpus.train,
+            seed=cfg.seed,
+            step=step,
+            batch_size=cfg.batch_size * self.world,
+            seq_len=cfg.seq_len,
         )
+        if self.parallel is not None:
+            rows = rank_rows(cfg.batch_size, self.parallel.rank)
+            x, y = x[rows], y[rows]
         x, y, seq_idx = self.packed(x, y)
         loss = self.trainer.step(x, y, lr_at(step, cfg), seq_idx=seq_idx)
         if not math.isfinite(loss):
@@ -398,6 +487,7 @@ class _Run:
             self.snapshot(step),
             self.tokenizer,
             get_backend(self.backend),
+            self.parallel,
         )
 
     def loop(self, end: int, progress: bool | None) -> None:
@@ -406,6 +496,7 @@ class _Run:
         desc = "train" if start == 0 else f"train (resumed at step {start})"
         if start == 0:
             self.evaluate(0)  # the starting point: what a fine-tune must beat
+        progress = progress if self.lead else False
         with Progress(cfg.steps - start, desc, unit=" steps", enabled=progress) as bar:
             meter = _Throughput(self.tokens_per_step)
             with _deferred_interrupt() as interrupted:
@@ -414,7 +505,7 @@ class _Run:
                     tok_s = meter.tick()
                     bar.update(1, loss=loss, tok_s=round(tok_s))
                     done = step + 1
-                    if done % cfg.log_every == 0:
+                    if done % cfg.log_every == 0 and self.lead:
                         eta = meter.elapsed() / (done - start) * (end - done)
                         log.info(
                             "step %d/%d: loss %.4f lr %.3g %.0f tok/s, eta %s",
@@ -428,6 +519,9 @@ class _Run:
                         meter.restart()
                     if done % cfg.eval_every == 0 or done == cfg.steps:
                         self.evaluate(done)
+                    if self.parallel is not None:  # stop on every rank when one was interrupted
+                        if self.parallel.all_sum(1.0 if interrupted else 0.0) > 0 and not interrupted:
+                            interrupted.append(True)
                     if interrupted:
                         log.warning("interrupted: saving %s at step %d", self.out_dir / CHECKPOINT, done)
                         self.save(done)

@@ -9,6 +9,8 @@ attention masks are left padding (backend contract). Features and logits are flo
 
 from __future__ import annotations
 
+import contextvars
+
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
@@ -35,6 +37,9 @@ STACKS = {
     "nemotron_h": Hybrid,
     "jamba": Hybrid,
     "zamba2": Hybrid,
+    "falcon_h1": Hybrid,
+    "granitemoehybrid": Hybrid,
+    "bamba": Hybrid,
 }
 LMS = {
     "mamba1": Mamba1LM,
@@ -43,6 +48,9 @@ LMS = {
     "nemotron_h": HybridLM,
     "jamba": HybridLM,
     "zamba2": HybridLM,
+    "falcon_h1": HybridLM,
+    "granitemoehybrid": HybridLM,
+    "bamba": HybridLM,
 }
 _EPS = 1e-5
 _F32 = mx.float32
@@ -99,6 +107,10 @@ def pool(backbone, x, attention_mask=None, pooling: str | None = None) -> mx.arr
     raise ValueError(f"pooling must be None, 'last', 'mean' or 'state', got {pooling!r}")
 
 
+# False while ``_uninitialized_task_model`` builds a model whose layout tensors are all assigned next
+_INITIALIZE: contextvars.ContextVar[bool] = contextvars.ContextVar("mamba_core_mlx_initialize", default=True)
+
+
 class SequenceClassifier(nn.Module):
     """Backbone (embedding + stack) and a linear ``score`` head over a pooled sequence summary.
 
@@ -127,7 +139,7 @@ class SequenceClassifier(nn.Module):
         self.device = resolve_device(device)
         with mx.stream(self.device):
             self.backbone = STACKS[config.arch](
-                config, config.vocab_size_padded, dtype=dtype, device=self.device
+                config, config.vocab_size_padded, dtype=dtype, device=self.device, init=_INITIALIZE.get()
             )
             self.score = nn.Linear(pooled_dim(config, pooling), num_labels)
             self.score.set_dtype(resolve_dtype(dtype))
@@ -172,7 +184,11 @@ class FeatureExtractor(nn.Module):
         self.config = config
         self.device = resolve_device(device)
         self.backbone = STACKS[config.arch](
-            config, config.vocab_size_padded, dtype=resolve_dtype(dtype), device=self.device
+            config,
+            config.vocab_size_padded,
+            dtype=resolve_dtype(dtype),
+            device=self.device,
+            init=_INITIALIZE.get(),
         )
         self.kernel_path = KERNEL_PATHS[config.arch]
 
@@ -228,12 +244,24 @@ def build_task_model(config, task: Task, *, dtype="float32", device=None):
         'Mamba1'
     """
     if task.kind == "lm":
-        return LMS[config.arch](config, dtype=dtype, device=device)
+        return LMS[config.arch](config, dtype=dtype, device=device, init=_INITIALIZE.get())
     if task.kind == "stack":
-        return STACKS[config.arch](config, dtype=dtype, device=device)
+        return STACKS[config.arch](config, dtype=dtype, device=device, init=_INITIALIZE.get())
     if task.kind == "features":
         return FeatureExtractor(config, task.pooling, dtype=dtype, device=device)
     return SequenceClassifier(config, task.num_labels, task.pooling, dtype=dtype, device=device)
+
+
+def _uninitialized_task_model(config, task: Task, *, dtype, device):
+    """``build_task_model`` without the official initialization: the backbone is built lazily (the LM
+    path's ``init=False``) because ``weights.load_checkpoint`` assigns every layout tensor next. A new
+    head's own parameters (a classifier's ``score``, absent from the checkpoint) keep their module
+    initialization."""
+    token = _INITIALIZE.set(False)
+    try:
+        return build_task_model(config, task, dtype=dtype, device=device)
+    finally:
+        _INITIALIZE.reset(token)
 
 
 def assign(model, tensors: dict, dtype=None, *, allow_missing=()) -> list[str]:
@@ -251,7 +279,21 @@ def assign(model, tensors: dict, dtype=None, *, allow_missing=()) -> list[str]:
     Raises:
         CheckpointError: missing tensors (all listed at once) or wrong shapes (expected vs got).
     """
+    return _assign(model, tensors, dtype, allow_missing=allow_missing)
+
+
+def _assign(model, tensors: dict, dtype=None, *, allow_missing=(), in_mlx_layout=frozenset()) -> list[str]:
+    """``assign``, where the tensors named in ``in_mlx_layout`` are already in MLX's layout (a conv weight
+    read from an mlx-lm file as (C, K, 1)): they are not transposed, and their shapes are checked in
+    that layout. ``weights.load_checkpoint`` uses it so that such a tensor is transposed zero times.
+    """
     specs = task_layout(model.config, task_of(model))
+
+    def expected(name, spec) -> tuple:
+        if name in in_mlx_layout and spec.mlx_axes is not None:
+            return tuple(spec.shape[i] for i in spec.mlx_axes)
+        return spec.shape
+
     absent = sorted(n for n in specs if n not in tensors)
     missing = [n for n in absent if n not in allow_missing]
     if missing:
@@ -259,7 +301,7 @@ def assign(model, tensors: dict, dtype=None, *, allow_missing=()) -> list[str]:
     bad = [
         (n, s.describe_shape(), str(tuple(tensors[n].shape)))
         for n, s in specs.items()
-        if n in tensors and tuple(tensors[n].shape) != s.shape
+        if n in tensors and tuple(tensors[n].shape) != expected(n, s)
     ]
     if bad:
         raise CheckpointError(
@@ -275,7 +317,7 @@ def assign(model, tensors: dict, dtype=None, *, allow_missing=()) -> list[str]:
         if name not in tensors:
             continue
         arr = tensors[name]
-        if spec.mlx_axes is not None:
+        if spec.mlx_axes is not None and name not in in_mlx_layout:
             arr = mx.transpose(arr, spec.mlx_axes)
         local = name[len(prefix) :]
         dt = _F32 if spec.dtype_policy == "fp32" else (target or current[local].dtype)

@@ -17,6 +17,7 @@ from mamba_core.backends.mlx.linear import project
 from mamba_core.backends.mlx.mamba1 import depthwise_conv, mask_positions
 from mamba_core.backends.mlx.norm import RMSNormGated
 from mamba_core.config import Mamba2Config
+from mamba_core.ssd_chunk import ssd_chunk
 
 _F32 = mx.float32
 
@@ -79,7 +80,7 @@ class Mamba2Mixer(nn.Module):
             -mx.exp(self.A_log.astype(_F32)),
             B,
             C,
-            c.chunk_size,
+            ssd_chunk(c.chunk_size),  # docs/spec.md §4.5.1
             D=self.D,
             dt_bias=self.dt_bias,
             dt_softplus=True,

@@ -31,7 +31,14 @@ from mamba_core.backends.mlx.tokens import as_token_ids, check_token_ids
 from mamba_core.config import Mamba1Config, Mamba2Config
 from mamba_core.errors import ConfigError, UnsupportedError
 from mamba_core.families import HYBRID_CONFIGS
-from mamba_core.layers import get_kind, kind_config, layer_plan, shared_blocks
+from mamba_core.layers import (
+    get_kind,
+    kind_config,
+    layer_plan,
+    scale_logits,
+    shared_blocks,
+    stream_multipliers,
+)
 from mamba_core.layers.shared_transformer import SHARED_CALL
 from mamba_core.layout import expand_layout
 from mamba_core.mamba3_config import Mamba3Config
@@ -45,7 +52,10 @@ KERNEL_PATHS = {
     "mamba3": "mlx-chunked-mamba3",
     "nemotron_h": "mlx-chunked-ssd+fast-sdpa",
     "jamba": "mlx-chunked-selective-scan+fast-sdpa",
+    "granitemoehybrid": "mlx-chunked-ssd+fast-sdpa",
+    "bamba": "mlx-chunked-ssd+fast-sdpa",
     "zamba2": "mlx-chunked-ssd+fast-sdpa",
+    "falcon_h1": "mlx-chunked-ssd+fast-sdpa",
 }
 
 
@@ -113,6 +123,7 @@ class _Block(nn.Module):
         fk = {"dtype": dtype, "device": device}
         self.layer_idx = layer_idx
         self.slots = plan.slots
+        self.residual_multiplier = plan.residual_multiplier  # docs/spec.md §13.1
         self._n_state = tuple(len(get_kind(kind).cache) for _, kind in self.slots)
         self.norm = RMSNorm(config.d_model, config.norm_epsilon, **fk)
         self.mixer = KINDS[plan.mixer](kind_config(config, plan.mixer), layer_idx, **fk)
@@ -137,7 +148,7 @@ class _Block(nn.Module):
             norm = self.norm if slot == "mixer" else self.norm2
             out, *mine = call(getattr(self, slot), norm(x if feed is None else x + feed), mine)
             feed = None
-            x = x + out
+            x = x + (out if self.residual_multiplier == 1.0 else out * self.residual_multiplier)
             new_state.extend(mine)
         return (x, *new_state)
 
@@ -249,6 +260,7 @@ class _Stack(nn.Module):
                 shared_cfg = kind_config(config, SHARED_CALL)
                 self.shared_blocks = [SharedBlock(shared_cfg, **fk) for _ in range(shared_blocks(config))]
             self.norm_f = RMSNorm(config.d_model, config.norm_epsilon, **fk)
+        self.embedding_multiplier = stream_multipliers(config).embedding  # docs/spec.md §13.1
         self.kernel_path = KERNEL_PATHS[config.arch]
         if init:
             initialize(self, _draw_seed())
@@ -274,6 +286,8 @@ class _Stack(nn.Module):
                 raise ValueError("this stack has no embedding: pass (B, L, D) float inputs")
             check_token_ids(x, self.config.vocab_size)
             x = self.embedding(x)
+            if self.embedding_multiplier != 1.0:  # docs/spec.md §13.1
+                x = x * self.embedding_multiplier
         if x.shape[-1] != self.config.d_model:
             raise ValueError(
                 f"x: expected last dimension d_model={self.config.d_model}, got shape {tuple(x.shape)}"
@@ -377,6 +391,7 @@ class _LM(nn.Module):
             if not config.tie_embeddings:
                 self.lm_head = nn.Linear(config.d_model, config.vocab_size_padded, bias=False)
                 self.lm_head.set_dtype(dtype)
+        self.multipliers = stream_multipliers(config)  # docs/spec.md §13.1
         self.kernel_path = KERNEL_PATHS[config.arch]
         if init:
             initialize(self, _draw_seed())
@@ -391,12 +406,16 @@ class _LM(nn.Module):
         """(V, D): ``lm_head.weight``, or the embedding for a tied model."""
         return self.lm_head.weight if "lm_head" in self else self.backbone.embedding.weight
 
+    def _scale(self, logits: mx.array) -> mx.array:
+        # docs/spec.md §13.1: a family's logits multiplier / divisor (Falcon-H1, Granite), in float32
+        return scale_logits(logits, self.multipliers)
+
     def logits(self, hidden: mx.array) -> mx.array:
         """(..., D) -> logits (..., V) float32."""
         quantized = head_logits(self, hidden)  # quantization hook: a quantized head or tied embedding
         if quantized is not None:
-            return quantized.astype(_F32)
-        return (hidden @ self.head_weight.T).astype(_F32)
+            return self._scale(quantized.astype(_F32))
+        return self._scale((hidden @ self.head_weight.T).astype(_F32))
 
     def __call__(self, input_ids, *, cache: MambaCache | None = None, attention_mask=None, seq_idx=None):
         """(B, L) int -> logits (B, L, V) float32; a cache gives initial states and gets the final;

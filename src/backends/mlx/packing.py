@@ -19,7 +19,7 @@ import math
 
 import mlx.core as mx
 
-from mamba_core.backends.mlx import ops
+from mamba_core.backends.mlx.scan import _segsum, _ssd_layout, discretize_dt
 
 _F32 = mx.float32
 _NO_LIMIT = (0.0, math.inf)
@@ -33,16 +33,6 @@ def document_ids(seq_idx: mx.array) -> mx.array:
     """
     change = (seq_idx[:, 1:] != seq_idx[:, :-1]).astype(mx.int32)
     return mx.pad(mx.cumsum(change, axis=1), [(0, 0), (1, 0)])
-
-
-def _dt(dt, bias, softplus: bool, limit=_NO_LIMIT) -> mx.array:
-    dt = dt.astype(_F32)
-    if bias is not None:
-        dt = dt + bias.astype(_F32)
-    if softplus:
-        dt = ops.softplus(dt)
-    lo, hi = (float(v) for v in limit)
-    return dt if (lo, hi) == _NO_LIMIT else mx.clip(dt, lo, hi)
 
 
 def packed_conv1d(x, weight, bias, conv_state, activation, seq_idx):
@@ -119,7 +109,7 @@ def packed_selective_scan(
     """
     batch, seqlen, d_inner = u.shape
     d_state = A.shape[-1]
-    dt = _dt(delta, delta_bias, delta_softplus)
+    dt = discretize_dt(delta, delta_bias, delta_softplus)
     u32 = u.astype(_F32)
     du = dt * u32
     B32, C32 = B.astype(_F32), C.astype(_F32)
@@ -161,14 +151,11 @@ def _masked_decay(a: mx.array, same: mx.array) -> mx.array:
         a: (..., T) log decays. same: (..., T, T) bool, broadcastable.
 
     Returns:
-        (..., T, T), from cumulative sums down masked columns (no ``cs_t - cs_s`` cancellation).
+        (..., T, T), from ``scan._segsum`` (no ``cs_t - cs_s`` cancellation).
     """
     t = a.shape[-1]
-    rows = mx.broadcast_to(a[..., :, None], (*a.shape, t))
-    below = mx.tril(mx.ones((t, t), dtype=mx.bool_), k=-1)
-    seg = mx.cumsum(mx.where(below, rows, 0.0), axis=-2)
     allowed = mx.logical_and(mx.tril(mx.ones((t, t), dtype=mx.bool_)), same)
-    return mx.where(allowed, mx.exp(mx.where(allowed, seg, 0.0)), 0.0)
+    return mx.where(allowed, mx.exp(mx.where(allowed, _segsum(a), 0.0)), 0.0)
 
 
 def packed_ssd(
@@ -201,26 +188,15 @@ def packed_ssd(
     batch, seqlen, nheads, headdim = x.shape
     ngroups, d_state = B.shape[-2:]
     rep = nheads // ngroups
-    dt32 = _dt(dt, dt_bias, dt_softplus, dt_limit)
+    dt32 = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)
     x32 = x.astype(_F32)
-    xd = x32 * dt32[..., None]
-    a = dt32 * A.astype(_F32)
     nchunks = max(1, -(-seqlen // q))
     pad = nchunks * q - seqlen
     doc = document_ids(seq_idx)
     first = doc[:, 0]
-    if pad:
+    if pad:  # padded positions (no input, no decay: see _ssd_layout) stay in the last document
         doc = mx.concatenate([doc, mx.broadcast_to(doc[:, -1:], (batch, pad))], axis=1)
-
-    def chunks(v: mx.array) -> mx.array:  # (B, L, ...) -> (B, c, Q, ...)
-        if pad:
-            v = mx.pad(v, [(0, 0), (0, pad)] + [(0, 0)] * (v.ndim - 2))
-        return v.reshape(batch, nchunks, q, *v.shape[2:])
-
-    xc = chunks(xd).reshape(batch, nchunks, q, ngroups, rep, headdim).transpose(0, 1, 3, 4, 2, 5)
-    Bc = chunks(B.astype(_F32)).transpose(0, 1, 3, 2, 4)[:, :, :, None]  # (B, c, G, 1, Q, N)
-    Cc = chunks(C.astype(_F32)).transpose(0, 1, 3, 2, 4)[:, :, :, None]
-    ac = chunks(a).reshape(batch, nchunks, q, ngroups, rep).transpose(0, 1, 3, 4, 2)  # (B,c,G,R,Q)
+    xc, Bc, Cc, ac = _ssd_layout(x32, dt32, A.astype(_F32), B.astype(_F32), C.astype(_F32), q)
     docc = doc.reshape(batch, nchunks, q)
     same = (docc[..., :, None] == docc[..., None, :])[:, :, None, None]  # (B, c, 1, 1, Q, Q)
 

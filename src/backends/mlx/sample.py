@@ -16,6 +16,7 @@ import numpy as np
 from mamba_core.backends.mlx.cache import MambaCache
 from mamba_core.backends.mlx.prefill import prefill
 from mamba_core.backends.mlx.tokens import trusted_ids
+from mamba_core.layers import check_compiled_decode
 from mamba_core.sampling import FLOAT32_MAX, SamplingSettings, check_finite_logits
 from mamba_core.token_ids import check_id_dtype, prompt_batch
 
@@ -37,6 +38,7 @@ def _decode_step(model, compile: bool):
                 return model.step(token_ids, cache)
 
         return eager
+    check_compiled_decode(model.config)
     fields: list[tuple[str, ...]] = []  # per layer, the cache's field names (the model's layer plan)
 
     def layers_of(states) -> list[dict]:
@@ -158,18 +160,10 @@ def stream(
     Arguments as ``generate``. Rows that emitted a stop token yield ``pad_token_id`` afterwards; the
     stream ends early when every row has stopped.
     """
-    settings = SamplingSettings(
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
-        repetition_penalty=repetition_penalty,
-        stop_tokens=stop_tokens,
-        seed=seed,
-        pad_token_id=pad_token_id,
-    )
+    settings = SamplingSettings.from_arguments(locals())
     _, ids, mask = prepare_inputs(input_ids, attention_mask, settings.pad_token_id, model.config.vocab_size)
+    if compile:  # before the prefill: a model that cannot compile its step fails at once
+        check_compiled_decode(model.config)
     return _stream(model, ids, mask, settings, compile)
 
 
@@ -262,6 +256,7 @@ def generate(
     Raises:
         SamplingError: a setting out of range (``mamba_core.sampling.SamplingSettings`` names it).
         ValueError: empty prompts or a mask of another shape than ``input_ids``.
+        UnsupportedError: ``compile=True`` for a model whose decode state grows (attention layers).
 
     Example:
         >>> from mamba_core.backends.mlx import build_model
@@ -269,20 +264,12 @@ def generate(
         >>> generate(build_model(tiny_mamba1()), [[1, 2, 3]], 4).shape
         (1, 7)
     """
-    settings = SamplingSettings(
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
-        repetition_penalty=repetition_penalty,
-        stop_tokens=stop_tokens,
-        seed=seed,
-        pad_token_id=pad_token_id,
-    )
+    settings = SamplingSettings.from_arguments(locals())
     shown, ids, mask = prepare_inputs(
         input_ids, attention_mask, settings.pad_token_id, model.config.vocab_size
     )
+    if compile:  # before the prefill: a model that cannot compile its step fails at once
+        check_compiled_decode(model.config)
     tokens = list(_stream(model, ids, mask, settings, compile))
     if not tokens:
         return shown

@@ -248,7 +248,7 @@ def _ssd_layout(x, dt, A, B, C, q: int):
     batch, seqlen, nheads, headdim = x.shape
     ngroups = B.shape[-2]
     rep = nheads // ngroups
-    nchunks = -(-seqlen // q)
+    nchunks = max(1, -(-seqlen // q))
     pad = nchunks * q - seqlen
 
     def chunks(v: mx.array) -> mx.array:  # (B, L, ...) -> (B, c, Q, ...)

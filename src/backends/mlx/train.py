@@ -14,6 +14,12 @@ this file only knows how to take a step with MLX:
   bf16 for every matmul *and* the activations between them (stricter than torch's autocast), with the
   model's fp32 islands (Δ, states, norms, residual) as the dtype policy defines them.
 
+Data-parallel (``parallel``, a ``distributed.DataParallel`` under ``mlx.launch``): each rank's loss is
+its rows' summed token losses over the *global* count of targets, times the world size; the gradients
+are averaged across the ranks (``nn.average_gradients``) before clipping, which makes them the gradient
+of the global batch's mean loss, and the returned loss is that mean (an ``all_sum``), the same as one
+process on the whole batch.
+
 The optimizer state travels as its flattened tree (``states.<i>.<param>.m`` / ``.v``, ``states.<i>.step``,
 ``states.<i>.learning_rate``), saved with ``mx.save_safetensors``; a resumed run is bit-identical.
 """
@@ -57,6 +63,8 @@ class Trainer:
     Args:
         model: the MLX LM (float32 parameters: train in float32 or ``bf16-mixed``).
         config: ``mamba_core.train_config.TrainConfig`` (betas, eps, weight decay, clip, precision).
+        parallel: a ``distributed.DataParallel`` of a data-parallel run (it syncs the starting
+            weights; the gradients are averaged each step), or None.
 
     Raises:
         ValueError: a parameter is not float32.
@@ -70,12 +78,15 @@ class Trainer:
         True
     """
 
-    def __init__(self, model, config: TrainConfig):
+    def __init__(self, model, config: TrainConfig, parallel=None):
         self.model = model
         self.config = config
+        self.parallel = parallel
         self.vocab_size = model.config.vocab_size
         # per-block gradient checkpointing (recompute in the backward pass) when the config asks
         getattr(model, "backbone", model).grad_checkpoint = config.grad_checkpoint
+        # the module the forward goes through (a data-parallel run starts from rank 0's weights)
+        self.forward = model if parallel is None else parallel.prepare(model, config.precision)
         params = tree_flatten(model.trainable_parameters())
         wrong = sorted(n for n, p in params if p.dtype != mx.float32)
         if wrong:
@@ -102,13 +113,15 @@ class Trainer:
         self.optimizer.init(model.trainable_parameters())
         self._loss_and_grad = nn.value_and_grad(model, self._loss)
 
-    def _loss(self, x: mx.array, y: mx.array, seq_idx=None) -> mx.array:
-        """Mean next-token cross-entropy (nats/token) over the unpadded vocabulary and the targets
-        that are not ``IGNORE_INDEX``."""
-        logits = self.model(x, seq_idx=seq_idx)[..., : self.vocab_size]
+    def _loss(self, x: mx.array, y: mx.array, seq_idx=None, count=None) -> mx.array:
+        """Next-token cross-entropy (nats/token) over the unpadded vocabulary and the targets that are
+        not ``IGNORE_INDEX``: their mean, or their sum over ``count`` when given."""
+        logits = self.forward(x, seq_idx=seq_idx)[..., : self.vocab_size]
         keep = y != IGNORE_INDEX
         per_token = nn.losses.cross_entropy(logits.astype(mx.float32), mx.where(keep, y, 0), reduction="none")
         kept = keep.astype(mx.float32)
+        if count is not None:
+            return (per_token * kept).sum() / count
         return (per_token * kept).sum() / mx.maximum(kept.sum(), 1.0)
 
     @staticmethod
@@ -131,19 +144,27 @@ class Trainer:
         with mx.stream(self.device):
             x, y = self._batch(inputs), self._batch(targets)
             s = None if seq_idx is None else self._batch(seq_idx)
+            par, count = self.parallel, None
+            if par is not None:  # this rank's sum over the global count, times the world size
+                total = par.all_sum(float((np.asarray(targets) != IGNORE_INDEX).sum()))
+                count = mx.array(max(total, 1.0) / par.world_size, dtype=mx.float32)
             if self.config.precision == "bf16-mixed":
                 master = model.trainable_parameters()
                 _cast_by_policy(model, model.config, mx.bfloat16)
-                loss, grads = self._loss_and_grad(x, y, s)
+                loss, grads = self._loss_and_grad(x, y, s, count)
                 grads = tree_map(lambda g: g.astype(mx.float32), grads)
                 model.update(master)
             else:
-                loss, grads = self._loss_and_grad(x, y, s)
+                loss, grads = self._loss_and_grad(x, y, s, count)
+            if par is not None:
+                grads = nn.average_gradients(grads, group=par.group)
             if self.config.grad_clip > 0:
                 grads, _ = optim.clip_grad_norm(grads, self.config.grad_clip)
             self.optimizer.learning_rate = mx.array(lr, dtype=mx.float32)
             self.optimizer.update(model, grads)
             mx.eval(loss, model.parameters(), self.optimizer.state)
+        if par is not None:  # the global batch's mean loss
+            return par.all_sum(float(loss.item())) / par.world_size
         return float(loss.item())
 
     def eval_loss(self, inputs, targets, seq_idx=None) -> float:

@@ -16,7 +16,12 @@ import mlx.core as mx
 import numpy as np
 
 from mamba_core.backends.mlx.device import resolve_device, resolve_dtype
-from mamba_core.backends.mlx.heads import assign, build_task_model, export_canonical, export_task_tensors
+from mamba_core.backends.mlx.heads import (
+    _assign,
+    _uninitialized_task_model,
+    export_canonical,
+    export_task_tensors,
+)
 from mamba_core.backends.mlx.model import HybridLM, Mamba1LM, Mamba2LM, Mamba3LM, initialize
 from mamba_core.backends.mlx.pickles import read_pickle
 from mamba_core.backends.mlx.quantized import export_quantized, load_quantized
@@ -27,6 +32,7 @@ from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.hybrid_layout import stored_tensors
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
 from mamba_core.safetensors_header import read_array, validate_safetensors_header
+from mamba_core.task import task_layout
 
 MODEL_CLASSES = {
     "mamba1": Mamba1LM,
@@ -35,6 +41,9 @@ MODEL_CLASSES = {
     "nemotron_h": HybridLM,
     "jamba": HybridLM,
     "zamba2": HybridLM,
+    "falcon_h1": HybridLM,
+    "granitemoehybrid": HybridLM,
+    "bamba": HybridLM,
 }
 KERNELS = ("auto", "reference", "fast")
 
@@ -92,13 +101,16 @@ def build_model(config, *, dtype="float32", device=None, seed: int | None = None
 
 
 def _stack_parts(pieces: list) -> mx.array:
-    """``(expert, rows, array)`` pieces of one stacked tensor -> the tensor: rows concatenated per expert
-    in row order, experts stacked in expert order (a row-split tensor without experts is concatenated)."""
+    """``(expert, rows, array, rows_axis)`` pieces of one stacked tensor -> the tensor: rows concatenated
+    per expert in row order along ``rows_axis``, experts stacked in expert order (a row-split tensor
+    without experts is concatenated)."""
     by_expert = defaultdict(list)
-    for expert, rows, arr in pieces:
-        by_expert[expert].append(((rows or (0, 0))[0], arr))
+    for expert, rows, arr, axis in pieces:
+        by_expert[expert].append(((rows or (0, 0))[0], arr, axis))
     whole = {
-        e: mx.concatenate([a for _, a in sorted(p, key=lambda x: x[0])], axis=0) if len(p) > 1 else p[0][1]
+        e: mx.concatenate([a for _, a, _ in sorted(p, key=lambda x: x[0])], axis=p[0][2])
+        if len(p) > 1
+        else p[0][1]
         for e, p in by_expert.items()
     }
     if None in whole:
@@ -166,15 +178,19 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
             ) from None
 
     tensors, parts = {}, defaultdict(list)
+    in_mlx_layout = set()  # read as MLX holds them (an mlx-lm conv weight): no transpose there and back
+    mlx_axes = {n: s.mlx_axes for n, s in task_layout(plan.config, plan.task).items()}
     with mx.stream(dev):
         for entry in plan.entries:
             arr = read(entry)
-            if entry.transpose is not None:  # stored layout -> canonical (torch) layout
+            if _stored_as_mlx(entry, mlx_axes.get(entry.canonical)) and plan.quantization is None:
+                in_mlx_layout.add(entry.canonical)
+            elif entry.transpose is not None:  # stored layout -> canonical (torch) layout
                 arr = mx.transpose(arr, entry.transpose)
             if entry.expert is None and entry.rows is None:
                 tensors[entry.canonical] = arr
             else:  # one expert's tensor (or rows of it) of a stacked canonical tensor
-                parts[entry.canonical].append((entry.expert, entry.rows, arr))
+                parts[entry.canonical].append((entry.expert, entry.rows, arr, entry.rows_axis))
         for name, pieces in parts.items():
             tensors[name] = _stack_parts(pieces)
         if plan.tied_duplicate is not None:
@@ -191,9 +207,17 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
             parts = {entry.canonical: read(entry) for entry in plan.quantized_entries}
             return load_quantized(model, plan, tensors, parts, dt, dev)
         if plan.task.kind != "lm":  # a stack or head (mamba_core.task): heads.py builds it
-            model = build_task_model(plan.config, plan.task, dtype=dt, device=dev)
-        assign(model, tensors, dt, allow_missing=plan.absent)
+            model = _uninitialized_task_model(plan.config, plan.task, dtype=dt, device=dev)
+        _assign(model, tensors, dt, allow_missing=plan.absent, in_mlx_layout=in_mlx_layout)
     return model
+
+
+def _stored_as_mlx(entry, mlx_axes) -> bool:
+    """Whether the stored tensor is already in MLX's layout: a whole tensor whose move to the canonical
+    layout (``entry.transpose``) and then to MLX's (``mlx_axes``) compose to no move at all."""
+    if entry.transpose is None or mlx_axes is None or entry.expert is not None or entry.rows is not None:
+        return False
+    return tuple(entry.transpose[i] for i in mlx_axes) == tuple(range(len(mlx_axes)))
 
 
 def export_tensors(model, dialect: str = "mamba-core") -> dict[str, mx.array]:
@@ -226,7 +250,10 @@ def export_tensors(model, dialect: str = "mamba-core") -> dict[str, mx.array]:
             if t.expert is not None:
                 x = x[t.expert]
             if t.rows is not None:
-                x = x[t.rows[0] : t.rows[1]]
+                x = x[(slice(None),) * t.rows_axis + (slice(*t.rows),)]
+            if t.scale is not None:  # multipliers folded into the weights, in float32
+                factors = mx.array(t.scale, dtype=mx.float32)
+                x = (x.astype(mx.float32) * factors.reshape(-1, *[1] * (x.ndim - 1))).astype(x.dtype)
             out[t.hf_name] = x if t.axes is None else mx.transpose(x, t.axes)
         return out
     renames, mlx_layout = DIALECT_RENAMES[dialect], DIALECT_AXES[dialect]

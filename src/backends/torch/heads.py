@@ -35,6 +35,9 @@ STACKS = {
     "nemotron_h": Hybrid,
     "jamba": Hybrid,
     "zamba2": Hybrid,
+    "falcon_h1": Hybrid,
+    "granitemoehybrid": Hybrid,
+    "bamba": Hybrid,
 }
 LMS = {
     "mamba1": Mamba1LM,
@@ -43,6 +46,9 @@ LMS = {
     "nemotron_h": HybridLM,
     "jamba": HybridLM,
     "zamba2": HybridLM,
+    "falcon_h1": HybridLM,
+    "granitemoehybrid": HybridLM,
+    "bamba": HybridLM,
 }
 _EPS = 1e-5
 

@@ -13,6 +13,7 @@ from mamba_core.backends.torch.mamba2 import Mamba2Mixer
 from mamba_core.backends.torch.mamba3 import Mamba3Mixer
 from mamba_core.backends.torch.mlp import MLP
 from mamba_core.backends.torch.moe import MoE
+from mamba_core.backends.torch.parallel_hybrid import ParallelHybrid
 from mamba_core.backends.torch.shared_transformer import SharedTransformer
 
 KINDS: dict[str, type] = {
@@ -25,3 +26,4 @@ KINDS: dict[str, type] = {
     "moe": MoE,
     "shared_transformer": SharedTransformer,
 }
+KINDS["mamba2+attention"] = ParallelHybrid

@@ -16,6 +16,7 @@ from mamba_core.backends.torch.linear import project
 from mamba_core.backends.torch.mamba1 import depthwise_conv, mask_positions
 from mamba_core.backends.torch.norm import RMSNormGated
 from mamba_core.config import Mamba2Config
+from mamba_core.ssd_chunk import ssd_chunk
 
 
 class Mamba2Mixer(nn.Module):
@@ -78,7 +79,7 @@ class Mamba2Mixer(nn.Module):
             -torch.exp(self.A_log.float()),
             Bm,
             Cm,
-            c.chunk_size,
+            ssd_chunk(c.chunk_size),  # docs/spec.md §4.5.1
             D=self.D,
             dt_bias=self.dt_bias,
             dt_softplus=True,

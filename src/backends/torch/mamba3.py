@@ -92,6 +92,12 @@ class Mamba3Mixer(nn.Module):
             "angles": angles,
         }
 
+    def _scan_args(self, p: dict) -> tuple:
+        """The scans' positional inputs from ``_project``'s parts, in their order (q = C, k = B, v = x):
+        ``(C, B (B, [L,] R, G, N), x (B, [L,] H, P), adt, dt, trap (B, [L,] H), angles (B, [L,] A),
+        C_bias, B_bias (H, R, N))``."""
+        return (p["C"], p["B"], p["x"], p["adt"], p["dt"], p["trap"], p["angles"], self.C_bias, self.B_bias)
+
     def _scan_kwargs(self) -> dict:
         mimo = self.config.is_mimo
         return {
@@ -119,15 +125,7 @@ class Mamba3Mixer(nn.Module):
         p = self._project(self.in_proj(h), attention_mask)
         state = dict(zip(STATE_FIELDS, (angle_state, ssm_state, k_state, v_state), strict=True))
         y, state = ops.mamba3_chunked(
-            p["C"],
-            p["B"],
-            p["x"],
-            p["adt"],
-            p["dt"],
-            p["trap"],
-            p["angles"],
-            self.C_bias,
-            self.B_bias,
+            *self._scan_args(p),
             chunk_size=self.config.chunk_size,
             initial_state=state,
             **self._scan_kwargs(),
@@ -148,15 +146,7 @@ class Mamba3Mixer(nn.Module):
         state = dict(zip(STATE_FIELDS, (angle_state, ssm_state, k_state, v_state), strict=True))
         y, state = ops.mamba3_state_update_(
             state,
-            p["C"],
-            p["B"],
-            p["x"],
-            p["adt"],
-            p["dt"],
-            p["trap"],
-            p["angles"],
-            self.C_bias,
-            self.B_bias,
+            *self._scan_args(p),
             **self._scan_kwargs(),
         )  # (B, H, R, P) fp32
         return (project(self.out_proj, self._finish(y, p["z"])), *(state[f] for f in STATE_FIELDS))

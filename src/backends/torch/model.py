@@ -32,7 +32,14 @@ from mamba_core.backends.torch.tokens import as_token_ids, check_token_ids
 from mamba_core.config import Mamba1Config, Mamba2Config
 from mamba_core.errors import ConfigError, UnsupportedError
 from mamba_core.families import HYBRID_CONFIGS
-from mamba_core.layers import get_kind, kind_config, layer_plan, shared_blocks
+from mamba_core.layers import (
+    get_kind,
+    kind_config,
+    layer_plan,
+    scale_logits,
+    shared_blocks,
+    stream_multipliers,
+)
 from mamba_core.layers.shared_transformer import SHARED_CALL
 from mamba_core.mamba3_config import Mamba3Config
 from mamba_core.packing import check_seq_idx
@@ -44,7 +51,10 @@ KERNEL_PATHS = {
     "mamba3": "torch-chunked-mamba3",
     "nemotron_h": "torch-chunked-ssd+sdpa",
     "jamba": "torch-chunked-selective-scan+sdpa",
+    "granitemoehybrid": "torch-chunked-ssd+sdpa",
+    "bamba": "torch-chunked-ssd+sdpa",
     "zamba2": "torch-chunked-ssd+sdpa",
+    "falcon_h1": "torch-chunked-ssd+sdpa",
 }
 
 
@@ -94,6 +104,7 @@ class _Block(nn.Module):
         fk = {"dtype": dtype, "device": device}
         self.layer_idx = layer_idx
         self.slots = plan.slots
+        self.residual_multiplier = plan.residual_multiplier  # docs/spec.md §13.1
         self._n_state = tuple(len(get_kind(kind).cache) for _, kind in self.slots)
         self.norm = RMSNorm(config.d_model, config.norm_epsilon, **fk)
         self.mixer = KINDS[plan.mixer](kind_config(config, plan.mixer), layer_idx, **fk)
@@ -118,7 +129,7 @@ class _Block(nn.Module):
             norm = self.norm if slot == "mixer" else self.norm2
             out, *mine = call(getattr(self, slot), norm(x if feed is None else x + feed), mine)
             feed = None
-            x = x + out
+            x = x + (out if self.residual_multiplier == 1.0 else out * self.residual_multiplier)
             new_state.extend(mine)
         return (x, *new_state)
 
@@ -230,6 +241,7 @@ class _Stack(nn.Module):
                 SharedBlock(shared_cfg, **fk) for _ in range(shared_blocks(config))
             )
         self.norm_f = RMSNorm(config.d_model, config.norm_epsilon, **fk)
+        self.embedding_multiplier = stream_multipliers(config).embedding  # docs/spec.md §13.1
         self.kernel_path = KERNEL_PATHS[config.arch]
         if not _is_meta(device):
             self.to_empty(device=torch.get_default_device() if device is None else device)
@@ -241,6 +253,8 @@ class _Stack(nn.Module):
                 raise ValueError("this stack has no embedding: pass (B, L, D) float inputs")
             check_token_ids(x, self.config.vocab_size)
             x = self.embedding(x)
+            if self.embedding_multiplier != 1.0:  # docs/spec.md §13.1
+                x = x * self.embedding_multiplier
         if x.shape[-1] != self.config.d_model:
             raise ValueError(
                 f"x: expected last dimension d_model={self.config.d_model}, got shape {tuple(x.shape)}"
@@ -366,6 +380,7 @@ class _LM(nn.Module):
             self.lm_head = nn.Linear(
                 config.d_model, config.vocab_size_padded, bias=False, dtype=dt, device="meta"
             )
+        self.multipliers = stream_multipliers(config)  # docs/spec.md §13.1
         self.kernel_path = KERNEL_PATHS[config.arch]
         if not _is_meta(device):
             self.to_empty(device=torch.get_default_device() if device is None else device)
@@ -377,12 +392,16 @@ class _LM(nn.Module):
         head = getattr(self, "lm_head", None)
         return self.backbone.embedding.weight if head is None else head.weight
 
+    def _scale(self, logits: torch.Tensor) -> torch.Tensor:
+        # docs/spec.md §13.1: a family's logits multiplier / divisor (Falcon-H1, Granite), in float32
+        return scale_logits(logits, self.multipliers)
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """(..., D) -> (..., V) float32."""
         quantized = head_logits(self, hidden)  # quantization hook: a quantized head or tied embedding
         if quantized is not None:
-            return quantized.float()
-        return F.linear(hidden, self.head_weight).float()
+            return self._scale(quantized.float())
+        return self._scale(F.linear(hidden, self.head_weight).float())
 
     def forward(self, input_ids, *, cache: MambaCache | None = None, attention_mask=None, seq_idx=None):
         """(B, L) int -> logits (B, L, V) float32 (see the backend contract); ``seq_idx`` (B, L) int
@@ -399,7 +418,7 @@ class _LM(nn.Module):
         # a quantized tied head (quantized table or int8/int4 copy) takes logits()
         plain = type(self.backbone.embedding) is nn.Embedding and not hasattr(self, "tied_head")
         if type(getattr(self, "lm_head", None)) in (nn.Linear, type(None)) and plain:
-            return rows(hidden, self.head_weight).float()
+            return self._scale(rows(hidden, self.head_weight).float())
         return self.logits(hidden)
 
     def make_cache(self, batch: int) -> MambaCache:

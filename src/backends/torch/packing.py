@@ -20,8 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mamba_core.backends.torch import ops
-from mamba_core.backends.torch.scan import _ChunkedSelectiveScan
+from mamba_core.backends.torch.scan import _ChunkedSelectiveScan, _segsum_exp, _ssd_layout, discretize_dt
 
 _NO_LIMIT = (0.0, math.inf)
 
@@ -33,16 +32,6 @@ def document_ids(seq_idx: torch.Tensor) -> torch.Tensor:
     """
     change = (seq_idx[:, 1:] != seq_idx[:, :-1]).long()
     return F.pad(torch.cumsum(change, dim=1), (1, 0))
-
-
-def _dt(dt, bias, softplus: bool, limit=_NO_LIMIT) -> torch.Tensor:
-    dt = dt.float() if dt.dtype != torch.float64 else dt
-    if bias is not None:
-        dt = dt + bias.to(dt.dtype)
-    if softplus:
-        dt = ops.softplus(dt)
-    lo, hi = (float(v) for v in limit)
-    return dt if (lo, hi) == _NO_LIMIT else dt.clamp(lo, hi)
 
 
 def _wide(x: torch.Tensor) -> torch.Tensor:
@@ -94,7 +83,7 @@ def packed_selective_scan(
         ``(y (B, L, E) float32, final_state (B, E, N) float32)`` (the last document's state).
     """
     batch, seqlen, d_inner = u.shape
-    dt = _dt(delta, delta_bias, delta_softplus)
+    dt = discretize_dt(delta, delta_bias, delta_softplus)
     uf = _wide(u)
     h0 = (
         uf.new_zeros(batch, d_inner, A.shape[-1])
@@ -120,15 +109,6 @@ def packed_selective_scan(
     if z is not None:
         y = y * F.silu(_wide(z))
     return y, h
-
-
-def _masked_exp_segsum(cs64: torch.Tensor, same: torch.Tensor, dtype) -> torch.Tensor:
-    """``exp(cs_t - cs_s)`` for s <= t in the same document, else 0: cs64 (..., Q) float64,
-    same (..., Q, Q) bool broadcastable."""
-    q = cs64.shape[-1]
-    seg = (cs64.unsqueeze(-1) - cs64.unsqueeze(-2)).to(dtype)
-    allowed = torch.ones(q, q, dtype=torch.bool, device=cs64.device).tril() & same
-    return torch.exp(seg.masked_fill(~allowed, -math.inf))
 
 
 def packed_ssd(
@@ -157,35 +137,23 @@ def packed_ssd(
     """
     if int(chunk_size) < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
-    delta = _dt(dt, dt_bias, dt_softplus, dt_limit)  # (B, L, H)
+    delta = discretize_dt(dt, dt_bias, dt_softplus, dt_limit)  # (B, L, H)
     batch, seqlen, nheads, headdim = x.shape
     ngroups, d_state = B.shape[-2], B.shape[-1]
     hg = nheads // ngroups
     q = int(chunk_size)
     nchunks = max(1, -(-seqlen // q))
     pad = nchunks * q - seqlen
-    xd = _wide(x) * delta.unsqueeze(-1)
-    a = delta * _wide(A)
-    Bf, Cf = _wide(B), _wide(C)
+    X, Bc, Cc, cs64, wide = _ssd_layout(_wide(x), delta, _wide(A), _wide(B), _wide(C), q)
     doc = document_ids(seq_idx.to(x.device))
     first = doc[:, :1]
-    if pad:  # padded positions: no input, no decay, the last document's
-        xd = F.pad(xd, (0, 0, 0, 0, 0, pad))
-        a = F.pad(a, (0, 0, 0, pad))
-        Bf = F.pad(Bf, (0, 0, 0, 0, 0, pad))
-        Cf = F.pad(Cf, (0, 0, 0, 0, 0, pad))
+    if pad:  # padded positions (no input, no decay: see _ssd_layout) stay in the last document
         doc = torch.cat([doc, doc[:, -1:].expand(batch, pad)], dim=1)
-    wide = xd.dtype
-    X = xd.view(batch, nchunks, q, ngroups, hg, headdim).permute(0, 1, 3, 4, 2, 5)  # (B,c,G,Hg,Q,P)
-    Bc = Bf.view(batch, nchunks, q, ngroups, d_state).permute(0, 1, 3, 2, 4)  # (B,c,G,Q,N)
-    Cc = Cf.view(batch, nchunks, q, ngroups, d_state).permute(0, 1, 3, 2, 4)
-    ac = a.view(batch, nchunks, q, ngroups, hg).permute(0, 1, 3, 4, 2)  # (B,c,G,Hg,Q)
-    cs64 = torch.cumsum(ac.double(), dim=-1)
     docc = doc.view(batch, nchunks, q)
     same = (docc.unsqueeze(-1) == docc.unsqueeze(-2))[:, :, None, None]  # (B,c,1,1,Q,Q)
 
     # 1. intra-chunk, within documents
-    decay = _masked_exp_segsum(cs64, same, wide)  # (B,c,G,Hg,Q,Q)
+    decay = _segsum_exp(cs64, wide, same)  # (B,c,G,Hg,Q,Q)
     scores = torch.matmul(Cc, Bc.transpose(-1, -2))  # (B,c,G,Q,Q)
     y = torch.matmul(scores.unsqueeze(3) * decay, X)
 
@@ -194,14 +162,14 @@ def packed_ssd(
 
     # 3. state passing between chunk ends of the same document; slot 0 = the initial state
     if initial_state is None:
-        s0 = xd.new_zeros(batch, 1, ngroups, hg, headdim, d_state)
+        s0 = X.new_zeros(batch, 1, ngroups, hg, headdim, d_state)
     else:
         s0 = _wide(initial_state).to(wide).reshape(batch, 1, ngroups, hg, headdim, d_state)
     states = torch.cat([s0, states], dim=1)  # (B, c+1, G, Hg, P, N)
     ends = torch.cat([first, docc[:, :, -1]], dim=1)  # (B, c+1): the document of each slot
     same_ends = (ends.unsqueeze(-1) == ends.unsqueeze(-2))[:, None, None]  # (B,1,1,c+1,c+1)
     totals = F.pad(cs64[..., -1], (0, 0, 0, 0, 1, 0))  # (B, c+1, G, Hg)
-    chunk_decay = _masked_exp_segsum(torch.cumsum(totals.permute(0, 2, 3, 1), dim=-1), same_ends, wide)
+    chunk_decay = _segsum_exp(torch.cumsum(totals.permute(0, 2, 3, 1), dim=-1), wide, same_ends)
     flat = states.permute(0, 2, 3, 1, 4, 5).reshape(batch, ngroups, hg, nchunks + 1, -1)
     passed = torch.matmul(chunk_decay, flat).view(batch, ngroups, hg, nchunks + 1, headdim, d_state)
     s_in = passed[:, :, :, :-1].permute(0, 3, 1, 2, 4, 5)  # (B, c, G, Hg, P, N)

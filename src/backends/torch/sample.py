@@ -16,8 +16,16 @@ import torch
 from mamba_core.backends.torch.cache import MambaCache
 from mamba_core.backends.torch.prefill import prefill
 from mamba_core.backends.torch.tokens import trusted_ids
+from mamba_core.layers import check_compiled_decode
 from mamba_core.sampling import FLOAT32_MAX, SamplingSettings, check_finite_logits
 from mamba_core.token_ids import check_id_dtype, prompt_batch
+
+# intra-op threads of a compiled decode step on CPU (None: torch's current setting). A decode step is
+# a chain of matrix-vector products and tiny elementwise kernels: with more threads than free cores
+# every kernel waits at an OpenMP barrier, and inductor bakes the thread count into the kernels it
+# generates. Measured on the 130m shape (benchmarks/bench_torch.py, README "Benchmarks"): one thread
+# ran batch-1 decode 9x faster than two on the shared 2-core CPU.
+COMPILED_DECODE_THREADS: int | None = 1
 
 
 def _decode_step(model, compile: bool):
@@ -26,7 +34,8 @@ def _decode_step(model, compile: bool):
     The compiled function sees only tensors: the (B,) token ids and the per-layer state dicts of the
     cache (fixed shapes, updated in place), so it is one graph (``fullgraph=True``, ``dynamic=False``)
     that no later step recompiles; ``seqlen_offset`` advances outside it. On CUDA it is compiled with
-    ``mode="reduce-overhead"`` (CUDA graphs).
+    ``mode="reduce-overhead"`` (CUDA graphs); on CPU it is compiled and run with
+    ``COMPILED_DECODE_THREADS`` intra-op threads (torch's setting is restored after each step).
     """
     if not compile:
 
@@ -35,18 +44,28 @@ def _decode_step(model, compile: bool):
                 return model.step(token_ids, cache)
 
         return eager
+    check_compiled_decode(model.config)
     step = getattr(model, "_compiled_step", None)  # compiled once per model: inductor takes a while
     if step is None:
 
         def decode(token_ids, layers):  # (B,) ids, [{field: (B, ...) state}] -> logits (B, V) float32
             return model.step(token_ids, MambaCache(layers))
 
-        mode = "reduce-overhead" if model.head_weight.device.type == "cuda" else None
+        device = model.head_weight.device.type
+        mode = "reduce-overhead" if device == "cuda" else None
         compiled = torch.compile(decode, fullgraph=True, dynamic=False, mode=mode)
+        threads = COMPILED_DECODE_THREADS if device == "cpu" else None
 
         def step(token_ids, cache: MambaCache):
-            with trusted_ids():  # the sampler's ids (the traced graph never checks them)
-                logits = compiled(token_ids, cache.layers)
+            before = torch.get_num_threads()
+            if threads is not None and threads != before:
+                torch.set_num_threads(threads)
+            try:
+                with trusted_ids():  # the sampler's ids (the traced graph never checks them)
+                    logits = compiled(token_ids, cache.layers)
+            finally:
+                if torch.get_num_threads() != before:
+                    torch.set_num_threads(before)
             cache.seqlen_offset += 1
             return logits
 
@@ -135,18 +154,10 @@ def stream(
     Rows that produced a stop token yield ``pad_token_id`` afterwards; the iterator ends early when
     every row has stopped. Arguments as in ``generate``.
     """
-    settings = SamplingSettings(
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
-        repetition_penalty=repetition_penalty,
-        stop_tokens=stop_tokens,
-        seed=seed,
-        pad_token_id=pad_token_id,
-    )
+    settings = SamplingSettings.from_arguments(locals())
     _, ids, mask = _prepare(model, input_ids, attention_mask, settings.pad_token_id)
+    if compile:  # before the prefill: a model that cannot compile its step fails at once
+        check_compiled_decode(model.config)
     return _stream(model, ids, mask, settings, compile)
 
 
@@ -236,6 +247,7 @@ def generate(
 
     Raises:
         SamplingError: a setting out of range (``mamba_core.sampling.SamplingSettings`` names it).
+        UnsupportedError: ``compile=True`` for a model whose decode state grows (attention layers).
 
     Example:
         >>> from mamba_core.testing import tiny_mamba1
@@ -243,18 +255,10 @@ def generate(
         >>> generate(Mamba1LM(tiny_mamba1()), [[1, 2, 3]], 2).shape
         torch.Size([1, 5])
     """
-    settings = SamplingSettings(
-        max_new_tokens=max_new_tokens,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        min_p=min_p,
-        repetition_penalty=repetition_penalty,
-        stop_tokens=stop_tokens,
-        seed=seed,
-        pad_token_id=pad_token_id,
-    )
+    settings = SamplingSettings.from_arguments(locals())
     shown, ids, mask = _prepare(model, input_ids, attention_mask, settings.pad_token_id)
+    if compile:  # before the prefill: a model that cannot compile its step fails at once
+        check_compiled_decode(model.config)
     new = list(_stream(model, ids, mask, settings, compile))
     if not new:
         return shown

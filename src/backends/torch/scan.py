@@ -241,17 +241,22 @@ def selective_scan_chunked(
     return y, h
 
 
-def _segsum_exp(cs64: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _segsum_exp(cs64: torch.Tensor, dtype: torch.dtype, same: torch.Tensor | None = None) -> torch.Tensor:
     """``exp(segsum)`` from float64 cumulative sums: ``out[..., t, s] = exp(cs_t - cs_s)`` for
-    s <= t, else 0.
+    s <= t, else 0. cs64: (..., Q) float64 -> (..., Q, Q) in ``dtype``.
+
+    ``same`` (..., Q, Q) bool, broadcastable: also 0 where it is False (packed sequences: s and t in
+    different documents).
 
     The difference is taken in float64 and rounded once, which is as accurate as the masked
     cumulative sum of docs/spec.md §4.5 (no fp32 cancellation) at a fraction of its cost.
     """
     q = cs64.shape[-1]
     seg = (cs64.unsqueeze(-1) - cs64.unsqueeze(-2)).to(dtype)  # (..., Q, Q)
-    upper = torch.ones(q, q, dtype=torch.bool, device=cs64.device).triu(1)
-    return torch.exp(seg.masked_fill(upper, -math.inf))
+    allowed = torch.ones(q, q, dtype=torch.bool, device=cs64.device).tril()
+    if same is not None:
+        allowed = allowed & same
+    return torch.exp(seg.masked_fill(~allowed, -math.inf))
 
 
 def softplus(x: torch.Tensor) -> torch.Tensor:

@@ -12,6 +12,12 @@ this file only knows how to take a step with torch:
   parameters, gradients and AdamW moments stay float32 (master weights). The model's own dtype policy
   still upcasts Δ, ``exp(ΔA)``, states and norms to float32 (autocast only lowers matmul inputs).
 
+Data-parallel (``parallel``, a ``distributed.DataParallel``): the trainer calls the engine's module
+(DDP wrapper or FSDP2-sharded model); each rank's loss is its rows' summed token losses over the
+*global* count of targets, times the world size, so the engine's gradient average is the gradient of
+the global batch's mean loss, and the returned loss is that mean (an ``all_sum``), the same as one
+process on the whole batch.
+
 The optimizer state travels as plain tensors (``state_tensors``) named ``<param>.exp_avg``,
 ``<param>.exp_avg_sq`` and ``<param>.step``, saved with safetensors, so a resumed run is bit-identical.
 """
@@ -36,6 +42,8 @@ class Trainer:
     Args:
         model: the torch LM (float32 parameters: train in float32 or ``bf16-mixed``).
         config: ``mamba_core.train_config.TrainConfig`` (betas, eps, weight decay, clip, precision).
+        parallel: a ``distributed.DataParallel`` of a data-parallel run (it wraps or shards ``model``),
+            or None.
 
     Raises:
         ValueError: a parameter is not float32, or bf16-mixed on a device without bf16 autocast.
@@ -49,12 +57,15 @@ class Trainer:
         True
     """
 
-    def __init__(self, model, config: TrainConfig):
+    def __init__(self, model, config: TrainConfig, parallel=None):
         self.model = model
         self.config = config
+        self.parallel = parallel
         self.vocab_size = model.config.vocab_size
         # per-block gradient checkpointing (recompute in the backward pass) when the config asks
         getattr(model, "backbone", model).grad_checkpoint = config.grad_checkpoint
+        # the module the forward goes through: the model, or its DDP wrapper / FSDP-sharded self
+        self.forward = model if parallel is None else parallel.prepare(model, config.precision)
         # the trainable parameters (all of them, or the adapters of a LoRA model: ``lora.apply_lora``);
         # a MoE's correction bias is not trained by gradient
         self.params = {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -83,20 +94,32 @@ class Trainer:
     def _batch(self, a) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a), dtype=torch.long).to(self.device)
 
-    def _loss(self, inputs, targets, seq_idx=None) -> torch.Tensor:
-        """Mean next-token cross-entropy (nats/token) over the unpadded vocabulary and the targets
-        that are not ``IGNORE_INDEX``."""
+    def _loss(self, inputs, targets, seq_idx=None, reduction: str = "mean") -> torch.Tensor:
+        """Next-token cross-entropy (nats/token) over the unpadded vocabulary and the targets that are
+        not ``IGNORE_INDEX``: their mean, or their sum (``reduction="sum"``)."""
         x, y = self._batch(inputs), self._batch(targets)
         packed = {} if seq_idx is None else {"seq_idx": self._batch(seq_idx)}
         if self.config.precision == "bf16-mixed":
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                logits = self.model(x, **packed)
+                logits = self.forward(x, **packed)
         else:
-            logits = self.model(x, **packed)
+            logits = self.forward(x, **packed)
         v = self.vocab_size
         return F.cross_entropy(
-            logits[..., :v].float().reshape(-1, v), y.reshape(-1), ignore_index=IGNORE_INDEX
+            logits[..., :v].float().reshape(-1, v),
+            y.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction=reduction,
         )
+
+    def _parallel_loss(self, inputs, targets, seq_idx) -> tuple[torch.Tensor, float]:
+        """This rank's share of the global mean loss, scaled for the engine's gradient average, and
+        the global mean loss itself."""
+        par = self.parallel
+        count = par.all_sum(float((np.asarray(targets) != IGNORE_INDEX).sum()))
+        total = self._loss(inputs, targets, seq_idx, reduction="sum")
+        mean = par.all_sum(float(total.detach().item())) / max(count, 1.0)
+        return total * (par.world_size / max(count, 1.0)), mean
 
     def step(self, inputs, targets, lr: float, seq_idx=None) -> float:
         """One optimizer step on a batch.
@@ -111,7 +134,11 @@ class Trainer:
             The batch loss before the update (nats/token).
         """
         self.model.train()
-        loss = self._loss(inputs, targets, seq_idx)
+        if self.parallel is None:
+            loss = self._loss(inputs, targets, seq_idx)
+            value = None
+        else:
+            loss, value = self._parallel_loss(inputs, targets, seq_idx)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.config.grad_clip > 0:
@@ -119,7 +146,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         self.optimizer.step()
-        return float(loss.item())
+        return float(loss.item()) if value is None else value
 
     @torch.no_grad()
     def eval_loss(self, inputs, targets, seq_idx=None) -> float:

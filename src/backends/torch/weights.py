@@ -36,6 +36,9 @@ MODEL_CLASSES = {
     "nemotron_h": HybridLM,
     "jamba": HybridLM,
     "zamba2": HybridLM,
+    "falcon_h1": HybridLM,
+    "granitemoehybrid": HybridLM,
+    "bamba": HybridLM,
 }
 KERNELS = ("auto", "reference", "fast")
 
@@ -102,19 +105,23 @@ def _read(plan: LoadPlan) -> dict[str, torch.Tensor]:
                 if entry.expert is None and entry.rows is None:
                     tensors[entry.canonical] = t
                 else:  # one expert's tensor (or rows of it) of a stacked canonical tensor
-                    parts[entry.canonical].append((entry.expert, entry.rows, t))
+                    parts[entry.canonical].append((entry.expert, entry.rows, t, entry.rows_axis))
     for name, pieces in parts.items():
         tensors[name] = _stack_parts(pieces)
     return tensors
 
 
 def _stack_parts(pieces: list) -> torch.Tensor:
-    """``(expert, rows, tensor)`` pieces of one stacked tensor -> the tensor: rows concatenated per expert
-    in row order, experts stacked in expert order (a row-split tensor without experts is concatenated)."""
+    """``(expert, rows, tensor, rows_axis)`` pieces of one stacked tensor -> the tensor: rows concatenated
+    per expert in row order along ``rows_axis``, experts stacked in expert order (a row-split tensor
+    without experts is concatenated)."""
     by_expert = defaultdict(list)
-    for expert, rows, t in pieces:
-        by_expert[expert].append(((rows or (0, 0))[0], t))
-    whole = {e: torch.cat([t for _, t in sorted(p, key=lambda x: x[0])]) for e, p in by_expert.items()}
+    for expert, rows, t, axis in pieces:
+        by_expert[expert].append(((rows or (0, 0))[0], t, axis))
+    whole = {
+        e: torch.cat([t for _, t, _ in sorted(p, key=lambda x: x[0])], dim=p[0][2])
+        for e, p in by_expert.items()
+    }
     if None in whole:
         return whole[None]
     return torch.stack([whole[e] for e in sorted(whole)])
@@ -197,7 +204,10 @@ def export_tensors(model, dialect: str = "mamba-core") -> dict[str, torch.Tensor
             if t.expert is not None:
                 x = x[t.expert]
             if t.rows is not None:
-                x = x[t.rows[0] : t.rows[1]]
+                x = x[(slice(None),) * t.rows_axis + (slice(*t.rows),)]
+            if t.scale is not None:  # multipliers folded into the weights, in float32
+                factors = torch.tensor(t.scale, dtype=torch.float32, device=x.device)
+                x = (x.float() * factors.reshape(-1, *[1] * (x.dim() - 1))).to(x.dtype)
             out[t.hf_name] = x if t.axes is None else x.permute(*t.axes)
         return out
     renames, mlx_axes = DIALECT_RENAMES[dialect], DIALECT_AXES[dialect]

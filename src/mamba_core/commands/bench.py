@@ -15,6 +15,7 @@ import sys
 import time
 
 from mamba_core import strict_json
+from mamba_core.commands.model_options import add_model_options
 
 NAME = "bench"
 HELP = "measure prefill and decode tokens/s of a model (default: the shipped one) on this machine"
@@ -23,29 +24,12 @@ SPREAD_WARNING = 0.10
 
 
 def add_arguments(p) -> None:
-    p.add_argument(
-        "--model",
-        "-m",
-        default=None,
-        help="checkpoint directory, .safetensors file, hub id or shipped name (default: "
-        "mamba-bytes, the shipped model)",
-    )
-    p.add_argument(
-        "--backend",
-        default="all",
-        choices=["all", "auto", "torch", "mlx"],
-        help="'all' (default) = every backend available here; auto = MLX on Apple Silicon, else torch",
-    )
-    p.add_argument(
-        "--dtype",
-        default=None,
-        choices=["float32", "bfloat16", "float16"],
-        help="model dtype (default: the checkpoint's)",
-    )
-    p.add_argument(
-        "--device",
-        default=None,
-        help="cpu, cuda, mps (torch) or cpu, gpu (mlx) (default: the backend's best)",
+    add_model_options(
+        p,
+        backends=["all", "auto", "torch", "mlx"],
+        default_backend="all",
+        backend_help="'all' (default) = every backend available here; "
+        "auto = MLX on Apple Silicon, else torch",
     )
     p.add_argument("--prompt-len", type=int, default=512, help="prompt tokens per row (default 512)")
     p.add_argument(

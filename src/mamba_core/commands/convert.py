@@ -72,8 +72,15 @@ def add_arguments(p) -> None:
     p.add_argument(
         "--gguf-type",
         default=None,
-        choices=["F32", "F16", "Q8_0"],
-        help="tensor type of --to gguf (default F16)",
+        choices=["F32", "F16", "Q8_0", "Q4_0", "Q4_1", "MXFP4"],
+        help="tensor type of --to gguf (default: F16 for a float source; a quantized source's layers "
+        "in the GGUF block each fits exactly)",
+    )
+    p.add_argument(
+        "--requantize",
+        action="store_true",
+        help="--to gguf: requantize quantized layers that have no exact --gguf-type block (lossy) "
+        "instead of refusing them",
     )
     p.add_argument(
         "--dtype",
@@ -117,9 +124,11 @@ def run(args) -> int:
         quantize=args.quantize,
         group_size=args.group_size,
         gguf_type=args.gguf_type,
+        requantize=args.requantize,
     )
     if args.to == "gguf":
-        print(f"wrote {out} (gguf, {args.gguf_type or 'F16'}): {out.stat().st_size / 2**20:.1f} MiB")
+        kind = args.gguf_type or "exact types"
+        print(f"wrote {out} (gguf, {kind}): {out.stat().st_size / 2**20:.1f} MiB")
         return 0
     files = find_checkpoint_files(out).weight_files
     size = sum(f.stat().st_size for f in files)

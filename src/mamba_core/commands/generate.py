@@ -12,35 +12,19 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from mamba_core.commands.model_options import add_model_options
+
 NAME = "generate"
 HELP = "generate text from a prompt (argument or stdin) with a model; streams tokens as they come"
 
 
 def add_arguments(p) -> None:
     p.add_argument("prompt", nargs="?", help="the prompt; read from stdin when omitted or '-'")
-    p.add_argument(
-        "--model",
-        "-m",
-        default=None,
-        help="checkpoint directory, .safetensors file, hub id or shipped name (default: "
-        "mamba-bytes, the shipped model)",
-    )
-    p.add_argument(
-        "--backend",
-        default="auto",
-        choices=["auto", "torch", "mlx"],
-        help="default auto: MLX on Apple Silicon, else torch",
-    )
-    p.add_argument(
-        "--dtype",
-        default=None,
-        choices=["float32", "bfloat16", "float16"],
-        help="model dtype (default: the checkpoint's)",
-    )
-    p.add_argument(
-        "--device",
-        default=None,
-        help="cpu, cuda, mps (torch) or cpu, gpu (mlx) (default: the backend's best)",
+    add_model_options(
+        p,
+        backends=["auto", "torch", "mlx"],
+        default_backend="auto",
+        backend_help="default auto: MLX on Apple Silicon, else torch",
     )
     p.add_argument(
         "--max-tokens",

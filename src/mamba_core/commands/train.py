@@ -4,6 +4,11 @@ New models start from the defaults of ``TrainConfig``; ``--from`` fine-tunes wit
 learning rate (``FINETUNE_LR``). Re-running a command with the same ``--out`` resumes from
 ``DIR/checkpoint-last`` (written every ``--save-every`` steps and on Ctrl-C); a run stopped by
 ``--stop-at`` or Ctrl-C prints the command that resumes it.
+
+The same command runs data-parallel under a launcher, unchanged: ``torchrun --nproc-per-node N -m
+mamba_core train ...`` (torch: ``--ddp``, the default, or ``--fsdp``) or ``mlx.launch -n N --backend ring
+-- mamba-core train ...`` (MLX). ``--batch-size`` is then per rank; every rank prints its rank, the world
+size and the engine, rank 0 the rest.
 """
 
 from __future__ import annotations
@@ -72,9 +77,10 @@ def add_arguments(p) -> None:
     r = p.add_argument_group("run (defaults: the shipped model's recipe)")
     r.add_argument(
         "--backend",
-        default="torch",
+        default=None,
         choices=["auto", "torch", "mlx"],
-        help="default torch (the faster trainer on CPUs); auto = MLX on Apple Silicon, else torch",
+        help="default torch (the faster trainer on CPUs), or the launcher's (torchrun: torch, mlx.launch: "
+        "mlx); auto = MLX on Apple Silicon, else torch",
     )
     r.add_argument("--device", default=None, help="cpu, cuda, mps (torch) or cpu, gpu (mlx)")
     r.add_argument("--precision", default=d.precision, choices=PRECISIONS, help="default %(default)s")
@@ -115,6 +121,29 @@ def add_arguments(p) -> None:
         action="store_true",
         help="packed rows: each document (ended by the end-of-text id) starts from a zero "
         "state and no target crosses a document boundary",
+    )
+    dp = p.add_argument_group(
+        "data-parallel (under torchrun or mlx.launch, detected from their environment; "
+        "--batch-size is per rank)"
+    )
+    engine = dp.add_mutually_exclusive_group()
+    engine.add_argument(
+        "--ddp",
+        dest="engine",
+        action="store_const",
+        const="ddp",
+        help="the default under a launcher: a full replica per rank, gradients averaged (torch "
+        "DistributedDataParallel; MLX mx.distributed all_sum); fastest while model + AdamW state fit a "
+        "device",
+    )
+    engine.add_argument(
+        "--fsdp",
+        dest="engine",
+        action="store_const",
+        const="fsdp",
+        help="torch only: shard parameters, gradients and AdamW state across the ranks (FSDP2 "
+        "fully_shard; A_log, D, dt bias stay float32); checkpoints: full weights from rank 0 plus "
+        "every rank's shards (checkpoint-last/sharded/) to resume from",
     )
     lo = p.add_argument_group("LoRA (train adapters only; the output is the merged model + adapter/)")
     lo.add_argument("--lora-rank", type=int, default=d.lora_rank, help="adapter rank; 0 = full training")
@@ -173,6 +202,7 @@ def _tokenizer(args):
 
 def run(args) -> int:
     from mamba_core.data import load_corpus
+    from mamba_core.distributed import detect_launch, launcher_backend
     from mamba_core.registry import choose_backend
     from mamba_core.train import FINETUNE_LR, TrainConfig, train
 
@@ -203,14 +233,18 @@ def run(args) -> int:
         lora_dropout=args.lora_dropout,
         lora_targets=tuple(t for t in args.lora_targets.split(",") if t),
     )
-    choice = choose_backend(args.backend)
-    print(choice, file=sys.stderr)
+    launch = detect_launch()
+    lead = launch is None or launch.rank == 0  # rank 0 prints the run's output; every rank its place
+    choice = choose_backend(launcher_backend(launch, args.backend) or "torch")
+    if lead:
+        print(choice, file=sys.stderr)
     tok = _tokenizer(args)
     patterns = tuple(s for s in args.glob.split(",") if s)
     corpus = load_corpus(
         args.data, tok, stdlib=args.stdlib, val_fraction=args.val_fraction, patterns=patterns
     )
-    print(f"data: {corpus.description}", file=sys.stderr)
+    if lead:
+        print(f"data: {corpus.description}", file=sys.stderr)
     args.vocab_size = corpus.vocab_size
     new_model = model_config(args) if args.init_from is None else None
     try:
@@ -225,10 +259,14 @@ def run(args) -> int:
             tokenizer=tok,
             resume=not args.no_resume,
             stop_at=args.stop_at,
+            engine=args.engine,
         )
     except KeyboardInterrupt:
-        print(f"interrupted; resume with: {resume_command(args._argv)}", file=sys.stderr)
+        if lead:
+            print(f"interrupted; resume with: {resume_command(args._argv, launch)}", file=sys.stderr)
         raise
+    if not lead:
+        return 0
     first_eval = result.eval_losses[0][1] if result.eval_losses else float("nan")
     last = result.eval_losses[-1][1] if result.eval_losses else float("nan")
     first = result.train_losses[0] if result.train_losses else float("nan")
@@ -241,16 +279,20 @@ def run(args) -> int:
         + f" in {result.out_dir}"
     )
     if result.step < config.steps:
-        print(f"resume with: {resume_command(args._argv)}")
+        print(f"resume with: {resume_command(args._argv, launch)}")
     return 0
 
 
-def resume_command(argv: list[str]) -> str:
-    """The command line that continues a stopped run: ``argv`` without ``--stop-at N`` and ``--no-resume``.
+def resume_command(argv: list[str], launch=None) -> str:
+    """The command line that continues a stopped run: ``argv`` without ``--stop-at N`` and ``--no-resume``,
+    under the same launcher and number of ranks when ``launch`` (``mamba_core.distributed.Launch``) says.
 
     Example:
         >>> resume_command(["train", "a.txt", "--out", "run", "--stop-at", "4", "--no-resume"])
         'mamba-core train a.txt --out run'
+        >>> from mamba_core.distributed import Launch
+        >>> resume_command(["train", "a.txt", "--out", "run", "--fsdp"], Launch("torchrun", 0, 2, 0))
+        'torchrun --nproc-per-node 2 -m mamba_core train a.txt --out run --fsdp'
     """
     import shlex
 
@@ -263,4 +305,10 @@ def resume_command(argv: list[str]) -> str:
             skip = True
         elif not (arg.startswith("--stop-at=") or arg == "--no-resume"):
             out.append(arg)
-    return shlex.join(["mamba-core", *out])
+    if launch is None:
+        prefix = ["mamba-core"]
+    elif launch.launcher == "torchrun":
+        prefix = ["torchrun", "--nproc-per-node", str(launch.world_size), "-m", "mamba_core"]
+    else:
+        prefix = ["mlx.launch", "-n", str(launch.world_size), "--backend", "ring", "--", "mamba-core"]
+    return shlex.join([*prefix, *out])

@@ -1,7 +1,8 @@
 """Model-level checks on each ``mamba_core.testing.awkward_configs()`` model: logits and cache states vs
-the reference (and L = 1), prefill + steps, chunked prefill, left padding, greedy tokens, gradients and
-cross-backend agreement. Weights are the ones the backend model really holds (exported, as float64),
-so the reference sees exactly the rounded numbers; tolerance ``model_tolerance(dtype)``.
+the reference (and L = 1), prefill + steps, chunked prefill, left padding, greedy tokens, gradients,
+cross-backend agreement, and the compiled decode step (models whose states have fixed shapes). Weights
+are the ones the backend model really holds (exported, as float64), so the reference sees exactly the
+rounded numbers; tolerance ``model_tolerance(dtype)``.
 
 Part of ``mamba_core.conformance``; importing this module registers the checks in ``CHECKS``.
 """
@@ -9,6 +10,7 @@ Part of ``mamba_core.conformance``; importing this module registers the checks i
 from __future__ import annotations
 
 import functools
+import importlib
 
 import numpy as np
 
@@ -30,7 +32,7 @@ from mamba_core.conformance.core import (
     skipped_result,
 )
 from mamba_core.errors import BackendUnavailableError
-from mamba_core.layers import get_kind, layer_plan
+from mamba_core.layers import get_kind, growing_cache_kinds, layer_plan
 from mamba_core.registry import BACKENDS, DTYPES, get_backend
 from mamba_core.testing import TOLERANCE, round_to
 
@@ -90,13 +92,18 @@ def _logits(kind, cfg_name, backend, device, dtype, rng) -> CheckResult:
     return cmp.result()
 
 
+def _reference_run(cfg, w, inp: Inputs, rng, length: int):
+    """Random prompts (2, L): ``(their backend ids, the reference logits (2, L, V), its final states)``."""
+    ids = rng.integers(0, cfg.vocab_size, (2, length))
+    ref, ref_states = R.lm_forward(cfg, w, ids)
+    return inp.ids(ids), ref, ref_states
+
+
 def _prefill_steps(kind, cfg_name, backend, device, dtype, rng) -> CheckResult:
     """Prefill 21 tokens, then 8 teacher-forced steps == the reference forward over all 29."""
     cfg, model, w, cmp, inp = _setup(kind, cfg_name, backend, device, dtype, rng)
     tol = model_tolerance(dtype)
-    ids = rng.integers(0, cfg.vocab_size, (2, 29))
-    ref, _ = R.lm_forward(cfg, w, ids)
-    ids_b = inp.ids(ids)
+    ids_b, ref, _ = _reference_run(cfg, w, inp, rng, 29)
     with device_scope(backend, device):
         cache = model.make_cache(2)
         pre = model(ids_b[:, :21], cache=cache)
@@ -111,9 +118,7 @@ def _chunked_prefill(kind, cfg_name, backend, device, dtype, rng) -> CheckResult
     """Prefill in pieces of 1, 2, 17, 9 tokens through the cache == the one-shot reference forward."""
     cfg, model, w, cmp, inp = _setup(kind, cfg_name, backend, device, dtype, rng)
     tol = model_tolerance(dtype)
-    ids = rng.integers(0, cfg.vocab_size, (2, 29))
-    ref, ref_states = R.lm_forward(cfg, w, ids)
-    ids_b = inp.ids(ids)
+    ids_b, ref, ref_states = _reference_run(cfg, w, inp, rng, 29)
     with device_scope(backend, device):
         cache = model.make_cache(2)
         pieces = [
@@ -170,6 +175,29 @@ def _greedy(kind, cfg_name, backend, device, dtype, rng) -> CheckResult:
     cmp.tokens(
         "ragged prompts 7, 3", out_ragged[:, -n:], np.array([_reference_greedy(cfg, w, r, n) for r in ragged])
     )
+    return cmp.result()
+
+
+def _compiled_decode(kind, cfg_name, backend, device, dtype, rng) -> CheckResult:
+    """The compiled decode step (``generate(..., compile=True)``): 8 teacher-forced steps after a 21-token
+    prefill == the reference forward over all 29, and 16 compiled greedy tokens == the reference's."""
+    cfg, model, w, cmp, inp = _setup(kind, cfg_name, backend, device, dtype, rng)
+    tol = model_tolerance(dtype)
+    ids = rng.integers(0, cfg.vocab_size, (2, 29))
+    ref, _ = R.lm_forward(cfg, w, ids)
+    ids_b = inp.ids(ids)
+    step = importlib.import_module(f"{backend.__name__}.sample")._decode_step(model, True)
+    with device_scope(backend, device):
+        cache = model.make_cache(2)
+        model(ids_b[:, :21], cache=cache)
+        steps = [as_numpy(backend, step(ids_b[:, t], cache)) for t in range(21, 29)]
+    cmp.close("compiled step logits", np.stack(steps, 1), ref[:, 21:], tol)
+    cmp.fact("seqlen_offset == 29", cache.seqlen_offset == 29, f"({cache.seqlen_offset})")
+    prompt = rng.integers(0, cfg.vocab_size, (2, 5))
+    with device_scope(backend, device):
+        out = backend.to_numpy(backend.generate(model, inp.ids(prompt), 16, compile=True))
+    ref_tokens = [_reference_greedy(cfg, w, p.tolist(), 16) for p in prompt]
+    cmp.tokens("compiled greedy tokens, (2, 5) prompt", out[:, 5:], np.array(ref_tokens))
     return cmp.result()
 
 
@@ -236,8 +264,12 @@ _MODEL_KINDS = (
     ("gradients", _gradients, ("float32",)),
     ("cross_backend", _cross_backend, ("float32",)),
 )
-for _kind, _fn, _dtypes in _MODEL_KINDS:
+# compiled decode: the models whose decode states have fixed shapes (an attention KV cache grows)
+_COMPILED = ("compiled_decode", _compiled_decode, ("float32",))
+for _kind, _fn, _dtypes in (*_MODEL_KINDS, _COMPILED):
     for _cfg_name in MODEL_CONFIGS:
+        if _fn is _compiled_decode and growing_cache_kinds(MODEL_CONFIGS[_cfg_name]):
+            continue
         CHECKS[f"{_kind}/{_cfg_name}"] = Check(
             f"{_kind}/{_cfg_name}",
             "model",
@@ -245,4 +277,4 @@ for _kind, _fn, _dtypes in _MODEL_KINDS:
             _dtypes,
             (_fn.__doc__ or "").split("\n")[0],
         )
-MODEL_CHECK_KINDS = tuple(k for k, _, _ in _MODEL_KINDS)
+MODEL_CHECK_KINDS = tuple(k for k, _, _ in (*_MODEL_KINDS, _COMPILED))

@@ -16,6 +16,7 @@ from mamba_core.conformance.core import (
     CheckResult,
     Comparison,
     Inputs,
+    Pair,
     as_numpy,
     both,
     device_scope,
@@ -72,6 +73,33 @@ def _scan_params(inp: Inputs, e: int, n: int, batch: int):
     return A, D, bias, h0
 
 
+def _selective_step_inputs(inp: Inputs, batch: int, e: int, n: int):
+    """``selective_state_update``'s inputs as ``Pair``s: ``(h0 (B, E, N), u (B, E), dt (B, E), A (E, N),
+    B (B, N), C (B, N))`` and the keywords ``D (E,), z (B, E), delta_bias (E,), delta_softplus``."""
+    A, D, bias, h0 = _scan_params(inp, e, n, batch)
+    u, dl, z = inp.act(batch, e), inp.act(batch, e), inp.act(batch, e)
+    Bm, Cm = inp.act(batch, n), inp.act(batch, n)
+    return (h0, u, dl, A, Bm, Cm), {"D": D, "z": z, "delta_bias": bias, "delta_softplus": True}
+
+
+def _natives(args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """The backend's half of an ``(args, kwargs)`` of ``Pair``s (other values as they are)."""
+
+    def native(v):
+        return v.native if isinstance(v, Pair) else v
+
+    return tuple(native(a) for a in args), {k: native(v) for k, v in kwargs.items()}
+
+
+def _close_scan(cmp: Comparison, tag: str, out: tuple, ref: tuple, state: str = "final state") -> None:
+    """A scan's ``(y, state)`` against the reference's: y at the cell's tolerance, the float32 state (B, ...)
+    at ``STATE_TOLERANCE``, and the state's dtype float32."""
+    (y, s), (ry, rs) = out, ref
+    cmp.close(f"y {tag}".rstrip(), y, ry, TOLERANCE[cmp.dtype])
+    cmp.close(f"{state} {tag}".rstrip(), s, rs, STATE_TOLERANCE)
+    cmp.fact(f"{state} dtype {tag}".rstrip(), dtype_name(s) == "float32", f"({dtype_name(s)})")
+
+
 @register_op("selective_scan", "Mamba-1 scan (dt bias + softplus, D, z gate): output and final state")
 def _selective_scan(name, backend, device, dtype, rng) -> CheckResult:
     cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
@@ -81,52 +109,24 @@ def _selective_scan(name, backend, device, dtype, rng) -> CheckResult:
         for length, init in ((37, True), (37, False), (1, True)):
             u, dl, z = inp.act(b, length, e), inp.act(b, length, e), inp.act(b, length, e)
             Bm, Cm = inp.act(b, length, n), inp.act(b, length, n)
-            (y, s), (ry, rs) = both(
+            out, ref = both(
                 backend.ops.selective_scan,
                 R.selective_scan,
-                u,
-                dl,
-                A,
-                Bm,
-                Cm,
-                D=D,
-                z=z,
-                delta_bias=bias,
-                delta_softplus=True,
+                *(u, dl, A, Bm, Cm),
+                **{"D": D, "z": z, "delta_bias": bias, "delta_softplus": True},
                 initial_state=h0 if init else None,
             )
-            tag = f"L={length}{' initial state' if init else ''}"
-            cmp.close(f"y {tag}", y, ry, TOLERANCE[dtype])
-            cmp.close(f"final state {tag}", s, rs, STATE_TOLERANCE)
-            cmp.fact(f"final state dtype {tag}", dtype_name(s) == "float32", f"({dtype_name(s)})")
+            _close_scan(cmp, f"L={length}{' initial state' if init else ''}", out, ref)
     return cmp.result()
 
 
 @register_op("selective_state_update", "one decode step of the Mamba-1 scan: output and new state")
 def _selective_state_update(name, backend, device, dtype, rng) -> CheckResult:
     cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
-    b, e, n = 2, 6, 3
-    A, D, bias, h0 = _scan_params(inp, e, n, b)
-    u, dl, z = inp.act(b, e), inp.act(b, e), inp.act(b, e)
-    Bm, Cm = inp.act(b, n), inp.act(b, n)
+    args, kwargs = _selective_step_inputs(inp, 2, 6, 3)
     with device_scope(backend, device):
-        (y, s), (ry, rs) = both(
-            backend.ops.selective_state_update,
-            R.selective_state_update,
-            h0,
-            u,
-            dl,
-            A,
-            Bm,
-            Cm,
-            D=D,
-            z=z,
-            delta_bias=bias,
-            delta_softplus=True,
-        )
-    cmp.close("y", y, ry, TOLERANCE[dtype])
-    cmp.close("new state", s, rs, STATE_TOLERANCE)
-    cmp.fact("new state dtype", dtype_name(s) == "float32", f"({dtype_name(s)})")
+        out, ref = both(backend.ops.selective_state_update, R.selective_state_update, *args, **kwargs)
+    _close_scan(cmp, "", out, ref, "new state")
     return cmp.result()
 
 
@@ -136,6 +136,15 @@ def _ssd_params(inp: Inputs, h: int, p: int, n: int, batch: int):
     D, bias = inp.f32(rng.normal(size=h)), inp.f32(rng.normal(-1, 0.5, h))
     h0 = inp.f32(rng.normal(size=(batch, h, p, n)))
     return A, D, bias, h0
+
+
+def _ssd_step_inputs(inp: Inputs, batch: int, h: int, p: int, g: int, n: int):
+    """``ssd_state_update``'s inputs as ``Pair``s: ``(h0 (B, H, P, N), x (B, H, P), dt (B, H), A (H,),
+    B (B, G, N), C (B, G, N))`` and the keywords ``D (H,), dt_bias (H,), dt_softplus``."""
+    A, D, bias, h0 = _ssd_params(inp, h, p, n, batch)
+    x, dt = inp.act(batch, h, p), inp.act(batch, h)
+    Bm, Cm = inp.act(batch, g, n), inp.act(batch, g, n)
+    return (h0, x, dt, A, Bm, Cm), {"D": D, "dt_bias": bias, "dt_softplus": True}
 
 
 # (chunk, dt_limit, initial state): L = 37 is a multiple of none of the chunks; 64 > L is one chunk
@@ -155,54 +164,28 @@ def _ssd_chunked(name, backend, device, dtype, rng) -> CheckResult:
     Bm, Cm = inp.act(b, length, g, n), inp.act(b, length, g, n)
     with device_scope(backend, device):
         for chunk, limit, init in _SSD_CASES:
-            (y, s), (ry, rs) = both(
+            out, ref = both(
                 # the backend's chunked form (chunk_size after C) against the sequential oracle
                 lambda *a, chunk=chunk, **k: backend.ops.ssd_chunked(*a, chunk, **k),
                 R.ssd_scan,
-                x,
-                dt,
-                A,
-                Bm,
-                Cm,
-                D=D,
-                dt_bias=bias,
-                dt_softplus=True,
+                *(x, dt, A, Bm, Cm),
+                **{"D": D, "dt_bias": bias, "dt_softplus": True},
                 dt_limit=limit,
                 initial_state=h0 if init else None,
             )
             tag = f"Q={chunk} L={length} dt_limit={limit}{' initial state' if init else ''}"
-            cmp.close(f"y {tag}", y, ry, TOLERANCE[dtype])
-            cmp.close(f"final state {tag}", s, rs, STATE_TOLERANCE)
-            cmp.fact(f"final state dtype {tag}", dtype_name(s) == "float32", f"({dtype_name(s)})")
+            _close_scan(cmp, tag, out, ref)
     return cmp.result()
 
 
 @register_op("ssd_state_update", "one decode step of SSD (ngroups 2, with and without dt_limit)")
 def _ssd_state_update(name, backend, device, dtype, rng) -> CheckResult:
     cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
-    b, h, p, g, n = 2, 4, 3, 2, 5
-    A, D, bias, h0 = _ssd_params(inp, h, p, n, b)
-    x, dt = inp.act(b, h, p), inp.act(b, h)
-    Bm, Cm = inp.act(b, g, n), inp.act(b, g, n)
+    args, kwargs = _ssd_step_inputs(inp, 2, 4, 3, 2, 5)
     for limit in ((0.0, math.inf), (0.01, 0.5)):
         with device_scope(backend, device):
-            (y, s), (ry, rs) = both(
-                backend.ops.ssd_state_update,
-                R.ssd_state_update,
-                h0,
-                x,
-                dt,
-                A,
-                Bm,
-                Cm,
-                D=D,
-                dt_bias=bias,
-                dt_softplus=True,
-                dt_limit=limit,
-            )
-        cmp.close(f"y dt_limit={limit}", y, ry, TOLERANCE[dtype])
-        cmp.close(f"new state dt_limit={limit}", s, rs, STATE_TOLERANCE)
-        cmp.fact(f"new state dtype dt_limit={limit}", dtype_name(s) == "float32", f"({dtype_name(s)})")
+            out, ref = both(backend.ops.ssd_state_update, R.ssd_state_update, *args, **kwargs, dt_limit=limit)
+        _close_scan(cmp, f"dt_limit={limit}", out, ref, "new state")
     return cmp.result()
 
 
@@ -214,6 +197,7 @@ _MAMBA3_CASES = (
     (3, 1, "halves", 4, 1, False),
 )
 _M3_H, _M3_P, _M3_N = 4, 3, 8
+_M3_ARGS = ("q", "k", "v", "adt", "dt", "trap", "angles", "q_bias", "k_bias")  # the scans' positional order
 
 
 def _mamba3_inputs(inp: Inputs, batch: int, rank: int, groups: int, angles: int, seq: tuple = ()):
@@ -280,7 +264,7 @@ def _mamba3_chunked(name, backend, device, dtype, rng) -> CheckResult:
         for rank, groups, rotary, angles, chunk, init in _MAMBA3_CASES:
             acts, extra = _mamba3_inputs(inp, b, rank, groups, angles, (length,))
             state, ref_state = _split_state(_mamba3_state(inp, b, rank, angles) if init else None)
-            args = [acts[k] for k in ("q", "k", "v", "adt", "dt", "trap", "angles", "q_bias", "k_bias")]
+            args = [acts[k] for k in _M3_ARGS]
             (y, s), (ry, rs) = both(
                 lambda *a, chunk=chunk, state=state, **k: backend.ops.mamba3_chunked(
                     *a, chunk_size=chunk, initial_state=state, **k
@@ -304,7 +288,7 @@ def _mamba3_state_update(name, backend, device, dtype, rng) -> CheckResult:
         for rank, groups, _, angles, _, _ in _MAMBA3_CASES:
             acts, extra = _mamba3_inputs(inp, b, rank, groups, angles)
             state, ref_state = _split_state(_mamba3_state(inp, b, rank, angles))
-            args = [acts[k] for k in ("q", "k", "v", "adt", "dt", "trap", "angles", "q_bias", "k_bias")]
+            args = [acts[k] for k in _M3_ARGS]
             (y, s), (ry, rs) = both(
                 lambda *a, state=state, **k: backend.ops.mamba3_state_update(state, *a, **k),
                 lambda *a, ref_state=ref_state, **k: R3.mamba3_state_update(ref_state, *a, **k),
@@ -377,46 +361,22 @@ def _decode_ops_in_place(name, backend, device, dtype, rng) -> CheckResult:
         ry, rnew = R.causal_conv1d_update(x, s, w, cb, activation="silu")
         cmp.close("causal_conv1d_update_ y", y, ry, TOLERANCE[dtype])
         cmp.close("causal_conv1d_update_ state (exact)", new, rnew, 0.0)
-        A, D, bias, h0 = _scan_params(inp, e, n, b)
-        u, dl, z, Bm, Cm = inp.act(b, e), inp.act(b, e), inp.act(b, e), inp.act(b, n), inp.act(b, n)
+        args, kwargs = _selective_step_inputs(inp, b, e, n)
         (y, st), (ry, rs) = both(
-            backend.ops.selective_state_update_,
-            R.selective_state_update,
-            h0,
-            u,
-            dl,
-            A,
-            Bm,
-            Cm,
-            D=D,
-            z=z,
-            delta_bias=bias,
-            delta_softplus=True,
+            backend.ops.selective_state_update_, R.selective_state_update, *args, **kwargs
         )
         cmp.close("selective_state_update_ y", y, ry, TOLERANCE[dtype])
         cmp.close("selective_state_update_ state", st, rs, STATE_TOLERANCE)
-        A, D, bias, h0 = _ssd_params(inp, h, p, n, b)
-        x, dt, Bm, Cm = inp.act(b, h, p), inp.act(b, h), inp.act(b, g, n), inp.act(b, g, n)
+        args, kwargs = _ssd_step_inputs(inp, b, h, p, g, n)
         (y, st), (ry, rs) = both(
-            backend.ops.ssd_state_update_,
-            R.ssd_state_update,
-            h0,
-            x,
-            dt,
-            A,
-            Bm,
-            Cm,
-            D=D,
-            dt_bias=bias,
-            dt_softplus=True,
-            dt_limit=(0.01, 0.5),
+            backend.ops.ssd_state_update_, R.ssd_state_update, *args, **kwargs, dt_limit=(0.01, 0.5)
         )
         cmp.close("ssd_state_update_ y", y, ry, TOLERANCE[dtype])
         cmp.close("ssd_state_update_ state", st, rs, STATE_TOLERANCE)
         for rank, groups, _, angles, _, _ in _MAMBA3_CASES[::2]:
             acts, extra = _mamba3_inputs(inp, b, rank, groups, angles)
             state, ref_state = _split_state(_mamba3_state(inp, b, rank, angles))
-            args = [acts[k] for k in ("q", "k", "v", "adt", "dt", "trap", "angles", "q_bias", "k_bias")]
+            args = [acts[k] for k in _M3_ARGS]
             (y, st), (ry, rs) = both(
                 lambda *a, state=state, **k: backend.ops.mamba3_state_update_(state, *a, **k),
                 lambda *a, ref_state=ref_state, **k: R3.mamba3_state_update(ref_state, *a, **k),
@@ -454,18 +414,16 @@ def _op_dtypes(name, backend, device, dtype, rng) -> CheckResult:
                 (b, length, e),
                 (b, e),
                 (b, length, n),
-                (b, n),
                 (b, length, h, p),
                 (b, length, h),
-                (b, h, p),
-                (b, h),
                 (b, length, g, n),
-                (b, g, n),
             )
         }
         w_act, w_conv, bias = inp.act(e)[1], inp.act(e, k)[1], inp.act(e)[1]
         A1, D1, db1, s1 = (v[1] for v in _scan_params(inp, e, n, b))
         A2, D2, db2, s2 = (v[1] for v in _ssd_params(inp, h, p, n, b))
+        sel_args, sel_kw = _natives(*_selective_step_inputs(inp, b, e, n))
+        ssd_args, ssd_kw = _natives(*_ssd_step_inputs(inp, b, h, p, g, n))
         calls = {
             "softplus": lambda: (ops.softplus(act[(b, e)]),),
             "rmsnorm": lambda: (ops.rmsnorm(act[(b, length, e)], w_act),),
@@ -487,29 +445,9 @@ def _op_dtypes(name, backend, device, dtype, rng) -> CheckResult:
                 delta_softplus=True,
                 initial_state=s1,
             ),
-            "selective_state_update": lambda: ops.selective_state_update(
-                s1,
-                act[(b, e)],
-                act[(b, e)],
-                A1,
-                act[(b, n)],
-                act[(b, n)],
-                D=D1,
-                z=act[(b, e)],
-                delta_bias=db1,
-                delta_softplus=True,
-            ),
+            "selective_state_update": lambda: ops.selective_state_update(*sel_args, **sel_kw),
             "selective_state_update_": lambda: ops.selective_state_update_(
-                inp.f32(np.zeros((b, e, n)))[1],
-                act[(b, e)],
-                act[(b, e)],
-                A1,
-                act[(b, n)],
-                act[(b, n)],
-                D=D1,
-                z=act[(b, e)],
-                delta_bias=db1,
-                delta_softplus=True,
+                inp.f32(np.zeros((b, e, n)))[1], *sel_args[1:], **sel_kw
             ),
             "ssd_chunked": lambda: ops.ssd_chunked(
                 act[(b, length, h, p)],
@@ -523,32 +461,14 @@ def _op_dtypes(name, backend, device, dtype, rng) -> CheckResult:
                 dt_softplus=True,
                 initial_state=s2,
             ),
-            "ssd_state_update": lambda: ops.ssd_state_update(
-                s2,
-                act[(b, h, p)],
-                act[(b, h)],
-                A2,
-                act[(b, g, n)],
-                act[(b, g, n)],
-                D=D2,
-                dt_bias=db2,
-                dt_softplus=True,
-            ),
+            "ssd_state_update": lambda: ops.ssd_state_update(*ssd_args, **ssd_kw),
             "ssd_state_update_": lambda: ops.ssd_state_update_(
-                inp.f32(np.zeros((b, h, p, n)))[1],
-                act[(b, h, p)],
-                act[(b, h)],
-                A2,
-                act[(b, g, n)],
-                act[(b, g, n)],
-                D=D2,
-                dt_bias=db2,
-                dt_softplus=True,
+                inp.f32(np.zeros((b, h, p, n)))[1], *ssd_args[1:], **ssd_kw
             ),
         }
         m3, m3_extra = _mamba3_inputs(inp, b, 2, 2, 2, (length,))
         m3_step, _ = _mamba3_inputs(inp, b, 2, 2, 2)
-        m3_args = [m3[k].native for k in ("q", "k", "v", "adt", "dt", "trap", "angles", "q_bias", "k_bias")]
+        m3_args = [m3[k].native for k in _M3_ARGS]
         m3_step_args = [m3_step[k].native for k in ("q", "k", "v", "adt", "dt", "trap", "angles")]
         m3_step_args += [m3["q_bias"].native, m3["k_bias"].native]
         m3_kw = {k: (v.native if hasattr(v, "native") else v) for k, v in m3_extra.items()}

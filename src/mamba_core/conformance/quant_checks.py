@@ -9,7 +9,7 @@ the same ids:
 * every format: the logits with the float32 model's, at the format's stated tolerance
   ``QUANT_TOLERANCE`` (relative to max |logit| on these tiny random models): what quantizing costs.
 
-The int8/int4 rows are torch kernels; other backends report them as skipped, with the reason.
+The int8/int8-dynamic/int4 rows are torch kernels; other backends report them as skipped, with the reason.
 Part of ``mamba_core.conformance``; importing this module registers the checks in ``CHECKS``.
 """
 
@@ -38,8 +38,14 @@ from mamba_core.quantization import QUANTIZED_ARCHS, dequantize_affine, pack_cod
 # quantized vs float32 logits, relative to max |logit|, on the conformance models: random tiny models
 # have small logits, so this measures what the format costs there (q8 ~1-3e-2, q4 ~0.15-0.4); the
 # exactness rows are the ones against the reference on the dequantized weights
-QUANT_TOLERANCE = {"q8": 5e-2, "q4": 5e-1, "int8": 5e-2, "int4": 5e-1}
-_FORMATS = {"q8": ("q8", "affine"), "q4": ("q4", "affine"), "int8": ("q8", "int8"), "int4": ("q4", "int4")}
+QUANT_TOLERANCE = {"q8": 5e-2, "q4": 5e-1, "int8": 5e-2, "int8-dynamic": 1e-1, "int4": 5e-1}
+_FORMATS = {
+    "q8": ("q8", "affine"),
+    "q4": ("q4", "affine"),
+    "int8": ("q8", "int8"),
+    "int8-dynamic": ("q8", "int8-dynamic"),
+    "int4": ("q4", "int4"),
+}
 GROUP_SIZE = 32
 
 

@@ -18,10 +18,24 @@ from typing import Any
 
 from mamba_core.dialects.parsed import ParsedConfig, json_limit, read_limit
 from mamba_core.errors import ConfigError
-from mamba_core.families import HYBRID_CONFIGS, JambaConfig, NemotronHConfig, Zamba2Config
+from mamba_core.families import (
+    HYBRID_CONFIGS,
+    FalconH1Config,
+    GraniteHybridConfig,
+    JambaConfig,
+    NemotronHConfig,
+    Zamba2Config,
+)
 
-MODEL_TYPES = {cls.model_type: cls for cls in HYBRID_CONFIGS}
-CLASSES = {cls.arch: cls for cls in HYBRID_CONFIGS}
+
+# a class serving several ``model_type``s (Granite 4.0-H and Bamba) lists them in ``model_types`` and
+# takes each as its ``arch``
+def _names(cls, attr: str) -> tuple[str, ...]:
+    return cls.model_types if hasattr(cls, "model_types") else (getattr(cls, attr),)
+
+
+MODEL_TYPES = {t: cls for cls in HYBRID_CONFIGS for t in _names(cls, "model_type")}
+CLASSES = {a: cls for cls in HYBRID_CONFIGS for a in _names(cls, "arch")}
 # fields holding a [lo, hi] pair of floats (json may spell inf as "Infinity" or {"__float__": ...})
 _PAIRS = ("time_step_limit",)
 
@@ -52,9 +66,14 @@ def read_ours(d: dict[str, Any], fields: dict[str, Any]) -> Any:
             value = tuple(value)
         out[key] = value
     try:
-        return cls(**out)
+        cfg = cls(**out)
     except TypeError as e:  # a required field is missing
         raise ConfigError(f"{cls.__name__}: {e}") from e
+    if cfg.arch != d["arch"]:  # a class of several archs: its fields say which
+        raise ConfigError(
+            f"arch {d['arch']!r} disagrees with the fields (a {cfg.arch!r} model)", field="arch"
+        )
+    return cfg
 
 
 def write_ours(cfg) -> dict[str, Any]:
@@ -179,7 +198,60 @@ def _zamba2(cfg: Zamba2Config, dialect: str) -> dict[str, Any]:
     }
 
 
+def _falcon_h1(cfg: FalconH1Config, dialect: str) -> dict[str, Any]:
+    # mlx-lm stores the multipliers folded into the weights (docs/spec.md §12.5): its json describes the
+    # folded model, and carries the sizes mlx-lm's ModelArgs has no transformers default for
+    if dialect == "mlx-lm":
+        cfg = cfg.folded()
+    out: dict[str, Any] = {
+        "model_type": "falcon_h1",
+        "architectures": ["FalconH1ForCausalLM"],
+        "hidden_size": cfg.d_model,
+        "vocab_size": cfg.vocab_size,
+        "num_hidden_layers": cfg.n_layer,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "rms_norm_eps": cfg.norm_epsilon,
+        "hidden_act": "silu",
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+        "head_dim": cfg.attention.head_dim,
+        "attention_bias": cfg.attention_bias,
+        "intermediate_size": cfg.intermediate_size,
+        "mlp_bias": cfg.mlp_bias,
+        "mamba_d_ssm": cfg.mamba_d_ssm if dialect == "hf" else cfg.mamba_width,
+        "mamba_n_heads": cfg.mamba_n_heads,
+        "mamba_d_head": cfg.mamba_width // cfg.mamba_n_heads,
+        "mamba_n_groups": cfg.mamba_n_groups,
+        "mamba_d_state": cfg.mamba_d_state,
+        "mamba_d_conv": cfg.mamba_d_conv,
+        "mamba_expand": cfg.mamba_expand,
+        "mamba_chunk_size": cfg.mamba_chunk_size,
+        "mamba_conv_bias": cfg.mamba_conv_bias,
+        "mamba_proj_bias": cfg.mamba_proj_bias,
+        "projectors_bias": cfg.projectors_bias,
+        "mamba_rms_norm": cfg.mamba_rms_norm,
+        "mamba_norm_before_gate": cfg.mamba_norm_before_gate,
+        "time_step_limit": json_limit(cfg.time_step_limit),
+        "embedding_multiplier": cfg.embedding_multiplier,
+        "lm_head_multiplier": cfg.lm_head_multiplier,
+        "key_multiplier": cfg.key_multiplier,
+        "attention_in_multiplier": cfg.attention_in_multiplier,
+        "attention_out_multiplier": cfg.attention_out_multiplier,
+        "ssm_in_multiplier": cfg.ssm_in_multiplier,
+        "ssm_out_multiplier": cfg.ssm_out_multiplier,
+        "ssm_multipliers": list(cfg.ssm_multipliers),
+        "mlp_multipliers": list(cfg.mlp_multipliers),
+    }
+    if dialect == "mlx-lm":  # mlx-lm reads the legacy top-level rope_theta (its default is 1e11)
+        out["rope_theta"] = cfg.rope_theta
+    else:
+        out["rope_parameters"] = {"rope_type": "default", "rope_theta": cfg.rope_theta}
+    return out
+
+
 _WRITERS = {NemotronHConfig: _nemotron_h, JambaConfig: _jamba, Zamba2Config: _zamba2}
+_WRITERS[FalconH1Config] = _falcon_h1
+_WRITERS[GraniteHybridConfig] = GraniteHybridConfig.to_hf
 
 
 def write(cfg, dialect: str = "hf") -> dict[str, Any]:

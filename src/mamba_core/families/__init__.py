@@ -31,6 +31,8 @@ FAMILIES = {
 # Families whose every layer kind is registered (``mamba_core.layers.KINDS``): the backends build them
 # with their hybrid model classes.
 HYBRID_CONFIGS: tuple[type, ...] = (NemotronHConfig, JambaConfig, Zamba2Config)
+HYBRID_CONFIGS += (FalconH1Config,)
+HYBRID_CONFIGS += (GraniteHybridConfig,)
 
 
 def from_hf(d: dict):

@@ -8,20 +8,23 @@ then ``x = x + mlp(pre_ff_layernorm(x))``. The Mamba-2 mixer is sized by ``mamba
 without it the output is ``y * silu(z)``) and, when present, normalizes before or after the gate
 (``mamba_norm_before_gate``). Attention scales keys by ``key_multiplier``; the MLP multiplies its gate by
 ``mlp_multipliers[0]`` and its output by ``mlp_multipliers[1]``. Embeddings are multiplied by
-``embedding_multiplier``, logits by ``lm_head_multiplier``.
+``embedding_multiplier``, logits by ``lm_head_multiplier``. The layer's mixer slot is the
+``mamba2+attention`` kind (``mamba_core.layers.parallel_hybrid``, docs/spec.md §12); mlx-lm stores the
+multipliers folded into the weights (``folded``, docs/spec.md §12.5).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 from mamba_core.block_config import AttentionConfig, MLPConfig
 from mamba_core.errors import ConfigError
 from mamba_core.families.hf_reader import HFReader
-from mamba_core.families.mamba_mixer import Mamba2MixerConfig
 from mamba_core.families.plan import LayerPlan
+from mamba_core.layers.multipliers import StreamMultipliers
+from mamba_core.parallel_config import ParallelHybridConfig, ScaledMamba2Config
 
 
 def _multipliers(r: HFReader, key: str, n: int) -> tuple[float, ...]:
@@ -50,6 +53,11 @@ class FalconH1Config:
     """
 
     model_type: ClassVar[str] = "falcon_h1"
+    arch: ClassVar[str] = "falcon_h1"
+    # composition constants read by the shared model code (init, the residual stream)
+    initializer_range: ClassVar[float] = 0.02
+    rescale_prenorm_residual: ClassVar[bool] = False
+    residual_in_fp32: ClassVar[bool] = False
 
     d_model: int
     vocab_size: int
@@ -106,7 +114,16 @@ class FalconH1Config:
                 f"num_attention_heads={self.num_attention_heads} must divide hidden_size={self.d_model}",
                 field="num_attention_heads",
             )
-        self.attention, self.mlp, self.mamba  # noqa: B018 (each validates its fields)
+        self.attention, self.mlp, self.parallel  # noqa: B018 (each validates its fields)
+
+    @property
+    def vocab_size_padded(self) -> int:
+        """Rows of the embedding and the head (transformers does not pad Falcon-H1's vocabulary)."""
+        return self.vocab_size
+
+    def stream_multipliers(self) -> StreamMultipliers:
+        """Its factors on the embeddings and the logits (docs/spec.md §12.3, §13.1)."""
+        return StreamMultipliers(embedding=self.embedding_multiplier, logits=self.lm_head_multiplier)
 
     @property
     def mamba_width(self) -> int:
@@ -145,10 +162,11 @@ class FalconH1Config:
         )
 
     @property
-    def mamba(self) -> Mamba2MixerConfig:
-        """The Mamba-2 sizes (the multipliers and the optional norm are read from this config)."""
+    def mamba(self) -> ScaledMamba2Config:
+        """The Mamba-2 branch: sizes, ``ssm_in_multiplier``, the ``ssm_multipliers`` of z, x, B, C, dt,
+        the optional gated norm (per ``mamba_n_groups`` group) and its own ``out_proj`` bias."""
         width = self.mamba_width
-        return Mamba2MixerConfig(
+        return ScaledMamba2Config(
             d_model=self.d_model,
             n_layer=self.n_layer,
             vocab_size=self.vocab_size,
@@ -164,6 +182,69 @@ class FalconH1Config:
             dt_limit=self.time_step_limit,
             norm_epsilon=self.norm_epsilon,
             tie_embeddings=self.tie_embeddings,
+            in_multiplier=self.ssm_in_multiplier,
+            zxbcdt_multipliers=tuple(self.ssm_multipliers),
+            gated_norm=self.mamba_rms_norm,
+            norm_before_gate=self.mamba_norm_before_gate,
+            out_bias=self.projectors_bias,
+        )
+
+    @property
+    def parallel(self) -> ParallelHybridConfig:
+        """The ``mamba2+attention`` kind: both branches and their multipliers."""
+        return ParallelHybridConfig(
+            d_model=self.d_model,
+            mamba=self.mamba,
+            attention=self.attention,
+            attention_in_multiplier=self.attention_in_multiplier,
+            attention_out_multiplier=self.attention_out_multiplier,
+            ssm_out_multiplier=self.ssm_out_multiplier,
+        )
+
+    def kind_config(self, kind: str):
+        """The config object of one kind of this model."""
+        return {"mamba2+attention": lambda: self.parallel, "mlp": lambda: self.mlp}[kind]()
+
+    def to_dict(self, dialect: str = "mamba-core") -> dict:
+        """Write the config in a dialect of ``mamba_core.dialects.DIALECTS`` (the config.json dict)."""
+        from mamba_core.dialects import write_config  # the codec imports the family configs
+
+        return write_config(self, dialect)
+
+    def folded(self) -> FalconH1Config:
+        """The config of the same model with every multiplier folded into the weights (docs/spec.md §12.5).
+
+        All multipliers become 1 except the logits factor of a tied head, which becomes
+        ``lm_head_multiplier / embedding_multiplier`` (the folded embedding already carries
+        ``embedding_multiplier``). This is how mlx-lm stores Falcon-H1: ``hybrid_layout`` gives the
+        per-tensor factors that turn this config's weights into the folded ones.
+
+        Example:
+            >>> cfg = FalconH1Config(d_model=8, vocab_size=10, n_layer=1, num_attention_heads=2,
+            ...     num_key_value_heads=1, mamba_d_ssm=8, mamba_n_heads=2, mamba_d_state=4,
+            ...     tie_embeddings=True, embedding_multiplier=4.0, lm_head_multiplier=0.5, key_multiplier=2.0)
+            >>> f = cfg.folded()
+            >>> f.embedding_multiplier, f.lm_head_multiplier, f.key_multiplier
+            (1.0, 0.125, 1.0)
+        """
+        if self.tie_embeddings and self.embedding_multiplier == 0:
+            raise ConfigError(
+                "embedding_multiplier=0 with tied embeddings cannot be folded into the weights (the "
+                "tied head would be zero); save this model in the 'hf' or 'mamba-core' dialect",
+                field="embedding_multiplier",
+            )
+        head = self.lm_head_multiplier / self.embedding_multiplier if self.tie_embeddings else 1.0
+        return replace(
+            self,
+            embedding_multiplier=1.0,
+            lm_head_multiplier=head,
+            key_multiplier=1.0,
+            attention_in_multiplier=1.0,
+            attention_out_multiplier=1.0,
+            ssm_in_multiplier=1.0,
+            ssm_out_multiplier=1.0,
+            ssm_multipliers=(1.0,) * 5,
+            mlp_multipliers=(1.0, 1.0),
         )
 
     @classmethod

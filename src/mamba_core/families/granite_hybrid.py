@@ -16,10 +16,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from mamba_core.block_config import AttentionConfig, MLPConfig, MoEConfig
-from mamba_core.errors import ConfigError
+from mamba_core.dialects.parsed import json_limit
+from mamba_core.errors import ConfigError, UnsupportedError
 from mamba_core.families.hf_reader import HFReader
 from mamba_core.families.mamba_mixer import Mamba2MixerConfig
 from mamba_core.families.plan import LayerPlan
+from mamba_core.layers.multipliers import StreamMultipliers
 
 _TYPES = {
     "linear_attention": "mamba2",
@@ -46,6 +48,10 @@ class GraniteHybridConfig:
     """
 
     model_types: ClassVar[tuple[str, ...]] = ("granitemoehybrid", "bamba")
+    # composition constants read by the shared model code (init, the residual stream)
+    initializer_range: ClassVar[float] = 0.02
+    rescale_prenorm_residual: ClassVar[bool] = True
+    residual_in_fp32: ClassVar[bool] = False  # transformers keeps the residual in the model dtype
 
     variant: str
     d_model: int
@@ -116,9 +122,27 @@ class GraniteHybridConfig:
             self.kind_config(plan.mlp)
 
     @property
+    def arch(self) -> str:
+        """The architecture name (registries, ``"arch"`` of our dialect): the variant's ``model_type``."""
+        return self.variant
+
+    @property
     def n_layer(self) -> int:
         """Number of layers."""
         return len(self.layer_types)
+
+    @property
+    def vocab_size_padded(self) -> int:
+        """Rows of the embedding and the head (transformers does not pad these vocabularies)."""
+        return self.vocab_size
+
+    def stream_multipliers(self) -> StreamMultipliers:
+        """Granite's embedding, residual and logits multipliers (docs/spec.md §13.1; Bamba: ones)."""
+        return StreamMultipliers(
+            embedding=self.embedding_multiplier,
+            residual=self.residual_multiplier,
+            logits_divisor=self.logits_scaling,
+        )
 
     @property
     def ffn_kind(self) -> str:
@@ -201,6 +225,80 @@ class GraniteHybridConfig:
             "mlp": lambda: self.shared_mlp,
             "moe": lambda: self.moe,
         }[kind]()
+
+    def to_dict(self, dialect: str = "mamba-core") -> dict:
+        """Write the config in a dialect of ``mamba_core.dialects.DIALECTS`` (the config.json dict)."""
+        from mamba_core.dialects import write_config  # the codec imports the family configs
+
+        return write_config(self, dialect)
+
+    def to_hf(self, dialect: str = "hf") -> dict:
+        """transformers' json (``"hf"``) or mlx-lm's (``"mlx-lm"``, Granite only): the keys they read.
+
+        mlx-lm's ``granitemoehybrid`` reads ``layer_types`` as ``"mamba"`` / ``"attention"``, needs
+        ``max_position_embeddings`` and ``mamba_d_head``, reads ``position_embedding_type`` other than
+        ``"nope"`` as RoPE and, without experts, sizes its dense MLP by ``intermediate_size`` (here the
+        shared MLP's width).
+
+        Raises:
+            UnsupportedError: Bamba in the ``"mlx-lm"`` dialect (mlx-lm has no Bamba).
+        """
+        granite = self.variant == "granitemoehybrid"
+        mlx = dialect == "mlx-lm"
+        if mlx and not granite:
+            raise UnsupportedError(
+                "mlx-lm has no 'bamba' model; save or convert Bamba as 'hf' or 'mamba-core'"
+            )
+        names = ("mamba", "attention") if mlx else ("linear_attention", "full_attention")
+        out: dict = {
+            "model_type": self.variant,
+            "architectures": ["GraniteMoeHybridForCausalLM" if granite else "BambaForCausalLM"],
+            "hidden_size": self.d_model,
+            "vocab_size": self.vocab_size,
+            "num_hidden_layers": self.n_layer,
+            "tie_word_embeddings": self.tie_embeddings,
+            "rms_norm_eps": self.norm_epsilon,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "attention_bias": self.attention_bias,
+            "rope_parameters": {"rope_theta": self.rope_theta, "rope_type": "default"},
+            "hidden_act": self.hidden_act,
+            "intermediate_size": self.intermediate_size,
+            "mamba_n_heads": self.mamba_n_heads,
+            "mamba_d_head": self.mamba_expand * self.d_model // self.mamba_n_heads,
+            "mamba_n_groups": self.mamba_n_groups,
+            "mamba_d_state": self.mamba_d_state,
+            "mamba_d_conv": self.mamba_d_conv,
+            "mamba_expand": self.mamba_expand,
+            "mamba_chunk_size": self.mamba_chunk_size,
+            "mamba_conv_bias": self.mamba_conv_bias,
+            "mamba_proj_bias": self.mamba_proj_bias,
+            "time_step_limit": json_limit(self.time_step_limit),
+        }
+        if granite:
+            out.update(
+                layer_types=[names[t == "attention"] for t in (_TYPES[t] for t in self.layer_types)],
+                embedding_multiplier=self.embedding_multiplier,
+                residual_multiplier=self.residual_multiplier,
+                attention_multiplier=self.attention_multiplier,
+                logits_scaling=self.logits_scaling,
+                position_embedding_type="rope" if self.rotary_fraction else "nope",
+                shared_intermediate_size=self.shared_intermediate_size,
+                num_local_experts=self.num_local_experts,
+                num_experts_per_tok=self.num_experts_per_tok,
+            )
+        else:
+            out["attn_layer_indices"] = [
+                i for i, t in enumerate(self.layer_types) if _TYPES[t] == "attention"
+            ]
+            out["mlp_bias"] = self.mlp_bias
+            out["rope_parameters"]["partial_rotary_factor"] = self.rotary_fraction
+        if mlx:  # read by mlx-lm's ModelArgs, as nothing by transformers and us
+            out["max_position_embeddings"] = 4096
+            out["rope_theta"] = self.rope_theta
+            if not self.num_local_experts:
+                out["intermediate_size"] = self.shared_intermediate_size
+        return out
 
     @classmethod
     def from_hf(cls, d: dict) -> GraniteHybridConfig:

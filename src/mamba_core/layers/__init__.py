@@ -14,7 +14,7 @@ in its registry; ``layer_plan`` reads which kind each layer uses from the config
 
 from __future__ import annotations
 
-from mamba_core.errors import ConfigError
+from mamba_core.errors import ConfigError, UnsupportedError
 from mamba_core.layers.attention import ATTENTION
 from mamba_core.layers.gated_mlp import GATED_MLP
 from mamba_core.layers.kind import BlockPlan as BlockPlan
@@ -26,11 +26,16 @@ from mamba_core.layers.mamba2 import MAMBA2
 from mamba_core.layers.mamba3 import MAMBA3
 from mamba_core.layers.mlp import MLP
 from mamba_core.layers.moe import MOE
+from mamba_core.layers.multipliers import StreamMultipliers as StreamMultipliers
+from mamba_core.layers.multipliers import scale_logits as scale_logits
+from mamba_core.layers.multipliers import stream_multipliers as stream_multipliers
+from mamba_core.layers.parallel_hybrid import PARALLEL_HYBRID
 from mamba_core.layers.shared_transformer import SHARED_TRANSFORMER
 
 KINDS: dict[str, LayerKind] = {
     kind.name: kind for kind in (MAMBA1, MAMBA2, MAMBA3, GATED_MLP, ATTENTION, MLP, MOE, SHARED_TRANSFORMER)
 }
+KINDS[PARALLEL_HYBRID.name] = PARALLEL_HYBRID
 
 # Block-level rows (relative to ``backbone.layers.{i}.``): the pre-norm of the mixer, and of the MLP
 # when the block has one.
@@ -94,11 +99,15 @@ def layer_plan(config) -> tuple[BlockPlan, ...]:
         (BlockPlan(mixer='mamba1', mlp=None), BlockPlan(mixer='mamba1', mlp=None))
     """
     own = getattr(config, "layer_plan", None)
-    # a family's plan rows name their kinds by ``mixer`` / ``mlp`` (BlockPlan or a like tuple)
+    # a family's plan rows name their kinds by ``mixer`` / ``mlp`` (BlockPlan or a like tuple); the
+    # residual multiplier of every block is the config's (docs/spec.md §13.1)
+    residual = stream_multipliers(config).residual
     plan = (
-        tuple(BlockPlan(p.mixer, p.mlp, getattr(p, "shared", None)) for p in own())
+        tuple(
+            BlockPlan(p.mixer, p.mlp, getattr(p, "shared", None), residual_multiplier=residual) for p in own()
+        )
         if callable(own)
-        else (BlockPlan(config.arch),) * config.n_layer
+        else (BlockPlan(config.arch, residual_multiplier=residual),) * config.n_layer
     )
     n_shared = shared_blocks(config)
     for i, block in enumerate(plan):
@@ -112,6 +121,33 @@ def layer_plan(config) -> tuple[BlockPlan, ...]:
     return plan
 
 
+def growing_cache_kinds(config) -> tuple[str, ...]:
+    """The kinds of ``config``'s layer plan whose decode state grows with the sequence (a cache field with
+    a 0 in its shape: an attention KV cache), sorted; empty when every state has a fixed shape.
+
+    A decode step compiled to one graph (``generate(..., compile=True)``) needs fixed-shape states.
+
+    Example:
+        >>> from mamba_core import Mamba2Config
+        >>> growing_cache_kinds(Mamba2Config(d_model=64, n_layer=2, vocab_size=10, headdim=16))
+        ()
+    """
+    kinds = {name for block in layer_plan(config) for _, name in block.slots}
+    return tuple(sorted(k for k in kinds if any(0 in f.shape for f in get_kind(k).cache)))
+
+
+def check_compiled_decode(config) -> None:
+    """Raise ``UnsupportedError`` when ``config``'s decode step cannot compile to one graph (a state that
+    grows: ``growing_cache_kinds``); backends call it before compiling a decode step."""
+    grown = growing_cache_kinds(config)
+    if grown:
+        raise UnsupportedError(
+            f"compiled decode needs fixed-shape decode states, but this model's {', '.join(grown)} layers "
+            "keep a cache that grows with the sequence; decode it without compiling (compile=False, no "
+            "--compile)"
+        )
+
+
 __all__ = [
     "BLOCK_ROWS",
     "KINDS",
@@ -119,8 +155,12 @@ __all__ = [
     "CacheField",
     "LayerKind",
     "Param",
+    "StreamMultipliers",
+    "check_compiled_decode",
     "get_kind",
+    "growing_cache_kinds",
     "kind_config",
     "layer_plan",
     "shared_blocks",
+    "stream_multipliers",
 ]

@@ -49,5 +49,11 @@ def init(rng: np.random.Generator, cfg, perturb_norms: bool = False) -> dict:
 
 
 GATED_MLP = LayerKind(
-    name="gated_mlp", slot="mlp", rows=ROWS, cache=(), init=init, segments=(("y", "d_mlp"), ("gate", "d_mlp"))
+    name="gated_mlp",
+    slot="mlp",
+    rows=ROWS,
+    cache=(),
+    init=init,
+    segments=(("y", "d_mlp"), ("gate", "d_mlp")),
+    extra_init_residual=True,  # upstream's n_residuals = 2 for a block with an MLP
 )

@@ -97,6 +97,10 @@ class LayerKind:
             initialization, drawing from ``rng`` in a fixed order (before the residual rescale of
             ``out_proj``, which the composition applies).
         segments: split order and sizes of the ``in_proj`` output (config attribute terms).
+        extra_init_residual: the official residual rescale (docs/spec.md §1.5) counts this kind as a
+            second residual branch of its block (the Mamba LMs' gated MLP: upstream's ``n_residuals = 2``
+            with an MLP). The hybrid families' kinds keep one residual per layer (their inits are not
+            upstream's).
     """
 
     name: str
@@ -105,31 +109,39 @@ class LayerKind:
     cache: tuple[CacheField, ...]
     init: Callable
     segments: tuple[tuple[str, str], ...] = ()
+    extra_init_residual: bool = False
 
 
 @dataclass(frozen=True)
 class BlockPlan:
     """One layer of a model: a pre-norm residual block and the kinds in its slots.
 
-    ``x = x + mixer(norm(x))``; with an ``mlp`` kind also ``x = x + mlp(norm2(x))``. A layer that
-    calls a shared block (``shared`` set, Zamba2) first runs the ``shared`` slot's kind on the raw
-    stream and the model's input embeddings and adds its output to the mixer's *input* only:
-    ``x = x + mixer(norm(x + shared(x, e)))`` (docs/spec.md §11).
+    ``x = x + r * mixer(norm(x))``; with an ``mlp`` kind also ``x = x + r * mlp(norm2(x))``, r the
+    residual multiplier (docs/spec.md §13.1). A layer that calls a shared block (``shared`` set, Zamba2)
+    first runs the ``shared`` slot's kind on the raw stream and the model's input embeddings and adds its
+    output to the mixer's *input* only: ``x = x + mixer(norm(x + shared(x, e)))`` (docs/spec.md §11).
 
     Attributes:
         mixer: the mixer kind name.
         mlp: the MLP kind name, or None (a Mamba block has none).
         shared: the index of the shared block this layer calls (``layers.SHARED_CALL`` in the
             ``shared`` slot), or None.
+        residual_multiplier: r, the scale of each slot's output before it joins the residual stream
+            (1 for every family but Granite 4.0-H; ``layers.layer_plan`` fills it from the config's
+            ``stream_multipliers``). Left out of the repr while it is 1.
     """
 
     mixer: str
     mlp: str | None = None
     shared: int | None = None
+    residual_multiplier: float = 1.0
 
     def __repr__(self) -> str:
         shared = "" if self.shared is None else f", shared={self.shared}"
-        return f"BlockPlan(mixer={self.mixer!r}, mlp={self.mlp!r}{shared})"
+        scale = (
+            "" if self.residual_multiplier == 1.0 else f", residual_multiplier={self.residual_multiplier!r}"
+        )
+        return f"BlockPlan(mixer={self.mixer!r}, mlp={self.mlp!r}{shared}{scale})"
 
     @property
     def slots(self) -> tuple[tuple[str, str], ...]:
@@ -138,3 +150,15 @@ class BlockPlan:
 
         pre = (("shared", SHARED_CALL),) if self.shared is not None else ()
         return pre + (("mixer", self.mixer),) + ((("mlp", self.mlp),) if self.mlp is not None else ())
+
+    @property
+    def init_residuals(self) -> int:
+        """``n_residuals`` of the official residual rescale (docs/spec.md §1.5): the block's residual, plus
+        one per filled slot whose kind has ``extra_init_residual`` (2 for a Mamba LM block with its MLP).
+
+        Raises:
+            ConfigError: a slot names a kind that is not registered.
+        """
+        from mamba_core.layers import get_kind  # the registry imports this module
+
+        return 1 + sum(get_kind(kind).extra_init_residual for _, kind in self.slots)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
+from mamba_core.layers import conv_input
 from mamba_core.layers.init import dt_bias, linear_weight, norm_weight, uniform
 from mamba_core.layers.kind import CacheField, LayerKind, Param
 
-_CONV = (0, 2, 1)  # (C, 1, K) <-> (C, K, 1); its own inverse
 # the weights of the dt, B and C RMSNorms (Jamba; FalconMamba's norms are weightless)
 BCDT_NORMS = ("dt_layernorm.weight", "b_layernorm.weight", "c_layernorm.weight")
 
@@ -22,13 +20,8 @@ def init(rng: np.random.Generator, cfg, perturb_norms: bool = False) -> dict:
     per channel (S4D-real); ``D = 1``; biases 0; the weighted dt/B/C norms (``mixer_rms_weights``) 1
     (``1 + U(±0.2)`` with ``perturb_norms``).
     """
-    d, e, n, k, r = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.d_conv, cfg.dt_rank
-    w = {"in_proj.weight": linear_weight(rng, 2 * e, d)}
-    if cfg.bias:
-        w["in_proj.bias"] = np.zeros(2 * e)
-    w["conv1d.weight"] = uniform(rng, 1.0 / math.sqrt(k), (e, 1, k))
-    if cfg.conv_bias:
-        w["conv1d.bias"] = uniform(rng, 1.0 / math.sqrt(k), (e,))
+    d, e, n, r = cfg.d_model, cfg.d_inner, cfg.d_state, cfg.dt_rank
+    w = conv_input.init(rng, cfg)  # in_proj, conv1d
     w["x_proj.weight"] = linear_weight(rng, r + 2 * n, e)
     dt_std = r**-0.5 * cfg.dt_scale
     if cfg.dt_init == "constant":
@@ -51,10 +44,7 @@ MAMBA1 = LayerKind(
     name="mamba1",
     slot="mixer",
     rows=(
-        Param("in_proj.weight", ("d_in_proj", "d_model")),
-        Param("in_proj.bias", ("d_in_proj",), when="bias"),
-        Param("conv1d.weight", ("conv_dim", 1, "d_conv"), mlx_axes=_CONV),
-        Param("conv1d.bias", ("conv_dim",), when="conv_bias"),
+        *conv_input.ROWS,
         Param("x_proj.weight", ("d_x_proj", "d_inner")),
         Param("dt_proj.weight", ("d_inner", "dt_rank")),
         Param("dt_proj.bias", ("d_inner",), dtype_policy="fp32"),
@@ -67,7 +57,7 @@ MAMBA1 = LayerKind(
         Param(BCDT_NORMS[2], ("d_state",), when="mixer_rms_weights"),
     ),
     cache=(
-        CacheField("conv_state", ("batch", "conv_dim", "d_conv"), "model"),
+        conv_input.CONV_STATE,
         CacheField("ssm_state", ("batch", "d_inner", "d_state"), "fp32"),
     ),
     init=init,

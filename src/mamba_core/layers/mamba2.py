@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
-from mamba_core.layers.init import dt_bias, linear_weight, norm_weight, uniform
+from mamba_core.layers import conv_input
+from mamba_core.layers.init import dt_bias, linear_weight, norm_weight
 from mamba_core.layers.kind import CacheField, LayerKind, Param
-
-_CONV = (0, 2, 1)  # (C, 1, K) <-> (C, K, 1); its own inverse
 
 
 def init(rng: np.random.Generator, cfg, perturb_norms: bool = False) -> dict:
@@ -19,13 +16,8 @@ def init(rng: np.random.Generator, cfg, perturb_norms: bool = False) -> dict:
     log-uniform dt per head; ``A_log = log(U(A_init_range))`` per head; ``D = 1``; gated-norm weight
     1 (or 1 + U(±0.2) with ``perturb_norms``); biases 0.
     """
-    d, e, k, h = cfg.d_model, cfg.d_inner, cfg.d_conv, cfg.nheads
-    w = {"in_proj.weight": linear_weight(rng, cfg.d_in_proj, d)}
-    if cfg.bias:
-        w["in_proj.bias"] = np.zeros(cfg.d_in_proj)
-    w["conv1d.weight"] = uniform(rng, 1.0 / math.sqrt(k), (cfg.conv_dim, 1, k))
-    if cfg.conv_bias:
-        w["conv1d.bias"] = uniform(rng, 1.0 / math.sqrt(k), (cfg.conv_dim,))
+    d, e, h = cfg.d_model, cfg.d_inner, cfg.nheads
+    w = conv_input.init(rng, cfg)  # in_proj, conv1d
     w["dt_bias"] = dt_bias(rng, cfg, h)
     a_lo, a_hi = cfg.A_init_range
     w["A_log"] = np.log(rng.uniform(a_lo, a_hi, h))
@@ -41,10 +33,7 @@ MAMBA2 = LayerKind(
     name="mamba2",
     slot="mixer",
     rows=(
-        Param("in_proj.weight", ("d_in_proj", "d_model")),
-        Param("in_proj.bias", ("d_in_proj",), when="bias"),
-        Param("conv1d.weight", ("conv_dim", 1, "d_conv"), mlx_axes=_CONV),
-        Param("conv1d.bias", ("conv_dim",), when="conv_bias"),
+        *conv_input.ROWS,
         Param("dt_bias", ("nheads",), dtype_policy="fp32"),
         Param("A_log", ("nheads",), dtype_policy="fp32"),
         Param("D", ("nheads",), dtype_policy="fp32"),
@@ -53,7 +42,7 @@ MAMBA2 = LayerKind(
         Param("out_proj.bias", ("d_model",), when="bias"),
     ),
     cache=(
-        CacheField("conv_state", ("batch", "conv_dim", "d_conv"), "model"),
+        conv_input.CONV_STATE,
         CacheField("ssm_state", ("batch", "nheads", "headdim", "d_state"), "fp32"),
     ),
     init=init,

@@ -10,7 +10,6 @@ import math
 
 import numpy as np
 
-from mamba_core.families import HYBRID_CONFIGS
 from mamba_core.layers import BLOCK_ROWS, get_kind, kind_config, layer_plan, shared_blocks
 from mamba_core.layers.init import linear_weight, norm_weight
 from mamba_core.layers.shared_transformer import SHARED_CALL, SHARED_PREFIX, init_shared_block
@@ -26,9 +25,10 @@ def init_weights(
 
     Embedding N(0, ``initializer_range``); Linear weights U(±1/sqrt(fan_in)) (torch's default); conv
     weight and bias U(±1/sqrt(K)); ``out_proj.weight`` (and an MLP's ``fc2.weight``) divided by
-    sqrt(n_residuals * n_layer) when ``cfg.rescale_prenorm_residual`` (the default), n_residuals = 2
-    for a block with an MLP, else 1 (as upstream); Linear biases 0; dt bias = inverse softplus of a
-    log-uniform dt in [dt_min, dt_max] floored at ``dt_init_floor``; ``A_log = log(1..N)`` per
+    sqrt(n_residuals * n_layer) when ``cfg.rescale_prenorm_residual`` (the default), n_residuals =
+    ``BlockPlan.init_residuals`` (2 for a Mamba LM block with an MLP, else 1, as upstream); Linear
+    biases 0; dt bias = inverse softplus of a log-uniform dt in [dt_min, dt_max] floored at
+    ``dt_init_floor``; ``A_log = log(1..N)`` per
     channel (Mamba-1) or ``log(U(A_init_range))`` per head (Mamba-2); ``D = 1``; norm weights 1.
     ``lm_head.weight`` exists only when ``not cfg.tie_embeddings``; ``in_proj``/``out_proj`` biases
     only when ``cfg.bias``; ``conv1d.bias`` only when ``cfg.conv_bias``. Deterministic given
@@ -54,10 +54,8 @@ def init_weights(
     d, v = cfg.d_model, cfg.vocab_size_padded
     out = {"backbone.embedding.weight": rng.normal(0.0, cfg.initializer_range, (v, d))} if embedding else {}
     for i, block in enumerate(layer_plan(cfg)):
-        # docs/spec.md §1.5: each residual output (out_proj, the MLP's fc2) / sqrt(n_residuals * n_layer),
-        # n_residuals = the filled slots of the block (2 with an MLP, as upstream)
-        # (a hybrid family keeps one residual per layer in this rule: its own inits are not upstream's)
-        n_residuals = 1 if isinstance(cfg, HYBRID_CONFIGS) else len(block.slots)
+        # docs/spec.md §1.5: each residual output (out_proj, the MLP's fc2) / sqrt(n_residuals * n_layer)
+        n_residuals = block.init_residuals  # 2 with a Mamba LM's MLP (as upstream), else 1
         scale = 1.0 / math.sqrt(n_residuals * cfg.n_layer) if cfg.rescale_prenorm_residual else 1.0
         for slot, kind_name in block.slots:
             for row in BLOCK_ROWS[slot]:  # the slot's pre-norm (none for a shared-block call)

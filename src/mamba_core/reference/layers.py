@@ -24,6 +24,7 @@ from mamba_core.reference.mamba2 import mamba2_mixer, mamba2_mixer_step
 from mamba_core.reference.mamba3 import mamba3_mixer, mamba3_mixer_step
 from mamba_core.reference.mlp import mlp_forward
 from mamba_core.reference.moe import moe_forward
+from mamba_core.reference.parallel_hybrid import parallel_hybrid, parallel_hybrid_step
 from mamba_core.reference.shared_transformer import shared_transformer_forward, shared_transformer_step
 
 
@@ -45,3 +46,4 @@ KINDS: dict[str, ReferenceKind] = {
     # the shared slot's kind takes the raw stream and, as keywords, the embeddings and the shared block
     "shared_transformer": ReferenceKind(shared_transformer_forward, shared_transformer_step),
 }
+KINDS["mamba2+attention"] = ReferenceKind(parallel_hybrid, parallel_hybrid_step)

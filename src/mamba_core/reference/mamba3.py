@@ -481,6 +481,13 @@ def _finish(y, p: dict, w: Mapping, cfg: Mamba3Config) -> np.ndarray:
     return _linear(out.reshape(*out.shape[:-2], cfg.d_inner), w["out_proj.weight"])
 
 
+def _scan_args(p: dict, w: Mapping) -> tuple:
+    """The scans' positional inputs from ``_project``'s parts, in their order (q = C, k = B, v = x):
+    ``(C, B (B, [L,] R, G, N), x (B, [L,] H, P), adt, dt, trap (B, [L,] H), angles (B, [L,] A),
+    C_bias, B_bias (H, R, N))``."""
+    return (p["C"], p["B"], p["x"], p["adt"], p["dt"], p["trap"], p["angles"], w["C_bias"], w["B_bias"])
+
+
 def _scan_kwargs(w: Mapping, cfg: Mamba3Config) -> dict:
     return {
         "D": w["D"],
@@ -523,15 +530,7 @@ def mamba3_mixer(
     p = _project(h, w, cfg)
     state = dict(zip(STATE_FIELDS, (angle_state, ssm_state, k_state, v_state), strict=True))
     y, state = mamba3_chunked(
-        p["C"],
-        p["B"],
-        p["x"],
-        p["adt"],
-        p["dt"],
-        p["trap"],
-        p["angles"],
-        w["C_bias"],
-        w["B_bias"],
+        *_scan_args(p, w),
         chunk_size=cfg.chunk_size,
         initial_state=state,
         **_scan_kwargs(w, cfg),
@@ -557,15 +556,7 @@ def mamba3_mixer_step(
     state = dict(zip(STATE_FIELDS, (angle_state, ssm_state, k_state, v_state), strict=True))
     y, state = mamba3_state_update(
         state,
-        p["C"],
-        p["B"],
-        p["x"],
-        p["adt"],
-        p["dt"],
-        p["trap"],
-        p["angles"],
-        w["C_bias"],
-        w["B_bias"],
+        *_scan_args(p, w),
         **_scan_kwargs(w, cfg),
     )
     return (_finish(y, p, w, cfg), *(state[f] for f in STATE_FIELDS))

@@ -1,7 +1,8 @@
 """Reference residual backbone and LM (float64 numpy), composed per layer kind: docs/spec.md §1.2.
 
 Each block of ``mamba_core.layers.layer_plan(cfg)`` is ``x + mixer(norm(x))`` (and, with an MLP kind,
-``x + mlp(norm2(x))``), each kind's math looked up in ``reference.layers.KINDS``. Part of
+``x + mlp(norm2(x))``), each kind's math looked up in ``reference.layers.KINDS``; a family's stream
+multipliers (docs/spec.md §13.1) scale the embedded tokens, each slot's output and the logits. Part of
 ``mamba_core.reference``; see its docstring for the rules and the dimension legend.
 """
 
@@ -12,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from mamba_core.errors import UnsupportedError
-from mamba_core.layers import get_kind, kind_config, layer_plan
+from mamba_core.layers import get_kind, kind_config, layer_plan, scale_logits, stream_multipliers
 from mamba_core.layers.shared_transformer import SHARED_PREFIX
 from mamba_core.reference.layers import KINDS
 from mamba_core.reference.ops import _f64, rmsnorm
@@ -70,7 +71,8 @@ def _block(cfg, weights: Mapping, i: int, block, x: np.ndarray, state, fn: str, 
             out, *mine = getattr(KINDS[kind_name], fn)(normed, lw, kcfg, *mine)
         else:
             out, *mine = packed_forward(KINDS[kind_name].forward, normed, lw, kcfg, seq_idx, *mine)
-        x = x + out
+        # docs/spec.md §13.1: the slot's output scaled by the block's residual multiplier
+        x = x + (out if block.residual_multiplier == 1.0 else out * block.residual_multiplier)
         new_state.extend(mine)
     return x, tuple(new_state)
 
@@ -165,10 +167,11 @@ def lm_forward(cfg, weights: Mapping, input_ids, states=None, seq_idx=None):
         >>> logits.shape
         (1, 3, 16)
     """
+    scale = stream_multipliers(cfg)  # docs/spec.md §13.1
     embedding = _f64(weights["backbone.embedding.weight"])
-    hidden = embedding[np.asarray(input_ids)]  # (B, L, D)
+    hidden = embedding[np.asarray(input_ids)] * scale.embedding  # (B, L, D)
     out, states = backbone_forward(cfg, weights, hidden, states, seq_idx)
-    return out @ _lm_head(weights).T, states
+    return scale_logits(out @ _lm_head(weights).T, scale), states
 
 
 def lm_step(cfg, weights: Mapping, token_ids, states):
@@ -190,7 +193,8 @@ def lm_step(cfg, weights: Mapping, token_ids, states):
         >>> lm_step(cfg, ws, [3], states)[0].shape
         (1, 16)
     """
+    scale = stream_multipliers(cfg)  # docs/spec.md §13.1
     embedding = _f64(weights["backbone.embedding.weight"])
-    hidden = embedding[np.asarray(token_ids)]  # (B, D)
+    hidden = embedding[np.asarray(token_ids)] * scale.embedding  # (B, D)
     out, states = backbone_step(cfg, weights, hidden, states)
-    return out @ _lm_head(weights).T, states
+    return scale_logits(out @ _lm_head(weights).T, scale), states
