@@ -40,7 +40,7 @@ def add_arguments(p) -> None:
         type=float,
         default=None,
         help="0 = greedy (default: the model's generation_config.json, else greedy; the shipped "
-        "model samples at 0.5 with top-k 40)",
+        "model samples at 0.7 with min-p 0.1)",
     )
     p.add_argument("--top-k", type=int, default=None, help="sample from the k most likely tokens")
     p.add_argument("--top-p", type=float, default=None, help="sample from the smallest set of mass p")
