@@ -92,6 +92,24 @@ def test_compiled_decode_conformance_rows(target, dtype, model):
     assert_check(f"compiled_decode/{model}", target, dtype)
 
 
+@pytest.mark.dtypes("float32")
+def test_compiled_decode_of_more_models_than_dynamos_limit(target, rng):
+    # each model is one cache entry of the same compiled function: a process that compiles the decode of
+    # more models than dynamo's per-function limit (8 by default; 1 here) must not hit a hard failure
+    mod = target.module
+    if target.backend != "torch":
+        pytest.skip("dynamo's recompile limit is torch's")
+    import torch
+
+    _fresh_dynamo_counters(target)
+    ids = [[1, 2, 3]]
+    with torch._dynamo.config.patch(recompile_limit=1):
+        for arch in ("mamba1", "mamba2"):  # other shapes and code: another entry (same-shape models share)
+            model = mod.build_model(TINY[arch](), seed=0, device=target.device)
+            eager = mod.to_numpy(mod.generate(model, ids, 3))
+            np.testing.assert_array_equal(mod.to_numpy(mod.generate(model, ids, 3, compile=True)), eager)
+
+
 @pytest.mark.parametrize("family", ["jamba", "nemotron-h"])
 def test_compiled_decode_refuses_growing_caches(target, family):
     # an attention KV cache grows with the sequence: no fixed-shape graph; a typed error before any work

@@ -26,6 +26,7 @@ from mamba_core.token_ids import check_id_dtype, prompt_batch
 # generates. Measured on the 130m shape (benchmarks/bench_torch.py, README "Benchmarks"): one thread
 # ran batch-1 decode 9x faster than two on the shared 2-core CPU.
 COMPILED_DECODE_THREADS: int | None = 1
+_COMPILED_MODELS_LIMIT = 256  # decode steps (models x batch shapes) one process may compile
 
 
 def _decode_step(model, compile: bool):
@@ -53,6 +54,10 @@ def _decode_step(model, compile: bool):
 
         device = model.head_weight.device.type
         mode = "reduce-overhead" if device == "cuda" else None
+        # every model compiled here is one more entry in the code cache of ``decode`` (its guards hold
+        # the model): dynamo's default limit of 8 per function would fail the 9th model of a process
+        dynamo = torch._dynamo.config
+        dynamo.recompile_limit = max(dynamo.recompile_limit, _COMPILED_MODELS_LIMIT)
         compiled = torch.compile(decode, fullgraph=True, dynamic=False, mode=mode)
         threads = COMPILED_DECODE_THREADS if device == "cpu" else None
 
