@@ -6,7 +6,9 @@ vocab) is written by transformers' ``save_pretrained``; its tensors are mapped o
 weights with ``hybrid_layout.hf_tensors`` (per-expert tensors stacked, gate/up joined), and the
 reference's composition of the ``mamba1`` / ``attention`` / ``mlp`` / ``moe`` kinds gives transformers'
 logits, for the whole sequence and for a prefill followed by decode steps. The backends are held to the
-reference on the same family by the model conformance rows (``testing.hybrid_configs``).
+reference on the same family by the model conformance rows (``testing.hybrid_configs``). End to end:
+load and generate on every backend, hf -> mamba-core -> hf and hf -> mlx-lm -> hf bit-exact, and mlx-lm's
+own Jamba on our converted directory gives transformers' logits and greedy tokens.
 
 transformers' pure-torch Mamba path keeps the scan's decay in float32 even for a float64 model: the
 bound is 1e-5 (measured: 1.2e-6; a wrong route, norm or mask moves the logits by O(1)).
@@ -195,7 +197,87 @@ def test_convert_round_trips_and_transformers_reads_our_save(target, hf_dir, hf_
     reread, info = transformers.JambaForCausalLM.from_pretrained(back, output_loading_info=True)
     assert not any(info[k] for k in ("missing_keys", "unexpected_keys", "mismatched_keys")), info
     np.testing.assert_array_equal(_theirs(reread.eval(), IDS), _theirs(hf_model, IDS))
-    for to in ("state-spaces", "mlx-lm"):  # no state-spaces Jamba; mlx-lm's split gate/up stacks: not yet
-        with pytest.raises(UnsupportedError):
-            mamba_core.convert(hf_dir, tmp_path / to, to=to, backend=target.backend)
-        assert not (tmp_path / to).exists()
+    with pytest.raises(UnsupportedError):  # no state-spaces Jamba
+        mamba_core.convert(hf_dir, tmp_path / "ss", to="state-spaces", backend=target.backend)
+    assert not (tmp_path / "ss").exists()
+
+
+def _file_tensors(path) -> dict[str, bytes]:
+    from safetensors import safe_open
+
+    out = {}
+    for f in sorted(path.glob("*.safetensors")):
+        with safe_open(f, framework="numpy") as st:
+            out.update({key: st.get_tensor(key).tobytes() for key in st.keys()})
+    return out
+
+
+def test_mlx_lm_round_trip_is_bit_exact_and_loads(target, hf_dir, hf_model, tmp_path):
+    """hf -> mlx-lm (stacked ``switch_mlp`` halves of each expert's ``gate_up_proj``, (C, K, 1) conv)
+    -> hf gives back the checkpoint's tensors bit for bit; the mlx-lm directory loads on the backend
+    with transformers' logits."""
+    import mamba_core
+    from mamba_core.testing import check_close
+
+    mlx_dir = mamba_core.convert(hf_dir, tmp_path / "mlx-lm", to="mlx-lm", backend=target.backend)
+    stored = _file_tensors(mlx_dir)
+    assert not any(".experts." in k for k in stored)
+    for part in ("gate", "up", "down"):
+        assert f"model.layers.1.feed_forward.switch_mlp.{part}_proj.weight" in stored
+    ours = mamba_core.load(mlx_dir, backend=target.backend, device=target.device, dtype="float32")
+    check_close(_ours(target, ours, IDS), _theirs(hf_model, IDS), E2E_TOL, f"{target} on mlx-lm dir")
+    back = mamba_core.convert(mlx_dir, tmp_path / "hf", to="hf", backend=target.backend)
+    original, returned = _file_tensors(hf_dir), _file_tensors(back)
+    assert sorted(original) == sorted(returned)
+    assert all(original[k] == returned[k] for k in original)
+
+
+def test_converted_mlx_lm_directory_runs_in_mlx_lm(tmp_path):
+    """mlx-lm's Jamba reads our mlx-lm directory and gives transformers' logits and greedy tokens.
+    mlx-lm renormalizes the kept router weights (softmax over the top k logits) where transformers
+    keeps the top k of the softmax over all experts: the same math only when every expert is kept,
+    so this checkpoint routes to all 4 experts (the layout is the same for any top k)."""
+    mx = pytest.importorskip("mlx.core")
+    mlx_utils = pytest.importorskip("mlx_lm.utils")
+    import mamba_core
+    from mamba_core.testing import check_close
+
+    model = transformers.JambaForCausalLM(transformers.JambaConfig(**{**HF_CONFIG, "num_experts_per_tok": 4}))
+    _randomize(model.eval())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("proj.weight") or "experts" in name or name.endswith("router.weight"):
+                p.mul_(0.6)
+    model.save_pretrained(tmp_path / "hf", safe_serialization=True)
+    want = _theirs(model, IDS)
+    with torch.no_grad():
+        greedy = model.generate(torch.from_numpy(IDS), max_new_tokens=6, do_sample=False).numpy()
+    for backend in ("torch", "mlx"):
+        out = mamba_core.convert(tmp_path / "hf", tmp_path / backend, to="mlx-lm", backend=backend)
+        theirs = mlx_utils.load_model(out)[0]
+        logits = np.array(theirs(mx.array(IDS)).astype(mx.float32))
+        check_close(logits, want, E2E_TOL, f"mlx-lm on our {backend} conversion vs transformers")
+        ids = mx.array(IDS)
+        for _ in range(6):  # greedy, the whole sequence each step
+            nxt = mx.argmax(theirs(ids)[:, -1].astype(mx.float32), axis=-1)
+            ids = mx.concatenate([ids, nxt[:, None].astype(ids.dtype)], axis=1)
+        np.testing.assert_array_equal(np.array(ids), greedy)
+
+
+def test_mlx_lm_layout_refuses_an_expert_offset_mlx_lm_places_elsewhere(tmp_path):
+    """mlx-lm's Jamba puts the MoE where ``(layer + offset) % period == 0``, transformers where
+    ``layer % period == offset``: a period / offset on which they disagree has no mlx-lm layout, and
+    converting such a checkpoint to mlx-lm writes nothing."""
+    import mamba_core
+    from mamba_core.errors import UnsupportedError
+    from mamba_core.hybrid_layout import stored_tensors
+    from mamba_core.testing import tiny_jamba
+
+    assert stored_tensors(tiny_jamba(expert_layer_period=2, expert_layer_offset=0), "mlx-lm")
+    with pytest.raises(UnsupportedError, match="expert_layer_offset=1"):
+        stored_tensors(tiny_jamba(expert_layer_period=4, expert_layer_offset=1), "mlx-lm")
+    hf_cfg = transformers.JambaConfig(**{**HF_CONFIG, "expert_layer_period": 4})
+    transformers.JambaForCausalLM(hf_cfg).save_pretrained(tmp_path / "hf", safe_serialization=True)
+    with pytest.raises(UnsupportedError, match="expert_layer_period=4"):
+        mamba_core.convert(tmp_path / "hf", tmp_path / "mlx-lm", to="mlx-lm", backend="torch")
+    assert not (tmp_path / "mlx-lm").exists()

@@ -12,6 +12,8 @@ when untied. Kind rows are ``mamba_core.block_layout``'s. Family specifics:
 ``hf_tensors(config)`` lists every tensor of the transformers checkpoint (``save_pretrained``'s names)
 with the canonical tensor it is, or the slice of it: Jamba and Nemotron-H store one tensor per expert
 (``expert``), Jamba splits each expert's ``gate_up_proj`` into ``gate_proj`` and ``up_proj`` (``rows``).
+``stored_tensors(config, "mlx-lm")`` lists mlx-lm's sanitized tensors of the families mlx-lm runs
+(Nemotron-H, Granite 4.0-H, Falcon-H1, Jamba): experts stacked (``switch_mlp``), conv weights (C, K, 1).
 """
 
 from __future__ import annotations
@@ -294,6 +296,53 @@ def _mlx_granite(cfg: GraniteHybridConfig) -> list[HFTensor]:
 
 
 _MLX_LM[GraniteHybridConfig] = _mlx_granite
+
+
+def _mlx_jamba(cfg: JambaConfig) -> list[HFTensor]:
+    # mlx-lm's sanitized Jamba: each MoE layer's experts stacked as switch_mlp.gate_proj / up_proj (the
+    # halves of every expert's gate_up_proj) and switch_mlp.down_proj; conv in MLX layout; transformers'
+    # names otherwise (the dense feed-forward keeps its split gate_proj / up_proj / down_proj)
+    period, offset = cfg.expert_layer_period, cfg.expert_layer_offset
+    mlx_moe = [cfg.num_experts > 1 and (i + offset) % period == 0 for i in range(cfg.n_layer)]
+    if mlx_moe != [p.mlp == "moe" for p in cfg.layer_plan()]:
+        raise UnsupportedError(
+            f"mlx-lm's Jamba puts the MoE in layers where (layer + expert_layer_offset) % "
+            f"expert_layer_period == 0, transformers' where layer % expert_layer_period == "
+            f"expert_layer_offset: with expert_layer_period={period} and expert_layer_offset={offset} "
+            "they differ, so mlx-lm would build another model; use the 'hf' or 'mamba-core' layout"
+        )
+    out, seen = [], set()
+    for t in hf_tensors(cfg):
+        if t.expert is not None:
+            if t.canonical in seen:
+                continue
+            seen.add(t.canonical)
+            prefix = t.hf_name.partition(".experts.")[0] + ".switch_mlp."
+            shape, policy = canonical_layout(cfg)[t.canonical]
+            if t.canonical.endswith("experts.down_proj"):
+                out.append(HFTensor(prefix + "down_proj.weight", t.canonical, shape, policy))
+                continue
+            n, two_i, d = shape
+            for part, lo in (("gate", 0), ("up", two_i // 2)):
+                rows = (lo, lo + two_i // 2)
+                out.append(
+                    HFTensor(
+                        f"{prefix}{part}_proj.weight",
+                        t.canonical,
+                        (n, two_i // 2, d),
+                        policy,
+                        rows=rows,
+                        rows_axis=1,
+                    )
+                )
+        elif t.hf_name.endswith("conv1d.weight"):
+            out.append(dataclasses.replace(t, shape=tuple(t.shape[a] for a in _CONV), axes=_CONV))
+        else:
+            out.append(t)
+    return out
+
+
+_MLX_LM[JambaConfig] = _mlx_jamba
 
 
 def _placements(config) -> dict[str, tuple[str, tuple[int, ...], str]]:
