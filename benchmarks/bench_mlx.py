@@ -50,7 +50,7 @@ import numpy as np
 
 from mamba_core import Mamba1Config, Mamba2Config
 from mamba_core.backends import mlx as MB
-from mamba_core.backends.mlx.sample import _decode_step
+from mamba_core.backends.mlx.sample import decode_step
 from mamba_core.strict_json import decode_floats
 
 NOISY = 0.10
@@ -230,7 +230,7 @@ def bench_inference(cfg, args, rows: Rows, sections):
             mx.eval(token)
         return time.perf_counter() - start
 
-    step = _decode_step(ours, True)  # generate(..., compile=True)'s step: mx.compile
+    step = decode_step(ours, True)  # generate(..., compile=True)'s step: mx.compile
 
     def ours_decode_compiled():
         cache, logits = ours_prefill()

@@ -327,7 +327,7 @@ def _compiled_decoders(arch: str, cfg, threads: list[int]) -> dict:
             policy = sample.COMPILED_DECODE_THREADS
             sample.COMPILED_DECODE_THREADS = n  # this row's count, not generate's policy
             try:
-                step = sample._decode_step(m, True)
+                step = sample.decode_step(m, True)
             finally:
                 sample.COMPILED_DECODE_THREADS = policy
             return lambda tok: step(tok, cache)

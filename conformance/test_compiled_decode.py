@@ -67,7 +67,7 @@ def test_compiled_decode_equals_eager(target, arch, rng):
     with _scope(target):
         _, cache_e = mod.prefill(model, ids)
         _, cache_c = mod.prefill(model, ids)
-        step = _sample(target)._decode_step(model, True)
+        step = _sample(target).decode_step(model, True)
         tokens = mod.from_numpy(rng.integers(1, model.config.vocab_size, (2,)), device=target.device)
         for i in range(4):
             want = model.step(tokens, cache_e)

@@ -101,6 +101,8 @@ def test_mamba2_mixers(family):
             mamba_d_state=5,
             mamba_chunk_size=4,
             rms_norm_eps=1e-4,
+            num_attention_heads=4,  # transformers' default (32) does not divide 24: refused at the door
+            num_key_value_heads=2,
         )
         cls = T.models.granitemoehybrid.modeling_granitemoehybrid.GraniteMoeHybridMambaLayer
     else:
@@ -113,6 +115,7 @@ def test_mamba2_mixers(family):
             mamba_d_state=5,
             mamba_chunk_size=4,
             num_attention_heads=4,
+            num_key_value_heads=2,  # transformers' default (8) does not divide 4: refused at the door
         )
         cls = T.models.bamba.modeling_bamba.BambaMixer
     ours = from_hf(json.loads(hf_cfg.to_json_string(use_diff=False)))

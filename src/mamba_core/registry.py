@@ -50,6 +50,8 @@ BACKEND_API = (
     "generate",
     "stream",
     "prefill",
+    "decode_step",
+    "DataParallel",
     "SequenceClassifier",
     "FeatureExtractor",
     "Trainer",

@@ -31,7 +31,6 @@ through ``mamba_core.registry`` and calls its ``Trainer`` (``step``, ``eval_loss
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import math
@@ -273,9 +272,7 @@ def train(
                 "LoRA under --fsdp: the adapters are small and the base is frozen, so sharding saves "
                 "little; train LoRA with --ddp"
             )
-        parallel = importlib.import_module(f"{module.__name__}.distributed").DataParallel(
-            launch, engine, device
-        )
+        parallel = module.DataParallel(launch, engine, device)
         device = None if parallel.device is None else str(parallel.device)
         log.info("%s", parallel.describe())
     check_device(backend, device)

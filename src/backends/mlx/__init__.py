@@ -42,6 +42,7 @@ from mamba_core.backends.mlx.quantized import QUANTIZE_KERNELS as QUANTIZE_KERNE
 from mamba_core.backends.mlx.quantized import quantize as quantize
 from mamba_core.backends.mlx.runtime import inference_scope as inference_scope
 from mamba_core.backends.mlx.runtime import single_threaded as single_threaded
+from mamba_core.backends.mlx.sample import decode_step as decode_step
 from mamba_core.backends.mlx.sample import generate as generate
 from mamba_core.backends.mlx.sample import stream as stream
 from mamba_core.backends.mlx.train import Trainer as Trainer
@@ -58,6 +59,7 @@ NAME = "mlx"
 __all__ = [
     "NAME",
     "QUANTIZE_KERNELS",
+    "DataParallel",
     "FeatureExtractor",
     "GatedMLP",
     "Mamba1",
@@ -79,6 +81,7 @@ __all__ = [
     "Trainer",
     "apply_lora",
     "build_model",
+    "decode_step",
     "default_device",
     "device_unavailable",
     "devices",
@@ -102,3 +105,12 @@ __all__ = [
     "task_of",
     "to_numpy",
 ]
+
+
+def __getattr__(name: str):
+    # ``DataParallel`` imports the framework's distributed package (about 0.8 s for torch): only on use
+    if name == "DataParallel":
+        from mamba_core.backends.mlx.distributed import DataParallel
+
+        return DataParallel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

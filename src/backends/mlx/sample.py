@@ -23,7 +23,7 @@ from mamba_core.token_ids import check_id_dtype, prompt_batch
 _NEG_INF = float("-inf")
 
 
-def _decode_step(model, compile: bool):
+def decode_step(model, compile: bool):
     """``step(token_ids, cache) -> logits``: ``model.step``, or the same step through ``mx.compile``.
 
     The compiled function is pure over the cache: the (B,) token ids and every state array of the
@@ -183,7 +183,7 @@ def _stream(model, ids, mask, settings: SamplingSettings, compile: bool = False)
         logits = cache = None
         if s.max_new_tokens:  # prefill once, chunked (any prompt length); only the last logits
             logits, cache = prefill(model, ids, attention_mask=mask)
-        step = _decode_step(model, compile)
+        step = decode_step(model, compile)
         finished = mx.zeros((batch,), dtype=mx.bool_)
         rows = mx.arange(batch)
         for i in range(s.max_new_tokens):

@@ -37,6 +37,7 @@ from mamba_core.backends.torch.quantized import QUANTIZE_KERNELS as QUANTIZE_KER
 from mamba_core.backends.torch.quantized import quantize as quantize
 from mamba_core.backends.torch.runtime import inference_scope as inference_scope
 from mamba_core.backends.torch.runtime import single_threaded as single_threaded
+from mamba_core.backends.torch.sample import decode_step as decode_step
 from mamba_core.backends.torch.sample import generate as generate
 from mamba_core.backends.torch.sample import stream as stream
 from mamba_core.backends.torch.train import Trainer as Trainer
@@ -53,6 +54,7 @@ NAME = "torch"
 __all__ = [
     "NAME",
     "QUANTIZE_KERNELS",
+    "DataParallel",
     "FeatureExtractor",
     "GatedMLP",
     "Mamba1",
@@ -74,6 +76,7 @@ __all__ = [
     "Trainer",
     "apply_lora",
     "build_model",
+    "decode_step",
     "default_device",
     "device_unavailable",
     "devices",
@@ -97,3 +100,12 @@ __all__ = [
     "task_of",
     "to_numpy",
 ]
+
+
+def __getattr__(name: str):
+    # ``DataParallel`` imports the framework's distributed package (about 0.8 s for torch): only on use
+    if name == "DataParallel":
+        from mamba_core.backends.torch.distributed import DataParallel
+
+        return DataParallel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

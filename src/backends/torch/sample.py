@@ -29,7 +29,7 @@ COMPILED_DECODE_THREADS: int | None = 1
 _COMPILED_MODELS_LIMIT = 256  # decode steps (models x batch shapes) one process may compile
 
 
-def _decode_step(model, compile: bool):
+def decode_step(model, compile: bool):
     """``step(token_ids, cache) -> logits``: ``model.step``, or the same step through ``torch.compile``.
 
     The compiled function sees only tensors: the (B,) token ids and the per-layer state dicts of the
@@ -191,7 +191,7 @@ def _stream(model, ids, mask, settings: SamplingSettings, compile: bool = False)
         return
     with torch.inference_mode():
         logits, cache = prefill(model, ids, attention_mask=mask)  # chunked: any prompt length
-        step = _decode_step(model, compile)
+        step = decode_step(model, compile)
         for i in range(s.max_new_tokens):
             greedy, probs = process_logits(
                 logits,

@@ -10,7 +10,6 @@ Part of ``mamba_core.conformance``; importing this module registers the checks i
 from __future__ import annotations
 
 import functools
-import importlib
 
 import numpy as np
 
@@ -186,7 +185,7 @@ def _compiled_decode(kind, cfg_name, backend, device, dtype, rng) -> CheckResult
     ids = rng.integers(0, cfg.vocab_size, (2, 29))
     ref, _ = R.lm_forward(cfg, w, ids)
     ids_b = inp.ids(ids)
-    step = importlib.import_module(f"{backend.__name__}.sample")._decode_step(model, True)
+    step = backend.decode_step(model, True)
     with device_scope(backend, device):
         cache = model.make_cache(2)
         model(ids_b[:, :21], cache=cache)
