@@ -21,11 +21,13 @@ from mamba_core.sampling import FLOAT32_MAX, SamplingSettings, check_finite_logi
 from mamba_core.token_ids import check_id_dtype, prompt_batch
 
 # intra-op threads of a compiled decode step on CPU (None: torch's current setting). A decode step is
-# a chain of matrix-vector products and tiny elementwise kernels: with more threads than free cores
+# a chain of matrix-vector products and tiny elementwise kernels: with more threads than FREE cores
 # every kernel waits at an OpenMP barrier, and inductor bakes the thread count into the kernels it
-# generates. Measured on the 130m shape (benchmarks/bench_torch.py, README "Benchmarks"): one thread
-# ran batch-1 decode 9x faster than two on the shared 2-core CPU.
-COMPILED_DECODE_THREADS: int | None = 1
+# generates. Measured on the 130m Mamba-2 shape (benchmarks/bench_torch.py, README "Benchmarks"), batch 1
+# on a 2-core CPU: quiet, torch's two threads 39.7 tok/s (92% of the bandwidth limit) vs one thread 25.4;
+# shared with other busy processes, one thread ran 9x faster than two. So the default is torch's own
+# setting; on a busy machine call ``torch.set_num_threads(1)`` (or set this to 1).
+COMPILED_DECODE_THREADS: int | None = None
 _COMPILED_MODELS_LIMIT = 256  # decode steps (models x batch shapes) one process may compile
 
 
