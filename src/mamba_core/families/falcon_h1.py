@@ -22,6 +22,7 @@ from typing import ClassVar
 from mamba_core.block_config import AttentionConfig, MLPConfig
 from mamba_core.config_schema import check_fields, check_parameter_count
 from mamba_core.errors import ConfigError
+from mamba_core.families.base import FamilyConfig
 from mamba_core.families.hf_reader import HFReader
 from mamba_core.families.plan import LayerPlan
 from mamba_core.layers.multipliers import StreamMultipliers
@@ -42,7 +43,7 @@ def _multipliers(r: HFReader, key: str, n: int) -> tuple[float, ...]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class FalconH1Config:
+class FalconH1Config(FamilyConfig):
     """Falcon-H1 language model.
 
     Example:
@@ -52,6 +53,8 @@ class FalconH1Config:
         >>> cfg.layer_plan()[0], cfg.mamba.d_inner, cfg.mamba.headdim
         (LayerPlan(mixer='mamba2+attention', mlp='mlp'), 96, 16)
     """
+
+    KIND_ATTRS: ClassVar[dict[str, str]] = {"mamba2+attention": "parallel", "mlp": "mlp"}
 
     model_type: ClassVar[str] = "falcon_h1"
     arch: ClassVar[str] = "falcon_h1"
@@ -203,16 +206,6 @@ class FalconH1Config:
             attention_out_multiplier=self.attention_out_multiplier,
             ssm_out_multiplier=self.ssm_out_multiplier,
         )
-
-    def kind_config(self, kind: str):
-        """The config object of one kind of this model."""
-        return {"mamba2+attention": lambda: self.parallel, "mlp": lambda: self.mlp}[kind]()
-
-    def to_dict(self, dialect: str = "mamba-core") -> dict:
-        """Write the config in a dialect of ``mamba_core.dialects.DIALECTS`` (the config.json dict)."""
-        from mamba_core.dialects import write_config  # the codec imports the family configs
-
-        return write_config(self, dialect)
 
     def folded(self) -> FalconH1Config:
         """The config of the same model with every multiplier folded into the weights (docs/spec.md §12.5).

@@ -19,6 +19,7 @@ from mamba_core.block_config import AttentionConfig, MLPConfig, MoEConfig
 from mamba_core.config_schema import check_fields, check_parameter_count, check_raw
 from mamba_core.dialects.parsed import json_limit
 from mamba_core.errors import ConfigError, UnsupportedError
+from mamba_core.families.base import FamilyConfig
 from mamba_core.families.hf_reader import HFReader
 from mamba_core.families.mamba_mixer import Mamba2MixerConfig
 from mamba_core.families.plan import LayerPlan
@@ -34,7 +35,7 @@ _TYPES = {
 
 
 @dataclass(frozen=True, kw_only=True)
-class GraniteHybridConfig:
+class GraniteHybridConfig(FamilyConfig):
     """Granite 4.0-H / Bamba language model.
 
     ``variant`` is ``"granitemoehybrid"`` or ``"bamba"``; Bamba has no multipliers (all 1), no MoE, a
@@ -48,6 +49,13 @@ class GraniteHybridConfig:
         >>> cfg.layer_plan()
         (LayerPlan(mixer='mamba2', mlp='moe'), LayerPlan(mixer='attention', mlp='moe'))
     """
+
+    KIND_ATTRS: ClassVar[dict[str, str]] = {
+        "mamba2": "mamba",
+        "attention": "attention",
+        "mlp": "shared_mlp",
+        "moe": "moe",
+    }
 
     model_types: ClassVar[tuple[str, ...]] = ("granitemoehybrid", "bamba")
     # composition constants read by the shared model code (init, the residual stream)
@@ -220,21 +228,6 @@ class GraniteHybridConfig:
             norm_epsilon=self.norm_epsilon,
             tie_embeddings=self.tie_embeddings,
         )
-
-    def kind_config(self, kind: str):
-        """The config object of one kind of this model."""
-        return {
-            "mamba2": lambda: self.mamba,
-            "attention": lambda: self.attention,
-            "mlp": lambda: self.shared_mlp,
-            "moe": lambda: self.moe,
-        }[kind]()
-
-    def to_dict(self, dialect: str = "mamba-core") -> dict:
-        """Write the config in a dialect of ``mamba_core.dialects.DIALECTS`` (the config.json dict)."""
-        from mamba_core.dialects import write_config  # the codec imports the family configs
-
-        return write_config(self, dialect)
 
     def to_hf(self, dialect: str = "hf") -> dict:
         """transformers' json (``"hf"``) or mlx-lm's (``"mlx-lm"``, Granite only): the keys they read.

@@ -16,12 +16,13 @@ from mamba_core.block_config import AttentionConfig, MLPConfig, MoEConfig
 from mamba_core.config import Mamba1Config
 from mamba_core.config_schema import check_fields, check_parameter_count
 from mamba_core.errors import ConfigError
+from mamba_core.families.base import FamilyConfig
 from mamba_core.families.hf_reader import HFReader
 from mamba_core.families.plan import LayerPlan
 
 
 @dataclass(frozen=True, kw_only=True)
-class JambaConfig:
+class JambaConfig(FamilyConfig):
     """Jamba language model.
 
     Example:
@@ -32,6 +33,13 @@ class JambaConfig:
         >>> [tuple(p) for p in cfg.layer_plan()][:2]
         [('mamba1', 'moe'), ('attention', 'mlp')]
     """
+
+    KIND_ATTRS: ClassVar[dict[str, str]] = {
+        "mamba1": "mamba",
+        "attention": "attention",
+        "mlp": "mlp",
+        "moe": "moe",
+    }
 
     model_type: ClassVar[str] = "jamba"
     arch: ClassVar[str] = "jamba"
@@ -141,21 +149,6 @@ class JambaConfig:
             mixer_rms_eps=self.norm_epsilon,
             mixer_rms_weights=True,
         )
-
-    def kind_config(self, kind: str):
-        """The config object of one kind of this model."""
-        return {
-            "mamba1": lambda: self.mamba,
-            "attention": lambda: self.attention,
-            "mlp": lambda: self.mlp,
-            "moe": lambda: self.moe,
-        }[kind]()
-
-    def to_dict(self, dialect: str = "mamba-core") -> dict:
-        """Write the config in a dialect of ``mamba_core.dialects.DIALECTS`` (the config.json dict)."""
-        from mamba_core.dialects import write_config  # the codec imports the family configs
-
-        return write_config(self, dialect)
 
     @classmethod
     def from_hf(cls, d: dict) -> JambaConfig:

@@ -15,6 +15,7 @@ from typing import ClassVar
 from mamba_core.block_config import AttentionConfig, MLPConfig, MoEConfig
 from mamba_core.config_schema import check_fields, check_parameter_count
 from mamba_core.errors import ConfigError, UnsupportedError
+from mamba_core.families.base import FamilyConfig
 from mamba_core.families.hf_reader import HFReader
 from mamba_core.families.mamba_mixer import Mamba2MixerConfig
 from mamba_core.families.plan import LayerPlan
@@ -44,7 +45,7 @@ def pattern_to_types(pattern: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class NemotronHConfig:
+class NemotronHConfig(FamilyConfig):
     """Nemotron-H language model (field names as transformers' ``NemotronHConfig``, shared ones ours).
 
     Example:
@@ -55,6 +56,13 @@ class NemotronHConfig:
         >>> [p.mixer for p in cfg.layer_plan()]
         ['mamba2', 'attention', 'mlp', 'moe']
     """
+
+    KIND_ATTRS: ClassVar[dict[str, str]] = {
+        "mamba2": "mamba",
+        "attention": "attention",
+        "mlp": "mlp",
+        "moe": "moe",
+    }
 
     model_type: ClassVar[str] = "nemotron_h"
     arch: ClassVar[str] = "nemotron_h"
@@ -226,21 +234,6 @@ class NemotronHConfig:
             norm_epsilon=self.norm_epsilon,
             tie_embeddings=self.tie_embeddings,
         )
-
-    def kind_config(self, kind: str):
-        """The config object of one kind of this model."""
-        return {
-            "mamba2": lambda: self.mamba,
-            "attention": lambda: self.attention,
-            "mlp": lambda: self.mlp,
-            "moe": lambda: self.moe,
-        }[kind]()
-
-    def to_dict(self, dialect: str = "mamba-core") -> dict:
-        """Write the config in a dialect of ``mamba_core.dialects.DIALECTS`` (the config.json dict)."""
-        from mamba_core.dialects import write_config  # the codec imports the family configs
-
-        return write_config(self, dialect)
 
     @classmethod
     def from_hf(cls, d: dict) -> NemotronHConfig:

@@ -21,6 +21,7 @@ from typing import ClassVar
 from mamba_core.block_config import AttentionConfig, MLPConfig, SharedTransformerConfig
 from mamba_core.config_schema import check_fields, check_parameter_count
 from mamba_core.errors import ConfigError
+from mamba_core.families.base import FamilyConfig
 from mamba_core.families.hf_reader import HFReader
 from mamba_core.families.mamba_mixer import Mamba2MixerConfig
 from mamba_core.families.plan import SharedLayerPlan
@@ -31,7 +32,7 @@ MAMBA_NORM_EPS = 1e-5  # transformers hard-codes the gated-norm epsilon of Zamba
 
 
 @dataclass(frozen=True, kw_only=True)
-class Zamba2Config:
+class Zamba2Config(FamilyConfig):
     """Zamba2 language model.
 
     Example:
@@ -41,6 +42,8 @@ class Zamba2Config:
         >>> [p.shared for p in cfg.layer_plan()], cfg.shared_block_of(3), cfg.attention.head_dim
         ([None, 0, None, 1], 1, 16)
     """
+
+    KIND_ATTRS: ClassVar[dict[str, str]] = {"mamba2": "mamba", "shared_transformer": "shared_transformer"}
 
     model_type: ClassVar[str] = "zamba2"
     arch: ClassVar[str] = "zamba2"
@@ -152,16 +155,6 @@ class Zamba2Config:
         return SharedTransformerConfig(
             d_model=self.d_model, attention=self.attention, mlp=self.mlp, norm_epsilon=self.norm_epsilon
         )
-
-    def kind_config(self, kind: str):
-        """The config object of one kind of this model."""
-        return {"mamba2": lambda: self.mamba, "shared_transformer": lambda: self.shared_transformer}[kind]()
-
-    def to_dict(self, dialect: str = "mamba-core") -> dict:
-        """Write the config in a dialect of ``mamba_core.dialects.DIALECTS`` (the config.json dict)."""
-        from mamba_core.dialects import write_config  # the codec imports the family configs
-
-        return write_config(self, dialect)
 
     @property
     def attention(self) -> AttentionConfig:
