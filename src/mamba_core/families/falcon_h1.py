@@ -24,6 +24,7 @@ from mamba_core.config_schema import check_fields, check_parameter_count
 from mamba_core.errors import ConfigError
 from mamba_core.families.base import FamilyConfig
 from mamba_core.families.hf_reader import HFReader
+from mamba_core.families.mamba_mixer import MAMBA_KEYS, mamba2_mixer
 from mamba_core.families.plan import LayerPlan
 from mamba_core.layers.multipliers import StreamMultipliers
 from mamba_core.parallel_config import ParallelHybridConfig, ScaledMamba2Config
@@ -58,10 +59,7 @@ class FalconH1Config(FamilyConfig):
 
     model_type: ClassVar[str] = "falcon_h1"
     arch: ClassVar[str] = "falcon_h1"
-    # composition constants read by the shared model code (init, the residual stream)
-    initializer_range: ClassVar[float] = 0.02
-    rescale_prenorm_residual: ClassVar[bool] = False
-    residual_in_fp32: ClassVar[bool] = False
+    rescale_prenorm_residual: ClassVar[bool] = False  # the other composition constants: FamilyConfig
 
     d_model: int
     vocab_size: int
@@ -122,11 +120,6 @@ class FalconH1Config(FamilyConfig):
         self.attention, self.mlp, self.parallel  # noqa: B018 (each validates its fields)
         check_parameter_count(self)
 
-    @property
-    def vocab_size_padded(self) -> int:
-        """Rows of the embedding and the head (transformers does not pad Falcon-H1's vocabulary)."""
-        return self.vocab_size
-
     def stream_multipliers(self) -> StreamMultipliers:
         """Its factors on the embeddings and the logits (docs/spec.md §12.3, §13.1)."""
         return StreamMultipliers(embedding=self.embedding_multiplier, logits=self.lm_head_multiplier)
@@ -171,23 +164,12 @@ class FalconH1Config(FamilyConfig):
     def mamba(self) -> ScaledMamba2Config:
         """The Mamba-2 branch: sizes, ``ssm_in_multiplier``, the ``ssm_multipliers`` of z, x, B, C, dt,
         the optional gated norm (per ``mamba_n_groups`` group) and its own ``out_proj`` bias."""
-        width = self.mamba_width
-        return ScaledMamba2Config(
-            d_model=self.d_model,
-            n_layer=self.n_layer,
-            vocab_size=self.vocab_size,
-            pad_vocab_size_multiple=1,
-            mixer_width=width,
-            headdim=width // self.mamba_n_heads,
-            ngroups=self.mamba_n_groups,
-            d_state=self.mamba_d_state,
-            d_conv=self.mamba_d_conv,
-            conv_bias=self.mamba_conv_bias,
-            bias=self.mamba_proj_bias,
-            chunk_size=self.mamba_chunk_size,
-            dt_limit=self.time_step_limit,
-            norm_epsilon=self.norm_epsilon,
-            tie_embeddings=self.tie_embeddings,
+        return mamba2_mixer(
+            self,
+            MAMBA_KEYS,
+            width=self.mamba_width,
+            heads=self.mamba_n_heads,
+            cls=ScaledMamba2Config,
             in_multiplier=self.ssm_in_multiplier,
             zxbcdt_multipliers=tuple(self.ssm_multipliers),
             gated_norm=self.mamba_rms_norm,

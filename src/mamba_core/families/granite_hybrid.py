@@ -21,7 +21,7 @@ from mamba_core.dialects.parsed import json_limit
 from mamba_core.errors import ConfigError, UnsupportedError
 from mamba_core.families.base import FamilyConfig
 from mamba_core.families.hf_reader import HFReader
-from mamba_core.families.mamba_mixer import Mamba2MixerConfig
+from mamba_core.families.mamba_mixer import MAMBA_KEYS, Mamba2MixerConfig, mamba2_mixer
 from mamba_core.families.plan import LayerPlan
 from mamba_core.family_schema import LAYER_TYPES
 from mamba_core.layers.multipliers import StreamMultipliers
@@ -58,10 +58,6 @@ class GraniteHybridConfig(FamilyConfig):
     }
 
     model_types: ClassVar[tuple[str, ...]] = ("granitemoehybrid", "bamba")
-    # composition constants read by the shared model code (init, the residual stream)
-    initializer_range: ClassVar[float] = 0.02
-    rescale_prenorm_residual: ClassVar[bool] = True
-    residual_in_fp32: ClassVar[bool] = False  # transformers keeps the residual in the model dtype
 
     variant: str
     d_model: int
@@ -128,9 +124,7 @@ class GraniteHybridConfig(FamilyConfig):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value != 0):
                 raise ConfigError(f"{name} must be a finite non-zero number, got {value!r}", field=name)
-        for plan in set(self.layer_plan()):
-            self.kind_config(plan.mixer)
-            self.kind_config(plan.mlp)
+        self.check_kinds()
         check_parameter_count(self)
 
     @property
@@ -142,11 +136,6 @@ class GraniteHybridConfig(FamilyConfig):
     def n_layer(self) -> int:
         """Number of layers."""
         return len(self.layer_types)
-
-    @property
-    def vocab_size_padded(self) -> int:
-        """Rows of the embedding and the head (transformers does not pad these vocabularies)."""
-        return self.vocab_size
 
     def stream_multipliers(self) -> StreamMultipliers:
         """Granite's embedding, residual and logits multipliers (docs/spec.md §13.1; Bamba: ones)."""
@@ -211,23 +200,7 @@ class GraniteHybridConfig(FamilyConfig):
     def mamba(self) -> Mamba2MixerConfig:
         """The Mamba-2 kind (width ``mamba_expand * d_model``)."""
         width = self.mamba_expand * self.d_model
-        return Mamba2MixerConfig(
-            d_model=self.d_model,
-            n_layer=self.n_layer,
-            vocab_size=self.vocab_size,
-            pad_vocab_size_multiple=1,
-            mixer_width=width,
-            headdim=width // self.mamba_n_heads,
-            ngroups=self.mamba_n_groups,
-            d_state=self.mamba_d_state,
-            d_conv=self.mamba_d_conv,
-            conv_bias=self.mamba_conv_bias,
-            bias=self.mamba_proj_bias,
-            chunk_size=self.mamba_chunk_size,
-            dt_limit=self.time_step_limit,
-            norm_epsilon=self.norm_epsilon,
-            tie_embeddings=self.tie_embeddings,
-        )
+        return mamba2_mixer(self, MAMBA_KEYS, width=width, heads=self.mamba_n_heads)
 
     def to_hf(self, dialect: str = "hf") -> dict:
         """transformers' json (``"hf"``) or mlx-lm's (``"mlx-lm"``, Granite only): the keys they read.

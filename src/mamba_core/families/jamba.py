@@ -43,10 +43,6 @@ class JambaConfig(FamilyConfig):
 
     model_type: ClassVar[str] = "jamba"
     arch: ClassVar[str] = "jamba"
-    # composition constants read by the shared model code (init, the residual stream)
-    initializer_range: ClassVar[float] = 0.02
-    rescale_prenorm_residual: ClassVar[bool] = True
-    residual_in_fp32: ClassVar[bool] = False  # transformers keeps Jamba's residual in the model dtype
 
     d_model: int
     vocab_size: int
@@ -80,9 +76,7 @@ class JambaConfig(FamilyConfig):
                 raise ConfigError(f"{period} must be a positive integer, got {p!r}", field=period)
             if isinstance(o, bool) or not isinstance(o, int) or not 0 <= o < p:
                 raise ConfigError(f"{offset} must be in [0, {period}={p}), got {o!r}", field=offset)
-        for plan in set(self.layer_plan()):
-            self.kind_config(plan.mixer)
-            self.kind_config(plan.mlp)
+        self.check_kinds()
         check_parameter_count(self)
 
     def layer_plan(self) -> tuple[LayerPlan, ...]:
@@ -93,11 +87,6 @@ class JambaConfig(FamilyConfig):
             moe = i % self.expert_layer_period == self.expert_layer_offset and self.num_experts > 1
             plans.append(LayerPlan(mixer, "moe" if moe else "mlp"))
         return tuple(plans)
-
-    @property
-    def vocab_size_padded(self) -> int:
-        """Rows of the embedding and the head (transformers does not pad Jamba's vocabulary)."""
-        return self.vocab_size
 
     @property
     def attention(self) -> AttentionConfig:

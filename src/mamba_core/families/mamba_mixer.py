@@ -55,3 +55,54 @@ class Mamba2MixerConfig(Mamba2Config):
         self._check_positive("d_conv")
         if not self.norm_epsilon > 0:
             raise ConfigError(f"norm_epsilon must be > 0, got {self.norm_epsilon!r}", field="norm_epsilon")
+
+
+# transformers' ``mamba_*`` keys of the Mamba-2 mixer (Falcon-H1, Granite 4.0-H / Bamba): mixer field ->
+# family field
+MAMBA_KEYS: dict[str, str] = {
+    "ngroups": "mamba_n_groups",
+    "d_state": "mamba_d_state",
+    "d_conv": "mamba_d_conv",
+    "conv_bias": "mamba_conv_bias",
+    "bias": "mamba_proj_bias",
+    "chunk_size": "mamba_chunk_size",
+    "dt_limit": "time_step_limit",
+    "norm_epsilon": "norm_epsilon",
+}
+
+
+def mamba2_mixer(
+    family, fields: dict[str, str], *, width: int, heads: int, cls: type = Mamba2MixerConfig, **values
+) -> Mamba2MixerConfig:
+    """The Mamba-2 mixer config of a hybrid family's layers.
+
+    The model sizes are the family's (``d_model``, ``n_layer``, ``vocab_size`` unpadded,
+    ``tie_embeddings``); the mixer is ``width`` wide in ``heads`` heads.
+
+    Args:
+        family: the family config.
+        fields: mixer field -> the family field holding it (e.g. ``MAMBA_KEYS``).
+        width, heads: E and the number of heads (``headdim = width // heads``).
+        cls: ``Mamba2MixerConfig`` or a subclass (Falcon-H1's ``ScaledMamba2Config``).
+        values: mixer fields given as values (constants, derived values, a subclass's own fields).
+
+    Raises:
+        ConfigError: the mixer config rejects a field (naming it).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> fam = SimpleNamespace(d_model=16, n_layer=2, vocab_size=10, tie_embeddings=False, state=4)
+        >>> mamba2_mixer(fam, {"d_state": "state"}, width=32, heads=4).headdim
+        8
+    """
+    return cls(
+        d_model=family.d_model,
+        n_layer=family.n_layer,
+        vocab_size=family.vocab_size,
+        pad_vocab_size_multiple=1,
+        tie_embeddings=family.tie_embeddings,
+        mixer_width=width,
+        headdim=width // heads,
+        **{name: getattr(family, attr) for name, attr in fields.items()},
+        **values,
+    )

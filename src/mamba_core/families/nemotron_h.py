@@ -17,12 +17,23 @@ from mamba_core.config_schema import check_fields, check_parameter_count
 from mamba_core.errors import ConfigError, UnsupportedError
 from mamba_core.families.base import FamilyConfig
 from mamba_core.families.hf_reader import HFReader
-from mamba_core.families.mamba_mixer import Mamba2MixerConfig
+from mamba_core.families.mamba_mixer import Mamba2MixerConfig, mamba2_mixer
 from mamba_core.families.plan import LayerPlan
 
 PATTERN_TO_TYPE = {"M": "linear_attention", "*": "full_attention", "-": "mlp", "E": "moe"}
 TYPE_TO_KIND = {"linear_attention": "mamba2", "full_attention": "attention", "mlp": "mlp", "moe": "moe"}
 _LEGACY_TYPES = {"mamba": "linear_attention", "attention": "full_attention"}
+# the Mamba-2 mixer's fields under Nemotron-H's names (mixer field -> family field)
+_MAMBA_FIELDS = {
+    "ngroups": "n_groups",
+    "d_state": "ssm_state_size",
+    "d_conv": "conv_kernel",
+    "conv_bias": "use_conv_bias",
+    "bias": "use_bias",
+    "chunk_size": "chunk_size",
+    "dt_limit": "time_step_limit",
+    "norm_epsilon": "norm_epsilon",
+}
 
 
 def pattern_to_types(pattern: str) -> tuple[str, ...]:
@@ -66,9 +77,6 @@ class NemotronHConfig(FamilyConfig):
 
     model_type: ClassVar[str] = "nemotron_h"
     arch: ClassVar[str] = "nemotron_h"
-    # composition constants read by the shared model code (init, the residual stream)
-    initializer_range: ClassVar[float] = 0.02
-    rescale_prenorm_residual: ClassVar[bool] = True
 
     d_model: int
     vocab_size: int
@@ -134,20 +142,13 @@ class NemotronHConfig(FamilyConfig):
                 f"nemotron_h num_nextn_predict_layers={self.num_nextn_predict_layers}: multi-token "
                 "prediction layers are not implemented; set it to 0 to load the main model only"
             )
-        # build every kind config once: each validates its own fields and names them
-        for kind in set(self.layer_plan()):
-            self.kind_config(kind.mixer)
+        self.check_kinds()
         check_parameter_count(self)
 
     @property
     def n_layer(self) -> int:
         """Number of layers (the length of the pattern)."""
         return len(self.layer_types)
-
-    @property
-    def vocab_size_padded(self) -> int:
-        """Rows of the embedding and the head (transformers does not pad Nemotron-H's vocabulary)."""
-        return self.vocab_size
 
     @property
     def hybrid_override_pattern(self) -> str:
@@ -217,23 +218,8 @@ class NemotronHConfig(FamilyConfig):
     @property
     def mamba(self) -> Mamba2MixerConfig:
         """The Mamba-2 kind: width ``mamba_num_heads * mamba_head_dim``, gated norm in ``n_groups`` groups."""
-        return Mamba2MixerConfig(
-            d_model=self.d_model,
-            n_layer=self.n_layer,
-            vocab_size=self.vocab_size,
-            pad_vocab_size_multiple=1,
-            mixer_width=self.mamba_num_heads * self.mamba_head_dim,
-            headdim=self.mamba_head_dim,
-            ngroups=self.n_groups,
-            d_state=self.ssm_state_size,
-            d_conv=self.conv_kernel,
-            conv_bias=self.use_conv_bias,
-            bias=self.use_bias,
-            chunk_size=self.chunk_size,
-            dt_limit=self.time_step_limit,
-            norm_epsilon=self.norm_epsilon,
-            tie_embeddings=self.tie_embeddings,
-        )
+        width = self.mamba_num_heads * self.mamba_head_dim
+        return mamba2_mixer(self, _MAMBA_FIELDS, width=width, heads=self.mamba_num_heads)
 
     @classmethod
     def from_hf(cls, d: dict) -> NemotronHConfig:

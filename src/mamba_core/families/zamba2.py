@@ -23,12 +23,20 @@ from mamba_core.config_schema import check_fields, check_parameter_count
 from mamba_core.errors import ConfigError
 from mamba_core.families.base import FamilyConfig
 from mamba_core.families.hf_reader import HFReader
-from mamba_core.families.mamba_mixer import Mamba2MixerConfig
+from mamba_core.families.mamba_mixer import Mamba2MixerConfig, mamba2_mixer
 from mamba_core.families.plan import SharedLayerPlan
 
 _TYPES = {"mamba": "mamba", "linear_attention": "mamba", "hybrid": "hybrid"}
 _ACTS = {"gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh", "silu": "silu"}
 MAMBA_NORM_EPS = 1e-5  # transformers hard-codes the gated-norm epsilon of Zamba2's mixer
+# the Mamba-2 mixer's fields under Zamba2's names (mixer field -> family field); the rest are fixed
+_MAMBA_FIELDS = {
+    "ngroups": "mamba_ngroups",
+    "d_state": "mamba_d_state",
+    "d_conv": "mamba_d_conv",
+    "bias": "add_bias_linear",
+    "chunk_size": "chunk_size",
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,10 +55,6 @@ class Zamba2Config(FamilyConfig):
 
     model_type: ClassVar[str] = "zamba2"
     arch: ClassVar[str] = "zamba2"
-    # composition constants read by the shared model code (init, the residual stream)
-    initializer_range: ClassVar[float] = 0.02
-    rescale_prenorm_residual: ClassVar[bool] = True
-    residual_in_fp32: ClassVar[bool] = False  # transformers keeps Zamba2's residual in the model dtype
 
     d_model: int
     vocab_size: int
@@ -132,11 +136,6 @@ class Zamba2Config(FamilyConfig):
         return ids.index(layer) % self.num_mem_blocks
 
     @property
-    def vocab_size_padded(self) -> int:
-        """Rows of the embedding and the head (transformers does not pad Zamba2's vocabulary)."""
-        return self.vocab_size
-
-    @property
     def n_shared_blocks(self) -> int:
         """Shared transformer blocks stored (those some hybrid layer calls)."""
         return min(self.num_mem_blocks, len(self.hybrid_layer_ids))
@@ -193,22 +192,14 @@ class Zamba2Config(FamilyConfig):
                 f"n_mamba_heads={self.n_mamba_heads} must divide mamba_expand * hidden_size = {width}",
                 field="n_mamba_heads",
             )
-        return Mamba2MixerConfig(
-            d_model=self.d_model,
-            n_layer=self.n_layer,
-            vocab_size=self.vocab_size,
-            pad_vocab_size_multiple=1,
-            mixer_width=width,
-            headdim=width // self.n_mamba_heads,
-            ngroups=self.mamba_ngroups,
-            d_state=self.mamba_d_state,
-            d_conv=self.mamba_d_conv,
+        return mamba2_mixer(
+            self,
+            _MAMBA_FIELDS,
+            width=width,
+            heads=self.n_mamba_heads,
             conv_bias=True,
-            bias=self.add_bias_linear,
-            chunk_size=self.chunk_size,
             dt_limit=(self.time_step_min, math.inf),
             norm_epsilon=MAMBA_NORM_EPS,
-            tie_embeddings=self.tie_embeddings,
         )
 
     @classmethod
