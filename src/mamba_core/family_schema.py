@@ -58,6 +58,21 @@ def _seq(item: Rule, n: int) -> Rule:
     return Rule("seq", n, n, item=item)
 
 
+def _lm(layers: str) -> dict[str, Rule]:
+    """The rows every family LM starts with: sizes (``layers``: ``"n_layer"`` or ``"layer_types"``), tied
+    head, norm epsilon."""
+    return {
+        "d_model": _WIDTH,
+        "vocab_size": _VOCAB,
+        layers: _LAYERS if layers == "n_layer" else LAYER_TYPES,
+        "tie_embeddings": _BOOL,
+        "norm_epsilon": _EPS,
+    }
+
+
+_GQA = {"num_attention_heads": _HEADS, "num_key_value_heads": _HEADS}  # a family's attention head counts
+
+
 SCHEMA: dict[str, dict[str, Rule]] = {
     "Mamba3Config": {
         "d_model": _WIDTH,
@@ -91,13 +106,8 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "rescale_prenorm_residual": _BOOL,
     },
     "JambaConfig": {
-        "d_model": _WIDTH,
-        "vocab_size": _VOCAB,
-        "n_layer": _LAYERS,
-        "tie_embeddings": _BOOL,
-        "norm_epsilon": _EPS,
-        "num_attention_heads": _HEADS,
-        "num_key_value_heads": _HEADS,
+        **_lm("n_layer"),
+        **_GQA,
         "intermediate_size": _FF,
         "num_experts": _EXPERTS,
         "num_experts_per_tok": _EXPERTS,
@@ -113,14 +123,9 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "mamba_proj_bias": _BOOL,
     },
     "NemotronHConfig": {
-        "d_model": _WIDTH,
-        "vocab_size": _VOCAB,
-        "layer_types": LAYER_TYPES,
-        "tie_embeddings": _BOOL,
-        "norm_epsilon": _EPS,
+        **_lm("layer_types"),
         "residual_in_fp32": _BOOL,
-        "num_attention_heads": _HEADS,
-        "num_key_value_heads": _HEADS,
+        **_GQA,
         "head_dim": _HEAD_DIM,
         "attention_bias": _BOOL,
         "intermediate_size": _FF,
@@ -149,17 +154,12 @@ SCHEMA: dict[str, dict[str, Rule]] = {
     },
     "GraniteHybridConfig": {
         "variant": Rule("enum", choices=("granitemoehybrid", "bamba")),
-        "d_model": _WIDTH,
-        "vocab_size": _VOCAB,
-        "layer_types": LAYER_TYPES,
-        "tie_embeddings": _BOOL,
-        "norm_epsilon": _EPS,
+        **_lm("layer_types"),
         "embedding_multiplier": _MULT,
         "residual_multiplier": _MULT,
         "attention_multiplier": Rule("float", 0.0, 1e6, open_lo=True, nullable=True),
         "logits_scaling": _MULT,
-        "num_attention_heads": _HEADS,
-        "num_key_value_heads": _HEADS,
+        **_GQA,
         "attention_bias": _BOOL,
         "rotary_fraction": Rule("float", 0.0, 1.0),
         "rope_theta": _THETA,
@@ -181,13 +181,8 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "time_step_limit": _LIMIT,
     },
     "FalconH1Config": {
-        "d_model": _WIDTH,
-        "vocab_size": _VOCAB,
-        "n_layer": _LAYERS,
-        "tie_embeddings": _BOOL,
-        "norm_epsilon": _EPS,
-        "num_attention_heads": _HEADS,
-        "num_key_value_heads": _HEADS,
+        **_lm("n_layer"),
+        **_GQA,
         "head_dim": Rule("int", 1, 2**16, nullable=True),
         "attention_bias": _BOOL,
         "rope_theta": _THETA,
@@ -217,13 +212,8 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "mlp_multipliers": _seq(_MULT, 2),
     },
     "Zamba2Config": {
-        "d_model": _WIDTH,
-        "vocab_size": _VOCAB,
-        "layer_types": LAYER_TYPES,
-        "tie_embeddings": _BOOL,
-        "norm_epsilon": _EPS,
-        "num_attention_heads": _HEADS,
-        "num_key_value_heads": _HEADS,
+        **_lm("layer_types"),
+        **_GQA,
         "intermediate_size": Rule("int", 1, 2**20, nullable=True),
         "hidden_act": Rule("str"),
         "add_bias_linear": _BOOL,
@@ -307,6 +297,12 @@ def _divides(owner: str, part: str, a: int, whole: str, b: int) -> None:
         )
 
 
+def _kv_heads_divide(owner: str, c) -> None:
+    # grouped-query attention: every key/value head serves the same number of query heads
+    heads, kv_heads = c.num_attention_heads, c.num_key_value_heads
+    _divides(owner, "num_key_value_heads", kv_heads, "num_attention_heads", heads)
+
+
 def _mamba3(c) -> None:
     if not c.dt_min < c.dt_max:
         raise ConfigError(
@@ -317,25 +313,13 @@ def _mamba3(c) -> None:
 
 def _jamba(c) -> None:
     _divides("JambaConfig", "num_attention_heads", c.num_attention_heads, "hidden_size", c.d_model)
-    _divides(
-        "JambaConfig",
-        "num_key_value_heads",
-        c.num_key_value_heads,
-        "num_attention_heads",
-        c.num_attention_heads,
-    )
+    _kv_heads_divide("JambaConfig", c)
     if c.num_experts > 1:
         _at_most("JambaConfig", "num_experts_per_tok", c.num_experts_per_tok, "num_experts", c.num_experts)
 
 
 def _nemotron_h(c) -> None:
-    _divides(
-        "NemotronHConfig",
-        "num_key_value_heads",
-        c.num_key_value_heads,
-        "num_attention_heads",
-        c.num_attention_heads,
-    )
+    _kv_heads_divide("NemotronHConfig", c)
     _at_most(
         "NemotronHConfig",
         "num_experts_per_tok",
@@ -348,13 +332,7 @@ def _nemotron_h(c) -> None:
 
 def _granite(c) -> None:
     _divides("GraniteHybridConfig", "num_attention_heads", c.num_attention_heads, "hidden_size", c.d_model)
-    _divides(
-        "GraniteHybridConfig",
-        "num_key_value_heads",
-        c.num_key_value_heads,
-        "num_attention_heads",
-        c.num_attention_heads,
-    )
+    _kv_heads_divide("GraniteHybridConfig", c)
     if c.num_local_experts:
         _at_most(
             "GraniteHybridConfig",
@@ -366,23 +344,11 @@ def _granite(c) -> None:
 
 
 def _falcon_h1(c) -> None:
-    _divides(
-        "FalconH1Config",
-        "num_key_value_heads",
-        c.num_key_value_heads,
-        "num_attention_heads",
-        c.num_attention_heads,
-    )
+    _kv_heads_divide("FalconH1Config", c)
 
 
 def _zamba2(c) -> None:
-    _divides(
-        "Zamba2Config",
-        "num_key_value_heads",
-        c.num_key_value_heads,
-        "num_attention_heads",
-        c.num_attention_heads,
-    )
+    _kv_heads_divide("Zamba2Config", c)
     _at_most("Zamba2Config", "num_mem_blocks", c.num_mem_blocks, "the number of layers", len(c.layer_types))
 
 

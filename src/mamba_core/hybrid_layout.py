@@ -80,10 +80,14 @@ def _moe(
             out[canonical + name] = (hf + renames.get(name, name), shape, policy)
 
 
-def _head(out: dict, cfg, d_model: int, vocab: int, emb: str, norm: str, tied: bool) -> None:
+def _head(
+    out: dict, cfg, emb: str = "model.embed_tokens.weight", norm: str = "model.final_layernorm.weight"
+) -> None:
+    # the embedding, final norm and (untied) LM head rows; defaults: transformers' names of most families
+    vocab, d_model = cfg.vocab_size, cfg.d_model
     out["backbone.embedding.weight"] = (emb, (vocab, d_model), "model")
     out["backbone.norm_f.weight"] = (norm, (d_model,), "model")
-    if not tied:
+    if not cfg.tie_embeddings:
         out["lm_head.weight"] = ("lm_head.weight", (vocab, d_model), "model")
 
 
@@ -384,15 +388,7 @@ def _nemotron_h(cfg: NemotronHConfig) -> dict:
             _moe(out, cfg.moe, c + "mixer.", h + "mixer.", per_expert, _NEMOTRON_MOE)
         else:
             _kind(out, plan.mixer, cfg.kind_config(plan.mixer), c + "mixer.", h + "mixer.")
-    _head(
-        out,
-        cfg,
-        cfg.d_model,
-        cfg.vocab_size,
-        "backbone.embeddings.weight",
-        "backbone.norm_f.weight",
-        cfg.tie_embeddings,
-    )
+    _head(out, cfg, "backbone.embeddings.weight", "backbone.norm_f.weight")
     return out
 
 
@@ -421,8 +417,7 @@ def _granite(cfg: GraniteHybridConfig) -> dict:
             _kind(out, plan.mlp, cfg.kind_config(plan.mlp), c + "mlp.", h, _GRANITE_FFN)
         else:
             _kind(out, "mlp", cfg.shared_mlp, c + "mlp.", h + "feed_forward.")
-    final = "model.norm.weight" if granite else "model.final_layernorm.weight"
-    _head(out, cfg, cfg.d_model, cfg.vocab_size, "model.embed_tokens.weight", final, cfg.tie_embeddings)
+    _head(out, cfg, norm="model.norm.weight" if granite else "model.final_layernorm.weight")
     return out
 
 
@@ -442,15 +437,7 @@ def _jamba(cfg: JambaConfig) -> dict:
             _moe(out, cfg.moe, c + "mlp.", h + "feed_forward.", per_expert, {})
         else:
             _kind(out, "mlp", cfg.mlp, c + "mlp.", h + "feed_forward.")
-    _head(
-        out,
-        cfg,
-        cfg.d_model,
-        cfg.vocab_size,
-        "model.embed_tokens.weight",
-        "model.final_layernorm.weight",
-        cfg.tie_embeddings,
-    )
+    _head(out, cfg)
     return out
 
 
@@ -472,15 +459,7 @@ def _falcon_h1(cfg: FalconH1Config) -> dict:
         _kind(out, "attention", cfg.attention, c + "mixer.attention.", h + "self_attn.")
         out[c + "norm2.weight"] = (h + "pre_ff_layernorm.weight", (cfg.d_model,), "model")
         _kind(out, "mlp", cfg.mlp, c + "mlp.", h + "feed_forward.")
-    _head(
-        out,
-        cfg,
-        cfg.d_model,
-        cfg.vocab_size,
-        "model.embed_tokens.weight",
-        "model.final_layernorm.weight",
-        cfg.tie_embeddings,
-    )
+    _head(out, cfg)
     return out
 
 
@@ -524,13 +503,5 @@ def _zamba2(cfg: Zamba2Config) -> dict:
             out[c + "shared." + name] = (adapters[name], shape, policy)
         out[c + "norm.weight"] = (h + "mamba_decoder.input_layernorm.weight", (cfg.d_model,), "model")
         _kind(out, "mamba2", cfg.mamba, c + "mixer.", h + "mamba_decoder.mamba.")
-    _head(
-        out,
-        cfg,
-        cfg.d_model,
-        cfg.vocab_size,
-        "model.embed_tokens.weight",
-        "model.final_layernorm.weight",
-        cfg.tie_embeddings,
-    )
+    _head(out, cfg)
     return out

@@ -18,7 +18,14 @@ from mamba_core.config_schema import check_fields, check_parameter_count
 from mamba_core.errors import ConfigError
 from mamba_core.families.base import FamilyConfig
 from mamba_core.families.hf_reader import HFReader
+from mamba_core.families.mamba_mixer import MAMBA_KEYS, mixer_config
 from mamba_core.families.plan import LayerPlan
+
+# the Mamba-1 mixer's fields among transformers' ``mamba_*`` keys (mixer field -> family field)
+_MAMBA_FIELDS = {
+    "expand": "mamba_expand",
+    **{k: MAMBA_KEYS[k] for k in ("d_state", "d_conv", "conv_bias", "bias", "norm_epsilon")},
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -122,19 +129,11 @@ class JambaConfig(FamilyConfig):
     @property
     def mamba(self) -> Mamba1Config:
         """The Mamba-1 mixer: its sizes and its weighted dt/B/C norms of epsilon ``norm_epsilon``."""
-        return Mamba1Config(
-            d_model=self.d_model,
-            n_layer=self.n_layer,
-            vocab_size=self.vocab_size,
-            pad_vocab_size_multiple=1,
-            d_state=self.mamba_d_state,
-            d_conv=self.mamba_d_conv,
-            expand=self.mamba_expand,
-            conv_bias=self.mamba_conv_bias,
-            bias=self.mamba_proj_bias,
+        return mixer_config(
+            self,
+            Mamba1Config,
+            _MAMBA_FIELDS,
             dt_rank="auto" if self.mamba_dt_rank is None else self.mamba_dt_rank,
-            norm_epsilon=self.norm_epsilon,
-            tie_embeddings=self.tie_embeddings,
             mixer_rms_eps=self.norm_epsilon,
             mixer_rms_weights=True,
         )

@@ -1,10 +1,12 @@
-"""The Mamba-2 mixer config of a hybrid layer: ``Mamba2Config`` with its width given, not derived.
+"""A hybrid layer's Mamba mixer config (``Mamba2Config`` with its width given) and how a family builds it.
 
 Hybrids size the Mamba-2 mixer by heads (Nemotron-H: ``mamba_num_heads * mamba_head_dim``; Falcon-H1:
 ``mamba_d_ssm``) rather than by ``expand * d_model``, and the ratio is often not a float that gives the
 width back exactly (4096 / 2688). ``Mamba2MixerConfig`` keeps ``Mamba2Config``'s fields and derived
 sizes and fixes ``d_inner`` to the given width, so the reference mixer (which reads ``d_inner``,
-``nheads``, ``conv_dim``, ...) runs unchanged.
+``nheads``, ``conv_dim``, ...) runs unchanged. ``mixer_config`` / ``mamba2_mixer`` build a family's
+mixer config from its model sizes and a table of its own field names (``MAMBA_KEYS``: transformers'
+``mamba_*`` keys).
 """
 
 from __future__ import annotations
@@ -71,19 +73,16 @@ MAMBA_KEYS: dict[str, str] = {
 }
 
 
-def mamba2_mixer(
-    family, fields: dict[str, str], *, width: int, heads: int, cls: type = Mamba2MixerConfig, **values
-) -> Mamba2MixerConfig:
-    """The Mamba-2 mixer config of a hybrid family's layers.
+def mixer_config(family, cls: type, fields: dict[str, str] | None = None, **values):
+    """The Mamba mixer config of a hybrid family's layers (``Mamba1Config``, ``Mamba2MixerConfig``, ...).
 
     The model sizes are the family's (``d_model``, ``n_layer``, ``vocab_size`` unpadded,
-    ``tie_embeddings``); the mixer is ``width`` wide in ``heads`` heads.
+    ``tie_embeddings``); the mixer's own fields are read from the family (``fields``) or given.
 
     Args:
         family: the family config.
+        cls: the mixer config class.
         fields: mixer field -> the family field holding it (e.g. ``MAMBA_KEYS``).
-        width, heads: E and the number of heads (``headdim = width // heads``).
-        cls: ``Mamba2MixerConfig`` or a subclass (Falcon-H1's ``ScaledMamba2Config``).
         values: mixer fields given as values (constants, derived values, a subclass's own fields).
 
     Raises:
@@ -91,9 +90,10 @@ def mamba2_mixer(
 
     Example:
         >>> from types import SimpleNamespace
+        >>> from mamba_core.config import Mamba1Config
         >>> fam = SimpleNamespace(d_model=16, n_layer=2, vocab_size=10, tie_embeddings=False, state=4)
-        >>> mamba2_mixer(fam, {"d_state": "state"}, width=32, heads=4).headdim
-        8
+        >>> mixer_config(fam, Mamba1Config, {"d_state": "state"}, expand=3).d_inner
+        48
     """
     return cls(
         d_model=family.d_model,
@@ -101,8 +101,22 @@ def mamba2_mixer(
         vocab_size=family.vocab_size,
         pad_vocab_size_multiple=1,
         tie_embeddings=family.tie_embeddings,
-        mixer_width=width,
-        headdim=width // heads,
-        **{name: getattr(family, attr) for name, attr in fields.items()},
+        **{name: getattr(family, attr) for name, attr in (fields or {}).items()},
         **values,
     )
+
+
+def mamba2_mixer(
+    family, fields: dict[str, str], *, width: int, heads: int, cls: type = Mamba2MixerConfig, **values
+) -> Mamba2MixerConfig:
+    """The Mamba-2 mixer config of a hybrid family's layers: ``mixer_config`` of a mixer ``width`` wide in
+    ``heads`` heads (``headdim = width // heads``); ``cls``: ``Mamba2MixerConfig`` or a subclass
+    (Falcon-H1's ``ScaledMamba2Config``).
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> fam = SimpleNamespace(d_model=16, n_layer=2, vocab_size=10, tie_embeddings=False, state=4)
+        >>> mamba2_mixer(fam, {"d_state": "state"}, width=32, heads=4).headdim
+        8
+    """
+    return mixer_config(family, cls, fields, mixer_width=width, headdim=width // heads, **values)
