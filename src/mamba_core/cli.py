@@ -123,14 +123,5 @@ def _silence_stdout() -> None:
         pass
 
 
-def _silence_stdout() -> None:
-    """Point stdout at /dev/null so the interpreter's final flush does not raise BrokenPipeError again."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):  # stdout is not a real file (captured in tests)
-        pass
-
-
 if __name__ == "__main__":  # python -m mamba_core.cli
     sys.exit(main())

@@ -123,18 +123,24 @@ def awkward_configs() -> dict[str, Mamba1Config | Mamba2Config]:
     }
 
 
+# what the tiny hybrids share, as config.json keys: vocab 61 (not a multiple of 8), untied; 32 wide with
+# GQA 4:2 (all but Zamba2, whose shared attention reads 2 * hidden_size); the Mamba-2 mixer of the
+# families spelling it with transformers' ``mamba_*`` keys: 4 heads, n_groups 2, state 8, chunk 16
+_TINY_LM = {"vocab_size": 61, "tie_word_embeddings": False}
+_TINY_GQA = {"hidden_size": 32, "num_attention_heads": 4, "num_key_value_heads": 2}
+_TINY_MAMBA_KEYS = {"mamba_n_heads": 4, "mamba_n_groups": 2, "mamba_d_state": 8, "mamba_chunk_size": 16}
+
+
 def tiny_nemotron_h(**overrides):
     """A 5-layer Nemotron-H (pattern ``M*ME-``): GQA 4:2, Mamba-2 with n_groups 2, a sigmoid-group MoE
     (4 experts in 2 groups, top 2, shared expert, scaling 1.5), untied, vocab 61."""
     from mamba_core.families.nemotron_h import NemotronHConfig
 
     base = {
+        **_TINY_LM,
+        **_TINY_GQA,
         "model_type": "nemotron_h",
-        "hidden_size": 32,
-        "vocab_size": 61,
         "hybrid_override_pattern": "M*ME-",
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
         "head_dim": 8,
         "mamba_num_heads": 4,
         "mamba_head_dim": 8,
@@ -149,7 +155,6 @@ def tiny_nemotron_h(**overrides):
         "n_group": 2,
         "topk_group": 1,
         "routed_scaling_factor": 1.5,
-        "tie_word_embeddings": False,
     }
     return NemotronHConfig.from_hf({**base, **overrides})
 
@@ -161,12 +166,10 @@ def tiny_jamba(**overrides):
     from mamba_core.families.jamba import JambaConfig
 
     base = {
+        **_TINY_LM,
+        **_TINY_GQA,
         "model_type": "jamba",
-        "hidden_size": 32,
-        "vocab_size": 61,
         "num_hidden_layers": 4,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
         "intermediate_size": 24,
         "num_experts": 4,
         "num_experts_per_tok": 2,
@@ -177,7 +180,6 @@ def tiny_jamba(**overrides):
         "mamba_d_state": 6,
         "mamba_d_conv": 3,
         "mamba_dt_rank": 3,
-        "tie_word_embeddings": False,
     }
     return JambaConfig.from_hf({**base, **overrides})
 
@@ -188,19 +190,14 @@ def tiny_falcon_h1(**overrides):
     from mamba_core.families.falcon_h1 import FalconH1Config
 
     base = {
+        **_TINY_LM,
+        **_TINY_GQA,
         "model_type": "falcon_h1",
-        "hidden_size": 32,
-        "vocab_size": 61,
         "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
         "head_dim": 8,
         "intermediate_size": 24,
         "mamba_d_ssm": 48,
-        "mamba_n_heads": 4,
-        "mamba_n_groups": 2,
-        "mamba_d_state": 8,
-        "mamba_chunk_size": 16,
+        **_TINY_MAMBA_KEYS,
         "mamba_rms_norm": True,
         "embedding_multiplier": 1.5,
         "lm_head_multiplier": 0.75,
@@ -211,7 +208,6 @@ def tiny_falcon_h1(**overrides):
         "ssm_out_multiplier": 0.8,
         "ssm_multipliers": [0.5, 1.5, 0.7, 1.3, 0.9],
         "mlp_multipliers": [0.8, 1.1],
-        "tie_word_embeddings": False,
     }
     return FalconH1Config.from_hf({**base, **overrides})
 
@@ -227,18 +223,13 @@ def tiny_granite_hybrid(**overrides):
     from mamba_core.families.granite_hybrid import GraniteHybridConfig
 
     base = {
+        **_TINY_LM,
+        **_TINY_GQA,
         "model_type": "granitemoehybrid",
-        "hidden_size": 32,
-        "vocab_size": 61,
         "num_hidden_layers": 3,
         "layer_types": ["mamba", "attention", "mamba"],
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
         "position_embedding_type": "rope",
-        "mamba_n_heads": 4,
-        "mamba_n_groups": 2,
-        "mamba_d_state": 8,
-        "mamba_chunk_size": 16,
+        **_TINY_MAMBA_KEYS,
         "intermediate_size": 16,
         "shared_intermediate_size": 24,
         "num_local_experts": 4,
@@ -247,7 +238,6 @@ def tiny_granite_hybrid(**overrides):
         "residual_multiplier": 0.6,
         "attention_multiplier": 0.3,
         "logits_scaling": 2.5,
-        "tie_word_embeddings": False,
     }
     return GraniteHybridConfig.from_hf({**base, **overrides})
 
@@ -258,19 +248,13 @@ def tiny_bamba(**overrides):
     from mamba_core.families.granite_hybrid import GraniteHybridConfig
 
     base = {
+        **_TINY_LM,
+        **_TINY_GQA,
         "model_type": "bamba",
-        "hidden_size": 32,
-        "vocab_size": 61,
         "num_hidden_layers": 3,
         "attn_layer_indices": [1],
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "mamba_n_heads": 4,
-        "mamba_n_groups": 2,
-        "mamba_d_state": 8,
-        "mamba_chunk_size": 16,
+        **_TINY_MAMBA_KEYS,
         "intermediate_size": 24,
-        "tie_word_embeddings": False,
     }
     return GraniteHybridConfig.from_hf({**base, **overrides})
 
@@ -282,9 +266,9 @@ def tiny_zamba2(**overrides):
     from mamba_core.families.zamba2 import Zamba2Config
 
     base = {
+        **_TINY_LM,
         "model_type": "zamba2",
         "hidden_size": 16,
-        "vocab_size": 61,
         "num_hidden_layers": 5,
         "layers_block_type": ["mamba", "hybrid", "mamba", "hybrid", "hybrid"],
         "num_attention_heads": 4,
@@ -297,7 +281,6 @@ def tiny_zamba2(**overrides):
         "mamba_ngroups": 2,
         "n_mamba_heads": 4,
         "chunk_size": 8,
-        "tie_word_embeddings": False,
     }
     return Zamba2Config.from_hf({**base, **overrides})
 
