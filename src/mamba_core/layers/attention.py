@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mamba_core.layers.init import linear_weight
+from mamba_core.layers.init import add_adapter, add_linear
 from mamba_core.layers.kind import CacheField, LayerKind, Param
 
 ROWS: tuple[Param, ...] = (
@@ -36,16 +36,11 @@ def init(rng: np.random.Generator, cfg, perturb_norms: bool = False) -> dict:
     """Linear weights U(±1/sqrt(fan_in)) (torch's default), biases 0, in row order."""
     w: dict = {}
     for name, rows in (("q", cfg.q_dim), ("k", cfg.kv_dim), ("v", cfg.kv_dim)):
-        w[f"{name}_proj.weight"] = linear_weight(rng, rows, cfg.d_model)
-        if cfg.bias:
-            w[f"{name}_proj.bias"] = np.zeros(rows)
-    w["o_proj.weight"] = linear_weight(rng, cfg.out_dim, cfg.q_dim)
-    if cfg.bias:
-        w["o_proj.bias"] = np.zeros(cfg.out_dim)
+        add_linear(w, rng, f"{name}_proj", rows, cfg.d_model, cfg.bias)
+    add_linear(w, rng, "o_proj", cfg.out_dim, cfg.q_dim, cfg.bias)
     if cfg.has_adapters:
         for name, rows in (("q", cfg.q_dim), ("k", cfg.kv_dim), ("v", cfg.kv_dim)):
-            w[f"{name}_adapter.0.weight"] = linear_weight(rng, cfg.adapter_rank, cfg.d_model)
-            w[f"{name}_adapter.1.weight"] = np.zeros((rows, cfg.adapter_rank))
+            add_adapter(w, rng, f"{name}_adapter", rows, cfg.d_model, cfg.adapter_rank)
     return w
 
 

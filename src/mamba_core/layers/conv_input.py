@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from mamba_core.layers.init import linear_weight, uniform
+from mamba_core.layers.init import add_linear, uniform
 from mamba_core.layers.kind import CacheField, Param
 
 CONV_AXES = (0, 2, 1)  # conv1d.weight (C, 1, K) <-> MLX's (C, K, 1); its own inverse
@@ -35,9 +35,8 @@ def init(rng: np.random.Generator, cfg) -> dict:
     ``conv1d.bias`` (conv_dim,) U(±1/sqrt(K)) (torch's defaults); ``in_proj.bias`` 0.
     """
     k = cfg.d_conv
-    w = {"in_proj.weight": linear_weight(rng, cfg.d_in_proj, cfg.d_model)}
-    if cfg.bias:
-        w["in_proj.bias"] = np.zeros(cfg.d_in_proj)
+    w: dict = {}
+    add_linear(w, rng, "in_proj", cfg.d_in_proj, cfg.d_model, cfg.bias)
     w["conv1d.weight"] = uniform(rng, 1.0 / math.sqrt(k), (cfg.conv_dim, 1, k))
     if cfg.conv_bias:
         w["conv1d.bias"] = uniform(rng, 1.0 / math.sqrt(k), (cfg.conv_dim,))

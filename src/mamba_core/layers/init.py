@@ -21,6 +21,21 @@ def linear_weight(rng: np.random.Generator, fan_out: int, fan_in: int) -> np.nda
     return uniform(rng, 1.0 / math.sqrt(fan_in), (fan_out, fan_in))
 
 
+def add_linear(w: dict, rng: np.random.Generator, name: str, fan_out: int, fan_in: int, bias: bool) -> None:
+    """Add an ``nn.Linear``'s rows to ``w``: ``{name}.weight`` (fan_out, fan_in) ``linear_weight`` and,
+    with ``bias``, ``{name}.bias`` (fan_out,) zeros."""
+    w[f"{name}.weight"] = linear_weight(rng, fan_out, fan_in)
+    if bias:
+        w[f"{name}.bias"] = np.zeros(fan_out)
+
+
+def add_adapter(w: dict, rng: np.random.Generator, name: str, fan_out: int, fan_in: int, rank: int) -> None:
+    """Add a LoRA adapter's rows to ``w``: ``{name}.0.weight`` (rank, fan_in) ``linear_weight`` and
+    ``{name}.1.weight`` (fan_out, rank) zeros, so that the adapted projection starts as the plain one."""
+    w[f"{name}.0.weight"] = linear_weight(rng, rank, fan_in)
+    w[f"{name}.1.weight"] = np.zeros((fan_out, rank))
+
+
 def dt_bias(rng: np.random.Generator, cfg, size: int) -> np.ndarray:
     """(size,): log-uniform dt in [dt_min, dt_max], floored at ``dt_init_floor``, inverse softplus.
 

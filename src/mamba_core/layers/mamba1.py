@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from mamba_core.layers import conv_input
-from mamba_core.layers.init import dt_bias, linear_weight, norm_weight, uniform
+from mamba_core.layers.init import add_linear, dt_bias, linear_weight, norm_weight, uniform
 from mamba_core.layers.kind import CacheField, LayerKind, Param
 
 # the weights of the dt, B and C RMSNorms (Jamba; FalconMamba's norms are weightless)
@@ -31,9 +31,7 @@ def init(rng: np.random.Generator, cfg, perturb_norms: bool = False) -> dict:
     w["dt_proj.bias"] = dt_bias(rng, cfg, e)
     w["A_log"] = np.log(np.broadcast_to(np.arange(1, n + 1, dtype=np.float64), (e, n)))
     w["D"] = np.ones(e)
-    w["out_proj.weight"] = linear_weight(rng, d, e)
-    if cfg.bias:
-        w["out_proj.bias"] = np.zeros(d)
+    add_linear(w, rng, "out_proj", d, e, cfg.bias)
     if cfg.mixer_rms_weights:
         for name, size in zip(BCDT_NORMS, (r, n, n), strict=True):
             w[name] = norm_weight(rng, size, perturb_norms)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from mamba_core.layers import conv_input
-from mamba_core.layers.init import dt_bias, linear_weight, norm_weight
+from mamba_core.layers.init import add_linear, dt_bias, norm_weight
 from mamba_core.layers.kind import CacheField, LayerKind, Param
 
 
@@ -23,9 +23,7 @@ def init(rng: np.random.Generator, cfg, perturb_norms: bool = False) -> dict:
     w["A_log"] = np.log(rng.uniform(a_lo, a_hi, h))
     w["D"] = np.ones(h)
     w["norm.weight"] = norm_weight(rng, e, perturb_norms)
-    w["out_proj.weight"] = linear_weight(rng, d, e)
-    if cfg.bias:
-        w["out_proj.bias"] = np.zeros(d)
+    add_linear(w, rng, "out_proj", d, e, cfg.bias)
     return w
 
 

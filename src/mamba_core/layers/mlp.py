@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mamba_core.layers.init import linear_weight
+from mamba_core.layers.init import add_adapter, add_linear
 from mamba_core.layers.kind import LayerKind, Param
 
 ROWS: tuple[Param, ...] = (
@@ -30,23 +30,14 @@ def init(rng: np.random.Generator, cfg, perturb_norms: bool = False) -> dict:
     d, f = cfg.d_model, cfg.d_ff
     w: dict = {}
     if cfg.is_split:
-        w["gate_proj.weight"] = linear_weight(rng, f, d)
-        if cfg.bias:
-            w["gate_proj.bias"] = np.zeros(f)
+        add_linear(w, rng, "gate_proj", f, d, cfg.bias)
     if cfg.has_up_proj:
-        w["up_proj.weight"] = linear_weight(rng, f, d)
-        if cfg.bias:
-            w["up_proj.bias"] = np.zeros(f)
+        add_linear(w, rng, "up_proj", f, d, cfg.bias)
     if cfg.is_fused:
-        w["gate_up_proj.weight"] = linear_weight(rng, 2 * f, d)
-        if cfg.bias:
-            w["gate_up_proj.bias"] = np.zeros(2 * f)
-    w["down_proj.weight"] = linear_weight(rng, d, f)
-    if cfg.bias:
-        w["down_proj.bias"] = np.zeros(d)
+        add_linear(w, rng, "gate_up_proj", 2 * f, d, cfg.bias)
+    add_linear(w, rng, "down_proj", d, f, cfg.bias)
     if cfg.adapter_rank:
-        w["gate_up_adapter.0.weight"] = linear_weight(rng, cfg.adapter_rank, d)
-        w["gate_up_adapter.1.weight"] = np.zeros((2 * f, cfg.adapter_rank))
+        add_adapter(w, rng, "gate_up_adapter", 2 * f, d, cfg.adapter_rank)
     return w
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from mamba_core.layers import mlp
-from mamba_core.layers.init import linear_weight, uniform
+from mamba_core.layers.init import add_linear, linear_weight, uniform
 from mamba_core.layers.kind import LayerKind, Param
 
 SHARED_EXPERT_PREFIX = "shared_expert."
@@ -53,18 +53,14 @@ def init(rng: np.random.Generator, cfg, perturb_norms: bool = False) -> dict:
     if cfg.has_correction_bias:
         w["router.correction_bias"] = np.zeros(x)
     if cfg.has_latent:
-        w["latent_in.weight"] = linear_weight(rng, dl, d)
-        if cfg.latent_bias:
-            w["latent_in.bias"] = np.zeros(dl)
+        add_linear(w, rng, "latent_in", dl, d, cfg.latent_bias)
     rows = cfg.expert_gate_up_dim if cfg.expert_gated else f
     w["experts.gate_up_proj" if cfg.expert_gated else "experts.up_proj"] = uniform(
         rng, 1.0 / np.sqrt(dl), (x, rows, dl)
     )
     w["experts.down_proj"] = uniform(rng, 1.0 / np.sqrt(f), (x, dl, f))
     if cfg.has_latent:
-        w["latent_out.weight"] = linear_weight(rng, d, dl)
-        if cfg.latent_bias:
-            w["latent_out.bias"] = np.zeros(d)
+        add_linear(w, rng, "latent_out", d, dl, cfg.latent_bias)
     if cfg.has_shared_expert:
         for name, value in mlp.init(rng, cfg.shared_expert).items():
             w[SHARED_EXPERT_PREFIX + name] = value

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from mamba_core.layers import attention as attention_kind
-from mamba_core.layers.init import linear_weight, norm_weight, uniform
+from mamba_core.layers.init import add_linear, norm_weight, uniform
 from mamba_core.layers.kind import CacheField, LayerKind, Param
 
 _CONV = (0, 2, 1)  # (C, 1, K) <-> (C, K, 1); its own inverse
@@ -54,9 +54,8 @@ def init(rng: np.random.Generator, cfg, perturb_norms: bool = False) -> dict:
     ``A_log = log(1..H)``, ``D = 1``, dt bias 1, norm weights 1 (1 + U(±0.2) with ``perturb_norms``),
     biases 0; then the attention kind's init."""
     m, d = cfg.mamba, cfg.d_model
-    w = {"mamba.in_proj.weight": linear_weight(rng, m.d_in_proj, d)}
-    if m.bias:
-        w["mamba.in_proj.bias"] = np.zeros(m.d_in_proj)
+    w: dict = {}
+    add_linear(w, rng, "mamba.in_proj", m.d_in_proj, d, m.bias)
     bound = 1.0 / np.sqrt(m.d_conv)
     w["mamba.conv1d.weight"] = uniform(rng, bound, (m.conv_dim, 1, m.d_conv))
     if m.conv_bias:
@@ -66,9 +65,7 @@ def init(rng: np.random.Generator, cfg, perturb_norms: bool = False) -> dict:
     w["mamba.D"] = np.ones(m.nheads)
     if m.gated_norm:
         w["mamba.norm.weight"] = norm_weight(rng, m.d_inner, perturb_norms)
-    w["mamba.out_proj.weight"] = linear_weight(rng, d, m.d_inner)
-    if m.out_bias:
-        w["mamba.out_proj.bias"] = np.zeros(d)
+    add_linear(w, rng, "mamba.out_proj", d, m.d_inner, m.out_bias)
     for name, value in attention_kind.init(rng, cfg.attention, perturb_norms).items():
         w["attention." + name] = value
     return w

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from mamba_core.layers import attention, mlp
-from mamba_core.layers.init import linear_weight, norm_weight
+from mamba_core.layers.init import add_adapter, linear_weight, norm_weight
 from mamba_core.layers.kind import CacheField, LayerKind, Param
 
 SHARED_CALL = "shared_transformer"
@@ -50,11 +50,9 @@ def init(rng: np.random.Generator, cfg, perturb_norms: bool = False) -> dict:
     a, m = cfg.attention, cfg.mlp
     if a.has_adapters:
         for name, rows in (("q", a.q_dim), ("k", a.kv_dim), ("v", a.kv_dim)):
-            w[f"{name}_adapter.0.weight"] = linear_weight(rng, a.adapter_rank, a.d_model)
-            w[f"{name}_adapter.1.weight"] = np.zeros((rows, a.adapter_rank))
+            add_adapter(w, rng, f"{name}_adapter", rows, a.d_model, a.adapter_rank)
     if m.adapter_rank:
-        w["gate_up_adapter.0.weight"] = linear_weight(rng, m.adapter_rank, m.d_model)
-        w["gate_up_adapter.1.weight"] = np.zeros((m.gate_up_dim, m.adapter_rank))
+        add_adapter(w, rng, "gate_up_adapter", m.gate_up_dim, m.d_model, m.adapter_rank)
     w["linear.weight"] = linear_weight(rng, cfg.d_model, cfg.d_model)
     return w
 
