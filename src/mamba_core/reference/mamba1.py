@@ -56,6 +56,22 @@ def bcdt_norm(dt_r, Bm, Cm, w: Mapping, cfg: Mamba1Config):
     return tuple(rmsnorm(p, g, cfg.mixer_rms_eps) for p, g in zip(parts, weights, strict=True))
 
 
+def _selection(u: np.ndarray, w: Mapping, cfg: Mamba1Config):
+    """The scan's input-dependent parameters of the conv output u (..., E) (docs/spec.md §3.4 steps 4-7).
+
+    Returns:
+        ``((delta, A, B, C), fixed)``: delta (..., E) = ``dt_proj(dt_r)`` without its bias, A (E, N) =
+        ``-exp(A_log)``, B and C (..., N) after the dt/B/C norms; ``fixed``: the scan's keywords ``D``,
+        ``delta_bias`` (the dt bias, added in float32) and ``delta_softplus``.
+    """
+    r, n = cfg.dt_rank, cfg.d_state
+    x_dbl = _linear(u, w["x_proj.weight"])  # (..., R + 2N)
+    dt_r, Bm, Cm = bcdt_norm(x_dbl[..., :r], x_dbl[..., r : r + n], x_dbl[..., r + n :], w, cfg)
+    delta = _linear(dt_r, w["dt_proj.weight"])  # (..., E), no bias here
+    A = -np.exp(_f64(w["A_log"]))  # (E, N)
+    return (delta, A, Bm, Cm), {"D": w["D"], "delta_bias": w["dt_proj.bias"], "delta_softplus": True}
+
+
 def mamba1_mixer(h, w: Mapping, cfg: Mamba1Config, conv_state=None, ssm_state=None):
     """Mamba-1 mixer over a sequence (docs/spec.md §3.4 steps 1-12), with the dt/B/C norms of
     ``bcdt_norm`` right after the ``x_proj`` split when the config has them.
@@ -84,28 +100,14 @@ def mamba1_mixer(h, w: Mapping, cfg: Mamba1Config, conv_state=None, ssm_state=No
         >>> out.shape, cs.shape, ss.shape
         ((1, 3, 8), (1, 16, 4), (1, 16, 16))
     """
-    e, r, n = cfg.d_inner, cfg.dt_rank, cfg.d_state
+    e = cfg.d_inner
     xz = _linear(_f64(h), w["in_proj.weight"], w.get("in_proj.bias"))  # (B, L, 2E)
     x, z = xz[..., :e], xz[..., e:]
     u, conv_state = causal_conv1d(
         x, conv_weight(w), w.get("conv1d.bias"), conv_state, activation="silu"
     )  # (B, L, E)
-    x_dbl = _linear(u, w["x_proj.weight"])  # (B, L, R + 2N)
-    dt_r, Bm, Cm = bcdt_norm(x_dbl[..., :r], x_dbl[..., r : r + n], x_dbl[..., r + n :], w, cfg)
-    delta = _linear(dt_r, w["dt_proj.weight"])  # (B, L, E), no bias here
-    A = -np.exp(_f64(w["A_log"]))  # (E, N)
-    y, ssm_state = selective_scan(
-        u,
-        delta,
-        A,
-        Bm,
-        Cm,
-        D=w["D"],
-        z=z,
-        delta_bias=w["dt_proj.bias"],
-        delta_softplus=True,
-        initial_state=ssm_state,
-    )
+    params, fixed = _selection(u, w, cfg)
+    y, ssm_state = selective_scan(u, *params, z=z, initial_state=ssm_state, **fixed)  # (B, L, E)
     out = _linear(y, w["out_proj.weight"], w.get("out_proj.bias"))
     return out, conv_state, ssm_state
 
@@ -131,27 +133,13 @@ def mamba1_mixer_step(h, w: Mapping, cfg: Mamba1Config, conv_state, ssm_state):
         >>> out.shape
         (1, 8)
     """
-    e, r, n = cfg.d_inner, cfg.dt_rank, cfg.d_state
+    e = cfg.d_inner
     xz = _linear(_f64(h), w["in_proj.weight"], w.get("in_proj.bias"))  # (B, 2E)
     x, z = xz[..., :e], xz[..., e:]
     u, conv_state = causal_conv1d_update(
         x, conv_state, conv_weight(w), w.get("conv1d.bias"), activation="silu"
     )  # (B, E)
-    x_dbl = _linear(u, w["x_proj.weight"])  # (B, R + 2N)
-    dt_r, Bm, Cm = bcdt_norm(x_dbl[..., :r], x_dbl[..., r : r + n], x_dbl[..., r + n :], w, cfg)
-    delta = _linear(dt_r, w["dt_proj.weight"])  # (B, E)
-    A = -np.exp(_f64(w["A_log"]))
-    y, ssm_state = selective_state_update(
-        ssm_state,
-        u,
-        delta,
-        A,
-        Bm,
-        Cm,
-        D=w["D"],
-        z=z,
-        delta_bias=w["dt_proj.bias"],
-        delta_softplus=True,
-    )
+    params, fixed = _selection(u, w, cfg)
+    y, ssm_state = selective_state_update(ssm_state, u, *params, z=z, **fixed)  # (B, E)
     out = _linear(y, w["out_proj.weight"], w.get("out_proj.bias"))
     return out, conv_state, ssm_state

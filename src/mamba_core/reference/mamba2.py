@@ -32,6 +32,57 @@ def _mamba2_split_xbc(xbc: np.ndarray, cfg: Mamba2Config):
     return x, Bm, Cm
 
 
+def mamba2_ssd(xbc: np.ndarray, dt: np.ndarray, w: Mapping, cfg: Mamba2Config, ssm_state=None):
+    """The SSM of a Mamba-2 mixer over L tokens (docs/spec.md §4.4 steps 5-7, chunked SSD of §4.5).
+
+    Args:
+        xbc: (B, L, conv_dim) the conv's output ``[x, B, C]``.
+        dt: (B, L, H) raw dt (the dt bias, softplus and ``cfg.dt_limit`` are applied here).
+        w: the mixer tensors (``A_log``, ``D``, ``dt_bias`` read).
+        cfg: the mixer config (``d_inner``, ``nheads``, ``ngroups``, ``d_state``, ``chunk_size``).
+        ssm_state: (B, H, P, N) or None (zeros).
+
+    Returns:
+        ``(y (B, L, E), ssm_state (B, H, P, N))``, y before the gate.
+    """
+    x, Bm, Cm = _mamba2_split_xbc(xbc, cfg)
+    A = -np.exp(_f64(w["A_log"]))  # (H,)
+    y, ssm_state = ssd_chunked(
+        x,
+        dt,
+        A,
+        Bm,
+        Cm,
+        cfg.chunk_size,
+        D=w["D"],
+        dt_bias=w["dt_bias"],
+        dt_softplus=True,
+        dt_limit=cfg.dt_limit,
+        initial_state=ssm_state,
+    )  # (B, L, H, P)
+    return y.reshape(*y.shape[:2], cfg.d_inner), ssm_state
+
+
+def mamba2_ssd_step(xbc: np.ndarray, dt: np.ndarray, w: Mapping, cfg: Mamba2Config, ssm_state):
+    """One decode step of ``mamba2_ssd``: xbc (B, conv_dim), dt (B, H), ssm_state (B, H, P, N) ->
+    ``(y (B, E), ssm_state (B, H, P, N))``, with the same ``dt_limit`` clamp as the chunked path."""
+    x, Bm, Cm = _mamba2_split_xbc(xbc, cfg)
+    A = -np.exp(_f64(w["A_log"]))
+    y, ssm_state = ssd_state_update(
+        ssm_state,
+        x,
+        dt,
+        A,
+        Bm,
+        Cm,
+        D=w["D"],
+        dt_bias=w["dt_bias"],
+        dt_softplus=True,
+        dt_limit=cfg.dt_limit,
+    )  # (B, H, P)
+    return y.reshape(y.shape[0], cfg.d_inner), ssm_state
+
+
 def _mamba2_project_out(y: np.ndarray, z: np.ndarray, w: Mapping, cfg: Mamba2Config) -> np.ndarray:
     # gated RMSNorm (gate first, groups of E/G channels), then out_proj (docs/spec.md §4.4 steps 8-9)
     y = rmsnorm_gated(
@@ -79,22 +130,7 @@ def mamba2_mixer(h, w: Mapping, cfg: Mamba2Config, conv_state=None, ssm_state=No
     xbc, conv_state = causal_conv1d(
         xbc, conv_weight(w), w.get("conv1d.bias"), conv_state, activation="silu"
     )  # (B, L, conv_dim)
-    x, Bm, Cm = _mamba2_split_xbc(xbc, cfg)
-    A = -np.exp(_f64(w["A_log"]))  # (H,)
-    y, ssm_state = ssd_chunked(
-        x,
-        dt,
-        A,
-        Bm,
-        Cm,
-        cfg.chunk_size,
-        D=w["D"],
-        dt_bias=w["dt_bias"],
-        dt_softplus=True,
-        dt_limit=cfg.dt_limit,
-        initial_state=ssm_state,
-    )  # (B, L, H, P)
-    y = y.reshape(*y.shape[:2], e)
+    y, ssm_state = mamba2_ssd(xbc, dt, w, cfg, ssm_state)
     return _mamba2_project_out(y, z, w, cfg), conv_state, ssm_state
 
 
@@ -128,19 +164,5 @@ def mamba2_mixer_step(h, w: Mapping, cfg: Mamba2Config, conv_state, ssm_state):
     xbc, conv_state = causal_conv1d_update(
         xbc, conv_state, conv_weight(w), w.get("conv1d.bias"), activation="silu"
     )  # (B, conv_dim)
-    x, Bm, Cm = _mamba2_split_xbc(xbc, cfg)
-    A = -np.exp(_f64(w["A_log"]))
-    y, ssm_state = ssd_state_update(
-        ssm_state,
-        x,
-        dt,
-        A,
-        Bm,
-        Cm,
-        D=w["D"],
-        dt_bias=w["dt_bias"],
-        dt_softplus=True,
-        dt_limit=cfg.dt_limit,
-    )  # (B, H, P)
-    y = y.reshape(y.shape[0], e)
+    y, ssm_state = mamba2_ssd_step(xbc, dt, w, cfg, ssm_state)
     return _mamba2_project_out(y, z, w, cfg), conv_state, ssm_state

@@ -14,7 +14,7 @@ import numpy as np
 from mamba_core.parallel_config import ParallelHybridConfig, ScaledMamba2Config
 from mamba_core.reference.attention import attention_forward
 from mamba_core.reference.mamba1 import conv_weight
-from mamba_core.reference.mamba2 import _mamba2_split_xbc
+from mamba_core.reference.mamba2 import mamba2_ssd, mamba2_ssd_step
 from mamba_core.reference.ops import (
     _f64,
     _linear,
@@ -22,8 +22,6 @@ from mamba_core.reference.ops import (
     causal_conv1d,
     causal_conv1d_update,
     rmsnorm_gated,
-    ssd_chunked,
-    ssd_state_update,
 )
 
 
@@ -78,21 +76,8 @@ def scaled_mamba2(
     xbc, conv_state = causal_conv1d(xbc, conv_weight(w), w.get("conv1d.bias"), conv_state, activation="silu")
     if keep is not None:
         xbc = xbc * keep
-    x, Bm, Cm = _mamba2_split_xbc(xbc, cfg)
-    y, ssm_state = ssd_chunked(
-        x,
-        dt,
-        -np.exp(_f64(w["A_log"])),
-        Bm,
-        Cm,
-        cfg.chunk_size,
-        D=w["D"],
-        dt_bias=w["dt_bias"],
-        dt_softplus=True,
-        dt_limit=cfg.dt_limit,
-        initial_state=ssm_state,
-    )  # (B, L, H, P)
-    return _project_out(y.reshape(*y.shape[:2], cfg.d_inner), z, w, cfg), conv_state, ssm_state
+    y, ssm_state = mamba2_ssd(xbc, dt, w, cfg, ssm_state)
+    return _project_out(y, z, w, cfg), conv_state, ssm_state
 
 
 def scaled_mamba2_step(h, w: Mapping, cfg: ScaledMamba2Config, conv_state, ssm_state):
@@ -101,20 +86,8 @@ def scaled_mamba2_step(h, w: Mapping, cfg: ScaledMamba2Config, conv_state, ssm_s
     xbc, conv_state = causal_conv1d_update(
         xbc, conv_state, conv_weight(w), w.get("conv1d.bias"), activation="silu"
     )
-    x, Bm, Cm = _mamba2_split_xbc(xbc, cfg)
-    y, ssm_state = ssd_state_update(
-        ssm_state,
-        x,
-        dt,
-        -np.exp(_f64(w["A_log"])),
-        Bm,
-        Cm,
-        D=w["D"],
-        dt_bias=w["dt_bias"],
-        dt_softplus=True,
-        dt_limit=cfg.dt_limit,
-    )  # (B, H, P)
-    return _project_out(y.reshape(y.shape[0], cfg.d_inner), z, w, cfg), conv_state, ssm_state
+    y, ssm_state = mamba2_ssd_step(xbc, dt, w, cfg, ssm_state)
+    return _project_out(y, z, w, cfg), conv_state, ssm_state
 
 
 def parallel_hybrid(
