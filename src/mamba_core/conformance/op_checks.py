@@ -138,13 +138,21 @@ def _ssd_params(inp: Inputs, h: int, p: int, n: int, batch: int):
     return A, D, bias, h0
 
 
-def _ssd_step_inputs(inp: Inputs, batch: int, h: int, p: int, g: int, n: int):
-    """``ssd_state_update``'s inputs as ``Pair``s: ``(h0 (B, H, P, N), x (B, H, P), dt (B, H), A (H,),
-    B (B, G, N), C (B, G, N))`` and the keywords ``D (H,), dt_bias (H,), dt_softplus``."""
+def _ssd_inputs(inp: Inputs, batch: int, h: int, p: int, g: int, n: int, seq: tuple = ()):
+    """SSD's inputs as ``Pair``s, for ``ssd_chunked`` (``seq = (L,)``) or a decode step (``seq = ()``):
+    ``h0 (B, H, P, N)``, ``(x (B, *seq, H, P), dt (B, *seq, H), A (H,), B (B, *seq, G, N),
+    C (B, *seq, G, N))`` and the keywords ``D (H,), dt_bias (H,), dt_softplus``."""
     A, D, bias, h0 = _ssd_params(inp, h, p, n, batch)
-    x, dt = inp.act(batch, h, p), inp.act(batch, h)
-    Bm, Cm = inp.act(batch, g, n), inp.act(batch, g, n)
-    return (h0, x, dt, A, Bm, Cm), {"D": D, "dt_bias": bias, "dt_softplus": True}
+    x, dt = inp.act(batch, *seq, h, p), inp.act(batch, *seq, h)
+    Bm, Cm = inp.act(batch, *seq, g, n), inp.act(batch, *seq, g, n)
+    return h0, (x, dt, A, Bm, Cm), {"D": D, "dt_bias": bias, "dt_softplus": True}
+
+
+def _ssd_step_inputs(inp: Inputs, batch: int, h: int, p: int, g: int, n: int):
+    """``ssd_state_update``'s inputs as ``Pair``s: ``(h0, x, dt, A, B, C)`` and the keywords:
+    see ``_ssd_inputs``."""
+    h0, args, kwargs = _ssd_inputs(inp, batch, h, p, g, n)
+    return (h0, *args), kwargs
 
 
 # (chunk, dt_limit, initial state): L = 37 is a multiple of none of the chunks; 64 > L is one chunk
@@ -159,17 +167,15 @@ _SSD_CASES = ((16, (0.0, math.inf), True), (7, (0.01, 0.5), False), (64, (0.0, m
 def _ssd_chunked(name, backend, device, dtype, rng) -> CheckResult:
     cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
     b, length, h, p, g, n = 2, 37, 4, 3, 2, 5
-    A, D, bias, h0 = _ssd_params(inp, h, p, n, b)
-    x, dt = inp.act(b, length, h, p), inp.act(b, length, h)
-    Bm, Cm = inp.act(b, length, g, n), inp.act(b, length, g, n)
+    h0, args, kwargs = _ssd_inputs(inp, b, h, p, g, n, (length,))
     with device_scope(backend, device):
         for chunk, limit, init in _SSD_CASES:
             out, ref = both(
                 # the backend's chunked form (chunk_size after C) against the sequential oracle
                 lambda *a, chunk=chunk, **k: backend.ops.ssd_chunked(*a, chunk, **k),
                 R.ssd_scan,
-                *(x, dt, A, Bm, Cm),
-                **{"D": D, "dt_bias": bias, "dt_softplus": True},
+                *args,
+                **kwargs,
                 dt_limit=limit,
                 initial_state=h0 if init else None,
             )
