@@ -71,6 +71,16 @@ def _lm(layers: str) -> dict[str, Rule]:
 
 
 _GQA = {"num_attention_heads": _HEADS, "num_key_value_heads": _HEADS}  # a family's attention head counts
+# the Mamba-2 mixer under transformers' ``mamba_*`` keys (Falcon-H1, Granite 4.0-H / Bamba)
+_MAMBA_KEYS = {
+    "mamba_n_groups": Rule("int", 1, 2**16),
+    "mamba_d_state": _STATE,
+    "mamba_d_conv": _CONV,
+    "mamba_expand": _EXPAND,
+    "mamba_chunk_size": _CHUNK,
+    "mamba_conv_bias": _BOOL,
+    "mamba_proj_bias": _BOOL,
+}
 
 
 SCHEMA: dict[str, dict[str, Rule]] = {
@@ -171,13 +181,7 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "mlp_bias": _BOOL,
         "mamba_n_heads": _HEADS,
         "mamba_d_head": Rule("int", 1, 2**16, nullable=True),
-        "mamba_n_groups": Rule("int", 1, 2**16),
-        "mamba_d_state": _STATE,
-        "mamba_d_conv": _CONV,
-        "mamba_expand": _EXPAND,
-        "mamba_chunk_size": _CHUNK,
-        "mamba_conv_bias": _BOOL,
-        "mamba_proj_bias": _BOOL,
+        **_MAMBA_KEYS,
         "time_step_limit": _LIMIT,
     },
     "FalconH1Config": {
@@ -190,13 +194,7 @@ SCHEMA: dict[str, dict[str, Rule]] = {
         "mlp_bias": _BOOL,
         "mamba_d_ssm": Rule("int", 1, 2**20, nullable=True),
         "mamba_n_heads": _HEADS,
-        "mamba_n_groups": Rule("int", 1, 2**16),
-        "mamba_d_state": _STATE,
-        "mamba_d_conv": _CONV,
-        "mamba_expand": _EXPAND,
-        "mamba_chunk_size": _CHUNK,
-        "mamba_conv_bias": _BOOL,
-        "mamba_proj_bias": _BOOL,
+        **_MAMBA_KEYS,
         "projectors_bias": _BOOL,
         "mamba_rms_norm": _BOOL,
         "mamba_norm_before_gate": _BOOL,

@@ -32,6 +32,19 @@ ROWS: tuple[Param, ...] = (
 )
 
 
+def kv_cache(prefix: str = "") -> tuple[CacheField, ...]:
+    """The attention cache fields: ``k``, ``v`` (B, Hkv, T, Dh) model dtype, ``key_mask`` (B, T) bool,
+    ``length`` (B,) int64; head counts and widths read from the config attributes under ``prefix``
+    (``"attention."`` for a kind whose config holds its ``AttentionConfig`` as ``attention``)."""
+    heads, width = f"{prefix}n_kv_heads", f"{prefix}head_dim"
+    return (
+        CacheField("k", ("batch", heads, 0, width), "model"),
+        CacheField("v", ("batch", heads, 0, width), "model"),
+        CacheField("key_mask", ("batch", 0), "bool"),
+        CacheField("length", ("batch",), "int64"),
+    )
+
+
 def init(rng: np.random.Generator, cfg, perturb_norms: bool = False) -> dict:
     """Linear weights U(±1/sqrt(fan_in)) (torch's default), biases 0, in row order."""
     w: dict = {}
@@ -48,11 +61,6 @@ ATTENTION = LayerKind(
     name="attention",
     slot="mixer",
     rows=ROWS,
-    cache=(
-        CacheField("k", ("batch", "n_kv_heads", 0, "head_dim"), "model"),
-        CacheField("v", ("batch", "n_kv_heads", 0, "head_dim"), "model"),
-        CacheField("key_mask", ("batch", 0), "bool"),
-        CacheField("length", ("batch",), "int64"),
-    ),
+    cache=kv_cache(),
     init=init,
 )

@@ -78,10 +78,7 @@ PARALLEL_HYBRID = LayerKind(
     cache=(
         CacheField("conv_state", ("batch", "mamba.conv_dim", "mamba.d_conv"), "model"),
         CacheField("ssm_state", ("batch", "mamba.nheads", "mamba.headdim", "mamba.d_state"), "fp32"),
-        CacheField("k", ("batch", "attention.n_kv_heads", 0, "attention.head_dim"), "model"),
-        CacheField("v", ("batch", "attention.n_kv_heads", 0, "attention.head_dim"), "model"),
-        CacheField("key_mask", ("batch", 0), "bool"),
-        CacheField("length", ("batch",), "int64"),
+        *attention_kind.kv_cache("attention."),
     ),
     init=init,
 )

@@ -15,7 +15,7 @@ import numpy as np
 
 from mamba_core.layers import attention, mlp
 from mamba_core.layers.init import add_adapter, linear_weight, norm_weight
-from mamba_core.layers.kind import CacheField, LayerKind, Param
+from mamba_core.layers.kind import LayerKind, Param
 
 SHARED_CALL = "shared_transformer"
 SHARED_PREFIX = "backbone.shared_blocks.{b}."
@@ -71,11 +71,6 @@ SHARED_TRANSFORMER = LayerKind(
     name=SHARED_CALL,
     slot="shared",
     rows=ROWS,
-    cache=(
-        CacheField("k", ("batch", "attention.n_kv_heads", 0, "attention.head_dim"), "model"),
-        CacheField("v", ("batch", "attention.n_kv_heads", 0, "attention.head_dim"), "model"),
-        CacheField("key_mask", ("batch", 0), "bool"),
-        CacheField("length", ("batch",), "int64"),
-    ),
+    cache=attention.kv_cache("attention."),
     init=init,
 )
