@@ -24,7 +24,7 @@ from mamba_core.config_schema import check_fields, check_parameter_count
 from mamba_core.errors import ConfigError
 from mamba_core.families.base import FamilyConfig
 from mamba_core.families.hf_reader import HFReader
-from mamba_core.families.mamba_mixer import MAMBA_KEYS, mamba2_mixer
+from mamba_core.families.mamba_mixer import MAMBA_KEYS, mamba2_mixer, read_mamba_keys
 from mamba_core.families.plan import LayerPlan
 from mamba_core.layers.multipliers import StreamMultipliers
 from mamba_core.parallel_config import ParallelHybridConfig, ScaledMamba2Config
@@ -252,13 +252,7 @@ class FalconH1Config(FamilyConfig):
             mlp_bias=r.bool("mlp_bias", False),
             mamba_d_ssm=d_ssm,
             mamba_n_heads=r.int("mamba_n_heads", 128),
-            mamba_n_groups=r.int("mamba_n_groups", 1),
-            mamba_d_state=r.int("mamba_d_state", 256),
-            mamba_d_conv=r.int("mamba_d_conv", 4),
-            mamba_expand=r.int("mamba_expand", 2),
-            mamba_chunk_size=r.int("mamba_chunk_size", 256),
-            mamba_conv_bias=r.bool("mamba_conv_bias", True),
-            mamba_proj_bias=r.bool("mamba_proj_bias", False),
+            **read_mamba_keys(r),
             projectors_bias=r.bool("projectors_bias", False),
             mamba_rms_norm=r.bool("mamba_rms_norm", False),
             mamba_norm_before_gate=r.bool("mamba_norm_before_gate", True),

@@ -21,7 +21,7 @@ from mamba_core.dialects.parsed import json_limit
 from mamba_core.errors import ConfigError, UnsupportedError
 from mamba_core.families.base import FamilyConfig
 from mamba_core.families.hf_reader import HFReader
-from mamba_core.families.mamba_mixer import MAMBA_KEYS, Mamba2MixerConfig, mamba2_mixer
+from mamba_core.families.mamba_mixer import MAMBA_KEYS, Mamba2MixerConfig, mamba2_mixer, read_mamba_keys
 from mamba_core.families.plan import LayerPlan
 from mamba_core.family_schema import LAYER_TYPES
 from mamba_core.layers.multipliers import StreamMultipliers
@@ -337,13 +337,7 @@ class GraniteHybridConfig(FamilyConfig):
             mlp_bias=False if granite else r.bool("mlp_bias", False),
             mamba_n_heads=r.int("mamba_n_heads", 128),
             mamba_d_head=None if d_head == "auto" else d_head,
-            mamba_n_groups=r.int("mamba_n_groups", 1),
-            mamba_d_state=r.int("mamba_d_state", 256),
-            mamba_d_conv=r.int("mamba_d_conv", 4),
-            mamba_expand=r.int("mamba_expand", 2),
-            mamba_chunk_size=r.int("mamba_chunk_size", 256),
-            mamba_conv_bias=r.bool("mamba_conv_bias", True),
-            mamba_proj_bias=r.bool("mamba_proj_bias", False),
+            **read_mamba_keys(r),
             time_step_limit=r.limit("time_step_limit"),
         )
         r.finish()

@@ -73,6 +73,25 @@ MAMBA_KEYS: dict[str, str] = {
 }
 
 
+def read_mamba_keys(r) -> dict:
+    """Read transformers' ``mamba_*`` sizes and biases of the Mamba-2 mixer from a ``HFReader``, with
+    transformers' defaults (Falcon-H1's and Granite 4.0-H / Bamba's are the same), as the family fields of
+    the same names.
+
+    Raises:
+        ConfigError: a key of the wrong type or out of range (naming it).
+    """
+    return {
+        "mamba_n_groups": r.int("mamba_n_groups", 1),
+        "mamba_d_state": r.int("mamba_d_state", 256),
+        "mamba_d_conv": r.int("mamba_d_conv", 4),
+        "mamba_expand": r.int("mamba_expand", 2),
+        "mamba_chunk_size": r.int("mamba_chunk_size", 256),
+        "mamba_conv_bias": r.bool("mamba_conv_bias", True),
+        "mamba_proj_bias": r.bool("mamba_proj_bias", False),
+    }
+
+
 def mixer_config(family, cls: type, fields: dict[str, str] | None = None, **values):
     """The Mamba mixer config of a hybrid family's layers (``Mamba1Config``, ``Mamba2MixerConfig``, ...).
 
