@@ -29,6 +29,16 @@ from mamba_core.families.plan import LayerPlan
 from mamba_core.layers.multipliers import StreamMultipliers
 from mamba_core.parallel_config import ParallelHybridConfig, ScaledMamba2Config
 
+# the scaled Mamba-2 mixer's fields (mixer field -> family field): transformers' ``mamba_*`` keys and
+# Falcon-H1's own (the ``ssm_multipliers`` are given as a tuple)
+_SCALED_MAMBA_FIELDS = {
+    **MAMBA_KEYS,
+    "in_multiplier": "ssm_in_multiplier",
+    "gated_norm": "mamba_rms_norm",
+    "norm_before_gate": "mamba_norm_before_gate",
+    "out_bias": "projectors_bias",
+}
+
 
 def _multipliers(r: HFReader, key: str, n: int) -> tuple[float, ...]:
     value = r.raw(key, [1.0] * n)
@@ -166,15 +176,11 @@ class FalconH1Config(FamilyConfig):
         the optional gated norm (per ``mamba_n_groups`` group) and its own ``out_proj`` bias."""
         return mamba2_mixer(
             self,
-            MAMBA_KEYS,
+            _SCALED_MAMBA_FIELDS,
             width=self.mamba_width,
             heads=self.mamba_n_heads,
             cls=ScaledMamba2Config,
-            in_multiplier=self.ssm_in_multiplier,
             zxbcdt_multipliers=tuple(self.ssm_multipliers),
-            gated_norm=self.mamba_rms_norm,
-            norm_before_gate=self.mamba_norm_before_gate,
-            out_bias=self.projectors_bias,
         )
 
     @property
