@@ -12,7 +12,7 @@ Nemotron-H (``router.weight`` and ``router.correction_bias``), which transformer
 
 from __future__ import annotations
 
-from mamba_core.layers import attention, mlp, moe, shared_transformer
+from mamba_core.layers import attention, mlp, moe, parallel_hybrid, shared_transformer
 from mamba_core.layers.kind import present as present
 from mamba_core.layout import LAYER, MAMBA1_LAYOUT, MAMBA2_LAYOUT, Param, dim
 
@@ -42,6 +42,7 @@ KIND_ROWS: dict[str, tuple[Param, ...]] = {
     "mlp": MLP_ROWS,
     "moe": MOE_ROWS,
     "shared_transformer": shared_transformer.ROWS,  # a layer's call of a shared block (Zamba2)
+    "mamba2+attention": parallel_hybrid.ROWS,  # Falcon-H1's parallel mixer: ``mamba.`` + ``attention.``
 }
 
 

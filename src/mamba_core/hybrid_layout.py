@@ -30,6 +30,7 @@ from mamba_core.families import (
     NemotronHConfig,
     Zamba2Config,
 )
+from mamba_core.layers.attention import ROWS as ATTENTION_ROWS
 
 
 @dataclass(frozen=True)
@@ -441,22 +442,17 @@ def _jamba(cfg: JambaConfig) -> dict:
     return out
 
 
+_FALCON_ATTENTION = {f"attention.{p.name}": f"self_attn.{p.name}" for p in ATTENTION_ROWS}
+
+
 def _falcon_h1(cfg: FalconH1Config) -> dict:
     out: dict = {}
-    mamba = cfg.mamba
     for i in range(cfg.n_layer):
         c, h = f"backbone.layers.{i}.", f"model.layers.{i}."
         out[c + "norm.weight"] = (h + "input_layernorm.weight", (cfg.d_model,), "model")
-        rows: dict = {}
-        _kind(rows, "mamba2", mamba, c + "mixer.mamba.", h + "mamba.")
-        # Falcon-H1: out_proj bias follows projectors_bias, the gated norm exists only with mamba_rms_norm
-        rows.pop(c + "mixer.mamba.out_proj.bias", None)
-        if not cfg.mamba_rms_norm:
-            rows.pop(c + "mixer.mamba.norm.weight")
-        if cfg.projectors_bias:
-            rows[c + "mixer.mamba.out_proj.bias"] = (h + "mamba.out_proj.bias", (cfg.d_model,), "model")
-        out.update(rows)
-        _kind(out, "attention", cfg.attention, c + "mixer.attention.", h + "self_attn.")
+        # the parallel kind's rows (its optional gated norm and out_proj bias included): transformers
+        # keeps ``mamba.`` and names the attention ``self_attn.``
+        _kind(out, "mamba2+attention", cfg.parallel, c + "mixer.", h, _FALCON_ATTENTION)
         out[c + "norm2.weight"] = (h + "pre_ff_layernorm.weight", (cfg.d_model,), "model")
         _kind(out, "mlp", cfg.mlp, c + "mlp.", h + "feed_forward.")
     _head(out, cfg)
