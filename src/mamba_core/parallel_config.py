@@ -11,19 +11,13 @@ the backends read only these.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from mamba_core.block_config import AttentionConfig
+from mamba_core.block_config import AttentionConfig, _finite
 from mamba_core.errors import ConfigError
 from mamba_core.families.mamba_mixer import Mamba2MixerConfig
-
-
-def _finite(owner: str, name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ConfigError(f"{owner}.{name} must be a finite number, got {value!r}", field=name)
 
 
 @dataclass(frozen=True, kw_only=True)
