@@ -168,6 +168,15 @@ def test_stop_at_prints_a_resume_command_that_resumes(tmp_path):
     assert "eta" in second.stderr
 
 
+def test_stop_at_zero_is_an_evaluation(tmp_path):
+    """``--stop-at 0`` (how docs/model-card.md measures held-out loss) prints the eval loss, no nan."""
+    (tmp_path / "notes.txt").write_text("hello mamba, hello world. " * 200)
+    proc = mamba_core_cli("train", "notes.txt", "--out", "run", *TINY, "--stop-at", "0", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    summary = next(x for x in proc.stdout.splitlines() if x.startswith("evaluated at step 0/"))
+    assert "nan" not in proc.stdout and "eval loss" in summary and "bits" in summary, proc.stdout
+
+
 def test_fine_tuning_defaults(tmp_path):
     """--from: a tenth of the from-scratch peak rate, warmup scaled to the run, min-lr reached."""
     (tmp_path / "notes.txt").write_text("hello mamba, hello world. " * 200)

@@ -267,20 +267,35 @@ def run(args) -> int:
         raise
     if not lead:
         return 0
-    first_eval = result.eval_losses[0][1] if result.eval_losses else float("nan")
-    last = result.eval_losses[-1][1] if result.eval_losses else float("nan")
-    first = result.train_losses[0] if result.train_losses else float("nan")
-    final = result.train_losses[-1] if result.train_losses else float("nan")
-    print(
-        f"trained {result.step}/{config.steps} steps ({result.tokens_seen:,} tokens) in "
-        f"{result.wall_s:.0f}s: train loss {first:.3f} -> {final:.3f}, eval loss {first_eval:.4f} -> "
-        f"{last:.4f} nats/token ({last / math.log(2):.4f} bits); "
-        + ("model" if result.step == config.steps else f"checkpoint at step {result.step}")
-        + f" in {result.out_dir}"
-    )
+    print(_summary(result, config.steps))
     if result.step < config.steps:
         print(f"resume with: {resume_command(args._argv, launch)}")
     return 0
+
+
+def _summary(result, steps: int) -> str:
+    """The closing line of a run; a run that trained no step (``--stop-at 0``: an evaluation) says only its
+    eval loss, never a train loss it does not have."""
+    saved = "model" if result.step == steps else f"checkpoint at step {result.step}"
+    where = f"{saved} in {result.out_dir}"
+    evals = [loss for _, loss in result.eval_losses]
+    if not result.train_losses:
+        if not evals:
+            return f"trained no step of {steps} and evaluated nothing (--eval-batches 0); {where}"
+        return (
+            f"evaluated at step {result.step}/{steps} (no step trained): eval loss {evals[-1]:.4f} "
+            f"nats/token ({evals[-1] / math.log(2):.4f} bits); {where}"
+        )
+    train_part = f"train loss {result.train_losses[0]:.3f} -> {result.train_losses[-1]:.3f}"
+    eval_part = (
+        f", eval loss {evals[0]:.4f} -> {evals[-1]:.4f} nats/token ({evals[-1] / math.log(2):.4f} bits)"
+        if evals
+        else ""
+    )
+    return (
+        f"trained {result.step}/{steps} steps ({result.tokens_seen:,} tokens) in {result.wall_s:.0f}s: "
+        f"{train_part}{eval_part}; {where}"
+    )
 
 
 def resume_command(argv: list[str], launch=None) -> str:
