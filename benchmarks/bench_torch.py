@@ -32,6 +32,7 @@ Usage:
                                                           # long prompt 4096 tokens
     python benchmarks/bench_torch.py --only machine,decode --arch mamba1 --impl ours,hf
     python benchmarks/bench_torch.py --only long --long-prompt 65536 --long-chunk 4096
+    python benchmarks/bench_torch.py --tiny --quick       # tiny shapes: a smoke test in seconds
 """
 
 from __future__ import annotations
@@ -57,12 +58,40 @@ def _cfg(arch: str, **kw):
     return (Mamba1Config if arch == "mamba1" else Mamba2Config)(**kw)
 
 
+# the shapes every section builds: "full" is the one the README's figures are measured on; "tiny"
+# (--tiny) runs every code path in seconds, for smoke tests only
+SHAPES = {
+    "full": {
+        "130m": dict(d_model=768, n_layer=24, vocab_size=50277),
+        "train": dict(d_model=256, n_layer=4, vocab_size=256, pad_vocab_size_multiple=8),
+        "train_tokens": (4, 1024),  # (batch, length) of a training step
+    },
+    "tiny": {
+        "130m": dict(d_model=64, n_layer=2, vocab_size=256),
+        "train": dict(d_model=64, n_layer=2, vocab_size=256, pad_vocab_size_multiple=8),
+        "train_tokens": (2, 128),
+    },
+}
+SHAPE = "full"
+_CHILD_FLAGS: list[str] = []  # flags a fresh subprocess needs to measure what this process would
+
+
+def configure(threads: int | None = None, tiny: bool = False) -> None:
+    """Thread count and shapes of this process and of the subprocesses it starts (``--threads``,
+    ``--tiny``); a script importing this module calls it before running a section."""
+    global SHAPE
+    SHAPE = "tiny" if tiny else "full"
+    _CHILD_FLAGS[:] = (["--threads", str(threads)] if threads else []) + (["--tiny"] if tiny else [])
+    if threads:
+        torch.set_num_threads(threads)
+
+
 def cfg_130m(arch: str):
-    return _cfg(arch, d_model=768, n_layer=24, vocab_size=50277)
+    return _cfg(arch, **SHAPES[SHAPE]["130m"])
 
 
 def cfg_train(arch: str):
-    return _cfg(arch, d_model=256, n_layer=4, vocab_size=256, pad_vocab_size_multiple=8)
+    return _cfg(arch, **SHAPES[SHAPE]["train"])
 
 
 NOISY = 0.10  # spread above which a figure is flagged
@@ -77,7 +106,15 @@ def report(section: str, arch: str, impl: str, what: str, value: float, unit: st
     sp = spread(times) if times else 0.0
     noisy = " NOISY" if sp > NOISY else ""
     row = dict(
-        section=section, arch=arch, impl=impl, what=what, value=value, unit=unit, extra=extra, spread=sp
+        section=section,
+        arch=arch,
+        impl=impl,
+        what=what,
+        value=value,
+        unit=unit,
+        extra=extra,
+        spread=sp,
+        times=list(times or ()),  # every timed value is proportional to 1 / time
     )
     ROWS.append(row)
     print(
@@ -350,7 +387,7 @@ def bench_decode(args):
             for name, (m, n, dec) in _compiled_decoders(arch, cfg, args.compile_threads).items():
                 built[name], threads[name] = (m, None, dec, None), n
         weight_bytes = _weight_bytes(built[next(iter(built))][0])
-        for batch in (1, 16):
+        for batch in args.decode_batches:
             copy, nbytes = copy_probe()
             fns = {"copy": copy}
             with torch.inference_mode():
@@ -405,7 +442,8 @@ def _train_child(impl: str, arch: str, steps: int) -> dict:
     model, fwd, _, _ = build(impl, arch, cfg, train=True)
     if impl == "ours":
         model.train()
-    ids = torch.randint(0, cfg.vocab_size, (4, 1025))
+    batch, length = SHAPES[SHAPE]["train_tokens"]
+    ids = torch.randint(0, cfg.vocab_size, (batch, length + 1))
     x, y = ids[:, :-1], ids[:, 1:]
 
     def step():
@@ -464,7 +502,7 @@ def _peak_rss() -> int:
 
 
 def _child(*argv) -> dict | None:
-    res = subprocess.run([sys.executable, __file__, *argv], capture_output=True, text=True)
+    res = subprocess.run([sys.executable, __file__, *argv, *_CHILD_FLAGS], capture_output=True, text=True)
     if res.returncode != 0:
         print(f"{' '.join(argv)} failed:\n{res.stderr[-2000:]}", flush=True)
         return None
@@ -474,6 +512,7 @@ def _child(*argv) -> dict | None:
 def bench_train(args):
     steps = 2 if args.quick else 3
     rounds = 1 if args.quick else 2
+    batch, length = SHAPES[SHAPE]["train_tokens"]
     for arch in args.arch:
         impls = impls_for(arch, args.impl, "train", explicit=args.impl_explicit)
         times = {impl: [] for impl in impls}
@@ -492,8 +531,8 @@ def bench_train(args):
                 "train",
                 arch,
                 impl,
-                "step (4x1024 tok)",
-                4 * 1024 / t,
+                f"step ({batch}x{length} tok)",
+                batch * length / t,
                 "tok/s",
                 f"{t:.2f}s/step, peak {peaks[impl] / 2**30:.2f} GiB",
                 times=times[impl],
@@ -597,7 +636,9 @@ def main() -> None:
     p.add_argument(
         "--impl", default="ours,hf,hf-pscan,mambapy", help="comma list: ours, hf, hf-pscan, mambapy"
     )
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (subprocesses included)")
+    p.add_argument("--decode-batches", default="1,16", help="comma list of decode batch sizes")
+    p.add_argument("--tiny", action="store_true", help="tiny shapes: every path in seconds (smoke test)")
     p.add_argument(
         "--compile-threads",
         default="default,1",
@@ -607,8 +648,7 @@ def main() -> None:
     p.add_argument("--_train-child", nargs=3, help=argparse.SUPPRESS)
     p.add_argument("--_long-child", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    configure(args.threads, args.tiny)
     if args._train_child:
         impl, arch, steps = args._train_child
         print(json.dumps(_train_child(impl, arch, int(steps))))
@@ -622,6 +662,7 @@ def main() -> None:
         reverse=True,
     )
     args.prefill_lens = [int(v) for v in args.prefill_lens.split(",")] if args.prefill_lens else None
+    args.decode_batches = [int(v) for v in args.decode_batches.split(",")]
     args.arch = args.arch.split(",")
     args.impl_explicit = "--impl" in sys.argv
     args.impl = args.impl.split(",")
