@@ -24,7 +24,7 @@ README. A target whose figure was not measured (a section left out or failed) is
 
 Usage::
 
-    python benchmarks/bench_targets.py                  # every target (~20-25 min, quiet 2-core machine)
+    python benchmarks/bench_targets.py                  # every target (about 20 min, quiet 2-core machine)
     python benchmarks/bench_targets.py --quick          # fewer repeats
     python benchmarks/bench_targets.py --tiny           # tiny shapes, every path in seconds: a smoke test
     python benchmarks/bench_targets.py --only decode,train --threads 1
