@@ -26,7 +26,7 @@ Usage::
 
     python benchmarks/bench_targets.py                  # every target (about 20 min, quiet 2-core machine)
     python benchmarks/bench_targets.py --quick          # fewer repeats
-    python benchmarks/bench_targets.py --tiny           # tiny shapes, every path in seconds: a smoke test
+    python benchmarks/bench_targets.py --tiny           # tiny shapes: a smoke test (~1 CPU-minute)
     python benchmarks/bench_targets.py --only decode,train --threads 1
     python benchmarks/bench_targets.py --long-prompt 16384   # shorter prompt: its target reads MISS
 """
@@ -40,9 +40,10 @@ import platform
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-SECTIONS = ("machine", "decode", "train", "memory", "long")
+SECTIONS = ("machine", "decode", "train", "memory", "long")  # machine: copy and sgemm, context only
 
 
 # ---------------------------------------------------------------------------------------------
@@ -364,22 +365,36 @@ def run_mlx(args, figures: Figures, env: dict) -> None:
         print(f"memory: MLX not available ({exc}); its targets read MISS", flush=True)
         return
     env["mlx"] = f"mlx {mx.__version__}, mlx-lm {mlx_lm.__version__}"
-    start = time.perf_counter()
-    print("\n== memory (benchmarks/bench_mlx.py)", flush=True)
-    for arch in DONE_WHEN.mem_archs:
-        for length in args.mem_lens:  # per length, so each row is read back by its length
-            rows = bm.Rows()
-            bm.bench_memory(arch, argparse.Namespace(mem_lens=[length], mem_batch=1, train_vocab=1024), rows)
-            by = {r["impl"]: r["value"] for r in rows.rows}
-            figures.memory[(arch, length)] = Memory(ours=by.get("mamba-core"), peer=by.get("mlx-lm"))
-    print(f"   memory took {time.perf_counter() - start:.0f} s", flush=True)
+    with _section("memory", "bench_mlx.py"):
+        for arch in DONE_WHEN.mem_archs:
+            for length in args.mem_lens:  # per length, so each row is read back by its length
+                rows = bm.Rows()
+                ns = argparse.Namespace(mem_lens=[length], mem_batch=1, train_vocab=1024)
+                bm.bench_memory(arch, ns, rows)
+                by = {r["impl"]: r["value"] for r in rows.rows}
+                figures.memory[(arch, length)] = Memory(ours=by.get("mamba-core"), peer=by.get("mlx-lm"))
+
+
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its finished subprocesses."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+@contextmanager
+def _section(name: str, script: str):
+    """Announce a section, then say how long it took and how much of the machine it had."""
+    print(f"\n== {name} (benchmarks/{script})", flush=True)
+    start, cpu = time.perf_counter(), _cpu_seconds()
+    yield
+    wall, used = time.perf_counter() - start, _cpu_seconds() - cpu
+    share = used / wall / (os.cpu_count() or 1)
+    print(f"   {name} took {wall:.0f} s, {used:.0f} CPU-s ({share:.0%} of the machine's cores)", flush=True)
 
 
 def _timed(name: str, fn, ns) -> None:
-    print(f"\n== {name} (benchmarks/bench_torch.py)", flush=True)
-    start = time.perf_counter()
-    fn(ns)
-    print(f"   {name} took {time.perf_counter() - start:.0f} s", flush=True)
+    with _section(name, "bench_torch.py"):
+        fn(ns)
 
 
 def _positive(text: str) -> int:
@@ -404,24 +419,26 @@ def _load() -> str:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of {', '.join(SECTIONS)}")
+    p.add_argument(
+        "--only", default=None, help=f"comma list of {', '.join(SECTIONS)} (default all; --tiny: no machine)"
+    )
     p.add_argument("--quick", action="store_true", help="fewer repeats (bench_torch's --quick)")
     p.add_argument(
         "--tiny",
         action="store_true",
-        help="tiny shapes, prompt 512, MLX memory at L 128 and 256: a smoke test in seconds, not the targets",
+        help="tiny shapes, prompt 256, MLX memory at L 128: a smoke test (~1 CPU-minute), not the targets",
     )
     p.add_argument(
-        "--long-prompt", type=_positive, default=None, help="prompt tokens (default 65536; --tiny: 512)"
+        "--long-prompt", type=_positive, default=None, help="prompt tokens (default 65536; --tiny: 256)"
     )
     p.add_argument(
-        "--long-chunk", type=_positive, default=None, help="prefill chunk (default 2048; --tiny: 128)"
+        "--long-chunk", type=_positive, default=None, help="prefill chunk (default 2048; --tiny: 64)"
     )
     p.add_argument(
         "--mem-lens",
         type=_lengths,
         default=None,
-        help="MLX memory lengths (default 1024,4096; --tiny: 128,256)",
+        help="MLX memory lengths (default 1024,4096; --tiny: 128)",
     )
     p.add_argument(
         "--threads",
@@ -430,16 +447,18 @@ def main(argv=None) -> int:
         help="torch threads, subprocesses included (default: torch's)",
     )
     args = p.parse_args(argv)
-    sections = set(args.only.split(","))
+    sections = (
+        set(args.only.split(",")) if args.only else set(SECTIONS) - ({"machine"} if args.tiny else set())
+    )
     unknown = sections - set(SECTIONS)
     if unknown:
         p.error(
             f"--only: unknown section(s) {sorted(unknown)}; expected a comma list of {', '.join(SECTIONS)}"
         )
     args.quick = args.quick or args.tiny
-    args.long_prompt = args.long_prompt or (512 if args.tiny else DONE_WHEN.long_tokens)
-    args.long_chunk = args.long_chunk or (128 if args.tiny else 2048)
-    args.mem_lens = args.mem_lens or ([128, 256] if args.tiny else [1024, DONE_WHEN.mem_len])
+    args.long_prompt = args.long_prompt or (256 if args.tiny else DONE_WHEN.long_tokens)
+    args.long_chunk = args.long_chunk or (64 if args.tiny else 2048)
+    args.mem_lens = args.mem_lens or ([128] if args.tiny else [1024, DONE_WHEN.mem_len])
     # --tiny checks the verdict's plumbing on its own lengths; a full run is judged on the done-when's
     if args.tiny:
         targets = Targets(mem_len=max(args.mem_lens), long_tokens=args.long_prompt, shape="tiny shape")
