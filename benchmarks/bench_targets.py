@@ -34,6 +34,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import math
 import os
 import platform
@@ -291,6 +292,14 @@ def _median_value(row: dict) -> float | None:
     return row["value"] * min(times) / statistics.median(times) if times else None
 
 
+def _version(package: str) -> str:
+    """An installed package's version without importing it (transformers and mlx-lm take seconds)."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "not installed"
+
+
 def _rows(bt, section: str, arch: str) -> dict:
     return {r["impl"]: r for r in bt.ROWS if r["section"] == section and r["arch"] == arch}
 
@@ -325,9 +334,7 @@ def run_torch(args, sections: set, figures: Figures, env: dict) -> None:
                 compiled_spread=compiled and compiled["spread"],
             )
     if "train" in sections:
-        import transformers
-
-        env["transformers"] = f"transformers {transformers.__version__}"
+        env["transformers"] = f"transformers {_version('transformers')}"
         ns = argparse.Namespace(**common, arch=list(DONE_WHEN.train_archs), impl=["ours", "hf"])
         _timed("train", bt.bench_train, ns)
         for arch in ns.arch:
@@ -359,12 +366,10 @@ def run_torch(args, sections: set, figures: Figures, env: dict) -> None:
 def run_mlx(args, figures: Figures, env: dict) -> None:
     try:
         import bench_mlx as bm
-        import mlx.core as mx
-        import mlx_lm
     except ImportError as exc:
         print(f"memory: MLX not available ({exc}); its targets read MISS", flush=True)
         return
-    env["mlx"] = f"mlx {mx.__version__}, mlx-lm {mlx_lm.__version__}"
+    env["mlx"] = f"mlx {_version('mlx')}, mlx-lm {_version('mlx-lm')}"  # the children import mlx-lm
     with _section("memory", "bench_mlx.py"):
         for arch in DONE_WHEN.mem_archs:
             for length in args.mem_lens:  # per length, so each row is read back by its length
