@@ -68,6 +68,26 @@ class SafetensorsHeader:
     metadata: dict[str, str]
 
 
+def check_tensor_names(expected, found, what: str, *, shown: int) -> None:
+    """Refuse a file whose tensor names are not exactly ``expected`` (an adapter, an optimizer state).
+
+    Args:
+        expected, found: tensor names. what: the file, as the message names it. shown: how many
+            missing and unexpected names the message lists.
+
+    Raises:
+        CheckpointError: names missing or left over (``missing`` and ``unexpected`` attributes).
+    """
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{what} does not match the model: {len(missing)} missing "
+            f"{missing[:shown]}, {len(unexpected)} unexpected {unexpected[:shown]}",
+            missing=missing,
+            unexpected=unexpected,
+        )
+
+
 def read_safetensors_header(path: str | os.PathLike) -> SafetensorsHeader:
     """Parse a safetensors header, validated against the file (``mamba_core.safetensors_header``).
 
