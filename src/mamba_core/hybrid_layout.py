@@ -352,14 +352,59 @@ _MLX_LM[JambaConfig] = _mlx_jamba
 
 def _placements(config) -> dict[str, tuple[str, tuple[int, ...], str]]:
     # canonical name -> (transformers name or per-expert template, canonical shape, dtype policy)
-    builders = {
-        NemotronHConfig: _nemotron_h,
-        GraniteHybridConfig: _granite,
-        JambaConfig: _jamba,
-        FalconH1Config: _falcon_h1,
-        Zamba2Config: _zamba2,
-    }
-    return builders[type(config)](config)
+    if isinstance(config, Zamba2Config):
+        return _zamba2(config)
+    out: dict = {}
+    names = _LAYER_NAMES[config.arch]
+    for i, plan in enumerate(config.layer_plan()):
+        c, h = f"backbone.layers.{i}.", names.layer.format(i=i)
+        out[c + "norm.weight"] = (h + names.norm, (config.d_model,), "model")
+        _slot(out, config, plan.mixer, names.mixer, c + "mixer.", h)
+        if names.norm2 is not None:
+            out[c + "norm2.weight"] = (h + names.norm2, (config.d_model,), "model")
+            _slot(out, config, plan.mlp, names.mlp, c + "mlp.", h)
+    _head(out, config, **names.head)
+    return out
+
+
+@dataclass(frozen=True)
+class _SlotNames:
+    """transformers' names of one slot's rows in a layer (after the layer's prefix).
+
+    Attributes:
+        prefix: kind -> the prefix of its rows.
+        renames: canonical row -> transformers' row, where they differ.
+        per_expert: MoE rows stored one tensor per expert -> their template (``{j}`` the expert,
+            ``{part}`` gate / up of a split ``gate_up``); None: the experts are stored stacked.
+    """
+
+    prefix: dict[str, str]
+    renames: dict[str, str] = dataclasses.field(default_factory=dict)
+    per_expert: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class _LayerNames:
+    """transformers' names of a family's layers: the layer prefix (``{i}`` the layer), its first norm
+    and mixer slot, its second norm and feed-forward slot (None: one slot per layer), and the names
+    ``_head`` takes."""
+
+    layer: str
+    norm: str
+    mixer: _SlotNames
+    norm2: str | None = None
+    mlp: _SlotNames | None = None
+    head: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def _slot(out: dict, cfg, kind: str, names: _SlotNames, canonical: str, h: str) -> None:
+    # one slot's rows: its kind's, MoE experts stored one per expert listed by template
+    hf = h + names.prefix[kind]
+    if kind == "moe" and names.per_expert is not None:
+        per_expert = {name: h + template for name, template in names.per_expert.items()}
+        _moe(out, cfg.kind_config(kind), canonical, hf, per_expert, names.renames)
+    else:
+        _kind(out, kind, cfg.kind_config(kind), canonical, hf, names.renames)
 
 
 _NEMOTRON_MOE = {
@@ -374,25 +419,6 @@ _NEMOTRON_MOE = {
     "shared_expert.down_proj.weight": "shared_experts.down_proj.weight",
     "shared_expert.down_proj.bias": "shared_experts.down_proj.bias",
 }
-
-
-def _nemotron_h(cfg: NemotronHConfig) -> dict:
-    out: dict = {}
-    for i, plan in enumerate(cfg.layer_plan()):
-        c = h = f"backbone.layers.{i}."
-        out[c + "norm.weight"] = (h + "norm.weight", (cfg.d_model,), "model")
-        if plan.mixer == "moe":
-            per_expert = {
-                "experts.up_proj": h + "mixer.experts.{j}.up_proj.weight",
-                "experts.down_proj": h + "mixer.experts.{j}.down_proj.weight",
-            }
-            _moe(out, cfg.moe, c + "mixer.", h + "mixer.", per_expert, _NEMOTRON_MOE)
-        else:
-            _kind(out, plan.mixer, cfg.kind_config(plan.mixer), c + "mixer.", h + "mixer.")
-    _head(out, cfg, "backbone.embeddings.weight", "backbone.norm_f.weight")
-    return out
-
-
 _GRANITE_FFN = {
     "router.weight": "block_sparse_moe.router.layer.weight",
     "experts.gate_up_proj": "block_sparse_moe.input_linear.weight",
@@ -402,61 +428,63 @@ _GRANITE_FFN = {
     "gate_up_proj.weight": "shared_mlp.input_linear.weight",
     "down_proj.weight": "shared_mlp.output_linear.weight",
 }
-
-
-def _granite(cfg: GraniteHybridConfig) -> dict:
-    out: dict = {}
-    granite = cfg.variant == "granitemoehybrid"
-    for i, plan in enumerate(cfg.layer_plan()):
-        c, h = f"backbone.layers.{i}.", f"model.layers.{i}."
-        out[c + "norm.weight"] = (h + "input_layernorm.weight", (cfg.d_model,), "model")
-        mixer_hf = h + ("mamba." if plan.mixer == "mamba2" else "self_attn.")
-        _kind(out, plan.mixer, cfg.kind_config(plan.mixer), c + "mixer.", mixer_hf)
-        norm2 = "post_attention_layernorm.weight" if granite else "pre_ff_layernorm.weight"
-        out[c + "norm2.weight"] = (h + norm2, (cfg.d_model,), "model")
-        if granite:
-            _kind(out, plan.mlp, cfg.kind_config(plan.mlp), c + "mlp.", h, _GRANITE_FFN)
-        else:
-            _kind(out, "mlp", cfg.shared_mlp, c + "mlp.", h + "feed_forward.")
-    _head(out, cfg, norm="model.norm.weight" if granite else "model.final_layernorm.weight")
-    return out
-
-
-def _jamba(cfg: JambaConfig) -> dict:
-    out: dict = {}
-    for i, plan in enumerate(cfg.layer_plan()):
-        c, h = f"backbone.layers.{i}.", f"model.layers.{i}."
-        out[c + "norm.weight"] = (h + "input_layernorm.weight", (cfg.d_model,), "model")
-        mixer_hf = h + ("self_attn." if plan.mixer == "attention" else "mamba.")
-        _kind(out, plan.mixer, cfg.kind_config(plan.mixer), c + "mixer.", mixer_hf)
-        out[c + "norm2.weight"] = (h + "pre_ff_layernorm.weight", (cfg.d_model,), "model")
-        if plan.mlp == "moe":
-            per_expert = {
-                "experts.gate_up_proj": h + "feed_forward.experts.{j}.{part}_proj.weight",
-                "experts.down_proj": h + "feed_forward.experts.{j}.down_proj.weight",
-            }
-            _moe(out, cfg.moe, c + "mlp.", h + "feed_forward.", per_expert, {})
-        else:
-            _kind(out, "mlp", cfg.mlp, c + "mlp.", h + "feed_forward.")
-    _head(out, cfg)
-    return out
-
-
 _FALCON_ATTENTION = {f"attention.{p.name}": f"self_attn.{p.name}" for p in ATTENTION_ROWS}
-
-
-def _falcon_h1(cfg: FalconH1Config) -> dict:
-    out: dict = {}
-    for i in range(cfg.n_layer):
-        c, h = f"backbone.layers.{i}.", f"model.layers.{i}."
-        out[c + "norm.weight"] = (h + "input_layernorm.weight", (cfg.d_model,), "model")
-        # the parallel kind's rows (its optional gated norm and out_proj bias included): transformers
-        # keeps ``mamba.`` and names the attention ``self_attn.``
-        _kind(out, "mamba2+attention", cfg.parallel, c + "mixer.", h, _FALCON_ATTENTION)
-        out[c + "norm2.weight"] = (h + "pre_ff_layernorm.weight", (cfg.d_model,), "model")
-        _kind(out, "mlp", cfg.mlp, c + "mlp.", h + "feed_forward.")
-    _head(out, cfg)
-    return out
+_MAMBA_OR_ATTENTION = {"mamba1": "mamba.", "mamba2": "mamba.", "attention": "self_attn."}
+_FEED_FORWARD = _SlotNames({"mlp": "feed_forward."})
+# arch -> transformers' names of its layers (Zamba2's shared blocks: ``_zamba2``)
+_LAYER_NAMES = {
+    # one kind per layer, every kind under ``mixer.`` (the MoE's experts stored one per expert)
+    "nemotron_h": _LayerNames(
+        "backbone.layers.{i}.",
+        "norm.weight",
+        _SlotNames(
+            dict.fromkeys(("mamba2", "attention", "mlp", "moe"), "mixer."),
+            _NEMOTRON_MOE,
+            {
+                "experts.up_proj": "mixer.experts.{j}.up_proj.weight",
+                "experts.down_proj": "mixer.experts.{j}.down_proj.weight",
+            },
+        ),
+        head={"emb": "backbone.embeddings.weight", "norm": "backbone.norm_f.weight"},
+    ),
+    "granitemoehybrid": _LayerNames(
+        "model.layers.{i}.",
+        "input_layernorm.weight",
+        _SlotNames(_MAMBA_OR_ATTENTION),
+        "post_attention_layernorm.weight",
+        _SlotNames({"moe": "", "mlp": ""}, _GRANITE_FFN),
+        head={"norm": "model.norm.weight"},
+    ),
+    "bamba": _LayerNames(
+        "model.layers.{i}.",
+        "input_layernorm.weight",
+        _SlotNames(_MAMBA_OR_ATTENTION),
+        "pre_ff_layernorm.weight",
+        _FEED_FORWARD,
+    ),
+    "jamba": _LayerNames(
+        "model.layers.{i}.",
+        "input_layernorm.weight",
+        _SlotNames(_MAMBA_OR_ATTENTION),
+        "pre_ff_layernorm.weight",
+        _SlotNames(
+            {"mlp": "feed_forward.", "moe": "feed_forward."},
+            per_expert={
+                "experts.gate_up_proj": "feed_forward.experts.{j}.{part}_proj.weight",
+                "experts.down_proj": "feed_forward.experts.{j}.down_proj.weight",
+            },
+        ),
+    ),
+    # the parallel kind's rows (its optional gated norm and out_proj bias included): transformers
+    # keeps ``mamba.`` and names the attention ``self_attn.``
+    "falcon_h1": _LayerNames(
+        "model.layers.{i}.",
+        "input_layernorm.weight",
+        _SlotNames({"mamba2+attention": ""}, _FALCON_ATTENTION),
+        "pre_ff_layernorm.weight",
+        _FEED_FORWARD,
+    ),
+}
 
 
 def _zamba2(cfg: Zamba2Config) -> dict:
