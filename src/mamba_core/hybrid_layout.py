@@ -172,6 +172,11 @@ def stored_tensors(config, dialect: str) -> list[HFTensor]:
 _CONV = (0, 2, 1)  # canonical (C, 1, K) <-> MLX (C, K, 1)
 
 
+def _mlx_conv(t: HFTensor) -> HFTensor:
+    # a conv weight as mlx-lm stores it: (C, K, 1)
+    return dataclasses.replace(t, shape=tuple(t.shape[a] for a in _CONV), axes=_CONV)
+
+
 def _mlx_nemotron_h(cfg: NemotronHConfig) -> list[HFTensor]:
     # transformers' names; experts stacked as switch_mlp.fc1 (up) / fc2 (down); conv in MLX layout
     stacked = {"up_proj": "fc1", "down_proj": "fc2"}
@@ -186,8 +191,7 @@ def _mlx_nemotron_h(cfg: NemotronHConfig) -> list[HFTensor]:
             shape, policy = canonical_layout(cfg)[t.canonical]
             out.append(HFTensor(f"{prefix}.switch_mlp.{stacked[which]}.weight", t.canonical, shape, policy))
         elif t.hf_name.endswith("conv1d.weight"):
-            shape = tuple(t.shape[a] for a in _CONV)
-            out.append(dataclasses.replace(t, shape=shape, axes=_CONV))
+            out.append(_mlx_conv(t))
         else:
             out.append(t)
     if cfg.tie_embeddings:  # mlx-lm's Nemotron-H always has its own lm_head
@@ -234,7 +238,7 @@ def _mlx_falcon_h1(cfg: FalconH1Config) -> list[HFTensor]:
         if suffix in factors:
             t = dataclasses.replace(t, scale=factors[suffix])
         if t.hf_name.endswith("conv1d.weight"):
-            t = dataclasses.replace(t, shape=tuple(t.shape[a] for a in _CONV), axes=_CONV)
+            t = _mlx_conv(t)
         out.append(t)
     return out
 
@@ -250,6 +254,24 @@ def stored_config(config, dialect: str):
     return config
 
 
+def _gate_up_halves(prefix: str, canonical: str, shape: tuple[int, ...], policy: str) -> list[HFTensor]:
+    # mlx-lm's ``gate_proj`` / ``up_proj``: the two halves of the rows of a fused ``gate_up_proj``
+    # ((2I, D), or (N, 2I, D) stacked experts: rows of every expert)
+    axis = len(shape) - 2
+    half = shape[axis] // 2
+    return [
+        HFTensor(
+            f"{prefix}{part}_proj.weight",
+            canonical,
+            (*shape[:axis], half, shape[-1]),
+            policy,
+            rows=(lo, lo + half),
+            rows_axis=axis,
+        )
+        for part, lo in (("gate", 0), ("up", half))
+    ]
+
+
 def _mlx_granite(cfg: GraniteHybridConfig) -> list[HFTensor]:
     # mlx-lm's sanitized Granite 4.0-H: the stacked experts' gate_up_proj halves as switch_mlp
     # gate_proj / up_proj (rows of every expert), output_linear as switch_mlp.down_proj; without experts the
@@ -260,41 +282,19 @@ def _mlx_granite(cfg: GraniteHybridConfig) -> list[HFTensor]:
     for t in hf_tensors(cfg):
         name = t.hf_name
         if name.endswith("block_sparse_moe.input_linear.weight"):
-            n, two_i, d = t.shape
             prefix = name[: -len("input_linear.weight")] + "switch_mlp."
-            for part, lo in (("gate", 0), ("up", two_i // 2)):
-                rows = (lo, lo + two_i // 2)
-                out.append(
-                    HFTensor(
-                        f"{prefix}{part}_proj.weight",
-                        t.canonical,
-                        (n, two_i // 2, d),
-                        t.dtype_policy,
-                        rows=rows,
-                        rows_axis=1,
-                    )
-                )
+            out += _gate_up_halves(prefix, t.canonical, t.shape, t.dtype_policy)
         elif name.endswith("block_sparse_moe.output_linear.weight"):
             out.append(dataclasses.replace(t, hf_name=name.replace("output_linear", "switch_mlp.down_proj")))
         elif not cfg.num_local_experts and name.endswith("shared_mlp.input_linear.weight"):
-            two_i, d = t.shape
             prefix = name[: -len("shared_mlp.input_linear.weight")] + "mlp."
-            for part, lo in (("gate", 0), ("up", two_i // 2)):
-                out.append(
-                    HFTensor(
-                        f"{prefix}{part}_proj.weight",
-                        t.canonical,
-                        (two_i // 2, d),
-                        t.dtype_policy,
-                        rows=(lo, lo + two_i // 2),
-                    )
-                )
+            out += _gate_up_halves(prefix, t.canonical, t.shape, t.dtype_policy)
         elif not cfg.num_local_experts and name.endswith("shared_mlp.output_linear.weight"):
             out.append(
                 dataclasses.replace(t, hf_name=name.replace("shared_mlp.output_linear", "mlp.down_proj"))
             )
         elif name.endswith("conv1d.weight"):
-            out.append(dataclasses.replace(t, shape=tuple(t.shape[a] for a in _CONV), axes=_CONV))
+            out.append(_mlx_conv(t))
         else:
             out.append(t)
     return out
@@ -327,21 +327,9 @@ def _mlx_jamba(cfg: JambaConfig) -> list[HFTensor]:
             if t.canonical.endswith("experts.down_proj"):
                 out.append(HFTensor(prefix + "down_proj.weight", t.canonical, shape, policy))
                 continue
-            n, two_i, d = shape
-            for part, lo in (("gate", 0), ("up", two_i // 2)):
-                rows = (lo, lo + two_i // 2)
-                out.append(
-                    HFTensor(
-                        f"{prefix}{part}_proj.weight",
-                        t.canonical,
-                        (n, two_i // 2, d),
-                        policy,
-                        rows=rows,
-                        rows_axis=1,
-                    )
-                )
+            out += _gate_up_halves(prefix, t.canonical, shape, policy)
         elif t.hf_name.endswith("conv1d.weight"):
-            out.append(dataclasses.replace(t, shape=tuple(t.shape[a] for a in _CONV), axes=_CONV))
+            out.append(_mlx_conv(t))
         else:
             out.append(t)
     return out
