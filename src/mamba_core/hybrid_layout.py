@@ -177,23 +177,32 @@ def _mlx_conv(t: HFTensor) -> HFTensor:
     return dataclasses.replace(t, shape=tuple(t.shape[a] for a in _CONV), axes=_CONV)
 
 
-def _mlx_nemotron_h(cfg: NemotronHConfig) -> list[HFTensor]:
-    # transformers' names; experts stacked as switch_mlp.fc1 (up) / fc2 (down); conv in MLX layout
-    stacked = {"up_proj": "fc1", "down_proj": "fc2"}
+def _mlx_restacked(cfg, switch_mlp) -> list[HFTensor]:
+    # transformers' tensors as mlx-lm stores them: conv in MLX layout, and each expert tensor stored one
+    # per expert once, stacked, as ``switch_mlp(t, "<moe prefix>.switch_mlp.", shape, policy)`` names it
     out, seen = [], set()
     for t in hf_tensors(cfg):
         if t.expert is not None:
-            if t.canonical in seen:
-                continue
-            seen.add(t.canonical)
-            prefix, _, rest = t.hf_name.partition(".experts.")
-            which = rest.split(".")[1]
-            shape, policy = canonical_layout(cfg)[t.canonical]
-            out.append(HFTensor(f"{prefix}.switch_mlp.{stacked[which]}.weight", t.canonical, shape, policy))
+            if t.canonical not in seen:
+                seen.add(t.canonical)
+                shape, policy = canonical_layout(cfg)[t.canonical]
+                out += switch_mlp(t, t.hf_name.partition(".experts.")[0] + ".switch_mlp.", shape, policy)
         elif t.hf_name.endswith("conv1d.weight"):
             out.append(_mlx_conv(t))
         else:
             out.append(t)
+    return out
+
+
+def _mlx_nemotron_h(cfg: NemotronHConfig) -> list[HFTensor]:
+    # transformers' names; experts stacked as switch_mlp.fc1 (up) / fc2 (down); conv in MLX layout
+    stacked = {"up_proj": "fc1", "down_proj": "fc2"}
+
+    def switch_mlp(t: HFTensor, prefix: str, shape: tuple[int, ...], policy: str) -> list[HFTensor]:
+        which = t.hf_name.partition(".experts.")[2].split(".")[1]
+        return [HFTensor(f"{prefix}{stacked[which]}.weight", t.canonical, shape, policy)]
+
+    out = _mlx_restacked(cfg, switch_mlp)
     if cfg.tie_embeddings:  # mlx-lm's Nemotron-H always has its own lm_head
         emb = next(t for t in out if t.canonical == "backbone.embedding.weight")
         out.append(HFTensor("lm_head.weight", "backbone.embedding.weight", emb.shape, emb.dtype_policy))
@@ -316,23 +325,13 @@ def _mlx_jamba(cfg: JambaConfig) -> list[HFTensor]:
             f"expert_layer_offset: with expert_layer_period={period} and expert_layer_offset={offset} "
             "they differ, so mlx-lm would build another model; use the 'hf' or 'mamba-core' layout"
         )
-    out, seen = [], set()
-    for t in hf_tensors(cfg):
-        if t.expert is not None:
-            if t.canonical in seen:
-                continue
-            seen.add(t.canonical)
-            prefix = t.hf_name.partition(".experts.")[0] + ".switch_mlp."
-            shape, policy = canonical_layout(cfg)[t.canonical]
-            if t.canonical.endswith("experts.down_proj"):
-                out.append(HFTensor(prefix + "down_proj.weight", t.canonical, shape, policy))
-                continue
-            out += _gate_up_halves(prefix, t.canonical, shape, policy)
-        elif t.hf_name.endswith("conv1d.weight"):
-            out.append(_mlx_conv(t))
-        else:
-            out.append(t)
-    return out
+
+    def switch_mlp(t: HFTensor, prefix: str, shape: tuple[int, ...], policy: str) -> list[HFTensor]:
+        if t.canonical.endswith("experts.down_proj"):
+            return [HFTensor(prefix + "down_proj.weight", t.canonical, shape, policy)]
+        return _gate_up_halves(prefix, t.canonical, shape, policy)
+
+    return _mlx_restacked(cfg, switch_mlp)
 
 
 _MLX_LM[JambaConfig] = _mlx_jamba
