@@ -34,38 +34,13 @@ from mamba_core.layout import (
     DIALECT_RENAMES,
     expand_layout,
 )
-from mamba_core.safetensors_header import validate_safetensors_header
+from mamba_core.safetensors_header import ValidatedHeader, validate_safetensors_header
 from mamba_core.task import HEAD_LAYOUT, Task, task_layout
+from mamba_core.tensor_info import TensorInfo
 
 SAFETENSORS_DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"}
 FLOAT_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
-
-
-@dataclass(frozen=True)
-class TensorInfo:
-    """One tensor as a checkpoint file describes it (no data).
-
-    Attributes:
-        name: the name in the file.
-        shape: its shape as stored.
-        dtype: safetensors dtype tag (``"F32"``, ``"BF16"``, ...).
-        file: path of the file holding it.
-    """
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    file: str
-
-
-@dataclass(frozen=True)
-class SafetensorsHeader:
-    """A parsed safetensors header: tensors and the ``__metadata__`` dict."""
-
-    path: str
-    tensors: dict[str, TensorInfo]
-    metadata: dict[str, str]
 
 
 def check_tensor_names(expected, found, what: str, *, shown: int) -> None:
@@ -88,16 +63,15 @@ def check_tensor_names(expected, found, what: str, *, shown: int) -> None:
         )
 
 
-def read_safetensors_header(path: str | os.PathLike) -> SafetensorsHeader:
-    """Parse a safetensors header, validated against the file (``mamba_core.safetensors_header``).
+def read_safetensors_header(path: str | os.PathLike) -> ValidatedHeader:
+    """Parse a safetensors header, validated against the file (``mamba_core.safetensors_header``): its
+    ``entries`` are the file's ``TensorInfo``s, its ``metadata`` the ``__metadata__`` map.
 
     Raises:
         CheckpointError: the file is not a regular safetensors file, is truncated, or its header is
             inconsistent (the message names the file and, where it applies, the tensor).
     """
-    header = validate_safetensors_header(path)
-    tensors = {name: TensorInfo(name, e.shape, e.dtype, header.path) for name, e in header.entries.items()}
-    return SafetensorsHeader(header.path, tensors, header.metadata)
+    return validate_safetensors_header(path)
 
 
 def is_pickle(path: str | os.PathLike) -> bool:
