@@ -16,7 +16,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from mamba_core.config_schema import check_fields
+from mamba_core.config_schema import check_choice, check_fields
 from mamba_core.errors import ConfigError
 
 ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "relu2")
@@ -175,15 +175,8 @@ class MLPConfig:
         _positive_int(owner, "d_model", self.d_model)
         _positive_int(owner, "d_ff", self.d_ff)
         _positive_int(owner, "adapter_rank", self.adapter_rank, zero_ok=True)
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(
-                f"{owner}.activation must be one of {ACTIVATIONS}, got {self.activation!r}",
-                field="activation",
-            )
-        if self.layout not in MLP_LAYOUTS:
-            raise ConfigError(
-                f"{owner}.layout must be one of {MLP_LAYOUTS}, got {self.layout!r}", field="layout"
-            )
+        check_choice(f"{owner}.activation", self.activation, ACTIVATIONS, field="activation")
+        check_choice(f"{owner}.layout", self.layout, MLP_LAYOUTS, field="layout")
         if self.adapter_rank and self.layout != "fused":
             raise ConfigError(
                 f"{owner}.adapter_rank={self.adapter_rank} needs layout='fused' (the adapter adds to "
@@ -267,8 +260,7 @@ class MoEConfig:
         owner = type(self).__name__
         for name in ("d_model", "n_experts", "top_k", "n_group", "topk_group"):
             _positive_int(owner, name, getattr(self, name))
-        if self.router not in ROUTERS:
-            raise ConfigError(f"{owner}.router must be one of {ROUTERS}, got {self.router!r}", field="router")
+        check_choice(f"{owner}.router", self.router, ROUTERS, field="router")
         if self.top_k > self.n_experts:
             raise ConfigError(
                 f"{owner}.top_k={self.top_k} must be <= n_experts={self.n_experts}", field="top_k"

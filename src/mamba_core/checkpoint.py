@@ -34,50 +34,44 @@ from mamba_core.layout import (
     DIALECT_RENAMES,
     expand_layout,
 )
-from mamba_core.safetensors_header import validate_safetensors_header
+from mamba_core.safetensors_header import ValidatedHeader, validate_safetensors_header
 from mamba_core.task import HEAD_LAYOUT, Task, task_layout
+from mamba_core.tensor_info import TensorInfo
 
 SAFETENSORS_DTYPES = {"F64", "F32", "F16", "BF16", "I64", "I32", "I16", "I8", "U8", "BOOL"}
 FLOAT_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16", "F64": "float64"}
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth")
 
 
-@dataclass(frozen=True)
-class TensorInfo:
-    """One tensor as a checkpoint file describes it (no data).
+def check_tensor_names(expected, found, what: str, *, shown: int) -> None:
+    """Refuse a file whose tensor names are not exactly ``expected`` (an adapter, an optimizer state).
 
-    Attributes:
-        name: the name in the file.
-        shape: its shape as stored.
-        dtype: safetensors dtype tag (``"F32"``, ``"BF16"``, ...).
-        file: path of the file holding it.
+    Args:
+        expected, found: tensor names. what: the file, as the message names it. shown: how many
+            missing and unexpected names the message lists.
+
+    Raises:
+        CheckpointError: names missing or left over (``missing`` and ``unexpected`` attributes).
     """
-
-    name: str
-    shape: tuple[int, ...]
-    dtype: str
-    file: str
-
-
-@dataclass(frozen=True)
-class SafetensorsHeader:
-    """A parsed safetensors header: tensors and the ``__metadata__`` dict."""
-
-    path: str
-    tensors: dict[str, TensorInfo]
-    metadata: dict[str, str]
+    missing, unexpected = sorted(set(expected) - set(found)), sorted(set(found) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"{what} does not match the model: {len(missing)} missing "
+            f"{missing[:shown]}, {len(unexpected)} unexpected {unexpected[:shown]}",
+            missing=missing,
+            unexpected=unexpected,
+        )
 
 
-def read_safetensors_header(path: str | os.PathLike) -> SafetensorsHeader:
-    """Parse a safetensors header, validated against the file (``mamba_core.safetensors_header``).
+def read_safetensors_header(path: str | os.PathLike) -> ValidatedHeader:
+    """Parse a safetensors header, validated against the file (``mamba_core.safetensors_header``): its
+    ``entries`` are the file's ``TensorInfo``s, its ``metadata`` the ``__metadata__`` map.
 
     Raises:
         CheckpointError: the file is not a regular safetensors file, is truncated, or its header is
             inconsistent (the message names the file and, where it applies, the tensor).
     """
-    header = validate_safetensors_header(path)
-    tensors = {name: TensorInfo(name, e.shape, e.dtype, header.path) for name, e in header.entries.items()}
-    return SafetensorsHeader(header.path, tensors, header.metadata)
+    return validate_safetensors_header(path)
 
 
 def is_pickle(path: str | os.PathLike) -> bool:

@@ -170,6 +170,19 @@ def check_raw(where: str, key: str, value, rule: Rule | None = None, *, arch: st
     check_value(where, key, rule, value)
 
 
+def check_choice(label: str, value, choices, *, field: str) -> None:
+    """Check that ``value`` is one of ``choices`` (a field a config class checks itself).
+
+    Raises:
+        ConfigError: ``"<label> must be one of <choices>, got <value>"``, naming ``field``.
+
+    Example:
+        >>> check_choice("MLPConfig.layout", "split", ("fused", "split"), field="layout")
+    """
+    if value not in choices:
+        raise ConfigError(f"{label} must be one of {choices}, got {value!r}", field=field)
+
+
 def check_kind(where: str, key: str, value, kind: type | tuple[type, ...], expected: str) -> None:
     """Refuse a structural json value of the wrong type (a key or section the codec dispatches on).
 

@@ -103,30 +103,25 @@ def convert(
         PosixPath('mamba-130m-mlx')
     """
     to = _ALIASES.get(to, to)
-    if to != "gguf" and (requantize or gguf_type is not None):
+    gguf = to == "gguf"  # llama.cpp's format (mamba_core.gguf): one file, float32 or as quantized
+    if not gguf and (requantize or gguf_type is not None):
         raise CheckpointError(f"gguf_type= and requantize= are for to='gguf', not to={to!r}")
-    if to == "gguf":  # llama.cpp's format (mamba_core.gguf)
-        from mamba_core.gguf import convert_to_gguf
+    if gguf:
+        from mamba_core.gguf import GGUF_TYPES, save_gguf
 
         if quantize is not None:
             raise CheckpointError(
                 "to='gguf' quantizes with gguf_type ('Q8_0', 'Q4_0', 'Q4_1', 'MXFP4'), not quantize="
             )
-        return convert_to_gguf(
-            src,
-            dst,
-            gguf_type=gguf_type,
-            force=force,
-            requantize=requantize,
-            backend=backend,
-            revision=revision,
-            dialect=dialect,
-        )
-    if to not in CHECKPOINT_DIALECTS:
+        if gguf_type is not None and gguf_type not in GGUF_TYPES:
+            raise ValueError(
+                f"gguf_type {gguf_type!r} is not supported; expected one of {GGUF_TYPES} or None"
+            )
+    if not gguf and to not in CHECKPOINT_DIALECTS:
         raise CheckpointError(
             f"unknown target dialect {to!r}; expected one of {CHECKPOINT_DIALECTS} (or 'canonical')"
         )
-    if dtype is not None and dtype not in DTYPES:
+    if not gguf and dtype is not None and dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r} is not supported; expected one of {DTYPES} or None")
     dst = Path(dst)
     recover(dst)  # a killed earlier run's leftovers beside dst: restored or removed first
@@ -145,7 +140,11 @@ def convert(
         to,
         name,
     )
+    if gguf:  # a float source is read as float32, a quantized one as stored
+        dtype = "float32" if plan.quantization is None else None
     model = module.load_checkpoint(plan, dtype=dtype, device="cpu")
+    if gguf:
+        return save_gguf(model, dst, gguf_type=gguf_type, force=force, requantize=requantize)
     if quantize is not None:
         from mamba_core.quantization import quantize as quantize_model
 

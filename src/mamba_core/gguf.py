@@ -592,30 +592,3 @@ def save_gguf(
         quantized=quantized,
         requantize=requantize,
     )
-
-
-def convert_to_gguf(
-    src,
-    dst,
-    *,
-    gguf_type: str | None = None,
-    force: bool = False,
-    backend: str | None = None,
-    revision: str | None = None,
-    dialect: str | None = None,
-    requantize: bool = False,
-) -> Path:
-    """Any checkpoint ``load`` reads (float, or MLX-format quantized) -> one GGUF file at ``dst``
-    (``gguf_type`` and ``requantize`` as in ``save_gguf``)."""
-    from mamba_core.loading import local_path, plan_checkpoint
-    from mamba_core.registry import choose_backend, get_backend
-
-    dst = Path(dst)
-    if dst.exists() and not force:
-        raise FileExistsError(f"{str(dst)!r} exists; pass force=True (--force) to replace it")
-    if gguf_type is not None and gguf_type not in GGUF_TYPES:
-        raise ValueError(f"gguf_type {gguf_type!r} is not supported; expected one of {GGUF_TYPES} or None")
-    module = get_backend(choose_backend(backend).name)
-    plan = plan_checkpoint(local_path(src, revision=revision), dialect=dialect, backend=module)
-    model = module.load_checkpoint(plan, dtype="float32" if plan.quantization is None else None, device="cpu")
-    return save_gguf(model, dst, gguf_type=gguf_type, force=force, requantize=requantize)

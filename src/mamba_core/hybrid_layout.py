@@ -172,24 +172,37 @@ def stored_tensors(config, dialect: str) -> list[HFTensor]:
 _CONV = (0, 2, 1)  # canonical (C, 1, K) <-> MLX (C, K, 1)
 
 
-def _mlx_nemotron_h(cfg: NemotronHConfig) -> list[HFTensor]:
-    # transformers' names; experts stacked as switch_mlp.fc1 (up) / fc2 (down); conv in MLX layout
-    stacked = {"up_proj": "fc1", "down_proj": "fc2"}
+def _mlx_conv(t: HFTensor) -> HFTensor:
+    # a conv weight as mlx-lm stores it: (C, K, 1)
+    return dataclasses.replace(t, shape=tuple(t.shape[a] for a in _CONV), axes=_CONV)
+
+
+def _mlx_restacked(cfg, switch_mlp) -> list[HFTensor]:
+    # transformers' tensors as mlx-lm stores them: conv in MLX layout, and each expert tensor stored one
+    # per expert once, stacked, as ``switch_mlp(t, "<moe prefix>.switch_mlp.", shape, policy)`` names it
     out, seen = [], set()
     for t in hf_tensors(cfg):
         if t.expert is not None:
-            if t.canonical in seen:
-                continue
-            seen.add(t.canonical)
-            prefix, _, rest = t.hf_name.partition(".experts.")
-            which = rest.split(".")[1]
-            shape, policy = canonical_layout(cfg)[t.canonical]
-            out.append(HFTensor(f"{prefix}.switch_mlp.{stacked[which]}.weight", t.canonical, shape, policy))
+            if t.canonical not in seen:
+                seen.add(t.canonical)
+                shape, policy = canonical_layout(cfg)[t.canonical]
+                out += switch_mlp(t, t.hf_name.partition(".experts.")[0] + ".switch_mlp.", shape, policy)
         elif t.hf_name.endswith("conv1d.weight"):
-            shape = tuple(t.shape[a] for a in _CONV)
-            out.append(dataclasses.replace(t, shape=shape, axes=_CONV))
+            out.append(_mlx_conv(t))
         else:
             out.append(t)
+    return out
+
+
+def _mlx_nemotron_h(cfg: NemotronHConfig) -> list[HFTensor]:
+    # transformers' names; experts stacked as switch_mlp.fc1 (up) / fc2 (down); conv in MLX layout
+    stacked = {"up_proj": "fc1", "down_proj": "fc2"}
+
+    def switch_mlp(t: HFTensor, prefix: str, shape: tuple[int, ...], policy: str) -> list[HFTensor]:
+        which = t.hf_name.partition(".experts.")[2].split(".")[1]
+        return [HFTensor(f"{prefix}{stacked[which]}.weight", t.canonical, shape, policy)]
+
+    out = _mlx_restacked(cfg, switch_mlp)
     if cfg.tie_embeddings:  # mlx-lm's Nemotron-H always has its own lm_head
         emb = next(t for t in out if t.canonical == "backbone.embedding.weight")
         out.append(HFTensor("lm_head.weight", "backbone.embedding.weight", emb.shape, emb.dtype_policy))
@@ -234,7 +247,7 @@ def _mlx_falcon_h1(cfg: FalconH1Config) -> list[HFTensor]:
         if suffix in factors:
             t = dataclasses.replace(t, scale=factors[suffix])
         if t.hf_name.endswith("conv1d.weight"):
-            t = dataclasses.replace(t, shape=tuple(t.shape[a] for a in _CONV), axes=_CONV)
+            t = _mlx_conv(t)
         out.append(t)
     return out
 
@@ -250,6 +263,24 @@ def stored_config(config, dialect: str):
     return config
 
 
+def _gate_up_halves(prefix: str, canonical: str, shape: tuple[int, ...], policy: str) -> list[HFTensor]:
+    # mlx-lm's ``gate_proj`` / ``up_proj``: the two halves of the rows of a fused ``gate_up_proj``
+    # ((2I, D), or (N, 2I, D) stacked experts: rows of every expert)
+    axis = len(shape) - 2
+    half = shape[axis] // 2
+    return [
+        HFTensor(
+            f"{prefix}{part}_proj.weight",
+            canonical,
+            (*shape[:axis], half, shape[-1]),
+            policy,
+            rows=(lo, lo + half),
+            rows_axis=axis,
+        )
+        for part, lo in (("gate", 0), ("up", half))
+    ]
+
+
 def _mlx_granite(cfg: GraniteHybridConfig) -> list[HFTensor]:
     # mlx-lm's sanitized Granite 4.0-H: the stacked experts' gate_up_proj halves as switch_mlp
     # gate_proj / up_proj (rows of every expert), output_linear as switch_mlp.down_proj; without experts the
@@ -260,41 +291,19 @@ def _mlx_granite(cfg: GraniteHybridConfig) -> list[HFTensor]:
     for t in hf_tensors(cfg):
         name = t.hf_name
         if name.endswith("block_sparse_moe.input_linear.weight"):
-            n, two_i, d = t.shape
             prefix = name[: -len("input_linear.weight")] + "switch_mlp."
-            for part, lo in (("gate", 0), ("up", two_i // 2)):
-                rows = (lo, lo + two_i // 2)
-                out.append(
-                    HFTensor(
-                        f"{prefix}{part}_proj.weight",
-                        t.canonical,
-                        (n, two_i // 2, d),
-                        t.dtype_policy,
-                        rows=rows,
-                        rows_axis=1,
-                    )
-                )
+            out += _gate_up_halves(prefix, t.canonical, t.shape, t.dtype_policy)
         elif name.endswith("block_sparse_moe.output_linear.weight"):
             out.append(dataclasses.replace(t, hf_name=name.replace("output_linear", "switch_mlp.down_proj")))
         elif not cfg.num_local_experts and name.endswith("shared_mlp.input_linear.weight"):
-            two_i, d = t.shape
             prefix = name[: -len("shared_mlp.input_linear.weight")] + "mlp."
-            for part, lo in (("gate", 0), ("up", two_i // 2)):
-                out.append(
-                    HFTensor(
-                        f"{prefix}{part}_proj.weight",
-                        t.canonical,
-                        (two_i // 2, d),
-                        t.dtype_policy,
-                        rows=(lo, lo + two_i // 2),
-                    )
-                )
+            out += _gate_up_halves(prefix, t.canonical, t.shape, t.dtype_policy)
         elif not cfg.num_local_experts and name.endswith("shared_mlp.output_linear.weight"):
             out.append(
                 dataclasses.replace(t, hf_name=name.replace("shared_mlp.output_linear", "mlp.down_proj"))
             )
         elif name.endswith("conv1d.weight"):
-            out.append(dataclasses.replace(t, shape=tuple(t.shape[a] for a in _CONV), axes=_CONV))
+            out.append(_mlx_conv(t))
         else:
             out.append(t)
     return out
@@ -316,35 +325,13 @@ def _mlx_jamba(cfg: JambaConfig) -> list[HFTensor]:
             f"expert_layer_offset: with expert_layer_period={period} and expert_layer_offset={offset} "
             "they differ, so mlx-lm would build another model; use the 'hf' or 'mamba-core' layout"
         )
-    out, seen = [], set()
-    for t in hf_tensors(cfg):
-        if t.expert is not None:
-            if t.canonical in seen:
-                continue
-            seen.add(t.canonical)
-            prefix = t.hf_name.partition(".experts.")[0] + ".switch_mlp."
-            shape, policy = canonical_layout(cfg)[t.canonical]
-            if t.canonical.endswith("experts.down_proj"):
-                out.append(HFTensor(prefix + "down_proj.weight", t.canonical, shape, policy))
-                continue
-            n, two_i, d = shape
-            for part, lo in (("gate", 0), ("up", two_i // 2)):
-                rows = (lo, lo + two_i // 2)
-                out.append(
-                    HFTensor(
-                        f"{prefix}{part}_proj.weight",
-                        t.canonical,
-                        (n, two_i // 2, d),
-                        policy,
-                        rows=rows,
-                        rows_axis=1,
-                    )
-                )
-        elif t.hf_name.endswith("conv1d.weight"):
-            out.append(dataclasses.replace(t, shape=tuple(t.shape[a] for a in _CONV), axes=_CONV))
-        else:
-            out.append(t)
-    return out
+
+    def switch_mlp(t: HFTensor, prefix: str, shape: tuple[int, ...], policy: str) -> list[HFTensor]:
+        if t.canonical.endswith("experts.down_proj"):
+            return [HFTensor(prefix + "down_proj.weight", t.canonical, shape, policy)]
+        return _gate_up_halves(prefix, t.canonical, shape, policy)
+
+    return _mlx_restacked(cfg, switch_mlp)
 
 
 _MLX_LM[JambaConfig] = _mlx_jamba
@@ -352,14 +339,59 @@ _MLX_LM[JambaConfig] = _mlx_jamba
 
 def _placements(config) -> dict[str, tuple[str, tuple[int, ...], str]]:
     # canonical name -> (transformers name or per-expert template, canonical shape, dtype policy)
-    builders = {
-        NemotronHConfig: _nemotron_h,
-        GraniteHybridConfig: _granite,
-        JambaConfig: _jamba,
-        FalconH1Config: _falcon_h1,
-        Zamba2Config: _zamba2,
-    }
-    return builders[type(config)](config)
+    if isinstance(config, Zamba2Config):
+        return _zamba2(config)
+    out: dict = {}
+    names = _LAYER_NAMES[config.arch]
+    for i, plan in enumerate(config.layer_plan()):
+        c, h = f"backbone.layers.{i}.", names.layer.format(i=i)
+        out[c + "norm.weight"] = (h + names.norm, (config.d_model,), "model")
+        _slot(out, config, plan.mixer, names.mixer, c + "mixer.", h)
+        if names.norm2 is not None:
+            out[c + "norm2.weight"] = (h + names.norm2, (config.d_model,), "model")
+            _slot(out, config, plan.mlp, names.mlp, c + "mlp.", h)
+    _head(out, config, **names.head)
+    return out
+
+
+@dataclass(frozen=True)
+class _SlotNames:
+    """transformers' names of one slot's rows in a layer (after the layer's prefix).
+
+    Attributes:
+        prefix: kind -> the prefix of its rows.
+        renames: canonical row -> transformers' row, where they differ.
+        per_expert: MoE rows stored one tensor per expert -> their template (``{j}`` the expert,
+            ``{part}`` gate / up of a split ``gate_up``); None: the experts are stored stacked.
+    """
+
+    prefix: dict[str, str]
+    renames: dict[str, str] = dataclasses.field(default_factory=dict)
+    per_expert: dict[str, str] | None = None
+
+
+@dataclass(frozen=True)
+class _LayerNames:
+    """transformers' names of a family's layers: the layer prefix (``{i}`` the layer), its first norm
+    and mixer slot, its second norm and feed-forward slot (None: one slot per layer), and the names
+    ``_head`` takes."""
+
+    layer: str
+    norm: str
+    mixer: _SlotNames
+    norm2: str | None = None
+    mlp: _SlotNames | None = None
+    head: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def _slot(out: dict, cfg, kind: str, names: _SlotNames, canonical: str, h: str) -> None:
+    # one slot's rows: its kind's, MoE experts stored one per expert listed by template
+    hf = h + names.prefix[kind]
+    if kind == "moe" and names.per_expert is not None:
+        per_expert = {name: h + template for name, template in names.per_expert.items()}
+        _moe(out, cfg.kind_config(kind), canonical, hf, per_expert, names.renames)
+    else:
+        _kind(out, kind, cfg.kind_config(kind), canonical, hf, names.renames)
 
 
 _NEMOTRON_MOE = {
@@ -374,25 +406,6 @@ _NEMOTRON_MOE = {
     "shared_expert.down_proj.weight": "shared_experts.down_proj.weight",
     "shared_expert.down_proj.bias": "shared_experts.down_proj.bias",
 }
-
-
-def _nemotron_h(cfg: NemotronHConfig) -> dict:
-    out: dict = {}
-    for i, plan in enumerate(cfg.layer_plan()):
-        c = h = f"backbone.layers.{i}."
-        out[c + "norm.weight"] = (h + "norm.weight", (cfg.d_model,), "model")
-        if plan.mixer == "moe":
-            per_expert = {
-                "experts.up_proj": h + "mixer.experts.{j}.up_proj.weight",
-                "experts.down_proj": h + "mixer.experts.{j}.down_proj.weight",
-            }
-            _moe(out, cfg.moe, c + "mixer.", h + "mixer.", per_expert, _NEMOTRON_MOE)
-        else:
-            _kind(out, plan.mixer, cfg.kind_config(plan.mixer), c + "mixer.", h + "mixer.")
-    _head(out, cfg, "backbone.embeddings.weight", "backbone.norm_f.weight")
-    return out
-
-
 _GRANITE_FFN = {
     "router.weight": "block_sparse_moe.router.layer.weight",
     "experts.gate_up_proj": "block_sparse_moe.input_linear.weight",
@@ -402,61 +415,63 @@ _GRANITE_FFN = {
     "gate_up_proj.weight": "shared_mlp.input_linear.weight",
     "down_proj.weight": "shared_mlp.output_linear.weight",
 }
-
-
-def _granite(cfg: GraniteHybridConfig) -> dict:
-    out: dict = {}
-    granite = cfg.variant == "granitemoehybrid"
-    for i, plan in enumerate(cfg.layer_plan()):
-        c, h = f"backbone.layers.{i}.", f"model.layers.{i}."
-        out[c + "norm.weight"] = (h + "input_layernorm.weight", (cfg.d_model,), "model")
-        mixer_hf = h + ("mamba." if plan.mixer == "mamba2" else "self_attn.")
-        _kind(out, plan.mixer, cfg.kind_config(plan.mixer), c + "mixer.", mixer_hf)
-        norm2 = "post_attention_layernorm.weight" if granite else "pre_ff_layernorm.weight"
-        out[c + "norm2.weight"] = (h + norm2, (cfg.d_model,), "model")
-        if granite:
-            _kind(out, plan.mlp, cfg.kind_config(plan.mlp), c + "mlp.", h, _GRANITE_FFN)
-        else:
-            _kind(out, "mlp", cfg.shared_mlp, c + "mlp.", h + "feed_forward.")
-    _head(out, cfg, norm="model.norm.weight" if granite else "model.final_layernorm.weight")
-    return out
-
-
-def _jamba(cfg: JambaConfig) -> dict:
-    out: dict = {}
-    for i, plan in enumerate(cfg.layer_plan()):
-        c, h = f"backbone.layers.{i}.", f"model.layers.{i}."
-        out[c + "norm.weight"] = (h + "input_layernorm.weight", (cfg.d_model,), "model")
-        mixer_hf = h + ("self_attn." if plan.mixer == "attention" else "mamba.")
-        _kind(out, plan.mixer, cfg.kind_config(plan.mixer), c + "mixer.", mixer_hf)
-        out[c + "norm2.weight"] = (h + "pre_ff_layernorm.weight", (cfg.d_model,), "model")
-        if plan.mlp == "moe":
-            per_expert = {
-                "experts.gate_up_proj": h + "feed_forward.experts.{j}.{part}_proj.weight",
-                "experts.down_proj": h + "feed_forward.experts.{j}.down_proj.weight",
-            }
-            _moe(out, cfg.moe, c + "mlp.", h + "feed_forward.", per_expert, {})
-        else:
-            _kind(out, "mlp", cfg.mlp, c + "mlp.", h + "feed_forward.")
-    _head(out, cfg)
-    return out
-
-
 _FALCON_ATTENTION = {f"attention.{p.name}": f"self_attn.{p.name}" for p in ATTENTION_ROWS}
-
-
-def _falcon_h1(cfg: FalconH1Config) -> dict:
-    out: dict = {}
-    for i in range(cfg.n_layer):
-        c, h = f"backbone.layers.{i}.", f"model.layers.{i}."
-        out[c + "norm.weight"] = (h + "input_layernorm.weight", (cfg.d_model,), "model")
-        # the parallel kind's rows (its optional gated norm and out_proj bias included): transformers
-        # keeps ``mamba.`` and names the attention ``self_attn.``
-        _kind(out, "mamba2+attention", cfg.parallel, c + "mixer.", h, _FALCON_ATTENTION)
-        out[c + "norm2.weight"] = (h + "pre_ff_layernorm.weight", (cfg.d_model,), "model")
-        _kind(out, "mlp", cfg.mlp, c + "mlp.", h + "feed_forward.")
-    _head(out, cfg)
-    return out
+_MAMBA_OR_ATTENTION = {"mamba1": "mamba.", "mamba2": "mamba.", "attention": "self_attn."}
+_FEED_FORWARD = _SlotNames({"mlp": "feed_forward."})
+# arch -> transformers' names of its layers (Zamba2's shared blocks: ``_zamba2``)
+_LAYER_NAMES = {
+    # one kind per layer, every kind under ``mixer.`` (the MoE's experts stored one per expert)
+    "nemotron_h": _LayerNames(
+        "backbone.layers.{i}.",
+        "norm.weight",
+        _SlotNames(
+            dict.fromkeys(("mamba2", "attention", "mlp", "moe"), "mixer."),
+            _NEMOTRON_MOE,
+            {
+                "experts.up_proj": "mixer.experts.{j}.up_proj.weight",
+                "experts.down_proj": "mixer.experts.{j}.down_proj.weight",
+            },
+        ),
+        head={"emb": "backbone.embeddings.weight", "norm": "backbone.norm_f.weight"},
+    ),
+    "granitemoehybrid": _LayerNames(
+        "model.layers.{i}.",
+        "input_layernorm.weight",
+        _SlotNames(_MAMBA_OR_ATTENTION),
+        "post_attention_layernorm.weight",
+        _SlotNames({"moe": "", "mlp": ""}, _GRANITE_FFN),
+        head={"norm": "model.norm.weight"},
+    ),
+    "bamba": _LayerNames(
+        "model.layers.{i}.",
+        "input_layernorm.weight",
+        _SlotNames(_MAMBA_OR_ATTENTION),
+        "pre_ff_layernorm.weight",
+        _FEED_FORWARD,
+    ),
+    "jamba": _LayerNames(
+        "model.layers.{i}.",
+        "input_layernorm.weight",
+        _SlotNames(_MAMBA_OR_ATTENTION),
+        "pre_ff_layernorm.weight",
+        _SlotNames(
+            {"mlp": "feed_forward.", "moe": "feed_forward."},
+            per_expert={
+                "experts.gate_up_proj": "feed_forward.experts.{j}.{part}_proj.weight",
+                "experts.down_proj": "feed_forward.experts.{j}.down_proj.weight",
+            },
+        ),
+    ),
+    # the parallel kind's rows (its optional gated norm and out_proj bias included): transformers
+    # keeps ``mamba.`` and names the attention ``self_attn.``
+    "falcon_h1": _LayerNames(
+        "model.layers.{i}.",
+        "input_layernorm.weight",
+        _SlotNames({"mamba2+attention": ""}, _FALCON_ATTENTION),
+        "pre_ff_layernorm.weight",
+        _FEED_FORWARD,
+    ),
+}
 
 
 def _zamba2(cfg: Zamba2Config) -> dict:

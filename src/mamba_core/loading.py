@@ -161,7 +161,7 @@ def read_tensor_infos(
             infos = _pickle_header(f, backend)
         else:
             header = read_safetensors_header(f)
-            infos = header.tensors
+            infos = header.entries
             metadata = metadata or header.metadata
             formats[f.name] = header.metadata.get("format", "")
         for name, info in infos.items():

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from mamba_core.config_schema import check_fields, check_parameter_count
+from mamba_core.config_schema import check_choice, check_fields, check_parameter_count
 from mamba_core.errors import ConfigError
 from mamba_core.layers.kind import BlockPlan
 from mamba_core.lm_config_base import LMConfigBase
@@ -120,11 +120,7 @@ class Mamba3Config(LMConfigBase):
                 field="expand",
             )
         self._check_heads()
-        if self.rope_fraction not in ROPE_FRACTIONS:
-            raise ConfigError(
-                f"rope_fraction must be one of {ROPE_FRACTIONS}, got {self.rope_fraction!r}",
-                field="rope_fraction",
-            )
+        check_choice("rope_fraction", self.rope_fraction, ROPE_FRACTIONS, field="rope_fraction")
         if self.num_rope_angles < 1:
             raise ConfigError(
                 f"d_state={self.d_state} with rope_fraction={self.rope_fraction} leaves no rotary pair; "

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mamba_core.errors import CheckpointError
+from mamba_core.tensor_info import TensorInfo
 from mamba_core.weight_files import open_regular_file
 
 # Every dtype tag of the safetensors format, with its size in bytes.
@@ -73,37 +74,19 @@ _RESERVED = "__metadata__"
 
 
 @dataclass(frozen=True)
-class HeaderEntry:
-    """One tensor of a validated header.
-
-    Attributes:
-        name: the tensor's name.
-        dtype: a key of ``DTYPE_SIZES``.
-        shape: non-negative ints.
-        start, stop: byte offsets within the data section (``stop - start`` = its size in bytes).
-    """
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    start: int
-    stop: int
-
-
-@dataclass(frozen=True)
 class ValidatedHeader:
     """A safetensors header that passed every check.
 
     Attributes:
         path: the file.
-        entries: name -> ``HeaderEntry``, in the header's order.
+        entries: name -> ``TensorInfo`` (with its byte range), in the header's order.
         metadata: the ``__metadata__`` map (empty when absent).
         data_start: byte offset of the data section in the file (``8 + N``).
         file_size: the file's size in bytes.
     """
 
     path: str
-    entries: dict[str, HeaderEntry]
+    entries: dict[str, TensorInfo]
     metadata: dict[str, str]
     data_start: int
     file_size: int
@@ -122,7 +105,7 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _entry(path: str, name: str, raw) -> HeaderEntry:
+def _entry(path: str, name: str, raw) -> TensorInfo:
     where = f"{path!r}: tensor {name!r}"
     if not isinstance(raw, dict):
         raise CheckpointError(f"{where}: header entry is {type(raw).__name__}, expected an object")
@@ -154,7 +137,7 @@ def _entry(path: str, name: str, raw) -> HeaderEntry:
             f"{where}: shape {tuple(shape)} {dtype} needs {nbytes} bytes but its data_offsets {offsets} "
             f"hold {stop - start}; the file is damaged"
         )
-    return HeaderEntry(name, dtype, tuple(shape), start, stop)
+    return TensorInfo(name, tuple(shape), dtype, path, start, stop)
 
 
 def validate_safetensors_header(path: str | os.PathLike) -> ValidatedHeader:

@@ -20,6 +20,7 @@ from mamba_core.errors import NonFiniteError, SamplingError, SeedError
 FLOAT32_TINY = 1.1754943508222875e-38  # smallest normal float32: a temperature below it acts as 0 (greedy)
 FLOAT32_MAX = 3.4028234663852886e38  # logits are float32: extreme penalties are clipped to its range
 SEED_LIMIT = 2**64  # seeds are ints in [0, SEED_LIMIT): a torch.Generator's and mx.random.key's range
+LOGIT_PROCESSING = ("temperature", "top_k", "top_p", "min_p", "repetition_penalty")  # process_logits reads
 
 
 def _is_int(value) -> bool:
@@ -140,6 +141,12 @@ class SamplingSettings:
         the prompt, ``compile``...) are ignored.
         """
         return cls(**{field.name: arguments[field.name] for field in fields(cls)})
+
+    @property
+    def logit_processing(self) -> dict[str, object]:
+        """The settings ``process_logits`` applies, by keyword (both backends' decode loops pass these):
+        ``temperature``, ``top_k``, ``top_p``, ``min_p``, ``repetition_penalty``."""
+        return {name: getattr(self, name) for name in LOGIT_PROCESSING}
 
     @property
     def greedy(self) -> bool:

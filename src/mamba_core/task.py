@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mamba_core.config import Mamba1Config, Mamba2Config
+from mamba_core.config_schema import check_choice
 from mamba_core.errors import ConfigError
 from mamba_core.layout import Param, ParamSpec, expand_layout
 
@@ -71,8 +72,7 @@ class Task:
     pooling: str | None = None
 
     def __post_init__(self) -> None:
-        if self.kind not in TASKS:
-            raise ConfigError(f"task must be one of {TASKS}, got {self.kind!r}", field="task")
+        check_choice("task", self.kind, TASKS, field="task")
         if self.kind == "sequence-classification":
             n = self.num_labels
             if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -94,8 +94,8 @@ class Task:
                 f"not {self.kind!r}",
                 field="pooling",
             )
-        if self.pooling is not None and self.pooling not in POOLINGS:
-            raise ConfigError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}", field="pooling")
+        if self.pooling is not None:
+            check_choice("pooling", self.pooling, POOLINGS, field="pooling")
 
     def to_dict(self) -> dict[str, Any]:
         """The config.json keys of this task (empty for an LM, whose files stay as they were)."""

@@ -28,30 +28,12 @@ from mamba_core.backends.mlx.model import (
     Mamba3LM,
 )
 from mamba_core.errors import CheckpointError, UnsupportedError
+from mamba_core.families import FAMILIES
 from mamba_core.task import Task, pooled_dim, task_layout
 
-STACKS = {
-    "mamba1": Mamba1,
-    "mamba2": Mamba2,
-    "mamba3": Mamba3,
-    "nemotron_h": Hybrid,
-    "jamba": Hybrid,
-    "zamba2": Hybrid,
-    "falcon_h1": Hybrid,
-    "granitemoehybrid": Hybrid,
-    "bamba": Hybrid,
-}
-LMS = {
-    "mamba1": Mamba1LM,
-    "mamba2": Mamba2LM,
-    "mamba3": Mamba3LM,
-    "nemotron_h": HybridLM,
-    "jamba": HybridLM,
-    "zamba2": HybridLM,
-    "falcon_h1": HybridLM,
-    "granitemoehybrid": HybridLM,
-    "bamba": HybridLM,
-}
+# the stack and the LM class of each ``arch``: the three Mamba generations, then every hybrid family
+STACKS = {"mamba1": Mamba1, "mamba2": Mamba2, "mamba3": Mamba3, **dict.fromkeys(FAMILIES, Hybrid)}
+LMS = {"mamba1": Mamba1LM, "mamba2": Mamba2LM, "mamba3": Mamba3LM, **dict.fromkeys(FAMILIES, HybridLM)}
 _EPS = 1e-5
 _F32 = mx.float32
 

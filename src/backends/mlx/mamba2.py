@@ -14,7 +14,7 @@ import mlx.nn as nn
 from mamba_core.backends.mlx import ops, packing
 from mamba_core.backends.mlx.device import resolve_device, resolve_dtype
 from mamba_core.backends.mlx.linear import project
-from mamba_core.backends.mlx.mamba1 import depthwise_conv, mask_positions
+from mamba_core.backends.mlx.mamba1 import depthwise_conv, mask_positions, masked_conv
 from mamba_core.backends.mlx.norm import RMSNormGated
 from mamba_core.config import Mamba2Config
 from mamba_core.ssd_chunk import ssd_chunk
@@ -67,13 +67,10 @@ class Mamba2Mixer(nn.Module):
 
         ``seq_idx`` (B, L) int: packed documents, each run from a zero state (``packing.py``)."""
         c = self.config
-        conv = ops.causal_conv1d if seq_idx is None else partial(packing.packed_conv1d, seq_idx=seq_idx)
         scan = ops.ssd_chunked if seq_idx is None else partial(packing.packed_ssd, seq_idx=seq_idx)
         z, xbc, dt = self._split(mask_positions(self.in_proj(h), attention_mask))
-        xbc, conv_state = conv(
-            xbc, self.conv1d.weight[..., 0], self.conv1d.get("bias"), conv_state, activation="silu"
-        )
-        x, B, C = self._xbc(mask_positions(xbc, attention_mask))
+        xbc, conv_state = masked_conv(self.conv1d, xbc, conv_state, attention_mask, seq_idx)
+        x, B, C = self._xbc(xbc)
         y, ssm_state = scan(
             x,
             dt,

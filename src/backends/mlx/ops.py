@@ -291,66 +291,10 @@ def selective_state_update(
     decay = mx.exp(dt[..., None] * A.astype(_F32))  # (B, E, N)
     new_state = decay * state.astype(_F32) + (dt * u32)[..., None] * B.astype(_F32)[:, None, :]
     y = (new_state @ C.astype(_F32)[..., None]).squeeze(-1)  # (B, E)
-    if D is not None:
-        y = y + u32 * D.astype(_F32)
-    if z is not None:
-        y = y * _activate(z.astype(_F32), "silu")
-    return y, new_state
+    return scan.skip_gate(y, u, D, z), new_state
 
 
-def ssd_chunked(
-    x,
-    dt,
-    A,
-    B,
-    C,
-    chunk_size: int,
-    D=None,
-    dt_bias=None,
-    dt_softplus: bool = False,
-    dt_limit=_NO_LIMIT,
-    initial_state=None,
-):
-    """Chunked SSD (docs/spec.md §4.5), float32 inside (``scan.ssd_chunked_scan``).
-
-    Args:
-        x: (B, L, H, P).
-        dt: (B, L, H) raw time step.
-        A: (H,), negative.
-        B: (B, L, G, N); head h uses group ``h // (H // G)``.
-        C: (B, L, G, N).
-        chunk_size: Q.
-        D: (H,) or None.
-        dt_bias: (H,) or None.
-        dt_softplus: softplus after adding ``dt_bias``.
-        dt_limit: ``(lo, hi)`` clamp of Δ; ``(0, inf)`` = none.
-        initial_state: (B, H, P, N) or None.
-
-    Returns:
-        ``(y, final_state)``: y (B, L, H, P) float32; final_state (B, H, P, N) float32.
-
-    Raises:
-        ValueError: ``chunk_size`` < 1 or H not a multiple of G.
-
-    Example:
-        >>> y, s = ssd_chunked(mx.ones((1, 3, 1, 1)), mx.full((1, 3, 1), 0.5), -mx.ones(1),
-        ...                    mx.ones((1, 3, 1, 1)), mx.ones((1, 3, 1, 1)), chunk_size=2)
-        >>> y.shape, s.shape
-        ((1, 3, 1, 1), (1, 1, 1, 1))
-    """
-    return scan.ssd_chunked_scan(
-        x,
-        dt,
-        A,
-        B,
-        C,
-        chunk_size,
-        D=D,
-        dt_bias=dt_bias,
-        dt_softplus=dt_softplus,
-        dt_limit=dt_limit,
-        initial_state=initial_state,
-    )
+ssd_chunked = scan.ssd_chunked_scan
 
 
 def ssd_state_update(
@@ -399,102 +343,11 @@ def ssd_state_update(
     return y, new_state.reshape(batch, nheads, headdim, d_state)
 
 
-def mamba3_chunked(
-    q,
-    k,
-    v,
-    adt,
-    dt,
-    trap,
-    angles,
-    q_bias,
-    k_bias,
-    *,
-    chunk_size: int,
-    D=None,
-    mimo_x=None,
-    rotary: str = "pairwise",
-    initial_state=None,
-):
-    """The chunked Mamba-3 scan (``mamba3_scan.chunked``; docs/mamba3.md §3.5), any L, states in and out.
-
-    Args:
-        q, k: (B, L, R, G, N) normed C and B (before bias and rotation).
-        v: (B, L, H, P) x.
-        adt: (B, L, H) ``A * dt`` (< 0). dt: (B, L, H) step sizes. trap: (B, L, H) trapezoid gate logits.
-        angles: (B, L, A) raw angle projection. q_bias, k_bias: (H, R, N) C and B biases.
-        chunk_size: Q. D: (H,) or None. mimo_x: (H, R, P) or None (SISO).
-        rotary: ``"pairwise"`` (SISO) or ``"halves"`` (MIMO).
-        initial_state: None or a dict ``angle_state`` (B, H, A), ``ssm_state`` (B, H, P, N),
-            ``k_state`` (B, R, H, N), ``v_state`` (B, H, P) (a missing field = zeros).
-
-    Returns:
-        ``(y, state)``: y (B, L, H, R, P) float32 before the gate; the final state dict, float32.
-    """
-    return mamba3_scan.chunked(
-        q,
-        k,
-        v,
-        adt,
-        dt,
-        trap,
-        angles,
-        q_bias,
-        k_bias,
-        chunk_size=chunk_size,
-        D=D,
-        mimo_x=mimo_x,
-        rotary=rotary,
-        initial_state=initial_state,
-    )
-
-
-def mamba3_state_update(
-    state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, D=None, mimo_x=None, rotary: str = "pairwise"
-):
-    """One token of the Mamba-3 recurrence (docs/mamba3.md §3.4).
-
-    Args:
-        state: the state dict (see ``mamba3_chunked``) or None (zeros).
-        q, k: (B, R, G, N). v: (B, H, P). adt, dt, trap: (B, H). angles: (B, A).
-        q_bias, k_bias, D, mimo_x, rotary: see ``mamba3_chunked``.
-
-    Returns:
-        ``(y, state)``: y (B, H, R, P) float32; the new state dict, float32.
-    """
-    return mamba3_scan.state_update(
-        state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, D=D, mimo_x=mimo_x, rotary=rotary
-    )
-
-
-def mamba3_gate_out(y, z, *, mimo_z=None, mimo_o=None, norm_weight=None, eps: float = 1e-5):
-    """Gate the per-rank scan output and contract the ranks (docs/mamba3.md §3.6).
-
-    Without ``norm_weight``: ``y_r * silu(z * mimo_z[:, r])``; with it: per-head RMSNorm of ``y_r`` times
-    the weight, then the gate. Then ``sum_r mimo_o[:, r] * y_r`` (SISO: the single rank).
-
-    Args:
-        y: (..., H, R, P). z: (..., H, P) or None. mimo_z, mimo_o: (H, R, P) or None (SISO).
-        norm_weight: (H·P,) or None. eps: the norm's eps.
-
-    Returns:
-        (..., H, P) float32.
-    """
-    return mamba3_scan.gate_out(y, z, mimo_z=mimo_z, mimo_o=mimo_o, norm_weight=norm_weight, eps=eps)
-
-
-def mamba3_state_update_(
-    state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, D=None, mimo_x=None, rotary: str = "pairwise"
-):
-    """The decode variant the Mamba-3 ``step`` runs: ``mamba3_state_update`` with the new ``k_state`` /
-    ``v_state`` in the dtypes of the ones passed in (torch updates the same tensors in place).
-
-    Returns:
-        ``(y, state)``: y (B, H, R, P) float32; a new state dict (angle and SSM states float32).
-    """
-    return mamba3_scan.state_update_(
-        state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, D=D, mimo_x=mimo_x, rotary=rotary
-    )
+# the scans of ``scan.py`` and ``mamba3_scan.py`` under the names of ``mamba_core.reference`` (their
+# docstrings are there)
+mamba3_chunked = mamba3_scan.chunked
+mamba3_state_update = mamba3_scan.state_update
+mamba3_gate_out = mamba3_scan.gate_out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -505,3 +358,4 @@ def mamba3_state_update_(
 causal_conv1d_update_ = causal_conv1d_update
 selective_state_update_ = selective_state_update
 ssd_state_update_ = ssd_state_update
+mamba3_state_update_ = mamba3_scan.state_update_

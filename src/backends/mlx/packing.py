@@ -19,7 +19,14 @@ import math
 
 import mlx.core as mx
 
-from mamba_core.backends.mlx.scan import _segsum, _ssd_layout, discretize_dt
+from mamba_core.backends.mlx.scan import (
+    _mamba1_inputs,
+    _segsum,
+    _shift,
+    _ssd_layout,
+    discretize_dt,
+    skip_gate,
+)
 
 _F32 = mx.float32
 _NO_LIMIT = (0.0, math.inf)
@@ -73,13 +80,6 @@ def packed_conv1d(x, weight, bias, conv_state, activation, seq_idx):
     return y.astype(x.dtype), mx.swapaxes(xp[:, -k:] * last, 1, 2)
 
 
-def _shift(v: mx.array, off: int, fill: float) -> mx.array:
-    # v[:, t - off] along axis 1, with ``fill`` for t < off
-    pad = [(0, 0)] * v.ndim
-    pad[1] = (off, 0)
-    return mx.pad(v[:, :-off], pad, constant_values=fill)
-
-
 def _reset_chunk(dt, du, Bc, Cc, keep, A, state):
     """One chunk: dt, du (B, T, E); Bc, Cc (B, T, N); keep (B, T); A (E, N); state (B, E, N)."""
     a = mx.exp(dt[..., None] * A) * keep[:, :, None, None]  # (B, T, E, N), 0 at a document start
@@ -107,16 +107,9 @@ def packed_selective_scan(
     Returns:
         ``(y (B, L, E) float32, final_state (B, E, N) float32)`` (the last document's state).
     """
-    batch, seqlen, d_inner = u.shape
-    d_state = A.shape[-1]
-    dt = discretize_dt(delta, delta_bias, delta_softplus)
-    u32 = u.astype(_F32)
-    du = dt * u32
-    B32, C32 = B.astype(_F32), C.astype(_F32)
-    state = (
-        mx.zeros((batch, d_inner, d_state), dtype=_F32)
-        if initial_state is None
-        else initial_state.astype(_F32)
+    seqlen = u.shape[1]
+    dt, u32, du, A32, B32, C32, state = _mamba1_inputs(
+        u, delta, A, B, C, delta_bias, delta_softplus, initial_state
     )
     doc = document_ids(seq_idx)
     keep = mx.pad((doc[:, 1:] == doc[:, :-1]).astype(_F32), [(0, 0), (1, 0)], constant_values=1.0)
@@ -128,7 +121,6 @@ def packed_selective_scan(
         dt, du, B32, C32 = (mx.pad(v, widths) for v in (dt, du, B32, C32))
         keep = mx.pad(keep, [(0, 0), (0, pad)], constant_values=1.0)
     ys = []
-    A32 = A.astype(_F32)
     for c in range(nchunks):
         sl = slice(c * t, (c + 1) * t)
         y_c, state = _reset_chunk_compiled(
@@ -136,12 +128,7 @@ def packed_selective_scan(
         )
         ys.append(y_c)
     y = mx.concatenate(ys, axis=1)[:, :seqlen] if nchunks else u32
-    if D is not None:
-        y = y + u32 * D.astype(_F32)
-    if z is not None:
-        z32 = z.astype(_F32)
-        y = y * (z32 * mx.sigmoid(z32))
-    return y, state
+    return skip_gate(y, u, D, z), state
 
 
 def _masked_decay(a: mx.array, same: mx.array) -> mx.array:

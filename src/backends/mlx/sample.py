@@ -188,14 +188,7 @@ def _stream(model, ids, mask, settings: SamplingSettings, compile: bool = False)
         rows = mx.arange(batch)
         for i in range(s.max_new_tokens):
             out = process_logits(
-                logits,
-                vocab_size=config.vocab_size,
-                presence=presence,
-                repetition_penalty=s.repetition_penalty,
-                temperature=s.temperature,
-                top_k=s.top_k,
-                top_p=s.top_p,
-                min_p=s.min_p,
+                logits, vocab_size=config.vocab_size, presence=presence, **s.logit_processing
             )
             if s.greedy:
                 token = out

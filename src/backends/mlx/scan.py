@@ -165,18 +165,18 @@ def _mamba1_scan(seqlen: int, seg: int, sub: int):
 
 
 def selective_scan_chunked(
-    u,
-    delta,
-    A,
-    B,
-    C,
-    D=None,
-    z=None,
-    delta_bias=None,
+    u: mx.array,
+    delta: mx.array,
+    A: mx.array,
+    B: mx.array,
+    C: mx.array,
+    D: mx.array | None = None,
+    z: mx.array | None = None,
+    delta_bias: mx.array | None = None,
     delta_softplus: bool = False,
-    initial_state=None,
+    initial_state: mx.array | None = None,
     chunk_size: int = MAMBA1_CHUNK,
-):
+) -> tuple[mx.array, mx.array]:
     """Mamba-1 selective scan, chunked (see the module docstring); signature of ``ops.selective_scan``
     plus ``chunk_size`` (T, numerics only).
 
@@ -192,17 +192,9 @@ def selective_scan_chunked(
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size!r}")
-    batch, seqlen, d_inner = u.shape
-    d_state = A.shape[-1]
-    dt = discretize_dt(delta, delta_bias, delta_softplus)  # (B, L, E)
-    u32 = u.astype(_F32)
-    du = dt * u32
-    A32 = A.astype(_F32)
-    B32, C32 = B.astype(_F32), C.astype(_F32)
-    state = (
-        mx.zeros((batch, d_inner, d_state), dtype=_F32)
-        if initial_state is None
-        else initial_state.astype(_F32)
+    seqlen = u.shape[1]
+    dt, u32, du, A32, B32, C32, state = _mamba1_inputs(
+        u, delta, A, B, C, delta_bias, delta_softplus, initial_state
     )
     if seqlen == 0:
         y = u32
@@ -215,12 +207,38 @@ def selective_scan_chunked(
             dt, du, B32, C32 = (mx.pad(v, widths) for v in (dt, du, B32, C32))
         y, state, _ = _mamba1_scan(nchunks * t, _segment_len(t), t)(dt, du, B32, C32, A32, state)
         y = y[:, :seqlen]
+    return skip_gate(y, u, D, z), state
+
+
+def _mamba1_inputs(u, delta, A, B, C, delta_bias, delta_softplus, initial_state):
+    """The float32 operands of a Mamba-1 scan: ``(Δ, u, Δu, A, B, C, state)``; Δ, u, Δu (B, L, E),
+    A (E, N), B, C (B, L, N), state (B, E, N) (zeros for None); shared with ``packing.py``."""
+    batch, _, d_inner = u.shape
+    dt = discretize_dt(delta, delta_bias, delta_softplus)  # (B, L, E)
+    u32 = u.astype(_F32)
+    state = (
+        mx.zeros((batch, d_inner, A.shape[-1]), dtype=_F32)
+        if initial_state is None
+        else initial_state.astype(_F32)
+    )
+    return dt, u32, dt * u32, A.astype(_F32), B.astype(_F32), C.astype(_F32), state
+
+
+def skip_gate(y: mx.array, u: mx.array, D: mx.array | None, z: mx.array | None) -> mx.array:
+    """The Mamba-1 output epilogue (docs/spec.md §3.4): ``y + u·D``, then ``· silu(z)``, each if given.
+
+    Args:
+        y: (..., E) float32 scan output. u: (..., E) the scan input. D: (E,) or None. z: (..., E) or None.
+
+    Returns:
+        (..., E) float32.
+    """
     if D is not None:
-        y = y + u32 * D.astype(_F32)
+        y = y + u.astype(_F32) * D.astype(_F32)
     if z is not None:
         z32 = z.astype(_F32)
         y = y * (z32 * mx.sigmoid(z32))
-    return y, state
+    return y
 
 
 def _segsum(a: mx.array) -> mx.array:
@@ -371,19 +389,19 @@ def _ssd_scan(q: int):
 
 
 def ssd_chunked_scan(
-    x,
-    dt,
-    A,
-    B,
-    C,
+    x: mx.array,
+    dt: mx.array,
+    A: mx.array,
+    B: mx.array,
+    C: mx.array,
     chunk_size: int,
-    D=None,
-    dt_bias=None,
+    D: mx.array | None = None,
+    dt_bias: mx.array | None = None,
     dt_softplus: bool = False,
-    dt_limit=_NO_LIMIT,
-    initial_state=None,
-):
-    """Chunked SSD (docs/spec.md §4.5 steps 1-5) in float32; the signature of ``ops.ssd_chunked``.
+    dt_limit: tuple[float, float] = _NO_LIMIT,
+    initial_state: mx.array | None = None,
+) -> tuple[mx.array, mx.array]:
+    """Chunked SSD (docs/spec.md §4.5 steps 1-5) in float32; ``ops.ssd_chunked`` is this function.
 
     Heads are grouped as (G, R = H/G) so a group's B and C broadcast over its R heads. The scan is
     ``_ssd_scan``'s custom function: its backward keeps only the chunk-entry states.
@@ -398,6 +416,12 @@ def ssd_chunked_scan(
 
     Raises:
         ValueError: ``chunk_size`` < 1 or H not a multiple of G.
+
+    Example:
+        >>> y, s = ssd_chunked_scan(mx.ones((1, 3, 1, 1)), mx.full((1, 3, 1), 0.5), -mx.ones(1),
+        ...                         mx.ones((1, 3, 1, 1)), mx.ones((1, 3, 1, 1)), chunk_size=2)
+        >>> y.shape, s.shape
+        ((1, 3, 1, 1), (1, 1, 1, 1))
     """
     q = int(chunk_size)
     if q < 1:

@@ -34,7 +34,7 @@ import mlx.optimizers as optim
 import numpy as np
 from mlx.utils import tree_flatten, tree_map, tree_unflatten
 
-from mamba_core.errors import CheckpointError
+from mamba_core.checkpoint import check_tensor_names
 from mamba_core.layout import expand_layout
 from mamba_core.packing import IGNORE_INDEX
 from mamba_core.train_config import TrainConfig, no_weight_decay
@@ -186,14 +186,7 @@ class Trainer:
             CheckpointError: tensors missing or left over (a different model or optimizer).
         """
         expected = set(self.state_tensors())
-        missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-        if missing or unexpected:
-            raise CheckpointError(
-                f"optimizer state does not match the model: {len(missing)} missing "
-                f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}",
-                missing=missing,
-                unexpected=unexpected,
-            )
+        check_tensor_names(expected, tensors, "optimizer state", shown=3)
         self.optimizer.state = tree_unflatten(list(tensors.items()))
         mx.eval(self.optimizer.state)
 

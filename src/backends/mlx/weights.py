@@ -17,6 +17,7 @@ import numpy as np
 
 from mamba_core.backends.mlx.device import resolve_device, resolve_dtype
 from mamba_core.backends.mlx.heads import (
+    LMS,
     _assign,
     _uninitialized_task_model,
     export_canonical,
@@ -35,17 +36,7 @@ from mamba_core.registry import model_class
 from mamba_core.safetensors_header import read_array, validate_safetensors_header
 from mamba_core.task import task_layout
 
-MODEL_CLASSES = {
-    "mamba1": Mamba1LM,
-    "mamba2": Mamba2LM,
-    "mamba3": Mamba3LM,
-    "nemotron_h": HybridLM,
-    "jamba": HybridLM,
-    "zamba2": HybridLM,
-    "falcon_h1": HybridLM,
-    "granitemoehybrid": HybridLM,
-    "bamba": HybridLM,
-}
+MODEL_CLASSES = LMS  # the LM class of each ``arch`` (``heads.LMS``)
 KERNELS = ("auto", "reference", "fast")
 
 

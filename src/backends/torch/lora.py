@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from mamba_core.checkpoint import check_tensor_names
 from mamba_core.errors import CheckpointError, ConfigError, UnsupportedError
 from mamba_core.lora import (
     ADAPTER_WEIGHTS,
@@ -180,14 +181,7 @@ def load_adapter(model, directory: str | os.PathLike) -> LoraConfig:
     tensors = load_file(str(Path(directory) / ADAPTER_WEIGHTS))
     layers = _adapted(model)
     expected = {adapter_key(n, w) for n in layers for w in ("A", "B")}
-    missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"adapter in {str(directory)!r} does not match the model: {len(missing)} missing "
-            f"{missing[:2]}, {len(unexpected)} unexpected {unexpected[:2]}",
-            missing=missing,
-            unexpected=unexpected,
-        )
+    check_tensor_names(expected, tensors, f"adapter in {str(directory)!r}", shown=2)
     with torch.no_grad():
         for key, value in tensors.items():
             name, which = module_of_key(key)

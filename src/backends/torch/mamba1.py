@@ -32,6 +32,23 @@ def depthwise_conv(config, channels: int, *, dtype=None, device=None) -> nn.Conv
     )
 
 
+def masked_conv(conv1d, x, conv_state, attention_mask, seq_idx):
+    """The mixers' causal depthwise conv with SiLU over a sequence: padded positions zeroed in its input
+    and output, the window reset at each packed document's start when ``seq_idx`` (B, L) is given.
+
+    Args:
+        conv1d: the mixer's ``depthwise_conv``. x: (B, L, C). conv_state: (B, C, K) or None.
+        attention_mask: (B, L) or None. seq_idx: (B, L) int or None.
+
+    Returns:
+        ``(y (B, L, C), conv_state (B, C, K))``.
+    """
+    conv = ops.causal_conv1d if seq_idx is None else partial(packing.packed_conv1d, seq_idx=seq_idx)
+    weight, bias = conv1d.weight[:, 0], conv1d.bias
+    y, conv_state = conv(mask_positions(x, attention_mask), weight, bias, conv_state, activation="silu")
+    return mask_positions(y, attention_mask), conv_state
+
+
 class Mamba1Mixer(nn.Module):
     """Mamba-1 (S6) mixer; parameters named as the ``mamba1`` layout rows, uninitialized
     (``reference.init_weights`` fills a new model, a checkpoint a loaded one).
@@ -87,37 +104,22 @@ class Mamba1Mixer(nn.Module):
                 delta = delta + adapter_update(dt_proj, dt_r)
         return delta, Bm, Cm, -torch.exp(self.A_log.float())
 
+    def _gate_options(self, z) -> dict:
+        """The scan keywords forward and step share: the D skip, the gate ``z`` and Δ's bias + softplus."""
+        return {"D": self.D, "z": z, "delta_bias": self.dt_proj.bias, "delta_softplus": True}
+
     def forward(self, h, conv_state=None, ssm_state=None, attention_mask=None, seq_idx=None):
         """h: (B, L, D) -> ``(out (B, L, D), conv_state (B, E, K), ssm_state (B, E, N) fp32)``.
 
         ``seq_idx`` (B, L) int: packed documents, each run from a zero state (``packing.py``)."""
         e = self.config.d_inner
         x, z = self.in_proj(h).split([e, e], dim=-1)  # (B, L, E) each
-        conv = ops.causal_conv1d if seq_idx is None else partial(packing.packed_conv1d, seq_idx=seq_idx)
-        u, conv_state = conv(
-            mask_positions(x, attention_mask),
-            self.conv1d.weight[:, 0],
-            self.conv1d.bias,
-            conv_state,
-            activation="silu",
-        )
-        u = mask_positions(u, attention_mask)  # (B, L, E)
+        u, conv_state = masked_conv(self.conv1d, x, conv_state, attention_mask, seq_idx)  # (B, L, E)
         delta, Bm, Cm, A = self._ssm_inputs(u, lambda t, layer: layer(t))
         scan = (
             ops.selective_scan if seq_idx is None else partial(packing.packed_selective_scan, seq_idx=seq_idx)
         )
-        y, ssm_state = scan(
-            u,
-            delta,
-            A,
-            Bm,
-            Cm,
-            D=self.D,
-            z=z,
-            delta_bias=self.dt_proj.bias,
-            delta_softplus=True,
-            initial_state=ssm_state,
-        )
+        y, ssm_state = scan(u, delta, A, Bm, Cm, initial_state=ssm_state, **self._gate_options(z))
         return self.out_proj(y.to(h.dtype)), conv_state, ssm_state
 
     def step(self, h, conv_state, ssm_state):
@@ -129,16 +131,5 @@ class Mamba1Mixer(nn.Module):
             x, conv_state, self.conv1d.weight[:, 0], self.conv1d.bias, activation="silu"
         )
         delta, Bm, Cm, A = self._ssm_inputs(u, lambda t, layer: project(layer, t))
-        y, ssm_state = ops.selective_state_update_(
-            ssm_state,
-            u,
-            delta,
-            A,
-            Bm,
-            Cm,
-            D=self.D,
-            z=z,
-            delta_bias=self.dt_proj.bias,
-            delta_softplus=True,
-        )
+        y, ssm_state = ops.selective_state_update_(ssm_state, u, delta, A, Bm, Cm, **self._gate_options(z))
         return project(self.out_proj, y.to(h.dtype)), conv_state, ssm_state

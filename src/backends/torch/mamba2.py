@@ -13,7 +13,7 @@ from torch import nn
 
 from mamba_core.backends.torch import ops, packing
 from mamba_core.backends.torch.linear import project
-from mamba_core.backends.torch.mamba1 import depthwise_conv, mask_positions
+from mamba_core.backends.torch.mamba1 import depthwise_conv, masked_conv
 from mamba_core.backends.torch.norm import RMSNormGated
 from mamba_core.config import Mamba2Config
 from mamba_core.ssd_chunk import ssd_chunk
@@ -63,16 +63,9 @@ class Mamba2Mixer(nn.Module):
         ``seq_idx`` (B, L) int: packed documents, each run from a zero state (``packing.py``)."""
         c = self.config
         z, xbc, dt = self._split(self.in_proj(h))
-        conv = ops.causal_conv1d if seq_idx is None else partial(packing.packed_conv1d, seq_idx=seq_idx)
         scan = ops.ssd_chunked if seq_idx is None else partial(packing.packed_ssd, seq_idx=seq_idx)
-        xbc, conv_state = conv(
-            mask_positions(xbc, attention_mask),
-            self.conv1d.weight[:, 0],
-            self.conv1d.bias,
-            conv_state,
-            activation="silu",
-        )
-        x, Bm, Cm = self._xbc(mask_positions(xbc, attention_mask))
+        xbc, conv_state = masked_conv(self.conv1d, xbc, conv_state, attention_mask, seq_idx)
+        x, Bm, Cm = self._xbc(xbc)
         y, ssm_state = scan(
             x,
             dt,

@@ -158,7 +158,21 @@ def chunked(
     rotary="pairwise",
     initial_state=None,
 ):
-    """The chunked Mamba-3 scan (module docstring); arguments and returns as ``ops.mamba3_chunked``."""
+    """The chunked Mamba-3 scan, ``ops.mamba3_chunked`` (docs/mamba3.md §3.5): any L, states in and out.
+
+    Args:
+        q, k: (B, L, R, G, N) normed C and B (before bias and rotation).
+        v: (B, L, H, P) x.
+        adt: (B, L, H) ``A * dt`` (< 0). dt: (B, L, H) step sizes. trap: (B, L, H) trapezoid gate logits.
+        angles: (B, L, A) raw angle projection. q_bias, k_bias: (H, R, N) C and B biases.
+        chunk_size: Q. D: (H,) or None. mimo_x: (H, R, P) or None (SISO).
+        rotary: ``"pairwise"`` (SISO) or ``"halves"`` (MIMO).
+        initial_state: None or a dict ``angle_state`` (B, H, A), ``ssm_state`` (B, H, P, N),
+            ``k_state`` (B, R, H, N), ``v_state`` (B, H, P) (a missing field = zeros).
+
+    Returns:
+        ``(y, state)``: y (B, L, H, R, P) float32 before the gate; the final state dict, float32.
+    """
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive integer, got {chunk_size!r}")
     if q.dim() != 5 or v.dim() != 4 or q.shape[:2] != v.shape[:2]:
@@ -244,7 +258,16 @@ def _token(st, q, k, v, adt, dt, trap, angles, q_bias, k_bias, mimo_x, rotary):
 def state_update(
     state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, D=None, mimo_x=None, rotary="pairwise"
 ):
-    """One token (functional); arguments and returns as ``ops.mamba3_state_update``."""
+    """One token of the Mamba-3 recurrence (docs/mamba3.md §3.4).
+
+    Args:
+        state: the state dict (see ``chunked``) or None (zeros).
+        q, k: (B, R, G, N). v: (B, H, P). adt, dt, trap: (B, H). angles: (B, A).
+        q_bias, k_bias, D, mimo_x, rotary: see ``chunked``.
+
+    Returns:
+        ``(y, state)``: y (B, H, R, P) float32; the new state dict, float32.
+    """
     dt, adt = _f32(dt), _f32(adt)
     bsz, rank, _, n = q.shape
     nheads, headdim = v.shape[-2:]
@@ -266,7 +289,12 @@ def state_update(
 def state_update_(
     state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, D=None, mimo_x=None, rotary="pairwise"
 ):
-    """One token, updating the four state tensors of ``state`` in place (see ``ops.mamba3_state_update_``)."""
+    """``state_update`` that updates the state dict's four tensors in place and returns it.
+
+    Returns:
+        ``(y, state)``: y (B, H, R, P) float32; the same ``state`` dict and tensors, updated (the angle and
+        SSM states float32, ``k_state``/``v_state`` in their own dtype).
+    """
     dt, adt = _f32(dt), _f32(adt)
     rank = q.shape[1]
     st = {f: _f32(state[f]) for f in STATE_FIELDS}
@@ -287,7 +315,18 @@ def state_update_(
 
 
 def gate_out(y, z, *, mimo_z=None, mimo_o=None, norm_weight=None, eps: float = 1e-5) -> torch.Tensor:
-    """Gate the per-rank output and contract the ranks; arguments and returns as ``ops.mamba3_gate_out``."""
+    """Gate the per-rank scan output and contract the ranks (docs/mamba3.md §3.6).
+
+    Without ``norm_weight``: ``y_r * silu(z * mimo_z[:, r])``; with it: per-head RMSNorm of ``y_r`` times
+    the weight, then the gate. Then ``sum_r mimo_o[:, r] * y_r`` (SISO: the single rank).
+
+    Args:
+        y: (..., H, R, P). z: (..., H, P) or None. mimo_z, mimo_o: (H, R, P) or None (SISO).
+        norm_weight: (H·P,) or None. eps: the norm's eps.
+
+    Returns:
+        (..., H, P) float32.
+    """
     y = _f32(y)
     nheads, rank, headdim = y.shape[-3:]
     zr = None

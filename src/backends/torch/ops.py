@@ -147,11 +147,7 @@ def causal_conv1d_update(
     Returns:
         ``(y, new_conv_state)``: y (B, C) in ``x.dtype``; new_conv_state (B, C, K).
     """
-    state = torch.cat([conv_state[:, :, 1:], x.unsqueeze(-1).to(conv_state.dtype)], dim=-1)
-    y = (_f32(state) * _f32(weight)).sum(-1)
-    if bias is not None:
-        y = y + _f32(bias)
-    return _activate(y, activation).to(x.dtype), state
+    return causal_conv1d_update_(x, conv_state.clone(), weight, bias, activation)
 
 
 def selective_scan(
@@ -207,52 +203,10 @@ def selective_state_update(
     dA = torch.exp(dt.unsqueeze(-1) * _f32(A))  # (B, E, N)
     new_state = dA * _f32(state) + (dt * uf).unsqueeze(-1) * _f32(B).unsqueeze(1)
     y = torch.matmul(new_state, _f32(C).unsqueeze(-1)).squeeze(-1)  # (B, E)
-    if D is not None:
-        y = y + uf * _f32(D)
-    if z is not None:
-        y = y * F.silu(_f32(z))
-    return y, new_state
+    return scan.skip_gate(y, u, D, z), new_state
 
 
-def ssd_chunked(
-    x,
-    dt,
-    A,
-    B,
-    C,
-    chunk_size: int,
-    D=None,
-    dt_bias=None,
-    dt_softplus: bool = False,
-    dt_limit=_NO_LIMIT,
-    initial_state=None,
-):
-    """Chunked SSD (``scan.ssd_chunked_scan``), any L, initial state in, final state out.
-
-    Args:
-        x: (B, L, H, P). dt: (B, L, H) raw Δ. A: (H,) negative. B, C: (B, L, G, N).
-        chunk_size: Q. D: (H,) or None. dt_bias: (H,) or None. dt_softplus: softplus(dt + bias).
-        dt_limit: (lo, hi) clamp of Δ. initial_state: (B, H, P, N) or None.
-
-    Returns:
-        ``(y, final_state)``: y (B, L, H, P) float32; final_state (B, H, P, N) float32.
-
-    Raises:
-        ValueError: ``chunk_size`` < 1.
-    """
-    return scan.ssd_chunked_scan(
-        x,
-        dt,
-        A,
-        B,
-        C,
-        chunk_size,
-        D=D,
-        dt_bias=dt_bias,
-        dt_softplus=dt_softplus,
-        dt_limit=dt_limit,
-        initial_state=initial_state,
-    )
+ssd_chunked = scan.ssd_chunked_scan
 
 
 def ssd_state_update(
@@ -282,88 +236,11 @@ def ssd_state_update(
     return y, new_state
 
 
-def mamba3_chunked(
-    q,
-    k,
-    v,
-    adt,
-    dt,
-    trap,
-    angles,
-    q_bias,
-    k_bias,
-    *,
-    chunk_size: int,
-    D=None,
-    mimo_x=None,
-    rotary: str = "pairwise",
-    initial_state=None,
-):
-    """The chunked Mamba-3 scan (``mamba3_scan.chunked``; docs/mamba3.md §3.5), any L, states in and out.
-
-    Args:
-        q, k: (B, L, R, G, N) normed C and B (before bias and rotation).
-        v: (B, L, H, P) x.
-        adt: (B, L, H) ``A * dt`` (< 0). dt: (B, L, H) step sizes. trap: (B, L, H) trapezoid gate logits.
-        angles: (B, L, A) raw angle projection. q_bias, k_bias: (H, R, N) C and B biases.
-        chunk_size: Q. D: (H,) or None. mimo_x: (H, R, P) or None (SISO).
-        rotary: ``"pairwise"`` (SISO) or ``"halves"`` (MIMO).
-        initial_state: None or a dict ``angle_state`` (B, H, A), ``ssm_state`` (B, H, P, N),
-            ``k_state`` (B, R, H, N), ``v_state`` (B, H, P) (a missing field = zeros).
-
-    Returns:
-        ``(y, state)``: y (B, L, H, R, P) float32 before the gate; the final state dict, float32.
-    """
-    return mamba3_scan.chunked(
-        q,
-        k,
-        v,
-        adt,
-        dt,
-        trap,
-        angles,
-        q_bias,
-        k_bias,
-        chunk_size=chunk_size,
-        D=D,
-        mimo_x=mimo_x,
-        rotary=rotary,
-        initial_state=initial_state,
-    )
-
-
-def mamba3_state_update(
-    state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, D=None, mimo_x=None, rotary: str = "pairwise"
-):
-    """One token of the Mamba-3 recurrence (docs/mamba3.md §3.4).
-
-    Args:
-        state: the state dict (see ``mamba3_chunked``) or None (zeros).
-        q, k: (B, R, G, N). v: (B, H, P). adt, dt, trap: (B, H). angles: (B, A).
-        q_bias, k_bias, D, mimo_x, rotary: see ``mamba3_chunked``.
-
-    Returns:
-        ``(y, state)``: y (B, H, R, P) float32; the new state dict, float32.
-    """
-    return mamba3_scan.state_update(
-        state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, D=D, mimo_x=mimo_x, rotary=rotary
-    )
-
-
-def mamba3_gate_out(y, z, *, mimo_z=None, mimo_o=None, norm_weight=None, eps: float = 1e-5):
-    """Gate the per-rank scan output and contract the ranks (docs/mamba3.md §3.6).
-
-    Without ``norm_weight``: ``y_r * silu(z * mimo_z[:, r])``; with it: per-head RMSNorm of ``y_r`` times
-    the weight, then the gate. Then ``sum_r mimo_o[:, r] * y_r`` (SISO: the single rank).
-
-    Args:
-        y: (..., H, R, P). z: (..., H, P) or None. mimo_z, mimo_o: (H, R, P) or None (SISO).
-        norm_weight: (H·P,) or None. eps: the norm's eps.
-
-    Returns:
-        (..., H, P) float32.
-    """
-    return mamba3_scan.gate_out(y, z, mimo_z=mimo_z, mimo_o=mimo_o, norm_weight=norm_weight, eps=eps)
+# the scans of ``scan.py`` and ``mamba3_scan.py`` under the names of ``mamba_core.reference`` (their
+# docstrings are there)
+mamba3_chunked = mamba3_scan.chunked
+mamba3_state_update = mamba3_scan.state_update
+mamba3_gate_out = mamba3_scan.gate_out
 
 
 # ------------------------------------------------------------------------------------------------
@@ -371,13 +248,7 @@ def mamba3_gate_out(y, z, *, mimo_z=None, mimo_o=None, norm_weight=None, eps: fl
 # ------------------------------------------------------------------------------------------------
 
 
-def causal_conv1d_update_(
-    x: torch.Tensor,
-    conv_state: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None = None,
-    activation: str | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def causal_conv1d_update_(x, conv_state, weight, bias=None, activation=None):
     """``causal_conv1d_update`` that rolls ``conv_state`` in place and returns it.
 
     Returns:
@@ -431,15 +302,4 @@ def ssd_state_update_(
     return y, state
 
 
-def mamba3_state_update_(
-    state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, *, D=None, mimo_x=None, rotary: str = "pairwise"
-):
-    """``mamba3_state_update`` that updates the state dict's four tensors in place and returns it.
-
-    Returns:
-        ``(y, state)``: y (B, H, R, P) float32; the same ``state`` dict and tensors, updated (the angle and
-        SSM states float32, ``k_state``/``v_state`` in their own dtype).
-    """
-    return mamba3_scan.state_update_(
-        state, q, k, v, adt, dt, trap, angles, q_bias, k_bias, D=D, mimo_x=mimo_x, rotary=rotary
-    )
+mamba3_state_update_ = mamba3_scan.state_update_

@@ -20,7 +20,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from mamba_core.backends.torch.scan import _ChunkedSelectiveScan, _segsum_exp, _ssd_layout, discretize_dt
+from mamba_core.backends.torch.scan import _segsum_exp, _selective_scan, _ssd_layout, discretize_dt
 
 _NO_LIMIT = (0.0, math.inf)
 
@@ -82,33 +82,9 @@ def packed_selective_scan(
     Returns:
         ``(y (B, L, E) float32, final_state (B, E, N) float32)`` (the last document's state).
     """
-    batch, seqlen, d_inner = u.shape
-    dt = discretize_dt(delta, delta_bias, delta_softplus)
-    uf = _wide(u)
-    h0 = (
-        uf.new_zeros(batch, d_inner, A.shape[-1])
-        if initial_state is None
-        else _wide(initial_state).to(uf.dtype)
-    )
-    if seqlen == 0:
-        return uf.new_zeros(batch, 0, d_inner), h0
     doc = document_ids(seq_idx.to(u.device))
-    keep = F.pad((doc[:, 1:] == doc[:, :-1]), (1, 0), value=True).to(uf.dtype)  # (B, L)
-    y, h = _ChunkedSelectiveScan.apply(
-        uf.contiguous(),
-        dt.contiguous(),
-        _wide(A),
-        _wide(B).contiguous(),
-        _wide(C).contiguous(),
-        h0.contiguous(),
-        None,
-        keep.t().contiguous(),
-    )
-    if D is not None:
-        y = y + uf * _wide(D)
-    if z is not None:
-        y = y * F.silu(_wide(z))
-    return y, h
+    keep = F.pad((doc[:, 1:] == doc[:, :-1]), (1, 0), value=True).to(_wide(u).dtype)  # (B, L)
+    return _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, None, keep)
 
 
 def packed_ssd(

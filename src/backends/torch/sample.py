@@ -195,16 +195,7 @@ def _stream(model, ids, mask, settings: SamplingSettings, compile: bool = False)
         logits, cache = prefill(model, ids, attention_mask=mask)  # chunked: any prompt length
         step = decode_step(model, compile)
         for i in range(s.max_new_tokens):
-            greedy, probs = process_logits(
-                logits,
-                vocab_size=vocab,
-                temperature=s.temperature,
-                top_k=s.top_k,
-                top_p=s.top_p,
-                min_p=s.min_p,
-                repetition_penalty=s.repetition_penalty,
-                seen=seen,
-            )
+            greedy, probs = process_logits(logits, vocab_size=vocab, seen=seen, **s.logit_processing)
             drawn = greedy if probs is None else torch.multinomial(probs, 1, generator=generator)[:, 0]
             tok = drawn.masked_fill(done, s.pad_token_id)
             yield tok

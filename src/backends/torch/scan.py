@@ -217,6 +217,14 @@ def selective_scan_chunked(
     Returns:
         ``(y, final_state)``: y (B, L, E) float32; final_state (B, E, N) float32.
     """
+    return _selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, chunk_size)
+
+
+def _selective_scan(
+    u, delta, A, B, C, D, z, delta_bias, delta_softplus, initial_state, chunk_size, keep=None
+):
+    """``selective_scan_chunked``, with ``keep`` (B, L) or None: 0 where the state restarts (a packed
+    document's first token, ``packing.packed_selective_scan``)."""
     batch, seqlen, d_inner = u.shape
     d_state = A.shape[-1]
     dt = discretize_dt(delta, delta_bias, delta_softplus)
@@ -233,12 +241,27 @@ def selective_scan_chunked(
         _f32(C).contiguous(),
         h0.contiguous(),
         chunk_size,
+        None if keep is None else keep.t().contiguous(),
     )
+    return skip_gate(y, u, D, z), h
+
+
+def skip_gate(
+    y: torch.Tensor, u: torch.Tensor, D: torch.Tensor | None, z: torch.Tensor | None
+) -> torch.Tensor:
+    """The Mamba-1 output epilogue (docs/spec.md §3.4): ``y + u·D``, then ``· silu(z)``, each if given.
+
+    Args:
+        y: (..., E) float32 scan output. u: (..., E) the scan input. D: (E,) or None. z: (..., E) or None.
+
+    Returns:
+        (..., E) float32 (float64 for float64 inputs).
+    """
     if D is not None:
-        y = y + uf * _f32(D)
+        y = y + _f32(u) * _f32(D)
     if z is not None:
         y = y * F.silu(_f32(z))
-    return y, h
+    return y
 
 
 def _segsum_exp(cs64: torch.Tensor, dtype: torch.dtype, same: torch.Tensor | None = None) -> torch.Tensor:
@@ -430,19 +453,19 @@ class _ChunkedSSD(torch.autograd.Function):
 
 
 def ssd_chunked_scan(
-    x,
-    dt,
-    A,
-    B,
-    C,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
     chunk_size: int,
-    D=None,
-    dt_bias=None,
+    D: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
     dt_softplus: bool = False,
-    dt_limit=_NO_LIMIT,
-    initial_state=None,
-):
-    """Chunked SSD (docs/spec.md §4.5) with a hand-written backward; the signature of ``ops.ssd_chunked``.
+    dt_limit: tuple[float, float] = _NO_LIMIT,
+    initial_state: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunked SSD (docs/spec.md §4.5) with a hand-written backward; ``ops.ssd_chunked`` is this function.
 
     Args:
         x: (B, L, H, P). dt: (B, L, H) raw Δ. A: (H,) negative. B, C: (B, L, G, N). chunk_size: Q.

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
-from mamba_core.errors import CheckpointError
+from mamba_core.checkpoint import check_tensor_names
 from mamba_core.packing import IGNORE_INDEX
 from mamba_core.train_config import TrainConfig, no_weight_decay
 
@@ -169,14 +169,7 @@ class Trainer:
             CheckpointError: tensors missing or left over (a different model or optimizer).
         """
         expected = {f"{n}.{k}" for n in self.params for k in _MOMENTS}
-        missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-        if missing or unexpected:
-            raise CheckpointError(
-                f"optimizer state does not match the model: {len(missing)} missing "
-                f"{missing[:3]}, {len(unexpected)} unexpected {unexpected[:3]}",
-                missing=missing,
-                unexpected=unexpected,
-            )
+        check_tensor_names(expected, tensors, "optimizer state", shown=3)
         for name, p in self.params.items():
             self.optimizer.state[p] = {k: tensors[f"{name}.{k}"].to(self.device).clone() for k in _MOMENTS}
 

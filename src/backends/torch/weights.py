@@ -18,7 +18,13 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from mamba_core.backends.torch.device import resolve_device, resolve_dtype
-from mamba_core.backends.torch.heads import assign, build_task_model, export_canonical, export_task_tensors
+from mamba_core.backends.torch.heads import (
+    LMS,
+    assign,
+    build_task_model,
+    export_canonical,
+    export_task_tensors,
+)
 from mamba_core.backends.torch.model import HybridLM, Mamba1LM, Mamba2LM, Mamba3LM, initialize
 from mamba_core.backends.torch.pickles import read_pickle
 from mamba_core.backends.torch.quantized import export_quantized, load_quantized
@@ -30,17 +36,7 @@ from mamba_core.hybrid_layout import stored_tensors
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
 from mamba_core.registry import model_class
 
-MODEL_CLASSES = {
-    "mamba1": Mamba1LM,
-    "mamba2": Mamba2LM,
-    "mamba3": Mamba3LM,
-    "nemotron_h": HybridLM,
-    "jamba": HybridLM,
-    "zamba2": HybridLM,
-    "falcon_h1": HybridLM,
-    "granitemoehybrid": HybridLM,
-    "bamba": HybridLM,
-}
+MODEL_CLASSES = LMS  # the LM class of each ``arch`` (``heads.LMS``)
 KERNELS = ("auto", "reference", "fast")
 
 

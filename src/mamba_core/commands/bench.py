@@ -15,7 +15,7 @@ import sys
 import time
 
 from mamba_core import strict_json
-from mamba_core.commands.model_options import add_model_options
+from mamba_core.commands.model_options import add_model_options, model_placement
 
 NAME = "bench"
 HELP = "measure prefill and decode tokens/s of a model (default: the shipped one) on this machine"
@@ -175,8 +175,7 @@ def run(args) -> int:
             bench(
                 args.model,
                 backend=name,
-                dtype=args.dtype,
-                device=args.device,
+                **model_placement(args),
                 prompt_len=args.prompt_len,
                 max_tokens=args.max_tokens,
                 batch=args.batch,

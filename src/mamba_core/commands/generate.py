@@ -12,7 +12,8 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from mamba_core.commands.model_options import add_model_options
+from mamba_core.commands.model_options import add_model_options, model_placement
+from mamba_core.sampling import LOGIT_PROCESSING
 
 NAME = "generate"
 HELP = "generate text from a prompt (argument or stdin) with a model; streams tokens as they come"
@@ -271,15 +272,10 @@ def run(args) -> int:
         prompt,
         model=args.model,
         backend=choice.name,
-        dtype=args.dtype,
-        device=args.device,
         max_tokens=args.max_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        min_p=args.min_p,
-        repetition_penalty=args.repetition_penalty,
         seed=args.seed,
+        **model_placement(args),
+        **{name: getattr(args, name) for name in LOGIT_PROCESSING},  # the flags of the same names
         tokenizer=args.tokenizer,
         revision=args.revision,
         stats=stats,

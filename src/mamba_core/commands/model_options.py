@@ -39,3 +39,9 @@ def add_model_options(
         default=None,
         help="cpu, cuda, mps (torch) or cpu, gpu (mlx) (default: the backend's best)",
     )
+
+
+def model_placement(args: argparse.Namespace) -> dict[str, str | None]:
+    """``dtype`` and ``device`` as the command line gave them, as the keywords of the loading calls
+    (``bench``, ``generate_text``) that take them under the same names."""
+    return {"dtype": args.dtype, "device": args.device}

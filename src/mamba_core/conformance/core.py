@@ -7,7 +7,6 @@ name: every call goes through the backend contract (``inference_scope``, ``singl
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -273,10 +272,15 @@ CHECKS: dict[str, Check] = {}
 
 
 def register_op(name: str, doc: str):
-    """Decorator: register ``fn(name, backend, device, dtype, rng)`` as the op check ``name``."""
+    """Decorator: register ``fn(cmp, inp, backend, device, dtype, rng)`` as the op check ``name``; each
+    run hands it a fresh ``Comparison`` named ``name`` and the ``Inputs`` drawing from ``rng``."""
 
     def register(fn):
-        CHECKS[name] = Check(name, "op", functools.partial(fn, name), DTYPES, doc)
+        def run(backend, device: str, dtype: str, rng: np.random.Generator) -> CheckResult:
+            cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
+            return fn(cmp, inp, backend, device, dtype, rng)
+
+        CHECKS[name] = Check(name, "op", run, DTYPES, doc)
         return fn
 
     return register

@@ -98,17 +98,24 @@ def _reference_run(cfg, w, inp: Inputs, rng, length: int):
     return inp.ids(ids), ref, ref_states
 
 
+def _prefill_then_steps(backend, device, model, step, ids_b):
+    """Prefill tokens ``[0, 21)`` of ``ids_b`` (2, 29) into a fresh cache, then ``step`` tokens 21 to 28
+    teacher-forced: ``(prefill logits (2, 21, V), step logits (2, 8, V) as numpy, the cache)``."""
+    with device_scope(backend, device):
+        cache = model.make_cache(2)
+        pre = model(ids_b[:, :21], cache=cache)
+        steps = [as_numpy(backend, step(ids_b[:, t], cache)) for t in range(21, 29)]
+    return pre, np.stack(steps, 1), cache
+
+
 def _prefill_steps(kind, cfg_name, backend, device, dtype, rng) -> CheckResult:
     """Prefill 21 tokens, then 8 teacher-forced steps == the reference forward over all 29."""
     cfg, model, w, cmp, inp = _setup(kind, cfg_name, backend, device, dtype, rng)
     tol = model_tolerance(dtype)
     ids_b, ref, _ = _reference_run(cfg, w, inp, rng, 29)
-    with device_scope(backend, device):
-        cache = model.make_cache(2)
-        pre = model(ids_b[:, :21], cache=cache)
-        steps = [as_numpy(backend, model.step(ids_b[:, t], cache)) for t in range(21, 29)]
+    pre, steps, cache = _prefill_then_steps(backend, device, model, model.step, ids_b)
     cmp.close("prefill logits", pre, ref[:, :21], tol)
-    cmp.close("step logits", np.stack(steps, 1), ref[:, 21:], tol)
+    cmp.close("step logits", steps, ref[:, 21:], tol)
     cmp.fact("seqlen_offset == 29", cache.seqlen_offset == 29, f"({cache.seqlen_offset})")
     return cmp.result()
 
@@ -182,15 +189,9 @@ def _compiled_decode(kind, cfg_name, backend, device, dtype, rng) -> CheckResult
     prefill == the reference forward over all 29, and 16 compiled greedy tokens == the reference's."""
     cfg, model, w, cmp, inp = _setup(kind, cfg_name, backend, device, dtype, rng)
     tol = model_tolerance(dtype)
-    ids = rng.integers(0, cfg.vocab_size, (2, 29))
-    ref, _ = R.lm_forward(cfg, w, ids)
-    ids_b = inp.ids(ids)
-    step = backend.decode_step(model, True)
-    with device_scope(backend, device):
-        cache = model.make_cache(2)
-        model(ids_b[:, :21], cache=cache)
-        steps = [as_numpy(backend, step(ids_b[:, t], cache)) for t in range(21, 29)]
-    cmp.close("compiled step logits", np.stack(steps, 1), ref[:, 21:], tol)
+    ids_b, ref, _ = _reference_run(cfg, w, inp, rng, 29)
+    _, steps, cache = _prefill_then_steps(backend, device, model, backend.decode_step(model, True), ids_b)
+    cmp.close("compiled step logits", steps, ref[:, 21:], tol)
     cmp.fact("seqlen_offset == 29", cache.seqlen_offset == 29, f"({cache.seqlen_offset})")
     prompt = rng.integers(0, cfg.vocab_size, (2, 5))
     with device_scope(backend, device):

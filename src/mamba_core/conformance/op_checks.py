@@ -29,39 +29,42 @@ from mamba_core.testing import STATE_TOLERANCE, TOLERANCE
 
 
 @register_op("softplus", "softplus with the threshold 20, on inputs spanning it")
-def _softplus(name, backend, device, dtype, rng) -> CheckResult:
-    cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
+def _softplus(cmp: Comparison, inp: Inputs, backend, device, dtype, rng) -> CheckResult:
     x, xb = inp.act(3, 40, scale=12.0)
     with device_scope(backend, device):
         cmp.close("softplus", backend.ops.softplus(xb), R.softplus(x), TOLERANCE[dtype])
     return cmp.result()
 
 
+def _close_conv(cmp: Comparison, tag: str, out: tuple, ref: tuple, exact: str) -> None:
+    """A causal conv's ``(y, conv state)`` against the reference's: y at the cell's tolerance, the state
+    (a window of raw inputs) exactly."""
+    (y, new), (ry, rnew) = out, ref
+    cmp.close(f"y {tag}", y, ry, TOLERANCE[cmp.dtype])
+    cmp.close(f"conv state {tag} ({exact})", new, rnew, 0.0)
+
+
 @register_op("causal_conv1d", "causal depthwise conv + SiLU, without and with a state, L < K too")
-def _causal_conv1d(name, backend, device, dtype, rng) -> CheckResult:
-    cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
-    (w, wb), (b, bb), (s, sb) = inp.act(12, 4), inp.act(12), inp.act(2, 12, 4)
+def _causal_conv1d(cmp: Comparison, inp: Inputs, backend, device, dtype, rng) -> CheckResult:
+    w, b, s = inp.act(12, 4), inp.act(12), inp.act(2, 12, 4)
     with device_scope(backend, device):
         for length in (9, 2):
-            x, xb = inp.act(2, length, 12)
-            for state, state_b, tag in ((None, None, "zero state"), (s, sb, "with state")):
-                y, new = backend.ops.causal_conv1d(xb, wb, bb, state_b, activation="silu")
-                ry, rnew = R.causal_conv1d(x, w, b, state, activation="silu")
-                cmp.close(f"y L={length} {tag}", y, ry, TOLERANCE[dtype])
-                cmp.close(f"conv state L={length} {tag} (raw inputs: exact)", new, rnew, 0.0)
+            x = inp.act(2, length, 12)
+            for state, tag in ((None, "zero state"), (s, "with state")):
+                out, ref = both(backend.ops.causal_conv1d, R.causal_conv1d, x, w, b, state, activation="silu")
+                _close_conv(cmp, f"L={length} {tag}", out, ref, "raw inputs: exact")
     return cmp.result()
 
 
 @register_op("causal_conv1d_update", "one decode step of the causal conv")
-def _causal_conv1d_update(name, backend, device, dtype, rng) -> CheckResult:
-    cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
-    (w, wb), (b, bb), (s, sb), (x, xb) = inp.act(12, 4), inp.act(12), inp.act(2, 12, 4), inp.act(2, 12)
+def _causal_conv1d_update(cmp: Comparison, inp: Inputs, backend, device, dtype, rng) -> CheckResult:
+    w, b, s, x = inp.act(12, 4), inp.act(12), inp.act(2, 12, 4), inp.act(2, 12)
     with device_scope(backend, device):
-        for bias, bias_b, tag in ((b, bb, "bias"), (None, None, "no bias")):
-            y, new = backend.ops.causal_conv1d_update(xb, sb, wb, bias_b, activation="silu")
-            ry, rnew = R.causal_conv1d_update(x, s, w, bias, activation="silu")
-            cmp.close(f"y {tag}", y, ry, TOLERANCE[dtype])
-            cmp.close(f"conv state {tag} (exact)", new, rnew, 0.0)
+        for bias, tag in ((b, "bias"), (None, "no bias")):
+            out, ref = both(
+                backend.ops.causal_conv1d_update, R.causal_conv1d_update, x, s, w, bias, activation="silu"
+            )
+            _close_conv(cmp, tag, out, ref, "exact")
     return cmp.result()
 
 
@@ -101,8 +104,7 @@ def _close_scan(cmp: Comparison, tag: str, out: tuple, ref: tuple, state: str = 
 
 
 @register_op("selective_scan", "Mamba-1 scan (dt bias + softplus, D, z gate): output and final state")
-def _selective_scan(name, backend, device, dtype, rng) -> CheckResult:
-    cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
+def _selective_scan(cmp: Comparison, inp: Inputs, backend, device, dtype, rng) -> CheckResult:
     b, e, n = 2, 6, 3
     A, D, bias, h0 = _scan_params(inp, e, n, b)
     with device_scope(backend, device):
@@ -121,8 +123,7 @@ def _selective_scan(name, backend, device, dtype, rng) -> CheckResult:
 
 
 @register_op("selective_state_update", "one decode step of the Mamba-1 scan: output and new state")
-def _selective_state_update(name, backend, device, dtype, rng) -> CheckResult:
-    cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
+def _selective_state_update(cmp: Comparison, inp: Inputs, backend, device, dtype, rng) -> CheckResult:
     args, kwargs = _selective_step_inputs(inp, 2, 6, 3)
     with device_scope(backend, device):
         out, ref = both(backend.ops.selective_state_update, R.selective_state_update, *args, **kwargs)
@@ -164,8 +165,7 @@ _SSD_CASES = ((16, (0.0, math.inf), True), (7, (0.01, 0.5), False), (64, (0.0, m
     "Mamba-2 chunked SSD vs the sequential scan (ngroups 2, L % Q != 0, "
     "initial state, dt_limit): output and final state",
 )
-def _ssd_chunked(name, backend, device, dtype, rng) -> CheckResult:
-    cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
+def _ssd_chunked(cmp: Comparison, inp: Inputs, backend, device, dtype, rng) -> CheckResult:
     b, length, h, p, g, n = 2, 37, 4, 3, 2, 5
     h0, args, kwargs = _ssd_inputs(inp, b, h, p, g, n, (length,))
     with device_scope(backend, device):
@@ -185,8 +185,7 @@ def _ssd_chunked(name, backend, device, dtype, rng) -> CheckResult:
 
 
 @register_op("ssd_state_update", "one decode step of SSD (ngroups 2, with and without dt_limit)")
-def _ssd_state_update(name, backend, device, dtype, rng) -> CheckResult:
-    cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
+def _ssd_state_update(cmp: Comparison, inp: Inputs, backend, device, dtype, rng) -> CheckResult:
     args, kwargs = _ssd_step_inputs(inp, 2, 4, 3, 2, 5)
     for limit in ((0.0, math.inf), (0.01, 0.5)):
         with device_scope(backend, device):
@@ -258,13 +257,26 @@ def _close_state(cmp: Comparison, tag: str, state: dict, ref: dict) -> None:
         cmp.fact(f"{field} dtype {tag}", got == "float32", f"({got})")
 
 
+def _mamba3_step(inp: Inputs, batch: int, rank: int, groups: int, angles: int, op) -> tuple:
+    """One Mamba-3 decode step from random inputs and a random state: the backend's ``op(state, ...)``
+    against ``R3.mamba3_state_update``: ``(the native state, the keywords, (y, state), (ry, ref state))``."""
+    acts, extra = _mamba3_inputs(inp, batch, rank, groups, angles)
+    state, ref_state = _split_state(_mamba3_state(inp, batch, rank, angles))
+    out, ref = both(
+        lambda *a, **k: op(state, *a, **k),
+        lambda *a, **k: R3.mamba3_state_update(ref_state, *a, **k),
+        *[acts[k] for k in _M3_ARGS],
+        **extra,
+    )
+    return state, extra, out, ref
+
+
 @register_op(
     "mamba3_chunked",
     "Mamba-3 chunked scan vs the token-by-token recurrence (SISO / MIMO rank 2-3, ngroups 2, pairwise / "
     "halves rotary, L % Q != 0, initial state): output and final state",
 )
-def _mamba3_chunked(name, backend, device, dtype, rng) -> CheckResult:
-    cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
+def _mamba3_chunked(cmp: Comparison, inp: Inputs, backend, device, dtype, rng) -> CheckResult:
     b, length = 2, 19
     with device_scope(backend, device):
         for rank, groups, rotary, angles, chunk, init in _MAMBA3_CASES:
@@ -287,20 +299,12 @@ def _mamba3_chunked(name, backend, device, dtype, rng) -> CheckResult:
 
 
 @register_op("mamba3_state_update", "one decode step of Mamba-3 (SISO and MIMO): output and new state")
-def _mamba3_state_update(name, backend, device, dtype, rng) -> CheckResult:
-    cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
+def _mamba3_state_update(cmp: Comparison, inp: Inputs, backend, device, dtype, rng) -> CheckResult:
     b = 2
     with device_scope(backend, device):
         for rank, groups, _, angles, _, _ in _MAMBA3_CASES:
-            acts, extra = _mamba3_inputs(inp, b, rank, groups, angles)
-            state, ref_state = _split_state(_mamba3_state(inp, b, rank, angles))
-            args = [acts[k] for k in _M3_ARGS]
-            (y, s), (ry, rs) = both(
-                lambda *a, state=state, **k: backend.ops.mamba3_state_update(state, *a, **k),
-                lambda *a, ref_state=ref_state, **k: R3.mamba3_state_update(ref_state, *a, **k),
-                *args,
-                **extra,
-            )
+            step = backend.ops.mamba3_state_update
+            _, extra, (y, s), (ry, rs) = _mamba3_step(inp, b, rank, groups, angles, step)
             tag = f"R={rank} G={groups} {extra['rotary']}"
             cmp.close(f"y {tag}", y, ry, TOLERANCE[dtype])
             _close_state(cmp, tag, s, rs)
@@ -308,8 +312,7 @@ def _mamba3_state_update(name, backend, device, dtype, rng) -> CheckResult:
 
 
 @register_op("mamba3_gate_out", "Mamba-3 gate (SiLU or out-projection norm) and MIMO rank contraction")
-def _mamba3_gate_out(name, backend, device, dtype, rng) -> CheckResult:
-    cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
+def _mamba3_gate_out(cmp: Comparison, inp: Inputs, backend, device, dtype, rng) -> CheckResult:
     h, p = _M3_H, _M3_P
     with device_scope(backend, device):
         for rank in (1, 3):
@@ -331,8 +334,7 @@ def _mamba3_gate_out(name, backend, device, dtype, rng) -> CheckResult:
 
 
 @register_op("rmsnorm", "RMSNorm of model-dtype activations and of a float32 residual")
-def _rmsnorm(name, backend, device, dtype, rng) -> CheckResult:
-    cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
+def _rmsnorm(cmp: Comparison, inp: Inputs, backend, device, dtype, rng) -> CheckResult:
     w, wb = inp.put(1.0 + rng.uniform(-0.2, 0.2, 12))
     with device_scope(backend, device):
         for x_dtype in dict.fromkeys((dtype, "float32")):
@@ -343,8 +345,7 @@ def _rmsnorm(name, backend, device, dtype, rng) -> CheckResult:
 
 
 @register_op("rmsnorm_gated", "gated RMSNorm: gate first per group, one group, and norm-before-gate")
-def _rmsnorm_gated(name, backend, device, dtype, rng) -> CheckResult:
-    cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
+def _rmsnorm_gated(cmp: Comparison, inp: Inputs, backend, device, dtype, rng) -> CheckResult:
     (x, xb), (z, zb) = inp.act(2, 9, 12), inp.act(2, 9, 12)
     w, wb = inp.put(1.0 + rng.uniform(-0.2, 0.2, 12))
     with device_scope(backend, device):
@@ -358,8 +359,7 @@ def _rmsnorm_gated(name, backend, device, dtype, rng) -> CheckResult:
 
 
 @register_op("decode_ops_in_place", "the decode variants the models' step runs (*_update_) vs the reference")
-def _decode_ops_in_place(name, backend, device, dtype, rng) -> CheckResult:
-    cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
+def _decode_ops_in_place(cmp: Comparison, inp: Inputs, backend, device, dtype, rng) -> CheckResult:
     b, e, n, h, p, g = 2, 6, 3, 4, 3, 2
     with device_scope(backend, device):
         (w, wb), (cb, cbb), (s, sb), (x, xb) = inp.act(e, 4), inp.act(e), inp.act(b, e, 4), inp.act(b, e)
@@ -380,14 +380,8 @@ def _decode_ops_in_place(name, backend, device, dtype, rng) -> CheckResult:
         cmp.close("ssd_state_update_ y", y, ry, TOLERANCE[dtype])
         cmp.close("ssd_state_update_ state", st, rs, STATE_TOLERANCE)
         for rank, groups, _, angles, _, _ in _MAMBA3_CASES[::2]:
-            acts, extra = _mamba3_inputs(inp, b, rank, groups, angles)
-            state, ref_state = _split_state(_mamba3_state(inp, b, rank, angles))
-            args = [acts[k] for k in _M3_ARGS]
-            (y, st), (ry, rs) = both(
-                lambda *a, state=state, **k: backend.ops.mamba3_state_update_(state, *a, **k),
-                lambda *a, ref_state=ref_state, **k: R3.mamba3_state_update(ref_state, *a, **k),
-                *args,
-                **extra,
+            state, _, (y, st), (ry, rs) = _mamba3_step(
+                inp, b, rank, groups, angles, backend.ops.mamba3_state_update_
             )
             cmp.close(f"mamba3_state_update_ y R={rank}", y, ry, TOLERANCE[dtype])
             for field in R3.STATE_FIELDS:
@@ -405,8 +399,7 @@ def _decode_ops_in_place(name, backend, device, dtype, rng) -> CheckResult:
 
 
 @register_op("op_dtypes", "every op's output dtypes follow the spec table mamba_core.op_dtypes")
-def _op_dtypes(name, backend, device, dtype, rng) -> CheckResult:
-    cmp, inp = Comparison(name, backend, device, dtype), Inputs(backend, device, dtype, rng)
+def _op_dtypes(cmp: Comparison, inp: Inputs, backend, device, dtype, rng) -> CheckResult:
     b, length, e, n, h, p, g, k = 2, 5, 6, 3, 4, 3, 2, 4
     ops = backend.ops
 

@@ -24,7 +24,7 @@ from mamba_core.config_schema import check_fields, check_parameter_count
 from mamba_core.errors import ConfigError
 from mamba_core.families.base import FamilyConfig
 from mamba_core.families.hf_reader import HFReader
-from mamba_core.families.mamba_mixer import MAMBA_KEYS, mamba2_mixer, read_mamba_keys
+from mamba_core.families.mamba_mixer import MAMBA_KEYS, MambaKeyFields, mamba2_mixer, read_mamba_keys
 from mamba_core.families.plan import LayerPlan
 from mamba_core.layers.multipliers import StreamMultipliers
 from mamba_core.parallel_config import ParallelHybridConfig, ScaledMamba2Config
@@ -38,6 +38,16 @@ _SCALED_MAMBA_FIELDS = {
     "norm_before_gate": "mamba_norm_before_gate",
     "out_bias": "projectors_bias",
 }
+# the scalar multipliers (config.json keys of the same names); folding sets them to 1
+SCALAR_MULTIPLIERS = (
+    "embedding_multiplier",
+    "lm_head_multiplier",
+    "key_multiplier",
+    "attention_in_multiplier",
+    "attention_out_multiplier",
+    "ssm_in_multiplier",
+    "ssm_out_multiplier",
+)
 
 
 def _multipliers(r: HFReader, key: str, n: int) -> tuple[float, ...]:
@@ -54,7 +64,7 @@ def _multipliers(r: HFReader, key: str, n: int) -> tuple[float, ...]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class FalconH1Config(FamilyConfig):
+class FalconH1Config(MambaKeyFields, FamilyConfig):
     """Falcon-H1 language model.
 
     Example:
@@ -65,19 +75,12 @@ class FalconH1Config(FamilyConfig):
         (LayerPlan(mixer='mamba2+attention', mlp='mlp'), 96, 16)
     """
 
-    KIND_ATTRS: ClassVar[dict[str, str]] = {"mamba2+attention": "parallel", "mlp": "mlp"}
+    KIND_ATTRS: ClassVar[dict[str, str]] = {"mamba2+attention": "parallel"}
 
     model_type: ClassVar[str] = "falcon_h1"
-    arch: ClassVar[str] = "falcon_h1"
     rescale_prenorm_residual: ClassVar[bool] = False  # the other composition constants: FamilyConfig
 
-    d_model: int
-    vocab_size: int
     n_layer: int
-    tie_embeddings: bool = False
-    norm_epsilon: float = 1e-5
-    num_attention_heads: int = 32
-    num_key_value_heads: int = 8
     head_dim: int | None = None  # None = d_model / num_attention_heads
     attention_bias: bool = False
     rope_theta: float = 10000.0
@@ -85,13 +88,6 @@ class FalconH1Config(FamilyConfig):
     mlp_bias: bool = False
     mamba_d_ssm: int | None = 1024  # None = mamba_expand * d_model
     mamba_n_heads: int = 128
-    mamba_n_groups: int = 1
-    mamba_d_state: int = 256
-    mamba_d_conv: int = 4
-    mamba_expand: int = 2
-    mamba_chunk_size: int = 256
-    mamba_conv_bias: bool = True
-    mamba_proj_bias: bool = False
     projectors_bias: bool = False
     mamba_rms_norm: bool = False
     mamba_norm_before_gate: bool = True
@@ -122,11 +118,8 @@ class FalconH1Config(FamilyConfig):
             raise ConfigError(
                 f"mlp_multipliers must have 2 entries, got {self.mlp_multipliers!r}", field="mlp_multipliers"
             )
-        if self.head_dim is None and self.d_model % self.num_attention_heads:
-            raise ConfigError(
-                f"num_attention_heads={self.num_attention_heads} must divide hidden_size={self.d_model}",
-                field="num_attention_heads",
-            )
+        if self.head_dim is None:
+            self.split_head_dim()
         self.attention, self.mlp, self.parallel  # noqa: B018 (each validates its fields)
         check_parameter_count(self)
 
@@ -146,12 +139,9 @@ class FalconH1Config(FamilyConfig):
     @property
     def attention(self) -> AttentionConfig:
         """Full-RoPE GQA attention with the key multiplier (the in/out multipliers are the layer's)."""
-        head_dim = self.head_dim or self.d_model // self.num_attention_heads
-        return AttentionConfig(
-            d_model=self.d_model,
-            n_heads=self.num_attention_heads,
-            n_kv_heads=self.num_key_value_heads,
-            head_dim=head_dim,
+        head_dim = self.head_dim or self.split_head_dim()
+        return self.gqa_attention(
+            head_dim,
             rotary_dim=head_dim,
             rope_theta=self.rope_theta,
             key_multiplier=self.key_multiplier,
@@ -220,56 +210,27 @@ class FalconH1Config(FamilyConfig):
         head = self.lm_head_multiplier / self.embedding_multiplier if self.tie_embeddings else 1.0
         return replace(
             self,
-            embedding_multiplier=1.0,
-            lm_head_multiplier=head,
-            key_multiplier=1.0,
-            attention_in_multiplier=1.0,
-            attention_out_multiplier=1.0,
-            ssm_in_multiplier=1.0,
-            ssm_out_multiplier=1.0,
+            **{**dict.fromkeys(SCALAR_MULTIPLIERS, 1.0), "lm_head_multiplier": head},
             ssm_multipliers=(1.0,) * 5,
             mlp_multipliers=(1.0, 1.0),
         )
 
     @classmethod
-    def from_hf(cls, d: dict) -> FalconH1Config:
-        """Read transformers' ``FalconH1Config`` json (defaults as transformers).
-
-        Raises:
-            ConfigError: unknown key or bad value.
-        """
-        r = HFReader(d, "falcon_h1")
-        heads = r.int("num_attention_heads", 32)
+    def read_hf(cls, r: HFReader) -> FalconH1Config:
+        """The fields of transformers' ``FalconH1Config`` json (``FamilyConfig.from_hf``)."""
         r.str("hidden_act", "silu", ("silu",))
         d_head = r.raw("mamba_d_head", "auto")
-        d_ssm = r.raw("mamba_d_ssm", 1024)
         cfg = cls(
-            d_model=r.int("hidden_size", 4096),
-            vocab_size=r.int("vocab_size", 128000),
+            **r.backbone(hidden_size=4096, vocab_size=128000, norm_epsilon=1e-5, kv_heads=8),
             n_layer=r.int("num_hidden_layers", 32),
-            tie_embeddings=r.bool("tie_word_embeddings", False),
-            norm_epsilon=r.float("rms_norm_eps", 1e-5, positive=True),
-            num_attention_heads=heads,
-            num_key_value_heads=r.int("num_key_value_heads", 8),
             head_dim=r.raw("head_dim", None),
-            attention_bias=r.bool("attention_bias", False),
             rope_theta=r.rope_theta(),
-            intermediate_size=r.int("intermediate_size", 14336),
-            mlp_bias=r.bool("mlp_bias", False),
-            mamba_d_ssm=d_ssm,
-            mamba_n_heads=r.int("mamba_n_heads", 128),
+            mamba_d_ssm=r.raw("mamba_d_ssm", 1024),
+            **r.fields(attention_bias=False, intermediate_size=14336, mlp_bias=False, mamba_n_heads=128),
             **read_mamba_keys(r),
-            projectors_bias=r.bool("projectors_bias", False),
-            mamba_rms_norm=r.bool("mamba_rms_norm", False),
-            mamba_norm_before_gate=r.bool("mamba_norm_before_gate", True),
+            **r.fields(projectors_bias=False, mamba_rms_norm=False, mamba_norm_before_gate=True),
             time_step_limit=r.limit("time_step_limit"),
-            embedding_multiplier=r.float("embedding_multiplier", 1.0),
-            lm_head_multiplier=r.float("lm_head_multiplier", 1.0),
-            key_multiplier=r.float("key_multiplier", 1.0),
-            attention_in_multiplier=r.float("attention_in_multiplier", 1.0),
-            attention_out_multiplier=r.float("attention_out_multiplier", 1.0),
-            ssm_in_multiplier=r.float("ssm_in_multiplier", 1.0),
-            ssm_out_multiplier=r.float("ssm_out_multiplier", 1.0),
+            **r.fields(**dict.fromkeys(SCALAR_MULTIPLIERS, 1.0)),
             ssm_multipliers=_multipliers(r, "ssm_multipliers", 5),
             mlp_multipliers=_multipliers(r, "mlp_multipliers", 2),
         )
@@ -279,5 +240,4 @@ class FalconH1Config(FamilyConfig):
                 f"{cfg.mamba_width}",
                 field="mamba_d_head",
             )
-        r.finish()
         return cfg

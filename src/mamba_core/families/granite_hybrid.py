@@ -16,12 +16,19 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from mamba_core.block_config import AttentionConfig, MLPConfig, MoEConfig
-from mamba_core.config_schema import check_fields, check_parameter_count, check_raw
+from mamba_core.config_schema import check_choice, check_fields, check_parameter_count, check_raw
 from mamba_core.dialects.parsed import json_limit
 from mamba_core.errors import ConfigError, UnsupportedError
 from mamba_core.families.base import FamilyConfig
-from mamba_core.families.hf_reader import HFReader
-from mamba_core.families.mamba_mixer import MAMBA_KEYS, Mamba2MixerConfig, mamba2_mixer, read_mamba_keys
+from mamba_core.families.hf_reader import HFReader, backbone_json
+from mamba_core.families.mamba_mixer import (
+    MAMBA_KEYS,
+    Mamba2MixerConfig,
+    MambaKeyFields,
+    mamba2_mixer,
+    mamba_keys_json,
+    read_mamba_keys,
+)
 from mamba_core.families.plan import LayerPlan
 from mamba_core.family_schema import LAYER_TYPES
 from mamba_core.layers.multipliers import StreamMultipliers
@@ -35,7 +42,7 @@ _TYPES = {
 
 
 @dataclass(frozen=True, kw_only=True)
-class GraniteHybridConfig(FamilyConfig):
+class GraniteHybridConfig(MambaKeyFields, FamilyConfig):
     """Granite 4.0-H / Bamba language model.
 
     ``variant`` is ``"granitemoehybrid"`` or ``"bamba"``; Bamba has no multipliers (all 1), no MoE, a
@@ -50,27 +57,18 @@ class GraniteHybridConfig(FamilyConfig):
         (LayerPlan(mixer='mamba2', mlp='moe'), LayerPlan(mixer='attention', mlp='moe'))
     """
 
-    KIND_ATTRS: ClassVar[dict[str, str]] = {
-        "mamba2": "mamba",
-        "attention": "attention",
-        "mlp": "shared_mlp",
-        "moe": "moe",
-    }
+    KIND_ATTRS: ClassVar[dict[str, str]] = {"mamba2": "mamba", "mlp": "shared_mlp"}
 
     model_types: ClassVar[tuple[str, ...]] = ("granitemoehybrid", "bamba")
 
     variant: str
-    d_model: int
-    vocab_size: int
     layer_types: tuple[str, ...]
-    tie_embeddings: bool = False
     norm_epsilon: float = 1e-6
     embedding_multiplier: float = 1.0
     residual_multiplier: float = 1.0
     attention_multiplier: float | None = None
     logits_scaling: float = 1.0
     # attention
-    num_attention_heads: int = 32
     num_key_value_heads: int = 32
     attention_bias: bool = False
     rotary_fraction: float = 1.0  # 0 = NoPE
@@ -85,21 +83,11 @@ class GraniteHybridConfig(FamilyConfig):
     # Mamba-2
     mamba_n_heads: int = 128
     mamba_d_head: int | None = None
-    mamba_n_groups: int = 1
-    mamba_d_state: int = 256
-    mamba_d_conv: int = 4
-    mamba_expand: int = 2
-    mamba_chunk_size: int = 256
-    mamba_conv_bias: bool = True
-    mamba_proj_bias: bool = False
     time_step_limit: tuple[float, float] = (0.0, math.inf)
 
     def __post_init__(self) -> None:
         check_fields(self)  # types and ranges first: mamba_core.family_schema
-        if self.variant not in self.model_types:
-            raise ConfigError(
-                f"variant must be one of {self.model_types}, got {self.variant!r}", field="variant"
-            )
+        check_choice("variant", self.variant, self.model_types, field="variant")
         bad = sorted({t for t in self.layer_types if t not in _TYPES})
         if bad or not self.layer_types:
             raise ConfigError(
@@ -157,18 +145,10 @@ class GraniteHybridConfig(FamilyConfig):
     @property
     def attention(self) -> AttentionConfig:
         """GQA attention; RoPE on ``rotary_fraction`` of each head; Granite's scale override."""
-        if self.d_model % self.num_attention_heads:
-            raise ConfigError(
-                f"num_attention_heads={self.num_attention_heads} must divide hidden_size={self.d_model}",
-                field="num_attention_heads",
-            )
-        head_dim = self.d_model // self.num_attention_heads
+        head_dim = self.split_head_dim()
         rotary = int(head_dim * self.rotary_fraction)
-        return AttentionConfig(
-            d_model=self.d_model,
-            n_heads=self.num_attention_heads,
-            n_kv_heads=self.num_key_value_heads,
-            head_dim=head_dim,
+        return self.gqa_attention(
+            head_dim,
             scale=self.attention_multiplier,
             rotary_dim=rotary - rotary % 2,
             rope_theta=self.rope_theta,
@@ -187,14 +167,7 @@ class GraniteHybridConfig(FamilyConfig):
     @property
     def moe(self) -> MoEConfig:
         """Granite's MoE: top-k logits then softmax, fused SiLU experts, the shared MLP as shared expert."""
-        return MoEConfig(
-            d_model=self.d_model,
-            n_experts=self.num_local_experts,
-            top_k=self.num_experts_per_tok,
-            router="topk_softmax",
-            expert=MLPConfig(d_model=self.d_model, d_ff=self.intermediate_size, layout="fused"),
-            shared_expert=self.shared_mlp,
-        )
+        return self.silu_moe(self.num_local_experts, "topk_softmax", shared_expert=self.shared_mlp)
 
     @property
     def mamba(self) -> Mamba2MixerConfig:
@@ -223,26 +196,14 @@ class GraniteHybridConfig(FamilyConfig):
         out: dict = {
             "model_type": self.variant,
             "architectures": ["GraniteMoeHybridForCausalLM" if granite else "BambaForCausalLM"],
-            "hidden_size": self.d_model,
-            "vocab_size": self.vocab_size,
-            "num_hidden_layers": self.n_layer,
-            "tie_word_embeddings": self.tie_embeddings,
-            "rms_norm_eps": self.norm_epsilon,
-            "num_attention_heads": self.num_attention_heads,
-            "num_key_value_heads": self.num_key_value_heads,
+            **backbone_json(self),
             "attention_bias": self.attention_bias,
             "rope_parameters": {"rope_theta": self.rope_theta, "rope_type": "default"},
             "hidden_act": self.hidden_act,
             "intermediate_size": self.intermediate_size,
             "mamba_n_heads": self.mamba_n_heads,
             "mamba_d_head": self.mamba_expand * self.d_model // self.mamba_n_heads,
-            "mamba_n_groups": self.mamba_n_groups,
-            "mamba_d_state": self.mamba_d_state,
-            "mamba_d_conv": self.mamba_d_conv,
-            "mamba_expand": self.mamba_expand,
-            "mamba_chunk_size": self.mamba_chunk_size,
-            "mamba_conv_bias": self.mamba_conv_bias,
-            "mamba_proj_bias": self.mamba_proj_bias,
+            **mamba_keys_json(self),
             "time_step_limit": json_limit(self.time_step_limit),
         }
         if granite:
@@ -271,21 +232,23 @@ class GraniteHybridConfig(FamilyConfig):
         return out
 
     @classmethod
-    def from_hf(cls, d: dict) -> GraniteHybridConfig:
-        """Read transformers' ``GraniteMoeHybridConfig`` or ``BambaConfig`` json (defaults as transformers).
+    def hf_name(cls, d: dict) -> str:
+        """The variant: ``model_type``, one of ``model_types``.
 
         Raises:
-            ConfigError: unknown key or bad value.
+            ConfigError: another ``model_type``.
         """
         variant = d.get("model_type")
-        if variant not in cls.model_types:
-            raise ConfigError(
-                f"model_type must be one of {cls.model_types}, got {variant!r}", field="model_type"
-            )
-        r = HFReader(d, variant)
+        check_choice("model_type", variant, cls.model_types, field="model_type")
+        return variant
+
+    @classmethod
+    def read_hf(cls, r: HFReader) -> GraniteHybridConfig:
+        """The fields of transformers' ``GraniteMoeHybridConfig`` or ``BambaConfig`` json
+        (``FamilyConfig.from_hf``; the reader's family is the variant)."""
+        variant = r.family
         granite = variant == "granitemoehybrid"
         n_layers = r.int("num_hidden_layers", 32)
-        heads = r.int("num_attention_heads", 32)
         if granite:
             types = r.raw("layer_types", None) or r.raw("layers_block_type", None)
             types = ("linear_attention",) * n_layers if types is None else types
@@ -315,17 +278,17 @@ class GraniteHybridConfig(FamilyConfig):
         d_head = r.raw("mamba_d_head", "auto")
         cfg = cls(
             variant=variant,
-            d_model=r.int("hidden_size", 4096),
-            vocab_size=r.int("vocab_size", 32000 if granite else 128000),
+            **r.backbone(
+                hidden_size=4096,
+                vocab_size=32000 if granite else 128000,
+                norm_epsilon=1e-6 if granite else 1e-5,
+                kv_heads=None if granite else 8,
+            ),
             layer_types=types,
-            tie_embeddings=r.bool("tie_word_embeddings", False),
-            norm_epsilon=r.float("rms_norm_eps", 1e-6 if granite else 1e-5, positive=True),
             embedding_multiplier=r.float("embedding_multiplier", 1.0) if granite else 1.0,
             residual_multiplier=r.float("residual_multiplier", 1.0) if granite else 1.0,
             attention_multiplier=r.float("attention_multiplier", 1.0, positive=True) if granite else None,
             logits_scaling=r.float("logits_scaling", 1.0) if granite else 1.0,
-            num_attention_heads=heads,
-            num_key_value_heads=r.int("num_key_value_heads", heads if granite else 8),
             attention_bias=r.bool("attention_bias", False),
             rotary_fraction=rotary,
             rope_theta=r.rope_theta(),
@@ -340,5 +303,4 @@ class GraniteHybridConfig(FamilyConfig):
             **read_mamba_keys(r),
             time_step_limit=r.limit("time_step_limit"),
         )
-        r.finish()
         return cfg

@@ -4,6 +4,8 @@ Each family's ``from_hf`` reads the keys it needs through a ``HFReader``, declar
 change the model's math (``ignore``), and calls ``finish()``: any key neither read nor ignored raises
 ``ConfigError`` naming it, so a new upstream option cannot slip through unnoticed. Defaults are
 transformers' own defaults for that family, so a minimal config.json reads as transformers reads it.
+``backbone`` reads the keys every family shares and ``fields`` the keys named as the family's fields;
+``backbone_json`` writes the shared keys back.
 """
 
 from __future__ import annotations
@@ -60,6 +62,29 @@ COMMON_IGNORED = frozenset(
         "quantization_config",
     }
 )
+
+
+def backbone_json(cfg, eps_key: str = "rms_norm_eps") -> dict[str, Any]:
+    """The config.json keys of the fields every family has (what ``HFReader.backbone`` reads back):
+    ``hidden_size``, ``vocab_size``, ``num_hidden_layers``, ``tie_word_embeddings``, ``eps_key``,
+    ``num_attention_heads``, ``num_key_value_heads``.
+
+    Example:
+        >>> from types import SimpleNamespace
+        >>> cfg = SimpleNamespace(d_model=8, vocab_size=10, n_layer=2, tie_embeddings=False,
+        ...                       norm_epsilon=1e-5, num_attention_heads=2, num_key_value_heads=1)
+        >>> backbone_json(cfg)["hidden_size"]
+        8
+    """
+    return {
+        "hidden_size": cfg.d_model,
+        "vocab_size": cfg.vocab_size,
+        "num_hidden_layers": cfg.n_layer,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        eps_key: cfg.norm_epsilon,
+        "num_attention_heads": cfg.num_attention_heads,
+        "num_key_value_heads": cfg.num_key_value_heads,
+    }
 
 
 def json_number(value: Any) -> Any:
@@ -184,6 +209,50 @@ class HFReader:
         if isinstance(theta, bool) or not isinstance(theta, (int, float)) or theta <= 0:
             raise self._fail("rope_parameters", "a dict with a positive rope_theta", params)
         return float(theta)
+
+    def fields(self, **defaults: Any) -> dict[str, Any]:
+        """Keys whose config.json name is the family field's name, each read by the type of its default
+        (``bool``, ``int`` >= 1 or a finite ``float``), in the order given: ``{field: value}``.
+
+        Example:
+            >>> HFReader({"adapter_rank": 8}, "demo").fields(adapter_rank=128, use_mem_rope=False)
+            {'adapter_rank': 8, 'use_mem_rope': False}
+        """
+        readers = {bool: self.bool, int: self.int, float: self.float}
+        return {key: readers[type(default)](key, default) for key, default in defaults.items()}
+
+    def backbone(
+        self,
+        *,
+        hidden_size: int,
+        vocab_size: int,
+        norm_epsilon: float,
+        kv_heads: int | None = None,
+        tie: bool = False,
+        eps_key: str = "rms_norm_eps",
+    ) -> dict[str, Any]:
+        """The fields every family reads under transformers' shared names (``FamilyConfig``'s fields),
+        with the family's defaults: ``d_model``, ``vocab_size``, ``tie_embeddings``, ``norm_epsilon`` (from
+        ``eps_key``), ``num_attention_heads`` (default 32) and ``num_key_value_heads`` (default
+        ``kv_heads``, else the attention heads).
+
+        Raises:
+            ConfigError: a key of the wrong type or out of range (naming it).
+
+        Example:
+            >>> HFReader({"hidden_size": 64}, "demo").backbone(hidden_size=4096, vocab_size=10,
+            ...                                                norm_epsilon=1e-5)["num_key_value_heads"]
+            32
+        """
+        heads = self.int("num_attention_heads", 32)
+        return {
+            "d_model": self.int("hidden_size", hidden_size),
+            "vocab_size": self.int("vocab_size", vocab_size),
+            "tie_embeddings": self.bool("tie_word_embeddings", tie),
+            "norm_epsilon": self.float(eps_key, norm_epsilon, positive=True),
+            "num_attention_heads": heads,
+            "num_key_value_heads": self.int("num_key_value_heads", heads if kv_heads is None else kv_heads),
+        }
 
     def ignore(self, *keys: str) -> None:
         """Keys this family carries that do not change the math."""

@@ -41,23 +41,12 @@ class JambaConfig(FamilyConfig):
         [('mamba1', 'moe'), ('attention', 'mlp')]
     """
 
-    KIND_ATTRS: ClassVar[dict[str, str]] = {
-        "mamba1": "mamba",
-        "attention": "attention",
-        "mlp": "mlp",
-        "moe": "moe",
-    }
+    KIND_ATTRS: ClassVar[dict[str, str]] = {"mamba1": "mamba"}
 
     model_type: ClassVar[str] = "jamba"
-    arch: ClassVar[str] = "jamba"
 
-    d_model: int
-    vocab_size: int
     n_layer: int
-    tie_embeddings: bool = False
     norm_epsilon: float = 1e-6
-    num_attention_heads: int = 32
-    num_key_value_heads: int = 8
     intermediate_size: int = 14336
     num_experts: int = 16
     num_experts_per_tok: int = 2
@@ -98,17 +87,7 @@ class JambaConfig(FamilyConfig):
     @property
     def attention(self) -> AttentionConfig:
         """GQA attention without RoPE."""
-        if self.d_model % self.num_attention_heads:
-            raise ConfigError(
-                f"num_attention_heads={self.num_attention_heads} must divide hidden_size={self.d_model}",
-                field="num_attention_heads",
-            )
-        return AttentionConfig(
-            d_model=self.d_model,
-            n_heads=self.num_attention_heads,
-            n_kv_heads=self.num_key_value_heads,
-            head_dim=self.d_model // self.num_attention_heads,
-        )
+        return self.gqa_attention(self.split_head_dim())
 
     @property
     def mlp(self) -> MLPConfig:
@@ -118,13 +97,7 @@ class JambaConfig(FamilyConfig):
     @property
     def moe(self) -> MoEConfig:
         """Softmax-then-top-k router, not renormalized; gated SiLU experts."""
-        return MoEConfig(
-            d_model=self.d_model,
-            n_experts=self.num_experts,
-            top_k=self.num_experts_per_tok,
-            router="softmax_topk",
-            expert=MLPConfig(d_model=self.d_model, d_ff=self.intermediate_size, layout="fused"),
-        )
+        return self.silu_moe(self.num_experts, "softmax_topk")
 
     @property
     def mamba(self) -> Mamba1Config:
@@ -139,14 +112,8 @@ class JambaConfig(FamilyConfig):
         )
 
     @classmethod
-    def from_hf(cls, d: dict) -> JambaConfig:
-        """Read transformers' ``JambaConfig`` json (defaults as transformers).
-
-        Raises:
-            ConfigError: unknown key or bad value.
-        """
-        r = HFReader(d, "jamba")
-        heads = r.int("num_attention_heads", 32)
+    def read_hf(cls, r: HFReader) -> JambaConfig:
+        """The fields of transformers' ``JambaConfig`` json (``FamilyConfig.from_hf``)."""
         r.str("hidden_act", "silu", ("silu",))
         dt_rank = r.raw("mamba_dt_rank", "auto")
         experts = r.raw("num_experts", None)
@@ -154,26 +121,15 @@ class JambaConfig(FamilyConfig):
             experts = r.raw("num_local_experts", 16)
         r.ignore("num_local_experts")
         cfg = cls(
-            d_model=r.int("hidden_size", 4096),
-            vocab_size=r.int("vocab_size", 65536),
+            **r.backbone(hidden_size=4096, vocab_size=65536, norm_epsilon=1e-6),
             n_layer=r.int("num_hidden_layers", 32),
-            tie_embeddings=r.bool("tie_word_embeddings", False),
-            norm_epsilon=r.float("rms_norm_eps", 1e-6, positive=True),
-            num_attention_heads=heads,
-            num_key_value_heads=r.int("num_key_value_heads", heads),
-            intermediate_size=r.int("intermediate_size", 14336),
             num_experts=experts,
-            num_experts_per_tok=r.int("num_experts_per_tok", 2),
-            expert_layer_period=r.int("expert_layer_period", 2),
+            **r.fields(intermediate_size=14336, num_experts_per_tok=2, expert_layer_period=2),
             expert_layer_offset=r.int("expert_layer_offset", 1, minimum=0),
             attn_layer_period=r.int("attn_layer_period", 8),
             attn_layer_offset=r.int("attn_layer_offset", 4, minimum=0),
-            mamba_d_state=r.int("mamba_d_state", 16),
-            mamba_d_conv=r.int("mamba_d_conv", 4),
-            mamba_expand=r.int("mamba_expand", 2),
+            **r.fields(mamba_d_state=16, mamba_d_conv=4, mamba_expand=2),
             mamba_dt_rank=None if dt_rank == "auto" else dt_rank,
-            mamba_conv_bias=r.bool("mamba_conv_bias", True),
-            mamba_proj_bias=r.bool("mamba_proj_bias", False),
+            **r.fields(mamba_conv_bias=True, mamba_proj_bias=False),
         )
-        r.finish()
         return cfg

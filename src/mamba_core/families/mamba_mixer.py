@@ -11,6 +11,7 @@ mixer config from its model sizes and a table of its own field names (``MAMBA_KE
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from mamba_core.config import Mamba2Config
@@ -73,23 +74,34 @@ MAMBA_KEYS: dict[str, str] = {
 }
 
 
+@dataclass(frozen=True, kw_only=True)
+class MambaKeyFields:
+    """The family fields of transformers' ``mamba_*`` keys (Falcon-H1, Granite 4.0-H / Bamba), with
+    transformers' defaults; ``read_mamba_keys`` reads them, ``MAMBA_KEYS`` hands them to the mixer."""
+
+    mamba_n_groups: int = 1
+    mamba_d_state: int = 256
+    mamba_d_conv: int = 4
+    mamba_expand: int = 2
+    mamba_chunk_size: int = 256
+    mamba_conv_bias: bool = True
+    mamba_proj_bias: bool = False
+
+
 def read_mamba_keys(r) -> dict:
     """Read transformers' ``mamba_*`` sizes and biases of the Mamba-2 mixer from a ``HFReader``, with
-    transformers' defaults (Falcon-H1's and Granite 4.0-H / Bamba's are the same), as the family fields of
-    the same names.
+    transformers' defaults (``MambaKeyFields``: Falcon-H1's and Granite 4.0-H / Bamba's are the same), as
+    the family fields of the same names.
 
     Raises:
         ConfigError: a key of the wrong type or out of range (naming it).
     """
-    return {
-        "mamba_n_groups": r.int("mamba_n_groups", 1),
-        "mamba_d_state": r.int("mamba_d_state", 256),
-        "mamba_d_conv": r.int("mamba_d_conv", 4),
-        "mamba_expand": r.int("mamba_expand", 2),
-        "mamba_chunk_size": r.int("mamba_chunk_size", 256),
-        "mamba_conv_bias": r.bool("mamba_conv_bias", True),
-        "mamba_proj_bias": r.bool("mamba_proj_bias", False),
-    }
+    return r.fields(**{f.name: f.default for f in dataclasses.fields(MambaKeyFields)})
+
+
+def mamba_keys_json(family) -> dict:
+    """The ``MambaKeyFields`` of a family config as config.json keys (the same names)."""
+    return {f.name: getattr(family, f.name) for f in dataclasses.fields(MambaKeyFields)}
 
 
 def mixer_config(family, cls: type, fields: dict[str, str] | None = None, **values):

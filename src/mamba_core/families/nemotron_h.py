@@ -68,25 +68,13 @@ class NemotronHConfig(FamilyConfig):
         ['mamba2', 'attention', 'mlp', 'moe']
     """
 
-    KIND_ATTRS: ClassVar[dict[str, str]] = {
-        "mamba2": "mamba",
-        "attention": "attention",
-        "mlp": "mlp",
-        "moe": "moe",
-    }
+    KIND_ATTRS: ClassVar[dict[str, str]] = {"mamba2": "mamba"}
 
     model_type: ClassVar[str] = "nemotron_h"
-    arch: ClassVar[str] = "nemotron_h"
 
-    d_model: int
-    vocab_size: int
     layer_types: tuple[str, ...]
-    tie_embeddings: bool = False
-    norm_epsilon: float = 1e-5
     residual_in_fp32: bool = False
-    # attention
-    num_attention_heads: int = 32
-    num_key_value_heads: int = 8
+    # attention (and the heads: FamilyConfig)
     head_dim: int = 128
     attention_bias: bool = False
     # MLP
@@ -163,13 +151,7 @@ class NemotronHConfig(FamilyConfig):
     @property
     def attention(self) -> AttentionConfig:
         """The attention kind: GQA, no RoPE, ``head_dim`` set apart from ``d_model / heads``."""
-        return AttentionConfig(
-            d_model=self.d_model,
-            n_heads=self.num_attention_heads,
-            n_kv_heads=self.num_key_value_heads,
-            head_dim=self.head_dim,
-            bias=self.attention_bias,
-        )
+        return self.gqa_attention(self.head_dim, bias=self.attention_bias)
 
     @property
     def mlp(self) -> MLPConfig:
@@ -222,15 +204,13 @@ class NemotronHConfig(FamilyConfig):
         return mamba2_mixer(self, _MAMBA_FIELDS, width=width, heads=self.mamba_num_heads)
 
     @classmethod
-    def from_hf(cls, d: dict) -> NemotronHConfig:
-        """Read transformers' ``NemotronHConfig`` json, legacy ``hybrid_override_pattern`` and ``mamba_*``
-        aliases included (defaults as transformers).
+    def read_hf(cls, r: HFReader) -> NemotronHConfig:
+        """The fields of transformers' ``NemotronHConfig`` json (``FamilyConfig.from_hf``), legacy
+        ``hybrid_override_pattern`` and ``mamba_*`` aliases included.
 
         Raises:
-            ConfigError: unknown key, bad value, a pattern and a list that disagree, or a layer count that
-                does not match the pattern.
+            ConfigError: a pattern and a list that disagree, or a layer count that does not match the pattern.
         """
-        r = HFReader(d, "nemotron_h")
         types = r.raw("layers_block_type", None)
         if types is None:
             types = r.raw("layer_types", None)
@@ -272,7 +252,6 @@ class NemotronHConfig(FamilyConfig):
             r.ignore(old)
             return old if r.has(old) and not r.has(new) else new
 
-        heads = r.int("num_attention_heads", 32)
         r.str("mamba_hidden_act", "silu", ("silu",))
         r.ignore(
             "mamba_ssm_cache_dtype",
@@ -285,40 +264,25 @@ class NemotronHConfig(FamilyConfig):
             "mamba_proj_bias",
         )
         cfg = cls(
-            d_model=r.int("hidden_size", 4096),
-            vocab_size=r.int("vocab_size", 131072),
+            **r.backbone(
+                hidden_size=4096, vocab_size=131072, norm_epsilon=1e-5, eps_key="layer_norm_epsilon"
+            ),
             layer_types=types,
-            tie_embeddings=r.bool("tie_word_embeddings", False),
-            norm_epsilon=r.float("layer_norm_epsilon", 1e-5, positive=True),
-            residual_in_fp32=r.bool("residual_in_fp32", False),
-            num_attention_heads=heads,
-            num_key_value_heads=r.int("num_key_value_heads", heads),
-            head_dim=r.int("head_dim", 128),
-            attention_bias=r.bool("attention_bias", False),
-            intermediate_size=r.int("intermediate_size", 21504),
+            **r.fields(residual_in_fp32=False, head_dim=128, attention_bias=False, intermediate_size=21504),
             mlp_hidden_act=r.str("mlp_hidden_act", "relu2"),
-            mlp_bias=r.bool("mlp_bias", False),
-            mamba_num_heads=r.int("mamba_num_heads", 128),
-            mamba_head_dim=r.int("mamba_head_dim", 64),
-            ssm_state_size=r.int("ssm_state_size", 128),
+            **r.fields(mlp_bias=False, mamba_num_heads=128, mamba_head_dim=64, ssm_state_size=128),
             n_groups=r.int(alias("n_groups", "mamba_n_groups"), 8),
             conv_kernel=r.int(alias("conv_kernel", "mamba_d_conv"), 4),
             use_conv_bias=r.bool(alias("use_conv_bias", "mamba_conv_bias"), True),
             use_bias=r.bool("use_bias", False),
             chunk_size=r.int(alias("chunk_size", "mamba_chunk_size"), 128),
             time_step_limit=r.limit(alias("time_step_limit", "mamba_dt_limit")),
-            n_routed_experts=r.int("n_routed_experts", 8),
-            num_experts_per_tok=r.int("num_experts_per_tok", 2),
-            moe_intermediate_size=r.int("moe_intermediate_size", 7688),
+            **r.fields(n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=7688),
             moe_shared_expert_intermediate_size=r.int("moe_shared_expert_intermediate_size", 7688),
             n_shared_experts=r.int("n_shared_experts", 1, minimum=0),
             moe_latent_size=r.raw("moe_latent_size", None),
-            n_group=r.int("n_group", 1),
-            topk_group=r.int("topk_group", 1),
-            norm_topk_prob=r.bool("norm_topk_prob", True),
-            routed_scaling_factor=r.float("routed_scaling_factor", 1.0),
+            **r.fields(n_group=1, topk_group=1, norm_topk_prob=True, routed_scaling_factor=1.0),
             num_nextn_predict_layers=r.int("num_nextn_predict_layers", 0, minimum=0),
         )
         r.ignore("mamba_dt_min", "mamba_dt_max", "mamba_dt_init_floor")
-        r.finish()
         return cfg

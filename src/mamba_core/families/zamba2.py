@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from mamba_core.block_config import AttentionConfig, MLPConfig, SharedTransformerConfig
-from mamba_core.config_schema import check_fields, check_parameter_count
+from mamba_core.config_schema import check_choice, check_fields, check_parameter_count
 from mamba_core.errors import ConfigError
 from mamba_core.families.base import FamilyConfig
 from mamba_core.families.hf_reader import HFReader
@@ -51,17 +51,12 @@ class Zamba2Config(FamilyConfig):
         ([None, 0, None, 1], 1, 16)
     """
 
-    KIND_ATTRS: ClassVar[dict[str, str]] = {"mamba2": "mamba", "shared_transformer": "shared_transformer"}
+    KIND_ATTRS: ClassVar[dict[str, str]] = {"mamba2": "mamba"}
 
     model_type: ClassVar[str] = "zamba2"
-    arch: ClassVar[str] = "zamba2"
 
-    d_model: int
-    vocab_size: int
     layer_types: tuple[str, ...]
     tie_embeddings: bool = True
-    norm_epsilon: float = 1e-5
-    num_attention_heads: int = 32
     num_key_value_heads: int = 32
     intermediate_size: int | None = None  # None = 4 * d_model
     hidden_act: str = "gelu"
@@ -89,10 +84,7 @@ class Zamba2Config(FamilyConfig):
                 f"layers_block_type must be a non-empty list of 'mamba' / 'hybrid', got bad entries {bad}",
                 field="layers_block_type",
             )
-        if self.hidden_act not in _ACTS:
-            raise ConfigError(
-                f"hidden_act must be one of {sorted(_ACTS)}, got {self.hidden_act!r}", field="hidden_act"
-            )
+        check_choice("hidden_act", self.hidden_act, sorted(_ACTS), field="hidden_act")
         if (2 * self.d_model) % self.num_attention_heads:
             raise ConfigError(
                 f"num_attention_heads={self.num_attention_heads} must divide 2 * hidden_size = "
@@ -203,15 +195,13 @@ class Zamba2Config(FamilyConfig):
         )
 
     @classmethod
-    def from_hf(cls, d: dict) -> Zamba2Config:
-        """Read transformers' ``Zamba2Config`` json (defaults as transformers).
+    def read_hf(cls, r: HFReader) -> Zamba2Config:
+        """The fields of transformers' ``Zamba2Config`` json (``FamilyConfig.from_hf``).
 
         Raises:
-            ConfigError: unknown key, bad value, or derived keys that disagree with the primary ones.
+            ConfigError: derived keys that disagree with the primary ones.
         """
-        r = HFReader(d, "zamba2")
-        d_model = r.int("hidden_size", 2560)
-        heads = r.int("num_attention_heads", 32)
+        backbone = r.backbone(hidden_size=2560, vocab_size=32000, norm_epsilon=1e-5, tie=True)
         types = r.raw("layers_block_type", None) or r.raw("layer_types", None)
         n_layers = r.int("num_hidden_layers", 54)
         if types is None:
@@ -228,29 +218,17 @@ class Zamba2Config(FamilyConfig):
                 field="use_long_context",
             )
         cfg = cls(
-            d_model=d_model,
-            vocab_size=r.int("vocab_size", 32000),
+            **backbone,
             layer_types=tuple(types),
-            tie_embeddings=r.bool("tie_word_embeddings", True),
-            norm_epsilon=r.float("rms_norm_eps", 1e-5, positive=True),
-            num_attention_heads=heads,
-            num_key_value_heads=r.int("num_key_value_heads", heads),
             intermediate_size=r.raw("intermediate_size", None),
             hidden_act=r.str("hidden_act", "gelu"),
-            add_bias_linear=r.bool("add_bias_linear", False),
-            num_mem_blocks=r.int("num_mem_blocks", 1),
-            use_shared_attention_adapter=r.bool("use_shared_attention_adapter", False),
-            adapter_rank=r.int("adapter_rank", 128),
-            use_mem_rope=r.bool("use_mem_rope", False),
+            **r.fields(add_bias_linear=False, num_mem_blocks=1, use_shared_attention_adapter=False),
+            **r.fields(adapter_rank=128, use_mem_rope=False),
             rope_theta=r.rope_theta(),
-            mamba_d_state=r.int("mamba_d_state", 64),
-            mamba_d_conv=r.int("mamba_d_conv", 4),
-            mamba_expand=r.int("mamba_expand", 2),
-            mamba_ngroups=r.int("mamba_ngroups", 1),
-            n_mamba_heads=r.int("n_mamba_heads", 8),
-            chunk_size=r.int("chunk_size", 256),
-            time_step_min=r.float("time_step_min", 0.001),
+            **r.fields(mamba_d_state=64, mamba_d_conv=4, mamba_expand=2, mamba_ngroups=1, n_mamba_heads=8),
+            **r.fields(chunk_size=256, time_step_min=0.001),
         )
+        d_model, heads = cfg.d_model, cfg.num_attention_heads
         derived = {
             "attention_hidden_size": 2 * d_model,
             "attention_head_dim": 2 * d_model // heads,
@@ -267,5 +245,4 @@ class Zamba2Config(FamilyConfig):
                 )
             r.ignore(key)
         r.ignore("use_mem_eff_path", "time_step_max", "time_step_floor", "use_conv_bias")
-        r.finish()
         return cfg
