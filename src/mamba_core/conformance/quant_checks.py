@@ -33,7 +33,7 @@ from mamba_core.conformance.core import (
     model_tolerance,
     skipped_result,
 )
-from mamba_core.quantization import QUANTIZED_ARCHS, dequantize_affine, pack_codes, unpack_codes
+from mamba_core.quantization import dequantize_affine, pack_codes, unpack_codes
 
 # quantized vs float32 logits, relative to max |logit|, on the conformance models: random tiny models
 # have small logits, so this measures what the format costs there (q8 ~1-3e-2, q4 ~0.15-0.4); the
@@ -54,12 +54,15 @@ def dequantized_weights(backend, model) -> dict[str, np.ndarray]:
     dequantized from their exported codes, scales and biases."""
     tensors = {k: backend.to_numpy(v) for k, v in backend.export_tensors(model).items()}  # codes stay uint32
     for path, m in model.quantization.modules.items():
-        p = m.params
-        codes = tensors.pop(f"{path}.weight")
-        scales = tensors.pop(f"{path}.scales").astype(np.float32)
-        biases = tensors.pop(f"{path}.biases").astype(np.float32)
-        codes = pack_codes(unpack_codes(codes, p.bits, m.shape[1]), p.bits)
-        tensors[f"{path}.weight"] = dequantize_affine(codes, scales, biases, p.group_size, p.bits)
+        p, k = m.params, m.shape[-1]
+        codes = tensors.pop(f"{path}.weight").reshape(
+            -1, k * p.bits // 32
+        )  # a stack: one row per (expert, out)
+        scales = tensors.pop(f"{path}.scales").astype(np.float32).reshape(-1, k // p.group_size)
+        biases = tensors.pop(f"{path}.biases").astype(np.float32).reshape(-1, k // p.group_size)
+        codes = pack_codes(unpack_codes(codes, p.bits, k), p.bits)
+        w = dequantize_affine(codes, scales, biases, p.group_size, p.bits).reshape(m.shape)
+        tensors[m.weight_name] = w
     return {k: np.asarray(v, dtype=np.float64) for k, v in tensors.items()}
 
 
@@ -104,9 +107,7 @@ def _quantized(fmt, cfg_name, backend, device, dtype, rng) -> CheckResult:
 
 
 for _fmt in _FORMATS:
-    for _cfg_name in MODEL_CONFIGS:
-        if MODEL_CONFIGS[_cfg_name].arch not in QUANTIZED_ARCHS:
-            continue
+    for _cfg_name in MODEL_CONFIGS:  # every model: Mamba-1/2/3 and the hybrid families
         CHECKS[f"quantized/{_fmt}/{_cfg_name}"] = Check(
             f"quantized/{_fmt}/{_cfg_name}",
             "model",
