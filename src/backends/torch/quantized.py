@@ -206,7 +206,7 @@ class Int8Linear(nn.Module):
         """(..., K) -> (..., O) in ``x``'s dtype."""
         lead = x.shape[:-1]
         act = torch.bfloat16 if x.device.type == "cpu" else x.dtype
-        x2 = x.reshape(-1, x.shape[-1]).to(act)
+        x2 = x.reshape(-1, x.shape[-1]).to(act).contiguous()  # the kernel wants contiguous rows
         scales = self.qscales_bf16 if act == torch.bfloat16 else self.qscales.to(act)
         y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, scales).to(x.dtype)
         y = y.reshape(*lead, self.out_features)
@@ -288,7 +288,7 @@ class Int4Linear(nn.Module):
     def forward(self, x: torch.Tensor, *, with_bias: bool = True) -> torch.Tensor:
         """(..., K) -> (..., O) in ``x``'s dtype (bfloat16 inside the kernel)."""
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+        x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()
         mm = (
             torch.ops.aten._weight_int4pack_mm_for_cpu
             if x.device.type == "cpu"
