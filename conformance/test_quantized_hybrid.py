@@ -186,3 +186,37 @@ def test_conformance_rows_for_torch_kernels_on_hybrid_and_mamba3_models(fmt, mod
     from conftest import Target
 
     assert_check(f"quantized/{fmt}/{model}", Target("torch", "cpu", require_backend("torch")), "float32")
+
+
+def test_cli_convert_quantize_q4_writes_a_granite_mlx_lm_loads(tmp_path):
+    """``mamba-core convert SRC DST --to mlx-lm --quantize q4`` on a Granite 4.0-H checkpoint: mlx-lm
+    loads it with quantized experts (``QuantizedSwitchLinear``) and an 8-bit router."""
+    import os
+    import subprocess
+    import sys
+
+    cfg = FAMILIES["granite-4.0-h"]
+    _mlx_lm_module(cfg)
+    from mlx_lm.utils import load_model
+
+    src = _float_checkpoint(cfg, tmp_path / "float")
+    env = {**os.environ, "MAMBA_CORE_PROGRESS": "0"}
+    cmd = [sys.executable, "-m", "mamba_core", "convert", str(src), str(tmp_path / "q4")]
+    proc = subprocess.run(
+        [*cmd, "--to", "mlx-lm", "--quantize", "q4", "--group-size", "32"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    block = json.loads((tmp_path / "q4" / "config.json").read_text())["quantization"]
+    assert block["model.layers.0.block_sparse_moe.router.layer"] == {
+        "group_size": 64,
+        "bits": 8,
+        "mode": "affine",
+    }
+    model, _ = load_model(tmp_path / "q4")
+    moe = model.model.layers[0].block_sparse_moe
+    assert type(moe.switch_mlp.gate_proj).__name__ == "QuantizedSwitchLinear"
+    assert type(moe.router.layer).__name__ == "QuantizedLinear" and moe.router.layer.bits == 8
