@@ -24,6 +24,7 @@ import pytest
 from conftest import assert_check, require_backend
 
 import mamba_core
+from mamba_core.hybrid_layout import stored_tensors
 from mamba_core.testing import (
     check_close,
     hybrid_configs,
@@ -220,3 +221,51 @@ def test_cli_convert_quantize_q4_writes_a_granite_mlx_lm_loads(tmp_path):
     moe = model.model.layers[0].block_sparse_moe
     assert type(moe.switch_mlp.gate_proj).__name__ == "QuantizedSwitchLinear"
     assert type(moe.router.layer).__name__ == "QuantizedLinear" and moe.router.layer.bits == 8
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_mlx_lm_convert_float16_q4_family_loads_and_round_trips(family, tmp_path):
+    """``mlx_lm.convert(quantize=True)`` with its defaults (q4, group 64, float16, as mlx-community
+    publishes): loaded in float16 on both backends and saved back, every tensor byte for byte what
+    mlx-lm wrote; loaded in float32, mlx-lm's logits (its model cast to float32 alike: scales and
+    biases widen exactly)."""
+    import shutil
+
+    import mlx.core as mx
+    from mlx_lm.convert import convert as mlx_lm_convert
+    from mlx_lm.utils import load_model
+
+    from mamba_core.assets import SHIPPED_MODEL
+
+    cfg = FAMILIES[family]
+    _mlx_lm_module(cfg)
+    tokenizer = SHIPPED_MODEL / "tokenizer.mamba-core.json"  # mlx_lm.convert copies a tokenizer along
+    if not tokenizer.is_file():
+        pytest.skip(f"no shipped tokenizer at {tokenizer}")
+    mb = require_backend("mlx")
+    ours_dir = mamba_core.save(mb.build_model(cfg, seed=0), tmp_path / "ours")
+    shutil.copy(tokenizer, ours_dir)
+    src = mamba_core.convert(ours_dir, tmp_path / "float", to="mlx-lm")
+    dst = tmp_path / "q4"
+    mlx_lm_convert(str(src), str(dst), quantize=True, q_bits=4, q_group_size=64, dtype="float16")
+    stored = _tensors(dst)
+    theirs, _ = load_model(dst)
+    theirs.set_dtype(mx.float32)
+    want = np.array(theirs(mx.array(IDS)))
+    for backend, tol in (("mlx", 1e-6), ("torch", 1e-5)):
+        require_backend(backend)
+        kw = {"device": "cpu"} if backend == "torch" else {}
+        half = mamba_core.load(dst, backend=backend, **kw)
+        assert half.quantization.default.to_dict() == {"group_size": 64, "bits": 4, "mode": "affine"}
+        again = mamba_core.save(half, tmp_path / f"again-{backend}", dialect="mlx-lm")
+        back = _tensors(again)
+        assert sorted(back) == sorted(stored)
+        # every tensor byte for byte but the float32-policy rows (A_log, D, dt biases, Nemotron-H's
+        # router: docs/spec.md §6.1), which mlx-lm stored in float16 and the policy widens exactly
+        fp32 = {t.hf_name for t in stored_tensors(half.config, "mlx-lm") if t.dtype_policy == "fp32"}
+        widened = [k for k in stored if back[k] != stored[k]]
+        assert widened and set(widened) <= fp32
+        a, b = mx.load(str(dst / "model.safetensors")), mx.load(str(again / "model.safetensors"))
+        assert all(mx.array_equal(a[k].astype(mx.float32), b[k]).item() for k in widened)
+        wide = mamba_core.load(dst, backend=backend, dtype="float32", **kw)
+        check_close(_logits(wide, backend), want, tol, f"{backend} vs mlx-lm, {family} float16 q4 in float32")
