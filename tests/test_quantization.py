@@ -123,3 +123,59 @@ def test_bad_parameters_are_named():
         params_for("q3")
     with pytest.raises(ConfigError, match="mode 'nf4'"):
         params_for(mode="nf4")
+
+
+def test_every_family_quantizes_its_linear_layers_and_expert_stacks_only():
+    """The layout rule (docs/spec.md §6.4): model-dtype linear layers, stacks of experts, the
+    embedding and untied head; never conv1d, norms, SSM parameters, Mamba-3's biases or a float32
+    router."""
+    from mamba_core.testing import hybrid_configs, mamba3_configs
+
+    linear = {"in_proj", "x_proj", "dt_proj", "out_proj", "q_proj", "k_proj", "v_proj", "o_proj"}
+    linear |= {"gate_proj", "up_proj", "gate_up_proj", "down_proj", "fc1", "fc2", "linear", "router"}
+    linear |= {"0", "1", "embedding", "lm_head"}  # adapters' two linears; the head rows
+    for name, cfg in {**hybrid_configs(), **mamba3_configs()}.items():
+        modules = quantizable_modules(cfg)
+        leaves = {p.rsplit(".", 1)[-1] for p in modules}
+        assert leaves <= linear, (name, leaves - linear)
+        assert not any(n in p.split(".") for p in modules for n in NEVER_QUANTIZED), name
+        assert all(len(s) == (3 if ".experts." in p else 2) for p, s in modules.items()), name
+        routers = [p for p in modules if p.endswith(".router")]
+        assert bool(routers) == (name in ("jamba", "granite-4.0-h")), name  # Nemotron-H's is float32
+        assert any(".experts." in p for p in modules) == (name in ("jamba", "granite-4.0-h", "nemotron-h"))
+
+
+def test_a_model_dtype_router_is_8_bit_in_groups_of_64_and_kept_when_narrower():
+    from mamba_core.testing import tiny_granite_hybrid
+
+    wide = plan_quantization(tiny_granite_hybrid(hidden_size=64), params_for("q4", group_size=32))
+    assert wide.params("backbone.layers.0.mlp.router") == QuantParams(8, 64)
+    assert wide.params("backbone.layers.0.mlp.experts.gate_up_proj") == QuantParams(4, 32)
+    narrow = plan_quantization(tiny_granite_hybrid(), params_for("q4", group_size=32))
+    assert narrow.kept["backbone.layers.0.mlp.router"] == "input width 32 is not a multiple of group_size 64"
+    block = narrow.to_config("mlx-lm", tiny_granite_hybrid())
+    assert block["model.layers.0.block_sparse_moe.router.layer"] is False
+
+
+def test_a_split_stack_of_experts_reads_back_from_its_mlx_lm_halves():
+    """mlx-lm's Granite 4.0-H stores each stack's gate_up_proj as switch_mlp gate_proj + up_proj: the
+    checkpoint plan reads them as one quantized module, and checks each half's shapes."""
+    from mamba_core.quantization import module_parts
+    from mamba_core.testing import tiny_granite_hybrid
+
+    cfg = tiny_granite_hybrid(hidden_size=64)
+    plan = plan_quantization(cfg, params_for("q4", group_size=32))
+    infos = {}
+    for path, parts in module_parts(cfg, "mlx-lm").items():
+        m = plan.modules.get(path)
+        for t in parts if m is not None else ():
+            infos[f"{t.hf_name}.weight"] = TensorInfo("", m.params.packed_shape(*t.shape), "U32", "f")
+            for part in ("scales", "biases"):
+                infos[f"{t.hf_name}.{part}"] = TensorInfo("", m.params.scales_shape(*t.shape), "F16", "f")
+    block = plan.to_config("mlx-lm", cfg)
+    back = plan_from_checkpoint(cfg, block, "mlx-lm", infos)
+    assert back.modules == plan.modules and back.kept.keys() == plan.kept.keys()
+    stack = "model.layers.0.block_sparse_moe.switch_mlp.up_proj.scales"
+    infos[stack] = TensorInfo("", (4, 15, 2), "F16", "f")  # (experts, rows, groups): one row short
+    with pytest.raises(CheckpointError, match=r"switch_mlp\.up_proj\.scales expected \(4, 16, 2\)"):
+        plan_from_checkpoint(cfg, block, "mlx-lm", infos)

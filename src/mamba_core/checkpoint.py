@@ -372,26 +372,38 @@ class _Matcher:
 
     def quantized_entries(self, quantization, specs: dict) -> list[LoadEntry]:
         """The stored parts of each quantized module (``quantization.modules``): ``<module>.weight``
-        (packed codes), ``.scales`` and, in the affine mode, ``.biases``, read as stored. Their weights
-        leave ``specs`` (they are not float tensors of the layout's shape)."""
-        from mamba_core.quantization import module_name
+        (packed codes), ``.scales`` and, in the affine mode, ``.biases``, read as stored (canonical names
+        ``<path>.weight`` / ``.scales`` / ``.biases``; a module stored as several, mlx-lm's split
+        ``gate_up_proj``, gives one entry per stored module with its ``rows``). Their weights leave
+        ``specs`` (they are not float tensors of the layout's shape)."""
+        from mamba_core.quantization import module_parts
 
+        stored = module_parts(self.config, self.dialect)
         out: list[LoadEntry] = []
         for path, quantized in quantization.modules.items():
-            if specs.pop(f"{path}.weight", None) is None:
+            if specs.pop(quantized.weight_name, None) is None:
                 continue
-            name = module_name(path, self.dialect)
             parts = ("weight", "scales", "biases") if quantized.params.has_biases else ("weight", "scales")
-            for part in parts:
-                info = self.tensors.get(f"{name}.{part}")
-                if info is None:
-                    self.missing.append(f"{name}.{part}")
-                    continue
-                self.used.add(info.name)
-                entry = LoadEntry(
-                    f"{path}.{part}", info.name, info.file, tuple(info.shape), None, "stored", info.dtype
-                )
-                out.append(entry)
+            for t in stored[path]:
+                for part in parts:
+                    info = self.tensors.get(f"{t.hf_name}.{part}")
+                    if info is None:
+                        self.missing.append(f"{t.hf_name}.{part}")
+                        continue
+                    self.used.add(info.name)
+                    entry = LoadEntry(
+                        f"{path}.{part}",
+                        info.name,
+                        info.file,
+                        tuple(info.shape),
+                        None,
+                        "stored",
+                        info.dtype,
+                        t.expert,
+                        t.rows,
+                        t.rows_axis,
+                    )
+                    out.append(entry)
         return out
 
     def ignore_known(self) -> None:

@@ -146,11 +146,15 @@ def convert(
     if gguf:
         return save_gguf(model, dst, gguf_type=gguf_type, force=force, requantize=requantize)
     if quantize is not None:
+        from mamba_core.hybrid_layout import stored_config  # families -> dialects -> this module
         from mamba_core.quantization import quantize as quantize_model
 
         if plan.quantization is not None:
             raise CheckpointError(f"{str(src_path)!r} is already quantized; convert its float original")
-        quantize_model(model, quantize, group_size=group_size)
+        if stored_config(model.config, to) != model.config:
+            model = _quantize_folded(module, model, to, dst, dtype, quantize, group_size)
+        else:
+            quantize_model(model, quantize, group_size=group_size)
     config_extra = {**plan.task.to_dict(), **quantization_config(model, to)}
     tensors = module.export_tensors(model, dialect=to)
     src_dir = src_path if src_path.is_dir() else src_path.parent
@@ -175,3 +179,20 @@ def convert(
         desc=f"convert -> {to}",
         config_extra={**config_extra, **token_id_keys(tokenizer, to)},
     )
+
+
+def _quantize_folded(module, model, to: str, dst: Path, dtype: str | None, quantize: str, group_size):
+    """Quantize the model a ``to`` checkpoint holds, for a family whose ``to`` dialect folds multipliers
+    into the weights (mlx-lm's Falcon-H1, docs/spec.md §12.5): the float model is written in ``to``
+    (beside ``dst``), loaded back and quantized there, so the codes are those of the stored (folded)
+    weights, as mlx-lm's own quantization makes them."""
+    import tempfile
+
+    from mamba_core.quantization import quantize as quantize_model
+
+    parent = dst.parent if dst.parent.exists() else None
+    with tempfile.TemporaryDirectory(prefix=".fold-", dir=parent) as tmp:
+        tensors = module.export_tensors(model, dialect=to)
+        folded = write_checkpoint(module, tensors, model.config, Path(tmp) / "m", dialect=to)
+        model = module.load_checkpoint(plan_checkpoint(folded, backend=module), dtype=dtype, device="cpu")
+        return quantize_model(model, quantize, group_size=group_size)  # evaluated before tmp goes

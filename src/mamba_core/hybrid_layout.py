@@ -62,6 +62,17 @@ class HFTensor:
     scale: tuple[float, ...] | None = None
     rows_axis: int = 0
 
+    def take(self, x):
+        """This stored tensor's part of the canonical array ``x`` (any array type that slices like
+        numpy): the expert slice, then the rows; before the ``scale`` and ``axes`` moves. Also the part
+        of a quantized module's ``weight`` / ``scales`` / ``biases`` (their leading axes are the
+        weight's)."""
+        if self.expert is not None:
+            x = x[self.expert]
+        if self.rows is not None:
+            x = x[(slice(None),) * self.rows_axis + (slice(*self.rows),)]
+        return x
+
 
 def _kind(out: dict, kind: str, cfg, canonical: str, hf: str, renames: dict[str, str] | None = None) -> None:
     # one kind's rows: canonical prefix -> transformers prefix, with per-row renames

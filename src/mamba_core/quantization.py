@@ -1,11 +1,18 @@
 """What is quantized, in which format, and how the choice is recorded (spec layer, numpy only).
 
-One table, ``QUANTIZABLE``, says which modules of a Mamba LM may hold quantized weights: the linear
-projections of every mixer (``in_proj``, ``x_proj``, ``dt_proj``, ``out_proj``), the untied ``lm_head``
-and, optionally, the embedding (a tied model's head is the embedding, so quantizing it quantizes both).
-Everything else stays in high precision, always: ``conv1d``, the norms, ``A_log``, ``D``, the dt bias,
-the biases of quantized projections, and every state (docs/spec.md §6.1). Both backends and every
-converter read this table; nothing else decides what is quantized.
+One rule, read off the layout rows (``layout.expand_layout``: the per-kind rows of
+``block_layout.KIND_ROWS`` placed by ``layers.layer_plan``), says which modules may hold quantized
+weights (docs/spec.md §6.4): every **linear layer of the model dtype** (a ``"model"``-policy 2-D
+``<module>.weight``: the mixer projections of every Mamba kind, attention q/k/v/o, MLP and shared-expert
+gate/up/down, Zamba2's shared-block call ``linear`` and adapters, a model-dtype MoE router, the untied
+``lm_head``), every **stacked expert tensor** (a 3-D ``experts.*`` row, quantized per expert as MLX's
+``QuantizedSwitchLinear``), and, optionally, the embedding (a tied model's head is the embedding, so
+quantizing it quantizes both). Everything else stays in high precision, always: ``conv1d``, the norms,
+``A_log``, ``D``, the dt bias, Mamba-3's B/C biases and MIMO weights, a float32 router (Nemotron-H's
+sigmoid router and its correction bias), the biases of quantized projections, and every state
+(docs/spec.md §6.1). A model-dtype router is quantized at 8 bits in groups of 64 whatever the default,
+as mlx-lm's own ``quant_predicate`` does (a router only picks experts; 4-bit error flips choices). Both
+backends and every converter read ``quantizable_modules``; nothing else decides what is quantized.
 
 Format: MLX's own (what mlx-lm writes and mlx-community publishes). A quantized linear ``P`` of shape
 (O, K) is stored as ``P.weight`` (O, K·bits/32) uint32 (codes packed little-endian, a row a bit stream),
@@ -44,17 +51,12 @@ from mamba_core.layout import DIALECT_RENAMES
 
 log = logging.getLogger("mamba_core")
 
-# role -> module path template (canonical names); "{i}" is the layer index.
-QUANTIZABLE: dict[str, str] = {
-    "in_proj": "backbone.layers.{i}.mixer.in_proj",
-    "x_proj": "backbone.layers.{i}.mixer.x_proj",
-    "dt_proj": "backbone.layers.{i}.mixer.dt_proj",
-    "out_proj": "backbone.layers.{i}.mixer.out_proj",
-    "lm_head": "lm_head",
-    "embedding": "backbone.embedding",
-}
-# roles that exist only in some architectures / configurations
-_ROLE_ARCHS = {"x_proj": ("mamba1",), "dt_proj": ("mamba1",)}
+# the embedding (optional, ``embedding=``) and the untied head, by their canonical module paths
+EMBEDDING = "backbone.embedding"
+LM_HEAD = "lm_head"
+# a MoE router of the model dtype: mlx-lm quantizes it at 8 bits, groups of 64 (its quant_predicate)
+ROUTER_SUFFIX = ".router"
+ROUTER_PARAMS = ("affine", 8, 64)
 # Never quantized, whatever is asked (documentation and a check for overrides).
 NEVER_QUANTIZED = (
     "conv1d",
@@ -66,6 +68,11 @@ NEVER_QUANTIZED = (
     "dt_proj.bias",
     "ssm_state",
     "conv_state",
+    "B_bias",
+    "C_bias",
+    "mimo_x",
+    "mimo_z",
+    "mimo_o",
 )
 
 # mode -> (allowed bits, allowed group sizes, default (group_size, bits), has biases)
@@ -118,13 +125,13 @@ class QuantParams:
     def to_dict(self) -> dict[str, Any]:
         return {"group_size": self.group_size, "bits": self.bits, "mode": self.mode}
 
-    def packed_shape(self, out_features: int, in_features: int) -> tuple[int, int]:
-        """Shape of the packed uint32 ``weight`` of an (out, in) matrix."""
-        return (out_features, in_features * self.bits // 32)
+    def packed_shape(self, *shape: int) -> tuple[int, ...]:
+        """Shape of the packed uint32 ``weight`` of an (out, in) matrix or (experts, out, in) stack."""
+        return (*shape[:-1], shape[-1] * self.bits // 32)
 
-    def scales_shape(self, out_features: int, in_features: int) -> tuple[int, int]:
-        """Shape of ``scales`` (and ``biases``) of an (out, in) matrix."""
-        return (out_features, in_features // self.group_size)
+    def scales_shape(self, *shape: int) -> tuple[int, ...]:
+        """Shape of ``scales`` (and ``biases``) of an (out, in) matrix or (experts, out, in) stack."""
+        return (*shape[:-1], shape[-1] // self.group_size)
 
 
 def params_for(
@@ -164,11 +171,19 @@ def params_for(
 
 @dataclass(frozen=True)
 class QuantizedModule:
-    """One module of a plan: its canonical path, (out, in) shape and parameters."""
+    """One module of a plan: its canonical path, shape and parameters.
+
+    ``shape`` is (out, in) for a linear layer, (experts, out, in) for a stack of experts.
+    """
 
     path: str
-    shape: tuple[int, int]
+    shape: tuple[int, ...]
     params: QuantParams
+
+    @property
+    def weight_name(self) -> str:
+        """The canonical tensor the module's weight is: ``<path>.weight``, or the stack itself."""
+        return weight_name(self.path, self.shape)
 
 
 @dataclass(frozen=True)
@@ -178,7 +193,7 @@ class QuantizationPlan:
     Attributes:
         default: the global parameters (the config block's top-level keys).
         modules: canonical module path -> ``QuantizedModule``, in layout order.
-        kept: canonical module path -> reason, for modules of ``QUANTIZABLE`` left in high precision.
+        kept: canonical module path -> reason, for quantizable modules left in high precision.
     """
 
     default: QuantParams
@@ -201,38 +216,50 @@ class QuantizationPlan:
             {**self.kept, **reasons},
         )
 
-    def to_config(self, dialect: str = "mamba-core") -> dict[str, Any]:
-        """The config.json ``quantization`` block (module paths in ``dialect``'s names)."""
+    def to_config(self, dialect: str = "mamba-core", config=None) -> dict[str, Any]:
+        """The config.json ``quantization`` block (module paths in ``dialect``'s names; a hybrid family
+        needs its ``config``: one canonical module may be several stored ones, each gets the entry)."""
+        names = (
+            {p: [t.hf_name for t in parts] for p, parts in module_parts(config, dialect).items()}
+            if config is not None
+            else {}
+        )
         out: dict[str, Any] = self.default.to_dict()
         for path, m in self.modules.items():
             if m.params != self.default:
-                out[module_name(path, dialect)] = m.params.to_dict()
+                for name in names.get(path, [module_name(path, dialect)]):
+                    out[name] = m.params.to_dict()
         for path in self.kept:
-            out[module_name(path, dialect)] = False
+            for name in names.get(path, [module_name(path, dialect)]):
+                out[name] = False
         return out
 
     def bits_per_weight(self, config) -> float:
         """Average stored bits per weight of the quantizable matrices (packed codes + scales + biases at
         16 bits, kept modules at 16): a size figure, as mlx-lm prints it."""
         total = bits = 0.0
-        for path, (o, k) in quantizable_modules(config).items():
-            total += o * k
+        for path, shape in quantizable_modules(config).items():
+            n, k = int(np.prod(shape)), shape[-1]
+            total += n
             p = self.params(path)
             if p is None:
-                bits += 16 * o * k
+                bits += 16 * n
             else:
                 per_group = 16 * (2 if p.has_biases else 1) if p.mode == "affine" else 8
-                bits += o * k * p.bits + o * (k // p.group_size) * per_group
+                bits += n * p.bits + n // k * (k // p.group_size) * per_group
         return bits / total
 
 
-# the architectures whose linear layers the table below covers (Mamba-3 and the hybrid families: not yet)
-QUANTIZED_ARCHS = ("mamba1", "mamba2")
+def weight_name(path: str, shape: tuple[int, ...]) -> str:
+    """The canonical tensor of a quantizable module: ``<path>.weight`` for a linear layer or the
+    embedding, the path itself for a stack of experts (3-D)."""
+    return path if len(shape) == 3 else path + ".weight"
 
 
 def module_name(path: str, dialect: str) -> str:
-    """A canonical module path in ``dialect``'s names (``backbone.embedding`` -> ``backbone.embeddings``
-    for hf/mlx-lm)."""
+    """A canonical module path of a Mamba-1/Mamba-2 model in ``dialect``'s names
+    (``backbone.embedding`` -> ``backbone.embeddings`` for hf/mlx-lm); a hybrid family's names come from
+    ``module_parts``."""
     return DIALECT_RENAMES[dialect].get(path + ".weight", path + ".weight").removesuffix(".weight")
 
 
@@ -242,38 +269,92 @@ def canonical_module(name: str, dialect: str) -> str:
     return inverse.get(name + ".weight", name + ".weight").removesuffix(".weight")
 
 
-def quantizable_modules(config) -> dict[str, tuple[int, int]]:
-    """Canonical path -> (out_features, in_features) of every module of ``QUANTIZABLE`` in ``config``.
+def quantizable_modules(config) -> dict[str, tuple[int, ...]]:
+    """Canonical path -> shape of every quantizable module of ``config``, in layout order: (out, in) for
+    a linear layer and the embedding, (experts, out, in) for a stack of experts.
+
+    The rule, on the layout rows (``layout.expand_layout``): a ``"model"``-policy ``<module>.weight`` of
+    rank 2 (a linear layer, or the embedding), or a ``"model"``-policy rank-3 ``experts.*`` row (stacked
+    experts). Conv weights (rank 3, not experts), norms (rank 1) and the float32 rows (``A_log``, ``D``,
+    dt biases, Mamba-3's B/C biases and MIMO weights, a float32 router) never match.
 
     Example:
         >>> from mamba_core.testing import tiny_mamba1
         >>> list(quantizable_modules(tiny_mamba1()))[:2]
         ['backbone.layers.0.mixer.in_proj', 'backbone.layers.0.mixer.x_proj']
     """
-    c = config
-    arch = getattr(c, "arch", type(c).__name__)
-    if arch not in QUANTIZED_ARCHS:
-        covered = ", ".join(QUANTIZED_ARCHS)
-        raise UnsupportedError(
-            f"quantization covers {covered} models; a {arch!r} model has no quantization table yet: "
-            "load it in float32, bfloat16 or float16"
-        )
-    shapes: dict[str, tuple[int, int]] = {
-        "in_proj": (c.d_in_proj, c.d_model),
-        "out_proj": (c.d_model, c.d_inner),
-    }
-    if c.arch == "mamba1":
-        shapes["x_proj"] = (c.dt_rank + 2 * c.d_state, c.d_inner)
-        shapes["dt_proj"] = (c.d_inner, c.dt_rank)
-    out: dict[str, tuple[int, int]] = {}
-    for i in range(c.n_layer):
-        for role in ("in_proj", "x_proj", "dt_proj", "out_proj"):
-            if role in shapes and c.arch in _ROLE_ARCHS.get(role, (c.arch,)):
-                out[QUANTIZABLE[role].format(i=i)] = shapes[role]
-    out[QUANTIZABLE["embedding"]] = (c.vocab_size_padded, c.d_model)
-    if not c.tie_embeddings:
-        out[QUANTIZABLE["lm_head"]] = (c.vocab_size_padded, c.d_model)
+    from mamba_core.layout import expand_layout
+
+    out: dict[str, tuple[int, ...]] = {}
+    for name, spec in expand_layout(config).items():
+        if spec.dtype_policy != "model":
+            continue
+        if name.endswith(".weight") and len(spec.shape) == 2:
+            out[name.removesuffix(".weight")] = tuple(spec.shape)
+        elif len(spec.shape) == 3 and ".experts." in name:
+            out[name] = tuple(spec.shape)
     return out
+
+
+def module_parts(config, dialect: str) -> dict[str, list]:
+    """Canonical module path -> the stored modules it is in ``dialect`` (``hybrid_layout.HFTensor`` rows
+    whose ``hf_name`` is the stored module name, without ``.weight``).
+
+    One canonical module is usually one stored module; mlx-lm's Granite 4.0-H and Jamba store each
+    fused ``gate_up_proj`` (stacked experts included) as two, ``gate_proj`` and ``up_proj`` (``rows``
+    of the output axis, ``rows_axis`` 1 for a stack). Quantization is per output row, so a stored
+    module's ``weight`` / ``scales`` / ``biases`` are those rows of the canonical module's.
+
+    Example:
+        >>> from mamba_core.testing import tiny_granite_hybrid
+        >>> stack = "backbone.layers.0.mlp.experts.gate_up_proj"
+        >>> parts = module_parts(tiny_granite_hybrid(), "mlx-lm")[stack]
+        >>> [t.hf_name.rsplit(".", 1)[-1] for t in parts], parts[1].rows, parts[1].rows_axis
+        (['gate_proj', 'up_proj'], (16, 32), 1)
+    """
+    import dataclasses
+
+    from mamba_core.dialects.hybrid import is_family
+    from mamba_core.hybrid_layout import HFTensor, stored_config, stored_tensors
+
+    modules = quantizable_modules(config)
+    if not is_family(config):
+        return {
+            p: [HFTensor(module_name(p, dialect), weight_name(p, shape), shape, "model")]
+            for p, shape in modules.items()
+        }
+    path_of = {weight_name(p, shape): p for p, shape in modules.items()}
+    out: dict[str, list] = {}
+    for t in stored_tensors(stored_config(config, dialect), dialect):
+        path = path_of.get(t.canonical)
+        if path is None or (t.hf_name == "lm_head.weight" and t.canonical != "lm_head.weight"):
+            continue  # not quantizable, or a tied head stored again (mlx-lm's Nemotron-H)
+        out.setdefault(path, []).append(dataclasses.replace(t, hf_name=t.hf_name.removesuffix(".weight")))
+    return out
+
+
+def stored_parts(t, canonical: dict[str, Any], plan: QuantizationPlan | None) -> list[tuple[str, Any]]:
+    """What one stored tensor row ``t`` (a ``hybrid_layout.HFTensor``) of a family checkpoint is
+    written as, before its expert / rows slice: ``[(t.hf_name, canonical[t.canonical])]`` for a float
+    tensor; for the weight of a quantized module, its stored module's ``weight`` / ``scales`` (and
+    ``biases``), taken from the canonical parts ``<path>.weight`` / ``.scales`` / ``.biases``.
+
+    Raises:
+        UnsupportedError: a quantized module whose dialect folds multipliers into the stored weight
+            (mlx-lm's Falcon-H1): the folded codes would be new codes, not these.
+    """
+    m = None if plan is None else {q.weight_name: q for q in plan.modules.values()}.get(t.canonical)
+    if m is None:
+        return [(t.hf_name, canonical[t.canonical])]
+    if t.scale is not None:
+        raise UnsupportedError(
+            f"{t.hf_name}: this dialect stores the weight with the model's multipliers folded in, which "
+            "changes a quantized module's codes; fold the float model first (config.folded()) and "
+            "quantize that, or save in the 'mamba-core' dialect"
+        )
+    stored = t.hf_name.removesuffix(".weight")
+    parts = ("weight", "scales", "biases") if m.params.has_biases else ("weight", "scales")
+    return [(f"{stored}.{part}", canonical[f"{m.path}.{part}"]) for part in parts]
 
 
 def plan_quantization(
@@ -289,8 +370,8 @@ def plan_quantization(
     (never skipped silently).
 
     Args:
-        config: ``Mamba1Config`` / ``Mamba2Config``.
-        params: the default parameters.
+        config: any model config (Mamba-1/2/3, a hybrid family).
+        params: the default parameters (a model-dtype MoE router: 8 bits, groups of 64, as mlx-lm).
         embedding: quantize the embedding too (mlx-lm does); a tied head follows the embedding.
         overrides: canonical path -> ``QuantParams`` or ``False`` (keep in high precision).
 
@@ -310,9 +391,11 @@ def plan_quantization(
         )
     modules: dict[str, QuantizedModule] = {}
     kept: dict[str, str] = {}
-    for path, (o, k) in quantizable_modules(config).items():
-        p = overrides.get(path, params)
-        if path == QUANTIZABLE["embedding"] and not embedding and path not in overrides:
+    router = QuantParams(ROUTER_PARAMS[1], ROUTER_PARAMS[2], ROUTER_PARAMS[0])
+    for path, shape in quantizable_modules(config).items():
+        k = shape[-1]
+        p = overrides.get(path, router if path.endswith(ROUTER_SUFFIX) else params)
+        if path == EMBEDDING and not embedding and path not in overrides:
             kept[path] = "embedding quantization not asked for (embedding=False)"
             continue
         if p is False:
@@ -321,7 +404,7 @@ def plan_quantization(
         if k % p.group_size != 0:
             kept[path] = f"input width {k} is not a multiple of group_size {p.group_size}"
             continue
-        modules[path] = QuantizedModule(path, (o, k), p)
+        modules[path] = QuantizedModule(path, shape, p)
     report_kept(kept)
     return QuantizationPlan(params, modules, kept)
 
@@ -385,10 +468,12 @@ def plan_from_checkpoint(
     modules: dict[str, QuantizedModule] = {}
     kept: dict[str, str] = {}
     bad: list[tuple[str, str, str]] = []
-    for path, (o, k) in quantizable_modules(config).items():
-        name = module_name(path, dialect)
+    shapes = quantizable_modules(config)
+    for path, parts in module_parts(config, dialect).items():
+        k = shapes[path][-1]
+        name = parts[0].hf_name
         override = block.get(name)
-        if f"{name}.scales" not in tensors:
+        if any(f"{t.hf_name}.scales" not in tensors for t in parts):
             g = (
                 override.get("group_size", default.group_size)
                 if isinstance(override, dict)
@@ -403,18 +488,20 @@ def plan_from_checkpoint(
             )
             continue
         p = _params_from_dict(override, f"quantization[{name!r}]") if isinstance(override, dict) else default
-        want = {"weight": p.packed_shape(o, k), "scales": p.scales_shape(o, k)}
-        if p.has_biases:
-            want["biases"] = p.scales_shape(o, k)
-        for part, shape in want.items():
-            info = tensors.get(f"{name}.{part}")
-            got = "missing" if info is None else str(tuple(info.shape))
-            if info is None or tuple(info.shape) != shape:
-                bad.append((f"{name}.{part}", f"{shape} ({p.bits}-bit, group {p.group_size}, {p.mode})", got))
-        winfo = tensors.get(f"{name}.weight")
-        if winfo is not None and winfo.dtype != "U32":
-            bad.append((f"{name}.weight", "uint32 packed codes", f"dtype {winfo.dtype}"))
-        modules[path] = QuantizedModule(path, (o, k), p)
+        for t in parts:
+            want = {"weight": p.packed_shape(*t.shape), "scales": p.scales_shape(*t.shape)}
+            if p.has_biases:
+                want["biases"] = p.scales_shape(*t.shape)
+            for part, shape in want.items():
+                info = tensors.get(f"{t.hf_name}.{part}")
+                got = "missing" if info is None else str(tuple(info.shape))
+                if info is None or tuple(info.shape) != shape:
+                    shown = f"{shape} ({p.bits}-bit, group {p.group_size}, {p.mode})"
+                    bad.append((f"{t.hf_name}.{part}", shown, got))
+            winfo = tensors.get(f"{t.hf_name}.weight")
+            if winfo is not None and winfo.dtype != "U32":
+                bad.append((f"{t.hf_name}.weight", "uint32 packed codes", f"dtype {winfo.dtype}"))
+        modules[path] = QuantizedModule(path, shapes[path], p)
     if not modules:
         raise CheckpointError(
             f"config.json has a quantization block {block!r} but no module of the checkpoint is quantized "
@@ -503,8 +590,6 @@ def quantization_config(model, dialect: str) -> dict[str, Any]:
         UnsupportedError: a quantized model in a dialect whose readers know no quantized weights
             (``hf``, ``state-spaces``).
     """
-    from mamba_core.errors import UnsupportedError
-
     plan = getattr(model, "quantization", None)
     if plan is None:
         return {}
@@ -514,7 +599,7 @@ def quantization_config(model, dialect: str) -> dict[str, Any]:
             f"quantized weights); write {' or '.join(map(repr, QUANTIZED_DIALECTS))}, or GGUF with "
             "convert(..., to='gguf')"
         )
-    block = plan.to_config(dialect)
+    block = plan.to_config(dialect, model.config)
     return {"quantization": block, "quantization_config": dict(block)}
 
 
@@ -529,7 +614,7 @@ def quantize(
     """Quantize a loaded float LM in place, on its own backend, and return it.
 
     Args:
-        model: a ``Mamba1LM`` / ``Mamba2LM`` of either backend.
+        model: an LM of either backend (Mamba-1/2/3, a hybrid family).
         quantize: ``"q4"``, ``"q8"``, ``"mxfp4"``, ``"mxfp8"`` (MLX), a ``QuantParams`` or a plan.
         group_size: 32, 64 or 128 (default 64 affine, 32 mxfp).
         embedding: quantize the embedding (and a tied head) too, as mlx-lm does.

@@ -14,6 +14,7 @@ import mlx.nn as nn
 
 from mamba_core.backends.mlx.device import resolve_device, resolve_dtype
 from mamba_core.backends.mlx.mlp import MLP, activate
+from mamba_core.backends.mlx.quantized import compute_dtype
 from mamba_core.block_config import MoEConfig
 
 _F32 = mx.float32
@@ -83,6 +84,8 @@ class Experts(nn.Module):
         upcast = mx.default_device().type == mx.DeviceType.cpu and x.dtype != _F32
 
         def matmul(a, w):
+            if isinstance(w, nn.Module):  # a quantized stack (quantized.QuantizedStack): gather_qmm
+                return w.gather_matmul(a, experts).astype(x.dtype)
             if upcast:
                 a, w = a.astype(_F32), w.astype(_F32)
             y = mx.gather_mm(a, w.swapaxes(-1, -2), rhs_indices=experts, sorted_indices=True)
@@ -136,7 +139,7 @@ class MoE(nn.Module):
         c = self.config
         lead = x.shape[:-1]
         tokens = x.reshape(-1, x.shape[-1])
-        logits = self.router(tokens.astype(self.router.weight.dtype)).astype(_F32)
+        logits = self.router(tokens.astype(compute_dtype(self.router, tokens.dtype))).astype(_F32)
         idx, weights = route(logits, c, self.router.get("correction_bias"))
         inputs = self.latent_in(tokens) if c.has_latent else tokens
         routed = self.experts(inputs, idx, weights).astype(x.dtype)

@@ -2,9 +2,11 @@
 
 ``quantize`` swaps the modules the spec's plan names for ``nn.QuantizedLinear`` / ``nn.QuantizedEmbedding``
 (``nn.quantize`` with a class predicate that answers from the plan, so kept modules stay float and are
-reported); ``load_quantized`` builds a model from a quantized checkpoint (mlx-community / mlx-lm files,
-or ours) the same way and fills it with the stored codes, scales and biases as they are; ``export_quantized``
-writes them back under the dialect's names. The mirror image of the torch backend's ``quantized.py``.
+reported) and a stack of experts for a ``QuantizedStack`` (``mx.gather_qmm``, as mlx-lm's
+``QuantizedSwitchLinear``); ``load_quantized`` builds a model from a quantized checkpoint (mlx-community
+/ mlx-lm files, or ours) the same way and fills it with the stored codes, scales and biases as they are;
+``export_quantized`` writes them back under the dialect's names. The mirror image of the torch
+backend's ``quantized.py``.
 """
 
 from __future__ import annotations
@@ -77,9 +79,52 @@ def quantize_affine(w: mx.array, params: QuantParams, dtype: mx.Dtype):
     return unpack_codes(packed, params.bits, w.shape[-1]), scales, biases
 
 
+class QuantizedStack(nn.Module):
+    """A stack of quantized expert matrices (X, O, K) in MLX's format: ``weight`` (X, O, K·bits/32)
+    uint32, ``scales`` (and ``biases``) (X, O, K/group); mlx-lm's ``QuantizedSwitchLinear`` without its
+    bias. The mirror of torch's ``QuantizedStack``.
+
+    Args:
+        codes: (X, O, K) uint8 codes (packed here). scales, biases: (X, O, K/group) (biases None for
+            mxfp). params: the ``QuantParams``.
+    """
+
+    def __init__(self, codes: mx.array, scales: mx.array, biases: mx.array | None, params: QuantParams):
+        super().__init__()
+        self.group_size, self.bits, self.mode = params.group_size, params.bits, params.mode
+        self.weight, self.scales = pack_codes(codes, params.bits), scales
+        if biases is not None:
+            self.biases = biases
+        self.freeze()
+
+    def gather_matmul(self, x: mx.array, indices: mx.array) -> mx.array:
+        """``x[i] @ stack[indices[i]].T`` (``mx.gather_qmm``, indices sorted): x (N, 1, K) -> (N, 1, O)."""
+        return mx.gather_qmm(
+            x,
+            self["weight"],
+            self["scales"],
+            self.get("biases"),
+            rhs_indices=indices,
+            transpose=True,
+            group_size=self.group_size,
+            bits=self.bits,
+            mode=self.mode,
+            sorted_indices=True,
+        )
+
+
+def compute_dtype(layer, default):
+    """The float dtype a linear layer's input is cast to: its weight's for a float layer, its scales'
+    for an affine quantized one (the dequantized weight's), ``default`` for mxfp (uint8 scales)."""
+    if not is_quantized(layer):
+        return layer.weight.dtype
+    scales = layer["scales"]
+    return scales.dtype if mx.issubdtype(scales.dtype, mx.floating) else default
+
+
 def is_quantized(module) -> bool:
-    """True for a quantized linear or embedding layer."""
-    return isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding))
+    """True for a quantized linear or embedding layer, or a quantized stack of experts."""
+    return isinstance(module, (nn.QuantizedLinear, nn.QuantizedEmbedding, QuantizedStack))
 
 
 def matmul_no_bias(layer, x: mx.array) -> mx.array:
@@ -126,12 +171,33 @@ def _resolve_plan(config, quantize, group_size, embedding) -> QuantizationPlan:
     return plan_quantization(config, params, embedding=embedding)
 
 
-def _swap(model, plan: QuantizationPlan) -> None:
+def _swap(model, plan: QuantizationPlan, quantize: bool = True) -> None:
+    # linear layers and the embedding through nn.quantize; stacks of experts (arrays of an Experts
+    # module) become QuantizedStack, of the float stack (``quantize``) or empty (to be loaded)
     def predicate(path: str, module) -> bool | dict:
         p = plan.params(path)
         return False if p is None else p.to_dict()
 
     nn.quantize(model, class_predicate=predicate)
+    dtype = model.backbone.norm_f.weight.dtype
+    for path, m in plan.modules.items():
+        if len(m.shape) != 3:
+            continue
+        parent_path, _, name = path.rpartition(".")
+        parent = model
+        for part in parent_path.split("."):
+            parent = parent[int(part)] if isinstance(parent, list) else parent[part]
+        p = m.params
+        if quantize:  # the float stack, quantized by mx.quantize
+            packed, scales, *biases = mx.quantize(
+                parent[name].astype(dtype), group_size=p.group_size, bits=p.bits, mode=p.mode
+            )
+            codes, biases = unpack_codes(packed, p.bits, m.shape[-1]), (biases or [None])[0]
+        else:  # placeholders of the stored shapes, filled by load_weights
+            codes = mx.zeros(m.shape, dtype=mx.uint8)
+            scales = mx.zeros(p.scales_shape(*m.shape), dtype=dtype if p.mode == "affine" else mx.uint8)
+            biases = mx.zeros(p.scales_shape(*m.shape), dtype=dtype) if p.has_biases else None
+        parent[name] = QuantizedStack(codes, scales, biases, p)
     model.quantization = plan
 
 
@@ -161,8 +227,8 @@ def quantize(
         raise ValueError(f"kernel={kernel!r}; the MLX backend quantizes with {QUANTIZE_KERNELS}")
     if getattr(model, "quantization", None) is not None:
         raise UnsupportedError("the model is already quantized; load the float checkpoint to requantize")
-    if not hasattr(model, "lm_head") and not hasattr(model, "backbone"):
-        raise UnsupportedError(f"quantize takes a Mamba1LM / Mamba2LM, not a {type(model).__name__}")
+    if "backbone" not in model or "embedding" not in model.backbone:
+        raise UnsupportedError(f"quantize takes a language model, not a {type(model).__name__}")
     _swap(model, _resolve_plan(model.config, quantize, group_size, embedding))
     mx.eval(model.parameters())
     return model
@@ -196,7 +262,7 @@ def load_quantized(model, plan, tensors: dict, parts: dict, dtype: mx.Dtype, dev
             f"task {plan.task.kind!r} from a quantized checkpoint: only the LM is built "
             "from quantized weights; load it as an LM"
         )
-    _swap(model, plan.quantization)
+    _swap(model, plan.quantization, quantize=False)
     weights = []
     with mx.stream(device):
         for name, arr in parts.items():
@@ -207,7 +273,9 @@ def load_quantized(model, plan, tensors: dict, parts: dict, dtype: mx.Dtype, dev
                 raise CheckpointError(f"{name}: packed codes must be uint32, got {arr.dtype}")
             weights.append((name, arr))
         model.load_weights(weights, strict=False)  # before assign evaluates the model
-        assign(model, tensors, dtype, allow_missing=[f"{path}.weight" for path in plan.quantization.modules])
+        assign(
+            model, tensors, dtype, allow_missing=[m.weight_name for m in plan.quantization.modules.values()]
+        )
     return model
 
 
@@ -218,13 +286,14 @@ def export_quantized(model, dialect: str) -> dict[str, mx.array]:
     params = dict(tree_flatten(model.parameters()))
     mlx_layout = DIALECT_AXES[dialect]
     out = {}
+    quantized = {m.weight_name: m for m in plan.modules.values()}
     for name, spec in expand_layout(model.config).items():
-        module = name.removesuffix(".weight")
-        if name.endswith(".weight") and plan.params(module) is not None:
-            stored = module_name(module, dialect)
-            parts = ("weight", "scales", "biases") if plan.params(module).has_biases else ("weight", "scales")
+        m = quantized.get(name)
+        if m is not None:
+            stored = module_name(m.path, dialect)
+            parts = ("weight", "scales", "biases") if m.params.has_biases else ("weight", "scales")
             for part in parts:
-                out[f"{stored}.{part}"] = params[f"{module}.{part}"]
+                out[f"{stored}.{part}"] = params[f"{m.path}.{part}"]
             continue
         arr = params[name]
         if not mlx_layout and spec.mlx_axes is not None:

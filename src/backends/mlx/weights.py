@@ -32,6 +32,7 @@ from mamba_core.dialects.hybrid import is_family
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.hybrid_layout import stored_tensors
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
+from mamba_core.quantization import stored_parts
 from mamba_core.registry import model_class
 from mamba_core.safetensors_header import read_array, validate_safetensors_header
 from mamba_core.task import task_layout
@@ -196,8 +197,11 @@ def load_checkpoint(plan: LoadPlan, *, dtype=None, device=None):
                     mismatched=[("lm_head.weight", "equal to the embedding", "different values")],
                 )
         if plan.quantization is not None:  # quantization hook: MLX's quantized layers (quantized.py)
-            parts = {entry.canonical: read(entry) for entry in plan.quantized_entries}
-            return load_quantized(model, plan, tensors, parts, dt, dev)
+            pieces = defaultdict(list)  # a module stored as several (mlx-lm's split gate_up_proj)
+            for entry in plan.quantized_entries:
+                pieces[entry.canonical].append((entry.expert, entry.rows, read(entry), entry.rows_axis))
+            stored = {name: _stack_parts(p) for name, p in pieces.items()}
+            return load_quantized(model, plan, tensors, stored, dt, dev)
         if plan.task.kind != "lm":  # a stack or head (mamba_core.task): heads.py builds it
             model = _uninitialized_task_model(plan.config, plan.task, dtype=dt, device=dev)
         _assign(model, tensors, dt, allow_missing=plan.absent, in_mlx_layout=in_mlx_layout)
@@ -232,21 +236,20 @@ def export_tensors(model, dialect: str = "mamba-core") -> dict[str, mx.array]:
         model, (Mamba1LM, Mamba2LM, Mamba3LM, HybridLM)
     ):  # a stack or head: canonical names, ours only
         return export_task_tensors(model, dialect)
-    if getattr(model, "quantization", None) is not None:  # quantization hook (quantized.py)
+    plan = getattr(model, "quantization", None)
+    if plan is not None and not is_family(model.config):  # quantization hook (quantized.py)
         return export_quantized(model, dialect)
     if is_family(model.config):  # a hybrid family: per-expert slices, its dialect's names (hybrid_layout)
-        canonical = export_canonical(model)
+        # a quantized one: its canonical tensors with each quantized module's weight/scales/biases
+        canonical = export_canonical(model) if plan is None else export_quantized(model, "mamba-core")
         out = {}
         for t in stored_tensors(model.config, dialect):
-            x = canonical[t.canonical]
-            if t.expert is not None:
-                x = x[t.expert]
-            if t.rows is not None:
-                x = x[(slice(None),) * t.rows_axis + (slice(*t.rows),)]
-            if t.scale is not None:  # multipliers folded into the weights, in float32
-                factors = mx.array(t.scale, dtype=mx.float32)
-                x = (x.astype(mx.float32) * factors.reshape(-1, *[1] * (x.ndim - 1))).astype(x.dtype)
-            out[t.hf_name] = x if t.axes is None else mx.transpose(x, t.axes)
+            for name, whole in stored_parts(t, canonical, plan):
+                x = t.take(whole)
+                if t.scale is not None:  # multipliers folded into the weights, in float32
+                    factors = mx.array(t.scale, dtype=mx.float32)
+                    x = (x.astype(mx.float32) * factors.reshape(-1, *[1] * (x.ndim - 1))).astype(x.dtype)
+                out[name] = x if t.axes is None else mx.transpose(x, t.axes)
         return out
     renames, mlx_layout = DIALECT_RENAMES[dialect], DIALECT_AXES[dialect]
     specs = expand_layout(model.config)

