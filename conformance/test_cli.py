@@ -164,7 +164,8 @@ def test_inspect_shipped_model():
         assert word in proc.stdout
     info = json.loads(mamba_core_cli("inspect", "--json").stdout)
     assert info["dialect"] == "mamba-core" and info["tokenizer"].startswith("byte")
-    assert info["bytes"] <= 10 * 2**20 and info["parameters"] > 1_000_000
+    # the package budget for the shipped model: the wheel stays under ~40 MB (docs/model-card.md)
+    assert info["bytes"] <= 40 * 2**20 and info["parameters"] > 1_000_000
 
 
 def test_inspect_missing_path_is_a_one_line_error(tmp_path):

@@ -195,7 +195,8 @@ def test_mlx_lm_convert_q4_round_trips_through_gguf_exactly(tmp_path):
     stored = {t.name: t for t in gguf.GGUFReader(out).tensors}
     names = {v: k for k, v in mamba_core.gguf.gguf_names(mamba_core.load(src, backend="mlx").config).items()}
     quantized = [n for n, t in stored.items() if t.tensor_type.name == "Q4_1"]
-    assert len(quantized) == 2 * 4 + 1  # in_proj and out_proj of 4 layers, the (tied) embedding
+    n_layer = mamba_core.load(src, backend="mlx").config.n_layer
+    assert len(quantized) == 2 * n_layer + 1  # in_proj and out_proj of every layer, the (tied) embedding
     for gname in quantized:
         name = names[gname].removesuffix(".weight").replace("backbone.embedding", "backbone.embeddings")
         w, s, b = (theirs[f"{name}.{p}"] for p in ("weight", "scales", "biases"))
