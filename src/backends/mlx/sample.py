@@ -186,10 +186,9 @@ def _stream(model, ids, mask, settings: SamplingSettings, compile: bool = False)
         step = decode_step(model, compile)
         finished = mx.zeros((batch,), dtype=mx.bool_)
         rows = mx.arange(batch)
+        knobs = s.logit_processing  # read once, not per token
         for i in range(s.max_new_tokens):
-            out = process_logits(
-                logits, vocab_size=config.vocab_size, presence=presence, **s.logit_processing
-            )
+            out = process_logits(logits, vocab_size=config.vocab_size, presence=presence, **knobs)
             if s.greedy:
                 token = out
             elif key is None:

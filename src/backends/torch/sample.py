@@ -194,8 +194,9 @@ def _stream(model, ids, mask, settings: SamplingSettings, compile: bool = False)
     with torch.inference_mode():
         logits, cache = prefill(model, ids, attention_mask=mask)  # chunked: any prompt length
         step = decode_step(model, compile)
+        knobs = s.logit_processing  # read once, not per token
         for i in range(s.max_new_tokens):
-            greedy, probs = process_logits(logits, vocab_size=vocab, seen=seen, **s.logit_processing)
+            greedy, probs = process_logits(logits, vocab_size=vocab, seen=seen, **knobs)
             drawn = greedy if probs is None else torch.multinomial(probs, 1, generator=generator)[:, 0]
             tok = drawn.masked_fill(done, s.pad_token_id)
             yield tok
